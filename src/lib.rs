@@ -1,0 +1,18 @@
+//! `handoff`: replace the binary of a running daemon with nothing lost.
+//!
+//! A supervisor holds the listening sockets and drives a framed control
+//! protocol with the running daemon (the *incumbent*) and its replacement
+//! (the *successor*). See README.md for the guarantees and ARCHITECTURE.md for
+//! the design; the invariants cited as `I<n>` in comments are numbered there.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod error;
+pub mod timeouts;
+pub mod wire;
+
+mod drain;
+
+pub use drain::{DrainReport, Drainable, SealProgress};
+pub use error::{Error, Result};
+pub use timeouts::Timeouts;
+pub use wire::{Fingerprint, Health, Mode, SealInfo, Snapshot};

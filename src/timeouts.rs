@@ -1,0 +1,165 @@
+//! Every duration the library uses, in one place (house style: no duration
+//! literal elsewhere).
+//!
+//! All deadlines are computed on the monotonic clock ([`std::time::Instant`]).
+//! The rationale of each default is an invariant in ARCHITECTURE.md.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Every duration the protocol, the supervisor and the daemons use.
+///
+/// ```
+/// let t = handoff::Timeouts::default();
+/// assert_eq!(t.heartbeat_interval.as_secs(), 2);
+/// assert_eq!(t.liveness.as_secs(), 10);
+/// t.validate().unwrap();
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Timeouts {
+    /// How often each side of a control connection sends a heartbeat (I2).
+    pub heartbeat_interval: Duration,
+    /// How long a peer may stay silent during a handoff before it is declared
+    /// dead (I2). EOF is noticed at once and does not wait for this.
+    pub liveness: Duration,
+    /// The overall bound on one handoff, from spawn to commit (I7).
+    pub handoff_deadline: Duration,
+    /// How long the incumbent may take to drain (I7).
+    pub drain_grace: Duration,
+    /// After a commit, how long the old generation has to exit after its
+    /// drain before SIGTERM, and after SIGTERM before SIGKILL (I8).
+    pub kill_grace: Duration,
+    /// Bound on one blocking write to a control socket (`SO_SNDTIMEO`), so
+    /// that a peer that stops reading cannot stall the writer (I2).
+    pub socket_write: Duration,
+    /// Bound on a sealed incumbent's wait to re-take the data-directory lock
+    /// after the supervisor died (I5).
+    pub relock: Duration,
+    /// First delay before restarting a generation that exited outside a
+    /// handoff; doubled on each consecutive failure.
+    pub restart_backoff_initial: Duration,
+    /// Cap of the restart delay.
+    pub restart_backoff_max: Duration,
+    /// How long an admin client may take to send its request.
+    pub admin_request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            heartbeat_interval: Duration::from_secs(2),
+            liveness: Duration::from_secs(10),
+            handoff_deadline: Duration::from_secs(5 * 60),
+            drain_grace: Duration::from_secs(60),
+            kill_grace: Duration::from_secs(5),
+            socket_write: Duration::from_secs(5),
+            relock: Duration::from_secs(10),
+            restart_backoff_initial: Duration::from_millis(100),
+            restart_backoff_max: Duration::from_secs(30),
+            admin_request: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The drain timeout of a graceful stop (SIGTERM outside a handoff).
+pub const STOP_DRAIN: Duration = Duration::from_secs(30);
+
+/// How long a generation must have run before a crash no longer counts as
+/// consecutive (the restart backoff resets).
+pub const RESTART_STABLE: Duration = Duration::from_secs(10);
+
+/// A short poll slice for loops that must also notice a flag (a daemon's
+/// accept loop checking for drain). Not a synchronisation: the flag is read
+/// after every slice.
+pub const POLL_SLICE: Duration = Duration::from_millis(20);
+
+impl Timeouts {
+    /// Checks that the settings can work together.
+    ///
+    /// ```
+    /// let mut t = handoff::Timeouts::default();
+    /// t.liveness = t.heartbeat_interval;
+    /// assert!(t.validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        let nonzero = [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("liveness", self.liveness),
+            ("handoff_deadline", self.handoff_deadline),
+            ("drain_grace", self.drain_grace),
+            ("kill_grace", self.kill_grace),
+            ("socket_write", self.socket_write),
+            ("relock", self.relock),
+            ("restart_backoff_initial", self.restart_backoff_initial),
+            ("restart_backoff_max", self.restart_backoff_max),
+            ("admin_request", self.admin_request),
+        ];
+        for (field, value) in nonzero {
+            if value.is_zero() {
+                return Err(Error::InvalidTimeout {
+                    field,
+                    problem: "must be greater than zero",
+                });
+            }
+        }
+        if self.liveness < self.heartbeat_interval * 2 {
+            return Err(Error::InvalidTimeout {
+                field: "liveness",
+                problem: "must be at least two heartbeat intervals, or one late heartbeat kills a peer",
+            });
+        }
+        if self.drain_grace > self.handoff_deadline {
+            return Err(Error::InvalidTimeout {
+                field: "drain_grace",
+                problem: "must not exceed handoff_deadline",
+            });
+        }
+        if self.restart_backoff_initial > self.restart_backoff_max {
+            return Err(Error::InvalidTimeout {
+                field: "restart_backoff_initial",
+                problem: "must not exceed restart_backoff_max",
+            });
+        }
+        Ok(())
+    }
+
+    /// Restart delay after `failures` consecutive failures (exponential, capped).
+    pub fn restart_backoff(&self, failures: u32) -> Duration {
+        let factor = 1u32.checked_shl(failures.min(16)).unwrap_or(u32::MAX);
+        self.restart_backoff_initial
+            .saturating_mul(factor)
+            .min(self.restart_backoff_max)
+    }
+}
+
+/// Parses a human duration: `250ms`, `30s`, `5m`, `1h`.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(handoff::timeouts::parse_duration("250ms").unwrap(), Duration::from_millis(250));
+/// assert_eq!(handoff::timeouts::parse_duration("5m").unwrap(), Duration::from_secs(300));
+/// assert!(handoff::timeouts::parse_duration("5 parsecs").is_err());
+/// ```
+pub fn parse_duration(input: &str) -> Result<Duration> {
+    let bad = |problem| Error::InvalidTimeout {
+        field: "duration",
+        problem,
+    };
+    let text = input.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or(bad("missing unit (ms, s, m or h)"))?;
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number.parse().map_err(|_| bad("expected a whole number"))?;
+    let millis = match unit {
+        "ms" => Some(value),
+        "s" => value.checked_mul(1_000),
+        "m" => value.checked_mul(60_000),
+        "h" => value.checked_mul(3_600_000),
+        _ => return Err(bad("unknown unit (use ms, s, m or h)")),
+    };
+    millis
+        .map(Duration::from_millis)
+        .ok_or(bad("duration too large"))
+}

@@ -1,0 +1,447 @@
+//! The messages of the control protocol and their payload types.
+//!
+//! Encoding: postcard. An enum's variant is encoded as its index, so new
+//! variants are only ever appended (never inserted or reordered) and new
+//! fields are only ever added as new messages: this keeps every existing
+//! encoding byte-for-byte stable, which `golden.rs` pins (invariant I10).
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol versions this build speaks.
+pub const PROTOCOL_VERSIONS: VersionRange = VersionRange { min: 1, max: 1 };
+
+/// An inclusive range of protocol versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRange {
+    /// Oldest version spoken.
+    pub min: u16,
+    /// Newest version spoken.
+    pub max: u16,
+}
+
+impl VersionRange {
+    /// The newest version both ranges contain, if any.
+    ///
+    /// ```
+    /// use handoff::wire::VersionRange;
+    /// let ours = VersionRange { min: 1, max: 3 };
+    /// assert_eq!(ours.negotiate(VersionRange { min: 2, max: 5 }), Some(3));
+    /// assert_eq!(ours.negotiate(VersionRange { min: 4, max: 5 }), None);
+    /// ```
+    pub fn negotiate(self, theirs: VersionRange) -> Option<u16> {
+        let low = self.min.max(theirs.min);
+        let high = self.max.min(theirs.max);
+        (low <= high && self.min <= self.max && theirs.min <= theirs.max).then_some(high)
+    }
+}
+
+impl std::fmt::Display for VersionRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}..={}", self.min, self.max)
+    }
+}
+
+/// A sha256 fingerprint of sealed state.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    /// The sha256 of `bytes`.
+    pub fn of_bytes(bytes: &[u8]) -> Fingerprint {
+        use sha2::Digest;
+        Fingerprint(sha2::Sha256::digest(bytes).into())
+    }
+
+    /// An incremental hasher, for state too large to hold in memory.
+    pub fn hasher() -> FingerprintHasher {
+        FingerprintHasher(<sha2::Sha256 as sha2::Digest>::new())
+    }
+}
+
+/// Incremental computation of a [`Fingerprint`].
+pub struct FingerprintHasher(sha2::Sha256);
+
+impl FingerprintHasher {
+    /// Feeds bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        sha2::Digest::update(&mut self.0, bytes);
+    }
+
+    /// The fingerprint of everything fed.
+    pub fn finish(self) -> Fingerprint {
+        Fingerprint(sha2::Digest::finalize(self.0).into())
+    }
+}
+
+impl std::io::Write for FingerprintHasher {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+/// Which part a process plays on a control connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// The supervisor.
+    Supervisor,
+    /// A daemon generation (successor first, incumbent after its commit).
+    Generation,
+}
+
+/// How the successor and the incumbent overlap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    /// Stateful: drain, seal, then the successor begins. One writer at a time.
+    Exclusive,
+    /// Stateless: the successor serves first, then the incumbent drains.
+    Overlap,
+}
+
+/// What kind of fd travels under a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FdKind {
+    /// A listening TCP socket.
+    Tcp,
+    /// A listening Unix stream socket.
+    Unix,
+    /// A bound UDP socket.
+    Udp,
+    /// Any other fd a daemon hands on (a memfd with state, say).
+    Other,
+}
+
+/// One named fd in a [`Message::Fds`] frame; the fd itself travels in the
+/// frame's control data at the same index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdEntry {
+    /// The name daemons ask for ("http").
+    pub name: String,
+    /// What it is.
+    pub kind: FdKind,
+}
+
+/// The health a successor reports with [`Message::Ready`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Health {
+    /// Ready to serve.
+    Healthy,
+    /// Not fit to serve; the supervisor must not commit (rolls back).
+    Unhealthy {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the incumbent sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealInfo {
+    /// The daemon's revision counter at seal (writes applied).
+    pub revisions: u64,
+    /// sha256 of the sealed state; the successor must compute the same.
+    pub fingerprint: Fingerprint,
+}
+
+/// A daemon's report of itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Client connections open.
+    pub open_connections: u32,
+    /// Requests being served.
+    pub in_flight: u32,
+    /// Revision counter of the daemon's state.
+    pub revisions: u64,
+    /// Whether the daemon is accepting.
+    pub accepting: bool,
+}
+
+/// Why a handoff did not commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AbortReason {
+    /// The successor exited or was killed before Ready.
+    SuccessorExited {
+        /// Exit description ("exit status 3", "signal 9").
+        status: String,
+    },
+    /// The successor closed its control connection.
+    SuccessorClosed,
+    /// The successor sent nothing for the liveness timeout.
+    SuccessorSilent,
+    /// The successor broke the protocol.
+    SuccessorProtocol {
+        /// The error, as text (it crossed a process boundary).
+        detail: String,
+    },
+    /// The successor reported itself unhealthy.
+    Unhealthy {
+        /// Its reason.
+        reason: String,
+    },
+    /// The successor could not start (lock held, state did not open...).
+    SuccessorFailed {
+        /// Its reason.
+        reason: String,
+    },
+    /// The successor's state fingerprint differs from the sealed one.
+    FingerprintMismatch {
+        /// Sealed by the incumbent.
+        expected: Fingerprint,
+        /// Computed by the successor.
+        actual: Fingerprint,
+    },
+    /// No common protocol version.
+    VersionMismatch {
+        /// The supervisor's range.
+        ours: VersionRange,
+        /// The successor's range.
+        theirs: VersionRange,
+    },
+    /// The incumbent could not seal.
+    SealFailed {
+        /// Its reason.
+        reason: String,
+    },
+    /// The incumbent broke the protocol or died in a phase that cannot go on.
+    IncumbentFailed {
+        /// What happened.
+        detail: String,
+    },
+    /// The overall handoff deadline passed.
+    Deadline {
+        /// The phase that was running.
+        phase: String,
+    },
+    /// An operator or a shutdown cancelled the handoff.
+    Cancelled,
+    /// A post-commit health probe failed (issue 7).
+    ProbeFailed {
+        /// What the probe saw.
+        detail: String,
+    },
+}
+
+impl std::fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AbortReason::SuccessorExited { status } => {
+                write!(f, "successor exited before ready ({status})")
+            }
+            AbortReason::SuccessorClosed => f.write_str("successor closed its control connection"),
+            AbortReason::SuccessorSilent => {
+                f.write_str("successor silent past the liveness timeout")
+            }
+            AbortReason::SuccessorProtocol { detail } => {
+                write!(f, "successor broke the protocol: {detail}")
+            }
+            AbortReason::Unhealthy { reason } => {
+                write!(f, "successor reported unhealthy: {reason}")
+            }
+            AbortReason::SuccessorFailed { reason } => write!(f, "successor failed: {reason}"),
+            AbortReason::FingerprintMismatch { expected, actual } => {
+                write!(
+                    f,
+                    "state fingerprint mismatch: sealed {expected}, opened {actual}"
+                )
+            }
+            AbortReason::VersionMismatch { ours, theirs } => {
+                write!(
+                    f,
+                    "no common protocol version: supervisor {ours}, successor {theirs}"
+                )
+            }
+            AbortReason::SealFailed { reason } => write!(f, "incumbent could not seal: {reason}"),
+            AbortReason::IncumbentFailed { detail } => write!(f, "incumbent failed: {detail}"),
+            AbortReason::Deadline { phase } => write!(f, "handoff deadline passed during {phase}"),
+            AbortReason::Cancelled => f.write_str("handoff cancelled"),
+            AbortReason::ProbeFailed { detail } => write!(f, "health probe failed: {detail}"),
+        }
+    }
+}
+
+/// One control message. The doc of each variant names its direction
+/// (S = supervisor, G = a generation) and the states that take it; the tables
+/// in ARCHITECTURE.md are the reference.
+///
+/// Never reorder or insert variants: append only (invariant I10).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// G→S, first frame of a connection.
+    Hello {
+        /// The sender's role.
+        role: Role,
+        /// The sender's pid.
+        pid: u32,
+        /// Free-form build identity (version string, commit).
+        build_id: String,
+        /// Protocol versions the sender speaks.
+        versions: VersionRange,
+        /// Capability bits (none defined yet; unknown bits are ignored).
+        capabilities: u64,
+    },
+    /// S→G, the answer to Hello.
+    HelloAck {
+        /// The version both speak.
+        version: u16,
+        /// The generation number assigned to the sender.
+        generation: u64,
+        /// Successor or cold start; how the handoff overlaps.
+        mode: Mode,
+        /// Whether an incumbent exists (false on a cold start or restart).
+        has_incumbent: bool,
+        /// How many named fds follow in [`Message::Fds`] frames.
+        fd_count: u32,
+    },
+    /// S→G, the refusal of a Hello; the connection closes after it.
+    Refused {
+        /// The supervisor's versions.
+        versions: VersionRange,
+        /// Why.
+        reason: AbortReason,
+    },
+    /// S→G: named fds; the frame carries `entries.len()` fds.
+    Fds {
+        /// Names and kinds, in the order of the fds.
+        entries: Vec<FdEntry>,
+    },
+    /// G→S, successor: warm-up done, waiting for Begin.
+    Warm,
+    /// S→G, incumbent: a handoff has started; drain now.
+    Prepare {
+        /// Milliseconds left of the overall deadline.
+        deadline_ms: u64,
+        /// Milliseconds the drain may take.
+        drain_grace_ms: u64,
+    },
+    /// G→S, incumbent: drain finished.
+    Drained {
+        /// Connections still open at the drain deadline.
+        open_connections: u32,
+        /// Whether accepting has stopped.
+        accept_closed: bool,
+    },
+    /// S→G, incumbent: persist, fsync, release the data-directory lock.
+    Seal,
+    /// G→S, incumbent: sealing goes on (keeps a long seal visibly alive).
+    SealProgress {
+        /// Units done.
+        done: u64,
+        /// Units in all, if known.
+        total: u64,
+    },
+    /// G→S, incumbent: state sealed, lock released.
+    SealComplete(SealInfo),
+    /// G→S, incumbent: could not seal; still holds the lock and its state.
+    SealFailed {
+        /// Why.
+        reason: String,
+    },
+    /// S→G, successor: take the lock (exclusive) or start serving (overlap).
+    Begin {
+        /// What the incumbent sealed; `None` on a cold start, in overlap mode
+        /// or when the incumbent died before sealing.
+        seal: Option<SealInfo>,
+    },
+    /// G→S, successor: serving is possible.
+    Ready {
+        /// The addresses of the listeners it took.
+        addresses: Vec<String>,
+        /// Its own verdict.
+        health: Health,
+        /// Revision counter of the state it opened.
+        revisions: u64,
+    },
+    /// S→G, successor: you are the live generation now.
+    Commit,
+    /// G→S: acknowledges Commit.
+    CommitAck,
+    /// S→G: the handoff is off (successor: exit; incumbent: see ResumeAfterAbort).
+    Abort {
+        /// Why.
+        reason: AbortReason,
+    },
+    /// S→G, incumbent: re-take the lock and accept again.
+    ResumeAfterAbort,
+    /// G→S: acknowledges ResumeAfterAbort; serving again.
+    ResumeAck,
+    /// S→G, old incumbent after a commit: finish and exit.
+    Retire,
+    /// Either way: still alive.
+    Heartbeat,
+    /// G→S: the successor cannot go on (lock held, fingerprint mismatch...).
+    Failed {
+        /// Why.
+        reason: AbortReason,
+    },
+    /// S→G: report yourself.
+    SnapshotRequest,
+    /// G→S: the answer to SnapshotRequest.
+    SnapshotReport(Snapshot),
+}
+
+impl Message {
+    /// The variant's name, for errors and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::HelloAck { .. } => "HelloAck",
+            Message::Refused { .. } => "Refused",
+            Message::Fds { .. } => "Fds",
+            Message::Warm => "Warm",
+            Message::Prepare { .. } => "Prepare",
+            Message::Drained { .. } => "Drained",
+            Message::Seal => "Seal",
+            Message::SealProgress { .. } => "SealProgress",
+            Message::SealComplete(_) => "SealComplete",
+            Message::SealFailed { .. } => "SealFailed",
+            Message::Begin { .. } => "Begin",
+            Message::Ready { .. } => "Ready",
+            Message::Commit => "Commit",
+            Message::CommitAck => "CommitAck",
+            Message::Abort { .. } => "Abort",
+            Message::ResumeAfterAbort => "ResumeAfterAbort",
+            Message::ResumeAck => "ResumeAck",
+            Message::Retire => "Retire",
+            Message::Heartbeat => "Heartbeat",
+            Message::Failed { .. } => "Failed",
+            Message::SnapshotRequest => "SnapshotRequest",
+            Message::SnapshotReport(_) => "SnapshotReport",
+        }
+    }
+
+    /// How many fds must travel with this message.
+    pub fn fd_count(&self) -> usize {
+        match self {
+            Message::Fds { entries } => entries.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// What travels in a frame's payload: the message and the handoff it belongs
+/// to. Every message after the hello exchange is checked against the
+/// receiver's current handoff id (invariant I9).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The handoff this message belongs to (0 before any is assigned).
+    pub handoff_id: u64,
+    /// The message.
+    pub message: Message,
+}

@@ -1,0 +1,20 @@
+//! Sans-I/O wire format: frames and messages. Nothing here touches a socket.
+//!
+//! See ARCHITECTURE.md, "Wire format", for the header layout and the table of
+//! messages; `golden` pins every message's bytes (invariant I10).
+
+mod frame;
+mod message;
+
+#[cfg(test)]
+mod golden;
+#[cfg(test)]
+mod tests;
+
+pub use frame::{
+    Decoder, Frame, HEADER_LEN, MAGIC, MAX_FDS_PER_FRAME, MAX_PAYLOAD, WIRE_VERSION, encode,
+};
+pub use message::{
+    AbortReason, Envelope, FdEntry, FdKind, Fingerprint, FingerprintHasher, Health, Message, Mode,
+    PROTOCOL_VERSIONS, Role, SealInfo, Snapshot, VersionRange,
+};
