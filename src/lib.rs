@@ -16,3 +16,4 @@ pub use drain::{DrainReport, Drainable, SealProgress};
 pub use error::{Error, Result};
 pub use timeouts::Timeouts;
 pub use wire::{Fingerprint, Health, Mode, SealInfo, Snapshot};
+pub mod protocol;

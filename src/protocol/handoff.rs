@@ -1,0 +1,802 @@
+//! The supervisor's machine for one handoff: from the successor's Hello to a
+//! verdict (committed or rolled back).
+//!
+//! ```text
+//!            exclusive                          overlap / no incumbent
+//! AwaitHello -Hello-> WarmingUp -Warm-> Draining    WarmingUp -Warm-> Beginning
+//!   Draining -Drained-> Sealing -SealComplete-> Beginning
+//!   Beginning -Ready(healthy)-> Committing -CommitAck-> Done(Committed)
+//!   any phase before Done --failure--> Aborting -successor reaped->
+//!       Resuming -ResumeAck-> Done(RolledBack)   (or Done at once if the
+//!                                                incumbent was never asked)
+//!   incumbent dies before sealing: ... -> AwaitIncumbentExit -reaped->
+//!       Beginning with no seal (the successor starts as on a cold start)
+//! ```
+//!
+//! Invariants enforced here (numbers from ARCHITECTURE.md): Begin with a seal
+//! only after SealComplete (I3); Commit only after a healthy Ready, proven by
+//! a [`ReadySeen`] token (I6); ResumeAfterAbort only after the successor was
+//! reaped, so the lock it may hold is free (I5); a silent peer is dead after
+//! the liveness timeout, EOF at once (I2); the overall deadline aborts (I7).
+
+use std::time::{Duration, Instant};
+
+use super::{Side, Signal};
+use crate::timeouts::Timeouts;
+use crate::wire::{AbortReason, Health, Message, Mode, PROTOCOL_VERSIONS, SealInfo, VersionRange};
+
+/// Proof that a healthy Ready arrived; only this module makes one, and the
+/// driver cannot send Commit without it (invariant I6).
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReadySeen(());
+
+/// What a handoff needs to know up front.
+#[derive(Debug, Clone)]
+pub struct HandoffConfig {
+    /// The handoff's id; every message carries it.
+    pub handoff_id: u64,
+    /// The generation number the successor will have.
+    pub generation: u64,
+    /// Exclusive or overlap.
+    pub mode: Mode,
+    /// Whether a live incumbent takes part.
+    pub has_incumbent: bool,
+    /// How many named fds the successor receives.
+    pub fd_count: u32,
+    /// The durations in force.
+    pub timeouts: Timeouts,
+    /// The versions this supervisor speaks.
+    pub versions: VersionRange,
+}
+
+impl HandoffConfig {
+    /// A config with this build's versions.
+    pub fn new(handoff_id: u64, generation: u64, mode: Mode, has_incumbent: bool) -> Self {
+        HandoffConfig {
+            handoff_id,
+            generation,
+            mode,
+            has_incumbent,
+            fd_count: 0,
+            timeouts: Timeouts::default(),
+            versions: PROTOCOL_VERSIONS,
+        }
+    }
+}
+
+/// An event the driver feeds in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandoffInput {
+    /// A decoded frame from one side.
+    Frame {
+        /// Who sent it.
+        from: Side,
+        /// The handoff id it carried.
+        handoff_id: u64,
+        /// The message.
+        message: Message,
+    },
+    /// A side's control connection hit EOF or failed.
+    Closed {
+        /// Which side.
+        side: Side,
+    },
+    /// A side's process was reaped.
+    Exited {
+        /// Which side.
+        side: Side,
+        /// How it ended, for the record.
+        status: String,
+    },
+    /// Time passed; deadlines are checked on every input.
+    Tick,
+    /// An operator or a shutdown wants the handoff off.
+    Cancel,
+}
+
+/// What the driver must do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HandoffAction {
+    /// Send a message (the driver wraps it with the handoff id).
+    Send {
+        /// To whom.
+        to: Side,
+        /// What.
+        message: Message,
+    },
+    /// Send HelloAck's promised named fds to the successor.
+    SendListeners,
+    /// Send Commit to the successor.
+    Commit(ReadySeen),
+    /// Signal a side's process.
+    Kill {
+        /// Whom.
+        side: Side,
+        /// How.
+        signal: Signal,
+    },
+    /// The handoff is over.
+    Finish(Verdict),
+}
+
+/// Time spent in each phase; `None` for phases the handoff did not reach.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Phases {
+    /// Spawn to Hello.
+    pub hello: Option<Duration>,
+    /// HelloAck to Warm (the successor's warm-up, listeners included).
+    pub warm_up: Option<Duration>,
+    /// Prepare to Drained.
+    pub drain: Option<Duration>,
+    /// Seal to SealComplete.
+    pub seal: Option<Duration>,
+    /// Begin to Ready.
+    pub begin: Option<Duration>,
+    /// Commit to CommitAck.
+    pub commit: Option<Duration>,
+    /// First failure to the rollback's end.
+    pub abort: Option<Duration>,
+    /// Whole handoff.
+    pub total: Duration,
+}
+
+/// How a handoff ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The successor is the live generation.
+    Committed {
+        /// Where the time went.
+        phases: Phases,
+        /// Whether an incumbent is left to retire.
+        retire_incumbent: bool,
+    },
+    /// The incumbent kept (or got back) the work.
+    RolledBack {
+        /// Why.
+        reason: AbortReason,
+        /// Where the time went.
+        phases: Phases,
+        /// Whether the incumbent acknowledged its resumption (false when it
+        /// died: the driver then starts a fresh generation).
+        incumbent_serving: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Open,
+    Closed,
+    Reaped,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Track {
+    link: Link,
+    last_heard: Instant,
+}
+
+impl Track {
+    fn new(now: Instant) -> Self {
+        Track {
+            link: Link::Open,
+            last_heard: now,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    AwaitHello,
+    WarmingUp,
+    Draining,
+    Sealing,
+    AwaitIncumbentExit {
+        seal: Option<SealInfo>,
+        successor_warm: bool,
+    },
+    Beginning {
+        sealed: bool,
+    },
+    Committing,
+    Aborting {
+        reason: AbortReason,
+        resume_incumbent: bool,
+    },
+    Resuming {
+        reason: AbortReason,
+    },
+    Done,
+}
+
+impl Phase {
+    fn name(&self) -> &'static str {
+        match self {
+            Phase::AwaitHello => "await_hello",
+            Phase::WarmingUp => "warming_up",
+            Phase::Draining => "draining",
+            Phase::Sealing => "sealing",
+            Phase::AwaitIncumbentExit { .. } => "await_incumbent_exit",
+            Phase::Beginning { .. } => "beginning",
+            Phase::Committing => "committing",
+            Phase::Aborting { .. } => "aborting",
+            Phase::Resuming { .. } => "resuming",
+            Phase::Done => "done",
+        }
+    }
+}
+
+/// The supervisor's machine for one handoff.
+#[derive(Debug)]
+pub struct HandoffMachine {
+    config: HandoffConfig,
+    phase: Phase,
+    started: Instant,
+    deadline: Instant,
+    phase_started: Instant,
+    abort_started: Option<Instant>,
+    phases: Phases,
+    successor: Track,
+    incumbent: Option<Track>,
+}
+
+impl HandoffMachine {
+    /// A machine for a handoff whose successor was just spawned at `now`.
+    pub fn new(config: HandoffConfig, now: Instant) -> Self {
+        let incumbent = config.has_incumbent.then(|| Track::new(now));
+        HandoffMachine {
+            deadline: now + config.timeouts.handoff_deadline,
+            config,
+            phase: Phase::AwaitHello,
+            started: now,
+            phase_started: now,
+            abort_started: None,
+            phases: Phases::default(),
+            successor: Track::new(now),
+            incumbent,
+        }
+    }
+
+    /// The handoff id.
+    pub fn handoff_id(&self) -> u64 {
+        self.config.handoff_id
+    }
+
+    /// The current phase's name (for logs, status and fault points).
+    pub fn state_name(&self) -> &'static str {
+        self.phase.name()
+    }
+
+    /// Whether the verdict was given.
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// Whether the incumbent is part of this handoff and has not died.
+    pub fn incumbent_alive(&self) -> bool {
+        self.incumbent.is_some_and(|t| t.link == Link::Open)
+    }
+
+    /// When the driver must feed a `Tick` at the latest.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        if self.phase == Phase::Done {
+            return None;
+        }
+        let liveness = self.config.timeouts.liveness;
+        let mut next = self.deadline;
+        for track in [Some(self.successor), self.incumbent].into_iter().flatten() {
+            if track.link == Link::Open {
+                next = next.min(track.last_heard + liveness);
+            }
+        }
+        Some(next)
+    }
+
+    /// Feeds one input observed at `now`.
+    pub fn step(&mut self, input: HandoffInput, now: Instant) -> Vec<HandoffAction> {
+        let mut actions = Vec::new();
+        if self.phase == Phase::Done {
+            return actions;
+        }
+        match input {
+            HandoffInput::Frame {
+                from,
+                handoff_id,
+                message,
+            } => self.on_frame(from, handoff_id, message, now, &mut actions),
+            HandoffInput::Closed { side } => self.on_closed(side, now, &mut actions),
+            HandoffInput::Exited { side, status } => {
+                self.on_exited(side, status, now, &mut actions)
+            }
+            HandoffInput::Tick => {}
+            HandoffInput::Cancel => self.abort(AbortReason::Cancelled, now, &mut actions),
+        }
+        self.check_time(now, &mut actions);
+        actions
+    }
+
+    fn track_mut(&mut self, side: Side) -> Option<&mut Track> {
+        match side {
+            Side::Successor => Some(&mut self.successor),
+            Side::Incumbent => self.incumbent.as_mut(),
+        }
+    }
+
+    fn enter(&mut self, phase: Phase, now: Instant) -> Duration {
+        let spent = now.saturating_duration_since(self.phase_started);
+        self.phase = phase;
+        self.phase_started = now;
+        spent
+    }
+
+    fn on_frame(
+        &mut self,
+        from: Side,
+        handoff_id: u64,
+        message: Message,
+        now: Instant,
+        actions: &mut Vec<HandoffAction>,
+    ) {
+        let Some(track) = self.track_mut(from) else {
+            return;
+        };
+        if track.link != Link::Open {
+            return;
+        }
+        track.last_heard = now;
+        // The successor learns the id from HelloAck: its Hello carries 0.
+        let expected_id = match (&message, from) {
+            (Message::Hello { .. }, Side::Successor) => 0,
+            _ => self.config.handoff_id,
+        };
+        if handoff_id != expected_id {
+            let detail = format!(
+                "{} carried handoff id {handoff_id}, expected {expected_id}",
+                message.name()
+            );
+            self.protocol_violation(from, detail, now, actions);
+            return;
+        }
+        if message == Message::Heartbeat {
+            return;
+        }
+        match (from, message) {
+            (Side::Successor, message) => self.on_successor(message, now, actions),
+            (Side::Incumbent, message) => self.on_incumbent(message, now, actions),
+        }
+    }
+
+    fn on_successor(&mut self, message: Message, now: Instant, actions: &mut Vec<HandoffAction>) {
+        match (&self.phase, message) {
+            (Phase::AwaitHello, Message::Hello { versions, .. }) => {
+                match self.config.versions.negotiate(versions) {
+                    Some(version) => {
+                        self.phases.hello = Some(self.enter(Phase::WarmingUp, now));
+                        actions.push(HandoffAction::Send {
+                            to: Side::Successor,
+                            message: Message::HelloAck {
+                                version,
+                                generation: self.config.generation,
+                                mode: self.config.mode,
+                                has_incumbent: self.incumbent_alive(),
+                                fd_count: self.config.fd_count,
+                            },
+                        });
+                        actions.push(HandoffAction::SendListeners);
+                    }
+                    None => {
+                        let reason = AbortReason::VersionMismatch {
+                            ours: self.config.versions,
+                            theirs: versions,
+                        };
+                        actions.push(HandoffAction::Send {
+                            to: Side::Successor,
+                            message: Message::Refused {
+                                versions: self.config.versions,
+                                reason: reason.clone(),
+                            },
+                        });
+                        self.abort(reason, now, actions);
+                    }
+                }
+            }
+            (Phase::WarmingUp, Message::Warm) => {
+                self.phases.warm_up = Some(now.saturating_duration_since(self.phase_started));
+                match (self.config.mode, self.incumbent.map(|t| t.link)) {
+                    (Mode::Exclusive, Some(Link::Open)) => {
+                        self.enter(Phase::Draining, now);
+                        let left = self.deadline.saturating_duration_since(now);
+                        let grace = self.config.timeouts.drain_grace.min(left);
+                        actions.push(HandoffAction::Send {
+                            to: Side::Incumbent,
+                            message: Message::Prepare {
+                                deadline_ms: millis(left),
+                                drain_grace_ms: millis(grace),
+                            },
+                        });
+                    }
+                    (_, Some(Link::Closed)) => {
+                        self.enter(
+                            Phase::AwaitIncumbentExit {
+                                seal: None,
+                                successor_warm: true,
+                            },
+                            now,
+                        );
+                    }
+                    _ => self.begin(None, now, actions),
+                }
+            }
+            (
+                Phase::AwaitIncumbentExit {
+                    successor_warm: false,
+                    seal,
+                },
+                Message::Warm,
+            ) => {
+                let seal = *seal;
+                self.phases.warm_up = Some(now.saturating_duration_since(self.phase_started));
+                self.phase = Phase::AwaitIncumbentExit {
+                    seal,
+                    successor_warm: true,
+                };
+            }
+            (Phase::Beginning { .. }, Message::Ready { health, .. }) => match health {
+                Health::Healthy => {
+                    self.phases.begin = Some(self.enter(Phase::Committing, now));
+                    actions.push(HandoffAction::Commit(ReadySeen(())));
+                }
+                Health::Unhealthy { reason } => {
+                    self.abort(AbortReason::Unhealthy { reason }, now, actions)
+                }
+            },
+            (Phase::Committing, Message::CommitAck) => {
+                self.phases.commit = Some(self.enter(Phase::Done, now));
+                self.phases.total = now.saturating_duration_since(self.started);
+                actions.push(HandoffAction::Finish(Verdict::Committed {
+                    phases: self.phases,
+                    retire_incumbent: self.incumbent_alive(),
+                }));
+            }
+            (
+                Phase::AwaitHello
+                | Phase::WarmingUp
+                | Phase::Draining
+                | Phase::Sealing
+                | Phase::AwaitIncumbentExit { .. }
+                | Phase::Beginning { .. }
+                | Phase::Committing,
+                Message::Failed { reason },
+            ) => self.abort(reason, now, actions),
+            (Phase::Aborting { .. } | Phase::Resuming { .. } | Phase::Done, _) => {}
+            (
+                Phase::Draining | Phase::Sealing | Phase::AwaitIncumbentExit { .. },
+                Message::SnapshotReport(_),
+            ) => {}
+            (_, message) => {
+                let detail = format!(
+                    "successor sent {} while the handoff was {}",
+                    message.name(),
+                    self.phase.name()
+                );
+                self.protocol_violation(Side::Successor, detail, now, actions);
+            }
+        }
+    }
+
+    fn on_incumbent(&mut self, message: Message, now: Instant, actions: &mut Vec<HandoffAction>) {
+        match (&self.phase, message) {
+            (Phase::Draining, Message::Drained { .. }) => {
+                self.phases.drain = Some(self.enter(Phase::Sealing, now));
+                actions.push(HandoffAction::Send {
+                    to: Side::Incumbent,
+                    message: Message::Seal,
+                });
+            }
+            (Phase::Sealing, Message::SealProgress { .. }) => {}
+            (Phase::Sealing, Message::SealComplete(seal)) => {
+                self.phases.seal = Some(now.saturating_duration_since(self.phase_started));
+                self.begin(Some(seal), now, actions);
+            }
+            (Phase::Sealing, Message::SealFailed { reason }) => {
+                self.abort(AbortReason::SealFailed { reason }, now, actions)
+            }
+            (Phase::Draining | Phase::Sealing, Message::Failed { reason }) => self.abort(
+                AbortReason::IncumbentFailed {
+                    detail: reason.to_string(),
+                },
+                now,
+                actions,
+            ),
+            (Phase::Resuming { reason }, Message::ResumeAck) => {
+                let reason = reason.clone();
+                self.finish_rollback(reason, true, now, actions);
+            }
+            (_, Message::SnapshotReport(_)) => {}
+            // After sealing, or when the incumbent never took part, its
+            // messages cannot change the outcome; ignore benign leftovers.
+            (Phase::Aborting { .. } | Phase::Done, _) => {}
+            (_, message) => {
+                let detail = format!(
+                    "incumbent sent {} while the handoff was {}",
+                    message.name(),
+                    self.phase.name()
+                );
+                self.protocol_violation(Side::Incumbent, detail, now, actions);
+            }
+        }
+    }
+
+    fn begin(&mut self, seal: Option<SealInfo>, now: Instant, actions: &mut Vec<HandoffAction>) {
+        self.enter(
+            Phase::Beginning {
+                sealed: seal.is_some(),
+            },
+            now,
+        );
+        actions.push(HandoffAction::Send {
+            to: Side::Successor,
+            message: Message::Begin { seal },
+        });
+    }
+
+    fn protocol_violation(
+        &mut self,
+        side: Side,
+        detail: String,
+        now: Instant,
+        actions: &mut Vec<HandoffAction>,
+    ) {
+        match side {
+            Side::Successor => self.abort(AbortReason::SuccessorProtocol { detail }, now, actions),
+            Side::Incumbent => {
+                // An incumbent that breaks the protocol cannot be trusted to
+                // resume: it is killed and treated as dead.
+                actions.push(HandoffAction::Kill {
+                    side: Side::Incumbent,
+                    signal: Signal::Kill,
+                });
+                self.on_closed(Side::Incumbent, now, actions);
+            }
+        }
+    }
+
+    fn on_closed(&mut self, side: Side, now: Instant, actions: &mut Vec<HandoffAction>) {
+        let Some(track) = self.track_mut(side) else {
+            return;
+        };
+        if track.link != Link::Open {
+            return;
+        }
+        track.link = Link::Closed;
+        // A closed connection with a live process behind it is a broken peer.
+        actions.push(HandoffAction::Kill {
+            side,
+            signal: Signal::Kill,
+        });
+        match side {
+            Side::Successor => self.abort(AbortReason::SuccessorClosed, now, actions),
+            Side::Incumbent => self.incumbent_lost(now, actions),
+        }
+    }
+
+    /// The incumbent died (or was killed) during the handoff.
+    fn incumbent_lost(&mut self, now: Instant, actions: &mut Vec<HandoffAction>) {
+        match &self.phase {
+            Phase::AwaitHello | Phase::WarmingUp => {
+                // Wait for Warm; then begin once the incumbent is reaped.
+            }
+            Phase::Draining | Phase::Sealing => {
+                self.enter(
+                    Phase::AwaitIncumbentExit {
+                        seal: None,
+                        successor_warm: true,
+                    },
+                    now,
+                );
+                self.try_begin_after_incumbent(now, actions);
+            }
+            Phase::Resuming { reason } => {
+                let reason = reason.clone();
+                self.finish_rollback(reason, false, now, actions);
+            }
+            Phase::AwaitIncumbentExit { .. }
+            | Phase::Beginning { .. }
+            | Phase::Committing
+            | Phase::Aborting { .. }
+            | Phase::Done => {}
+        }
+    }
+
+    fn try_begin_after_incumbent(&mut self, now: Instant, actions: &mut Vec<HandoffAction>) {
+        if let Phase::AwaitIncumbentExit {
+            seal,
+            successor_warm: true,
+        } = self.phase
+            && self.incumbent.is_none_or(|t| t.link == Link::Reaped)
+        {
+            self.begin(seal, now, actions);
+        }
+    }
+
+    fn on_exited(
+        &mut self,
+        side: Side,
+        status: String,
+        now: Instant,
+        actions: &mut Vec<HandoffAction>,
+    ) {
+        let Some(track) = self.track_mut(side) else {
+            return;
+        };
+        let was_open = track.link == Link::Open;
+        track.link = Link::Reaped;
+        match side {
+            Side::Successor => {
+                if let Phase::Aborting {
+                    reason,
+                    resume_incumbent,
+                } = &self.phase
+                {
+                    let (reason, resume) = (reason.clone(), *resume_incumbent);
+                    if resume && self.incumbent_alive() {
+                        self.enter(
+                            Phase::Resuming {
+                                reason: reason.clone(),
+                            },
+                            now,
+                        );
+                        actions.push(HandoffAction::Send {
+                            to: Side::Incumbent,
+                            message: Message::ResumeAfterAbort,
+                        });
+                    } else {
+                        let serving = self.incumbent_alive();
+                        self.finish_rollback(reason, serving, now, actions);
+                    }
+                } else {
+                    self.abort(AbortReason::SuccessorExited { status }, now, actions);
+                }
+            }
+            Side::Incumbent => {
+                if was_open {
+                    self.incumbent_lost(now, actions);
+                }
+                if matches!(self.phase, Phase::AwaitHello | Phase::WarmingUp) {
+                    // Begin as soon as the successor is warm (Warm handler).
+                    self.incumbent = None;
+                }
+                self.try_begin_after_incumbent(now, actions);
+                if let Phase::Aborting {
+                    resume_incumbent: true,
+                    reason,
+                } = &self.phase
+                {
+                    // Nobody left to resume.
+                    self.phase = Phase::Aborting {
+                        reason: reason.clone(),
+                        resume_incumbent: false,
+                    };
+                }
+            }
+        }
+    }
+
+    fn abort(&mut self, reason: AbortReason, now: Instant, actions: &mut Vec<HandoffAction>) {
+        if matches!(
+            self.phase,
+            Phase::Aborting { .. } | Phase::Resuming { .. } | Phase::Done
+        ) {
+            return;
+        }
+        // The incumbent needs ResumeAfterAbort if it was asked to drain.
+        let resume_incumbent = self.incumbent_alive()
+            && matches!(
+                self.phase,
+                Phase::Draining
+                    | Phase::Sealing
+                    | Phase::Beginning { sealed: true }
+                    | Phase::Committing
+            )
+            && self.config.mode == Mode::Exclusive;
+        self.abort_started = Some(now);
+        if self.successor.link == Link::Open {
+            actions.push(HandoffAction::Send {
+                to: Side::Successor,
+                message: Message::Abort {
+                    reason: reason.clone(),
+                },
+            });
+        }
+        if self.successor.link == Link::Reaped {
+            self.enter(
+                Phase::Aborting {
+                    reason: reason.clone(),
+                    resume_incumbent,
+                },
+                now,
+            );
+            // Already reaped: move on at once.
+            if resume_incumbent {
+                self.enter(
+                    Phase::Resuming {
+                        reason: reason.clone(),
+                    },
+                    now,
+                );
+                actions.push(HandoffAction::Send {
+                    to: Side::Incumbent,
+                    message: Message::ResumeAfterAbort,
+                });
+            } else {
+                let serving = self.incumbent_alive();
+                self.finish_rollback(reason, serving, now, actions);
+            }
+            return;
+        }
+        actions.push(HandoffAction::Kill {
+            side: Side::Successor,
+            signal: Signal::Kill,
+        });
+        self.enter(
+            Phase::Aborting {
+                reason,
+                resume_incumbent,
+            },
+            now,
+        );
+    }
+
+    fn finish_rollback(
+        &mut self,
+        reason: AbortReason,
+        incumbent_serving: bool,
+        now: Instant,
+        actions: &mut Vec<HandoffAction>,
+    ) {
+        self.enter(Phase::Done, now);
+        self.phases.abort = self
+            .abort_started
+            .map(|start| now.saturating_duration_since(start));
+        self.phases.total = now.saturating_duration_since(self.started);
+        actions.push(HandoffAction::Finish(Verdict::RolledBack {
+            reason,
+            phases: self.phases,
+            incumbent_serving,
+        }));
+    }
+
+    fn check_time(&mut self, now: Instant, actions: &mut Vec<HandoffAction>) {
+        if self.phase == Phase::Done {
+            return;
+        }
+        let liveness = self.config.timeouts.liveness;
+        if self.successor.link == Link::Open
+            && now.saturating_duration_since(self.successor.last_heard) >= liveness
+        {
+            self.successor.link = Link::Closed;
+            actions.push(HandoffAction::Kill {
+                side: Side::Successor,
+                signal: Signal::Kill,
+            });
+            self.abort(AbortReason::SuccessorSilent, now, actions);
+        }
+        if let Some(track) = self.incumbent
+            && track.link == Link::Open
+            && now.saturating_duration_since(track.last_heard) >= liveness
+        {
+            self.on_closed(Side::Incumbent, now, actions);
+        }
+        let before_commit = !matches!(
+            self.phase,
+            Phase::Aborting { .. } | Phase::Resuming { .. } | Phase::Done
+        );
+        if before_commit && now >= self.deadline {
+            let phase = self.phase.name().to_owned();
+            self.abort(AbortReason::Deadline { phase }, now, actions);
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,51 @@
+//! Sans-I/O protocol state machines: one per role, no sockets, no clocks.
+//!
+//! Each machine takes one input and the current monotonic time and returns
+//! the actions its driver must perform (`step(input, now) -> Vec<Action>`).
+//! Drivers (`supervisor.rs`, `successor.rs`, `incumbent.rs`) do the I/O.
+//! Every decision of the protocol lives here, so every ordering and abort
+//! path is a unit test (`tests.rs`), and the state diagrams in
+//! ARCHITECTURE.md describe exactly these enums.
+
+mod generation;
+mod handoff;
+mod retire;
+
+#[cfg(test)]
+mod tests;
+
+pub use generation::{
+    Ending, GenerationAction, GenerationInput, GenerationMachine, HookCall, HookOutcome, UserCall,
+};
+pub use handoff::{
+    HandoffAction, HandoffConfig, HandoffInput, HandoffMachine, Phases, ReadySeen, Verdict,
+};
+pub use retire::{RetireAction, RetireInput, RetireMachine};
+
+/// One of the two generations a supervisor talks to during a handoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The generation serving when the handoff started.
+    Incumbent,
+    /// The generation being started.
+    Successor,
+}
+
+impl Side {
+    /// The matching error-side peer.
+    pub fn peer(self) -> crate::error::Peer {
+        match self {
+            Side::Incumbent => crate::error::Peer::Incumbent,
+            Side::Successor => crate::error::Peer::Successor,
+        }
+    }
+}
+
+/// Which signal a driver must send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Polite: finish and exit.
+    Term,
+    /// Not negotiable.
+    Kill,
+}
