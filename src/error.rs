@@ -111,6 +111,8 @@ pub enum ListenerProblem {
     NotASocket,
     /// A stream socket that is not listening.
     NotListening,
+    /// The supervisor passed no fd under this name.
+    Missing,
     /// The socket family or type differs from what was asked.
     WrongKind {
         /// What the caller asked for.
@@ -132,6 +134,7 @@ impl std::fmt::Display for ListenerProblem {
         match self {
             ListenerProblem::NotASocket => f.write_str("not a socket"),
             ListenerProblem::NotListening => f.write_str("stream socket is not listening"),
+            ListenerProblem::Missing => f.write_str("the supervisor passed no fd under this name"),
             ListenerProblem::WrongKind { expected, got } => {
                 write!(f, "expected a {expected} socket, got {got}")
             }

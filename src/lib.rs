@@ -16,4 +16,17 @@ pub use drain::{DrainReport, Drainable, SealProgress};
 pub use error::{Error, Result};
 pub use timeouts::Timeouts;
 pub use wire::{Fingerprint, Health, Mode, SealInfo, Snapshot};
+pub(crate) mod channel;
+pub(crate) mod incumbent;
 pub mod protocol;
+mod successor;
+pub(crate) mod sys;
+
+pub use incumbent::EXIT_ABORTED;
+pub use protocol::Ending;
+pub use successor::{
+    Begun, ENV_CONTROL_FD, ENV_SUPERVISOR_PID, Generation, Live, ReadyReport, StartOptions,
+    Warming, start,
+};
+pub use sys::ListenAddr;
+pub mod supervisor;

@@ -247,12 +247,12 @@ impl GenerationMachine {
     }
 
     /// The Hello this side sends first.
-    pub fn hello(pid: u32, build_id: String) -> Message {
+    pub fn hello(pid: u32, build_id: String, versions: crate::wire::VersionRange) -> Message {
         Message::Hello {
             role: crate::wire::Role::Generation,
             pid,
             build_id,
-            versions: crate::wire::PROTOCOL_VERSIONS,
+            versions,
             capabilities: 0,
         }
     }

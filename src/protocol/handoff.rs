@@ -122,6 +122,8 @@ pub enum HandoffAction {
 /// Time spent in each phase; `None` for phases the handoff did not reach.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Phases {
+    /// Spawning the successor (filled in by the driver).
+    pub spawn: Option<Duration>,
     /// Spawn to Hello.
     pub hello: Option<Duration>,
     /// HelloAck to Warm (the successor's warm-up, listeners included).
@@ -169,17 +171,28 @@ enum Link {
     Reaped,
 }
 
+/// The handoff id a side's messages must carry (invariant I9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdRule {
+    /// Exactly this id.
+    Exactly(u64),
+    /// An older id: the incumbent's own, until it is sent Prepare.
+    Older,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Track {
     link: Link,
     last_heard: Instant,
+    id: IdRule,
 }
 
 impl Track {
-    fn new(now: Instant) -> Self {
+    fn new(now: Instant, id: IdRule) -> Self {
         Track {
             link: Link::Open,
             last_heard: now,
+            id,
         }
     }
 }
@@ -242,7 +255,7 @@ pub struct HandoffMachine {
 impl HandoffMachine {
     /// A machine for a handoff whose successor was just spawned at `now`.
     pub fn new(config: HandoffConfig, now: Instant) -> Self {
-        let incumbent = config.has_incumbent.then(|| Track::new(now));
+        let incumbent = config.has_incumbent.then(|| Track::new(now, IdRule::Older));
         HandoffMachine {
             deadline: now + config.timeouts.handoff_deadline,
             config,
@@ -251,7 +264,8 @@ impl HandoffMachine {
             phase_started: now,
             abort_started: None,
             phases: Phases::default(),
-            successor: Track::new(now),
+            // The successor learns the id from HelloAck: its Hello carries 0.
+            successor: Track::new(now, IdRule::Exactly(0)),
             incumbent,
         }
     }
@@ -336,6 +350,7 @@ impl HandoffMachine {
         now: Instant,
         actions: &mut Vec<HandoffAction>,
     ) {
+        let current = self.config.handoff_id;
         let Some(track) = self.track_mut(from) else {
             return;
         };
@@ -343,15 +358,15 @@ impl HandoffMachine {
             return;
         }
         track.last_heard = now;
-        // The successor learns the id from HelloAck: its Hello carries 0.
-        let expected_id = match (&message, from) {
-            (Message::Hello { .. }, Side::Successor) => 0,
-            _ => self.config.handoff_id,
+        let id_ok = match track.id {
+            IdRule::Exactly(expected) => handoff_id == expected,
+            IdRule::Older => handoff_id < current,
         };
-        if handoff_id != expected_id {
+        if !id_ok {
             let detail = format!(
-                "{} carried handoff id {handoff_id}, expected {expected_id}",
-                message.name()
+                "{} carried handoff id {handoff_id}, expected {:?} (handoff {current})",
+                message.name(),
+                track.id
             );
             self.protocol_violation(from, detail, now, actions);
             return;
@@ -371,6 +386,7 @@ impl HandoffMachine {
                 match self.config.versions.negotiate(versions) {
                     Some(version) => {
                         self.phases.hello = Some(self.enter(Phase::WarmingUp, now));
+                        self.successor.id = IdRule::Exactly(self.config.handoff_id);
                         actions.push(HandoffAction::Send {
                             to: Side::Successor,
                             message: Message::HelloAck {
@@ -406,6 +422,9 @@ impl HandoffMachine {
                         self.enter(Phase::Draining, now);
                         let left = self.deadline.saturating_duration_since(now);
                         let grace = self.config.timeouts.drain_grace.min(left);
+                        if let Some(track) = self.incumbent.as_mut() {
+                            track.id = IdRule::Exactly(self.config.handoff_id);
+                        }
                         actions.push(HandoffAction::Send {
                             to: Side::Incumbent,
                             message: Message::Prepare {

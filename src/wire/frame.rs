@@ -10,10 +10,14 @@
 //! ```
 //!
 //! The decoder owns partial bytes and the fds that arrived with them, and
-//! hands fds out only with the frame that declared them: fds must arrive with
-//! bytes of the frame that declares them (one `sendmsg` per frame), so a
-//! frame that ends with fewer or more fds than declared is an error, never a
-//! silent leak (the surplus fds are closed when the decoder is dropped).
+//! hands fds out only with the frame that declared them. Which frame is that?
+//! A sender writes each frame with one `sendmsg`, the fds attached. On a Unix
+//! stream socket, Linux's `recvmsg` may glue bytes of earlier, fd-less writes
+//! in front of a write that carries fds, but stops right after the first
+//! write whose fds it delivered. So the fds of one `recvmsg` belong to the
+//! frame that holds the *last* byte of that chunk. A frame that ends with
+//! fewer or more fds than it declared is an error, never a silent leak (the
+//! surplus fds are closed when the decoder is dropped).
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
@@ -123,7 +127,7 @@ fn parse_header(bytes: &[u8; HEADER_LEN]) -> Result<Header, FrameError> {
 pub struct Decoder {
     buf: Vec<u8>,
     /// Received fds with the stream offset (relative to `buf[0]`) of the
-    /// first byte that arrived with them.
+    /// last byte that arrived with them.
     fds: VecDeque<(usize, OwnedFd)>,
     eof: bool,
     poisoned: bool,
@@ -142,7 +146,15 @@ impl Decoder {
             self.poisoned = true;
             return Err(FrameError::AfterEof);
         }
-        let offset = self.buf.len();
+        if bytes.is_empty() && !fds.is_empty() {
+            self.poisoned = true;
+            return Err(FrameError::FdCountMismatch {
+                declared: 0,
+                received: fds.len(),
+            });
+        }
+        // The fds belong to the frame holding the chunk's last byte.
+        let offset = self.buf.len() + bytes.len().saturating_sub(1);
         for fd in fds {
             self.fds.push_back((offset, fd));
         }

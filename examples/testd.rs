@@ -1,0 +1,394 @@
+//! `testd`: the test daemon of the integration suite, and the shortest
+//! complete example of a `Drainable` daemon with durable state.
+//!
+//! Protocol (one request per connection, one line each way):
+//! `PUT key value` → `OK <revision>` after the write is fsynced;
+//! `GET key` → `VALUE <value>` or `MISSING`; `INFO` → `pid=<pid> build=<id>
+//! generation=<n> revisions=<n>`; `FDS` → one line listing the open fds as
+//! comma-separated `fd:cloexec` pairs (to check that a generation holds nothing it was not
+//! given).
+//!
+//! Flags make it misbehave on purpose, for the fault tests:
+//! `--fail-at STAGE` exits with status 3 and `--hang-at STAGE` blocks for
+//! ever at STAGE (`start`, `warm`, `begin`, `ready`, `drain`, `seal`);
+//! `--unhealthy`, `--seal-fail`, `--bad-fingerprint`.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use handoff::{
+    DrainReport, Drainable, Fingerprint, Health, ReadyReport, SealInfo, SealProgress, Snapshot,
+};
+
+#[derive(Default)]
+struct Args {
+    build: String,
+    listen: String,
+    data_dir: Option<PathBuf>,
+    fail_at: Option<String>,
+    hang_at: Option<String>,
+    unhealthy: bool,
+    seal_fail: bool,
+    bad_fingerprint: bool,
+    versions: Option<(u16, u16)>,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        build: "testd".into(),
+        listen: "127.0.0.1:0".into(),
+        ..Args::default()
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .unwrap_or_else(|| die(&format!("{flag} needs a value")))
+        };
+        match flag.as_str() {
+            "--build" => args.build = value(),
+            "--listen" => args.listen = value(),
+            "--data-dir" => args.data_dir = Some(value().into()),
+            "--fail-at" => args.fail_at = Some(value()),
+            "--hang-at" => args.hang_at = Some(value()),
+            "--unhealthy" => args.unhealthy = true,
+            "--seal-fail" => args.seal_fail = true,
+            "--bad-fingerprint" => args.bad_fingerprint = true,
+            "--protocol" => {
+                let text = value();
+                let (min, max) = text
+                    .split_once("..")
+                    .unwrap_or_else(|| die("--protocol MIN..MAX"));
+                let parse = |v: &str| {
+                    v.parse::<u16>()
+                        .unwrap_or_else(|_| die("--protocol MIN..MAX"))
+                };
+                args.versions = Some((parse(min), parse(max)));
+            }
+            other => die(&format!("unknown flag {other}")),
+        }
+    }
+    args
+}
+
+fn die(message: &str) -> ! {
+    eprintln!("testd: {message}");
+    std::process::exit(2)
+}
+
+/// Stage hooks for the fault flags.
+fn stage(args: &Args, name: &str) {
+    if args.fail_at.as_deref() == Some(name) {
+        eprintln!("testd: failing at {name} as asked");
+        std::process::exit(3);
+    }
+    if args.hang_at.as_deref() == Some(name) {
+        eprintln!("testd: hanging at {name} as asked");
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
+/// The durable state: an append-only log of `key value` lines, fsynced per
+/// write, replayed at open.
+struct Store {
+    log: Option<File>,
+    path: Option<PathBuf>,
+    map: HashMap<String, String>,
+    revisions: u64,
+}
+
+impl Store {
+    fn open(dir: Option<&Path>) -> std::io::Result<Store> {
+        let Some(dir) = dir else {
+            return Ok(Store {
+                log: None,
+                path: None,
+                map: HashMap::new(),
+                revisions: 0,
+            });
+        };
+        let path = dir.join("testd.log");
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        let mut map = HashMap::new();
+        let mut revisions = 0;
+        for line in text.lines() {
+            if let Some((key, value)) = line.split_once(' ') {
+                map.insert(key.to_owned(), value.to_owned());
+                revisions += 1;
+            }
+        }
+        file.seek(SeekFrom::End(0))?;
+        Ok(Store {
+            log: Some(file),
+            path: Some(path),
+            map,
+            revisions,
+        })
+    }
+
+    fn put(&mut self, key: &str, value: &str) -> std::io::Result<u64> {
+        let log = self
+            .log
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("sealed"))?;
+        writeln!(log, "{key} {value}")?;
+        log.sync_data()?;
+        self.map.insert(key.to_owned(), value.to_owned());
+        self.revisions += 1;
+        Ok(self.revisions)
+    }
+
+    fn fingerprint(&self) -> std::io::Result<Fingerprint> {
+        match &self.path {
+            Some(path) => Ok(Fingerprint::of_bytes(&std::fs::read(path)?)),
+            None => Ok(Fingerprint::of_bytes(b"")),
+        }
+    }
+}
+
+struct Shared {
+    store: Mutex<Store>,
+    accepting: AtomicBool,
+    active: AtomicU32,
+    generation: AtomicU64,
+    build: String,
+    /// Fds open when `main` started: a generation must hold nothing but
+    /// stdio and the control fd (3) that it was given.
+    start_fds: String,
+}
+
+struct Daemon {
+    shared: Arc<Shared>,
+    args: Arc<Args>,
+    data_dir: Option<PathBuf>,
+}
+
+impl Drainable for Daemon {
+    type Error = std::io::Error;
+
+    fn drain(&mut self, deadline: Instant) -> std::io::Result<DrainReport> {
+        stage(&self.args, "drain");
+        self.shared.accepting.store(false, Ordering::SeqCst);
+        while self.shared.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(handoff::timeouts::POLL_SLICE);
+        }
+        Ok(DrainReport {
+            open_connections: self.shared.active.load(Ordering::SeqCst),
+            accept_closed: true,
+        })
+    }
+
+    fn seal(&mut self, progress: &mut SealProgress) -> std::io::Result<SealInfo> {
+        stage(&self.args, "seal");
+        if self.args.seal_fail {
+            return Err(std::io::Error::other(
+                "seal failure requested by --seal-fail",
+            ));
+        }
+        let mut store = self.shared.store.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(log) = store.log.take() {
+            log.sync_all()?;
+        }
+        progress.report(1, 1);
+        Ok(SealInfo {
+            revisions: store.revisions,
+            fingerprint: store.fingerprint()?,
+        })
+    }
+
+    fn resume_after_abort(&mut self) -> std::io::Result<()> {
+        let reopened = Store::open(self.data_dir.as_deref())?;
+        *self.shared.store.lock().unwrap_or_else(|e| e.into_inner()) = reopened;
+        self.shared.accepting.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            open_connections: self.shared.active.load(Ordering::SeqCst),
+            in_flight: self.shared.active.load(Ordering::SeqCst),
+            revisions: self.shared.store.lock().map(|s| s.revisions).unwrap_or(0),
+            accepting: self.shared.accepting.load(Ordering::SeqCst),
+        }
+    }
+}
+
+fn handle(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut words = line.trim_end().splitn(3, ' ');
+    let reply = match (words.next(), words.next(), words.next()) {
+        (Some("PUT"), Some(key), Some(value)) => {
+            let mut store = shared.store.lock().unwrap_or_else(|e| e.into_inner());
+            match store.put(key, value) {
+                Ok(revision) => format!("OK {revision}"),
+                Err(error) => format!("ERR {error}"),
+            }
+        }
+        (Some("GET"), Some(key), None) => {
+            let store = shared.store.lock().unwrap_or_else(|e| e.into_inner());
+            match store.map.get(key) {
+                Some(value) => format!("VALUE {value}"),
+                None => "MISSING".into(),
+            }
+        }
+        (Some("INFO"), None, None) => {
+            let store = shared.store.lock().unwrap_or_else(|e| e.into_inner());
+            format!(
+                "pid={} build={} generation={} revisions={} start_fds={}",
+                std::process::id(),
+                shared.build,
+                shared.generation.load(Ordering::SeqCst),
+                store.revisions,
+                shared.start_fds
+            )
+        }
+        (Some("FDS"), None, None) => open_fds_line(),
+        _ => "ERR bad request".into(),
+    };
+    let mut stream = stream;
+    writeln!(stream, "{reply}")?;
+    stream.flush()
+}
+
+fn open_fds_line() -> String {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+        for entry in entries.flatten() {
+            let Some(fd) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let target = std::fs::read_link(entry.path())
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            if target.starts_with("/proc/") {
+                continue; // the directory being read
+            }
+            let flags =
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+            // fdinfo "flags:" is octal; O_CLOEXEC is 02000000.
+            let cloexec = flags
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+                .is_some_and(|f| f & 0o2000000 != 0);
+            out.push(format!(
+                "{fd}:{}",
+                if cloexec { "cloexec" } else { "inherit" }
+            ));
+        }
+    }
+    out.join(",")
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        if !shared.accepting.load(Ordering::SeqCst) {
+            std::thread::sleep(handoff::timeouts::POLL_SLICE);
+            continue;
+        }
+        // Wait for a connection without changing the shared socket's
+        // blocking mode: poll with a short slice, then re-check the flag.
+        let mut fds = [nix::poll::PollFd::new(
+            listener.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let slice = nix::poll::PollTimeout::try_from(handoff::timeouts::POLL_SLICE)
+            .unwrap_or(nix::poll::PollTimeout::NONE);
+        match nix::poll::poll(&mut fds, slice) {
+            Ok(0) | Err(_) => continue,
+            Ok(_) => {}
+        }
+        if !shared.accepting.load(Ordering::SeqCst) {
+            continue;
+        }
+        let Ok((stream, _)) = listener.accept() else {
+            continue;
+        };
+        shared.active.fetch_add(1, Ordering::SeqCst);
+        let worker = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            let _ = handle(&worker, stream);
+            worker.active.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+fn main() {
+    let start_fds = open_fds_line();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let args = Arc::new(parse_args());
+    stage(&args, "start");
+    let mut options = handoff::StartOptions::new(args.build.clone());
+    if let Some((min, max)) = args.versions {
+        options.versions = handoff::wire::VersionRange { min, max };
+    }
+    let mut generation = handoff::start(options).unwrap_or_else(|e| die(&format!("start: {e}")));
+    let listener = generation
+        .tcp_listener("main", &args.listen)
+        .unwrap_or_else(|e| die(&format!("listener: {e}")));
+    stage(&args, "warm");
+    let number = generation.generation();
+    let begun = generation
+        .begin(args.data_dir.as_deref())
+        .unwrap_or_else(|e| die(&format!("begin: {e}")));
+    stage(&args, "begin");
+    let store = Store::open(begun.data_dir()).unwrap_or_else(|e| die(&format!("open state: {e}")));
+    let mut fingerprint = store
+        .fingerprint()
+        .unwrap_or_else(|e| die(&format!("fingerprint: {e}")));
+    if args.bad_fingerprint {
+        fingerprint = Fingerprint::of_bytes(b"not the sealed state");
+    }
+    let revisions = store.revisions;
+    let shared = Arc::new(Shared {
+        store: Mutex::new(store),
+        accepting: AtomicBool::new(true),
+        active: AtomicU32::new(0),
+        generation: AtomicU64::new(number),
+        build: args.build.clone(),
+        start_fds,
+    });
+    stage(&args, "ready");
+    let mut report = ReadyReport::stateful(revisions, fingerprint);
+    if args.unhealthy {
+        report.health = Health::Unhealthy {
+            reason: "--unhealthy".into(),
+        };
+    }
+    let daemon = Daemon {
+        shared: Arc::clone(&shared),
+        args: Arc::clone(&args),
+        data_dir: begun.data_dir().map(Path::to_path_buf),
+    };
+    let live = begun
+        .ready(report, daemon)
+        .unwrap_or_else(|e| die(&format!("ready: {e}")));
+    let acceptor = Arc::clone(&shared);
+    std::thread::spawn(move || accept_loop(listener, acceptor));
+    let ending = live.wait();
+    eprintln!("testd {}: session ended: {ending:?}", std::process::id());
+}

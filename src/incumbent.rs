@@ -1,0 +1,444 @@
+//! The daemon side's threads: the agent that drives a generation's machine,
+//! and the hook thread that runs the [`Drainable`] hooks.
+//!
+//! ```text
+//!   reader thread --frames--> agent <--calls-- successor API (user thread)
+//!                              |  ^
+//!                         jobs v  | results
+//!                           hook thread (owns the Drainable)
+//! ```
+//! The agent never blocks on a hook, so heartbeats keep flowing while a
+//! drain or a seal takes its time (invariant I2). It owns the data-directory
+//! lock and releases it only on the machine's `ReleaseLock` (I4).
+
+use std::ops::ControlFlow;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, select};
+
+use crate::channel::{self, Received};
+use crate::drain::{DrainReport, Drainable, SealProgress};
+use crate::error::{Error, Result};
+use crate::protocol::{
+    Ending, GenerationAction, GenerationInput, GenerationMachine, HookCall, HookOutcome, UserCall,
+};
+use crate::sys::DataDirLock;
+use crate::timeouts::Timeouts;
+use crate::wire::{FdEntry, Message, Mode, SealInfo, Snapshot};
+
+/// Exit code of a successor whose handoff ended before its commit.
+pub const EXIT_ABORTED: i32 = 75;
+
+/// What the user-facing API hears from the agent.
+#[derive(Debug)]
+pub(crate) enum AgentEvent {
+    FdsComplete {
+        mode: Mode,
+        has_incumbent: bool,
+        generation: u64,
+        fds: Vec<(FdEntry, OwnedFd)>,
+    },
+    Began(Option<SealInfo>),
+    Committed,
+    End(Ending),
+}
+
+/// What the agent hears.
+pub(crate) enum AgentInput {
+    Received(Received),
+    User(UserCall),
+    Job(JobResult),
+    Progress(u64, u64),
+    Daemon(Box<dyn ErasedDrainable>),
+    Lock(DataDirLock, PathBuf),
+}
+
+pub(crate) enum Job {
+    Hook(HookCall),
+    Relock(PathBuf, Duration),
+}
+
+pub(crate) enum JobResult {
+    Hook(HookOutcome),
+    Relocked(Option<DataDirLock>),
+}
+
+/// The hooks with the daemon's error type erased to its text (it crosses a
+/// process boundary as text anyway; the full chain is logged here).
+pub(crate) trait ErasedDrainable: Send {
+    fn drain(&mut self, deadline: Instant) -> std::result::Result<DrainReport, String>;
+    fn seal(&mut self, progress: &mut SealProgress) -> std::result::Result<SealInfo, String>;
+    fn resume(&mut self) -> std::result::Result<(), String>;
+    fn snapshot(&self) -> Snapshot;
+}
+
+fn chain(hook: &'static str, error: impl std::error::Error + Send + Sync + 'static) -> String {
+    let error = Error::Hook {
+        hook,
+        source: Box::new(error),
+    };
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    tracing::warn!(hook, error = %text, "hook failed");
+    text
+}
+
+impl<D: Drainable> ErasedDrainable for D {
+    fn drain(&mut self, deadline: Instant) -> std::result::Result<DrainReport, String> {
+        Drainable::drain(self, deadline).map_err(|e| chain("drain", e))
+    }
+    fn seal(&mut self, progress: &mut SealProgress) -> std::result::Result<SealInfo, String> {
+        Drainable::seal(self, progress).map_err(|e| chain("seal", e))
+    }
+    fn resume(&mut self) -> std::result::Result<(), String> {
+        Drainable::resume_after_abort(self).map_err(|e| chain("resume_after_abort", e))
+    }
+    fn snapshot(&self) -> Snapshot {
+        Drainable::snapshot(self)
+    }
+}
+
+/// Starts the agent for a connected control socket. Sends Hello first.
+pub(crate) fn start_agent(
+    control: OwnedFd,
+    build_id: String,
+    versions: crate::wire::VersionRange,
+    timeouts: Timeouts,
+) -> Result<(Sender<AgentInput>, Receiver<AgentEvent>)> {
+    let (sender, receiver) = channel::split(
+        control,
+        crate::error::Peer::Supervisor,
+        timeouts.socket_write,
+    )?;
+    let (input_tx, input_rx) = crossbeam_channel::unbounded::<AgentInput>();
+    let (event_tx, event_rx) = crossbeam_channel::unbounded::<AgentEvent>();
+    sender.send(
+        0,
+        GenerationMachine::hello(std::process::id(), build_id, versions),
+        &[],
+    )?;
+    let now = Instant::now();
+    let machine = GenerationMachine::new(&timeouts, now);
+    let reader_tx = input_tx.clone();
+    channel::spawn_reader("handoff-reader".into(), receiver, move |received| {
+        reader_tx.send(AgentInput::Received(received)).is_ok()
+    })?;
+    let agent = Agent {
+        machine,
+        sender,
+        timeouts,
+        events: event_tx,
+        inputs: input_tx.clone(),
+        pending_fds: Vec::new(),
+        kept_fds: Vec::new(),
+        lock: None,
+        data_dir: None,
+        hooks: None,
+        next_heartbeat: now + timeouts.heartbeat_interval,
+    };
+    std::thread::Builder::new()
+        .name("handoff-agent".into())
+        .spawn(move || agent.run(input_rx))
+        .map_err(|source| Error::io("spawn the agent thread", source))?;
+    Ok((input_tx, event_rx))
+}
+
+struct Agent {
+    machine: GenerationMachine,
+    sender: channel::Sender,
+    timeouts: Timeouts,
+    events: Sender<AgentEvent>,
+    inputs: Sender<AgentInput>,
+    /// Fds of the last Fds frame, until the machine says KeepFds.
+    pending_fds: Vec<(FdEntry, OwnedFd)>,
+    /// Fds kept so far, handed to the daemon at FdsComplete.
+    kept_fds: Vec<(FdEntry, OwnedFd)>,
+    lock: Option<DataDirLock>,
+    data_dir: Option<PathBuf>,
+    hooks: Option<Sender<Job>>,
+    next_heartbeat: Instant,
+}
+
+impl Agent {
+    fn run(mut self, inputs: Receiver<AgentInput>) {
+        loop {
+            let now = Instant::now();
+            let heartbeat = self
+                .machine
+                .supervisor_present()
+                .then_some(self.next_heartbeat);
+            let wake = [heartbeat, self.machine.next_wakeup()]
+                .into_iter()
+                .flatten()
+                .min();
+            let timeout = wake.map(|at| crossbeam_channel::at(at.max(now)));
+            let input = match timeout {
+                Some(timer) => select! {
+                    recv(inputs) -> input => input.ok(),
+                    recv(timer) -> _ => None,
+                },
+                None => match inputs.recv() {
+                    Ok(input) => Some(input),
+                    Err(_) => return,
+                },
+            };
+            let now = Instant::now();
+            let machine_input = match input {
+                None => GenerationInput::Tick,
+                Some(input) => match self.absorb(input) {
+                    Some(machine_input) => machine_input,
+                    None => continue,
+                },
+            };
+            let actions = self.machine.step(machine_input, now);
+            if self.perform(actions).is_break() {
+                return;
+            }
+            if self.machine.supervisor_present() && Instant::now() >= self.next_heartbeat {
+                self.next_heartbeat = Instant::now() + self.timeouts.heartbeat_interval;
+                let id = self.machine.handoff_id();
+                if self.sender.send(id, Message::Heartbeat, &[]).is_err() {
+                    let actions = self.machine.step(GenerationInput::Closed, Instant::now());
+                    if self.perform(actions).is_break() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Turns an agent input into a machine input, handling the ones that are
+    /// the driver's own business.
+    fn absorb(&mut self, input: AgentInput) -> Option<GenerationInput> {
+        match input {
+            AgentInput::Received(Received::Frame(frame)) => {
+                if let Message::Fds { entries } = &frame.envelope.message {
+                    // Kept only if the machine says KeepFds; else dropped (closed).
+                    self.pending_fds = entries.iter().cloned().zip(frame.fds).collect();
+                }
+                Some(GenerationInput::Frame {
+                    handoff_id: frame.envelope.handoff_id,
+                    message: frame.envelope.message,
+                })
+            }
+            AgentInput::Received(Received::Closed(error)) => {
+                if let Some(error) = error {
+                    tracing::warn!(error = %error, "control connection to the supervisor failed");
+                }
+                Some(GenerationInput::Closed)
+            }
+            AgentInput::User(call) => Some(GenerationInput::User(call)),
+            AgentInput::Job(JobResult::Hook(outcome)) => Some(GenerationInput::Hook(outcome)),
+            AgentInput::Job(JobResult::Relocked(lock)) => match lock {
+                Some(lock) => {
+                    self.lock = Some(lock);
+                    Some(GenerationInput::Hook(HookOutcome::Relocked))
+                }
+                None => Some(GenerationInput::Hook(HookOutcome::RelockTimedOut)),
+            },
+            AgentInput::Progress(done, total) => {
+                let id = self.machine.handoff_id();
+                if self.machine.supervisor_present() {
+                    let _ = self
+                        .sender
+                        .send(id, Message::SealProgress { done, total }, &[]);
+                }
+                None
+            }
+            AgentInput::Daemon(daemon) => {
+                match spawn_hook_thread(daemon, self.inputs.clone()) {
+                    Ok(jobs) => self.hooks = Some(jobs),
+                    Err(error) => tracing::error!(error = %error, "cannot start the hook thread"),
+                }
+                None
+            }
+            AgentInput::Lock(lock, dir) => {
+                self.lock = Some(lock);
+                self.data_dir = Some(dir);
+                None
+            }
+        }
+    }
+
+    fn perform(&mut self, actions: Vec<GenerationAction>) -> ControlFlow<()> {
+        for action in actions {
+            match action {
+                GenerationAction::Send(message) => {
+                    let id = self.machine.handoff_id();
+                    if let Err(error) = self.sender.send(id, message, &[]) {
+                        tracing::warn!(error = %error, "send to the supervisor failed");
+                        let more = self.machine.step(GenerationInput::Closed, Instant::now());
+                        self.perform(more)?;
+                    }
+                }
+                GenerationAction::KeepFds => self.kept_fds.append(&mut self.pending_fds),
+                GenerationAction::FdsComplete {
+                    mode,
+                    has_incumbent,
+                    generation,
+                } => {
+                    let fds = std::mem::take(&mut self.kept_fds);
+                    let _ = self.events.send(AgentEvent::FdsComplete {
+                        mode,
+                        has_incumbent,
+                        generation,
+                        fds,
+                    });
+                }
+                GenerationAction::Began(seal) => {
+                    let _ = self.events.send(AgentEvent::Began(seal));
+                }
+                GenerationAction::Committed => {
+                    let _ = self.events.send(AgentEvent::Committed);
+                }
+                GenerationAction::RunHook(call) => self.run_hook(call),
+                GenerationAction::ReleaseLock => {
+                    // I4: only after seal returned Ok (the machine's order).
+                    if let Some(lock) = self.lock.take() {
+                        if let Err(error) = lock.release() {
+                            tracing::error!(error = %error, "releasing the data-directory lock failed");
+                        }
+                    }
+                }
+                GenerationAction::Relock => self.relock(),
+                GenerationAction::ClearDeathSignal => {
+                    if let Err(error) = crate::sys::clear_die_with_parent() {
+                        tracing::error!(error = %error, "cannot clear the parent-death signal");
+                    }
+                }
+                GenerationAction::CloseConnection(reason) => {
+                    tracing::error!(%reason, "the supervisor broke the protocol; closing");
+                    self.sender.shutdown();
+                }
+                GenerationAction::End(ending) => return self.end(ending),
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn run_hook(&mut self, call: HookCall) {
+        match &self.hooks {
+            Some(jobs) => {
+                if jobs.send(Job::Hook(call)).is_err() {
+                    tracing::error!("the hook thread is gone");
+                }
+            }
+            // No daemon registered yet: only a snapshot can be asked for.
+            None => {
+                let outcome = match call {
+                    HookCall::Snapshot => HookOutcome::Snapshot(Snapshot::default()),
+                    HookCall::Drain { .. } => {
+                        HookOutcome::DrainFailed("no daemon registered".into())
+                    }
+                    HookCall::Seal => HookOutcome::SealFailed("no daemon registered".into()),
+                    HookCall::Resume => HookOutcome::ResumeFailed("no daemon registered".into()),
+                };
+                let _ = self.inputs.send(AgentInput::Job(JobResult::Hook(outcome)));
+            }
+        }
+    }
+
+    fn relock(&mut self) {
+        let result = match (&self.data_dir, &self.hooks) {
+            (Some(dir), Some(jobs)) => jobs
+                .send(Job::Relock(dir.clone(), self.timeouts.relock))
+                .map_err(|_| ()),
+            // A stateless daemon has no lock to take back.
+            _ => Err(()),
+        };
+        if result.is_err() {
+            let outcome = if self.data_dir.is_none() {
+                HookOutcome::Relocked
+            } else {
+                HookOutcome::RelockTimedOut
+            };
+            let _ = self.inputs.send(AgentInput::Job(JobResult::Hook(outcome)));
+        }
+    }
+
+    fn end(&mut self, ending: Ending) -> ControlFlow<()> {
+        let before_commit = matches!(
+            ending,
+            Ending::Aborted(_) | Ending::SupervisorLost | Ending::Violation(_)
+        );
+        let _ = self.events.send(AgentEvent::End(ending.clone()));
+        if before_commit {
+            // I8: a successor whose handoff ended before its commit exits;
+            // it never serves on its own.
+            tracing::warn!(?ending, "handoff ended before the commit; exiting");
+            std::process::exit(EXIT_ABORTED);
+        }
+        tracing::info!(?ending, "generation session ended");
+        ControlFlow::Break(())
+    }
+}
+
+fn spawn_hook_thread(
+    mut daemon: Box<dyn ErasedDrainable>,
+    results: Sender<AgentInput>,
+) -> Result<Sender<Job>> {
+    let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded::<Job>();
+    std::thread::Builder::new()
+        .name("handoff-hooks".into())
+        .spawn(move || {
+            for job in jobs_rx {
+                let result = match job {
+                    Job::Hook(call) => JobResult::Hook(run_call(daemon.as_mut(), call, &results)),
+                    Job::Relock(dir, within) => {
+                        JobResult::Relocked(match DataDirLock::acquire_within(&dir, within) {
+                            Ok(lock) => lock,
+                            Err(error) => {
+                                tracing::error!(error = %error, "re-taking the data-directory lock failed");
+                                None
+                            }
+                        })
+                    }
+                };
+                if results.send(AgentInput::Job(result)).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|source| Error::io("spawn the hook thread", source))?;
+    Ok(jobs_tx)
+}
+
+fn run_call(
+    daemon: &mut dyn ErasedDrainable,
+    call: HookCall,
+    results: &Sender<AgentInput>,
+) -> HookOutcome {
+    match call {
+        HookCall::Drain { deadline } => match daemon.drain(deadline) {
+            Ok(report) => HookOutcome::Drained {
+                open_connections: report.open_connections,
+                accept_closed: report.accept_closed,
+            },
+            Err(reason) => HookOutcome::DrainFailed(reason),
+        },
+        HookCall::Seal => {
+            let progress_tx = results.clone();
+            let mut progress = SealProgress {
+                report: Box::new(move |done, total| {
+                    let _ = progress_tx.send(AgentInput::Progress(done, total));
+                }),
+            };
+            match daemon.seal(&mut progress) {
+                Ok(info) => HookOutcome::Sealed(info),
+                Err(reason) => HookOutcome::SealFailed(reason),
+            }
+        }
+        HookCall::Resume => match daemon.resume() {
+            Ok(()) => HookOutcome::Resumed,
+            Err(reason) => HookOutcome::ResumeFailed(reason),
+        },
+        HookCall::Snapshot => HookOutcome::Snapshot(daemon.snapshot()),
+    }
+}

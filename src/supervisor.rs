@@ -1,0 +1,1205 @@
+//! The supervisor as a library: holds the listeners, spawns generations, and
+//! drives handoffs. `handoffctl` is a thin binary over this module.
+//!
+//! One thread (the loop) owns every piece of lifecycle state: the live
+//! generation, the handoff in flight, the generations being retired, the
+//! restart timer. It waits on one channel of events (frames and closes from
+//! per-connection reader threads, exits from per-child waiter threads) and
+//! one channel of commands (from [`SupervisorHandle`]s), steps the sans-I/O
+//! machines, and performs their actions. Children are spawned from the loop
+//! thread only, because PR_SET_PDEATHSIG fires when the *thread* that forked
+//! a child exits (see `sys`); only the loop reaps, so a pid it signals cannot
+//! have been reused (invariant I11).
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, select};
+
+use crate::channel::{self, Received};
+use crate::error::{Error, Peer, Result};
+use crate::protocol::{
+    HandoffAction, HandoffConfig, HandoffInput, HandoffMachine, Phases, RetireAction, RetireInput,
+    RetireMachine, Side, Signal, Verdict,
+};
+use crate::successor::ENV_SUPERVISOR_PID;
+use crate::sys::{self, ListenAddr, Sig, SpawnSpec};
+use crate::timeouts::{RESTART_STABLE, STOP_DRAIN, Timeouts};
+use crate::wire::{AbortReason, FdEntry, FdKind, MAX_FDS_PER_FRAME, Message, Mode};
+
+/// A listening socket (or any fd) the supervisor holds and passes on by name.
+#[derive(Debug)]
+pub struct NamedListener {
+    /// The name daemons ask for.
+    pub name: String,
+    /// What it is.
+    pub kind: FdKind,
+    /// The socket; the supervisor keeps it open for its whole life.
+    pub fd: OwnedFd,
+    /// Its address, for status.
+    pub address: String,
+}
+
+impl NamedListener {
+    /// Binds `addr` (`HOST:PORT`, `unix:PATH`, `udp:HOST:PORT`).
+    pub fn bind(name: impl Into<String>, addr: &ListenAddr) -> Result<Self> {
+        let fd = sys::bind(addr).map_err(|source| Error::io("binding a listener", source))?;
+        let kind = match addr {
+            ListenAddr::Tcp(_) => FdKind::Tcp,
+            ListenAddr::Unix(_) => FdKind::Unix,
+            ListenAddr::Udp(_) => FdKind::Udp,
+        };
+        let address = sys::inspect(fd.as_fd())
+            .ok()
+            .and_then(|info| info.local)
+            .map_or_else(|| addr.to_string(), |local| local.to_string());
+        Ok(NamedListener {
+            name: name.into(),
+            kind,
+            fd,
+            address,
+        })
+    }
+
+    /// Adopts an fd received from elsewhere (systemd socket activation).
+    pub fn adopt(name: impl Into<String>, fd: OwnedFd) -> Result<Self> {
+        let info = sys::inspect(fd.as_fd())
+            .map_err(|source| Error::io("inspecting an adopted fd", source))?;
+        Ok(NamedListener {
+            name: name.into(),
+            kind: info.kind.unwrap_or(FdKind::Other),
+            address: info
+                .local
+                .map_or_else(|| "-".into(), |local| local.to_string()),
+            fd,
+        })
+    }
+}
+
+/// When a generation that exited outside a handoff is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Whatever the exit status.
+    Always,
+    /// Unless it exited with status 0.
+    OnFailure,
+    /// Never; the supervisor stops when its generation exits.
+    Never,
+}
+
+/// Everything the supervisor needs.
+#[derive(Debug)]
+pub struct SupervisorConfig {
+    /// The daemon binary.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// Extra environment for every generation.
+    pub env: Vec<(OsString, OsString)>,
+    /// Exclusive (stateful) or overlap (stateless).
+    pub mode: Mode,
+    /// Durations.
+    pub timeouts: Timeouts,
+    /// Restart policy outside handoffs.
+    pub restart: RestartPolicy,
+    /// The listeners, bound or adopted by the caller.
+    pub listeners: Vec<NamedListener>,
+}
+
+/// What one upgrade asks for; `None` fields take the configured value.
+#[derive(Debug, Clone, Default)]
+pub struct UpgradeRequest {
+    /// Binary of the successor.
+    pub program: Option<PathBuf>,
+    /// Arguments of the successor.
+    pub args: Option<Vec<OsString>>,
+    /// Drain grace for this handoff.
+    pub drain_grace: Option<Duration>,
+    /// Overall deadline for this handoff.
+    pub deadline: Option<Duration>,
+}
+
+/// How a handoff ended, with the per-phase timings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Outcome {
+    /// The successor serves.
+    Committed {
+        /// The handoff's id.
+        handoff_id: u64,
+        /// The generation that was serving (absent on a cold start).
+        old_pid: Option<u32>,
+        /// The generation serving now.
+        new_pid: u32,
+        /// Its number.
+        generation: u64,
+        /// Where the time went.
+        phases: Phases,
+    },
+    /// The incumbent kept (or got back) the work.
+    RolledBack {
+        /// The handoff's id.
+        handoff_id: u64,
+        /// Why.
+        reason: AbortReason,
+        /// The generation serving now, if any.
+        old_pid: Option<u32>,
+        /// The successor that was killed, if it was spawned.
+        failed_pid: Option<u32>,
+        /// The serving generation's number (0 when none).
+        generation: u64,
+        /// Where the time went.
+        phases: Phases,
+    },
+}
+
+impl Outcome {
+    /// The handoff id.
+    pub fn handoff_id(&self) -> u64 {
+        match self {
+            Outcome::Committed { handoff_id, .. } | Outcome::RolledBack { handoff_id, .. } => {
+                *handoff_id
+            }
+        }
+    }
+
+    /// Whether it committed.
+    pub fn is_committed(&self) -> bool {
+        matches!(self, Outcome::Committed { .. })
+    }
+}
+
+/// What the supervisor is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SupervisorState {
+    /// No generation serves yet (first start or a restart).
+    Starting,
+    /// A generation serves.
+    Serving,
+    /// A handoff is in flight.
+    HandingOff,
+    /// Stopping.
+    Stopping,
+}
+
+/// A report of the supervisor.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    /// The supervisor's pid.
+    pub supervisor_pid: u32,
+    /// What it does.
+    pub state: SupervisorState,
+    /// The serving generation's number (0 when none).
+    pub generation: u64,
+    /// The serving generation's pid.
+    pub child_pid: Option<u32>,
+    /// The serving generation's binary.
+    pub program: PathBuf,
+    /// The mode.
+    pub mode: Mode,
+    /// `(name, address)` of each listener.
+    pub listeners: Vec<(String, String)>,
+    /// Time since the supervisor started.
+    pub uptime: Duration,
+    /// The last handoff (cold starts included).
+    pub last_handoff: Option<Outcome>,
+    /// Pids of old generations still being retired.
+    pub retiring: Vec<u32>,
+}
+
+/// What the supervisor announces to subscribers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SupervisorEvent {
+    /// A handoff (or a cold start) began.
+    HandoffStarted {
+        /// Its id.
+        handoff_id: u64,
+        /// Whether an incumbent takes part (false on a cold start).
+        upgrade: bool,
+    },
+    /// A handoff ended.
+    HandoffFinished(Outcome),
+    /// A generation exited outside a handoff.
+    GenerationExited {
+        /// Its number.
+        generation: u64,
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        status: String,
+    },
+    /// A handoff entered a phase (the machine's state name).
+    Phase {
+        /// The handoff.
+        handoff_id: u64,
+        /// The phase entered.
+        phase: &'static str,
+    },
+    /// An old generation exited after a commit.
+    GenerationRetired {
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        status: String,
+    },
+    /// The supervisor is stopping.
+    Stopping,
+}
+
+enum Command {
+    Upgrade(UpgradeRequest, Sender<Result<Outcome>>),
+    Status(Sender<Status>),
+    Stop(Sender<()>),
+    Subscribe(Sender<SupervisorEvent>),
+}
+
+enum Event {
+    Frame {
+        generation: u64,
+        frame: crate::wire::Frame,
+    },
+    Closed {
+        generation: u64,
+        error: Option<String>,
+    },
+    Exited {
+        generation: u64,
+    },
+}
+
+/// A running supervisor; dropping it does not stop it (use
+/// [`SupervisorHandle::stop`] and [`Supervisor::join`]).
+#[derive(Debug)]
+pub struct Supervisor {
+    handle: SupervisorHandle,
+    thread: std::thread::JoinHandle<Result<()>>,
+}
+
+/// A cloneable handle to a running supervisor.
+#[derive(Debug, Clone)]
+pub struct SupervisorHandle {
+    commands: Sender<Command>,
+}
+
+impl Supervisor {
+    /// Starts the loop thread and the first generation. Fails if the first
+    /// generation cannot even be spawned.
+    pub fn start(config: SupervisorConfig) -> Result<Supervisor> {
+        config.timeouts.validate()?;
+        let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
+        let (started_tx, started_rx) = crossbeam_channel::bounded::<Result<()>>(1);
+        let thread = std::thread::Builder::new()
+            .name("handoff-supervisor".into())
+            .spawn(move || {
+                let (events_tx, events_rx) = crossbeam_channel::unbounded();
+                let mut state = Loop::new(config, events_tx);
+                let first = state.start_handoff(UpgradeRequest::default(), None);
+                let failed = first.is_err();
+                let _ = started_tx.send(first);
+                if failed {
+                    return Ok(());
+                }
+                state.run(&commands_rx, &events_rx)
+            })
+            .map_err(|source| Error::io("spawn the supervisor thread", source))?;
+        match started_rx.recv() {
+            Ok(Ok(())) => Ok(Supervisor {
+                handle: SupervisorHandle {
+                    commands: commands_tx,
+                },
+                thread,
+            }),
+            Ok(Err(error)) => {
+                let _ = thread.join();
+                Err(error)
+            }
+            Err(_) => Err(Error::SessionOver),
+        }
+    }
+
+    /// A handle for commands.
+    pub fn handle(&self) -> SupervisorHandle {
+        self.handle.clone()
+    }
+
+    /// Waits for the loop to end (after a stop, or when the generation
+    /// exited under `RestartPolicy::Never`).
+    pub fn join(self) -> Result<()> {
+        self.thread.join().unwrap_or(Err(Error::SessionOver))
+    }
+}
+
+impl SupervisorHandle {
+    fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.commands
+            .send(make(tx))
+            .map_err(|_| Error::SessionOver)?;
+        rx.recv().map_err(|_| Error::SessionOver)
+    }
+
+    /// Runs one handoff to its end. `Err(Error::Busy)` while another is in
+    /// flight.
+    pub fn upgrade(&self, request: UpgradeRequest) -> Result<Outcome> {
+        self.ask(|tx| Command::Upgrade(request, tx))?
+    }
+
+    /// Reports the supervisor.
+    pub fn status(&self) -> Result<Status> {
+        self.ask(Command::Status)
+    }
+
+    /// Stops gracefully: cancels a handoff in flight, sends SIGTERM to every
+    /// generation and waits for them (SIGKILL after the stop drain). Returns
+    /// when everything exited.
+    pub fn stop(&self) -> Result<()> {
+        self.ask(Command::Stop)
+    }
+
+    /// Subscribes to events from now on.
+    pub fn subscribe(&self) -> Result<EventStream> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.commands
+            .send(Command::Subscribe(tx))
+            .map_err(|_| Error::SessionOver)?;
+        Ok(EventStream { events: rx })
+    }
+}
+
+/// A stream of [`SupervisorEvent`]s.
+#[derive(Debug)]
+pub struct EventStream {
+    events: Receiver<SupervisorEvent>,
+}
+
+impl EventStream {
+    /// The next event, waiting at most `timeout`; `None` on timeout or when
+    /// the supervisor is gone.
+    pub fn next_timeout(&self, timeout: Duration) -> Option<SupervisorEvent> {
+        self.events.recv_timeout(timeout).ok()
+    }
+
+    /// The next event; `None` when the supervisor is gone.
+    pub fn next(&self) -> Option<SupervisorEvent> {
+        self.events.recv().ok()
+    }
+}
+
+struct Child {
+    generation: u64,
+    pid: u32,
+    process: std::process::Child,
+    sender: channel::Sender,
+    /// The handoff id messages to this child carry now.
+    handoff_id: u64,
+    program: PathBuf,
+    started: Instant,
+    reaped: Option<String>,
+}
+
+impl Child {
+    fn send(&self, message: Message) -> Result<()> {
+        self.sender.send(self.handoff_id, message, &[])
+    }
+
+    fn signal(&self, signal: Sig) {
+        if self.reaped.is_none() {
+            // The loop is the only reaper: the pid cannot be reused (I11).
+            if let Err(error) = sys::signal(self.pid, signal) {
+                tracing::debug!(pid = self.pid, error = %error, "signal failed");
+            }
+        }
+    }
+
+    /// Reaps after the waiter reported the exit.
+    fn reap(&mut self) -> String {
+        if let Some(status) = &self.reaped {
+            return status.clone();
+        }
+        let status = match self.process.wait() {
+            Ok(status) => describe_status(status),
+            Err(error) => format!("wait failed: {error}"),
+        };
+        self.sender.shutdown();
+        self.reaped = Some(status.clone());
+        status
+    }
+}
+
+fn describe_status(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => "unknown status".into(),
+    }
+}
+
+fn sig(signal: Signal) -> Sig {
+    match signal {
+        Signal::Term => Sig::Term,
+        Signal::Kill => Sig::Kill,
+    }
+}
+
+struct InFlight {
+    machine: HandoffMachine,
+    successor: Child,
+    reply: Option<Sender<Result<Outcome>>>,
+    old_pid: Option<u32>,
+    spawn_time: Duration,
+}
+
+struct Retiring {
+    machine: RetireMachine,
+    child: Child,
+}
+
+struct Stopping {
+    replies: Vec<Sender<()>>,
+    kill_at: Instant,
+    killed: bool,
+}
+
+struct Loop {
+    config: SupervisorConfig,
+    events_tx: Sender<Event>,
+    started: Instant,
+    live: Option<Child>,
+    in_flight: Option<InFlight>,
+    retiring: Vec<Retiring>,
+    stopping: Option<Stopping>,
+    restart_at: Option<Instant>,
+    failures: u32,
+    next_generation: u64,
+    next_handoff_id: u64,
+    next_heartbeat: Instant,
+    last_handoff: Option<Outcome>,
+    subscribers: Vec<Sender<SupervisorEvent>>,
+    finished: bool,
+}
+
+impl Loop {
+    fn new(config: SupervisorConfig, events_tx: Sender<Event>) -> Self {
+        let now = Instant::now();
+        Loop {
+            next_heartbeat: now + config.timeouts.heartbeat_interval,
+            config,
+            events_tx,
+            started: now,
+            live: None,
+            in_flight: None,
+            retiring: Vec::new(),
+            stopping: None,
+            restart_at: None,
+            failures: 0,
+            next_generation: 1,
+            next_handoff_id: 1,
+            last_handoff: None,
+            subscribers: Vec::new(),
+            finished: false,
+        }
+    }
+
+    fn announce(&mut self, event: SupervisorEvent) {
+        self.subscribers
+            .retain(|subscriber| subscriber.send(event.clone()).is_ok());
+    }
+
+    fn run(&mut self, commands: &Receiver<Command>, events: &Receiver<Event>) -> Result<()> {
+        while !self.finished {
+            let wake = self.next_wakeup();
+            let timer = crossbeam_channel::at(wake.max(Instant::now()));
+            select! {
+                recv(commands) -> command => match command {
+                    Ok(command) => self.on_command(command),
+                    // Every handle dropped: keep supervising until stopped by
+                    // a signal in the binary (it keeps a handle) — or here,
+                    // nobody can reach us any more, so stop.
+                    Err(_) => self.begin_stop(None),
+                },
+                recv(events) -> event => {
+                    if let Ok(event) = event {
+                        self.on_event(event);
+                    }
+                },
+                recv(timer) -> _ => {},
+            }
+            self.on_time(Instant::now());
+        }
+        Ok(())
+    }
+
+    fn next_wakeup(&self) -> Instant {
+        let mut next = self.next_heartbeat;
+        if let Some(in_flight) = &self.in_flight
+            && let Some(at) = in_flight.machine.next_wakeup()
+        {
+            next = next.min(at);
+        }
+        for retiring in &self.retiring {
+            if let Some(at) = retiring.machine.next_wakeup() {
+                next = next.min(at);
+            }
+        }
+        if let Some(at) = self.restart_at {
+            next = next.min(at);
+        }
+        if let Some(stopping) = &self.stopping
+            && !stopping.killed
+        {
+            next = next.min(stopping.kill_at);
+        }
+        next
+    }
+
+    fn spawn(&mut self, program: PathBuf, args: Vec<OsString>) -> Result<(Child, Duration)> {
+        let begun = Instant::now();
+        let (ours, theirs) = sys::control_pair()
+            .map_err(|source| Error::io("socketpair for a generation", source))?;
+        let mut env = self.config.env.clone();
+        env.push((
+            ENV_SUPERVISOR_PID.into(),
+            std::process::id().to_string().into(),
+        ));
+        let process = sys::spawn(SpawnSpec {
+            program: program.clone(),
+            args,
+            env,
+            control: Some(theirs),
+            die_with_parent: true,
+        })
+        .map_err(|source| Error::Spawn {
+            binary: program.clone(),
+            source,
+        })?;
+        let pid = process.id();
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let (sender, receiver) =
+            channel::split(ours, Peer::Successor, self.config.timeouts.socket_write)?;
+        let events = self.events_tx.clone();
+        channel::spawn_reader(
+            format!("handoff-gen{generation}"),
+            receiver,
+            move |received| {
+                let event = match received {
+                    Received::Frame(frame) => Event::Frame { generation, frame },
+                    Received::Closed(error) => Event::Closed {
+                        generation,
+                        error: error.map(|e| e.to_string()),
+                    },
+                };
+                events.send(event).is_ok()
+            },
+        )?;
+        let events = self.events_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("handoff-wait{generation}"))
+            .spawn(move || {
+                if let Err(error) = sys::wait_exit_nowait(pid) {
+                    tracing::error!(pid, error = %error, "waiting for a generation failed");
+                }
+                let _ = events.send(Event::Exited { generation });
+            })
+            .map_err(|source| Error::io("spawn a waiter thread", source))?;
+        tracing::info!(generation, pid, program = %program.display(), "generation spawned");
+        Ok((
+            Child {
+                generation,
+                pid,
+                process,
+                sender,
+                handoff_id: 0,
+                program,
+                started: Instant::now(),
+                reaped: None,
+            },
+            begun.elapsed(),
+        ))
+    }
+
+    fn start_handoff(
+        &mut self,
+        request: UpgradeRequest,
+        reply: Option<Sender<Result<Outcome>>>,
+    ) -> Result<()> {
+        let mut timeouts = self.config.timeouts;
+        if let Some(grace) = request.drain_grace {
+            timeouts.drain_grace = grace;
+        }
+        if let Some(deadline) = request.deadline {
+            timeouts.handoff_deadline = deadline;
+        }
+        timeouts.validate()?;
+        let program = request
+            .program
+            .unwrap_or_else(|| self.config.program.clone());
+        let args = request.args.unwrap_or_else(|| self.config.args.clone());
+        let (successor, spawn_time) = self.spawn(program, args)?;
+        let handoff_id = self.next_handoff_id;
+        self.next_handoff_id += 1;
+        let has_incumbent = self.live.as_ref().is_some_and(|live| live.reaped.is_none());
+        let config = HandoffConfig {
+            fd_count: u32::try_from(self.config.listeners.len()).unwrap_or(u32::MAX),
+            timeouts,
+            ..HandoffConfig::new(
+                handoff_id,
+                successor.generation,
+                self.config.mode,
+                has_incumbent,
+            )
+        };
+        tracing::info!(
+            handoff_id,
+            generation = successor.generation,
+            successor_pid = successor.pid,
+            incumbent_pid = ?self.live.as_ref().map(|l| l.pid),
+            "handoff started"
+        );
+        self.announce(SupervisorEvent::HandoffStarted {
+            handoff_id,
+            upgrade: has_incumbent,
+        });
+        self.in_flight = Some(InFlight {
+            machine: HandoffMachine::new(config, Instant::now()),
+            successor,
+            reply,
+            old_pid: self.live.as_ref().map(|live| live.pid),
+            spawn_time,
+        });
+        Ok(())
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Upgrade(request, reply) => {
+                if self.in_flight.is_some() {
+                    let _ = reply.send(Err(Error::Busy));
+                } else if self.stopping.is_some() {
+                    let _ = reply.send(Err(Error::SessionOver));
+                } else {
+                    self.restart_at = None;
+                    if let Err(error) = self.start_handoff(request, None) {
+                        let _ = reply.send(Err(error));
+                    } else if let Some(in_flight) = &mut self.in_flight {
+                        in_flight.reply = Some(reply);
+                    }
+                }
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Stop(reply) => self.begin_stop(Some(reply)),
+            Command::Subscribe(subscriber) => self.subscribers.push(subscriber),
+        }
+    }
+
+    fn status(&self) -> Status {
+        let state = if self.stopping.is_some() {
+            SupervisorState::Stopping
+        } else if self.in_flight.is_some() && self.live.is_some() {
+            SupervisorState::HandingOff
+        } else if self.live.is_some() {
+            SupervisorState::Serving
+        } else {
+            SupervisorState::Starting
+        };
+        Status {
+            supervisor_pid: std::process::id(),
+            state,
+            generation: self.live.as_ref().map_or(0, |live| live.generation),
+            child_pid: self.live.as_ref().map(|live| live.pid),
+            program: self
+                .live
+                .as_ref()
+                .map_or_else(|| self.config.program.clone(), |live| live.program.clone()),
+            mode: self.config.mode,
+            listeners: self
+                .config
+                .listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.address.clone()))
+                .collect(),
+            uptime: self.started.elapsed(),
+            last_handoff: self.last_handoff.clone(),
+            retiring: self.retiring.iter().map(|r| r.child.pid).collect(),
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        let now = Instant::now();
+        let generation = match &event {
+            Event::Frame { generation, .. }
+            | Event::Closed { generation, .. }
+            | Event::Exited { generation } => *generation,
+        };
+        // Reap first so that every later decision sees the exit.
+        let status = if let Event::Exited { .. } = event {
+            self.child_mut(generation).map(Child::reap)
+        } else {
+            None
+        };
+        let successor_generation = self.in_flight.as_ref().map(|f| f.successor.generation);
+        let live_generation = self.live.as_ref().map(|l| l.generation);
+        if Some(generation) == successor_generation {
+            let input = match event {
+                Event::Frame { frame, .. } => HandoffInput::Frame {
+                    from: Side::Successor,
+                    handoff_id: frame.envelope.handoff_id,
+                    message: frame.envelope.message,
+                },
+                Event::Closed { error, .. } => {
+                    if let Some(error) = error {
+                        tracing::warn!(generation, %error, "successor connection failed");
+                    }
+                    HandoffInput::Closed {
+                        side: Side::Successor,
+                    }
+                }
+                Event::Exited { .. } => HandoffInput::Exited {
+                    side: Side::Successor,
+                    status: status.unwrap_or_default(),
+                },
+            };
+            self.step_handoff(input, now);
+        } else if Some(generation) == live_generation {
+            if self.in_flight.is_some() {
+                let input = match event {
+                    Event::Frame { frame, .. } => HandoffInput::Frame {
+                        from: Side::Incumbent,
+                        handoff_id: frame.envelope.handoff_id,
+                        message: frame.envelope.message,
+                    },
+                    Event::Closed { .. } => HandoffInput::Closed {
+                        side: Side::Incumbent,
+                    },
+                    Event::Exited { .. } => HandoffInput::Exited {
+                        side: Side::Incumbent,
+                        status: status.unwrap_or_default(),
+                    },
+                };
+                self.step_handoff(input, now);
+            } else {
+                self.on_live_event(event, status.unwrap_or_default(), now);
+            }
+        } else if let Some(index) = self
+            .retiring
+            .iter()
+            .position(|r| r.child.generation == generation)
+        {
+            let input = match event {
+                Event::Frame { frame, .. } => RetireInput::Frame(frame.envelope.message),
+                Event::Closed { .. } => RetireInput::Closed,
+                Event::Exited { .. } => RetireInput::Exited,
+            };
+            self.step_retire(index, input, now);
+        }
+    }
+
+    fn child_mut(&mut self, generation: u64) -> Option<&mut Child> {
+        if let Some(in_flight) = &mut self.in_flight
+            && in_flight.successor.generation == generation
+        {
+            return Some(&mut in_flight.successor);
+        }
+        if let Some(live) = &mut self.live
+            && live.generation == generation
+        {
+            return Some(live);
+        }
+        self.retiring
+            .iter_mut()
+            .map(|r| &mut r.child)
+            .find(|c| c.generation == generation)
+    }
+
+    /// An event from the live generation outside a handoff.
+    fn on_live_event(&mut self, event: Event, status: String, now: Instant) {
+        match event {
+            Event::Frame { frame, .. } => match frame.envelope.message {
+                Message::Heartbeat | Message::SnapshotReport(_) => {}
+                other => tracing::warn!(
+                    message = other.name(),
+                    "the live generation sent a message outside a handoff; ignored"
+                ),
+            },
+            Event::Closed { .. } => {
+                // A generation whose control connection closed cannot be
+                // handed off any more: ask it to stop; the exit restarts it.
+                if let Some(live) = &self.live
+                    && live.reaped.is_none()
+                {
+                    tracing::warn!(
+                        pid = live.pid,
+                        "the live generation closed its control connection"
+                    );
+                    live.signal(Sig::Term);
+                }
+            }
+            Event::Exited { .. } => {
+                let Some(live) = self.live.take() else { return };
+                tracing::warn!(generation = live.generation, pid = live.pid, %status, "generation exited");
+                self.announce(SupervisorEvent::GenerationExited {
+                    generation: live.generation,
+                    pid: live.pid,
+                    status: status.clone(),
+                });
+                if self.stopping.is_some() {
+                    return;
+                }
+                let clean = status == "exit status 0";
+                let restart = match self.config.restart {
+                    RestartPolicy::Always => true,
+                    RestartPolicy::OnFailure => !clean,
+                    RestartPolicy::Never => false,
+                };
+                if !restart {
+                    tracing::info!("restart policy says no restart; stopping");
+                    self.begin_stop(None);
+                    return;
+                }
+                if now.saturating_duration_since(live.started) >= RESTART_STABLE {
+                    self.failures = 0;
+                }
+                let delay = self.config.timeouts.restart_backoff(self.failures);
+                self.failures = self.failures.saturating_add(1);
+                tracing::info!(
+                    delay_ms = delay.as_millis() as u64,
+                    "restarting the generation"
+                );
+                self.restart_at = Some(now + delay);
+            }
+        }
+    }
+
+    fn step_handoff(&mut self, input: HandoffInput, now: Instant) {
+        let Some(in_flight) = &mut self.in_flight else {
+            return;
+        };
+        let before = in_flight.machine.state_name();
+        let actions = in_flight.machine.step(input, now);
+        let after = in_flight.machine.state_name();
+        let handoff_id = in_flight.machine.handoff_id();
+        if before != after {
+            tracing::debug!(handoff_id, from = before, to = after, "handoff phase");
+            self.announce(SupervisorEvent::Phase {
+                handoff_id,
+                phase: after,
+            });
+        }
+        self.perform(actions, now);
+    }
+
+    fn side(&self, side: Side) -> Option<&Child> {
+        match side {
+            Side::Successor => self.in_flight.as_ref().map(|f| &f.successor),
+            Side::Incumbent => self.live.as_ref(),
+        }
+    }
+
+    fn perform(&mut self, actions: Vec<HandoffAction>, now: Instant) {
+        for action in actions {
+            let failed_send = match action {
+                HandoffAction::Send { to, message } => {
+                    let id = self
+                        .in_flight
+                        .as_ref()
+                        .map_or(0, |f| f.machine.handoff_id());
+                    let adopts = matches!(
+                        (&message, to),
+                        (Message::HelloAck { .. }, Side::Successor)
+                            | (Message::Prepare { .. }, Side::Incumbent)
+                    );
+                    let child = match to {
+                        Side::Successor => self.in_flight.as_mut().map(|f| &mut f.successor),
+                        Side::Incumbent => self.live.as_mut(),
+                    };
+                    match child {
+                        Some(child) => {
+                            if adopts {
+                                child.handoff_id = id;
+                            }
+                            child.send(message).err().map(|error| (to, error))
+                        }
+                        None => None,
+                    }
+                }
+                HandoffAction::SendListeners => self
+                    .send_listeners()
+                    .err()
+                    .map(|error| (Side::Successor, error)),
+                HandoffAction::Commit(_proof) => self
+                    .side(Side::Successor)
+                    .and_then(|child| child.send(Message::Commit).err())
+                    .map(|error| (Side::Successor, error)),
+                HandoffAction::Kill { side, signal } => {
+                    if let Some(child) = self.side(side) {
+                        child.signal(sig(signal));
+                    }
+                    None
+                }
+                HandoffAction::Finish(verdict) => {
+                    self.finish(verdict, now);
+                    None
+                }
+            };
+            if let Some((side, error)) = failed_send {
+                tracing::warn!(?side, %error, "send failed; treating the peer as gone");
+                self.step_handoff(HandoffInput::Closed { side }, now);
+            }
+        }
+    }
+
+    fn send_listeners(&self) -> Result<()> {
+        let Some(in_flight) = &self.in_flight else {
+            return Ok(());
+        };
+        for chunk in self.config.listeners.chunks(usize::from(MAX_FDS_PER_FRAME)) {
+            let entries = chunk
+                .iter()
+                .map(|l| FdEntry {
+                    name: l.name.clone(),
+                    kind: l.kind,
+                })
+                .collect();
+            let fds: Vec<_> = chunk.iter().map(|l| l.fd.as_fd()).collect();
+            in_flight.successor.sender.send(
+                in_flight.successor.handoff_id,
+                Message::Fds { entries },
+                &fds,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, verdict: Verdict, now: Instant) {
+        let Some(in_flight) = self.in_flight.take() else {
+            return;
+        };
+        let handoff_id = in_flight.machine.handoff_id();
+        let outcome = match verdict {
+            Verdict::Committed {
+                mut phases,
+                retire_incumbent,
+            } => {
+                phases.spawn = Some(in_flight.spawn_time);
+                let successor = in_flight.successor;
+                let outcome = Outcome::Committed {
+                    handoff_id,
+                    old_pid: in_flight.old_pid,
+                    new_pid: successor.pid,
+                    generation: successor.generation,
+                    phases,
+                };
+                if let Some(mut old) = self.live.replace(successor) {
+                    if retire_incumbent && old.reaped.is_none() {
+                        // Overlap: the old one drains now (Prepare carries this id).
+                        old.handoff_id = handoff_id;
+                        let drain_first = self.config.mode == Mode::Overlap;
+                        let (machine, actions) =
+                            RetireMachine::start(drain_first, self.config.timeouts, now);
+                        self.retiring.push(Retiring {
+                            machine,
+                            child: old,
+                        });
+                        let index = self.retiring.len() - 1;
+                        self.perform_retire(index, actions, now);
+                    }
+                }
+                outcome
+            }
+            Verdict::RolledBack {
+                reason,
+                mut phases,
+                incumbent_serving,
+            } => {
+                phases.spawn = Some(in_flight.spawn_time);
+                if !incumbent_serving {
+                    match &self.live {
+                        Some(live) if live.reaped.is_none() => live.signal(Sig::Kill),
+                        // Nobody serves: start a fresh generation.
+                        _ => {
+                            self.live = None;
+                            if self.stopping.is_none() {
+                                let delay = self.config.timeouts.restart_backoff(self.failures);
+                                self.failures = self.failures.saturating_add(1);
+                                self.restart_at = Some(now + delay);
+                            }
+                        }
+                    }
+                }
+                Outcome::RolledBack {
+                    handoff_id,
+                    reason,
+                    old_pid: self.live.as_ref().map(|l| l.pid),
+                    failed_pid: Some(in_flight.successor.pid),
+                    generation: self.live.as_ref().map_or(0, |l| l.generation),
+                    phases,
+                }
+            }
+        };
+        match &outcome {
+            Outcome::Committed {
+                new_pid,
+                generation,
+                phases,
+                ..
+            } => tracing::info!(
+                handoff_id,
+                new_pid,
+                generation,
+                total_ms = phases.total.as_millis() as u64,
+                "handoff committed"
+            ),
+            Outcome::RolledBack { reason, .. } => {
+                tracing::warn!(handoff_id, %reason, "handoff rolled back")
+            }
+        }
+        self.last_handoff = Some(outcome.clone());
+        self.announce(SupervisorEvent::HandoffFinished(outcome.clone()));
+        if let Some(reply) = in_flight.reply {
+            let _ = reply.send(Ok(outcome));
+        }
+        if self.stopping.is_some() {
+            self.terminate_all(now);
+        }
+    }
+
+    fn step_retire(&mut self, index: usize, input: RetireInput, now: Instant) {
+        let actions = self.retiring[index].machine.step(input, now);
+        self.perform_retire(index, actions, now);
+    }
+
+    fn perform_retire(&mut self, index: usize, actions: Vec<RetireAction>, now: Instant) {
+        for action in actions {
+            let retiring = &mut self.retiring[index];
+            match action {
+                RetireAction::Send(message) => {
+                    if retiring.child.send(message).is_err() {
+                        self.step_retire(index, RetireInput::Closed, now);
+                        return;
+                    }
+                }
+                RetireAction::Signal(signal) => retiring.child.signal(sig(signal)),
+                RetireAction::Gone => {
+                    let retired = self.retiring.remove(index);
+                    self.announce(SupervisorEvent::GenerationRetired {
+                        pid: retired.child.pid,
+                        status: retired.child.reaped.clone().unwrap_or_default(),
+                    });
+                    tracing::info!(
+                        generation = retired.child.generation,
+                        pid = retired.child.pid,
+                        status = retired.child.reaped.as_deref().unwrap_or("?"),
+                        "old generation gone"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_time(&mut self, now: Instant) {
+        if let Some(in_flight) = &self.in_flight
+            && in_flight.machine.next_wakeup().is_some_and(|at| at <= now)
+        {
+            self.step_handoff(HandoffInput::Tick, now);
+        }
+        let due: Vec<usize> = (0..self.retiring.len())
+            .filter(|&i| {
+                self.retiring[i]
+                    .machine
+                    .next_wakeup()
+                    .is_some_and(|at| at <= now)
+            })
+            .collect();
+        for index in due.into_iter().rev() {
+            self.step_retire(index, RetireInput::Tick, now);
+        }
+        if now >= self.next_heartbeat {
+            self.next_heartbeat = now + self.config.timeouts.heartbeat_interval;
+            self.heartbeat();
+        }
+        if self.restart_at.is_some_and(|at| at <= now) && self.in_flight.is_none() {
+            self.restart_at = None;
+            if let Err(error) = self.start_handoff(UpgradeRequest::default(), None) {
+                tracing::error!(%error, "restart failed");
+                let delay = self.config.timeouts.restart_backoff(self.failures);
+                self.failures = self.failures.saturating_add(1);
+                self.restart_at = Some(now + delay);
+            }
+        }
+        if let Some(stopping) = &mut self.stopping {
+            if !stopping.killed && now >= stopping.kill_at {
+                stopping.killed = true;
+                for child in self
+                    .live
+                    .iter()
+                    .chain(self.retiring.iter().map(|r| &r.child))
+                {
+                    child.signal(Sig::Kill);
+                }
+            }
+            let everyone_gone = self.in_flight.is_none()
+                && self.live.as_ref().is_none_or(|l| l.reaped.is_some())
+                && self.retiring.is_empty();
+            if everyone_gone {
+                for reply in stopping.replies.drain(..) {
+                    let _ = reply.send(());
+                }
+                self.finished = true;
+            }
+        }
+    }
+
+    fn heartbeat(&self) {
+        let children = self
+            .live
+            .iter()
+            .chain(self.in_flight.iter().map(|f| &f.successor))
+            .chain(self.retiring.iter().map(|r| &r.child));
+        for child in children {
+            if child.reaped.is_none() {
+                // A failed heartbeat shows up as EOF on the reader.
+                let _ = child.send(Message::Heartbeat);
+            }
+        }
+    }
+
+    fn begin_stop(&mut self, reply: Option<Sender<()>>) {
+        let now = Instant::now();
+        match &mut self.stopping {
+            Some(stopping) => stopping.replies.extend(reply),
+            None => {
+                tracing::info!("stopping");
+                self.announce(SupervisorEvent::Stopping);
+                self.stopping = Some(Stopping {
+                    replies: reply.into_iter().collect(),
+                    kill_at: now + STOP_DRAIN + self.config.timeouts.kill_grace,
+                    killed: false,
+                });
+                self.restart_at = None;
+                if self.in_flight.is_some() {
+                    // Roll back first; terminate_all runs when it finished.
+                    self.step_handoff(HandoffInput::Cancel, now);
+                } else {
+                    self.terminate_all(now);
+                }
+            }
+        }
+    }
+
+    fn terminate_all(&mut self, _now: Instant) {
+        for child in self
+            .live
+            .iter()
+            .chain(self.retiring.iter().map(|r| &r.child))
+        {
+            child.signal(Sig::Term);
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The only code in the library that touches the OS: fd passing, sockets,
+//! peer credentials, the data-directory lock, spawning generations and the
+//! systemd notification.
+//!
+//! # Contract
+//!
+//! - Every function returns [`std::io::Result`]; the drivers wrap errors into
+//!   [`crate::Error`] with the operation and path they were attempting. The
+//!   one exception is [`ListenAddr`]'s parser, whose errors are user input
+//!   errors ([`crate::Error::BadAddress`]).
+//! - Every fd is an [`OwnedFd`](std::os::fd::OwnedFd) from the call that
+//!   creates or receives it, and is close-on-exec from birth (`SOCK_CLOEXEC`,
+//!   `MSG_CMSG_CLOEXEC`, `O_CLOEXEC`, `F_DUPFD_CLOEXEC`): never a window in
+//!   which a concurrent fork + exec elsewhere in the process could inherit
+//!   it. The only fd a spawned generation inherits is the control socket, put
+//!   there on purpose by [`spawn`]. Functions take `impl AsFd` or
+//!   `BorrowedFd`, never a raw fd number.
+//! - `EINTR` is retried here, so callers never see it. A timeout configured
+//!   on a socket (`SO_SNDTIMEO`/`SO_RCVTIMEO`) surfaces as the kernel reports
+//!   it: [`std::io::ErrorKind::WouldBlock`].
+//! - `unsafe` is allowed only in the files of this module that need it, each
+//!   block with a `SAFETY:` note.
+//!
+//! # OS hazards handled here
+//!
+//! - **Unix socket path length.** `sockaddr_un.sun_path` holds 108 bytes
+//!   including the terminating NUL, so a path of 108 bytes or more cannot be
+//!   bound. [`bind`] refuses it with a message naming the limit instead of the
+//!   kernel's bare `EINVAL`/`ENAMETOOLONG`.
+//! - **Stale Unix socket files.** A socket file outlives the process that
+//!   bound it. [`bind`] and [`bind_admin_socket`] replace a socket file only
+//!   when a connect to it is refused (nobody listens); a live listener or a
+//!   file that is not a socket is an `AddrInUse` error, never deleted.
+//! - **flock semantics.** A `flock` lock belongs to the *open file
+//!   description*, not to the process or the fd: it is shared by every fd
+//!   `dup`ed from it and by every child that inherits it across `fork`, and
+//!   it is released only when the last of those fds closes (or on an explicit
+//!   unlock). Two `open`s of the same file in one process therefore exclude
+//!   each other, which the lock tests rely on. Our lock fd is close-on-exec,
+//!   so a spawned generation never inherits the supervisor's lock; and
+//!   [`DataDirLock`] unlocks explicitly on release so that a forked child
+//!   still between fork and exec cannot prolong it.
+//! - **Parent-death signal.** `PR_SET_PDEATHSIG` fires when the *thread* that
+//!   forked the child exits, not when the parent process does. The supervisor
+//!   must therefore spawn generations from its long-lived loop thread, never
+//!   from a short-lived helper thread (a test in `process.rs` shows a child
+//!   killed by its spawning thread's exit). If the parent process died
+//!   between `fork` and the `prctl` in the child, the signal will never come;
+//!   the child closes that race by comparing `getppid()` with the pid the
+//!   parent recorded before forking, and fails the spawn if it differs.
+//! - **Shared file status flags.** `O_NONBLOCK` lives on the open file
+//!   description, which every process holding a passed listener shares. We
+//!   never change it on a listener that may be shared: flipping it would flip
+//!   it under the incumbent's and the successor's feet. Bounded waits use
+//!   `SO_RCVTIMEO`/`SO_SNDTIMEO` on the control socket, which only this side
+//!   of the connection holds.
+//! - **Fds dropped silently.** If the receiver's control buffer is too small,
+//!   the kernel sets `MSG_CTRUNC` and closes the fds that did not fit; nothing
+//!   else reports it. [`recv_chunk`] sizes its buffer for the maximum of 253
+//!   fds (`SCM_MAX_FD`) and reports `MSG_CTRUNC` as
+//!   [`Received::truncated`], still handing over (as owned fds, so they get
+//!   closed) the fds that did arrive.
+//! - **Fds only travel with bytes.** On a stream socket, `sendmsg` with zero
+//!   bytes of payload silently sends no fds, and a receiver never gets fds
+//!   from two different sends in one `recvmsg`: the kernel stops a read at an
+//!   fd-carrying boundary. [`send_frame`] attaches the fds to the first byte
+//!   of a frame, so they arrive with the first chunk of that frame.
+//! - **SIGPIPE.** Writing to a stream socket whose peer has gone raises
+//!   `SIGPIPE`, whose default action kills the process; a library cannot rely
+//!   on the program ignoring it. Every send uses `MSG_NOSIGNAL` and reports
+//!   `EPIPE` instead.
+//! - **Fd numbers in the child.** Between `fork` and `exec`, the child moves
+//!   the control socket to fd 3 with `dup2` (which clears close-on-exec on
+//!   the new number). Before forking, [`spawn`] parks the control socket at
+//!   fd 3 in the parent when fd 3 is free, so std's own spawn fds (the
+//!   exec-error pipe, `/dev/null`) cannot land on fd 3 and be overwritten.
+#![allow(
+    dead_code,
+    unused_imports,
+    reason = "used by the drivers being written in parallel; removed when merged"
+)]
+
+mod fdpass;
+mod inherit;
+mod lock;
+mod notify;
+mod process;
+mod socket;
+
+#[cfg(test)]
+mod test_support;
+
+pub(crate) use fdpass::{Received, recv_chunk, send_frame};
+pub(crate) use lock::{DataDirLock, LOCK_FILE_NAME};
+pub use notify::notify;
+pub(crate) use process::{
+    CONTROL_FD, CONTROL_FD_ENV, Sig, SpawnSpec, clear_die_with_parent, parent_pid, process_alive,
+    signal, spawn, wait_exit_nowait,
+};
+pub use socket::{ListenAddr, PeerCred, SocketInfo, is_cloexec, open_fds};
+pub(crate) use socket::{
+    bind, bind_admin_socket, control_pair, inspect, peer_credentials, set_read_timeout,
+    set_write_timeout,
+};

@@ -1,0 +1,94 @@
+//! The systemd readiness protocol (`sd_notify`), without libsystemd.
+//!
+//! One datagram per message on a fresh unbound, close-on-exec `AF_UNIX`
+//! datagram socket, to the address systemd put in `NOTIFY_SOCKET`: a path,
+//! or a name in the abstract namespace written with a leading `@`.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::path::Path;
+
+/// Sends `message` (`"READY=1"`, `"STOPPING=1"`, `"MAINPID=…"`, several
+/// separated by newlines) to the notification socket `socket`, the value of
+/// `NOTIFY_SOCKET`. Retries `EINTR`.
+pub fn notify(socket: &OsStr, message: &str) -> io::Result<()> {
+    let bytes = socket.as_bytes();
+    let address = match bytes.first() {
+        Some(b'@') => SocketAddr::from_abstract_name(&bytes[1..])?,
+        Some(b'/') => SocketAddr::from_pathname(Path::new(socket))?,
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "NOTIFY_SOCKET must be an absolute path or an abstract name starting with '@'",
+            ));
+        }
+    };
+    let sender = UnixDatagram::unbound()?;
+    loop {
+        match sender.send_to_addr(message.as_bytes(), &address) {
+            Ok(sent) if sent == message.len() => return Ok(()),
+            Ok(sent) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("sent {sent} of {} bytes", message.len()),
+                ));
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use super::*;
+    use crate::sys::test_support::{TEST_DEADLINE, TempDir};
+
+    fn receive(receiver: &UnixDatagram) -> String {
+        receiver
+            .set_read_timeout(Some(TEST_DEADLINE))
+            .expect("timeout");
+        let mut buf = [0; 256];
+        let len = receiver.recv(&mut buf).expect("recv");
+        String::from_utf8(buf[..len].to_vec()).expect("utf-8")
+    }
+
+    #[test]
+    fn notifies_a_path_socket() {
+        let dir = TempDir::new("notify");
+        let path = dir.path().join("notify.sock");
+        let receiver = UnixDatagram::bind(&path).expect("bind");
+        notify(path.as_os_str(), "READY=1").expect("notify");
+        assert_eq!(receive(&receiver), "READY=1");
+    }
+
+    #[test]
+    fn notifies_an_abstract_socket() {
+        let name = format!("handoff-test-notify-{}", std::process::id());
+        let address = SocketAddr::from_abstract_name(name.as_bytes()).expect("address");
+        let receiver = UnixDatagram::bind_addr(&address).expect("bind");
+        let socket = OsString::from(format!("@{name}"));
+        notify(&socket, "READY=1\nSTATUS=serving").expect("notify");
+        assert_eq!(receive(&receiver), "READY=1\nSTATUS=serving");
+    }
+
+    #[test]
+    fn refuses_other_addresses() {
+        for socket in ["", "relative/path", "vsock:2:1234"] {
+            let err = notify(OsStr::new(socket), "READY=1").expect_err(socket);
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{socket}");
+        }
+    }
+
+    #[test]
+    fn a_missing_socket_is_an_error() {
+        let dir = TempDir::new("notify-missing");
+        let path = dir.path().join("nobody.sock");
+        assert!(notify(path.as_os_str(), "READY=1").is_err());
+    }
+}

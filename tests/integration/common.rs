@@ -1,0 +1,244 @@
+//! Shared fixtures: temporary directories, the test daemon, a supervisor
+//! that is stopped even when a test fails, and a bounded client.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use handoff::supervisor::{
+    EventStream, NamedListener, Outcome, RestartPolicy, Supervisor, SupervisorConfig,
+    SupervisorEvent, SupervisorHandle, UpgradeRequest,
+};
+use handoff::{ListenAddr, Mode, Timeouts};
+
+/// Upper bound for anything a test waits for.
+pub const WAIT: Duration = Duration::from_secs(30);
+/// Client I/O bound.
+pub const IO: Duration = Duration::from_secs(10);
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "handoff-test-{}-{tag}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `target/debug/examples/NAME`, built by `cargo test --workspace`.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir layout");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (it builds the examples)",
+        path.display()
+    );
+    path
+}
+
+/// Timeouts short enough for tests.
+pub fn test_timeouts() -> Timeouts {
+    Timeouts {
+        handoff_deadline: Duration::from_secs(20),
+        drain_grace: Duration::from_secs(5),
+        kill_grace: Duration::from_secs(2),
+        ..Timeouts::default()
+    }
+}
+
+/// A supervisor running `testd`, stopped on drop.
+pub struct Harness {
+    pub supervisor: Option<Supervisor>,
+    pub handle: SupervisorHandle,
+    pub events: EventStream,
+    pub addr: SocketAddr,
+    pub data: Option<TempDir>,
+}
+
+impl Harness {
+    /// Starts `testd` under a supervisor and waits until it serves.
+    pub fn start(mode: Mode, extra_args: &[&str]) -> Harness {
+        Harness::start_with(mode, extra_args, test_timeouts())
+    }
+
+    pub fn start_with(mode: Mode, extra_args: &[&str], timeouts: Timeouts) -> Harness {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+        let data = (mode == Mode::Exclusive).then(|| TempDir::new("data"));
+        let listen: ListenAddr = "127.0.0.1:0".parse().expect("addr");
+        let listener = NamedListener::bind("main", &listen).expect("bind");
+        let addr: SocketAddr = listener.address.parse().expect("bound address");
+        let config = SupervisorConfig {
+            program: example("testd"),
+            args: testd_args(data.as_ref().map(TempDir::path), extra_args),
+            env: Vec::new(),
+            mode,
+            timeouts,
+            restart: RestartPolicy::OnFailure,
+            listeners: vec![listener],
+        };
+        let supervisor = Supervisor::start(config).expect("supervisor starts");
+        let handle = supervisor.handle();
+        let events = handle.subscribe().expect("subscribe");
+        let harness = Harness {
+            supervisor: Some(supervisor),
+            handle,
+            events,
+            addr,
+            data,
+        };
+        harness.wait_serving();
+        harness
+    }
+
+    /// Waits until a generation serves (the cold start committed).
+    pub fn wait_serving(&self) {
+        if self.handle.status().expect("status").child_pid.is_some() {
+            return;
+        }
+        self.wait_event(|event| {
+            matches!(event, SupervisorEvent::HandoffFinished(outcome) if outcome.is_committed())
+        });
+    }
+
+    /// Waits for the first event matching `wanted`; panics after `WAIT`.
+    pub fn wait_event(&self, wanted: impl Fn(&SupervisorEvent) -> bool) -> SupervisorEvent {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.next_timeout(left) {
+                Some(event) if wanted(&event) => return event,
+                Some(_) => continue,
+                None => panic!("no matching supervisor event within {WAIT:?}"),
+            }
+        }
+    }
+
+    pub fn upgrade(&self, args: Vec<String>) -> Outcome {
+        let args = args.into_iter().map(Into::into).collect();
+        self.handle
+            .upgrade(UpgradeRequest {
+                args: Some(args),
+                ..UpgradeRequest::default()
+            })
+            .expect("upgrade runs to an outcome")
+    }
+
+    /// The args testd needs plus `extra`.
+    pub fn args(&self, extra: &[&str]) -> Vec<String> {
+        testd_args(self.data.as_ref().map(TempDir::path), extra)
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    pub fn request(&self, line: &str) -> String {
+        request(self.addr, line).unwrap_or_else(|e| panic!("request {line:?}: {e}"))
+    }
+
+    pub fn info(&self) -> Info {
+        Info::parse(&self.request("INFO"))
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.handle.stop();
+        if let Some(supervisor) = self.supervisor.take() {
+            let _ = supervisor.join();
+        }
+    }
+}
+
+fn testd_args(data: Option<&Path>, extra: &[&str]) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(dir) = data {
+        args.push("--data-dir".into());
+        args.push(dir.into());
+    }
+    args.extend(extra.iter().map(Into::into));
+    args
+}
+
+/// One request on a fresh connection, bounded by `IO`.
+pub fn request(addr: SocketAddr, line: &str) -> std::io::Result<String> {
+    let stream = TcpStream::connect_timeout(&addr, IO)?;
+    stream.set_read_timeout(Some(IO))?;
+    stream.set_write_timeout(Some(IO))?;
+    let mut writer = stream.try_clone()?;
+    writeln!(writer, "{line}")?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    if reply.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed without a reply",
+        ));
+    }
+    Ok(reply.trim_end().to_owned())
+}
+
+/// testd's INFO line.
+#[derive(Debug)]
+pub struct Info {
+    pub pid: u32,
+    pub build: String,
+    pub generation: u64,
+    pub revisions: u64,
+    pub start_fds: String,
+}
+
+impl Info {
+    pub fn parse(line: &str) -> Info {
+        let field = |name: &str| {
+            line.split(' ')
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("INFO lacks {name}: {line}"))
+                .to_owned()
+        };
+        Info {
+            pid: field("pid").parse().expect("pid"),
+            build: field("build"),
+            generation: field("generation").parse().expect("generation"),
+            revisions: field("revisions").parse().expect("revisions"),
+            start_fds: field("start_fds"),
+        }
+    }
+}
+
+/// Whether a process exists (a zombie counts as gone: the supervisor reaps).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit(") ")
+                .next()
+                .is_some_and(|rest| !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
