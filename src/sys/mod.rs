@@ -91,6 +91,7 @@ mod socket;
 mod test_support;
 
 pub(crate) use fdpass::{Received, recv_chunk, send_frame};
+pub(crate) use inherit::{adopt_inherited_fd, shutdown};
 pub(crate) use lock::{DataDirLock, LOCK_FILE_NAME};
 pub use notify::notify;
 pub(crate) use process::{
