@@ -301,10 +301,10 @@ impl Agent {
                 GenerationAction::RunHook(call) => self.run_hook(call),
                 GenerationAction::ReleaseLock => {
                     // I4: only after seal returned Ok (the machine's order).
-                    if let Some(lock) = self.lock.take() {
-                        if let Err(error) = lock.release() {
-                            tracing::error!(error = %error, "releasing the data-directory lock failed");
-                        }
+                    if let Some(lock) = self.lock.take()
+                        && let Err(error) = lock.release()
+                    {
+                        tracing::error!(error = %error, "releasing the data-directory lock failed");
                     }
                 }
                 GenerationAction::Relock => self.relock(),

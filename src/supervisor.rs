@@ -221,7 +221,7 @@ pub enum SupervisorEvent {
         upgrade: bool,
     },
     /// A handoff ended.
-    HandoffFinished(Outcome),
+    HandoffFinished(Box<Outcome>),
     /// A generation exited outside a handoff.
     GenerationExited {
         /// Its number.
@@ -995,8 +995,11 @@ impl Loop {
                     generation: successor.generation,
                     phases,
                 };
-                if let Some(mut old) = self.live.replace(successor) {
-                    if retire_incumbent && old.reaped.is_none() {
+                if let Some(mut old) = self.live.replace(successor)
+                    && retire_incumbent
+                    && old.reaped.is_none()
+                {
+                    {
                         // Overlap: the old one drains now (Prepare carries this id).
                         old.handoff_id = handoff_id;
                         let drain_first = self.config.mode == Mode::Overlap;
@@ -1060,7 +1063,7 @@ impl Loop {
             }
         }
         self.last_handoff = Some(outcome.clone());
-        self.announce(SupervisorEvent::HandoffFinished(outcome.clone()));
+        self.announce(SupervisorEvent::HandoffFinished(Box::new(outcome.clone())));
         if let Some(reply) = in_flight.reply {
             let _ = reply.send(Ok(outcome));
         }

@@ -74,6 +74,10 @@ fn exclusive_handoff_commits_and_keeps_every_write() {
     let after = harness.info();
     assert_eq!((after.pid, after.build.as_str()), (new_pid, "v2"));
     assert_eq!(after.revisions, 20, "the successor opened the sealed state");
+    assert!(
+        after.generation > before.generation,
+        "generation numbers grow: {before:?} → {after:?}"
+    );
     assert_all_present(&harness, &writes);
     wait_retired(&harness, before.pid);
     assert!(!alive(before.pid), "the old generation exited");

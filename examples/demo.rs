@@ -1,0 +1,190 @@
+//! The main job, end to end: a daemon (`testd`) under the library's
+//! supervisor, under client load, upgraded again and again; then every
+//! acknowledged write is read back. Prints one JSON object and exits
+//! non-zero if anything was lost.
+//!
+//! ```text
+//! cargo build --release --examples && cargo run --release --example demo -- --upgrades 20
+//! ```
+//! Flags: `--upgrades N` (10), `--clients N` (8), `--mode exclusive|overlap`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use handoff::supervisor::{
+    NamedListener, Outcome, RestartPolicy, Supervisor, SupervisorConfig, UpgradeRequest,
+};
+use handoff::{Mode, Timeouts};
+
+const IO: Duration = Duration::from_secs(10);
+
+fn request(addr: SocketAddr, line: &str) -> std::io::Result<String> {
+    let stream = TcpStream::connect_timeout(&addr, IO)?;
+    stream.set_read_timeout(Some(IO))?;
+    let mut writer = stream.try_clone()?;
+    writeln!(writer, "{line}")?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    Ok(reply.trim_end().to_owned())
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    refused: u64,
+    reset: u64,
+    other_errors: u64,
+    rejected: u64,
+    acked: Vec<(String, String)>,
+}
+
+fn main() {
+    let mut upgrades = 10usize;
+    let mut clients = 8usize;
+    let mut mode = Mode::Exclusive;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().unwrap_or_default();
+        match flag.as_str() {
+            "--upgrades" => upgrades = value.parse().expect("--upgrades N"),
+            "--clients" => clients = value.parse().expect("--clients N"),
+            "--mode" => {
+                mode = match value.as_str() {
+                    "exclusive" => Mode::Exclusive,
+                    "overlap" => Mode::Overlap,
+                    _ => panic!("--mode exclusive|overlap"),
+                }
+            }
+            _ => panic!("unknown flag {flag}"),
+        }
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let testd: PathBuf = exe.with_file_name("testd");
+    assert!(
+        testd.exists(),
+        "{} is missing: run `cargo build --examples` (same profile) first",
+        testd.display()
+    );
+    let data = std::env::temp_dir().join(format!("handoff-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&data).expect("data dir");
+
+    let listener =
+        NamedListener::bind("main", &"127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let addr: SocketAddr = listener.address.parse().expect("address");
+    let base_args = |build: &str| -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec!["--build".into(), build.into()];
+        if mode == Mode::Exclusive {
+            args.push("--data-dir".into());
+            args.push(data.clone().into());
+        }
+        args
+    };
+    let supervisor = Supervisor::start(SupervisorConfig {
+        program: testd.clone(),
+        args: base_args("v1"),
+        env: Vec::new(),
+        mode,
+        timeouts: Timeouts::default(),
+        restart: RestartPolicy::OnFailure,
+        listeners: vec![listener],
+    })
+    .expect("supervisor");
+    let handle = supervisor.handle();
+    // Wait for generation 1 by asking it (connections wait in the backlog).
+    request(addr, "INFO").expect("generation 1 serves");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let workers: Vec<_> = (0..clients)
+        .map(|client| {
+            let (stop, tally) = (Arc::clone(&stop), Arc::clone(&tally));
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let (key, value) = (format!("c{client}-{n}"), format!("v{n}"));
+                    let line = if mode == Mode::Exclusive {
+                        format!("PUT {key} {value}")
+                    } else {
+                        "INFO".into()
+                    };
+                    let result = request(addr, &line);
+                    let mut t = tally.lock().expect("tally");
+                    match result {
+                        Ok(reply) if reply.starts_with("OK ") => {
+                            t.ok += 1;
+                            t.acked.push((key, value));
+                        }
+                        Ok(reply) if reply.starts_with("pid=") => t.ok += 1,
+                        Ok(_) => t.rejected += 1,
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                            t.refused += 1
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => t.reset += 1,
+                        Err(_) => t.other_errors += 1,
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let mut totals = Vec::new();
+    let mut committed = 0;
+    let mut pids = vec![request(addr, "INFO").expect("info")];
+    for round in 0..upgrades {
+        let build = if round % 2 == 0 { "v2" } else { "v1" };
+        let outcome = handle
+            .upgrade(UpgradeRequest {
+                args: Some(base_args(build)),
+                ..UpgradeRequest::default()
+            })
+            .expect("upgrade");
+        match outcome {
+            Outcome::Committed { phases, .. } => {
+                committed += 1;
+                totals.push(phases.total.as_secs_f64() * 1e3);
+            }
+            Outcome::RolledBack { reason, .. } => eprintln!("demo: handoff rolled back: {reason}"),
+        }
+        pids.push(request(addr, "INFO").expect("info"));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for worker in workers {
+        worker.join().expect("worker");
+    }
+    let tally = std::mem::take(&mut *tally.lock().expect("tally"));
+    let lost = tally
+        .acked
+        .iter()
+        .filter(|(key, value)| {
+            request(addr, &format!("GET {key}")).ok().as_deref() != Some(&format!("VALUE {value}"))
+        })
+        .count();
+    handle.stop().expect("stop");
+    supervisor.join().expect("join");
+    let _ = std::fs::remove_dir_all(&data);
+
+    totals.sort_by(f64::total_cmp);
+    let median = totals.get(totals.len() / 2).copied().unwrap_or(f64::NAN);
+    let max = totals.last().copied().unwrap_or(f64::NAN);
+    let failed = tally.refused + tally.reset + tally.other_errors + tally.rejected;
+    println!(
+        "{{\"mode\":\"{mode:?}\",\"clients\":{clients},\"handoffs\":{upgrades},\"committed\":{committed},\"requests\":{},\"failed\":{{\"refused\":{},\"reset\":{},\"other\":{},\"rejected\":{}}},\"acked_writes\":{},\"lost_writes\":{lost},\"handoff_ms\":{{\"p50\":{median:.2},\"max\":{max:.2}}}}}",
+        tally.ok + failed,
+        tally.refused,
+        tally.reset,
+        tally.other_errors,
+        tally.rejected,
+        tally.acked.len(),
+    );
+    let distinct: std::collections::HashSet<_> =
+        pids.iter().filter_map(|p| p.split(' ').next()).collect();
+    if failed > 0 || lost > 0 || committed != upgrades || distinct.len() != upgrades + 1 {
+        eprintln!("demo: LOSS OR FAILURE (see above)");
+        std::process::exit(1);
+    }
+}
