@@ -29,4 +29,5 @@ pub use successor::{
     Warming, start,
 };
 pub use sys::ListenAddr;
+pub mod os;
 pub mod supervisor;

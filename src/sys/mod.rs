@@ -94,8 +94,9 @@ pub(crate) use fdpass::{Received, recv_chunk, send_frame};
 pub(crate) use inherit::{adopt_inherited_fd, shutdown};
 pub(crate) use lock::{DataDirLock, LOCK_FILE_NAME};
 pub use notify::notify;
+pub use process::Sig;
 pub(crate) use process::{
-    CONTROL_FD, CONTROL_FD_ENV, Sig, SpawnSpec, clear_die_with_parent, parent_pid, process_alive,
+    CONTROL_FD, CONTROL_FD_ENV, SpawnSpec, clear_die_with_parent, parent_pid, process_alive,
     signal, spawn, wait_exit_nowait,
 };
 pub use socket::{ListenAddr, PeerCred, SocketInfo, is_cloexec, open_fds};

@@ -1,0 +1,52 @@
+//! The public face of the OS layer: what the `handoffctl` binary and tests
+//! need from the system, with the library's error type. The implementations
+//! live in `sys`, the only module that touches the OS.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::sys;
+
+pub use crate::sys::{PeerCred, Sig};
+
+/// A Unix stream listener for the admin socket, created mode 0600 with no
+/// window in which another user could connect.
+pub fn bind_admin_socket(path: &Path) -> Result<std::os::unix::net::UnixListener> {
+    sys::bind_admin_socket(path)
+        .map(std::os::unix::net::UnixListener::from)
+        .map_err(|source| Error::path("binding the admin socket", path, source))
+}
+
+/// The pid, uid and gid of the process at the other end of a Unix socket.
+pub fn peer_credentials(socket: impl AsFd) -> Result<PeerCred> {
+    sys::peer_credentials(socket).map_err(|source| Error::io("getsockopt(SO_PEERCRED)", source))
+}
+
+/// Sends one systemd notification (`READY=1`, ...) to `socket` (the value
+/// of `NOTIFY_SOCKET`: a path, or `@name` for an abstract socket).
+pub fn notify(socket: &OsStr, message: &str) -> Result<()> {
+    sys::notify(socket, message).map_err(|source| Error::io("sending a notification", source))
+}
+
+/// Whether `fd` is close-on-exec.
+pub fn is_cloexec(fd: impl AsFd) -> Result<bool> {
+    sys::is_cloexec(fd).map_err(|source| Error::io("fcntl(F_GETFD)", source))
+}
+
+/// The fds open in this process.
+pub fn open_fds() -> Result<Vec<i32>> {
+    sys::open_fds().map_err(|source| Error::io("listing /proc/self/fd", source))
+}
+
+/// Sends `signal` to `pid`.
+pub fn signal(pid: u32, signal: Sig) -> Result<()> {
+    sys::signal(pid, signal).map_err(|source| Error::io("kill", source))
+}
+
+/// Takes ownership of an fd this process inherited (socket activation) and
+/// makes it close-on-exec.
+pub fn adopt_inherited_fd(fd: i32) -> Result<OwnedFd> {
+    sys::adopt_inherited_fd(fd).map_err(|source| Error::io("adopting an inherited fd", source))
+}
