@@ -13,7 +13,8 @@
 //! | `GET /info` | `200`, JSON: `pid`, `version`, `build`, `generation`, `revisions` |
 //!
 //! Under a supervisor it takes its listener `http` from it; run alone it
-//! binds `--listen`. A handoff drains (see `examples/shared/serve.rs` for
+//! binds `--listen`. Without `--data-dir` it takes `HANDOFF_DATA_DIR` (set
+//! by `handoffctl run --data-dir`). A handoff drains (see `examples/shared/serve.rs` for
 //! how kept-alive connections close without failures), seals (fsync, the
 //! fingerprint written to `DIR/kvd.seal`; the library then releases the
 //! data-directory lock) and, if aborted, reopens and accepts again.
@@ -39,6 +40,8 @@ use serve::{Body, Phase, Server, Stop, respond};
 use store::Store;
 
 const PROGRAM: &str = "kvd";
+/// Where `handoffctl run --data-dir` tells every generation its directory.
+const DATA_DIR_ENV: &str = "HANDOFF_DATA_DIR";
 
 /// What `/info` reports besides the pid.
 struct Identity {
@@ -133,7 +136,8 @@ fn main() {
     let data_dir: PathBuf = flags
         .get("--data-dir")
         .map(PathBuf::from)
-        .unwrap_or_else(|| serve::die(PROGRAM, "--data-dir DIR is required"));
+        .or_else(|| std::env::var_os(DATA_DIR_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| serve::die(PROGRAM, "--data-dir DIR (or HANDOFF_DATA_DIR) is required"));
     let listen = flags
         .get("--listen")
         .cloned()

@@ -1,0 +1,333 @@
+//! One benchmark run: a daemon, an upgrader, open-loop load, K upgrades
+//! alternating two builds, the read-back, and the checks that each
+//! upgrade really changed the serving process and left nothing behind.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use handoff::Mode;
+
+use crate::load::{self, ClientLog, LoadConfig, Target};
+use crate::upgrade::{DaemonCommand, Handoff, InProcess, NaiveRestart, Upgrader};
+
+/// Who replaces the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpgraderKind {
+    /// The library's supervisor, in the benchmark's process.
+    InProcess,
+    /// The negative control: SIGTERM, then start the new build alone.
+    NaiveRestart,
+}
+
+/// A run's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Exclusive (`kvd`) or overlap (`echod`).
+    pub mode: Mode,
+    /// Who replaces the daemon.
+    pub upgrader: UpgraderKind,
+    /// Where `kvd` and `echod` are (`target/PROFILE/examples`).
+    pub examples_dir: PathBuf,
+    /// Upgrades during the load.
+    pub upgrades: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Arrival rate, requests per second over all clients.
+    pub rate: f64,
+    /// Steady load before the first upgrade and after the last one.
+    pub steady: Duration,
+    /// Steady load between an upgrade's end and the next one.
+    pub interval: Duration,
+    /// Bound on one request.
+    pub request_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults: 32 clients at 800 requests/s, 20 upgrades.
+    pub fn new(mode: Mode, examples_dir: PathBuf) -> Config {
+        Config {
+            mode,
+            upgrader: UpgraderKind::InProcess,
+            examples_dir,
+            upgrades: 20,
+            clients: 32,
+            rate: 800.0,
+            steady: Duration::from_secs(1),
+            interval: Duration::from_millis(300),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One upgrade as observed from outside.
+#[derive(Debug, Clone)]
+pub struct Window {
+    /// From the load's start: the upgrade was asked for.
+    pub start: Duration,
+    /// From the load's start: the old generation was gone (or the upgrade
+    /// returned, if it failed).
+    pub end: Duration,
+    /// What the upgrader reported.
+    pub handoff: Handoff,
+    /// Asked for the upgrade until the old generation's process was gone.
+    pub old_gone: Option<Duration>,
+    /// `/info` after the upgrade showed a new pid, the new build and a
+    /// higher generation.
+    pub identity_changed: bool,
+}
+
+/// Everything a run observed; [`crate::report`] turns it into figures.
+#[derive(Debug)]
+pub struct Observed {
+    /// The settings.
+    pub config: Config,
+    /// One log per client.
+    pub clients: Vec<ClientLog>,
+    /// One per upgrade.
+    pub windows: Vec<Window>,
+    /// Acknowledged writes read back wrong or missing.
+    pub lost_writes: u64,
+    /// Acknowledged writes that could not be read at all.
+    pub unreadable_writes: u64,
+    /// Old generations still running at the end.
+    pub lingering_generations: usize,
+    /// Supervisor RSS in KiB before and after, when it is a process.
+    pub supervisor_rss_kib: (Option<u64>, Option<u64>),
+    /// Errors of the harness itself (an upgrade call failing, `/info`
+    /// unreachable).
+    pub harness_errors: Vec<String>,
+    /// How long the load ran.
+    pub duration: Duration,
+}
+
+/// How long old generations get to exit after their handoff.
+const RETIRE_BOUND: Duration = Duration::from_secs(15);
+/// Poll period for process exit and readiness.
+const POLL: Duration = Duration::from_millis(1);
+/// Bound on the daemon's first start.
+const FIRST_START_BOUND: Duration = Duration::from_secs(20);
+
+/// Runs the benchmark once.
+pub fn run(config: Config) -> Result<Observed, String> {
+    let data_dir = std::env::temp_dir().join(format!(
+        "handoff-bench-{}-{}",
+        std::process::id(),
+        unique()
+    ));
+    std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let result = run_in(config, &data_dir);
+    let _ = std::fs::remove_dir_all(&data_dir);
+    result
+}
+
+fn unique() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::SeqCst)
+}
+
+fn build_label(round: usize) -> &'static str {
+    if round % 2 == 0 { "a" } else { "b" }
+}
+
+fn run_in(config: Config, data_dir: &std::path::Path) -> Result<Observed, String> {
+    let (program, target) = match config.mode {
+        Mode::Exclusive => ("kvd", Target::KeyValue),
+        Mode::Overlap => ("echod", Target::Echo),
+    };
+    let daemon = DaemonCommand {
+        program: config.examples_dir.join(program),
+        data_dir: (target == Target::KeyValue).then(|| data_dir.to_path_buf()),
+    };
+    if !daemon.program.exists() {
+        return Err(format!(
+            "{} is missing: build the examples first (`cargo build --release --examples`)",
+            daemon.program.display()
+        ));
+    }
+    let (mut upgrader, addr): (Box<dyn Upgrader>, SocketAddr) = match config.upgrader {
+        UpgraderKind::InProcess => {
+            let (upgrader, addr) = InProcess::start(daemon, config.mode, build_label(0))?;
+            (Box::new(upgrader), addr)
+        }
+        UpgraderKind::NaiveRestart => {
+            let (upgrader, addr) = NaiveRestart::start(daemon, build_label(0))?;
+            (Box::new(upgrader), addr)
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut harness_errors = Vec::new();
+    let first = runtime.block_on(info_until(addr, Instant::now() + FIRST_START_BOUND));
+    let Some(mut identity) = first else {
+        let _ = upgrader.finish();
+        return Err("the first generation never answered /info".into());
+    };
+    let rss_before = upgrader.supervisor_pid().and_then(rss_kib);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now() + Duration::from_millis(20);
+    let hard_end = start
+        + config.steady * 2
+        + (config.interval + RETIRE_BOUND + Duration::from_secs(30)) * config.upgrades as u32;
+    let load = runtime.spawn(load::run(
+        LoadConfig {
+            addr,
+            clients: config.clients,
+            rate: config.rate,
+            request_timeout: config.request_timeout,
+            target,
+        },
+        start,
+        Arc::clone(&stop),
+        hard_end,
+    ));
+
+    std::thread::sleep(config.steady);
+    let mut windows = Vec::new();
+    let mut old_pids = Vec::new();
+    for round in 1..=config.upgrades {
+        let build = build_label(round);
+        let asked = Instant::now();
+        let handoff = match upgrader.upgrade(build) {
+            Ok(handoff) => handoff,
+            Err(error) => {
+                harness_errors.push(format!("upgrade {round}: {error}"));
+                continue;
+            }
+        };
+        let after = runtime.block_on(info_until(addr, Instant::now() + FIRST_START_BOUND));
+        let mut identity_changed = false;
+        let mut old_gone = None;
+        if let Some(new) = after {
+            identity_changed = new.pid != identity.pid
+                && new.build == build
+                && (config.upgrader == UpgraderKind::NaiveRestart
+                    || new.generation > identity.generation);
+            if new.pid != identity.pid {
+                old_pids.push(identity.pid);
+                if wait_gone(identity.pid, asked + RETIRE_BOUND) {
+                    old_gone = Some(asked.elapsed());
+                }
+            }
+            identity = new;
+        } else {
+            harness_errors.push(format!("upgrade {round}: /info unreachable after it"));
+        }
+        if !handoff.committed {
+            harness_errors.push(format!(
+                "upgrade {round} rolled back: {}",
+                handoff.reason.clone().unwrap_or_default()
+            ));
+        }
+        windows.push(Window {
+            start: asked.saturating_duration_since(start),
+            end: Instant::now().saturating_duration_since(start),
+            handoff,
+            old_gone,
+            identity_changed,
+        });
+        std::thread::sleep(config.interval);
+    }
+    std::thread::sleep(config.steady);
+    stop.store(true, Ordering::SeqCst);
+    let clients = runtime
+        .block_on(load)
+        .map_err(|e| format!("load task: {e}"))?;
+    let duration = start.elapsed();
+
+    let acked: Vec<_> = clients.iter().flat_map(|c| c.acked.iter().cloned()).collect();
+    let (lost_writes, unreadable_writes) =
+        runtime.block_on(load::read_back(addr, acked, config.request_timeout));
+    let lingering_generations = old_pids
+        .iter()
+        .filter(|pid| !wait_gone(**pid, Instant::now() + RETIRE_BOUND))
+        .count();
+    let rss_after = upgrader.supervisor_pid().and_then(rss_kib);
+    if let Err(error) = upgrader.finish() {
+        harness_errors.push(format!("stopping: {error}"));
+    }
+    Ok(Observed {
+        config,
+        clients,
+        windows,
+        lost_writes,
+        unreadable_writes,
+        lingering_generations,
+        supervisor_rss_kib: (rss_before, rss_after),
+        harness_errors,
+        duration,
+    })
+}
+
+/// What `/info` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The serving process.
+    pub pid: u32,
+    /// Its build label.
+    pub build: String,
+    /// Its generation number.
+    pub generation: u64,
+}
+
+async fn info_once(addr: SocketAddr) -> Option<Identity> {
+    let mut connection = crate::client::Connection::open(addr).await.ok()?;
+    let response = connection.exchange("GET", "/info", &[], false).await.ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&response.body).ok()?;
+    Some(Identity {
+        pid: u32::try_from(json.get("pid")?.as_u64()?).ok()?,
+        build: json.get("build")?.as_str()?.to_owned(),
+        generation: json.get("generation")?.as_u64()?,
+    })
+}
+
+async fn info_until(addr: SocketAddr, deadline: Instant) -> Option<Identity> {
+    loop {
+        if let Some(identity) = info_once(addr).await {
+            return Some(identity);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(POLL * 10).await;
+    }
+}
+
+/// Whether `pid` runs (a zombie has exited and counts as gone).
+pub fn is_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+fn wait_gone(pid: u32, deadline: Instant) -> bool {
+    loop {
+        if !is_running(pid) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The resident set of `pid` in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+}
