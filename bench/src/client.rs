@@ -133,7 +133,11 @@ impl Connection {
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n{}\r\n",
             body.len(),
-            if keep_alive { "" } else { "Connection: close\r\n" }
+            if keep_alive {
+                ""
+            } else {
+                "Connection: close\r\n"
+            }
         );
         let mut request = head.into_bytes();
         request.extend_from_slice(body);

@@ -112,7 +112,7 @@ async fn client(
             break;
         }
         tokio::time::sleep_until(intended.into()).await;
-        let put = sequence % 2 == 0;
+        let put = sequence.is_multiple_of(2);
         let (method, key, body) = if put {
             let key = format!("c{id}-{sequence}");
             let value = format!("{id}:{sequence}:{}", "v".repeat(24)).into_bytes();
@@ -126,7 +126,14 @@ async fn client(
         let path = format!("/kv/{key}");
         let attempt = tokio::time::timeout(
             config.request_timeout,
-            send(&mut connection, config.addr, keep_alive, method, &path, &body),
+            send(
+                &mut connection,
+                config.addr,
+                keep_alive,
+                method,
+                &path,
+                &body,
+            ),
         )
         .await;
         let (result, retried, fresh) = match attempt {
@@ -248,9 +255,11 @@ pub async fn read_back(
                     let path = format!("/kv/{key}");
                     let mut verdict = None;
                     for _ in 0..ATTEMPTS {
-                        let attempt =
-                            tokio::time::timeout(timeout, send(&mut slot, addr, true, "GET", &path, &[]))
-                                .await;
+                        let attempt = tokio::time::timeout(
+                            timeout,
+                            send(&mut slot, addr, true, "GET", &path, &[]),
+                        )
+                        .await;
                         if let Ok((Ok(response), _, _)) = attempt {
                             verdict = Some(response.status == 200 && response.body == *value);
                             break;

@@ -89,7 +89,11 @@ fn main() {
             && counts.handoffs == args.upgrades as u64
             && counts.identity_changes == args.upgrades as u64
             && observed.harness_errors.is_empty();
-        write_svg(&args.svg_dir, &observed, &format!("{mode:?}").to_lowercase());
+        write_svg(
+            &args.svg_dir,
+            &observed,
+            &format!("{mode:?}").to_lowercase(),
+        );
         runs.push(observed.to_json());
     }
     let control = if args.control_restarts > 0 {

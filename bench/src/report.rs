@@ -52,9 +52,9 @@ impl Observed {
     }
 
     fn in_window(&self, at: Duration) -> bool {
-        self.windows.iter().any(|w| {
-            at + WINDOW_MARGIN >= w.start && at <= w.end + WINDOW_MARGIN
-        })
+        self.windows
+            .iter()
+            .any(|w| at + WINDOW_MARGIN >= w.start && at <= w.end + WINDOW_MARGIN)
     }
 
     /// The exact counts.
@@ -196,7 +196,10 @@ impl Observed {
             r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" font-size="11">"#
         );
         let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-        let _ = writeln!(svg, r#"<text x="{LEFT}" y="18" font-size="13">{title}</text>"#);
+        let _ = writeln!(
+            svg,
+            r#"<text x="{LEFT}" y="18" font-size="13">{title}</text>"#
+        );
         for window in &self.windows {
             let (x0, x1) = (x(window.start.as_secs_f64()), x(window.end.as_secs_f64()));
             let _ = writeln!(
@@ -220,7 +223,10 @@ impl Observed {
         let mut buckets: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
         for sample in samples.iter().filter(|s| s.failure.is_none()) {
             let index = (sample.at.as_nanos() / BUCKET.as_nanos()) as u64;
-            buckets.entry(index).or_default().push(millis(sample.latency));
+            buckets
+                .entry(index)
+                .or_default()
+                .push(millis(sample.latency));
         }
         for (stroke, pick) in [("#1f77b4", 0.5), ("#d62728", 1.0)] {
             let points: Vec<String> = buckets

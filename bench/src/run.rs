@@ -112,11 +112,8 @@ const FIRST_START_BOUND: Duration = Duration::from_secs(20);
 
 /// Runs the benchmark once.
 pub fn run(config: Config) -> Result<Observed, String> {
-    let data_dir = std::env::temp_dir().join(format!(
-        "handoff-bench-{}-{}",
-        std::process::id(),
-        unique()
-    ));
+    let data_dir =
+        std::env::temp_dir().join(format!("handoff-bench-{}-{}", std::process::id(), unique()));
     std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
     let result = run_in(config, &data_dir);
     let _ = std::fs::remove_dir_all(&data_dir);
@@ -129,7 +126,7 @@ fn unique() -> u64 {
 }
 
 fn build_label(round: usize) -> &'static str {
-    if round % 2 == 0 { "a" } else { "b" }
+    if round.is_multiple_of(2) { "a" } else { "b" }
 }
 
 fn run_in(config: Config, data_dir: &std::path::Path) -> Result<Observed, String> {
@@ -201,7 +198,24 @@ fn run_in(config: Config, data_dir: &std::path::Path) -> Result<Observed, String
                 continue;
             }
         };
-        let after = runtime.block_on(info_until(addr, Instant::now() + FIRST_START_BOUND));
+        // In overlap mode the old generation accepts until its drain, which
+        // follows the commit: ask until the new one answers.
+        let after = runtime.block_on(async {
+            let deadline = Instant::now() + FIRST_START_BOUND;
+            loop {
+                let now = info_until(addr, deadline).await;
+                match now {
+                    Some(ref seen)
+                        if handoff.committed
+                            && seen.pid == identity.pid
+                            && Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(POLL).await;
+                    }
+                    other => return other,
+                }
+            }
+        });
         let mut identity_changed = false;
         let mut old_gone = None;
         if let Some(new) = after {
@@ -241,7 +255,10 @@ fn run_in(config: Config, data_dir: &std::path::Path) -> Result<Observed, String
         .map_err(|e| format!("load task: {e}"))?;
     let duration = start.elapsed();
 
-    let acked: Vec<_> = clients.iter().flat_map(|c| c.acked.iter().cloned()).collect();
+    let acked: Vec<_> = clients
+        .iter()
+        .flat_map(|c| c.acked.iter().cloned())
+        .collect();
     let (lost_writes, unreadable_writes) =
         runtime.block_on(load::read_back(addr, acked, config.request_timeout));
     let lingering_generations = old_pids

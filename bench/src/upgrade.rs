@@ -164,7 +164,14 @@ impl NaiveRestart {
             .map_err(|e| e.to_string())?;
         let child = spawn_alone(&daemon, build, addr)?;
         wait_listening(addr)?;
-        Ok((NaiveRestart { daemon, addr, child }, addr))
+        Ok((
+            NaiveRestart {
+                daemon,
+                addr,
+                child,
+            },
+            addr,
+        ))
     }
 }
 

@@ -3,3 +3,4 @@
 
 mod common;
 mod handoff;
+mod zero_loss;
