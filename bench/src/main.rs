@@ -45,6 +45,10 @@ struct Args {
     /// Naive restarts in the negative control (0 skips it).
     #[arg(long, default_value_t = 3)]
     control_restarts: usize,
+    /// Idle upgrades of echod (no load) to time the handoff alone and watch
+    /// the supervisor host's RSS (0 skips them).
+    #[arg(long, default_value_t = 100)]
+    idle_upgrades: usize,
     /// Where kvd and echod are [default: target/PROFILE/examples next to
     /// this binary].
     #[arg(long)]
@@ -110,8 +114,24 @@ fn main() {
     } else {
         serde_json::Value::Null
     };
+    let idle = if args.idle_upgrades > 0 {
+        let idle = handoff_bench::run::idle(config(
+            Mode::Overlap,
+            UpgraderKind::InProcess,
+            args.idle_upgrades,
+        ))
+        .unwrap_or_else(|error| {
+            eprintln!("handoff-bench: idle: {error}");
+            std::process::exit(2)
+        });
+        ok &= idle.lingering_generations == 0 && idle.harness_errors.is_empty();
+        idle.to_json()
+    } else {
+        serde_json::Value::Null
+    };
     let report = serde_json::json!({
         "runs": runs,
+        "idle_overlap": idle,
         "negative_control": control,
         "loadavg_before": loadavg_before.trim(),
         "loadavg_after": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),

@@ -348,3 +348,132 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|value| value.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
 }
+
+/// Upgrades with no load: the handoff's own cost, and whether the process
+/// hosting the supervisor grows with the number of handoffs.
+#[derive(Debug)]
+pub struct Idle {
+    /// The settings (`upgrades`, `mode`, `examples_dir` are used).
+    pub config: Config,
+    /// Each handoff as reported by the upgrader.
+    pub handoffs: Vec<Handoff>,
+    /// RSS in KiB of the process hosting the supervisor after the first
+    /// generation started and after the last handoff.
+    pub supervisor_rss_kib: (Option<u64>, Option<u64>),
+    /// Old generations still running at the end.
+    pub lingering_generations: usize,
+    /// Harness errors.
+    pub harness_errors: Vec<String>,
+}
+
+/// Runs `config.upgrades` upgrades back to back without load.
+pub fn idle(config: Config) -> Result<Idle, String> {
+    let data_dir = std::env::temp_dir().join(format!(
+        "handoff-bench-idle-{}-{}",
+        std::process::id(),
+        unique()
+    ));
+    std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let program = match config.mode {
+        Mode::Exclusive => "kvd",
+        Mode::Overlap => "echod",
+    };
+    let daemon = DaemonCommand {
+        program: config.examples_dir.join(program),
+        data_dir: (config.mode == Mode::Exclusive).then(|| data_dir.clone()),
+    };
+    let (mut upgrader, addr) = InProcess::start(daemon, config.mode, build_label(0))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut harness_errors = Vec::new();
+    let Some(first) = runtime.block_on(info_until(addr, Instant::now() + FIRST_START_BOUND))
+    else {
+        let _ = Box::new(upgrader).finish();
+        return Err("the first generation never answered /info".into());
+    };
+    let rss_before = rss_kib(std::process::id());
+    let mut handoffs = Vec::new();
+    for round in 1..=config.upgrades {
+        match upgrader.upgrade(build_label(round)) {
+            Ok(handoff) => handoffs.push(handoff),
+            Err(error) => harness_errors.push(format!("upgrade {round}: {error}")),
+        }
+    }
+    let rss_after = rss_kib(std::process::id());
+    let last = runtime.block_on(info_until(addr, Instant::now() + FIRST_START_BOUND));
+    let expected = first.generation + config.upgrades as u64;
+    if last.as_ref().map(|i| i.generation) != Some(expected) {
+        harness_errors.push(format!(
+            "expected generation {expected} at the end, /info said {last:?}"
+        ));
+    }
+    // Every generation but the last is a child that must be gone.
+    let lingering_generations = children_other_than(last.map(|i| i.pid))
+        .into_iter()
+        .filter(|pid| !wait_gone(*pid, Instant::now() + RETIRE_BOUND))
+        .count();
+    if let Err(error) = Box::new(upgrader).finish() {
+        harness_errors.push(format!("stopping: {error}"));
+    }
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(Idle {
+        config,
+        handoffs,
+        supervisor_rss_kib: (rss_before, rss_after),
+        lingering_generations,
+        harness_errors,
+    })
+}
+
+/// This process's children (from `/proc/*/stat`), except `keep`.
+fn children_other_than(keep: Option<u32>) -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| Some(*pid) != keep)
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let (_, rest) = stat.rsplit_once(')')?;
+                    Some(rest.split_whitespace().nth(1)? == me)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+impl Idle {
+    /// The report as one JSON object.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut totals: Vec<f64> = self
+            .handoffs
+            .iter()
+            .filter(|h| h.committed)
+            .map(|h| h.total.as_secs_f64() * 1e3)
+            .collect();
+        totals.sort_by(f64::total_cmp);
+        let pick = |fraction: f64| {
+            if totals.is_empty() {
+                return serde_json::Value::Null;
+            }
+            let rank = ((fraction * totals.len() as f64).ceil() as usize).clamp(1, totals.len());
+            serde_json::json!((totals[rank - 1] * 1000.0).round() / 1000.0)
+        };
+        serde_json::json!({
+            "mode": format!("{:?}", self.config.mode).to_lowercase(),
+            "upgrades_asked": self.config.upgrades,
+            "handoffs": totals.len(),
+            "handoff_ms": { "p50": pick(0.5), "p99": pick(0.99), "max": pick(1.0) },
+            "host_rss_kib": { "before": self.supervisor_rss_kib.0, "after": self.supervisor_rss_kib.1 },
+            "lingering_generations": self.lingering_generations,
+            "harness_errors": self.harness_errors,
+        })
+    }
+}
