@@ -20,6 +20,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::channel::{self, Received};
 use crate::error::{Error, Peer, Result};
+use crate::fault::{self, FaultRole};
 use crate::protocol::{
     HandoffAction, HandoffConfig, HandoffInput, HandoffMachine, Phases, RetireAction, RetireInput,
     RetireMachine, Side, Signal, Verdict,
@@ -120,6 +121,8 @@ pub struct UpgradeRequest {
     pub drain_grace: Option<Duration>,
     /// Overall deadline for this handoff.
     pub deadline: Option<Duration>,
+    /// Extra environment for this successor only (after the configured one).
+    pub env: Vec<(OsString, OsString)>,
 }
 
 /// How a handoff ended, with the per-phase timings.
@@ -556,11 +559,17 @@ impl Loop {
         next
     }
 
-    fn spawn(&mut self, program: PathBuf, args: Vec<OsString>) -> Result<(Child, Duration)> {
+    fn spawn(
+        &mut self,
+        program: PathBuf,
+        args: Vec<OsString>,
+        extra_env: Vec<(OsString, OsString)>,
+    ) -> Result<(Child, Duration)> {
         let begun = Instant::now();
         let (ours, theirs) = sys::control_pair()
             .map_err(|source| Error::io("socketpair for a generation", source))?;
         let mut env = self.config.env.clone();
+        env.extend(extra_env);
         env.push((
             ENV_SUPERVISOR_PID.into(),
             std::process::id().to_string().into(),
@@ -639,7 +648,7 @@ impl Loop {
             .program
             .unwrap_or_else(|| self.config.program.clone());
         let args = request.args.unwrap_or_else(|| self.config.args.clone());
-        let (successor, spawn_time) = self.spawn(program, args)?;
+        let (successor, spawn_time) = self.spawn(program, args, request.env)?;
         let handoff_id = self.next_handoff_id;
         self.next_handoff_id += 1;
         let has_incumbent = self.live.as_ref().is_some_and(|live| live.reaped.is_none());
@@ -664,8 +673,18 @@ impl Loop {
             handoff_id,
             upgrade: has_incumbent,
         });
+        let machine = HandoffMachine::new(config, Instant::now());
+        if fault::reached(
+            FaultRole::Supervisor,
+            machine.state_name(),
+            successor.generation,
+        )
+        .is_err()
+        {
+            tracing::warn!("injected error at the handoff's start: continuing");
+        }
         self.in_flight = Some(InFlight {
-            machine: HandoffMachine::new(config, Instant::now()),
+            machine,
             successor,
             reply,
             old_pid: self.live.as_ref().map(|live| live.pid),
@@ -884,14 +903,18 @@ impl Loop {
         let actions = in_flight.machine.step(input, now);
         let after = in_flight.machine.state_name();
         let handoff_id = in_flight.machine.handoff_id();
+        let generation = in_flight.successor.generation;
+        self.perform(actions, now);
         if before != after {
             tracing::debug!(handoff_id, from = before, to = after, "handoff phase");
             self.announce(SupervisorEvent::Phase {
                 handoff_id,
                 phase: after,
             });
+            if fault::reached(FaultRole::Supervisor, after, generation).is_err() {
+                self.step_handoff(HandoffInput::Cancel, now);
+            }
         }
-        self.perform(actions, now);
     }
 
     fn side(&self, side: Side) -> Option<&Child> {
@@ -1005,6 +1028,15 @@ impl Loop {
                         let drain_first = self.config.mode == Mode::Overlap;
                         let (machine, actions) =
                             RetireMachine::start(drain_first, self.config.timeouts, now);
+                        if fault::reached(
+                            FaultRole::Supervisor,
+                            machine.state_name(),
+                            old.generation,
+                        )
+                        .is_err()
+                        {
+                            old.signal(Sig::Kill);
+                        }
                         self.retiring.push(Retiring {
                             machine,
                             child: old,
@@ -1073,7 +1105,15 @@ impl Loop {
     }
 
     fn step_retire(&mut self, index: usize, input: RetireInput, now: Instant) {
+        let before = self.retiring[index].machine.state_name();
         let actions = self.retiring[index].machine.step(input, now);
+        let after = self.retiring[index].machine.state_name();
+        let generation = self.retiring[index].child.generation;
+        if before != after && fault::reached(FaultRole::Supervisor, after, generation).is_err() {
+            // An injected error here can only hurry the old generation out.
+            tracing::warn!("injected error while retiring: killing the old generation");
+            self.retiring[index].child.signal(Sig::Kill);
+        }
         self.perform_retire(index, actions, now);
     }
 

@@ -96,8 +96,8 @@ pub(crate) use lock::{DataDirLock, LOCK_FILE_NAME};
 pub use notify::notify;
 pub use process::Sig;
 pub(crate) use process::{
-    CONTROL_FD, CONTROL_FD_ENV, SpawnSpec, clear_die_with_parent, parent_pid, process_alive,
-    signal, spawn, wait_exit_nowait,
+    CONTROL_FD, CONTROL_FD_ENV, SpawnSpec, clear_die_with_parent, is_main_thread, parent_pid,
+    process_alive, signal, spawn, wait_exit_nowait,
 };
 pub use socket::{ListenAddr, PeerCred, SocketInfo, is_cloexec, open_fds};
 pub(crate) use socket::{

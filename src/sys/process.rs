@@ -208,7 +208,9 @@ fn in_child(
 
 /// Stops delivering SIGKILL to this process when its parent thread exits
 /// (`PR_SET_PDEATHSIG` 0). A generation calls it when it commits and
-/// outlives a supervisor restart.
+/// outlives a supervisor restart. The setting is per *thread*: the kernel
+/// signals the process if any of its threads has one, and after exec only
+/// the main thread has it, so this must run on the main thread.
 pub(crate) fn clear_die_with_parent() -> io::Result<()> {
     prctl::set_pdeathsig(None)?;
     Ok(())
@@ -235,6 +237,12 @@ pub(crate) fn signal(pid: u32, sig: Sig) -> io::Result<()> {
 }
 
 /// This process's parent (0 if it lives outside our pid namespace).
+/// Whether the calling thread is the process's main thread (the one that
+/// exec'd, and so the one carrying the parent-death signal).
+pub(crate) fn is_main_thread() -> bool {
+    nix::unistd::gettid() == getpid()
+}
+
 pub(crate) fn parent_pid() -> u32 {
     u32::try_from(getppid().as_raw()).unwrap_or(0)
 }

@@ -2,4 +2,6 @@
 //! sockets, real files. One module per scenario family.
 
 mod common;
+#[cfg(feature = "fault-injection")]
+mod faults;
 mod handoff;
