@@ -65,10 +65,10 @@ fn main() {
         if let Some(pid) = handle.status().expect("status").child_pid {
             break pid;
         }
-        if let Some(SupervisorEvent::HandoffFinished(outcome)) = events.next() {
-            if let Outcome::Committed { new_pid, .. } = *outcome {
-                break new_pid;
-            }
+        if let Some(SupervisorEvent::HandoffFinished(outcome)) = events.next()
+            && let Outcome::Committed { new_pid, .. } = *outcome
+        {
+            break new_pid;
         }
     };
     writeln!(out, "SERVING {pid}").expect("stdout");
