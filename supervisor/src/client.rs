@@ -35,13 +35,16 @@ fn ask(socket: &Path, request: &Request, wait: Option<Duration>) -> Result<Respo
     stream.set_read_timeout(wait).map_err(lost)?;
     let mut line = serde_json::to_vec(request).map_err(|e| Failure::usage(e.to_string()))?;
     line.push(b'\n');
-    stream.write_all(&line).map_err(lost)?;
+    // A supervisor that refuses us (uid, overload) answers and closes
+    // without reading: the write may fail, the answer is still there.
+    let written = stream.write_all(&line);
     let mut reply = Vec::new();
-    BufReader::new(&stream)
+    let read = BufReader::new(&stream)
         .take(MAX_LINE as u64)
-        .read_until(b'\n', &mut reply)
-        .map_err(lost)?;
+        .read_until(b'\n', &mut reply);
     if reply.is_empty() {
+        written.map_err(lost)?;
+        read.map_err(lost)?;
         return Err(Failure::usage(format!(
             "the supervisor at {shown} closed the connection without an answer"
         )));

@@ -348,7 +348,7 @@ mod tests {
             "{}",
             "[]",
             r#"{"command":"reboot"}"#,
-            r#"{"command":"status","x":1}"#,
+            r#"{"command":"upgrade","binray":"/x"}"#,
         ] {
             assert!(
                 serde_json::from_str::<Request>(garbage).is_err(),
