@@ -314,6 +314,83 @@ mod tests {
         assert!(err.to_string().contains("bnary"), "{err}");
     }
 
+    fn run_args(config: Option<&Path>, flags: &[&str]) -> RunArgs {
+        use clap::Parser;
+        let mut argv = vec!["handoffctl", "run"];
+        let config = config.map(|c| c.display().to_string());
+        if let Some(config) = &config {
+            argv.extend(["--config", config]);
+        }
+        argv.extend_from_slice(flags);
+        match crate::cli::Cli::parse_from(argv).command {
+            crate::cli::Command::Run(args) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("hctl-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let config = dir.join("handoff.toml");
+        std::fs::write(
+            &config,
+            r#"
+            binary = "/bin/sh"
+            args = ["-c", "true"]
+            socket = "admin.sock"
+            mode = "overlap"
+            deadline = "20s"
+            [listen]
+            main = "127.0.0.1:1"
+            other = "unix:/tmp/x.sock"
+            "#,
+        )
+        .expect("write");
+        let from_file = Settings::resolve(run_args(Some(&config), &[])).expect("resolve");
+        assert_eq!(from_file.program, PathBuf::from("/bin/sh"));
+        assert_eq!(from_file.args, vec![OsString::from("-c"), "true".into()]);
+        assert_eq!(
+            from_file.socket,
+            dir.join("admin.sock"),
+            "relative to the file"
+        );
+        assert_eq!(from_file.mode, Mode::Overlap);
+        assert_eq!(from_file.timeouts.handoff_deadline.as_secs(), 20);
+        assert!(from_file.timeouts.drain_grace <= from_file.timeouts.handoff_deadline);
+        assert_eq!(from_file.listeners.len(), 2);
+
+        let flags = Settings::resolve(run_args(
+            Some(&config),
+            &[
+                "--mode",
+                "exclusive",
+                "--socket",
+                "/tmp/elsewhere.sock",
+                "--listen",
+                "main=127.0.0.1:2",
+                "--drain-timeout",
+                "250ms",
+                "--",
+                "/bin/true",
+            ],
+        ))
+        .expect("resolve");
+        assert_eq!(flags.program, PathBuf::from("/bin/true"));
+        assert!(flags.args.is_empty());
+        assert_eq!(flags.socket, PathBuf::from("/tmp/elsewhere.sock"));
+        assert_eq!(flags.mode, Mode::Exclusive);
+        assert_eq!(flags.timeouts.drain_grace.as_millis(), 250);
+        let main = flags
+            .listeners
+            .iter()
+            .find(|(n, _)| n == "main")
+            .expect("main");
+        assert_eq!(main.1.to_string(), "127.0.0.1:2");
+        assert_eq!(flags.listeners.len(), 2, "other listeners of the file stay");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_full_config_parses() {
         let config: FileConfig = toml::from_str(

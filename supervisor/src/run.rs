@@ -25,7 +25,7 @@ use crate::admin::{self, Control, Shared};
 use crate::cli::{LogFormat, RunArgs};
 use crate::config::Settings;
 use crate::error::{Failure, chain};
-use crate::protocol::{HandoffReport, Response};
+use crate::protocol::{ErrorKind, HandoffReport, Response};
 
 /// The variable that tells each generation its data directory.
 pub const ENV_DATA_DIR: &str = "HANDOFF_DATA_DIR";
@@ -87,7 +87,8 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     spawn("signals", {
         let shared = Arc::clone(&shared);
         let control = control_tx.clone();
-        move || signal_loop(signals, &shared, &control)
+        let notify = notify.clone();
+        move || signal_loop(signals, &shared, &control, &notify)
     })?;
     spawn("events", {
         let handle = handle.clone();
@@ -222,12 +223,18 @@ impl Drop for AdminSocket {
     }
 }
 
-fn signal_loop(signals: SignalSet, shared: &Arc<Shared>, control: &mpsc::Sender<Control>) {
+fn signal_loop(
+    signals: SignalSet,
+    shared: &Arc<Shared>,
+    control: &mpsc::Sender<Control>,
+    notify: &Notifier,
+) {
     loop {
         match signals.wait() {
             Ok(Sig::Hup) => {
                 tracing::info!("SIGHUP: upgrading to the configured binary");
                 let shared = Arc::clone(shared);
+                let notify = notify.clone();
                 let upgrading = std::thread::Builder::new()
                     .name("sighup-upgrade".into())
                     .spawn(
@@ -246,8 +253,21 @@ fn signal_loop(signals: SignalSet, shared: &Arc<Shared>, control: &mpsc::Sender<
                                     report.line()
                                 );
                             }
+                            // Busy: the upgrade in flight sent RELOADING=1
+                            // and will send READY=1.
+                            Response::Error {
+                                kind: ErrorKind::Busy,
+                                message,
+                            } => {
+                                tracing::warn!("SIGHUP upgrade not started: {message}");
+                            }
                             Response::Error { message, .. } => {
                                 tracing::warn!("SIGHUP upgrade not started: {message}");
+                                // Type=notify-reload waits for RELOADING=1
+                                // then READY=1 after its SIGHUP: end it.
+                                let usec = handoff::os::monotonic_usec().unwrap_or(0);
+                                notify.send(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
+                                notify.send(&format!("READY=1\nSTATUS=upgrade refused: {message}"));
                             }
                             _ => {}
                         },
@@ -325,6 +345,11 @@ fn event_loop(
                         "RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=upgrading: generation {generation} (pid {successor_pid}) starting"
                     ));
                 }
+            }
+            // Generation 1's first phases may come before its start was
+            // seen (we subscribe after Supervisor::start): ids only then.
+            SupervisorEvent::Phase { handoff_id, phase } if current.generation == 0 => {
+                tracing::info!(handoff_id, phase, "handoff phase");
             }
             SupervisorEvent::Phase { handoff_id, phase } => {
                 tracing::info!(

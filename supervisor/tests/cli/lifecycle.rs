@@ -245,3 +245,22 @@ fn a_crashed_generation_is_restarted() {
             .contains("generation exited outside a handoff")
     );
 }
+
+#[test]
+fn under_restart_never_the_supervisor_exits_with_its_generation() {
+    let mut flags = Start::default().flags;
+    flags.extend(["--restart", "never", "--log-format", "json"].map(String::from));
+    let mut supervisor = Supervisor::start_with(Start {
+        flags,
+        ..Start::default()
+    });
+    let pid = u64_of(&supervisor.status(), "child_pid") as u32;
+    handoff::os::signal(pid, Sig::Kill).expect("kill the generation");
+    let exit = supervisor.wait_exit();
+    assert_eq!(exit.code(), Some(1), "a killed generation is a failure");
+    let log = supervisor.log();
+    let first = log.lines().next().expect("a log line");
+    let event: Value = serde_json::from_str(first).expect("--log-format json logs JSON lines");
+    assert!(event["fields"]["message"].is_string(), "{event}");
+    assert!(!supervisor.socket.exists());
+}
