@@ -392,6 +392,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_config_parses() {
+        let text = include_str!("../../examples/systemd/mydaemon.toml");
+        let config: FileConfig = toml::from_str(text).expect("examples/systemd/mydaemon.toml");
+        assert_eq!(config.listen["http"], "0.0.0.0:8080");
+        assert_eq!(config.log_format, Some(LogFormat::Json));
+    }
+
+    #[test]
     fn a_full_config_parses() {
         let config: FileConfig = toml::from_str(
             r#"
