@@ -80,6 +80,8 @@ pub struct Settings {
     pub program: PathBuf,
     pub args: Vec<OsString>,
     pub socket: PathBuf,
+    /// The socket path is the default one (its directory gets checked).
+    pub socket_is_default: bool,
     pub listeners: Vec<(String, ListenAddr)>,
     pub data_dir: Option<PathBuf>,
     pub mode: Mode,
@@ -167,14 +169,15 @@ impl Settings {
             .map_err(|e| Failure::usage(format!("{e}")))?;
 
         let sha256 = file.sha256.map(|hex| parse_sha256(&hex)).transpose()?;
-        let socket = match args.socket.or(file.socket.map(from_file)) {
-            Some(socket) => socket,
-            None => default_socket()?,
+        let (socket, socket_is_default) = match args.socket.or(file.socket.map(from_file)) {
+            Some(socket) => (socket, false),
+            None => (default_socket()?, true),
         };
         Ok(Settings {
             program,
             args: program_args,
             socket,
+            socket_is_default,
             listeners,
             data_dir: args.data_dir.or(file.data_dir.map(from_file)),
             mode: match args.mode.or(file.mode).unwrap_or(ModeArg::Exclusive) {

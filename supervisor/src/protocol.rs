@@ -173,12 +173,14 @@ impl HandoffReport {
     pub fn line(&self) -> String {
         let pid = |pid: Option<u32>| pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
         if self.committed {
+            let replaced = self
+                .old_pid
+                .map_or_else(|| "started".to_owned(), |old| format!("replaced pid {old}"));
             format!(
-                "committed: handoff {}, generation {} (pid {}) replaced pid {} in {:.1} ms",
+                "committed: handoff {}, generation {} (pid {}) {replaced} in {:.1} ms",
                 self.handoff_id,
                 self.generation,
                 pid(self.new_pid),
-                pid(self.old_pid),
                 self.total_ms
             )
         } else {

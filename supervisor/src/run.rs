@@ -49,7 +49,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         env.push((OsString::from(ENV_DATA_DIR), dir.clone().into_os_string()));
     }
     let listeners = listeners(&settings)?;
-    let socket = AdminSocket::bind(&settings.socket)?;
+    let socket = AdminSocket::bind(&settings.socket, settings.socket_is_default)?;
 
     let config = SupervisorConfig {
         program: settings.program.clone(),
@@ -142,8 +142,11 @@ fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), Failure
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HANDOFF_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // No colour codes in files and the journal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_env_filter(filter);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -188,17 +191,32 @@ struct AdminSocket {
 }
 
 impl AdminSocket {
-    fn bind(path: &Path) -> Result<AdminSocket, Failure> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-            && !dir.exists()
-        {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| {
-                    Failure::failed(format!("admin socket directory {}: {e}", dir.display()))
-                })?;
+    /// Binds `path`, creating its directory (0700) if missing. A default
+    /// path's directory may sit in a shared place (`/tmp/handoff-UID`): it
+    /// must then be ours and writable by nobody else, or another user could
+    /// swap the socket file.
+    fn bind(path: &Path, default: bool) -> Result<AdminSocket, Failure> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let shown = dir.display();
+            if !dir.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|e| Failure::failed(format!("admin socket directory {shown}: {e}")))?;
+            }
+            if default {
+                use std::os::unix::fs::MetadataExt;
+                let meta = std::fs::symlink_metadata(dir)
+                    .map_err(|e| Failure::failed(format!("admin socket directory {shown}: {e}")))?;
+                let ours = meta.uid() == handoff::os::effective_uid() || meta.uid() == 0;
+                if !meta.is_dir() || !ours || meta.mode() & 0o022 != 0 {
+                    return Err(Failure::failed(format!(
+                        "admin socket directory {shown} is not a directory owned by us and \
+                         writable only by us; remove it or pass --socket"
+                    )));
+                }
+            }
         }
         let listener = handoff::os::bind_admin_socket(path)
             .map_err(|e| Failure::failed(format!("admin socket: {}", chain(&e))))?;
