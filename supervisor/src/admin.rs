@@ -410,3 +410,67 @@ impl Pinned {
         PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Short enough for a unit test, long enough for a loaded machine to
+    /// deliver a line written before the read starts.
+    const BOUND: Duration = Duration::from_millis(300);
+
+    #[test]
+    fn a_request_line_is_read() {
+        let (mut client, server) = UnixStream::pair().expect("pair");
+        client
+            .write_all(b"{\"command\":\"status\"}\ntrailing bytes are ignored")
+            .expect("write");
+        assert_eq!(read_request(&server, BOUND), Ok(Request::Status));
+    }
+
+    #[test]
+    fn a_dripping_client_is_cut_off_in_all_not_per_read() {
+        let (mut client, server) = UnixStream::pair().expect("pair");
+        let dripping = std::thread::spawn(move || {
+            // One byte per half bound: each read would succeed in time.
+            for byte in b"{\"command\":\"status\"}\n" {
+                if client.write_all(&[*byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(BOUND / 2);
+            }
+        });
+        let started = Instant::now();
+        let error = read_request(&server, BOUND).expect_err("cut off");
+        assert!(error.contains("no complete request"), "{error}");
+        assert!(started.elapsed() < BOUND * 3, "{:?}", started.elapsed());
+        drop(server);
+        dripping.join().expect("dripping client");
+    }
+
+    #[test]
+    fn silence_garbage_and_long_lines_are_refused() {
+        let (_client, server) = UnixStream::pair().expect("pair");
+        assert!(read_request(&server, BOUND).is_err(), "silence");
+
+        let (mut client, server) = UnixStream::pair().expect("pair");
+        client.write_all(b"\xff\xfe garbage\n").expect("write");
+        let error = read_request(&server, BOUND).expect_err("garbage");
+        assert!(error.starts_with("not a request"), "{error}");
+
+        let (client, server) = UnixStream::pair().expect("pair");
+        let writer = std::thread::spawn(move || {
+            let mut client = client;
+            let _ = client.write_all(&vec![b'x'; 2 * MAX_LINE]);
+        });
+        let error = read_request(&server, BOUND).expect_err("too long");
+        assert!(error.contains("longer than"), "{error}");
+        drop(server);
+        writer.join().expect("writer");
+
+        let (client, server) = UnixStream::pair().expect("pair");
+        drop(client);
+        let error = read_request(&server, BOUND).expect_err("eof");
+        assert!(error.contains("without a request"), "{error}");
+    }
+}

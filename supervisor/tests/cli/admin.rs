@@ -125,3 +125,17 @@ fn garbage_and_silent_clients_do_not_stall_the_supervisor() {
     let upgraded = supervisor.ctl("upgrade", &[]);
     assert_eq!(upgraded.code, Some(0), "{upgraded:?}");
 }
+
+#[test]
+fn admin_connections_beyond_the_cap_are_answered_overloaded() {
+    // The cap of `admin::MAX_CONNECTIONS` in the binary.
+    const CAP: usize = 32;
+    let supervisor = Supervisor::start();
+    let held: Vec<UnixStream> = (0..CAP).map(|_| connect(&supervisor)).collect();
+    let extra = connect(&supervisor);
+    let reply = answer(&extra);
+    assert_eq!(reply["kind"], "overloaded", "{reply}");
+    // Closing the held connections frees their slots.
+    drop(held);
+    supervisor.wait_serving();
+}
