@@ -66,7 +66,7 @@ pub struct Shared {
     /// The last `(pid, sha256 of /proc/PID/exe)`.
     pub hash_cache: Mutex<Option<(u32, String)>>,
     /// To the main thread.
-    pub control: Mutex<mpsc::Sender<Control>>,
+    pub control: mpsc::Sender<Control>,
     /// Admin connections being served.
     pub connections: AtomicUsize,
 }
@@ -172,13 +172,9 @@ fn serve_one(stream: UnixStream, shared: &Shared) {
             deadline_ms.map(Duration::from_millis),
         ),
         Request::Stop => {
-            let control = shared
-                .control
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
             // The main thread answers once everything exited.
             if let Err(mpsc::SendError(Control::Stop(Some(stream)))) =
-                control.send(Control::Stop(Some(stream)))
+                shared.control.send(Control::Stop(Some(stream)))
             {
                 respond(&stream, &error(ErrorKind::Stopping, "already stopping"));
             }

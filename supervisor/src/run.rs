@@ -81,7 +81,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         timeouts: settings.timeouts,
         pinned_paths: Mutex::new(Default::default()),
         hash_cache: Mutex::new(None),
-        control: Mutex::new(control_tx.clone()),
+        control: control_tx.clone(),
         connections: AtomicUsize::new(0),
     });
     spawn("signals", {

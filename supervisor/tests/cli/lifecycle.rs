@@ -19,6 +19,19 @@ fn sha256_hex(path: &std::path::Path) -> String {
     })
 }
 
+/// A supervisor whose config (written in `dir`) allows upgrades to `binary`.
+fn allowing(dir: &TempDir, binary: &std::path::Path) -> Supervisor {
+    let config = dir.path().join("handoff.toml");
+    let toml = format!("allowed_binaries = [\"{}\"]\n", binary.display());
+    std::fs::write(&config, toml).expect("config");
+    let mut flags = Start::default().flags;
+    flags.extend(["--config".to_owned(), config.display().to_string()]);
+    Supervisor::start_with(Start {
+        flags,
+        ..Start::default()
+    })
+}
+
 #[test]
 fn run_status_upgrade_stop() {
     let data = TempDir::new("data");
@@ -115,19 +128,7 @@ fn run_status_upgrade_stop() {
 #[test]
 fn an_upgrade_to_a_binary_that_exits_rolls_back() {
     let dir = TempDir::new("rollback");
-    let config = dir.path().join("handoff.toml");
-    std::fs::write(&config, "allowed_binaries = [\"/bin/false\"]\n").expect("config");
-    let supervisor = Supervisor::start_with(Start {
-        flags: [
-            "--config",
-            config.to_str().expect("utf-8"),
-            "--listen",
-            "main=127.0.0.1:0",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Start::default()
-    });
+    let supervisor = allowing(&dir, std::path::Path::new("/bin/false"));
     let addr = supervisor.addr();
     let before = serving_pid(addr);
 
@@ -162,23 +163,7 @@ fn a_second_concurrent_upgrade_is_busy() {
     let dir = TempDir::new("busy");
     // A successor that never says hello: the handoff waits for its deadline.
     let silent = script(dir.path(), "silent", "exec sleep 60");
-    let config = dir.path().join("handoff.toml");
-    std::fs::write(
-        &config,
-        format!("allowed_binaries = [\"{}\"]\n", silent.display()),
-    )
-    .expect("config");
-    let supervisor = Supervisor::start_with(Start {
-        flags: [
-            "--config",
-            config.to_str().expect("utf-8"),
-            "--listen",
-            "main=127.0.0.1:0",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Start::default()
-    });
+    let supervisor = allowing(&dir, &silent);
     let before = serving_pid(supervisor.addr());
     let socket = supervisor.socket.clone();
     let silent_path = silent.display().to_string();
