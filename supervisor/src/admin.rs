@@ -60,8 +60,9 @@ pub struct Shared {
     pub our_uid: u32,
     /// Durations (admin_request bounds each client).
     pub timeouts: Timeouts,
-    /// The path each generation started by a pinned upgrade was asked for
-    /// (the library only saw `/proc/self/fd/N`).
+    /// The path the live generation's upgrade named, by generation (the
+    /// library saw `/proc/self/fd/N` for a pinned one). A generation not
+    /// listed (the first, a restart) runs what the library reports.
     pub pinned_paths: Mutex<HashMap<u64, PathBuf>>,
     /// The last `(pid, sha256 of /proc/PID/exe)`.
     pub hash_cache: Mutex<Option<(u32, String)>>,
@@ -350,11 +351,13 @@ pub fn upgrade(
     match result {
         Ok(outcome) => {
             if let Outcome::Committed { generation, .. } = &outcome {
-                shared
+                // Only the live generation is ever looked up.
+                let mut paths = shared
                     .pinned_paths
                     .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(*generation, program);
+                    .unwrap_or_else(PoisonError::into_inner);
+                paths.clear();
+                paths.insert(*generation, program);
             }
             Response::Handoff(HandoffReport::from_outcome(&outcome))
         }
