@@ -222,6 +222,12 @@ pub enum SupervisorEvent {
         handoff_id: u64,
         /// Whether an incumbent takes part (false on a cold start).
         upgrade: bool,
+        /// The successor's generation number.
+        generation: u64,
+        /// The successor's pid.
+        successor_pid: u32,
+        /// The incumbent's pid (absent on a cold start).
+        incumbent_pid: Option<u32>,
     },
     /// A handoff ended.
     HandoffFinished(Box<Outcome>),
@@ -672,6 +678,9 @@ impl Loop {
         self.announce(SupervisorEvent::HandoffStarted {
             handoff_id,
             upgrade: has_incumbent,
+            generation: successor.generation,
+            successor_pid: successor.pid,
+            incumbent_pid: self.live.as_ref().map(|live| live.pid),
         });
         let machine = HandoffMachine::new(config, Instant::now());
         if fault::reached(
