@@ -701,7 +701,11 @@ impl HandoffMachine {
                     resume_incumbent,
                 } = &self.phase
                 {
-                    let (reason, resume) = (reason.clone(), *resume_incumbent);
+                    let (mut reason, resume) = (reason.clone(), *resume_incumbent);
+                    // Its EOF came first; its exit status says more.
+                    if reason == AbortReason::SuccessorClosed {
+                        reason = AbortReason::SuccessorExited { status };
+                    }
                     if resume && self.incumbent_alive() {
                         self.enter(
                             Phase::Resuming {

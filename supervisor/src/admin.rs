@@ -344,6 +344,8 @@ pub fn upgrade(
         drain_grace,
         deadline,
         env: Vec::new(),
+        // A pinned exec path dies with the pinned file: restart by path.
+        restart_program: Some(program.clone()),
     };
     let result = shared.handle.upgrade(request);
     // The pinned file stays open until here: the successor was spawned (and

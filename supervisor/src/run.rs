@@ -65,10 +65,10 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         socket = %settings.socket.display(),
         "starting the supervisor"
     );
-    let supervisor = Supervisor::start(config)
+    // Subscribed before generation 1 spawns: every phase is seen.
+    let (supervisor, events) = Supervisor::start_with_events(config)
         .map_err(|e| Failure::failed(format!("cannot start generation 1: {}", chain(&e))))?;
     let handle = supervisor.handle();
-    let events = handle.subscribe().map_err(|e| Failure::failed(chain(&e)))?;
 
     let (control_tx, control_rx) = mpsc::channel();
     let shared = Arc::new(Shared {
@@ -323,7 +323,8 @@ fn event_loop(
     let mut current = Current::default();
     let mut ready = false;
     let mut clean_exit = true;
-    // Generation 1 may have committed before we subscribed.
+    // The stream was subscribed before generation 1 spawned, so its commit
+    // arrives as an event; the status check only guards a slow start.
     if let Ok(status) = handle.status()
         && let Some(pid) = status.child_pid
     {
@@ -364,8 +365,8 @@ fn event_loop(
                     ));
                 }
             }
-            // Generation 1's first phases may come before its start was
-            // seen (we subscribe after Supervisor::start): ids only then.
+            // A phase before any start was seen (not expected since the
+            // stream is subscribed before the start): ids only.
             SupervisorEvent::Phase { handoff_id, phase } if current.generation == 0 => {
                 tracing::info!(handoff_id, phase, "handoff phase");
             }

@@ -113,9 +113,9 @@ impl Harness {
             restart: RestartPolicy::OnFailure,
             listeners: vec![listener],
         };
-        let supervisor = Supervisor::start(config).expect("supervisor starts");
+        let (supervisor, events) =
+            Supervisor::start_with_events(config).expect("supervisor starts");
         let handle = supervisor.handle();
-        let events = handle.subscribe().expect("subscribe");
         let harness = Harness {
             supervisor: Some(supervisor),
             handle,
