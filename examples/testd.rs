@@ -38,6 +38,7 @@ struct Args {
     seal_fail: bool,
     bad_fingerprint: bool,
     versions: Option<(u16, u16)>,
+    relock_ms: Option<u64>,
 }
 
 fn parse_args() -> Args {
@@ -61,6 +62,9 @@ fn parse_args() -> Args {
             "--unhealthy" => args.unhealthy = true,
             "--seal-fail" => args.seal_fail = true,
             "--bad-fingerprint" => args.bad_fingerprint = true,
+            "--relock-ms" => {
+                args.relock_ms = Some(value().parse().unwrap_or_else(|_| die("--relock-ms N")))
+            }
             "--protocol" => {
                 let text = value();
                 let (min, max) = text
@@ -343,6 +347,9 @@ fn main() {
     let args = Arc::new(parse_args());
     stage(&args, "start");
     let mut options = handoff::StartOptions::new(args.build.clone());
+    if let Some(ms) = args.relock_ms {
+        options.timeouts.relock = std::time::Duration::from_millis(ms);
+    }
     if let Some((min, max)) = args.versions {
         options.versions = handoff::wire::VersionRange { min, max };
     }
@@ -352,6 +359,7 @@ fn main() {
         .unwrap_or_else(|e| die(&format!("listener: {e}")));
     stage(&args, "warm");
     let number = generation.generation();
+    let overlap = generation.mode() == Some(handoff::Mode::Overlap);
     let begun = generation
         .begin(args.data_dir.as_deref())
         .unwrap_or_else(|e| die(&format!("begin: {e}")));
@@ -384,11 +392,21 @@ fn main() {
         args: Arc::clone(&args),
         data_dir: begun.data_dir().map(Path::to_path_buf),
     };
+    // Overlap mode: serve before Ready, so that someone accepts at every
+    // moment. Exclusive mode: serve only once committed (no write acked by a
+    // generation that may still be rolled back).
+    let mut listener = Some(listener);
+    if overlap && let Some(listener) = listener.take() {
+        let acceptor = Arc::clone(&shared);
+        std::thread::spawn(move || accept_loop(listener, acceptor));
+    }
     let live = begun
         .ready(report, daemon)
         .unwrap_or_else(|e| die(&format!("ready: {e}")));
-    let acceptor = Arc::clone(&shared);
-    std::thread::spawn(move || accept_loop(listener, acceptor));
+    if let Some(listener) = listener {
+        let acceptor = Arc::clone(&shared);
+        std::thread::spawn(move || accept_loop(listener, acceptor));
+    }
     let ending = live.wait();
     eprintln!("testd {}: session ended: {ending:?}", std::process::id());
 }

@@ -21,6 +21,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use crate::channel::{self, Received};
 use crate::drain::{DrainReport, Drainable, SealProgress};
 use crate::error::{Error, Result};
+use crate::fault;
 use crate::protocol::{
     Ending, GenerationAction, GenerationInput, GenerationMachine, HookCall, HookOutcome, UserCall,
 };
@@ -142,7 +143,18 @@ pub(crate) fn start_agent(
         data_dir: None,
         hooks: None,
         next_heartbeat: now + timeouts.heartbeat_interval,
+        generation: 0,
     };
+    // The first point: Hello sent, nothing received yet.
+    if crate::fault::reached(
+        crate::fault::FaultRole::Successor,
+        agent.machine.state_name(),
+        0,
+    )
+    .is_err()
+    {
+        agent.sender.shutdown();
+    }
     std::thread::Builder::new()
         .name("handoff-agent".into())
         .spawn(move || agent.run(input_rx))
@@ -164,6 +176,8 @@ struct Agent {
     data_dir: Option<PathBuf>,
     hooks: Option<Sender<Job>>,
     next_heartbeat: Instant,
+    /// Learnt at HelloAck (0 before); targets fault points.
+    generation: u64,
 }
 
 impl Agent {
@@ -197,9 +211,22 @@ impl Agent {
                     None => continue,
                 },
             };
+            let before = self.machine.state();
             let actions = self.machine.step(machine_input, now);
             if self.perform(actions).is_break() {
                 return;
+            }
+            let after = self.machine.state();
+            if before != after
+                && fault::reached(
+                    fault::generation_role(after),
+                    after.as_str(),
+                    self.generation,
+                )
+                .is_err()
+            {
+                tracing::warn!("injected error: dropping the control connection");
+                self.sender.shutdown();
             }
             if self.machine.supervisor_present() && Instant::now() >= self.next_heartbeat {
                 self.next_heartbeat = Instant::now() + self.timeouts.heartbeat_interval;
@@ -284,6 +311,7 @@ impl Agent {
                     has_incumbent,
                     generation,
                 } => {
+                    self.generation = generation;
                     let fds = std::mem::take(&mut self.kept_fds);
                     let _ = self.events.send(AgentEvent::FdsComplete {
                         mode,
@@ -308,11 +336,6 @@ impl Agent {
                     }
                 }
                 GenerationAction::Relock => self.relock(),
-                GenerationAction::ClearDeathSignal => {
-                    if let Err(error) = crate::sys::clear_die_with_parent() {
-                        tracing::error!(error = %error, "cannot clear the parent-death signal");
-                    }
-                }
                 GenerationAction::CloseConnection(reason) => {
                     tracing::error!(%reason, "the supervisor broke the protocol; closing");
                     self.sender.shutdown();

@@ -29,5 +29,6 @@ pub use successor::{
     Warming, start,
 };
 pub use sys::ListenAddr;
+pub mod fault;
 pub mod os;
 pub mod supervisor;

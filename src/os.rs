@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::sys;
 
-pub use crate::sys::{PeerCred, Sig};
+pub use crate::sys::{PeerCred, Sig, SignalSet};
 
 /// A Unix stream listener for the admin socket, created mode 0600 with no
 /// window in which another user could connect.
@@ -49,4 +49,23 @@ pub fn signal(pid: u32, signal: Sig) -> Result<()> {
 /// makes it close-on-exec.
 pub fn adopt_inherited_fd(fd: i32) -> Result<OwnedFd> {
     sys::adopt_inherited_fd(fd).map_err(|source| Error::io("adopting an inherited fd", source))
+}
+
+/// The fds systemd passed by socket activation, as `(name, fd)`, each made
+/// close-on-exec; empty when `LISTEN_PID` is absent or not this process.
+/// Names come from `LISTEN_FDNAMES` (`unknown` without it). Call it once,
+/// early: it takes ownership of fds 3 and up.
+pub fn listen_fds() -> Result<Vec<(String, OwnedFd)>> {
+    sys::listen_fds().map_err(|source| Error::io("adopting socket-activation fds", source))
+}
+
+/// `CLOCK_MONOTONIC` in microseconds, for systemd's `MONOTONIC_USEC=`.
+pub fn monotonic_usec() -> Result<u64> {
+    sys::monotonic_usec().map_err(|source| Error::io("clock_gettime(CLOCK_MONOTONIC)", source))
+}
+
+/// This process's effective uid (the admin socket admits it, root, and the
+/// configured `allowed_uids`).
+pub fn effective_uid() -> u32 {
+    sys::effective_uid()
 }

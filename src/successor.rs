@@ -473,13 +473,19 @@ impl Generation<Begun> {
         Error::Aborted { reason }
     }
 
-    /// Reports the state opened and hands the hooks to the library.
+    /// Reports the state opened, hands the hooks to the library, and
+    /// returns once the supervisor committed this generation.
     ///
     /// The fingerprint is checked against the sealed one first; a mismatch
-    /// fails the handoff (I3). In exclusive mode this returns after the
-    /// supervisor's Commit, so no write is acknowledged by a successor that
-    /// may still be rolled back (I6). In overlap mode it returns at once:
-    /// the daemon starts accepting before the incumbent drains.
+    /// fails the handoff (I3). In exclusive mode start serving only after
+    /// this returns: no write is then acknowledged by a successor that may
+    /// still be rolled back (I6). In overlap mode start accepting *before*
+    /// calling this, so that the successor serves before the incumbent
+    /// drains.
+    ///
+    /// Call it from the main thread: a generation is spawned to die with its
+    /// supervisor until it commits (`PR_SET_PDEATHSIG`), and that setting
+    /// belongs to the main thread, so only the main thread can clear it (I8).
     pub fn ready<D: Drainable>(self, report: ReadyReport, daemon: D) -> Result<Live> {
         let Generation {
             session,
@@ -507,15 +513,23 @@ impl Generation<Begun> {
         }
         send(&session, AgentInput::Daemon(Box::new(daemon)))?;
         send(&session, AgentInput::User(ready_call(&report, addresses)))?;
-        if session.mode == Mode::Exclusive {
-            loop {
-                match session.from_agent.recv() {
-                    Ok(AgentEvent::Committed) => break,
-                    Ok(AgentEvent::End(ending)) => return Err(ending_error(ending)),
-                    Ok(_) => continue,
-                    Err(_) => return Err(Error::SessionOver),
-                }
+        loop {
+            match session.from_agent.recv() {
+                Ok(AgentEvent::Committed) => break,
+                Ok(AgentEvent::End(ending)) => return Err(ending_error(ending)),
+                Ok(_) => continue,
+                Err(_) => return Err(Error::SessionOver),
             }
+        }
+        // Committed: this generation must outlive its supervisor now (I8).
+        if sys::is_main_thread() {
+            sys::clear_die_with_parent()
+                .map_err(|source| Error::io("prctl(PR_SET_PDEATHSIG, 0)", source))?;
+        } else {
+            tracing::error!(
+                "ready() was called off the main thread: the parent-death signal cannot be \
+                 cleared, and this generation will die with its supervisor"
+            );
         }
         Ok(Live {
             session: Some(session),

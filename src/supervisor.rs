@@ -20,6 +20,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::channel::{self, Received};
 use crate::error::{Error, Peer, Result};
+use crate::fault::{self, FaultRole};
 use crate::protocol::{
     HandoffAction, HandoffConfig, HandoffInput, HandoffMachine, Phases, RetireAction, RetireInput,
     RetireMachine, Side, Signal, Verdict,
@@ -120,6 +121,12 @@ pub struct UpgradeRequest {
     pub drain_grace: Option<Duration>,
     /// Overall deadline for this handoff.
     pub deadline: Option<Duration>,
+    /// Extra environment for this successor only (after the configured one).
+    pub env: Vec<(OsString, OsString)>,
+    /// What to execute if this generation, once committed, crashes and must
+    /// be restarted (defaults to `program`). Set it when `program` is valid
+    /// only now, as a pinned `/proc/self/fd/N` is.
+    pub restart_program: Option<PathBuf>,
 }
 
 /// How a handoff ended, with the per-phase timings.
@@ -219,6 +226,12 @@ pub enum SupervisorEvent {
         handoff_id: u64,
         /// Whether an incumbent takes part (false on a cold start).
         upgrade: bool,
+        /// The successor's generation number.
+        generation: u64,
+        /// The successor's pid.
+        successor_pid: u32,
+        /// The incumbent's pid (absent on a cold start).
+        incumbent_pid: Option<u32>,
     },
     /// A handoff ended.
     HandoffFinished(Box<Outcome>),
@@ -288,14 +301,21 @@ impl Supervisor {
     /// Starts the loop thread and the first generation. Fails if the first
     /// generation cannot even be spawned.
     pub fn start(config: SupervisorConfig) -> Result<Supervisor> {
+        Supervisor::start_with_events(config).map(|(supervisor, _)| supervisor)
+    }
+
+    /// Like [`Supervisor::start`], with an event stream subscribed before
+    /// the first generation is spawned, so that it sees every event.
+    pub fn start_with_events(config: SupervisorConfig) -> Result<(Supervisor, EventStream)> {
         config.timeouts.validate()?;
+        let (subscriber, events) = crossbeam_channel::unbounded();
         let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
         let (started_tx, started_rx) = crossbeam_channel::bounded::<Result<()>>(1);
         let thread = std::thread::Builder::new()
             .name("handoff-supervisor".into())
             .spawn(move || {
                 let (events_tx, events_rx) = crossbeam_channel::unbounded();
-                let mut state = Loop::new(config, events_tx);
+                let mut state = Loop::new(config, events_tx, vec![subscriber]);
                 let first = state.start_handoff(UpgradeRequest::default(), None);
                 let failed = first.is_err();
                 let _ = started_tx.send(first);
@@ -306,12 +326,15 @@ impl Supervisor {
             })
             .map_err(|source| Error::io("spawn the supervisor thread", source))?;
         match started_rx.recv() {
-            Ok(Ok(())) => Ok(Supervisor {
-                handle: SupervisorHandle {
-                    commands: commands_tx,
+            Ok(Ok(())) => Ok((
+                Supervisor {
+                    handle: SupervisorHandle {
+                        commands: commands_tx,
+                    },
+                    thread,
                 },
-                thread,
-            }),
+                EventStream { events },
+            )),
             Ok(Err(error)) => {
                 let _ = thread.join();
                 Err(error)
@@ -396,6 +419,8 @@ struct Child {
     /// The handoff id messages to this child carry now.
     handoff_id: u64,
     program: PathBuf,
+    /// Program and arguments to run again if this generation crashes.
+    restart: (PathBuf, Vec<OsString>),
     started: Instant,
     reaped: Option<String>,
 }
@@ -478,12 +503,18 @@ struct Loop {
     next_handoff_id: u64,
     next_heartbeat: Instant,
     last_handoff: Option<Outcome>,
+    /// What the live generation was started with, for restarts.
+    last_committed: Option<(PathBuf, Vec<OsString>)>,
     subscribers: Vec<Sender<SupervisorEvent>>,
     finished: bool,
 }
 
 impl Loop {
-    fn new(config: SupervisorConfig, events_tx: Sender<Event>) -> Self {
+    fn new(
+        config: SupervisorConfig,
+        events_tx: Sender<Event>,
+        subscribers: Vec<Sender<SupervisorEvent>>,
+    ) -> Self {
         let now = Instant::now();
         Loop {
             next_heartbeat: now + config.timeouts.heartbeat_interval,
@@ -499,9 +530,20 @@ impl Loop {
             next_generation: 1,
             next_handoff_id: 1,
             last_handoff: None,
-            subscribers: Vec::new(),
+            last_committed: None,
+            subscribers,
             finished: false,
         }
+    }
+
+    fn schedule_restart(&mut self, now: Instant) {
+        let delay = self.config.timeouts.restart_backoff(self.failures);
+        self.failures = self.failures.saturating_add(1);
+        tracing::info!(
+            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            "restarting the generation"
+        );
+        self.restart_at = Some(now + delay);
     }
 
     fn announce(&mut self, event: SupervisorEvent) {
@@ -556,11 +598,19 @@ impl Loop {
         next
     }
 
-    fn spawn(&mut self, program: PathBuf, args: Vec<OsString>) -> Result<(Child, Duration)> {
+    fn spawn(
+        &mut self,
+        program: PathBuf,
+        args: Vec<OsString>,
+        extra_env: Vec<(OsString, OsString)>,
+        restart_program: PathBuf,
+    ) -> Result<(Child, Duration)> {
+        let restart = (restart_program, args.clone());
         let begun = Instant::now();
         let (ours, theirs) = sys::control_pair()
             .map_err(|source| Error::io("socketpair for a generation", source))?;
         let mut env = self.config.env.clone();
+        env.extend(extra_env);
         env.push((
             ENV_SUPERVISOR_PID.into(),
             std::process::id().to_string().into(),
@@ -615,6 +665,7 @@ impl Loop {
                 sender,
                 handoff_id: 0,
                 program,
+                restart,
                 started: Instant::now(),
                 reaped: None,
             },
@@ -639,7 +690,8 @@ impl Loop {
             .program
             .unwrap_or_else(|| self.config.program.clone());
         let args = request.args.unwrap_or_else(|| self.config.args.clone());
-        let (successor, spawn_time) = self.spawn(program, args)?;
+        let restart_program = request.restart_program.unwrap_or_else(|| program.clone());
+        let (successor, spawn_time) = self.spawn(program, args, request.env, restart_program)?;
         let handoff_id = self.next_handoff_id;
         self.next_handoff_id += 1;
         let has_incumbent = self.live.as_ref().is_some_and(|live| live.reaped.is_none());
@@ -663,9 +715,22 @@ impl Loop {
         self.announce(SupervisorEvent::HandoffStarted {
             handoff_id,
             upgrade: has_incumbent,
+            generation: successor.generation,
+            successor_pid: successor.pid,
+            incumbent_pid: self.live.as_ref().map(|live| live.pid),
         });
+        let machine = HandoffMachine::new(config, Instant::now());
+        if fault::reached(
+            FaultRole::Supervisor,
+            machine.state_name(),
+            successor.generation,
+        )
+        .is_err()
+        {
+            tracing::warn!("injected error at the handoff's start: continuing");
+        }
         self.in_flight = Some(InFlight {
-            machine: HandoffMachine::new(config, Instant::now()),
+            machine,
             successor,
             reply,
             old_pid: self.live.as_ref().map(|live| live.pid),
@@ -884,14 +949,18 @@ impl Loop {
         let actions = in_flight.machine.step(input, now);
         let after = in_flight.machine.state_name();
         let handoff_id = in_flight.machine.handoff_id();
+        let generation = in_flight.successor.generation;
+        self.perform(actions, now);
         if before != after {
             tracing::debug!(handoff_id, from = before, to = after, "handoff phase");
             self.announce(SupervisorEvent::Phase {
                 handoff_id,
                 phase: after,
             });
+            if fault::reached(FaultRole::Supervisor, after, generation).is_err() {
+                self.step_handoff(HandoffInput::Cancel, now);
+            }
         }
-        self.perform(actions, now);
     }
 
     fn side(&self, side: Side) -> Option<&Child> {
@@ -988,6 +1057,7 @@ impl Loop {
             } => {
                 phases.spawn = Some(in_flight.spawn_time);
                 let successor = in_flight.successor;
+                self.last_committed = Some(successor.restart.clone());
                 let outcome = Outcome::Committed {
                     handoff_id,
                     old_pid: in_flight.old_pid,
@@ -1005,6 +1075,15 @@ impl Loop {
                         let drain_first = self.config.mode == Mode::Overlap;
                         let (machine, actions) =
                             RetireMachine::start(drain_first, self.config.timeouts, now);
+                        if fault::reached(
+                            FaultRole::Supervisor,
+                            machine.state_name(),
+                            old.generation,
+                        )
+                        .is_err()
+                        {
+                            old.signal(Sig::Kill);
+                        }
                         self.retiring.push(Retiring {
                             machine,
                             child: old,
@@ -1024,13 +1103,16 @@ impl Loop {
                 if !incumbent_serving {
                     match &self.live {
                         Some(live) if live.reaped.is_none() => live.signal(Sig::Kill),
-                        // Nobody serves: start a fresh generation.
+                        // Nobody serves: start a fresh generation, if the
+                        // policy allows (a failed cold start is a failure).
                         _ => {
                             self.live = None;
                             if self.stopping.is_none() {
-                                let delay = self.config.timeouts.restart_backoff(self.failures);
-                                self.failures = self.failures.saturating_add(1);
-                                self.restart_at = Some(now + delay);
+                                if self.config.restart == RestartPolicy::Never {
+                                    self.begin_stop(None);
+                                } else {
+                                    self.schedule_restart(now);
+                                }
                             }
                         }
                     }
@@ -1073,7 +1155,15 @@ impl Loop {
     }
 
     fn step_retire(&mut self, index: usize, input: RetireInput, now: Instant) {
+        let before = self.retiring[index].machine.state_name();
         let actions = self.retiring[index].machine.step(input, now);
+        let after = self.retiring[index].machine.state_name();
+        let generation = self.retiring[index].child.generation;
+        if before != after && fault::reached(FaultRole::Supervisor, after, generation).is_err() {
+            // An injected error here can only hurry the old generation out.
+            tracing::warn!("injected error while retiring: killing the old generation");
+            self.retiring[index].child.signal(Sig::Kill);
+        }
         self.perform_retire(index, actions, now);
     }
 
@@ -1129,11 +1219,18 @@ impl Loop {
         }
         if self.restart_at.is_some_and(|at| at <= now) && self.in_flight.is_none() {
             self.restart_at = None;
-            if let Err(error) = self.start_handoff(UpgradeRequest::default(), None) {
+            // Restart what was last committed, not what was first configured.
+            let request = match self.last_committed.clone() {
+                Some((program, args)) => UpgradeRequest {
+                    program: Some(program),
+                    args: Some(args),
+                    ..UpgradeRequest::default()
+                },
+                None => UpgradeRequest::default(),
+            };
+            if let Err(error) = self.start_handoff(request, None) {
                 tracing::error!(%error, "restart failed");
-                let delay = self.config.timeouts.restart_backoff(self.failures);
-                self.failures = self.failures.saturating_add(1);
-                self.restart_at = Some(now + delay);
+                self.schedule_restart(now);
             }
         }
         if let Some(stopping) = &mut self.stopping {

@@ -151,8 +151,6 @@ pub enum GenerationAction {
     ReleaseLock,
     /// Re-take the data-directory lock, waiting at most `Timeouts::relock`.
     Relock,
-    /// Stop dying with the supervisor (PR_SET_PDEATHSIG cleared).
-    ClearDeathSignal,
     /// Close the connection to the supervisor (it broke the protocol).
     CloseConnection(String),
     /// The session is over.
@@ -195,26 +193,83 @@ enum State {
     Ended,
 }
 
+super::names::state_names! {
+    /// A generation's states, by name.
+    pub enum GenerationState {
+        /// Hello sent.
+        AwaitHelloAck => "await_hello_ack",
+        /// Receiving the named fds.
+        ReceivingFds => "receiving_fds",
+        /// The daemon warms up.
+        WarmingUp => "warming_up",
+        /// Warm sent; waiting for Begin.
+        AwaitBegin => "await_begin",
+        /// Begin received; the daemon opens its state.
+        Begun => "begun",
+        /// Ready sent; waiting for Commit.
+        AwaitCommit => "await_commit",
+        /// Serving (the incumbent).
+        Serving => "serving",
+        /// The drain hook runs.
+        Draining => "draining",
+        /// The drain hook runs; a resume is pending.
+        DrainingAborted => "draining_aborted",
+        /// Drained; waiting for Seal, Retire or a resume.
+        Drained => "drained",
+        /// The seal hook runs.
+        Sealing => "sealing",
+        /// The seal hook runs; a resume is pending.
+        SealingAborted => "sealing_aborted",
+        /// Sealed; the lock is released.
+        Sealed => "sealed",
+        /// Re-taking the lock.
+        Relocking => "relocking",
+        /// The resume hook runs.
+        Resuming => "resuming",
+        /// The session is over.
+        Ended => "ended",
+    }
+}
+
+impl GenerationState {
+    /// Whether a process in this state is a successor (not yet committed).
+    pub fn is_successor(self) -> bool {
+        matches!(
+            self,
+            GenerationState::AwaitHelloAck
+                | GenerationState::ReceivingFds
+                | GenerationState::WarmingUp
+                | GenerationState::AwaitBegin
+                | GenerationState::Begun
+                | GenerationState::AwaitCommit
+        )
+    }
+}
+
 impl State {
-    fn name(&self) -> &'static str {
+    fn state(&self) -> GenerationState {
         match self {
-            State::AwaitHelloAck => "await_hello_ack",
-            State::ReceivingFds { .. } => "receiving_fds",
-            State::WarmingUp => "warming_up",
-            State::AwaitBegin => "await_begin",
-            State::Begun { .. } => "begun",
-            State::AwaitCommit => "await_commit",
-            State::Serving => "serving",
-            State::Draining => "draining",
-            State::DrainingAborted { .. } => "draining_aborted",
-            State::Drained => "drained",
-            State::Sealing => "sealing",
-            State::SealingAborted { .. } => "sealing_aborted",
-            State::Sealed => "sealed",
-            State::Relocking { .. } => "relocking",
-            State::Resuming { .. } => "resuming",
-            State::Ended => "ended",
+            State::AwaitHelloAck => GenerationState::AwaitHelloAck,
+            State::ReceivingFds { .. } => GenerationState::ReceivingFds,
+            State::WarmingUp => GenerationState::WarmingUp,
+            State::AwaitBegin => GenerationState::AwaitBegin,
+            State::Begun { .. } => GenerationState::Begun,
+            State::AwaitCommit => GenerationState::AwaitCommit,
+            State::Serving => GenerationState::Serving,
+            State::Draining => GenerationState::Draining,
+            State::DrainingAborted { .. } => GenerationState::DrainingAborted,
+            State::Drained => GenerationState::Drained,
+            State::Sealing => GenerationState::Sealing,
+            State::SealingAborted { .. } => GenerationState::SealingAborted,
+            State::Sealed => GenerationState::Sealed,
+            State::Relocking { .. } => GenerationState::Relocking,
+            State::Resuming { .. } => GenerationState::Resuming,
+            State::Ended => GenerationState::Ended,
         }
+    }
+
+    fn name(&self) -> &'static str {
+        self.state().as_str()
     }
 
     /// States in which the supervisor's silence means it is gone.
@@ -265,6 +320,11 @@ impl GenerationMachine {
     /// The current state's name (logs, fault points).
     pub fn state_name(&self) -> &'static str {
         self.state.name()
+    }
+
+    /// The current state.
+    pub fn state(&self) -> GenerationState {
+        self.state.state()
     }
 
     /// Whether the supervisor is still connected.
@@ -399,7 +459,6 @@ impl GenerationMachine {
             (State::AwaitCommit, Message::Commit) => {
                 self.state = State::Serving;
                 self.send(Message::CommitAck, out);
-                out.push(GenerationAction::ClearDeathSignal);
                 out.push(GenerationAction::Committed);
             }
             (

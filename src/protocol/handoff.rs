@@ -221,20 +221,50 @@ enum Phase {
     Done,
 }
 
+super::names::state_names! {
+    /// The supervisor's handoff phases, by name.
+    pub enum HandoffState {
+        /// Waiting for the successor's Hello.
+        AwaitHello => "await_hello",
+        /// The successor warms up.
+        WarmingUp => "warming_up",
+        /// The incumbent drains.
+        Draining => "draining",
+        /// The incumbent seals.
+        Sealing => "sealing",
+        /// Waiting to reap an incumbent that died.
+        AwaitIncumbentExit => "await_incumbent_exit",
+        /// Begin sent; waiting for Ready.
+        Beginning => "beginning",
+        /// Commit sent; waiting for CommitAck.
+        Committing => "committing",
+        /// Killing the successor.
+        Aborting => "aborting",
+        /// ResumeAfterAbort sent; waiting for ResumeAck.
+        Resuming => "resuming",
+        /// Verdict given.
+        Done => "done",
+    }
+}
+
 impl Phase {
-    fn name(&self) -> &'static str {
+    fn state(&self) -> HandoffState {
         match self {
-            Phase::AwaitHello => "await_hello",
-            Phase::WarmingUp => "warming_up",
-            Phase::Draining => "draining",
-            Phase::Sealing => "sealing",
-            Phase::AwaitIncumbentExit { .. } => "await_incumbent_exit",
-            Phase::Beginning { .. } => "beginning",
-            Phase::Committing => "committing",
-            Phase::Aborting { .. } => "aborting",
-            Phase::Resuming { .. } => "resuming",
-            Phase::Done => "done",
+            Phase::AwaitHello => HandoffState::AwaitHello,
+            Phase::WarmingUp => HandoffState::WarmingUp,
+            Phase::Draining => HandoffState::Draining,
+            Phase::Sealing => HandoffState::Sealing,
+            Phase::AwaitIncumbentExit { .. } => HandoffState::AwaitIncumbentExit,
+            Phase::Beginning { .. } => HandoffState::Beginning,
+            Phase::Committing => HandoffState::Committing,
+            Phase::Aborting { .. } => HandoffState::Aborting,
+            Phase::Resuming { .. } => HandoffState::Resuming,
+            Phase::Done => HandoffState::Done,
         }
+    }
+
+    fn name(&self) -> &'static str {
+        self.state().as_str()
     }
 }
 
@@ -278,6 +308,11 @@ impl HandoffMachine {
     /// The current phase's name (for logs, status and fault points).
     pub fn state_name(&self) -> &'static str {
         self.phase.name()
+    }
+
+    /// The current phase.
+    pub fn state(&self) -> HandoffState {
+        self.phase.state()
     }
 
     /// Whether the verdict was given.
@@ -530,6 +565,16 @@ impl HandoffMachine {
                 let reason = reason.clone();
                 self.finish_rollback(reason, true, now, actions);
             }
+            // The hook that ran when the abort came may still report; a
+            // failed resume shows up as the incumbent's exit.
+            (
+                Phase::Resuming { .. },
+                Message::Drained { .. }
+                | Message::SealProgress { .. }
+                | Message::SealComplete(_)
+                | Message::SealFailed { .. }
+                | Message::Failed { .. },
+            ) => {}
             (_, Message::SnapshotReport(_)) => {}
             // After sealing, or when the incumbent never took part, its
             // messages cannot change the outcome; ignore benign leftovers.
@@ -656,7 +701,11 @@ impl HandoffMachine {
                     resume_incumbent,
                 } = &self.phase
                 {
-                    let (reason, resume) = (reason.clone(), *resume_incumbent);
+                    let (mut reason, resume) = (reason.clone(), *resume_incumbent);
+                    // Its EOF came first; its exit status says more.
+                    if reason == AbortReason::SuccessorClosed {
+                        reason = AbortReason::SuccessorExited { status };
+                    }
                     if resume && self.incumbent_alive() {
                         self.enter(
                             Phase::Resuming {

@@ -9,18 +9,21 @@
 
 mod generation;
 mod handoff;
+mod names;
 mod retire;
 
 #[cfg(test)]
 mod tests;
 
 pub use generation::{
-    Ending, GenerationAction, GenerationInput, GenerationMachine, HookCall, HookOutcome, UserCall,
+    Ending, GenerationAction, GenerationInput, GenerationMachine, GenerationState, HookCall,
+    HookOutcome, UserCall,
 };
 pub use handoff::{
-    HandoffAction, HandoffConfig, HandoffInput, HandoffMachine, Phases, ReadySeen, Verdict,
+    HandoffAction, HandoffConfig, HandoffInput, HandoffMachine, HandoffState, Phases, ReadySeen,
+    Verdict,
 };
-pub use retire::{RetireAction, RetireInput, RetireMachine};
+pub use retire::{RetireAction, RetireInput, RetireMachine, RetireState};
 
 /// One of the two generations a supervisor talks to during a handoff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -14,6 +14,22 @@ use super::Signal;
 use crate::timeouts::Timeouts;
 use crate::wire::Message;
 
+super::names::state_names! {
+    /// The retire machine's states, by name.
+    pub enum RetireState {
+        /// Overlap mode: the old generation drains.
+        Draining => "retire_draining",
+        /// Retire sent.
+        Retiring => "retiring",
+        /// SIGTERM sent.
+        Terminated => "terminated",
+        /// SIGKILL sent.
+        Killed => "killed",
+        /// Exited and reaped.
+        Gone => "gone",
+    }
+}
+
 /// An event for the retire machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RetireInput {
@@ -92,12 +108,17 @@ impl RetireMachine {
 
     /// The state's name.
     pub fn state_name(&self) -> &'static str {
+        self.state().as_str()
+    }
+
+    /// The current state.
+    pub fn state(&self) -> RetireState {
         match self.state {
-            State::Draining { .. } => "retire_draining",
-            State::Retiring { .. } => "retiring",
-            State::Terminated { .. } => "terminated",
-            State::Killed => "killed",
-            State::Gone => "gone",
+            State::Draining { .. } => RetireState::Draining,
+            State::Retiring { .. } => RetireState::Retiring,
+            State::Terminated { .. } => RetireState::Terminated,
+            State::Killed => RetireState::Killed,
+            State::Gone => RetireState::Gone,
         }
     }
 

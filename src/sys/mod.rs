@@ -74,6 +74,14 @@
 //!   the new number). Before forking, [`spawn`] parks the control socket at
 //!   fd 3 in the parent when fd 3 is free, so std's own spawn fds (the
 //!   exec-error pipe, `/dev/null`) cannot land on fd 3 and be overwritten.
+//! - **Signal masks.** A mask blocked for `sigwait` is per thread, inherited
+//!   by later threads and kept across `exec`; it must be blocked before any
+//!   thread starts, and a generation must not inherit it: [`spawn`] empties
+//!   the mask in the child (std does not on its fork path; `signals.rs`
+//!   tests it).
+//! - **Socket activation.** systemd passes fds from 3 on with `LISTEN_PID`,
+//!   `LISTEN_FDS` and `LISTEN_FDNAMES`; they are ours only if `LISTEN_PID`
+//!   is our pid. [`listen_fds`] checks that and adopts them close-on-exec.
 #![allow(
     dead_code,
     unused_imports,
@@ -85,20 +93,22 @@ mod inherit;
 mod lock;
 mod notify;
 mod process;
+mod signals;
 mod socket;
 
 #[cfg(test)]
 mod test_support;
 
 pub(crate) use fdpass::{Received, recv_chunk, send_frame};
-pub(crate) use inherit::{adopt_inherited_fd, shutdown};
+pub(crate) use inherit::{adopt_inherited_fd, listen_fds, shutdown};
 pub(crate) use lock::{DataDirLock, LOCK_FILE_NAME};
-pub use notify::notify;
+pub use notify::{monotonic_usec, notify};
 pub use process::Sig;
 pub(crate) use process::{
-    CONTROL_FD, CONTROL_FD_ENV, SpawnSpec, clear_die_with_parent, parent_pid, process_alive,
-    signal, spawn, wait_exit_nowait,
+    CONTROL_FD, CONTROL_FD_ENV, SpawnSpec, clear_die_with_parent, effective_uid, is_main_thread,
+    parent_pid, process_alive, signal, spawn, wait_exit_nowait,
 };
+pub use signals::SignalSet;
 pub use socket::{ListenAddr, PeerCred, SocketInfo, is_cloexec, open_fds};
 pub(crate) use socket::{
     bind, bind_admin_socket, control_pair, inspect, peer_credentials, set_read_timeout,

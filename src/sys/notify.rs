@@ -42,6 +42,15 @@ pub fn notify(socket: &OsStr, message: &str) -> io::Result<()> {
     }
 }
 
+/// `CLOCK_MONOTONIC` in microseconds: the clock systemd expects in
+/// `MONOTONIC_USEC=` next to `RELOADING=1`.
+pub fn monotonic_usec() -> io::Result<u64> {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+    let seconds = u64::try_from(now.tv_sec()).unwrap_or(0);
+    let micros = u64::try_from(now.tv_nsec() / 1_000).unwrap_or(0);
+    Ok(seconds.saturating_mul(1_000_000).saturating_add(micros))
+}
+
 #[cfg(test)]
 mod tests {
     use std::ffi::OsString;
@@ -75,6 +84,13 @@ mod tests {
         let socket = OsString::from(format!("@{name}"));
         notify(&socket, "READY=1\nSTATUS=serving").expect("notify");
         assert_eq!(receive(&receiver), "READY=1\nSTATUS=serving");
+    }
+
+    #[test]
+    fn monotonic_usec_moves_forward() {
+        let first = monotonic_usec().expect("clock");
+        let second = monotonic_usec().expect("clock");
+        assert!(first > 0 && second >= first);
     }
 
     #[test]

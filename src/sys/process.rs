@@ -8,7 +8,9 @@
 //! that the parent never holds an inheritable fd another concurrent spawn
 //! could leak. Everything else the child holds is close-on-exec already, so
 //! a generation starts with fds 0, 1, 2 and 3 and nothing else it was not
-//! given. std resets the signal mask and SIGPIPE disposition in the child.
+//! given. The hook also empties the signal mask, which exec keeps and std
+//! does not reset on this path (a supervisor blocking SIGTERM for `sigwait`
+//! would otherwise hand it to every generation).
 #![allow(
     unsafe_code,
     reason = "Command::pre_exec is unsafe (the hook runs between fork and exec), and the \
@@ -26,7 +28,7 @@ use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, fcntl};
 use nix::libc;
 use nix::sys::prctl;
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::{Id, WaitPidFlag, waitid};
 use nix::unistd::{Pid, getpid, getppid};
 
@@ -125,8 +127,8 @@ fn spawn_with_control_at(spec: SpawnSpec, target: RawFd) -> io::Result<Child> {
     let parent = getpid();
     let hook = move || in_child(control_raw, target, die_with_parent, parent);
     // SAFETY: `in_child` only makes async-signal-safe system calls (prctl,
-    // getppid, dup2, fcntl), does not allocate, and touches no lock; it
-    // captures only plain integers.
+    // pthread_sigmask, getppid, dup2, fcntl), does not allocate, and touches
+    // no lock; it captures only plain integers.
     unsafe { command.pre_exec(hook) };
     let child = command.spawn();
     // The child has exec'd (or failed) by now: our copy can go.
@@ -170,6 +172,12 @@ fn in_child(
             return Err(Errno::ESRCH.into());
         }
     }
+    // A signal mask is kept across exec, and std leaves it alone when a
+    // pre_exec hook makes it fork: a supervisor that blocks SIGTERM for
+    // sigwait would hand a generation a SIGTERM it never receives. Start
+    // every generation with nothing blocked (pthread_sigmask is
+    // async-signal-safe; SigSet::empty does not allocate).
+    SigSet::empty().thread_set_mask()?;
     if let Some(control) = control {
         let rc = if control == target {
             // Already in place: only make it survive the exec.
@@ -208,7 +216,9 @@ fn in_child(
 
 /// Stops delivering SIGKILL to this process when its parent thread exits
 /// (`PR_SET_PDEATHSIG` 0). A generation calls it when it commits and
-/// outlives a supervisor restart.
+/// outlives a supervisor restart. The setting is per *thread*: the kernel
+/// signals the process if any of its threads has one, and after exec only
+/// the main thread has it, so this must run on the main thread.
 pub(crate) fn clear_die_with_parent() -> io::Result<()> {
     prctl::set_pdeathsig(None)?;
     Ok(())
@@ -235,8 +245,19 @@ pub(crate) fn signal(pid: u32, sig: Sig) -> io::Result<()> {
 }
 
 /// This process's parent (0 if it lives outside our pid namespace).
+/// Whether the calling thread is the process's main thread (the one that
+/// exec'd, and so the one carrying the parent-death signal).
+pub(crate) fn is_main_thread() -> bool {
+    nix::unistd::gettid() == getpid()
+}
+
 pub(crate) fn parent_pid() -> u32 {
     u32::try_from(getppid().as_raw()).unwrap_or(0)
+}
+
+/// This process's effective uid.
+pub(crate) fn effective_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
 }
 
 /// Whether `pid` names a process (a zombie counts) that exists, ours or not.
@@ -331,9 +352,11 @@ mod tests {
         assert!(status.success(), "{status:?}");
 
         if !inherited.is_empty() {
+            // The spawn marks every fd above 3 close-on-exec in the child,
+            // so even these stray fds of the test process must not arrive.
             eprintln!("note: this test process inherited fds {inherited:?} without CLOEXEC");
         }
-        let expected: BTreeSet<i32> = [0, 1, 2, 3].into_iter().chain(inherited).collect();
+        let expected: BTreeSet<i32> = [0, 1, 2, 3].into_iter().collect();
         let (fds, env) = report
             .trim_end()
             .strip_prefix("fds: ")

@@ -1,2 +1,36 @@
-//! `handoffctl`: thin glue over the `handoff` library (see issue 3).
-fn main() {}
+//! `handoffctl`: the supervisor and its remote control, thin glue over the
+//! `handoff` library.
+//!
+//! `handoffctl run ... -- BINARY` runs the supervisor in the foreground;
+//! `upgrade`, `status` and `stop` talk to it over its admin socket (see
+//! `protocol` for the wire form). Exit codes are a contract: 0 success,
+//! 1 rolled back or failed, 2 usage or connection error, 3 busy.
+
+mod admin;
+mod cli;
+mod client;
+mod config;
+mod error;
+mod protocol;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        cli::Command::Run(args) => run::run(args),
+        cli::Command::Upgrade(args) => client::upgrade(args).map(|()| 0),
+        cli::Command::Status(args) => client::status(args).map(|()| 0),
+        cli::Command::Stop(target) => client::stop(target).map(|()| 0),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("handoffctl: {}", failure.message);
+            ExitCode::from(failure.exit as u8)
+        }
+    }
+}

@@ -86,6 +86,16 @@ impl Harness {
     }
 
     pub fn start_with(mode: Mode, extra_args: &[&str], timeouts: Timeouts) -> Harness {
+        Harness::start_env(mode, extra_args, timeouts, Vec::new())
+    }
+
+    /// Like `start_with`, with extra environment for every generation.
+    pub fn start_env(
+        mode: Mode,
+        extra_args: &[&str],
+        timeouts: Timeouts,
+        env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    ) -> Harness {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -97,15 +107,15 @@ impl Harness {
         let config = SupervisorConfig {
             program: example("testd"),
             args: testd_args(data.as_ref().map(TempDir::path), extra_args),
-            env: Vec::new(),
+            env,
             mode,
             timeouts,
             restart: RestartPolicy::OnFailure,
             listeners: vec![listener],
         };
-        let supervisor = Supervisor::start(config).expect("supervisor starts");
+        let (supervisor, events) =
+            Supervisor::start_with_events(config).expect("supervisor starts");
         let handle = supervisor.handle();
-        let events = handle.subscribe().expect("subscribe");
         let harness = Harness {
             supervisor: Some(supervisor),
             handle,

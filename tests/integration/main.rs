@@ -2,5 +2,7 @@
 //! sockets, real files. One module per scenario family.
 
 mod common;
+#[cfg(feature = "fault-injection")]
+mod faults;
 mod handoff;
 mod zero_loss;

@@ -1,0 +1,93 @@
+//! `faultsup`: the library's supervisor in a process of its own, for tests
+//! that kill or crash the supervisor (fault points armed with
+//! `HANDOFF_FAULT`). Not an operator tool: that is `handoffctl`.
+//!
+//! `faultsup TESTD DATA_DIR [-- SUCCESSOR_ARGS...]` starts `testd` in
+//! exclusive mode on 127.0.0.1:0 and speaks a line protocol on stdio:
+//! it prints `ADDR <addr>` and `SERVING <pid>`; each `UPGRADE` line read
+//! runs one upgrade (testd with `--data-dir DATA_DIR` plus the successor
+//! args) and prints `OUTCOME committed <pid>` or `OUTCOME rolled_back
+//! <reason>`; end of input stops the supervisor gracefully.
+
+use std::ffi::OsString;
+use std::io::{BufRead, Write};
+
+use handoff::supervisor::{
+    NamedListener, Outcome, RestartPolicy, Supervisor, SupervisorConfig, SupervisorEvent,
+    UpgradeRequest,
+};
+use handoff::{Mode, Timeouts};
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let mut args = std::env::args_os().skip(1);
+    let testd = args
+        .next()
+        .expect("usage: faultsup TESTD DATA_DIR [-- ARGS]");
+    let data = args
+        .next()
+        .expect("usage: faultsup TESTD DATA_DIR [-- ARGS]");
+    let mut successor_args: Vec<OsString> = vec!["--data-dir".into(), data.clone()];
+    if args.next().is_some_and(|dashdash| dashdash == "--") {
+        successor_args.extend(args);
+    }
+    let listener =
+        NamedListener::bind("main", &"127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let addr = listener.address.clone();
+    let supervisor = Supervisor::start(SupervisorConfig {
+        program: testd.into(),
+        args: vec![
+            "--data-dir".into(),
+            data,
+            "--relock-ms".into(),
+            "2000".into(),
+        ],
+        env: Vec::new(),
+        mode: Mode::Exclusive,
+        timeouts: Timeouts {
+            handoff_deadline: std::time::Duration::from_secs(20),
+            drain_grace: std::time::Duration::from_secs(5),
+            kill_grace: std::time::Duration::from_secs(2),
+            ..Timeouts::default()
+        },
+        restart: RestartPolicy::OnFailure,
+        listeners: vec![listener],
+    })
+    .expect("supervisor");
+    let handle = supervisor.handle();
+    let events = handle.subscribe().expect("subscribe");
+    let mut out = std::io::stdout();
+    writeln!(out, "ADDR {addr}").expect("stdout");
+    let pid = loop {
+        if let Some(pid) = handle.status().expect("status").child_pid {
+            break pid;
+        }
+        if let Some(SupervisorEvent::HandoffFinished(outcome)) = events.next()
+            && let Outcome::Committed { new_pid, .. } = *outcome
+        {
+            break new_pid;
+        }
+    };
+    writeln!(out, "SERVING {pid}").expect("stdout");
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        if line.trim() != "UPGRADE" {
+            continue;
+        }
+        let outcome = handle.upgrade(UpgradeRequest {
+            args: Some(successor_args.clone()),
+            ..UpgradeRequest::default()
+        });
+        match outcome {
+            Ok(Outcome::Committed { new_pid, .. }) => writeln!(out, "OUTCOME committed {new_pid}"),
+            Ok(Outcome::RolledBack { reason, .. }) => writeln!(out, "OUTCOME rolled_back {reason}"),
+            Err(error) => writeln!(out, "OUTCOME error {error}"),
+        }
+        .expect("stdout");
+    }
+    handle.stop().expect("stop");
+    supervisor.join().expect("join");
+}

@@ -1,0 +1,478 @@
+//! The admin socket's server side: an accept thread, one thread per
+//! connection (at most [`MAX_CONNECTIONS`] at once), each bounded by
+//! `Timeouts::admin_request` for reading its request and for every write, so
+//! a silent, slow or hostile client holds one thread for a bounded time and
+//! never the supervisor loop or another client.
+//!
+//! Also the one place an upgrade is carried out (admin requests and SIGHUP
+//! both come here): the binary check, the sha256 pin, the call into the
+//! library.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use handoff::supervisor::{Outcome, SupervisorHandle, UpgradeRequest};
+use handoff::{Error, Timeouts};
+use sha2::{Digest, Sha256};
+
+use crate::config::check_executable;
+use crate::error::chain;
+use crate::protocol::{ErrorKind, HandoffReport, MAX_LINE, Request, Response, StatusReport};
+
+/// Admin connections served at once; more are answered `overloaded`.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// What the admin side asks of the main thread.
+#[derive(Debug)]
+pub enum Control {
+    /// Stop gracefully; answer `stopped` on the connection when done.
+    Stop(Option<UnixStream>),
+    /// The supervisor loop ended on its own (restart policy); whether the
+    /// last generation exited with status 0.
+    Ended {
+        /// Status 0.
+        clean: bool,
+    },
+}
+
+/// What the admin threads share.
+#[derive(Debug)]
+pub struct Shared {
+    /// The library's supervisor.
+    pub handle: SupervisorHandle,
+    /// The configured binary.
+    pub program: PathBuf,
+    /// The configured binary's expected sha256, if pinned in the config.
+    pub sha256: Option<String>,
+    /// Uids admitted besides ours and root.
+    pub allowed_uids: Vec<u32>,
+    /// Binaries an upgrade may run besides the configured one.
+    pub allowed_binaries: Vec<PathBuf>,
+    /// Our effective uid.
+    pub our_uid: u32,
+    /// Durations (admin_request bounds each client).
+    pub timeouts: Timeouts,
+    /// The path the live generation's upgrade named, by generation (the
+    /// library saw `/proc/self/fd/N` for a pinned one). A generation not
+    /// listed (the first, a restart) runs what the library reports.
+    pub pinned_paths: Mutex<HashMap<u64, PathBuf>>,
+    /// The last `(pid, sha256 of /proc/PID/exe)`.
+    pub hash_cache: Mutex<Option<(u32, String)>>,
+    /// To the main thread.
+    pub control: mpsc::Sender<Control>,
+    /// Admin connections being served.
+    pub connections: AtomicUsize,
+}
+
+/// Starts the accept thread.
+pub fn serve(listener: UnixListener, shared: Arc<Shared>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("admin-accept".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                match stream {
+                    Ok(stream) => connection(stream, &shared),
+                    Err(error) => {
+                        tracing::warn!(%error, "admin accept failed");
+                        // Out of fds, typically: back off rather than spin.
+                        std::thread::sleep(handoff::timeouts::POLL_SLICE);
+                    }
+                }
+            }
+        })
+        .map(drop)
+}
+
+/// A counted admin connection; the count drops with it.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn connection(stream: UnixStream, shared: &Arc<Shared>) {
+    let bound = shared.timeouts.admin_request;
+    if stream.set_write_timeout(Some(bound)).is_err() {
+        return;
+    }
+    if shared.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+        shared.connections.fetch_sub(1, Ordering::SeqCst);
+        tracing::warn!("admin connection refused: {MAX_CONNECTIONS} already open");
+        respond(
+            &stream,
+            &error(ErrorKind::Overloaded, "too many admin connections; retry"),
+        );
+        return;
+    }
+    let shared = Arc::clone(shared);
+    let spawned = std::thread::Builder::new()
+        .name("admin-conn".into())
+        .spawn(move || {
+            let _slot = Slot(&shared.connections);
+            serve_one(stream, &shared);
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot start an admin connection thread");
+    }
+}
+
+fn serve_one(stream: UnixStream, shared: &Shared) {
+    let peer = match handoff::os::peer_credentials(&stream) {
+        Ok(peer) => peer,
+        Err(error) => {
+            tracing::warn!(error = %chain(&error), "admin connection without credentials");
+            return;
+        }
+    };
+    if !(peer.uid == 0 || peer.uid == shared.our_uid || shared.allowed_uids.contains(&peer.uid)) {
+        tracing::warn!(
+            peer_uid = peer.uid,
+            peer_pid = peer.pid,
+            "admin connection refused: uid not allowed"
+        );
+        respond(
+            &stream,
+            &error(
+                ErrorKind::PermissionDenied,
+                format!("uid {} may not use this supervisor", peer.uid),
+            ),
+        );
+        return;
+    }
+    let request = match read_request(&stream, shared.timeouts.admin_request) {
+        Ok(request) => request,
+        Err(message) => {
+            tracing::warn!(peer_pid = peer.pid, %message, "bad admin request");
+            respond(&stream, &error(ErrorKind::BadRequest, message));
+            return;
+        }
+    };
+    tracing::debug!(peer_pid = peer.pid, ?request, "admin request");
+    let response = match request {
+        Request::Status => status(shared),
+        Request::Upgrade {
+            binary,
+            sha256,
+            drain_timeout_ms,
+            deadline_ms,
+        } => upgrade(
+            shared,
+            binary,
+            sha256,
+            drain_timeout_ms.map(Duration::from_millis),
+            deadline_ms.map(Duration::from_millis),
+        ),
+        Request::Stop => {
+            // The main thread answers once everything exited.
+            if let Err(mpsc::SendError(Control::Stop(Some(stream)))) =
+                shared.control.send(Control::Stop(Some(stream)))
+            {
+                respond(&stream, &error(ErrorKind::Stopping, "already stopping"));
+            }
+            return;
+        }
+    };
+    respond(&stream, &response);
+}
+
+/// Reads one request line within `bound` (in all, not per read: a client
+/// dripping a byte at a time is cut off too) and at most [`MAX_LINE`] bytes.
+fn read_request(mut stream: &UnixStream, bound: Duration) -> Result<Request, String> {
+    let deadline = Instant::now() + bound;
+    let mut line = Vec::new();
+    let mut chunk = [0; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("no complete request within {bound:?}"));
+        }
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(|e| e.to_string())?;
+        match stream.read(&mut chunk) {
+            Ok(0) if line.is_empty() => return Err("connection closed without a request".into()),
+            Ok(0) => break,
+            Ok(read) => {
+                let got = &chunk[..read];
+                if let Some(end) = got.iter().position(|&b| b == b'\n') {
+                    line.extend_from_slice(&got[..end]);
+                    break;
+                }
+                line.extend_from_slice(got);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(format!("no complete request within {bound:?}"));
+            }
+            Err(e) => return Err(format!("reading the request: {e}")),
+        }
+        if line.len() >= MAX_LINE {
+            return Err(format!("request longer than {MAX_LINE} bytes"));
+        }
+    }
+    if line.len() >= MAX_LINE {
+        return Err(format!("request longer than {MAX_LINE} bytes"));
+    }
+    serde_json::from_slice(&line).map_err(|e| format!("not a request: {e}"))
+}
+
+/// Writes one response line; a client that does not read is cut off by the
+/// write timeout.
+pub fn respond(mut stream: &UnixStream, response: &Response) {
+    let mut line = serde_json::to_vec(response).unwrap_or_else(|_| b"{}".to_vec());
+    line.push(b'\n');
+    if let Err(error) = stream.write_all(&line).and_then(|()| stream.flush()) {
+        tracing::debug!(%error, "admin response not delivered");
+    }
+}
+
+fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+    Response::Error {
+        kind,
+        message: message.into(),
+    }
+}
+
+fn status(shared: &Shared) -> Response {
+    let status = match shared.handle.status() {
+        Ok(status) => status,
+        Err(_) => return error(ErrorKind::Stopping, "the supervisor is stopping"),
+    };
+    let binary = shared
+        .pinned_paths
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&status.generation)
+        .cloned()
+        .unwrap_or_else(|| status.program.clone());
+    let sha256 = status.child_pid.and_then(|pid| running_sha256(shared, pid));
+    Response::Status(StatusReport::new(status, binary, sha256))
+}
+
+/// The sha256 of what `pid` runs (`/proc/PID/exe`: the image, whatever
+/// happened to its path since), cached per pid.
+fn running_sha256(shared: &Shared, pid: u32) -> Option<String> {
+    let mut cache = shared
+        .hash_cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some((cached, hash)) = &*cache
+        && *cached == pid
+    {
+        return Some(hash.clone());
+    }
+    let hash = File::open(format!("/proc/{pid}/exe"))
+        .and_then(|file| sha256_of(&file))
+        .ok()?;
+    *cache = Some((pid, hash.clone()));
+    Some(hash)
+}
+
+/// Lowercase hex sha256 of a file's contents from its current offset.
+pub fn sha256_of(mut file: &File) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect())
+}
+
+/// An upgrade, from an admin request or SIGHUP.
+pub fn upgrade(
+    shared: &Shared,
+    binary: Option<PathBuf>,
+    sha256: Option<String>,
+    drain_grace: Option<Duration>,
+    deadline: Option<Duration>,
+) -> Response {
+    let explicit = binary.is_some();
+    let program = binary.unwrap_or_else(|| shared.program.clone());
+    if !program.is_absolute() {
+        return error(
+            ErrorKind::Rejected,
+            format!("binary {}: not an absolute path", program.display()),
+        );
+    }
+    if !allowed(shared, &program) {
+        tracing::warn!(binary = %program.display(), "upgrade refused: binary not allowed");
+        return error(
+            ErrorKind::Rejected,
+            format!(
+                "binary {} is neither the configured binary nor in allowed_binaries",
+                program.display()
+            ),
+        );
+    }
+    // The config's hash pins the configured binary only.
+    let expected = sha256.or_else(|| (!explicit).then(|| shared.sha256.clone()).flatten());
+    let pinned = match expected {
+        Some(expected) => match Pinned::open(&program, &expected) {
+            Ok(pinned) => Some(pinned),
+            Err(message) => return error(ErrorKind::Rejected, message),
+        },
+        None => {
+            if let Err(failure) = check_executable(&program) {
+                return error(ErrorKind::Rejected, failure.message);
+            }
+            None
+        }
+    };
+    let request = UpgradeRequest {
+        program: Some(
+            pinned
+                .as_ref()
+                .map_or_else(|| program.clone(), Pinned::exec_path),
+        ),
+        args: None,
+        drain_grace,
+        deadline,
+        env: Vec::new(),
+        // A pinned exec path dies with the pinned file: restart by path.
+        restart_program: Some(program.clone()),
+    };
+    let result = shared.handle.upgrade(request);
+    // The pinned file stays open until here: the successor was spawned (and
+    // exec'd) by the time the handoff ended.
+    drop(pinned);
+    match result {
+        Ok(outcome) => {
+            if let Outcome::Committed { generation, .. } = &outcome {
+                // Only the live generation is ever looked up.
+                let mut paths = shared
+                    .pinned_paths
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                paths.clear();
+                paths.insert(*generation, program);
+            }
+            Response::Handoff(HandoffReport::from_outcome(&outcome))
+        }
+        Err(Error::Busy) => error(ErrorKind::Busy, "another handoff is in flight"),
+        Err(Error::SessionOver) => error(ErrorKind::Stopping, "the supervisor is stopping"),
+        Err(other) => error(ErrorKind::Failed, chain(&other)),
+    }
+}
+
+/// Whether `program` is the configured binary or an allowed one (compared
+/// after resolving symlinks, when they resolve).
+fn allowed(shared: &Shared, program: &Path) -> bool {
+    let canonical = |path: &Path| std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let wanted = canonical(program);
+    std::iter::once(&shared.program)
+        .chain(&shared.allowed_binaries)
+        .any(|candidate| candidate == program || canonical(candidate) == wanted)
+}
+
+/// A binary opened once, hashed, and executed through the same open file.
+///
+/// The successor is exec'd as `/proc/self/fd/N`: for an ELF binary the
+/// kernel resolves that path during `execve`, before close-on-exec fds are
+/// closed, so what runs is exactly the inode that was hashed, whatever is
+/// renamed over the path meanwhile. Limit: a `#!` script is run by its
+/// interpreter, which receives `/proc/self/fd/N` as its script path after
+/// the fd was closed on exec and cannot open it; pin ELF binaries only.
+struct Pinned {
+    file: File,
+}
+
+impl Pinned {
+    fn open(path: &Path, expected: &str) -> Result<Pinned, String> {
+        let expected = crate::config::parse_sha256(expected).map_err(|f| f.message)?;
+        check_executable(path).map_err(|f| f.message)?;
+        let file = File::open(path).map_err(|e| format!("binary {}: {e}", path.display()))?;
+        let actual = sha256_of(&file).map_err(|e| format!("binary {}: {e}", path.display()))?;
+        if actual != expected {
+            tracing::warn!(binary = %path.display(), %expected, %actual, "upgrade refused: sha256 mismatch");
+            return Err(format!(
+                "binary {}: sha256 is {actual}, expected {expected}",
+                path.display()
+            ));
+        }
+        Ok(Pinned { file })
+    }
+
+    fn exec_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Short enough for a unit test, long enough for a loaded machine to
+    /// deliver a line written before the read starts.
+    const BOUND: Duration = Duration::from_millis(300);
+
+    #[test]
+    fn a_request_line_is_read() {
+        let (mut client, server) = UnixStream::pair().expect("pair");
+        client
+            .write_all(b"{\"command\":\"status\"}\ntrailing bytes are ignored")
+            .expect("write");
+        assert_eq!(read_request(&server, BOUND), Ok(Request::Status));
+    }
+
+    #[test]
+    fn a_dripping_client_is_cut_off_in_all_not_per_read() {
+        let (mut client, server) = UnixStream::pair().expect("pair");
+        let dripping = std::thread::spawn(move || {
+            // One byte per half bound: each read would succeed in time.
+            for byte in b"{\"command\":\"status\"}\n" {
+                if client.write_all(&[*byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(BOUND / 2);
+            }
+        });
+        let started = Instant::now();
+        let error = read_request(&server, BOUND).expect_err("cut off");
+        assert!(error.contains("no complete request"), "{error}");
+        assert!(started.elapsed() < BOUND * 3, "{:?}", started.elapsed());
+        drop(server);
+        dripping.join().expect("dripping client");
+    }
+
+    #[test]
+    fn silence_garbage_and_long_lines_are_refused() {
+        let (_client, server) = UnixStream::pair().expect("pair");
+        assert!(read_request(&server, BOUND).is_err(), "silence");
+
+        let (mut client, server) = UnixStream::pair().expect("pair");
+        client.write_all(b"\xff\xfe garbage\n").expect("write");
+        let error = read_request(&server, BOUND).expect_err("garbage");
+        assert!(error.starts_with("not a request"), "{error}");
+
+        let (client, server) = UnixStream::pair().expect("pair");
+        let writer = std::thread::spawn(move || {
+            let mut client = client;
+            let _ = client.write_all(&vec![b'x'; 2 * MAX_LINE]);
+        });
+        let error = read_request(&server, BOUND).expect_err("too long");
+        assert!(error.contains("longer than"), "{error}");
+        drop(server);
+        writer.join().expect("writer");
+
+        let (client, server) = UnixStream::pair().expect("pair");
+        drop(client);
+        let error = read_request(&server, BOUND).expect_err("eof");
+        assert!(error.contains("without a request"), "{error}");
+    }
+}

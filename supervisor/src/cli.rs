@@ -1,0 +1,151 @@
+//! The command line: four verbs, each flag mirrored by a config key.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Runs a daemon under the handoff supervisor and upgrades it with nothing lost.
+#[derive(Debug, Parser)]
+#[command(name = "handoffctl", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the supervisor in the foreground: bind (or adopt) the listeners,
+    /// start generation 1, serve the admin socket.
+    Run(RunArgs),
+    /// Replace the running generation; returns when the handoff committed
+    /// (exit 0) or rolled back (exit 1). Exit 2: usage or connection error;
+    /// exit 3: another handoff is in flight.
+    Upgrade(UpgradeArgs),
+    /// Report the supervisor, its generation and the last handoff.
+    Status(StatusArgs),
+    /// Stop gracefully: the generation drains, then the supervisor exits 0.
+    Stop(Target),
+}
+
+/// How a client finds the admin socket.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The admin socket.
+    #[arg(long, value_name = "PATH", conflicts_with = "config")]
+    pub socket: Option<PathBuf>,
+    /// Take the admin socket from this config file (its `socket` key, or the
+    /// default path).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// `handoffctl run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML config file; flags override its keys.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The admin socket [default: $RUNTIME_DIRECTORY/handoff.sock, else
+    /// $XDG_RUNTIME_DIR/handoff/handoff.sock, else /run/handoff/handoff.sock
+    /// for root or /tmp/handoff-UID/handoff.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// A listener: ADDR is HOST:PORT (TCP), unix:PATH or udp:HOST:PORT.
+    /// Repeatable.
+    #[arg(long = "listen", value_name = "NAME=ADDR")]
+    pub listen: Vec<String>,
+    /// The daemon's data directory: created if missing and passed to every
+    /// generation as HANDOFF_DATA_DIR.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// exclusive (stateful, the default) or overlap (stateless).
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// The incumbent's drain timeout in a handoff (250ms, 30s, 5m).
+    #[arg(long, value_name = "DUR")]
+    pub drain_timeout: Option<String>,
+    /// The overall deadline of a handoff, spawn to commit (250ms, 30s, 5m).
+    #[arg(long, value_name = "DUR")]
+    pub deadline: Option<String>,
+    /// When a generation that exits outside a handoff is restarted.
+    #[arg(long, value_enum)]
+    pub restart: Option<RestartArg>,
+    /// Log format on stderr.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// The daemon binary and its arguments.
+    #[arg(last = true, value_name = "BINARY [ARGS]...")]
+    pub command: Vec<OsString>,
+}
+
+/// `handoffctl upgrade`.
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// Where the supervisor is.
+    #[command(flatten)]
+    pub target: Target,
+    /// The successor's binary [default: the configured binary, as it is on
+    /// disk now]. Must be the configured one or in `allowed_binaries`.
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
+    /// The binary's expected sha256 (hex); the file is hashed and that same
+    /// open file is executed.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// The incumbent's drain timeout for this handoff.
+    #[arg(long, value_name = "DUR")]
+    pub drain_timeout: Option<String>,
+    /// The deadline of this handoff.
+    #[arg(long, value_name = "DUR")]
+    pub deadline: Option<String>,
+    /// Print one JSON object instead of a line of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `handoffctl status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Where the supervisor is.
+    #[command(flatten)]
+    pub target: Target,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--mode`.
+#[derive(Debug, Clone, Copy, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModeArg {
+    /// Drain, seal, then the successor begins: one writer at a time.
+    Exclusive,
+    /// The successor serves first, then the incumbent drains.
+    Overlap,
+}
+
+/// `--restart`.
+#[derive(Debug, Clone, Copy, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartArg {
+    /// Whatever the exit status.
+    Always,
+    /// Unless it exited with status 0.
+    OnFailure,
+    /// Never: the supervisor stops when its generation exits.
+    Never,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per event.
+    Json,
+}

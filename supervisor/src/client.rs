@@ -1,0 +1,149 @@
+//! The admin socket's client side: `upgrade`, `status` and `stop`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use handoff::Timeouts;
+use handoff::timeouts::parse_duration;
+
+use crate::cli::{StatusArgs, Target, UpgradeArgs};
+use crate::config::{client_socket, parse_sha256};
+use crate::error::{Exit, Failure};
+use crate::protocol::{ErrorKind, MAX_LINE, Request, Response};
+
+/// Sends `request` and returns the response. `wait` bounds the wait for the
+/// answer (`None`: until the supervisor answers, for synchronous verbs).
+fn ask(socket: &Path, request: &Request, wait: Option<Duration>) -> Result<Response, Failure> {
+    let bound = Timeouts::default().admin_request;
+    let shown = socket.display();
+    let mut stream = UnixStream::connect(socket).map_err(|e| {
+        Failure::usage(match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                format!("no supervisor at {shown}: the socket does not exist (is it running?)")
+            }
+            std::io::ErrorKind::ConnectionRefused => {
+                format!("no supervisor is listening at {shown} (it is not running)")
+            }
+            _ => format!("cannot connect to the supervisor at {shown}: {e}"),
+        })
+    })?;
+    let lost =
+        |e: std::io::Error| Failure::usage(format!("talking to the supervisor at {shown}: {e}"));
+    stream.set_write_timeout(Some(bound)).map_err(lost)?;
+    stream.set_read_timeout(wait).map_err(lost)?;
+    let mut line = serde_json::to_vec(request).map_err(|e| Failure::usage(e.to_string()))?;
+    line.push(b'\n');
+    // A supervisor that refuses us (uid, overload) answers and closes
+    // without reading: the write may fail, the answer is still there.
+    let written = stream.write_all(&line);
+    let mut reply = Vec::new();
+    let read = BufReader::new(&stream)
+        .take(MAX_LINE as u64)
+        .read_until(b'\n', &mut reply);
+    if reply.is_empty() {
+        written.map_err(lost)?;
+        read.map_err(lost)?;
+        return Err(Failure::usage(format!(
+            "the supervisor at {shown} closed the connection without an answer"
+        )));
+    }
+    serde_json::from_slice(&reply)
+        .map_err(|e| Failure::usage(format!("unreadable answer from {shown}: {e}")))
+}
+
+fn refused(kind: ErrorKind, message: String) -> Failure {
+    Failure {
+        exit: if kind == ErrorKind::Busy {
+            Exit::Busy
+        } else {
+            Exit::Usage
+        },
+        message,
+    }
+}
+
+fn unexpected(response: &Response) -> Failure {
+    Failure::usage(format!(
+        "unexpected answer from the supervisor: {response:?}"
+    ))
+}
+
+/// `handoffctl upgrade`: exit 0 committed, 1 rolled back, 2 usage or
+/// connection, 3 busy.
+pub fn upgrade(args: UpgradeArgs) -> Result<(), Failure> {
+    let socket = client_socket(&args.target)?;
+    let millis = |what: &str, text: &Option<String>| -> Result<Option<u64>, Failure> {
+        text.as_deref()
+            .map(|t| {
+                parse_duration(t)
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                    .map_err(|e| Failure::usage(format!("{what} {t:?}: {e}")))
+            })
+            .transpose()
+    };
+    let binary = args
+        .binary
+        .map(|binary| {
+            std::path::absolute(&binary)
+                .map_err(|e| Failure::usage(format!("binary {}: {e}", binary.display())))
+        })
+        .transpose()?;
+    let request = Request::Upgrade {
+        binary,
+        sha256: args.sha256.as_deref().map(parse_sha256).transpose()?,
+        drain_timeout_ms: millis("drain timeout", &args.drain_timeout)?,
+        deadline_ms: millis("deadline", &args.deadline)?,
+    };
+    match ask(&socket, &request, None)? {
+        Response::Handoff(report) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).map_err(|e| Failure::failed(e.to_string()))?
+                );
+            } else if report.committed {
+                println!("{}", report.line());
+            }
+            if report.committed {
+                Ok(())
+            } else {
+                Err(Failure::failed(report.line()))
+            }
+        }
+        Response::Error { kind, message } => Err(refused(kind, message)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// `handoffctl status`.
+pub fn status(args: StatusArgs) -> Result<(), Failure> {
+    let socket = client_socket(&args.target)?;
+    let wait = Some(Timeouts::default().admin_request);
+    match ask(&socket, &Request::Status, wait)? {
+        Response::Status(report) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).map_err(|e| Failure::failed(e.to_string()))?
+                );
+            } else {
+                print!("{}", report.text());
+            }
+            Ok(())
+        }
+        Response::Error { kind, message } => Err(refused(kind, message)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// `handoffctl stop`: returns once the supervisor stopped its generations.
+pub fn stop(target: Target) -> Result<(), Failure> {
+    let socket = client_socket(&target)?;
+    match ask(&socket, &Request::Stop, None)? {
+        Response::Stopped => Ok(()),
+        Response::Error { kind, message } => Err(refused(kind, message)),
+        other => Err(unexpected(&other)),
+    }
+}

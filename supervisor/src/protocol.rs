@@ -1,0 +1,388 @@
+//! The admin protocol: one JSON request line, one JSON response line per
+//! connection, over the admin Unix socket (mode 0600, peers checked with
+//! `SO_PEERCRED`). The request must arrive within `Timeouts::admin_request`
+//! and fit in [`MAX_LINE`] bytes.
+//!
+//! | request | response |
+//! |---|---|
+//! | `{"command":"status"}` | `{"result":"status", ...StatusReport}` |
+//! | `{"command":"upgrade","binary":P?,"sha256":H?,"drain_timeout_ms":N?,"deadline_ms":N?}` | `{"result":"handoff", ...HandoffReport}` when the handoff ended |
+//! | `{"command":"stop"}` | `{"result":"stopped"}` once every generation exited |
+//! | anything else, too long, too slow | `{"result":"error","kind":K,"message":M}` |
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use handoff::Mode;
+use handoff::supervisor::{Outcome, Status, SupervisorState};
+
+/// The longest request or response line accepted, newline included.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// A client's one request.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Report the supervisor.
+    Status,
+    /// Run one handoff to its end.
+    Upgrade {
+        /// Absolute path of the successor's binary; the configured one when
+        /// absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary: Option<PathBuf>,
+        /// Expected sha256 (lowercase hex).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+        /// Drain timeout for this handoff.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        drain_timeout_ms: Option<u64>,
+        /// Deadline for this handoff.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline_ms: Option<u64>,
+    },
+    /// Stop gracefully.
+    Stop,
+}
+
+/// The supervisor's one response.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to `status`.
+    Status(StatusReport),
+    /// Answer to `upgrade`: the handoff committed or rolled back.
+    Handoff(HandoffReport),
+    /// Answer to `stop`: everything exited.
+    Stopped,
+    /// The request was not carried out.
+    Error {
+        /// What kind of refusal.
+        kind: ErrorKind,
+        /// One line for a human.
+        message: String,
+    },
+}
+
+/// Why a request was not carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Not a request (garbage, too long, too slow).
+    BadRequest,
+    /// The peer's uid may not use the admin socket.
+    PermissionDenied,
+    /// Another handoff is in flight.
+    Busy,
+    /// The binary is not allowed, missing, not executable, or its hash
+    /// differs.
+    Rejected,
+    /// The supervisor is stopping.
+    Stopping,
+    /// Too many admin connections at once.
+    Overloaded,
+    /// The supervisor could not start the handoff.
+    Failed,
+}
+
+/// One handoff, as `upgrade --json` prints it and `status` reports the last.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HandoffReport {
+    /// The handoff's id.
+    pub handoff_id: u64,
+    /// Whether the successor serves now.
+    pub committed: bool,
+    /// Why it rolled back (`null` when committed).
+    pub abort_reason: Option<String>,
+    /// The generation serving before (absent on a cold start).
+    pub old_pid: Option<u32>,
+    /// The successor (the one that failed, on a rollback).
+    pub new_pid: Option<u32>,
+    /// The serving generation's number now.
+    pub generation: u64,
+    /// Milliseconds per phase the handoff reached.
+    pub phases_ms: BTreeMap<String, f64>,
+    /// Milliseconds in all.
+    pub total_ms: f64,
+}
+
+impl HandoffReport {
+    /// The report of a library outcome.
+    pub fn from_outcome(outcome: &Outcome) -> HandoffReport {
+        let (handoff_id, committed, abort_reason, old_pid, new_pid, generation, phases) =
+            match outcome {
+                Outcome::Committed {
+                    handoff_id,
+                    old_pid,
+                    new_pid,
+                    generation,
+                    phases,
+                } => (
+                    *handoff_id,
+                    true,
+                    None,
+                    *old_pid,
+                    Some(*new_pid),
+                    *generation,
+                    phases,
+                ),
+                Outcome::RolledBack {
+                    handoff_id,
+                    reason,
+                    old_pid,
+                    failed_pid,
+                    generation,
+                    phases,
+                } => (
+                    *handoff_id,
+                    false,
+                    Some(reason.to_string()),
+                    *old_pid,
+                    *failed_pid,
+                    *generation,
+                    phases,
+                ),
+            };
+        let named = [
+            ("spawn", phases.spawn),
+            ("hello", phases.hello),
+            ("warm_up", phases.warm_up),
+            ("drain", phases.drain),
+            ("seal", phases.seal),
+            ("begin", phases.begin),
+            ("commit", phases.commit),
+            ("abort", phases.abort),
+        ];
+        HandoffReport {
+            handoff_id,
+            committed,
+            abort_reason,
+            old_pid,
+            new_pid,
+            generation,
+            phases_ms: named
+                .into_iter()
+                .filter_map(|(name, took)| took.map(|took| (name.to_owned(), millis(took))))
+                .collect(),
+            total_ms: millis(phases.total),
+        }
+    }
+
+    /// One line for a human.
+    pub fn line(&self) -> String {
+        let pid = |pid: Option<u32>| pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
+        if self.committed {
+            let replaced = self
+                .old_pid
+                .map_or_else(|| "started".to_owned(), |old| format!("replaced pid {old}"));
+            format!(
+                "committed: handoff {}, generation {} (pid {}) {replaced} in {:.1} ms",
+                self.handoff_id,
+                self.generation,
+                pid(self.new_pid),
+                self.total_ms
+            )
+        } else {
+            format!(
+                "rolled back: handoff {}: {}; generation {} (pid {}) still serving",
+                self.handoff_id,
+                self.abort_reason.as_deref().unwrap_or("unknown reason"),
+                self.generation,
+                pid(self.old_pid)
+            )
+        }
+    }
+}
+
+/// `status`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StatusReport {
+    /// The supervisor's pid.
+    pub supervisor_pid: u32,
+    /// `starting`, `serving`, `handing_off` or `stopping`.
+    pub state: SupervisorState,
+    /// The serving generation's number (0 when none).
+    pub generation: u64,
+    /// The serving generation's pid.
+    pub child_pid: Option<u32>,
+    /// The serving generation's binary.
+    pub binary: PathBuf,
+    /// The sha256 of the image the serving generation runs
+    /// (`/proc/PID/exe`), when readable.
+    pub binary_sha256: Option<String>,
+    /// `exclusive` or `overlap`.
+    pub mode: String,
+    /// The listeners.
+    pub listeners: Vec<ListenerReport>,
+    /// Milliseconds since the supervisor started.
+    pub uptime_ms: u64,
+    /// The last handoff, cold starts included.
+    pub last_handoff: Option<HandoffReport>,
+    /// Old generations still being retired.
+    pub retiring: Vec<u32>,
+}
+
+/// A listener in `status`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ListenerReport {
+    /// Its name.
+    pub name: String,
+    /// Its address.
+    pub address: String,
+}
+
+impl StatusReport {
+    /// The report of a library status; `binary` and its hash are supplied
+    /// by the caller, which knows which path a pinned upgrade ran.
+    pub fn new(status: Status, binary: PathBuf, binary_sha256: Option<String>) -> StatusReport {
+        StatusReport {
+            supervisor_pid: status.supervisor_pid,
+            state: status.state,
+            generation: status.generation,
+            child_pid: status.child_pid,
+            binary,
+            binary_sha256,
+            mode: match status.mode {
+                Mode::Exclusive => "exclusive",
+                Mode::Overlap => "overlap",
+            }
+            .to_owned(),
+            listeners: status
+                .listeners
+                .into_iter()
+                .map(|(name, address)| ListenerReport { name, address })
+                .collect(),
+            uptime_ms: u64::try_from(status.uptime.as_millis()).unwrap_or(u64::MAX),
+            last_handoff: status
+                .last_handoff
+                .as_ref()
+                .map(HandoffReport::from_outcome),
+            retiring: status.retiring,
+        }
+    }
+
+    /// A few readable lines.
+    pub fn text(&self) -> String {
+        let state = serde_json::to_value(self.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let mut out = format!(
+            "supervisor  pid {}, {state}, up {}\n",
+            self.supervisor_pid,
+            human(Duration::from_millis(self.uptime_ms))
+        );
+        match self.child_pid {
+            Some(pid) => out.push_str(&format!(
+                "generation  {} (pid {pid}), {} mode\n",
+                self.generation, self.mode
+            )),
+            None => out.push_str(&format!("generation  none serving, {} mode\n", self.mode)),
+        }
+        out.push_str(&format!(
+            "binary      {} (sha256 {})\n",
+            self.binary.display(),
+            self.binary_sha256.as_deref().unwrap_or("unknown")
+        ));
+        for listener in &self.listeners {
+            out.push_str(&format!(
+                "listener    {} {}\n",
+                listener.name, listener.address
+            ));
+        }
+        if !self.retiring.is_empty() {
+            out.push_str(&format!("retiring    pids {:?}\n", self.retiring));
+        }
+        if let Some(last) = &self.last_handoff {
+            out.push_str(&format!("last        {}\n", last.line()));
+        }
+        out
+    }
+}
+
+fn millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1_000_000.0).round() / 1_000.0
+}
+
+/// `1h 2m 3s`, `4.2s`.
+fn human(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    if secs < 60 {
+        return format!("{:.1}s", duration.as_secs_f64());
+    }
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    if h > 0 {
+        format!("{h}h {m}m {s}s")
+    } else {
+        format!("{m}m {s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_a_pinned_json_form() {
+        let cases = [
+            (Request::Status, r#"{"command":"status"}"#),
+            (Request::Stop, r#"{"command":"stop"}"#),
+            (
+                Request::Upgrade {
+                    binary: Some("/usr/bin/d".into()),
+                    sha256: None,
+                    drain_timeout_ms: Some(250),
+                    deadline_ms: None,
+                },
+                r#"{"command":"upgrade","binary":"/usr/bin/d","drain_timeout_ms":250}"#,
+            ),
+        ];
+        for (request, json) in cases {
+            assert_eq!(serde_json::to_string(&request).expect("encode"), json);
+            assert_eq!(
+                serde_json::from_str::<Request>(json).expect("decode"),
+                request
+            );
+        }
+        for garbage in [
+            "",
+            "{}",
+            "[]",
+            r#"{"command":"reboot"}"#,
+            r#"{"command":"upgrade","binray":"/x"}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<Request>(garbage).is_err(),
+                "{garbage}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_error_response_round_trips() {
+        let response = Response::Error {
+            kind: ErrorKind::Busy,
+            message: "another handoff is in flight".into(),
+        };
+        let json = serde_json::to_string(&response).expect("encode");
+        assert_eq!(
+            json,
+            r#"{"result":"error","kind":"busy","message":"another handoff is in flight"}"#
+        );
+        assert!(matches!(
+            serde_json::from_str::<Response>(&json).expect("decode"),
+            Response::Error {
+                kind: ErrorKind::Busy,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human(Duration::from_millis(4200)), "4.2s");
+        assert_eq!(human(Duration::from_secs(125)), "2m 5s");
+        assert_eq!(human(Duration::from_secs(3725)), "1h 2m 5s");
+    }
+}

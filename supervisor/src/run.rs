@@ -1,0 +1,471 @@
+//! `handoffctl run`: the supervisor process. The main thread owns the
+//! lifecycle (start, stop, exit code); a signal thread, an event thread
+//! (logs and systemd notifications) and the admin threads talk to the
+//! library's supervisor through its handle.
+//!
+//! Signals: SIGTERM, SIGINT and SIGHUP are blocked before any thread starts
+//! and taken with `sigwait` by the signal thread, so no handler runs at an
+//! arbitrary point and no thread can receive them unexpectedly. Generations
+//! start with an empty mask (std resets it in the child).
+
+use std::ffi::OsString;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use handoff::os::{Sig, SignalSet};
+use handoff::supervisor::{
+    EventStream, NamedListener, Outcome, Supervisor, SupervisorConfig, SupervisorEvent,
+    SupervisorHandle,
+};
+
+use crate::admin::{self, Control, Shared};
+use crate::cli::{LogFormat, RunArgs};
+use crate::config::Settings;
+use crate::error::{Failure, chain};
+use crate::protocol::{ErrorKind, HandoffReport, Response};
+
+/// The variable that tells each generation its data directory.
+pub const ENV_DATA_DIR: &str = "HANDOFF_DATA_DIR";
+
+/// Runs the supervisor until it is stopped; returns the exit code.
+pub fn run(args: RunArgs) -> Result<u8, Failure> {
+    // Before any thread exists, or a thread could receive them (see sys).
+    let signals = SignalSet::block(&[Sig::Term, Sig::Int, Sig::Hup])
+        .map_err(|e| Failure::failed(chain(&e)))?;
+    let settings = Settings::resolve(args)?;
+    init_logging(settings.log_format);
+    let notify = Notifier::from_env();
+
+    let mut env = Vec::new();
+    if let Some(dir) = &settings.data_dir {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Failure::failed(format!("data directory {}: {e}", dir.display())))?;
+        env.push((OsString::from(ENV_DATA_DIR), dir.clone().into_os_string()));
+    }
+    let listeners = listeners(&settings)?;
+    let socket = AdminSocket::bind(&settings.socket, settings.socket_is_default)?;
+
+    let config = SupervisorConfig {
+        program: settings.program.clone(),
+        args: settings.args.clone(),
+        env,
+        mode: settings.mode,
+        timeouts: settings.timeouts,
+        restart: settings.restart,
+        listeners,
+    };
+    tracing::info!(
+        binary = %settings.program.display(),
+        socket = %settings.socket.display(),
+        "starting the supervisor"
+    );
+    // Subscribed before generation 1 spawns: every phase is seen.
+    let (supervisor, events) = Supervisor::start_with_events(config)
+        .map_err(|e| Failure::failed(format!("cannot start generation 1: {}", chain(&e))))?;
+    let handle = supervisor.handle();
+
+    let (control_tx, control_rx) = mpsc::channel();
+    let shared = Arc::new(Shared {
+        handle: handle.clone(),
+        program: settings.program.clone(),
+        sha256: settings.sha256.clone(),
+        allowed_uids: settings.allowed_uids.clone(),
+        allowed_binaries: settings.allowed_binaries.clone(),
+        our_uid: handoff::os::effective_uid(),
+        timeouts: settings.timeouts,
+        pinned_paths: Mutex::new(Default::default()),
+        hash_cache: Mutex::new(None),
+        control: control_tx.clone(),
+        connections: AtomicUsize::new(0),
+    });
+    spawn("signals", {
+        let shared = Arc::clone(&shared);
+        let control = control_tx.clone();
+        let notify = notify.clone();
+        move || signal_loop(signals, &shared, &control, &notify)
+    })?;
+    spawn("events", {
+        let handle = handle.clone();
+        let notify = notify.clone();
+        move || event_loop(&events, &handle, &notify, &control_tx)
+    })?;
+    admin::serve(socket.take_listener()?, Arc::clone(&shared))
+        .map_err(|e| Failure::failed(format!("admin thread: {e}")))?;
+
+    let code = match control_rx.recv() {
+        Ok(Control::Stop(first)) => {
+            notify.send("STOPPING=1\nSTATUS=stopping");
+            tracing::info!("stopping: the generations drain");
+            let _ = handle.stop();
+            let _ = supervisor.join();
+            let mut waiting: Vec<_> = first.into_iter().collect();
+            while let Ok(control) = control_rx.try_recv() {
+                if let Control::Stop(Some(stream)) = control {
+                    waiting.push(stream);
+                }
+            }
+            for stream in &waiting {
+                admin::respond(stream, &Response::Stopped);
+            }
+            tracing::info!("stopped");
+            0
+        }
+        Ok(Control::Ended { clean }) => {
+            notify.send("STOPPING=1\nSTATUS=the generation exited and is not restarted");
+            let _ = supervisor.join();
+            tracing::info!(
+                clean,
+                "the generation exited and the restart policy ends here"
+            );
+            u8::from(!clean)
+        }
+        Err(_) => 1,
+    };
+    drop(socket);
+    Ok(code)
+}
+
+fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), Failure> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(body)
+        .map(drop)
+        .map_err(|e| Failure::failed(format!("cannot start the {name} thread: {e}")))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HANDOFF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // No colour codes in files and the journal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Adopts what systemd passed by socket activation, then binds the
+/// configured listeners it did not pass.
+fn listeners(settings: &Settings) -> Result<Vec<NamedListener>, Failure> {
+    let mut listeners = Vec::new();
+    for (name, fd) in handoff::os::listen_fds().map_err(|e| Failure::failed(chain(&e)))? {
+        let listener = NamedListener::adopt(name.clone(), fd)
+            .map_err(|e| Failure::failed(format!("socket-activated fd {name:?}: {}", chain(&e))))?;
+        tracing::info!(name = %listener.name, address = %listener.address, "adopted a socket-activated listener");
+        listeners.push(listener);
+    }
+    for (name, addr) in &settings.listeners {
+        if listeners.iter().any(|l: &NamedListener| &l.name == name) {
+            continue;
+        }
+        let listener = NamedListener::bind(name.clone(), addr)
+            .map_err(|e| Failure::failed(format!("listener {name} ({addr}): {}", chain(&e))))?;
+        tracing::info!(name = %listener.name, address = %listener.address, "bound a listener");
+        listeners.push(listener);
+    }
+    let mut names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+        return Err(Failure::usage(format!(
+            "two listeners are named {:?}; names must be unique",
+            pair[0]
+        )));
+    }
+    Ok(listeners)
+}
+
+/// The admin socket file, removed when the supervisor exits.
+struct AdminSocket {
+    path: PathBuf,
+    listener: Option<std::os::unix::net::UnixListener>,
+}
+
+impl AdminSocket {
+    /// Binds `path`, creating its directory (0700) if missing. A default
+    /// path's directory may sit in a shared place (`/tmp/handoff-UID`): it
+    /// must then be ours and writable by nobody else, or another user could
+    /// swap the socket file.
+    fn bind(path: &Path, default: bool) -> Result<AdminSocket, Failure> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let shown = dir.display();
+            if !dir.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|e| Failure::failed(format!("admin socket directory {shown}: {e}")))?;
+            }
+            if default {
+                use std::os::unix::fs::MetadataExt;
+                let meta = std::fs::symlink_metadata(dir)
+                    .map_err(|e| Failure::failed(format!("admin socket directory {shown}: {e}")))?;
+                let ours = meta.uid() == handoff::os::effective_uid() || meta.uid() == 0;
+                if !meta.is_dir() || !ours || meta.mode() & 0o022 != 0 {
+                    return Err(Failure::failed(format!(
+                        "admin socket directory {shown} is not a directory owned by us and \
+                         writable only by us; remove it or pass --socket"
+                    )));
+                }
+            }
+        }
+        let listener = handoff::os::bind_admin_socket(path)
+            .map_err(|e| Failure::failed(format!("admin socket: {}", chain(&e))))?;
+        Ok(AdminSocket {
+            path: path.to_owned(),
+            listener: Some(listener),
+        })
+    }
+
+    fn take_listener(&self) -> Result<std::os::unix::net::UnixListener, Failure> {
+        self.listener
+            .as_ref()
+            .ok_or_else(|| Failure::failed("admin socket already served"))?
+            .try_clone()
+            .map_err(|e| Failure::failed(format!("admin socket: {e}")))
+    }
+}
+
+impl Drop for AdminSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn signal_loop(
+    signals: SignalSet,
+    shared: &Arc<Shared>,
+    control: &mpsc::Sender<Control>,
+    notify: &Notifier,
+) {
+    loop {
+        match signals.wait() {
+            Ok(Sig::Hup) => {
+                tracing::info!("SIGHUP: upgrading to the configured binary");
+                let shared = Arc::clone(shared);
+                let notify = notify.clone();
+                let upgrading = std::thread::Builder::new()
+                    .name("sighup-upgrade".into())
+                    .spawn(
+                        move || match admin::upgrade(&shared, None, None, None, None) {
+                            Response::Handoff(report) if report.committed => {
+                                tracing::info!(
+                                    handoff_id = report.handoff_id,
+                                    "SIGHUP upgrade: {}",
+                                    report.line()
+                                );
+                            }
+                            Response::Handoff(report) => {
+                                tracing::warn!(
+                                    handoff_id = report.handoff_id,
+                                    "SIGHUP upgrade: {}",
+                                    report.line()
+                                );
+                            }
+                            // Busy: the upgrade in flight sent RELOADING=1
+                            // and will send READY=1.
+                            Response::Error {
+                                kind: ErrorKind::Busy,
+                                message,
+                            } => {
+                                tracing::warn!("SIGHUP upgrade not started: {message}");
+                            }
+                            Response::Error { message, .. } => {
+                                tracing::warn!("SIGHUP upgrade not started: {message}");
+                                // Type=notify-reload waits for RELOADING=1
+                                // then READY=1 after its SIGHUP: end it.
+                                let usec = handoff::os::monotonic_usec().unwrap_or(0);
+                                notify.send(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
+                                notify.send(&format!("READY=1\nSTATUS=upgrade refused: {message}"));
+                            }
+                            _ => {}
+                        },
+                    );
+                if let Err(error) = upgrading {
+                    tracing::warn!(%error, "cannot start the SIGHUP upgrade");
+                }
+            }
+            Ok(signal) => {
+                tracing::info!(?signal, "stopping on a signal");
+                let _ = control.send(Control::Stop(None));
+            }
+            Err(error) => {
+                tracing::error!(%error, "sigwait failed; signals are no longer handled");
+                return;
+            }
+        }
+    }
+}
+
+/// Logs every supervisor event and turns them into systemd notifications.
+fn event_loop(
+    events: &EventStream,
+    handle: &SupervisorHandle,
+    notify: &Notifier,
+    control: &mpsc::Sender<Control>,
+) {
+    #[derive(Default)]
+    struct Current {
+        generation: u64,
+        successor_pid: u32,
+        incumbent_pid: Option<u32>,
+        upgrade: bool,
+    }
+    let mut current = Current::default();
+    let mut ready = false;
+    let mut clean_exit = true;
+    // The stream was subscribed before generation 1 spawned, so its commit
+    // arrives as an event; the status check only guards a slow start.
+    if let Ok(status) = handle.status()
+        && let Some(pid) = status.child_pid
+    {
+        notify.send(&format!(
+            "READY=1\nSTATUS=serving: generation {}, pid {pid}",
+            status.generation
+        ));
+        tracing::info!(generation = status.generation, pid, "serving");
+        ready = true;
+    }
+    while let Some(event) = events.next() {
+        match event {
+            SupervisorEvent::HandoffStarted {
+                handoff_id,
+                upgrade,
+                generation,
+                successor_pid,
+                incumbent_pid,
+            } => {
+                current = Current {
+                    generation,
+                    successor_pid,
+                    incumbent_pid,
+                    upgrade,
+                };
+                tracing::info!(
+                    handoff_id,
+                    generation,
+                    successor_pid,
+                    incumbent_pid,
+                    upgrade,
+                    "handoff started"
+                );
+                if upgrade {
+                    let usec = handoff::os::monotonic_usec().unwrap_or(0);
+                    notify.send(&format!(
+                        "RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=upgrading: generation {generation} (pid {successor_pid}) starting"
+                    ));
+                }
+            }
+            // A phase before any start was seen (not expected since the
+            // stream is subscribed before the start): ids only.
+            SupervisorEvent::Phase { handoff_id, phase } if current.generation == 0 => {
+                tracing::info!(handoff_id, phase, "handoff phase");
+            }
+            SupervisorEvent::Phase { handoff_id, phase } => {
+                tracing::info!(
+                    handoff_id,
+                    generation = current.generation,
+                    successor_pid = current.successor_pid,
+                    incumbent_pid = current.incumbent_pid,
+                    phase,
+                    "handoff phase"
+                );
+            }
+            SupervisorEvent::HandoffFinished(outcome) => {
+                let report = HandoffReport::from_outcome(&outcome);
+                let serving = match &*outcome {
+                    Outcome::Committed { new_pid, .. } => Some(*new_pid),
+                    Outcome::RolledBack { old_pid, .. } => *old_pid,
+                };
+                if report.committed {
+                    tracing::info!(
+                        handoff_id = report.handoff_id,
+                        generation = report.generation,
+                        old_pid = report.old_pid,
+                        new_pid = report.new_pid,
+                        total_ms = report.total_ms,
+                        "handoff committed"
+                    );
+                } else {
+                    tracing::warn!(
+                        handoff_id = report.handoff_id,
+                        generation = report.generation,
+                        old_pid = report.old_pid,
+                        failed_pid = report.new_pid,
+                        reason = report.abort_reason.as_deref().unwrap_or(""),
+                        "handoff rolled back"
+                    );
+                }
+                let status = match serving {
+                    Some(pid) if report.committed => {
+                        format!("serving: generation {}, pid {pid}", report.generation)
+                    }
+                    Some(pid) => format!(
+                        "serving: generation {}, pid {pid} (upgrade rolled back: {})",
+                        report.generation,
+                        report.abort_reason.as_deref().unwrap_or("")
+                    ),
+                    None => format!(
+                        "starting: generation failed ({})",
+                        report.abort_reason.as_deref().unwrap_or("")
+                    ),
+                };
+                // READY=1 ends a RELOADING=1, and announces the first start.
+                if current.upgrade || (!ready && serving.is_some()) {
+                    notify.send(&format!("READY=1\nSTATUS={status}"));
+                    ready = ready || serving.is_some();
+                } else {
+                    notify.send(&format!("STATUS={status}"));
+                }
+                current.upgrade = false;
+            }
+            SupervisorEvent::GenerationExited {
+                generation,
+                pid,
+                status,
+            } => {
+                clean_exit = status == "exit status 0";
+                tracing::warn!(generation, pid, %status, "generation exited outside a handoff");
+                notify.send(&format!(
+                    "STATUS=generation {generation} (pid {pid}) exited ({status})"
+                ));
+            }
+            SupervisorEvent::GenerationRetired { pid, status } => {
+                tracing::info!(pid, %status, "old generation retired");
+            }
+            SupervisorEvent::Stopping => tracing::info!("supervisor stopping"),
+        }
+    }
+    let _ = control.send(Control::Ended { clean: clean_exit });
+}
+
+/// systemd's notification socket, if `NOTIFY_SOCKET` is set.
+#[derive(Debug, Clone)]
+struct Notifier {
+    socket: Option<OsString>,
+}
+
+impl Notifier {
+    fn from_env() -> Notifier {
+        Notifier {
+            socket: std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty()),
+        }
+    }
+
+    fn send(&self, message: &str) {
+        if let Some(socket) = &self.socket
+            && let Err(error) = handoff::os::notify(socket, message)
+        {
+            tracing::warn!(error = %chain(&error), "systemd notification failed");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Bad input: one clear line and a non-zero exit, never a panic.
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+
+use crate::common::{TempDir, ctl, testd};
+
+fn run(args: &[&str]) -> String {
+    let mut all = vec!["run"];
+    all.extend_from_slice(args);
+    let ran = ctl(&all);
+    assert_ne!(ran.code, Some(0), "{args:?}: {ran:?}");
+    assert_ne!(ran.code, None, "{args:?} died of a signal: {ran:?}");
+    ran.one_error_line().to_owned()
+}
+
+#[test]
+fn bad_run_input_is_one_line() {
+    let dir = TempDir::new("bad");
+    let socket = dir.path().join("admin.sock");
+    let socket = socket.to_str().expect("utf-8");
+    let testd = testd();
+    let testd = testd.to_str().expect("utf-8");
+
+    let missing = dir.path().join("missing.toml");
+    let line = run(&["--config", missing.to_str().expect("utf-8"), "--", testd]);
+    assert!(line.contains("cannot read config"), "{line}");
+
+    let invalid = dir.path().join("invalid.toml");
+    std::fs::write(&invalid, "mode = \"sideways\"\n").expect("write");
+    let line = run(&["--config", invalid.to_str().expect("utf-8"), "--", testd]);
+    assert!(
+        line.contains("invalid config") && line.contains("line 1"),
+        "{line}"
+    );
+
+    let line = run(&[
+        "--socket",
+        socket,
+        "--listen",
+        "main=nowhere:80",
+        "--",
+        testd,
+    ]);
+    assert!(line.contains("nowhere:80"), "{line}");
+    let line = run(&["--socket", socket, "--listen", "main", "--", testd]);
+    assert!(line.contains("NAME=ADDR"), "{line}");
+
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = format!("main={}", taken.local_addr().expect("addr"));
+    let line = run(&["--socket", socket, "--listen", &taken, "--", testd]);
+    assert!(line.to_lowercase().contains("in use"), "{line}");
+
+    let line = run(&["--socket", socket, "--", "/nonexistent/daemon"]);
+    assert!(line.contains("/nonexistent/daemon"), "{line}");
+    let plain = dir.path().join("not-executable");
+    std::fs::write(&plain, "data").expect("write");
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let line = run(&["--socket", socket, "--", plain.to_str().expect("utf-8")]);
+    assert!(line.contains("not executable"), "{line}");
+
+    let long = format!("/tmp/{}/admin.sock", "x".repeat(120));
+    let line = run(&["--socket", &long, "--", testd]);
+    assert!(line.contains("108"), "{line}");
+
+    let line = run(&["--socket", socket, "--deadline", "soon", "--", testd]);
+    assert!(line.contains("deadline"), "{line}");
+    let line = run(&["--socket", socket]);
+    assert!(line.contains("no daemon binary"), "{line}");
+    assert!(
+        !std::path::Path::new(socket).exists(),
+        "no socket left behind"
+    );
+}
+
+#[test]
+fn clients_without_a_supervisor_exit_2() {
+    let dir = TempDir::new("nosup");
+    let socket = dir.path().join("admin.sock");
+    let socket = socket.to_str().expect("utf-8");
+    for verb in ["status", "upgrade", "stop"] {
+        let ran = ctl(&[verb, "--socket", socket]);
+        assert_eq!(ran.code, Some(2), "{verb}: {ran:?}");
+        assert!(ran.one_error_line().contains("no supervisor"), "{ran:?}");
+    }
+    let ran = ctl(&["upgrade", "--socket", socket, "--sha256", "xyz"]);
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+    let ran = ctl(&["upgrade", "--bogus"]);
+    assert_eq!(ran.code, Some(2), "clap usage errors exit 2: {ran:?}");
+}

@@ -1,0 +1,385 @@
+//! Fixtures: temp dirs, the supervisor as a child process (stopped on drop),
+//! bounded runs of the client, and condition waits.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use handoff::os::Sig;
+use serde_json::Value;
+
+/// Upper bound for anything a test waits for.
+pub const WAIT: Duration = Duration::from_secs(30);
+/// Client socket I/O bound.
+pub const IO: Duration = Duration::from_secs(10);
+
+/// A directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        // Short: the admin socket path must fit in sockaddr_un.
+        let path = std::env::temp_dir().join(format!(
+            "hctl-{}-{tag}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn handoffctl() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_handoffctl"))
+}
+
+/// `target/debug/examples/testd`, built by `cargo test --workspace`.
+pub fn testd() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir layout");
+    let path = dir.join("examples").join("testd");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (it builds the examples)",
+        path.display()
+    );
+    path
+}
+
+/// Writes an executable shell script.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// Runs `command` to its end within `WAIT` (killed past it).
+pub fn run_bounded(mut command: Command) -> Output {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = command.spawn().expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(WAIT) {
+        Ok(output) => output.expect("wait"),
+        Err(_) => {
+            let _ = handoff::os::signal(pid, Sig::Kill);
+            panic!("{command:?} did not finish within {WAIT:?}");
+        }
+    }
+}
+
+/// What a client run printed.
+#[derive(Debug)]
+pub struct Ran {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Ran {
+    fn from(output: Output) -> Ran {
+        Ran {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Ran {
+    /// The error line: exactly one line, our prefix, never a panic.
+    pub fn one_error_line(&self) -> &str {
+        let line = self.stderr.trim_end();
+        assert!(
+            !line.contains('\n') && line.starts_with("handoffctl: "),
+            "expected one error line, got {self:?}"
+        );
+        assert!(!line.contains("panicked"), "{self:?}");
+        line
+    }
+}
+
+/// `handoffctl ARGS` within `WAIT`.
+pub fn ctl(args: &[&str]) -> Ran {
+    let mut command = Command::new(handoffctl());
+    command.args(args);
+    run_bounded(command).into()
+}
+
+/// A supervisor (`handoffctl run`) as a child process: SIGTERM then SIGKILL
+/// on drop; its stderr goes to a log file.
+pub struct Supervisor {
+    pub child: Option<Child>,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    /// Removed with the supervisor (its socket and log live there).
+    _dir: TempDir,
+}
+
+/// How to start one.
+pub struct Start {
+    /// Flags after `run` (besides `--socket`).
+    pub flags: Vec<String>,
+    /// testd's arguments.
+    pub testd_args: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// Replaces the whole command (socket activation): given the command
+    /// that would run, returns the one to run.
+    pub wrap: Option<Box<dyn FnOnce(Command) -> Command>>,
+}
+
+impl Default for Start {
+    fn default() -> Start {
+        Start {
+            flags: [
+                "--listen",
+                "main=127.0.0.1:0",
+                "--deadline",
+                "20s",
+                "--drain-timeout",
+                "5s",
+            ]
+            .map(String::from)
+            .to_vec(),
+            testd_args: Vec::new(),
+            env: Vec::new(),
+            wrap: None,
+        }
+    }
+}
+
+impl Supervisor {
+    /// Starts `handoffctl run` with the default flags and waits until a
+    /// generation serves.
+    pub fn start() -> Supervisor {
+        Supervisor::start_with(Start::default())
+    }
+
+    pub fn start_with(start: Start) -> Supervisor {
+        let supervisor = Supervisor::spawn(start);
+        supervisor.wait_serving();
+        supervisor
+    }
+
+    /// Starts it without waiting.
+    pub fn spawn(start: Start) -> Supervisor {
+        let dir = TempDir::new("sup");
+        let socket = dir.path().join("admin.sock");
+        let log = dir.path().join("supervisor.log");
+        let mut command = Command::new(handoffctl());
+        command
+            .arg("run")
+            .arg("--socket")
+            .arg(&socket)
+            .args(&start.flags)
+            .arg("--")
+            .arg(testd())
+            .args(&start.testd_args)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_PID")
+            .envs(start.env)
+            .stdin(Stdio::null())
+            .stdout(File::create(dir.path().join("supervisor.out")).expect("out"))
+            .stderr(File::create(&log).expect("log"));
+        if let Some(wrap) = start.wrap {
+            command = wrap(command);
+        }
+        let child = command.spawn().expect("spawn handoffctl run");
+        Supervisor {
+            child: Some(child),
+            socket,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// `handoffctl VERB --socket S ARGS`.
+    pub fn ctl(&self, verb: &str, args: &[&str]) -> Ran {
+        let socket = self.socket.to_str().expect("utf-8 path");
+        let mut all = vec![verb, "--socket", socket];
+        all.extend_from_slice(args);
+        ctl(&all)
+    }
+
+    /// `status --json`, or `None` while the admin socket does not answer.
+    pub fn try_status(&self) -> Option<Value> {
+        let ran = self.ctl("status", &["--json"]);
+        (ran.code == Some(0)).then(|| serde_json::from_str(&ran.stdout).expect("status json"))
+    }
+
+    pub fn status(&self) -> Value {
+        self.try_status()
+            .unwrap_or_else(|| panic!("status failed; log:\n{}", self.log()))
+    }
+
+    /// Waits until `wanted(status)` holds; panics after `WAIT`.
+    pub fn wait_status(&self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.try_status()
+                && wanted(&status)
+            {
+                return status;
+            }
+            self.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "no status with {what} within {WAIT:?}; log:\n{}",
+                self.log()
+            );
+            // Each try is a full client run (a process spawn and a socket
+            // round trip); no extra sleep is needed to pace the loop.
+        }
+    }
+
+    pub fn wait_serving(&self) -> Value {
+        self.wait_status("a serving generation", |s| {
+            s["state"] == "serving" && s["child_pid"].is_u64()
+        })
+    }
+
+    pub fn assert_running(&self) {
+        let mut child = self.child.as_ref().map(Child::id);
+        if let Some(pid) = child.take() {
+            assert!(alive(pid), "the supervisor exited; log:\n{}", self.log());
+        }
+    }
+
+    /// The listener's address from status.
+    pub fn addr(&self) -> SocketAddr {
+        let status = self.status();
+        status["listeners"][0]["address"]
+            .as_str()
+            .expect("address")
+            .parse()
+            .expect("socket address")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the supervisor to exit; its status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the supervisor did not exit within {WAIT:?}");
+            }
+            // The child is ours: waitpid in a helper thread would be the
+            // alternative; a short yield keeps this bounded loop cheap.
+            std::thread::sleep(handoff::timeouts::POLL_SLICE);
+        }
+    }
+
+    pub fn signal(&self, signal: Sig) {
+        handoff::os::signal(self.pid(), signal).expect("signal the supervisor");
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = handoff::os::signal(child.id(), Sig::Term);
+        let deadline = Instant::now() + IO;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(handoff::timeouts::POLL_SLICE);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// One testd request on a fresh connection, bounded by `IO`.
+pub fn request(addr: SocketAddr, line: &str) -> std::io::Result<String> {
+    let stream = TcpStream::connect_timeout(&addr, IO)?;
+    stream.set_read_timeout(Some(IO))?;
+    stream.set_write_timeout(Some(IO))?;
+    let mut writer = stream.try_clone()?;
+    writeln!(writer, "{line}")?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    Ok(reply.trim_end().to_owned())
+}
+
+/// testd's pid from `INFO`.
+pub fn serving_pid(addr: SocketAddr) -> u32 {
+    let info = request(addr, "INFO").expect("INFO");
+    info.split(' ')
+        .find_map(|kv| kv.strip_prefix("pid="))
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("INFO without pid: {info}"))
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit(") ")
+                .next()
+                .is_some_and(|rest| !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Waits until `pid` is gone.
+pub fn wait_gone(pid: u32) {
+    let deadline = Instant::now() + WAIT;
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} still alive after {WAIT:?}"
+        );
+        std::thread::sleep(handoff::timeouts::POLL_SLICE);
+    }
+}
+
+/// A status field as u64.
+pub fn u64_of(value: &Value, key: &str) -> u64 {
+    value[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {value}"))
+}

@@ -1,0 +1,251 @@
+//! run, status, upgrade (commit, rollback, busy, pinned), SIGHUP, restart
+//! after a crash, stop.
+
+use handoff::os::Sig;
+use serde_json::Value;
+
+use crate::common::{
+    Start, Supervisor, TempDir, alive, request, script, serving_pid, testd, u64_of, wait_gone,
+};
+
+fn sha256_hex(path: &std::path::Path) -> String {
+    use std::fmt::Write as _;
+    let bytes = std::fs::read(path).expect("read binary");
+    // Hash with the same crate the binary uses, via a tiny local helper.
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
+    digest.iter().fold(String::new(), |mut hex, byte| {
+        let _ = write!(hex, "{byte:02x}");
+        hex
+    })
+}
+
+/// A supervisor whose config (written in `dir`) allows upgrades to `binary`.
+fn allowing(dir: &TempDir, binary: &std::path::Path) -> Supervisor {
+    let config = dir.path().join("handoff.toml");
+    let toml = format!("allowed_binaries = [\"{}\"]\n", binary.display());
+    std::fs::write(&config, toml).expect("config");
+    let mut flags = Start::default().flags;
+    flags.extend(["--config".to_owned(), config.display().to_string()]);
+    Supervisor::start_with(Start {
+        flags,
+        ..Start::default()
+    })
+}
+
+#[test]
+fn run_status_upgrade_stop() {
+    let data = TempDir::new("data");
+    let mut supervisor = Supervisor::start_with(Start {
+        testd_args: vec!["--data-dir".into(), data.path().display().to_string()],
+        ..Start::default()
+    });
+    let status = supervisor.status();
+    assert_eq!(status["state"], "serving");
+    assert_eq!(status["generation"], 1);
+    assert_eq!(
+        u64_of(&status, "supervisor_pid"),
+        u64::from(supervisor.pid())
+    );
+    assert_eq!(status["mode"], "exclusive");
+    assert_eq!(status["binary"], testd().display().to_string());
+    assert_eq!(status["binary_sha256"], sha256_hex(&testd()));
+    assert_eq!(status["listeners"][0]["name"], "main");
+    assert_eq!(status["last_handoff"]["committed"], true);
+    let first_pid = u64_of(&status, "child_pid") as u32;
+
+    // A generation starts with no signal blocked, although the supervisor
+    // blocks SIGTERM, SIGINT and SIGHUP for sigwait.
+    let proc_status =
+        std::fs::read_to_string(format!("/proc/{first_pid}/status")).expect("proc status");
+    let blocked = proc_status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .expect("SigBlk")
+        .trim();
+    assert!(blocked.bytes().all(|b| b == b'0'), "SigBlk {blocked}");
+
+    let plain = supervisor.ctl("status", &[]);
+    assert_eq!(plain.code, Some(0), "{plain:?}");
+    assert!(plain.stdout.contains("serving"), "{}", plain.stdout);
+    assert!(plain.stdout.lines().count() <= 8, "short: {}", plain.stdout);
+
+    let addr = supervisor.addr();
+    assert_eq!(serving_pid(addr), first_pid);
+    assert!(request(addr, "PUT k v1").expect("PUT").starts_with("OK "));
+
+    let upgraded = supervisor.ctl("upgrade", &["--json"]);
+    assert_eq!(upgraded.code, Some(0), "{upgraded:?}");
+    let report: Value = serde_json::from_str(&upgraded.stdout).expect("one JSON object");
+    assert_eq!(report["committed"], true);
+    assert_eq!(report["abort_reason"], Value::Null);
+    assert_eq!(u64_of(&report, "old_pid"), u64::from(first_pid));
+    assert_eq!(report["generation"], 2);
+    let new_pid = u64_of(&report, "new_pid") as u32;
+    for phase in ["spawn", "hello", "drain", "seal", "begin", "commit"] {
+        assert!(
+            report["phases_ms"][phase].is_number(),
+            "{phase} in {report}"
+        );
+    }
+    assert!(report["total_ms"].is_number());
+    assert_eq!(serving_pid(addr), new_pid);
+    assert_eq!(request(addr, "GET k").expect("GET"), "VALUE v1");
+    wait_gone(first_pid);
+
+    // Pinned: the right hash commits, a wrong one is refused up front.
+    let hash = sha256_hex(&testd());
+    let pinned = supervisor.ctl("upgrade", &["--sha256", &hash]);
+    assert_eq!(pinned.code, Some(0), "{pinned:?}");
+    assert!(pinned.stdout.starts_with("committed"), "{pinned:?}");
+    let status = supervisor.status();
+    assert_eq!(status["generation"], 3);
+    assert_eq!(
+        status["binary"],
+        testd().display().to_string(),
+        "not /proc/self/fd/N"
+    );
+    let wrong = supervisor.ctl("upgrade", &["--sha256", &"0".repeat(64)]);
+    assert_eq!(wrong.code, Some(2), "{wrong:?}");
+    assert!(wrong.one_error_line().contains("sha256"), "{wrong:?}");
+
+    let last_pid = u64_of(&supervisor.status(), "child_pid") as u32;
+    let stopped = supervisor.ctl("stop", &[]);
+    assert_eq!(stopped.code, Some(0), "{stopped:?}");
+    let exit = supervisor.wait_exit();
+    assert_eq!(exit.code(), Some(0), "log:\n{}", supervisor.log());
+    assert!(!alive(last_pid), "the generation outlived the supervisor");
+    assert!(
+        !supervisor.socket.exists(),
+        "the admin socket file is removed"
+    );
+    let log = supervisor.log();
+    assert!(
+        log.contains("handoff phase"),
+        "phase events are logged: {log}"
+    );
+}
+
+#[test]
+fn an_upgrade_to_a_binary_that_exits_rolls_back() {
+    let dir = TempDir::new("rollback");
+    let supervisor = allowing(&dir, std::path::Path::new("/bin/false"));
+    let addr = supervisor.addr();
+    let before = serving_pid(addr);
+
+    let ran = supervisor.ctl("upgrade", &["--binary", "/bin/false"]);
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    let line = ran.one_error_line();
+    assert!(line.contains("rolled back"), "{line}");
+    // The exit or the closed control socket, whichever the supervisor saw
+    // first.
+    assert!(
+        line.contains("rolled back: handoff 2: successor"),
+        "the reason is given: {line}"
+    );
+    assert_eq!(serving_pid(addr), before, "the old generation still serves");
+
+    let json = supervisor.ctl("upgrade", &["--binary", "/bin/false", "--json"]);
+    assert_eq!(json.code, Some(1), "{json:?}");
+    let report: Value = serde_json::from_str(&json.stdout).expect("JSON");
+    assert_eq!(report["committed"], false);
+    assert!(report["abort_reason"].is_string());
+    assert_eq!(u64_of(&report, "old_pid"), u64::from(before));
+
+    // Neither configured nor allowed: refused before anything starts.
+    let refused = supervisor.ctl("upgrade", &["--binary", "/bin/true"]);
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert!(refused.one_error_line().contains("allowed_binaries"));
+    assert_eq!(supervisor.status()["last_handoff"]["committed"], false);
+}
+
+#[test]
+fn a_second_concurrent_upgrade_is_busy() {
+    let dir = TempDir::new("busy");
+    // A successor that never says hello: the handoff waits for its deadline.
+    let silent = script(dir.path(), "silent", "exec sleep 60");
+    let supervisor = allowing(&dir, &silent);
+    let before = serving_pid(supervisor.addr());
+    let socket = supervisor.socket.clone();
+    let silent_path = silent.display().to_string();
+    let first = std::thread::spawn(move || {
+        crate::common::ctl(&[
+            "upgrade",
+            "--socket",
+            socket.to_str().expect("utf-8"),
+            "--binary",
+            &silent_path,
+            "--deadline",
+            "3s",
+            "--drain-timeout",
+            "1s",
+        ])
+    });
+    supervisor.wait_status("a handoff in flight", |s| s["state"] == "handing_off");
+    let second = supervisor.ctl("upgrade", &[]);
+    assert_eq!(second.code, Some(3), "{second:?}");
+    assert!(second.one_error_line().contains("in flight"));
+    let first = first.join().expect("first upgrade");
+    assert_eq!(
+        first.code,
+        Some(1),
+        "the silent successor rolls back: {first:?}"
+    );
+    assert!(first.one_error_line().contains("deadline"), "{first:?}");
+    assert_eq!(serving_pid(supervisor.addr()), before);
+}
+
+#[test]
+fn sighup_upgrades_and_sigterm_stops() {
+    let mut supervisor = Supervisor::start();
+    let before = u64_of(&supervisor.status(), "child_pid");
+    supervisor.signal(Sig::Hup);
+    let after = supervisor.wait_status("generation 2", |s| s["generation"] == 2);
+    assert_ne!(u64_of(&after, "child_pid"), before);
+    assert_eq!(after["last_handoff"]["committed"], true);
+    wait_gone(before as u32);
+
+    let live = u64_of(&after, "child_pid") as u32;
+    supervisor.signal(Sig::Term);
+    let exit = supervisor.wait_exit();
+    assert_eq!(exit.code(), Some(0), "log:\n{}", supervisor.log());
+    assert!(!alive(live), "the generation outlived the supervisor");
+}
+
+#[test]
+fn a_crashed_generation_is_restarted() {
+    let supervisor = Supervisor::start();
+    let addr = supervisor.addr();
+    let crashed = serving_pid(addr);
+    handoff::os::signal(crashed, Sig::Kill).expect("kill the generation");
+    // Connections made meanwhile wait in the backlog: this one is answered
+    // by the restarted generation.
+    let pid = serving_pid(addr);
+    assert_ne!(pid, crashed);
+    let status = supervisor.wait_serving();
+    assert_eq!(u64_of(&status, "child_pid"), u64::from(pid));
+    assert!(u64_of(&status, "generation") >= 2);
+    assert!(
+        supervisor
+            .log()
+            .contains("generation exited outside a handoff")
+    );
+}
+
+#[test]
+fn under_restart_never_the_supervisor_exits_with_its_generation() {
+    let mut flags = Start::default().flags;
+    flags.extend(["--restart", "never", "--log-format", "json"].map(String::from));
+    let mut supervisor = Supervisor::start_with(Start {
+        flags,
+        ..Start::default()
+    });
+    let pid = u64_of(&supervisor.status(), "child_pid") as u32;
+    handoff::os::signal(pid, Sig::Kill).expect("kill the generation");
+    let exit = supervisor.wait_exit();
+    assert_eq!(exit.code(), Some(1), "a killed generation is a failure");
+    let log = supervisor.log();
+    let first = log.lines().next().expect("a log line");
+    let event: Value = serde_json::from_str(first).expect("--log-format json logs JSON lines");
+    assert!(event["fields"]["message"].is_string(), "{event}");
+    assert!(!supervisor.socket.exists());
+}

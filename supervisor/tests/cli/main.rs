@@ -1,0 +1,10 @@
+//! End-to-end tests of `handoffctl`: the real binary, the example daemon
+//! `testd`, real sockets and signals. Every test is bounded in time and
+//! cleans up its processes and files even when it fails (guards with Drop).
+
+mod common;
+
+mod admin;
+mod bad_input;
+mod lifecycle;
+mod systemd;

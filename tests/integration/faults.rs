@@ -1,0 +1,383 @@
+//! The crash matrix: every fault point of every role armed in turn with
+//! `crash`, against a real `testd` under writes. After each run: the
+//! documented outcome, every acknowledged write readable, never two holders
+//! of the data-directory lock (a prober reads /proc/locks every millisecond,
+//! without taking the lock), and no generation left behind.
+//!
+//! Needs `--features fault-injection` (the README's test command enables it).
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use handoff::Mode;
+use handoff::fault::{self, FaultPoint, FaultRole};
+use handoff::supervisor::{Outcome, UpgradeRequest};
+
+use crate::common::{Harness, TempDir, WAIT, alive, example, request, test_timeouts};
+
+/// Reads /proc/locks every millisecond and records the most distinct pids
+/// ever seen holding an flock on the data directory's lock file.
+struct LockProber {
+    stop: Arc<AtomicBool>,
+    max_holders: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LockProber {
+    fn start(dir: &Path) -> LockProber {
+        let lock = dir.join(".handoff.lock");
+        let (stop, max_holders) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let (stop2, max2) = (stop.clone(), max_holders.clone());
+        let thread = std::thread::spawn(move || {
+            let mut inode = None;
+            while !stop2.load(Ordering::SeqCst) {
+                if inode.is_none() {
+                    inode = std::fs::metadata(&lock).ok().map(|m| m.ino());
+                }
+                if let (Some(ino), Ok(locks)) = (inode, std::fs::read_to_string("/proc/locks")) {
+                    let holders: BTreeSet<&str> = locks
+                        .lines()
+                        .filter(|line| !line.contains("->"))
+                        .filter_map(|line| {
+                            let fields: Vec<&str> = line.split_whitespace().collect();
+                            // "1: FLOCK ADVISORY WRITE <pid> <maj:min:ino> 0 EOF"
+                            (fields.get(1) == Some(&"FLOCK")
+                                && fields.get(5).and_then(|id| id.rsplit(':').next())
+                                    == Some(ino.to_string().as_str()))
+                            .then(|| fields[4])
+                        })
+                        .collect();
+                    max2.fetch_max(holders.len(), Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        LockProber {
+            stop,
+            max_holders,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("prober");
+        }
+        self.max_holders.load(Ordering::SeqCst)
+    }
+}
+
+/// Pids of live processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) && alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Kills every process of a run (found by its unique data directory).
+struct Reaper(String);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in processes_mentioning(&self.0) {
+            let _ = handoff::os::signal(pid, handoff::os::Sig::Kill);
+        }
+    }
+}
+
+/// Waits until `condition` holds, checking every 10 ms, for at most `WAIT`.
+fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "not within {WAIT:?}: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn put(addr: SocketAddr, key: &str, value: &str) {
+    let reply = request(addr, &format!("PUT {key} {value}")).expect("PUT");
+    assert!(reply.starts_with("OK "), "PUT {key}: {reply}");
+}
+
+fn get(addr: SocketAddr, key: &str) -> String {
+    request(addr, &format!("GET {key}")).expect("GET")
+}
+
+fn crash_env(point: FaultPoint, generation: Option<u64>) -> Vec<(OsString, OsString)> {
+    let mut env = vec![(fault::ENV_FAULT.into(), format!("{point}:crash").into())];
+    if let Some(generation) = generation {
+        env.push((
+            fault::ENV_FAULT_GENERATION.into(),
+            generation.to_string().into(),
+        ));
+    }
+    env
+}
+
+/// Points the process matrix cannot reach deterministically; their
+/// transitions are covered by the machines' unit tests.
+fn unreachable_here(point: FaultPoint) -> Option<&'static str> {
+    match (point.role, point.state) {
+        (FaultRole::Incumbent, "draining_aborted" | "sealing_aborted") => {
+            Some("needs an abort to arrive while the drain or seal hook runs")
+        }
+        (FaultRole::Supervisor, "await_incumbent_exit") => {
+            Some("needs the incumbent to die mid-handoff")
+        }
+        (FaultRole::Supervisor, "retire_draining") => {
+            Some("overlap mode only (testd runs exclusive here)")
+        }
+        (FaultRole::Supervisor, "terminated" | "killed") => {
+            Some("needs an old generation that ignores Retire")
+        }
+        _ => None,
+    }
+}
+
+/// A successor crashing at any of its points: rolled back, the incumbent
+/// keeps serving and writing.
+fn successor_point(point: FaultPoint) {
+    let harness = Harness::start(Mode::Exclusive, &["--relock-ms", "2000"]);
+    let dir = harness.data.as_ref().expect("data").path().to_path_buf();
+    let _reaper = Reaper(dir.display().to_string());
+    let prober = LockProber::start(&dir);
+    let old = harness.info().pid;
+    put(harness.addr, "before", "1");
+    let outcome = harness
+        .handle
+        .upgrade(UpgradeRequest {
+            args: Some(harness.args(&[]).into_iter().map(Into::into).collect()),
+            // Only this successor gets the variable: no generation filter.
+            env: crash_env(point, None),
+            ..UpgradeRequest::default()
+        })
+        .expect("outcome");
+    let Outcome::RolledBack { failed_pid, .. } = outcome else {
+        panic!("{point}: expected a rollback, got {outcome:?}");
+    };
+    assert!(
+        !failed_pid.is_some_and(alive),
+        "{point}: the successor was reaped"
+    );
+    assert_eq!(harness.info().pid, old, "{point}: the incumbent serves");
+    put(harness.addr, "after", "2");
+    assert_eq!(get(harness.addr, "before"), "VALUE 1");
+    assert!(prober.finish() <= 1, "{point}: two lock holders at once");
+}
+
+/// The incumbent (generation 1) crashing at one of its points during (or
+/// around) an upgrade. Some generation serves afterwards and every
+/// acknowledged write is there.
+fn incumbent_point(point: FaultPoint) {
+    let harness = Harness::start_env(
+        Mode::Exclusive,
+        &["--relock-ms", "2000"],
+        test_timeouts(),
+        crash_env(point, Some(1)),
+    );
+    let dir = harness.data.as_ref().expect("data").path().to_path_buf();
+    let _reaper = Reaper(dir.display().to_string());
+    let prober = LockProber::start(&dir);
+    // At "serving" generation 1 crashes at its own start: a restart serves.
+    put(harness.addr, "before", "1");
+    // Relocking and resuming are only on the abort path: make the
+    // successor fail after the incumbent sealed.
+    let successor_args = match point.state {
+        "relocking" | "resuming" => harness.args(&["--fail-at", "begin"]),
+        _ => harness.args(&[]),
+    };
+    let outcome = harness
+        .handle
+        .upgrade(UpgradeRequest {
+            args: Some(successor_args.into_iter().map(Into::into).collect()),
+            ..UpgradeRequest::default()
+        })
+        .expect("outcome");
+    match point.state {
+        "draining" | "drained" | "sealing" | "sealed" | "ended" | "serving" => {
+            assert!(
+                outcome.is_committed(),
+                "{point}: the successor takes over: {outcome:?}"
+            )
+        }
+        _ => assert!(!outcome.is_committed(), "{point}: {outcome:?}"),
+    }
+    // Whoever serves now (successor, or a restarted generation) has it all.
+    eventually(&format!("{point}: a generation serves"), || {
+        request(harness.addr, "GET before").is_ok_and(|reply| reply == "VALUE 1")
+    });
+    put(harness.addr, "after", "2");
+    eventually(&format!("{point}: one generation left"), || {
+        processes_mentioning(&dir.display().to_string()).len() == 1
+    });
+    assert!(prober.finish() <= 1, "{point}: two lock holders at once");
+}
+
+/// The supervisor (a separate `faultsup` process) crashing at one of its
+/// points during an upgrade: the generations keep serving on the listener
+/// they hold, exactly one of them writes, no uncommitted successor survives.
+fn supervisor_point(point: FaultPoint) {
+    let data = TempDir::new("faultsup");
+    let needle = data.path().display().to_string();
+    let _reaper = Reaper(needle.clone());
+    let prober = LockProber::start(data.path());
+    let mut successor_args: Vec<String> = Vec::new();
+    if matches!(point.state, "aborting" | "resuming") {
+        successor_args.extend(["--fail-at".into(), "begin".into()]);
+    }
+    // Handoff points fire in the upgrade (generation 2); retire points on
+    // generation 1 being retired.
+    let generation = if matches!(point.state, "retiring" | "gone") {
+        1
+    } else {
+        2
+    };
+    let mut child: Child = Command::new(example("faultsup"))
+        .arg(example("testd"))
+        .arg(data.path())
+        .arg("--")
+        .args(&successor_args)
+        .envs(crash_env(point, Some(generation)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("faultsup");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let lines = spawn_line_reader(child.stdout.take().expect("stdout"));
+    let next = |prefix: &str| -> Option<String> {
+        lines.recv_timeout(WAIT).ok().map(|line| {
+            line.strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("{point}: expected {prefix}, got {line}"))
+                .to_owned()
+        })
+    };
+    let addr: SocketAddr = next("ADDR ").expect("ADDR").parse().expect("addr");
+    let old: u32 = next("SERVING ").expect("SERVING").parse().expect("pid");
+    put(addr, "before", "1");
+    writeln!(stdin, "UPGRADE").expect("ask for an upgrade");
+    // Every point of this list is reached by this scenario: the supervisor
+    // must crash (at `done` and `gone` after it printed the outcome).
+    let outcome = lines.recv_timeout(WAIT).ok();
+    let status = wait_child(&mut child);
+    assert!(
+        !status.success(),
+        "{point}: the supervisor crashed ({status:?}, outcome {outcome:?})"
+    );
+    drop(stdin);
+    eventually(&format!("{point}: a generation serves"), || {
+        request(addr, "GET before").is_ok_and(|reply| reply == "VALUE 1")
+    });
+    put(addr, "after", "2");
+    eventually(&format!("{point}: one generation left (old {old})"), || {
+        processes_mentioning(&needle).len() <= 1
+    });
+    assert!(prober.finish() <= 1, "{point}: two lock holders at once");
+}
+
+fn spawn_line_reader(stdout: std::process::ChildStdout) -> crossbeam_channel::Receiver<String> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_child(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("faultsup did not exit within {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn run(role: FaultRole, each: fn(FaultPoint)) {
+    let mut ran = Vec::new();
+    for point in fault::points().into_iter().filter(|p| p.role == role) {
+        if let Some(why) = unreachable_here(point) {
+            eprintln!("fault matrix: {point} not run: {why}");
+            continue;
+        }
+        eprintln!("fault matrix: {point}");
+        each(point);
+        ran.push(point.to_string());
+    }
+    assert!(!ran.is_empty());
+    eprintln!(
+        "fault matrix: {role:?}: {} points: {}",
+        ran.len(),
+        ran.join(" ")
+    );
+}
+
+#[test]
+fn every_successor_point_rolls_back() {
+    run(FaultRole::Successor, successor_point);
+}
+
+#[test]
+fn every_incumbent_point_leaves_one_writer_serving() {
+    run(FaultRole::Incumbent, incumbent_point);
+}
+
+#[test]
+fn every_supervisor_point_leaves_one_writer_serving() {
+    run(FaultRole::Supervisor, supervisor_point);
+}
+
+#[test]
+fn the_matrix_skips_only_the_documented_points() {
+    let skipped: Vec<String> = fault::points()
+        .into_iter()
+        .filter(|p| unreachable_here(*p).is_some())
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(
+        skipped,
+        [
+            "supervisor:await_incumbent_exit",
+            "supervisor:retire_draining",
+            "supervisor:terminated",
+            "supervisor:killed",
+            "incumbent:draining_aborted",
+            "incumbent:sealing_aborted",
+        ],
+        "the skips listed in ARCHITECTURE.md's fault table"
+    );
+}
