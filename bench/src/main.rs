@@ -3,7 +3,7 @@
 //! zero, or if the negative control saw no failure (a blind harness).
 //!
 //! ```text
-//! cargo build --release --examples
+//! cargo build --release --examples -p handoff && cargo build --release -p handoffctl
 //! cargo run --release -p handoff-bench -- --mode both --upgrades 20 --clients 32
 //! ```
 
@@ -13,6 +13,14 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use handoff::Mode;
 use handoff_bench::run::{Config, Observed, UpgraderKind, run};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Supervisor {
+    /// `handoffctl run` as its own process, upgraded with `handoffctl upgrade`.
+    Handoffctl,
+    /// The library's `Supervisor` inside the benchmark's process.
+    InProcess,
+}
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Modes {
@@ -27,6 +35,12 @@ struct Args {
     /// Which daemon: exclusive (kvd), overlap (echod), or both.
     #[arg(long, value_enum, default_value = "both")]
     mode: Modes,
+    /// Who supervises and upgrades.
+    #[arg(long, value_enum, default_value = "handoffctl")]
+    supervisor: Supervisor,
+    /// The handoffctl binary [default: beside this binary].
+    #[arg(long)]
+    handoffctl: Option<PathBuf>,
     /// Upgrades per run.
     #[arg(long, default_value_t = 20)]
     upgrades: usize,
@@ -78,13 +92,18 @@ fn main() {
         rate: args.rate,
         steady: Duration::from_millis(args.steady_ms),
         interval: Duration::from_millis(args.interval_ms),
+        handoffctl: args.handoffctl.clone(),
         ..Config::new(mode, examples_dir.clone())
+    };
+    let supervised = match args.supervisor {
+        Supervisor::Handoffctl => UpgraderKind::Ctl,
+        Supervisor::InProcess => UpgraderKind::InProcess,
     };
     let loadavg_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut runs = Vec::new();
     let mut ok = true;
     for &mode in modes {
-        let observed = finish(run(config(mode, UpgraderKind::InProcess, args.upgrades)));
+        let observed = finish(run(config(mode, supervised, args.upgrades)));
         let counts = observed.counts();
         ok &= counts.failed == 0
             && counts.retried_idle_close == 0
@@ -115,15 +134,11 @@ fn main() {
         serde_json::Value::Null
     };
     let idle = if args.idle_upgrades > 0 {
-        let idle = handoff_bench::run::idle(config(
-            Mode::Overlap,
-            UpgraderKind::InProcess,
-            args.idle_upgrades,
-        ))
-        .unwrap_or_else(|error| {
-            eprintln!("handoff-bench: idle: {error}");
-            std::process::exit(2)
-        });
+        let idle = handoff_bench::run::idle(config(Mode::Overlap, supervised, args.idle_upgrades))
+            .unwrap_or_else(|error| {
+                eprintln!("handoff-bench: idle: {error}");
+                std::process::exit(2)
+            });
         ok &= idle.lingering_generations == 0 && idle.harness_errors.is_empty();
         idle.to_json()
     } else {

@@ -103,15 +103,20 @@ impl Observed {
             }
         }
         let mut totals: Vec<f64> = Vec::new();
+        let mut walls: Vec<f64> = Vec::new();
         let mut to_old_exit: Vec<f64> = Vec::new();
         let mut phases: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
         for window in self.windows.iter().filter(|w| w.handoff.committed) {
             totals.push(millis(window.handoff.total));
+            walls.push(millis(window.handoff.wall));
             if let Some(gone) = window.old_gone {
                 to_old_exit.push(millis(gone));
             }
             for (name, duration) in &window.handoff.phases {
-                phases.entry(name).or_default().push(millis(*duration));
+                phases
+                    .entry(name.as_str())
+                    .or_default()
+                    .push(millis(*duration));
             }
         }
         let phase_figures: serde_json::Map<String, Value> = phases
@@ -152,6 +157,7 @@ impl Observed {
             "lingering_generations": counts.lingering_generations,
             "handoff_ms": {
                 "total": summary(&mut totals),
+                "upgrade_call_wall": summary(&mut walls),
                 "phases": phase_figures,
                 "ask_to_old_exit": summary(&mut to_old_exit),
             },

@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 use handoff::Mode;
 
 use crate::load::{self, ClientLog, LoadConfig, Target};
-use crate::upgrade::{DaemonCommand, Handoff, InProcess, NaiveRestart, Upgrader};
+use crate::upgrade::{Ctl, DaemonCommand, Handoff, InProcess, NaiveRestart, Upgrader};
 
 /// Who replaces the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpgraderKind {
+    /// `handoffctl run` / `handoffctl upgrade` (the default).
+    Ctl,
     /// The library's supervisor, in the benchmark's process.
     InProcess,
     /// The negative control: SIGTERM, then start the new build alone.
@@ -31,6 +33,9 @@ pub struct Config {
     pub upgrader: UpgraderKind,
     /// Where `kvd` and `echod` are (`target/PROFILE/examples`).
     pub examples_dir: PathBuf,
+    /// The `handoffctl` binary [default: `handoffctl` beside
+    /// `examples_dir`, i.e. `target/PROFILE/handoffctl`].
+    pub handoffctl: Option<PathBuf>,
     /// Upgrades during the load.
     pub upgrades: usize,
     /// Concurrent clients.
@@ -50,8 +55,9 @@ impl Config {
     pub fn new(mode: Mode, examples_dir: PathBuf) -> Config {
         Config {
             mode,
-            upgrader: UpgraderKind::InProcess,
+            upgrader: UpgraderKind::Ctl,
             examples_dir,
+            handoffctl: None,
             upgrades: 20,
             clients: 32,
             rate: 800.0,
@@ -125,35 +131,65 @@ fn unique() -> u64 {
     NEXT.fetch_add(1, Ordering::SeqCst)
 }
 
-fn build_label(round: usize) -> &'static str {
-    if round.is_multiple_of(2) { "a" } else { "b" }
-}
-
-fn run_in(config: Config, data_dir: &std::path::Path) -> Result<Observed, String> {
-    let (program, target) = match config.mode {
-        Mode::Exclusive => ("kvd", Target::KeyValue),
-        Mode::Overlap => ("echod", Target::Echo),
+/// Copies the daemon's two builds into `dir` and starts the upgrader.
+fn start(
+    config: &Config,
+    dir: &std::path::Path,
+) -> Result<(Box<dyn Upgrader>, SocketAddr, DaemonCommand), String> {
+    let program = match config.mode {
+        Mode::Exclusive => "kvd",
+        Mode::Overlap => "echod",
     };
-    let daemon = DaemonCommand {
-        program: config.examples_dir.join(program),
-        data_dir: (target == Target::KeyValue).then(|| data_dir.to_path_buf()),
-    };
-    if !daemon.program.exists() {
+    let binary = config.examples_dir.join(program);
+    if !binary.exists() {
         return Err(format!(
             "{} is missing: build the examples first (`cargo build --release --examples`)",
-            daemon.program.display()
+            binary.display()
         ));
     }
-    let (mut upgrader, addr): (Box<dyn Upgrader>, SocketAddr) = match config.upgrader {
+    let data_dir = dir.join("data");
+    std::fs::create_dir_all(&data_dir).map_err(|e| e.to_string())?;
+    let daemon = DaemonCommand::prepare(
+        &binary,
+        dir,
+        (config.mode == Mode::Exclusive).then_some(data_dir),
+        config.mode,
+    )?;
+    Ok(match config.upgrader {
+        UpgraderKind::Ctl => {
+            let handoffctl = config.handoffctl.clone().unwrap_or_else(|| {
+                config
+                    .examples_dir
+                    .parent()
+                    .unwrap_or(&config.examples_dir)
+                    .join("handoffctl")
+            });
+            if !handoffctl.exists() {
+                return Err(format!(
+                    "{} is missing: build it first (`cargo build --release -p handoffctl`)",
+                    handoffctl.display()
+                ));
+            }
+            let (upgrader, addr) = Ctl::start(handoffctl, &daemon, dir)?;
+            (Box::new(upgrader), addr, daemon)
+        }
         UpgraderKind::InProcess => {
-            let (upgrader, addr) = InProcess::start(daemon, config.mode, build_label(0))?;
-            (Box::new(upgrader), addr)
+            let (upgrader, addr) = InProcess::start(daemon.clone())?;
+            (Box::new(upgrader), addr, daemon)
         }
         UpgraderKind::NaiveRestart => {
-            let (upgrader, addr) = NaiveRestart::start(daemon, build_label(0))?;
-            (Box::new(upgrader), addr)
+            let (upgrader, addr) = NaiveRestart::start(daemon.clone())?;
+            (Box::new(upgrader), addr, daemon)
         }
+    })
+}
+
+fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
+    let target = match config.mode {
+        Mode::Exclusive => Target::KeyValue,
+        Mode::Overlap => Target::Echo,
     };
+    let (mut upgrader, addr, daemon) = start(&config, dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -189,9 +225,10 @@ fn run_in(config: Config, data_dir: &std::path::Path) -> Result<Observed, String
     let mut windows = Vec::new();
     let mut old_pids = Vec::new();
     for round in 1..=config.upgrades {
-        let build = build_label(round);
+        let program = &daemon.builds[round % 2];
+        let build = DaemonCommand::label(program);
         let asked = Instant::now();
-        let handoff = match upgrader.upgrade(build) {
+        let handoff = match upgrader.upgrade(program) {
             Ok(handoff) => handoff,
             Err(error) => {
                 harness_errors.push(format!("upgrade {round}: {error}"));
@@ -374,34 +411,32 @@ pub fn idle(config: Config) -> Result<Idle, String> {
         unique()
     ));
     std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
-    let program = match config.mode {
-        Mode::Exclusive => "kvd",
-        Mode::Overlap => "echod",
-    };
-    let daemon = DaemonCommand {
-        program: config.examples_dir.join(program),
-        data_dir: (config.mode == Mode::Exclusive).then(|| data_dir.clone()),
-    };
-    let (mut upgrader, addr) = InProcess::start(daemon, config.mode, build_label(0))?;
+    let result = idle_in(config, &data_dir);
+    let _ = std::fs::remove_dir_all(&data_dir);
+    result
+}
+
+fn idle_in(config: Config, dir: &std::path::Path) -> Result<Idle, String> {
+    let (mut upgrader, addr, daemon) = start(&config, dir)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     let mut harness_errors = Vec::new();
-    let Some(first) = runtime.block_on(info_until(addr, Instant::now() + FIRST_START_BOUND))
-    else {
-        let _ = Box::new(upgrader).finish();
+    let Some(first) = runtime.block_on(info_until(addr, Instant::now() + FIRST_START_BOUND)) else {
+        let _ = upgrader.finish();
         return Err("the first generation never answered /info".into());
     };
-    let rss_before = rss_kib(std::process::id());
+    let host = upgrader.supervisor_pid().unwrap_or_else(std::process::id);
+    let rss_before = rss_kib(host);
     let mut handoffs = Vec::new();
     for round in 1..=config.upgrades {
-        match upgrader.upgrade(build_label(round)) {
+        match upgrader.upgrade(&daemon.builds[round % 2]) {
             Ok(handoff) => handoffs.push(handoff),
             Err(error) => harness_errors.push(format!("upgrade {round}: {error}")),
         }
     }
-    let rss_after = rss_kib(std::process::id());
+    let rss_after = rss_kib(host);
     let last = runtime.block_on(info_until(addr, Instant::now() + FIRST_START_BOUND));
     let expected = first.generation + config.upgrades as u64;
     if last.as_ref().map(|i| i.generation) != Some(expected) {
@@ -409,15 +444,15 @@ pub fn idle(config: Config) -> Result<Idle, String> {
             "expected generation {expected} at the end, /info said {last:?}"
         ));
     }
-    // Every generation but the last is a child that must be gone.
-    let lingering_generations = children_other_than(last.map(|i| i.pid))
+    // Every generation but the last is a child of the supervisor's process
+    // that must be gone.
+    let lingering_generations = children_of(host, last.map(|i| i.pid))
         .into_iter()
         .filter(|pid| !wait_gone(*pid, Instant::now() + RETIRE_BOUND))
         .count();
-    if let Err(error) = Box::new(upgrader).finish() {
+    if let Err(error) = upgrader.finish() {
         harness_errors.push(format!("stopping: {error}"));
     }
-    let _ = std::fs::remove_dir_all(&data_dir);
     Ok(Idle {
         config,
         handoffs,
@@ -427,9 +462,9 @@ pub fn idle(config: Config) -> Result<Idle, String> {
     })
 }
 
-/// This process's children (from `/proc/*/stat`), except `keep`.
-fn children_other_than(keep: Option<u32>) -> Vec<u32> {
-    let me = std::process::id().to_string();
+/// The children of `parent` (from `/proc/*/stat`), except `keep`.
+fn children_of(parent: u32, keep: Option<u32>) -> Vec<u32> {
+    let me = parent.to_string();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -452,25 +487,33 @@ fn children_other_than(keep: Option<u32>) -> Vec<u32> {
 impl Idle {
     /// The report as one JSON object.
     pub fn to_json(&self) -> serde_json::Value {
-        let mut totals: Vec<f64> = self
-            .handoffs
-            .iter()
-            .filter(|h| h.committed)
-            .map(|h| h.total.as_secs_f64() * 1e3)
-            .collect();
-        totals.sort_by(f64::total_cmp);
-        let pick = |fraction: f64| {
-            if totals.is_empty() {
-                return serde_json::Value::Null;
-            }
-            let rank = ((fraction * totals.len() as f64).ceil() as usize).clamp(1, totals.len());
-            serde_json::json!((totals[rank - 1] * 1000.0).round() / 1000.0)
+        let figures = |measure: fn(&Handoff) -> Duration| {
+            let mut values: Vec<f64> = self
+                .handoffs
+                .iter()
+                .filter(|h| h.committed)
+                .map(|h| measure(h).as_secs_f64() * 1e3)
+                .collect();
+            values.sort_by(f64::total_cmp);
+            let pick = |fraction: f64| {
+                if values.is_empty() {
+                    return serde_json::Value::Null;
+                }
+                let rank =
+                    ((fraction * values.len() as f64).ceil() as usize).clamp(1, values.len());
+                serde_json::json!((values[rank - 1] * 1000.0).round() / 1000.0)
+            };
+            serde_json::json!({ "p50": pick(0.5), "p99": pick(0.99), "max": pick(1.0) })
         };
         serde_json::json!({
             "mode": format!("{:?}", self.config.mode).to_lowercase(),
             "upgrades_asked": self.config.upgrades,
-            "handoffs": totals.len(),
-            "handoff_ms": { "p50": pick(0.5), "p99": pick(0.99), "max": pick(1.0) },
+            "upgrader": format!("{:?}", self.config.upgrader),
+            "handoffs": self.handoffs.iter().filter(|h| h.committed).count(),
+            "handoff_ms": {
+                "total": figures(|h| h.total),
+                "upgrade_call_wall": figures(|h| h.wall),
+            },
             "host_rss_kib": { "before": self.supervisor_rss_kib.0, "after": self.supervisor_rss_kib.1 },
             "lingering_generations": self.lingering_generations,
             "harness_errors": self.harness_errors,

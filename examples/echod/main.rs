@@ -1,7 +1,7 @@
 //! `echod`: a stateless HTTP/1.1 daemon for overlap mode.
 //!
 //! ```text
-//! echod [--listen 127.0.0.1:8080] [--build LABEL] [--drain-timeout SECONDS]
+//! echod [--listen 127.0.0.1:8080] [--build LABEL (default: the executable's file name)] [--drain-timeout SECONDS]
 //! ```
 //!
 //! `GET /healthz` answers 200; `GET /info` answers JSON with `pid`,
@@ -96,7 +96,7 @@ fn main() {
     let build = flags
         .get("--build")
         .cloned()
-        .unwrap_or_else(|| "dev".into());
+        .unwrap_or_else(serve::executable_name);
     let drain_timeout = match flags.get("--drain-timeout") {
         Some(seconds) => Duration::from_secs(
             seconds

@@ -2,7 +2,7 @@
 //! implement [`handoff::Drainable`] on an async stack (tokio + hyper).
 //!
 //! ```text
-//! kvd --data-dir DIR [--listen 127.0.0.1:8080] [--build LABEL] [--drain-timeout SECONDS]
+//! kvd --data-dir DIR [--listen 127.0.0.1:8080] [--build LABEL (default: the executable's file name)] [--drain-timeout SECONDS]
 //! ```
 //!
 //! | request | answer |
@@ -145,7 +145,7 @@ fn main() {
     let build = flags
         .get("--build")
         .cloned()
-        .unwrap_or_else(|| "dev".into());
+        .unwrap_or_else(serve::executable_name);
     let drain_timeout = match flags.get("--drain-timeout") {
         Some(seconds) => Duration::from_secs(
             seconds

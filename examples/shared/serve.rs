@@ -373,6 +373,16 @@ pub fn parse_flags(program: &str, known: &[&str]) -> std::collections::HashMap<S
     values
 }
 
+/// The default build label: the executable's file name (two builds of a
+/// daemon installed side by side, `kvd-a` and `kvd-b`, tell themselves
+/// apart in `/info`).
+pub fn executable_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|path| path.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "dev".into())
+}
+
 /// Prints `program: message` and exits with status 2.
 pub fn die(program: &str, message: &str) -> ! {
     eprintln!("{program}: {message}");

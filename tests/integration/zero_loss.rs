@@ -1,6 +1,6 @@
 //! The benchmark's zero-loss claim, short: `kvd` (exclusive mode) and
-//! `echod` (overlap mode) upgraded 5 times each under open-loop load from 32
-//! clients lose nothing; the same load across naive restarts (close the
+//! `echod` (overlap mode) under `handoffctl run`, upgraded 5 times each with
+//! `handoffctl upgrade` under open-loop load from 32 clients, lose nothing; the same load across naive restarts (close the
 //! listener, bind again) fails requests, so the harness can see losses.
 //! The long run is `cargo run --release -p handoff-bench` (README.md).
 
@@ -19,6 +19,12 @@ fn short(mode: Mode, upgrader: UpgraderKind, upgrades: usize) -> Observed {
         .parent()
         .expect("examples dir")
         .to_path_buf();
+    let handoffctl = examples.parent().expect("target dir").join("handoffctl");
+    assert!(
+        handoffctl.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (it builds handoffctl)",
+        handoffctl.display()
+    );
     let config = Config {
         upgrader,
         upgrades,
@@ -57,14 +63,14 @@ fn assert_zero_loss(observed: &Observed, upgrades: u64) {
 
 #[test]
 fn kvd_exclusive_upgrades_under_load_lose_nothing() {
-    let observed = short(Mode::Exclusive, UpgraderKind::InProcess, 5);
+    let observed = short(Mode::Exclusive, UpgraderKind::Ctl, 5);
     assert_zero_loss(&observed, 5);
     assert!(observed.counts().acked_writes > 0);
 }
 
 #[test]
 fn echod_overlap_upgrades_under_load_lose_nothing() {
-    let observed = short(Mode::Overlap, UpgraderKind::InProcess, 5);
+    let observed = short(Mode::Overlap, UpgraderKind::Ctl, 5);
     assert_zero_loss(&observed, 5);
 }
 
