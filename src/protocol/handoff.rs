@@ -397,8 +397,14 @@ impl HandoffMachine {
             return;
         }
         track.last_heard = now;
+        // A heartbeat (or snapshot) sent just before the side learnt the new
+        // id can cross HelloAck or Prepare on the wire: it carries no
+        // handoff decision, so an older id is fine for it (I9).
+        let stateless = matches!(message, Message::Heartbeat | Message::SnapshotReport(_));
         let id_ok = match track.id {
-            IdRule::Exactly(expected) => handoff_id == expected,
+            IdRule::Exactly(expected) => {
+                handoff_id == expected || (stateless && handoff_id < expected)
+            }
             IdRule::Older => handoff_id < current,
         };
         if !id_ok {

@@ -640,7 +640,8 @@ fn inflict(sup: &mut Sup, failure: Failure) -> Vec<HandoffAction> {
 
 fn reason_fits(failure: Failure, stage: Stage, reason: &AbortReason) -> bool {
     match failure {
-        Failure::Closed => *reason == AbortReason::SuccessorClosed,
+        // EOF first, then the reap: the exit status is the better reason.
+        Failure::Closed => matches!(reason, AbortReason::SuccessorExited { .. }),
         Failure::Exited => matches!(reason, AbortReason::SuccessorExited { .. }),
         Failure::Silent => *reason == AbortReason::SuccessorSilent,
         Failure::Failed => *reason == successor_failed(),
@@ -2698,4 +2699,40 @@ fn random_runs_reach_every_state() {
         .filter(|state| !generation.contains(state))
         .collect();
     assert!(missing.is_empty(), "generation never reached {missing:?}");
+}
+
+/// A heartbeat the incumbent sent just before it received Prepare carries
+/// its old id; it crosses Prepare on the wire and must not count as a
+/// protocol violation (I9). A decision-carrying message with the old id
+/// still does.
+#[test]
+fn a_heartbeat_crossing_prepare_with_the_old_id_is_accepted() {
+    let mut sup = at_stage(Mode::Exclusive, true, Stage::Draining);
+    let actions = sup.frame(Side::Incumbent, OLD_ID, Message::Heartbeat);
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(sup.state(), HandoffState::Draining);
+    let actions = sup.frame(
+        Side::Incumbent,
+        OLD_ID,
+        Message::Drained {
+            open_connections: 0,
+            accept_closed: true,
+        },
+    );
+    assert!(
+        actions.contains(&HandoffAction::Kill {
+            side: Side::Incumbent,
+            signal: Signal::Kill
+        }),
+        "{actions:?}"
+    );
+}
+
+/// Likewise a successor heartbeat with id 0 crossing HelloAck.
+#[test]
+fn a_successor_heartbeat_crossing_hello_ack_is_accepted() {
+    let mut sup = at_stage(Mode::Exclusive, true, Stage::WarmingUp);
+    let actions = sup.frame(Side::Successor, 0, Message::Heartbeat);
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(sup.state(), HandoffState::WarmingUp);
 }
