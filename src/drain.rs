@@ -88,6 +88,10 @@ pub trait Drainable: Send + 'static {
 
     /// The handoff was aborted: the lock is held again; reopen what seal
     /// closed and accept again.
+    ///
+    /// Reload the state from the data directory rather than from memory: a
+    /// successor that received Commit may have acknowledged writes before it
+    /// died and the supervisor rolled back (invariant I6).
     fn resume_after_abort(&mut self) -> Result<(), Self::Error>;
 
     /// A cheap report of the daemon's state.

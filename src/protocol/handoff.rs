@@ -331,13 +331,17 @@ impl HandoffMachine {
             return None;
         }
         let liveness = self.config.timeouts.liveness;
-        let mut next = self.deadline;
+        // The deadline only bounds the phases before a rollback (I7); once it
+        // fired, a passed deadline would be a timer that is always due.
+        let mut next = (!matches!(self.phase, Phase::Aborting { .. } | Phase::Resuming { .. }))
+            .then_some(self.deadline);
         for track in [Some(self.successor), self.incumbent].into_iter().flatten() {
             if track.link == Link::Open {
-                next = next.min(track.last_heard + liveness);
+                let expiry = track.last_heard + liveness;
+                next = Some(next.map_or(expiry, |next| next.min(expiry)));
             }
         }
-        Some(next)
+        next
     }
 
     /// Feeds one input observed at `now`.
@@ -393,8 +397,14 @@ impl HandoffMachine {
             return;
         }
         track.last_heard = now;
+        // A heartbeat (or snapshot) sent just before the side learnt the new
+        // id can cross HelloAck or Prepare on the wire: it carries no
+        // handoff decision, so an older id is fine for it (I9).
+        let stateless = matches!(message, Message::Heartbeat | Message::SnapshotReport(_));
         let id_ok = match track.id {
-            IdRule::Exactly(expected) => handoff_id == expected,
+            IdRule::Exactly(expected) => {
+                handoff_id == expected || (stateless && handoff_id < expected)
+            }
             IdRule::Older => handoff_id < current,
         };
         if !id_ok {
@@ -522,10 +532,9 @@ impl HandoffMachine {
                 Message::Failed { reason },
             ) => self.abort(reason, now, actions),
             (Phase::Aborting { .. } | Phase::Resuming { .. } | Phase::Done, _) => {}
-            (
-                Phase::Draining | Phase::Sealing | Phase::AwaitIncumbentExit { .. },
-                Message::SnapshotReport(_),
-            ) => {}
+            // Taken in any state (ARCHITECTURE.md, message 22), as from the
+            // incumbent: a generation answers SnapshotRequest in every state.
+            (_, Message::SnapshotReport(_)) => {}
             (_, message) => {
                 let detail = format!(
                     "successor sent {} while the handoff was {}",
