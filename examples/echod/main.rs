@@ -12,7 +12,7 @@
 //! closing at a request boundary as in `kvd`.
 
 #[path = "../shared/serve.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, reason = "shared by kvd and echod; each uses a subset")]
 mod serve;
 
 use std::sync::Arc;

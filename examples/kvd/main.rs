@@ -22,7 +22,7 @@
 //! after the drain timeout (30 s by default) exit even if connections hang.
 
 #[path = "../shared/serve.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, reason = "shared by kvd and echod; each uses a subset")]
 mod serve;
 mod store;
 
