@@ -397,11 +397,16 @@ pub struct Idle {
     /// RSS in KiB of the process hosting the supervisor after the first
     /// generation started and after the last handoff.
     pub supervisor_rss_kib: (Option<u64>, Option<u64>),
+    /// `(upgrades done, RSS KiB)` every [`RSS_SAMPLE_EVERY`] upgrades.
+    pub rss_samples: Vec<(usize, u64)>,
     /// Old generations still running at the end.
     pub lingering_generations: usize,
     /// Harness errors.
     pub harness_errors: Vec<String>,
 }
+
+/// How often an idle run samples the supervisor's RSS.
+pub const RSS_SAMPLE_EVERY: usize = 50;
 
 /// Runs `config.upgrades` upgrades back to back without load.
 pub fn idle(config: Config) -> Result<Idle, String> {
@@ -430,10 +435,16 @@ fn idle_in(config: Config, dir: &std::path::Path) -> Result<Idle, String> {
     let host = upgrader.supervisor_pid().unwrap_or_else(std::process::id);
     let rss_before = rss_kib(host);
     let mut handoffs = Vec::new();
+    let mut rss_samples = Vec::new();
     for round in 1..=config.upgrades {
         match upgrader.upgrade(&daemon.builds[round % 2]) {
             Ok(handoff) => handoffs.push(handoff),
             Err(error) => harness_errors.push(format!("upgrade {round}: {error}")),
+        }
+        if round.is_multiple_of(RSS_SAMPLE_EVERY)
+            && let Some(rss) = rss_kib(host)
+        {
+            rss_samples.push((round, rss));
         }
     }
     let rss_after = rss_kib(host);
@@ -457,6 +468,7 @@ fn idle_in(config: Config, dir: &std::path::Path) -> Result<Idle, String> {
         config,
         handoffs,
         supervisor_rss_kib: (rss_before, rss_after),
+        rss_samples,
         lingering_generations,
         harness_errors,
     })
@@ -514,7 +526,12 @@ impl Idle {
                 "total": figures(|h| h.total),
                 "upgrade_call_wall": figures(|h| h.wall),
             },
-            "host_rss_kib": { "before": self.supervisor_rss_kib.0, "after": self.supervisor_rss_kib.1 },
+            "supervisor_rss_kib": {
+                "before": self.supervisor_rss_kib.0,
+                "after": self.supervisor_rss_kib.1,
+                "sample_every": RSS_SAMPLE_EVERY,
+                "samples": self.rss_samples.iter().map(|(_, kib)| kib).collect::<Vec<_>>(),
+            },
             "lingering_generations": self.lingering_generations,
             "harness_errors": self.harness_errors,
         })
