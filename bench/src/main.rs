@@ -109,6 +109,7 @@ fn main() {
             && counts.retried_idle_close == 0
             && counts.lost_writes == 0
             && counts.lingering_generations == 0
+            && counts.witness_agrees
             && counts.handoffs == args.upgrades as u64
             && counts.identity_changes == args.upgrades as u64
             && observed.harness_errors.is_empty();

@@ -44,6 +44,9 @@ pub struct Counts {
     pub identity_changes: u64,
     /// Old generations still running at the end.
     pub lingering_generations: u64,
+    /// Whether the supervisor's event log (when there is one) counts the
+    /// same commits as the harness and no rollback.
+    pub witness_agrees: bool,
 }
 
 impl Observed {
@@ -80,6 +83,9 @@ impl Observed {
         counts.handoffs = self.windows.iter().filter(|w| w.handoff.committed).count() as u64;
         counts.identity_changes = self.windows.iter().filter(|w| w.identity_changed).count() as u64;
         counts.lingering_generations = self.lingering_generations as u64;
+        counts.witness_agrees = self
+            .supervisor_log
+            .is_none_or(|log| log.upgrades_committed == counts.handoffs && log.rolled_back == 0);
         counts
     }
 
@@ -155,6 +161,11 @@ impl Observed {
             "upgrades_asked": config.upgrades,
             "identity_changes": counts.identity_changes,
             "lingering_generations": counts.lingering_generations,
+            "supervisor_log": self.supervisor_log.map(|log| json!({
+                "upgrades_committed": log.upgrades_committed,
+                "rolled_back": log.rolled_back,
+                "agrees": counts.witness_agrees,
+            })),
             "handoff_ms": {
                 "total": summary(&mut totals),
                 "upgrade_call_wall": summary(&mut walls),

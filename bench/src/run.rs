@@ -107,6 +107,42 @@ pub struct Observed {
     pub harness_errors: Vec<String>,
     /// How long the load ran.
     pub duration: Duration,
+    /// The supervisor's own event log (`handoffctl` only), an independent
+    /// witness of the handoffs.
+    pub supervisor_log: Option<SupervisorLog>,
+}
+
+/// What `handoffctl run --log-format json` logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SupervisorLog {
+    /// Upgrades committed (the cold start not counted).
+    pub upgrades_committed: u64,
+    /// Handoffs rolled back.
+    pub rolled_back: u64,
+}
+
+impl SupervisorLog {
+    /// Reads the JSON lines `handoffctl run` wrote to `path`.
+    pub fn read(path: &std::path::Path) -> Option<SupervisorLog> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let mut log = SupervisorLog::default();
+        for line in text.lines() {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if event["target"] != "handoffctl::run" {
+                continue;
+            }
+            let message = event["fields"]["message"].as_str().unwrap_or_default();
+            let generation = event["fields"]["generation"].as_u64().unwrap_or(0);
+            if message == "handoff committed" && generation > 1 {
+                log.upgrades_committed += 1;
+            } else if message.contains("rolled back") {
+                log.rolled_back += 1;
+            }
+        }
+        Some(log)
+    }
 }
 
 /// How long old generations get to exit after their handoff.
@@ -306,6 +342,9 @@ fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
     if let Err(error) = upgrader.finish() {
         harness_errors.push(format!("stopping: {error}"));
     }
+    let supervisor_log = (config.upgrader == UpgraderKind::Ctl)
+        .then(|| SupervisorLog::read(&dir.join(crate::upgrade::CTL_LOG)))
+        .flatten();
     Ok(Observed {
         config,
         clients,
@@ -316,6 +355,7 @@ fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
         supervisor_rss_kib: (rss_before, rss_after),
         harness_errors,
         duration,
+        supervisor_log,
     })
 }
 

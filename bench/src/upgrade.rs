@@ -289,6 +289,9 @@ pub struct Ctl {
     child: Child,
 }
 
+/// The file, in the run's directory, that takes `handoffctl run`'s JSON log.
+pub const CTL_LOG: &str = "handoffctl.log";
+
 /// Bound on `handoffctl run` starting to serve, and on its stop.
 const CTL_BOUND: Duration = Duration::from_secs(30);
 
@@ -320,7 +323,7 @@ impl Ctl {
         config.push_str("[listen]\nhttp = \"127.0.0.1:0\"\n");
         let config_path = dir.join("handoffctl.toml");
         std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
-        let log = std::fs::File::create(dir.join("handoffctl.log")).map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(dir.join(CTL_LOG)).map_err(|e| e.to_string())?;
         let child = Command::new(&handoffctl)
             .arg("run")
             .arg("--config")

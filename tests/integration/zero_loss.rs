@@ -59,6 +59,12 @@ fn assert_zero_loss(observed: &Observed, upgrades: u64) {
     );
     assert_eq!(counts.handoffs, upgrades, "{counts:?}");
     assert_eq!(counts.identity_changes, upgrades, "{counts:?}");
+    assert_eq!(
+        observed.supervisor_log.map(|log| log.upgrades_committed),
+        Some(upgrades),
+        "handoffctl's event log agrees"
+    );
+    assert!(counts.witness_agrees);
 }
 
 #[test]
