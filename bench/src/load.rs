@@ -277,8 +277,10 @@ pub async fn read_back(
         })
         .collect();
     let (mut lost, mut unreadable) = (0, 0);
-    for task in tasks {
-        let (l, u) = task.await.unwrap_or((0, 0));
+    for (reader, task) in tasks.into_iter().enumerate() {
+        // A reader that died read nothing of its share: all unreadable.
+        let share = acked.len().saturating_sub(reader).div_ceil(READERS) as u64;
+        let (l, u) = task.await.unwrap_or((0, share));
         lost += l;
         unreadable += u;
     }

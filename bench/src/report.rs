@@ -307,3 +307,28 @@ fn summary(values: &mut [f64]) -> Value {
         "max": round(percentile(values, 1.0)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let values = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0];
+        assert_eq!(percentile(&values, 0.5), 5.0);
+        assert_eq!(percentile(&values, 0.99), 10.0);
+        assert_eq!(percentile(&values, 1.0), 10.0);
+        assert_eq!(percentile(&values, 0.0), 1.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn summaries_sort_first() {
+        let mut values = vec![3.0, 1.0, 2.0];
+        let figures = summary(&mut values);
+        assert_eq!(figures["n"], 3);
+        assert_eq!(figures["p50"], 2.0);
+        assert_eq!(figures["max"], 3.0);
+        assert_eq!(summary(&mut []), json!({ "n": 0 }));
+    }
+}

@@ -577,3 +577,46 @@ impl Idle {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_supervisor_log_counts_upgrades_not_the_cold_start() {
+        let dir = std::env::temp_dir().join(format!("handoff-bench-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("log");
+        let line = |target: &str, message: &str, generation: u64| {
+            format!(
+                r#"{{"fields":{{"message":"{message}","generation":{generation}}},"target":"{target}"}}"#
+            )
+        };
+        let text = [
+            line("handoffctl::run", "handoff committed", 1),
+            line("handoff::supervisor", "handoff committed", 2),
+            line("handoffctl::run", "handoff committed", 2),
+            line("handoffctl::run", "handoff rolled back", 2),
+            "not json".to_owned(),
+            line("handoffctl::run", "handoff committed", 3),
+        ]
+        .join("\n");
+        std::fs::write(&path, text).expect("write");
+        let log = SupervisorLog::read(&path).expect("read");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            log,
+            SupervisorLog {
+                upgrades_committed: 2,
+                rolled_back: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_missing_process_is_not_running() {
+        assert!(is_running(std::process::id()));
+        assert!(!is_running(u32::MAX));
+        assert!(rss_kib(std::process::id()).is_some_and(|kib| kib > 0));
+    }
+}
