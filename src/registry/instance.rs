@@ -147,6 +147,17 @@ impl Instance {
     }
 }
 
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("endpoint", &self.endpoint)
+            .field("version", &self.version)
+            .field("active", &self.active())
+            .field("draining", &self.is_draining())
+            .finish()
+    }
+}
+
 /// Counts and announces an instance's unload once its handler is gone.
 struct UnloadNotice(Arc<Signals>);
 

@@ -133,6 +133,28 @@ pub struct HandlerRegistry {
     monitor: OnceLock<Monitor>,
 }
 
+/// An endpoint whose removal has begun ([`HandlerRegistry::begin_remove`]):
+/// it answers 503 until [`HandlerRegistry::finish_remove`] drops it.
+#[must_use = "the endpoint stays draining until finish_remove is called"]
+#[derive(Debug)]
+pub struct Removal {
+    id: String,
+    instance: Arc<Instance>,
+    started: Instant,
+}
+
+impl Removal {
+    /// The endpoint.
+    pub fn endpoint(&self) -> &str {
+        &self.id
+    }
+
+    /// Requests still running on it.
+    pub fn active_requests(&self) -> usize {
+        self.instance.active()
+    }
+}
+
 impl Default for HandlerRegistry {
     fn default() -> Self {
         HandlerRegistry::new()
@@ -306,22 +328,43 @@ impl HandlerRegistry {
     /// (503) at once; this waits until the running ones finish or
     /// `drain_timeout` passes, then drops the endpoint (later requests get
     /// [`Error::UnknownEndpoint`]). Past the timeout the handler is unloaded
-    /// when its last request returns (R6). Blocks the caller.
+    /// when its last request returns (R6). Blocks the caller; see
+    /// [`begin_remove`](Self::begin_remove) to wait elsewhere.
     pub fn remove(&self, id: &str, drain_timeout: Duration) -> Result<RemoveOutcome> {
-        let started = Instant::now();
-        let instance = {
-            let mut control = self.control();
-            if control.removing.contains(id) {
-                return Err(Error::EndpointDraining { id: id.to_owned() });
-            }
-            let endpoint = self.endpoint(id)?;
-            control.removing.insert(id.to_owned());
-            let instance = endpoint.current.load_full();
-            instance.mark_draining();
-            instance
-        };
-        let deadline = started.checked_add(drain_timeout);
-        let drained = match deadline {
+        let removal = self.begin_remove(id)?;
+        Ok(self.finish_remove(removal, drain_timeout))
+    }
+
+    /// The first half of [`remove`](Self::remove): marks `id` draining, so
+    /// that requests get 503 from the moment this returns, and returns at
+    /// once. Changes to `id` are refused until
+    /// [`finish_remove`](Self::finish_remove) is called with the result.
+    pub fn begin_remove(&self, id: &str) -> Result<Removal> {
+        let mut control = self.control();
+        if control.removing.contains(id) {
+            return Err(Error::EndpointDraining { id: id.to_owned() });
+        }
+        let endpoint = self.endpoint(id)?;
+        control.removing.insert(id.to_owned());
+        let instance = endpoint.current.load_full();
+        instance.mark_draining();
+        Ok(Removal {
+            id: id.to_owned(),
+            instance,
+            started: Instant::now(),
+        })
+    }
+
+    /// The second half of [`remove`](Self::remove): waits until the
+    /// endpoint's requests finish or `drain_timeout` (counted from
+    /// [`begin_remove`](Self::begin_remove)) passes, then drops it.
+    pub fn finish_remove(&self, removal: Removal, drain_timeout: Duration) -> RemoveOutcome {
+        let Removal {
+            id,
+            instance,
+            started,
+        } = removal;
+        let drained = match started.checked_add(drain_timeout) {
             Some(deadline) => self
                 .signals
                 .bell
@@ -330,10 +373,17 @@ impl HandlerRegistry {
         };
         {
             let mut control = self.control();
-            self.update_map(&control, |map| {
-                map.remove(id);
-            });
-            control.removing.remove(id);
+            let ours = self
+                .endpoints
+                .load()
+                .get(id.as_str())
+                .is_some_and(|endpoint| Arc::ptr_eq(&endpoint.current.load(), &instance));
+            if ours {
+                self.update_map(&control, |map| {
+                    map.remove(id.as_str());
+                });
+                control.removing.remove(&id);
+            }
         }
         let still_active = instance.active();
         if still_active > 0 {
@@ -354,12 +404,12 @@ impl HandlerRegistry {
             drained,
             "endpoint removed"
         );
-        Ok(RemoveOutcome {
-            endpoint: id.to_owned(),
+        RemoveOutcome {
             version: instance.version,
+            endpoint: id,
             drained: still_active == 0,
             still_active,
-        })
+        }
     }
 
     fn wait_forever(&self, mut done: impl FnMut() -> bool) -> bool {
