@@ -8,6 +8,14 @@
 //! figure means no slowdown per call.
 //!
 //! Run: `cargo bench --bench registry -- --warm-up-time 1 --measurement-time 3`
+//!
+//! Wall-clock figures on a shared 2-core machine are noisy; for a stable
+//! CPU cost, count instructions: with `HANDOFF_BENCH_CALLS=N` and one
+//! argument naming an operation (`registry_acquire`, `baseline_acquire`,
+//! `registry_execute`, `baseline_execute`), the binary runs that operation
+//! N times on one thread and exits, for `perf stat -e instructions:u`:
+//! the difference between two N divided by their difference is the cost of
+//! one call.
 #![allow(clippy::unwrap_used, reason = "benchmark setup")]
 
 use std::collections::HashMap;
@@ -17,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, RwLock};
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use handoff::registry::{Context, Handler, HandlerRegistry, HandlerSource, Request, Response};
 
 const ENDPOINTS: usize = 16;
@@ -162,4 +170,40 @@ fn benches(criterion: &mut Criterion) {
 }
 
 criterion_group!(registry_benches, benches);
-criterion_main!(registry_benches);
+
+/// Runs one operation `calls` times, for instruction counting.
+fn count_mode(calls: u64, operation: &str) {
+    let registry = registry();
+    let baseline = Baseline::new();
+    let ctx = Context::new(TARGET, 1);
+    for _ in 0..calls {
+        match operation {
+            "registry_acquire" => drop(black_box(registry.acquire(black_box(TARGET)).unwrap())),
+            "baseline_acquire" => drop(black_box(baseline.acquire(black_box(TARGET)).unwrap())),
+            "registry_execute" => drop(black_box(
+                registry
+                    .execute(black_box(TARGET), &ctx, Request::default())
+                    .unwrap(),
+            )),
+            "baseline_execute" => drop(black_box(
+                baseline
+                    .execute(black_box(TARGET), &ctx, Request::default())
+                    .unwrap(),
+            )),
+            other => panic!("unknown operation {other}"),
+        }
+    }
+}
+
+fn main() {
+    if let Some(calls) = std::env::var("HANDOFF_BENCH_CALLS")
+        .ok()
+        .and_then(|calls| calls.parse().ok())
+    {
+        let operation = std::env::args().nth(1).unwrap_or_default();
+        count_mode(calls, &operation);
+        return;
+    }
+    registry_benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -132,6 +132,7 @@ pub(crate) enum CallOutcome {
 }
 
 impl LoadedHandler {
+    #[inline]
     pub(crate) fn call(&self, ctx: &Context, request: Request) -> CallOutcome {
         match self {
             LoadedHandler::InProcess(handler) => {

@@ -5,6 +5,7 @@
 //! per-thread debt slots: no lock, and no write to a cache line shared with
 //! another thread in the common case (R1, R5).
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -39,16 +40,19 @@ impl ActiveCounter {
         }
     }
 
+    #[inline]
     fn shard(&self, index: usize) -> &AtomicUsize {
         &self.shards[index % SHARDS].0
     }
 
+    #[inline]
     fn enter(&self) -> usize {
         let index = thread_shard();
         self.shard(index).fetch_add(1, Ordering::SeqCst);
         index
     }
 
+    #[inline]
     fn exit(&self, index: usize) {
         self.shard(index).fetch_sub(1, Ordering::SeqCst);
     }
@@ -62,12 +66,21 @@ impl ActiveCounter {
 }
 
 /// This thread's shard, assigned round-robin on first use.
+#[inline]
 fn thread_shard() -> usize {
+    const UNASSIGNED: usize = usize::MAX;
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
-        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        static SHARD: Cell<usize> = const { Cell::new(UNASSIGNED) };
     }
-    SHARD.with(|shard| *shard)
+    SHARD.with(|shard| {
+        let mut index = shard.get();
+        if index == UNASSIGNED {
+            index = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            shard.set(index);
+        }
+        index
+    })
 }
 
 /// One loaded version of an endpoint's handler.
@@ -80,7 +93,8 @@ pub(crate) struct Instance {
     active: ActiveCounter,
     draining: AtomicBool,
     signals: Arc<Signals>,
-    _unloaded: UnloadNotice,
+    /// `None` for a tombstone, which stands for no loaded handler.
+    _unloaded: Option<UnloadNotice>,
 }
 
 impl Instance {
@@ -96,9 +110,25 @@ impl Instance {
             handler,
             active: ActiveCounter::new(),
             draining: AtomicBool::new(false),
-            _unloaded: UnloadNotice(Arc::clone(&signals)),
+            _unloaded: Some(UnloadNotice(Arc::clone(&signals))),
             signals,
         }
+    }
+
+    /// A draining placeholder that takes no request, put in place of a
+    /// removed endpoint's last handler so that nothing still referring to
+    /// the endpoint (a thread's cached endpoint map) keeps that handler
+    /// loaded.
+    pub(crate) fn tombstone(endpoint: Arc<str>, version: u64, signals: Arc<Signals>) -> Instance {
+        let mut instance = Instance::new(
+            endpoint,
+            version,
+            LoadedHandler::InProcess(Arc::new(Refuse)),
+            signals,
+        );
+        instance._unloaded = None;
+        instance.mark_draining();
+        instance
     }
 
     /// Counts a request in, unless the instance is draining.
@@ -107,6 +137,7 @@ impl Instance {
     /// then sums (R4). With both sides sequentially consistent, either this
     /// side sees the flag and backs out, or the drainer's sum sees the
     /// increment.
+    #[inline]
     fn try_enter(&self) -> Option<usize> {
         let shard = self.active.enter();
         if self.draining.load(Ordering::SeqCst) {
@@ -119,6 +150,7 @@ impl Instance {
 
     /// Counts a request out; the last one out of a draining instance rings
     /// the bell so that waiters (monitor, `remove`, `drain`) look again.
+    #[inline]
     fn exit(&self, shard: usize) {
         self.active.exit(shard);
         if self.draining.load(Ordering::SeqCst) && self.active.total() == 0 {
@@ -158,6 +190,15 @@ impl std::fmt::Debug for Instance {
     }
 }
 
+/// The handler of a tombstone; never called, since a tombstone is draining.
+struct Refuse;
+
+impl super::handler::Handler for Refuse {
+    fn handle(&self, _ctx: &Context, _request: Request) -> Response {
+        Response::new(503)
+    }
+}
+
 /// Counts and announces an instance's unload once its handler is gone.
 struct UnloadNotice(Arc<Signals>);
 
@@ -193,6 +234,7 @@ pub struct HandlerGuard {
 
 impl HandlerGuard {
     /// Enters `instance` if it is not draining.
+    #[inline]
     pub(crate) fn enter(
         instance: arc_swap::Guard<Arc<Instance>>,
     ) -> std::result::Result<HandlerGuard, arc_swap::Guard<Arc<Instance>>> {
@@ -214,6 +256,7 @@ impl HandlerGuard {
 
     /// Runs the handler. A panic gives [`Error::HandlerPanicked`] (answer
     /// 500); other handlers and requests are unaffected (R8).
+    #[inline]
     pub fn call(&self, ctx: &Context, request: Request) -> Result<Response> {
         match self.instance.handler().call(ctx, request) {
             CallOutcome::Answered(response) => Ok(response),
@@ -231,6 +274,7 @@ impl HandlerGuard {
 }
 
 impl Drop for HandlerGuard {
+    #[inline]
     fn drop(&mut self) {
         self.instance.exit(self.shard);
     }

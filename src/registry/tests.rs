@@ -415,13 +415,13 @@ fn an_acquire_racing_with_a_swap_moves_to_the_new_handler() {
     let stale = endpoint.current.load();
     registry.swap("a", text("v2")).unwrap();
     assert!(stale.is_draining());
-    let guard = HandlerRegistry::enter(&endpoint, "a", stale).unwrap();
+    let guard = HandlerRegistry::enter(&endpoint, stale).unwrap();
     assert_eq!(guard.version(), 2);
     drop(guard);
     // Whereas a draining handler that is still current refuses.
     endpoint.current.load().mark_draining();
-    let refused = HandlerRegistry::enter(&endpoint, "a", endpoint.current.load());
-    assert!(matches!(refused, Err(Error::EndpointDraining { .. })));
+    let refused = HandlerRegistry::enter(&endpoint, endpoint.current.load());
+    assert!(matches!(refused, Err(Refusal::Draining)));
 }
 
 #[test]
@@ -501,4 +501,35 @@ fn a_drain_counts_requests_on_retired_handlers_too() {
     drop(on_old);
     let report = registry.drain_all(Instant::now() + LONG);
     assert_eq!(report.open_connections, 0);
+}
+
+#[test]
+fn a_thread_caching_the_endpoint_map_keeps_no_removed_handler_loaded() {
+    let registry = Arc::new(HandlerRegistry::new());
+    let drops = Arc::new(AtomicUsize::new(0));
+    registry.insert("a", tracked("v1", &drops)).unwrap();
+    registry.insert("b", tracked("b", &drops)).unwrap();
+    let (used, used_signal) = crossbeam_channel::bounded(1);
+    let (finish, finish_signal) = crossbeam_channel::bounded::<()>(1);
+    // A thread that served a request (so it caches the map) and then idles.
+    let idle = std::thread::spawn({
+        let registry = Arc::clone(&registry);
+        move || {
+            drop(registry.acquire("a").unwrap());
+            drop(registry);
+            used.send(()).unwrap();
+            let _ = finish_signal.recv_timeout(LONG);
+        }
+    });
+    used_signal.recv_timeout(LONG).unwrap();
+    registry.remove("a", LONG).unwrap();
+    assert_eq!(drops.load(Ordering::SeqCst), 1, "removed handler unloaded");
+    drop(Arc::try_unwrap(registry).unwrap());
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        2,
+        "dropped registry's handlers unloaded"
+    );
+    finish.send(()).unwrap();
+    idle.join().unwrap();
 }
