@@ -43,7 +43,7 @@ impl SealProgress {
 /// A daemon that can hand its work over to a successor.
 ///
 /// The data-directory lock is not the daemon's to release: the library holds
-/// it (see [`crate::DataDir`]) and releases it only after `seal` returned
+/// it and releases it only after `seal` returned
 /// `Ok` (invariant I4), and re-takes it before `resume_after_abort`.
 ///
 /// ```
