@@ -368,40 +368,50 @@ impl Shared {
                 &serde_json::json!({ "error": "no route", "path": request.uri().path() }),
             ));
         };
-        let mut response = match self.registry.acquire(&id) {
-            Err(error) => http::to_hyper(error_response(&error)),
-            Ok(guard) => match http::read_request(request).await {
-                Err(response) => response,
-                Ok(request) => {
-                    let ctx =
-                        Context::new(id.clone(), self.request_ids.fetch_add(1, Ordering::Relaxed));
-                    // The guard moves into the blocking task: past the
-                    // timeout the call goes on there and its library stays
-                    // loaded until it returns.
-                    let call = tokio::task::spawn_blocking(move || guard.call(&ctx, request));
-                    match tokio::time::timeout(timeout, call).await {
-                        Ok(Ok(Ok(response))) => http::to_hyper(response),
-                        Ok(Ok(Err(error))) => {
-                            tracing::warn!(endpoint = %id, %error, "handler failed");
-                            http::to_hyper(error_response(&error))
-                        }
-                        Ok(Err(join_error)) => http::json(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            &serde_json::json!({ "error": "handler task failed", "detail": join_error.to_string() }),
-                        ),
-                        Err(_) => http::json(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            &serde_json::json!({ "error": "handler timed out", "endpoint": id }),
-                        ),
-                    }
-                }
-            },
-        };
+        let mut response = self.call_handler(id, timeout, request).await;
         if self.draining.load(Ordering::SeqCst) {
             // Close kept-alive connections at this request boundary.
             http::close_after(&mut response);
         }
         Ok(response)
+    }
+
+    /// Reads the request, then runs it on the endpoint's current handler.
+    async fn call_handler(
+        &self,
+        id: String,
+        timeout: Duration,
+        request: HyperRequest<Incoming>,
+    ) -> HyperResponse<Body> {
+        let request = match http::read_request(request).await {
+            Ok(request) => request,
+            Err(response) => return response,
+        };
+        // Acquired only once the body is in: a slow client does not hold a
+        // handler version (nor delay its drain).
+        let guard = match self.registry.acquire(&id) {
+            Ok(guard) => guard,
+            Err(error) => return http::to_hyper(error_response(&error)),
+        };
+        let ctx = Context::new(id.clone(), self.request_ids.fetch_add(1, Ordering::Relaxed));
+        // The guard moves into the blocking task: past the timeout the call
+        // goes on there, and its library stays loaded until it returns.
+        let call = tokio::task::spawn_blocking(move || guard.call(&ctx, request));
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(Ok(response))) => http::to_hyper(response),
+            Ok(Ok(Err(error))) => {
+                tracing::warn!(endpoint = %id, %error, "handler failed");
+                http::to_hyper(error_response(&error))
+            }
+            Ok(Err(join_error)) => http::json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &serde_json::json!({ "error": "handler task failed", "detail": join_error.to_string() }),
+            ),
+            Err(_) => http::json(
+                StatusCode::GATEWAY_TIMEOUT,
+                &serde_json::json!({ "error": "handler timed out", "endpoint": id }),
+            ),
+        }
     }
 
     /// Accepts connections while accepting is on; the listener stays open

@@ -911,3 +911,35 @@ fn gateway_drains_on_sigterm_answering_kept_alive_connections_503_then_exits() {
     let exit = gateway.wait_exit();
     assert!(exit.success(), "{exit}; log:\n{}", gateway.log());
 }
+
+#[test]
+fn gateway_answers_504_when_a_handler_overruns_its_timeout() {
+    let fixtures = fixtures();
+    let config = format!(
+        "[[endpoints]]\nid = \"greet\"\npath_prefix = \"/greet\"\nlibrary = \"{}\"\ntimeout = \"300ms\"\n",
+        fixtures.v1.display()
+    );
+    let gateway = GatewayProcess::start(&config);
+    // The handler waits for our go, which comes only after the 504.
+    let (slow, waiting) = gateway.start_slow("/greet/slow");
+    let overrun = slow.join().unwrap();
+    assert_eq!(overrun.status, 504);
+    assert_eq!(overrun.json()["error"], "handler timed out");
+    let active = |gateway: &GatewayProcess| {
+        gateway.admin("GET", "/stats", b"").json()["active_requests"].as_u64()
+    };
+    assert_eq!(
+        active(&gateway),
+        Some(1),
+        "the call goes on in the background"
+    );
+    assert_eq!(
+        gateway.get("/greet/x").status,
+        200,
+        "and the endpoint keeps serving"
+    );
+    go(waiting);
+    eventually("the overrunning call to return", || {
+        active(&gateway) == Some(0)
+    });
+}
