@@ -176,22 +176,33 @@ fn count_mode(calls: u64, operation: &str) {
     let registry = registry();
     let baseline = Baseline::new();
     let ctx = Context::new(TARGET, 1);
-    for _ in 0..calls {
-        match operation {
-            "registry_acquire" => drop(black_box(registry.acquire(black_box(TARGET)).unwrap())),
-            "baseline_acquire" => drop(black_box(baseline.acquire(black_box(TARGET)).unwrap())),
-            "registry_execute" => drop(black_box(
+    let repeat = |operation: &dyn Fn()| {
+        for _ in 0..calls {
+            operation();
+        }
+    };
+    match operation {
+        "registry_acquire" => {
+            repeat(&|| drop(black_box(registry.acquire(black_box(TARGET)).unwrap())))
+        }
+        "baseline_acquire" => {
+            repeat(&|| drop(black_box(baseline.acquire(black_box(TARGET)).unwrap())))
+        }
+        "registry_execute" => repeat(&|| {
+            drop(black_box(
                 registry
                     .execute(black_box(TARGET), &ctx, Request::default())
                     .unwrap(),
-            )),
-            "baseline_execute" => drop(black_box(
+            ))
+        }),
+        "baseline_execute" => repeat(&|| {
+            drop(black_box(
                 baseline
                     .execute(black_box(TARGET), &ctx, Request::default())
                     .unwrap(),
-            )),
-            other => panic!("unknown operation {other}"),
-        }
+            ))
+        }),
+        other => panic!("unknown operation {other}"),
     }
 }
 

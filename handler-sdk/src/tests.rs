@@ -96,3 +96,59 @@ fn panic_messages_are_recovered_from_both_payload_kinds() {
     assert_eq!(crate::panic_message(&*literal), "literal");
     assert_eq!(crate::panic_message(&*formatted), "formatted 7");
 }
+
+/// The layouts documented in ARCHITECTURE.md ("Handler ABI"); a change here
+/// is an ABI change and must bump ABI_VERSION.
+#[cfg(target_pointer_width = "64")]
+#[test]
+fn abi_layouts_are_pinned() {
+    use crate::abi::{AbiHeader, AbiRequest};
+    use std::mem::{align_of, offset_of, size_of};
+
+    assert_eq!(ABI_VERSION, 1);
+    assert_eq!((size_of::<AbiSlice>(), align_of::<AbiSlice>()), (16, 8));
+    assert_eq!(
+        (offset_of!(AbiSlice, ptr), offset_of!(AbiSlice, len)),
+        (0, 8)
+    );
+    assert_eq!(size_of::<AbiHeader>(), 32);
+    assert_eq!(
+        (offset_of!(AbiHeader, name), offset_of!(AbiHeader, value)),
+        (0, 16)
+    );
+    assert_eq!(size_of::<AbiContext>(), 24);
+    assert_eq!(
+        (
+            offset_of!(AbiContext, endpoint),
+            offset_of!(AbiContext, request_id)
+        ),
+        (0, 16)
+    );
+    assert_eq!(size_of::<AbiRequest>(), 64);
+    assert_eq!(
+        [
+            offset_of!(AbiRequest, method),
+            offset_of!(AbiRequest, path),
+            offset_of!(AbiRequest, headers),
+            offset_of!(AbiRequest, header_count),
+            offset_of!(AbiRequest, body),
+        ],
+        [0, 16, 32, 40, 48]
+    );
+    assert_eq!(size_of::<AbiResponse>(), 56);
+    assert_eq!(
+        [
+            offset_of!(AbiResponse, status),
+            offset_of!(AbiResponse, headers),
+            offset_of!(AbiResponse, header_count),
+            offset_of!(AbiResponse, body),
+            offset_of!(AbiResponse, release),
+            offset_of!(AbiResponse, owner),
+        ],
+        [0, 8, 16, 24, 40, 48]
+    );
+    assert_eq!(
+        (crate::abi::ABI_VERSION_SYMBOL, crate::abi::ENTRY_SYMBOL),
+        ("handoff_handler_abi_version", "handler_entry")
+    );
+}
