@@ -2,20 +2,18 @@
 //! transition function, no I/O.
 //!
 //! ```text
-//!            put source            build ok             load ok
-//!  (new) ──────────────► Created ──────────► Compiled ──────────► Loaded ◄─┐
-//!                          │  ▲                │  ▲                │ │    │ put source, build ok/failed,
-//!               build      │  │ put source     │  │ build ok       │ │    │ load ok (swap), load failed:
-//!               failed     ▼  │                ▼  │                │ └────┘ the serving handler stays
-//!                         Error ◄──────────────┘ load failed       │
-//!                                                                  │ remove
-//!                                                                  ▼
-//!                                                              Draining ──► (dropped)
+//! main path:  (new) ─put source─► Created ─build ok─► Compiled ─load ok─► Loaded ─remove─► Draining
+//!
+//! failures:   any state ─build failed─► the same state (the previous library stays)
+//!             Created, Compiled, Error ─load failed─► Error
+//!             Loaded ─put source / build ok / build failed / load ok / load failed─► Loaded
+//! recovery:   Error ─put source─► Created   Error ─build ok─► Compiled   Error ─load ok─► Loaded
 //! ```
 //!
-//! A failed build or load never takes a serving endpoint out of `Loaded`:
-//! the previous library keeps serving. `Error` marks an endpoint that has
-//! nothing serving and whose last build or load failed.
+//! A failed build leaves the endpoint in its previous state, and a failed
+//! build or load never takes a serving endpoint out of `Loaded`: the
+//! previous library keeps serving. `Error` marks an endpoint that has
+//! nothing serving because its last load failed.
 
 use serde::Serialize;
 
@@ -31,7 +29,7 @@ pub enum EndpointState {
     Loaded,
     /// Being removed: requests get 503 until the running ones finish.
     Draining,
-    /// Nothing serving, and the last build or load failed.
+    /// Nothing serving, and the last load failed.
     Error,
 }
 
@@ -61,7 +59,8 @@ impl EndpointState {
     /// use handoff::registry::{EndpointState, LifecycleEvent};
     /// let state = EndpointState::Loaded;
     /// assert_eq!(state.on(LifecycleEvent::BuildFailed), Some(EndpointState::Loaded));
-    /// assert_eq!(EndpointState::Created.on(LifecycleEvent::BuildFailed), Some(EndpointState::Error));
+    /// assert_eq!(EndpointState::Created.on(LifecycleEvent::BuildFailed), Some(EndpointState::Created));
+    /// assert_eq!(EndpointState::Compiled.on(LifecycleEvent::LoadFailed), Some(EndpointState::Error));
     /// assert_eq!(EndpointState::Draining.on(LifecycleEvent::SourcePut), None);
     /// ```
     pub fn on(self, event: LifecycleEvent) -> Option<EndpointState> {
@@ -77,7 +76,8 @@ impl EndpointState {
             (_, LoadSucceeded) => Some(Loaded),
             (_, SourcePut) => Some(Created),
             (_, BuildSucceeded) => Some(Compiled),
-            (_, BuildFailed | LoadFailed) => Some(Error),
+            (state, BuildFailed) => Some(state),
+            (_, LoadFailed) => Some(Error),
         }
     }
 
@@ -121,7 +121,7 @@ mod tests {
             [
                 Some(Created),
                 Some(Compiled),
-                Some(Error),
+                Some(Created),
                 Some(Loaded),
                 Some(Error),
                 None,
@@ -129,7 +129,7 @@ mod tests {
             [
                 Some(Created),
                 Some(Compiled),
-                Some(Error),
+                Some(Compiled),
                 Some(Loaded),
                 Some(Error),
                 None,
@@ -160,9 +160,10 @@ mod tests {
     }
 
     #[test]
-    fn failures_never_take_a_serving_endpoint_down() {
-        for event in [BuildFailed, LoadFailed] {
-            assert_eq!(Loaded.on(event), Some(Loaded));
+    fn a_failed_build_leaves_every_state_as_it_was() {
+        for state in [Created, Compiled, Loaded, Error] {
+            assert_eq!(state.on(BuildFailed), Some(state));
         }
+        assert_eq!(Loaded.on(LoadFailed), Some(Loaded));
     }
 }
