@@ -38,6 +38,7 @@
 //! - `handler`: the [`Handler`] trait and where handlers come from.
 //! - `instance`: one loaded handler version, its sharded request counter,
 //!   and [`HandlerGuard`].
+//! - `lookup`: the endpoint map's hasher and its per-thread cache.
 //! - `monitor`: retired versions, the drain bell, the background monitor.
 //! - `dylib`: dlopen and calls into libraries (the crate's only `unsafe`).
 //! - `builder`: handler source → Cargo project → library.
@@ -52,15 +53,14 @@ mod dylib;
 mod handler;
 mod instance;
 mod lifecycle;
+mod lookup;
 mod monitor;
 mod stats;
 
 #[cfg(test)]
 mod tests;
 
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -78,70 +78,11 @@ use crate::error::{Error, Result};
 use crate::timeouts::HANDLER_RETRY_AFTER;
 use crate::wire::{Fingerprint, SealInfo, Snapshot};
 use instance::Instance;
+use lookup::{EndpointMap, MapStorage};
 use monitor::{Monitor, Retired, Signals, lock};
 
-type EndpointMap = HashMap<Arc<str>, Arc<Endpoint>, BuildHasherDefault<IdHasher>>;
-type MapStorage = Arc<ArcSwap<EndpointMap>>;
-type MapCache = arc_swap::Cache<MapStorage, Arc<EndpointMap>>;
-
-thread_local! {
-    /// Per thread, the endpoint map last seen of each registry it used.
-    ///
-    /// Reading a cached map costs one plain atomic load (to check that it is
-    /// still current) instead of arc-swap's two read-modify-writes, which is
-    /// a third of the request path's atomic operations (R1). A thread may
-    /// keep an outdated map alive until it next uses the registry; the
-    /// endpoints in it then refer to tombstones, never to a loaded handler
-    /// (R11).
-    static MAP_CACHES: RefCell<Vec<(MapStorage, MapCache)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A multiply-rotate hash for endpoint ids, several times cheaper than
-/// the default SipHash on the request path. SipHash defends a map against
-/// keys chosen to collide; here only the operator inserts ids (config,
-/// admin API), so a client cannot fill a bucket.
-#[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl IdHasher {
-    const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
-
-    #[inline]
-    fn mix(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::MULTIPLIER);
-    }
-}
-
-impl Hasher for IdHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.mix(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.mix(u64::from_le_bytes(word));
-        }
-    }
-
-    #[inline]
-    fn write_u8(&mut self, byte: u8) {
-        self.mix(u64::from(byte));
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 /// One endpoint: the handler version currently serving it.
-struct Endpoint {
+pub(crate) struct Endpoint {
     current: ArcSwap<Instance>,
 }
 
@@ -185,7 +126,7 @@ impl Control {
 /// See the [module documentation](self) for an example.
 pub struct HandlerRegistry {
     /// Read on every request without a lock, through a per-thread cache
-    /// ([`MAP_CACHES`]); replaced whole (copy on write) when an endpoint is
+    /// (`lookup`); replaced whole (copy on write) when an endpoint is
     /// added or removed (R1).
     endpoints: MapStorage,
     control: Mutex<Control>,
@@ -531,32 +472,11 @@ impl HandlerRegistry {
     /// path moves no large `Result` around.
     #[inline]
     fn try_acquire(&self, id: &str) -> std::result::Result<HandlerGuard, Refusal> {
-        let cached = MAP_CACHES.try_with(|caches| {
-            // Busy only if a handler's Drop re-entered the registry on this
-            // thread; the uncached path below serves that case.
-            let mut caches = caches.try_borrow_mut().ok()?;
-            let position = caches
-                .iter()
-                .position(|(storage, _)| Arc::ptr_eq(storage, &self.endpoints));
-            let index = match position {
-                Some(index) => index,
-                None => {
-                    // Forget the maps of registries that are gone.
-                    caches.retain(|(storage, _)| Arc::strong_count(storage) > 2);
-                    caches.push((
-                        Arc::clone(&self.endpoints),
-                        arc_swap::Cache::new(Arc::clone(&self.endpoints)),
-                    ));
-                    caches.len() - 1
-                }
-            };
-            Some(HandlerRegistry::acquire_in(caches[index].1.load(), id))
-        });
-        match cached {
-            Ok(Some(result)) => result,
-            // This thread's locals are being destroyed, or the cache is busy.
-            _ => HandlerRegistry::acquire_in(&self.endpoints.load(), id),
-        }
+        lookup::with_cached_map(&self.endpoints, |endpoints| {
+            HandlerRegistry::acquire_in(endpoints, id)
+        })
+        // This thread's locals are being destroyed, or the cache is busy.
+        .unwrap_or_else(|| HandlerRegistry::acquire_in(&self.endpoints.load(), id))
     }
 
     #[inline]
