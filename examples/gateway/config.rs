@@ -12,7 +12,10 @@
 //! timeout = "10s"                # optional: per request
 //! ```
 //!
-//! Relative paths are relative to the config file's directory.
+//! Relative paths are relative to the config file's directory. Replace the
+//! file atomically (write a temporary file, then rename it): the watcher may
+//! read it at any moment, and it ignores a zero-byte file, which is most
+//! likely a write in progress.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -217,6 +217,12 @@ impl Shared {
         if bytes == config.applied_bytes {
             return Ok(Vec::new());
         }
+        if bytes.is_empty() {
+            // Most likely a writer that truncated the file and has not
+            // written it yet; applying it would drop every endpoint. Write
+            // configs atomically (to a temporary file, then rename).
+            return Err("the config file is empty; keeping the applied config".to_owned());
+        }
         let text =
             String::from_utf8(bytes.clone()).map_err(|_| "the config is not UTF-8".to_owned())?;
         let base = config.path.parent().map(Path::to_owned).unwrap_or_default();

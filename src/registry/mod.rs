@@ -741,11 +741,14 @@ impl Drainable for HandlerRegistry {
     }
 
     fn snapshot(&self) -> Snapshot {
-        let accepting = !self.control().drained;
+        let (accepting, revisions) = {
+            let control = self.control();
+            (!control.drained, control.loads)
+        };
         Snapshot {
             open_connections: 0,
             in_flight: u32::try_from(self.total_active()).unwrap_or(u32::MAX),
-            revisions: self.control().loads,
+            revisions,
             accepting,
         }
     }

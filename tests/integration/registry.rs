@@ -634,8 +634,12 @@ impl GatewayProcess {
             .to_string()
     }
 
-    fn config_path(&self) -> PathBuf {
-        self.dir.0.join("gateway.toml")
+    /// Replaces the config file atomically, as the gateway asks, so that
+    /// its watcher never reads a half-written file.
+    fn write_config(&self, config: &str) {
+        let staging = self.dir.0.join("gateway.toml.new");
+        std::fs::write(&staging, config).unwrap();
+        std::fs::rename(&staging, self.dir.0.join("gateway.toml")).unwrap();
     }
 
     fn get(&self, path: &str) -> HttpResponse {
@@ -773,11 +777,7 @@ fn gateway_answers_500_for_a_panicking_handler_and_keeps_serving() {
 fn gateway_refuses_a_library_with_a_wrong_abi_version_and_keeps_the_old_one() {
     let fixtures = fixtures();
     let gateway = GatewayProcess::start(&config_with(&[("greet", "/greet", &fixtures.v1)]));
-    std::fs::write(
-        gateway.config_path(),
-        config_with(&[("greet", "/greet", &fixtures.wrong_abi)]),
-    )
-    .unwrap();
+    gateway.write_config(&config_with(&[("greet", "/greet", &fixtures.wrong_abi)]));
     // Applied by this reload or by the watcher before it; either way it is
     // applied when the reload returns (reloads are serialised).
     assert_eq!(gateway.admin("POST", "/reload", b"").status, 200);
@@ -820,11 +820,7 @@ fn gateway_answers_503_for_a_removed_endpoint_while_it_drains_then_404() {
         ("other", "/other", &fixtures.v2),
     ]));
     let (slow, waiting) = gateway.start_slow("/greet/slow");
-    std::fs::write(
-        gateway.config_path(),
-        config_with(&[("other", "/other", &fixtures.v2)]),
-    )
-    .unwrap();
+    gateway.write_config(&config_with(&[("other", "/other", &fixtures.v2)]));
     assert_eq!(gateway.admin("POST", "/reload", b"").status, 200);
 
     let refused = gateway.get("/greet/x");
@@ -856,23 +852,15 @@ fn gateway_follows_its_config_file() {
     let fixtures = fixtures();
     let gateway = GatewayProcess::start("");
     assert_eq!(gateway.get("/greet/x").status, 404);
-    std::fs::write(
-        gateway.config_path(),
-        config_with(&[("greet", "/greet", &fixtures.v1)]),
-    )
-    .unwrap();
+    gateway.write_config(&config_with(&[("greet", "/greet", &fixtures.v1)]));
     eventually("the added endpoint", || {
         gateway.get("/greet/x").status == 200
     });
-    std::fs::write(
-        gateway.config_path(),
-        config_with(&[("greet", "/greet", &fixtures.v2)]),
-    )
-    .unwrap();
+    gateway.write_config(&config_with(&[("greet", "/greet", &fixtures.v2)]));
     eventually("the changed endpoint", || {
         gateway.get("/greet/x").json()["version"] == 2
     });
-    std::fs::write(gateway.config_path(), config_with(&[])).unwrap();
+    gateway.write_config(&config_with(&[]));
     eventually("the removed endpoint", || {
         gateway.get("/greet/x").status == 404
     });
