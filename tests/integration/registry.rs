@@ -611,7 +611,7 @@ impl GatewayProcess {
     /// Waits (bounded) for the process to exit by itself.
     fn wait_exit(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
-        let pid = child.id().to_string();
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
         let waiter = std::thread::spawn(move || {
             let _ = tx.send(child.wait());
@@ -619,7 +619,7 @@ impl GatewayProcess {
         match rx.recv_timeout(PATIENCE) {
             Ok(status) => status.unwrap(),
             Err(_) => {
-                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
                 let _ = waiter.join();
                 panic!("the gateway did not exit; log:\n{}", self.log());
             }
@@ -675,12 +675,13 @@ impl GatewayProcess {
     }
 
     fn log(&self) -> String {
-        process_log(&self.dir.0)
+        std::fs::read_to_string(self.dir.0.join("stderr.log")).unwrap_or_default()
     }
-}
 
-fn process_log(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = i32::try_from(self.child.as_ref().unwrap().id()).unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+    }
 }
 
 impl Drop for GatewayProcess {
@@ -877,11 +878,7 @@ fn gateway_drains_on_sigterm_answering_kept_alive_connections_503_then_exits() {
     assert_eq!(read_response(&mut kept_reader).status, 200);
 
     let (slow, waiting) = gateway.start_slow("/greet/slow");
-    let status = Command::new("kill")
-        .args(["-TERM", &gateway.pid()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    gateway.signal(nix::sys::signal::Signal::SIGTERM);
     eventually("the gateway to stop accepting", || {
         gateway.admin("GET", "/status", b"").json()["accepting"] == false
     });
