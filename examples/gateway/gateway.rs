@@ -335,7 +335,12 @@ impl Shared {
         let removal = match self.registry.begin_remove(id) {
             Ok(removal) => removal,
             Err(error) => {
-                tracing::warn!(endpoint = id, %error, "removal refused");
+                // Not in the registry (or already being removed there):
+                // nothing to wait for; forget the record.
+                tracing::warn!(endpoint = id, %error, "removal refused by the registry");
+                let mut records = lock(&self.records);
+                records.remove(id);
+                self.publish_routes(&records);
                 return;
             }
         };
