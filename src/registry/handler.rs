@@ -124,6 +124,14 @@ pub(crate) enum LoadedHandler {
     Library(DylibHandler),
 }
 
+#[cold]
+fn panicked(payload: Box<dyn std::any::Any + Send>) -> CallOutcome {
+    let message = panic_message(&*payload);
+    // The payload's Drop is user code too.
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+    CallOutcome::Panicked(message)
+}
+
 /// How one call ended.
 pub(crate) enum CallOutcome {
     Answered(Response),
@@ -138,12 +146,7 @@ impl LoadedHandler {
             LoadedHandler::InProcess(handler) => {
                 match catch_unwind(AssertUnwindSafe(|| handler.handle(ctx, request))) {
                     Ok(response) => CallOutcome::Answered(response),
-                    Err(payload) => {
-                        let message = panic_message(&*payload);
-                        // The payload's Drop is user code too.
-                        let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
-                        CallOutcome::Panicked(message)
-                    }
+                    Err(payload) => panicked(payload),
                 }
             }
             LoadedHandler::Library(library) => library.call(ctx, &request),

@@ -260,15 +260,22 @@ impl HandlerGuard {
     pub fn call(&self, ctx: &Context, request: Request) -> Result<Response> {
         match self.instance.handler().call(ctx, request) {
             CallOutcome::Answered(response) => Ok(response),
-            CallOutcome::Panicked(message) => Err(Error::HandlerPanicked {
-                id: self.endpoint().to_owned(),
-                version: self.version(),
+            failed => Err(self.failure(failed)),
+        }
+    }
+
+    #[cold]
+    fn failure(&self, outcome: CallOutcome) -> Error {
+        let (id, version) = (self.endpoint().to_owned(), self.version());
+        match outcome {
+            CallOutcome::Panicked(message) => Error::HandlerPanicked {
+                id,
+                version,
                 message,
-            }),
-            CallOutcome::NoResponse => Err(Error::HandlerBadResponse {
-                id: self.endpoint().to_owned(),
-                version: self.version(),
-            }),
+            },
+            CallOutcome::Answered(_) | CallOutcome::NoResponse => {
+                Error::HandlerBadResponse { id, version }
+            }
         }
     }
 }
