@@ -3,9 +3,11 @@
 //! on two threads at once, beside a baseline built the simple way (an
 //! `RwLock<HashMap<String, Arc<_>>>` with atomic counters).
 //!
-//! On two threads the figure is the time per call *on each thread* (both
-//! threads run the same number of calls at once): equal to the one-thread
-//! figure means no slowdown per call.
+//! Figures are CPU time per call, read from the thread's CPU clock (see
+//! `on_two_threads`). On two threads the figure is the time per call *on
+//! each thread*
+//! (both threads run the same number of calls at once): equal to the
+//! one-thread figure means no slowdown per call.
 //!
 //! Run: `cargo bench --bench registry -- --warm-up-time 1 --measurement-time 3`
 //!
@@ -23,7 +25,7 @@ use std::hint::black_box;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group};
 use handoff::registry::{Context, Handler, HandlerRegistry, HandlerSource, Request, Response};
@@ -95,25 +97,47 @@ fn registry() -> HandlerRegistry {
 }
 
 /// Runs `operation` `iterations` times on each of two threads started
-/// together; returns the wall time, so criterion reports time per call per
-/// thread.
+/// together; returns the mean of the two threads' CPU times, so criterion
+/// reports the CPU cost of one call on each thread. CPU time rather than
+/// wall time: on a shared machine a thread that is descheduled would
+/// otherwise be charged for another process's work, while stalls on a cache
+/// line that the other thread keeps taking away are still counted.
 fn on_two_threads(iterations: u64, operation: &(dyn Fn() + Sync)) -> Duration {
-    let barrier = Barrier::new(3);
-    std::thread::scope(|scope| {
-        for _ in 0..2 {
-            scope.spawn(|| {
-                barrier.wait();
-                for _ in 0..iterations {
-                    operation();
-                }
-            });
-        }
-        barrier.wait();
-        let started = Instant::now();
-        // The scope joins both threads before returning.
-        started
-    })
-    .elapsed()
+    let barrier = Barrier::new(2);
+    let thread_times: Vec<Duration> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    barrier.wait();
+                    let started = thread_cpu_time();
+                    for _ in 0..iterations {
+                        operation();
+                    }
+                    thread_cpu_time().saturating_sub(started)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|thread| thread.join().unwrap())
+            .collect()
+    });
+    thread_times.iter().sum::<Duration>() / 2
+}
+
+/// Runs `operation` `iterations` times on this thread; returns the
+/// thread's CPU time (see [`on_two_threads`]).
+fn on_one_thread(iterations: u64, operation: &dyn Fn()) -> Duration {
+    let started = thread_cpu_time();
+    for _ in 0..iterations {
+        operation();
+    }
+    thread_cpu_time().saturating_sub(started)
+}
+
+fn thread_cpu_time() -> Duration {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).unwrap();
+    Duration::from(now)
 }
 
 fn benches(criterion: &mut Criterion) {
@@ -140,10 +164,10 @@ fn benches(criterion: &mut Criterion) {
 
     let mut group = criterion.benchmark_group("acquire_release");
     group.bench_function("registry/1_thread", |bencher| {
-        bencher.iter(registry_acquire)
+        bencher.iter_custom(|iterations| on_one_thread(iterations, &registry_acquire))
     });
     group.bench_function("baseline/1_thread", |bencher| {
-        bencher.iter(baseline_acquire)
+        bencher.iter_custom(|iterations| on_one_thread(iterations, &baseline_acquire))
     });
     group.bench_function("registry/2_threads", |bencher| {
         bencher.iter_custom(|iterations| on_two_threads(iterations, &registry_acquire))
@@ -155,10 +179,10 @@ fn benches(criterion: &mut Criterion) {
 
     let mut group = criterion.benchmark_group("execute");
     group.bench_function("registry/1_thread", |bencher| {
-        bencher.iter(registry_execute)
+        bencher.iter_custom(|iterations| on_one_thread(iterations, &registry_execute))
     });
     group.bench_function("baseline/1_thread", |bencher| {
-        bencher.iter(baseline_execute)
+        bencher.iter_custom(|iterations| on_one_thread(iterations, &baseline_execute))
     });
     group.bench_function("registry/2_threads", |bencher| {
         bencher.iter_custom(|iterations| on_two_threads(iterations, &registry_execute))
