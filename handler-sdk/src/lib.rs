@@ -18,7 +18,12 @@
 //! export_handler!(greet);
 //! ```
 //!
-//! The library's `Cargo.toml` needs `crate-type = ["cdylib"]`.
+//! The library's `Cargo.toml` needs `crate-type = ["cdylib"]`. The host
+//! calls the handler from many threads at once, and may unload the library
+//! once no call is running: keep no state that must outlive a call (a
+//! handler that needs state across versions keeps it outside the library).
+//! A panic is answered with a 500; the library's own panic hook still
+//! prints the message to stderr.
 //!
 //! The same types serve in-process handlers: the host re-exports them, so a
 //! daemon without dynamic libraries writes the same function.
