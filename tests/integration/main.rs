@@ -5,3 +5,4 @@ mod common;
 #[cfg(feature = "fault-injection")]
 mod faults;
 mod handoff;
+mod registry;
