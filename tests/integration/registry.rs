@@ -558,7 +558,7 @@ impl GatewayProcess {
         let binary = profile_dir().join("examples").join("gateway");
         assert!(
             binary.exists(),
-            "{} is missing: run `cargo test --workspace`, which builds the examples first",
+            "{} is missing: build the examples first (`cargo build --workspace --examples --all-features`, as README's test command does)",
             binary.display()
         );
         let dir = TempDir::new("gateway");
