@@ -298,6 +298,104 @@ pub enum Error {
     /// The supervisor is gone or the handoff it drove is over.
     #[error("the control session is over")]
     SessionOver,
+    /// A handler library could not be loaded (missing file, not a library,
+    /// missing symbol); whatever was serving before keeps serving.
+    #[error("cannot load handler library {path:?}")]
+    HandlerLoad {
+        /// The library.
+        path: PathBuf,
+        /// The loader's complaint.
+        #[source]
+        source: BoxError,
+    },
+    /// A handler library was built against another ABI version.
+    #[error("handler library {path:?} speaks ABI version {got}, this host speaks {expected}")]
+    AbiMismatch {
+        /// The library.
+        path: PathBuf,
+        /// The version this host speaks.
+        expected: u32,
+        /// The version the library reported.
+        got: u32,
+    },
+    /// The endpoint's handler is draining (removed, or the registry is
+    /// draining): answer 503.
+    #[error("endpoint {id:?} is draining")]
+    EndpointDraining {
+        /// The endpoint.
+        id: String,
+    },
+    /// No handler is registered under this id.
+    #[error("no endpoint {id:?}")]
+    UnknownEndpoint {
+        /// The endpoint.
+        id: String,
+    },
+    /// A handler is already registered under this id.
+    #[error("endpoint {id:?} already exists")]
+    EndpointExists {
+        /// The endpoint.
+        id: String,
+    },
+    /// The registry is drained for a process handoff and takes no new
+    /// handlers until it resumes.
+    #[error("the handler registry is drained")]
+    RegistryDrained,
+    /// A handler panicked; the request gets a 500, other requests are
+    /// unaffected.
+    #[error("handler {id:?} version {version} panicked: {message}")]
+    HandlerPanicked {
+        /// The endpoint.
+        id: String,
+        /// The handler version.
+        version: u64,
+        /// The panic message.
+        message: String,
+    },
+    /// A handler did not answer in time; the request gets a 504. The call
+    /// goes on in the background and its handler stays loaded until it
+    /// returns.
+    #[error("handler {id:?} version {version} did not answer within {timeout:?}")]
+    HandlerTimeout {
+        /// The endpoint.
+        id: String,
+        /// The handler version.
+        version: u64,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// A handler library returned no usable response.
+    #[error("handler {id:?} version {version} returned no usable response")]
+    HandlerBadResponse {
+        /// The endpoint.
+        id: String,
+        /// The handler version.
+        version: u64,
+    },
+    /// An endpoint id is unusable as a library name.
+    #[error("endpoint id {id:?} is not usable: {problem}")]
+    BadEndpointId {
+        /// The id.
+        id: String,
+        /// Why.
+        problem: &'static str,
+    },
+    /// Compiling a handler failed; the endpoint keeps its previous library.
+    #[error("building the handler of endpoint {endpoint:?} failed:\n{compiler_output}")]
+    Build {
+        /// The endpoint.
+        endpoint: String,
+        /// What the compiler said.
+        compiler_output: String,
+    },
+    /// Compiling a handler took too long; the compiler was killed.
+    #[error("building the handler of endpoint {endpoint:?} took longer than {timeout:?}")]
+    BuildTimedOut {
+        /// The endpoint.
+        endpoint: String,
+        /// The limit.
+        timeout: Duration,
+    },
 }
 
 impl Error {

@@ -7,6 +7,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod error;
+pub mod registry;
 pub mod timeouts;
 pub mod wire;
 
@@ -14,6 +15,7 @@ mod drain;
 
 pub use drain::{DrainReport, Drainable, SealProgress};
 pub use error::{Error, Result};
+pub use registry::{HandlerGuard, HandlerRegistry, HandlerSource};
 pub use timeouts::Timeouts;
 pub use wire::{Fingerprint, Health, Mode, SealInfo, Snapshot};
 pub(crate) mod channel;

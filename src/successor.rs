@@ -521,7 +521,8 @@ impl Generation<Begun> {
                 Err(_) => return Err(Error::SessionOver),
             }
         }
-        // Committed: this generation must outlive its supervisor now (I8).
+        // Committed: this generation must outlive its supervisor now, and
+        // says so (CommitAck) only once it does (I8).
         if sys::is_main_thread() {
             sys::clear_die_with_parent()
                 .map_err(|source| Error::io("prctl(PR_SET_PDEATHSIG, 0)", source))?;
@@ -531,6 +532,7 @@ impl Generation<Begun> {
                  cleared, and this generation will die with its supervisor"
             );
         }
+        send(&session, AgentInput::User(UserCall::Detached))?;
         Ok(Live {
             session: Some(session),
             _own_lock: None,

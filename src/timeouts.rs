@@ -74,6 +74,19 @@ pub const RESTART_STABLE: Duration = Duration::from_secs(10);
 /// after every slice.
 pub const POLL_SLICE: Duration = Duration::from_millis(20);
 
+/// Default drain timeout of a handler replaced by
+/// [`crate::registry::HandlerRegistry::swap_graceful`] or removed: how long
+/// the registry waits for its requests before reporting it (R6).
+pub const HANDLER_DRAIN: Duration = Duration::from_secs(30);
+
+/// What a 503 from a draining handler puts in `Retry-After`: a client may
+/// try again this soon, when the endpoint's replacement is serving.
+pub const HANDLER_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Bound on one `cargo build` of a handler library; the build is killed
+/// past it. Generous: a cold build compiles the SDK's dependencies.
+pub const HANDLER_BUILD: Duration = Duration::from_secs(10 * 60);
+
 impl Timeouts {
     /// Checks that the settings can work together.
     ///

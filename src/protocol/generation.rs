@@ -85,6 +85,8 @@ pub enum UserCall {
     },
     /// The daemon cannot go on.
     Fail(AbortReason),
+    /// After Commit: the process no longer dies with its supervisor.
+    Detached,
 }
 
 /// An event the driver feeds in.
@@ -173,6 +175,10 @@ enum State {
         seal: Option<SealInfo>,
     },
     AwaitCommit,
+    /// Commit received; `ack` is false once the supervisor is gone.
+    Committing {
+        ack: bool,
+    },
     Serving,
     Draining,
     DrainingAborted {
@@ -208,6 +214,9 @@ super::names::state_names! {
         Begun => "begun",
         /// Ready sent; waiting for Commit.
         AwaitCommit => "await_commit",
+        /// Commit received; detaching from the supervisor's lifetime before
+        /// acknowledging it.
+        Committing => "committing",
         /// Serving (the incumbent).
         Serving => "serving",
         /// The drain hook runs.
@@ -242,6 +251,7 @@ impl GenerationState {
                 | GenerationState::AwaitBegin
                 | GenerationState::Begun
                 | GenerationState::AwaitCommit
+                | GenerationState::Committing
         )
     }
 }
@@ -255,6 +265,7 @@ impl State {
             State::AwaitBegin => GenerationState::AwaitBegin,
             State::Begun { .. } => GenerationState::Begun,
             State::AwaitCommit => GenerationState::AwaitCommit,
+            State::Committing { .. } => GenerationState::Committing,
             State::Serving => GenerationState::Serving,
             State::Draining => GenerationState::Draining,
             State::DrainingAborted { .. } => GenerationState::DrainingAborted,
@@ -457,8 +468,10 @@ impl GenerationMachine {
                 out.push(GenerationAction::Began(seal));
             }
             (State::AwaitCommit, Message::Commit) => {
-                self.state = State::Serving;
-                self.send(Message::CommitAck, out);
+                // CommitAck waits for Detached: until then this process still
+                // dies with the supervisor, and a supervisor that saw the ack
+                // may retire the incumbent (I8).
+                self.state = State::Committing { ack: true };
                 out.push(GenerationAction::Committed);
             }
             (
@@ -466,7 +479,8 @@ impl GenerationMachine {
                 | State::WarmingUp
                 | State::AwaitBegin
                 | State::Begun { .. }
-                | State::AwaitCommit,
+                | State::AwaitCommit
+                | State::Committing { .. },
                 Message::Abort { reason },
             ) => self.end(Ending::Aborted(reason), out),
             (State::Serving, Message::Prepare { drain_grace_ms, .. }) => {
@@ -675,6 +689,13 @@ impl GenerationMachine {
                 );
                 self.end(Ending::Gave(reason), out);
             }
+            (State::Committing { ack }, UserCall::Detached) => {
+                let ack = *ack;
+                self.state = State::Serving;
+                if ack {
+                    self.send(Message::CommitAck, out);
+                }
+            }
             (State::Ended, _) => {}
             (state, call) => {
                 let detail = format!("daemon call {call:?} in state {}", state.name());
@@ -696,6 +717,7 @@ impl GenerationMachine {
                 self.supervisor_present = false;
                 self.end(Ending::Violation(detail), out);
             }
+            State::Committing { .. } => self.supervisor_lost(out),
             _ => self.supervisor_lost(out),
         }
     }
@@ -712,6 +734,9 @@ impl GenerationMachine {
             | State::AwaitBegin
             | State::Begun { .. }
             | State::AwaitCommit => self.end(Ending::SupervisorLost, out),
+            // Committed: serve once detached; a sealed incumbent gives up
+            // after `relock` while we hold the lock (I5).
+            State::Committing { .. } => self.state = State::Committing { ack: false },
             // Orphaned but serving: keep serving (the listeners are ours too).
             State::Serving | State::Ended => {}
             State::Draining => self.state = State::DrainingAborted { ack: false },

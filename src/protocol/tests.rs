@@ -1411,6 +1411,7 @@ fn generation_at(target: GenerationState) -> Gen {
         }),
         Box::new(|g| g.user(ready_call(Some(seal_info().fingerprint)))),
         Box::new(|g| g.frame(Message::Commit)),
+        Box::new(|g| g.user(UserCall::Detached)),
         Box::new(|g| g.frame_with_id(ID + 1, prepare())),
         Box::new(|g| g.hook(hook_drained())),
         Box::new(|g| g.frame(Message::Seal)),
@@ -1466,12 +1467,12 @@ fn successor_happy_path() -> Gen {
         [GenerationAction::Send(ready(Health::Healthy))]
     );
     assert_eq!(g.state(), GenerationState::AwaitCommit);
+    // The ack waits until the process detached from the supervisor (I8).
+    assert_eq!(g.frame(Message::Commit), [GenerationAction::Committed]);
+    assert_eq!(g.state(), GenerationState::Committing);
     assert_eq!(
-        g.frame(Message::Commit),
-        [
-            GenerationAction::Send(Message::CommitAck),
-            GenerationAction::Committed,
-        ]
+        g.user(UserCall::Detached),
+        [GenerationAction::Send(Message::CommitAck)]
     );
     assert_eq!(g.state(), GenerationState::Serving);
     assert!(!g.state().is_successor());
@@ -2495,6 +2496,7 @@ impl GenerationModel {
                 self.began.map(|seal| seal.fingerprint),
             ))],
             GenerationState::AwaitCommit => vec![frame(Message::Commit)],
+            GenerationState::Committing => vec![GenerationInput::User(UserCall::Detached)],
             GenerationState::Serving => vec![GenerationInput::Frame {
                 handoff_id: id + 1,
                 message: prepare(),
@@ -2559,6 +2561,7 @@ impl GenerationModel {
             ready_call(Some(seal_info().fingerprint)),
             ready_call(None),
             UserCall::Fail(successor_failed()),
+            UserCall::Detached,
         ];
         let pick = usize::from(choice.pick);
         match choice.variant % 40 {
@@ -2583,8 +2586,10 @@ fn run_generation(
     let mut machine = GenerationMachine::new(&timeouts, now);
     let mut model = GenerationModel::default();
     for choice in steps {
-        if machine.state() == GenerationState::Ended {
-            // The process exits; the next one starts afresh.
+        let orphaned = machine.state() == GenerationState::Serving && !machine.supervisor_present();
+        if machine.state() == GenerationState::Ended || orphaned {
+            // The process exits (or serves on as an orphan, which no input
+            // changes any more); the next one starts afresh.
             machine = GenerationMachine::new(&timeouts, now);
             model = GenerationModel::default();
         }
@@ -2683,7 +2688,11 @@ fn random_runs_reach_every_state() {
             Mode::Overlap
         };
         run_handoff(mode, case % 7 != 0, &steps, &mut handoff).expect("holds");
-        let steps = choices(200)
+    }
+    // A generation's deep states (sealed, relocking) sit a dozen legal
+    // steps in: give its walk more runs.
+    for _ in 0..1024u32 {
+        let steps = choices(300)
             .new_tree(&mut runner)
             .expect("a value")
             .current();

@@ -54,7 +54,7 @@ pub fn example(name: &str) -> PathBuf {
     let path = dir.join("examples").join(name);
     assert!(
         path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (it builds the examples)",
+        "{} is missing: build the examples first (`cargo build --workspace --examples --all-features`, as README's test command does)",
         path.display()
     );
     path

@@ -6,4 +6,5 @@ mod common;
 mod faults;
 mod handoff;
 mod kvd;
+mod registry;
 mod zero_loss;

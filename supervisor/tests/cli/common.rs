@@ -60,7 +60,7 @@ pub fn testd() -> PathBuf {
     let path = dir.join("examples").join("testd");
     assert!(
         path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (it builds the examples)",
+        "{} is missing: build the examples first (`cargo build --workspace --examples --all-features`, as README's test command does)",
         path.display()
     );
     path

@@ -1,0 +1,170 @@
+//! An HTTP gateway whose request handlers are replaced while it runs.
+//!
+//! It routes requests by host and path prefix to endpoints listed in a TOML
+//! config file (see `config.rs`) and served by a
+//! [`handoff::registry::HandlerRegistry`]. It watches the file: an added
+//! endpoint is loaded, a changed one is swapped gracefully, a removed one
+//! answers 503 (with `Retry-After` and a JSON body) until its running
+//! requests finish, then is dropped. An admin API on a loopback address
+//! takes handler source, compiles it, deploys it, and reports states and
+//! statistics (see `admin.rs`). SIGTERM drains everything and exits.
+//!
+//! ```text
+//! gateway --config gateway.toml --listen 127.0.0.1:8080 --admin 127.0.0.1:8081 \
+//!         --build-dir /var/lib/gateway/build
+//! ```
+//!
+//! On start it prints one line, `gateway listening http=ADDR admin=ADDR`.
+//!
+//! `Gateway` implements [`handoff::Drainable`], so the gateway binary itself
+//! can be upgraded by `handoffctl`; the listener is created in
+//! [`listen`], the one place to change when it is inherited from the
+//! supervisor instead.
+
+mod admin;
+mod config;
+mod gateway;
+mod http;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use handoff::registry::HandlerBuilder;
+use handoff::timeouts::{STOP_DRAIN, parse_duration};
+
+use crate::gateway::Gateway;
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(about = "An HTTP gateway with replaceable request handlers")]
+struct Args {
+    /// The TOML config file (watched).
+    #[arg(long)]
+    config: PathBuf,
+    /// Address to serve HTTP on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Loopback address of the admin API.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    admin: SocketAddr,
+    /// Working directory of the handler builder (projects, libraries).
+    #[arg(long)]
+    build_dir: PathBuf,
+    /// Cargo target directory of handler builds (default: in build-dir).
+    #[arg(long)]
+    build_target_dir: Option<PathBuf>,
+    /// Seed lockfile for handler projects.
+    #[arg(long)]
+    build_lockfile: Option<PathBuf>,
+    /// The handoff-handler-sdk crate handler projects depend on.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/handler-sdk"))]
+    sdk: PathBuf,
+    /// Drain time on SIGTERM, e.g. `30s`.
+    #[arg(long, value_parser = parse_duration)]
+    stop_drain: Option<Duration>,
+}
+
+/// Creates the HTTP listener.
+///
+/// This is where the listener named "http" will come from the supervisor
+/// once the process-handoff API is available (inherit-or-bind); everything
+/// after it is the same for a cold start and a successor.
+fn listen(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(address)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Creates the admin listener, refusing any address but loopback.
+fn listen_admin(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    if !address.ip().is_loopback() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("the admin API serves loopback only, not {address}"),
+        ));
+    }
+    listen(address)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HANDOFF_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "gateway failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let http_listener = listen(args.listen)?;
+    let admin_listener = listen_admin(args.admin)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("gateway")
+        .enable_all()
+        .build()?;
+
+    let mut builder = HandlerBuilder::new(&args.build_dir, &args.sdk);
+    if let Some(target_dir) = &args.build_target_dir {
+        builder = builder.with_target_dir(target_dir);
+    }
+    if let Some(lockfile) = &args.build_lockfile {
+        builder = builder.with_lockfile(lockfile);
+    }
+    let gateway = Gateway::new(runtime.handle().clone(), args.config.clone(), builder);
+    let shared = Arc::clone(gateway.shared());
+    match shared.reload() {
+        Ok(changes) => tracing::info!(?changes, "config applied"),
+        Err(error) => return Err(format!("config {}: {error}", args.config.display()).into()),
+    }
+
+    let stop_drain = args.stop_drain.unwrap_or(STOP_DRAIN);
+    runtime.block_on(async move {
+        let http_listener = tokio::net::TcpListener::from_std(http_listener)?;
+        let admin_listener = tokio::net::TcpListener::from_std(admin_listener)?;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(
+            stdout,
+            "gateway listening http={} admin={}",
+            http_listener.local_addr()?,
+            admin_listener.local_addr()?
+        )?;
+        stdout.flush()?;
+        drop(stdout);
+
+        tokio::spawn(Arc::clone(&shared).accept_loop(http_listener));
+        tokio::spawn(admin::serve(Arc::clone(&shared), admin_listener));
+        tokio::spawn(Arc::clone(&shared).watch_config());
+
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        terminate.recv().await;
+        tracing::info!(drain = ?stop_drain, "SIGTERM: draining");
+        let report = shared.drain(Instant::now() + stop_drain).await;
+        tracing::info!(
+            open_connections = report.open_connections,
+            "drained; exiting"
+        );
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })?;
+    // Blocking tasks still running (handler calls past their timeout) are
+    // not waited for.
+    runtime.shutdown_background();
+    drop(gateway);
+    Ok(())
+}
