@@ -5,4 +5,5 @@ mod common;
 #[cfg(feature = "fault-injection")]
 mod faults;
 mod handoff;
+mod hostile;
 mod registry;
