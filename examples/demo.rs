@@ -42,6 +42,23 @@ struct Tally {
     acked: Vec<(String, String)>,
 }
 
+/// This process's resident set (KiB): the supervisor and the load clients.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn fd_count() -> usize {
+    handoff::os::open_fds().map(|fds| fds.len()).unwrap_or(0)
+}
+
 fn main() {
     let mut upgrades = 10usize;
     let mut clients = 8usize;
@@ -97,6 +114,7 @@ fn main() {
     // Wait for generation 1 by asking it (connections wait in the backlog).
     request(addr, "INFO").expect("generation 1 serves");
 
+    let (rss_before, fds_before) = (rss_kib(), fd_count());
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let workers: Vec<_> = (0..clients)
@@ -133,6 +151,7 @@ fn main() {
         .collect();
 
     let mut totals = Vec::new();
+    let mut phase_samples: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
     let mut committed = 0;
     let mut pids = vec![request(addr, "INFO").expect("info")];
     for round in 0..upgrades {
@@ -147,6 +166,23 @@ fn main() {
             Outcome::Committed { phases, .. } => {
                 committed += 1;
                 totals.push(phases.total.as_secs_f64() * 1e3);
+                let named = [
+                    ("spawn", phases.spawn),
+                    ("hello", phases.hello),
+                    ("warm_up", phases.warm_up),
+                    ("drain", phases.drain),
+                    ("seal", phases.seal),
+                    ("begin", phases.begin),
+                    ("commit", phases.commit),
+                ];
+                for (name, value) in named {
+                    if let Some(value) = value {
+                        phase_samples
+                            .entry(name)
+                            .or_default()
+                            .push(value.as_secs_f64() * 1e3);
+                    }
+                }
             }
             Outcome::RolledBack { reason, .. } => eprintln!("demo: handoff rolled back: {reason}"),
         }
@@ -156,6 +192,12 @@ fn main() {
     for worker in workers {
         worker.join().expect("worker");
     }
+    // Old generations retire after the commit: wait until none is left, so
+    // that the fd count compares like with like.
+    while !handle.status().expect("status").retiring.is_empty() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (rss_after, fds_after) = (rss_kib(), fd_count());
     let tally = std::mem::take(&mut *tally.lock().expect("tally"));
     let lost = tally
         .acked
@@ -169,11 +211,19 @@ fn main() {
     let _ = std::fs::remove_dir_all(&data);
 
     totals.sort_by(f64::total_cmp);
+    let phases_json: Vec<String> = phase_samples
+        .iter_mut()
+        .map(|(name, samples)| {
+            samples.sort_by(f64::total_cmp);
+            format!("\"{name}\":{:.3}", samples[samples.len() / 2])
+        })
+        .collect();
+    let phases_json = phases_json.join(",");
     let median = totals.get(totals.len() / 2).copied().unwrap_or(f64::NAN);
     let max = totals.last().copied().unwrap_or(f64::NAN);
     let failed = tally.refused + tally.reset + tally.other_errors + tally.rejected;
     println!(
-        "{{\"mode\":\"{mode:?}\",\"clients\":{clients},\"handoffs\":{upgrades},\"committed\":{committed},\"requests\":{},\"failed\":{{\"refused\":{},\"reset\":{},\"other\":{},\"rejected\":{}}},\"acked_writes\":{},\"lost_writes\":{lost},\"handoff_ms\":{{\"p50\":{median:.2},\"max\":{max:.2}}}}}",
+        "{{\"mode\":\"{mode:?}\",\"clients\":{clients},\"handoffs\":{upgrades},\"committed\":{committed},\"requests\":{},\"failed\":{{\"refused\":{},\"reset\":{},\"other\":{},\"rejected\":{}}},\"acked_writes\":{},\"lost_writes\":{lost},\"handoff_ms\":{{\"p50\":{median:.2},\"max\":{max:.2},\"phase_p50\":{{{phases_json}}}}},\"process_rss_kib\":{{\"before\":{rss_before},\"after\":{rss_after}}},\"fds\":{{\"before\":{fds_before},\"after\":{fds_after}}}}}",
         tally.ok + failed,
         tally.refused,
         tally.reset,
@@ -183,7 +233,12 @@ fn main() {
     );
     let distinct: std::collections::HashSet<_> =
         pids.iter().filter_map(|p| p.split(' ').next()).collect();
-    if failed > 0 || lost > 0 || committed != upgrades || distinct.len() != upgrades + 1 {
+    if failed > 0
+        || lost > 0
+        || committed != upgrades
+        || distinct.len() != upgrades + 1
+        || fds_after != fds_before
+    {
         eprintln!("demo: LOSS OR FAILURE (see above)");
         std::process::exit(1);
     }

@@ -169,6 +169,9 @@ struct Shared {
     store: Mutex<Store>,
     accepting: AtomicBool,
     active: AtomicU32,
+    /// Paired with `idle`: notified whenever a request finishes.
+    finished: Mutex<()>,
+    idle: std::sync::Condvar,
     generation: AtomicU64,
     build: String,
     /// Fds open when `main` started: a generation must hold nothing but
@@ -188,9 +191,25 @@ impl Drainable for Daemon {
     fn drain(&mut self, deadline: Instant) -> std::io::Result<DrainReport> {
         stage(&self.args, "drain");
         self.shared.accepting.store(false, Ordering::SeqCst);
-        while self.shared.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            std::thread::sleep(handoff::timeouts::POLL_SLICE);
+        // Wait for the requests in flight, woken by each one that finishes.
+        let mut guard = self
+            .shared
+            .finished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        while self.shared.active.load(Ordering::SeqCst) > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            guard = self
+                .shared
+                .idle
+                .wait_timeout(guard, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
+        drop(guard);
         Ok(DrainReport {
             open_connections: self.shared.active.load(Ordering::SeqCst),
             accept_closed: true,
@@ -333,7 +352,9 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let worker = Arc::clone(&shared);
         std::thread::spawn(move || {
             let _ = handle(&worker, stream);
+            let _guard = worker.finished.lock().unwrap_or_else(|e| e.into_inner());
             worker.active.fetch_sub(1, Ordering::SeqCst);
+            worker.idle.notify_all();
         });
     }
 }
@@ -376,6 +397,8 @@ fn main() {
         store: Mutex::new(store),
         accepting: AtomicBool::new(true),
         active: AtomicU32::new(0),
+        finished: Mutex::new(()),
+        idle: std::sync::Condvar::new(),
         generation: AtomicU64::new(number),
         build: args.build.clone(),
         start_fds,

@@ -5,6 +5,7 @@ mod common;
 #[cfg(feature = "fault-injection")]
 mod faults;
 mod handoff;
+mod hostile;
 mod kvd;
 mod registry;
 mod zero_loss;
