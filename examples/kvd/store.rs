@@ -2,8 +2,11 @@
 //! replayed at open, with group commit.
 //!
 //! Record: `key length (u32 LE) | value length (u32 LE) | key | value`. A
-//! torn tail (a crash in the middle of an append, never acknowledged) is
-//! cut at open. One writer thread owns the file: it takes every PUT waiting
+//! torn tail (a crash in the middle of an append, never acknowledged: a
+//! record running past the end of the file) is cut at open; a complete
+//! record that does not decode (a key that is not UTF-8) refuses the open
+//! rather than dropping what follows it. Records carry no checksum: a
+//! corrupted length looks like a torn tail. A production store would add one. One writer thread owns the file: it takes every PUT waiting
 //! in its queue, appends them in one write, fsyncs once, then applies them
 //! to the map and answers each — a PUT is acknowledged only after its fsync.
 //!
@@ -164,7 +167,16 @@ impl Log {
         let mut map = Map::new();
         let mut revisions = 0u64;
         let mut at = 0usize;
-        while let Some((key, value, next)) = decode(&bytes, at) {
+        while let Some(record) = decode(&bytes, at) {
+            let (key, value, next) = record.map_err(|offset| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: a record at byte {offset} does not decode",
+                        path.display()
+                    ),
+                )
+            })?;
             map.insert(key, value);
             revisions += 1;
             at = next;
@@ -272,15 +284,18 @@ fn encode(buffer: &mut Vec<u8>, key: &str, value: &[u8]) {
     buffer.extend_from_slice(value);
 }
 
-/// The record at `at`, and where the next one starts; `None` at the end or
-/// at a torn or corrupt tail.
-fn decode(bytes: &[u8], at: usize) -> Option<(String, Bytes, usize)> {
+/// The record at `at` and where the next one starts; `None` at the end of
+/// the file or at a torn tail; `Err(at)` for a complete record that does not
+/// decode.
+fn decode(bytes: &[u8], at: usize) -> Option<Result<(String, Bytes, usize), usize>> {
     let header = bytes.get(at..at + 8)?;
-    let key_len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
-    let value_len = u32::from_le_bytes(header[4..].try_into().ok()?) as usize;
+    let key_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let value_len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
     let key_end = at + 8 + key_len;
     let end = key_end + value_len;
-    let key = std::str::from_utf8(bytes.get(at + 8..key_end)?).ok()?;
     let value = bytes.get(key_end..end)?;
-    Some((key.to_owned(), Bytes::copy_from_slice(value), end))
+    let Ok(key) = std::str::from_utf8(&bytes[at + 8..key_end]) else {
+        return Some(Err(at));
+    };
+    Some(Ok((key.to_owned(), Bytes::copy_from_slice(value), end)))
 }

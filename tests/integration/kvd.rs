@@ -182,3 +182,32 @@ fn kvd_stop_drains_kept_alive_connections_at_request_boundaries() {
     assert_eq!(request(addr, "GET", "/kv/late", b"").body, b"still served");
     assert!(stop(&mut kvd).success());
 }
+
+#[test]
+fn kvd_refuses_a_log_with_a_record_that_does_not_decode() {
+    let data = TempDir::new("kvd-corrupt");
+    // One good record, then a complete one whose key is not UTF-8.
+    let mut log = vec![1, 0, 0, 0, 1, 0, 0, 0, b'a', b'1'];
+    log.extend_from_slice(&[1, 0, 0, 0, 1, 0, 0, 0, 0xff, b'2']);
+    let log_path = data.path().join("kvd.log");
+    std::fs::write(&log_path, &log).expect("write log");
+    let mut kvd = Command::new(common::example("kvd"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .env_remove(handoff::ENV_CONTROL_FD)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn kvd");
+    let until = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = kvd.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(Instant::now() < until, "kvd served a corrupt log");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(!status.success());
+    assert_eq!(std::fs::read(&log_path).expect("log"), log, "nothing cut");
+}
