@@ -114,6 +114,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|e| fail("runtime", &e));
+    let signals = serve::StopSignals::install(&runtime).unwrap_or_else(|e| fail("signals", &e));
     let options =
         handoff::StartOptions::new(format!("echod {} ({build})", env!("CARGO_PKG_VERSION")));
     let mut generation = handoff::start(options).unwrap_or_else(|e| fail("start", &e));
@@ -151,7 +152,7 @@ fn main() {
     };
     runtime.spawn(Arc::clone(&server).accept_loop(listener, handler));
 
-    match serve::wait_for_stop(&runtime, live) {
+    match serve::wait_for_stop(&runtime, live, signals) {
         Stop::Session(handoff::Ending::Retired) => {
             runtime.block_on(server.wait_closed(Instant::now() + drain_timeout));
         }

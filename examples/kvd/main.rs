@@ -164,6 +164,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|e| fail("runtime", &e));
+    let signals = serve::StopSignals::install(&runtime).unwrap_or_else(|e| fail("signals", &e));
     let options =
         handoff::StartOptions::new(format!("kvd {} ({build})", env!("CARGO_PKG_VERSION")));
     let mut generation = handoff::start(options).unwrap_or_else(|e| fail("start", &e));
@@ -213,7 +214,7 @@ fn main() {
     };
     runtime.spawn(Arc::clone(&server).accept_loop(listener, handler));
 
-    match serve::wait_for_stop(&runtime, live) {
+    match serve::wait_for_stop(&runtime, live, signals) {
         // Drained and sealed by the hooks already; let stragglers finish.
         Stop::Session(handoff::Ending::Retired) => {
             runtime.block_on(server.wait_closed(Instant::now() + drain_timeout));

@@ -321,9 +321,33 @@ pub enum Stop {
     Signal(&'static str),
 }
 
+/// SIGTERM and SIGINT, caught from the start of `main`: a signal that
+/// arrives while the daemon warms up or begins is kept, and acted on once it
+/// serves, instead of killing it with the default action.
+pub struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers (needs the runtime's context).
+    pub fn install(runtime: &tokio::runtime::Runtime) -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _context = runtime.enter();
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 /// Blocks until the session ends or a stop signal arrives. An orphan (its
 /// supervisor gone) keeps serving until a signal.
-pub fn wait_for_stop(runtime: &tokio::runtime::Runtime, live: handoff::Live) -> Stop {
+pub fn wait_for_stop(
+    runtime: &tokio::runtime::Runtime,
+    live: handoff::Live,
+    mut signals: StopSignals,
+) -> Stop {
     let (ending_tx, mut ending_rx) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
         let _ = ending_tx.send(live.wait());
@@ -333,13 +357,6 @@ pub fn wait_for_stop(runtime: &tokio::runtime::Runtime, live: handoff::Live) -> 
         }
     });
     runtime.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return Stop::Signal("signal handler setup failed");
-        };
         let mut session_open = true;
         loop {
             tokio::select! {
@@ -347,8 +364,8 @@ pub fn wait_for_stop(runtime: &tokio::runtime::Runtime, live: handoff::Live) -> 
                     Some(handoff::Ending::SupervisorLost) | None => session_open = false,
                     Some(ending) => return Stop::Session(ending),
                 },
-                _ = term.recv() => return Stop::Signal("SIGTERM"),
-                _ = int.recv() => return Stop::Signal("SIGINT"),
+                _ = signals.term.recv() => return Stop::Signal("SIGTERM"),
+                _ = signals.int.recv() => return Stop::Signal("SIGINT"),
             }
         }
     })

@@ -12,9 +12,14 @@ use handoff_bench::run::{Config, Observed, UpgraderKind, run};
 
 use crate::common;
 
+/// One benchmark at a time: each keeps both cores busy, and the suite's
+/// timing-sensitive tests (liveness timeouts) run beside them.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Short enough for CI, with every kept-alive client sending more often
 /// than the daemons' idle grace (32 clients at 300/s: every ~107 ms).
 fn short(mode: Mode, upgrader: UpgraderKind, upgrades: usize) -> Observed {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let examples = common::example("kvd")
         .parent()
         .expect("examples dir")
