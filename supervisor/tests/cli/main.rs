@@ -6,5 +6,6 @@ mod common;
 
 mod admin;
 mod bad_input;
+mod gateway;
 mod lifecycle;
 mod systemd;
