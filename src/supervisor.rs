@@ -432,8 +432,17 @@ impl Child {
 
     fn signal(&self, signal: Sig) {
         if self.reaped.is_none() {
-            // The loop is the only reaper: the pid cannot be reused (I11).
-            if let Err(error) = sys::signal(self.pid, signal) {
+            // The loop is the only reaper: the pid (and the group it leads)
+            // cannot be reused (I11). SIGKILL goes to the whole group, so
+            // nothing the generation forked outlives it; polite signals go
+            // to the process, which owns its children.
+            let sent = match signal {
+                Sig::Kill => {
+                    sys::signal_group(self.pid, signal).or_else(|_| sys::signal(self.pid, signal))
+                }
+                _ => sys::signal(self.pid, signal),
+            };
+            if let Err(error) = sent {
                 tracing::debug!(pid = self.pid, error = %error, "signal failed");
             }
         }

@@ -8,6 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+/// While draining, how long a connection that has not sent a request yet
+/// is given to send one before it is closed (it was accepted just before
+/// the drain; its request may be on the wire).
+const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(250);
+
 use arc_swap::ArcSwap;
 use handoff::registry::{
     Context, EndpointState, HandlerBuilder, HandlerRegistry, HandlerSource, LifecycleEvent,
@@ -116,6 +121,9 @@ pub struct Shared {
     /// Reload count, watched by admin long polls.
     pub reloads: watch::Sender<u64>,
     accepting: watch::Sender<bool>,
+    /// Set by the accept loop once it has seen `accepting` go false (and
+    /// accepts no more); cleared when it accepts again.
+    accept_paused: watch::Sender<bool>,
     draining: AtomicBool,
     close_idle: watch::Sender<bool>,
     in_flight: AtomicUsize,
@@ -151,6 +159,7 @@ impl Gateway {
             }),
             reloads: watch::Sender::new(0),
             accepting: watch::Sender::new(true),
+            accept_paused: watch::Sender::new(false),
             draining: AtomicBool::new(false),
             close_idle: watch::Sender::new(false),
             in_flight: AtomicUsize::new(0),
@@ -179,6 +188,13 @@ struct Counted<'a> {
 impl<'a> Counted<'a> {
     fn new(counter: &'a AtomicUsize, quieter: &'a Notify) -> Counted<'a> {
         counter.fetch_add(1, Ordering::SeqCst);
+        Counted { counter, quieter }
+    }
+
+    /// Takes over a count already added (by the accept loop, so that a
+    /// connection counts from the moment it is accepted, not from the
+    /// moment its task first runs: a drain must not miss it).
+    fn adopt(counter: &'a AtomicUsize, quieter: &'a Notify) -> Counted<'a> {
         Counted { counter, quieter }
     }
 }
@@ -432,14 +448,20 @@ impl Shared {
         let mut accepting = self.accepting.subscribe();
         loop {
             if !*accepting.borrow_and_update() {
+                // Paused: tell the drain, which counts connections only
+                // once no accept can race with its count.
+                self.accept_paused.send_replace(true);
                 if accepting.changed().await.is_err() {
                     return;
                 }
                 continue;
             }
+            self.accept_paused.send_replace(false);
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
+                        // Counted now; the task adopts the count.
+                        self.connections.fetch_add(1, Ordering::SeqCst);
                         tokio::spawn(Arc::clone(&self).connection(stream));
                     }
                     Err(error) => tracing::warn!(%error, "accept failed"),
@@ -451,8 +473,15 @@ impl Shared {
 
     async fn connection(self: Arc<Self>, stream: tokio::net::TcpStream) {
         let shared = Arc::clone(&self);
-        let _connection = Counted::new(&shared.connections, &shared.quieter);
-        let service = service_fn(move |request| Arc::clone(&self).serve(request));
+        let _connection = Counted::adopt(&shared.connections, &shared.quieter);
+        let served = Arc::new(AtomicBool::new(false));
+        let service = {
+            let served = Arc::clone(&served);
+            service_fn(move |request| {
+                served.store(true, Ordering::SeqCst);
+                Arc::clone(&self).serve(request)
+            })
+        };
         let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
         tokio::pin!(connection);
         let mut close_idle = shared.close_idle.subscribe();
@@ -461,13 +490,28 @@ impl Shared {
                 if let Err(error) = result {
                     tracing::debug!(%error, "connection ended with an error");
                 }
+                return;
             }
-            _ = async { close_idle.wait_for(|close| *close).await.is_ok() } => {
-                connection.as_mut().graceful_shutdown();
-                if let Err(error) = connection.as_mut().await {
-                    tracing::debug!(%error, "connection ended with an error while closing");
+            _ = async { close_idle.wait_for(|close| *close).await.is_ok() } => {}
+        }
+        // A connection accepted just before the drain may not have sent its
+        // first request yet: closing it now would fail a request nobody else
+        // can serve. Give it the idle grace to arrive (it is then served,
+        // with `Connection: close`).
+        if !served.load(Ordering::SeqCst) {
+            match tokio::time::timeout(DRAIN_IDLE_GRACE, connection.as_mut()).await {
+                Ok(result) => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                    return;
                 }
+                Err(_elapsed) => {}
             }
+        }
+        connection.as_mut().graceful_shutdown();
+        if let Err(error) = connection.as_mut().await {
+            tracing::debug!(%error, "connection ended with an error while closing");
         }
     }
 
@@ -495,6 +539,10 @@ impl Shared {
         // accepting also sees it draining.
         self.draining.store(true, Ordering::SeqCst);
         self.accepting.send_replace(false);
+        // Wait until the accept loop has seen it: a connection it accepts
+        // in between must be counted before the count below is read.
+        let mut paused = self.accept_paused.subscribe();
+        let _ = tokio::time::timeout_at(tokio_deadline, paused.wait_for(|paused| *paused)).await;
         self.wait_quiet(&self.in_flight, tokio_deadline).await;
         self.close_idle.send_replace(true);
         let open = self.wait_quiet(&self.connections, tokio_deadline).await;

@@ -106,7 +106,7 @@ pub use notify::{monotonic_usec, notify};
 pub use process::Sig;
 pub(crate) use process::{
     CONTROL_FD, CONTROL_FD_ENV, SpawnSpec, clear_die_with_parent, effective_uid, is_main_thread,
-    parent_pid, process_alive, signal, spawn, wait_exit_nowait,
+    parent_pid, process_alive, signal, signal_group, spawn, wait_exit_nowait,
 };
 pub use signals::SignalSet;
 pub use socket::{ListenAddr, PeerCred, SocketInfo, is_cloexec, open_fds};

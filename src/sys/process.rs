@@ -165,6 +165,10 @@ fn in_child(
     die_with_parent: bool,
     parent: Pid,
 ) -> io::Result<()> {
+    // A process group of its own: the supervisor's final SIGKILL reaches
+    // whatever the generation forked, and a terminal's Ctrl-C reaches only
+    // the supervisor, which decides what the generations get.
+    nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
     if die_with_parent {
         prctl::set_pdeathsig(Signal::SIGKILL)?;
         // The parent died before the prctl: the signal will never come.
@@ -241,6 +245,14 @@ pub(crate) fn wait_exit_nowait(pid: u32) -> io::Result<()> {
 /// Sends `sig` to process `pid`.
 pub(crate) fn signal(pid: u32, sig: Sig) -> io::Result<()> {
     kill(one_process(pid)?, Signal::from(sig))?;
+    Ok(())
+}
+
+/// Sends `sig` to the process group led by `pid` (a generation and what it
+/// forked). Only meaningful for a pid spawned by [`spawn`], which makes each
+/// child a group leader, and only while it is not reaped.
+pub(crate) fn signal_group(pid: u32, sig: Sig) -> io::Result<()> {
+    nix::sys::signal::killpg(one_process(pid)?, Signal::from(sig))?;
     Ok(())
 }
 

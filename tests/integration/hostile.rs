@@ -222,3 +222,30 @@ fn put(harness: &Harness, key: &str, value: &str) {
 fn get(harness: &Harness, key: &str) -> String {
     harness.request(&format!("GET {key}"))
 }
+
+/// A failed successor's own children die with it: each generation leads a
+/// process group, and the final SIGKILL goes to the group.
+#[test]
+fn a_failed_successors_children_are_killed_with_it() {
+    let harness = Harness::start(Mode::Exclusive, &[]);
+    let old = harness.info().pid;
+    let dir = crate::common::TempDir::new("pgrp");
+    let pid_file = dir.path().join("child.pid");
+    // A background child, then a successor that never speaks (deadline).
+    let script = format!("sleep 60 & echo $! > {}; exec sleep 60", pid_file.display());
+    let outcome = upgrade_to_script(&harness, &script);
+    let child: u32 = std::fs::read_to_string(&pid_file)
+        .expect("the script recorded its child")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert_rolled_back_and_serving(&harness, outcome, old, "successor with a child");
+    let deadline = Instant::now() + crate::common::WAIT;
+    while alive(child) {
+        assert!(
+            Instant::now() < deadline,
+            "the successor's child {child} outlived it"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

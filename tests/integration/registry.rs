@@ -121,6 +121,12 @@ struct Fixtures {
 fn fixtures() -> &'static Fixtures {
     static FIXTURES: OnceLock<Fixtures> = OnceLock::new();
     FIXTURES.get_or_init(|| {
+        // nextest runs every test in a process of its own: the OnceLock
+        // serialises threads, this file lock serialises the processes that
+        // build into the same directories.
+        std::fs::create_dir_all(handler_builds()).unwrap();
+        let lock = std::fs::File::create(handler_builds().join("fixtures.lock")).unwrap();
+        lock.lock().unwrap();
         let build = |name: &str, source: &str| {
             let work_dir = handler_builds().join("fixtures").join(name);
             match builder(&work_dir).build("greet", source) {
@@ -128,11 +134,13 @@ fn fixtures() -> &'static Fixtures {
                 Err(error) => panic!("building fixture {name}: {error}"),
             }
         };
-        Fixtures {
+        let fixtures = Fixtures {
             v1: build("v1", &handler_source(1)),
             v2: build("v2", &handler_source(2)),
             wrong_abi: build("wrong_abi", WRONG_ABI_SOURCE),
-        }
+        };
+        drop(lock);
+        fixtures
     })
 }
 
