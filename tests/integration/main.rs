@@ -6,4 +6,5 @@ mod common;
 mod faults;
 mod handoff;
 mod hostile;
+mod locks;
 mod registry;
