@@ -963,21 +963,26 @@ impl Loop {
         let Some(in_flight) = &mut self.in_flight else {
             return;
         };
-        let before = in_flight.machine.state_name();
+        let mut from = in_flight.machine.state_name();
         let actions = in_flight.machine.step(input, now);
-        let after = in_flight.machine.state_name();
+        // Every state the step went through, not only the last one: a fault
+        // point must not be skipped because two transitions shared a step.
+        let entered = in_flight.machine.take_entered();
         let handoff_id = in_flight.machine.handoff_id();
         let generation = in_flight.successor.generation;
         self.perform(actions, now);
-        if before != after {
-            tracing::debug!(handoff_id, from = before, to = after, "handoff phase");
+        for state in entered {
+            let to = state.as_str();
+            tracing::debug!(handoff_id, from, to, "handoff phase");
             self.announce(SupervisorEvent::Phase {
                 handoff_id,
-                phase: after,
+                phase: to,
             });
-            if fault::reached(FaultRole::Supervisor, after, generation).is_err() {
+            if fault::reached(FaultRole::Supervisor, to, generation).is_err() {
                 self.step_handoff(HandoffInput::Cancel, now);
+                return;
             }
+            from = to;
         }
     }
 

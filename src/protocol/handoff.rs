@@ -280,6 +280,8 @@ pub struct HandoffMachine {
     phases: Phases,
     successor: Track,
     incumbent: Option<Track>,
+    /// The states entered since the driver last took them.
+    entered: Vec<HandoffState>,
 }
 
 impl HandoffMachine {
@@ -290,6 +292,7 @@ impl HandoffMachine {
             deadline: now + config.timeouts.handoff_deadline,
             config,
             phase: Phase::AwaitHello,
+            entered: Vec::new(),
             started: now,
             phase_started: now,
             abort_started: None,
@@ -313,6 +316,14 @@ impl HandoffMachine {
     /// The current phase.
     pub fn state(&self) -> HandoffState {
         self.phase.state()
+    }
+
+    /// The states entered since the last call, in order. One step can pass
+    /// through more than one (an abort whose successor was already reaped
+    /// goes through Aborting to Resuming or Done at once), and the driver
+    /// reports each as a phase and a fault point, so none is skipped.
+    pub fn take_entered(&mut self) -> Vec<HandoffState> {
+        std::mem::take(&mut self.entered)
     }
 
     /// Whether the verdict was given.
@@ -376,6 +387,9 @@ impl HandoffMachine {
 
     fn enter(&mut self, phase: Phase, now: Instant) -> Duration {
         let spent = now.saturating_duration_since(self.phase_started);
+        if phase.state() != self.phase.state() {
+            self.entered.push(phase.state());
+        }
         self.phase = phase;
         self.phase_started = now;
         spent

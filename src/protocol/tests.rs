@@ -224,7 +224,11 @@ impl Sup {
         let state = self.machine.state();
         assert!(HandoffState::ALL.contains(&state), "{state:?} not in ALL");
         assert_eq!(self.machine.state_name(), state.as_str());
-        self.visited.push(state);
+        let entered = self.machine.take_entered();
+        if let Some(last) = entered.last() {
+            assert_eq!(*last, state, "the last state entered is the state");
+        }
+        self.visited.extend(entered);
         if let Some(at) = self.machine.next_wakeup() {
             let rolling_back = matches!(state, HandoffState::Aborting | HandoffState::Resuming);
             assert!(
@@ -2063,6 +2067,22 @@ fn retire_exit_at_any_point_is_gone() {
         assert!(machine.is_gone());
         assert_eq!(machine.step(RetireInput::Tick, now + wait + grace * 4), []);
     }
+}
+
+/// An abort whose successor is already reaped goes through Aborting to
+/// Resuming in one step. Both are entered and reported (the driver turns
+/// each into a phase event and a fault point), so `supervisor:aborting` is
+/// reached whichever of the successor's EOF and its reap comes first.
+#[test]
+fn an_abort_after_the_reap_enters_aborting_then_resuming_in_one_step() {
+    let mut sup = at_stage(Mode::Exclusive, true, Stage::Beginning);
+    let before = sup.visited.len();
+    let actions = sup.exited(Side::Successor);
+    assert_eq!(sent_names(&actions, Side::Incumbent), ["ResumeAfterAbort"]);
+    assert_eq!(
+        sup.visited[before..],
+        [HandoffState::Aborting, HandoffState::Resuming]
+    );
 }
 
 // ---------------------------------------------------- state name lists

@@ -590,3 +590,106 @@ impl<'de> de::Deserializer<'de> for CaptureVariants<'_> {
         tuple_struct map struct identifier ignored_any
     }
 }
+
+// The fuzz seed corpus (README, "Fuzzing") is made from these goldens, so
+// the fuzzer starts from every message there is. A new golden fails
+// `fuzz_corpus_holds_every_golden` until the corpus is rewritten with
+// `cargo test --lib wire::golden::write_fuzz_corpus -- --ignored`.
+
+/// The `decoder` target reads a chunking plan byte before the stream; this
+/// plan delivers the stream in one chunk with `fds` fds.
+fn whole_with_fds(fds: usize) -> u8 {
+    u8::try_from(fds << 5).expect("at most 7 fds in a plan")
+}
+
+/// Every seed: (target, file name, bytes).
+fn fuzz_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let mut seeds = Vec::new();
+    let frame_of = |kind| parse_hex(golden(kind));
+    for kind in ALL {
+        let frame = frame_of(kind);
+        let fds = sample(kind).fd_count();
+        let mut decoder_input = vec![whole_with_fds(fds)];
+        decoder_input.extend_from_slice(&frame);
+        seeds.push(("decoder", format!("golden-{kind:?}"), decoder_input));
+        seeds.push((
+            "message",
+            format!("golden-{kind:?}"),
+            frame[HEADER_LEN..].to_vec(),
+        ));
+    }
+    let header = |version: u16, len: u32, fds: u16| {
+        let mut bytes = vec![0];
+        bytes.extend_from_slice(b"HNDF");
+        bytes.extend_from_slice(&version.to_le_bytes());
+        bytes.extend_from_slice(&len.to_le_bytes());
+        bytes.extend_from_slice(&fds.to_le_bytes());
+        bytes
+    };
+    let with = |mut head: Vec<u8>, tail: &[u8]| {
+        head.extend_from_slice(tail);
+        head
+    };
+    let hello = frame_of(Kind::Hello);
+    let fds_frame = frame_of(Kind::Fds);
+    let malformed: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "bad-magic",
+            with(vec![0], b"HNDX\x01\x00\x02\x00\x00\x00\x00\x00\x07\x04"),
+        ),
+        ("bad-version", with(header(2, 2, 0), &[7, 4])),
+        ("too-large", header(1, u32::MAX, 0)),
+        ("too-many-fds", with(header(1, 2, 254), &[7, 4])),
+        ("unknown-variant", with(header(1, 2, 0), &[7, 99])),
+        ("truncated", with(vec![0], &hello[..hello.len() / 2])),
+        ("fds-missing", with(vec![0], &fds_frame)),
+        (
+            "two-frames-in-small-chunks",
+            [vec![0x03], frame_of(Kind::Warm), frame_of(Kind::Seal)].concat(),
+        ),
+        (
+            "fds-in-small-chunks",
+            [vec![0x85], fds_frame.clone(), frame_of(Kind::Heartbeat)].concat(),
+        ),
+    ];
+    for (name, bytes) in malformed {
+        seeds.push(("decoder", name.to_owned(), bytes));
+    }
+    seeds.push(("message", "unknown-variant".to_owned(), vec![7, 99]));
+    seeds.push((
+        "message",
+        "truncated".to_owned(),
+        hello[HEADER_LEN..20].to_vec(),
+    ));
+    seeds
+}
+
+fn fuzz_corpus_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus")
+}
+
+#[test]
+fn fuzz_corpus_holds_every_golden() {
+    for (target, name, bytes) in fuzz_seeds() {
+        let path = fuzz_corpus_dir().join(target).join(&name);
+        let stored = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; rewrite the corpus (see the comment above `fuzz_seeds`)",
+                path.display()
+            )
+        });
+        assert_eq!(stored, bytes, "{} is stale", path.display());
+    }
+}
+
+/// Writes the seeds into `fuzz/corpus/<target>/` (inputs the fuzzer found
+/// and that were added by hand stay).
+#[test]
+#[ignore = "a tool for refreshing the fuzz corpus, not a check"]
+fn write_fuzz_corpus() {
+    for (target, name, bytes) in fuzz_seeds() {
+        let dir = fuzz_corpus_dir().join(target);
+        std::fs::create_dir_all(&dir).expect("create the corpus directory");
+        std::fs::write(dir.join(name), bytes).expect("write a seed");
+    }
+}

@@ -1,10 +1,14 @@
 //! Shared fixtures: temporary directories, the test daemon, a supervisor
-//! that is stopped even when a test fails, and a bounded client.
+//! that is stopped even when a test fails, a bounded client, a prober of
+//! the data-directory lock and a reaper of a run's processes.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use handoff::supervisor::{
@@ -266,4 +270,167 @@ pub fn alive(pid: u32) -> bool {
                 .is_some_and(|rest| !rest.starts_with('Z'))
         })
         .unwrap_or(false)
+}
+
+/// Reads /proc/locks every millisecond and records the most distinct pids
+/// ever seen holding an flock on the data directory's lock file.
+pub struct LockProber {
+    stop: Arc<AtomicBool>,
+    max_holders: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LockProber {
+    pub fn start(dir: &Path) -> LockProber {
+        let lock = dir.join(".handoff.lock");
+        let (stop, max_holders) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let (stop2, max2) = (stop.clone(), max_holders.clone());
+        let thread = std::thread::spawn(move || {
+            let mut inode = None;
+            while !stop2.load(Ordering::SeqCst) {
+                if inode.is_none() {
+                    inode = std::fs::metadata(&lock).ok().map(|m| m.ino());
+                }
+                if let Some(ino) = inode {
+                    max2.fetch_max(flocks(ino).holders.len(), Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        LockProber {
+            stop,
+            max_holders,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn finish(mut self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("prober");
+        }
+        self.max_holders.load(Ordering::SeqCst)
+    }
+}
+
+/// The flocks on one inode, as /proc/locks shows them.
+pub struct Flocks {
+    /// Pids holding it (a pid holding it through two open file
+    /// descriptions counts once).
+    pub holders: BTreeSet<String>,
+    /// Requests blocked waiting for it.
+    pub waiters: usize,
+}
+
+/// Reads /proc/locks for the flocks on inode `ino`; never takes a lock.
+pub fn flocks(ino: u64) -> Flocks {
+    let mut found = Flocks {
+        holders: BTreeSet::new(),
+        waiters: 0,
+    };
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    let ino = ino.to_string();
+    for line in locks.lines() {
+        // "1: FLOCK ADVISORY WRITE <pid> <maj:min:ino> 0 EOF"; a blocked
+        // request is listed under its blocker as "1: -> FLOCK ...".
+        let mut fields: Vec<&str> = line.split_whitespace().collect();
+        let waiting = fields.get(1) == Some(&"->");
+        if waiting {
+            fields.remove(1);
+        }
+        let on_inode = fields.get(1) == Some(&"FLOCK")
+            && fields.get(5).and_then(|id| id.rsplit(':').next()) == Some(ino.as_str());
+        match (on_inode, waiting) {
+            (false, _) => {}
+            (true, true) => found.waiters += 1,
+            (true, false) => {
+                found.holders.insert(fields[4].to_owned());
+            }
+        }
+    }
+    found
+}
+
+/// Pids of live processes whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) && alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Kills every process of a run (found by its unique data directory).
+pub struct Reaper(pub String);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in processes_mentioning(&self.0) {
+            let _ = handoff::os::signal(pid, handoff::os::Sig::Kill);
+        }
+    }
+}
+
+/// Waits until `condition` holds, checking every 10 ms, for at most `WAIT`.
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "not within {WAIT:?}: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn put(addr: SocketAddr, key: &str, value: &str) {
+    let reply = request(addr, &format!("PUT {key} {value}")).expect("PUT");
+    assert!(reply.starts_with("OK "), "PUT {key}: {reply}");
+}
+
+pub fn get(addr: SocketAddr, key: &str) -> String {
+    request(addr, &format!("GET {key}")).expect("GET")
+}
+
+/// The lines a child prints, as they come (for `faultsup`'s line protocol).
+#[cfg(feature = "fault-injection")]
+pub fn spawn_line_reader(stdout: std::process::ChildStdout) -> crossbeam_channel::Receiver<String> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits up to `WAIT` for a child to exit (killed past it).
+#[cfg(feature = "fault-injection")]
+pub fn wait_child(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("faultsup did not exit within {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

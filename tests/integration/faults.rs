@@ -6,129 +6,19 @@
 //!
 //! Needs `--features fault-injection` (the README's test command enables it).
 
-use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use handoff::Mode;
 use handoff::fault::{self, FaultPoint, FaultRole};
 use handoff::supervisor::{Outcome, UpgradeRequest};
 
-use crate::common::{Harness, TempDir, WAIT, alive, example, request, test_timeouts};
-
-/// Reads /proc/locks every millisecond and records the most distinct pids
-/// ever seen holding an flock on the data directory's lock file.
-struct LockProber {
-    stop: Arc<AtomicBool>,
-    max_holders: Arc<AtomicUsize>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl LockProber {
-    fn start(dir: &Path) -> LockProber {
-        let lock = dir.join(".handoff.lock");
-        let (stop, max_holders) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicUsize::new(0)),
-        );
-        let (stop2, max2) = (stop.clone(), max_holders.clone());
-        let thread = std::thread::spawn(move || {
-            let mut inode = None;
-            while !stop2.load(Ordering::SeqCst) {
-                if inode.is_none() {
-                    inode = std::fs::metadata(&lock).ok().map(|m| m.ino());
-                }
-                if let (Some(ino), Ok(locks)) = (inode, std::fs::read_to_string("/proc/locks")) {
-                    let holders: BTreeSet<&str> = locks
-                        .lines()
-                        .filter(|line| !line.contains("->"))
-                        .filter_map(|line| {
-                            let fields: Vec<&str> = line.split_whitespace().collect();
-                            // "1: FLOCK ADVISORY WRITE <pid> <maj:min:ino> 0 EOF"
-                            (fields.get(1) == Some(&"FLOCK")
-                                && fields.get(5).and_then(|id| id.rsplit(':').next())
-                                    == Some(ino.to_string().as_str()))
-                            .then(|| fields[4])
-                        })
-                        .collect();
-                    max2.fetch_max(holders.len(), Ordering::SeqCst);
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        });
-        LockProber {
-            stop,
-            max_holders,
-            thread: Some(thread),
-        }
-    }
-
-    fn finish(mut self) -> usize {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            thread.join().expect("prober");
-        }
-        self.max_holders.load(Ordering::SeqCst)
-    }
-}
-
-/// Pids of live processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == std::process::id() {
-            continue;
-        }
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(needle) && alive(pid) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// Kills every process of a run (found by its unique data directory).
-struct Reaper(String);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for pid in processes_mentioning(&self.0) {
-            let _ = handoff::os::signal(pid, handoff::os::Sig::Kill);
-        }
-    }
-}
-
-/// Waits until `condition` holds, checking every 10 ms, for at most `WAIT`.
-fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "not within {WAIT:?}: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn put(addr: SocketAddr, key: &str, value: &str) {
-    let reply = request(addr, &format!("PUT {key} {value}")).expect("PUT");
-    assert!(reply.starts_with("OK "), "PUT {key}: {reply}");
-}
-
-fn get(addr: SocketAddr, key: &str) -> String {
-    request(addr, &format!("GET {key}")).expect("GET")
-}
+use crate::common::{
+    Harness, LockProber, Reaper, TempDir, WAIT, alive, eventually, example, get,
+    processes_mentioning, put, request, spawn_line_reader, test_timeouts, wait_child,
+};
 
 fn crash_env(point: FaultPoint, generation: Option<u64>) -> Vec<(OsString, OsString)> {
     let mut env = vec![(fault::ENV_FAULT.into(), format!("{point}:crash").into())];
@@ -301,32 +191,6 @@ fn supervisor_point(point: FaultPoint) {
         processes_mentioning(&needle).len() <= 1
     });
     assert!(prober.finish() <= 1, "{point}: two lock holders at once");
-}
-
-fn spawn_line_reader(stdout: std::process::ChildStdout) -> crossbeam_channel::Receiver<String> {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-fn wait_child(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("faultsup did not exit within {WAIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn run(role: FaultRole, each: fn(FaultPoint)) {

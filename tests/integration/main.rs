@@ -7,5 +7,6 @@ mod faults;
 mod handoff;
 mod hostile;
 mod kvd;
+mod locks;
 mod registry;
 mod zero_loss;

@@ -1,5 +1,5 @@
-//! run, status, upgrade (commit, rollback, busy, pinned), SIGHUP, restart
-//! after a crash, stop.
+//! run, status, upgrade (commit, rollback, busy, pinned, a pinned symlink
+//! swapped after the hash), SIGHUP, restart after a crash, stop.
 
 use handoff::os::Sig;
 use serde_json::Value;
@@ -248,4 +248,114 @@ fn under_restart_never_the_supervisor_exits_with_its_generation() {
     let event: Value = serde_json::from_str(first).expect("--log-format json logs JSON lines");
     assert!(event["fields"]["message"].is_string(), "{event}");
     assert!(!supervisor.socket.exists());
+}
+
+/// Children of `parent` (from /proc; zombies included, they are reaped soon).
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // "pid (comm) state ppid ...": comm may hold spaces, so split after ')'.
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').nth(1))
+            .and_then(|ppid| ppid.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            children.push(pid);
+        }
+    }
+    children
+}
+
+/// Whether `pid` has an fd open on `path` right now.
+fn has_open(pid: u32, path: &std::path::Path) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+}
+
+/// `upgrade --binary LINK --sha256 H` where LINK is a symlink to testd,
+/// swapped to `/bin/false` while the supervisor hashes what LINK named: the
+/// successor runs testd (it answers INFO, the upgrade commits, its
+/// `/proc/PID/exe` is testd), and a second upgrade through the swapped link
+/// with the same hash is refused.
+///
+/// What this proves: the supervisor hashes an open file and executes that
+/// file (`/proc/self/fd/N`), not the path, so a swap after the check cannot
+/// change what runs; and every upgrade hashes the path afresh. The swap is
+/// made once the supervisor has testd open (the hash of a debug testd takes
+/// a while) and, checked right after, before it has forked the successor, so
+/// the successor's exec comes after the swap. What it does not prove: that
+/// no other window exists inside the supervisor between its check and its
+/// exec (it cannot be reached from outside; `Pinned` in admin.rs is that
+/// argument), nor anything about restarts after a crash, which go by path.
+#[test]
+fn a_symlink_swapped_after_the_hash_does_not_change_what_runs() {
+    let dir = TempDir::new("swap");
+    let link = dir.path().join("daemon");
+    std::os::unix::fs::symlink(testd(), &link).expect("symlink to testd");
+    let supervisor = allowing(&dir, &link);
+    let incumbent = u64_of(&supervisor.status(), "child_pid") as u32;
+    let hash = sha256_hex(&testd());
+    let testd_path = std::fs::canonicalize(testd()).expect("testd path");
+
+    let socket = supervisor.socket.display().to_string();
+    let link_arg = link.display().to_string();
+    let upgrade = {
+        let (socket, link_arg, hash) = (socket.clone(), link_arg.clone(), hash.clone());
+        std::thread::spawn(move || {
+            crate::common::ctl(&[
+                "upgrade", "--socket", &socket, "--binary", &link_arg, "--sha256", &hash, "--json",
+            ])
+        })
+    };
+    // The supervisor opens the file to hash it; swap the link then.
+    let deadline = std::time::Instant::now() + crate::common::WAIT;
+    while !has_open(supervisor.pid(), &testd_path) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the supervisor never opened testd to hash it; log:\n{}",
+            supervisor.log()
+        );
+        std::thread::yield_now();
+    }
+    let swapped = dir.path().join("daemon.new");
+    std::os::unix::fs::symlink("/bin/false", &swapped).expect("symlink to /bin/false");
+    std::fs::rename(&swapped, &link).expect("swap the link");
+    assert_eq!(
+        children_of(supervisor.pid()),
+        [incumbent],
+        "the swap came before the successor was forked (else this test proves less)"
+    );
+
+    let upgraded = upgrade.join().expect("upgrade thread");
+    assert_eq!(upgraded.code, Some(0), "{upgraded:?}");
+    let report: Value = serde_json::from_str(&upgraded.stdout).expect("one JSON object");
+    assert_eq!(report["committed"], true, "{report}");
+    let successor = u64_of(&report, "new_pid") as u32;
+    let addr = supervisor.addr();
+    let info = request(addr, "INFO").expect("INFO");
+    assert!(
+        info.contains(&format!("pid={successor} ")) && info.contains("build=testd"),
+        "the successor is testd: {info}"
+    );
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{successor}/exe")).expect("exe"),
+        testd_path
+    );
+    let status = supervisor.status();
+    assert_eq!(status["binary_sha256"], hash, "{status}");
+
+    let refused = supervisor.ctl("upgrade", &["--binary", &link_arg, "--sha256", &hash]);
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert!(
+        refused.one_error_line().contains("sha256"),
+        "refused for the hash: {refused:?}"
+    );
+    assert_eq!(serving_pid(addr), successor, "the successor still serves");
 }
