@@ -108,6 +108,7 @@ fn main() {
         timeouts: Timeouts::default(),
         restart: RestartPolicy::OnFailure,
         listeners: vec![listener],
+        probe: None,
     })
     .expect("supervisor");
     let handle = supervisor.handle();

@@ -1,6 +1,6 @@
 //! Named fault points at every state transition of every role.
 //!
-//! Each driver calls [`reached`] once per transition with the state it just
+//! Each driver calls `reached` once per transition with the state it just
 //! entered; the list of points is the product of the roles and the machines'
 //! state-name lists ([`points`]), so it cannot drift from the machines. With
 //! the `fault-injection` cargo feature, a point is armed from the environment:
@@ -11,7 +11,7 @@
 //! ```
 //! ROLE is `supervisor`, `successor` or `incumbent`; ACTION is `crash`
 //! (abort), `exit` (status 86), `hang` (block for ever) or `error` (the
-//! driver treats its peer as gone). Without the feature, [`reached`] is an
+//! driver treats its peer as gone). Without the feature, `reached` is an
 //! empty inline function and the environment is never read.
 
 use crate::protocol::{GenerationState, HandoffState, RetireState};

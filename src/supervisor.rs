@@ -21,6 +21,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use crate::channel::{self, Received};
 use crate::error::{Error, Peer, Result};
 use crate::fault::{self, FaultRole};
+use crate::probe::Probe;
 use crate::protocol::{
     HandoffAction, HandoffConfig, HandoffInput, HandoffMachine, Phases, RetireAction, RetireInput,
     RetireMachine, Side, Signal, Verdict,
@@ -108,6 +109,11 @@ pub struct SupervisorConfig {
     pub restart: RestartPolicy,
     /// The listeners, bound or adopted by the caller.
     pub listeners: Vec<NamedListener>,
+    /// The health gate: when set, a successor's healthy Ready is followed
+    /// by this probe (retried until `timeouts.probe`) before Commit, and a
+    /// probe that never passes rolls the handoff back (I12). Cold starts
+    /// and restarts are gated too.
+    pub probe: Option<Probe>,
 }
 
 /// What one upgrade asks for; `None` fields take the configured value.
@@ -281,6 +287,12 @@ enum Event {
     Exited {
         generation: u64,
     },
+}
+
+/// The verdict of a health probe started for handoff `handoff_id`.
+struct Probed {
+    handoff_id: u64,
+    result: std::result::Result<(), String>,
 }
 
 /// A running supervisor; dropping it does not stop it (use
@@ -507,6 +519,8 @@ struct Loop {
     last_committed: Option<(PathBuf, Vec<OsString>)>,
     subscribers: Vec<Sender<SupervisorEvent>>,
     finished: bool,
+    probes_tx: Sender<Probed>,
+    probes_rx: Receiver<Probed>,
 }
 
 impl Loop {
@@ -516,7 +530,10 @@ impl Loop {
         subscribers: Vec<Sender<SupervisorEvent>>,
     ) -> Self {
         let now = Instant::now();
+        let (probes_tx, probes_rx) = crossbeam_channel::unbounded();
         Loop {
+            probes_tx,
+            probes_rx,
             next_heartbeat: now + config.timeouts.heartbeat_interval,
             config,
             events_tx,
@@ -552,6 +569,7 @@ impl Loop {
     }
 
     fn run(&mut self, commands: &Receiver<Command>, events: &Receiver<Event>) -> Result<()> {
+        let probes = self.probes_rx.clone();
         while !self.finished {
             let wake = self.next_wakeup();
             let timer = crossbeam_channel::at(wake.max(Instant::now()));
@@ -566,6 +584,11 @@ impl Loop {
                 recv(events) -> event => {
                     if let Ok(event) = event {
                         self.on_event(event);
+                    }
+                },
+                recv(probes) -> verdict => {
+                    if let Ok(verdict) = verdict {
+                        self.on_probed(verdict);
                     }
                 },
                 recv(timer) -> _ => {},
@@ -698,6 +721,7 @@ impl Loop {
         let config = HandoffConfig {
             fd_count: u32::try_from(self.config.listeners.len()).unwrap_or(u32::MAX),
             timeouts,
+            probe: self.config.probe.is_some(),
             ..HandoffConfig::new(
                 handoff_id,
                 successor.generation,
@@ -865,6 +889,21 @@ impl Loop {
         }
     }
 
+    fn on_probed(&mut self, Probed { handoff_id, result }: Probed) {
+        // A verdict for a handoff that already ended is stale.
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| f.machine.handoff_id() == handoff_id)
+        {
+            let input = match result {
+                Ok(()) => HandoffInput::ProbePassed,
+                Err(detail) => HandoffInput::ProbeFailed { detail },
+            };
+            self.step_handoff(input, Instant::now());
+        }
+    }
+
     fn child_mut(&mut self, generation: u64) -> Option<&mut Child> {
         if let Some(in_flight) = &mut self.in_flight
             && in_flight.successor.generation == generation
@@ -1011,6 +1050,10 @@ impl Loop {
                     }
                     None
                 }
+                HandoffAction::StartProbe { until } => {
+                    self.start_probe(until);
+                    None
+                }
                 HandoffAction::Finish(verdict) => {
                     self.finish(verdict, now);
                     None
@@ -1020,6 +1063,29 @@ impl Loop {
                 tracing::warn!(?side, %error, "send failed; treating the peer as gone");
                 self.step_handoff(HandoffInput::Closed { side }, now);
             }
+        }
+    }
+
+    /// Runs the configured probe on a helper thread (it only does network
+    /// I/O, never spawns); its verdict comes back as an event.
+    fn start_probe(&mut self, until: Instant) {
+        let Some(handoff_id) = self.in_flight.as_ref().map(|f| f.machine.handoff_id()) else {
+            return;
+        };
+        let verdicts = self.probes_tx.clone();
+        let result = match self.config.probe.clone() {
+            Some(probe) => std::thread::Builder::new()
+                .name(format!("handoff-probe{handoff_id}"))
+                .spawn(move || {
+                    let result = probe.run_until(until);
+                    let _ = verdicts.send(Probed { handoff_id, result });
+                })
+                .map(drop)
+                .map_err(|error| format!("cannot start the probe thread: {error}")),
+            None => Err("no probe configured".to_owned()),
+        };
+        if let Err(detail) = result {
+            self.step_handoff(HandoffInput::ProbeFailed { detail }, Instant::now());
         }
     }
 

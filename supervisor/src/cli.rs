@@ -76,6 +76,19 @@ pub struct RunArgs {
     /// Log format on stderr.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Health gate: before Commit, probe the successor with
+    /// `http://HOST:PORT/PATH` (GET, expects --probe-status) or
+    /// `tcp:HOST:PORT` (connect); a probe that never passes rolls back. Aim
+    /// it at an address only the successor serves (see README).
+    #[arg(long, value_name = "URL")]
+    pub probe: Option<String>,
+    /// The HTTP status the probe expects [default: 200].
+    #[arg(long, value_name = "CODE")]
+    pub probe_status: Option<u16>,
+    /// How long the probe is retried before the handoff rolls back
+    /// [default: 30s; bounded by --deadline].
+    #[arg(long, value_name = "DUR")]
+    pub probe_timeout: Option<String>,
     /// The daemon binary and its arguments.
     #[arg(last = true, value_name = "BINARY [ARGS]...")]
     pub command: Vec<OsString>,

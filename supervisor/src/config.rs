@@ -42,6 +42,12 @@ pub struct FileConfig {
     pub restart: Option<RestartArg>,
     /// `--log-format`.
     pub log_format: Option<LogFormat>,
+    /// `--probe`.
+    pub probe: Option<String>,
+    /// `--probe-status`.
+    pub probe_status: Option<u16>,
+    /// `--probe-timeout`.
+    pub probe_timeout: Option<String>,
     /// Expected sha256 of the configured binary at upgrade time.
     pub sha256: Option<String>,
     /// Uids besides our own and root that may use the admin socket.
@@ -91,6 +97,8 @@ pub struct Settings {
     pub sha256: Option<String>,
     pub allowed_uids: Vec<u32>,
     pub allowed_binaries: Vec<PathBuf>,
+    /// The health gate's probe, if any.
+    pub probe: Option<handoff::probe::Probe>,
 }
 
 impl Settings {
@@ -164,6 +172,24 @@ impl Settings {
         if let Some(text) = &drain {
             timeouts.drain_grace = duration("drain timeout", text)?;
         }
+        if let Some(text) = args.probe_timeout.or(file.probe_timeout) {
+            timeouts.probe = duration("probe timeout", &text)?;
+        }
+        let probe = args
+            .probe
+            .or(file.probe)
+            .map(|text| {
+                text.parse::<handoff::probe::Probe>()
+                    .map_err(|e| Failure::usage(e.to_string()))
+            })
+            .transpose()?;
+        let probe = match (probe, args.probe_status.or(file.probe_status)) {
+            (Some(probe), Some(status)) => Some(probe.expecting(status)),
+            (None, Some(_)) => {
+                return Err(Failure::usage("--probe-status needs --probe http://..."));
+            }
+            (probe, None) => probe,
+        };
         timeouts
             .validate()
             .map_err(|e| Failure::usage(format!("{e}")))?;
@@ -198,6 +224,7 @@ impl Settings {
             sha256,
             allowed_uids: file.allowed_uids,
             allowed_binaries: file.allowed_binaries.into_iter().map(from_file).collect(),
+            probe,
         })
     }
 }
@@ -418,6 +445,9 @@ mod tests {
             sha256 = "00"
             allowed_uids = [1000]
             allowed_binaries = ["/opt/d/next"]
+            probe = "http://127.0.0.1:8081/healthz"
+            probe_status = 204
+            probe_timeout = "10s"
             [listen]
             http = "127.0.0.1:8080"
             "#,

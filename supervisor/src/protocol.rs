@@ -151,6 +151,7 @@ impl HandoffReport {
             ("drain", phases.drain),
             ("seal", phases.seal),
             ("begin", phases.begin),
+            ("probe", phases.probe),
             ("commit", phases.commit),
             ("abort", phases.abort),
         ];

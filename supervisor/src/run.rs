@@ -59,6 +59,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         timeouts: settings.timeouts,
         restart: settings.restart,
         listeners,
+        probe: settings.probe.clone(),
     };
     tracing::info!(
         binary = %settings.program.display(),

@@ -112,6 +112,7 @@ impl Harness {
             timeouts,
             restart: RestartPolicy::OnFailure,
             listeners: vec![listener],
+            probe: None,
         };
         let (supervisor, events) =
             Supervisor::start_with_events(config).expect("supervisor starts");

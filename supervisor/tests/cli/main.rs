@@ -6,5 +6,7 @@ mod common;
 
 mod admin;
 mod bad_input;
+mod health;
 mod lifecycle;
+mod load;
 mod systemd;
