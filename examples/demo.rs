@@ -109,6 +109,7 @@ fn main() {
         restart: RestartPolicy::OnFailure,
         listeners: vec![listener],
         probe: None,
+        protocol: handoff::supervisor::DaemonProtocol::Library,
     })
     .expect("supervisor");
     let handle = supervisor.handle();

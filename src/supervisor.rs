@@ -23,7 +23,8 @@ use crate::error::{Error, Peer, Result};
 use crate::fault::{self, FaultRole};
 use crate::probe::Probe;
 use crate::protocol::{
-    HandoffAction, HandoffConfig, HandoffInput, HandoffMachine, Phases, RetireAction, RetireInput,
+    ForeignAction, ForeignConfig, ForeignHandoffMachine, ForeignInput, HandoffAction,
+    HandoffConfig, HandoffInput, HandoffMachine, Phases, ReadySignal, RetireAction, RetireInput,
     RetireMachine, Side, Signal, Verdict,
 };
 use crate::successor::ENV_SUPERVISOR_PID;
@@ -80,6 +81,26 @@ impl NamedListener {
     }
 }
 
+/// How the supervisor talks to its generations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DaemonProtocol {
+    /// The daemon links this library: control socket, drain, seal, commit.
+    Library,
+    /// A daemon that does not link the library, supervised with systemd's
+    /// conventions: listeners by socket activation (fds 3.., `LISTEN_FDS`,
+    /// `LISTEN_FDNAMES`, `LISTEN_PID`), readiness by `READY=1` on a
+    /// per-generation `NOTIFY_SOCKET` or by the probe, stop by a signal.
+    /// Always overlap: the successor serves before the incumbent is told
+    /// to stop (`mode` is ignored).
+    Systemd {
+        /// How readiness is signalled (`Probe` needs `SupervisorConfig::probe`).
+        ready: ReadySignal,
+        /// What stops a generation gracefully (SIGTERM; SIGQUIT for
+        /// nginx-style servers); SIGKILL follows after the drain grace.
+        stop_signal: Sig,
+    },
+}
+
 /// When a generation that exited outside a handoff is started again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -109,6 +130,8 @@ pub struct SupervisorConfig {
     pub restart: RestartPolicy,
     /// The listeners, bound or adopted by the caller.
     pub listeners: Vec<NamedListener>,
+    /// How generations are started and spoken to.
+    pub protocol: DaemonProtocol,
     /// The health gate: when set, a successor's healthy Ready is followed
     /// by this probe (retried until `timeouts.probe`) before Commit, and a
     /// probe that never passes rolls the handoff back (I12). Cold starts
@@ -427,7 +450,10 @@ struct Child {
     generation: u64,
     pid: u32,
     process: std::process::Child,
-    sender: channel::Sender,
+    /// The control connection (`None` for a foreign daemon).
+    sender: Option<channel::Sender>,
+    /// A foreign daemon's notification socket.
+    notify: Option<sys::NotifySocket>,
     /// The handoff id messages to this child carry now.
     handoff_id: u64,
     program: PathBuf,
@@ -439,7 +465,11 @@ struct Child {
 
 impl Child {
     fn send(&self, message: Message) -> Result<()> {
-        self.sender.send(self.handoff_id, message, &[])
+        match &self.sender {
+            Some(sender) => sender.send(self.handoff_id, message, &[]),
+            // A foreign daemon is spoken to with signals only.
+            None => Ok(()),
+        }
     }
 
     fn signal(&self, signal: Sig) {
@@ -460,7 +490,12 @@ impl Child {
             Ok(status) => describe_status(status),
             Err(error) => format!("wait failed: {error}"),
         };
-        self.sender.shutdown();
+        if let Some(sender) = &self.sender {
+            sender.shutdown();
+        }
+        if let Some(notify) = &self.notify {
+            notify.shutdown();
+        }
         self.reaped = Some(status.clone());
         status
     }
@@ -482,8 +517,37 @@ fn sig(signal: Signal) -> Sig {
     }
 }
 
+/// The machine of the handoff in flight.
+enum Machine {
+    Library(HandoffMachine),
+    Foreign(ForeignHandoffMachine),
+}
+
+impl Machine {
+    fn handoff_id(&self) -> u64 {
+        match self {
+            Machine::Library(machine) => machine.handoff_id(),
+            Machine::Foreign(machine) => machine.handoff_id(),
+        }
+    }
+
+    fn state_name(&self) -> &'static str {
+        match self {
+            Machine::Library(machine) => machine.state_name(),
+            Machine::Foreign(machine) => machine.state_name(),
+        }
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        match self {
+            Machine::Library(machine) => machine.next_wakeup(),
+            Machine::Foreign(machine) => machine.next_wakeup(),
+        }
+    }
+}
+
 struct InFlight {
-    machine: HandoffMachine,
+    machine: Machine,
     successor: Child,
     reply: Option<Sender<Result<Outcome>>>,
     old_pid: Option<u32>,
@@ -521,6 +585,12 @@ struct Loop {
     finished: bool,
     probes_tx: Sender<Probed>,
     probes_rx: Receiver<Probed>,
+    /// Notifications from foreign generations: (generation, datagram).
+    notes_tx: Sender<(u64, sys::Notification)>,
+    notes_rx: Receiver<(u64, sys::Notification)>,
+    /// Where foreign generations' notification sockets live (made on the
+    /// first foreign spawn).
+    notify_dir: Option<sys::PrivateDir>,
 }
 
 impl Loop {
@@ -531,9 +601,13 @@ impl Loop {
     ) -> Self {
         let now = Instant::now();
         let (probes_tx, probes_rx) = crossbeam_channel::unbounded();
+        let (notes_tx, notes_rx) = crossbeam_channel::unbounded();
         Loop {
             probes_tx,
             probes_rx,
+            notes_tx,
+            notes_rx,
+            notify_dir: None,
             next_heartbeat: now + config.timeouts.heartbeat_interval,
             config,
             events_tx,
@@ -570,6 +644,7 @@ impl Loop {
 
     fn run(&mut self, commands: &Receiver<Command>, events: &Receiver<Event>) -> Result<()> {
         let probes = self.probes_rx.clone();
+        let notes = self.notes_rx.clone();
         while !self.finished {
             let wake = self.next_wakeup();
             let timer = crossbeam_channel::at(wake.max(Instant::now()));
@@ -589,6 +664,11 @@ impl Loop {
                 recv(probes) -> verdict => {
                     if let Ok(verdict) = verdict {
                         self.on_probed(verdict);
+                    }
+                },
+                recv(notes) -> note => {
+                    if let Ok((generation, note)) = note {
+                        self.on_note(generation, note);
                     }
                 },
                 recv(timer) -> _ => {},
@@ -685,7 +765,8 @@ impl Loop {
                 generation,
                 pid,
                 process,
-                sender,
+                sender: Some(sender),
+                notify: None,
                 handoff_id: 0,
                 program,
                 restart,
@@ -714,7 +795,12 @@ impl Loop {
             .unwrap_or_else(|| self.config.program.clone());
         let args = request.args.unwrap_or_else(|| self.config.args.clone());
         let restart_program = request.restart_program.unwrap_or_else(|| program.clone());
-        let (successor, spawn_time) = self.spawn(program, args, request.env, restart_program)?;
+        let (successor, spawn_time) = match self.config.protocol {
+            DaemonProtocol::Library => self.spawn(program, args, request.env, restart_program)?,
+            DaemonProtocol::Systemd { .. } => {
+                self.spawn_foreign(program, args, request.env, restart_program)?
+            }
+        };
         let handoff_id = self.next_handoff_id;
         self.next_handoff_id += 1;
         let has_incumbent = self.live.as_ref().is_some_and(|live| live.reaped.is_none());
@@ -743,7 +829,23 @@ impl Loop {
             successor_pid: successor.pid,
             incumbent_pid: self.live.as_ref().map(|live| live.pid),
         });
-        let machine = HandoffMachine::new(config, Instant::now());
+        let now = Instant::now();
+        let (machine, foreign_actions) = match self.config.protocol {
+            DaemonProtocol::Library => (Machine::Library(HandoffMachine::new(config, now)), None),
+            DaemonProtocol::Systemd { ready, .. } => {
+                let (machine, actions) = ForeignHandoffMachine::start(
+                    ForeignConfig {
+                        handoff_id,
+                        successor_pid: successor.pid,
+                        ready,
+                        probe: self.config.probe.is_some(),
+                        timeouts,
+                    },
+                    now,
+                );
+                (Machine::Foreign(machine), Some(actions))
+            }
+        };
         if fault::reached(
             FaultRole::Supervisor,
             machine.state_name(),
@@ -760,7 +862,189 @@ impl Loop {
             old_pid: self.live.as_ref().map(|live| live.pid),
             spawn_time,
         });
+        if let Some(actions) = foreign_actions {
+            self.perform_foreign(actions, now);
+        }
         Ok(())
+    }
+
+    /// Spawns a foreign generation (`DaemonProtocol::Systemd`): socket
+    /// activation, a notification socket of its own, a reader thread for it
+    /// and a waiter thread.
+    fn spawn_foreign(
+        &mut self,
+        program: PathBuf,
+        args: Vec<OsString>,
+        extra_env: Vec<(OsString, OsString)>,
+        restart_program: PathBuf,
+    ) -> Result<(Child, Duration)> {
+        let restart = (restart_program, args.clone());
+        let begun = Instant::now();
+        let generation = self.next_generation;
+        if self.notify_dir.is_none() {
+            self.notify_dir = Some(
+                sys::PrivateDir::create()
+                    .map_err(|source| Error::io("creating the notification directory", source))?,
+            );
+        }
+        let dir = self
+            .notify_dir
+            .as_ref()
+            .map(|d| d.path().to_owned())
+            .unwrap_or_default();
+        let notify = sys::NotifySocket::bind(&dir.join(format!("gen{generation}.sock")))
+            .map_err(|source| Error::io("binding a notification socket", source))?;
+        let mut env = self.config.env.clone();
+        env.extend(extra_env);
+        let process = sys::spawn_foreign(sys::ForeignSpec {
+            program: program.clone(),
+            args,
+            env,
+            listeners: self
+                .config
+                .listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.fd.as_fd()))
+                .collect(),
+            notify_socket: Some(notify.path().to_owned()),
+            die_with_parent: true,
+        })
+        .map_err(|source| Error::Spawn {
+            binary: program.clone(),
+            source,
+        })?;
+        let pid = process.id();
+        self.next_generation += 1;
+        let reader = notify
+            .try_clone()
+            .map_err(|source| Error::io("cloning a notification socket", source))?;
+        let notes = self.notes_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("handoff-notify{generation}"))
+            .spawn(move || {
+                // Ends when the socket is shut down at the reap.
+                while let Ok(Some(note)) = sys::receive_notification(&reader) {
+                    if notes.send((generation, note)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|source| Error::io("spawn a notification reader", source))?;
+        let events = self.events_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("handoff-wait{generation}"))
+            .spawn(move || {
+                if let Err(error) = sys::wait_exit_nowait(pid) {
+                    tracing::error!(pid, error = %error, "waiting for a generation failed");
+                }
+                let _ = events.send(Event::Exited { generation });
+            })
+            .map_err(|source| Error::io("spawn a waiter thread", source))?;
+        tracing::info!(generation, pid, program = %program.display(), "foreign generation spawned");
+        Ok((
+            Child {
+                generation,
+                pid,
+                process,
+                sender: None,
+                notify: Some(notify),
+                handoff_id: 0,
+                program,
+                restart,
+                started: Instant::now(),
+                reaped: None,
+            },
+            begun.elapsed(),
+        ))
+    }
+
+    /// A notification from a foreign generation: only the successor's
+    /// matter, and only while its handoff runs.
+    fn on_note(&mut self, generation: u64, note: sys::Notification) {
+        let Some(in_flight) = &self.in_flight else {
+            return;
+        };
+        if in_flight.successor.generation != generation {
+            return;
+        }
+        if note.pid != Some(in_flight.successor.pid) {
+            tracing::warn!(
+                generation,
+                sender = ?note.pid,
+                expected = in_flight.successor.pid,
+                "notification from another process ignored"
+            );
+        }
+        self.step_foreign(
+            ForeignInput::Notified {
+                pid: note.pid,
+                text: note.text,
+            },
+            Instant::now(),
+        );
+    }
+
+    fn step_foreign(&mut self, input: ForeignInput, now: Instant) {
+        let Some(InFlight {
+            machine: Machine::Foreign(machine),
+            successor,
+            ..
+        }) = &mut self.in_flight
+        else {
+            return;
+        };
+        let before = machine.state_name();
+        let actions = machine.step(input, now);
+        let after = machine.state_name();
+        let handoff_id = machine.handoff_id();
+        let generation = successor.generation;
+        self.perform_foreign(actions, now);
+        if before != after {
+            tracing::debug!(handoff_id, from = before, to = after, "handoff phase");
+            self.announce(SupervisorEvent::Phase {
+                handoff_id,
+                phase: after,
+            });
+            if fault::reached(FaultRole::Supervisor, after, generation).is_err() {
+                self.step_foreign(ForeignInput::Cancel, now);
+            }
+        }
+    }
+
+    fn perform_foreign(&mut self, actions: Vec<ForeignAction>, now: Instant) {
+        for action in actions {
+            match action {
+                ForeignAction::StartProbe { until } => self.start_probe(until),
+                ForeignAction::Signal(signal) => {
+                    let signal = self.sig(signal);
+                    if let Some(in_flight) = &self.in_flight {
+                        in_flight.successor.signal(signal);
+                    }
+                }
+                ForeignAction::Finish(verdict) => self.finish(verdict, now),
+            }
+        }
+    }
+
+    /// The signal a machine's `Signal` means here: `Term` is the configured
+    /// stop signal of a foreign daemon.
+    fn sig(&self, signal: Signal) -> Sig {
+        match (signal, self.config.protocol) {
+            (Signal::Term, DaemonProtocol::Systemd { stop_signal, .. }) => stop_signal,
+            (signal, _) => sig(signal),
+        }
+    }
+
+    /// Feeds `Cancel` to whichever machine runs the handoff in flight.
+    fn cancel_handoff(&mut self, now: Instant) {
+        match &self.in_flight {
+            Some(InFlight {
+                machine: Machine::Foreign(_),
+                ..
+            }) => self.step_foreign(ForeignInput::Cancel, now),
+            Some(_) => self.step_handoff(HandoffInput::Cancel, now),
+            None => {}
+        }
     }
 
     fn on_command(&mut self, command: Command) {
@@ -834,7 +1118,23 @@ impl Loop {
         };
         let successor_generation = self.in_flight.as_ref().map(|f| f.successor.generation);
         let live_generation = self.live.as_ref().map(|l| l.generation);
-        if Some(generation) == successor_generation {
+        let foreign = matches!(
+            self.in_flight,
+            Some(InFlight {
+                machine: Machine::Foreign(_),
+                ..
+            })
+        );
+        if foreign && Some(generation) == successor_generation {
+            // A foreign successor has no control connection: only its exit.
+            if let Event::Exited { .. } = event {
+                let status = status.unwrap_or_default();
+                self.step_foreign(ForeignInput::Exited { status }, now);
+            }
+        } else if foreign && Some(generation) == live_generation {
+            // The incumbent takes no part in a foreign handoff (I13).
+            self.on_live_event(event, status.unwrap_or_default(), now);
+        } else if Some(generation) == successor_generation {
             let input = match event {
                 Event::Frame { frame, .. } => HandoffInput::Frame {
                     from: Side::Successor,
@@ -896,11 +1196,7 @@ impl Loop {
             .as_ref()
             .is_some_and(|f| f.machine.handoff_id() == handoff_id)
         {
-            let input = match result {
-                Ok(()) => HandoffInput::ProbePassed,
-                Err(detail) => HandoffInput::ProbeFailed { detail },
-            };
-            self.step_handoff(input, Instant::now());
+            self.probe_verdict(result, Instant::now());
         }
     }
 
@@ -981,14 +1277,19 @@ impl Loop {
     }
 
     fn step_handoff(&mut self, input: HandoffInput, now: Instant) {
-        let Some(in_flight) = &mut self.in_flight else {
+        let Some(InFlight {
+            machine: Machine::Library(machine),
+            successor,
+            ..
+        }) = &mut self.in_flight
+        else {
             return;
         };
-        let before = in_flight.machine.state_name();
-        let actions = in_flight.machine.step(input, now);
-        let after = in_flight.machine.state_name();
-        let handoff_id = in_flight.machine.handoff_id();
-        let generation = in_flight.successor.generation;
+        let before = machine.state_name();
+        let actions = machine.step(input, now);
+        let after = machine.state_name();
+        let handoff_id = machine.handoff_id();
+        let generation = successor.generation;
         self.perform(actions, now);
         if before != after {
             tracing::debug!(handoff_id, from = before, to = after, "handoff phase");
@@ -1085,7 +1386,27 @@ impl Loop {
             None => Err("no probe configured".to_owned()),
         };
         if let Err(detail) = result {
-            self.step_handoff(HandoffInput::ProbeFailed { detail }, Instant::now());
+            self.probe_verdict(Err(detail), Instant::now());
+        }
+    }
+
+    fn probe_verdict(&mut self, result: std::result::Result<(), String>, now: Instant) {
+        match (&self.in_flight, result) {
+            (
+                Some(InFlight {
+                    machine: Machine::Foreign(_),
+                    ..
+                }),
+                result,
+            ) => self.step_foreign(
+                match result {
+                    Ok(()) => ForeignInput::ProbePassed,
+                    Err(detail) => ForeignInput::ProbeFailed { detail },
+                },
+                now,
+            ),
+            (_, Ok(())) => self.step_handoff(HandoffInput::ProbePassed, now),
+            (_, Err(detail)) => self.step_handoff(HandoffInput::ProbeFailed { detail }, now),
         }
     }
 
@@ -1102,11 +1423,13 @@ impl Loop {
                 })
                 .collect();
             let fds: Vec<_> = chunk.iter().map(|l| l.fd.as_fd()).collect();
-            in_flight.successor.sender.send(
-                in_flight.successor.handoff_id,
-                Message::Fds { entries },
-                &fds,
-            )?;
+            if let Some(sender) = &in_flight.successor.sender {
+                sender.send(
+                    in_flight.successor.handoff_id,
+                    Message::Fds { entries },
+                    &fds,
+                )?;
+            }
         }
         Ok(())
     }
@@ -1139,8 +1462,16 @@ impl Loop {
                         // Overlap: the old one drains now (Prepare carries this id).
                         old.handoff_id = handoff_id;
                         let drain_first = self.config.mode == Mode::Overlap;
-                        let (machine, actions) =
-                            RetireMachine::start(drain_first, self.config.timeouts, now);
+                        let (machine, actions) = match self.config.protocol {
+                            DaemonProtocol::Library => {
+                                RetireMachine::start(drain_first, self.config.timeouts, now)
+                            }
+                            // Overlap by signal: the stop signal, then the
+                            // drain grace before SIGKILL.
+                            DaemonProtocol::Systemd { .. } => {
+                                RetireMachine::signal_first(self.config.timeouts, now)
+                            }
+                        };
                         if fault::reached(
                             FaultRole::Supervisor,
                             machine.state_name(),
@@ -1166,6 +1497,10 @@ impl Loop {
                 incumbent_serving,
             } => {
                 phases.spawn = Some(in_flight.spawn_time);
+                // A foreign incumbent takes no part in the handoff: it
+                // serves if it is still alive.
+                let incumbent_serving = incumbent_serving
+                    && self.live.as_ref().is_some_and(|live| live.reaped.is_none());
                 if !incumbent_serving {
                     match &self.live {
                         Some(live) if live.reaped.is_none() => live.signal(Sig::Kill),
@@ -1243,7 +1578,13 @@ impl Loop {
                         return;
                     }
                 }
-                RetireAction::Signal(signal) => retiring.child.signal(sig(signal)),
+                RetireAction::Signal(signal) => {
+                    let signal = match (signal, self.config.protocol) {
+                        (Signal::Term, DaemonProtocol::Systemd { stop_signal, .. }) => stop_signal,
+                        (signal, _) => sig(signal),
+                    };
+                    self.retiring[index].child.signal(signal);
+                }
                 RetireAction::Gone => {
                     let retired = self.retiring.remove(index);
                     self.announce(SupervisorEvent::GenerationRetired {
@@ -1263,10 +1604,20 @@ impl Loop {
     }
 
     fn on_time(&mut self, now: Instant) {
-        if let Some(in_flight) = &self.in_flight
-            && in_flight.machine.next_wakeup().is_some_and(|at| at <= now)
-        {
-            self.step_handoff(HandoffInput::Tick, now);
+        match &self.in_flight {
+            Some(InFlight {
+                machine: Machine::Library(machine),
+                ..
+            }) if machine.next_wakeup().is_some_and(|at| at <= now) => {
+                self.step_handoff(HandoffInput::Tick, now)
+            }
+            Some(InFlight {
+                machine: Machine::Foreign(machine),
+                ..
+            }) if machine.next_wakeup().is_some_and(|at| at <= now) => {
+                self.step_foreign(ForeignInput::Tick, now)
+            }
+            _ => {}
         }
         let due: Vec<usize> = (0..self.retiring.len())
             .filter(|&i| {
@@ -1351,7 +1702,7 @@ impl Loop {
                 self.restart_at = None;
                 if self.in_flight.is_some() {
                     // Roll back first; terminate_all runs when it finished.
-                    self.step_handoff(HandoffInput::Cancel, now);
+                    self.cancel_handoff(now);
                 } else {
                     self.terminate_all(now);
                 }
@@ -1360,12 +1711,13 @@ impl Loop {
     }
 
     fn terminate_all(&mut self, _now: Instant) {
+        let stop = self.sig(Signal::Term);
         for child in self
             .live
             .iter()
             .chain(self.retiring.iter().map(|r| &r.child))
         {
-            child.signal(Sig::Term);
+            child.signal(stop);
         }
     }
 }

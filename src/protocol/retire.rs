@@ -101,6 +101,21 @@ impl RetireMachine {
         }
     }
 
+    /// A machine for an old foreign generation (`--protocol systemd`): the
+    /// stop signal at once (the driver maps `Signal::Term` to it), SIGKILL
+    /// after `drain_grace`.
+    pub fn signal_first(timeouts: Timeouts, now: Instant) -> (Self, Vec<RetireAction>) {
+        (
+            RetireMachine {
+                state: State::Terminated {
+                    until: now + timeouts.drain_grace,
+                },
+                timeouts,
+            },
+            vec![RetireAction::Signal(Signal::Term)],
+        )
+    }
+
     /// Whether the old generation is gone.
     pub fn is_gone(&self) -> bool {
         self.state == State::Gone

@@ -89,6 +89,7 @@
 )]
 
 mod fdpass;
+mod foreign;
 mod inherit;
 mod lock;
 mod notify;
@@ -101,6 +102,10 @@ mod socket;
 mod test_support;
 
 pub(crate) use fdpass::{Received, recv_chunk, send_frame};
+pub(crate) use foreign::{
+    ForeignSpec, Notification, NotifySocket, PrivateDir, receive as receive_notification,
+    spawn_foreign,
+};
 pub(crate) use inherit::{adopt_inherited_fd, listen_fds, shutdown};
 pub(crate) use lock::{DataDirLock, LOCK_FILE_NAME};
 pub use notify::{monotonic_usec, notify};

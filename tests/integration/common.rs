@@ -113,6 +113,7 @@ impl Harness {
             restart: RestartPolicy::OnFailure,
             listeners: vec![listener],
             probe: None,
+            protocol: handoff::supervisor::DaemonProtocol::Library,
         };
         let (supervisor, events) =
             Supervisor::start_with_events(config).expect("supervisor starts");

@@ -151,6 +151,8 @@ pub struct Start {
     pub testd_args: Vec<String>,
     /// Extra environment.
     pub env: Vec<(String, String)>,
+    /// Another daemon (program and arguments) instead of testd.
+    pub daemon: Option<Vec<String>>,
     /// Replaces the whole command (socket activation): given the command
     /// that would run, returns the one to run.
     pub wrap: Option<Box<dyn FnOnce(Command) -> Command>>,
@@ -171,6 +173,7 @@ impl Default for Start {
             .to_vec(),
             testd_args: Vec::new(),
             env: Vec::new(),
+            daemon: None,
             wrap: None,
         }
     }
@@ -200,9 +203,12 @@ impl Supervisor {
             .arg("--socket")
             .arg(&socket)
             .args(&start.flags)
-            .arg("--")
-            .arg(testd())
-            .args(&start.testd_args)
+            .arg("--");
+        match &start.daemon {
+            Some(daemon) => command.args(daemon),
+            None => command.arg(testd()).args(&start.testd_args),
+        };
+        command
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_PID")
             .envs(start.env)

@@ -6,7 +6,9 @@ mod common;
 
 mod admin;
 mod bad_input;
+mod foreign;
 mod health;
+mod history;
 mod lifecycle;
 mod load;
 mod systemd;
