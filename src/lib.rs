@@ -27,8 +27,8 @@ pub(crate) mod sys;
 pub use incumbent::EXIT_ABORTED;
 pub use protocol::Ending;
 pub use successor::{
-    Begun, ENV_CONTROL_FD, ENV_SUPERVISOR_PID, Generation, Live, ReadyReport, StartOptions,
-    Warming, start,
+    Begun, ENV_CONTROL_FD, ENV_HEARTBEAT_MS, ENV_SUPERVISOR_PID, Generation, Live, ReadyReport,
+    StartOptions, Warming, start,
 };
 pub use sys::ListenAddr;
 pub mod fault;

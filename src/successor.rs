@@ -49,6 +49,10 @@ pub const ENV_CONTROL_FD: &str = "HANDOFF_CONTROL_FD";
 /// Environment variable naming the supervisor's pid; a process whose parent
 /// is not that pid (a daemon's own child) is not supervised.
 pub const ENV_SUPERVISOR_PID: &str = "HANDOFF_SUPERVISOR_PID";
+/// Environment variable with the supervisor's heartbeat interval in
+/// milliseconds: a generation heartbeats at the supervisor's pace, so a
+/// supervisor with a short liveness timeout does not take it for dead (I2).
+pub const ENV_HEARTBEAT_MS: &str = "HANDOFF_HEARTBEAT_MS";
 
 /// How a daemon starts.
 #[derive(Debug, Clone)]
@@ -125,12 +129,16 @@ pub fn start(options: StartOptions) -> Result<Generation<Warming>> {
             state: Warming(()),
         });
     };
-    let (to_agent, from_agent) = crate::incumbent::start_agent(
-        control,
-        options.build_id,
-        options.versions,
-        options.timeouts,
-    )?;
+    let mut timeouts = options.timeouts;
+    if let Some(interval) = std::env::var(ENV_HEARTBEAT_MS)
+        .ok()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+    {
+        timeouts.heartbeat_interval = std::time::Duration::from_millis(interval);
+    }
+    let (to_agent, from_agent) =
+        crate::incumbent::start_agent(control, options.build_id, options.versions, timeouts)?;
     match from_agent.recv() {
         Ok(AgentEvent::FdsComplete {
             mode,

@@ -27,7 +27,7 @@ use crate::protocol::{
     HandoffConfig, HandoffInput, HandoffMachine, Phases, ReadySignal, RetireAction, RetireInput,
     RetireMachine, Side, Signal, Verdict,
 };
-use crate::successor::ENV_SUPERVISOR_PID;
+use crate::successor::{ENV_HEARTBEAT_MS, ENV_SUPERVISOR_PID};
 use crate::sys::{self, ListenAddr, Sig, SpawnSpec};
 use crate::timeouts::{RESTART_STABLE, STOP_DRAIN, Timeouts};
 use crate::wire::{AbortReason, FdEntry, FdKind, MAX_FDS_PER_FRAME, Message, Mode};
@@ -717,6 +717,15 @@ impl Loop {
         env.push((
             ENV_SUPERVISOR_PID.into(),
             std::process::id().to_string().into(),
+        ));
+        env.push((
+            ENV_HEARTBEAT_MS.into(),
+            self.config
+                .timeouts
+                .heartbeat_interval
+                .as_millis()
+                .to_string()
+                .into(),
         ));
         let process = sys::spawn(SpawnSpec {
             program: program.clone(),

@@ -135,6 +135,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     let stop_drain = args.stop_drain.unwrap_or(STOP_DRAIN);
     runtime.block_on(async move {
+        // Catch SIGTERM before anything is served: its default action would
+        // kill the gateway without a drain.
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let http_listener = tokio::net::TcpListener::from_std(http_listener)?;
         let admin_listener = tokio::net::TcpListener::from_std(admin_listener)?;
         let mut stdout = std::io::stdout().lock();
@@ -151,8 +155,6 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         tokio::spawn(admin::serve(Arc::clone(&shared), admin_listener));
         tokio::spawn(Arc::clone(&shared).watch_config());
 
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         terminate.recv().await;
         tracing::info!(drain = ?stop_drain, "SIGTERM: draining");
         let report = shared.drain(Instant::now() + stop_drain).await;

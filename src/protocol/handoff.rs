@@ -765,21 +765,7 @@ impl HandoffMachine {
                     if reason == AbortReason::SuccessorClosed {
                         reason = AbortReason::SuccessorExited { status };
                     }
-                    if resume && self.incumbent_alive() {
-                        self.enter(
-                            Phase::Resuming {
-                                reason: reason.clone(),
-                            },
-                            now,
-                        );
-                        actions.push(HandoffAction::Send {
-                            to: Side::Incumbent,
-                            message: Message::ResumeAfterAbort,
-                        });
-                    } else {
-                        let serving = self.incumbent_alive();
-                        self.finish_rollback(reason, serving, now, actions);
-                    }
+                    self.after_successor_reaped(reason, resume, now, actions);
                 } else {
                     self.abort(AbortReason::SuccessorExited { status }, now, actions);
                 }
@@ -844,21 +830,7 @@ impl HandoffMachine {
                 now,
             );
             // Already reaped: move on at once.
-            if resume_incumbent {
-                self.enter(
-                    Phase::Resuming {
-                        reason: reason.clone(),
-                    },
-                    now,
-                );
-                actions.push(HandoffAction::Send {
-                    to: Side::Incumbent,
-                    message: Message::ResumeAfterAbort,
-                });
-            } else {
-                let serving = self.incumbent_alive();
-                self.finish_rollback(reason, serving, now, actions);
-            }
+            self.after_successor_reaped(reason, resume_incumbent, now, actions);
             return;
         }
         actions.push(HandoffAction::Kill {
@@ -872,6 +844,32 @@ impl HandoffMachine {
             },
             now,
         );
+    }
+
+    /// The successor is reaped, so the lock it may have held is free (I5):
+    /// resume the incumbent if it was asked to drain, else the rollback ends.
+    fn after_successor_reaped(
+        &mut self,
+        reason: AbortReason,
+        resume_incumbent: bool,
+        now: Instant,
+        actions: &mut Vec<HandoffAction>,
+    ) {
+        if resume_incumbent && self.incumbent_alive() {
+            self.enter(
+                Phase::Resuming {
+                    reason: reason.clone(),
+                },
+                now,
+            );
+            actions.push(HandoffAction::Send {
+                to: Side::Incumbent,
+                message: Message::ResumeAfterAbort,
+            });
+        } else {
+            let serving = self.incumbent_alive();
+            self.finish_rollback(reason, serving, now, actions);
+        }
     }
 
     fn finish_rollback(

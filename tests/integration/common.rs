@@ -162,6 +162,21 @@ impl Harness {
             .expect("upgrade runs to an outcome")
     }
 
+    /// Starts an upgrade on a thread of its own (for tests that act while
+    /// it runs).
+    pub fn upgrade_in_background(
+        &self,
+        args: Vec<String>,
+    ) -> std::thread::JoinHandle<handoff::Result<Outcome>> {
+        let handle = self.handle.clone();
+        std::thread::spawn(move || {
+            handle.upgrade(UpgradeRequest {
+                args: Some(args.into_iter().map(Into::into).collect()),
+                ..UpgradeRequest::default()
+            })
+        })
+    }
+
     /// The args testd needs plus `extra`.
     pub fn args(&self, extra: &[&str]) -> Vec<String> {
         testd_args(self.data.as_ref().map(TempDir::path), extra)

@@ -254,14 +254,7 @@ fn incumbent_killed_mid_drain_hands_over_to_the_successor() {
     let harness = Harness::start(Mode::Exclusive, &["--hang-at", "drain"]);
     let writes = put_many(&harness, "d", 5);
     let old = harness.info().pid;
-    let handle = harness.handle.clone();
-    let args = harness.args(&["--build", "v2"]);
-    let upgrade = std::thread::spawn(move || {
-        handle.upgrade(handoff::supervisor::UpgradeRequest {
-            args: Some(args.into_iter().map(Into::into).collect()),
-            ..Default::default()
-        })
-    });
+    let upgrade = harness.upgrade_in_background(harness.args(&["--build", "v2"]));
     harness.wait_event(|event| {
         matches!(
             event,

@@ -123,14 +123,7 @@ fn a_frozen_incumbent_is_declared_dead_after_the_liveness_timeout() {
     let harness = Harness::start_with(Mode::Exclusive, &["--hang-at", "drain"], timeouts);
     put(&harness, "frozen", "1");
     let old = harness.info().pid;
-    let handle = harness.handle.clone();
-    let args = harness.args(&[]);
-    let upgrade = std::thread::spawn(move || {
-        handle.upgrade(UpgradeRequest {
-            args: Some(args.into_iter().map(Into::into).collect()),
-            ..UpgradeRequest::default()
-        })
-    });
+    let upgrade = harness.upgrade_in_background(harness.args(&[]));
     harness.wait_event(|event| {
         matches!(
             event,

@@ -6,4 +6,6 @@ mod common;
 mod faults;
 mod handoff;
 mod hostile;
+mod kvd;
 mod registry;
+mod zero_loss;

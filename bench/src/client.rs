@@ -1,0 +1,206 @@
+//! A minimal HTTP/1.1 client that tells failures apart.
+//!
+//! Written by hand rather than taken from a client library so that every
+//! failure keeps its class (a refused connect, a reset, a timeout, a 5xx)
+//! and so that the one failure a well-behaved client retries on its own —
+//! a request sent on a kept-alive connection that the server closed at
+//! that moment, before any byte of a response — is counted apart.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Failure {
+    /// The connect was refused: nothing listened.
+    Refused,
+    /// The connection was reset (or the pipe broke).
+    Reset,
+    /// No complete answer within the request timeout.
+    Timeout,
+    /// A 5xx status.
+    Http5xx,
+    /// Anything else: the connection closed before a full response, a
+    /// malformed response, an unexpected status or body.
+    Other,
+}
+
+impl Failure {
+    /// The name used in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Failure::Refused => "refused",
+            Failure::Reset => "reset",
+            Failure::Timeout => "timeout",
+            Failure::Http5xx => "http_5xx",
+            Failure::Other => "other",
+        }
+    }
+
+    fn of(error: &std::io::Error) -> Failure {
+        use std::io::ErrorKind;
+        match error.kind() {
+            ErrorKind::ConnectionRefused => Failure::Refused,
+            ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::ConnectionAborted => {
+                Failure::Reset
+            }
+            ErrorKind::TimedOut => Failure::Timeout,
+            _ => Failure::Other,
+        }
+    }
+}
+
+/// A response.
+#[derive(Debug)]
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// Whether the server announced `Connection: close`.
+    pub close: bool,
+    /// The body.
+    pub body: Vec<u8>,
+    /// From the connect's completion (new connections) or the request's
+    /// start (reused ones) to the status line.
+    pub first_byte: Duration,
+}
+
+/// A failed exchange, and whether any byte of a response had arrived.
+#[derive(Debug)]
+pub struct Failed {
+    /// The class.
+    pub failure: Failure,
+    /// Whether the failure came before any response byte (so the request
+    /// may not have been read by the server).
+    pub before_response: bool,
+}
+
+/// One client connection.
+pub struct Connection {
+    stream: BufReader<TcpStream>,
+    connected_at: Instant,
+    used: bool,
+}
+
+impl Connection {
+    /// Connects to `addr`.
+    pub async fn open(addr: std::net::SocketAddr) -> Result<Connection, Failed> {
+        let stream = TcpStream::connect(addr).await.map_err(|error| Failed {
+            failure: Failure::of(&error),
+            before_response: true,
+        })?;
+        let _ = stream.set_nodelay(true);
+        Ok(Connection {
+            stream: BufReader::new(stream),
+            connected_at: Instant::now(),
+            used: false,
+        })
+    }
+
+    /// Whether a request went over this connection already.
+    pub fn is_reused(&self) -> bool {
+        self.used
+    }
+
+    /// Whether the server closed this idle connection (what a pooling client
+    /// checks before reusing one).
+    pub fn closed_by_peer(&self) -> bool {
+        if !self.stream.buffer().is_empty() {
+            return true; // unsolicited bytes: not reusable
+        }
+        let mut probe = [0u8; 1];
+        !matches!(
+            self.stream.get_ref().try_read(&mut probe),
+            Err(ref error) if error.kind() == std::io::ErrorKind::WouldBlock
+        )
+    }
+
+    /// Sends one request and reads the response.
+    pub async fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        keep_alive: bool,
+    ) -> Result<Response, Failed> {
+        let started = if self.used {
+            Instant::now()
+        } else {
+            self.connected_at
+        };
+        self.used = true;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n{}\r\n",
+            body.len(),
+            if keep_alive {
+                ""
+            } else {
+                "Connection: close\r\n"
+            }
+        );
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body);
+        let before = |error: std::io::Error| Failed {
+            failure: Failure::of(&error),
+            before_response: true,
+        };
+        self.stream
+            .get_mut()
+            .write_all(&request)
+            .await
+            .map_err(before)?;
+        let mut line = String::new();
+        let read = self.stream.read_line(&mut line).await.map_err(before)?;
+        if read == 0 {
+            return Err(Failed {
+                failure: Failure::Other,
+                before_response: true,
+            });
+        }
+        let first_byte = started.elapsed();
+        let after = |error: std::io::Error| Failed {
+            failure: Failure::of(&error),
+            before_response: false,
+        };
+        let malformed = Failed {
+            failure: Failure::Other,
+            before_response: false,
+        };
+        let status: u16 = match line.split(' ').nth(1).and_then(|s| s.parse().ok()) {
+            Some(status) => status,
+            None => return Err(malformed),
+        };
+        let mut length = 0usize;
+        let mut close = false;
+        loop {
+            line.clear();
+            if self.stream.read_line(&mut line).await.map_err(after)? == 0 {
+                return Err(malformed);
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                let value = value.trim();
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.parse().map_err(|_| Failed {
+                        failure: Failure::Other,
+                        before_response: false,
+                    })?;
+                } else if name.eq_ignore_ascii_case("connection") {
+                    close = value.eq_ignore_ascii_case("close");
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.stream.read_exact(&mut body).await.map_err(after)?;
+        Ok(Response {
+            status,
+            close,
+            body,
+            first_byte,
+        })
+    }
+}

@@ -1,0 +1,179 @@
+//! `handoff-bench`: open-loop HTTP load across repeated upgrades; prints one
+//! JSON object and writes an SVG per mode. Exits 1 if a zero count is not
+//! zero, or if the negative control saw no failure (a blind harness).
+//!
+//! ```text
+//! cargo build --release --examples -p handoff && cargo build --release -p handoffctl
+//! cargo run --release -p handoff-bench -- --mode both --upgrades 20 --clients 32
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use handoff::Mode;
+use handoff_bench::run::{Config, Observed, UpgraderKind, run};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Supervisor {
+    /// `handoffctl run` as its own process, upgraded with `handoffctl upgrade`.
+    Handoffctl,
+    /// The library's `Supervisor` inside the benchmark's process.
+    InProcess,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Modes {
+    Exclusive,
+    Overlap,
+    Both,
+}
+
+/// Load benchmark for handoff: zero-loss counts, handoff times, latency.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Which daemon: exclusive (kvd), overlap (echod), or both.
+    #[arg(long, value_enum, default_value = "both")]
+    mode: Modes,
+    /// Who supervises and upgrades.
+    #[arg(long, value_enum, default_value = "handoffctl")]
+    supervisor: Supervisor,
+    /// The handoffctl binary [default: beside this binary].
+    #[arg(long)]
+    handoffctl: Option<PathBuf>,
+    /// Upgrades per run.
+    #[arg(long, default_value_t = 20)]
+    upgrades: usize,
+    /// Concurrent clients (half on new connections, half kept alive).
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Arrival rate over all clients, requests per second.
+    #[arg(long, default_value_t = 800.0)]
+    rate: f64,
+    /// Steady load before the first and after the last upgrade, ms.
+    #[arg(long, default_value_t = 1000)]
+    steady_ms: u64,
+    /// Steady load between upgrades, ms.
+    #[arg(long, default_value_t = 300)]
+    interval_ms: u64,
+    /// Naive restarts in the negative control (0 skips it).
+    #[arg(long, default_value_t = 3)]
+    control_restarts: usize,
+    /// Idle upgrades of echod (no load) to time the handoff alone and watch
+    /// the supervisor host's RSS (0 skips them).
+    #[arg(long, default_value_t = 100)]
+    idle_upgrades: usize,
+    /// Where kvd and echod are [default: target/PROFILE/examples next to
+    /// this binary].
+    #[arg(long)]
+    examples_dir: Option<PathBuf>,
+    /// Directory for the SVG pictures.
+    #[arg(long, default_value = ".")]
+    svg_dir: PathBuf,
+}
+
+fn main() {
+    let args = Args::parse();
+    let examples_dir = args.examples_dir.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join("examples")))
+            .unwrap_or_else(|| PathBuf::from("target/release/examples"))
+    });
+    let modes: &[Mode] = match args.mode {
+        Modes::Exclusive => &[Mode::Exclusive],
+        Modes::Overlap => &[Mode::Overlap],
+        Modes::Both => &[Mode::Exclusive, Mode::Overlap],
+    };
+    let config = |mode: Mode, upgrader: UpgraderKind, upgrades: usize| Config {
+        upgrader,
+        upgrades,
+        clients: args.clients,
+        rate: args.rate,
+        steady: Duration::from_millis(args.steady_ms),
+        interval: Duration::from_millis(args.interval_ms),
+        handoffctl: args.handoffctl.clone(),
+        ..Config::new(mode, examples_dir.clone())
+    };
+    let supervised = match args.supervisor {
+        Supervisor::Handoffctl => UpgraderKind::Ctl,
+        Supervisor::InProcess => UpgraderKind::InProcess,
+    };
+    let loadavg_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut runs = Vec::new();
+    let mut ok = true;
+    for &mode in modes {
+        let observed = finish(run(config(mode, supervised, args.upgrades)));
+        let counts = observed.counts();
+        ok &= counts.failed == 0
+            && counts.retried_idle_close == 0
+            && counts.lost_writes == 0
+            && counts.lingering_generations == 0
+            && counts.witness_agrees
+            && counts.handoffs == args.upgrades as u64
+            && counts.identity_changes == args.upgrades as u64
+            && observed.harness_errors.is_empty();
+        write_svg(
+            &args.svg_dir,
+            &observed,
+            &format!("{mode:?}").to_lowercase(),
+        );
+        runs.push(observed.to_json());
+    }
+    let control = if args.control_restarts > 0 {
+        let observed = finish(run(config(
+            Mode::Exclusive,
+            UpgraderKind::NaiveRestart,
+            args.control_restarts,
+        )));
+        let counts = observed.counts();
+        // The harness must see the losses of a naive restart.
+        ok &= counts.refused + counts.reset > 0;
+        write_svg(&args.svg_dir, &observed, "naive-restart");
+        observed.to_json()
+    } else {
+        serde_json::Value::Null
+    };
+    let idle = if args.idle_upgrades > 0 {
+        let idle = handoff_bench::run::idle(config(Mode::Overlap, supervised, args.idle_upgrades))
+            .unwrap_or_else(|error| {
+                eprintln!("handoff-bench: idle: {error}");
+                std::process::exit(2)
+            });
+        ok &= idle.lingering_generations == 0 && idle.harness_errors.is_empty();
+        idle.to_json()
+    } else {
+        serde_json::Value::Null
+    };
+    let report = serde_json::json!({
+        "runs": runs,
+        "idle_overlap": idle,
+        "negative_control": control,
+        "loadavg_before": loadavg_before.trim(),
+        "loadavg_after": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+        "zero_loss": ok,
+    });
+    println!("{report}");
+    if !ok {
+        eprintln!("handoff-bench: a zero count is not zero, or the negative control saw nothing");
+        std::process::exit(1);
+    }
+}
+
+fn finish(result: Result<Observed, String>) -> Observed {
+    result.unwrap_or_else(|error| {
+        eprintln!("handoff-bench: {error}");
+        std::process::exit(2)
+    })
+}
+
+fn write_svg(dir: &std::path::Path, observed: &Observed, name: &str) {
+    let path = dir.join(format!("handoff-bench-{name}.svg"));
+    let title = format!(
+        "handoff-bench {name}: {} clients, {} req/s, {} upgrades",
+        observed.config.clients, observed.config.rate, observed.config.upgrades
+    );
+    if let Err(error) = std::fs::write(&path, observed.to_svg(&title)) {
+        eprintln!("handoff-bench: writing {}: {error}", path.display());
+    }
+}

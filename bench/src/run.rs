@@ -1,0 +1,622 @@
+//! One benchmark run: a daemon, an upgrader, open-loop load, K upgrades
+//! alternating two builds, the read-back, and the checks that each
+//! upgrade really changed the serving process and left nothing behind.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use handoff::Mode;
+
+use crate::load::{self, ClientLog, LoadConfig, Target};
+use crate::upgrade::{Ctl, DaemonCommand, Handoff, InProcess, NaiveRestart, Upgrader};
+
+/// Who replaces the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpgraderKind {
+    /// `handoffctl run` / `handoffctl upgrade` (the default).
+    Ctl,
+    /// The library's supervisor, in the benchmark's process.
+    InProcess,
+    /// The negative control: SIGTERM, then start the new build alone.
+    NaiveRestart,
+}
+
+/// A run's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Exclusive (`kvd`) or overlap (`echod`).
+    pub mode: Mode,
+    /// Who replaces the daemon.
+    pub upgrader: UpgraderKind,
+    /// Where `kvd` and `echod` are (`target/PROFILE/examples`).
+    pub examples_dir: PathBuf,
+    /// The `handoffctl` binary [default: `handoffctl` beside
+    /// `examples_dir`, i.e. `target/PROFILE/handoffctl`].
+    pub handoffctl: Option<PathBuf>,
+    /// Upgrades during the load.
+    pub upgrades: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Arrival rate, requests per second over all clients.
+    pub rate: f64,
+    /// Steady load before the first upgrade and after the last one.
+    pub steady: Duration,
+    /// Steady load between an upgrade's end and the next one.
+    pub interval: Duration,
+    /// Bound on one request.
+    pub request_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults: 32 clients at 800 requests/s, 20 upgrades.
+    pub fn new(mode: Mode, examples_dir: PathBuf) -> Config {
+        Config {
+            mode,
+            upgrader: UpgraderKind::Ctl,
+            examples_dir,
+            handoffctl: None,
+            upgrades: 20,
+            clients: 32,
+            rate: 800.0,
+            steady: Duration::from_secs(1),
+            interval: Duration::from_millis(300),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One upgrade as observed from outside.
+#[derive(Debug, Clone)]
+pub struct Window {
+    /// From the load's start: the upgrade was asked for.
+    pub start: Duration,
+    /// From the load's start: the old generation was gone (or the upgrade
+    /// returned, if it failed).
+    pub end: Duration,
+    /// What the upgrader reported.
+    pub handoff: Handoff,
+    /// Asked for the upgrade until the old generation's process was gone.
+    pub old_gone: Option<Duration>,
+    /// `/info` after the upgrade showed a new pid, the new build and a
+    /// higher generation.
+    pub identity_changed: bool,
+}
+
+/// Everything a run observed; [`crate::report`] turns it into figures.
+#[derive(Debug)]
+pub struct Observed {
+    /// The settings.
+    pub config: Config,
+    /// One log per client.
+    pub clients: Vec<ClientLog>,
+    /// One per upgrade.
+    pub windows: Vec<Window>,
+    /// Acknowledged writes read back wrong or missing.
+    pub lost_writes: u64,
+    /// Acknowledged writes that could not be read at all.
+    pub unreadable_writes: u64,
+    /// Old generations still running at the end.
+    pub lingering_generations: usize,
+    /// Supervisor RSS in KiB before and after, when it is a process.
+    pub supervisor_rss_kib: (Option<u64>, Option<u64>),
+    /// Errors of the harness itself (an upgrade call failing, `/info`
+    /// unreachable).
+    pub harness_errors: Vec<String>,
+    /// How long the load ran.
+    pub duration: Duration,
+    /// The supervisor's own event log (`handoffctl` only), an independent
+    /// witness of the handoffs.
+    pub supervisor_log: Option<SupervisorLog>,
+}
+
+/// What `handoffctl run --log-format json` logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SupervisorLog {
+    /// Upgrades committed (the cold start not counted).
+    pub upgrades_committed: u64,
+    /// Handoffs rolled back.
+    pub rolled_back: u64,
+}
+
+impl SupervisorLog {
+    /// Reads the JSON lines `handoffctl run` wrote to `path`.
+    pub fn read(path: &std::path::Path) -> Option<SupervisorLog> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let mut log = SupervisorLog::default();
+        for line in text.lines() {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if event["target"] != "handoffctl::run" {
+                continue;
+            }
+            let message = event["fields"]["message"].as_str().unwrap_or_default();
+            let generation = event["fields"]["generation"].as_u64().unwrap_or(0);
+            if message == "handoff committed" && generation > 1 {
+                log.upgrades_committed += 1;
+            } else if message.contains("rolled back") {
+                log.rolled_back += 1;
+            }
+        }
+        Some(log)
+    }
+}
+
+/// How long old generations get to exit after their handoff.
+const RETIRE_BOUND: Duration = Duration::from_secs(15);
+/// Poll period for process exit and readiness.
+const POLL: Duration = Duration::from_millis(1);
+/// Bound on the daemon's first start.
+const FIRST_START_BOUND: Duration = Duration::from_secs(20);
+
+/// Runs the benchmark once.
+pub fn run(config: Config) -> Result<Observed, String> {
+    let data_dir =
+        std::env::temp_dir().join(format!("handoff-bench-{}-{}", std::process::id(), unique()));
+    std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let result = run_in(config, &data_dir);
+    let _ = std::fs::remove_dir_all(&data_dir);
+    result
+}
+
+fn unique() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::SeqCst)
+}
+
+/// Copies the daemon's two builds into `dir` and starts the upgrader.
+fn start(
+    config: &Config,
+    dir: &std::path::Path,
+) -> Result<(Box<dyn Upgrader>, SocketAddr, DaemonCommand), String> {
+    let program = match config.mode {
+        Mode::Exclusive => "kvd",
+        Mode::Overlap => "echod",
+    };
+    let binary = config.examples_dir.join(program);
+    if !binary.exists() {
+        return Err(format!(
+            "{} is missing: build the examples first (`cargo build --release --examples`)",
+            binary.display()
+        ));
+    }
+    let data_dir = dir.join("data");
+    std::fs::create_dir_all(&data_dir).map_err(|e| e.to_string())?;
+    let daemon = DaemonCommand::prepare(
+        &binary,
+        dir,
+        (config.mode == Mode::Exclusive).then_some(data_dir),
+        config.mode,
+    )?;
+    Ok(match config.upgrader {
+        UpgraderKind::Ctl => {
+            let handoffctl = config.handoffctl.clone().unwrap_or_else(|| {
+                config
+                    .examples_dir
+                    .parent()
+                    .unwrap_or(&config.examples_dir)
+                    .join("handoffctl")
+            });
+            if !handoffctl.exists() {
+                return Err(format!(
+                    "{} is missing: build it first (`cargo build --release -p handoffctl`)",
+                    handoffctl.display()
+                ));
+            }
+            let (upgrader, addr) = Ctl::start(handoffctl, &daemon, dir)?;
+            (Box::new(upgrader), addr, daemon)
+        }
+        UpgraderKind::InProcess => {
+            let (upgrader, addr) = InProcess::start(daemon.clone())?;
+            (Box::new(upgrader), addr, daemon)
+        }
+        UpgraderKind::NaiveRestart => {
+            let (upgrader, addr) = NaiveRestart::start(daemon.clone())?;
+            (Box::new(upgrader), addr, daemon)
+        }
+    })
+}
+
+fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
+    let target = match config.mode {
+        Mode::Exclusive => Target::KeyValue,
+        Mode::Overlap => Target::Echo,
+    };
+    let (mut upgrader, addr, daemon) = start(&config, dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut harness_errors = Vec::new();
+    let first = runtime.block_on(info_until(addr, Instant::now() + FIRST_START_BOUND));
+    let Some(mut identity) = first else {
+        let _ = upgrader.finish();
+        return Err("the first generation never answered /info".into());
+    };
+    let rss_before = upgrader.supervisor_pid().and_then(rss_kib);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now() + Duration::from_millis(20);
+    let hard_end = start
+        + config.steady * 2
+        + (config.interval + RETIRE_BOUND + Duration::from_secs(30)) * config.upgrades as u32;
+    let load = runtime.spawn(load::run(
+        LoadConfig {
+            addr,
+            clients: config.clients,
+            rate: config.rate,
+            request_timeout: config.request_timeout,
+            target,
+        },
+        start,
+        Arc::clone(&stop),
+        hard_end,
+    ));
+
+    std::thread::sleep(config.steady);
+    let mut windows = Vec::new();
+    let mut old_pids = Vec::new();
+    for round in 1..=config.upgrades {
+        let program = &daemon.builds[round % 2];
+        let build = DaemonCommand::label(program);
+        let asked = Instant::now();
+        let handoff = match upgrader.upgrade(program) {
+            Ok(handoff) => handoff,
+            Err(error) => {
+                harness_errors.push(format!("upgrade {round}: {error}"));
+                continue;
+            }
+        };
+        // In overlap mode the old generation accepts until its drain, which
+        // follows the commit: ask until the new one answers.
+        let after = runtime.block_on(async {
+            let deadline = Instant::now() + FIRST_START_BOUND;
+            loop {
+                let now = info_until(addr, deadline).await;
+                match now {
+                    Some(ref seen)
+                        if handoff.committed
+                            && seen.pid == identity.pid
+                            && Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(POLL).await;
+                    }
+                    other => return other,
+                }
+            }
+        });
+        let mut identity_changed = false;
+        let mut old_gone = None;
+        if let Some(new) = after {
+            identity_changed = new.pid != identity.pid
+                && new.build == build
+                && (config.upgrader == UpgraderKind::NaiveRestart
+                    || new.generation > identity.generation);
+            if new.pid != identity.pid {
+                old_pids.push(identity.pid);
+                if wait_gone(identity.pid, asked + RETIRE_BOUND) {
+                    old_gone = Some(asked.elapsed());
+                }
+            }
+            identity = new;
+        } else {
+            harness_errors.push(format!("upgrade {round}: /info unreachable after it"));
+        }
+        if !handoff.committed {
+            harness_errors.push(format!(
+                "upgrade {round} rolled back: {}",
+                handoff.reason.clone().unwrap_or_default()
+            ));
+        }
+        windows.push(Window {
+            start: asked.saturating_duration_since(start),
+            end: Instant::now().saturating_duration_since(start),
+            handoff,
+            old_gone,
+            identity_changed,
+        });
+        std::thread::sleep(config.interval);
+    }
+    std::thread::sleep(config.steady);
+    stop.store(true, Ordering::SeqCst);
+    let clients = runtime
+        .block_on(load)
+        .map_err(|e| format!("load task: {e}"))?;
+    let duration = start.elapsed();
+
+    let acked: Vec<_> = clients
+        .iter()
+        .flat_map(|c| c.acked.iter().cloned())
+        .collect();
+    let (lost_writes, unreadable_writes) =
+        runtime.block_on(load::read_back(addr, acked, config.request_timeout));
+    let lingering_generations = old_pids
+        .iter()
+        .filter(|pid| !wait_gone(**pid, Instant::now() + RETIRE_BOUND))
+        .count();
+    let rss_after = upgrader.supervisor_pid().and_then(rss_kib);
+    if let Err(error) = upgrader.finish() {
+        harness_errors.push(format!("stopping: {error}"));
+    }
+    let supervisor_log = (config.upgrader == UpgraderKind::Ctl)
+        .then(|| SupervisorLog::read(&dir.join(crate::upgrade::CTL_LOG)))
+        .flatten();
+    Ok(Observed {
+        config,
+        clients,
+        windows,
+        lost_writes,
+        unreadable_writes,
+        lingering_generations,
+        supervisor_rss_kib: (rss_before, rss_after),
+        harness_errors,
+        duration,
+        supervisor_log,
+    })
+}
+
+/// What `/info` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The serving process.
+    pub pid: u32,
+    /// Its build label.
+    pub build: String,
+    /// Its generation number.
+    pub generation: u64,
+}
+
+async fn info_once(addr: SocketAddr) -> Option<Identity> {
+    let mut connection = crate::client::Connection::open(addr).await.ok()?;
+    let response = connection.exchange("GET", "/info", &[], false).await.ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&response.body).ok()?;
+    Some(Identity {
+        pid: u32::try_from(json.get("pid")?.as_u64()?).ok()?,
+        build: json.get("build")?.as_str()?.to_owned(),
+        generation: json.get("generation")?.as_u64()?,
+    })
+}
+
+async fn info_until(addr: SocketAddr, deadline: Instant) -> Option<Identity> {
+    loop {
+        if let Some(identity) = info_once(addr).await {
+            return Some(identity);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(POLL * 10).await;
+    }
+}
+
+/// Whether `pid` runs (a zombie has exited and counts as gone).
+pub fn is_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+fn wait_gone(pid: u32, deadline: Instant) -> bool {
+    loop {
+        if !is_running(pid) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The resident set of `pid` in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+}
+
+/// Upgrades with no load: the handoff's own cost, and whether the process
+/// hosting the supervisor grows with the number of handoffs.
+#[derive(Debug)]
+pub struct Idle {
+    /// The settings (`upgrades`, `mode`, `examples_dir` are used).
+    pub config: Config,
+    /// Each handoff as reported by the upgrader.
+    pub handoffs: Vec<Handoff>,
+    /// RSS in KiB of the process hosting the supervisor after the first
+    /// generation started and after the last handoff.
+    pub supervisor_rss_kib: (Option<u64>, Option<u64>),
+    /// `(upgrades done, RSS KiB)` every [`RSS_SAMPLE_EVERY`] upgrades.
+    pub rss_samples: Vec<(usize, u64)>,
+    /// Old generations still running at the end.
+    pub lingering_generations: usize,
+    /// Harness errors.
+    pub harness_errors: Vec<String>,
+}
+
+/// How often an idle run samples the supervisor's RSS.
+pub const RSS_SAMPLE_EVERY: usize = 50;
+
+/// Runs `config.upgrades` upgrades back to back without load.
+pub fn idle(config: Config) -> Result<Idle, String> {
+    let data_dir = std::env::temp_dir().join(format!(
+        "handoff-bench-idle-{}-{}",
+        std::process::id(),
+        unique()
+    ));
+    std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let result = idle_in(config, &data_dir);
+    let _ = std::fs::remove_dir_all(&data_dir);
+    result
+}
+
+fn idle_in(config: Config, dir: &std::path::Path) -> Result<Idle, String> {
+    let (mut upgrader, addr, daemon) = start(&config, dir)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut harness_errors = Vec::new();
+    let Some(first) = runtime.block_on(info_until(addr, Instant::now() + FIRST_START_BOUND)) else {
+        let _ = upgrader.finish();
+        return Err("the first generation never answered /info".into());
+    };
+    let host = upgrader.supervisor_pid().unwrap_or_else(std::process::id);
+    let rss_before = rss_kib(host);
+    let mut handoffs = Vec::new();
+    let mut rss_samples = Vec::new();
+    for round in 1..=config.upgrades {
+        match upgrader.upgrade(&daemon.builds[round % 2]) {
+            Ok(handoff) => handoffs.push(handoff),
+            Err(error) => harness_errors.push(format!("upgrade {round}: {error}")),
+        }
+        if round.is_multiple_of(RSS_SAMPLE_EVERY)
+            && let Some(rss) = rss_kib(host)
+        {
+            rss_samples.push((round, rss));
+        }
+    }
+    let rss_after = rss_kib(host);
+    let last = runtime.block_on(info_until(addr, Instant::now() + FIRST_START_BOUND));
+    let expected = first.generation + config.upgrades as u64;
+    if last.as_ref().map(|i| i.generation) != Some(expected) {
+        harness_errors.push(format!(
+            "expected generation {expected} at the end, /info said {last:?}"
+        ));
+    }
+    // Every generation but the last is a child of the supervisor's process
+    // that must be gone.
+    let lingering_generations = children_of(host, last.map(|i| i.pid))
+        .into_iter()
+        .filter(|pid| !wait_gone(*pid, Instant::now() + RETIRE_BOUND))
+        .count();
+    if let Err(error) = upgrader.finish() {
+        harness_errors.push(format!("stopping: {error}"));
+    }
+    Ok(Idle {
+        config,
+        handoffs,
+        supervisor_rss_kib: (rss_before, rss_after),
+        rss_samples,
+        lingering_generations,
+        harness_errors,
+    })
+}
+
+/// The children of `parent` (from `/proc/*/stat`), except `keep`.
+fn children_of(parent: u32, keep: Option<u32>) -> Vec<u32> {
+    let me = parent.to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| Some(*pid) != keep)
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let (_, rest) = stat.rsplit_once(')')?;
+                    Some(rest.split_whitespace().nth(1)? == me)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+impl Idle {
+    /// The report as one JSON object.
+    pub fn to_json(&self) -> serde_json::Value {
+        let figures = |measure: fn(&Handoff) -> Duration| {
+            let mut values: Vec<f64> = self
+                .handoffs
+                .iter()
+                .filter(|h| h.committed)
+                .map(|h| measure(h).as_secs_f64() * 1e3)
+                .collect();
+            values.sort_by(f64::total_cmp);
+            let pick = |fraction: f64| {
+                if values.is_empty() {
+                    return serde_json::Value::Null;
+                }
+                let rank =
+                    ((fraction * values.len() as f64).ceil() as usize).clamp(1, values.len());
+                serde_json::json!((values[rank - 1] * 1000.0).round() / 1000.0)
+            };
+            serde_json::json!({ "p50": pick(0.5), "p99": pick(0.99), "max": pick(1.0) })
+        };
+        serde_json::json!({
+            "mode": format!("{:?}", self.config.mode).to_lowercase(),
+            "upgrades_asked": self.config.upgrades,
+            "upgrader": format!("{:?}", self.config.upgrader),
+            "handoffs": self.handoffs.iter().filter(|h| h.committed).count(),
+            "handoff_ms": {
+                "total": figures(|h| h.total),
+                "upgrade_call_wall": figures(|h| h.wall),
+            },
+            "supervisor_rss_kib": {
+                "before": self.supervisor_rss_kib.0,
+                "after": self.supervisor_rss_kib.1,
+                "sample_every": RSS_SAMPLE_EVERY,
+                "samples": self.rss_samples.iter().map(|(_, kib)| kib).collect::<Vec<_>>(),
+            },
+            "lingering_generations": self.lingering_generations,
+            "harness_errors": self.harness_errors,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_supervisor_log_counts_upgrades_not_the_cold_start() {
+        let dir = std::env::temp_dir().join(format!("handoff-bench-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("log");
+        let line = |target: &str, message: &str, generation: u64| {
+            format!(
+                r#"{{"fields":{{"message":"{message}","generation":{generation}}},"target":"{target}"}}"#
+            )
+        };
+        let text = [
+            line("handoffctl::run", "handoff committed", 1),
+            line("handoff::supervisor", "handoff committed", 2),
+            line("handoffctl::run", "handoff committed", 2),
+            line("handoffctl::run", "handoff rolled back", 2),
+            "not json".to_owned(),
+            line("handoffctl::run", "handoff committed", 3),
+        ]
+        .join("\n");
+        std::fs::write(&path, text).expect("write");
+        let log = SupervisorLog::read(&path).expect("read");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            log,
+            SupervisorLog {
+                upgrades_committed: 2,
+                rolled_back: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_missing_process_is_not_running() {
+        assert!(is_running(std::process::id()));
+        assert!(!is_running(u32::MAX));
+        assert!(rss_kib(std::process::id()).is_some_and(|kib| kib > 0));
+    }
+}

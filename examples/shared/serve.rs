@@ -1,0 +1,407 @@
+//! Shared by `kvd` and `echod`: an HTTP/1.1 server on tokio and hyper whose
+//! connections drain at a request boundary, and the bridge from the
+//! library's synchronous [`handoff::Drainable`] hooks to it.
+//!
+//! # Draining kept-alive connections with zero failures
+//!
+//! HTTP/1.1 gives a server no way to close an idle kept-alive connection
+//! without racing a client that sends on it at that instant (the client
+//! sees EOF or a reset for a request the server never read). So a drain
+//! avoids closing idle connections while clients are still using them:
+//!
+//! 1. [`Phase::Draining`]: stop accepting; a request that arrives on an
+//!    open connection is still served normally (the incumbent owns the
+//!    state until its seal) but its response carries `Connection: close`,
+//!    so hyper closes the connection after it and the client reconnects —
+//!    to the shared listener, where the successor will accept. A connection
+//!    idle for [`DRAIN_IDLE_GRACE`] is closed at that request boundary.
+//! 2. [`Phase::Closed`] (after the seal, or past the drain deadline): every
+//!    connection still open is shut down at its next request boundary, and
+//!    a request that still arrives is answered `503` with `Retry-After` and
+//!    `Connection: close`. This path is for stragglers only: a client that
+//!    sends more often than the grace never reaches it.
+//!
+//! Connections and requests are counted by RAII guards into a
+//! [`tokio::sync::watch`] channel, so a drain waits for "no connection
+//! left" without polling.
+//!
+//! # Bridging the sync hooks
+//!
+//! The library calls the `Drainable` hooks on a thread of its own, never on
+//! a runtime worker, so the hooks block on the runtime with
+//! [`tokio::runtime::Handle::block_on`]. Calling `block_on` from a worker
+//! thread would panic; these helpers must only be called from hook threads
+//! or `main`.
+//!
+//! # Hazard: the listener's blocking mode
+//!
+//! [`tokio::net::TcpListener::from_std`] needs the socket non-blocking and
+//! the daemon sets `O_NONBLOCK` on the inherited listener. The flag belongs to
+//! the socket, shared by every process holding it; that is fine because every
+//! generation of these daemons does the same. A daemon that accepts with
+//! blocking calls must not share a listener with one of these.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONNECTION, HeaderValue, RETRY_AFTER};
+use hyper::{Request, Response, StatusCode};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// How long a kept-alive connection may stay idle during a drain before it
+/// is closed. Longer than the request interval of any regular client, so
+/// that a client sending regularly gets its `Connection: close` on a
+/// response instead of racing a close.
+pub const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(250);
+
+/// The `Retry-After` value (seconds) of a 503 answered while sealed.
+pub const RETRY_AFTER_SECONDS: &str = "1";
+
+/// What the server does with connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepting and serving.
+    Serving,
+    /// Not accepting; requests on open connections are served with
+    /// `Connection: close`; idle connections close after the grace.
+    Draining,
+    /// Not accepting; open connections close at their next request
+    /// boundary; requests are answered 503.
+    Closed,
+}
+
+/// A response body.
+pub type Body = Full<Bytes>;
+
+/// The daemon's request handler.
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync,
+>;
+
+/// A response with a plain-text or JSON body.
+pub fn respond(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+}
+
+/// The 503 of a server that cannot take this request now.
+pub fn unavailable() -> Response<Body> {
+    let mut response = respond(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// The connection and request accounting of one server.
+pub struct Server {
+    phase: watch::Sender<Phase>,
+    connections: watch::Sender<u32>,
+    in_flight: AtomicU32,
+}
+
+/// Counts one open connection while alive.
+struct ConnectionGuard(Arc<Server>);
+
+impl ConnectionGuard {
+    fn new(server: &Arc<Server>) -> Self {
+        server.connections.send_modify(|count| *count += 1);
+        ConnectionGuard(Arc::clone(server))
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.send_modify(|count| *count -= 1);
+    }
+}
+
+/// What a connection task needs to know to close at a request boundary.
+struct Activity {
+    in_flight: AtomicU32,
+    last: Mutex<Instant>,
+}
+
+/// Counts one request in flight, on its connection and on the server.
+struct RequestGuard {
+    server: Arc<Server>,
+    activity: Arc<Activity>,
+}
+
+impl RequestGuard {
+    fn new(server: &Arc<Server>, activity: &Arc<Activity>) -> Self {
+        server.in_flight.fetch_add(1, Ordering::SeqCst);
+        activity.in_flight.fetch_add(1, Ordering::SeqCst);
+        RequestGuard {
+            server: Arc::clone(server),
+            activity: Arc::clone(activity),
+        }
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        *self.activity.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.activity.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.server.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Server {
+    /// A server in [`Phase::Serving`].
+    pub fn new() -> Arc<Server> {
+        Arc::new(Server {
+            phase: watch::Sender::new(Phase::Serving),
+            connections: watch::Sender::new(0),
+            in_flight: AtomicU32::new(0),
+        })
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    /// Moves to `phase`; every connection task and the accept loop notice.
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.send_replace(phase);
+    }
+
+    /// Open client connections.
+    pub fn open_connections(&self) -> u32 {
+        *self.connections.borrow()
+    }
+
+    /// Requests being served.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Accepts while the phase is [`Phase::Serving`] and serves each
+    /// connection on its own task. Never returns; the listener stays open
+    /// while not accepting, so a resumed server accepts again.
+    pub async fn accept_loop(self: Arc<Self>, listener: TcpListener, handler: Handler) {
+        let mut phase = self.phase.subscribe();
+        loop {
+            if phase.wait_for(|p| *p == Phase::Serving).await.is_err() {
+                return;
+            }
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        let server = Arc::clone(&self);
+                        tokio::spawn(server.serve_connection(stream, Arc::clone(&handler)));
+                    }
+                    // EMFILE and the like: back off a moment rather than spin.
+                    Err(_) => tokio::time::sleep(handoff::timeouts::POLL_SLICE).await,
+                },
+                _ = phase.changed() => {}
+            }
+        }
+    }
+
+    async fn serve_connection(self: Arc<Self>, stream: TcpStream, handler: Handler) {
+        let _connection = ConnectionGuard::new(&self);
+        let activity = Arc::new(Activity {
+            in_flight: AtomicU32::new(0),
+            last: Mutex::new(Instant::now()),
+        });
+        let service = {
+            let (server, activity) = (Arc::clone(&self), Arc::clone(&activity));
+            hyper::service::service_fn(move |request| {
+                let guard = RequestGuard::new(&server, &activity);
+                let server = Arc::clone(&server);
+                let handler = Arc::clone(&handler);
+                async move {
+                    if server.phase() == Phase::Closed {
+                        drop(guard);
+                        return Ok::<_, Infallible>(unavailable());
+                    }
+                    let mut response = handler(request).await;
+                    if server.phase() != Phase::Serving {
+                        // hyper closes the connection after a response
+                        // carrying `Connection: close`.
+                        response
+                            .headers_mut()
+                            .insert(CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    drop(guard);
+                    Ok(response)
+                }
+            })
+        };
+        let connection = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        tokio::pin!(connection);
+        let mut phase = self.phase.subscribe();
+        let mut shutting_down = false;
+        loop {
+            let wake = match *phase.borrow_and_update() {
+                Phase::Serving => None,
+                _ if shutting_down => None,
+                Phase::Draining => {
+                    let last = *activity.last.lock().unwrap_or_else(|e| e.into_inner());
+                    let idle_until = last + DRAIN_IDLE_GRACE;
+                    let now = Instant::now();
+                    if activity.in_flight.load(Ordering::SeqCst) == 0 && now >= idle_until {
+                        connection.as_mut().graceful_shutdown();
+                        shutting_down = true;
+                        None
+                    } else {
+                        Some(idle_until.max(now + DRAIN_IDLE_GRACE / 4))
+                    }
+                }
+                Phase::Closed => {
+                    connection.as_mut().graceful_shutdown();
+                    shutting_down = true;
+                    None
+                }
+            };
+            let sleep = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                changed = phase.changed() => if changed.is_err() { return },
+                _ = sleep => {}
+            }
+        }
+    }
+
+    /// Waits until no connection is open, or `deadline`; true if none is.
+    pub async fn wait_closed(&self, deadline: Instant) -> bool {
+        let mut connections = self.connections.subscribe();
+        tokio::time::timeout_at(deadline.into(), connections.wait_for(|n| *n == 0))
+            .await
+            .is_ok()
+    }
+
+    /// The drain, from a thread outside the runtime (the hook thread, or
+    /// `main` on SIGTERM): stop accepting, let connections finish, and past
+    /// `deadline` close what is left at its next request boundary.
+    pub fn drain_blocking(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        deadline: Instant,
+    ) -> handoff::DrainReport {
+        self.set_phase(Phase::Draining);
+        if !runtime.block_on(self.wait_closed(deadline)) {
+            self.set_phase(Phase::Closed);
+        }
+        handoff::DrainReport {
+            open_connections: self.open_connections(),
+            accept_closed: true,
+        }
+    }
+}
+
+/// How a daemon's serving ended.
+#[derive(Debug)]
+pub enum Stop {
+    /// The supervisor ended the session (a successor committed, or resuming
+    /// failed).
+    Session(handoff::Ending),
+    /// SIGTERM or SIGINT.
+    Signal(&'static str),
+}
+
+/// SIGTERM and SIGINT, caught from the start of `main`: a signal that
+/// arrives while the daemon warms up or begins is kept, and acted on once it
+/// serves, instead of killing it with the default action.
+pub struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers (needs the runtime's context).
+    pub fn install(runtime: &tokio::runtime::Runtime) -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _context = runtime.enter();
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
+/// Blocks until the session ends or a stop signal arrives. An orphan (its
+/// supervisor gone) keeps serving until a signal.
+pub fn wait_for_stop(
+    runtime: &tokio::runtime::Runtime,
+    live: handoff::Live,
+    mut signals: StopSignals,
+) -> Stop {
+    let (ending_tx, mut ending_rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        let _ = ending_tx.send(live.wait());
+        // Keep `live` for the process's life: an orphan keeps serving.
+        loop {
+            std::thread::park();
+        }
+    });
+    runtime.block_on(async {
+        let mut session_open = true;
+        loop {
+            tokio::select! {
+                ending = ending_rx.recv(), if session_open => match ending {
+                    Some(handoff::Ending::SupervisorLost) | None => session_open = false,
+                    Some(ending) => return Stop::Session(ending),
+                },
+                _ = signals.term.recv() => return Stop::Signal("SIGTERM"),
+                _ = signals.int.recv() => return Stop::Signal("SIGINT"),
+            }
+        }
+    })
+}
+
+/// Parses `--flag value` pairs; `known` lists the flags taking a value.
+pub fn parse_flags(program: &str, known: &[&str]) -> std::collections::HashMap<String, String> {
+    let mut values = std::collections::HashMap::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if !known.contains(&flag.as_str()) {
+            die(
+                program,
+                &format!("unknown flag {flag} (known: {})", known.join(" ")),
+            );
+        }
+        let Some(value) = args.next() else {
+            die(program, &format!("{flag} needs a value"));
+        };
+        values.insert(flag, value);
+    }
+    values
+}
+
+/// The default build label: the executable's file name (two builds of a
+/// daemon installed side by side, `kvd-a` and `kvd-b`, tell themselves
+/// apart in `/info`).
+pub fn executable_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|path| path.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "dev".into())
+}
+
+/// Prints `program: message` and exits with status 2.
+pub fn die(program: &str, message: &str) -> ! {
+    eprintln!("{program}: {message}");
+    std::process::exit(2)
+}

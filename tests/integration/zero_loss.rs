@@ -1,0 +1,96 @@
+//! The benchmark's zero-loss claim, short: `kvd` (exclusive mode) and
+//! `echod` (overlap mode) under `handoffctl run`, upgraded 5 times each with
+//! `handoffctl upgrade` under open-loop load from 32 clients, lose nothing; the same load across naive restarts (close the
+//! listener, bind again) fails requests, so the harness can see losses.
+//! The long run is `cargo run --release -p handoff-bench` (README.md).
+
+use std::time::Duration;
+
+use handoff::Mode;
+use handoff_bench::report::Counts;
+use handoff_bench::run::{Config, Observed, UpgraderKind, run};
+
+use crate::common;
+
+/// One benchmark at a time: each keeps both cores busy, and the suite's
+/// timing-sensitive tests (liveness timeouts) run beside them.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Short enough for CI, with every kept-alive client sending more often
+/// than the daemons' idle grace (32 clients at 300/s: every ~107 ms).
+fn short(mode: Mode, upgrader: UpgraderKind, upgrades: usize) -> Observed {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let examples = common::example("kvd")
+        .parent()
+        .expect("examples dir")
+        .to_path_buf();
+    let handoffctl = examples.parent().expect("target dir").join("handoffctl");
+    assert!(
+        handoffctl.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (it builds handoffctl)",
+        handoffctl.display()
+    );
+    let config = Config {
+        upgrader,
+        upgrades,
+        clients: 32,
+        rate: 300.0,
+        steady: Duration::from_millis(300),
+        interval: Duration::from_millis(150),
+        ..Config::new(mode, examples)
+    };
+    let observed = run(config).expect("benchmark run");
+    eprintln!("{}", observed.to_json());
+    observed
+}
+
+fn assert_zero_loss(observed: &Observed, upgrades: u64) {
+    let counts = observed.counts();
+    assert!(counts.requests > 0, "no load ran");
+    assert_eq!(
+        observed.harness_errors,
+        Vec::<String>::new(),
+        "harness errors"
+    );
+    assert_eq!(
+        (
+            counts.failed,
+            counts.retried_idle_close,
+            counts.lost_writes,
+            counts.lingering_generations
+        ),
+        (0, 0, 0, 0),
+        "{counts:?}"
+    );
+    assert_eq!(counts.handoffs, upgrades, "{counts:?}");
+    assert_eq!(counts.identity_changes, upgrades, "{counts:?}");
+    assert_eq!(
+        observed.supervisor_log.map(|log| log.upgrades_committed),
+        Some(upgrades),
+        "handoffctl's event log agrees"
+    );
+    assert!(counts.witness_agrees);
+}
+
+#[test]
+fn kvd_exclusive_upgrades_under_load_lose_nothing() {
+    let observed = short(Mode::Exclusive, UpgraderKind::Ctl, 5);
+    assert_zero_loss(&observed, 5);
+    assert!(observed.counts().acked_writes > 0);
+}
+
+#[test]
+fn echod_overlap_upgrades_under_load_lose_nothing() {
+    let observed = short(Mode::Overlap, UpgraderKind::Ctl, 5);
+    assert_zero_loss(&observed, 5);
+}
+
+#[test]
+fn naive_restart_under_the_same_load_fails_requests() {
+    let observed = short(Mode::Exclusive, UpgraderKind::NaiveRestart, 2);
+    let Counts { refused, reset, .. } = observed.counts();
+    assert!(
+        refused + reset > 0,
+        "a close-and-rebind restart showed no refused or reset connection: the harness is blind"
+    );
+}
