@@ -287,6 +287,14 @@ pub enum SupervisorEvent {
         /// How it ended.
         status: String,
     },
+    /// The new generation failed during the probation after its commit
+    /// and the previous one was resumed (an automatic rollback, I14).
+    RolledBackInProbation {
+        /// The resumed generation's number.
+        generation: u64,
+        /// Its pid.
+        pid: u32,
+    },
     /// The supervisor is stopping.
     Stopping,
 }
@@ -1260,6 +1268,19 @@ impl Loop {
                 if self.stopping.is_some() {
                     return;
                 }
+                // In probation (I14): the previous generation takes over at
+                // once instead of a restart of the one that just failed.
+                if self.in_flight.is_none()
+                    && let Some(index) =
+                        self.retiring.iter().rposition(|r| r.machine.in_probation())
+                {
+                    tracing::warn!(
+                        pid = self.retiring[index].child.pid,
+                        "the new generation failed in probation: resuming the previous one"
+                    );
+                    self.step_retire(index, RetireInput::Resume, now);
+                    return;
+                }
                 let clean = status == "exit status 0";
                 let restart = match self.config.restart {
                     RestartPolicy::Always => true,
@@ -1471,7 +1492,11 @@ impl Loop {
                         // Overlap: the old one drains now (Prepare carries this id).
                         old.handoff_id = handoff_id;
                         let drain_first = self.config.mode == Mode::Overlap;
+                        let probation = self.config.timeouts.probation;
                         let (machine, actions) = match self.config.protocol {
+                            DaemonProtocol::Library if drain_first && !probation.is_zero() => {
+                                RetireMachine::with_probation(probation, self.config.timeouts, now)
+                            }
                             DaemonProtocol::Library => {
                                 RetireMachine::start(drain_first, self.config.timeouts, now)
                             }
@@ -1594,8 +1619,41 @@ impl Loop {
                     };
                     self.retiring[index].child.signal(signal);
                 }
+                RetireAction::Resumed => {
+                    // Probation rollback (I14): the old generation serves
+                    // again and is the live one.
+                    let resumed = self.retiring.remove(index);
+                    let child = resumed.child;
+                    tracing::warn!(
+                        generation = child.generation,
+                        pid = child.pid,
+                        "automatic rollback: the previous generation serves again"
+                    );
+                    self.last_committed = Some(child.restart.clone());
+                    self.announce(SupervisorEvent::RolledBackInProbation {
+                        generation: child.generation,
+                        pid: child.pid,
+                    });
+                    if self.live.is_none() {
+                        self.restart_at = None;
+                        self.live = Some(child);
+                    } else {
+                        // Someone else serves already (a restart won the
+                        // race): this one retires after all.
+                        child.signal(self.sig(Signal::Term));
+                    }
+                    return;
+                }
                 RetireAction::Gone => {
                     let retired = self.retiring.remove(index);
+                    if self.live.is_none()
+                        && self.in_flight.is_none()
+                        && self.stopping.is_none()
+                        && self.restart_at.is_none()
+                    {
+                        // It died while being resumed: nobody serves.
+                        self.schedule_restart(now);
+                    }
                     self.announce(SupervisorEvent::GenerationRetired {
                         pid: retired.child.pid,
                         status: retired.child.reaped.clone().unwrap_or_default(),

@@ -48,6 +48,11 @@ pub struct Timeouts {
     /// back (I12). Bounded by `handoff_deadline` as well.
     #[serde(default = "default_probe")]
     pub probe: Duration,
+    /// After a commit in overlap mode, how long the old generation is kept
+    /// drained and idle, ready to be resumed if the new one crashes (I14).
+    /// Zero (the default) turns probation off.
+    #[serde(default)]
+    pub probation: Duration,
 }
 
 fn default_probe() -> Duration {
@@ -68,6 +73,7 @@ impl Default for Timeouts {
             restart_backoff_max: Duration::from_secs(30),
             admin_request: Duration::from_secs(5),
             probe: Duration::from_secs(30),
+            probation: Duration::ZERO,
         }
     }
 }

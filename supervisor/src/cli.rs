@@ -123,6 +123,11 @@ pub struct RunArgs {
     /// The HTTP status the probe expects [default: 200].
     #[arg(long, value_name = "CODE")]
     pub probe_status: Option<u16>,
+    /// Overlap mode: after a commit, keep the old generation drained and
+    /// idle this long; if the new one crashes meanwhile, the old one serves
+    /// again at once (an automatic rollback) [default: off].
+    #[arg(long, value_name = "DUR")]
+    pub probation: Option<String>,
     /// How long the probe is retried before the handoff rolls back
     /// [default: 30s; bounded by --deadline].
     #[arg(long, value_name = "DUR")]

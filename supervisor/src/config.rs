@@ -54,6 +54,8 @@ pub struct FileConfig {
     pub probe_status: Option<u16>,
     /// `--probe-timeout`.
     pub probe_timeout: Option<String>,
+    /// `--probation`.
+    pub probation: Option<String>,
     /// Expected sha256 of the configured binary at upgrade time.
     pub sha256: Option<String>,
     /// Uids besides our own and root that may use the admin socket.
@@ -182,6 +184,9 @@ impl Settings {
         }
         if let Some(text) = args.probe_timeout.or(file.probe_timeout) {
             timeouts.probe = duration("probe timeout", &text)?;
+        }
+        if let Some(text) = args.probation.or(file.probation) {
+            timeouts.probation = duration("probation", &text)?;
         }
         let probe = args
             .probe
@@ -517,6 +522,7 @@ mod tests {
             stop_signal = "QUIT"
             probe_status = 204
             probe_timeout = "10s"
+            probation = "30s"
             [listen]
             http = "127.0.0.1:8080"
             "#,

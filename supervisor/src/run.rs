@@ -475,6 +475,16 @@ fn event_loop(
             SupervisorEvent::GenerationRetired { pid, status } => {
                 tracing::info!(pid, %status, "old generation retired");
             }
+            SupervisorEvent::RolledBackInProbation { generation, pid } => {
+                tracing::warn!(
+                    generation,
+                    pid,
+                    "automatic rollback: the new generation failed during probation; the previous one serves again"
+                );
+                notify.send(&format!(
+                    "STATUS=serving: generation {generation}, pid {pid} (automatic rollback in probation)"
+                ));
+            }
             SupervisorEvent::Stopping => tracing::info!("supervisor stopping"),
         }
     }

@@ -129,6 +129,24 @@ impl Load {
     }
 }
 
+impl Load {
+    /// Requests answered so far.
+    pub fn ok_so_far(&self) -> u64 {
+        self.report.lock().expect("report").ok
+    }
+
+    /// Waits (bounded) until `more` further requests were answered: steady
+    /// load before and after an event, counted rather than slept.
+    pub fn wait_answered(&self, more: u64) {
+        let target = self.ok_so_far() + more;
+        let deadline = Instant::now() + MAX_RUN;
+        while self.ok_so_far() < target {
+            assert!(Instant::now() < deadline, "the load stalled");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 impl Drop for Load {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);

@@ -11,4 +11,5 @@ mod health;
 mod history;
 mod lifecycle;
 mod load;
+mod probation;
 mod systemd;
