@@ -239,3 +239,52 @@ fn the_stop_signal_lets_the_old_generation_finish_its_requests() {
     wait_gone(incumbent);
     assert_eq!(pid_of(addr), u64_of(&report, "new_pid") as u32);
 }
+
+/// The health gate with a foreign daemon: READY=1 arrives, the probe then
+/// says 503, the successor is stopped with the stop signal (it finishes
+/// what it accepted: overlap, it was serving) and the incumbent keeps
+/// serving; under load, no request fails.
+#[test]
+fn a_foreign_successor_failing_its_probe_is_stopped_gracefully_under_load() {
+    let health = crate::health::HealthServer::start(200);
+    let probe = format!("http://{}/healthz", health.addr);
+    let dir = TempDir::new("foreign-probe");
+    let supervisor = start(&dir, &["--probe", &probe, "--probe-timeout", "500ms"]);
+    let addr = supervisor.addr();
+    let incumbent = pid_of(addr);
+    let load = Load::start(
+        300,
+        Arc::new(move || {
+            get(addr, "/").and_then(|body| body.starts_with("pid=").then_some(()).ok_or(body))
+        }),
+    );
+    load.wait_answered(150);
+    health
+        .status
+        .store(503, std::sync::atomic::Ordering::SeqCst);
+    let (code, report) = upgrade(&supervisor, &[]);
+    assert_eq!(code, Some(1), "{report}");
+    let reason = report["abort_reason"].as_str().expect("reason");
+    assert!(reason.contains("status 503"), "{reason}");
+    wait_gone(u64_of(&report, "new_pid") as u32);
+    load.wait_answered(150);
+    health
+        .status
+        .store(200, std::sync::atomic::Ordering::SeqCst);
+    let (code, report) = upgrade(&supervisor, &[]);
+    assert_eq!(code, Some(0), "{report}");
+    wait_gone(incumbent);
+    load.wait_answered(150);
+    let report = load.finish();
+    eprintln!(
+        "foreign daemon, failed probe then commit under load: {}",
+        report.summary()
+    );
+    assert_eq!(
+        report.failed(),
+        0,
+        "{}: {:?}",
+        report.summary(),
+        &report.failures[..report.failures.len().min(5)]
+    );
+}
