@@ -320,9 +320,12 @@ enum Event {
     },
 }
 
-/// The verdict of a health probe started for handoff `handoff_id`.
+/// The verdict of a health probe started for handoff `handoff_id`, or
+/// (with `probation_of`) a failure of the probe that watches generation N
+/// during its probation.
 struct Probed {
     handoff_id: u64,
+    probation_of: Option<u64>,
     result: std::result::Result<(), String>,
 }
 
@@ -1206,7 +1209,33 @@ impl Loop {
         }
     }
 
-    fn on_probed(&mut self, Probed { handoff_id, result }: Probed) {
+    fn on_probed(
+        &mut self,
+        Probed {
+            handoff_id,
+            probation_of,
+            result,
+        }: Probed,
+    ) {
+        if let Some(generation) = probation_of {
+            if let (Err(detail), Some(live)) = (result, &self.live)
+                && live.generation == generation
+                && self.in_flight.is_none()
+                && self.retiring.iter().any(|r| r.machine.in_probation())
+            {
+                // I14: the exit of the live generation resumes the previous
+                // one. SIGKILL, not the stop signal: an unhealthy process
+                // may never exit on its own.
+                tracing::warn!(
+                    generation,
+                    pid = live.pid,
+                    %detail,
+                    "the new generation failed its health probe during probation"
+                );
+                live.signal(Sig::Kill);
+            }
+            return;
+        }
         // A verdict for a handoff that already ended is stale.
         if self
             .in_flight
@@ -1409,7 +1438,11 @@ impl Loop {
                 .name(format!("handoff-probe{handoff_id}"))
                 .spawn(move || {
                     let result = probe.run_until(until);
-                    let _ = verdicts.send(Probed { handoff_id, result });
+                    let _ = verdicts.send(Probed {
+                        handoff_id,
+                        probation_of: None,
+                        result,
+                    });
                 })
                 .map(drop)
                 .map_err(|error| format!("cannot start the probe thread: {error}")),
@@ -1417,6 +1450,42 @@ impl Loop {
         };
         if let Err(detail) = result {
             self.probe_verdict(Err(detail), Instant::now());
+        }
+    }
+
+    /// During a probation (I14), probes the live generation until `until`:
+    /// an attempt every `PROBATION_PROBE_INTERVAL`; a failed attempt is
+    /// retried for `Timeouts::probe` before it counts. Runs on a helper
+    /// thread (network I/O only); only a failure is reported.
+    fn watch_probation(&mut self, until: Instant) {
+        let (Some(probe), Some(live)) = (self.config.probe.clone(), &self.live) else {
+            return;
+        };
+        let generation = live.generation;
+        let confirm = self.config.timeouts.probe;
+        let verdicts = self.probes_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("handoff-probation{generation}"))
+            .spawn(move || {
+                while Instant::now() < until {
+                    if probe.attempt().is_err()
+                        && let Err(detail) = probe.run_until(Instant::now() + confirm)
+                    {
+                        let _ = verdicts.send(Probed {
+                            handoff_id: 0,
+                            probation_of: Some(generation),
+                            result: Err(detail),
+                        });
+                        return;
+                    }
+                    std::thread::sleep(
+                        crate::timeouts::PROBATION_PROBE_INTERVAL
+                            .min(until.saturating_duration_since(Instant::now())),
+                    );
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot start the probation probe");
         }
     }
 
@@ -1521,6 +1590,13 @@ impl Loop {
                         });
                         let index = self.retiring.len() - 1;
                         self.perform_retire(index, actions, now);
+                        if self
+                            .retiring
+                            .get(index)
+                            .is_some_and(|r| r.machine.in_probation())
+                        {
+                            self.watch_probation(now + probation);
+                        }
                     }
                 }
                 outcome

@@ -89,6 +89,9 @@ pub const RESTART_STABLE: Duration = Duration::from_secs(10);
 /// gate retries until its readiness timeout, `Timeouts::probe`).
 pub const PROBE_RETRY: Duration = Duration::from_millis(100);
 
+/// During a probation, how often the live generation is probed (I14).
+pub const PROBATION_PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
 /// Bound on one probe attempt (connect, request, response).
 pub const PROBE_ATTEMPT: Duration = Duration::from_secs(2);
 

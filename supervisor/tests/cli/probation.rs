@@ -106,3 +106,76 @@ fn after_probation_the_old_generation_exits() {
     assert!(started.elapsed() < WAIT);
     assert_ne!(serving_pid(addr), old);
 }
+
+/// The new generation fails its health probe during probation: it is
+/// killed and the previous one resumed (the probe is the test's health
+/// endpoint, standing for a private health port, flipped to 503).
+#[test]
+fn a_failed_probe_in_probation_resumes_the_previous_generation() {
+    let health = crate::health::HealthServer::start(200);
+    let probe = format!("http://{}/healthz", health.addr);
+    let supervisor = Supervisor::start_with(Start {
+        flags: [
+            "--listen",
+            "main=127.0.0.1:0",
+            "--mode",
+            "overlap",
+            "--deadline",
+            "20s",
+            "--drain-timeout",
+            "5s",
+            "--probation",
+            "30s",
+            "--probe",
+            &probe,
+            "--probe-timeout",
+            "300ms",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Start::default()
+    });
+    let addr = supervisor.addr();
+    let old = serving_pid(addr);
+    let load = Load::start(
+        200,
+        Arc::new(move || match request(addr, "INFO") {
+            Ok(reply) if reply.starts_with("pid=") => Ok(()),
+            Ok(reply) => Err(format!("bad reply {reply:?}")),
+            Err(error) => Err(format!("{:?}: {error}", error.kind())),
+        }),
+    );
+    load.wait_answered(100);
+    let ran = supervisor.ctl("upgrade", &["--json"]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    let report: serde_json::Value = serde_json::from_str(&ran.stdout).expect("report");
+    let new = u64_of(&report, "new_pid") as u32;
+    load.wait_answered(100);
+    health
+        .status
+        .store(503, std::sync::atomic::Ordering::SeqCst);
+    supervisor.wait_status("the previous generation live again", |s| {
+        s["child_pid"] == old
+    });
+    wait_gone(new);
+    assert!(
+        supervisor
+            .log()
+            .contains("failed its health probe during probation"),
+        "{}",
+        supervisor.log()
+    );
+    load.wait_answered(100);
+    let report = load.finish();
+    eprintln!("probation probe failure under load: {}", report.summary());
+    eprintln!("failures: {:?}", report.failures);
+    assert!(report.failed() <= 8, "{}", report.summary());
+    assert!(
+        report
+            .failures
+            .iter()
+            .all(|f| !f.contains("ConnectionRefused")),
+        "{:?}",
+        report.failures
+    );
+}
