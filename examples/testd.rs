@@ -39,6 +39,9 @@ struct Args {
     bad_fingerprint: bool,
     versions: Option<(u16, u16)>,
     relock_ms: Option<u64>,
+    unix_name: Option<String>,
+    udp_name: Option<String>,
+    fd_name: Option<String>,
 }
 
 fn parse_args() -> Args {
@@ -65,6 +68,9 @@ fn parse_args() -> Args {
             "--relock-ms" => {
                 args.relock_ms = Some(value().parse().unwrap_or_else(|_| die("--relock-ms N")))
             }
+            "--unix-name" => args.unix_name = Some(value()),
+            "--udp-name" => args.udp_name = Some(value()),
+            "--fd-name" => args.fd_name = Some(value()),
             "--protocol" => {
                 let text = value();
                 let (min, max) = text
@@ -177,6 +183,8 @@ struct Shared {
     /// Fds open when `main` started: a generation must hold nothing but
     /// stdio and the control fd (3) that it was given.
     start_fds: String,
+    /// What the fd of `--fd-name` held.
+    file_fd: Mutex<Option<String>>,
 }
 
 struct Daemon {
@@ -274,12 +282,17 @@ fn handle(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
         (Some("INFO"), None, None) => {
             let store = shared.store.lock().unwrap_or_else(|e| e.into_inner());
             format!(
-                "pid={} build={} generation={} revisions={} start_fds={}",
+                "pid={} build={} generation={} revisions={} start_fds={} file_fd={}",
                 std::process::id(),
                 shared.build,
                 shared.generation.load(Ordering::SeqCst),
                 store.revisions,
-                shared.start_fds
+                shared.start_fds,
+                shared
+                    .file_fd
+                    .lock()
+                    .map(|f| f.clone().unwrap_or_else(|| "-".into()))
+                    .unwrap_or_default()
             )
         }
         (Some("FDS"), None, None) => open_fds_line(),
@@ -322,6 +335,66 @@ fn open_fds_line() -> String {
         }
     }
     out.join(",")
+}
+
+/// The extra fds of `--unix-name`, `--udp-name` and `--fd-name`.
+#[derive(Default)]
+struct Extra {
+    unix: Option<std::os::unix::net::UnixListener>,
+    udp: Option<std::net::UdpSocket>,
+    file: Option<String>,
+}
+
+fn take_extra_fds(generation: &mut handoff::Generation<handoff::Warming>, args: &Args) -> Extra {
+    let mut extra = Extra::default();
+    if let Some(name) = &args.unix_name {
+        let fallback = std::env::temp_dir().join(format!("testd-{}.sock", std::process::id()));
+        extra.unix = Some(
+            generation
+                .unix_listener(name, &fallback)
+                .unwrap_or_else(|e| die(&format!("unix listener: {e}"))),
+        );
+    }
+    if let Some(name) = &args.udp_name {
+        extra.udp = Some(
+            generation
+                .udp_socket(name, "127.0.0.1:0")
+                .unwrap_or_else(|e| die(&format!("udp socket: {e}"))),
+        );
+    }
+    if let Some(name) = &args.fd_name {
+        let fd = generation
+            .take_fd(name)
+            .unwrap_or_else(|| die(&format!("no fd named {name}")));
+        let file = File::from(fd);
+        // pread: the offset is shared with every holder of the file.
+        let mut buf = vec![0; 256];
+        let n = std::os::unix::fs::FileExt::read_at(&file, &mut buf, 0)
+            .unwrap_or_else(|e| die(&format!("read fd: {e}")));
+        extra.file = Some(String::from_utf8_lossy(&buf[..n]).trim().to_owned());
+    }
+    extra
+}
+
+fn serve_extra(extra: Extra, shared: &Arc<Shared>) {
+    if let Some(file) = extra.file {
+        *shared.file_fd.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+    }
+    if let Some(unix) = extra.unix {
+        std::thread::spawn(move || {
+            for stream in unix.incoming().flatten() {
+                let _ = writeln!(&stream, "pid={}", std::process::id());
+            }
+        });
+    }
+    if let Some(udp) = extra.udp {
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok((_, peer)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(format!("pid={}", std::process::id()).as_bytes(), peer);
+            }
+        });
+    }
 }
 
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -378,6 +451,10 @@ fn main() {
     let listener = generation
         .tcp_listener("main", &args.listen)
         .unwrap_or_else(|e| die(&format!("listener: {e}")));
+    // Other kinds of inherited fds, for the tests of listener passing: a
+    // Unix stream listener and a UDP socket answer with this pid; a plain
+    // fd (a file) is read and reported by INFO.
+    let extra = take_extra_fds(&mut generation, &args);
     stage(&args, "warm");
     let number = generation.generation();
     let overlap = generation.mode() == Some(handoff::Mode::Overlap);
@@ -402,6 +479,7 @@ fn main() {
         generation: AtomicU64::new(number),
         build: args.build.clone(),
         start_fds,
+        file_fd: Mutex::new(None),
     });
     stage(&args, "ready");
     let mut report = ReadyReport::stateful(revisions, fingerprint);
@@ -426,6 +504,7 @@ fn main() {
     let live = begun
         .ready(report, daemon)
         .unwrap_or_else(|e| die(&format!("ready: {e}")));
+    serve_extra(extra, &shared);
     if let Some(listener) = listener {
         let acceptor = Arc::clone(&shared);
         std::thread::spawn(move || accept_loop(listener, acceptor));

@@ -369,17 +369,18 @@ impl Shared {
         request: HyperRequest<Incoming>,
     ) -> Result<HyperResponse<Body>, Infallible> {
         let _in_flight = Counted::new(&self.in_flight, &self.quieter);
-        if self.draining.load(Ordering::SeqCst) {
-            return Ok(http::draining("the gateway is draining"));
-        }
+        // While draining, a request on a connection this generation already
+        // accepted is still served (failing it would lose a request that a
+        // successor could not see); its connection closes after the
+        // response, so the client's next request goes to the listener.
         let host = http::host(&request);
-        let Some((id, timeout)) = self.route(host.as_deref(), request.uri().path()) else {
-            return Ok(http::json(
+        let mut response = match self.route(host.as_deref(), request.uri().path()) {
+            Some((id, timeout)) => self.call_handler(id, timeout, request).await,
+            None => http::json(
                 StatusCode::NOT_FOUND,
                 &serde_json::json!({ "error": "no route", "path": request.uri().path() }),
-            ));
+            ),
         };
-        let mut response = self.call_handler(id, timeout, request).await;
         if self.draining.load(Ordering::SeqCst) {
             // Close kept-alive connections at this request boundary.
             http::close_after(&mut response);
@@ -483,10 +484,11 @@ impl Shared {
         }
     }
 
-    /// The drain: stop accepting; answer new requests 503 + `Retry-After` +
-    /// `Connection: close`; let requests in flight finish (their responses
-    /// close their connections); then close the idle kept-alive connections
-    /// at their request boundary; finally drain the handlers.
+    /// The drain: stop accepting; serve requests on connections already
+    /// accepted with `Connection: close`; let requests in flight finish
+    /// (their responses close their connections); then close the idle
+    /// kept-alive connections at their request boundary; finally drain the
+    /// handlers.
     pub async fn drain(&self, deadline: Instant) -> DrainReport {
         let tokio_deadline = tokio::time::Instant::from_std(deadline);
         // Draining before not accepting: whoever sees the gateway not

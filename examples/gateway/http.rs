@@ -3,11 +3,10 @@
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, RETRY_AFTER};
+use hyper::header::{CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use hyper::{Request as HyperRequest, Response as HyperResponse, StatusCode};
 
 use handoff::registry::{Request, Response};
-use handoff::timeouts::HANDLER_RETRY_AFTER;
 
 /// The body type of every response the gateway sends.
 pub type Body = Full<Bytes>;
@@ -22,22 +21,6 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> HyperResponse<Body
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
-/// 503 while draining: `Retry-After`, a JSON body, and `Connection: close`
-/// so that a kept-alive client moves to another connection.
-pub fn draining(detail: &str) -> HyperResponse<Body> {
-    let mut response = json(
-        StatusCode::SERVICE_UNAVAILABLE,
-        &serde_json::json!({ "error": "draining", "detail": detail }),
-    );
-    let headers = response.headers_mut();
-    headers.insert(
-        RETRY_AFTER,
-        HeaderValue::from(HANDLER_RETRY_AFTER.as_secs()),
-    );
-    headers.insert(CONNECTION, HeaderValue::from_static("close"));
     response
 }
 

@@ -17,9 +17,14 @@
 //! On start it prints one line, `gateway listening http=ADDR admin=ADDR`.
 //!
 //! `Gateway` implements [`handoff::Drainable`], so the gateway binary itself
-//! can be upgraded by `handoffctl`; the listener is created in
-//! [`listen`], the one place to change when it is inherited from the
-//! supervisor instead.
+//! can be upgraded by `handoffctl` (overlap mode: it keeps no data
+//! directory). Under a supervisor it takes the listeners named `http` and
+//! `admin` from it; alone it binds `--listen` and `--admin`:
+//!
+//! ```text
+//! handoffctl run --mode overlap --listen http=127.0.0.1:8080 --listen admin=127.0.0.1:8081 \
+//!     -- target/release/examples/gateway --config gateway.toml --build-dir /var/lib/gateway/build
+//! ```
 
 mod admin;
 mod config;
@@ -69,26 +74,30 @@ struct Args {
     stop_drain: Option<Duration>,
 }
 
-/// Creates the HTTP listener.
-///
-/// This is where the listener named "http" will come from the supervisor
-/// once the process-handoff API is available (inherit-or-bind); everything
-/// after it is the same for a cold start and a successor.
-fn listen(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let listener = std::net::TcpListener::bind(address)?;
+/// The listener `name`: inherited from the supervisor, or bound to
+/// `address` when running alone. tokio needs it non-blocking; every
+/// generation of the gateway sets that on the shared socket, so they agree.
+fn listener(
+    generation: &mut handoff::Generation<handoff::Warming>,
+    name: &str,
+    address: SocketAddr,
+) -> Result<std::net::TcpListener, Box<dyn std::error::Error>> {
+    let listener = generation.tcp_listener(name, &address.to_string())?;
     listener.set_nonblocking(true)?;
     Ok(listener)
 }
 
-/// Creates the admin listener, refusing any address but loopback.
-fn listen_admin(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    if !address.ip().is_loopback() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("the admin API serves loopback only, not {address}"),
-        ));
+/// The admin listener, refusing any address but loopback.
+fn admin_listener(
+    generation: &mut handoff::Generation<handoff::Warming>,
+    address: SocketAddr,
+) -> Result<std::net::TcpListener, Box<dyn std::error::Error>> {
+    let listener = listener(generation, "admin", address)?;
+    let bound = listener.local_addr()?;
+    if !bound.ip().is_loopback() {
+        return Err(format!("the admin API serves loopback only, not {bound}").into());
     }
-    listen(address)
+    Ok(listener)
 }
 
 fn main() -> ExitCode {
@@ -111,8 +120,14 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let http_listener = listen(args.listen)?;
-    let admin_listener = listen_admin(args.admin)?;
+    // Inherit-or-bind: the same lines for a cold start, a successor and a
+    // gateway running alone.
+    let mut generation = handoff::start(handoff::StartOptions::new(concat!(
+        "gateway ",
+        env!("CARGO_PKG_VERSION")
+    )))?;
+    let http_listener = listener(&mut generation, "http", args.listen)?;
+    let admin_listener = admin_listener(&mut generation, args.admin)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("gateway")
@@ -132,13 +147,14 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Ok(changes) => tracing::info!(?changes, "config applied"),
         Err(error) => return Err(format!("config {}: {error}", args.config.display()).into()),
     }
+    // Warm: handlers are loaded. No data directory to lock.
+    let begun = generation.begin(None)?;
 
     let stop_drain = args.stop_drain.unwrap_or(STOP_DRAIN);
-    runtime.block_on(async move {
+    let terminate = runtime.block_on(async {
         // Catch SIGTERM before anything is served: its default action would
         // kill the gateway without a drain.
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let http_listener = tokio::net::TcpListener::from_std(http_listener)?;
         let admin_listener = tokio::net::TcpListener::from_std(admin_listener)?;
         let mut stdout = std::io::stdout().lock();
@@ -150,23 +166,42 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         )?;
         stdout.flush()?;
         drop(stdout);
-
+        // Overlap mode: serve before Ready, so someone accepts at every
+        // moment of a handoff.
         tokio::spawn(Arc::clone(&shared).accept_loop(http_listener));
         tokio::spawn(admin::serve(Arc::clone(&shared), admin_listener));
         tokio::spawn(Arc::clone(&shared).watch_config());
-
-        terminate.recv().await;
-        tracing::info!(drain = ?stop_drain, "SIGTERM: draining");
-        let report = shared.drain(Instant::now() + stop_drain).await;
-        tracing::info!(
-            open_connections = report.open_connections,
-            "drained; exiting"
-        );
-        Ok::<(), Box<dyn std::error::Error>>(())
+        Ok::<_, Box<dyn std::error::Error>>(terminate)
     })?;
+    // Returns once committed (at once when running alone); from then on the
+    // hooks run on the library's thread and drain this same `shared`.
+    let live = begun.ready(handoff::ReadyReport::stateless(), gateway)?;
+    let (retired_tx, retired_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("gateway-live".into())
+        .spawn(move || {
+            let _ = retired_tx.send(live.wait());
+        })?;
+    runtime.block_on(async move {
+        let mut terminate = terminate;
+        tokio::select! {
+            _ = terminate.recv() => {
+                tracing::info!(drain = ?stop_drain, "SIGTERM: draining");
+                let report = shared.drain(Instant::now() + stop_drain).await;
+                tracing::info!(
+                    open_connections = report.open_connections,
+                    "drained; exiting"
+                );
+            }
+            ending = retired_rx => {
+                // The supervisor drained this generation (Prepare) before
+                // retiring it: nothing is left to finish.
+                tracing::info!(?ending, "retired by the supervisor; exiting");
+            }
+        }
+    });
     // Blocking tasks still running (handler calls past their timeout) are
     // not waited for.
     runtime.shutdown_background();
-    drop(gateway);
     Ok(())
 }

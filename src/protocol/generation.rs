@@ -389,11 +389,13 @@ impl GenerationMachine {
         now: Instant,
         out: &mut Vec<GenerationAction>,
     ) {
+        // The first answer to Hello (HelloAck, Refused, or an Abort that
+        // overtook them) brings the handoff id.
         let adopts_id = matches!(
             (&self.state, &message),
             (
                 State::AwaitHelloAck,
-                Message::HelloAck { .. } | Message::Refused { .. }
+                Message::HelloAck { .. } | Message::Refused { .. } | Message::Abort { .. }
             ) | (State::Serving, Message::Prepare { .. })
         );
         if adopts_id {
@@ -475,7 +477,8 @@ impl GenerationMachine {
                 out.push(GenerationAction::Committed);
             }
             (
-                State::ReceivingFds { .. }
+                State::AwaitHelloAck
+                | State::ReceivingFds { .. }
                 | State::WarmingUp
                 | State::AwaitBegin
                 | State::Begun { .. }

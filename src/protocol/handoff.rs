@@ -227,10 +227,10 @@ enum Phase {
     WarmingUp,
     Draining,
     Sealing,
-    AwaitIncumbentExit {
-        seal: Option<SealInfo>,
-        successor_warm: bool,
-    },
+    /// The incumbent died before it sealed and the successor is warm:
+    /// Begin (without a seal) waits for the incumbent's reap, which frees
+    /// the lock.
+    AwaitIncumbentExit,
     Beginning {
         sealed: bool,
     },
@@ -283,7 +283,7 @@ impl Phase {
             Phase::WarmingUp => HandoffState::WarmingUp,
             Phase::Draining => HandoffState::Draining,
             Phase::Sealing => HandoffState::Sealing,
-            Phase::AwaitIncumbentExit { .. } => HandoffState::AwaitIncumbentExit,
+            Phase::AwaitIncumbentExit => HandoffState::AwaitIncumbentExit,
             Phase::Beginning { .. } => HandoffState::Beginning,
             Phase::Probing { .. } => HandoffState::Probing,
             Phase::Committing => HandoffState::Committing,
@@ -521,30 +521,10 @@ impl HandoffMachine {
                         });
                     }
                     (_, Some(Link::Closed)) => {
-                        self.enter(
-                            Phase::AwaitIncumbentExit {
-                                seal: None,
-                                successor_warm: true,
-                            },
-                            now,
-                        );
+                        self.enter(Phase::AwaitIncumbentExit, now);
                     }
                     _ => self.begin(None, now, actions),
                 }
-            }
-            (
-                Phase::AwaitIncumbentExit {
-                    successor_warm: false,
-                    seal,
-                },
-                Message::Warm,
-            ) => {
-                let seal = *seal;
-                self.phases.warm_up = Some(now.saturating_duration_since(self.phase_started));
-                self.phase = Phase::AwaitIncumbentExit {
-                    seal,
-                    successor_warm: true,
-                };
             }
             (Phase::Beginning { sealed }, Message::Ready { health, .. }) => match health {
                 Health::Healthy if self.config.probe => {
@@ -574,7 +554,7 @@ impl HandoffMachine {
                 | Phase::WarmingUp
                 | Phase::Draining
                 | Phase::Sealing
-                | Phase::AwaitIncumbentExit { .. }
+                | Phase::AwaitIncumbentExit
                 | Phase::Beginning { .. }
                 | Phase::Probing { .. }
                 | Phase::Committing,
@@ -708,20 +688,14 @@ impl HandoffMachine {
                 // Wait for Warm; then begin once the incumbent is reaped.
             }
             Phase::Draining | Phase::Sealing => {
-                self.enter(
-                    Phase::AwaitIncumbentExit {
-                        seal: None,
-                        successor_warm: true,
-                    },
-                    now,
-                );
+                self.enter(Phase::AwaitIncumbentExit, now);
                 self.try_begin_after_incumbent(now, actions);
             }
             Phase::Resuming { reason } => {
                 let reason = reason.clone();
                 self.finish_rollback(reason, false, now, actions);
             }
-            Phase::AwaitIncumbentExit { .. }
+            Phase::AwaitIncumbentExit
             | Phase::Beginning { .. }
             | Phase::Probing { .. }
             | Phase::Committing
@@ -731,13 +705,10 @@ impl HandoffMachine {
     }
 
     fn try_begin_after_incumbent(&mut self, now: Instant, actions: &mut Vec<HandoffAction>) {
-        if let Phase::AwaitIncumbentExit {
-            seal,
-            successor_warm: true,
-        } = self.phase
+        if self.phase == Phase::AwaitIncumbentExit
             && self.incumbent.is_none_or(|t| t.link == Link::Reaped)
         {
-            self.begin(seal, now, actions);
+            self.begin(None, now, actions);
         }
     }
 

@@ -1611,27 +1611,14 @@ fn abort_before_serving_ends_the_generation() {
         let actions = g.frame(Message::Abort {
             reason: AbortReason::Cancelled,
         });
-        if state == GenerationState::AwaitHelloAck {
-            // Before HelloAck the id is unknown; the abort still ends it.
-            assert!(
-                matches!(
-                    actions.as_slice(),
-                    [
-                        GenerationAction::CloseConnection(_),
-                        GenerationAction::End(Ending::Violation(_))
-                    ]
-                ),
-                "{actions:?}"
-            );
-        } else {
-            assert_eq!(
-                actions,
-                [GenerationAction::End(Ending::Aborted(
-                    AbortReason::Cancelled
-                ))],
-                "{state:?}"
-            );
-        }
+        // Before HelloAck the Abort brings the id, as HelloAck would.
+        assert_eq!(
+            actions,
+            [GenerationAction::End(Ending::Aborted(
+                AbortReason::Cancelled
+            ))],
+            "{state:?}"
+        );
         assert_eq!(g.state(), GenerationState::Ended);
     }
 }

@@ -339,3 +339,138 @@ fn crashed_generation_is_restarted_and_listeners_stay_open() {
     assert_ne!(harness.info().pid, old);
     assert_all_present(&harness, &writes);
 }
+
+/// TCP, Unix stream and UDP sockets and a plain fd (a file) travel by name
+/// to every generation; the same sockets (same Unix socket inode) serve
+/// after each upgrade.
+#[test]
+fn every_kind_of_fd_travels_by_name() {
+    use std::os::unix::fs::MetadataExt;
+
+    use handoff::supervisor::{
+        NamedListener, RestartPolicy, Supervisor, SupervisorConfig, SupervisorEvent,
+    };
+
+    let data = crate::common::TempDir::new("kinds");
+    let sock_dir = crate::common::TempDir::new("sock");
+    let unix_path = sock_dir.path().join("testd.sock");
+    let state_path = sock_dir.path().join("state.txt");
+    std::fs::write(&state_path, "hello-from-the-supervisor\n").expect("state file");
+    let main = NamedListener::bind("main", &"127.0.0.1:0".parse().expect("addr")).expect("tcp");
+    let tcp: std::net::SocketAddr = main.address.parse().expect("tcp addr");
+    let unix =
+        NamedListener::bind("unix", &handoff::ListenAddr::Unix(unix_path.clone())).expect("unix");
+    let udp = NamedListener::bind("udp", &"udp:127.0.0.1:0".parse().expect("addr")).expect("udp");
+    let udp_addr: std::net::SocketAddr = udp
+        .address
+        .trim_start_matches("udp:")
+        .parse()
+        .expect("udp addr");
+    let file = std::fs::File::open(&state_path).expect("open state");
+    let state = NamedListener::adopt("state", std::os::fd::OwnedFd::from(file)).expect("adopt");
+    let args: Vec<std::ffi::OsString> = [
+        "--data-dir",
+        data.path().to_str().expect("utf-8"),
+        "--unix-name",
+        "unix",
+        "--udp-name",
+        "udp",
+        "--fd-name",
+        "state",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    let (supervisor, events) = Supervisor::start_with_events(SupervisorConfig {
+        program: crate::common::example("testd"),
+        args: args.clone(),
+        env: Vec::new(),
+        mode: Mode::Exclusive,
+        timeouts: crate::common::test_timeouts(),
+        restart: RestartPolicy::OnFailure,
+        listeners: vec![main, unix, udp, state],
+        probe: None,
+        protocol: handoff::supervisor::DaemonProtocol::Library,
+    })
+    .expect("supervisor");
+    let handle = supervisor.handle();
+    let guard = StopOnDrop(Some(supervisor), handle.clone());
+    let next = |wanted: &dyn Fn(&SupervisorEvent) -> bool| loop {
+        match events.next_timeout(crate::common::WAIT) {
+            Some(event) if wanted(&event) => return event,
+            Some(_) => continue,
+            None => panic!("no matching event"),
+        }
+    };
+    next(&|e| matches!(e, SupervisorEvent::HandoffFinished(o) if o.is_committed()));
+    let inode = std::fs::metadata(&unix_path).expect("socket file").ino();
+    let udp_client = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp client");
+    udp_client
+        .set_read_timeout(Some(crate::common::IO))
+        .expect("timeout");
+    let mut previous = 0;
+    for round in 0..3 {
+        let info = request(tcp, "INFO").expect("INFO over TCP");
+        let pid: u32 = info
+            .split(' ')
+            .find_map(|kv| kv.strip_prefix("pid="))
+            .and_then(|p| p.parse().ok())
+            .expect("pid");
+        assert_ne!(pid, previous, "round {round}: a new generation");
+        assert!(
+            info.contains("file_fd=hello-from-the-supervisor"),
+            "the plain fd arrived: {info}"
+        );
+        let unix_reply = {
+            let stream = std::os::unix::net::UnixStream::connect(&unix_path).expect("unix");
+            stream
+                .set_read_timeout(Some(crate::common::IO))
+                .expect("timeout");
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line)
+                .expect("unix reply");
+            line.trim().to_owned()
+        };
+        assert_eq!(unix_reply, format!("pid={pid}"), "the Unix listener serves");
+        udp_client.send_to(b"who", udp_addr).expect("udp send");
+        let mut buf = [0u8; 64];
+        let (n, _) = udp_client.recv_from(&mut buf).expect("udp reply");
+        assert_eq!(
+            &buf[..n],
+            format!("pid={pid}").as_bytes(),
+            "the UDP socket serves"
+        );
+        assert_eq!(
+            std::fs::metadata(&unix_path).expect("socket file").ino(),
+            inode,
+            "the same Unix socket, never re-bound"
+        );
+        previous = pid;
+        if round < 2 {
+            let outcome = handle
+                .upgrade(handoff::supervisor::UpgradeRequest {
+                    args: Some(args.clone()),
+                    ..Default::default()
+                })
+                .expect("outcome");
+            assert!(outcome.is_committed(), "{outcome:?}");
+            next(&|e| matches!(e, SupervisorEvent::GenerationRetired { pid: p, .. } if *p == pid));
+        }
+    }
+    drop(guard);
+}
+
+/// Stops and joins a supervisor even when the test fails.
+struct StopOnDrop(
+    Option<handoff::supervisor::Supervisor>,
+    handoff::supervisor::SupervisorHandle,
+);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.1.stop();
+        if let Some(supervisor) = self.0.take() {
+            let _ = supervisor.join();
+        }
+    }
+}

@@ -52,12 +52,17 @@ pub fn handoffctl() -> PathBuf {
 
 /// `target/debug/examples/testd`, built by `cargo test --workspace`.
 pub fn testd() -> PathBuf {
+    example("testd")
+}
+
+/// `target/debug/examples/NAME`.
+pub fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target dir layout");
-    let path = dir.join("examples").join("testd");
+    let path = dir.join("examples").join(name);
     assert!(
         path.exists(),
         "{} is missing: build the examples first (`cargo build --workspace --examples --all-features`, as README's test command does)",
@@ -147,7 +152,9 @@ pub struct Supervisor {
 pub struct Start {
     /// Flags after `run` (besides `--socket`).
     pub flags: Vec<String>,
-    /// testd's arguments.
+    /// The daemon (default: testd).
+    pub program: Option<PathBuf>,
+    /// The daemon's arguments.
     pub testd_args: Vec<String>,
     /// Extra environment.
     pub env: Vec<(String, String)>,
@@ -171,6 +178,7 @@ impl Default for Start {
             ]
             .map(String::from)
             .to_vec(),
+            program: None,
             testd_args: Vec::new(),
             env: Vec::new(),
             daemon: None,
@@ -206,7 +214,9 @@ impl Supervisor {
             .arg("--");
         match &start.daemon {
             Some(daemon) => command.args(daemon),
-            None => command.arg(testd()).args(&start.testd_args),
+            None => command
+                .arg(start.program.clone().unwrap_or_else(testd))
+                .args(&start.testd_args),
         };
         command
             .env_remove("NOTIFY_SOCKET")

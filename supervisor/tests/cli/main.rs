@@ -7,6 +7,7 @@ mod common;
 mod admin;
 mod bad_input;
 mod foreign;
+mod gateway;
 mod health;
 mod history;
 mod lifecycle;
