@@ -156,6 +156,8 @@ pub(crate) fn spawn_foreign(spec: ForeignSpec<'_>) -> io::Result<Child> {
         })
         .collect::<io::Result<_>>()?;
     let sources: Vec<RawFd> = parked.iter().map(AsRawFd::as_raw_fd).collect();
+    // Filled in the child (no allocation there): the copies above the range.
+    let mut highs: Vec<RawFd> = vec![-1; sources.len()];
     let parent = getpid();
     let die_with_parent = spec.die_with_parent;
 
@@ -169,6 +171,7 @@ pub(crate) fn spawn_foreign(spec: ForeignSpec<'_>) -> io::Result<Child> {
         let _ = (&path, &argv, &env);
         in_child(
             &sources,
+            &mut highs,
             die_with_parent,
             parent,
             &mut listen_pid,
@@ -187,8 +190,13 @@ pub(crate) fn spawn_foreign(spec: ForeignSpec<'_>) -> io::Result<Child> {
     child
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "everything the child needs was prepared before the fork and is passed in"
+)]
 fn in_child(
     sources: &[RawFd],
+    highs: &mut [RawFd],
     die_with_parent: bool,
     parent: Pid,
     listen_pid: &mut [u8],
@@ -205,14 +213,17 @@ fn in_child(
     SigSet::empty().thread_set_mask()?;
     let count = RawFd::try_from(sources.len()).map_err(|_| Errno::EMFILE)?;
     let above = FIRST + count;
-    // Up out of the target range first (close-on-exec copies), then down
-    // into place; dup2 clears close-on-exec on the target only.
-    for (index, &source) in sources.iter().enumerate() {
+    // All up out of the target range first (close-on-exec copies), then
+    // all down into place: a dup2 onto 3+i must not close a source not yet
+    // copied. dup2 clears close-on-exec on the target only.
+    for (high, &source) in highs.iter_mut().zip(sources) {
         // SAFETY: fcntl on an fd number open in the child (inherited from
         // the parked duplicates).
-        let high = Errno::result(unsafe { libc::fcntl(source, libc::F_DUPFD_CLOEXEC, above) })?;
+        *high = Errno::result(unsafe { libc::fcntl(source, libc::F_DUPFD_CLOEXEC, above) })?;
+    }
+    for (index, &high) in highs.iter().enumerate() {
         let target = FIRST + RawFd::try_from(index).map_err(|_| Errno::EMFILE)?;
-        // SAFETY: dup2 on two fd numbers; `high` was just created.
+        // SAFETY: dup2 on two fd numbers; `high` was created above.
         Errno::result(unsafe { libc::dup2(high, target) })?;
     }
     // Everything else above the listeners stays out of the daemon.
