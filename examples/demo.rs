@@ -108,6 +108,8 @@ fn main() {
         timeouts: Timeouts::default(),
         restart: RestartPolicy::OnFailure,
         listeners: vec![listener],
+        probe: None,
+        protocol: handoff::supervisor::DaemonProtocol::Library,
     })
     .expect("supervisor");
     let handle = supervisor.handle();

@@ -55,6 +55,13 @@ fn main() {
         },
         restart: RestartPolicy::OnFailure,
         listeners: vec![listener],
+        protocol: handoff::supervisor::DaemonProtocol::Library,
+        // The health gate is on so that the `probing` point is reached: a
+        // connect to the shared listener (it always passes; see
+        // handoff::probe for why a real probe targets a private address).
+        probe: Some(handoff::probe::Probe::Tcp {
+            address: addr.clone(),
+        }),
     })
     .expect("supervisor");
     let handle = supervisor.handle();

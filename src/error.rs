@@ -261,6 +261,16 @@ pub enum Error {
         /// Why it does not parse.
         reason: &'static str,
     },
+    /// A health probe specification did not parse.
+    #[error(
+        "cannot parse health probe {input:?}: {reason} (expected http://HOST:PORT/PATH or tcp:HOST:PORT)"
+    )]
+    BadProbe {
+        /// What was given.
+        input: String,
+        /// Why it does not parse.
+        reason: &'static str,
+    },
     /// A timeout setting is unusable.
     #[error("invalid timeout {field}: {problem}")]
     InvalidTimeout {

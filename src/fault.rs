@@ -14,7 +14,7 @@
 //! driver treats its peer as gone). Without the feature, `reached` is an
 //! empty inline function and the environment is never read.
 
-use crate::protocol::{GenerationState, HandoffState, RetireState};
+use crate::protocol::{ForeignState, GenerationState, HandoffState, RetireState};
 
 /// Environment variable arming one fault point.
 pub const ENV_FAULT: &str = "HANDOFF_FAULT";
@@ -79,6 +79,7 @@ pub fn points() -> Vec<FaultPoint> {
         .iter()
         .map(|s| s.as_str())
         .chain(RetireState::ALL.iter().map(|s| s.as_str()))
+        .chain(ForeignState::ALL.iter().map(|s| s.as_str()))
         .map(|state| FaultPoint {
             role: FaultRole::Supervisor,
             state,
@@ -210,7 +211,10 @@ mod tests {
         assert_eq!(unique.len(), points.len(), "no duplicate points");
         assert_eq!(
             points.len(),
-            HandoffState::ALL.len() + RetireState::ALL.len() + GenerationState::ALL.len()
+            HandoffState::ALL.len()
+                + RetireState::ALL.len()
+                + ForeignState::ALL.len()
+                + GenerationState::ALL.len()
         );
         assert!(points.contains(&FaultPoint {
             role: FaultRole::Successor,

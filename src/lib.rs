@@ -33,4 +33,5 @@ pub use successor::{
 pub use sys::ListenAddr;
 pub mod fault;
 pub mod os;
+pub mod probe;
 pub mod supervisor;

@@ -21,8 +21,10 @@ use crossbeam_channel::{Receiver, Sender, select};
 use crate::channel::{self, Received};
 use crate::error::{Error, Peer, Result};
 use crate::fault::{self, FaultRole};
+use crate::probe::Probe;
 use crate::protocol::{
-    HandoffAction, HandoffConfig, HandoffInput, HandoffMachine, Phases, RetireAction, RetireInput,
+    ForeignAction, ForeignConfig, ForeignHandoffMachine, ForeignInput, HandoffAction,
+    HandoffConfig, HandoffInput, HandoffMachine, Phases, ReadySignal, RetireAction, RetireInput,
     RetireMachine, Side, Signal, Verdict,
 };
 use crate::successor::{ENV_HEARTBEAT_MS, ENV_SUPERVISOR_PID};
@@ -79,6 +81,26 @@ impl NamedListener {
     }
 }
 
+/// How the supervisor talks to its generations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DaemonProtocol {
+    /// The daemon links this library: control socket, drain, seal, commit.
+    Library,
+    /// A daemon that does not link the library, supervised with systemd's
+    /// conventions: listeners by socket activation (fds 3.., `LISTEN_FDS`,
+    /// `LISTEN_FDNAMES`, `LISTEN_PID`), readiness by `READY=1` on a
+    /// per-generation `NOTIFY_SOCKET` or by the probe, stop by a signal.
+    /// Always overlap: the successor serves before the incumbent is told
+    /// to stop (`mode` is ignored).
+    Systemd {
+        /// How readiness is signalled (`Probe` needs `SupervisorConfig::probe`).
+        ready: ReadySignal,
+        /// What stops a generation gracefully (SIGTERM; SIGQUIT for
+        /// nginx-style servers); SIGKILL follows after the drain grace.
+        stop_signal: Sig,
+    },
+}
+
 /// When a generation that exited outside a handoff is started again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -108,6 +130,13 @@ pub struct SupervisorConfig {
     pub restart: RestartPolicy,
     /// The listeners, bound or adopted by the caller.
     pub listeners: Vec<NamedListener>,
+    /// How generations are started and spoken to.
+    pub protocol: DaemonProtocol,
+    /// The health gate: when set, a successor's healthy Ready is followed
+    /// by this probe (retried until `timeouts.probe`) before Commit, and a
+    /// probe that never passes rolls the handoff back (I12). Cold starts
+    /// and restarts are gated too.
+    pub probe: Option<Probe>,
 }
 
 /// What one upgrade asks for; `None` fields take the configured value.
@@ -258,6 +287,14 @@ pub enum SupervisorEvent {
         /// How it ended.
         status: String,
     },
+    /// The new generation failed during the probation after its commit
+    /// and the previous one was resumed (an automatic rollback, I14).
+    RolledBackInProbation {
+        /// The resumed generation's number.
+        generation: u64,
+        /// Its pid.
+        pid: u32,
+    },
     /// The supervisor is stopping.
     Stopping,
 }
@@ -281,6 +318,15 @@ enum Event {
     Exited {
         generation: u64,
     },
+}
+
+/// The verdict of a health probe started for handoff `handoff_id`, or
+/// (with `probation_of`) a failure of the probe that watches generation N
+/// during its probation.
+struct Probed {
+    handoff_id: u64,
+    probation_of: Option<u64>,
+    result: std::result::Result<(), String>,
 }
 
 /// A running supervisor; dropping it does not stop it (use
@@ -415,7 +461,10 @@ struct Child {
     generation: u64,
     pid: u32,
     process: std::process::Child,
-    sender: channel::Sender,
+    /// The control connection (`None` for a foreign daemon).
+    sender: Option<channel::Sender>,
+    /// A foreign daemon's notification socket.
+    notify: Option<sys::NotifySocket>,
     /// The handoff id messages to this child carry now.
     handoff_id: u64,
     program: PathBuf,
@@ -427,7 +476,11 @@ struct Child {
 
 impl Child {
     fn send(&self, message: Message) -> Result<()> {
-        self.sender.send(self.handoff_id, message, &[])
+        match &self.sender {
+            Some(sender) => sender.send(self.handoff_id, message, &[]),
+            // A foreign daemon is spoken to with signals only.
+            None => Ok(()),
+        }
     }
 
     fn signal(&self, signal: Sig) {
@@ -457,7 +510,12 @@ impl Child {
             Ok(status) => describe_status(status),
             Err(error) => format!("wait failed: {error}"),
         };
-        self.sender.shutdown();
+        if let Some(sender) = &self.sender {
+            sender.shutdown();
+        }
+        if let Some(notify) = &self.notify {
+            notify.shutdown();
+        }
         self.reaped = Some(status.clone());
         status
     }
@@ -479,8 +537,37 @@ fn sig(signal: Signal) -> Sig {
     }
 }
 
+/// The machine of the handoff in flight.
+enum Machine {
+    Library(HandoffMachine),
+    Foreign(ForeignHandoffMachine),
+}
+
+impl Machine {
+    fn handoff_id(&self) -> u64 {
+        match self {
+            Machine::Library(machine) => machine.handoff_id(),
+            Machine::Foreign(machine) => machine.handoff_id(),
+        }
+    }
+
+    fn state_name(&self) -> &'static str {
+        match self {
+            Machine::Library(machine) => machine.state_name(),
+            Machine::Foreign(machine) => machine.state_name(),
+        }
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        match self {
+            Machine::Library(machine) => machine.next_wakeup(),
+            Machine::Foreign(machine) => machine.next_wakeup(),
+        }
+    }
+}
+
 struct InFlight {
-    machine: HandoffMachine,
+    machine: Machine,
     successor: Child,
     reply: Option<Sender<Result<Outcome>>>,
     old_pid: Option<u32>,
@@ -516,6 +603,14 @@ struct Loop {
     last_committed: Option<(PathBuf, Vec<OsString>)>,
     subscribers: Vec<Sender<SupervisorEvent>>,
     finished: bool,
+    probes_tx: Sender<Probed>,
+    probes_rx: Receiver<Probed>,
+    /// Notifications from foreign generations: (generation, datagram).
+    notes_tx: Sender<(u64, sys::Notification)>,
+    notes_rx: Receiver<(u64, sys::Notification)>,
+    /// Where foreign generations' notification sockets live (made on the
+    /// first foreign spawn).
+    notify_dir: Option<sys::PrivateDir>,
 }
 
 impl Loop {
@@ -525,7 +620,14 @@ impl Loop {
         subscribers: Vec<Sender<SupervisorEvent>>,
     ) -> Self {
         let now = Instant::now();
+        let (probes_tx, probes_rx) = crossbeam_channel::unbounded();
+        let (notes_tx, notes_rx) = crossbeam_channel::unbounded();
         Loop {
+            probes_tx,
+            probes_rx,
+            notes_tx,
+            notes_rx,
+            notify_dir: None,
             next_heartbeat: now + config.timeouts.heartbeat_interval,
             config,
             events_tx,
@@ -561,6 +663,8 @@ impl Loop {
     }
 
     fn run(&mut self, commands: &Receiver<Command>, events: &Receiver<Event>) -> Result<()> {
+        let probes = self.probes_rx.clone();
+        let notes = self.notes_rx.clone();
         while !self.finished {
             let wake = self.next_wakeup();
             let timer = crossbeam_channel::at(wake.max(Instant::now()));
@@ -575,6 +679,16 @@ impl Loop {
                 recv(events) -> event => {
                     if let Ok(event) = event {
                         self.on_event(event);
+                    }
+                },
+                recv(probes) -> verdict => {
+                    if let Ok(verdict) = verdict {
+                        self.on_probed(verdict);
+                    }
+                },
+                recv(notes) -> note => {
+                    if let Ok((generation, note)) = note {
+                        self.on_note(generation, note);
                     }
                 },
                 recv(timer) -> _ => {},
@@ -680,7 +794,8 @@ impl Loop {
                 generation,
                 pid,
                 process,
-                sender,
+                sender: Some(sender),
+                notify: None,
                 handoff_id: 0,
                 program,
                 restart,
@@ -709,13 +824,19 @@ impl Loop {
             .unwrap_or_else(|| self.config.program.clone());
         let args = request.args.unwrap_or_else(|| self.config.args.clone());
         let restart_program = request.restart_program.unwrap_or_else(|| program.clone());
-        let (successor, spawn_time) = self.spawn(program, args, request.env, restart_program)?;
+        let (successor, spawn_time) = match self.config.protocol {
+            DaemonProtocol::Library => self.spawn(program, args, request.env, restart_program)?,
+            DaemonProtocol::Systemd { .. } => {
+                self.spawn_foreign(program, args, request.env, restart_program)?
+            }
+        };
         let handoff_id = self.next_handoff_id;
         self.next_handoff_id += 1;
         let has_incumbent = self.live.as_ref().is_some_and(|live| live.reaped.is_none());
         let config = HandoffConfig {
             fd_count: u32::try_from(self.config.listeners.len()).unwrap_or(u32::MAX),
             timeouts,
+            probe: self.config.probe.is_some(),
             ..HandoffConfig::new(
                 handoff_id,
                 successor.generation,
@@ -737,7 +858,23 @@ impl Loop {
             successor_pid: successor.pid,
             incumbent_pid: self.live.as_ref().map(|live| live.pid),
         });
-        let machine = HandoffMachine::new(config, Instant::now());
+        let now = Instant::now();
+        let (machine, foreign_actions) = match self.config.protocol {
+            DaemonProtocol::Library => (Machine::Library(HandoffMachine::new(config, now)), None),
+            DaemonProtocol::Systemd { ready, .. } => {
+                let (machine, actions) = ForeignHandoffMachine::start(
+                    ForeignConfig {
+                        handoff_id,
+                        successor_pid: successor.pid,
+                        ready,
+                        probe: self.config.probe.is_some(),
+                        timeouts,
+                    },
+                    now,
+                );
+                (Machine::Foreign(machine), Some(actions))
+            }
+        };
         if fault::reached(
             FaultRole::Supervisor,
             machine.state_name(),
@@ -754,7 +891,189 @@ impl Loop {
             old_pid: self.live.as_ref().map(|live| live.pid),
             spawn_time,
         });
+        if let Some(actions) = foreign_actions {
+            self.perform_foreign(actions, now);
+        }
         Ok(())
+    }
+
+    /// Spawns a foreign generation (`DaemonProtocol::Systemd`): socket
+    /// activation, a notification socket of its own, a reader thread for it
+    /// and a waiter thread.
+    fn spawn_foreign(
+        &mut self,
+        program: PathBuf,
+        args: Vec<OsString>,
+        extra_env: Vec<(OsString, OsString)>,
+        restart_program: PathBuf,
+    ) -> Result<(Child, Duration)> {
+        let restart = (restart_program, args.clone());
+        let begun = Instant::now();
+        let generation = self.next_generation;
+        if self.notify_dir.is_none() {
+            self.notify_dir = Some(
+                sys::PrivateDir::create()
+                    .map_err(|source| Error::io("creating the notification directory", source))?,
+            );
+        }
+        let dir = self
+            .notify_dir
+            .as_ref()
+            .map(|d| d.path().to_owned())
+            .unwrap_or_default();
+        let notify = sys::NotifySocket::bind(&dir.join(format!("gen{generation}.sock")))
+            .map_err(|source| Error::io("binding a notification socket", source))?;
+        let mut env = self.config.env.clone();
+        env.extend(extra_env);
+        let process = sys::spawn_foreign(sys::ForeignSpec {
+            program: program.clone(),
+            args,
+            env,
+            listeners: self
+                .config
+                .listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.fd.as_fd()))
+                .collect(),
+            notify_socket: Some(notify.path().to_owned()),
+            die_with_parent: true,
+        })
+        .map_err(|source| Error::Spawn {
+            binary: program.clone(),
+            source,
+        })?;
+        let pid = process.id();
+        self.next_generation += 1;
+        let reader = notify
+            .try_clone()
+            .map_err(|source| Error::io("cloning a notification socket", source))?;
+        let notes = self.notes_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("handoff-notify{generation}"))
+            .spawn(move || {
+                // Ends when the socket is shut down at the reap.
+                while let Ok(Some(note)) = sys::receive_notification(&reader) {
+                    if notes.send((generation, note)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|source| Error::io("spawn a notification reader", source))?;
+        let events = self.events_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("handoff-wait{generation}"))
+            .spawn(move || {
+                if let Err(error) = sys::wait_exit_nowait(pid) {
+                    tracing::error!(pid, error = %error, "waiting for a generation failed");
+                }
+                let _ = events.send(Event::Exited { generation });
+            })
+            .map_err(|source| Error::io("spawn a waiter thread", source))?;
+        tracing::info!(generation, pid, program = %program.display(), "foreign generation spawned");
+        Ok((
+            Child {
+                generation,
+                pid,
+                process,
+                sender: None,
+                notify: Some(notify),
+                handoff_id: 0,
+                program,
+                restart,
+                started: Instant::now(),
+                reaped: None,
+            },
+            begun.elapsed(),
+        ))
+    }
+
+    /// A notification from a foreign generation: only the successor's
+    /// matter, and only while its handoff runs.
+    fn on_note(&mut self, generation: u64, note: sys::Notification) {
+        let Some(in_flight) = &self.in_flight else {
+            return;
+        };
+        if in_flight.successor.generation != generation {
+            return;
+        }
+        if note.pid != Some(in_flight.successor.pid) {
+            tracing::warn!(
+                generation,
+                sender = ?note.pid,
+                expected = in_flight.successor.pid,
+                "notification from another process ignored"
+            );
+        }
+        self.step_foreign(
+            ForeignInput::Notified {
+                pid: note.pid,
+                text: note.text,
+            },
+            Instant::now(),
+        );
+    }
+
+    fn step_foreign(&mut self, input: ForeignInput, now: Instant) {
+        let Some(InFlight {
+            machine: Machine::Foreign(machine),
+            successor,
+            ..
+        }) = &mut self.in_flight
+        else {
+            return;
+        };
+        let before = machine.state_name();
+        let actions = machine.step(input, now);
+        let after = machine.state_name();
+        let handoff_id = machine.handoff_id();
+        let generation = successor.generation;
+        self.perform_foreign(actions, now);
+        if before != after {
+            tracing::debug!(handoff_id, from = before, to = after, "handoff phase");
+            self.announce(SupervisorEvent::Phase {
+                handoff_id,
+                phase: after,
+            });
+            if fault::reached(FaultRole::Supervisor, after, generation).is_err() {
+                self.step_foreign(ForeignInput::Cancel, now);
+            }
+        }
+    }
+
+    fn perform_foreign(&mut self, actions: Vec<ForeignAction>, now: Instant) {
+        for action in actions {
+            match action {
+                ForeignAction::StartProbe { until } => self.start_probe(until),
+                ForeignAction::Signal(signal) => {
+                    let signal = self.sig(signal);
+                    if let Some(in_flight) = &self.in_flight {
+                        in_flight.successor.signal(signal);
+                    }
+                }
+                ForeignAction::Finish(verdict) => self.finish(verdict, now),
+            }
+        }
+    }
+
+    /// The signal a machine's `Signal` means here: `Term` is the configured
+    /// stop signal of a foreign daemon.
+    fn sig(&self, signal: Signal) -> Sig {
+        match (signal, self.config.protocol) {
+            (Signal::Term, DaemonProtocol::Systemd { stop_signal, .. }) => stop_signal,
+            (signal, _) => sig(signal),
+        }
+    }
+
+    /// Feeds `Cancel` to whichever machine runs the handoff in flight.
+    fn cancel_handoff(&mut self, now: Instant) {
+        match &self.in_flight {
+            Some(InFlight {
+                machine: Machine::Foreign(_),
+                ..
+            }) => self.step_foreign(ForeignInput::Cancel, now),
+            Some(_) => self.step_handoff(HandoffInput::Cancel, now),
+            None => {}
+        }
     }
 
     fn on_command(&mut self, command: Command) {
@@ -828,7 +1147,23 @@ impl Loop {
         };
         let successor_generation = self.in_flight.as_ref().map(|f| f.successor.generation);
         let live_generation = self.live.as_ref().map(|l| l.generation);
-        if Some(generation) == successor_generation {
+        let foreign = matches!(
+            self.in_flight,
+            Some(InFlight {
+                machine: Machine::Foreign(_),
+                ..
+            })
+        );
+        if foreign && Some(generation) == successor_generation {
+            // A foreign successor has no control connection: only its exit.
+            if let Event::Exited { .. } = event {
+                let status = status.unwrap_or_default();
+                self.step_foreign(ForeignInput::Exited { status }, now);
+            }
+        } else if foreign && Some(generation) == live_generation {
+            // The incumbent takes no part in a foreign handoff (I13).
+            self.on_live_event(event, status.unwrap_or_default(), now);
+        } else if Some(generation) == successor_generation {
             let input = match event {
                 Event::Frame { frame, .. } => HandoffInput::Frame {
                     from: Side::Successor,
@@ -883,6 +1218,43 @@ impl Loop {
         }
     }
 
+    fn on_probed(
+        &mut self,
+        Probed {
+            handoff_id,
+            probation_of,
+            result,
+        }: Probed,
+    ) {
+        if let Some(generation) = probation_of {
+            if let (Err(detail), Some(live)) = (result, &self.live)
+                && live.generation == generation
+                && self.in_flight.is_none()
+                && self.retiring.iter().any(|r| r.machine.in_probation())
+            {
+                // I14: the exit of the live generation resumes the previous
+                // one. SIGKILL, not the stop signal: an unhealthy process
+                // may never exit on its own.
+                tracing::warn!(
+                    generation,
+                    pid = live.pid,
+                    %detail,
+                    "the new generation failed its health probe during probation"
+                );
+                live.signal(Sig::Kill);
+            }
+            return;
+        }
+        // A verdict for a handoff that already ended is stale.
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| f.machine.handoff_id() == handoff_id)
+        {
+            self.probe_verdict(result, Instant::now());
+        }
+    }
+
     fn child_mut(&mut self, generation: u64) -> Option<&mut Child> {
         if let Some(in_flight) = &mut self.in_flight
             && in_flight.successor.generation == generation
@@ -934,6 +1306,19 @@ impl Loop {
                 if self.stopping.is_some() {
                     return;
                 }
+                // In probation (I14): the previous generation takes over at
+                // once instead of a restart of the one that just failed.
+                if self.in_flight.is_none()
+                    && let Some(index) =
+                        self.retiring.iter().rposition(|r| r.machine.in_probation())
+                {
+                    tracing::warn!(
+                        pid = self.retiring[index].child.pid,
+                        "the new generation failed in probation: resuming the previous one"
+                    );
+                    self.step_retire(index, RetireInput::Resume, now);
+                    return;
+                }
                 let clean = status == "exit status 0";
                 let restart = match self.config.restart {
                     RestartPolicy::Always => true,
@@ -960,16 +1345,21 @@ impl Loop {
     }
 
     fn step_handoff(&mut self, input: HandoffInput, now: Instant) {
-        let Some(in_flight) = &mut self.in_flight else {
+        let Some(InFlight {
+            machine: Machine::Library(machine),
+            successor,
+            ..
+        }) = &mut self.in_flight
+        else {
             return;
         };
-        let mut from = in_flight.machine.state_name();
-        let actions = in_flight.machine.step(input, now);
+        let mut from = machine.state_name();
+        let actions = machine.step(input, now);
         // Every state the step went through, not only the last one: a fault
         // point must not be skipped because two transitions shared a step.
-        let entered = in_flight.machine.take_entered();
-        let handoff_id = in_flight.machine.handoff_id();
-        let generation = in_flight.successor.generation;
+        let entered = machine.take_entered();
+        let handoff_id = machine.handoff_id();
+        let generation = successor.generation;
         self.perform(actions, now);
         for state in entered {
             let to = state.as_str();
@@ -1034,6 +1424,10 @@ impl Loop {
                     }
                     None
                 }
+                HandoffAction::StartProbe { until } => {
+                    self.start_probe(until);
+                    None
+                }
                 HandoffAction::Finish(verdict) => {
                     self.finish(verdict, now);
                     None
@@ -1043,6 +1437,89 @@ impl Loop {
                 tracing::warn!(?side, %error, "send failed; treating the peer as gone");
                 self.step_handoff(HandoffInput::Closed { side }, now);
             }
+        }
+    }
+
+    /// Runs the configured probe on a helper thread (it only does network
+    /// I/O, never spawns); its verdict comes back as an event.
+    fn start_probe(&mut self, until: Instant) {
+        let Some(handoff_id) = self.in_flight.as_ref().map(|f| f.machine.handoff_id()) else {
+            return;
+        };
+        let verdicts = self.probes_tx.clone();
+        let result = match self.config.probe.clone() {
+            Some(probe) => std::thread::Builder::new()
+                .name(format!("handoff-probe{handoff_id}"))
+                .spawn(move || {
+                    let result = probe.run_until(until);
+                    let _ = verdicts.send(Probed {
+                        handoff_id,
+                        probation_of: None,
+                        result,
+                    });
+                })
+                .map(drop)
+                .map_err(|error| format!("cannot start the probe thread: {error}")),
+            None => Err("no probe configured".to_owned()),
+        };
+        if let Err(detail) = result {
+            self.probe_verdict(Err(detail), Instant::now());
+        }
+    }
+
+    /// During a probation (I14), probes the live generation until `until`:
+    /// an attempt every `PROBATION_PROBE_INTERVAL`; a failed attempt is
+    /// retried for `Timeouts::probe` before it counts. Runs on a helper
+    /// thread (network I/O only); only a failure is reported.
+    fn watch_probation(&mut self, until: Instant) {
+        let (Some(probe), Some(live)) = (self.config.probe.clone(), &self.live) else {
+            return;
+        };
+        let generation = live.generation;
+        let confirm = self.config.timeouts.probe;
+        let verdicts = self.probes_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("handoff-probation{generation}"))
+            .spawn(move || {
+                while Instant::now() < until {
+                    if probe.attempt().is_err()
+                        && let Err(detail) = probe.run_until(Instant::now() + confirm)
+                    {
+                        let _ = verdicts.send(Probed {
+                            handoff_id: 0,
+                            probation_of: Some(generation),
+                            result: Err(detail),
+                        });
+                        return;
+                    }
+                    std::thread::sleep(
+                        crate::timeouts::PROBATION_PROBE_INTERVAL
+                            .min(until.saturating_duration_since(Instant::now())),
+                    );
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot start the probation probe");
+        }
+    }
+
+    fn probe_verdict(&mut self, result: std::result::Result<(), String>, now: Instant) {
+        match (&self.in_flight, result) {
+            (
+                Some(InFlight {
+                    machine: Machine::Foreign(_),
+                    ..
+                }),
+                result,
+            ) => self.step_foreign(
+                match result {
+                    Ok(()) => ForeignInput::ProbePassed,
+                    Err(detail) => ForeignInput::ProbeFailed { detail },
+                },
+                now,
+            ),
+            (_, Ok(())) => self.step_handoff(HandoffInput::ProbePassed, now),
+            (_, Err(detail)) => self.step_handoff(HandoffInput::ProbeFailed { detail }, now),
         }
     }
 
@@ -1059,11 +1536,13 @@ impl Loop {
                 })
                 .collect();
             let fds: Vec<_> = chunk.iter().map(|l| l.fd.as_fd()).collect();
-            in_flight.successor.sender.send(
-                in_flight.successor.handoff_id,
-                Message::Fds { entries },
-                &fds,
-            )?;
+            if let Some(sender) = &in_flight.successor.sender {
+                sender.send(
+                    in_flight.successor.handoff_id,
+                    Message::Fds { entries },
+                    &fds,
+                )?;
+            }
         }
         Ok(())
     }
@@ -1096,8 +1575,20 @@ impl Loop {
                         // Overlap: the old one drains now (Prepare carries this id).
                         old.handoff_id = handoff_id;
                         let drain_first = self.config.mode == Mode::Overlap;
-                        let (machine, actions) =
-                            RetireMachine::start(drain_first, self.config.timeouts, now);
+                        let probation = self.config.timeouts.probation;
+                        let (machine, actions) = match self.config.protocol {
+                            DaemonProtocol::Library if drain_first && !probation.is_zero() => {
+                                RetireMachine::with_probation(probation, self.config.timeouts, now)
+                            }
+                            DaemonProtocol::Library => {
+                                RetireMachine::start(drain_first, self.config.timeouts, now)
+                            }
+                            // Overlap by signal: the stop signal, then the
+                            // drain grace before SIGKILL.
+                            DaemonProtocol::Systemd { .. } => {
+                                RetireMachine::signal_first(self.config.timeouts, now)
+                            }
+                        };
                         if fault::reached(
                             FaultRole::Supervisor,
                             machine.state_name(),
@@ -1113,6 +1604,13 @@ impl Loop {
                         });
                         let index = self.retiring.len() - 1;
                         self.perform_retire(index, actions, now);
+                        if self
+                            .retiring
+                            .get(index)
+                            .is_some_and(|r| r.machine.in_probation())
+                        {
+                            self.watch_probation(now + probation);
+                        }
                     }
                 }
                 outcome
@@ -1123,6 +1621,10 @@ impl Loop {
                 incumbent_serving,
             } => {
                 phases.spawn = Some(in_flight.spawn_time);
+                // A foreign incumbent takes no part in the handoff: it
+                // serves if it is still alive.
+                let incumbent_serving = incumbent_serving
+                    && self.live.as_ref().is_some_and(|live| live.reaped.is_none());
                 if !incumbent_serving {
                     match &self.live {
                         Some(live) if live.reaped.is_none() => live.signal(Sig::Kill),
@@ -1200,9 +1702,48 @@ impl Loop {
                         return;
                     }
                 }
-                RetireAction::Signal(signal) => retiring.child.signal(sig(signal)),
+                RetireAction::Signal(signal) => {
+                    let signal = match (signal, self.config.protocol) {
+                        (Signal::Term, DaemonProtocol::Systemd { stop_signal, .. }) => stop_signal,
+                        (signal, _) => sig(signal),
+                    };
+                    self.retiring[index].child.signal(signal);
+                }
+                RetireAction::Resumed => {
+                    // Probation rollback (I14): the old generation serves
+                    // again and is the live one.
+                    let resumed = self.retiring.remove(index);
+                    let child = resumed.child;
+                    tracing::warn!(
+                        generation = child.generation,
+                        pid = child.pid,
+                        "automatic rollback: the previous generation serves again"
+                    );
+                    self.last_committed = Some(child.restart.clone());
+                    self.announce(SupervisorEvent::RolledBackInProbation {
+                        generation: child.generation,
+                        pid: child.pid,
+                    });
+                    if self.live.is_none() {
+                        self.restart_at = None;
+                        self.live = Some(child);
+                    } else {
+                        // Someone else serves already (a restart won the
+                        // race): this one retires after all.
+                        child.signal(self.sig(Signal::Term));
+                    }
+                    return;
+                }
                 RetireAction::Gone => {
                     let retired = self.retiring.remove(index);
+                    if self.live.is_none()
+                        && self.in_flight.is_none()
+                        && self.stopping.is_none()
+                        && self.restart_at.is_none()
+                    {
+                        // It died while being resumed: nobody serves.
+                        self.schedule_restart(now);
+                    }
                     self.announce(SupervisorEvent::GenerationRetired {
                         pid: retired.child.pid,
                         status: retired.child.reaped.clone().unwrap_or_default(),
@@ -1220,10 +1761,20 @@ impl Loop {
     }
 
     fn on_time(&mut self, now: Instant) {
-        if let Some(in_flight) = &self.in_flight
-            && in_flight.machine.next_wakeup().is_some_and(|at| at <= now)
-        {
-            self.step_handoff(HandoffInput::Tick, now);
+        match &self.in_flight {
+            Some(InFlight {
+                machine: Machine::Library(machine),
+                ..
+            }) if machine.next_wakeup().is_some_and(|at| at <= now) => {
+                self.step_handoff(HandoffInput::Tick, now)
+            }
+            Some(InFlight {
+                machine: Machine::Foreign(machine),
+                ..
+            }) if machine.next_wakeup().is_some_and(|at| at <= now) => {
+                self.step_foreign(ForeignInput::Tick, now)
+            }
+            _ => {}
         }
         let due: Vec<usize> = (0..self.retiring.len())
             .filter(|&i| {
@@ -1308,7 +1859,7 @@ impl Loop {
                 self.restart_at = None;
                 if self.in_flight.is_some() {
                     // Roll back first; terminate_all runs when it finished.
-                    self.step_handoff(HandoffInput::Cancel, now);
+                    self.cancel_handoff(now);
                 } else {
                     self.terminate_all(now);
                 }
@@ -1317,12 +1868,13 @@ impl Loop {
     }
 
     fn terminate_all(&mut self, _now: Instant) {
+        let stop = self.sig(Signal::Term);
         for child in self
             .live
             .iter()
             .chain(self.retiring.iter().map(|r| &r.child))
         {
-            child.signal(Sig::Term);
+            child.signal(stop);
         }
     }
 }

@@ -43,6 +43,20 @@ pub struct Timeouts {
     pub restart_backoff_max: Duration,
     /// How long an admin client may take to send its request.
     pub admin_request: Duration,
+    /// The health gate's readiness timeout: how long the supervisor retries
+    /// its probe of a successor that sent a healthy Ready before it rolls
+    /// back (I12). Bounded by `handoff_deadline` as well.
+    #[serde(default = "default_probe")]
+    pub probe: Duration,
+    /// After a commit in overlap mode, how long the old generation is kept
+    /// drained and idle, ready to be resumed if the new one crashes (I14).
+    /// Zero (the default) turns probation off.
+    #[serde(default)]
+    pub probation: Duration,
+}
+
+fn default_probe() -> Duration {
+    Timeouts::default().probe
 }
 
 impl Default for Timeouts {
@@ -58,6 +72,8 @@ impl Default for Timeouts {
             restart_backoff_initial: Duration::from_millis(100),
             restart_backoff_max: Duration::from_secs(30),
             admin_request: Duration::from_secs(5),
+            probe: Duration::from_secs(30),
+            probation: Duration::ZERO,
         }
     }
 }
@@ -68,6 +84,16 @@ pub const STOP_DRAIN: Duration = Duration::from_secs(30);
 /// How long a generation must have run before a crash no longer counts as
 /// consecutive (the restart backoff resets).
 pub const RESTART_STABLE: Duration = Duration::from_secs(10);
+
+/// Pause between two attempts of a health probe that failed (the health
+/// gate retries until its readiness timeout, `Timeouts::probe`).
+pub const PROBE_RETRY: Duration = Duration::from_millis(100);
+
+/// During a probation, how often the live generation is probed (I14).
+pub const PROBATION_PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Bound on one probe attempt (connect, request, response).
+pub const PROBE_ATTEMPT: Duration = Duration::from_secs(2);
 
 /// A short poll slice for loops that must also notice a flag (a daemon's
 /// accept loop checking for drain). Not a synchronisation: the flag is read
@@ -107,6 +133,7 @@ impl Timeouts {
             ("restart_backoff_initial", self.restart_backoff_initial),
             ("restart_backoff_max", self.restart_backoff_max),
             ("admin_request", self.admin_request),
+            ("probe", self.probe),
         ];
         for (field, value) in nonzero {
             if value.is_zero() {

@@ -141,6 +141,8 @@ impl InProcess {
             timeouts: handoff::Timeouts::default(),
             restart: RestartPolicy::OnFailure,
             listeners: vec![listener],
+            probe: None,
+            protocol: handoff::supervisor::DaemonProtocol::Library,
         })
         .map_err(|e| e.to_string())?;
         Ok((InProcess { supervisor, daemon }, addr))

@@ -6,6 +6,8 @@
 //! AwaitHello -Hello-> WarmingUp -Warm-> Draining    WarmingUp -Warm-> Beginning
 //!   Draining -Drained-> Sealing -SealComplete-> Beginning
 //!   Beginning -Ready(healthy)-> Committing -CommitAck-> Done(Committed)
+//!   (health gate) Beginning -Ready(healthy)-> Probing -ProbePassed-> Committing
+//!                                             Probing -ProbeFailed-> Aborting
 //!   any phase before Done --failure--> Aborting -successor reaped->
 //!       Resuming -ResumeAck-> Done(RolledBack)   (or Done at once if the
 //!                                                incumbent was never asked)
@@ -47,6 +49,9 @@ pub struct HandoffConfig {
     pub timeouts: Timeouts,
     /// The versions this supervisor speaks.
     pub versions: VersionRange,
+    /// Whether the supervisor probes the successor's health itself between
+    /// a healthy Ready and Commit (the health gate).
+    pub probe: bool,
 }
 
 impl HandoffConfig {
@@ -60,6 +65,7 @@ impl HandoffConfig {
             fd_count: 0,
             timeouts: Timeouts::default(),
             versions: PROTOCOL_VERSIONS,
+            probe: false,
         }
     }
 }
@@ -92,6 +98,14 @@ pub enum HandoffInput {
     Tick,
     /// An operator or a shutdown wants the handoff off.
     Cancel,
+    /// The health probe the driver ran after [`HandoffAction::StartProbe`]
+    /// passed.
+    ProbePassed,
+    /// The health probe did not pass before its deadline.
+    ProbeFailed {
+        /// What the last attempt saw.
+        detail: String,
+    },
 }
 
 /// What the driver must do.
@@ -108,6 +122,14 @@ pub enum HandoffAction {
     SendListeners,
     /// Send Commit to the successor.
     Commit(ReadySeen),
+    /// Probe the successor's health, retrying until one attempt passes or
+    /// `until` is reached; report [`HandoffInput::ProbePassed`] or
+    /// [`HandoffInput::ProbeFailed`].
+    StartProbe {
+        /// When to give up (the probe timeout, or the handoff deadline if
+        /// sooner).
+        until: Instant,
+    },
     /// Signal a side's process.
     Kill {
         /// Whom.
@@ -134,6 +156,8 @@ pub struct Phases {
     pub seal: Option<Duration>,
     /// Begin to Ready.
     pub begin: Option<Duration>,
+    /// Ready to the health probe's verdict (health gate only).
+    pub probe: Option<Duration>,
     /// Commit to CommitAck.
     pub commit: Option<Duration>,
     /// First failure to the rollback's end.
@@ -210,6 +234,9 @@ enum Phase {
     Beginning {
         sealed: bool,
     },
+    Probing {
+        sealed: bool,
+    },
     Committing,
     Aborting {
         reason: AbortReason,
@@ -236,6 +263,8 @@ super::names::state_names! {
         AwaitIncumbentExit => "await_incumbent_exit",
         /// Begin sent; waiting for Ready.
         Beginning => "beginning",
+        /// A healthy Ready arrived; the supervisor probes the successor.
+        Probing => "probing",
         /// Commit sent; waiting for CommitAck.
         Committing => "committing",
         /// Killing the successor.
@@ -256,6 +285,7 @@ impl Phase {
             Phase::Sealing => HandoffState::Sealing,
             Phase::AwaitIncumbentExit => HandoffState::AwaitIncumbentExit,
             Phase::Beginning { .. } => HandoffState::Beginning,
+            Phase::Probing { .. } => HandoffState::Probing,
             Phase::Committing => HandoffState::Committing,
             Phase::Aborting { .. } => HandoffState::Aborting,
             Phase::Resuming { .. } => HandoffState::Resuming,
@@ -373,6 +403,18 @@ impl HandoffMachine {
             }
             HandoffInput::Tick => {}
             HandoffInput::Cancel => self.abort(AbortReason::Cancelled, now, &mut actions),
+            HandoffInput::ProbePassed => {
+                if let Phase::Probing { .. } = self.phase {
+                    self.phases.probe = Some(self.enter(Phase::Committing, now));
+                    actions.push(HandoffAction::Commit(ReadySeen(())));
+                }
+            }
+            HandoffInput::ProbeFailed { detail } => {
+                if let Phase::Probing { .. } = self.phase {
+                    self.phases.probe = Some(now.saturating_duration_since(self.phase_started));
+                    self.abort(AbortReason::ProbeFailed { detail }, now, &mut actions);
+                }
+            }
         }
         self.check_time(now, &mut actions);
         actions
@@ -498,7 +540,13 @@ impl HandoffMachine {
                     _ => self.begin(None, now, actions),
                 }
             }
-            (Phase::Beginning { .. }, Message::Ready { health, .. }) => match health {
+            (Phase::Beginning { sealed }, Message::Ready { health, .. }) => match health {
+                Health::Healthy if self.config.probe => {
+                    let sealed = *sealed;
+                    self.phases.begin = Some(self.enter(Phase::Probing { sealed }, now));
+                    let until = self.deadline.min(now + self.config.timeouts.probe);
+                    actions.push(HandoffAction::StartProbe { until });
+                }
                 Health::Healthy => {
                     self.phases.begin = Some(self.enter(Phase::Committing, now));
                     actions.push(HandoffAction::Commit(ReadySeen(())));
@@ -522,6 +570,7 @@ impl HandoffMachine {
                 | Phase::Sealing
                 | Phase::AwaitIncumbentExit
                 | Phase::Beginning { .. }
+                | Phase::Probing { .. }
                 | Phase::Committing,
                 Message::Failed { reason },
             ) => self.abort(reason, now, actions),
@@ -662,6 +711,7 @@ impl HandoffMachine {
             }
             Phase::AwaitIncumbentExit
             | Phase::Beginning { .. }
+            | Phase::Probing { .. }
             | Phase::Committing
             | Phase::Aborting { .. }
             | Phase::Done => {}
@@ -743,6 +793,7 @@ impl HandoffMachine {
                 Phase::Draining
                     | Phase::Sealing
                     | Phase::Beginning { sealed: true }
+                    | Phase::Probing { sealed: true }
                     | Phase::Committing
             )
             && self.config.mode == Mode::Exclusive;

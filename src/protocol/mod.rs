@@ -7,6 +7,7 @@
 //! path is a unit test (`tests.rs`), and the state diagrams in
 //! ARCHITECTURE.md describe exactly these enums.
 
+mod foreign;
 mod generation;
 mod handoff;
 mod names;
@@ -15,6 +16,9 @@ mod retire;
 #[cfg(test)]
 mod tests;
 
+pub use foreign::{
+    ForeignAction, ForeignConfig, ForeignHandoffMachine, ForeignInput, ForeignState, ReadySignal,
+};
 pub use generation::{
     Ending, GenerationAction, GenerationInput, GenerationMachine, GenerationState, HookCall,
     HookOutcome, UserCall,

@@ -4,6 +4,9 @@
 //! ```text
 //! Draining -Drained-> Retiring -exit-> Gone          (overlap: starts at Draining)
 //! Retiring -kill_grace-> Terminated (SIGTERM) -kill_grace-> Killed (SIGKILL) -exit-> Gone
+//! (probation) Draining -Drained-> Probation -probation over-> Retiring
+//!             Draining | Probation -Resume-> ResumingOld -ResumeAck-> Resumed (serves again)
+//!             ResumingOld -kill_grace-> Terminated
 //! ```
 //! The old generation never lingers (invariant I8): every state has a timer
 //! that ends in SIGKILL, and EOF or silence skip straight to the signals.
@@ -27,6 +30,12 @@ super::names::state_names! {
         Killed => "killed",
         /// Exited and reaped.
         Gone => "gone",
+        /// Drained and idle, kept for the probation period (I14).
+        Probation => "retire_probation",
+        /// ResumeAfterAbort sent: the new generation failed in probation.
+        ResumingOld => "retire_resuming",
+        /// It acknowledged: it serves again (the driver makes it live).
+        Resumed => "retire_resumed",
     }
 }
 
@@ -41,6 +50,8 @@ pub enum RetireInput {
     Exited,
     /// Time passed.
     Tick,
+    /// The new generation failed during probation: take this one back.
+    Resume,
 }
 
 /// What the driver must do.
@@ -52,6 +63,8 @@ pub enum RetireAction {
     Signal(Signal),
     /// It is gone.
     Gone,
+    /// It acknowledged its resumption and serves again.
+    Resumed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +74,9 @@ enum State {
     Terminated { until: Instant },
     Killed,
     Gone,
+    Probation { until: Instant },
+    ResumingOld { until: Instant },
+    Resumed,
 }
 
 /// Retires one old generation.
@@ -68,6 +84,8 @@ enum State {
 pub struct RetireMachine {
     state: State,
     timeouts: Timeouts,
+    /// Kept idle this long after its drain (zero: retired at once).
+    probation: std::time::Duration,
 }
 
 impl RetireMachine {
@@ -85,6 +103,7 @@ impl RetireMachine {
                 RetireMachine {
                     state: State::Draining { until },
                     timeouts,
+                    probation: std::time::Duration::ZERO,
                 },
                 vec![RetireAction::Send(message)],
             )
@@ -95,10 +114,46 @@ impl RetireMachine {
                         until: now + timeouts.kill_grace,
                     },
                     timeouts,
+                    probation: std::time::Duration::ZERO,
                 },
                 vec![RetireAction::Send(Message::Retire)],
             )
         }
+    }
+
+    /// A machine for an old foreign generation (`--protocol systemd`): the
+    /// stop signal at once (the driver maps `Signal::Term` to it), SIGKILL
+    /// after `drain_grace`.
+    pub fn signal_first(timeouts: Timeouts, now: Instant) -> (Self, Vec<RetireAction>) {
+        (
+            RetireMachine {
+                state: State::Terminated {
+                    until: now + timeouts.drain_grace,
+                },
+                timeouts,
+                probation: std::time::Duration::ZERO,
+            },
+            vec![RetireAction::Signal(Signal::Term)],
+        )
+    }
+
+    /// An overlap retire that keeps the drained generation idle for
+    /// `probation` before Retire, so that it can be resumed if the new
+    /// generation fails meanwhile (I14).
+    pub fn with_probation(
+        probation: std::time::Duration,
+        timeouts: Timeouts,
+        now: Instant,
+    ) -> (Self, Vec<RetireAction>) {
+        let (mut machine, actions) = RetireMachine::start(true, timeouts, now);
+        machine.probation = probation;
+        (machine, actions)
+    }
+
+    /// Whether the generation is kept for a resumption now.
+    pub fn in_probation(&self) -> bool {
+        matches!(self.state, State::Draining { .. } | State::Probation { .. })
+            && !self.probation.is_zero()
     }
 
     /// Whether the old generation is gone.
@@ -119,16 +174,21 @@ impl RetireMachine {
             State::Terminated { .. } => RetireState::Terminated,
             State::Killed => RetireState::Killed,
             State::Gone => RetireState::Gone,
+            State::Probation { .. } => RetireState::Probation,
+            State::ResumingOld { .. } => RetireState::ResumingOld,
+            State::Resumed => RetireState::Resumed,
         }
     }
 
     /// When a Tick is due.
     pub fn next_wakeup(&self) -> Option<Instant> {
         match self.state {
-            State::Draining { until } | State::Retiring { until } | State::Terminated { until } => {
-                Some(until)
-            }
-            State::Killed | State::Gone => None,
+            State::Draining { until }
+            | State::Retiring { until }
+            | State::Terminated { until }
+            | State::Probation { until }
+            | State::ResumingOld { until } => Some(until),
+            State::Killed | State::Gone | State::Resumed => None,
         }
     }
 
@@ -136,11 +196,34 @@ impl RetireMachine {
     pub fn step(&mut self, input: RetireInput, now: Instant) -> Vec<RetireAction> {
         let mut out = Vec::new();
         match (self.state, input) {
-            (State::Gone, _) => {}
+            (State::Gone | State::Resumed, _) => {}
             (_, RetireInput::Exited) => {
                 self.state = State::Gone;
                 out.push(RetireAction::Gone);
             }
+            (State::Draining { .. }, RetireInput::Frame(Message::Drained { .. }))
+                if !self.probation.is_zero() =>
+            {
+                self.state = State::Probation {
+                    until: now + self.probation,
+                };
+            }
+            (State::Draining { .. } | State::Probation { .. }, RetireInput::Resume)
+                if !self.probation.is_zero() =>
+            {
+                self.state = State::ResumingOld {
+                    until: now + self.timeouts.kill_grace,
+                };
+                out.push(RetireAction::Send(Message::ResumeAfterAbort));
+            }
+            (State::ResumingOld { .. }, RetireInput::Frame(Message::ResumeAck)) => {
+                self.state = State::Resumed;
+                out.push(RetireAction::Resumed);
+            }
+            (State::Probation { .. } | State::ResumingOld { .. }, RetireInput::Closed) => {
+                self.terminate(now, &mut out)
+            }
+            (_, RetireInput::Resume) => {}
             (State::Draining { .. }, RetireInput::Frame(Message::Drained { .. })) => {
                 self.state = State::Retiring {
                     until: now + self.timeouts.kill_grace,
@@ -153,8 +236,18 @@ impl RetireMachine {
             (_, RetireInput::Frame(_) | RetireInput::Closed | RetireInput::Tick) => {}
         }
         match self.state {
-            State::Draining { until } | State::Retiring { until } if now >= until => {
+            State::Draining { until }
+            | State::Retiring { until }
+            | State::ResumingOld { until }
+                if now >= until =>
+            {
                 self.terminate(now, &mut out)
+            }
+            State::Probation { until } if now >= until => {
+                self.state = State::Retiring {
+                    until: now + self.timeouts.kill_grace,
+                };
+                out.push(RetireAction::Send(Message::Retire));
             }
             State::Terminated { until } if now >= until => {
                 self.state = State::Killed;
@@ -175,4 +268,85 @@ impl RetireMachine {
 
 fn millis(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod probation_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn drained() -> RetireInput {
+        RetireInput::Frame(Message::Drained {
+            open_connections: 0,
+            accept_closed: true,
+        })
+    }
+
+    #[test]
+    fn a_drained_generation_waits_out_its_probation_then_retires() {
+        let now = Instant::now();
+        let probation = Duration::from_secs(30);
+        let (mut m, actions) = RetireMachine::with_probation(probation, Timeouts::default(), now);
+        assert!(matches!(
+            actions[..],
+            [RetireAction::Send(Message::Prepare { .. })]
+        ));
+        assert!(
+            m.step(drained(), now).is_empty(),
+            "no Retire during probation"
+        );
+        assert_eq!(m.state(), RetireState::Probation);
+        assert!(m.in_probation());
+        assert_eq!(m.next_wakeup(), Some(now + probation));
+        assert_eq!(
+            m.step(RetireInput::Tick, now + probation),
+            [RetireAction::Send(Message::Retire)]
+        );
+        assert_eq!(m.state(), RetireState::Retiring);
+        assert!(!m.in_probation());
+        assert!(
+            m.step(RetireInput::Resume, now + probation).is_empty(),
+            "too late"
+        );
+    }
+
+    #[test]
+    fn a_resumed_generation_serves_again() {
+        let now = Instant::now();
+        let (mut m, _) =
+            RetireMachine::with_probation(Duration::from_secs(30), Timeouts::default(), now);
+        m.step(drained(), now);
+        assert_eq!(
+            m.step(RetireInput::Resume, now),
+            [RetireAction::Send(Message::ResumeAfterAbort)]
+        );
+        assert_eq!(m.state(), RetireState::ResumingOld);
+        assert_eq!(
+            m.step(RetireInput::Frame(Message::ResumeAck), now),
+            [RetireAction::Resumed]
+        );
+        assert_eq!(m.state(), RetireState::Resumed);
+        assert_eq!(m.next_wakeup(), None);
+    }
+
+    #[test]
+    fn a_resume_without_ack_ends_in_signals_and_without_probation_nothing_changes() {
+        let now = Instant::now();
+        let grace = Timeouts::default().kill_grace;
+        let (mut m, _) =
+            RetireMachine::with_probation(Duration::from_secs(30), Timeouts::default(), now);
+        m.step(RetireInput::Resume, now);
+        assert_eq!(
+            m.step(RetireInput::Tick, now + grace),
+            [RetireAction::Signal(Signal::Term)]
+        );
+        let (mut m, _) = RetireMachine::start(true, Timeouts::default(), now);
+        assert!(!m.in_probation());
+        assert!(m.step(RetireInput::Resume, now).is_empty());
+        assert_eq!(
+            m.step(drained(), now),
+            [RetireAction::Send(Message::Retire)]
+        );
+    }
 }

@@ -2108,6 +2108,9 @@ fn the_tests_reach_every_handoff_state() {
     rollback.exited(Side::Successor);
     rollback.incumbent_says(Message::ResumeAck);
     reached.extend(rollback.visited);
+    let mut gate = gated(Mode::Overlap, true);
+    gate.successor_says(ready(Health::Healthy));
+    reached.extend(gate.visited);
     // No exceptions: every named phase is reachable.
     let missing: Vec<_> = HandoffState::ALL
         .iter()
@@ -2255,6 +2258,12 @@ impl LockModel {
             ],
             HandoffState::AwaitIncumbentExit => vec![exited(Side::Incumbent)],
             HandoffState::Beginning => vec![frame(Side::Successor, ready(Health::Healthy))],
+            HandoffState::Probing => vec![
+                HandoffInput::ProbePassed,
+                HandoffInput::ProbeFailed {
+                    detail: "status 503".into(),
+                },
+            ],
             HandoffState::Committing => vec![frame(Side::Successor, Message::CommitAck)],
             HandoffState::Aborting => vec![exited(Side::Successor)],
             HandoffState::Resuming => vec![frame(Side::Incumbent, Message::ResumeAck)],
@@ -2431,6 +2440,8 @@ fn run_handoff(
     let mut config = HandoffConfig::new(ID, GENERATION, mode, has_incumbent);
     config.timeouts = timeouts;
     config.fd_count = FD_COUNT;
+    // Half the runs put the health gate between Ready and Commit.
+    config.probe = steps.first().is_some_and(|c| c.pick.is_multiple_of(2));
     let mut machine = HandoffMachine::new(config, start);
     let mut model = LockModel::new(mode, has_incumbent);
     let mut now = start;
@@ -2751,4 +2762,154 @@ fn a_successor_heartbeat_crossing_hello_ack_is_accepted() {
     let actions = sup.frame(Side::Successor, 0, Message::Heartbeat);
     assert!(actions.is_empty(), "{actions:?}");
     assert_eq!(sup.state(), HandoffState::WarmingUp);
+}
+
+// ------------------------------------------------------ health gate (I12)
+
+/// A handoff with the health gate on, at Beginning.
+fn gated(mode: Mode, has_incumbent: bool) -> Sup {
+    let timeouts = Timeouts::default();
+    let mut sup = Sup::with_timeouts(mode, has_incumbent, timeouts);
+    let mut config = HandoffConfig::new(ID, GENERATION, mode, has_incumbent);
+    config.fd_count = FD_COUNT;
+    config.timeouts = timeouts;
+    config.probe = true;
+    sup.machine = HandoffMachine::new(config, sup.start);
+    sup.successor_says(hello());
+    sup.successor_says(Message::Warm);
+    if mode == Mode::Exclusive && has_incumbent {
+        sup.incumbent_says(drained());
+        sup.incumbent_says(Message::SealComplete(seal_info()));
+    }
+    assert_eq!(sup.state(), HandoffState::Beginning);
+    sup
+}
+
+fn probe_started(actions: &[HandoffAction]) -> Option<Instant> {
+    actions.iter().find_map(|action| match action {
+        HandoffAction::StartProbe { until } => Some(*until),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_gated_ready_is_probed_before_commit() {
+    for (mode, has_incumbent, _) in setups() {
+        let mut sup = gated(mode, has_incumbent);
+        sup.advance(secs(1));
+        let actions = sup.successor_says(ready(Health::Healthy));
+        assert!(
+            !has_commit(&actions),
+            "Commit before the probe: {actions:?}"
+        );
+        assert_eq!(probe_started(&actions), Some(sup.now + sup.timeouts.probe));
+        assert_eq!(sup.state(), HandoffState::Probing);
+        // Heartbeats keep the successor alive while the probe runs.
+        sup.advance(secs(5));
+        assert!(sup.successor_says(Message::Heartbeat).is_empty());
+        let actions = sup.feed(HandoffInput::ProbePassed);
+        assert!(has_commit(&actions), "{actions:?}");
+        assert_eq!(sup.state(), HandoffState::Committing);
+        let actions = sup.successor_says(Message::CommitAck);
+        match verdict(&actions) {
+            Some(Verdict::Committed { phases, .. }) => assert_eq!(phases.probe, Some(secs(5))),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_failed_probe_rolls_back_and_resumes_the_incumbent() {
+    for (mode, has_incumbent, _) in setups() {
+        let mut sup = gated(mode, has_incumbent);
+        sup.successor_says(ready(Health::Healthy));
+        let actions = sup.feed(HandoffInput::ProbeFailed {
+            detail: "status 503".into(),
+        });
+        assert!(!has_commit(&actions));
+        assert!(killed(&actions, Side::Successor));
+        assert_eq!(sup.state(), HandoffState::Aborting);
+        let (reason, serving) = reap_and_roll_back(&mut sup);
+        assert_eq!(
+            reason,
+            AbortReason::ProbeFailed {
+                detail: "status 503".into()
+            }
+        );
+        assert_eq!(serving, has_incumbent, "{mode:?}");
+    }
+}
+
+#[test]
+fn an_unhealthy_ready_is_not_probed() {
+    let mut sup = gated(Mode::Overlap, true);
+    let actions = sup.successor_says(ready(unhealthy()));
+    assert_eq!(probe_started(&actions), None);
+    assert_eq!(sup.state(), HandoffState::Aborting);
+}
+
+#[test]
+fn a_successor_dying_while_probed_rolls_back_and_late_verdicts_are_ignored() {
+    let mut sup = gated(Mode::Exclusive, true);
+    sup.successor_says(ready(Health::Healthy));
+    let actions = sup.exited(Side::Successor);
+    assert!(!has_commit(&actions));
+    assert_eq!(sup.state(), HandoffState::Resuming);
+    assert!(sup.feed(HandoffInput::ProbePassed).is_empty());
+    assert_eq!(sup.state(), HandoffState::Resuming);
+    let (reason, serving) = rolled_back(&sup.incumbent_says(Message::ResumeAck));
+    assert!(
+        matches!(reason, AbortReason::SuccessorExited { .. }),
+        "{reason:?}"
+    );
+    assert!(serving);
+}
+
+#[test]
+fn the_probe_is_bounded_by_the_handoff_deadline() {
+    let timeouts = Timeouts {
+        handoff_deadline: secs(20),
+        drain_grace: secs(5),
+        probe: secs(60),
+        ..Timeouts::default()
+    };
+    let mut sup = Sup::with_timeouts(Mode::Overlap, true, timeouts);
+    let mut config = HandoffConfig::new(ID, GENERATION, Mode::Overlap, true);
+    config.timeouts = timeouts;
+    config.probe = true;
+    sup.machine = HandoffMachine::new(config, sup.start);
+    sup.successor_says(hello());
+    sup.successor_says(Message::Warm);
+    sup.advance(secs(1));
+    let actions = sup.successor_says(ready(Health::Healthy));
+    assert_eq!(probe_started(&actions), Some(sup.deadline()));
+    sup.advance(secs(4));
+    sup.successor_says(Message::Heartbeat);
+    sup.incumbent_says(Message::Heartbeat);
+    sup.advance(secs(8));
+    sup.successor_says(Message::Heartbeat);
+    sup.incumbent_says(Message::Heartbeat);
+    sup.advance(secs(8));
+    let actions = sup.tick();
+    assert!(killed(&actions, Side::Successor), "{actions:?}");
+    let (reason, _) = reap_and_roll_back(&mut sup);
+    assert_eq!(
+        reason,
+        AbortReason::Deadline {
+            phase: "probing".into()
+        }
+    );
+}
+
+#[test]
+fn a_probe_verdict_outside_probing_changes_nothing() {
+    let mut sup = at_stage(Mode::Overlap, true, Stage::Beginning);
+    assert!(sup.feed(HandoffInput::ProbePassed).is_empty());
+    assert!(
+        sup.feed(HandoffInput::ProbeFailed {
+            detail: "late".into()
+        })
+        .is_empty()
+    );
+    assert_eq!(sup.state(), HandoffState::Beginning);
 }

@@ -89,9 +89,11 @@
 )]
 
 mod fdpass;
+mod foreign;
 mod inherit;
 mod lock;
 mod notify;
+mod probe;
 mod process;
 mod signals;
 mod socket;
@@ -100,9 +102,14 @@ mod socket;
 mod test_support;
 
 pub(crate) use fdpass::{Received, recv_chunk, send_frame};
+pub(crate) use foreign::{
+    ForeignSpec, Notification, NotifySocket, PrivateDir, receive as receive_notification,
+    spawn_foreign,
+};
 pub(crate) use inherit::{adopt_inherited_fd, listen_fds, shutdown};
 pub(crate) use lock::{DataDirLock, LOCK_FILE_NAME};
 pub use notify::{monotonic_usec, notify};
+pub(crate) use probe::{http_status, tcp_connect};
 pub use process::Sig;
 pub(crate) use process::{
     CONTROL_FD, CONTROL_FD_ENV, SpawnSpec, clear_die_with_parent, effective_uid, is_main_thread,

@@ -28,6 +28,29 @@ pub enum Command {
     Status(StatusArgs),
     /// Stop gracefully: the generation drains, then the supervisor exits 0.
     Stop(Target),
+    /// The last handoffs: outcome, binaries (path and sha256), timings,
+    /// reasons.
+    History(StatusArgs),
+    /// Upgrade back to the binary that ran before the last commit (the
+    /// path and sha256 the supervisor recorded); exit codes as `upgrade`.
+    Rollback(RollbackArgs),
+}
+
+/// `handoffctl rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Where the supervisor is.
+    #[command(flatten)]
+    pub target: Target,
+    /// The incumbent's drain timeout for this handoff.
+    #[arg(long, value_name = "DUR")]
+    pub drain_timeout: Option<String>,
+    /// The deadline of this handoff.
+    #[arg(long, value_name = "DUR")]
+    pub deadline: Option<String>,
+    /// Print one JSON object instead of a line of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// How a client finds the admin socket.
@@ -76,6 +99,39 @@ pub struct RunArgs {
     /// Log format on stderr.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// How the daemon is supervised: `library` (it links handoff) or
+    /// `systemd` (any daemon: socket activation on fds 3.., readiness by
+    /// READY=1 on NOTIFY_SOCKET or by --probe, stopped by --stop-signal;
+    /// always overlap).
+    #[arg(long, value_enum)]
+    pub protocol: Option<ProtocolArg>,
+    /// With --protocol systemd: `notify` (READY=1 from the daemon's pid) or
+    /// `probe` (the daemon is ready when --probe passes).
+    #[arg(long, value_enum)]
+    pub ready_signal: Option<ReadySignalArg>,
+    /// With --protocol systemd: the signal that stops a generation
+    /// gracefully (TERM, QUIT, INT, HUP, USR1, USR2) [default: TERM];
+    /// SIGKILL follows after the drain timeout.
+    #[arg(long, value_name = "SIGNAL")]
+    pub stop_signal: Option<String>,
+    /// Health gate: before Commit, probe the successor with
+    /// `http://HOST:PORT/PATH` (GET, expects --probe-status) or
+    /// `tcp:HOST:PORT` (connect); a probe that never passes rolls back. Aim
+    /// it at an address only the successor serves (see README).
+    #[arg(long, value_name = "URL")]
+    pub probe: Option<String>,
+    /// The HTTP status the probe expects [default: 200].
+    #[arg(long, value_name = "CODE")]
+    pub probe_status: Option<u16>,
+    /// Overlap mode: after a commit, keep the old generation drained and
+    /// idle this long; if the new one crashes meanwhile, the old one serves
+    /// again at once (an automatic rollback) [default: off].
+    #[arg(long, value_name = "DUR")]
+    pub probation: Option<String>,
+    /// How long the probe is retried before the handoff rolls back
+    /// [default: 30s; bounded by --deadline].
+    #[arg(long, value_name = "DUR")]
+    pub probe_timeout: Option<String>,
     /// The daemon binary and its arguments.
     #[arg(last = true, value_name = "BINARY [ARGS]...")]
     pub command: Vec<OsString>,
@@ -125,6 +181,26 @@ pub enum ModeArg {
     Exclusive,
     /// The successor serves first, then the incumbent drains.
     Overlap,
+}
+
+/// `--protocol`.
+#[derive(Debug, Clone, Copy, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProtocolArg {
+    /// The daemon links the handoff library.
+    Library,
+    /// Any daemon, with systemd's conventions.
+    Systemd,
+}
+
+/// `--ready-signal`.
+#[derive(Debug, Clone, Copy, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadySignalArg {
+    /// READY=1 on NOTIFY_SOCKET.
+    Notify,
+    /// The health probe passes.
+    Probe,
 }
 
 /// `--restart`.

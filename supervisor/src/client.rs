@@ -8,7 +8,7 @@ use std::time::Duration;
 use handoff::Timeouts;
 use handoff::timeouts::parse_duration;
 
-use crate::cli::{StatusArgs, Target, UpgradeArgs};
+use crate::cli::{RollbackArgs, StatusArgs, Target, UpgradeArgs};
 use crate::config::{client_socket, parse_sha256};
 use crate::error::{Exit, Failure};
 use crate::protocol::{ErrorKind, MAX_LINE, Request, Response};
@@ -74,15 +74,6 @@ fn unexpected(response: &Response) -> Failure {
 /// connection, 3 busy.
 pub fn upgrade(args: UpgradeArgs) -> Result<(), Failure> {
     let socket = client_socket(&args.target)?;
-    let millis = |what: &str, text: &Option<String>| -> Result<Option<u64>, Failure> {
-        text.as_deref()
-            .map(|t| {
-                parse_duration(t)
-                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-                    .map_err(|e| Failure::usage(format!("{what} {t:?}: {e}")))
-            })
-            .transpose()
-    };
     let binary = args
         .binary
         .map(|binary| {
@@ -96,9 +87,57 @@ pub fn upgrade(args: UpgradeArgs) -> Result<(), Failure> {
         drain_timeout_ms: millis("drain timeout", &args.drain_timeout)?,
         deadline_ms: millis("deadline", &args.deadline)?,
     };
-    match ask(&socket, &request, None)? {
-        Response::Handoff(report) => {
+    handoff_request(&socket, &request, args.json)
+}
+
+/// `handoffctl rollback`: exit codes as `upgrade`.
+pub fn rollback(args: RollbackArgs) -> Result<(), Failure> {
+    let socket = client_socket(&args.target)?;
+    let request = Request::Rollback {
+        drain_timeout_ms: millis("drain timeout", &args.drain_timeout)?,
+        deadline_ms: millis("deadline", &args.deadline)?,
+    };
+    handoff_request(&socket, &request, args.json)
+}
+
+/// `handoffctl history [--json]`.
+pub fn history(args: StatusArgs) -> Result<(), Failure> {
+    let socket = client_socket(&args.target)?;
+    let wait = Some(Timeouts::default().admin_request);
+    match ask(&socket, &Request::History, wait)? {
+        Response::History { entries } => {
             if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&entries).map_err(|e| Failure::failed(e.to_string()))?
+                );
+            } else {
+                for entry in &entries {
+                    println!("{}", entry.line());
+                }
+            }
+            Ok(())
+        }
+        Response::Error { kind, message } => Err(refused(kind, message)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn millis(what: &str, text: &Option<String>) -> Result<Option<u64>, Failure> {
+    text.as_deref()
+        .map(|t| {
+            parse_duration(t)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .map_err(|e| Failure::usage(format!("{what} {t:?}: {e}")))
+        })
+        .transpose()
+}
+
+/// Sends a request answered by a handoff report; prints it.
+fn handoff_request(socket: &Path, request: &Request, json: bool) -> Result<(), Failure> {
+    match ask(socket, request, None)? {
+        Response::Handoff(report) => {
+            if json {
                 println!(
                     "{}",
                     serde_json::to_string(&report).map_err(|e| Failure::failed(e.to_string()))?

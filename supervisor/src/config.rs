@@ -10,7 +10,7 @@ use handoff::supervisor::RestartPolicy;
 use handoff::timeouts::parse_duration;
 use handoff::{ListenAddr, Mode, Timeouts};
 
-use crate::cli::{LogFormat, ModeArg, RestartArg, RunArgs, Target};
+use crate::cli::{LogFormat, ModeArg, ProtocolArg, ReadySignalArg, RestartArg, RunArgs, Target};
 use crate::error::Failure;
 
 /// The name of the admin socket inside a runtime directory.
@@ -42,6 +42,20 @@ pub struct FileConfig {
     pub restart: Option<RestartArg>,
     /// `--log-format`.
     pub log_format: Option<LogFormat>,
+    /// `--protocol`.
+    pub protocol: Option<ProtocolArg>,
+    /// `--ready-signal`.
+    pub ready_signal: Option<ReadySignalArg>,
+    /// `--stop-signal`.
+    pub stop_signal: Option<String>,
+    /// `--probe`.
+    pub probe: Option<String>,
+    /// `--probe-status`.
+    pub probe_status: Option<u16>,
+    /// `--probe-timeout`.
+    pub probe_timeout: Option<String>,
+    /// `--probation`.
+    pub probation: Option<String>,
     /// Expected sha256 of the configured binary at upgrade time.
     pub sha256: Option<String>,
     /// Uids besides our own and root that may use the admin socket.
@@ -91,6 +105,10 @@ pub struct Settings {
     pub sha256: Option<String>,
     pub allowed_uids: Vec<u32>,
     pub allowed_binaries: Vec<PathBuf>,
+    /// The health gate's probe, if any.
+    pub probe: Option<handoff::probe::Probe>,
+    /// How the daemon is supervised.
+    pub protocol: handoff::supervisor::DaemonProtocol,
 }
 
 impl Settings {
@@ -164,6 +182,60 @@ impl Settings {
         if let Some(text) = &drain {
             timeouts.drain_grace = duration("drain timeout", text)?;
         }
+        if let Some(text) = args.probe_timeout.or(file.probe_timeout) {
+            timeouts.probe = duration("probe timeout", &text)?;
+        }
+        if let Some(text) = args.probation.or(file.probation) {
+            timeouts.probation = duration("probation", &text)?;
+        }
+        let probe = args
+            .probe
+            .or(file.probe)
+            .map(|text| {
+                text.parse::<handoff::probe::Probe>()
+                    .map_err(|e| Failure::usage(e.to_string()))
+            })
+            .transpose()?;
+        let probe = match (probe, args.probe_status.or(file.probe_status)) {
+            (Some(probe), Some(status)) => Some(probe.expecting(status)),
+            (None, Some(_)) => {
+                return Err(Failure::usage("--probe-status needs --probe http://..."));
+            }
+            (probe, None) => probe,
+        };
+        let protocol = match args
+            .protocol
+            .or(file.protocol)
+            .unwrap_or(ProtocolArg::Library)
+        {
+            ProtocolArg::Library => {
+                if args.ready_signal.or(file.ready_signal).is_some()
+                    || args.stop_signal.is_some()
+                    || file.stop_signal.is_some()
+                {
+                    return Err(Failure::usage(
+                        "--ready-signal and --stop-signal need --protocol systemd",
+                    ));
+                }
+                handoff::supervisor::DaemonProtocol::Library
+            }
+            ProtocolArg::Systemd => {
+                let ready = match args.ready_signal.or(file.ready_signal) {
+                    None | Some(ReadySignalArg::Notify) => handoff::protocol::ReadySignal::Notify,
+                    Some(ReadySignalArg::Probe) => {
+                        if probe.is_none() {
+                            return Err(Failure::usage("--ready-signal probe needs --probe"));
+                        }
+                        handoff::protocol::ReadySignal::Probe
+                    }
+                };
+                let stop_signal = match args.stop_signal.or(file.stop_signal) {
+                    None => handoff::os::Sig::Term,
+                    Some(name) => parse_signal(&name)?,
+                };
+                handoff::supervisor::DaemonProtocol::Systemd { ready, stop_signal }
+            }
+        };
         timeouts
             .validate()
             .map_err(|e| Failure::usage(format!("{e}")))?;
@@ -180,9 +252,14 @@ impl Settings {
             socket_is_default,
             listeners,
             data_dir: args.data_dir.or(file.data_dir.map(from_file)),
-            mode: match args.mode.or(file.mode).unwrap_or(ModeArg::Exclusive) {
-                ModeArg::Exclusive => Mode::Exclusive,
-                ModeArg::Overlap => Mode::Overlap,
+            // A foreign daemon is always handed over in overlap.
+            mode: match (
+                protocol,
+                args.mode.or(file.mode).unwrap_or(ModeArg::Exclusive),
+            ) {
+                (handoff::supervisor::DaemonProtocol::Systemd { .. }, _) => Mode::Overlap,
+                (_, ModeArg::Exclusive) => Mode::Exclusive,
+                (_, ModeArg::Overlap) => Mode::Overlap,
             },
             timeouts,
             restart: match args
@@ -198,8 +275,29 @@ impl Settings {
             sha256,
             allowed_uids: file.allowed_uids,
             allowed_binaries: file.allowed_binaries.into_iter().map(from_file).collect(),
+            probe,
+            protocol,
         })
     }
+}
+
+/// A stop signal by name: `TERM`, `SIGQUIT`, `quit`...
+pub fn parse_signal(name: &str) -> Result<handoff::os::Sig, Failure> {
+    use handoff::os::Sig;
+    let upper = name.trim().to_ascii_uppercase();
+    Ok(match upper.strip_prefix("SIG").unwrap_or(&upper) {
+        "TERM" => Sig::Term,
+        "QUIT" => Sig::Quit,
+        "INT" => Sig::Int,
+        "HUP" => Sig::Hup,
+        "USR1" => Sig::Usr1,
+        "USR2" => Sig::Usr2,
+        _ => {
+            return Err(Failure::usage(format!(
+                "stop signal {name:?}: expected TERM, QUIT, INT, HUP, USR1 or USR2"
+            )));
+        }
+    })
 }
 
 /// The admin socket a client talks to: `--socket`, else the config's
@@ -418,6 +516,13 @@ mod tests {
             sha256 = "00"
             allowed_uids = [1000]
             allowed_binaries = ["/opt/d/next"]
+            probe = "http://127.0.0.1:8081/healthz"
+            protocol = "systemd"
+            ready_signal = "notify"
+            stop_signal = "QUIT"
+            probe_status = 204
+            probe_timeout = "10s"
+            probation = "30s"
             [listen]
             http = "127.0.0.1:8080"
             "#,

@@ -2,7 +2,7 @@
 //! `handoff` library.
 //!
 //! `handoffctl run ... -- BINARY` runs the supervisor in the foreground;
-//! `upgrade`, `status` and `stop` talk to it over its admin socket (see
+//! `upgrade`, `status`, `stop`, `history` and `rollback` talk to it over its admin socket (see
 //! `protocol` for the wire form). Exit codes are a contract: 0 success,
 //! 1 rolled back or failed, 2 usage or connection error, 3 busy.
 
@@ -25,6 +25,8 @@ fn main() -> ExitCode {
         cli::Command::Upgrade(args) => client::upgrade(args).map(|()| 0),
         cli::Command::Status(args) => client::status(args).map(|()| 0),
         cli::Command::Stop(target) => client::stop(target).map(|()| 0),
+        cli::Command::History(args) => client::history(args).map(|()| 0),
+        cli::Command::Rollback(args) => client::rollback(args).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -8,6 +8,8 @@
 //! | `{"command":"status"}` | `{"result":"status", ...StatusReport}` |
 //! | `{"command":"upgrade","binary":P?,"sha256":H?,"drain_timeout_ms":N?,"deadline_ms":N?}` | `{"result":"handoff", ...HandoffReport}` when the handoff ended |
 //! | `{"command":"stop"}` | `{"result":"stopped"}` once every generation exited |
+//! | `{"command":"history"}` | `{"result":"history","entries":[HistoryEntry...]}` (oldest first) |
+//! | `{"command":"rollback","drain_timeout_ms":N?,"deadline_ms":N?}` | as `upgrade`, to the binary that ran before the last commit |
 //! | anything else, too long, too slow | `{"result":"error","kind":K,"message":M}` |
 
 use std::collections::BTreeMap;
@@ -44,6 +46,18 @@ pub enum Request {
     },
     /// Stop gracefully.
     Stop,
+    /// The last handoffs.
+    History,
+    /// An upgrade back to the binary (path and sha256 as recorded) that ran
+    /// before the last commit.
+    Rollback {
+        /// Drain timeout for this handoff.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        drain_timeout_ms: Option<u64>,
+        /// Deadline for this handoff.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline_ms: Option<u64>,
+    },
 }
 
 /// The supervisor's one response.
@@ -56,6 +70,11 @@ pub enum Response {
     Handoff(HandoffReport),
     /// Answer to `stop`: everything exited.
     Stopped,
+    /// Answer to `history`.
+    History {
+        /// Oldest first, at most [`HISTORY_LEN`].
+        entries: Vec<HistoryEntry>,
+    },
     /// The request was not carried out.
     Error {
         /// What kind of refusal.
@@ -63,6 +82,58 @@ pub enum Response {
         /// One line for a human.
         message: String,
     },
+}
+
+/// Handoffs kept for `history`.
+pub const HISTORY_LEN: usize = 32;
+
+/// A binary as the supervisor recorded it: the path of what the generation
+/// ran (`/proc/PID/exe` resolved, right after its exec) and its sha256.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BinaryRecord {
+    /// Absolute path.
+    pub path: PathBuf,
+    /// Lowercase hex.
+    pub sha256: String,
+}
+
+/// One handoff in `history`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HistoryEntry {
+    /// Outcome, pids, phases and total time (`abort_reason` is the reason).
+    #[serde(flatten)]
+    pub report: HandoffReport,
+    /// Wall-clock start, milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// What the incumbent ran (absent on a cold start or a restart).
+    pub old_binary: Option<BinaryRecord>,
+    /// What the successor ran (absent if it was gone before it was seen).
+    pub new_binary: Option<BinaryRecord>,
+}
+
+impl HistoryEntry {
+    /// One line for a human.
+    pub fn line(&self) -> String {
+        let binary = |record: &Option<BinaryRecord>| {
+            record.as_ref().map_or_else(
+                || "-".to_owned(),
+                |r| {
+                    format!(
+                        "{} ({})",
+                        r.path.display(),
+                        &r.sha256[..r.sha256.len().min(12)]
+                    )
+                },
+            )
+        };
+        format!(
+            "{} {} -> {}: {}",
+            self.started_unix_ms,
+            binary(&self.old_binary),
+            binary(&self.new_binary),
+            self.report.line()
+        )
+    }
 }
 
 /// Why a request was not carried out.
@@ -151,6 +222,7 @@ impl HandoffReport {
             ("drain", phases.drain),
             ("seal", phases.seal),
             ("begin", phases.begin),
+            ("probe", phases.probe),
             ("commit", phases.commit),
             ("abort", phases.abort),
         ];
@@ -337,6 +409,14 @@ mod tests {
                 },
                 r#"{"command":"upgrade","binary":"/usr/bin/d","drain_timeout_ms":250}"#,
             ),
+            (Request::History, r#"{"command":"history"}"#),
+            (
+                Request::Rollback {
+                    drain_timeout_ms: None,
+                    deadline_ms: Some(9000),
+                },
+                r#"{"command":"rollback","deadline_ms":9000}"#,
+            ),
         ];
         for (request, json) in cases {
             assert_eq!(serde_json::to_string(&request).expect("encode"), json);
@@ -377,6 +457,43 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_history_entry_has_a_pinned_json_form() {
+        let entry = HistoryEntry {
+            report: HandoffReport {
+                handoff_id: 2,
+                committed: true,
+                abort_reason: None,
+                old_pid: Some(10),
+                new_pid: Some(11),
+                generation: 2,
+                phases_ms: [("spawn".to_owned(), 0.5)].into_iter().collect(),
+                total_ms: 12.0,
+            },
+            started_unix_ms: 1_700_000_000_000,
+            old_binary: None,
+            new_binary: Some(BinaryRecord {
+                path: "/usr/bin/d".into(),
+                sha256: "ab".repeat(32),
+            }),
+        };
+        let json = serde_json::to_string(&Response::History {
+            entries: vec![entry.clone()],
+        })
+        .expect("encode");
+        assert_eq!(
+            json,
+            format!(
+                r#"{{"result":"history","entries":[{{"handoff_id":2,"committed":true,"abort_reason":null,"old_pid":10,"new_pid":11,"generation":2,"phases_ms":{{"spawn":0.5}},"total_ms":12.0,"started_unix_ms":1700000000000,"old_binary":null,"new_binary":{{"path":"/usr/bin/d","sha256":"{}"}}}}]}}"#,
+                "ab".repeat(32)
+            )
+        );
+        match serde_json::from_str::<Response>(&json).expect("decode") {
+            Response::History { entries } => assert_eq!(entries, vec![entry]),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

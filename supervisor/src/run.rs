@@ -59,6 +59,8 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         timeouts: settings.timeouts,
         restart: settings.restart,
         listeners,
+        probe: settings.probe.clone(),
+        protocol: settings.protocol,
     };
     tracing::info!(
         binary = %settings.program.display(),
@@ -83,6 +85,8 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         hash_cache: Mutex::new(None),
         control: control_tx.clone(),
         connections: AtomicUsize::new(0),
+        history: Mutex::new(Default::default()),
+        history_changed: std::sync::Condvar::new(),
     });
     spawn("signals", {
         let shared = Arc::clone(&shared);
@@ -93,7 +97,8 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     spawn("events", {
         let handle = handle.clone();
         let notify = notify.clone();
-        move || event_loop(&events, &handle, &notify, &control_tx)
+        let shared = Arc::clone(&shared);
+        move || event_loop(&events, &handle, &notify, &control_tx, &shared)
     })?;
     admin::serve(socket.take_listener()?, Arc::clone(&shared))
         .map_err(|e| Failure::failed(format!("admin thread: {e}")))?;
@@ -312,6 +317,7 @@ fn event_loop(
     handle: &SupervisorHandle,
     notify: &Notifier,
     control: &mpsc::Sender<Control>,
+    shared: &Shared,
 ) {
     #[derive(Default)]
     struct Current {
@@ -319,6 +325,8 @@ fn event_loop(
         successor_pid: u32,
         incumbent_pid: Option<u32>,
         upgrade: bool,
+        started_unix_ms: u64,
+        new_binary: Option<crate::protocol::BinaryRecord>,
     }
     let mut current = Current::default();
     let mut ready = false;
@@ -349,6 +357,13 @@ fn event_loop(
                     successor_pid,
                     incumbent_pid,
                     upgrade,
+                    started_unix_ms: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |since| {
+                            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+                        }),
+                    // Read now, while the successor surely runs its binary.
+                    new_binary: admin::binary_of(successor_pid),
                 };
                 tracing::info!(
                     handoff_id,
@@ -382,6 +397,24 @@ fn event_loop(
             }
             SupervisorEvent::HandoffFinished(outcome) => {
                 let report = HandoffReport::from_outcome(&outcome);
+                {
+                    let mut history = shared
+                        .history
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let old_binary = if current.incumbent_pid.is_some() {
+                        history.live.clone()
+                    } else {
+                        None
+                    };
+                    history.record(crate::protocol::HistoryEntry {
+                        report: report.clone(),
+                        started_unix_ms: current.started_unix_ms,
+                        old_binary,
+                        new_binary: current.new_binary.take(),
+                    });
+                }
+                shared.history_changed.notify_all();
                 let serving = match &*outcome {
                     Outcome::Committed { new_pid, .. } => Some(*new_pid),
                     Outcome::RolledBack { old_pid, .. } => *old_pid,
@@ -441,6 +474,16 @@ fn event_loop(
             }
             SupervisorEvent::GenerationRetired { pid, status } => {
                 tracing::info!(pid, %status, "old generation retired");
+            }
+            SupervisorEvent::RolledBackInProbation { generation, pid } => {
+                tracing::warn!(
+                    generation,
+                    pid,
+                    "automatic rollback: the new generation failed during probation; the previous one serves again"
+                );
+                notify.send(&format!(
+                    "STATUS=serving: generation {generation}, pid {pid} (automatic rollback in probation)"
+                ));
             }
             SupervisorEvent::Stopping => tracing::info!("supervisor stopping"),
         }

@@ -116,6 +116,8 @@ impl Harness {
             timeouts,
             restart: RestartPolicy::OnFailure,
             listeners: vec![listener],
+            probe: None,
+            protocol: handoff::supervisor::DaemonProtocol::Library,
         };
         let (supervisor, events) =
             Supervisor::start_with_events(config).expect("supervisor starts");

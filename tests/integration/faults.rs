@@ -44,6 +44,13 @@ fn unreachable_here(point: FaultPoint) -> Option<&'static str> {
         (FaultRole::Supervisor, "retire_draining") => {
             Some("overlap mode only (testd runs exclusive here)")
         }
+        (
+            FaultRole::Supervisor,
+            "foreign_starting" | "foreign_probing" | "foreign_stopping_successor" | "foreign_done",
+        ) => Some("--protocol systemd only (faultsup runs library daemons)"),
+        (FaultRole::Supervisor, "retire_probation" | "retire_resuming" | "retire_resumed") => {
+            Some("probation is off in faultsup (overlap mode with --probation only)")
+        }
         (FaultRole::Supervisor, "terminated" | "killed") => {
             Some("needs an old generation that ignores Retire")
         }
@@ -241,6 +248,13 @@ fn the_matrix_skips_only_the_documented_points() {
             "supervisor:retire_draining",
             "supervisor:terminated",
             "supervisor:killed",
+            "supervisor:retire_probation",
+            "supervisor:retire_resuming",
+            "supervisor:retire_resumed",
+            "supervisor:foreign_starting",
+            "supervisor:foreign_probing",
+            "supervisor:foreign_stopping_successor",
+            "supervisor:foreign_done",
             "incumbent:draining_aborted",
             "incumbent:sealing_aborted",
         ],

@@ -389,6 +389,8 @@ fn every_kind_of_fd_travels_by_name() {
         timeouts: crate::common::test_timeouts(),
         restart: RestartPolicy::OnFailure,
         listeners: vec![main, unix, udp, state],
+        probe: None,
+        protocol: handoff::supervisor::DaemonProtocol::Library,
     })
     .expect("supervisor");
     let handle = supervisor.handle();

@@ -158,6 +158,8 @@ pub struct Start {
     pub testd_args: Vec<String>,
     /// Extra environment.
     pub env: Vec<(String, String)>,
+    /// Another daemon (program and arguments) instead of testd.
+    pub daemon: Option<Vec<String>>,
     /// Replaces the whole command (socket activation): given the command
     /// that would run, returns the one to run.
     pub wrap: Option<Box<dyn FnOnce(Command) -> Command>>,
@@ -179,6 +181,7 @@ impl Default for Start {
             program: None,
             testd_args: Vec::new(),
             env: Vec::new(),
+            daemon: None,
             wrap: None,
         }
     }
@@ -208,9 +211,14 @@ impl Supervisor {
             .arg("--socket")
             .arg(&socket)
             .args(&start.flags)
-            .arg("--")
-            .arg(start.program.unwrap_or_else(testd))
-            .args(&start.testd_args)
+            .arg("--");
+        match &start.daemon {
+            Some(daemon) => command.args(daemon),
+            None => command
+                .arg(start.program.clone().unwrap_or_else(testd))
+                .args(&start.testd_args),
+        };
+        command
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_PID")
             .envs(start.env)

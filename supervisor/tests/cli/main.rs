@@ -6,6 +6,11 @@ mod common;
 
 mod admin;
 mod bad_input;
+mod foreign;
 mod gateway;
+mod health;
+mod history;
 mod lifecycle;
+mod load;
+mod probation;
 mod systemd;

@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""A daemon that does not link handoff: a few lines of Python serving HTTP on
+the socket systemd-style socket activation hands it (fd 3), announcing
+readiness with READY=1 on NOTIFY_SOCKET, and finishing its requests on
+SIGTERM (or SIGQUIT) before it exits. A fixture of `handoffctl run
+--protocol systemd` (supervisor/tests/cli/foreign.rs).
+
+GET /      -> 200 "pid=<pid>"
+GET /slow  -> 200 after 300 ms (a request in flight during a stop)
+
+Faults for tests: `--fault-file PATH` names a file read at start; its
+content picks the behaviour of this generation: empty (normal),
+`ready-from-child` (a child process sends READY=1, the daemon never does),
+`no-ready` (never sends READY=1), `crash-after-ready` (exits 3 right after
+READY=1).
+"""
+import http.server
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+
+def listener():
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        sys.exit("LISTEN_PID is not our pid: %r" % os.environ.get("LISTEN_PID"))
+    if int(os.environ.get("LISTEN_FDS", "0")) < 1:
+        sys.exit("no LISTEN_FDS")
+    sock = socket.socket(fileno=3)
+    # socketserver polls, then accepts; the listener is shared with another
+    # generation, which may take the connection first: a non-blocking accept
+    # then fails with EAGAIN (socketserver ignores it) instead of blocking.
+    sock.setblocking(False)
+    return sock
+
+
+def notify(message):
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as out:
+        out.sendto(message.encode(), path)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/slow":
+            time.sleep(0.3)
+        body = ("pid=%d\n" % os.getpid()).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = False  # server_close() joins requests in flight
+    block_on_close = True
+
+
+def main():
+    server = Server(("127.0.0.1", 0), Handler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = listener()
+
+    def stop(signum, frame):
+        # shutdown() waits for serve_forever to return: not from its thread.
+        threading.Thread(target=server.shutdown).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGQUIT, stop)
+    fault = ""
+    if "--fault-file" in sys.argv:
+        path = sys.argv[sys.argv.index("--fault-file") + 1]
+        try:
+            with open(path) as f:
+                fault = f.read().strip()
+        except FileNotFoundError:
+            pass
+    if fault == "ready-from-child":
+        if os.fork() == 0:
+            notify("READY=1")
+            os._exit(0)
+    elif fault == "crash-after-ready":
+        notify("READY=1")
+        os._exit(3)
+    elif fault != "no-ready":
+        notify("READY=1\nSTATUS=serving")
+    server.serve_forever(poll_interval=0.05)
+    server.server_close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,495 @@
+//! Spawning a daemon that does not link the library, the way systemd's
+//! socket activation starts one: listeners on fds 3.. in order,
+//! `LISTEN_FDS`, `LISTEN_FDNAMES`, and `LISTEN_PID` naming the child itself;
+//! plus a per-generation `NOTIFY_SOCKET` whose datagrams are accepted only
+//! with the child's credentials.
+//!
+//! # Hazards
+//!
+//! - **`LISTEN_PID` is known only after fork.** std's `Command` fixes the
+//!   environment before forking. So the whole `argv`/`envp` is built here
+//!   before the fork, with `LISTEN_PID=` followed by a fixed-width buffer;
+//!   the `pre_exec` hook writes `getpid()`'s digits into that preallocated
+//!   buffer (no allocation) and calls `execve` itself. On success it never
+//!   returns; on failure it returns the errno, which std reports to the
+//!   parent through its exec-error pipe.
+//! - **fd shuffling.** The listeners must land on 3, 4, ... in order, and
+//!   the numbers they come from may lie inside that range. The child first
+//!   duplicates each one above the range (close-on-exec), then `dup2`s them
+//!   into place (which clears close-on-exec on the target only).
+//! - **std's exec-error pipe.** std creates it during `spawn`; if it got a
+//!   number in 3..3+n, the `dup2` would close it and an exec failure would
+//!   be written into a listener. Before spawning, the parent parks a
+//!   duplicate of each listener at the lowest free number from 3 on, so that
+//!   every number of the range is taken (by a parked duplicate or by
+//!   another open fd) while std creates its pipe; the same argument as the
+//!   control fd's (`process.rs`), with the same caveat (another thread
+//!   closing an fd of the range during the spawn).
+//! - **Notification senders.** Anyone who can reach the socket file can send
+//!   a datagram; the file lives in a private 0700 directory and each
+//!   datagram's sender is read from `SCM_CREDENTIALS` (`SO_PASSCRED` is set
+//!   on the receiving socket before its path exists), so only the child's
+//!   own pid counts. A datagram without credentials is rejected.
+#![allow(
+    unsafe_code,
+    reason = "Command::pre_exec and execve between fork and exec work on raw pointers and fd numbers"
+)]
+
+use std::ffi::{CString, OsString};
+use std::io::{self, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, fcntl};
+use nix::libc;
+use nix::sys::prctl;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt::PassCred};
+use nix::unistd::{Pid, getpid, getppid};
+
+/// The first fd of socket activation (`SD_LISTEN_FDS_START`).
+const FIRST: RawFd = 3;
+/// Digits reserved for `LISTEN_PID` (a pid fits in 10 decimal digits).
+const PID_DIGITS: usize = 10;
+/// The variables this module sets; inherited copies are dropped.
+const OWN_VARS: [&str; 5] = [
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "HANDOFF_CONTROL_FD",
+];
+
+/// What to start.
+#[derive(Debug)]
+pub(crate) struct ForeignSpec<'a> {
+    /// The binary: a path with a slash, or a name searched in `PATH`.
+    pub program: PathBuf,
+    /// Arguments after the program name.
+    pub args: Vec<OsString>,
+    /// Variables added to the inherited environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// `(name, fd)` of each listener, in the order of fds 3, 4, ...
+    pub listeners: Vec<(String, BorrowedFd<'a>)>,
+    /// The `NOTIFY_SOCKET` path, if any.
+    pub notify_socket: Option<PathBuf>,
+    /// SIGKILL the child when the spawning thread exits.
+    pub die_with_parent: bool,
+}
+
+fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a NUL byte in an argument or variable",
+        )
+    })
+}
+
+fn find_program(program: &Path) -> io::Result<PathBuf> {
+    if program.as_os_str().as_bytes().contains(&b'/') {
+        return Ok(program.to_owned());
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not found in PATH"))
+}
+
+/// Starts a foreign daemon: stdin `/dev/null`, stdout and stderr inherited.
+pub(crate) fn spawn_foreign(spec: ForeignSpec<'_>) -> io::Result<Child> {
+    let program = find_program(&spec.program)?;
+    let count = spec.listeners.len();
+    let names: Vec<&str> = spec
+        .listeners
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let mut env: Vec<Vec<u8>> = std::env::vars_os()
+        .filter(|(key, _)| !OWN_VARS.iter().any(|own| key.as_bytes() == own.as_bytes()))
+        .filter(|(key, _)| !spec.env.iter().any(|(k, _)| k == key))
+        .chain(spec.env.iter().cloned())
+        .map(|(key, value)| [key.as_bytes(), b"=", value.as_bytes()].concat())
+        .collect();
+    env.push(format!("LISTEN_FDS={count}").into_bytes());
+    env.push(format!("LISTEN_FDNAMES={}", names.join(":")).into_bytes());
+    if let Some(socket) = &spec.notify_socket {
+        env.push([b"NOTIFY_SOCKET=".as_slice(), socket.as_os_str().as_bytes()].concat());
+    }
+    let env: Vec<CString> = env.iter().map(|v| cstring(v)).collect::<io::Result<_>>()?;
+    // The one entry the child rewrites: "LISTEN_PID=" + digits + NUL.
+    let mut listen_pid = b"LISTEN_PID=".to_vec();
+    listen_pid.resize(listen_pid.len() + PID_DIGITS + 1, 0);
+    let path = cstring(program.as_os_str().as_bytes())?;
+    let argv: Vec<CString> = std::iter::once(cstring(spec.program.as_os_str().as_bytes()))
+        .chain(spec.args.iter().map(|arg| cstring(arg.as_bytes())))
+        .collect::<io::Result<_>>()?;
+    // Pointer tables as integers (Send + Sync for the hook); the buffers
+    // they point into are moved into the hook and live until the exec.
+    let argv_table: Vec<usize> = argv
+        .iter()
+        .map(|arg| arg.as_ptr() as usize)
+        .chain([0])
+        .collect();
+    let env_table: Vec<usize> = env
+        .iter()
+        .map(|var| var.as_ptr() as usize)
+        .chain([listen_pid.as_ptr() as usize, 0])
+        .collect();
+
+    // Park a duplicate of each listener at the lowest free number from 3:
+    // the range 3..3+n is then fully taken while std creates its pipe.
+    let parked: Vec<OwnedFd> = spec
+        .listeners
+        .iter()
+        .map(|(_, fd)| {
+            let raw = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(FIRST))?;
+            // SAFETY: F_DUPFD_CLOEXEC just created `raw`; nothing else owns it.
+            Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+        })
+        .collect::<io::Result<_>>()?;
+    let sources: Vec<RawFd> = parked.iter().map(AsRawFd::as_raw_fd).collect();
+    // Filled in the child (no allocation there): the copies above the range.
+    let mut highs: Vec<RawFd> = vec![-1; sources.len()];
+    let parent = getpid();
+    let die_with_parent = spec.die_with_parent;
+
+    let mut command = Command::new(&program);
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    let hook = move || {
+        // Keep the buffers alive (and owned) in the hook.
+        let _ = (&path, &argv, &env);
+        in_child(
+            &sources,
+            &mut highs,
+            die_with_parent,
+            parent,
+            &mut listen_pid,
+            &path,
+            &argv_table,
+            &env_table,
+        )
+    };
+    // SAFETY: `in_child` makes only async-signal-safe calls (prctl, getppid,
+    // pthread_sigmask, fcntl, dup2, close_range, getpid, execve), does not
+    // allocate and takes no lock; it writes only into `listen_pid`, a buffer
+    // the hook owns whose heap address the env table already holds.
+    unsafe { command.pre_exec(hook) };
+    let child = command.spawn();
+    drop(parked);
+    child
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "everything the child needs was prepared before the fork and is passed in"
+)]
+fn in_child(
+    sources: &[RawFd],
+    highs: &mut [RawFd],
+    die_with_parent: bool,
+    parent: Pid,
+    listen_pid: &mut [u8],
+    path: &CString,
+    argv: &[usize],
+    env: &[usize],
+) -> io::Result<()> {
+    if die_with_parent {
+        prctl::set_pdeathsig(Signal::SIGKILL)?;
+        if getppid() != parent {
+            return Err(Errno::ESRCH.into());
+        }
+    }
+    SigSet::empty().thread_set_mask()?;
+    let count = RawFd::try_from(sources.len()).map_err(|_| Errno::EMFILE)?;
+    let above = FIRST + count;
+    // All up out of the target range first (close-on-exec copies), then
+    // all down into place: a dup2 onto 3+i must not close a source not yet
+    // copied. dup2 clears close-on-exec on the target only.
+    for (high, &source) in highs.iter_mut().zip(sources) {
+        // SAFETY: fcntl on an fd number open in the child (inherited from
+        // the parked duplicates).
+        *high = Errno::result(unsafe { libc::fcntl(source, libc::F_DUPFD_CLOEXEC, above) })?;
+    }
+    for (index, &high) in highs.iter().enumerate() {
+        let target = FIRST + RawFd::try_from(index).map_err(|_| Errno::EMFILE)?;
+        // SAFETY: dup2 on two fd numbers; `high` was created above.
+        Errno::result(unsafe { libc::dup2(high, target) })?;
+    }
+    // Everything else above the listeners stays out of the daemon.
+    let first = u32::try_from(above).unwrap_or(u32::MAX);
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc != 0 && Errno::last() != Errno::ENOSYS {
+        return Err(Errno::last().into());
+    }
+    // LISTEN_PID's digits, written into the preallocated buffer.
+    // SAFETY: getpid is async-signal-safe and cannot fail.
+    let mut pid = u32::try_from(unsafe { libc::getpid() }).unwrap_or(0);
+    let mut digits = [0u8; PID_DIGITS];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (pid % 10) as u8;
+        len += 1;
+        pid /= 10;
+        if pid == 0 || len == PID_DIGITS {
+            break;
+        }
+    }
+    let start = b"LISTEN_PID=".len();
+    for (offset, digit) in digits[..len].iter().rev().enumerate() {
+        listen_pid[start + offset] = *digit;
+    }
+    listen_pid[start + len] = 0;
+    // SAFETY: `path` is a NUL-terminated string; `argv` and `env` are
+    // null-terminated tables of addresses of NUL-terminated strings owned by
+    // the hook (the LISTEN_PID entry is `listen_pid`, terminated above).
+    unsafe {
+        libc::execve(
+            path.as_ptr(),
+            argv.as_ptr().cast::<*const libc::c_char>(),
+            env.as_ptr().cast::<*const libc::c_char>(),
+        )
+    };
+    Err(Errno::last().into())
+}
+
+/// A private directory (mode 0700, created new, never reused) for the
+/// notification sockets; removed with its contents on drop.
+#[derive(Debug)]
+pub(crate) struct PrivateDir {
+    path: PathBuf,
+}
+
+impl PrivateDir {
+    /// Creates `<tmp>/handoff-notify-<pid>-<n>` with the first free `n`.
+    pub(crate) fn create() -> io::Result<PrivateDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let base = std::env::temp_dir();
+        for attempt in 0..100u32 {
+            let path = base.join(format!("handoff-notify-{}-{attempt}", std::process::id()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(PrivateDir { path }),
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "no free notification directory name",
+        ))
+    }
+
+    /// The directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A per-generation notification socket: bound in `dir` (which must be a
+/// private directory), `SO_PASSCRED` on before the path exists.
+#[derive(Debug)]
+pub(crate) struct NotifySocket {
+    socket: UnixDatagram,
+    path: PathBuf,
+}
+
+/// One datagram: its text and the sender's pid (from `SCM_CREDENTIALS`).
+#[derive(Debug)]
+pub(crate) struct Notification {
+    pub pid: Option<u32>,
+    pub text: String,
+}
+
+impl NotifySocket {
+    /// Binds `path`.
+    pub(crate) fn bind(path: &Path) -> io::Result<NotifySocket> {
+        let socket = UnixDatagram::unbound()?;
+        setsockopt(&socket, PassCred, &true)?;
+        // std has no bind for an existing datagram socket: go through nix.
+        nix::sys::socket::bind(
+            socket.as_raw_fd(),
+            &nix::sys::socket::UnixAddr::new(path).map_err(io::Error::from)?,
+        )?;
+        Ok(NotifySocket {
+            socket,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The path to put in `NOTIFY_SOCKET`.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A handle for a reader thread (the same socket).
+    pub(crate) fn try_clone(&self) -> io::Result<UnixDatagram> {
+        self.socket.try_clone()
+    }
+
+    /// Wakes a reader blocked in [`receive`] (it then sees end of input).
+    pub(crate) fn shutdown(&self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Receives one datagram (blocking; retries `EINTR`). `Ok(None)` after
+/// [`NotifySocket::shutdown`].
+pub(crate) fn receive(socket: &UnixDatagram) -> io::Result<Option<Notification>> {
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        match recvmsg::<()>(
+            socket.as_fd().as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(message) => {
+                let len = message.bytes;
+                let mut pid = None;
+                for control in message.cmsgs()? {
+                    if let ControlMessageOwned::ScmCredentials(credentials) = control {
+                        pid = u32::try_from(credentials.pid()).ok();
+                    }
+                }
+                if len == 0 && pid.is_none() {
+                    return Ok(None);
+                }
+                let text = String::from_utf8_lossy(&buf[..len]).into_owned();
+                return Ok(Some(Notification { pid, text }));
+            }
+            Err(Errno::EINTR) => continue,
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+    use crate::sys::test_support::{ChildGuard, TEST_DEADLINE, TempDir, exited_within, forking};
+
+    fn link(fd: &impl AsRawFd) -> String {
+        std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .expect("readlink")
+            .display()
+            .to_string()
+    }
+
+    #[test]
+    fn listeners_land_on_3_and_up_with_listen_pid_naming_the_child() {
+        let dir = TempDir::new("foreign");
+        let report = dir.path().join("report");
+        let first = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let second = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let script = format!(
+            r#"l=; for f in /proc/self/fd/*; do [ -L "$f" ] && l="$l ${{f##*/}}"; done
+            printf '%s\n' "$LISTEN_PID" "$$" "$LISTEN_FDS" "$LISTEN_FDNAMES" "$(readlink /proc/self/fd/3)" "$(readlink /proc/self/fd/4)" "$l" "$NOTIFY_SOCKET" "${{HANDOFF_CONTROL_FD-unset}}" > {}"#,
+            report.display()
+        );
+        let mut child = {
+            let _forking = forking();
+            ChildGuard::new(
+                spawn_foreign(ForeignSpec {
+                    program: "sh".into(),
+                    args: vec!["-c".into(), script.into()],
+                    env: vec![("EXTRA".into(), "1".into())],
+                    listeners: vec![
+                        ("web".into(), first.as_fd()),
+                        ("admin".into(), second.as_fd()),
+                    ],
+                    notify_socket: Some("/run/x/notify".into()),
+                    die_with_parent: true,
+                })
+                .expect("spawn"),
+            )
+        };
+        let status = exited_within(&mut child);
+        assert!(status.success(), "{status:?}");
+        let text = std::fs::read_to_string(&report).expect("report");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0], lines[1],
+            "LISTEN_PID is the child's pid: {lines:?}"
+        );
+        assert_eq!(lines[0], child.id().to_string());
+        assert_eq!(lines[2], "2");
+        assert_eq!(lines[3], "web:admin");
+        assert_eq!(lines[4], link(&first), "fd 3 is the first listener");
+        assert_eq!(lines[5], link(&second), "fd 4 is the second listener");
+        assert_eq!(
+            lines[6].trim(),
+            "0 1 2 3 4",
+            "no other fd reaches the daemon"
+        );
+        assert_eq!(lines[7], "/run/x/notify");
+        assert_eq!(lines[8], "unset");
+    }
+
+    #[test]
+    fn a_missing_program_fails_the_spawn() {
+        let _forking = forking();
+        let error = spawn_foreign(ForeignSpec {
+            program: "/nonexistent/foreign-daemon".into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            listeners: Vec::new(),
+            notify_socket: None,
+            die_with_parent: true,
+        })
+        .expect_err("missing");
+        assert_eq!(error.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn notifications_carry_the_sender_pid() {
+        let dir = TempDir::new("notify-creds");
+        let socket = NotifySocket::bind(&dir.path().join("n.sock")).expect("bind");
+        let reader = socket.try_clone().expect("clone");
+        reader
+            .set_read_timeout(Some(TEST_DEADLINE))
+            .expect("timeout");
+        crate::sys::notify(socket.path().as_os_str(), "READY=1").expect("send");
+        let got = receive(&reader).expect("receive").expect("a datagram");
+        assert_eq!(got.text, "READY=1");
+        assert_eq!(got.pid, Some(std::process::id()));
+        socket.shutdown();
+        assert!(receive(&reader).expect("after shutdown").is_none());
+        let path = socket.path().to_owned();
+        drop(socket);
+        assert!(!path.exists(), "the socket file is removed");
+    }
+}
