@@ -29,7 +29,7 @@ use crate::protocol::{
 };
 use crate::successor::{ENV_HEARTBEAT_MS, ENV_SUPERVISOR_PID};
 use crate::sys::{self, ListenAddr, Sig, SpawnSpec};
-use crate::timeouts::{RESTART_STABLE, STOP_DRAIN, Timeouts};
+use crate::timeouts::{EXIT_AFTER_EOF, RESTART_STABLE, STOP_DRAIN, Timeouts};
 use crate::wire::{AbortReason, FdEntry, FdKind, MAX_FDS_PER_FRAME, Message, Mode};
 
 /// A listening socket (or any fd) the supervisor holds and passes on by name.
@@ -510,14 +510,24 @@ impl Child {
             Ok(status) => describe_status(status),
             Err(error) => format!("wait failed: {error}"),
         };
-        if let Some(sender) = &self.sender {
-            sender.shutdown();
-        }
+        // The control socket is left alone: the dead peer's end is closed,
+        // so the reader reads every frame the child sent before it died,
+        // then EOF. It is shut down when the Child is dropped.
         if let Some(notify) = &self.notify {
             notify.shutdown();
         }
         self.reaped = Some(status.clone());
         status
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        // Wakes the reader thread even if some other process still holds
+        // the generation's end of the socket.
+        if let Some(sender) = &self.sender {
+            sender.shutdown();
+        }
     }
 }
 
@@ -572,6 +582,12 @@ struct InFlight {
     reply: Option<Sender<Result<Outcome>>>,
     old_pid: Option<u32>,
     spawn_time: Duration,
+    /// The successor's exit, held back until its connection's EOF so that
+    /// every frame it sent before dying is stepped first (its `Failed`
+    /// reason, say); released at the latest at the instant given.
+    pending_exit: Option<(String, Instant)>,
+    /// Its connection reported EOF (or an error).
+    successor_closed: bool,
 }
 
 struct Retiring {
@@ -704,6 +720,13 @@ impl Loop {
             && let Some(at) = in_flight.machine.next_wakeup()
         {
             next = next.min(at);
+        }
+        if let Some(InFlight {
+            pending_exit: Some((_, at)),
+            ..
+        }) = &self.in_flight
+        {
+            next = next.min(*at);
         }
         for retiring in &self.retiring {
             if let Some(at) = retiring.machine.next_wakeup() {
@@ -890,6 +913,8 @@ impl Loop {
             reply,
             old_pid: self.live.as_ref().map(|live| live.pid),
             spawn_time,
+            pending_exit: None,
+            successor_closed: false,
         });
         if let Some(actions) = foreign_actions {
             self.perform_foreign(actions, now);
@@ -1178,12 +1203,26 @@ impl Loop {
                         side: Side::Successor,
                     }
                 }
-                Event::Exited { .. } => HandoffInput::Exited {
-                    side: Side::Successor,
-                    status: status.unwrap_or_default(),
-                },
+                Event::Exited { .. } => {
+                    let status = status.unwrap_or_default();
+                    if let Some(in_flight) = &mut self.in_flight
+                        && !in_flight.successor_closed
+                    {
+                        // Its last frames may still be on their way.
+                        in_flight.pending_exit = Some((status, now + EXIT_AFTER_EOF));
+                        return;
+                    }
+                    HandoffInput::Exited {
+                        side: Side::Successor,
+                        status,
+                    }
+                }
             };
+            let closed = matches!(input, HandoffInput::Closed { .. });
             self.step_handoff(input, now);
+            if closed {
+                self.release_pending_exit(now);
+            }
         } else if Some(generation) == live_generation {
             if self.in_flight.is_some() {
                 let input = match event {
@@ -1373,6 +1412,24 @@ impl Loop {
                 return;
             }
             from = to;
+        }
+    }
+
+    /// After the successor's EOF (or once the grace ran out): step the exit
+    /// that was held back.
+    fn release_pending_exit(&mut self, now: Instant) {
+        let Some(in_flight) = &mut self.in_flight else {
+            return;
+        };
+        in_flight.successor_closed = true;
+        if let Some((status, _)) = in_flight.pending_exit.take() {
+            self.step_handoff(
+                HandoffInput::Exited {
+                    side: Side::Successor,
+                    status,
+                },
+                now,
+            );
         }
     }
 
@@ -1761,6 +1818,16 @@ impl Loop {
     }
 
     fn on_time(&mut self, now: Instant) {
+        if let Some(InFlight {
+            pending_exit: Some((_, at)),
+            ..
+        }) = &self.in_flight
+            && *at <= now
+        {
+            // No EOF within the grace (another process holds the
+            // successor's end of the socket): the exit goes on its own.
+            self.release_pending_exit(now);
+        }
         match &self.in_flight {
             Some(InFlight {
                 machine: Machine::Library(machine),

@@ -95,6 +95,12 @@ pub const PROBATION_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// Bound on one probe attempt (connect, request, response).
 pub const PROBE_ATTEMPT: Duration = Duration::from_secs(2);
 
+/// How long the supervisor holds back a successor's exit waiting for the
+/// EOF of its control connection, so that the frames it sent before dying
+/// are stepped first. The EOF normally follows the exit at once; the bound
+/// covers a socket end that some other process still holds.
+pub const EXIT_AFTER_EOF: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// A short poll slice for loops that must also notice a flag (a daemon's
 /// accept loop checking for drain). Not a synchronisation: the flag is read
 /// after every slice.
