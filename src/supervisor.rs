@@ -801,16 +801,7 @@ impl Loop {
                 events.send(event).is_ok()
             },
         )?;
-        let events = self.events_tx.clone();
-        std::thread::Builder::new()
-            .name(format!("handoff-wait{generation}"))
-            .spawn(move || {
-                if let Err(error) = sys::wait_exit_nowait(pid) {
-                    tracing::error!(pid, error = %error, "waiting for a generation failed");
-                }
-                let _ = events.send(Event::Exited { generation });
-            })
-            .map_err(|source| Error::io("spawn a waiter thread", source))?;
+        self.spawn_waiter(generation, pid)?;
         tracing::info!(generation, pid, program = %program.display(), "generation spawned");
         Ok((
             Child {
@@ -827,6 +818,21 @@ impl Loop {
             },
             begun.elapsed(),
         ))
+    }
+
+    /// A thread that reports the child's exit without reaping it (I11).
+    fn spawn_waiter(&self, generation: u64, pid: u32) -> Result<()> {
+        let events = self.events_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("handoff-wait{generation}"))
+            .spawn(move || {
+                if let Err(error) = sys::wait_exit_nowait(pid) {
+                    tracing::error!(pid, error = %error, "waiting for a generation failed");
+                }
+                let _ = events.send(Event::Exited { generation });
+            })
+            .map(drop)
+            .map_err(|source| Error::io("spawn a waiter thread", source))
     }
 
     fn start_handoff(
@@ -984,16 +990,7 @@ impl Loop {
                 }
             })
             .map_err(|source| Error::io("spawn a notification reader", source))?;
-        let events = self.events_tx.clone();
-        std::thread::Builder::new()
-            .name(format!("handoff-wait{generation}"))
-            .spawn(move || {
-                if let Err(error) = sys::wait_exit_nowait(pid) {
-                    tracing::error!(pid, error = %error, "waiting for a generation failed");
-                }
-                let _ = events.send(Event::Exited { generation });
-            })
-            .map_err(|source| Error::io("spawn a waiter thread", source))?;
+        self.spawn_waiter(generation, pid)?;
         tracing::info!(generation, pid, program = %program.display(), "foreign generation spawned");
         Ok((
             Child {
