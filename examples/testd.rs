@@ -174,6 +174,9 @@ impl Store {
 struct Shared {
     store: Mutex<Store>,
     accepting: AtomicBool,
+    /// Set by the accept thread once it saw `accepting` false; true while
+    /// no accept thread runs.
+    accept_paused: AtomicBool,
     active: AtomicU32,
     /// Paired with `idle`: notified whenever a request finishes.
     finished: Mutex<()>,
@@ -199,13 +202,17 @@ impl Drainable for Daemon {
     fn drain(&mut self, deadline: Instant) -> std::io::Result<DrainReport> {
         stage(&self.args, "drain");
         self.shared.accepting.store(false, Ordering::SeqCst);
-        // Wait for the requests in flight, woken by each one that finishes.
+        // Wait until the accept thread has paused (so every connection it
+        // took is counted), then for the requests in flight; woken by each
+        // one that finishes.
         let mut guard = self
             .shared
             .finished
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        while self.shared.active.load(Ordering::SeqCst) > 0 {
+        while !self.shared.accept_paused.load(Ordering::SeqCst)
+            || self.shared.active.load(Ordering::SeqCst) > 0
+        {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -400,9 +407,16 @@ fn serve_extra(extra: Extra, shared: &Arc<Shared>) {
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         if !shared.accepting.load(Ordering::SeqCst) {
+            // Tell the drain that no accept can race with its count any
+            // more (a connection accepted before this point is counted).
+            if !shared.accept_paused.swap(true, Ordering::SeqCst) {
+                let _guard = shared.finished.lock().unwrap_or_else(|e| e.into_inner());
+                shared.idle.notify_all();
+            }
             std::thread::sleep(handoff::timeouts::POLL_SLICE);
             continue;
         }
+        shared.accept_paused.store(false, Ordering::SeqCst);
         // Wait for a connection without changing the shared socket's
         // blocking mode: poll with a short slice, then re-check the flag.
         let mut fds = [nix::poll::PollFd::new(
@@ -418,6 +432,10 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         if !shared.accepting.load(Ordering::SeqCst) {
             continue;
         }
+        // The listener is shared and left blocking: if another generation
+        // took the connection poll announced, this blocks until the next
+        // one, which is then ours to serve even if a drain began meanwhile
+        // (the drain waits for `accept_paused`, set after this is counted).
         let Ok((stream, _)) = listener.accept() else {
             continue;
         };
@@ -473,6 +491,7 @@ fn main() {
     let shared = Arc::new(Shared {
         store: Mutex::new(store),
         accepting: AtomicBool::new(true),
+        accept_paused: AtomicBool::new(true),
         active: AtomicU32::new(0),
         finished: Mutex::new(()),
         idle: std::sync::Condvar::new(),
