@@ -78,6 +78,12 @@ pub trait Drainable: Send + 'static {
     /// Stop accepting, finish requests in flight, close idle connections at
     /// a request boundary; return by `deadline` (monotonic), whatever is
     /// still open. Keep the state writable: the handoff may still abort.
+    ///
+    /// Count open connections only once the accept loop has *confirmed* it
+    /// stopped: an accept already under way (on another thread, or blocked
+    /// on the shared listener while another generation took the connection
+    /// it was woken for) can still return a connection after the flag was
+    /// cleared, and a process that exits with it resets it.
     fn drain(&mut self, deadline: Instant) -> Result<DrainReport, Self::Error>;
 
     /// Persist and fsync the state, then return its revision count and
