@@ -161,6 +161,8 @@ fn main() {
             std::process::exit(1);
         }
         Stop::Signal(signal) => {
+            // Draining before the line: whoever reads it sees a draining daemon.
+            server.set_phase(Phase::Draining);
             eprintln!("{PROGRAM}: {signal}: draining");
             server.drain_blocking(runtime.handle(), Instant::now() + drain_timeout);
         }

@@ -224,6 +224,8 @@ fn main() {
             std::process::exit(1);
         }
         Stop::Signal(signal) => {
+            // Draining before the line: whoever reads it sees a draining daemon.
+            server.set_phase(Phase::Draining);
             eprintln!("{PROGRAM}: {signal}: draining");
             let report = server.drain_blocking(runtime.handle(), Instant::now() + drain_timeout);
             server.set_phase(Phase::Closed);

@@ -12,24 +12,43 @@ use crate::common::{self, IO, TempDir, WAIT};
 
 /// Starts `kvd` alone on a free loopback port; returns it once it accepts.
 fn start_kvd(data: &Path, extra: &[&str]) -> (Child, SocketAddr) {
+    let (child, addr, _stderr) = start_kvd_logged(data, extra);
+    (child, addr)
+}
+
+/// Like `start_kvd`, with kvd's stderr lines on a channel (a thread reads
+/// the pipe, so kvd never blocks on it).
+fn start_kvd_logged(
+    data: &Path,
+    extra: &[&str],
+) -> (Child, SocketAddr, crossbeam_channel::Receiver<String>) {
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free port");
-    let child = Command::new(common::example("kvd"))
+    let mut child = Command::new(common::example("kvd"))
         .arg("--data-dir")
         .arg(data)
         .arg("--listen")
         .arg(addr.to_string())
         .args(extra)
         .env_remove(handoff::ENV_CONTROL_FD)
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn kvd");
+    let (lines_tx, lines) = crossbeam_channel::unbounded();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            let _ = lines_tx.send(line);
+        }
+    });
     let until = Instant::now() + WAIT;
     while TcpStream::connect(addr).is_err() {
         assert!(Instant::now() < until, "kvd never listened");
         std::thread::sleep(Duration::from_millis(5));
     }
-    (child, addr)
+    (child, addr, lines)
 }
 
 /// A response: status, lowercased head, body.
@@ -133,7 +152,7 @@ fn kvd_replays_its_log_and_cuts_a_torn_tail() {
 #[test]
 fn kvd_stop_drains_kept_alive_connections_at_request_boundaries() {
     let data = TempDir::new("kvd-drain");
-    let (mut kvd, addr) = start_kvd(data.path(), &["--drain-timeout", "2"]);
+    let (mut kvd, addr, stderr) = start_kvd_logged(data.path(), &["--drain-timeout", "2"]);
     let open = || {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(IO)).expect("timeout");
@@ -155,7 +174,16 @@ fn kvd_stop_drains_kept_alive_connections_at_request_boundaries() {
 
     let stopped = Instant::now();
     handoff::os::signal(kvd.id(), handoff::os::Sig::Term).expect("SIGTERM");
-    std::thread::sleep(Duration::from_millis(50));
+    // kvd prints this once it is draining.
+    let until = Instant::now() + WAIT;
+    loop {
+        let line = stderr
+            .recv_timeout(until.saturating_duration_since(Instant::now()))
+            .expect("kvd announces its drain");
+        if line.contains("SIGTERM: draining") {
+            break;
+        }
+    }
     send(&mut busy, "PUT", "/kv/late", b"still served");
     let reply = read_reply(&mut busy_reader);
     assert_eq!(reply.status, 200, "a request during the drain is served");
