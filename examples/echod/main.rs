@@ -16,7 +16,7 @@
 mod serve;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use handoff::{DrainReport, Drainable, Fingerprint, ReadyReport, SealInfo, SealProgress, Snapshot};
@@ -89,38 +89,13 @@ async fn route(info: Arc<String>, request: Request<Incoming>) -> Response<Body> 
 
 fn main() {
     let flags = serve::parse_flags(PROGRAM, &["--listen", "--build", "--drain-timeout"]);
-    let listen = flags
-        .get("--listen")
-        .cloned()
-        .unwrap_or_else(|| "127.0.0.1:8080".into());
-    let build = flags
-        .get("--build")
-        .cloned()
-        .unwrap_or_else(serve::executable_name);
-    let drain_timeout = match flags.get("--drain-timeout") {
-        Some(seconds) => Duration::from_secs(
-            seconds
-                .parse()
-                .unwrap_or_else(|_| serve::die(PROGRAM, "--drain-timeout SECONDS")),
-        ),
-        None => handoff::timeouts::STOP_DRAIN,
-    };
+    let common = serve::CommonFlags::from(PROGRAM, &flags);
+    let (build, drain_timeout) = (common.build.clone(), common.drain_timeout);
     let fail = |what: &str, error: &dyn std::fmt::Display| -> ! {
         serve::die(PROGRAM, &format!("{what}: {error}"))
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| fail("runtime", &e));
-    let signals = serve::StopSignals::install(&runtime).unwrap_or_else(|e| fail("signals", &e));
-    let options =
-        handoff::StartOptions::new(format!("echod {} ({build})", env!("CARGO_PKG_VERSION")));
-    let mut generation = handoff::start(options).unwrap_or_else(|e| fail("start", &e));
-    let listener = generation
-        .tcp_listener("http", &listen)
-        .unwrap_or_else(|e| fail("listener", &e));
+    let (runtime, signals, generation, listener) = serve::warm_up(PROGRAM, &common);
     let info = Arc::new(format!(
         "{}\n",
         serde_json::json!({

@@ -405,3 +405,71 @@ pub fn die(program: &str, message: &str) -> ! {
     eprintln!("{program}: {message}");
     std::process::exit(2)
 }
+
+/// The flags every example daemon takes besides its own.
+pub struct CommonFlags {
+    /// `--listen`: the address bound when running without a supervisor.
+    pub listen: String,
+    /// `--build`: the build name reported by `/info`.
+    pub build: String,
+    /// `--drain-timeout SECONDS`: the drain of a stop by signal.
+    pub drain_timeout: Duration,
+}
+
+impl CommonFlags {
+    /// Reads `--listen`, `--build` and `--drain-timeout` from parsed flags.
+    pub fn from(program: &str, flags: &std::collections::HashMap<String, String>) -> CommonFlags {
+        let drain_timeout = match flags.get("--drain-timeout") {
+            Some(seconds) => Duration::from_secs(
+                seconds
+                    .parse()
+                    .unwrap_or_else(|_| die(program, "--drain-timeout SECONDS")),
+            ),
+            None => handoff::timeouts::STOP_DRAIN,
+        };
+        CommonFlags {
+            listen: flags
+                .get("--listen")
+                .cloned()
+                .unwrap_or_else(|| "127.0.0.1:8080".into()),
+            build: flags
+                .get("--build")
+                .cloned()
+                .unwrap_or_else(executable_name),
+            drain_timeout,
+        }
+    }
+}
+
+/// The warm-up every example daemon starts with: the runtime, the stop
+/// signals (caught before anything is served), the handoff generation and
+/// its listener "http" (inherited, or bound to `--listen` when alone).
+pub fn warm_up(
+    program: &str,
+    flags: &CommonFlags,
+) -> (
+    tokio::runtime::Runtime,
+    StopSignals,
+    handoff::Generation<handoff::Warming>,
+    std::net::TcpListener,
+) {
+    let fail = |what: &str, error: &dyn std::fmt::Display| -> ! {
+        die(program, &format!("{what}: {error}"))
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail("runtime", &e));
+    let signals = StopSignals::install(&runtime).unwrap_or_else(|e| fail("signals", &e));
+    let options = handoff::StartOptions::new(format!(
+        "{program} {} ({})",
+        env!("CARGO_PKG_VERSION"),
+        flags.build
+    ));
+    let mut generation = handoff::start(options).unwrap_or_else(|e| fail("start", &e));
+    let listener = generation
+        .tcp_listener("http", &flags.listen)
+        .unwrap_or_else(|e| fail("listener", &e));
+    (runtime, signals, generation, listener)
+}
