@@ -12,55 +12,27 @@
 //! | `POST /reload` | applies the config file now |
 //! | `POST /wait-drained?timeout_ms=N` | waits until no replaced handler is loaded |
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use handoff::registry::{HandlerSource, LifecycleEvent, library_file_name};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request as HyperRequest, Response as HyperResponse, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 use crate::config::{DEFAULT_REQUEST_TIMEOUT, Route};
 use crate::gateway::{EndpointRecord, Origin, Shared, lock};
 use crate::http::{self, Body, MAX_BODY};
 
-/// Serves the admin API; refuses connections from non-loopback peers.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "admin accept failed");
-                continue;
-            }
-        };
-        if !peer.ip().is_loopback() {
-            tracing::warn!(%peer, "admin connection from a non-loopback peer refused");
-            continue;
-        }
-        let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            let service = service_fn(move |request| handle(Arc::clone(&shared), request));
-            if let Err(error) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%error, "admin connection ended with an error");
-            }
-        });
-    }
-}
-
-async fn handle(
+/// Answers one admin request. Connections come from the gateway's accept
+/// loop ([`Shared::serve_listener`] with [`crate::gateway::Service::Admin`]),
+/// which refuses non-loopback peers and drains admin connections with the
+/// public ones.
+pub(crate) async fn handle(
     shared: Arc<Shared>,
     request: HyperRequest<Incoming>,
-) -> Result<HyperResponse<Body>, Infallible> {
+) -> HyperResponse<Body> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or_default().to_owned();
@@ -68,13 +40,13 @@ async fn handle(
     let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => {
-            return Ok(error(
+            return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body too large or unreadable",
-            ));
+            );
         }
     };
-    let response = match (&method, segments.as_slice()) {
+    match (&method, segments.as_slice()) {
         (&Method::GET, ["endpoints"]) => endpoints(&shared),
         (&Method::GET, ["stats"]) => ok(&json!(shared.registry.stats())),
         (&Method::GET, ["status"]) => ok(&json!(shared.snapshot())),
@@ -85,8 +57,7 @@ async fn handle(
         (&Method::POST, ["reload"]) => reload(&shared).await,
         (&Method::POST, ["wait-drained"]) => wait_drained(&shared, &query).await,
         _ => error(StatusCode::NOT_FOUND, "no such admin operation"),
-    };
-    Ok(response)
+    }
 }
 
 fn ok(value: &Value) -> HyperResponse<Body> {

@@ -120,17 +120,60 @@ pub struct Shared {
     config: Mutex<ConfigState>,
     /// Reload count, watched by admin long polls.
     pub reloads: watch::Sender<u64>,
-    accepting: watch::Sender<bool>,
-    /// Set by the accept loop once it has seen `accepting` go false (and
-    /// accepts no more); cleared when it accepts again.
-    accept_paused: watch::Sender<bool>,
+    /// The public listener's accept loops, connections and requests.
+    http: Door,
+    /// The admin listener's: drained after the public one, so the admin
+    /// API answers (status, stats) for as long as the drain allows.
+    admin: Door,
     draining: AtomicBool,
+    /// Rung when a door's `in_flight` or `connections` goes down.
+    quieter: Notify,
+    request_ids: AtomicU64,
+}
+
+/// One service's accept loops and what they let in. Every listener of the
+/// gateway goes through a door, so a drain covers them all: a connection
+/// accepted after the drain counted would be lost when this generation
+/// exits, on the admin port as on the public one.
+struct Door {
+    /// Off while draining; the listeners stay open for a successor.
+    accepting: watch::Sender<bool>,
+    /// Accept loops started ([`Shared::serve_listener`]).
+    loops: AtomicUsize,
+    /// How many accept loops have seen `accepting` go false (and accept no
+    /// more); each takes itself off when it accepts again.
+    paused: watch::Sender<usize>,
+    /// Set to close kept-alive connections at their request boundary.
     close_idle: watch::Sender<bool>,
     in_flight: AtomicUsize,
     connections: AtomicUsize,
-    /// Rung when `in_flight` or `connections` goes down.
-    quieter: Notify,
-    request_ids: AtomicU64,
+}
+
+impl Door {
+    fn new() -> Door {
+        Door {
+            accepting: watch::Sender::new(true),
+            loops: AtomicUsize::new(0),
+            paused: watch::Sender::new(0),
+            close_idle: watch::Sender::new(false),
+            in_flight: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+        }
+    }
+
+    fn reopen(&self) {
+        self.close_idle.send_replace(false);
+        self.accepting.send_replace(true);
+    }
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// The routed endpoints.
+    Http,
+    /// The admin API (loopback peers only).
+    Admin,
 }
 
 /// The gateway daemon.
@@ -158,12 +201,9 @@ impl Gateway {
                 applied_bytes: Vec::new(),
             }),
             reloads: watch::Sender::new(0),
-            accepting: watch::Sender::new(true),
-            accept_paused: watch::Sender::new(false),
+            http: Door::new(),
+            admin: Door::new(),
             draining: AtomicBool::new(false),
-            close_idle: watch::Sender::new(false),
-            in_flight: AtomicUsize::new(0),
-            connections: AtomicUsize::new(0),
             quieter: Notify::new(),
             request_ids: AtomicU64::new(0),
         };
@@ -379,29 +419,38 @@ impl Shared {
             .map(|(id, route)| (id.clone(), route.timeout))
     }
 
-    /// Serves one HTTP request.
+    /// Serves one request of either service.
     async fn serve(
         self: Arc<Self>,
+        service: Service,
         request: HyperRequest<Incoming>,
     ) -> Result<HyperResponse<Body>, Infallible> {
-        let _in_flight = Counted::new(&self.in_flight, &self.quieter);
+        let _in_flight = Counted::new(&self.door(service).in_flight, &self.quieter);
         // While draining, a request on a connection this generation already
         // accepted is still served (failing it would lose a request that a
         // successor could not see); its connection closes after the
         // response, so the client's next request goes to the listener.
-        let host = http::host(&request);
-        let mut response = match self.route(host.as_deref(), request.uri().path()) {
-            Some((id, timeout)) => self.call_handler(id, timeout, request).await,
-            None => http::json(
-                StatusCode::NOT_FOUND,
-                &serde_json::json!({ "error": "no route", "path": request.uri().path() }),
-            ),
+        let mut response = match service {
+            Service::Http => self.route_request(request).await,
+            Service::Admin => crate::admin::handle(Arc::clone(&self), request).await,
         };
         if self.draining.load(Ordering::SeqCst) {
             // Close kept-alive connections at this request boundary.
             http::close_after(&mut response);
         }
         Ok(response)
+    }
+
+    /// Routes one public request to its endpoint.
+    async fn route_request(&self, request: HyperRequest<Incoming>) -> HyperResponse<Body> {
+        let host = http::host(&request);
+        match self.route(host.as_deref(), request.uri().path()) {
+            Some((id, timeout)) => self.call_handler(id, timeout, request).await,
+            None => http::json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({ "error": "no route", "path": request.uri().path() }),
+            ),
+        }
     }
 
     /// Reads the request, then runs it on the endpoint's current handler.
@@ -442,49 +491,80 @@ impl Shared {
         }
     }
 
-    /// Accepts connections while accepting is on; the listener stays open
-    /// while it is off (a successor would inherit it).
-    pub async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
-        let mut accepting = self.accepting.subscribe();
+    /// Serves `service` on `listener` from now on: accepts connections
+    /// while accepting is on, and pauses for a drain (the listener stays
+    /// open while paused: a successor inherits it). Every listener of the
+    /// gateway goes through here, so a drain covers them all: an admin
+    /// connection accepted after the drain counted would be lost when this
+    /// generation exits just as a public one would.
+    pub fn serve_listener(self: &Arc<Self>, listener: TcpListener, service: Service) {
+        // Counted before the task exists, so a drain that starts before the
+        // task first runs still waits for it to pause.
+        self.door(service).loops.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(Arc::clone(self).accept_loop(listener, service));
+    }
+
+    fn door(&self, service: Service) -> &Door {
+        match service {
+            Service::Http => &self.http,
+            Service::Admin => &self.admin,
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, service: Service) {
+        let door = self.door(service);
+        let mut accepting = door.accepting.subscribe();
+        let mut paused = false;
         loop {
             if !*accepting.borrow_and_update() {
                 // Paused: tell the drain, which counts connections only
                 // once no accept can race with its count.
-                self.accept_paused.send_replace(true);
+                if !paused {
+                    paused = true;
+                    door.paused.send_modify(|count| *count += 1);
+                }
                 if accepting.changed().await.is_err() {
                     return;
                 }
                 continue;
             }
-            self.accept_paused.send_replace(false);
+            if paused {
+                paused = false;
+                door.paused.send_modify(|count| *count -= 1);
+            }
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
+                    Ok((stream, peer)) => {
+                        if service == Service::Admin && !peer.ip().is_loopback() {
+                            tracing::warn!(%peer, "admin connection from a non-loopback peer refused");
+                            continue;
+                        }
                         // Counted now; the task adopts the count.
-                        self.connections.fetch_add(1, Ordering::SeqCst);
-                        tokio::spawn(Arc::clone(&self).connection(stream));
+                        door.connections.fetch_add(1, Ordering::SeqCst);
+                        tokio::spawn(Arc::clone(&self).connection(stream, service));
                     }
-                    Err(error) => tracing::warn!(%error, "accept failed"),
+                    Err(error) => tracing::warn!(%error, ?service, "accept failed"),
                 },
                 changed = accepting.changed() => if changed.is_err() { return },
             }
         }
     }
 
-    async fn connection(self: Arc<Self>, stream: tokio::net::TcpStream) {
+    async fn connection(self: Arc<Self>, stream: tokio::net::TcpStream, service: Service) {
         let shared = Arc::clone(&self);
-        let _connection = Counted::adopt(&shared.connections, &shared.quieter);
+        let _connection = Counted::adopt(&shared.door(service).connections, &shared.quieter);
         let served = Arc::new(AtomicBool::new(false));
-        let service = {
+        let hyper_service = {
             let served = Arc::clone(&served);
             service_fn(move |request| {
                 served.store(true, Ordering::SeqCst);
-                Arc::clone(&self).serve(request)
+                Arc::clone(&self).serve(service, request)
             })
         };
-        let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+        let connection =
+            http1::Builder::new().serve_connection(TokioIo::new(stream), hyper_service);
         tokio::pin!(connection);
-        let mut close_idle = shared.close_idle.subscribe();
+        let mut close_idle = shared.door(service).close_idle.subscribe();
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(error) = result {
@@ -515,6 +595,20 @@ impl Shared {
         }
     }
 
+    /// Closes `door` and waits (until `deadline`) for its connections to
+    /// end; how many are still open.
+    async fn drain_door(&self, door: &Door, deadline: tokio::time::Instant) -> usize {
+        door.accepting.send_replace(false);
+        // Wait until every accept loop has seen it: a connection accepted
+        // in between must be counted before the counts below are read.
+        let loops = door.loops.load(Ordering::SeqCst);
+        let mut paused = door.paused.subscribe();
+        let _ = tokio::time::timeout_at(deadline, paused.wait_for(|paused| *paused >= loops)).await;
+        self.wait_quiet(&door.in_flight, deadline).await;
+        door.close_idle.send_replace(true);
+        self.wait_quiet(&door.connections, deadline).await
+    }
+
     async fn wait_quiet(&self, counter: &AtomicUsize, deadline: tokio::time::Instant) -> usize {
         loop {
             let quieter = self.quieter.notified();
@@ -532,20 +626,15 @@ impl Shared {
     /// accepted with `Connection: close`; let requests in flight finish
     /// (their responses close their connections); then close the idle
     /// kept-alive connections at their request boundary; finally drain the
-    /// handlers.
+    /// handlers. The public door first, then the admin one, so the admin API
+    /// reports on the drain while it runs.
     pub async fn drain(&self, deadline: Instant) -> DrainReport {
         let tokio_deadline = tokio::time::Instant::from_std(deadline);
         // Draining before not accepting: whoever sees the gateway not
         // accepting also sees it draining.
         self.draining.store(true, Ordering::SeqCst);
-        self.accepting.send_replace(false);
-        // Wait until the accept loop has seen it: a connection it accepts
-        // in between must be counted before the count below is read.
-        let mut paused = self.accept_paused.subscribe();
-        let _ = tokio::time::timeout_at(tokio_deadline, paused.wait_for(|paused| *paused)).await;
-        self.wait_quiet(&self.in_flight, tokio_deadline).await;
-        self.close_idle.send_replace(true);
-        let open = self.wait_quiet(&self.connections, tokio_deadline).await;
+        let open = self.drain_door(&self.http, tokio_deadline).await
+            + self.drain_door(&self.admin, tokio_deadline).await;
         let registry = Arc::clone(&self.registry);
         let handlers = tokio::task::spawn_blocking(move || registry.drain_all(deadline)).await;
         let handlers_open = handlers.map_or(0, |report| report.open_connections);
@@ -564,8 +653,8 @@ impl Shared {
     pub fn resume(&self) {
         self.registry.resume();
         self.draining.store(false, Ordering::SeqCst);
-        self.close_idle.send_replace(false);
-        self.accepting.send_replace(true);
+        self.admin.reopen();
+        self.http.reopen();
     }
 
     /// The drain timeout of replaced and removed endpoints (from the
@@ -605,11 +694,18 @@ impl Shared {
     /// Connections and requests now.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            open_connections: u32::try_from(self.connections.load(Ordering::SeqCst))
-                .unwrap_or(u32::MAX),
-            in_flight: u32::try_from(self.in_flight.load(Ordering::SeqCst)).unwrap_or(u32::MAX),
+            open_connections: u32::try_from(
+                self.http.connections.load(Ordering::SeqCst)
+                    + self.admin.connections.load(Ordering::SeqCst),
+            )
+            .unwrap_or(u32::MAX),
+            in_flight: u32::try_from(
+                self.http.in_flight.load(Ordering::SeqCst)
+                    + self.admin.in_flight.load(Ordering::SeqCst),
+            )
+            .unwrap_or(u32::MAX),
             revisions: *self.reloads.borrow(),
-            accepting: *self.accepting.borrow(),
+            accepting: *self.http.accepting.borrow(),
         }
     }
 }

@@ -42,7 +42,7 @@ use clap::Parser;
 use handoff::registry::HandlerBuilder;
 use handoff::timeouts::{STOP_DRAIN, parse_duration};
 
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Service};
 
 /// Command line.
 #[derive(Debug, Parser)]
@@ -168,8 +168,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         drop(stdout);
         // Overlap mode: serve before Ready, so someone accepts at every
         // moment of a handoff.
-        tokio::spawn(Arc::clone(&shared).accept_loop(http_listener));
-        tokio::spawn(admin::serve(Arc::clone(&shared), admin_listener));
+        shared.serve_listener(http_listener, Service::Http);
+        shared.serve_listener(admin_listener, Service::Admin);
         tokio::spawn(Arc::clone(&shared).watch_config());
         Ok::<_, Box<dyn std::error::Error>>(terminate)
     })?;

@@ -293,6 +293,21 @@ impl Supervisor {
         }
     }
 
+    /// The address of the listener called `name`, from status.
+    pub fn addr_of(&self, name: &str) -> SocketAddr {
+        let status = self.status();
+        let listeners = status["listeners"].as_array().expect("listeners");
+        let listener = listeners
+            .iter()
+            .find(|listener| listener["name"] == name)
+            .unwrap_or_else(|| panic!("no listener {name} in {status}"));
+        listener["address"]
+            .as_str()
+            .expect("address")
+            .parse()
+            .expect("socket address")
+    }
+
     /// The listener's address from status.
     pub fn addr(&self) -> SocketAddr {
         let status = self.status();
