@@ -18,6 +18,8 @@ pub struct Report {
     pub sent: u64,
     pub ok: u64,
     pub failures: Vec<String>,
+    /// The intended send time of each failure, in the order of `failures`.
+    pub failed_at: Vec<Instant>,
     /// Latency from each request's intended send time, sorted.
     pub latencies: Vec<Duration>,
     pub elapsed: Duration,
@@ -88,7 +90,10 @@ impl Load {
                     report.latencies.push(latency);
                     match result {
                         Ok(()) => report.ok += 1,
-                        Err(error) => report.failures.push(error),
+                        Err(error) => {
+                            report.failures.push(error);
+                            report.failed_at.push(due);
+                        }
                     }
                 }
             }));
