@@ -492,6 +492,9 @@ mod probation_tests {
         for style in [ForeignProbation::Quiesce, ForeignProbation::WarmStandby] {
             let (mut m, _) = RetireMachine::foreign_with_probation(probation, style, timeouts, now);
             let over = now + probation;
+            for early in [now, now + probation / 2, over - Duration::from_millis(1)] {
+                assert!(m.step(RetireInput::Tick, early).is_empty(), "{style:?}");
+            }
             assert_eq!(
                 m.step(RetireInput::Tick, over),
                 [RetireAction::Signal(Signal::Term)],

@@ -559,6 +559,36 @@ mod tests {
     }
 
     #[test]
+    fn the_history_file_defaults_to_the_socket_and_follows_the_config() {
+        let dir = std::env::temp_dir().join(format!("hctl-config-history-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let socket = |flags: &[&str]| {
+            let mut all = vec!["--socket", "/run/d/handoff.sock"];
+            all.extend_from_slice(flags);
+            all.extend(["--", "/bin/true"]);
+            Settings::resolve(run_args(None, &all)).expect("resolve")
+        };
+        assert_eq!(
+            socket(&[]).history_file,
+            PathBuf::from("/run/d/handoff.history.json")
+        );
+        assert_eq!(
+            socket(&["--history-file", "/var/lib/d/h.json"]).history_file,
+            PathBuf::from("/var/lib/d/h.json")
+        );
+        let config = dir.join("handoff.toml");
+        std::fs::write(&config, "history_file = \"state/h.json\"\n").expect("write");
+        let from_file =
+            Settings::resolve(run_args(Some(&config), &["--", "/bin/true"])).expect("resolve");
+        assert_eq!(
+            from_file.history_file,
+            dir.join("state/h.json"),
+            "relative to the file"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn the_shipped_example_config_parses() {
         let text = include_str!("../../examples/systemd/mydaemon.toml");
         let config: FileConfig = toml::from_str(text).expect("examples/systemd/mydaemon.toml");

@@ -7,7 +7,7 @@
 //! persisted after every change so that a restarted supervisor knows what
 //! ran before it (and `rollback` can return to it).
 //!
-//! Hazards the file handles:
+//! Hazards the file handles (invariant I15 in ARCHITECTURE.md):
 //! - **Torn writes.** The file is replaced, never rewritten in place: the
 //!   new content goes to a temporary file in the same directory, is
 //!   fsynced, renamed over the old one, and the directory is fsynced, so a

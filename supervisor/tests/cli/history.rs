@@ -18,8 +18,9 @@ fn sha256_hex(path: &Path) -> String {
     })
 }
 
-/// Two copies of testd (distinct paths, same bytes); v1 runs, v2 allowed.
-fn two_versions(dir: &TempDir) -> (PathBuf, PathBuf, Supervisor) {
+/// Two copies of testd (distinct paths, same bytes) and a config that
+/// allows both.
+fn copies(dir: &TempDir) -> (PathBuf, PathBuf, PathBuf) {
     let v1 = dir.path().join("testd-v1");
     let v2 = dir.path().join("testd-v2");
     std::fs::copy(testd(), &v1).expect("copy v1");
@@ -27,9 +28,19 @@ fn two_versions(dir: &TempDir) -> (PathBuf, PathBuf, Supervisor) {
     let config = dir.path().join("handoff.toml");
     std::fs::write(
         &config,
-        format!("allowed_binaries = [\"{}\"]\n", v2.display()),
+        format!(
+            "allowed_binaries = [\"{}\", \"{}\"]\n",
+            v1.display(),
+            v2.display()
+        ),
     )
     .expect("config");
+    (v1, v2, config)
+}
+
+/// [`copies`], with v1 running.
+fn two_versions(dir: &TempDir) -> (PathBuf, PathBuf, Supervisor) {
+    let (v1, v2, config) = copies(dir);
     let mut flags = Start::default().flags;
     flags.extend(["--config".to_owned(), config.display().to_string()]);
     let supervisor = Supervisor::start_with(Start {
@@ -164,20 +175,7 @@ fn stop(mut supervisor: Supervisor) {
 #[test]
 fn history_survives_a_supervisor_restart_and_rollback_uses_it() {
     let dir = TempDir::new("history-restart");
-    let v1 = dir.path().join("testd-v1");
-    let v2 = dir.path().join("testd-v2");
-    std::fs::copy(testd(), &v1).expect("copy v1");
-    std::fs::copy(testd(), &v2).expect("copy v2");
-    let config = dir.path().join("handoff.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "allowed_binaries = [\"{}\", \"{}\"]\n",
-            v1.display(),
-            v2.display()
-        ),
-    )
-    .expect("config");
+    let (v1, v2, config) = copies(&dir);
     let socket = dir.path().join("admin.sock");
     let file = dir.path().join("admin.history.json");
     let sha = sha256_hex(&v1);

@@ -66,7 +66,7 @@ pub struct Load {
 }
 
 /// How many requests may be in flight at once.
-const WORKERS: usize = 8;
+pub const WORKERS: usize = 8;
 /// Hard bound on a run, whatever the caller does.
 const MAX_RUN: Duration = Duration::from_secs(120);
 
