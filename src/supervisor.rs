@@ -581,6 +581,14 @@ fn sig(signal: Signal) -> Sig {
     }
 }
 
+/// A foreign daemon's quiesce and resume signals, if configured.
+fn quiesce_signals(protocol: DaemonProtocol) -> Option<QuiesceSignals> {
+    match protocol {
+        DaemonProtocol::Systemd { quiesce, .. } => quiesce,
+        DaemonProtocol::Library => None,
+    }
+}
+
 /// The machine of the handoff in flight.
 enum Machine {
     Library(HandoffMachine),
@@ -1839,16 +1847,15 @@ impl Loop {
                     };
                     self.retiring[index].child.signal(signal);
                 }
-                RetireAction::SignalQuiesce | RetireAction::SignalResume => {
-                    if let DaemonProtocol::Systemd {
-                        quiesce: Some(signals),
-                        ..
-                    } = self.config.protocol
-                    {
-                        retiring.child.signal(match action {
-                            RetireAction::SignalQuiesce => signals.quiesce,
-                            _ => signals.resume,
-                        });
+                // Only a foreign machine with a quiesce pair emits these.
+                RetireAction::SignalQuiesce => {
+                    if let Some(signals) = quiesce_signals(self.config.protocol) {
+                        retiring.child.signal(signals.quiesce);
+                    }
+                }
+                RetireAction::SignalResume => {
+                    if let Some(signals) = quiesce_signals(self.config.protocol) {
+                        retiring.child.signal(signals.resume);
                     }
                 }
                 RetireAction::Resumed => {
