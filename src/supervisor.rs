@@ -23,9 +23,9 @@ use crate::error::{Error, Peer, Result};
 use crate::fault::{self, FaultRole};
 use crate::probe::Probe;
 use crate::protocol::{
-    ForeignAction, ForeignConfig, ForeignHandoffMachine, ForeignInput, HandoffAction,
-    HandoffConfig, HandoffInput, HandoffMachine, Phases, ReadySignal, RetireAction, RetireInput,
-    RetireMachine, Side, Signal, Verdict,
+    ForeignAction, ForeignConfig, ForeignHandoffMachine, ForeignInput, ForeignProbation,
+    HandoffAction, HandoffConfig, HandoffInput, HandoffMachine, Phases, ReadySignal, RetireAction,
+    RetireInput, RetireMachine, Side, Signal, Verdict,
 };
 use crate::successor::{ENV_HEARTBEAT_MS, ENV_SUPERVISOR_PID};
 use crate::sys::{self, ListenAddr, Sig, SpawnSpec};
@@ -98,7 +98,43 @@ pub enum DaemonProtocol {
         /// What stops a generation gracefully (SIGTERM; SIGQUIT for
         /// nginx-style servers); SIGKILL follows after the drain grace.
         stop_signal: Sig,
+        /// With a probation (`Timeouts::probation`): how the old generation
+        /// is made idle and brought back. `None`: it stays a warm standby,
+        /// serving beside the new one until the probation ends (I14).
+        quiesce: Option<QuiesceSignals>,
     },
+}
+
+/// The signal pair that idles and resumes a foreign generation during
+/// probation, the nginx way (binary upgrade: SIGWINCH makes the old
+/// master's workers finish and stop while the master stays, SIGHUP starts
+/// them again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuiesceSignals {
+    /// Sent to the old generation at the commit instead of the stop signal:
+    /// stop accepting, finish the requests in flight, stay alive.
+    pub quiesce: Sig,
+    /// Sent to it when the new generation fails during probation: accept
+    /// again.
+    pub resume: Sig,
+}
+
+/// An automatic rollback: the new generation failed during its probation
+/// and the previous one serves again (I14).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProbationRollback {
+    /// The handoff whose commit was undone.
+    pub handoff_id: u64,
+    /// The resumed generation's number.
+    pub generation: u64,
+    /// Its pid.
+    pub pid: u32,
+    /// The generation that failed.
+    pub failed_generation: u64,
+    /// Its pid.
+    pub failed_pid: u32,
+    /// How it failed: its exit status, or the health probe's last answer.
+    pub reason: String,
 }
 
 /// When a generation that exited outside a handoff is started again.
@@ -244,6 +280,9 @@ pub struct Status {
     pub last_handoff: Option<Outcome>,
     /// Pids of old generations still being retired.
     pub retiring: Vec<u32>,
+    /// The last automatic rollback during a probation, if any since the
+    /// supervisor started.
+    pub last_probation_rollback: Option<ProbationRollback>,
 }
 
 /// What the supervisor announces to subscribers.
@@ -289,12 +328,7 @@ pub enum SupervisorEvent {
     },
     /// The new generation failed during the probation after its commit
     /// and the previous one was resumed (an automatic rollback, I14).
-    RolledBackInProbation {
-        /// The resumed generation's number.
-        generation: u64,
-        /// Its pid.
-        pid: u32,
-    },
+    RolledBackInProbation(ProbationRollback),
     /// The supervisor is stopping.
     Stopping,
 }
@@ -547,6 +581,14 @@ fn sig(signal: Signal) -> Sig {
     }
 }
 
+/// A foreign daemon's quiesce and resume signals, if configured.
+fn quiesce_signals(protocol: DaemonProtocol) -> Option<QuiesceSignals> {
+    match protocol {
+        DaemonProtocol::Systemd { quiesce, .. } => quiesce,
+        DaemonProtocol::Library => None,
+    }
+}
+
 /// The machine of the handoff in flight.
 enum Machine {
     Library(HandoffMachine),
@@ -593,6 +635,16 @@ struct InFlight {
 struct Retiring {
     machine: RetireMachine,
     child: Child,
+    /// Set when it is being resumed: the generation that failed in its
+    /// probation, and how.
+    resumed_for: Option<Failed>,
+}
+
+/// A generation that failed during probation.
+struct Failed {
+    generation: u64,
+    pid: u32,
+    reason: String,
 }
 
 struct Stopping {
@@ -615,6 +667,10 @@ struct Loop {
     next_handoff_id: u64,
     next_heartbeat: Instant,
     last_handoff: Option<Outcome>,
+    last_probation_rollback: Option<ProbationRollback>,
+    /// The live generation that the probation probe condemned, and why
+    /// (its SIGKILL exit then reports this reason).
+    probation_probe_failure: Option<(u64, String)>,
     /// What the live generation was started with, for restarts.
     last_committed: Option<(PathBuf, Vec<OsString>)>,
     subscribers: Vec<Sender<SupervisorEvent>>,
@@ -657,6 +713,8 @@ impl Loop {
             next_generation: 1,
             next_handoff_id: 1,
             last_handoff: None,
+            last_probation_rollback: None,
+            probation_probe_failure: None,
             last_committed: None,
             subscribers,
             finished: false,
@@ -1151,6 +1209,7 @@ impl Loop {
             uptime: self.started.elapsed(),
             last_handoff: self.last_handoff.clone(),
             retiring: self.retiring.iter().map(|r| r.child.pid).collect(),
+            last_probation_rollback: self.last_probation_rollback.clone(),
         }
     }
 
@@ -1278,6 +1337,8 @@ impl Loop {
                     "the new generation failed its health probe during probation"
                 );
                 live.signal(Sig::Kill);
+                self.probation_probe_failure =
+                    Some((generation, format!("health probe failed: {detail}")));
             }
             return;
         }
@@ -1352,6 +1413,15 @@ impl Loop {
                         pid = self.retiring[index].child.pid,
                         "the new generation failed in probation: resuming the previous one"
                     );
+                    let reason = match self.probation_probe_failure.take() {
+                        Some((generation, reason)) if generation == live.generation => reason,
+                        _ => format!("exited ({status})"),
+                    };
+                    self.retiring[index].resumed_for = Some(Failed {
+                        generation: live.generation,
+                        pid: live.pid,
+                        reason,
+                    });
                     self.step_retire(index, RetireInput::Resume, now);
                     return;
                 }
@@ -1637,6 +1707,19 @@ impl Loop {
                             DaemonProtocol::Library => {
                                 RetireMachine::start(drain_first, self.config.timeouts, now)
                             }
+                            // Probation by signal (quiesce, resume), or a
+                            // warm standby without a quiesce signal (I14).
+                            DaemonProtocol::Systemd { quiesce, .. } if !probation.is_zero() => {
+                                RetireMachine::foreign_with_probation(
+                                    probation,
+                                    match quiesce {
+                                        Some(_) => ForeignProbation::Quiesce,
+                                        None => ForeignProbation::WarmStandby,
+                                    },
+                                    self.config.timeouts,
+                                    now,
+                                )
+                            }
                             // Overlap by signal: the stop signal, then the
                             // drain grace before SIGKILL.
                             DaemonProtocol::Systemd { .. } => {
@@ -1655,6 +1738,7 @@ impl Loop {
                         self.retiring.push(Retiring {
                             machine,
                             child: old,
+                            resumed_for: None,
                         });
                         let index = self.retiring.len() - 1;
                         self.perform_retire(index, actions, now);
@@ -1763,21 +1847,45 @@ impl Loop {
                     };
                     self.retiring[index].child.signal(signal);
                 }
+                // Only a foreign machine with a quiesce pair emits these.
+                RetireAction::SignalQuiesce => {
+                    if let Some(signals) = quiesce_signals(self.config.protocol) {
+                        retiring.child.signal(signals.quiesce);
+                    }
+                }
+                RetireAction::SignalResume => {
+                    if let Some(signals) = quiesce_signals(self.config.protocol) {
+                        retiring.child.signal(signals.resume);
+                    }
+                }
                 RetireAction::Resumed => {
                     // Probation rollback (I14): the old generation serves
                     // again and is the live one.
                     let resumed = self.retiring.remove(index);
                     let child = resumed.child;
+                    let failed = resumed.resumed_for.unwrap_or(Failed {
+                        generation: 0,
+                        pid: 0,
+                        reason: "unknown".into(),
+                    });
                     tracing::warn!(
                         generation = child.generation,
                         pid = child.pid,
+                        failed_pid = failed.pid,
+                        reason = %failed.reason,
                         "automatic rollback: the previous generation serves again"
                     );
                     self.last_committed = Some(child.restart.clone());
-                    self.announce(SupervisorEvent::RolledBackInProbation {
+                    let rollback = ProbationRollback {
+                        handoff_id: child.handoff_id,
                         generation: child.generation,
                         pid: child.pid,
-                    });
+                        failed_generation: failed.generation,
+                        failed_pid: failed.pid,
+                        reason: failed.reason,
+                    };
+                    self.last_probation_rollback = Some(rollback.clone());
+                    self.announce(SupervisorEvent::RolledBackInProbation(rollback));
                     if self.live.is_none() {
                         self.restart_at = None;
                         self.live = Some(child);

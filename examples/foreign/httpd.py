@@ -5,6 +5,11 @@ readiness with READY=1 on NOTIFY_SOCKET, and finishing its requests on
 SIGTERM (or SIGQUIT) before it exits. A fixture of `handoffctl run
 --protocol systemd` (supervisor/tests/cli/foreign.rs).
 
+Probation, the nginx way (`--probation-signal WINCH --resume-signal HUP`):
+SIGWINCH stops accepting (requests in flight finish) and the process stays;
+SIGHUP accepts again. Each switch is announced on stderr once it is done
+("httpd PID: quiesced" / "httpd PID: accepting"), so tests can wait for it.
+
 GET /      -> 200 "pid=<pid>"
 GET /slow  -> 200 after 300 ms (a request in flight during a stop)
 
@@ -44,6 +49,11 @@ def notify(message):
         out.sendto(message.encode(), path)
 
 
+def say(what):
+    sys.stderr.write("httpd %d: %s\n" % (os.getpid(), what))
+    sys.stderr.flush()
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/slow":
@@ -68,12 +78,26 @@ def main():
     server.socket.close()
     server.socket = listener()
 
-    def stop(signum, frame):
-        # shutdown() waits for serve_forever to return: not from its thread.
-        threading.Thread(target=server.shutdown).start()
+    # What the main loop should do next: serve, quiet (alive, not
+    # accepting) or stop. Signals only set it and end serve_forever.
+    wanted = {"mode": "serve"}
+    changed = threading.Condition()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGQUIT, stop)
+    def switch(mode):
+        def handler(signum, frame):
+            with changed:
+                wanted["mode"] = mode
+                changed.notify_all()
+            if mode != "serve":
+                # shutdown() waits for serve_forever to return: not from
+                # its thread.
+                threading.Thread(target=server.shutdown).start()
+        return handler
+
+    signal.signal(signal.SIGTERM, switch("stop"))
+    signal.signal(signal.SIGQUIT, switch("stop"))
+    signal.signal(signal.SIGWINCH, switch("quiet"))
+    signal.signal(signal.SIGHUP, switch("serve"))
     fault = ""
     if "--fault-file" in sys.argv:
         path = sys.argv[sys.argv.index("--fault-file") + 1]
@@ -91,7 +115,19 @@ def main():
         os._exit(3)
     elif fault != "no-ready":
         notify("READY=1\nSTATUS=serving")
-    server.serve_forever(poll_interval=0.05)
+    while True:
+        with changed:
+            mode = wanted["mode"]
+        if mode == "stop":
+            break
+        if mode == "serve":
+            say("accepting")
+            server.serve_forever(poll_interval=0.05)
+            continue
+        # Requests in flight finish on their own threads; stay alive.
+        say("quiesced")
+        with changed:
+            changed.wait_for(lambda: wanted["mode"] != "quiet")
     server.server_close()
 
 

@@ -27,7 +27,7 @@ pub use handoff::{
     HandoffAction, HandoffConfig, HandoffInput, HandoffMachine, HandoffState, Phases, ReadySeen,
     Verdict,
 };
-pub use retire::{RetireAction, RetireInput, RetireMachine, RetireState};
+pub use retire::{ForeignProbation, RetireAction, RetireInput, RetireMachine, RetireState};
 
 /// One of the two generations a supervisor talks to during a handoff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -7,7 +7,18 @@
 //! (probation) Draining -Drained-> Probation -probation over-> Retiring
 //!             Draining | Probation -Resume-> ResumingOld -ResumeAck-> Resumed (serves again)
 //!             ResumingOld -kill_grace-> Terminated
+//! (foreign)   Terminated (stop signal) -drain_grace-> Killed
+//! (foreign probation, quiesce signal) Probation -Resume-> Resumed (resume signal)
+//! (foreign probation, no quiesce signal) Standby -Resume-> Resumed
+//!             Probation | Standby -probation over-> Terminated (stop signal)
 //! ```
+//!
+//! A foreign daemon (`--protocol systemd`) cannot acknowledge anything: a
+//! quiesced one is told to stop accepting by its quiesce signal and to
+//! accept again by its resume signal, and the machine trusts the signal
+//! (the process being alive is all the supervisor can know). Without a
+//! quiesce signal the old foreign generation stays a warm standby: it keeps
+//! serving beside the new one until the probation ends (I14).
 //! The old generation never lingers (invariant I8): every state has a timer
 //! that ends in SIGKILL, and EOF or silence skip straight to the signals.
 
@@ -36,6 +47,9 @@ super::names::state_names! {
         ResumingOld => "retire_resuming",
         /// It acknowledged: it serves again (the driver makes it live).
         Resumed => "retire_resumed",
+        /// A foreign generation without a quiesce signal, kept serving
+        /// beside the new one for the probation period (a warm standby).
+        Standby => "retire_standby",
     }
 }
 
@@ -65,6 +79,31 @@ pub enum RetireAction {
     Gone,
     /// It acknowledged its resumption and serves again.
     Resumed,
+    /// Send a foreign generation its quiesce signal (stop accepting, finish
+    /// the requests in flight, stay alive).
+    SignalQuiesce,
+    /// Send a quiesced foreign generation its resume signal (accept again).
+    SignalResume,
+}
+
+/// How an old foreign generation spends its probation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForeignProbation {
+    /// It gets the quiesce signal at the commit and the resume signal on a
+    /// rollback.
+    Quiesce,
+    /// No quiesce signal is configured: it keeps serving beside the new
+    /// generation (a warm standby) and needs no signal to take over.
+    WarmStandby,
+}
+
+/// How a generation in `Probation` is brought back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResumeBy {
+    /// `ResumeAfterAbort`, acknowledged by `ResumeAck` (a library daemon).
+    Message,
+    /// The resume signal, unacknowledged (a foreign daemon).
+    Signal,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,9 +113,10 @@ enum State {
     Terminated { until: Instant },
     Killed,
     Gone,
-    Probation { until: Instant },
+    Probation { until: Instant, resume: ResumeBy },
     ResumingOld { until: Instant },
     Resumed,
+    Standby { until: Instant },
 }
 
 /// Retires one old generation.
@@ -137,6 +177,36 @@ impl RetireMachine {
         )
     }
 
+    /// A machine for an old foreign generation with a probation: quiesced
+    /// (or left serving, `WarmStandby`) until `probation` is over, then the
+    /// stop signal and SIGKILL after `drain_grace`, as `signal_first`.
+    pub fn foreign_with_probation(
+        probation: std::time::Duration,
+        style: ForeignProbation,
+        timeouts: Timeouts,
+        now: Instant,
+    ) -> (Self, Vec<RetireAction>) {
+        let until = now + probation;
+        let (state, actions) = match style {
+            ForeignProbation::Quiesce => (
+                State::Probation {
+                    until,
+                    resume: ResumeBy::Signal,
+                },
+                vec![RetireAction::SignalQuiesce],
+            ),
+            ForeignProbation::WarmStandby => (State::Standby { until }, Vec::new()),
+        };
+        (
+            RetireMachine {
+                state,
+                timeouts,
+                probation,
+            },
+            actions,
+        )
+    }
+
     /// An overlap retire that keeps the drained generation idle for
     /// `probation` before Retire, so that it can be resumed if the new
     /// generation fails meanwhile (I14).
@@ -152,8 +222,10 @@ impl RetireMachine {
 
     /// Whether the generation is kept for a resumption now.
     pub fn in_probation(&self) -> bool {
-        matches!(self.state, State::Draining { .. } | State::Probation { .. })
-            && !self.probation.is_zero()
+        matches!(
+            self.state,
+            State::Draining { .. } | State::Probation { .. } | State::Standby { .. }
+        ) && !self.probation.is_zero()
     }
 
     /// Whether the old generation is gone.
@@ -177,6 +249,7 @@ impl RetireMachine {
             State::Probation { .. } => RetireState::Probation,
             State::ResumingOld { .. } => RetireState::ResumingOld,
             State::Resumed => RetireState::Resumed,
+            State::Standby { .. } => RetireState::Standby,
         }
     }
 
@@ -186,8 +259,9 @@ impl RetireMachine {
             State::Draining { until }
             | State::Retiring { until }
             | State::Terminated { until }
-            | State::Probation { until }
-            | State::ResumingOld { until } => Some(until),
+            | State::Probation { until, .. }
+            | State::ResumingOld { until }
+            | State::Standby { until } => Some(until),
             State::Killed | State::Gone | State::Resumed => None,
         }
     }
@@ -206,7 +280,23 @@ impl RetireMachine {
             {
                 self.state = State::Probation {
                     until: now + self.probation,
+                    resume: ResumeBy::Message,
                 };
+            }
+            (
+                State::Probation {
+                    resume: ResumeBy::Signal,
+                    ..
+                },
+                RetireInput::Resume,
+            ) => {
+                self.state = State::Resumed;
+                out.extend([RetireAction::SignalResume, RetireAction::Resumed]);
+            }
+            (State::Standby { .. }, RetireInput::Resume) => {
+                // It never stopped serving.
+                self.state = State::Resumed;
+                out.push(RetireAction::Resumed);
             }
             (State::Draining { .. } | State::Probation { .. }, RetireInput::Resume)
                 if !self.probation.is_zero() =>
@@ -243,11 +333,28 @@ impl RetireMachine {
             {
                 self.terminate(now, &mut out)
             }
-            State::Probation { until } if now >= until => {
+            State::Probation {
+                until,
+                resume: ResumeBy::Message,
+            } if now >= until => {
                 self.state = State::Retiring {
                     until: now + self.timeouts.kill_grace,
                 };
                 out.push(RetireAction::Send(Message::Retire));
+            }
+            State::Probation {
+                until,
+                resume: ResumeBy::Signal,
+            }
+            | State::Standby { until }
+                if now >= until =>
+            {
+                // A foreign generation: the stop signal, SIGKILL after the
+                // drain grace (as `signal_first`).
+                self.state = State::Terminated {
+                    until: now + self.timeouts.drain_grace,
+                };
+                out.push(RetireAction::Signal(Signal::Term));
             }
             State::Terminated { until } if now >= until => {
                 self.state = State::Killed;
@@ -348,5 +455,86 @@ mod probation_tests {
             m.step(drained(), now),
             [RetireAction::Send(Message::Retire)]
         );
+    }
+
+    #[test]
+    fn a_quiesced_foreign_generation_is_resumed_by_its_signal() {
+        let now = Instant::now();
+        let probation = Duration::from_secs(30);
+        let (mut m, actions) = RetireMachine::foreign_with_probation(
+            probation,
+            ForeignProbation::Quiesce,
+            Timeouts::default(),
+            now,
+        );
+        assert_eq!(actions, [RetireAction::SignalQuiesce]);
+        assert_eq!(m.state(), RetireState::Probation);
+        assert!(m.in_probation());
+        assert_eq!(m.next_wakeup(), Some(now + probation));
+        // Nothing a foreign daemon could send changes it.
+        assert!(m.step(RetireInput::Tick, now).is_empty());
+        assert!(m.step(drained(), now).is_empty());
+        assert_eq!(m.state(), RetireState::Probation);
+        assert_eq!(
+            m.step(RetireInput::Resume, now),
+            [RetireAction::SignalResume, RetireAction::Resumed]
+        );
+        assert_eq!(m.state(), RetireState::Resumed);
+        assert_eq!(m.next_wakeup(), None);
+        assert!(m.step(RetireInput::Exited, now).is_empty(), "not ours now");
+    }
+
+    #[test]
+    fn a_foreign_probation_ends_in_the_stop_signal_then_sigkill() {
+        let now = Instant::now();
+        let probation = Duration::from_secs(30);
+        let timeouts = Timeouts::default();
+        for style in [ForeignProbation::Quiesce, ForeignProbation::WarmStandby] {
+            let (mut m, _) = RetireMachine::foreign_with_probation(probation, style, timeouts, now);
+            let over = now + probation;
+            for early in [now, now + probation / 2, over - Duration::from_millis(1)] {
+                assert!(m.step(RetireInput::Tick, early).is_empty(), "{style:?}");
+            }
+            assert_eq!(
+                m.step(RetireInput::Tick, over),
+                [RetireAction::Signal(Signal::Term)],
+                "{style:?}"
+            );
+            assert_eq!(m.state(), RetireState::Terminated);
+            assert!(!m.in_probation());
+            assert!(m.step(RetireInput::Resume, over).is_empty(), "too late");
+            assert_eq!(m.next_wakeup(), Some(over + timeouts.drain_grace));
+            assert_eq!(
+                m.step(RetireInput::Tick, over + timeouts.drain_grace),
+                [RetireAction::Signal(Signal::Kill)]
+            );
+            assert_eq!(m.step(RetireInput::Exited, over), [RetireAction::Gone]);
+        }
+    }
+
+    #[test]
+    fn a_warm_standby_is_resumed_without_a_signal_and_may_die_first() {
+        let now = Instant::now();
+        let (mut m, actions) = RetireMachine::foreign_with_probation(
+            Duration::from_secs(30),
+            ForeignProbation::WarmStandby,
+            Timeouts::default(),
+            now,
+        );
+        assert!(actions.is_empty(), "it keeps serving: no signal");
+        assert_eq!(m.state(), RetireState::Standby);
+        assert!(m.in_probation());
+        assert_eq!(m.step(RetireInput::Resume, now), [RetireAction::Resumed]);
+        assert_eq!(m.state(), RetireState::Resumed);
+
+        let (mut m, _) = RetireMachine::foreign_with_probation(
+            Duration::from_secs(30),
+            ForeignProbation::Quiesce,
+            Timeouts::default(),
+            now,
+        );
+        assert_eq!(m.step(RetireInput::Exited, now), [RetireAction::Gone]);
+        assert!(!m.in_probation());
+        assert!(m.step(RetireInput::Resume, now).is_empty());
     }
 }

@@ -77,6 +77,9 @@ pub enum Sig {
     Usr1,
     /// SIGUSR2.
     Usr2,
+    /// SIGWINCH (nginx: the old master's workers stop accepting and finish
+    /// gracefully; the master stays).
+    Winch,
 }
 
 impl From<Sig> for Signal {
@@ -91,6 +94,7 @@ impl From<Sig> for Signal {
             Sig::Cont => Signal::SIGCONT,
             Sig::Usr1 => Signal::SIGUSR1,
             Sig::Usr2 => Signal::SIGUSR2,
+            Sig::Winch => Signal::SIGWINCH,
         }
     }
 }

@@ -58,6 +58,7 @@ impl TryFrom<Signal> for Sig {
             Signal::SIGCONT => Sig::Cont,
             Signal::SIGUSR1 => Sig::Usr1,
             Signal::SIGUSR2 => Sig::Usr2,
+            Signal::SIGWINCH => Sig::Winch,
             _ => return Err(()),
         })
     }
@@ -136,7 +137,14 @@ mod tests {
 
     #[test]
     fn signals_map_both_ways() {
-        for sig in [Sig::Term, Sig::Int, Sig::Hup, Sig::Usr1, Sig::Kill] {
+        for sig in [
+            Sig::Term,
+            Sig::Int,
+            Sig::Hup,
+            Sig::Usr1,
+            Sig::Kill,
+            Sig::Winch,
+        ] {
             assert_eq!(Sig::try_from(Signal::from(sig)), Ok(sig));
         }
         assert_eq!(Sig::try_from(Signal::SIGALRM), Err(()));

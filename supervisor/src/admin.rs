@@ -25,9 +25,9 @@ use sha2::{Digest, Sha256};
 
 use crate::config::check_executable;
 use crate::error::chain;
+use crate::history::History;
 use crate::protocol::{
-    BinaryRecord, ErrorKind, HISTORY_LEN, HandoffReport, HistoryEntry, MAX_LINE, Request, Response,
-    StatusReport,
+    BinaryRecord, ErrorKind, HISTORY_LEN, HandoffReport, MAX_LINE, Request, Response, StatusReport,
 };
 
 /// Admin connections served at once; more are answered `overloaded`.
@@ -78,69 +78,35 @@ pub struct Shared {
     pub history: Mutex<History>,
     /// Signalled by the event thread after each record.
     pub history_changed: std::sync::Condvar,
+    /// Where the history is persisted.
+    pub history_file: PathBuf,
 }
 
-/// The history once it holds the last finished handoff: the event thread
-/// records it asynchronously, so a client that just saw an upgrade end
+/// The history once it holds the last finished handoff and the last
+/// automatic rollback: the event thread records them asynchronously, so a
+/// client that just saw an upgrade end (or `status` report a rollback)
 /// could otherwise read a history without it. Waits at most
 /// `admin_request`.
 fn history_now(shared: &Shared) -> std::sync::MutexGuard<'_, History> {
-    let last = shared
-        .handle
-        .status()
-        .ok()
-        .and_then(|status| status.last_handoff)
-        .map(|outcome| outcome.handoff_id());
+    let status = shared.handle.status().ok();
+    let last = status
+        .as_ref()
+        .and_then(|status| status.last_handoff.as_ref())
+        .map(Outcome::handoff_id);
+    let undone = status
+        .and_then(|status| status.last_probation_rollback)
+        .map(|rollback| (rollback.handoff_id, rollback.failed_pid));
     let history = shared
         .history
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    let Some(last) = last else {
-        return history;
-    };
     shared
         .history_changed
         .wait_timeout_while(history, shared.timeouts.admin_request, |history| {
-            history
-                .entries
-                .back()
-                .is_none_or(|entry| entry.report.handoff_id < last)
+            let behind = last.is_some_and(|last| history.recorded.is_none_or(|id| id < last));
+            behind || (undone.is_some() && history.undone != undone)
         })
         .map_or_else(|poisoned| poisoned.into_inner().0, |(history, _)| history)
-}
-
-/// What `history` and `rollback` read. The record lives in `handoffctl`
-/// (not in the library): the binaries are identified by reading
-/// `/proc/PID/exe` of each successor right after it was spawned, on the
-/// event thread, so hashing never delays the supervisor loop.
-#[derive(Debug, Default)]
-pub struct History {
-    /// Oldest first, at most [`HISTORY_LEN`].
-    pub entries: std::collections::VecDeque<HistoryEntry>,
-    /// What the live generation runs.
-    pub live: Option<BinaryRecord>,
-}
-
-impl History {
-    /// Records a finished handoff.
-    pub fn record(&mut self, entry: HistoryEntry) {
-        if entry.report.committed {
-            self.live = entry.new_binary.clone();
-        }
-        if self.entries.len() == HISTORY_LEN {
-            self.entries.pop_front();
-        }
-        self.entries.push_back(entry);
-    }
-
-    /// The binary that ran before the last commit.
-    pub fn rollback_target(&self) -> Option<&BinaryRecord> {
-        self.entries
-            .iter()
-            .rev()
-            .find(|entry| entry.report.committed)
-            .and_then(|entry| entry.old_binary.as_ref())
-    }
 }
 
 /// The binary process `pid` runs: `/proc/PID/exe` resolved, and the sha256
@@ -301,7 +267,7 @@ fn serve_one(stream: UnixStream, shared: &Shared) {
                 }
                 None => error(
                     ErrorKind::Rejected,
-                    "no binary recorded before the last commit: nothing to roll back to",
+                    "no binary other than the running one was replaced by a recorded commit: nothing to roll back to",
                 ),
             }
         }
@@ -607,57 +573,5 @@ mod tests {
         drop(client);
         let error = read_request(&server, BOUND).expect_err("eof");
         assert!(error.contains("without a request"), "{error}");
-    }
-
-    fn entry(id: u64, committed: bool, old: Option<&str>, new: &str) -> HistoryEntry {
-        let record = |path: &str| BinaryRecord {
-            path: path.into(),
-            sha256: "00".repeat(32),
-        };
-        HistoryEntry {
-            report: HandoffReport {
-                handoff_id: id,
-                committed,
-                abort_reason: None,
-                old_pid: None,
-                new_pid: None,
-                generation: id,
-                phases_ms: Default::default(),
-                total_ms: 0.0,
-            },
-            started_unix_ms: id,
-            old_binary: old.map(record),
-            new_binary: Some(record(new)),
-        }
-    }
-
-    #[test]
-    fn history_is_bounded_and_rolls_back_past_the_last_commit() {
-        let mut history = History::default();
-        assert_eq!(history.rollback_target(), None);
-        history.record(entry(1, true, None, "/v1"));
-        assert_eq!(
-            history.rollback_target(),
-            None,
-            "a cold start has no predecessor"
-        );
-        history.record(entry(2, true, Some("/v1"), "/v2"));
-        history.record(entry(3, false, Some("/v2"), "/v3"));
-        assert_eq!(
-            history.rollback_target().map(|b| b.path.clone()),
-            Some("/v1".into())
-        );
-        assert_eq!(
-            history.live.as_ref().map(|b| b.path.clone()),
-            Some("/v2".into())
-        );
-        for id in 4..100 {
-            history.record(entry(id, false, Some("/v2"), "/vx"));
-        }
-        assert_eq!(history.entries.len(), HISTORY_LEN);
-        assert_eq!(
-            history.entries.front().map(|e| e.report.handoff_id),
-            Some(100 - HISTORY_LEN as u64)
-        );
     }
 }

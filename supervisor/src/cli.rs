@@ -128,6 +128,22 @@ pub struct RunArgs {
     /// again at once (an automatic rollback) [default: off].
     #[arg(long, value_name = "DUR")]
     pub probation: Option<String>,
+    /// With --protocol systemd and --probation: the signal that tells the
+    /// old generation at the commit to stop accepting, finish its requests
+    /// and stay alive (WINCH, as nginx; TERM, QUIT, INT, HUP, USR1, USR2).
+    /// Needs --resume-signal. Without it, the old generation keeps serving
+    /// beside the new one until the probation ends (a warm standby).
+    #[arg(long, value_name = "SIGNAL")]
+    pub probation_signal: Option<String>,
+    /// With --probation-signal: the signal that makes a quiesced old
+    /// generation accept again when the new one fails in probation (HUP,
+    /// as nginx).
+    #[arg(long, value_name = "SIGNAL")]
+    pub resume_signal: Option<String>,
+    /// Where `history` is kept across supervisor restarts [default: next
+    /// to the admin socket, its extension replaced by `.history.json`].
+    #[arg(long, value_name = "FILE")]
+    pub history_file: Option<PathBuf>,
     /// How long the probe is retried before the handoff rolls back
     /// [default: 30s; bounded by --deadline].
     #[arg(long, value_name = "DUR")]

@@ -56,6 +56,12 @@ pub struct FileConfig {
     pub probe_timeout: Option<String>,
     /// `--probation`.
     pub probation: Option<String>,
+    /// `--probation-signal`.
+    pub probation_signal: Option<String>,
+    /// `--resume-signal`.
+    pub resume_signal: Option<String>,
+    /// `--history-file`.
+    pub history_file: Option<PathBuf>,
     /// Expected sha256 of the configured binary at upgrade time.
     pub sha256: Option<String>,
     /// Uids besides our own and root that may use the admin socket.
@@ -109,6 +115,8 @@ pub struct Settings {
     pub probe: Option<handoff::probe::Probe>,
     /// How the daemon is supervised.
     pub protocol: handoff::supervisor::DaemonProtocol,
+    /// Where the history is persisted.
+    pub history_file: PathBuf,
 }
 
 impl Settings {
@@ -203,6 +211,8 @@ impl Settings {
             }
             (probe, None) => probe,
         };
+        let probation_signal = args.probation_signal.or(file.probation_signal);
+        let resume_signal = args.resume_signal.or(file.resume_signal);
         let protocol = match args
             .protocol
             .or(file.protocol)
@@ -215,6 +225,12 @@ impl Settings {
                 {
                     return Err(Failure::usage(
                         "--ready-signal and --stop-signal need --protocol systemd",
+                    ));
+                }
+                if probation_signal.is_some() || resume_signal.is_some() {
+                    return Err(Failure::usage(
+                        "--probation-signal and --resume-signal need --protocol systemd \
+                         (a library daemon is quiesced and resumed by the protocol)",
                     ));
                 }
                 handoff::supervisor::DaemonProtocol::Library
@@ -233,7 +249,16 @@ impl Settings {
                     None => handoff::os::Sig::Term,
                     Some(name) => parse_signal(&name)?,
                 };
-                handoff::supervisor::DaemonProtocol::Systemd { ready, stop_signal }
+                let quiesce = quiesce_signals(
+                    probation_signal.as_deref(),
+                    resume_signal.as_deref(),
+                    timeouts.probation,
+                )?;
+                handoff::supervisor::DaemonProtocol::Systemd {
+                    ready,
+                    stop_signal,
+                    quiesce,
+                }
             }
         };
         timeouts
@@ -245,6 +270,10 @@ impl Settings {
             Some(socket) => (socket, false),
             None => (default_socket()?, true),
         };
+        let history_file = args
+            .history_file
+            .or(file.history_file.map(from_file))
+            .unwrap_or_else(|| socket.with_extension("history.json"));
         Ok(Settings {
             program,
             args: program_args,
@@ -277,11 +306,47 @@ impl Settings {
             allowed_binaries: file.allowed_binaries.into_iter().map(from_file).collect(),
             probe,
             protocol,
+            history_file,
         })
     }
 }
 
-/// A stop signal by name: `TERM`, `SIGQUIT`, `quit`...
+/// The quiesce and resume signals of a foreign daemon's probation: both or
+/// neither, different from each other, and only with a probation.
+fn quiesce_signals(
+    quiesce: Option<&str>,
+    resume: Option<&str>,
+    probation: std::time::Duration,
+) -> Result<Option<handoff::supervisor::QuiesceSignals>, Failure> {
+    let (quiesce, resume) = match (quiesce, resume) {
+        (None, None) => return Ok(None),
+        (Some(quiesce), Some(resume)) => (parse_signal(quiesce)?, parse_signal(resume)?),
+        (Some(_), None) => {
+            return Err(Failure::usage(
+                "--probation-signal needs --resume-signal: a quiesced generation must be resumable",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(Failure::usage("--resume-signal needs --probation-signal"));
+        }
+    };
+    if probation.is_zero() {
+        return Err(Failure::usage(
+            "--probation-signal and --resume-signal need --probation DUR",
+        ));
+    }
+    if quiesce == resume {
+        return Err(Failure::usage(
+            "--probation-signal and --resume-signal must be different signals",
+        ));
+    }
+    Ok(Some(handoff::supervisor::QuiesceSignals {
+        quiesce,
+        resume,
+    }))
+}
+
+/// A signal by name: `TERM`, `SIGQUIT`, `quit`, `WINCH`...
 pub fn parse_signal(name: &str) -> Result<handoff::os::Sig, Failure> {
     use handoff::os::Sig;
     let upper = name.trim().to_ascii_uppercase();
@@ -292,9 +357,10 @@ pub fn parse_signal(name: &str) -> Result<handoff::os::Sig, Failure> {
         "HUP" => Sig::Hup,
         "USR1" => Sig::Usr1,
         "USR2" => Sig::Usr2,
+        "WINCH" => Sig::Winch,
         _ => {
             return Err(Failure::usage(format!(
-                "stop signal {name:?}: expected TERM, QUIT, INT, HUP, USR1 or USR2"
+                "signal {name:?}: expected TERM, QUIT, INT, HUP, USR1, USR2 or WINCH"
             )));
         }
     })
@@ -493,6 +559,36 @@ mod tests {
     }
 
     #[test]
+    fn the_history_file_defaults_to_the_socket_and_follows_the_config() {
+        let dir = std::env::temp_dir().join(format!("hctl-config-history-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let socket = |flags: &[&str]| {
+            let mut all = vec!["--socket", "/run/d/handoff.sock"];
+            all.extend_from_slice(flags);
+            all.extend(["--", "/bin/true"]);
+            Settings::resolve(run_args(None, &all)).expect("resolve")
+        };
+        assert_eq!(
+            socket(&[]).history_file,
+            PathBuf::from("/run/d/handoff.history.json")
+        );
+        assert_eq!(
+            socket(&["--history-file", "/var/lib/d/h.json"]).history_file,
+            PathBuf::from("/var/lib/d/h.json")
+        );
+        let config = dir.join("handoff.toml");
+        std::fs::write(&config, "history_file = \"state/h.json\"\n").expect("write");
+        let from_file =
+            Settings::resolve(run_args(Some(&config), &["--", "/bin/true"])).expect("resolve");
+        assert_eq!(
+            from_file.history_file,
+            dir.join("state/h.json"),
+            "relative to the file"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn the_shipped_example_config_parses() {
         let text = include_str!("../../examples/systemd/mydaemon.toml");
         let config: FileConfig = toml::from_str(text).expect("examples/systemd/mydaemon.toml");
@@ -523,6 +619,9 @@ mod tests {
             probe_status = 204
             probe_timeout = "10s"
             probation = "30s"
+            probation_signal = "WINCH"
+            resume_signal = "HUP"
+            history_file = "/var/lib/d/handoff-history.json"
             [listen]
             http = "127.0.0.1:8080"
             "#,

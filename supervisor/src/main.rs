@@ -11,6 +11,7 @@ mod cli;
 mod client;
 mod config;
 mod error;
+mod history;
 mod protocol;
 mod run;
 

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use handoff::Mode;
-use handoff::supervisor::{Outcome, Status, SupervisorState};
+use handoff::supervisor::{Outcome, ProbationRollback, Status, SupervisorState};
 
 /// The longest request or response line accepted, newline included.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -109,6 +109,28 @@ pub struct HistoryEntry {
     pub old_binary: Option<BinaryRecord>,
     /// What the successor ran (absent if it was gone before it was seen).
     pub new_binary: Option<BinaryRecord>,
+    /// Set on a committed handoff whose new generation failed during its
+    /// probation: the previous generation was resumed (null otherwise).
+    #[serde(default)]
+    pub automatic_rollback: Option<AutomaticRollback>,
+}
+
+/// An automatic rollback during probation, as `history` records it on the
+/// handoff whose commit it undid.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AutomaticRollback {
+    /// Wall-clock time of the resumption, milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// The generation serving again.
+    pub resumed_generation: u64,
+    /// Its pid.
+    pub resumed_pid: u32,
+    /// The generation that failed.
+    pub failed_generation: u64,
+    /// Its pid.
+    pub failed_pid: u32,
+    /// How it failed (exit status or the probe's last answer).
+    pub reason: String,
 }
 
 impl HistoryEntry {
@@ -126,8 +148,17 @@ impl HistoryEntry {
                 },
             )
         };
+        let undone = self
+            .automatic_rollback
+            .as_ref()
+            .map_or_else(String::new, |r| {
+                format!(
+                    "; automatic rollback in probation: pid {} failed ({}), pid {} serves again",
+                    r.failed_pid, r.reason, r.resumed_pid
+                )
+            });
         format!(
-            "{} {} -> {}: {}",
+            "{} {} -> {}: {}{undone}",
             self.started_unix_ms,
             binary(&self.old_binary),
             binary(&self.new_binary),
@@ -293,6 +324,9 @@ pub struct StatusReport {
     pub last_handoff: Option<HandoffReport>,
     /// Old generations still being retired.
     pub retiring: Vec<u32>,
+    /// The last automatic rollback during a probation since the supervisor
+    /// started (null if none).
+    pub last_probation_rollback: Option<Box<ProbationRollback>>,
 }
 
 /// A listener in `status`.
@@ -331,6 +365,7 @@ impl StatusReport {
                 .as_ref()
                 .map(HandoffReport::from_outcome),
             retiring: status.retiring,
+            last_probation_rollback: status.last_probation_rollback.map(Box::new),
         }
     }
 
@@ -368,6 +403,12 @@ impl StatusReport {
         }
         if let Some(last) = &self.last_handoff {
             out.push_str(&format!("last        {}\n", last.line()));
+        }
+        if let Some(undone) = &self.last_probation_rollback {
+            out.push_str(&format!(
+                "rollback    automatic, in probation: handoff {} undone, pid {} failed ({}), generation {} (pid {}) resumed\n",
+                undone.handoff_id, undone.failed_pid, undone.reason, undone.generation, undone.pid
+            ));
         }
         out
     }
@@ -478,6 +519,7 @@ mod tests {
                 path: "/usr/bin/d".into(),
                 sha256: "ab".repeat(32),
             }),
+            automatic_rollback: None,
         };
         let json = serde_json::to_string(&Response::History {
             entries: vec![entry.clone()],
@@ -486,7 +528,7 @@ mod tests {
         assert_eq!(
             json,
             format!(
-                r#"{{"result":"history","entries":[{{"handoff_id":2,"committed":true,"abort_reason":null,"old_pid":10,"new_pid":11,"generation":2,"phases_ms":{{"spawn":0.5}},"total_ms":12.0,"started_unix_ms":1700000000000,"old_binary":null,"new_binary":{{"path":"/usr/bin/d","sha256":"{}"}}}}]}}"#,
+                r#"{{"result":"history","entries":[{{"handoff_id":2,"committed":true,"abort_reason":null,"old_pid":10,"new_pid":11,"generation":2,"phases_ms":{{"spawn":0.5}},"total_ms":12.0,"started_unix_ms":1700000000000,"old_binary":null,"new_binary":{{"path":"/usr/bin/d","sha256":"{}"}},"automatic_rollback":null}}]}}"#,
                 "ab".repeat(32)
             )
         );

@@ -50,6 +50,24 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     }
     let listeners = listeners(&settings)?;
     let socket = AdminSocket::bind(&settings.socket, settings.socket_is_default)?;
+    // Never a reason not to start: a bad file is a warning (history.rs).
+    let (history, warning) = crate::history::load(&settings.history_file);
+    match warning {
+        Some(warning) => tracing::warn!("{warning}"),
+        None => tracing::info!(
+            file = %settings.history_file.display(),
+            entries = history.entries.len(),
+            "history loaded"
+        ),
+    }
+    if let handoff::supervisor::DaemonProtocol::Systemd { quiesce: None, .. } = settings.protocol
+        && !settings.timeouts.probation.is_zero()
+    {
+        tracing::info!(
+            "probation without --probation-signal: after each commit the previous generation \
+             keeps serving beside the new one (a warm standby) until the probation ends"
+        );
+    }
 
     let config = SupervisorConfig {
         program: settings.program.clone(),
@@ -85,8 +103,9 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         hash_cache: Mutex::new(None),
         control: control_tx.clone(),
         connections: AtomicUsize::new(0),
-        history: Mutex::new(Default::default()),
+        history: Mutex::new(history),
         history_changed: std::sync::Condvar::new(),
+        history_file: settings.history_file.clone(),
     });
     spawn("signals", {
         let shared = Arc::clone(&shared);
@@ -357,11 +376,7 @@ fn event_loop(
                     successor_pid,
                     incumbent_pid,
                     upgrade,
-                    started_unix_ms: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |since| {
-                            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-                        }),
+                    started_unix_ms: unix_ms(),
                     // Read now, while the successor surely runs its binary.
                     new_binary: admin::binary_of(successor_pid),
                 };
@@ -412,7 +427,10 @@ fn event_loop(
                         started_unix_ms: current.started_unix_ms,
                         old_binary,
                         new_binary: current.new_binary.take(),
+                        automatic_rollback: None,
                     });
+                    // Saved under the lock: what `history` shows is on disk.
+                    persist_history(shared, &history.to_file_bytes());
                 }
                 shared.history_changed.notify_all();
                 let serving = match &*outcome {
@@ -475,20 +493,72 @@ fn event_loop(
             SupervisorEvent::GenerationRetired { pid, status } => {
                 tracing::info!(pid, %status, "old generation retired");
             }
-            SupervisorEvent::RolledBackInProbation { generation, pid } => {
+            SupervisorEvent::RolledBackInProbation(rollback) => {
                 tracing::warn!(
-                    generation,
-                    pid,
+                    handoff_id = rollback.handoff_id,
+                    generation = rollback.generation,
+                    pid = rollback.pid,
+                    failed_pid = rollback.failed_pid,
+                    reason = %rollback.reason,
                     "automatic rollback: the new generation failed during probation; the previous one serves again"
                 );
+                {
+                    let mut history = shared
+                        .history
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let recorded = history.undo(
+                        rollback.failed_generation,
+                        rollback.handoff_id,
+                        crate::protocol::AutomaticRollback {
+                            at_unix_ms: unix_ms(),
+                            resumed_generation: rollback.generation,
+                            resumed_pid: rollback.pid,
+                            failed_generation: rollback.failed_generation,
+                            failed_pid: rollback.failed_pid,
+                            reason: rollback.reason.clone(),
+                        },
+                    );
+                    if !recorded {
+                        tracing::warn!(
+                            generation = rollback.failed_generation,
+                            "no history entry for the commit that was rolled back"
+                        );
+                    }
+                    persist_history(shared, &history.to_file_bytes());
+                }
+                shared.history_changed.notify_all();
                 notify.send(&format!(
-                    "STATUS=serving: generation {generation}, pid {pid} (automatic rollback in probation)"
+                    "STATUS=serving: generation {}, pid {} (automatic rollback in probation)",
+                    rollback.generation, rollback.pid
                 ));
             }
             SupervisorEvent::Stopping => tracing::info!("supervisor stopping"),
         }
     }
     let _ = control.send(Control::Ended { clean: clean_exit });
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+/// Writes the history file; a failure is logged, never fatal. Called with
+/// the history locked, so saves never interleave and a `history` answer
+/// never shows an entry that is not on disk yet.
+fn persist_history(shared: &Shared, bytes: &[u8]) {
+    if let Err(error) = crate::history::save(&shared.history_file, bytes) {
+        tracing::warn!(
+            file = %shared.history_file.display(),
+            %error,
+            "cannot write the history file; the history is kept in memory"
+        );
+    }
 }
 
 /// systemd's notification socket, if `NOTIFY_SOCKET` is set.

@@ -48,9 +48,10 @@ fn unreachable_here(point: FaultPoint) -> Option<&'static str> {
             FaultRole::Supervisor,
             "foreign_starting" | "foreign_probing" | "foreign_stopping_successor" | "foreign_done",
         ) => Some("--protocol systemd only (faultsup runs library daemons)"),
-        (FaultRole::Supervisor, "retire_probation" | "retire_resuming" | "retire_resumed") => {
-            Some("probation is off in faultsup (overlap mode with --probation only)")
-        }
+        (
+            FaultRole::Supervisor,
+            "retire_probation" | "retire_resuming" | "retire_resumed" | "retire_standby",
+        ) => Some("probation is off in faultsup (overlap mode with --probation only)"),
         (FaultRole::Supervisor, "terminated" | "killed") => {
             Some("needs an old generation that ignores Retire")
         }
@@ -251,6 +252,7 @@ fn the_matrix_skips_only_the_documented_points() {
             "supervisor:retire_probation",
             "supervisor:retire_resuming",
             "supervisor:retire_resumed",
+            "supervisor:retire_standby",
             "supervisor:foreign_starting",
             "supervisor:foreign_probing",
             "supervisor:foreign_stopping_successor",

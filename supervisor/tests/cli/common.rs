@@ -163,6 +163,8 @@ pub struct Start {
     /// Replaces the whole command (socket activation): given the command
     /// that would run, returns the one to run.
     pub wrap: Option<Box<dyn FnOnce(Command) -> Command>>,
+    /// The admin socket (default: in a directory of the supervisor's own).
+    pub socket: Option<PathBuf>,
 }
 
 impl Default for Start {
@@ -183,6 +185,7 @@ impl Default for Start {
             env: Vec::new(),
             daemon: None,
             wrap: None,
+            socket: None,
         }
     }
 }
@@ -203,7 +206,10 @@ impl Supervisor {
     /// Starts it without waiting.
     pub fn spawn(start: Start) -> Supervisor {
         let dir = TempDir::new("sup");
-        let socket = dir.path().join("admin.sock");
+        let socket = start
+            .socket
+            .clone()
+            .unwrap_or_else(|| dir.path().join("admin.sock"));
         let log = dir.path().join("supervisor.log");
         let mut command = Command::new(handoffctl());
         command
@@ -320,6 +326,25 @@ impl Supervisor {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log (the supervisor's stderr, which its generations
+    /// share) holds `line` after byte `from`; returns the offset after it.
+    pub fn wait_log(&self, line: &str, from: usize) -> usize {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = self.log();
+            if let Some(at) = log.get(from..).and_then(|rest| rest.find(line)) {
+                return from + at + line.len();
+            }
+            self.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "no {line:?} in the log within {WAIT:?}; log:\n{log}"
+            );
+            // A file written by another process: polled, bounded above.
+            std::thread::sleep(handoff::timeouts::POLL_SLICE);
+        }
     }
 
     /// Waits for the supervisor to exit; its status.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::common::{IO, Start, Supervisor, TempDir, alive, u64_of, wait_gone};
 use crate::load::Load;
 
-fn httpd() -> PathBuf {
+pub fn httpd() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join("examples")
@@ -19,7 +19,7 @@ fn httpd() -> PathBuf {
         .join("httpd.py")
 }
 
-fn python() -> String {
+pub fn python() -> String {
     // CPython 3 is part of the machine image (and of CI's).
     let found = std::env::var_os("PATH")
         .into_iter()
@@ -31,7 +31,7 @@ fn python() -> String {
 }
 
 /// `GET path` on a fresh connection; the body, or what went wrong.
-fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
+pub fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
     let mut stream = TcpStream::connect_timeout(&addr, IO).map_err(|e| format!("connect: {e}"))?;
     stream
         .set_read_timeout(Some(IO))
@@ -55,7 +55,7 @@ fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
         .to_owned())
 }
 
-fn pid_of(addr: SocketAddr) -> u32 {
+pub fn pid_of(addr: SocketAddr) -> u32 {
     let body = get(addr, "/").expect("GET /");
     body.strip_prefix("pid=")
         .and_then(|pid| pid.parse().ok())
@@ -63,7 +63,7 @@ fn pid_of(addr: SocketAddr) -> u32 {
 }
 
 /// A supervisor running httpd.py with `--fault-file DIR/fault`.
-fn start(dir: &TempDir, extra: &[&str]) -> Supervisor {
+pub fn start(dir: &TempDir, extra: &[&str]) -> Supervisor {
     let mut flags: Vec<String> = [
         "--listen",
         "http=127.0.0.1:0",
@@ -90,7 +90,7 @@ fn start(dir: &TempDir, extra: &[&str]) -> Supervisor {
     })
 }
 
-fn upgrade(supervisor: &Supervisor, args: &[&str]) -> (Option<i32>, serde_json::Value) {
+pub fn upgrade(supervisor: &Supervisor, args: &[&str]) -> (Option<i32>, serde_json::Value) {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
     let ran = supervisor.ctl("upgrade", &all);

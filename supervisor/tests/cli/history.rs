@@ -18,8 +18,9 @@ fn sha256_hex(path: &Path) -> String {
     })
 }
 
-/// Two copies of testd (distinct paths, same bytes); v1 runs, v2 allowed.
-fn two_versions(dir: &TempDir) -> (PathBuf, PathBuf, Supervisor) {
+/// Two copies of testd (distinct paths, same bytes) and a config that
+/// allows both.
+fn copies(dir: &TempDir) -> (PathBuf, PathBuf, PathBuf) {
     let v1 = dir.path().join("testd-v1");
     let v2 = dir.path().join("testd-v2");
     std::fs::copy(testd(), &v1).expect("copy v1");
@@ -27,9 +28,19 @@ fn two_versions(dir: &TempDir) -> (PathBuf, PathBuf, Supervisor) {
     let config = dir.path().join("handoff.toml");
     std::fs::write(
         &config,
-        format!("allowed_binaries = [\"{}\"]\n", v2.display()),
+        format!(
+            "allowed_binaries = [\"{}\", \"{}\"]\n",
+            v1.display(),
+            v2.display()
+        ),
     )
     .expect("config");
+    (v1, v2, config)
+}
+
+/// [`copies`], with v1 running.
+fn two_versions(dir: &TempDir) -> (PathBuf, PathBuf, Supervisor) {
+    let (v1, v2, config) = copies(dir);
     let mut flags = Start::default().flags;
     flags.extend(["--config".to_owned(), config.display().to_string()]);
     let supervisor = Supervisor::start_with(Start {
@@ -135,4 +146,153 @@ fn rollback_refuses_a_binary_whose_file_changed() {
     assert_eq!(ran.code, Some(2), "{ran:?}");
     assert!(ran.one_error_line().contains("sha256"), "{ran:?}");
     assert_eq!(serving_pid(addr), on_v2, "nothing was started");
+}
+
+/// Starts `handoffctl run` on `binary` with the admin socket at `socket`
+/// (the history file's default place is next to it) and `flags`.
+fn start_at(socket: &Path, config: &Path, binary: &Path, flags: &[&str]) -> Supervisor {
+    let mut all = Start::default().flags;
+    all.extend(["--config".to_owned(), config.display().to_string()]);
+    all.extend(flags.iter().map(|f| f.to_string()));
+    Supervisor::start_with(Start {
+        flags: all,
+        daemon: Some(vec![binary.display().to_string()]),
+        socket: Some(socket.to_owned()),
+        ..Start::default()
+    })
+}
+
+/// Stops a supervisor through its admin socket and waits for its exit.
+fn stop(mut supervisor: Supervisor) {
+    let ran = supervisor.ctl("stop", &[]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert!(supervisor.wait_exit().success());
+}
+
+/// The history survives a restart of the supervisor process (its file is
+/// next to the admin socket by default), and `rollback` in the new process
+/// returns to the binary recorded before the restart, pinned by its sha256.
+#[test]
+fn history_survives_a_supervisor_restart_and_rollback_uses_it() {
+    let dir = TempDir::new("history-restart");
+    let (v1, v2, config) = copies(&dir);
+    let socket = dir.path().join("admin.sock");
+    let file = dir.path().join("admin.history.json");
+    let sha = sha256_hex(&v1);
+
+    let first = start_at(&socket, &config, &v1, &[]);
+    let ran = first.ctl("upgrade", &["--binary", &v2.display().to_string()]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    let before = history(&first);
+    assert_eq!(before.len(), 2, "{before:?}");
+    let first_pid = first.pid();
+    stop(first);
+    assert!(file.exists(), "the history file next to the admin socket");
+
+    // A new process, started on v2 (the binary that was live).
+    let second = start_at(&socket, &config, &v2, &[]);
+    assert_ne!(second.pid(), first_pid);
+    let entries = history(&second);
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    assert_eq!(
+        entries[..2],
+        before[..],
+        "the record from before the restart"
+    );
+    assert!(entries[2]["old_binary"].is_null(), "a cold start");
+    assert_eq!(
+        binary(&entries[2], "new_binary").0,
+        v2.display().to_string()
+    );
+    assert!(second.log().contains("history loaded"), "{}", second.log());
+
+    let on_v2 = serving_pid(second.addr());
+    let ran = second.ctl("rollback", &["--json"]);
+    assert_eq!(ran.code, Some(0), "{ran:?}; log:\n{}", second.log());
+    let report: Value = serde_json::from_str(&ran.stdout).expect("report");
+    wait_gone(on_v2);
+    assert_eq!(
+        serving_pid(second.addr()),
+        u64_of(&report, "new_pid") as u32
+    );
+    let entries = history(&second);
+    assert_eq!(entries.len(), 4);
+    assert_eq!(
+        binary(&entries[3], "new_binary"),
+        (v1.display().to_string(), sha.clone())
+    );
+    assert_eq!(
+        binary(&entries[3], "old_binary").0,
+        v2.display().to_string()
+    );
+    assert_eq!(second.status()["binary"], v1.display().to_string());
+    assert!(
+        second.log().contains(&format!("sha256={sha}")),
+        "the rollback was pinned by the recorded sha256: {}",
+        second.log()
+    );
+    // The file on disk has every entry, whole.
+    let on_disk: Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("history file")).expect("json");
+    assert_eq!(on_disk["version"], 1);
+    assert_eq!(on_disk["entries"].as_array().map(Vec::len), Some(4));
+}
+
+/// A corrupt history file is reported, moved aside, and replaced by a
+/// fresh history; the supervisor starts and serves.
+#[test]
+fn a_corrupt_history_file_is_reported_and_tolerated() {
+    let dir = TempDir::new("history-corrupt");
+    let file = dir.path().join("history.json");
+    std::fs::write(&file, b"{\"version\":1,\"entries\":[{\"handoff_id\":").expect("write");
+    let file_text = file.display().to_string();
+    let mut flags = Start::default().flags;
+    flags.extend(["--history-file".to_owned(), file_text.clone()]);
+    let supervisor = Supervisor::start_with(Start {
+        flags,
+        ..Start::default()
+    });
+    let log = supervisor.log();
+    assert!(
+        log.contains(&format!("history file {file_text} is corrupt"))
+            && log.contains("starting with an empty history"),
+        "{log}"
+    );
+    assert!(dir.path().join("history.json.corrupt").exists());
+    let entries = history(&supervisor);
+    assert_eq!(entries.len(), 1, "only this run's cold start: {entries:?}");
+    let on_disk: Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("history file")).expect("json");
+    assert_eq!(on_disk["entries"].as_array().map(Vec::len), Some(1));
+    let ran = supervisor.ctl("upgrade", &[]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+}
+
+/// A history file that can be neither read nor written (a directory is in
+/// its place): warnings, and the history is kept in memory.
+#[test]
+fn an_unusable_history_file_is_reported_and_the_history_kept_in_memory() {
+    let dir = TempDir::new("history-unusable");
+    let file = dir.path().join("history.json");
+    std::fs::create_dir(&file).expect("a directory in the way");
+    let mut flags = Start::default().flags;
+    flags.extend(["--history-file".to_owned(), file.display().to_string()]);
+    let supervisor = Supervisor::start_with(Start {
+        flags,
+        ..Start::default()
+    });
+    assert!(
+        supervisor.log().contains("cannot be read"),
+        "{}",
+        supervisor.log()
+    );
+    let ran = supervisor.ctl("upgrade", &[]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert_eq!(history(&supervisor).len(), 2);
+    assert!(
+        supervisor.log().contains("cannot write the history file"),
+        "{}",
+        supervisor.log()
+    );
+    assert!(file.is_dir(), "left alone");
 }

@@ -18,6 +18,8 @@ pub struct Report {
     pub sent: u64,
     pub ok: u64,
     pub failures: Vec<String>,
+    /// The intended send time of each failure, in the order of `failures`.
+    pub failed_at: Vec<Instant>,
     /// Latency from each request's intended send time, sorted.
     pub latencies: Vec<Duration>,
     pub elapsed: Duration,
@@ -64,7 +66,7 @@ pub struct Load {
 }
 
 /// How many requests may be in flight at once.
-const WORKERS: usize = 8;
+pub const WORKERS: usize = 8;
 /// Hard bound on a run, whatever the caller does.
 const MAX_RUN: Duration = Duration::from_secs(120);
 
@@ -88,7 +90,10 @@ impl Load {
                     report.latencies.push(latency);
                     match result {
                         Ok(()) => report.ok += 1,
-                        Err(error) => report.failures.push(error),
+                        Err(error) => {
+                            report.failures.push(error);
+                            report.failed_at.push(due);
+                        }
                     }
                 }
             }));

@@ -72,6 +72,12 @@ fn a_crash_in_probation_resumes_the_previous_generation_under_load() {
         "{}",
         supervisor.log()
     );
+    let ran = supervisor.ctl("history", &["--json"]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&ran.stdout).expect("history");
+    let undone = &entries.last().expect("the upgrade")["automatic_rollback"];
+    assert_eq!(u64_of(undone, "failed_pid") as u32, new, "{entries:?}");
+    assert_eq!(u64_of(undone, "resumed_pid") as u32, old, "{entries:?}");
     load.wait_answered(200);
     let report = load.finish();
     eprintln!(
@@ -83,7 +89,11 @@ fn a_crash_in_probation_resumes_the_previous_generation_under_load() {
     // Only requests the crashed process had accepted can fail (at most
     // one per load worker), never a refused connection: the listener and
     // its queue belong to the supervisor.
-    assert!(report.failed() <= 8, "{}", report.summary());
+    assert!(
+        report.failed() <= crate::load::WORKERS as u64,
+        "{}",
+        report.summary()
+    );
     assert!(
         report
             .failures
@@ -154,10 +164,16 @@ fn a_failed_probe_in_probation_resumes_the_previous_generation() {
     health
         .status
         .store(503, std::sync::atomic::Ordering::SeqCst);
-    supervisor.wait_status("the previous generation live again", |s| {
+    let status = supervisor.wait_status("the previous generation live again", |s| {
         s["child_pid"] == old
     });
     wait_gone(new);
+    assert!(
+        status["last_probation_rollback"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("health probe failed")),
+        "{status}"
+    );
     assert!(
         supervisor
             .log()
@@ -169,7 +185,11 @@ fn a_failed_probe_in_probation_resumes_the_previous_generation() {
     let report = load.finish();
     eprintln!("probation probe failure under load: {}", report.summary());
     eprintln!("failures: {:?}", report.failures);
-    assert!(report.failed() <= 8, "{}", report.summary());
+    assert!(
+        report.failed() <= crate::load::WORKERS as u64,
+        "{}",
+        report.summary()
+    );
     assert!(
         report
             .failures
@@ -178,4 +198,281 @@ fn a_failed_probe_in_probation_resumes_the_previous_generation() {
         "{:?}",
         report.failures
     );
+}
+
+/// The foreign daemon under `--probation` with the nginx pair of signals.
+fn start_foreign(dir: &crate::common::TempDir, probation: &str, signals: bool) -> Supervisor {
+    let mut extra = vec!["--probation", probation];
+    if signals {
+        extra.extend(["--probation-signal", "WINCH", "--resume-signal", "HUP"]);
+    }
+    crate::foreign::start(dir, &extra)
+}
+
+/// Open-loop `GET /` on fresh connections against the foreign daemon.
+fn foreign_load(addr: std::net::SocketAddr, rate: u32) -> Load {
+    Load::start(
+        rate,
+        Arc::new(move || {
+            crate::foreign::get(addr, "/").and_then(|body| {
+                body.starts_with("pid=")
+                    .then_some(())
+                    .ok_or_else(|| format!("cut body {body:?}"))
+            })
+        }),
+    )
+}
+
+/// Checks the load report after a crash of the new generation at `gone`
+/// (the instant its pid was seen gone): a request may fail only if it had
+/// reached the crashed process, so every failure was due before `gone`, is
+/// a broken connection (never a refusal: the supervisor holds the
+/// listener; never a timeout: someone accepts again), and there are at
+/// most as many as the load can have in flight.
+fn assert_only_the_crashed_process_lost_requests(report: &crate::load::Report, gone: Instant) {
+    eprintln!("failures: {:?}", report.failures);
+    let after = report.failed_at.iter().filter(|due| **due >= gone).count();
+    assert_eq!(
+        after, 0,
+        "requests sent after the crashed process was gone failed: {:?}",
+        report.failures
+    );
+    for failure in &report.failures {
+        // Reset, closed without an answer, or cut after the status line:
+        // after the connect succeeded, and a process accepted it.
+        let broken = failure.starts_with("read: ")
+            || failure.starts_with("write: ")
+            || failure == "bad response \"\""
+            || failure.starts_with("cut body");
+        let timeout = failure.contains("WouldBlock") || failure.contains("TimedOut");
+        assert!(
+            broken && !timeout,
+            "not a connection the crashed process had accepted: {failure}"
+        );
+    }
+    assert!(
+        report.failed() <= crate::load::WORKERS as u64,
+        "{}",
+        report.summary()
+    );
+}
+
+/// A foreign (Python) successor crashes during probation: the quiesced
+/// previous generation gets its resume signal and serves again, the
+/// automatic rollback shows in status and history, and under load only
+/// requests the crashed process had accepted can fail.
+#[test]
+fn a_foreign_crash_in_probation_resumes_the_quiesced_generation_under_load() {
+    let dir = crate::common::TempDir::new("foreign-probation");
+    let supervisor = start_foreign(&dir, "30s", true);
+    let addr = supervisor.addr();
+    let old = crate::foreign::pid_of(addr);
+    let load = foreign_load(addr, 300);
+    load.wait_answered(150);
+    let (code, report) = crate::foreign::upgrade(&supervisor, &[]);
+    assert_eq!(code, Some(0), "{report}; log:\n{}", supervisor.log());
+    let new = u64_of(&report, "new_pid") as u32;
+    let handoff_id = u64_of(&report, "handoff_id");
+    // The old generation got the quiesce signal: it stops accepting and
+    // stays alive; from then on only the new one answers.
+    let quiesced = supervisor.wait_log(&format!("httpd {old}: quiesced"), 0);
+    assert!(alive(old));
+    let status = supervisor.status();
+    assert_eq!(u64_of(&status, "child_pid") as u32, new);
+    assert!(
+        status["retiring"]
+            .as_array()
+            .is_some_and(|r| r.contains(&old.into())),
+        "{status}"
+    );
+    for _ in 0..20 {
+        assert_eq!(
+            crate::foreign::pid_of(addr),
+            new,
+            "the quiesced one accepted"
+        );
+    }
+    load.wait_answered(150);
+
+    let crashed = Instant::now();
+    handoff::os::signal(new, Sig::Kill).expect("kill the new generation");
+    let status = supervisor.wait_status("the previous generation live again", |s| {
+        s["child_pid"] == old
+    });
+    let rollback_ms = crashed.elapsed().as_secs_f64() * 1e3;
+    wait_gone(new);
+    let gone = Instant::now();
+    supervisor.wait_log(&format!("httpd {old}: accepting"), quiesced);
+    assert_eq!(crate::foreign::pid_of(addr), old);
+    let undone = &status["last_probation_rollback"];
+    assert_eq!(u64_of(undone, "handoff_id"), handoff_id, "{status}");
+    assert_eq!(u64_of(undone, "failed_pid") as u32, new, "{status}");
+    assert_eq!(u64_of(undone, "pid") as u32, old, "{status}");
+    assert!(
+        undone["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("signal 9")),
+        "{status}"
+    );
+    let ran = supervisor.ctl("history", &["--json"]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&ran.stdout).expect("history");
+    let entry = entries
+        .iter()
+        .rev()
+        .find(|e| e["handoff_id"] == handoff_id)
+        .expect("the commit in history");
+    assert_eq!(entry["committed"], true);
+    assert_eq!(
+        u64_of(&entry["automatic_rollback"], "failed_pid") as u32,
+        new,
+        "{entry}"
+    );
+    assert_eq!(
+        u64_of(&entry["automatic_rollback"], "resumed_pid") as u32,
+        old,
+        "{entry}"
+    );
+
+    load.wait_answered(150);
+    let report = load.finish();
+    eprintln!(
+        "foreign probation crash under load: {} (status showed the old generation live {rollback_ms:.1} ms after the SIGKILL)",
+        report.summary()
+    );
+    assert!(report.ok > 400, "{}", report.summary());
+    assert_only_the_crashed_process_lost_requests(&report, gone);
+}
+
+/// Without a quiesce signal the previous foreign generation stays a warm
+/// standby: it keeps serving beside the new one, and takes over alone when
+/// the new one crashes (no signal needed).
+#[test]
+fn a_foreign_warm_standby_takes_over_when_the_new_generation_crashes() {
+    let dir = crate::common::TempDir::new("foreign-standby");
+    let supervisor = start_foreign(&dir, "30s", false);
+    let addr = supervisor.addr();
+    let old = crate::foreign::pid_of(addr);
+    let load = foreign_load(addr, 200);
+    load.wait_answered(100);
+    let (code, report) = crate::foreign::upgrade(&supervisor, &[]);
+    assert_eq!(code, Some(0), "{report}; log:\n{}", supervisor.log());
+    let new = u64_of(&report, "new_pid") as u32;
+    supervisor.wait_status("the old generation as a standby", |s| {
+        s["retiring"]
+            .as_array()
+            .is_some_and(|r| r.contains(&old.into()))
+    });
+    load.wait_answered(100);
+    assert!(alive(old));
+    assert!(
+        !supervisor.log().contains(&format!("httpd {old}: quiesced")),
+        "a standby is not quiesced"
+    );
+    assert!(
+        supervisor.log().contains("a warm standby"),
+        "the choice is logged at start: {}",
+        supervisor.log()
+    );
+    handoff::os::signal(new, Sig::Kill).expect("kill the new generation");
+    let status = supervisor.wait_status("the standby live", |s| s["child_pid"] == old);
+    wait_gone(new);
+    let gone = Instant::now();
+    assert_eq!(crate::foreign::pid_of(addr), old);
+    assert_eq!(
+        u64_of(&status["last_probation_rollback"], "failed_pid") as u32,
+        new
+    );
+    load.wait_answered(100);
+    let report = load.finish();
+    eprintln!(
+        "foreign warm standby crash under load: {}",
+        report.summary()
+    );
+    assert_only_the_crashed_process_lost_requests(&report, gone);
+}
+
+/// A foreign probation that passes: the quiesced generation stays alive
+/// for the whole period, then gets the stop signal and exits.
+#[test]
+fn after_a_foreign_probation_the_quiesced_generation_exits() {
+    let dir = crate::common::TempDir::new("foreign-probation-over");
+    let probation = std::time::Duration::from_secs(1);
+    let supervisor = start_foreign(&dir, "1s", true);
+    let addr = supervisor.addr();
+    let old = crate::foreign::pid_of(addr);
+    let committed = Instant::now();
+    let (code, report) = crate::foreign::upgrade(&supervisor, &[]);
+    assert_eq!(code, Some(0), "{report}");
+    let new = u64_of(&report, "new_pid") as u32;
+    supervisor.wait_log(&format!("httpd {old}: quiesced"), 0);
+    wait_gone(old);
+    // Not before the probation was over (its timer starts at the commit,
+    // after `committed`).
+    assert!(
+        committed.elapsed() >= probation,
+        "exited after {:?}",
+        committed.elapsed()
+    );
+    // The supervisor reaped it (the pid may be gone a moment before).
+    supervisor.wait_log(&format!("old generation gone generation=1 pid={old}"), 0);
+    let status = supervisor.status();
+    assert_eq!(u64_of(&status, "child_pid") as u32, new);
+    assert!(status["last_probation_rollback"].is_null(), "{status}");
+    assert_eq!(crate::foreign::pid_of(addr), new);
+}
+
+#[test]
+fn probation_signal_flags_are_checked() {
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--probation", "5s", "--probation-signal", "WINCH"],
+            "--resume-signal",
+        ),
+        (
+            &["--probation", "5s", "--resume-signal", "HUP"],
+            "needs --probation-signal",
+        ),
+        (
+            &["--probation-signal", "WINCH", "--resume-signal", "HUP"],
+            "--probation DUR",
+        ),
+        (
+            &[
+                "--probation",
+                "5s",
+                "--probation-signal",
+                "HUP",
+                "--resume-signal",
+                "HUP",
+            ],
+            "different",
+        ),
+        (
+            &[
+                "--probation",
+                "5s",
+                "--probation-signal",
+                "BOGUS",
+                "--resume-signal",
+                "HUP",
+            ],
+            "BOGUS",
+        ),
+        (
+            &["--protocol", "library", "--probation-signal", "WINCH"],
+            "--protocol systemd",
+        ),
+    ];
+    for (flags, expected) in cases {
+        let mut args = vec!["run"];
+        if !flags.contains(&"library") {
+            args.extend(["--protocol", "systemd"]);
+        }
+        args.extend_from_slice(flags);
+        args.extend(["--", "/bin/true"]);
+        let ran = crate::common::ctl(&args);
+        assert_eq!(ran.code, Some(2), "{args:?}: {ran:?}");
+        assert!(ran.one_error_line().contains(expected), "{args:?}: {ran:?}");
+    }
 }

@@ -1,0 +1,428 @@
+//! What `history` and `rollback` read, and its file.
+//!
+//! The record lives in `handoffctl`, not in the library: the binaries are
+//! identified by reading `/proc/PID/exe` of each successor right after it
+//! was spawned, on the event thread, so hashing never delays the supervisor
+//! loop. It is kept in memory and, when a history file is configured,
+//! persisted after every change so that a restarted supervisor knows what
+//! ran before it (and `rollback` can return to it).
+//!
+//! Hazards the file handles (invariant I15 in ARCHITECTURE.md):
+//! - **Torn writes.** The file is replaced, never rewritten in place: the
+//!   new content goes to a temporary file in the same directory, is
+//!   fsynced, renamed over the old one, and the directory is fsynced, so a
+//!   crash or power loss leaves the old file or the new one, whole.
+//! - **A bad file must not stop the supervisor.** A file that cannot be
+//!   read, does not parse or has another version gives a warning and an
+//!   empty history; one that does not parse is moved aside to
+//!   `FILE.corrupt` first, so the next save does not destroy the evidence.
+//!   A failed save is a warning too: the daemon matters more than its
+//!   record.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::protocol::{BinaryRecord, HISTORY_LEN, HistoryEntry};
+
+/// The file format's version; a file with another one is not read.
+pub const HISTORY_VERSION: u32 = 1;
+
+/// The last handoffs and what the live generation runs.
+#[derive(Debug, Default)]
+pub struct History {
+    /// Oldest first, at most [`HISTORY_LEN`]; loaded entries come first.
+    pub entries: VecDeque<HistoryEntry>,
+    /// What the live generation runs.
+    pub live: Option<BinaryRecord>,
+    /// The handoff id this process recorded last (ids restart at 1 with
+    /// every supervisor, so a loaded entry's id says nothing about now).
+    pub recorded: Option<u64>,
+    /// How many of the oldest entries were loaded from the file (the
+    /// others were recorded by this process).
+    pub loaded: usize,
+    /// The last automatic rollback this process noted: the undone handoff's
+    /// id and the failed pid.
+    pub undone: Option<(u64, u32)>,
+}
+
+/// The file as written.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct HistoryFile {
+    version: u32,
+    entries: Vec<HistoryEntry>,
+}
+
+impl History {
+    /// Records a finished handoff.
+    pub fn record(&mut self, entry: HistoryEntry) {
+        if entry.report.committed {
+            self.live = entry.new_binary.clone();
+        }
+        self.recorded = Some(entry.report.handoff_id);
+        if self.entries.len() == HISTORY_LEN {
+            self.entries.pop_front();
+            self.loaded = self.loaded.saturating_sub(1);
+        }
+        self.entries.push_back(entry);
+    }
+
+    /// Notes an automatic rollback in probation on the commit it undid (the
+    /// newest committed entry of this process that made `failed_generation`
+    /// live); the live binary is that entry's old one again. Returns false
+    /// if no such entry is found.
+    pub fn undo(
+        &mut self,
+        failed_generation: u64,
+        handoff_id: u64,
+        rollback: crate::protocol::AutomaticRollback,
+    ) -> bool {
+        self.undone = Some((handoff_id, rollback.failed_pid));
+        let Some(entry) = self
+            .entries
+            .iter_mut()
+            .skip(self.loaded)
+            .rev()
+            .find(|entry| entry.report.committed && entry.report.generation == failed_generation)
+        else {
+            return false;
+        };
+        self.live = entry.old_binary.clone();
+        entry.automatic_rollback = Some(rollback);
+        true
+    }
+
+    /// The binary to roll back to: the newest binary, other than the one
+    /// running now, that a commit replaced. Cold starts and restarts
+    /// replaced nothing and are skipped, so after a supervisor restart the
+    /// record loaded from the file still names the binary that ran before
+    /// the last upgrade.
+    pub fn rollback_target(&self) -> Option<&BinaryRecord> {
+        self.entries
+            .iter()
+            .rev()
+            .filter(|entry| entry.report.committed)
+            .filter_map(|entry| entry.old_binary.as_ref())
+            .find(|old| Some(*old) != self.live.as_ref())
+    }
+
+    /// The bytes [`save`] writes: the file format of the current entries.
+    pub fn to_file_bytes(&self) -> Vec<u8> {
+        let file = HistoryFile {
+            version: HISTORY_VERSION,
+            entries: self.entries.iter().cloned().collect(),
+        };
+        let mut bytes = serde_json::to_vec_pretty(&file).unwrap_or_default();
+        bytes.push(b'\n');
+        bytes
+    }
+}
+
+/// Reads the history file. Never fails: a missing file is an empty
+/// history; any other problem is an empty history and a warning to log
+/// (the file moved aside to `FILE.corrupt` if it did not parse).
+pub fn load(path: &Path) -> (History, Option<String>) {
+    let shown = path.display();
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return (History::default(), None);
+        }
+        Err(error) => {
+            return (
+                History::default(),
+                Some(format!(
+                    "history file {shown} cannot be read ({error}): starting with an empty history"
+                )),
+            );
+        }
+    };
+    let problem = match serde_json::from_slice::<HistoryFile>(&bytes) {
+        Ok(file) if file.version == HISTORY_VERSION => {
+            let skip = file.entries.len().saturating_sub(HISTORY_LEN);
+            let entries: VecDeque<_> = file.entries.into_iter().skip(skip).collect();
+            let history = History {
+                loaded: entries.len(),
+                entries,
+                live: None,
+                recorded: None,
+                undone: None,
+            };
+            return (history, None);
+        }
+        Ok(file) => format!(
+            "has version {}, this handoffctl reads version {HISTORY_VERSION}",
+            file.version
+        ),
+        Err(error) => format!("is corrupt ({error})"),
+    };
+    let aside = corrupt_path(path);
+    let moved = match std::fs::rename(path, &aside) {
+        Ok(()) => format!("moved to {}", aside.display()),
+        Err(error) => format!("could not be moved aside: {error}"),
+    };
+    (
+        History::default(),
+        Some(format!(
+            "history file {shown} {problem}: starting with an empty history; the file {moved}"
+        )),
+    )
+}
+
+/// `FILE.corrupt`.
+fn corrupt_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".corrupt");
+    path.with_file_name(name)
+}
+
+/// Replaces `path` with `bytes` atomically and durably: a temporary file in
+/// the same directory (mode 0600), fsynced, renamed over `path`, then the
+/// directory fsynced. The directory is created (0700) if missing.
+pub fn save(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(format!(".tmp-{}", std::process::id()));
+    let temporary = dir.join(name);
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written?;
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{AutomaticRollback, HandoffReport};
+
+    fn entry(id: u64, committed: bool, old: Option<&str>, new: &str) -> HistoryEntry {
+        let record = |path: &str| BinaryRecord {
+            path: path.into(),
+            sha256: "00".repeat(32),
+        };
+        HistoryEntry {
+            report: HandoffReport {
+                handoff_id: id,
+                committed,
+                abort_reason: None,
+                old_pid: None,
+                new_pid: None,
+                generation: id,
+                phases_ms: Default::default(),
+                total_ms: 0.0,
+            },
+            started_unix_ms: id,
+            old_binary: old.map(record),
+            new_binary: Some(record(new)),
+            automatic_rollback: None,
+        }
+    }
+
+    fn path_of(record: Option<&BinaryRecord>) -> Option<PathBuf> {
+        record.map(|b| b.path.clone())
+    }
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(tag: &str) -> Dir {
+            let path =
+                std::env::temp_dir().join(format!("hctl-history-{}-{tag}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).expect("dir");
+            Dir(path)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn history_is_bounded_and_rolls_back_past_the_last_commit() {
+        let mut history = History::default();
+        assert_eq!(history.rollback_target(), None);
+        history.record(entry(1, true, None, "/v1"));
+        assert_eq!(
+            history.rollback_target(),
+            None,
+            "a cold start has no predecessor"
+        );
+        history.record(entry(2, true, Some("/v1"), "/v2"));
+        history.record(entry(3, false, Some("/v2"), "/v3"));
+        assert_eq!(path_of(history.rollback_target()), Some("/v1".into()));
+        assert_eq!(path_of(history.live.as_ref()), Some("/v2".into()));
+        for id in 4..100 {
+            history.record(entry(id, false, Some("/v2"), "/vx"));
+        }
+        assert_eq!(history.entries.len(), HISTORY_LEN);
+        assert_eq!(
+            history.entries.front().map(|e| e.report.handoff_id),
+            Some(100 - HISTORY_LEN as u64)
+        );
+    }
+
+    #[test]
+    fn a_restart_keeps_the_rollback_target_and_skips_the_running_binary() {
+        let dir = Dir::new("restart");
+        let file = dir.0.join("history.json");
+        let mut history = History::default();
+        history.record(entry(1, true, None, "/v1"));
+        history.record(entry(2, true, Some("/v1"), "/v2"));
+        save(&file, &history.to_file_bytes()).expect("save");
+
+        // The supervisor restarts on v2: its cold start replaced nothing.
+        let (mut loaded, warning) = load(&file);
+        assert_eq!(warning, None);
+        assert_eq!(loaded.entries.len(), 2);
+        assert_eq!(loaded.recorded, None);
+        loaded.record(entry(1, true, None, "/v2"));
+        assert_eq!(path_of(loaded.rollback_target()), Some("/v1".into()));
+
+        // Restarted on v1 instead: v1 runs, nothing older differs from it.
+        let (mut loaded, _) = load(&file);
+        loaded.record(entry(1, true, None, "/v1"));
+        assert_eq!(loaded.rollback_target(), None);
+    }
+
+    #[test]
+    fn an_automatic_rollback_marks_the_commit_of_this_run_it_undid() {
+        let mut history = History::default();
+        // A loaded entry with the same generation number must not match.
+        history
+            .entries
+            .push_back(entry(2, true, Some("/old"), "/loaded"));
+        history.loaded = 1;
+        history.record(entry(1, true, None, "/v1"));
+        history.record(entry(2, true, Some("/v1"), "/v2"));
+        let rollback = AutomaticRollback {
+            at_unix_ms: 5,
+            resumed_generation: 1,
+            resumed_pid: 10,
+            failed_generation: 2,
+            failed_pid: 11,
+            reason: "exited (killed by signal 9)".into(),
+        };
+        assert!(history.undo(2, 2, rollback.clone()));
+        assert_eq!(history.undone, Some((2, 11)));
+        assert_eq!(
+            history.entries[2].automatic_rollback,
+            Some(rollback.clone())
+        );
+        assert_eq!(history.entries[0].automatic_rollback, None);
+        assert_eq!(path_of(history.live.as_ref()), Some("/v1".into()));
+        assert!(history.entries[2].line().contains("automatic rollback"));
+        assert!(!history.undo(7, 7, rollback), "no such commit");
+    }
+
+    #[test]
+    fn saving_replaces_the_file_whole_and_leaves_no_temporary() {
+        let dir = Dir::new("save");
+        let file = dir.0.join("sub").join("history.json");
+        let mut history = History::default();
+        history.record(entry(1, true, None, "/v1"));
+        save(&file, &history.to_file_bytes()).expect("first save");
+        history.record(entry(2, true, Some("/v1"), "/v2"));
+        save(&file, &history.to_file_bytes()).expect("second save");
+        let (loaded, warning) = load(&file);
+        assert_eq!(warning, None);
+        assert_eq!(loaded.entries, history.entries);
+        let names: Vec<_> = std::fs::read_dir(file.parent().expect("dir"))
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["history.json"], "no temporary left behind");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_missing_file_is_an_empty_history_without_a_warning() {
+        let dir = Dir::new("missing");
+        let (history, warning) = load(&dir.0.join("none.json"));
+        assert!(history.entries.is_empty());
+        assert_eq!(warning, None);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_moved_aside_with_a_warning() {
+        let dir = Dir::new("corrupt");
+        let file = dir.0.join("history.json");
+        std::fs::write(&file, b"{\"version\":1,\"entries\":[{\"handoff_").expect("write");
+        let (history, warning) = load(&file);
+        assert!(history.entries.is_empty());
+        let warning = warning.expect("a warning");
+        assert!(warning.contains("is corrupt"), "{warning}");
+        assert!(warning.contains("history.json.corrupt"), "{warning}");
+        assert!(!file.exists());
+        assert!(dir.0.join("history.json.corrupt").exists());
+    }
+
+    #[test]
+    fn another_version_or_an_unreadable_file_gives_a_warning() {
+        let dir = Dir::new("version");
+        let file = dir.0.join("history.json");
+        std::fs::write(&file, b"{\"version\":99,\"entries\":[]}").expect("write");
+        let (history, warning) = load(&file);
+        assert!(history.entries.is_empty());
+        let warning = warning.expect("a warning");
+        assert!(warning.contains("version 99"), "{warning}");
+
+        // A directory where the file should be: unreadable (root reads any
+        // file, so permissions cannot make one unreadable here).
+        let file = dir.0.join("a-directory");
+        std::fs::create_dir(&file).expect("dir");
+        let (history, warning) = load(&file);
+        assert!(history.entries.is_empty());
+        assert!(
+            warning.expect("a warning").contains("cannot be read"),
+            "unreadable"
+        );
+        assert!(save(&file, b"{}").is_err(), "cannot replace a directory");
+    }
+
+    #[test]
+    fn a_long_file_is_cut_to_the_newest_entries() {
+        let dir = Dir::new("long");
+        let file = dir.0.join("history.json");
+        let entries: Vec<_> = (1..=40).map(|id| entry(id, true, None, "/v")).collect();
+        let bytes = serde_json::to_vec(&HistoryFile {
+            version: HISTORY_VERSION,
+            entries,
+        })
+        .expect("encode");
+        std::fs::write(&file, bytes).expect("write");
+        let (history, warning) = load(&file);
+        assert_eq!(warning, None);
+        assert_eq!(history.entries.len(), HISTORY_LEN);
+        assert_eq!(
+            history.entries.front().map(|e| e.report.handoff_id),
+            Some(40 - HISTORY_LEN as u64 + 1)
+        );
+    }
+}
