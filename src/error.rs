@@ -296,6 +296,16 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// A binary pinned by its sha256 has other contents now.
+    #[error("binary {path:?} has sha256 {actual}, expected {expected}")]
+    BinaryMismatch {
+        /// The binary.
+        path: PathBuf,
+        /// The sha256 it was pinned to.
+        expected: String,
+        /// The sha256 of its contents now.
+        actual: String,
+    },
     /// Spawning a generation failed.
     #[error("cannot start {binary:?}")]
     Spawn {
@@ -429,4 +439,16 @@ impl Error {
             source: source.into(),
         }
     }
+}
+
+/// `error` and its sources, joined by `: `, for one log line.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
 }

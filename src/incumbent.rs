@@ -80,13 +80,7 @@ fn chain(hook: &'static str, error: impl std::error::Error + Send + Sync + 'stat
         hook,
         source: Box::new(error),
     };
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
+    let text = crate::error::chain(&error);
     tracing::warn!(hook, error = %text, "hook failed");
     text
 }

@@ -9,7 +9,23 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::sys;
 
-pub use crate::sys::{PeerCred, Sig, SignalSet};
+pub use crate::sys::{PeerCred, PinnedBinary, Sig, SignalSet, sha256_hex};
+
+/// Opens `path` and checks that its contents hash to `expected` (lowercase
+/// hex sha256). Run the result through [`PinnedBinary::exec_path`] while it
+/// lives, so that what runs is what was checked.
+pub fn pin_binary(path: &Path, expected: &str) -> Result<PinnedBinary> {
+    let pinned = PinnedBinary::open(path)
+        .map_err(|source| Error::path("opening a binary to hash it", path, source))?;
+    if pinned.sha256() != expected {
+        return Err(Error::BinaryMismatch {
+            path: path.to_owned(),
+            expected: expected.to_owned(),
+            actual: pinned.sha256().to_owned(),
+        });
+    }
+    Ok(pinned)
+}
 
 /// A Unix stream listener for the admin socket, created mode 0600 with no
 /// window in which another user could connect.

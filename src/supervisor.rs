@@ -192,6 +192,46 @@ pub struct UpgradeRequest {
     /// be restarted (defaults to `program`). Set it when `program` is valid
     /// only now, as a pinned `/proc/self/fd/N` is.
     pub restart_program: Option<PathBuf>,
+    /// The sha256 (lowercase hex) that `restart_program` must still have
+    /// when a restart runs it. Each restart then hashes the file and runs
+    /// it from the open, hashed file; other contents refuse the restart
+    /// ([`Error::BinaryMismatch`], logged), which is tried again after the
+    /// restart backoff, so an operator can put the binary back or upgrade.
+    pub restart_sha256: Option<String>,
+}
+
+/// What to run again if a generation crashes: the program by path (a
+/// pinned `/proc/self/fd/N` dies with its pin), its arguments, and the
+/// sha256 the file must still have when it was pinned.
+#[derive(Debug, Clone)]
+struct RestartTarget {
+    program: PathBuf,
+    args: Vec<OsString>,
+    sha256: Option<String>,
+}
+
+impl RestartTarget {
+    /// The request that runs this target again, and the pin that must live
+    /// until the spawn is done (`None` when the target is not pinned).
+    fn request(&self) -> Result<(UpgradeRequest, Option<crate::os::PinnedBinary>)> {
+        let Some(expected) = &self.sha256 else {
+            let request = UpgradeRequest {
+                program: Some(self.program.clone()),
+                args: Some(self.args.clone()),
+                ..UpgradeRequest::default()
+            };
+            return Ok((request, None));
+        };
+        let pinned = crate::os::pin_binary(&self.program, expected)?;
+        let request = UpgradeRequest {
+            program: Some(pinned.exec_path()),
+            args: Some(self.args.clone()),
+            restart_program: Some(self.program.clone()),
+            restart_sha256: Some(expected.clone()),
+            ..UpgradeRequest::default()
+        };
+        Ok((request, Some(pinned)))
+    }
 }
 
 /// How a handoff ended, with the per-phase timings.
@@ -268,7 +308,8 @@ pub struct Status {
     pub generation: u64,
     /// The serving generation's pid.
     pub child_pid: Option<u32>,
-    /// The serving generation's binary.
+    /// The serving generation's binary, by the path it was started from
+    /// (not the `/proc/self/fd/N` a pinned binary is executed through).
     pub program: PathBuf,
     /// The mode.
     pub mode: Mode,
@@ -501,9 +542,9 @@ struct Child {
     notify: Option<sys::NotifySocket>,
     /// The handoff id messages to this child carry now.
     handoff_id: u64,
-    program: PathBuf,
-    /// Program and arguments to run again if this generation crashes.
-    restart: (PathBuf, Vec<OsString>),
+    /// What to run again if this generation crashes (its path is also the
+    /// binary that status reports).
+    restart: RestartTarget,
     started: Instant,
     reaped: Option<String>,
 }
@@ -672,7 +713,7 @@ struct Loop {
     /// (its SIGKILL exit then reports this reason).
     probation_probe_failure: Option<(u64, String)>,
     /// What the live generation was started with, for restarts.
-    last_committed: Option<(PathBuf, Vec<OsString>)>,
+    last_committed: Option<RestartTarget>,
     subscribers: Vec<Sender<SupervisorEvent>>,
     finished: bool,
     probes_tx: Sender<Probed>,
@@ -807,9 +848,8 @@ impl Loop {
         program: PathBuf,
         args: Vec<OsString>,
         extra_env: Vec<(OsString, OsString)>,
-        restart_program: PathBuf,
+        restart: RestartTarget,
     ) -> Result<(Child, Duration)> {
-        let restart = (restart_program, args.clone());
         let begun = Instant::now();
         let (ours, theirs) = sys::control_pair()
             .map_err(|source| Error::io("socketpair for a generation", source))?;
@@ -869,7 +909,6 @@ impl Loop {
                 sender: Some(sender),
                 notify: None,
                 handoff_id: 0,
-                program,
                 restart,
                 started: Instant::now(),
                 reaped: None,
@@ -910,11 +949,15 @@ impl Loop {
             .program
             .unwrap_or_else(|| self.config.program.clone());
         let args = request.args.unwrap_or_else(|| self.config.args.clone());
-        let restart_program = request.restart_program.unwrap_or_else(|| program.clone());
+        let restart = RestartTarget {
+            program: request.restart_program.unwrap_or_else(|| program.clone()),
+            args: args.clone(),
+            sha256: request.restart_sha256,
+        };
         let (successor, spawn_time) = match self.config.protocol {
-            DaemonProtocol::Library => self.spawn(program, args, request.env, restart_program)?,
+            DaemonProtocol::Library => self.spawn(program, args, request.env, restart)?,
             DaemonProtocol::Systemd { .. } => {
-                self.spawn_foreign(program, args, request.env, restart_program)?
+                self.spawn_foreign(program, args, request.env, restart)?
             }
         };
         let handoff_id = self.next_handoff_id;
@@ -994,9 +1037,8 @@ impl Loop {
         program: PathBuf,
         args: Vec<OsString>,
         extra_env: Vec<(OsString, OsString)>,
-        restart_program: PathBuf,
+        restart: RestartTarget,
     ) -> Result<(Child, Duration)> {
-        let restart = (restart_program, args.clone());
         let begun = Instant::now();
         let generation = self.next_generation;
         if self.notify_dir.is_none() {
@@ -1058,7 +1100,6 @@ impl Loop {
                 sender: None,
                 notify: Some(notify),
                 handoff_id: 0,
-                program,
                 restart,
                 started: Instant::now(),
                 reaped: None,
@@ -1198,7 +1239,12 @@ impl Loop {
             program: self
                 .live
                 .as_ref()
-                .map_or_else(|| self.config.program.clone(), |live| live.program.clone()),
+                // By path: a pinned generation runs `/proc/self/fd/N`, which
+                // names nothing outside the supervisor.
+                .map_or_else(
+                    || self.config.program.clone(),
+                    |live| live.restart.program.clone(),
+                ),
             mode: self.config.mode,
             listeners: self
                 .config
@@ -1965,17 +2011,20 @@ impl Loop {
         }
         if self.restart_at.is_some_and(|at| at <= now) && self.in_flight.is_none() {
             self.restart_at = None;
-            // Restart what was last committed, not what was first configured.
-            let request = match self.last_committed.clone() {
-                Some((program, args)) => UpgradeRequest {
-                    program: Some(program),
-                    args: Some(args),
-                    ..UpgradeRequest::default()
-                },
-                None => UpgradeRequest::default(),
+            // Restart what was last committed, not what was first configured,
+            // and, if it was pinned, only if its file still has that content.
+            let prepared = match &self.last_committed {
+                Some(target) => target.request(),
+                None => Ok((UpgradeRequest::default(), None)),
             };
-            if let Err(error) = self.start_handoff(request, None) {
-                tracing::error!(%error, "restart failed");
+            let started = prepared.and_then(|(request, pinned)| {
+                let started = self.start_handoff(request, None);
+                // The pinned file stays open until the spawn has exec'd it.
+                drop(pinned);
+                started
+            });
+            if let Err(error) = started {
+                tracing::error!(error = %crate::error::chain(&error), "restart refused or failed");
                 self.schedule_restart(now);
             }
         }

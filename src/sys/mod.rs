@@ -88,6 +88,7 @@
     reason = "used by the drivers being written in parallel; removed when merged"
 )]
 
+mod binary;
 mod fdpass;
 mod foreign;
 mod inherit;
@@ -101,6 +102,7 @@ mod socket;
 #[cfg(test)]
 mod test_support;
 
+pub use binary::{PinnedBinary, sha256_hex};
 pub(crate) use fdpass::{Received, recv_chunk, send_frame};
 pub(crate) use foreign::{
     ForeignSpec, Notification, NotifySocket, PrivateDir, receive as receive_notification,

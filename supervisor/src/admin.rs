@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,9 +18,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use handoff::os::PinnedBinary;
 use handoff::supervisor::{Outcome, SupervisorHandle, UpgradeRequest};
 use handoff::{Error, Timeouts};
-use sha2::{Digest, Sha256};
 
 use crate::config::check_executable;
 use crate::error::chain;
@@ -63,10 +62,6 @@ pub struct Shared {
     pub our_uid: u32,
     /// Durations (admin_request bounds each client).
     pub timeouts: Timeouts,
-    /// The path the live generation's upgrade named, by generation (the
-    /// library saw `/proc/self/fd/N` for a pinned one). A generation not
-    /// listed (the first, a restart) runs what the library reports.
-    pub pinned_paths: Mutex<HashMap<u64, PathBuf>>,
     /// The last `(pid, sha256 of /proc/PID/exe)`.
     pub hash_cache: Mutex<Option<(u32, String)>>,
     /// To the main thread.
@@ -352,13 +347,7 @@ fn status(shared: &Shared) -> Response {
         Ok(status) => status,
         Err(_) => return error(ErrorKind::Stopping, "the supervisor is stopping"),
     };
-    let binary = shared
-        .pinned_paths
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(&status.generation)
-        .cloned()
-        .unwrap_or_else(|| status.program.clone());
+    let binary = status.program.clone();
     let sha256 = status.child_pid.and_then(|pid| running_sha256(shared, pid));
     Response::Status(StatusReport::new(status, binary, sha256))
 }
@@ -383,14 +372,8 @@ fn running_sha256(shared: &Shared, pid: u32) -> Option<String> {
 }
 
 /// Lowercase hex sha256 of a file's contents from its current offset.
-pub fn sha256_of(mut file: &File) -> std::io::Result<String> {
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect())
+pub fn sha256_of(file: &File) -> std::io::Result<String> {
+    handoff::os::sha256_hex(file)
 }
 
 /// An upgrade, from an admin request or SIGHUP.
@@ -422,7 +405,7 @@ pub fn upgrade(
     // The config's hash pins the configured binary only.
     let expected = sha256.or_else(|| (!explicit).then(|| shared.sha256.clone()).flatten());
     let pinned = match expected {
-        Some(expected) => match Pinned::open(&program, &expected) {
+        Some(expected) => match pin(&program, &expected) {
             Ok(pinned) => Some(pinned),
             Err(message) => return error(ErrorKind::Rejected, message),
         },
@@ -437,32 +420,23 @@ pub fn upgrade(
         program: Some(
             pinned
                 .as_ref()
-                .map_or_else(|| program.clone(), Pinned::exec_path),
+                .map_or_else(|| program.clone(), PinnedBinary::exec_path),
         ),
         args: None,
         drain_grace,
         deadline,
         env: Vec::new(),
-        // A pinned exec path dies with the pinned file: restart by path.
+        // A pinned exec path dies with the pinned file: restart by path,
+        // and only while the file still has the pinned content.
         restart_program: Some(program.clone()),
+        restart_sha256: pinned.as_ref().map(|pinned| pinned.sha256().to_owned()),
     };
     let result = shared.handle.upgrade(request);
     // The pinned file stays open until here: the successor was spawned (and
     // exec'd) by the time the handoff ended.
     drop(pinned);
     match result {
-        Ok(outcome) => {
-            if let Outcome::Committed { generation, .. } = &outcome {
-                // Only the live generation is ever looked up.
-                let mut paths = shared
-                    .pinned_paths
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                paths.clear();
-                paths.insert(*generation, program);
-            }
-            Response::Handoff(HandoffReport::from_outcome(&outcome))
-        }
+        Ok(outcome) => Response::Handoff(HandoffReport::from_outcome(&outcome)),
         Err(Error::Busy) => error(ErrorKind::Busy, "another handoff is in flight"),
         Err(Error::SessionOver) => error(ErrorKind::Stopping, "the supervisor is stopping"),
         Err(other) => error(ErrorKind::Failed, chain(&other)),
@@ -479,37 +453,17 @@ fn allowed(shared: &Shared, program: &Path) -> bool {
         .any(|candidate| candidate == program || canonical(candidate) == wanted)
 }
 
-/// A binary opened once, hashed, and executed through the same open file.
-///
-/// The successor is exec'd as `/proc/self/fd/N`: for an ELF binary the
-/// kernel resolves that path during `execve`, before close-on-exec fds are
-/// closed, so what runs is exactly the inode that was hashed, whatever is
-/// renamed over the path meanwhile. Limit: a `#!` script is run by its
-/// interpreter, which receives `/proc/self/fd/N` as its script path after
-/// the fd was closed on exec and cannot open it; pin ELF binaries only.
-struct Pinned {
-    file: File,
-}
-
-impl Pinned {
-    fn open(path: &Path, expected: &str) -> Result<Pinned, String> {
-        let expected = crate::config::parse_sha256(expected).map_err(|f| f.message)?;
-        check_executable(path).map_err(|f| f.message)?;
-        let file = File::open(path).map_err(|e| format!("binary {}: {e}", path.display()))?;
-        let actual = sha256_of(&file).map_err(|e| format!("binary {}: {e}", path.display()))?;
-        if actual != expected {
-            tracing::warn!(binary = %path.display(), %expected, %actual, "upgrade refused: sha256 mismatch");
-            return Err(format!(
-                "binary {}: sha256 is {actual}, expected {expected}",
-                path.display()
-            ));
+/// Opens `path` and checks it against `expected` (hex, any case): the
+/// upgrade then executes the open, hashed file.
+fn pin(path: &Path, expected: &str) -> Result<PinnedBinary, String> {
+    let expected = crate::config::parse_sha256(expected).map_err(|f| f.message)?;
+    check_executable(path).map_err(|f| f.message)?;
+    handoff::os::pin_binary(path, &expected).map_err(|error| {
+        if let Error::BinaryMismatch { .. } = error {
+            tracing::warn!(binary = %path.display(), %error, "upgrade refused: sha256 mismatch");
         }
-        Ok(Pinned { file })
-    }
-
-    fn exec_path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
-    }
+        chain(&error)
+    })
 }
 
 #[cfg(test)]

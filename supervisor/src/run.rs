@@ -99,7 +99,6 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         allowed_binaries: settings.allowed_binaries.clone(),
         our_uid: handoff::os::effective_uid(),
         timeouts: settings.timeouts,
-        pinned_paths: Mutex::new(Default::default()),
         hash_cache: Mutex::new(None),
         control: control_tx.clone(),
         connections: AtomicUsize::new(0),

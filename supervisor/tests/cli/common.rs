@@ -439,3 +439,14 @@ pub fn u64_of(value: &Value, key: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("{key} missing in {value}"))
 }
+
+/// Lowercase hex sha256 of the file at `path`.
+pub fn sha256_hex(path: &Path) -> String {
+    use std::fmt::Write as _;
+    let bytes = std::fs::read(path).expect("read binary");
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
+    digest.iter().fold(String::new(), |mut hex, byte| {
+        let _ = write!(hex, "{byte:02x}");
+        hex
+    })
+}

@@ -6,17 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::common::{Start, Supervisor, TempDir, serving_pid, testd, u64_of, wait_gone};
-
-fn sha256_hex(path: &Path) -> String {
-    use std::fmt::Write as _;
-    let bytes = std::fs::read(path).expect("read binary");
-    let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
-    digest.iter().fold(String::new(), |mut hex, byte| {
-        let _ = write!(hex, "{byte:02x}");
-        hex
-    })
-}
+use crate::common::{
+    Start, Supervisor, TempDir, serving_pid, sha256_hex, testd, u64_of, wait_gone,
+};
 
 /// Two copies of testd (distinct paths, same bytes) and a config that
 /// allows both.

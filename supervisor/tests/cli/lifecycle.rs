@@ -5,19 +5,9 @@ use handoff::os::Sig;
 use serde_json::Value;
 
 use crate::common::{
-    Start, Supervisor, TempDir, alive, request, script, serving_pid, testd, u64_of, wait_gone,
+    Start, Supervisor, TempDir, alive, request, script, serving_pid, sha256_hex, testd, u64_of,
+    wait_gone,
 };
-
-fn sha256_hex(path: &std::path::Path) -> String {
-    use std::fmt::Write as _;
-    let bytes = std::fs::read(path).expect("read binary");
-    // Hash with the same crate the binary uses, via a tiny local helper.
-    let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
-    digest.iter().fold(String::new(), |mut hex, byte| {
-        let _ = write!(hex, "{byte:02x}");
-        hex
-    })
-}
 
 /// A supervisor whose config (written in `dir`) allows upgrades to `binary`.
 fn allowing(dir: &TempDir, binary: &std::path::Path) -> Supervisor {
@@ -358,4 +348,66 @@ fn a_symlink_swapped_after_the_hash_does_not_change_what_runs() {
         "refused for the hash: {refused:?}"
     );
     assert_eq!(serving_pid(addr), successor, "the successor still serves");
+}
+
+#[test]
+fn a_restart_runs_a_pinned_binary_only_while_its_file_keeps_the_pinned_sha256() {
+    let dir = TempDir::new("repin");
+    let pinned = dir.path().join("daemon");
+    std::fs::copy(testd(), &pinned).expect("copy testd");
+    let hash = sha256_hex(&pinned);
+    let supervisor = allowing(&dir, &pinned);
+    let pinned_arg = pinned.display().to_string();
+    let upgraded = supervisor.ctl("upgrade", &["--binary", &pinned_arg, "--sha256", &hash]);
+    assert_eq!(upgraded.code, Some(0), "{upgraded:?}");
+    let running = u64_of(&supervisor.status(), "child_pid") as u32;
+
+    // The file changes under its path: a copy of testd with one more byte
+    // (still a valid executable, so only the hash can stop it), renamed
+    // over the pinned path as a deploy tool would.
+    let other = dir.path().join("daemon.other");
+    let mut bytes = std::fs::read(testd()).expect("read testd");
+    bytes.push(0);
+    std::fs::write(&other, &bytes).expect("write the other binary");
+    std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let other_hash = sha256_hex(&other);
+    std::fs::rename(&other, &pinned).expect("replace the pinned file");
+
+    let mark = supervisor.log().len();
+    handoff::os::signal(running, Sig::Kill).expect("kill the generation");
+    let after = supervisor.wait_log("restart refused or failed", mark);
+    let log = supervisor.log();
+    assert!(
+        log[mark..after + 300.min(log.len() - after)].contains(&other_hash),
+        "the refusal names the file's sha256; log:\n{log}"
+    );
+    let status = supervisor.status();
+    assert!(
+        status["child_pid"].is_null() || u64_of(&status, "child_pid") as u32 == running,
+        "nothing else was started: {status}"
+    );
+
+    // The original contents back under the path: the next restart, after
+    // the backoff, runs it.
+    let restored = dir.path().join("daemon.restored");
+    std::fs::copy(testd(), &restored).expect("copy testd");
+    std::fs::rename(&restored, &pinned).expect("restore the pinned file");
+    let status = supervisor.wait_status("a restarted generation", |s| {
+        s["state"] == "serving"
+            && s["child_pid"]
+                .as_u64()
+                .is_some_and(|pid| pid != u64::from(running))
+    });
+    assert_eq!(status["binary_sha256"], hash, "{status}");
+    assert_eq!(
+        status["binary"], pinned_arg,
+        "status names the path, not the pinned fd"
+    );
+    let pid = u64_of(&status, "child_pid") as u32;
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe"),
+        pinned,
+        "the restart runs the pinned path's file"
+    );
 }
