@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 
-use crate::common::{IO, Start, Supervisor, request, serving_pid, u64_of};
+use crate::common::{IO, Start, Supervisor, serving_pid, u64_of};
 use crate::load::Load;
 
 /// An HTTP health endpoint the test controls: every GET gets `status`.
@@ -106,14 +106,7 @@ fn a_successor_failing_the_probe_is_rolled_back_under_load() {
     });
     let addr = supervisor.addr();
     let incumbent = serving_pid(addr);
-    let load = Load::start(
-        200,
-        Arc::new(move || match request(addr, "INFO") {
-            Ok(reply) if reply.starts_with("pid=") => Ok(()),
-            Ok(reply) => Err(format!("bad reply {reply:?}")),
-            Err(error) => Err(format!("{:?}: {error}", error.kind())),
-        }),
-    );
+    let load = Load::testd_info(addr, 200);
 
     // The successor sends a healthy Ready, but its health endpoint says 503.
     health.status.store(503, Ordering::SeqCst);

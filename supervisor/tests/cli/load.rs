@@ -71,6 +71,19 @@ pub const WORKERS: usize = 8;
 const MAX_RUN: Duration = Duration::from_secs(120);
 
 impl Load {
+    /// Starts sending testd `INFO` requests to `addr`, `rate` per second;
+    /// an answer that is not testd's `pid=...` line counts as failed.
+    pub fn testd_info(addr: std::net::SocketAddr, rate: u32) -> Load {
+        Load::start(
+            rate,
+            Arc::new(move || match crate::common::request(addr, "INFO") {
+                Ok(reply) if reply.starts_with("pid=") => Ok(()),
+                Ok(reply) => Err(format!("bad reply {reply:?}")),
+                Err(error) => Err(format!("{:?}: {error}", error.kind())),
+            }),
+        )
+    }
+
     /// Starts sending `rate` requests per second with `send`.
     pub fn start(rate: u32, send: Arc<Send>) -> Load {
         let stop = Arc::new(AtomicBool::new(false));

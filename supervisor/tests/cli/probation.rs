@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use handoff::os::Sig;
 
-use crate::common::{Start, Supervisor, WAIT, alive, request, serving_pid, u64_of, wait_gone};
+use crate::common::{Start, Supervisor, WAIT, alive, serving_pid, u64_of, wait_gone};
 use crate::load::Load;
 
 fn start(probation: &str) -> Supervisor {
@@ -35,14 +35,7 @@ fn a_crash_in_probation_resumes_the_previous_generation_under_load() {
     let supervisor = start("30s");
     let addr = supervisor.addr();
     let old = serving_pid(addr);
-    let load = Load::start(
-        200,
-        Arc::new(move || match request(addr, "INFO") {
-            Ok(reply) if reply.starts_with("pid=") => Ok(()),
-            Ok(reply) => Err(format!("bad reply {reply:?}")),
-            Err(error) => Err(format!("{:?}: {error}", error.kind())),
-        }),
-    );
+    let load = Load::testd_info(addr, 200);
     load.wait_answered(200);
     let ran = supervisor.ctl("upgrade", &["--json"]);
     assert_eq!(ran.code, Some(0), "{ran:?}");
@@ -147,14 +140,7 @@ fn a_failed_probe_in_probation_resumes_the_previous_generation() {
     });
     let addr = supervisor.addr();
     let old = serving_pid(addr);
-    let load = Load::start(
-        200,
-        Arc::new(move || match request(addr, "INFO") {
-            Ok(reply) if reply.starts_with("pid=") => Ok(()),
-            Ok(reply) => Err(format!("bad reply {reply:?}")),
-            Err(error) => Err(format!("{:?}: {error}", error.kind())),
-        }),
-    );
+    let load = Load::testd_info(addr, 200);
     load.wait_answered(100);
     let ran = supervisor.ctl("upgrade", &["--json"]);
     assert_eq!(ran.code, Some(0), "{ran:?}");
