@@ -109,6 +109,7 @@ fn main() {
         restart: RestartPolicy::OnFailure,
         listeners: vec![listener],
         probe: None,
+        program_sha256: None,
         protocol: handoff::supervisor::DaemonProtocol::Library,
     })
     .expect("supervisor");

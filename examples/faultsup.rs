@@ -62,6 +62,7 @@ fn main() {
         probe: Some(handoff::probe::Probe::Tcp {
             address: addr.clone(),
         }),
+        program_sha256: None,
     })
     .expect("supervisor");
     let handle = supervisor.handle();

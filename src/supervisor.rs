@@ -173,6 +173,12 @@ pub struct SupervisorConfig {
     /// probe that never passes rolls the handoff back (I12). Cold starts
     /// and restarts are gated too.
     pub probe: Option<Probe>,
+    /// The sha256 (lowercase hex) that `program` must have whenever it is
+    /// started as configured (generation 1, an upgrade that names no
+    /// program, and their restarts): the file is opened, hashed and run
+    /// from the open file (`/proc/self/fd/N`), and other contents refuse
+    /// the start ([`Error::BinaryMismatch`]).
+    pub program_sha256: Option<String>,
 }
 
 /// What one upgrade asks for; `None` fields take the configured value.
@@ -945,14 +951,38 @@ impl Loop {
             timeouts.handoff_deadline = deadline;
         }
         timeouts.validate()?;
-        let program = request
-            .program
-            .unwrap_or_else(|| self.config.program.clone());
+        // The configured program runs pinned when the config pins it; the
+        // pin lives until this function returns, after the fork (the child
+        // has its own copy of the fd until its exec).
+        let (program, restart_program, restart_sha256, _pin) =
+            match (request.program, &self.config.program_sha256) {
+                (Some(program), _) => (
+                    program,
+                    request.restart_program,
+                    request.restart_sha256,
+                    None,
+                ),
+                (None, Some(expected)) => {
+                    let pin = crate::os::pin_binary(&self.config.program, expected)?;
+                    (
+                        pin.exec_path(),
+                        Some(self.config.program.clone()),
+                        Some(expected.clone()),
+                        Some(pin),
+                    )
+                }
+                (None, None) => (
+                    self.config.program.clone(),
+                    request.restart_program,
+                    request.restart_sha256,
+                    None,
+                ),
+            };
         let args = request.args.unwrap_or_else(|| self.config.args.clone());
         let restart = RestartTarget {
-            program: request.restart_program.unwrap_or_else(|| program.clone()),
+            program: restart_program.unwrap_or_else(|| program.clone()),
             args: args.clone(),
-            sha256: request.restart_sha256,
+            sha256: restart_sha256,
         };
         let (successor, spawn_time) = match self.config.protocol {
             DaemonProtocol::Library => self.spawn(program, args, request.env, restart)?,

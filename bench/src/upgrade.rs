@@ -142,6 +142,7 @@ impl InProcess {
             restart: RestartPolicy::OnFailure,
             listeners: vec![listener],
             probe: None,
+            program_sha256: None,
             protocol: handoff::supervisor::DaemonProtocol::Library,
         })
         .map_err(|e| e.to_string())?;

@@ -62,7 +62,8 @@ pub struct FileConfig {
     pub resume_signal: Option<String>,
     /// `--history-file`.
     pub history_file: Option<PathBuf>,
-    /// Expected sha256 of the configured binary at upgrade time.
+    /// Expected sha256 of the configured binary: checked (and the hashed
+    /// file run) at start, on upgrades to it and on restarts.
     pub sha256: Option<String>,
     /// Uids besides our own and root that may use the admin socket.
     #[serde(default)]
@@ -266,6 +267,12 @@ impl Settings {
             .map_err(|e| Failure::usage(format!("{e}")))?;
 
         let sha256 = file.sha256.map(|hex| parse_sha256(&hex)).transpose()?;
+        if let Some(expected) = &sha256 {
+            // Checked here for one clear line before anything starts; the
+            // library checks again, on the file it then executes.
+            handoff::os::pin_binary(&program, expected)
+                .map_err(|e| Failure::usage(crate::error::chain(&e)))?;
+        }
         let (socket, socket_is_default) = match args.socket.or(file.socket.map(from_file)) {
             Some(socket) => (socket, false),
             None => (default_socket()?, true),

@@ -78,6 +78,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         restart: settings.restart,
         listeners,
         probe: settings.probe.clone(),
+        program_sha256: settings.sha256.clone(),
         protocol: settings.protocol,
     };
     tracing::info!(

@@ -117,6 +117,7 @@ impl Harness {
             restart: RestartPolicy::OnFailure,
             listeners: vec![listener],
             probe: None,
+            program_sha256: None,
             protocol: handoff::supervisor::DaemonProtocol::Library,
         };
         let (supervisor, events) =

@@ -390,6 +390,7 @@ fn every_kind_of_fd_travels_by_name() {
         restart: RestartPolicy::OnFailure,
         listeners: vec![main, unix, udp, state],
         probe: None,
+        program_sha256: None,
         protocol: handoff::supervisor::DaemonProtocol::Library,
     })
     .expect("supervisor");

@@ -63,6 +63,23 @@ fn bad_run_input_is_one_line() {
     let line = run(&["--socket", &long, "--", testd]);
     assert!(line.contains("108"), "{line}");
 
+    // A config that pins the binary to other contents: generation 1 is
+    // not started.
+    let pinned = dir.path().join("pinned.toml");
+    std::fs::write(&pinned, format!("sha256 = \"{}\"\n", "0".repeat(64))).expect("write");
+    let line = run(&[
+        "--socket",
+        socket,
+        "--config",
+        pinned.to_str().expect("utf-8"),
+        "--",
+        testd,
+    ]);
+    assert!(
+        line.contains("has sha256") && line.contains(&format!("expected {}", "0".repeat(64))),
+        "{line}"
+    );
+
     let line = run(&["--socket", socket, "--deadline", "soon", "--", testd]);
     assert!(line.contains("deadline"), "{line}");
     let line = run(&["--socket", socket]);

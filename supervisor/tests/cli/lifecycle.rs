@@ -411,3 +411,30 @@ fn a_restart_runs_a_pinned_binary_only_while_its_file_keeps_the_pinned_sha256() 
         "the restart runs the pinned path's file"
     );
 }
+
+#[test]
+fn a_config_sha256_pins_generation_1() {
+    let dir = TempDir::new("pin1");
+    let binary = dir.path().join("daemon");
+    std::fs::copy(testd(), &binary).expect("copy testd");
+    let hash = sha256_hex(&binary);
+    let config = dir.path().join("handoff.toml");
+    std::fs::write(&config, format!("sha256 = \"{hash}\"\n")).expect("config");
+    let mut flags = Start::default().flags;
+    flags.extend(["--config".to_owned(), config.display().to_string()]);
+    let supervisor = Supervisor::start_with(Start {
+        flags,
+        program: Some(binary.clone()),
+        ..Start::default()
+    });
+    let status = supervisor.wait_serving();
+    assert_eq!(status["binary"], binary.display().to_string(), "{status}");
+    assert_eq!(status["binary_sha256"], hash, "{status}");
+    // Started from the pinned open file: the child's exe is the file the
+    // supervisor hashed, reached through its path.
+    let pid = u64_of(&status, "child_pid") as u32;
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe"),
+        binary
+    );
+}
