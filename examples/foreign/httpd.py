@@ -63,17 +63,20 @@ class Server(http.server.ThreadingHTTPServer):
     block_on_close = True
 
 
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGQUIT}
+
+
 def main():
+    # The stop signals are taken with sigwait, not a handler: a Python
+    # handler runs in the main thread between any two bytecodes, and one
+    # that starts a thread can deadlock when it lands inside the main
+    # thread's own Thread.start() (threading's limbo lock is not
+    # reentrant); under load the server starts a thread per connection.
+    # Blocked before any thread exists, so every thread inherits the block.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     server = Server(("127.0.0.1", 0), Handler, bind_and_activate=False)
     server.socket.close()
     server.socket = listener()
-
-    def stop(signum, frame):
-        # shutdown() waits for serve_forever to return: not from its thread.
-        threading.Thread(target=server.shutdown).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGQUIT, stop)
     fault = ""
     if "--fault-file" in sys.argv:
         path = sys.argv[sys.argv.index("--fault-file") + 1]
@@ -91,8 +94,12 @@ def main():
         os._exit(3)
     elif fault != "no-ready":
         notify("READY=1\nSTATUS=serving")
-    server.serve_forever(poll_interval=0.05)
-    server.server_close()
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    serving.start()
+    signal.sigwait(STOP_SIGNALS)
+    server.shutdown()  # returns once serve_forever has returned
+    serving.join()
+    server.server_close()  # joins the requests in flight
 
 
 if __name__ == "__main__":
