@@ -46,14 +46,6 @@ pub enum Daemon {
 }
 
 impl Daemon {
-    /// The daemon for a library mode: `kvd` or `echod`.
-    pub fn of(mode: Mode) -> Daemon {
-        match mode {
-            Mode::Exclusive => Daemon::Kvd,
-            Mode::Overlap => Daemon::Echod,
-        }
-    }
-
     /// The handoff mode it runs in.
     pub fn mode(self) -> Mode {
         match self {
@@ -237,27 +229,8 @@ fn start(
     dir: &std::path::Path,
 ) -> Result<(Box<dyn Upgrader>, SocketAddr, DaemonCommand), String> {
     let daemon = match config.daemon {
-        Daemon::Kvd | Daemon::Echod => {
-            let program = match config.daemon {
-                Daemon::Kvd => "kvd",
-                _ => "echod",
-            };
-            let binary = config.examples_dir.join(program);
-            if !binary.exists() {
-                return Err(format!(
-                    "{} is missing: build the examples first (`cargo build --release --examples`)",
-                    binary.display()
-                ));
-            }
-            let data_dir = dir.join("data");
-            std::fs::create_dir_all(&data_dir).map_err(|e| e.to_string())?;
-            DaemonCommand::prepare(
-                &binary,
-                dir,
-                (config.daemon == Daemon::Kvd).then_some(data_dir),
-                config.daemon,
-            )?
-        }
+        Daemon::Kvd => prepare_example(config, dir, "kvd", Some(dir.join("data")))?,
+        Daemon::Echod => prepare_example(config, dir, "echod", None)?,
         Daemon::ForeignHttpd => {
             let path = std::env::var_os("PATH").unwrap_or_default();
             let interpreter = python3(&path)?;
@@ -291,6 +264,27 @@ fn start(
             (Box::new(upgrader), addr, daemon)
         }
     })
+}
+
+/// The two builds of the example `program` (`kvd`, `echod`), with its data
+/// directory if it has one.
+fn prepare_example(
+    config: &Config,
+    dir: &std::path::Path,
+    program: &str,
+    data_dir: Option<PathBuf>,
+) -> Result<DaemonCommand, String> {
+    let binary = config.examples_dir.join(program);
+    if !binary.exists() {
+        return Err(format!(
+            "{} is missing: build the examples first (`cargo build --release --examples`)",
+            binary.display()
+        ));
+    }
+    if let Some(data_dir) = &data_dir {
+        std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
+    }
+    DaemonCommand::prepare(&binary, dir, data_dir, config.daemon)
 }
 
 /// The Python interpreter the foreign daemon runs on: `python3` found in
@@ -336,7 +330,10 @@ fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
     let first = runtime.block_on(info_until(addr, target, Instant::now() + FIRST_START_BOUND));
     let Some(mut identity) = first else {
         let _ = upgrader.finish();
-        return Err("the first generation never told who it is".into());
+        return Err(
+            "the first generation never said who it is (`/info`, or `GET /` for the foreign daemon)"
+                .into(),
+        );
     };
     let rss_before = upgrader.supervisor_pid().and_then(rss_kib);
 
