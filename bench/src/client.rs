@@ -57,7 +57,9 @@ impl Failure {
 pub struct Response {
     /// The status code.
     pub status: u16,
-    /// Whether the server announced `Connection: close`.
+    /// Whether the server closes the connection after this response:
+    /// `Connection: close`, or an HTTP/1.0 response without
+    /// `Connection: keep-alive` (RFC 9112, 9.3).
     pub close: bool,
     /// The body.
     pub body: Vec<u8>,
@@ -172,7 +174,7 @@ impl Connection {
             None => return Err(malformed),
         };
         let mut length = 0usize;
-        let mut close = false;
+        let mut close = line.starts_with("HTTP/1.0 ");
         loop {
             line.clear();
             if self.stream.read_line(&mut line).await.map_err(after)? == 0 {
@@ -190,7 +192,11 @@ impl Connection {
                         before_response: false,
                     })?;
                 } else if name.eq_ignore_ascii_case("connection") {
-                    close = value.eq_ignore_ascii_case("close");
+                    if value.eq_ignore_ascii_case("close") {
+                        close = true;
+                    } else if value.eq_ignore_ascii_case("keep-alive") {
+                        close = false;
+                    }
                 }
             }
         }
@@ -202,5 +208,53 @@ impl Connection {
             body,
             first_byte,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// Answers one request with `response` and returns what `exchange`
+    /// made of it.
+    fn answered_with(response: &'static str) -> Response {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request).expect("read");
+            stream.write_all(response.as_bytes()).expect("write");
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let answer = runtime.block_on(async {
+            let mut connection = Connection::open(addr).await.expect("connect");
+            connection.exchange("GET", "/", &[], true).await
+        });
+        server.join().expect("server");
+        answer.expect("a response")
+    }
+
+    #[test]
+    fn an_http_1_0_answer_closes_unless_it_says_keep_alive() {
+        let plain = answered_with("HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\npid=12");
+        assert!(plain.close);
+        assert_eq!((plain.status, &plain.body[..]), (200, &b"pid=12"[..]));
+        let kept =
+            answered_with("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n");
+        assert!(!kept.close);
+    }
+
+    #[test]
+    fn an_http_1_1_answer_stays_open_unless_it_says_close() {
+        let kept = answered_with("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        assert!(!kept.close);
+        let closed =
+            answered_with("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+        assert!(closed.close);
     }
 }

@@ -1,16 +1,18 @@
 //! The `handoff` load benchmark as a library, shared by the `handoff-bench`
 //! binary and the zero-loss integration test.
 //!
-//! A run starts `kvd` (exclusive mode) or `echod` (overlap mode) under a
-//! supervisor on loopback, drives open-loop HTTP load, upgrades the daemon
-//! K times alternating two builds, reads every acknowledged write back, and
-//! reports exact loss counts and timing figures ([`run::Observed::to_json`]).
-//! The negative control runs the same load across naive restarts (close the
-//! listener, bind again), which must show failures.
+//! A run starts `kvd` (exclusive mode), `echod` (overlap mode) or the
+//! foreign Python daemon `examples/foreign/httpd.py` (`--protocol systemd`)
+//! under a supervisor on loopback, drives open-loop HTTP load, upgrades the
+//! daemon K times alternating two builds, reads every acknowledged write
+//! back, and reports exact loss counts and timing figures
+//! ([`run::Observed::to_json`]). The negative control runs the same load
+//! across naive restarts (close the listener, bind again), which must show
+//! failures.
 //!
 //! ```no_run
-//! use handoff_bench::run::{Config, run};
-//! let config = Config::new(handoff::Mode::Exclusive, "target/release/examples".into());
+//! use handoff_bench::run::{Config, Daemon, run};
+//! let config = Config::new(Daemon::Kvd, "target/release/examples".into());
 //! let observed = run(config).expect("run");
 //! assert_eq!(observed.counts().failed, 0);
 //! println!("{}", observed.to_json());

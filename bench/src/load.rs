@@ -4,9 +4,10 @@
 //! every request scheduled during it (no coordinated omission).
 //!
 //! Half of the clients open a new connection per request; the other half
-//! keep their connection alive, reconnecting after a `Connection: close`.
-//! Requests alternate between a `PUT` of a fresh key and a `GET` of the
-//! client's last acknowledged key.
+//! keep their connection alive, reconnecting after a `Connection: close`
+//! (or an HTTP/1.0 answer, which closes). Requests alternate between a
+//! `PUT` of a fresh key and a `GET` of the client's last acknowledged key;
+//! the foreign daemon ([`Target::Pid`]) gets `GET /` only.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +23,9 @@ pub enum Target {
     KeyValue,
     /// `echod`: every request must come back echoed.
     Echo,
+    /// The foreign daemon (`examples/foreign/httpd.py`): answers every
+    /// `GET` with `200` and `pid=N`; it has no `PUT`.
+    Pid,
 }
 
 /// The shape of the load.
@@ -112,7 +116,7 @@ async fn client(
             break;
         }
         tokio::time::sleep_until(intended.into()).await;
-        let put = sequence.is_multiple_of(2);
+        let put = sequence.is_multiple_of(2) && config.target != Target::Pid;
         let (method, key, body) = if put {
             let key = format!("c{id}-{sequence}");
             let value = format!("{id}:{sequence}:{}", "v".repeat(24)).into_bytes();
@@ -123,7 +127,10 @@ async fn client(
                 .map_or_else(|| format!("c{id}-none"), |(k, _)| k.clone());
             ("GET", key, Vec::new())
         };
-        let path = format!("/kv/{key}");
+        let path = match config.target {
+            Target::Pid => "/".to_owned(),
+            Target::KeyValue | Target::Echo => format!("/kv/{key}"),
+        };
         let attempt = tokio::time::timeout(
             config.request_timeout,
             send(
@@ -191,8 +198,22 @@ fn judge(
         },
         (Target::Echo, true) => response.status == 200 && response.body == body,
         (Target::Echo, false) => response.status == 200 && response.body == path.as_bytes(),
+        (Target::Pid, _) => pid_in(response).is_some(),
     };
     (!right).then_some(Failure::Other)
+}
+
+/// The pid in the foreign daemon's answer (`200`, body `pid=N`).
+pub fn pid_in(response: &Response) -> Option<u32> {
+    if response.status != 200 {
+        return None;
+    }
+    std::str::from_utf8(&response.body)
+        .ok()?
+        .trim()
+        .strip_prefix("pid=")?
+        .parse()
+        .ok()
 }
 
 /// One request with a kept-alive connection's reuse rules: a connection
@@ -285,4 +306,32 @@ pub async fn read_back(
         unreadable += u;
     }
     (lost, unreadable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(status: u16, body: &str) -> Response {
+        Response {
+            status,
+            close: true,
+            body: body.as_bytes().to_vec(),
+            first_byte: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn the_foreign_daemon_must_answer_200_with_its_pid() {
+        assert_eq!(pid_in(&response(200, "pid=4242\n")), Some(4242));
+        assert_eq!(pid_in(&response(503, "pid=4242\n")), None);
+        assert_eq!(pid_in(&response(200, "hello")), None);
+        assert_eq!(pid_in(&response(200, "pid=")), None);
+        let right = judge(Target::Pid, false, "/", &[], &None, &response(200, "pid=7"));
+        assert_eq!(right, None);
+        let wrong = judge(Target::Pid, false, "/", &[], &None, &response(404, "pid=7"));
+        assert_eq!(wrong, Some(Failure::Other));
+        let failed = judge(Target::Pid, false, "/", &[], &None, &response(500, ""));
+        assert_eq!(failed, Some(Failure::Http5xx));
+    }
 }

@@ -5,14 +5,14 @@
 //! ```text
 //! cargo build --release --examples -p handoff && cargo build --release -p handoffctl
 //! cargo run --release -p handoff-bench -- --mode both --upgrades 20 --clients 32
+//! cargo run --release -p handoff-bench -- --mode foreign --upgrades 20   # needs python3
 //! ```
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use handoff::Mode;
-use handoff_bench::run::{Config, Observed, UpgraderKind, run};
+use handoff_bench::run::{Config, Daemon, Observed, UpgraderKind, run};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Supervisor {
@@ -24,15 +24,24 @@ enum Supervisor {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Modes {
+    /// kvd, exclusive mode.
     Exclusive,
+    /// echod, overlap mode.
     Overlap,
+    /// examples/foreign/httpd.py (python3) under `--protocol systemd`.
+    Foreign,
+    /// exclusive and overlap: the library daemons.
     Both,
+    /// exclusive, overlap and foreign.
+    All,
 }
 
 /// Load benchmark for handoff: zero-loss counts, handoff times, latency.
 #[derive(Debug, Parser)]
 struct Args {
-    /// Which daemon: exclusive (kvd), overlap (echod), or both.
+    /// Which daemon: exclusive (kvd), overlap (echod), foreign (a Python
+    /// daemon under --protocol systemd; needs python3), both (the library
+    /// daemons), or all three.
     #[arg(long, value_enum, default_value = "both")]
     mode: Modes,
     /// Who supervises and upgrades.
@@ -67,6 +76,10 @@ struct Args {
     /// this binary].
     #[arg(long)]
     examples_dir: Option<PathBuf>,
+    /// The foreign daemon's script [default: examples/foreign/httpd.py in
+    /// the source tree this binary was built from].
+    #[arg(long)]
+    foreign_script: Option<PathBuf>,
     /// Directory for the SVG pictures.
     #[arg(long, default_value = ".")]
     svg_dir: PathBuf,
@@ -80,20 +93,29 @@ fn main() {
             .and_then(|exe| exe.parent().map(|dir| dir.join("examples")))
             .unwrap_or_else(|| PathBuf::from("target/release/examples"))
     });
-    let modes: &[Mode] = match args.mode {
-        Modes::Exclusive => &[Mode::Exclusive],
-        Modes::Overlap => &[Mode::Overlap],
-        Modes::Both => &[Mode::Exclusive, Mode::Overlap],
+    let daemons: &[Daemon] = match args.mode {
+        Modes::Exclusive => &[Daemon::Kvd],
+        Modes::Overlap => &[Daemon::Echod],
+        Modes::Foreign => &[Daemon::ForeignHttpd],
+        Modes::Both => &[Daemon::Kvd, Daemon::Echod],
+        Modes::All => &[Daemon::Kvd, Daemon::Echod, Daemon::ForeignHttpd],
     };
-    let config = |mode: Mode, upgrader: UpgraderKind, upgrades: usize| Config {
-        upgrader,
-        upgrades,
-        clients: args.clients,
-        rate: args.rate,
-        steady: Duration::from_millis(args.steady_ms),
-        interval: Duration::from_millis(args.interval_ms),
-        handoffctl: args.handoffctl.clone(),
-        ..Config::new(mode, examples_dir.clone())
+    let config = |daemon: Daemon, upgrader: UpgraderKind, upgrades: usize| {
+        let defaults = Config::new(daemon, examples_dir.clone());
+        Config {
+            upgrader,
+            upgrades,
+            clients: args.clients,
+            rate: args.rate,
+            steady: Duration::from_millis(args.steady_ms),
+            interval: Duration::from_millis(args.interval_ms),
+            handoffctl: args.handoffctl.clone(),
+            foreign_script: args
+                .foreign_script
+                .clone()
+                .unwrap_or(defaults.foreign_script.clone()),
+            ..defaults
+        }
     };
     let supervised = match args.supervisor {
         Supervisor::Handoffctl => UpgraderKind::Ctl,
@@ -102,8 +124,8 @@ fn main() {
     let loadavg_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut runs = Vec::new();
     let mut ok = true;
-    for &mode in modes {
-        let observed = finish(run(config(mode, supervised, args.upgrades)));
+    for &daemon in daemons {
+        let observed = finish(run(config(daemon, supervised, args.upgrades)));
         let counts = observed.counts();
         ok &= counts.failed == 0
             && counts.retried_idle_close == 0
@@ -113,16 +135,12 @@ fn main() {
             && counts.handoffs == args.upgrades as u64
             && counts.identity_changes == args.upgrades as u64
             && observed.harness_errors.is_empty();
-        write_svg(
-            &args.svg_dir,
-            &observed,
-            &format!("{mode:?}").to_lowercase(),
-        );
+        write_svg(&args.svg_dir, &observed, daemon.name());
         runs.push(observed.to_json());
     }
     let control = if args.control_restarts > 0 {
         let observed = finish(run(config(
-            Mode::Exclusive,
+            Daemon::Kvd,
             UpgraderKind::NaiveRestart,
             args.control_restarts,
         )));
@@ -135,7 +153,7 @@ fn main() {
         serde_json::Value::Null
     };
     let idle = if args.idle_upgrades > 0 {
-        let idle = handoff_bench::run::idle(config(Mode::Overlap, supervised, args.idle_upgrades))
+        let idle = handoff_bench::run::idle(config(Daemon::Echod, supervised, args.idle_upgrades))
             .unwrap_or_else(|error| {
                 eprintln!("handoff-bench: idle: {error}");
                 std::process::exit(2)

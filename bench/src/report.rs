@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::client::Failure;
 use crate::load::Sample;
-use crate::run::Observed;
+use crate::run::{Daemon, Observed};
 
 /// A request counts as "during a handoff" if its intended send time falls
 /// in an upgrade's window widened by this much on each side (a request sent
@@ -140,7 +140,12 @@ impl Observed {
         };
         let config = &self.config;
         json!({
-            "mode": format!("{:?}", config.mode).to_lowercase(),
+            "mode": config.daemon.name(),
+            "daemon": match config.daemon {
+                Daemon::Kvd => "kvd",
+                Daemon::Echod => "echod",
+                Daemon::ForeignHttpd => "httpd.py (python3, --protocol systemd)",
+            },
             "upgrader": format!("{:?}", config.upgrader),
             "clients": config.clients,
             "rate_per_s": config.rate,

@@ -1,6 +1,11 @@
 //! One benchmark run: a daemon, an upgrader, open-loop load, K upgrades
 //! alternating two builds, the read-back, and the checks that each
 //! upgrade really changed the serving process and left nothing behind.
+//!
+//! The daemons are `kvd` (exclusive mode), `echod` (overlap mode), and
+//! `examples/foreign/httpd.py`, a Python daemon that does not link the
+//! library, supervised with `--protocol systemd` (socket activation on fd
+//! 3, `READY=1`, always overlap).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,15 +29,62 @@ pub enum UpgraderKind {
     NaiveRestart,
 }
 
+/// The daemon under load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Daemon {
+    /// `kvd`: stateful, exclusive mode; every acknowledged write is read
+    /// back.
+    Kvd,
+    /// `echod`: stateless, overlap mode.
+    Echod,
+    /// `examples/foreign/httpd.py` under `--protocol systemd`: Python's
+    /// `http.server` on the socket it finds on fd 3, `READY=1` on
+    /// `NOTIFY_SOCKET`, SIGTERM to stop; overlap mode (the only one for a
+    /// foreign daemon). It answers every `GET` with `pid=N` over HTTP/1.0,
+    /// so every request of the load runs on a new connection.
+    ForeignHttpd,
+}
+
+impl Daemon {
+    /// The handoff mode it runs in.
+    pub fn mode(self) -> Mode {
+        match self {
+            Daemon::Kvd => Mode::Exclusive,
+            Daemon::Echod | Daemon::ForeignHttpd => Mode::Overlap,
+        }
+    }
+
+    /// The benchmark mode's name (`--mode`, the report, the SVG's name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Daemon::Kvd => "exclusive",
+            Daemon::Echod => "overlap",
+            Daemon::ForeignHttpd => "foreign",
+        }
+    }
+
+    /// What the load expects from it.
+    pub fn target(self) -> Target {
+        match self {
+            Daemon::Kvd => Target::KeyValue,
+            Daemon::Echod => Target::Echo,
+            Daemon::ForeignHttpd => Target::Pid,
+        }
+    }
+}
+
 /// A run's settings.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Exclusive (`kvd`) or overlap (`echod`).
-    pub mode: Mode,
+    /// The daemon (and so the mode).
+    pub daemon: Daemon,
     /// Who replaces the daemon.
     pub upgrader: UpgraderKind,
     /// Where `kvd` and `echod` are (`target/PROFILE/examples`).
     pub examples_dir: PathBuf,
+    /// The foreign daemon's script [default: `examples/foreign/httpd.py`
+    /// in this source tree].
+    pub foreign_script: PathBuf,
     /// The `handoffctl` binary [default: `handoffctl` beside
     /// `examples_dir`, i.e. `target/PROFILE/handoffctl`].
     pub handoffctl: Option<PathBuf>,
@@ -52,11 +104,15 @@ pub struct Config {
 
 impl Config {
     /// Defaults: 32 clients at 800 requests/s, 20 upgrades.
-    pub fn new(mode: Mode, examples_dir: PathBuf) -> Config {
+    pub fn new(daemon: Daemon, examples_dir: PathBuf) -> Config {
         Config {
-            mode,
+            daemon,
             upgrader: UpgraderKind::Ctl,
             examples_dir,
+            foreign_script: PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../examples/foreign/httpd.py"
+            )),
             handoffctl: None,
             upgrades: 20,
             clients: 32,
@@ -172,25 +228,15 @@ fn start(
     config: &Config,
     dir: &std::path::Path,
 ) -> Result<(Box<dyn Upgrader>, SocketAddr, DaemonCommand), String> {
-    let program = match config.mode {
-        Mode::Exclusive => "kvd",
-        Mode::Overlap => "echod",
+    let daemon = match config.daemon {
+        Daemon::Kvd => prepare_example(config, dir, "kvd", Some(dir.join("data")))?,
+        Daemon::Echod => prepare_example(config, dir, "echod", None)?,
+        Daemon::ForeignHttpd => {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let interpreter = python3(&path)?;
+            DaemonCommand::prepare_script(&config.foreign_script, &interpreter, dir, config.daemon)?
+        }
     };
-    let binary = config.examples_dir.join(program);
-    if !binary.exists() {
-        return Err(format!(
-            "{} is missing: build the examples first (`cargo build --release --examples`)",
-            binary.display()
-        ));
-    }
-    let data_dir = dir.join("data");
-    std::fs::create_dir_all(&data_dir).map_err(|e| e.to_string())?;
-    let daemon = DaemonCommand::prepare(
-        &binary,
-        dir,
-        (config.mode == Mode::Exclusive).then_some(data_dir),
-        config.mode,
-    )?;
     Ok(match config.upgrader {
         UpgraderKind::Ctl => {
             let handoffctl = config.handoffctl.clone().unwrap_or_else(|| {
@@ -220,11 +266,60 @@ fn start(
     })
 }
 
-fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
-    let target = match config.mode {
-        Mode::Exclusive => Target::KeyValue,
-        Mode::Overlap => Target::Echo,
+/// The two builds of the example `program` (`kvd`, `echod`), with its data
+/// directory if it has one.
+fn prepare_example(
+    config: &Config,
+    dir: &std::path::Path,
+    program: &str,
+    data_dir: Option<PathBuf>,
+) -> Result<DaemonCommand, String> {
+    let binary = config.examples_dir.join(program);
+    if !binary.exists() {
+        return Err(format!(
+            "{} is missing: build the examples first (`cargo build --release --examples`)",
+            binary.display()
+        ));
+    }
+    if let Some(data_dir) = &data_dir {
+        std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
+    }
+    DaemonCommand::prepare(&binary, dir, data_dir, config.daemon)
+}
+
+/// The Python interpreter the foreign daemon runs on: `python3` found in
+/// `path` (a `PATH` value), resolved to the real executable
+/// (`sys.executable`; `python3` may be a shim script that would otherwise
+/// run between the supervisor's `exec` and the daemon).
+pub fn python3(path: &std::ffi::OsStr) -> Result<PathBuf, String> {
+    let missing = || {
+        "python3 is not in PATH: the foreign mode runs examples/foreign/httpd.py with it \
+         (install CPython 3, or choose another --mode)"
+            .to_owned()
     };
+    let found = std::env::split_paths(path)
+        .map(|dir| dir.join("python3"))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(missing)?;
+    let output = std::process::Command::new(&found)
+        .args(["-c", "import sys; print(sys.executable)"])
+        .env("PATH", path)
+        .output()
+        .map_err(|e| format!("{}: {e}", found.display()))?;
+    let executable = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    if !output.status.success() || executable.is_empty() {
+        return Err(format!(
+            "{} does not run: {} {}",
+            found.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(PathBuf::from(executable))
+}
+
+fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
+    let target = config.daemon.target();
     let (mut upgrader, addr, daemon) = start(&config, dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -232,10 +327,13 @@ fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
         .build()
         .map_err(|e| e.to_string())?;
     let mut harness_errors = Vec::new();
-    let first = runtime.block_on(info_until(addr, Instant::now() + FIRST_START_BOUND));
+    let first = runtime.block_on(info_until(addr, target, Instant::now() + FIRST_START_BOUND));
     let Some(mut identity) = first else {
         let _ = upgrader.finish();
-        return Err("the first generation never answered /info".into());
+        return Err(
+            "the first generation never said who it is (`/info`, or `GET /` for the foreign daemon)"
+                .into(),
+        );
     };
     let rss_before = upgrader.supervisor_pid().and_then(rss_kib);
 
@@ -276,7 +374,7 @@ fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
         let after = runtime.block_on(async {
             let deadline = Instant::now() + FIRST_START_BOUND;
             loop {
-                let now = info_until(addr, deadline).await;
+                let now = info_until(addr, target, deadline).await;
                 match now {
                     Some(ref seen)
                         if handoff.committed
@@ -292,10 +390,15 @@ fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
         let mut identity_changed = false;
         let mut old_gone = None;
         if let Some(new) = after {
+            let generation_rose = match (new.generation, identity.generation) {
+                (Some(new_generation), Some(old)) => new_generation > old,
+                // A daemon that does not know its generation (the foreign
+                // one): the pid the supervisor committed is the one serving.
+                _ => handoff.new_pid == Some(new.pid),
+            };
             identity_changed = new.pid != identity.pid
                 && new.build == build
-                && (config.upgrader == UpgraderKind::NaiveRestart
-                    || new.generation > identity.generation);
+                && (config.upgrader == UpgraderKind::NaiveRestart || generation_rose);
             if new.pid != identity.pid {
                 old_pids.push(identity.pid);
                 if wait_gone(identity.pid, asked + RETIRE_BOUND) {
@@ -304,7 +407,7 @@ fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
             }
             identity = new;
         } else {
-            harness_errors.push(format!("upgrade {round}: /info unreachable after it"));
+            harness_errors.push(format!("upgrade {round}: no identity after it"));
         }
         if !handoff.committed {
             harness_errors.push(format!(
@@ -359,31 +462,54 @@ fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
     })
 }
 
-/// What `/info` says.
+/// Who serves: what `/info` says (`kvd`, `echod`), or for the foreign
+/// daemon the pid it answers with and the script the kernel says it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     /// The serving process.
     pub pid: u32,
     /// Its build label.
     pub build: String,
-    /// Its generation number.
-    pub generation: u64,
+    /// Its generation number, when the daemon knows it.
+    pub generation: Option<u64>,
 }
 
-async fn info_once(addr: SocketAddr) -> Option<Identity> {
+async fn info_once(addr: SocketAddr, target: Target) -> Option<Identity> {
     let mut connection = crate::client::Connection::open(addr).await.ok()?;
+    if target == Target::Pid {
+        let response = connection.exchange("GET", "/", &[], false).await.ok()?;
+        let pid = load::pid_in(&response)?;
+        return Some(Identity {
+            pid,
+            build: script_of(pid)?,
+            generation: None,
+        });
+    }
     let response = connection.exchange("GET", "/info", &[], false).await.ok()?;
     let json: serde_json::Value = serde_json::from_slice(&response.body).ok()?;
     Some(Identity {
         pid: u32::try_from(json.get("pid")?.as_u64()?).ok()?,
         build: json.get("build")?.as_str()?.to_owned(),
-        generation: json.get("generation")?.as_u64()?,
+        generation: Some(json.get("generation")?.as_u64()?),
     })
 }
 
-async fn info_until(addr: SocketAddr, deadline: Instant) -> Option<Identity> {
+/// The file name of the script `pid` runs: its first argument in
+/// `/proc/PID/cmdline` (an interpreter started by a `#!` line gets the
+/// script's path there).
+fn script_of(pid: u32) -> Option<String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let script = cmdline.split(|&byte| byte == 0).nth(1)?;
+    let name = std::path::Path::new(std::str::from_utf8(script).ok()?).file_name()?;
+    Some(name.to_string_lossy().into_owned())
+}
+
+async fn info_until(addr: SocketAddr, target: Target, deadline: Instant) -> Option<Identity> {
     loop {
-        if let Some(identity) = info_once(addr).await {
+        // The kernel completes a connect into the shared backlog whether or
+        // not a daemon ever accepts it: each attempt is bounded too.
+        let attempt = tokio::time::timeout_at(deadline.into(), info_once(addr, target)).await;
+        if let Ok(Some(identity)) = attempt {
             return Some(identity);
         }
         if Instant::now() >= deadline {
@@ -430,7 +556,7 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 /// hosting the supervisor grows with the number of handoffs.
 #[derive(Debug)]
 pub struct Idle {
-    /// The settings (`upgrades`, `mode`, `examples_dir` are used).
+    /// The settings (`upgrades`, `daemon`, `examples_dir` are used).
     pub config: Config,
     /// Each handoff as reported by the upgrader.
     pub handoffs: Vec<Handoff>,
@@ -462,13 +588,20 @@ pub fn idle(config: Config) -> Result<Idle, String> {
 }
 
 fn idle_in(config: Config, dir: &std::path::Path) -> Result<Idle, String> {
+    if config.daemon.target() == Target::Pid {
+        // The end check counts generations through `/info`.
+        return Err("idle upgrades need a daemon that reports its generation".into());
+    }
     let (mut upgrader, addr, daemon) = start(&config, dir)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     let mut harness_errors = Vec::new();
-    let Some(first) = runtime.block_on(info_until(addr, Instant::now() + FIRST_START_BOUND)) else {
+    let target = config.daemon.target();
+    let Some(first) =
+        runtime.block_on(info_until(addr, target, Instant::now() + FIRST_START_BOUND))
+    else {
         let _ = upgrader.finish();
         return Err("the first generation never answered /info".into());
     };
@@ -488,11 +621,11 @@ fn idle_in(config: Config, dir: &std::path::Path) -> Result<Idle, String> {
         }
     }
     let rss_after = rss_kib(host);
-    let last = runtime.block_on(info_until(addr, Instant::now() + FIRST_START_BOUND));
-    let expected = first.generation + config.upgrades as u64;
+    let last = runtime.block_on(info_until(addr, target, Instant::now() + FIRST_START_BOUND));
+    let expected = first.generation.map(|g| g + config.upgrades as u64);
     if last.as_ref().map(|i| i.generation) != Some(expected) {
         harness_errors.push(format!(
-            "expected generation {expected} at the end, /info said {last:?}"
+            "expected generation {expected:?} at the end, /info said {last:?}"
         ));
     }
     // Every generation but the last is a child of the supervisor's process
@@ -558,7 +691,7 @@ impl Idle {
             serde_json::json!({ "p50": pick(0.5), "p99": pick(0.99), "max": pick(1.0) })
         };
         serde_json::json!({
-            "mode": format!("{:?}", self.config.mode).to_lowercase(),
+            "mode": self.config.daemon.name(),
             "upgrades_asked": self.config.upgrades,
             "upgrader": format!("{:?}", self.config.upgrader),
             "handoffs": self.handoffs.iter().filter(|h| h.committed).count(),
@@ -611,6 +744,125 @@ mod tests {
                 rolled_back: 1
             }
         );
+    }
+
+    /// Held by the tests that write scripts or spawn processes: a script
+    /// written in one test thread and executed while another thread forks
+    /// fails with ETXTBSY (the forked child holds the write fd until its
+    /// exec).
+    static SPAWNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn spawning() -> std::sync::MutexGuard<'static, ()> {
+        SPAWNING.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A scratch directory of its own, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir = std::env::temp_dir().join(format!(
+                "handoff-bench-{name}-{}-{}",
+                std::process::id(),
+                unique()
+            ));
+            std::fs::create_dir_all(&dir).expect("dir");
+            Scratch(dir)
+        }
+
+        fn script(&self, name: &str, text: &str) -> PathBuf {
+            use std::os::unix::fs::PermissionsExt;
+            let path = self.0.join(name);
+            std::fs::write(&path, text).expect("write");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            path
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn python3_missing_from_the_path_is_a_clear_error() {
+        let _turn = spawning();
+        let empty = Scratch::new("nopython");
+        let error = python3(empty.0.as_os_str()).expect_err("no python3 there");
+        assert!(error.contains("python3 is not in PATH"), "{error}");
+    }
+
+    #[test]
+    fn python3_is_resolved_to_the_executable_it_reports() {
+        let _turn = spawning();
+        let dir = Scratch::new("fakepython");
+        // A stand-in that answers as `python3 -c 'print(sys.executable)'` would.
+        dir.script("python3", "#!/bin/sh\necho /opt/python/bin/python3.99\n");
+        assert_eq!(
+            python3(dir.0.as_os_str()),
+            Ok(PathBuf::from("/opt/python/bin/python3.99"))
+        );
+        dir.script("python3", "#!/bin/sh\necho broken >&2\nexit 1\n");
+        let error = python3(dir.0.as_os_str()).expect_err("a failing python3");
+        assert!(
+            error.contains("does not run") && error.contains("broken"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_two_script_builds_name_the_interpreter_and_differ() {
+        let _turn = spawning();
+        let dir = Scratch::new("builds");
+        let source = dir.script("httpd.py", "#!/usr/bin/env python3\nprint('hi')\n");
+        let out = dir.0.join("out");
+        std::fs::create_dir_all(&out).expect("out");
+        let command = DaemonCommand::prepare_script(
+            &source,
+            std::path::Path::new("/opt/py/python3"),
+            &out,
+            Daemon::ForeignHttpd,
+        )
+        .expect("prepare");
+        assert_eq!(
+            command.builds,
+            [out.join("httpd-a.py"), out.join("httpd-b.py")]
+        );
+        let [a, b] = command
+            .builds
+            .clone()
+            .map(|p| std::fs::read_to_string(p).expect("read"));
+        assert_eq!(a, "#!/opt/py/python3\nprint('hi')\n");
+        assert!(b.starts_with(&a) && b.len() > a.len(), "{b:?}");
+        assert_eq!(DaemonCommand::label(&command.builds[1]), "httpd-b.py");
+    }
+
+    #[test]
+    fn the_script_a_process_runs_is_read_from_its_cmdline() {
+        let _turn = spawning();
+        use std::io::BufRead;
+        let dir = Scratch::new("cmdline");
+        let script = dir.script("waits-b.sh", "echo running\nread line\n");
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg(&script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        // spawn() returns once the exec began, before the kernel has set
+        // the new image's arguments: wait until the script runs.
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read");
+        let seen = script_of(child.id());
+        drop(child.stdin.take());
+        let _ = child.wait();
+        assert_eq!(line, "running\n");
+        assert_eq!(seen.as_deref(), Some("waits-b.sh"));
+        assert_eq!(script_of(u32::MAX), None);
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! binary, `NAME-a` and `NAME-b`, that differ by a trailer appended after
 //! the ELF image (so their sha256 differ, as two builds' would). The
 //! daemons report their executable's file name as their build in `/info`.
+//! The foreign daemon is a Python script: its two builds are copies
+//! `httpd-a.py` and `httpd-b.py` whose `#!` line names the interpreter
+//! found at the start, the second with a comment appended; the kernel's
+//! `/proc/PID/cmdline` names the script a generation runs.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -15,8 +19,11 @@ use std::time::{Duration, Instant};
 
 use handoff::Mode;
 use handoff::supervisor::{
-    NamedListener, Outcome, RestartPolicy, Supervisor, SupervisorConfig, UpgradeRequest,
+    DaemonProtocol, NamedListener, Outcome, RestartPolicy, Supervisor, SupervisorConfig,
+    UpgradeRequest,
 };
+
+use crate::run::Daemon;
 
 /// One replacement, as the upgrader saw it.
 #[derive(Debug, Clone)]
@@ -32,6 +39,9 @@ pub struct Handoff {
     pub wall: Duration,
     /// Why it did not commit.
     pub reason: Option<String>,
+    /// The pid the upgrader says serves after a commit (the supervisor's
+    /// word, checked against the daemon's own answer).
+    pub new_pid: Option<u32>,
 }
 
 /// Something that replaces the running daemon.
@@ -51,12 +61,14 @@ pub struct DaemonCommand {
     pub builds: [PathBuf; 2],
     /// The data directory (`kvd` only).
     pub data_dir: Option<PathBuf>,
-    /// The daemon's mode.
-    pub mode: Mode,
+    /// Which daemon (its mode and protocol).
+    pub daemon: Daemon,
 }
 
-/// Bytes appended to the second build to make it another file.
+/// Bytes appended to the second build of a binary to make it another file.
 const BUILD_TRAILER: &[u8] = b"\0handoff-bench: build b\0";
+/// The same for a script: a comment, which the interpreter ignores.
+const SCRIPT_TRAILER: &[u8] = b"\n# handoff-bench: build b\n";
 
 impl DaemonCommand {
     /// Copies `binary` to `dir/NAME-a` and `dir/NAME-b` (the second with a
@@ -65,24 +77,44 @@ impl DaemonCommand {
         binary: &Path,
         dir: &Path,
         data_dir: Option<PathBuf>,
-        mode: Mode,
+        daemon: Daemon,
     ) -> Result<DaemonCommand, String> {
-        let name = binary
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| format!("{}: no file name", binary.display()))?;
         let image = std::fs::read(binary).map_err(|e| format!("{}: {e}", binary.display()))?;
-        let a = dir.join(format!("{name}-a"));
-        let b = dir.join(format!("{name}-b"));
         let mut other = image.clone();
         other.extend_from_slice(BUILD_TRAILER);
-        for (path, bytes) in [(&a, &image), (&b, &other)] {
-            write_executable(path, bytes)?;
-        }
         Ok(DaemonCommand {
-            builds: [a, b],
+            builds: write_builds(binary, dir, [image, other])?,
             data_dir,
-            mode,
+            daemon,
+        })
+    }
+
+    /// Copies the script at `script` to `dir/STEM-a.EXT` and
+    /// `dir/STEM-b.EXT`, executable, with `#!INTERPRETER` as their first
+    /// line (replacing the script's own `#!` line) and a comment appended
+    /// to the second.
+    pub fn prepare_script(
+        script: &Path,
+        interpreter: &Path,
+        dir: &Path,
+        daemon: Daemon,
+    ) -> Result<DaemonCommand, String> {
+        let text = std::fs::read(script).map_err(|e| format!("{}: {e}", script.display()))?;
+        let body = match text.strip_prefix(b"#!") {
+            Some(rest) => rest
+                .iter()
+                .position(|&byte| byte == b'\n')
+                .map_or(&[][..], |end| &rest[end + 1..]),
+            None => &text[..],
+        };
+        let mut image = format!("#!{}\n", interpreter.display()).into_bytes();
+        image.extend_from_slice(body);
+        let mut other = image.clone();
+        other.extend_from_slice(SCRIPT_TRAILER);
+        Ok(DaemonCommand {
+            builds: write_builds(script, dir, [image, other])?,
+            data_dir: None,
+            daemon,
         })
     }
 
@@ -107,6 +139,24 @@ impl DaemonCommand {
         }
         args
     }
+}
+
+/// Writes the two builds of `source` into `dir` as `STEM-a[.EXT]` and
+/// `STEM-b[.EXT]`.
+fn write_builds(source: &Path, dir: &Path, images: [Vec<u8>; 2]) -> Result<[PathBuf; 2], String> {
+    let stem = source
+        .file_stem()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| format!("{}: no file name", source.display()))?;
+    let extension = source
+        .extension()
+        .and_then(|e| e.to_str())
+        .map_or_else(String::new, |e| format!(".{e}"));
+    let [a, b] = ["a", "b"].map(|letter| dir.join(format!("{stem}-{letter}{extension}")));
+    for (path, bytes) in [(&a, &images[0]), (&b, &images[1])] {
+        write_executable(path, bytes)?;
+    }
+    Ok([a, b])
 }
 
 fn write_executable(path: &Path, bytes: &[u8]) -> Result<(), String> {
@@ -137,13 +187,20 @@ impl InProcess {
             program: daemon.builds[0].clone(),
             args: daemon.args(None),
             env: Vec::new(),
-            mode: daemon.mode,
+            mode: daemon.daemon.mode(),
             timeouts: handoff::Timeouts::default(),
             restart: RestartPolicy::OnFailure,
             listeners: vec![listener],
             probe: None,
             program_sha256: None,
-            protocol: handoff::supervisor::DaemonProtocol::Library,
+            protocol: match daemon.daemon {
+                Daemon::Kvd | Daemon::Echod => DaemonProtocol::Library,
+                Daemon::ForeignHttpd => DaemonProtocol::Systemd {
+                    ready: handoff::protocol::ReadySignal::Notify,
+                    stop_signal: handoff::os::Sig::Term,
+                    quiesce: None,
+                },
+            },
         })
         .map_err(|e| e.to_string())?;
         Ok((InProcess { supervisor, daemon }, addr))
@@ -164,12 +221,15 @@ impl Upgrader for InProcess {
             .map_err(|e| e.to_string())?;
         let wall = asked.elapsed();
         Ok(match outcome {
-            Outcome::Committed { phases, .. } => Handoff {
+            Outcome::Committed {
+                phases, new_pid, ..
+            } => Handoff {
                 committed: true,
                 total: phases.total,
                 phases: named_phases(&phases),
                 wall,
                 reason: None,
+                new_pid: Some(new_pid),
             },
             Outcome::RolledBack { phases, reason, .. } => Handoff {
                 committed: false,
@@ -177,6 +237,7 @@ impl Upgrader for InProcess {
                 phases: named_phases(&phases),
                 wall,
                 reason: Some(format!("{reason:?}")),
+                new_pid: None,
             },
         })
     }
@@ -223,6 +284,9 @@ const NAIVE_POLL: Duration = Duration::from_millis(2);
 impl NaiveRestart {
     /// Picks a free loopback port and starts the daemon alone on it.
     pub fn start(daemon: DaemonCommand) -> Result<(NaiveRestart, SocketAddr), String> {
+        if daemon.daemon == Daemon::ForeignHttpd {
+            return Err("the naive restart needs a daemon that binds --listen itself (kvd)".into());
+        }
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?;
@@ -271,6 +335,7 @@ impl Upgrader for NaiveRestart {
             phases: Vec::new(),
             wall: started.elapsed(),
             reason: None,
+            new_pid: Some(self.child.id()),
         })
     }
 
@@ -286,10 +351,17 @@ impl Upgrader for NaiveRestart {
 
 /// `handoffctl run` as a process of its own, upgraded with
 /// `handoffctl upgrade --binary`, stopped with `handoffctl stop`.
+///
+/// A guard: dropped without [`Upgrader::finish`] (an error or a panic in
+/// the run), it stops `handoffctl run` the same way and SIGKILLs it if it
+/// does not exit in time; its generations then die with it (they are
+/// spawned with a parent-death signal).
 pub struct Ctl {
     handoffctl: PathBuf,
     socket: PathBuf,
     child: Child,
+    /// Set once `handoffctl run` was stopped and reaped.
+    reaped: bool,
 }
 
 /// The file, in the run's directory, that takes `handoffctl run`'s JSON log.
@@ -313,13 +385,17 @@ impl Ctl {
             "binary = {}\nsocket = {}\nmode = \"{}\"\nallowed_binaries = [{}, {}]\n",
             quote(&daemon.builds[0]),
             quote(&socket),
-            match daemon.mode {
+            match daemon.daemon.mode() {
                 Mode::Exclusive => "exclusive",
                 Mode::Overlap => "overlap",
             },
             quote(&daemon.builds[0]),
             quote(&daemon.builds[1]),
         );
+        if daemon.daemon == Daemon::ForeignHttpd {
+            // Socket activation and READY=1; the old generation gets SIGTERM.
+            config.push_str("protocol = \"systemd\"\n");
+        }
         if let Some(data) = &daemon.data_dir {
             config.push_str(&format!("data_dir = {}\n", quote(data)));
         }
@@ -341,6 +417,7 @@ impl Ctl {
             handoffctl,
             socket,
             child,
+            reaped: false,
         };
         let until = Instant::now() + CTL_BOUND;
         loop {
@@ -356,8 +433,7 @@ impl Ctl {
                 }
             }
             if Instant::now() >= until || ctl.child.try_wait().ok().flatten().is_some() {
-                let _ = ctl.child.kill();
-                let _ = ctl.child.wait();
+                let _ = ctl.stop(StopBy::Signal);
                 return Err("handoffctl run did not come up (see handoffctl.log)".into());
             }
             std::thread::sleep(NAIVE_POLL * 5);
@@ -415,6 +491,10 @@ impl Upgrader for Ctl {
             phases,
             wall,
             reason: (!committed).then(|| answer.to_string()),
+            new_pid: answer
+                .get("new_pid")
+                .and_then(|pid| pid.as_u64())
+                .and_then(|pid| u32::try_from(pid).ok()),
         })
     }
 
@@ -423,19 +503,61 @@ impl Upgrader for Ctl {
     }
 
     fn finish(mut self: Box<Self>) -> Result<(), String> {
-        let stopped = self.command(&["stop"]);
+        self.stop(StopBy::Command)
+    }
+}
+
+impl Ctl {
+    /// Stops `handoffctl run` as `how` says and reaps it (SIGKILL past
+    /// [`CTL_BOUND`]); once stopped, a no-op.
+    fn stop(&mut self, how: StopBy) -> Result<(), String> {
+        if self.reaped {
+            return Ok(());
+        }
+        let asked = match (self.child.try_wait(), how) {
+            (Ok(None), StopBy::Command) => self.command(&["stop"]).map(drop),
+            (Ok(None), StopBy::Signal) => {
+                handoff::os::signal(self.child.id(), handoff::os::Sig::Term)
+                    .map_err(|e| e.to_string())
+            }
+            _ => Ok(()),
+        };
         let until = Instant::now() + CTL_BOUND;
         loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) if status.success() => return stopped.map(drop),
-                Ok(Some(status)) => return Err(format!("handoffctl run: {status}")),
-                Ok(None) if Instant::now() < until => std::thread::sleep(NAIVE_POLL * 5),
+            let outcome = match self.child.try_wait() {
+                Ok(Some(status)) if status.success() => asked,
+                Ok(Some(status)) => Err(format!("handoffctl run: {status}")),
+                Ok(None) if Instant::now() < until => {
+                    std::thread::sleep(NAIVE_POLL * 5);
+                    continue;
+                }
                 _ => {
                     let _ = self.child.kill();
                     let _ = self.child.wait();
-                    return Err("handoffctl run did not stop".into());
+                    Err("handoffctl run did not stop: killed".into())
                 }
-            }
+            };
+            self.reaped = true;
+            return outcome;
+        }
+    }
+}
+
+/// How [`Ctl`] stops `handoffctl run`; either way it then waits for the
+/// exit at most [`CTL_BOUND`] and SIGKILLs past it.
+#[derive(Debug, Clone, Copy)]
+enum StopBy {
+    /// `handoffctl stop`: the verb under test, at the end of a good run.
+    Command,
+    /// SIGTERM (handoffctl stops as for `stop`): after an error, when the
+    /// admin socket may not answer.
+    Signal,
+}
+
+impl Drop for Ctl {
+    fn drop(&mut self) {
+        if let Err(error) = self.stop(StopBy::Signal) {
+            eprintln!("handoff-bench: stopping handoffctl run after an error: {error}");
         }
     }
 }

@@ -73,31 +73,23 @@ class Server(http.server.ThreadingHTTPServer):
     block_on_close = True
 
 
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGQUIT}
+# SIGWINCH: stop accepting, finish requests in flight, stay alive (the
+# quiesce of a probation); SIGHUP: accept again.
+SIGNALS = STOP_SIGNALS | {signal.SIGWINCH, signal.SIGHUP}
+
+
 def main():
+    # Every signal is taken with sigwait on the main thread, never by a
+    # handler: a Python handler runs in the main thread between any two
+    # bytecodes, and one that starts a thread can deadlock when it lands
+    # inside the main thread's own Thread.start() (threading's limbo lock is
+    # not reentrant); under load the server starts a thread per connection.
+    # Blocked before any thread exists, so every thread inherits the block.
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     server = Server(("127.0.0.1", 0), Handler, bind_and_activate=False)
     server.socket.close()
     server.socket = listener()
-
-    # What the main loop should do next: serve, quiet (alive, not
-    # accepting) or stop. Signals only set it and end serve_forever.
-    wanted = {"mode": "serve"}
-    changed = threading.Condition()
-
-    def switch(mode):
-        def handler(signum, frame):
-            with changed:
-                wanted["mode"] = mode
-                changed.notify_all()
-            if mode != "serve":
-                # shutdown() waits for serve_forever to return: not from
-                # its thread.
-                threading.Thread(target=server.shutdown).start()
-        return handler
-
-    signal.signal(signal.SIGTERM, switch("stop"))
-    signal.signal(signal.SIGQUIT, switch("stop"))
-    signal.signal(signal.SIGWINCH, switch("quiet"))
-    signal.signal(signal.SIGHUP, switch("serve"))
     fault = ""
     if "--fault-file" in sys.argv:
         path = sys.argv[sys.argv.index("--fault-file") + 1]
@@ -115,20 +107,34 @@ def main():
         os._exit(3)
     elif fault != "no-ready":
         notify("READY=1\nSTATUS=serving")
+
+    def serve():
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}
+        )
+        thread.start()
+        say("accepting")
+        return thread
+
+    def quiesce(thread):
+        server.shutdown()  # returns once serve_forever has returned
+        thread.join()
+
+    serving = serve()
     while True:
-        with changed:
-            mode = wanted["mode"]
-        if mode == "stop":
+        received = signal.sigwait(SIGNALS)
+        if received in STOP_SIGNALS:
             break
-        if mode == "serve":
-            say("accepting")
-            server.serve_forever(poll_interval=0.05)
-            continue
-        # Requests in flight finish on their own threads; stay alive.
-        say("quiesced")
-        with changed:
-            changed.wait_for(lambda: wanted["mode"] != "quiet")
-    server.server_close()
+        if received == signal.SIGWINCH and serving is not None:
+            # Requests in flight finish on their own threads.
+            quiesce(serving)
+            serving = None
+            say("quiesced")
+        elif received == signal.SIGHUP and serving is None:
+            serving = serve()
+    if serving is not None:
+        quiesce(serving)
+    server.server_close()  # joins the requests in flight
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
-//! The benchmark's zero-loss claim, short: `kvd` (exclusive mode) and
-//! `echod` (overlap mode) under `handoffctl run`, upgraded 5 times each with
-//! `handoffctl upgrade` under open-loop load from 32 clients, lose nothing; the same load across naive restarts (close the
-//! listener, bind again) fails requests, so the harness can see losses.
-//! The long run is `cargo run --release -p handoff-bench` (README.md).
+//! The benchmark's zero-loss claim, short: `kvd` (exclusive mode),
+//! `echod` (overlap mode) and the foreign Python daemon
+//! (`examples/foreign/httpd.py`, `--protocol systemd`) under `handoffctl
+//! run`, upgraded 5 times each with `handoffctl upgrade` under open-loop
+//! load from 32 clients, lose nothing; the same load across naive restarts
+//! (close the listener, bind again) fails requests, so the harness can see
+//! losses. The long run is `cargo run --release -p handoff-bench`
+//! (README.md).
 
 use std::time::Duration;
 
-use handoff::Mode;
 use handoff_bench::report::Counts;
-use handoff_bench::run::{Config, Observed, UpgraderKind, run};
+use handoff_bench::run::{Config, Daemon, Observed, UpgraderKind, run};
 
 use crate::common;
 
@@ -18,7 +20,7 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Short enough for CI, with every kept-alive client sending more often
 /// than the daemons' idle grace (32 clients at 300/s: every ~107 ms).
-fn short(mode: Mode, upgrader: UpgraderKind, upgrades: usize) -> Observed {
+fn short(daemon: Daemon, upgrader: UpgraderKind, upgrades: usize) -> Observed {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let examples = common::example("kvd")
         .parent()
@@ -37,7 +39,7 @@ fn short(mode: Mode, upgrader: UpgraderKind, upgrades: usize) -> Observed {
         rate: 300.0,
         steady: Duration::from_millis(300),
         interval: Duration::from_millis(150),
-        ..Config::new(mode, examples)
+        ..Config::new(daemon, examples)
     };
     let observed = run(config).expect("benchmark run");
     eprintln!("{}", observed.to_json());
@@ -74,20 +76,30 @@ fn assert_zero_loss(observed: &Observed, upgrades: u64) {
 
 #[test]
 fn kvd_exclusive_upgrades_under_load_lose_nothing() {
-    let observed = short(Mode::Exclusive, UpgraderKind::Ctl, 5);
+    let observed = short(Daemon::Kvd, UpgraderKind::Ctl, 5);
     assert_zero_loss(&observed, 5);
     assert!(observed.counts().acked_writes > 0);
 }
 
 #[test]
 fn echod_overlap_upgrades_under_load_lose_nothing() {
-    let observed = short(Mode::Overlap, UpgraderKind::Ctl, 5);
+    let observed = short(Daemon::Echod, UpgraderKind::Ctl, 5);
     assert_zero_loss(&observed, 5);
 }
 
 #[test]
+fn a_foreign_python_daemon_upgraded_under_load_loses_nothing() {
+    // python3 is part of the machine image and of CI's; without it the run
+    // fails with a clear error rather than passing.
+    let observed = short(Daemon::ForeignHttpd, UpgraderKind::Ctl, 5);
+    assert_zero_loss(&observed, 5);
+    // Every answer was checked to be `pid=N` from the daemon.
+    assert!(observed.counts().requests > 100, "{:?}", observed.counts());
+}
+
+#[test]
 fn naive_restart_under_the_same_load_fails_requests() {
-    let observed = short(Mode::Exclusive, UpgraderKind::NaiveRestart, 2);
+    let observed = short(Daemon::Kvd, UpgraderKind::NaiveRestart, 2);
     let Counts { refused, reset, .. } = observed.counts();
     assert!(
         refused + reset > 0,
