@@ -171,8 +171,13 @@ fn write_executable(path: &Path, bytes: &[u8]) -> Result<(), String> {
 }
 
 /// The library's [`Supervisor`], in this process.
+///
+/// A guard: dropped without [`Upgrader::finish`] (an error or a panic in
+/// the run), it stops the supervisor and waits for its loop, which stops
+/// the generations, instead of leaving that to process exit.
 pub struct InProcess {
-    supervisor: Supervisor,
+    /// `None` once finished.
+    supervisor: Option<Supervisor>,
     daemon: DaemonCommand,
 }
 
@@ -203,15 +208,24 @@ impl InProcess {
             },
         })
         .map_err(|e| e.to_string())?;
-        Ok((InProcess { supervisor, daemon }, addr))
+        Ok((
+            InProcess {
+                supervisor: Some(supervisor),
+                daemon,
+            },
+            addr,
+        ))
     }
 }
 
 impl Upgrader for InProcess {
     fn upgrade(&mut self, program: &Path) -> Result<Handoff, String> {
         let asked = Instant::now();
-        let outcome = self
+        let supervisor = self
             .supervisor
+            .as_ref()
+            .ok_or("the supervisor has stopped")?;
+        let outcome = supervisor
             .handle()
             .upgrade(UpgradeRequest {
                 program: Some(program.to_path_buf()),
@@ -246,9 +260,28 @@ impl Upgrader for InProcess {
         None
     }
 
-    fn finish(self: Box<Self>) -> Result<(), String> {
-        self.supervisor.handle().stop().map_err(|e| e.to_string())?;
-        self.supervisor.join().map_err(|e| e.to_string())
+    fn finish(mut self: Box<Self>) -> Result<(), String> {
+        self.stop()
+    }
+}
+
+impl InProcess {
+    /// Stops the supervisor and joins its loop; once stopped, a no-op.
+    fn stop(&mut self) -> Result<(), String> {
+        let Some(supervisor) = self.supervisor.take() else {
+            return Ok(());
+        };
+        let asked = supervisor.handle().stop().map_err(|e| e.to_string());
+        let joined = supervisor.join().map_err(|e| e.to_string());
+        asked.and(joined)
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Err(error) = self.stop() {
+            eprintln!("handoff-bench: stopping the in-process supervisor after an error: {error}");
+        }
     }
 }
 
@@ -325,8 +358,7 @@ fn wait_listening(addr: SocketAddr) -> Result<(), String> {
 impl Upgrader for NaiveRestart {
     fn upgrade(&mut self, program: &Path) -> Result<Handoff, String> {
         let started = Instant::now();
-        handoff::os::signal(self.child.id(), handoff::os::Sig::Term).map_err(|e| e.to_string())?;
-        self.child.wait().map_err(|e| e.to_string())?;
+        self.stop()?;
         self.child = spawn_alone(&self.daemon, program, self.addr)?;
         wait_listening(self.addr)?;
         Ok(Handoff {
@@ -344,8 +376,42 @@ impl Upgrader for NaiveRestart {
     }
 
     fn finish(mut self: Box<Self>) -> Result<(), String> {
-        handoff::os::signal(self.child.id(), handoff::os::Sig::Term).map_err(|e| e.to_string())?;
-        self.child.wait().map(drop).map_err(|e| e.to_string())
+        self.stop()
+    }
+}
+
+impl NaiveRestart {
+    /// SIGTERMs the daemon and reaps it, SIGKILL past
+    /// [`NAIVE_START_BOUND`]; once it has exited, a no-op.
+    fn stop(&mut self) -> Result<(), String> {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return Ok(());
+        }
+        let asked =
+            handoff::os::signal(self.child.id(), handoff::os::Sig::Term).map_err(|e| e.to_string());
+        let until = Instant::now() + NAIVE_START_BOUND;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => return asked,
+                Ok(None) if Instant::now() < until => std::thread::sleep(NAIVE_POLL),
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return Err(format!("{} did not stop: killed", self.child.id()));
+                }
+            }
+        }
+    }
+}
+
+/// A guard: dropped without [`Upgrader::finish`] (an error or a panic in
+/// the run), the daemon, which runs without a supervisor and without a
+/// parent-death signal, is stopped rather than left listening.
+impl Drop for NaiveRestart {
+    fn drop(&mut self) {
+        if let Err(error) = self.stop() {
+            eprintln!("handoff-bench: stopping the naive daemon after an error: {error}");
+        }
     }
 }
 
