@@ -46,6 +46,16 @@ pub fn notify(socket: &OsStr, message: &str) -> Result<()> {
     sys::notify(socket, message).map_err(|source| Error::io("sending a notification", source))
 }
 
+/// Moves the calling thread, and every thread and process it starts from
+/// now on, into a new network namespace whose loopback interface is up, so
+/// that the kernel's TCP counters count their traffic alone. Call it before
+/// any other thread starts: threads that already exist stay outside. Needs
+/// `CAP_SYS_ADMIN`.
+pub fn enter_private_network() -> Result<()> {
+    sys::enter_private_network()
+        .map_err(|source| Error::io("entering a private network namespace", source))
+}
+
 /// Whether `fd` is close-on-exec.
 pub fn is_cloexec(fd: impl AsFd) -> Result<bool> {
     sys::is_cloexec(fd).map_err(|source| Error::io("fcntl(F_GETFD)", source))

@@ -19,6 +19,7 @@
 //! ```
 
 pub mod client;
+pub mod kernel;
 pub mod load;
 pub mod report;
 pub mod run;

@@ -47,6 +47,10 @@ pub struct Counts {
     /// Whether the supervisor's event log (when there is one) counts the
     /// same commits as the harness and no rollback.
     pub witness_agrees: bool,
+    /// In a private network namespace, the sum of the kernel's refusal,
+    /// reset and drop counters over the run ([`crate::kernel`]); `None`
+    /// in a shared namespace, where other traffic counts too.
+    pub kernel_trouble: Option<u64>,
 }
 
 impl Observed {
@@ -86,6 +90,11 @@ impl Observed {
         counts.witness_agrees = self
             .supervisor_log
             .is_none_or(|log| log.upgrades_committed == counts.handoffs && log.rolled_back == 0);
+        counts.kernel_trouble = self
+            .kernel
+            .as_ref()
+            .filter(|witness| witness.netns == crate::kernel::Netns::Private)
+            .map(|witness| witness.delta.total());
         counts
     }
 
@@ -187,6 +196,7 @@ impl Observed {
                 "before": self.supervisor_rss_kib.0,
                 "after": self.supervisor_rss_kib.1,
             },
+            "kernel_tcp_counters": self.kernel.as_ref().map(crate::kernel::Witness::to_json),
             "harness_errors": self.harness_errors,
         })
     }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use handoff::Mode;
 
+use crate::kernel::{Counters, Netns, Witness};
 use crate::load::{self, ClientLog, LoadConfig, Target};
 use crate::upgrade::{Ctl, DaemonCommand, Handoff, InProcess, NaiveRestart, Upgrader};
 
@@ -166,6 +167,10 @@ pub struct Observed {
     /// The supervisor's own event log (`handoffctl` only), an independent
     /// witness of the handoffs.
     pub supervisor_log: Option<SupervisorLog>,
+    /// The kernel's TCP counters over the load (from just before it starts
+    /// to after the read-back), a third witness; `None` if `/proc/net`
+    /// could not be read (the reason is in `harness_errors`).
+    pub kernel: Option<Witness>,
 }
 
 /// What `handoffctl run --log-format json` logged.
@@ -337,6 +342,8 @@ fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
     };
     let rss_before = upgrader.supervisor_pid().and_then(rss_kib);
 
+    let netns = Netns::current();
+    let kernel_before = Counters::read();
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now() + Duration::from_millis(20);
     let hard_end = start
@@ -437,6 +444,16 @@ fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
         .collect();
     let (lost_writes, unreadable_writes) =
         runtime.block_on(load::read_back(addr, acked, config.request_timeout));
+    let kernel = match (kernel_before, Counters::read()) {
+        (Ok(before), Ok(after)) => Some(Witness {
+            delta: after.since(&before),
+            netns,
+        }),
+        (Err(error), _) | (_, Err(error)) => {
+            harness_errors.push(format!("kernel counters: {error}"));
+            None
+        }
+    };
     let lingering_generations = old_pids
         .iter()
         .filter(|pid| !wait_gone(**pid, Instant::now() + RETIRE_BOUND))
@@ -459,6 +476,7 @@ fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
         harness_errors,
         duration,
         supervisor_log,
+        kernel,
     })
 }
 

@@ -82,6 +82,9 @@
 //! - **Socket activation.** systemd passes fds from 3 on with `LISTEN_PID`,
 //!   `LISTEN_FDS` and `LISTEN_FDNAMES`; they are ours only if `LISTEN_PID`
 //!   is our pid. [`listen_fds`] checks that and adopts them close-on-exec.
+//! - **Network namespaces are per thread.** `unshare(CLONE_NEWNET)` moves
+//!   the calling thread only; [`enter_private_network`] must run before any
+//!   other thread starts (the benchmark calls it first in `main`).
 #![allow(
     dead_code,
     unused_imports,
@@ -93,6 +96,7 @@ mod fdpass;
 mod foreign;
 mod inherit;
 mod lock;
+mod netns;
 mod notify;
 mod probe;
 mod process;
@@ -110,6 +114,7 @@ pub(crate) use foreign::{
 };
 pub(crate) use inherit::{adopt_inherited_fd, listen_fds, shutdown};
 pub(crate) use lock::{DataDirLock, LOCK_FILE_NAME};
+pub(crate) use netns::enter_private_network;
 pub use notify::{monotonic_usec, notify};
 pub(crate) use probe::{http_status, tcp_connect};
 pub use process::Sig;
