@@ -23,7 +23,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::sys;
@@ -64,14 +64,19 @@ impl Probe {
 
     /// One attempt, bounded by [`PROBE_ATTEMPT`]; `Err` says what it saw.
     pub fn attempt(&self) -> Result<(), String> {
+        self.attempt_within(PROBE_ATTEMPT)
+    }
+
+    /// One attempt, each of its steps bounded by `limit`.
+    fn attempt_within(&self, limit: Duration) -> Result<(), String> {
         match self {
-            Probe::Tcp { address } => sys::tcp_connect(address, PROBE_ATTEMPT)
+            Probe::Tcp { address } => sys::tcp_connect(address, limit)
                 .map_err(|error| format!("connect to {address}: {error}")),
             Probe::Http {
                 address,
                 path,
                 expect_status,
-            } => match sys::http_status(address, path, PROBE_ATTEMPT) {
+            } => match sys::http_status(address, path, limit) {
                 Ok(status) if status == *expect_status => Ok(()),
                 Ok(status) => Err(format!(
                     "GET {path} on {address}: status {status}, expected {expect_status}"
@@ -82,12 +87,17 @@ impl Probe {
     }
 
     /// Attempts until one passes or `until` passes; `Err` carries the last
-    /// attempt's failure and the number of attempts.
+    /// attempt's failure and the number of attempts. An attempt is bounded
+    /// by what is left until `until` as well as by [`PROBE_ATTEMPT`] (but
+    /// given at least [`PROBE_RETRY`]), so an address that accepts and never
+    /// answers cannot hold the verdict past the readiness timeout by a whole
+    /// attempt.
     pub fn run_until(&self, until: Instant) -> Result<(), String> {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            let error = match self.attempt() {
+            let left = until.saturating_duration_since(Instant::now());
+            let error = match self.attempt_within(PROBE_ATTEMPT.min(left).max(PROBE_RETRY)) {
                 Ok(()) => return Ok(()),
                 Err(error) => error,
             };
@@ -153,8 +163,6 @@ impl fmt::Display for Probe {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
@@ -203,5 +211,25 @@ mod tests {
             "{error}"
         );
         assert!(started.elapsed() >= Duration::from_millis(250));
+    }
+
+    #[test]
+    fn an_address_that_never_answers_is_cut_at_the_deadline_not_after_a_whole_attempt() {
+        // Accepts into the backlog (the kernel completes the handshake) and
+        // never answers: each HTTP attempt waits for its response.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("addr").to_string();
+        let probe: Probe = format!("http://{address}/").parse().expect("probe");
+        let started = Instant::now();
+        let error = probe
+            .run_until(started + Duration::from_millis(300))
+            .expect_err("nobody answers");
+        let took = started.elapsed();
+        assert!(error.contains(&address), "{error}");
+        // The bound under test: the readiness timeout plus at most one
+        // PROBE_RETRY, far below one PROBE_ATTEMPT (2 s), which is what a
+        // single attempt used to take here.
+        assert!(took < PROBE_ATTEMPT, "took {took:?}: {error}");
+        drop(listener);
     }
 }

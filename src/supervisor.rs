@@ -135,6 +135,31 @@ pub struct ProbationRollback {
     pub failed_pid: u32,
     /// How it failed: its exit status, or the health probe's last answer.
     pub reason: String,
+    /// Whether the resumed generation was seen serving again.
+    #[serde(default)]
+    pub resume_check: ResumeCheck,
+}
+
+/// After an automatic rollback, whether the resumed generation serves
+/// again. A foreign daemon acknowledges nothing: it gets its resume signal
+/// and may ignore it, stay alive and leave every connection waiting in the
+/// backlog. With a health probe configured, the supervisor probes the
+/// listeners (retried for `Timeouts::probe`, as for a successor); a
+/// resumed generation that never answers is killed, and the restart
+/// policy starts a fresh one of the same binary (I14).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+pub enum ResumeCheck {
+    /// No health probe is configured: the resumption is trusted.
+    #[default]
+    Unchecked,
+    /// The probe is running.
+    Probing,
+    /// The probe passed: someone accepts and answers again.
+    Passed,
+    /// The probe never passed (its last answer): the resumed generation
+    /// was killed.
+    Failed(String),
 }
 
 /// When a generation that exited outside a handoff is started again.
@@ -401,13 +426,21 @@ enum Event {
     },
 }
 
-/// The verdict of a health probe started for handoff `handoff_id`, or
-/// (with `probation_of`) a failure of the probe that watches generation N
-/// during its probation.
+/// The verdict of a health probe, and what it was for.
 struct Probed {
-    handoff_id: u64,
-    probation_of: Option<u64>,
+    purpose: ProbeFor,
     result: std::result::Result<(), String>,
+}
+
+/// Why a probe ran.
+#[derive(Debug, Clone, Copy)]
+enum ProbeFor {
+    /// The successor of handoff N, before its commit (I12).
+    Handoff(u64),
+    /// Generation N during its probation; only a failure is reported.
+    Probation(u64),
+    /// Generation N, resumed after an automatic rollback.
+    Resumed(u64),
 }
 
 /// A running supervisor; dropping it does not stop it (use
@@ -1389,35 +1422,18 @@ impl Loop {
         }
     }
 
-    fn on_probed(
-        &mut self,
-        Probed {
-            handoff_id,
-            probation_of,
-            result,
-        }: Probed,
-    ) {
-        if let Some(generation) = probation_of {
-            if let (Err(detail), Some(live)) = (result, &self.live)
-                && live.generation == generation
-                && self.in_flight.is_none()
-                && self.retiring.iter().any(|r| r.machine.in_probation())
-            {
-                // I14: the exit of the live generation resumes the previous
-                // one. SIGKILL, not the stop signal: an unhealthy process
-                // may never exit on its own.
-                tracing::warn!(
-                    generation,
-                    pid = live.pid,
-                    %detail,
-                    "the new generation failed its health probe during probation"
-                );
-                live.signal(Sig::Kill);
-                self.probation_probe_failure =
-                    Some((generation, format!("health probe failed: {detail}")));
+    fn on_probed(&mut self, Probed { purpose, result }: Probed) {
+        let handoff_id = match purpose {
+            ProbeFor::Handoff(handoff_id) => handoff_id,
+            ProbeFor::Probation(generation) => {
+                self.on_probation_probed(generation, result);
+                return;
             }
-            return;
-        }
+            ProbeFor::Resumed(generation) => {
+                self.on_resume_probed(generation, result);
+                return;
+            }
+        };
         // A verdict for a handoff that already ended is stale.
         if self
             .in_flight
@@ -1425,6 +1441,95 @@ impl Loop {
             .is_some_and(|f| f.machine.handoff_id() == handoff_id)
         {
             self.probe_verdict(result, Instant::now());
+        }
+    }
+
+    /// A failure of the probe that watches generation N in its probation.
+    fn on_probation_probed(&mut self, generation: u64, result: std::result::Result<(), String>) {
+        if let (Err(detail), Some(live)) = (result, &self.live)
+            && live.generation == generation
+            && self.in_flight.is_none()
+            && self.retiring.iter().any(|r| r.machine.in_probation())
+        {
+            // I14: the exit of the live generation resumes the previous
+            // one. SIGKILL, not the stop signal: an unhealthy process may
+            // never exit on its own.
+            tracing::warn!(
+                generation,
+                pid = live.pid,
+                %detail,
+                "the new generation failed its health probe during probation"
+            );
+            live.signal(Sig::Kill);
+            self.probation_probe_failure =
+                Some((generation, format!("health probe failed: {detail}")));
+        }
+    }
+
+    /// The check of a generation resumed by an automatic rollback (I14):
+    /// recorded in `last_probation_rollback`; a failure kills it if it is
+    /// still the live generation and no handoff runs (a handoff's own
+    /// probe judges its successor), and its exit goes the way of any crash
+    /// (the restart policy).
+    fn on_resume_probed(&mut self, generation: u64, result: std::result::Result<(), String>) {
+        let check = match &result {
+            Ok(()) => ResumeCheck::Passed,
+            Err(detail) => ResumeCheck::Failed(detail.clone()),
+        };
+        if let Some(rollback) = &mut self.last_probation_rollback
+            && rollback.generation == generation
+        {
+            rollback.resume_check = check;
+        }
+        match (result, &self.live) {
+            (Ok(()), _) => {
+                tracing::info!(
+                    generation,
+                    "the resumed generation answers its health probe"
+                );
+            }
+            (Err(detail), Some(live))
+                if live.generation == generation && self.in_flight.is_none() =>
+            {
+                tracing::error!(
+                    generation,
+                    pid = live.pid,
+                    %detail,
+                    "the resumed generation does not answer its health probe: killing it"
+                );
+                live.signal(Sig::Kill);
+            }
+            (Err(detail), _) => {
+                tracing::warn!(
+                    generation,
+                    %detail,
+                    "the resumed generation failed its health probe, but no longer serves alone"
+                );
+            }
+        }
+    }
+
+    /// Probes the generation just resumed (I14) on a helper thread,
+    /// retried for `Timeouts::probe`; no-op without a probe.
+    fn check_resumed(&mut self, generation: u64) {
+        let Some(probe) = self.config.probe.clone() else {
+            return;
+        };
+        let until = Instant::now() + self.config.timeouts.probe;
+        let verdicts = self.probes_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("handoff-resumed{generation}"))
+            .spawn(move || {
+                let _ = verdicts.send(Probed {
+                    purpose: ProbeFor::Resumed(generation),
+                    result: probe.run_until(until),
+                });
+            });
+        if let Err(error) = spawned {
+            self.on_resume_probed(
+                generation,
+                Err(format!("cannot start the probe thread: {error}")),
+            );
         }
     }
 
@@ -1653,8 +1758,7 @@ impl Loop {
                 .spawn(move || {
                     let result = probe.run_until(until);
                     let _ = verdicts.send(Probed {
-                        handoff_id,
-                        probation_of: None,
+                        purpose: ProbeFor::Handoff(handoff_id),
                         result,
                     });
                 })
@@ -1686,8 +1790,7 @@ impl Loop {
                         && let Err(detail) = probe.run_until(Instant::now() + confirm)
                     {
                         let _ = verdicts.send(Probed {
-                            handoff_id: 0,
-                            probation_of: Some(generation),
+                            purpose: ProbeFor::Probation(generation),
                             result: Err(detail),
                         });
                         return;
@@ -1959,12 +2062,19 @@ impl Loop {
                         failed_generation: failed.generation,
                         failed_pid: failed.pid,
                         reason: failed.reason,
+                        resume_check: if self.config.probe.is_some() {
+                            ResumeCheck::Probing
+                        } else {
+                            ResumeCheck::Unchecked
+                        },
                     };
                     self.last_probation_rollback = Some(rollback.clone());
                     self.announce(SupervisorEvent::RolledBackInProbation(rollback));
                     if self.live.is_none() {
                         self.restart_at = None;
+                        let generation = child.generation;
                         self.live = Some(child);
+                        self.check_resumed(generation);
                     } else {
                         // Someone else serves already (a restart won the
                         // race): this one retires after all.

@@ -17,7 +17,9 @@ Faults for tests: `--fault-file PATH` names a file read at start; its
 content picks the behaviour of this generation: empty (normal),
 `ready-from-child` (a child process sends READY=1, the daemon never does),
 `no-ready` (never sends READY=1), `crash-after-ready` (exits 3 right after
-READY=1).
+READY=1), `ignore-resume` (a SIGHUP after a SIGWINCH is announced as
+"httpd PID: ignoring the resume signal" and nothing else happens: the
+process stays alive and never accepts again).
 """
 import http.server
 import os
@@ -131,7 +133,10 @@ def main():
             serving = None
             say("quiesced")
         elif received == signal.SIGHUP and serving is None:
-            serving = serve()
+            if fault == "ignore-resume":
+                say("ignoring the resume signal")
+            else:
+                serving = serve()
     if serving is not None:
         quiesce(serving)
     server.server_close()  # joins the requests in flight

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use handoff::Mode;
-use handoff::supervisor::{Outcome, ProbationRollback, Status, SupervisorState};
+use handoff::supervisor::{Outcome, ProbationRollback, ResumeCheck, Status, SupervisorState};
 
 /// The longest request or response line accepted, newline included.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -406,8 +406,19 @@ impl StatusReport {
         }
         if let Some(undone) = &self.last_probation_rollback {
             out.push_str(&format!(
-                "rollback    automatic, in probation: handoff {} undone, pid {} failed ({}), generation {} (pid {}) resumed\n",
-                undone.handoff_id, undone.failed_pid, undone.reason, undone.generation, undone.pid
+                "rollback    automatic, in probation: handoff {} undone, pid {} failed ({}), generation {} (pid {}) resumed; {}\n",
+                undone.handoff_id,
+                undone.failed_pid,
+                undone.reason,
+                undone.generation,
+                undone.pid,
+                match &undone.resume_check {
+                    ResumeCheck::Unchecked => "unchecked (no probe)".to_owned(),
+                    ResumeCheck::Probing => "probing it".to_owned(),
+                    ResumeCheck::Passed => "it answers its probe".to_owned(),
+                    ResumeCheck::Failed(detail) =>
+                        format!("it failed its probe ({detail}) and was killed"),
+                }
             ));
         }
         out

@@ -64,9 +64,15 @@ pub fn pid_of(addr: SocketAddr) -> u32 {
 
 /// A supervisor running httpd.py with `--fault-file DIR/fault`.
 pub fn start(dir: &TempDir, extra: &[&str]) -> Supervisor {
+    start_on(dir, "127.0.0.1:0", extra)
+}
+
+/// As [`start`], with the listener `http` on `address`.
+pub fn start_on(dir: &TempDir, address: &str, extra: &[&str]) -> Supervisor {
+    let listen = format!("http={address}");
     let mut flags: Vec<String> = [
         "--listen",
-        "http=127.0.0.1:0",
+        &listen,
         "--protocol",
         "systemd",
         "--deadline",

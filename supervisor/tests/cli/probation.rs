@@ -300,6 +300,8 @@ fn a_foreign_crash_in_probation_resumes_the_quiesced_generation_under_load() {
             .is_some_and(|r| r.contains("signal 9")),
         "{status}"
     );
+    // No probe configured: the resumption is trusted, and status says so.
+    assert_eq!(undone["resume_check"]["state"], "unchecked", "{status}");
     let ran = supervisor.ctl("history", &["--json"]);
     assert_eq!(ran.code, Some(0), "{ran:?}");
     let entries: Vec<serde_json::Value> = serde_json::from_str(&ran.stdout).expect("history");
@@ -461,4 +463,128 @@ fn probation_signal_flags_are_checked() {
         assert_eq!(ran.code, Some(2), "{args:?}: {ran:?}");
         assert!(ran.one_error_line().contains(expected), "{args:?}: {ran:?}");
     }
+}
+
+/// The foreign daemon under `--probation` with the nginx signals and an
+/// HTTP health probe on its own listener, which after a rollback only the
+/// resumed generation serves; `fault` is what generation 1 reads at start
+/// (later generations read an empty fault file).
+fn start_foreign_probed(dir: &crate::common::TempDir, fault: &str) -> (Supervisor, String) {
+    std::fs::write(dir.path().join("fault"), fault).expect("fault file");
+    // A port that was free a moment ago: the probe needs the address
+    // before the supervisor binds it.
+    let address = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string();
+    let probe = format!("http://{address}/");
+    let supervisor = crate::foreign::start_on(
+        dir,
+        &address,
+        &[
+            "--probation",
+            "30s",
+            "--probation-signal",
+            "WINCH",
+            "--resume-signal",
+            "HUP",
+            "--probe",
+            &probe,
+            "--probe-timeout",
+            "1s",
+        ],
+    );
+    std::fs::write(dir.path().join("fault"), "").expect("fault file");
+    (supervisor, address)
+}
+
+/// Upgrades, waits for the old generation's quiesce, kills the new one;
+/// returns (old, new) once the rollback shows in status.
+fn crash_in_foreign_probation(supervisor: &Supervisor) -> (u32, u32) {
+    let addr = supervisor.addr();
+    let old = crate::foreign::pid_of(addr);
+    let (code, report) = crate::foreign::upgrade(supervisor, &[]);
+    assert_eq!(code, Some(0), "{report}; log:\n{}", supervisor.log());
+    let new = u64_of(&report, "new_pid") as u32;
+    supervisor.wait_log(&format!("httpd {old}: quiesced"), 0);
+    assert_eq!(crate::foreign::pid_of(addr), new);
+    handoff::os::signal(new, Sig::Kill).expect("kill the new generation");
+    supervisor.wait_status("the automatic rollback", |s| {
+        s["last_probation_rollback"]["failed_pid"] == new
+    });
+    wait_gone(new);
+    (old, new)
+}
+
+/// After an automatic rollback the supervisor probes the resumed
+/// generation: one that answers is kept and the check shows `passed`.
+#[test]
+fn a_resumed_foreign_generation_that_answers_its_probe_is_kept() {
+    let dir = crate::common::TempDir::new("foreign-resume-probed");
+    let (supervisor, _) = start_foreign_probed(&dir, "");
+    let (old, _) = crash_in_foreign_probation(&supervisor);
+    let status = supervisor.wait_status("the resume check passed", |s| {
+        s["last_probation_rollback"]["resume_check"]["state"] == "passed"
+    });
+    assert_eq!(u64_of(&status, "child_pid") as u32, old, "{status}");
+    assert_eq!(crate::foreign::pid_of(supervisor.addr()), old);
+    assert!(alive(old));
+}
+
+/// A foreign daemon that ignores its resume signal stays alive and never
+/// accepts again: without a check, connections would wait in the backlog
+/// for good. The probe finds no answer, the supervisor kills the resumed
+/// generation, and the restart policy starts a fresh one of the same
+/// binary; a request sent while nobody accepted waits in the backlog and
+/// is answered by it.
+#[test]
+fn a_resumed_foreign_generation_that_ignores_its_resume_signal_is_replaced() {
+    let dir = crate::common::TempDir::new("foreign-resume-ignored");
+    let (supervisor, _) = start_foreign_probed(&dir, "ignore-resume");
+    let (old, new) = crash_in_foreign_probation(&supervisor);
+    let ignored = supervisor.wait_log(&format!("httpd {old}: ignoring the resume signal"), 0);
+    // Sent while nobody accepts: the supervisor holds the listener, so the
+    // connection waits in the backlog (IO, 10 s, covers the 1 s probe and
+    // the restart).
+    let addr = supervisor.addr();
+    let waiting = std::thread::spawn(move || {
+        let sent = Instant::now();
+        crate::foreign::get(addr, "/").map(|body| (body, sent.elapsed()))
+    });
+    let status = supervisor.wait_status("the resume check failed", |s| {
+        s["last_probation_rollback"]["resume_check"]["state"] == "failed"
+    });
+    assert!(
+        status["last_probation_rollback"]["resume_check"]["detail"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "{status}"
+    );
+    supervisor.wait_log(
+        "the resumed generation does not answer its health probe: killing it",
+        ignored,
+    );
+    wait_gone(old);
+    let status = supervisor.wait_status("a fresh generation live", |s| {
+        s["child_pid"].as_u64().is_some_and(|pid| {
+            let pid = pid as u32;
+            pid != old && pid != new
+        })
+    });
+    let fresh = u64_of(&status, "child_pid") as u32;
+    let ran = supervisor.ctl("status", &[]);
+    assert!(
+        ran.stdout.contains("it failed its probe") && ran.stdout.contains("and was killed"),
+        "{ran:?}"
+    );
+    let (answered, waited) = waiting
+        .join()
+        .expect("thread")
+        .expect("the waiting request");
+    eprintln!(
+        "resume ignored: the request sent while nobody accepted was answered by the fresh generation after {:.0} ms (probe timeout 1 s)",
+        waited.as_secs_f64() * 1e3
+    );
+    assert_eq!(answered, format!("pid={fresh}"));
+    assert_eq!(crate::foreign::pid_of(addr), fresh);
 }
