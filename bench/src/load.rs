@@ -60,6 +60,8 @@ pub struct Sample {
     /// On a new connection: from the connect's completion to the first
     /// response byte (accept wait plus service time).
     pub accept_wait: Option<Duration>,
+    /// The pid that answered, when the daemon says it (the foreign one).
+    pub served_by: Option<u32>,
 }
 
 /// What one client saw.
@@ -152,11 +154,15 @@ async fn client(
         };
         let latency = intended.elapsed();
         let mut accept_wait = None;
+        let mut served_by = None;
         let failure = match result {
             Err(failure) => Some(failure),
             Ok(response) => {
                 if fresh {
                     accept_wait = Some(response.first_byte);
+                }
+                if config.target == Target::Pid {
+                    served_by = pid_in(&response);
                 }
                 let verdict = judge(config.target, put, &path, &body, &last_acked, &response);
                 if verdict.is_none() && put && config.target == Target::KeyValue {
@@ -173,6 +179,7 @@ async fn client(
             keep_alive,
             retried,
             accept_wait,
+            served_by,
         });
     }
     log

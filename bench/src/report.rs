@@ -58,10 +58,10 @@ impl Observed {
         self.clients.iter().flat_map(|c| c.samples.iter())
     }
 
-    fn in_window(&self, at: Duration) -> bool {
+    fn window_of(&self, at: Duration) -> Option<&crate::run::Window> {
         self.windows
             .iter()
-            .any(|w| at + WINDOW_MARGIN >= w.start && at <= w.end + WINDOW_MARGIN)
+            .find(|w| at + WINDOW_MARGIN >= w.start && at <= w.end + WINDOW_MARGIN)
     }
 
     /// The exact counts.
@@ -102,14 +102,21 @@ impl Observed {
     pub fn to_json(&self) -> Value {
         let counts = self.counts();
         let (mut steady, mut during) = (Vec::new(), Vec::new());
+        // During handoffs, by who answered (when the daemon says its pid).
+        let (mut by_old, mut by_new) = (Vec::new(), Vec::new());
         let mut accept_stall = 0f64;
         for sample in self.samples() {
             if sample.failure.is_some() {
                 continue;
             }
             let ms = millis(sample.latency);
-            if self.in_window(sample.at) {
+            if let Some(window) = self.window_of(sample.at) {
                 during.push(ms);
+                match sample.served_by {
+                    Some(pid) if pid == window.old_pid => by_old.push(ms),
+                    Some(pid) if Some(pid) == window.handoff.new_pid => by_new.push(ms),
+                    _ => {}
+                }
             } else {
                 steady.push(ms);
             }
@@ -190,6 +197,10 @@ impl Observed {
             "latency_ms": {
                 "steady": steady_figures,
                 "during_handoffs": during_figures,
+                "during_handoffs_answered_by": (!by_old.is_empty() || !by_new.is_empty()).then(|| json!({
+                    "old_generation": summary(&mut by_old),
+                    "new_generation": summary(&mut by_new),
+                })),
                 "p99_ratio_during_to_steady": ratio,
             },
             "supervisor_rss_kib": {

@@ -135,6 +135,8 @@ pub struct Window {
     pub end: Duration,
     /// What the upgrader reported.
     pub handoff: Handoff,
+    /// The pid that served before the upgrade.
+    pub old_pid: u32,
     /// Asked for the upgrade until the old generation's process was gone.
     pub old_gone: Option<Duration>,
     /// `/info` after the upgrade showed a new pid, the new build and a
@@ -369,6 +371,7 @@ fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
         let program = &daemon.builds[round % 2];
         let build = DaemonCommand::label(program);
         let asked = Instant::now();
+        let asked_of = identity.pid;
         let handoff = match upgrader.upgrade(program) {
             Ok(handoff) => handoff,
             Err(error) => {
@@ -423,6 +426,7 @@ fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
             ));
         }
         windows.push(Window {
+            old_pid: asked_of,
             start: asked.saturating_duration_since(start),
             end: Instant::now().saturating_duration_since(start),
             handoff,
