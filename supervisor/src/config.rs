@@ -254,6 +254,7 @@ impl Settings {
                     probation_signal.as_deref(),
                     resume_signal.as_deref(),
                     timeouts.probation,
+                    stop_signal,
                 )?;
                 handoff::supervisor::DaemonProtocol::Systemd {
                     ready,
@@ -319,11 +320,15 @@ impl Settings {
 }
 
 /// The quiesce and resume signals of a foreign daemon's probation: both or
-/// neither, different from each other, and only with a probation.
+/// neither, different from each other and from the stop signal (a resume
+/// by the stop signal would stop the generation a rollback needs; a
+/// quiesce by it would stop the old generation at the commit), and only
+/// with a probation.
 fn quiesce_signals(
     quiesce: Option<&str>,
     resume: Option<&str>,
     probation: std::time::Duration,
+    stop: handoff::os::Sig,
 ) -> Result<Option<handoff::supervisor::QuiesceSignals>, Failure> {
     let (quiesce, resume) = match (quiesce, resume) {
         (None, None) => return Ok(None),
@@ -346,6 +351,12 @@ fn quiesce_signals(
         return Err(Failure::usage(
             "--probation-signal and --resume-signal must be different signals",
         ));
+    }
+    if quiesce == stop || resume == stop {
+        let name = format!("{stop:?}").to_ascii_uppercase();
+        return Err(Failure::usage(format!(
+            "--probation-signal and --resume-signal must differ from the stop signal (SIG{name}; --stop-signal)"
+        )));
     }
     Ok(Some(handoff::supervisor::QuiesceSignals {
         quiesce,

@@ -16,8 +16,13 @@
 //!   read, does not parse or has another version gives a warning and an
 //!   empty history; one that does not parse is moved aside to
 //!   `FILE.corrupt` first, so the next save does not destroy the evidence.
-//!   A failed save is a warning too: the daemon matters more than its
-//!   record.
+//!   A file that exists but cannot be read (permissions after a change of
+//!   user, an I/O error) is never written over: saving is off for the run
+//!   ([`History::read_only`]). A failed save is a warning too: the daemon
+//!   matters more than its record.
+//! - **Paths that are not UTF-8.** JSON cannot hold them; serializing such
+//!   an entry fails, and the save is skipped with a warning rather than
+//!   replacing the file with an empty one ([`History::to_file_bytes`]).
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -46,6 +51,9 @@ pub struct History {
     /// The last automatic rollback this process noted: the undone handoff's
     /// id and the failed pid.
     pub undone: Option<(u64, u32)>,
+    /// Why the file must not be written this run (it exists but could not
+    /// be read: writing would destroy what it holds).
+    pub read_only: Option<String>,
 }
 
 /// The file as written.
@@ -108,35 +116,48 @@ impl History {
             .find(|old| Some(*old) != self.live.as_ref())
     }
 
-    /// The bytes [`save`] writes: the file format of the current entries.
-    pub fn to_file_bytes(&self) -> Vec<u8> {
+    /// The bytes [`save`] writes: the file format of the current entries;
+    /// `Err` if they cannot be written (saving is off, or an entry does not
+    /// serialize: a path that is not UTF-8).
+    pub fn to_file_bytes(&self) -> Result<Vec<u8>, String> {
+        if let Some(why) = &self.read_only {
+            return Err(why.clone());
+        }
         let file = HistoryFile {
             version: HISTORY_VERSION,
             entries: self.entries.iter().cloned().collect(),
         };
-        let mut bytes = serde_json::to_vec_pretty(&file).unwrap_or_default();
+        let mut bytes = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
         bytes.push(b'\n');
-        bytes
+        Ok(bytes)
     }
 }
 
 /// Reads the history file. Never fails: a missing file is an empty
 /// history; any other problem is an empty history and a warning to log
-/// (the file moved aside to `FILE.corrupt` if it did not parse).
+/// (the file moved aside to `FILE.corrupt` if it did not parse; left alone
+/// and never written this run if it could not be read).
 pub fn load(path: &Path) -> (History, Option<String>) {
+    load_from(path, std::fs::read(path))
+}
+
+/// [`load`] with the read done by the caller (tests inject read errors).
+fn load_from(path: &Path, read: std::io::Result<Vec<u8>>) -> (History, Option<String>) {
     let shown = path.display();
-    let bytes = match std::fs::read(path) {
+    let bytes = match read {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             return (History::default(), None);
         }
         Err(error) => {
-            return (
-                History::default(),
-                Some(format!(
-                    "history file {shown} cannot be read ({error}): starting with an empty history"
-                )),
-            );
+            let why = format!("history file {shown} cannot be read ({error})");
+            let warning =
+                format!("{why}: starting with an empty history and leaving the file as it is");
+            let history = History {
+                read_only: Some(why),
+                ..History::default()
+            };
+            return (history, Some(warning));
         }
     };
     let problem = match serde_json::from_slice::<HistoryFile>(&bytes) {
@@ -146,9 +167,7 @@ pub fn load(path: &Path) -> (History, Option<String>) {
             let history = History {
                 loaded: entries.len(),
                 entries,
-                live: None,
-                recorded: None,
-                undone: None,
+                ..History::default()
             };
             return (history, None);
         }
@@ -293,7 +312,7 @@ mod tests {
         let mut history = History::default();
         history.record(entry(1, true, None, "/v1"));
         history.record(entry(2, true, Some("/v1"), "/v2"));
-        save(&file, &history.to_file_bytes()).expect("save");
+        save(&file, &history.to_file_bytes().expect("bytes")).expect("save");
 
         // The supervisor restarts on v2: its cold start replaced nothing.
         let (mut loaded, warning) = load(&file);
@@ -345,9 +364,9 @@ mod tests {
         let file = dir.0.join("sub").join("history.json");
         let mut history = History::default();
         history.record(entry(1, true, None, "/v1"));
-        save(&file, &history.to_file_bytes()).expect("first save");
+        save(&file, &history.to_file_bytes().expect("bytes")).expect("first save");
         history.record(entry(2, true, Some("/v1"), "/v2"));
-        save(&file, &history.to_file_bytes()).expect("second save");
+        save(&file, &history.to_file_bytes().expect("bytes")).expect("second save");
         let (loaded, warning) = load(&file);
         assert_eq!(warning, None);
         assert_eq!(loaded.entries, history.entries);
@@ -404,6 +423,43 @@ mod tests {
             "unreadable"
         );
         assert!(save(&file, b"{}").is_err(), "cannot replace a directory");
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_read_is_never_written_over() {
+        let dir = Dir::new("unreadable");
+        let file = dir.0.join("history.json");
+        let mut before = History::default();
+        before.record(entry(1, true, Some("/opt/d/1"), "/opt/d/2"));
+        let bytes = before.to_file_bytes().expect("bytes");
+        save(&file, &bytes).expect("save");
+        // As after a change of user: the file is there, the read is refused
+        // (root reads any file, so the error is injected).
+        let refused = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let (mut history, warning) = load_from(&file, Err(refused));
+        let warning = warning.expect("a warning");
+        assert!(warning.contains("leaving the file as it is"), "{warning}");
+        assert!(history.entries.is_empty());
+        history.record(entry(1, true, Some("/opt/d/2"), "/opt/d/3"));
+        let error = history.to_file_bytes().expect_err("saving is off");
+        assert!(error.contains("cannot be read"), "{error}");
+        assert_eq!(std::fs::read(&file).expect("read"), bytes, "untouched");
+        assert!(!corrupt_path(&file).exists());
+    }
+
+    #[test]
+    fn a_path_that_is_not_utf8_skips_the_save_instead_of_emptying_the_file() {
+        use std::os::unix::ffi::OsStrExt;
+        let mut history = History::default();
+        history.record(entry(1, true, Some("/opt/d/1"), "/opt/d/2"));
+        let mut odd = entry(2, true, Some("/opt/d/2"), "/opt/d/3");
+        odd.new_binary = Some(BinaryRecord {
+            path: std::ffi::OsStr::from_bytes(b"/opt/d/\xff").into(),
+            sha256: "00".repeat(32),
+        });
+        history.record(odd);
+        let error = history.to_file_bytes().expect_err("not JSON");
+        assert!(error.contains("UTF-8"), "{error}");
     }
 
     #[test]

@@ -430,7 +430,7 @@ fn event_loop(
                         automatic_rollback: None,
                     });
                     // Saved under the lock: what `history` shows is on disk.
-                    persist_history(shared, &history.to_file_bytes());
+                    persist_history(shared, &history);
                 }
                 shared.history_changed.notify_all();
                 let serving = match &*outcome {
@@ -525,7 +525,7 @@ fn event_loop(
                             "no history entry for the commit that was rolled back"
                         );
                     }
-                    persist_history(shared, &history.to_file_bytes());
+                    persist_history(shared, &history);
                 }
                 shared.history_changed.notify_all();
                 notify.send(&format!(
@@ -551,8 +551,19 @@ fn unix_ms() -> u64 {
 /// Writes the history file; a failure is logged, never fatal. Called with
 /// the history locked, so saves never interleave and a `history` answer
 /// never shows an entry that is not on disk yet.
-fn persist_history(shared: &Shared, bytes: &[u8]) {
-    if let Err(error) = crate::history::save(&shared.history_file, bytes) {
+fn persist_history(shared: &Shared, history: &crate::history::History) {
+    let bytes = match history.to_file_bytes() {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            tracing::warn!(
+                file = %shared.history_file.display(),
+                %error,
+                "not writing the history file; the history is kept in memory"
+            );
+            return;
+        }
+    };
+    if let Err(error) = crate::history::save(&shared.history_file, &bytes) {
         tracing::warn!(
             file = %shared.history_file.display(),
             %error,

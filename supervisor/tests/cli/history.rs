@@ -260,8 +260,9 @@ fn a_corrupt_history_file_is_reported_and_tolerated() {
     assert_eq!(ran.code, Some(0), "{ran:?}");
 }
 
-/// A history file that can be neither read nor written (a directory is in
-/// its place): warnings, and the history is kept in memory.
+/// A history file that cannot be read (a directory is in its place): a
+/// warning, saving is off for the run (never write over what could not be
+/// read), and the history is kept in memory.
 #[test]
 fn an_unusable_history_file_is_reported_and_the_history_kept_in_memory() {
     let dir = TempDir::new("history-unusable");
@@ -282,7 +283,7 @@ fn an_unusable_history_file_is_reported_and_the_history_kept_in_memory() {
     assert_eq!(ran.code, Some(0), "{ran:?}");
     assert_eq!(history(&supervisor).len(), 2);
     assert!(
-        supervisor.log().contains("cannot write the history file"),
+        supervisor.log().contains("not writing the history file"),
         "{}",
         supervisor.log()
     );

@@ -412,7 +412,32 @@ fn after_a_foreign_probation_the_quiesced_generation_exits() {
 
 #[test]
 fn probation_signal_flags_are_checked() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
+        // The default stop signal is TERM.
+        (
+            &[
+                "--probation",
+                "5s",
+                "--probation-signal",
+                "WINCH",
+                "--resume-signal",
+                "TERM",
+            ],
+            "differ from the stop signal",
+        ),
+        (
+            &[
+                "--probation",
+                "5s",
+                "--stop-signal",
+                "QUIT",
+                "--probation-signal",
+                "QUIT",
+                "--resume-signal",
+                "HUP",
+            ],
+            "differ from the stop signal",
+        ),
         (
             &["--probation", "5s", "--probation-signal", "WINCH"],
             "--resume-signal",
