@@ -7,8 +7,9 @@ SIGTERM (or SIGQUIT) before it exits. A fixture of `handoffctl run
 
 Probation, the nginx way (`--probation-signal WINCH --resume-signal HUP`):
 SIGWINCH stops accepting (requests in flight finish) and the process stays;
-SIGHUP accepts again. Each switch is announced on stderr once it is done
-("httpd PID: quiesced" / "httpd PID: accepting"), so tests can wait for it.
+SIGHUP accepts again (and wins over a SIGWINCH pending with it). Each
+SIGHUP or switch is answered on stderr once it is done ("httpd PID:
+quiesced" / "httpd PID: accepting"), so tests can wait for it.
 
 GET /      -> 200 "pid=<pid>"
 GET /slow  -> 200 after 300 ms (a request in flight during a stop)
@@ -124,19 +125,32 @@ def main():
 
     serving = serve()
     while True:
-        received = signal.sigwait(SIGNALS)
-        if received in STOP_SIGNALS:
+        # Signals that are pending together are taken together: when a
+        # quiesce and a resume both wait (the new generation died right
+        # after the commit, before this process ran), sigwait hands out the
+        # lower number first, SIGHUP, and taking them one by one would
+        # resume first and quiesce last, the wrong way round. A resume always
+        # follows a quiesce, so among signals taken together it wins.
+        received = {signal.sigwait(SIGNALS)}
+        while True:
+            more = signal.sigtimedwait(SIGNALS, 0)
+            if more is None:
+                break
+            received.add(more.si_signo)
+        if received & STOP_SIGNALS:
             break
-        if received == signal.SIGWINCH and serving is not None:
+        if signal.SIGHUP in received:
+            if serving is not None:
+                say("accepting")
+            elif fault == "ignore-resume":
+                say("ignoring the resume signal")
+            else:
+                serving = serve()
+        elif signal.SIGWINCH in received and serving is not None:
             # Requests in flight finish on their own threads.
             quiesce(serving)
             serving = None
             say("quiesced")
-        elif received == signal.SIGHUP and serving is None:
-            if fault == "ignore-resume":
-                say("ignoring the resume signal")
-            else:
-                serving = serve()
     if serving is not None:
         quiesce(serving)
     server.server_close()  # joins the requests in flight

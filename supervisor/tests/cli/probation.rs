@@ -613,3 +613,28 @@ fn a_resumed_foreign_generation_that_ignores_its_resume_signal_is_replaced() {
     assert_eq!(answered, format!("pid={fresh}"));
     assert_eq!(crate::foreign::pid_of(addr), fresh);
 }
+
+/// The fixture's own contract, which the foreign probation tests rely on:
+/// a quiesce and a resume that are pending together (the new generation
+/// died right after the commit, before the old process ran) leave
+/// `httpd.py` accepting. Linux hands out the lower signal first (SIGHUP
+/// before SIGWINCH); taken one at a time they would end quiesced for good.
+#[test]
+fn httpd_takes_a_quiesce_and_a_resume_pending_together_as_a_resume() {
+    let dir = crate::common::TempDir::new("httpd-pending-signals");
+    let supervisor = crate::foreign::start(&dir, &[]);
+    let addr = supervisor.addr();
+    let pid = crate::foreign::pid_of(addr);
+    let from = supervisor.log().len();
+    handoff::os::signal(pid, Sig::Stop).expect("SIGSTOP");
+    handoff::os::signal(pid, Sig::Winch).expect("SIGWINCH");
+    handoff::os::signal(pid, Sig::Hup).expect("SIGHUP");
+    handoff::os::signal(pid, Sig::Cont).expect("SIGCONT");
+    let after = supervisor.wait_log(&format!("httpd {pid}: accepting"), from);
+    assert!(
+        !supervisor.log()[from..after].contains("quiesced"),
+        "{}",
+        supervisor.log()
+    );
+    assert_eq!(crate::foreign::pid_of(addr), pid);
+}
