@@ -615,10 +615,19 @@ impl Child {
         }
     }
 
-    /// Reaps after the waiter reported the exit.
+    /// Reaps after the waiter reported the exit. First SIGKILLs what is
+    /// left of the generation's process group (I16): the exited leader is
+    /// still a zombie, so the group it leads cannot have been reused (I11).
     fn reap(&mut self) -> String {
         if let Some(status) = &self.reaped {
             return status.clone();
+        }
+        if sys::signal_group(self.pid, Sig::Kill).is_ok() {
+            tracing::debug!(
+                generation = self.generation,
+                pid = self.pid,
+                "SIGKILL to its process group before the reap"
+            );
         }
         let status = match self.process.wait() {
             Ok(status) => describe_status(status),

@@ -18,7 +18,9 @@ Faults for tests: `--fault-file PATH` names a file read at start; its
 content picks the behaviour of this generation: empty (normal),
 `ready-from-child` (a child process sends READY=1, the daemon never does),
 `no-ready` (never sends READY=1), `crash-after-ready` (exits 3 right after
-READY=1), `ignore-resume` (a SIGHUP after a SIGWINCH is announced as
+READY=1), `fork-worker` (forks a worker that holds the listener, ignores
+every signal it can and never exits; announced as "httpd PID: worker
+WPID"), `ignore-resume` (a SIGHUP after a SIGWINCH is announced as
 "httpd PID: ignoring the resume signal" and nothing else happens: the
 process stays alive and never accepts again).
 """
@@ -110,6 +112,15 @@ def main():
         os._exit(3)
     elif fault != "no-ready":
         notify("READY=1\nSTATUS=serving")
+    if fault == "fork-worker":
+        # Before any thread starts. The worker inherits the blocked
+        # signals (SIGTERM, SIGQUIT...) and never waits for them: only
+        # SIGKILL ends it.
+        worker = os.fork()
+        if worker == 0:
+            while True:
+                time.sleep(3600)
+        say("worker %d" % worker)
 
     def serve():
         thread = threading.Thread(

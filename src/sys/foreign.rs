@@ -204,6 +204,10 @@ fn in_child(
     argv: &[usize],
     env: &[usize],
 ) -> io::Result<()> {
+    // A process group of its own, as for a library generation: SIGKILL
+    // reaches whatever the daemon forked (workers holding the listeners),
+    // and a terminal's Ctrl-C reaches only the supervisor.
+    nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
     if die_with_parent {
         prctl::set_pdeathsig(Signal::SIGKILL)?;
         if getppid() != parent {

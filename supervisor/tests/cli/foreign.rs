@@ -294,3 +294,57 @@ fn a_foreign_successor_failing_its_probe_is_stopped_gracefully_under_load() {
         &report.failures[..report.failures.len().min(5)]
     );
 }
+
+/// The process group a process is in (`/proc/PID/stat`, field 5).
+fn pgrp_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(") ").next()?.split(' ').nth(2)?.parse().ok()
+}
+
+/// Kills a leftover worker if the test fails before the supervisor did.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let ours = std::fs::read(format!("/proc/{}/cmdline", self.0))
+            .is_ok_and(|cmdline| cmdline.windows(8).any(|w| w == b"httpd.py"));
+        if ours && alive(self.0) {
+            let _ = handoff::os::signal(self.0, handoff::os::Sig::Kill);
+        }
+    }
+}
+
+/// What a foreign generation forked does not outlive it: the generation
+/// leads a process group of its own, and what is left of the group when
+/// the leader exits is SIGKILLed before the reap (I16). The worker here
+/// holds the listener and never takes the stop signal; left alive it would
+/// hold the generation's fds for good.
+#[test]
+fn a_worker_a_foreign_generation_forked_does_not_outlive_it() {
+    let dir = TempDir::new("foreign-worker");
+    let fault = dir.path().join("fault");
+    std::fs::write(&fault, "fork-worker").expect("fault file");
+    let supervisor = start(&dir, &[]);
+    let addr = supervisor.addr();
+    let master = pid_of(addr);
+    std::fs::write(&fault, "").expect("later generations fork nothing");
+    let announced = format!("httpd {master}: worker ");
+    let after = supervisor.wait_log(&announced, 0);
+    let worker: u32 = supervisor.log()[after..]
+        .split_whitespace()
+        .next()
+        .and_then(|pid| pid.parse().ok())
+        .expect("the worker's pid");
+    let _guard = KillOnDrop(worker);
+    assert!(alive(worker));
+    assert_eq!(pgrp_of(worker), Some(master), "in the generation's group");
+    assert_eq!(pgrp_of(master), Some(master), "the generation leads it");
+
+    let (code, report) = upgrade(&supervisor, &[]);
+    assert_eq!(code, Some(0), "{report}");
+    wait_gone(master);
+    wait_gone(worker);
+    let new = u64_of(&report, "new_pid") as u32;
+    assert_eq!(pgrp_of(new), Some(new), "the successor leads its own group");
+    assert_eq!(pid_of(addr), new);
+}
