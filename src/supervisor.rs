@@ -437,7 +437,13 @@ struct Probed {
 enum ProbeFor {
     /// The successor of handoff N, before its commit (I12).
     Handoff(u64),
-    /// Generation N during its probation; only a failure is reported.
+    /// Generation N during its probation: an attempt failed and the
+    /// failure is being confirmed (the probation is held open meanwhile).
+    ProbationSuspect(u64),
+    /// Generation N during its probation: a suspected failure was not
+    /// confirmed (the hold ends).
+    ProbationCleared(u64),
+    /// Generation N during its probation: a confirmed failure.
     Probation(u64),
     /// Generation N, resumed after an automatic rollback.
     Resumed(u64),
@@ -1438,6 +1444,14 @@ impl Loop {
                 self.on_probation_probed(generation, result);
                 return;
             }
+            ProbeFor::ProbationSuspect(generation) => {
+                self.hold_probation(generation, result);
+                return;
+            }
+            ProbeFor::ProbationCleared(generation) => {
+                tracing::info!(generation, "the probation probe passes again");
+                return;
+            }
             ProbeFor::Resumed(generation) => {
                 self.on_resume_probed(generation, result);
                 return;
@@ -1453,9 +1467,40 @@ impl Loop {
         }
     }
 
+    /// An attempt of the probation probe of generation N failed and is
+    /// being confirmed: the previous generation's probation is held open
+    /// until the verdict (bounded), so that a failure that starts late in
+    /// the probation is not lost to its end (I14).
+    fn hold_probation(&mut self, generation: u64, result: std::result::Result<(), String>) {
+        let Some(live) = &self.live else { return };
+        if live.generation != generation || self.in_flight.is_some() {
+            return;
+        }
+        let detail = result.err().unwrap_or_default();
+        let now = Instant::now();
+        // The confirmation ends by then (each attempt is bounded too).
+        let until = now + self.config.timeouts.probe + crate::timeouts::PROBE_ATTEMPT;
+        tracing::info!(
+            generation,
+            %detail,
+            "a probation probe attempt failed: the probation is held open while it is confirmed"
+        );
+        self.hold_probations(until, now);
+    }
+
+    /// Feeds `HoldProbation(until)` to every old generation in probation.
+    fn hold_probations(&mut self, until: Instant, now: Instant) {
+        for index in (0..self.retiring.len()).rev() {
+            if self.retiring[index].machine.in_probation() {
+                self.step_retire(index, RetireInput::HoldProbation(until), now);
+            }
+        }
+    }
+
     /// A failure of the probe that watches generation N in its probation.
     fn on_probation_probed(&mut self, generation: u64, result: std::result::Result<(), String>) {
-        if let (Err(detail), Some(live)) = (result, &self.live)
+        let now = Instant::now();
+        if let (Err(detail), Some(live)) = (&result, &self.live)
             && live.generation == generation
             && self.in_flight.is_none()
             && self.retiring.iter().any(|r| r.machine.in_probation())
@@ -1472,6 +1517,15 @@ impl Loop {
             live.signal(Sig::Kill);
             self.probation_probe_failure =
                 Some((generation, format!("health probe failed: {detail}")));
+            // Held until the killed generation's exit resumes the previous
+            // one (its exit is reported within milliseconds of SIGKILL).
+            self.hold_probations(now + self.config.timeouts.kill_grace, now);
+        } else if let Err(detail) = result {
+            tracing::warn!(
+                generation,
+                %detail,
+                "a probation probe failure came when nothing could be rolled back (the probation was over, or a handoff runs): ignored"
+            );
         }
     }
 
@@ -1795,14 +1849,24 @@ impl Loop {
             .name(format!("handoff-probation{generation}"))
             .spawn(move || {
                 while Instant::now() < until {
-                    if probe.attempt().is_err()
-                        && let Err(detail) = probe.run_until(Instant::now() + confirm)
-                    {
+                    if let Err(first) = probe.attempt() {
                         let _ = verdicts.send(Probed {
-                            purpose: ProbeFor::Probation(generation),
-                            result: Err(detail),
+                            purpose: ProbeFor::ProbationSuspect(generation),
+                            result: Err(first),
                         });
-                        return;
+                        let verdict = probe.run_until(Instant::now() + confirm);
+                        let failed = verdict.is_err();
+                        let _ = verdicts.send(Probed {
+                            purpose: if failed {
+                                ProbeFor::Probation(generation)
+                            } else {
+                                ProbeFor::ProbationCleared(generation)
+                            },
+                            result: verdict,
+                        });
+                        if failed {
+                            return;
+                        }
                     }
                     std::thread::sleep(
                         crate::timeouts::PROBATION_PROBE_INTERVAL

@@ -10,6 +10,7 @@
 //! (foreign)   Terminated (stop signal) -drain_grace-> Killed
 //! (foreign probation, quiesce signal) Probation -Resume-> Resumed (resume signal)
 //! (foreign probation, no quiesce signal) Standby -Resume-> Resumed
+//! (any probation) Probation | Standby -HoldProbation(t)-> same state, ending no earlier than t
 //!             Probation | Standby -probation over-> Terminated (stop signal)
 //! ```
 //!
@@ -66,6 +67,10 @@ pub enum RetireInput {
     Tick,
     /// The new generation failed during probation: take this one back.
     Resume,
+    /// The new generation's probe failed an attempt and the failure is
+    /// being confirmed: the probation does not end before this instant
+    /// (it is never shortened). Ignored outside a probation.
+    HoldProbation(Instant),
 }
 
 /// What the driver must do.
@@ -120,7 +125,7 @@ enum State {
 }
 
 /// Retires one old generation.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RetireMachine {
     state: State,
     timeouts: Timeouts,
@@ -314,6 +319,18 @@ impl RetireMachine {
                 self.terminate(now, &mut out)
             }
             (_, RetireInput::Resume) => {}
+            (State::Probation { until, resume }, RetireInput::HoldProbation(held)) => {
+                self.state = State::Probation {
+                    until: until.max(held),
+                    resume,
+                };
+            }
+            (State::Standby { until }, RetireInput::HoldProbation(held)) => {
+                self.state = State::Standby {
+                    until: until.max(held),
+                };
+            }
+            (_, RetireInput::HoldProbation(_)) => {}
             (State::Draining { .. }, RetireInput::Frame(Message::Drained { .. })) => {
                 self.state = State::Retiring {
                     until: now + self.timeouts.kill_grace,
@@ -388,6 +405,43 @@ mod probation_tests {
             open_connections: 0,
             accept_closed: true,
         })
+    }
+
+    #[test]
+    fn a_held_probation_outlasts_its_period_and_frames_do_not_end_it() {
+        let now = Instant::now();
+        let probation = Duration::from_secs(1);
+        let held = now + Duration::from_secs(4);
+        let (mut m, _) = RetireMachine::with_probation(probation, Timeouts::default(), now);
+        m.step(drained(), now);
+        assert!(m.step(RetireInput::HoldProbation(held), now).is_empty());
+        assert_eq!(m.next_wakeup(), Some(held));
+        // A heartbeat after the original period (inputs check the timer).
+        let later = now + Duration::from_secs(2);
+        assert!(
+            m.step(RetireInput::Frame(Message::Heartbeat), later)
+                .is_empty()
+        );
+        assert_eq!(m.state(), RetireState::Probation);
+        // A shorter hold never shortens it.
+        m.step(RetireInput::HoldProbation(later), later);
+        assert_eq!(m.next_wakeup(), Some(held));
+        // Still resumable inside the hold; retired at its end otherwise.
+        let mut resumable = m.clone();
+        assert_eq!(
+            resumable.step(RetireInput::Resume, later),
+            [RetireAction::Send(Message::ResumeAfterAbort)]
+        );
+        assert_eq!(
+            m.step(RetireInput::Tick, held),
+            [RetireAction::Send(Message::Retire)]
+        );
+        // Outside a probation a hold is ignored.
+        assert!(
+            m.step(RetireInput::HoldProbation(held + probation), held)
+                .is_empty()
+        );
+        assert_eq!(m.state(), RetireState::Retiring);
     }
 
     #[test]

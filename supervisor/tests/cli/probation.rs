@@ -186,6 +186,67 @@ fn a_failed_probe_in_probation_resumes_the_previous_generation() {
     );
 }
 
+/// A probe failure that starts inside the probation but takes longer to
+/// confirm than the probation has left (probation 1 s, confirmation up to
+/// 3 s): the probation is held open while the failure is confirmed, so the
+/// new generation is still rolled back instead of the verdict arriving
+/// after the previous generation was retired.
+#[test]
+fn a_probe_failure_confirmed_after_the_probation_would_have_ended_still_rolls_back() {
+    let health = crate::health::HealthServer::start(200);
+    let probe = format!("http://{}/healthz", health.addr);
+    let supervisor = Supervisor::start_with(Start {
+        flags: [
+            "--listen",
+            "main=127.0.0.1:0",
+            "--mode",
+            "overlap",
+            "--deadline",
+            "20s",
+            "--drain-timeout",
+            "5s",
+            "--probation",
+            "1s",
+            "--probe",
+            &probe,
+            "--probe-timeout",
+            "3s",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Start::default()
+    });
+    let addr = supervisor.addr();
+    let old = serving_pid(addr);
+    let ran = supervisor.ctl("upgrade", &["--json"]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    let report: serde_json::Value = serde_json::from_str(&ran.stdout).expect("report");
+    let new = u64_of(&report, "new_pid") as u32;
+    // Within the first probation probe interval (500 ms) of the commit,
+    // well inside the 1 s probation.
+    health
+        .status
+        .store(503, std::sync::atomic::Ordering::SeqCst);
+    let held = supervisor.wait_log("the probation is held open while it is confirmed", 0);
+    let status = supervisor.wait_status("the previous generation live again", |s| {
+        s["child_pid"] == old
+    });
+    wait_gone(new);
+    assert!(
+        status["last_probation_rollback"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("health probe failed")),
+        "{status}"
+    );
+    assert!(
+        !supervisor.log()[..held].contains(&format!("old generation gone generation=1 pid={old}")),
+        "{}",
+        supervisor.log()
+    );
+    assert!(alive(old));
+    assert_eq!(serving_pid(addr), old);
+}
+
 /// The foreign daemon under `--probation` with the nginx pair of signals.
 fn start_foreign(dir: &crate::common::TempDir, probation: &str, signals: bool) -> Supervisor {
     let mut extra = vec!["--probation", probation];
