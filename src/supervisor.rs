@@ -766,6 +766,10 @@ struct Loop {
     /// The live generation that the probation probe condemned, and why
     /// (its SIGKILL exit then reports this reason).
     probation_probe_failure: Option<(u64, String)>,
+    /// The live generation that exited while a handoff was in flight and
+    /// an older generation was in probation: the handoff's verdict decides
+    /// (its successor if it commits, else the one in probation resumes).
+    failed_in_flight: Option<Failed>,
     /// What the live generation was started with, for restarts.
     last_committed: Option<RestartTarget>,
     subscribers: Vec<Sender<SupervisorEvent>>,
@@ -810,6 +814,7 @@ impl Loop {
             last_handoff: None,
             last_probation_rollback: None,
             probation_probe_failure: None,
+            failed_in_flight: None,
             last_committed: None,
             subscribers,
             finished: false,
@@ -1648,10 +1653,29 @@ impl Loop {
                     return;
                 }
                 // In probation (I14): the previous generation takes over at
-                // once instead of a restart of the one that just failed.
+                // once instead of a restart of the one that just failed; if
+                // a handoff runs, its verdict decides (`finish`).
+                let in_probation = self.retiring.iter().rposition(|r| r.machine.in_probation());
+                if self.in_flight.is_some() && in_probation.is_some() {
+                    tracing::warn!(
+                        "the live generation exited during a handoff: the successor serves if it commits, else the generation in probation resumes"
+                    );
+                    let reason = match self.probation_probe_failure.take() {
+                        Some((generation, reason)) if generation == live.generation => reason,
+                        _ => format!("exited ({status})"),
+                    };
+                    self.failed_in_flight = Some(Failed {
+                        generation: live.generation,
+                        pid: live.pid,
+                        reason,
+                    });
+                    // Kept resumable until the verdict (bounded by the
+                    // configured handoff deadline).
+                    self.hold_probations(now + self.config.timeouts.handoff_deadline, now);
+                    return;
+                }
                 if self.in_flight.is_none()
-                    && let Some(index) =
-                        self.retiring.iter().rposition(|r| r.machine.in_probation())
+                    && let Some(index) = in_probation
                 {
                     tracing::warn!(
                         pid = self.retiring[index].child.pid,
@@ -1943,6 +1967,14 @@ impl Loop {
                     generation: successor.generation,
                     phases,
                 };
+                // Someone serves: a restart scheduled when the incumbent
+                // died during this handoff is moot, and so is a resume.
+                if self.restart_at.take().is_some() {
+                    tracing::info!(
+                        "a restart was pending (the incumbent exited during the handoff): the committed generation serves instead"
+                    );
+                }
+                self.failed_in_flight = None;
                 if let Some(mut old) = self.live.replace(successor)
                     && retire_incumbent
                     && old.reaped.is_none()
@@ -2018,11 +2050,30 @@ impl Loop {
                 if !incumbent_serving {
                     match &self.live {
                         Some(live) if live.reaped.is_none() => live.signal(Sig::Kill),
-                        // Nobody serves: start a fresh generation, if the
-                        // policy allows (a failed cold start is a failure).
+                        // Nobody serves: a generation in probation takes
+                        // over (I14); otherwise start a fresh generation, if
+                        // the policy allows (a failed cold start is a
+                        // failure).
                         _ => {
                             self.live = None;
-                            if self.stopping.is_none() {
+                            if self.stopping.is_none()
+                                && let Some(index) =
+                                    self.retiring.iter().rposition(|r| r.machine.in_probation())
+                            {
+                                let failed = self.failed_in_flight.take().unwrap_or(Failed {
+                                    generation: 0,
+                                    pid: 0,
+                                    reason: "exited during a handoff".into(),
+                                });
+                                tracing::warn!(
+                                    pid = self.retiring[index].child.pid,
+                                    failed_pid = failed.pid,
+                                    "the live generation exited during a handoff that rolled back: resuming the generation in probation"
+                                );
+                                self.restart_at = None;
+                                self.retiring[index].resumed_for = Some(failed);
+                                self.step_retire(index, RetireInput::Resume, now);
+                            } else if self.stopping.is_none() {
                                 if self.config.restart == RestartPolicy::Never {
                                     self.begin_stop(None);
                                 } else {

@@ -17,7 +17,8 @@ GET /slow  -> 200 after 300 ms (a request in flight during a stop)
 Faults for tests: `--fault-file PATH` names a file read at start; its
 content picks the behaviour of this generation: empty (normal),
 `ready-from-child` (a child process sends READY=1, the daemon never does),
-`no-ready` (never sends READY=1), `crash-after-ready` (exits 3 right after
+`no-ready` (never sends READY=1), `hold-ready` (sends READY=1 once the
+fault file no longer says `hold-ready`; polled every 10 ms), `crash-after-ready` (exits 3 right after
 READY=1), `fork-worker` (forks a worker that holds the listener, ignores
 every signal it can and never exits; announced as "httpd PID: worker
 WPID"), `ignore-resume` (a SIGHUP after a SIGWINCH is announced as
@@ -110,6 +111,16 @@ def main():
     elif fault == "crash-after-ready":
         notify("READY=1")
         os._exit(3)
+    elif fault == "hold-ready":
+        while True:
+            try:
+                with open(path) as f:
+                    if f.read().strip() != "hold-ready":
+                        break
+            except FileNotFoundError:
+                break
+            time.sleep(0.01)
+        notify("READY=1\nSTATUS=serving")
     elif fault != "no-ready":
         notify("READY=1\nSTATUS=serving")
     if fault == "fork-worker":

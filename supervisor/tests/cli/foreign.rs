@@ -348,3 +348,34 @@ fn a_worker_a_foreign_generation_forked_does_not_outlive_it() {
     assert_eq!(pgrp_of(new), Some(new), "the successor leads its own group");
     assert_eq!(pid_of(addr), new);
 }
+
+/// The live generation dies while an upgrade runs (no probation): a
+/// restart is scheduled, but the upgrade then commits, and the restart is
+/// dropped instead of replacing the generation just committed.
+#[test]
+fn a_restart_pending_when_an_upgrade_commits_is_dropped() {
+    let dir = TempDir::new("foreign-restart-pending");
+    let supervisor = start(&dir, &[]);
+    let addr = supervisor.addr();
+    let v1 = pid_of(addr);
+    std::fs::write(dir.path().join("fault"), "hold-ready").expect("fault file");
+    let (code, report) = std::thread::scope(|scope| {
+        let upgrading = scope.spawn(|| upgrade(&supervisor, &[]));
+        supervisor.wait_log("generation spawned generation=2", 0);
+        handoff::os::signal(v1, handoff::os::Sig::Kill).expect("kill v1");
+        supervisor.wait_log("restarting the generation", 0);
+        std::fs::write(dir.path().join("fault"), "").expect("release READY=1");
+        upgrading.join().expect("upgrade thread")
+    });
+    assert_eq!(code, Some(0), "{report}");
+    let v2 = u64_of(&report, "new_pid") as u32;
+    supervisor.wait_log("a restart was pending", 0);
+    let status = supervisor.status();
+    assert_eq!(u64_of(&status, "child_pid") as u32, v2, "{status}");
+    assert_eq!(pid_of(addr), v2);
+    assert!(
+        !supervisor.log().contains("generation spawned generation=3"),
+        "{}",
+        supervisor.log()
+    );
+}

@@ -699,3 +699,87 @@ fn httpd_takes_a_quiesce_and_a_resume_pending_together_as_a_resume() {
     );
     assert_eq!(crate::foreign::pid_of(addr), pid);
 }
+
+/// v1 quiesced in probation, v2 live, an upgrade to v3 running whose
+/// `READY=1` the test holds back (`hold-ready`): v2 is killed meanwhile.
+/// Returns (v1, v2) and runs `then` with the upgrade still in flight; the
+/// upgrade's exit code and report come back too.
+fn live_dies_during_an_upgrade_in_probation(
+    dir: &crate::common::TempDir,
+    supervisor: &Supervisor,
+    upgrade_args: &[&str],
+    then: impl FnOnce(),
+) -> (u32, u32, Option<i32>, serde_json::Value) {
+    let addr = supervisor.addr();
+    let v1 = crate::foreign::pid_of(addr);
+    let (code, report) = crate::foreign::upgrade(supervisor, &[]);
+    assert_eq!(code, Some(0), "{report}");
+    let v2 = u64_of(&report, "new_pid") as u32;
+    supervisor.wait_log(&format!("httpd {v1}: quiesced"), 0);
+    std::fs::write(dir.path().join("fault"), "hold-ready").expect("fault file");
+    std::thread::scope(|scope| {
+        let upgrading = scope.spawn(|| crate::foreign::upgrade(supervisor, upgrade_args));
+        supervisor.wait_log("generation spawned generation=3", 0);
+        handoff::os::signal(v2, Sig::Kill).expect("kill v2");
+        supervisor.wait_log("the live generation exited during a handoff", 0);
+        then();
+        let (code, report) = upgrading.join().expect("upgrade thread");
+        (v1, v2, code, report)
+    })
+}
+
+/// The live generation dies while an upgrade runs, with the previous one
+/// in probation, and the upgrade commits: the new generation serves, the
+/// one in probation is not resumed and no restart follows.
+#[test]
+fn a_crash_during_an_upgrade_in_probation_is_covered_by_its_commit() {
+    let dir = crate::common::TempDir::new("probation-crash-upgrade-commits");
+    let supervisor = start_foreign(&dir, "30s", true);
+    let (v1, v2, code, report) =
+        live_dies_during_an_upgrade_in_probation(&dir, &supervisor, &[], || {
+            std::fs::write(dir.path().join("fault"), "").expect("release READY=1");
+        });
+    assert_eq!(code, Some(0), "{report}; log:\n{}", supervisor.log());
+    let v3 = u64_of(&report, "new_pid") as u32;
+    assert_eq!(crate::foreign::pid_of(supervisor.addr()), v3);
+    let status = supervisor.status();
+    assert_eq!(u64_of(&status, "child_pid") as u32, v3, "{status}");
+    assert!(status["last_probation_rollback"].is_null(), "{status}");
+    let log = supervisor.log();
+    assert!(!log.contains("resuming the"), "{log}");
+    assert!(!log.contains("restarting the generation"), "{log}");
+    assert!(!log.contains("generation spawned generation=4"), "{log}");
+    assert!(!alive(v2));
+    assert!(alive(v1), "still in probation behind v3");
+}
+
+/// The same, but the upgrade rolls back (its successor never says
+/// `READY=1` before the deadline): nobody would serve, and the generation
+/// in probation is resumed rather than a restart of the binary that just
+/// crashed.
+#[test]
+fn a_crash_during_an_upgrade_in_probation_that_rolls_back_resumes_the_probation() {
+    let dir = crate::common::TempDir::new("probation-crash-upgrade-rolls-back");
+    let supervisor = start_foreign(&dir, "30s", true);
+    let (v1, v2, code, report) = live_dies_during_an_upgrade_in_probation(
+        &dir,
+        &supervisor,
+        &["--deadline", "1500ms", "--drain-timeout", "1s"],
+        || {},
+    );
+    assert_ne!(code, Some(0), "{report}");
+    assert_eq!(report["committed"], false, "{report}");
+    let status = supervisor.wait_status("v1 live again", |s| s["child_pid"] == v1);
+    assert_eq!(
+        u64_of(&status["last_probation_rollback"], "failed_pid") as u32,
+        v2,
+        "{status}"
+    );
+    supervisor.wait_log(&format!("httpd {v1}: accepting"), 0);
+    assert_eq!(crate::foreign::pid_of(supervisor.addr()), v1);
+    assert!(
+        !supervisor.log().contains("restarting the generation"),
+        "{}",
+        supervisor.log()
+    );
+}
