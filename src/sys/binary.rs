@@ -1,11 +1,26 @@
 //! A binary pinned by its content: opened once (close-on-exec), hashed from
 //! the open file, and executed through `/proc/self/fd/N`, so that what runs
 //! is the file that was hashed even if the path is replaced in between.
+//!
+//! The hazard: `/proc/self/fd/N` names a number, and a spawn rearranges
+//! numbers between fork and exec (the control socket onto fd 3, a foreign
+//! daemon's listeners onto 3, 4, ...). A pin whose number falls in that
+//! range would be closed by the `dup2` and the exec would run a socket
+//! (`EACCES`). So the pin is moved above every number a spawn writes:
+//! [`PIN_FD_FLOOR`] and up.
+#![allow(
+    unsafe_code,
+    reason = "the fd F_DUPFD_CLOEXEC returns is adopted with OwnedFd::from_raw_fd"
+)]
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
+/// The lowest fd number a pin takes: above fd 3 plus the most listeners a
+/// spawn places from fd 3 on (`MAX_FDS_PER_FRAME`, 253).
+pub(crate) const PIN_FD_FLOOR: i32 = 3 + crate::wire::MAX_FDS_PER_FRAME as i32;
 
 use sha2::{Digest, Sha256};
 
@@ -18,9 +33,11 @@ pub struct PinnedBinary {
 }
 
 impl PinnedBinary {
-    /// Opens `path` (std opens with `O_CLOEXEC`) and hashes it.
+    /// Opens `path` (std opens with `O_CLOEXEC`), moves it to
+    /// [`PIN_FD_FLOOR`] or above, and hashes it. Where the fd limit is too
+    /// low for that, the pin keeps the number `open` gave it.
     pub(crate) fn open(path: &Path) -> io::Result<PinnedBinary> {
-        let file = File::open(path)?;
+        let file = above_spawn_range(File::open(path)?);
         let sha256 = sha256_hex(&file)?;
         Ok(PinnedBinary {
             file,
@@ -47,6 +64,17 @@ impl PinnedBinary {
     }
 }
 
+/// `file` at [`PIN_FD_FLOOR`] or above (a close-on-exec duplicate; the
+/// original is closed), or `file` itself if no such number is free.
+fn above_spawn_range(file: File) -> File {
+    match nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(PIN_FD_FLOOR)) {
+        // SAFETY: F_DUPFD_CLOEXEC returned a new open fd that nothing
+        // else owns.
+        Ok(raw) => File::from(unsafe { OwnedFd::from_raw_fd(raw) }),
+        Err(_) => file,
+    }
+}
+
 /// Lowercase hex sha256 of `file`'s contents from its current offset.
 pub fn sha256_hex(mut file: &File) -> io::Result<String> {
     let mut hasher = Sha256::new();
@@ -69,6 +97,19 @@ mod tests {
         let path = dir.join("abc");
         std::fs::write(&path, b"abc").expect("write");
         let pinned = PinnedBinary::open(&path).expect("open");
+        // Out of reach of the dup2s of a spawn (fd 3 and the listeners
+        // after it), where the fd limit allows.
+        let limit: Option<i32> =
+            std::fs::read_to_string("/proc/self/limits")
+                .ok()
+                .and_then(|limits| {
+                    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+                    line.split_whitespace().nth(3)?.parse().ok()
+                });
+        if limit.is_none_or(|soft| soft > PIN_FD_FLOOR) {
+            assert!(pinned.file.as_raw_fd() >= PIN_FD_FLOOR, "{limit:?}");
+        }
+        assert!(crate::sys::is_cloexec(&pinned.file).expect("fcntl"));
         // The sha256 of "abc" (FIPS 180-2, appendix B.1).
         assert_eq!(
             pinned.sha256(),
