@@ -11,7 +11,8 @@
 //! Flags make it misbehave on purpose, for the fault tests:
 //! `--fail-at STAGE` exits with status 3 and `--hang-at STAGE` blocks for
 //! ever at STAGE (`start`, `warm`, `begin`, `ready`, `drain`, `seal`);
-//! `--unhealthy`, `--seal-fail`, `--bad-fingerprint`.
+//! `--unhealthy`, `--seal-fail`, `--bad-fingerprint`; `--resume-delay-ms N`
+//! takes N ms to resume after an aborted handoff or a probation rollback.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -39,6 +40,7 @@ struct Args {
     bad_fingerprint: bool,
     versions: Option<(u16, u16)>,
     relock_ms: Option<u64>,
+    resume_delay_ms: Option<u64>,
     unix_name: Option<String>,
     udp_name: Option<String>,
     fd_name: Option<String>,
@@ -67,6 +69,13 @@ fn parse_args() -> Args {
             "--bad-fingerprint" => args.bad_fingerprint = true,
             "--relock-ms" => {
                 args.relock_ms = Some(value().parse().unwrap_or_else(|_| die("--relock-ms N")))
+            }
+            "--resume-delay-ms" => {
+                args.resume_delay_ms = Some(
+                    value()
+                        .parse()
+                        .unwrap_or_else(|_| die("--resume-delay-ms N")),
+                )
             }
             "--unix-name" => args.unix_name = Some(value()),
             "--udp-name" => args.udp_name = Some(value()),
@@ -250,6 +259,11 @@ impl Drainable for Daemon {
     }
 
     fn resume_after_abort(&mut self) -> std::io::Result<()> {
+        if let Some(ms) = self.args.resume_delay_ms {
+            // A slow resumption, for the race of a resume with a commit.
+            eprintln!("testd: resuming in {ms} ms as asked");
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         let reopened = Store::open(self.data_dir.as_deref())?;
         *self.shared.store.lock().unwrap_or_else(|e| e.into_inner()) = reopened;
         self.shared.accepting.store(true, Ordering::SeqCst);

@@ -2171,38 +2171,60 @@ impl Loop {
                         pid: 0,
                         reason: "unknown".into(),
                     });
-                    tracing::warn!(
-                        generation = child.generation,
-                        pid = child.pid,
-                        failed_pid = failed.pid,
-                        reason = %failed.reason,
-                        "automatic rollback: the previous generation serves again"
-                    );
-                    self.last_committed = Some(child.restart.clone());
-                    let rollback = ProbationRollback {
-                        handoff_id: child.handoff_id,
-                        generation: child.generation,
-                        pid: child.pid,
-                        failed_generation: failed.generation,
-                        failed_pid: failed.pid,
-                        reason: failed.reason,
-                        resume_check: if self.config.probe.is_some() {
-                            ResumeCheck::Probing
-                        } else {
-                            ResumeCheck::Unchecked
-                        },
-                    };
-                    self.last_probation_rollback = Some(rollback.clone());
-                    self.announce(SupervisorEvent::RolledBackInProbation(rollback));
                     if self.live.is_none() {
+                        tracing::warn!(
+                            generation = child.generation,
+                            pid = child.pid,
+                            failed_pid = failed.pid,
+                            reason = %failed.reason,
+                            "automatic rollback: the previous generation serves again"
+                        );
+                        self.last_committed = Some(child.restart.clone());
+                        let rollback = ProbationRollback {
+                            handoff_id: child.handoff_id,
+                            generation: child.generation,
+                            pid: child.pid,
+                            failed_generation: failed.generation,
+                            failed_pid: failed.pid,
+                            reason: failed.reason,
+                            resume_check: if self.config.probe.is_some() {
+                                ResumeCheck::Probing
+                            } else {
+                                ResumeCheck::Unchecked
+                            },
+                        };
+                        self.last_probation_rollback = Some(rollback.clone());
+                        self.announce(SupervisorEvent::RolledBackInProbation(rollback));
                         self.restart_at = None;
                         let generation = child.generation;
                         self.live = Some(child);
                         self.check_resumed(generation);
                     } else {
-                        // Someone else serves already (a restart won the
-                        // race): this one retires after all.
-                        child.signal(self.sig(Signal::Term));
+                        // Someone else serves already (a commit or a restart
+                        // won the race): no rollback after all, and this one
+                        // retires like any old generation, to its reap.
+                        tracing::warn!(
+                            generation = child.generation,
+                            pid = child.pid,
+                            "the resumed generation found another one serving: it retires"
+                        );
+                        let (machine, actions) = match self.config.protocol {
+                            DaemonProtocol::Library => RetireMachine::start(
+                                self.config.mode == Mode::Overlap,
+                                self.config.timeouts,
+                                now,
+                            ),
+                            DaemonProtocol::Systemd { .. } => {
+                                RetireMachine::signal_first(self.config.timeouts, now)
+                            }
+                        };
+                        self.retiring.push(Retiring {
+                            machine,
+                            child,
+                            resumed_for: None,
+                        });
+                        let index = self.retiring.len() - 1;
+                        self.perform_retire(index, actions, now);
                     }
                     return;
                 }

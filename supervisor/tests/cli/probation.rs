@@ -783,3 +783,56 @@ fn a_crash_during_an_upgrade_in_probation_that_rolls_back_resumes_the_probation(
         supervisor.log()
     );
 }
+
+/// A resumption acknowledged only after another generation was committed
+/// (testd takes 2 s to resume; an upgrade commits meanwhile): no rollback
+/// is reported, and the late generation retires to its reap instead of
+/// being dropped unreaped.
+#[test]
+fn a_resume_acknowledged_after_another_commit_retires_the_late_generation() {
+    let supervisor = Supervisor::start_with(Start {
+        flags: [
+            "--listen",
+            "main=127.0.0.1:0",
+            "--mode",
+            "overlap",
+            "--deadline",
+            "20s",
+            "--drain-timeout",
+            "5s",
+            "--probation",
+            "30s",
+        ]
+        .map(String::from)
+        .to_vec(),
+        testd_args: vec!["--resume-delay-ms".into(), "2000".into()],
+        ..Start::default()
+    });
+    let addr = supervisor.addr();
+    let old = serving_pid(addr);
+    let ran = supervisor.ctl("upgrade", &["--json"]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    let report: serde_json::Value = serde_json::from_str(&ran.stdout).expect("report");
+    let new = u64_of(&report, "new_pid") as u32;
+    supervisor.wait_status("the old generation in probation", |s| {
+        s["retiring"]
+            .as_array()
+            .is_some_and(|r| r.contains(&old.into()))
+    });
+    handoff::os::signal(new, Sig::Kill).expect("kill the new generation");
+    supervisor.wait_log("testd: resuming in 2000 ms as asked", 0);
+    let ran = supervisor.ctl("upgrade", &["--json"]);
+    assert_eq!(ran.code, Some(0), "{ran:?}; log:\n{}", supervisor.log());
+    let report: serde_json::Value = serde_json::from_str(&ran.stdout).expect("report");
+    let third = u64_of(&report, "new_pid") as u32;
+    supervisor.wait_log(
+        "the resumed generation found another one serving: it retires",
+        0,
+    );
+    wait_gone(old);
+    supervisor.wait_log(&format!("old generation gone generation=1 pid={old}"), 0);
+    let status = supervisor.status();
+    assert_eq!(u64_of(&status, "child_pid") as u32, third, "{status}");
+    assert!(status["last_probation_rollback"].is_null(), "{status}");
+    assert_eq!(serving_pid(addr), third);
+}
