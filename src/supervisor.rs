@@ -1618,6 +1618,20 @@ impl Loop {
             .find(|c| c.generation == generation)
     }
 
+    /// How the live generation that exited with `status` failed: the
+    /// probation probe's verdict if that is what killed it, else its exit.
+    fn failure_of(&mut self, live: &Child, status: &str) -> Failed {
+        let reason = match self.probation_probe_failure.take() {
+            Some((generation, reason)) if generation == live.generation => reason,
+            _ => format!("exited ({status})"),
+        };
+        Failed {
+            generation: live.generation,
+            pid: live.pid,
+            reason,
+        }
+    }
+
     /// An event from the live generation outside a handoff.
     fn on_live_event(&mut self, event: Event, status: String, now: Instant) {
         match event {
@@ -1660,15 +1674,7 @@ impl Loop {
                     tracing::warn!(
                         "the live generation exited during a handoff: the successor serves if it commits, else the generation in probation resumes"
                     );
-                    let reason = match self.probation_probe_failure.take() {
-                        Some((generation, reason)) if generation == live.generation => reason,
-                        _ => format!("exited ({status})"),
-                    };
-                    self.failed_in_flight = Some(Failed {
-                        generation: live.generation,
-                        pid: live.pid,
-                        reason,
-                    });
+                    self.failed_in_flight = Some(self.failure_of(&live, &status));
                     // Kept resumable until the verdict (bounded by the
                     // configured handoff deadline).
                     self.hold_probations(now + self.config.timeouts.handoff_deadline, now);
@@ -1681,15 +1687,7 @@ impl Loop {
                         pid = self.retiring[index].child.pid,
                         "the new generation failed in probation: resuming the previous one"
                     );
-                    let reason = match self.probation_probe_failure.take() {
-                        Some((generation, reason)) if generation == live.generation => reason,
-                        _ => format!("exited ({status})"),
-                    };
-                    self.retiring[index].resumed_for = Some(Failed {
-                        generation: live.generation,
-                        pid: live.pid,
-                        reason,
-                    });
+                    self.retiring[index].resumed_for = Some(self.failure_of(&live, &status));
                     self.step_retire(index, RetireInput::Resume, now);
                     return;
                 }

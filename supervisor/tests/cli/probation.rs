@@ -11,21 +11,28 @@ use crate::common::{Start, Supervisor, WAIT, alive, serving_pid, u64_of, wait_go
 use crate::load::Load;
 
 fn start(probation: &str) -> Supervisor {
+    start_overlap(probation, &[], &[])
+}
+
+/// testd in overlap mode with `--probation`, `extra` flags for `run` and
+/// `testd_args` for testd.
+fn start_overlap(probation: &str, extra: &[&str], testd_args: &[&str]) -> Supervisor {
+    let mut flags = vec![
+        "--listen",
+        "main=127.0.0.1:0",
+        "--mode",
+        "overlap",
+        "--deadline",
+        "20s",
+        "--drain-timeout",
+        "5s",
+        "--probation",
+        probation,
+    ];
+    flags.extend_from_slice(extra);
     Supervisor::start_with(Start {
-        flags: [
-            "--listen",
-            "main=127.0.0.1:0",
-            "--mode",
-            "overlap",
-            "--deadline",
-            "20s",
-            "--drain-timeout",
-            "5s",
-            "--probation",
-            probation,
-        ]
-        .map(String::from)
-        .to_vec(),
+        flags: flags.into_iter().map(String::from).collect(),
+        testd_args: testd_args.iter().map(|a| a.to_string()).collect(),
         ..Start::default()
     })
 }
@@ -117,27 +124,7 @@ fn after_probation_the_old_generation_exits() {
 fn a_failed_probe_in_probation_resumes_the_previous_generation() {
     let health = crate::health::HealthServer::start(200);
     let probe = format!("http://{}/healthz", health.addr);
-    let supervisor = Supervisor::start_with(Start {
-        flags: [
-            "--listen",
-            "main=127.0.0.1:0",
-            "--mode",
-            "overlap",
-            "--deadline",
-            "20s",
-            "--drain-timeout",
-            "5s",
-            "--probation",
-            "30s",
-            "--probe",
-            &probe,
-            "--probe-timeout",
-            "300ms",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Start::default()
-    });
+    let supervisor = start_overlap("30s", &["--probe", &probe, "--probe-timeout", "300ms"], &[]);
     let addr = supervisor.addr();
     let old = serving_pid(addr);
     let load = Load::testd_info(addr, 200);
@@ -150,16 +137,7 @@ fn a_failed_probe_in_probation_resumes_the_previous_generation() {
     health
         .status
         .store(503, std::sync::atomic::Ordering::SeqCst);
-    let status = supervisor.wait_status("the previous generation live again", |s| {
-        s["child_pid"] == old
-    });
-    wait_gone(new);
-    assert!(
-        status["last_probation_rollback"]["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("health probe failed")),
-        "{status}"
-    );
+    wait_probe_rollback(&supervisor, old, new);
     assert!(
         supervisor
             .log()
@@ -195,27 +173,7 @@ fn a_failed_probe_in_probation_resumes_the_previous_generation() {
 fn a_probe_failure_confirmed_after_the_probation_would_have_ended_still_rolls_back() {
     let health = crate::health::HealthServer::start(200);
     let probe = format!("http://{}/healthz", health.addr);
-    let supervisor = Supervisor::start_with(Start {
-        flags: [
-            "--listen",
-            "main=127.0.0.1:0",
-            "--mode",
-            "overlap",
-            "--deadline",
-            "20s",
-            "--drain-timeout",
-            "5s",
-            "--probation",
-            "1s",
-            "--probe",
-            &probe,
-            "--probe-timeout",
-            "3s",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Start::default()
-    });
+    let supervisor = start_overlap("1s", &["--probe", &probe, "--probe-timeout", "3s"], &[]);
     let addr = supervisor.addr();
     let old = serving_pid(addr);
     let ran = supervisor.ctl("upgrade", &["--json"]);
@@ -228,6 +186,19 @@ fn a_probe_failure_confirmed_after_the_probation_would_have_ended_still_rolls_ba
         .status
         .store(503, std::sync::atomic::Ordering::SeqCst);
     let held = supervisor.wait_log("the probation is held open while it is confirmed", 0);
+    wait_probe_rollback(&supervisor, old, new);
+    assert!(
+        !supervisor.log()[..held].contains(&format!("old generation gone generation=1 pid={old}")),
+        "{}",
+        supervisor.log()
+    );
+    assert!(alive(old));
+    assert_eq!(serving_pid(addr), old);
+}
+
+/// Waits until `old` is live again after `new` failed its probation probe,
+/// and `new` is gone.
+fn wait_probe_rollback(supervisor: &Supervisor, old: u32, new: u32) {
     let status = supervisor.wait_status("the previous generation live again", |s| {
         s["child_pid"] == old
     });
@@ -238,13 +209,6 @@ fn a_probe_failure_confirmed_after_the_probation_would_have_ended_still_rolls_ba
             .is_some_and(|r| r.contains("health probe failed")),
         "{status}"
     );
-    assert!(
-        !supervisor.log()[..held].contains(&format!("old generation gone generation=1 pid={old}")),
-        "{}",
-        supervisor.log()
-    );
-    assert!(alive(old));
-    assert_eq!(serving_pid(addr), old);
 }
 
 /// The foreign daemon under `--probation` with the nginx pair of signals.
@@ -790,24 +754,7 @@ fn a_crash_during_an_upgrade_in_probation_that_rolls_back_resumes_the_probation(
 /// being dropped unreaped.
 #[test]
 fn a_resume_acknowledged_after_another_commit_retires_the_late_generation() {
-    let supervisor = Supervisor::start_with(Start {
-        flags: [
-            "--listen",
-            "main=127.0.0.1:0",
-            "--mode",
-            "overlap",
-            "--deadline",
-            "20s",
-            "--drain-timeout",
-            "5s",
-            "--probation",
-            "30s",
-        ]
-        .map(String::from)
-        .to_vec(),
-        testd_args: vec!["--resume-delay-ms".into(), "2000".into()],
-        ..Start::default()
-    });
+    let supervisor = start_overlap("30s", &[], &["--resume-delay-ms", "2000"]);
     let addr = supervisor.addr();
     let old = serving_pid(addr);
     let ran = supervisor.ctl("upgrade", &["--json"]);
