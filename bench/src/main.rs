@@ -153,9 +153,14 @@ fn main() {
         write_svg(&args.svg_dir, &observed, daemon.name());
         runs.push(observed.to_json());
     }
-    let control = if args.control_restarts > 0 {
+    // The negative control: kvd restarted the naive way, and the foreign
+    // daemon too when it was measured (its client checks differ).
+    let mut control = |daemon: Daemon, name: &str| {
+        if args.control_restarts == 0 {
+            return serde_json::Value::Null;
+        }
         let observed = finish(run(config(
-            Daemon::Kvd,
+            daemon,
             UpgraderKind::NaiveRestart,
             args.control_restarts,
         )));
@@ -164,8 +169,12 @@ fn main() {
         ok &= counts.refused + counts.reset > 0;
         // And so must the kernel, when its counters are ours alone.
         ok &= counts.kernel_trouble.is_none_or(|n| n > 0);
-        write_svg(&args.svg_dir, &observed, "naive-restart");
+        write_svg(&args.svg_dir, &observed, name);
         observed.to_json()
+    };
+    let control_kvd = control(Daemon::Kvd, "naive-restart");
+    let control_foreign = if daemons.contains(&Daemon::ForeignHttpd) {
+        control(Daemon::ForeignHttpd, "naive-restart-foreign")
     } else {
         serde_json::Value::Null
     };
@@ -183,7 +192,8 @@ fn main() {
     let report = serde_json::json!({
         "runs": runs,
         "idle_overlap": idle,
-        "negative_control": control,
+        "negative_control": control_kvd,
+        "negative_control_foreign": control_foreign,
         "netns": handoff_bench::kernel::Netns::current().name(),
         "loadavg_before": loadavg_before.trim(),
         "loadavg_after": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),

@@ -315,11 +315,9 @@ const NAIVE_START_BOUND: Duration = Duration::from_secs(10);
 const NAIVE_POLL: Duration = Duration::from_millis(2);
 
 impl NaiveRestart {
-    /// Picks a free loopback port and starts the daemon alone on it.
+    /// Picks a free loopback port and starts the daemon alone on it
+    /// (`--listen`: kvd, echod and httpd.py bind it themselves).
     pub fn start(daemon: DaemonCommand) -> Result<(NaiveRestart, SocketAddr), String> {
-        if daemon.daemon == Daemon::ForeignHttpd {
-            return Err("the naive restart needs a daemon that binds --listen itself (kvd)".into());
-        }
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?;
@@ -340,6 +338,9 @@ fn spawn_alone(daemon: &DaemonCommand, program: &Path, addr: SocketAddr) -> Resu
     Command::new(program)
         .args(daemon.args(Some(addr)))
         .env_remove(handoff::ENV_CONTROL_FD)
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("NOTIFY_SOCKET")
         .spawn()
         .map_err(|e| format!("spawning {}: {e}", program.display()))
 }

@@ -11,6 +11,9 @@ SIGHUP accepts again (and wins over a SIGWINCH pending with it). Each
 SIGHUP or switch is answered on stderr once it is done ("httpd PID:
 quiesced" / "httpd PID: accepting"), so tests can wait for it.
 
+Alone (`--listen HOST:PORT`), it binds the address itself instead: the
+benchmark's naive-restart control.
+
 GET /      -> 200 "pid=<pid>"
 GET /slow  -> 200 after 300 ms (a request in flight during a stop)
 
@@ -35,6 +38,16 @@ import time
 
 
 def listener():
+    if "--listen" in sys.argv:
+        # Alone, without a supervisor (the benchmark's naive-restart
+        # control): it binds the address itself and closes it on exit.
+        host, port = sys.argv[sys.argv.index("--listen") + 1].rsplit(":", 1)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+        sock.listen(128)
+        sock.setblocking(False)
+        return sock
     if os.environ.get("LISTEN_PID") != str(os.getpid()):
         sys.exit("LISTEN_PID is not our pid: %r" % os.environ.get("LISTEN_PID"))
     if int(os.environ.get("LISTEN_FDS", "0")) < 1:

@@ -124,3 +124,27 @@ fn naive_restart_under_the_same_load_fails_requests() {
         observed.kernel
     );
 }
+
+#[test]
+fn a_naive_restart_of_the_foreign_daemon_fails_requests() {
+    // The foreign client path (`GET /`, `pid=N` checked) is not blind
+    // either: httpd.py alone (`--listen`), SIGTERM, start again.
+    let observed = short(Daemon::ForeignHttpd, UpgraderKind::NaiveRestart, 2);
+    let Counts { refused, reset, .. } = observed.counts();
+    assert!(
+        refused + reset > 0,
+        "a close-and-rebind restart of httpd.py showed no refused or reset connection: {:?}",
+        observed.counts()
+    );
+    assert!(
+        observed.counts().kernel_trouble.is_none_or(|n| n > 0),
+        "the kernel counted no refusal or reset: {:?}",
+        observed.kernel
+    );
+    assert_eq!(
+        observed.counts().identity_changes,
+        2,
+        "{:?}",
+        observed.counts()
+    );
+}
