@@ -157,10 +157,13 @@ impl Observed {
         let config = &self.config;
         json!({
             "mode": config.daemon.name(),
-            "daemon": match config.daemon {
-                Daemon::Kvd => "kvd",
-                Daemon::Echod => "echod",
-                Daemon::ForeignHttpd => "httpd.py (python3, --protocol systemd)",
+            "daemon": match (config.daemon, config.upgrader) {
+                (Daemon::Kvd, _) => "kvd",
+                (Daemon::Echod, _) => "echod",
+                (Daemon::ForeignHttpd, crate::run::UpgraderKind::NaiveRestart) => {
+                    "httpd.py (python3, alone: --listen)"
+                }
+                (Daemon::ForeignHttpd, _) => "httpd.py (python3, --protocol systemd)",
             },
             "upgrader": format!("{:?}", config.upgrader),
             "clients": config.clients,
