@@ -219,7 +219,9 @@ fn write_svg(dir: &std::path::Path, observed: &Observed, name: &str) {
         "handoff-bench {name}: {} clients, {} req/s, {} upgrades",
         observed.config.clients, observed.config.rate, observed.config.upgrades
     );
-    if let Err(error) = std::fs::write(&path, observed.to_svg(&title)) {
+    let written =
+        std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, observed.to_svg(&title)));
+    if let Err(error) = written {
         eprintln!("handoff-bench: writing {}: {error}", path.display());
     }
 }
