@@ -1580,24 +1580,13 @@ impl Loop {
     /// Probes the generation just resumed (I14) on a helper thread,
     /// retried for `Timeouts::probe`; no-op without a probe.
     fn check_resumed(&mut self, generation: u64) {
-        let Some(probe) = self.config.probe.clone() else {
+        if self.config.probe.is_none() {
             return;
-        };
+        }
         let until = Instant::now() + self.config.timeouts.probe;
-        let verdicts = self.probes_tx.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("handoff-resumed{generation}"))
-            .spawn(move || {
-                let _ = verdicts.send(Probed {
-                    purpose: ProbeFor::Resumed(generation),
-                    result: probe.run_until(until),
-                });
-            });
-        if let Err(error) = spawned {
-            self.on_resume_probed(
-                generation,
-                Err(format!("cannot start the probe thread: {error}")),
-            );
+        let name = format!("handoff-resumed{generation}");
+        if let Err(detail) = self.spawn_probe(name, ProbeFor::Resumed(generation), until) {
+            self.on_resume_probed(generation, Err(detail));
         }
     }
 
@@ -1630,6 +1619,25 @@ impl Loop {
             pid: live.pid,
             reason,
         }
+    }
+
+    /// The newest old generation still in probation takes over after
+    /// `failed` (I14): it is sent its resume (message or signal), and its
+    /// `Resumed` makes it live. False if none is in probation.
+    fn resume_probation(&mut self, failed: Failed, now: Instant) -> bool {
+        let Some(index) = self.retiring.iter().rposition(|r| r.machine.in_probation()) else {
+            return false;
+        };
+        tracing::warn!(
+            pid = self.retiring[index].child.pid,
+            failed_pid = failed.pid,
+            reason = %failed.reason,
+            "the live generation failed while the previous one was in probation: resuming it"
+        );
+        self.restart_at = None;
+        self.retiring[index].resumed_for = Some(failed);
+        self.step_retire(index, RetireInput::Resume, now);
+        true
     }
 
     /// An event from the live generation outside a handoff.
@@ -1680,15 +1688,9 @@ impl Loop {
                     self.hold_probations(now + self.config.timeouts.handoff_deadline, now);
                     return;
                 }
-                if self.in_flight.is_none()
-                    && let Some(index) = in_probation
-                {
-                    tracing::warn!(
-                        pid = self.retiring[index].child.pid,
-                        "the new generation failed in probation: resuming the previous one"
-                    );
-                    self.retiring[index].resumed_for = Some(self.failure_of(&live, &status));
-                    self.step_retire(index, RetireInput::Resume, now);
+                if self.in_flight.is_none() && in_probation.is_some() {
+                    let failed = self.failure_of(&live, &status);
+                    self.resume_probation(failed, now);
                     return;
                 }
                 let clean = status == "exit status 0";
@@ -1836,24 +1838,33 @@ impl Loop {
         let Some(handoff_id) = self.in_flight.as_ref().map(|f| f.machine.handoff_id()) else {
             return;
         };
-        let verdicts = self.probes_tx.clone();
-        let result = match self.config.probe.clone() {
-            Some(probe) => std::thread::Builder::new()
-                .name(format!("handoff-probe{handoff_id}"))
-                .spawn(move || {
-                    let result = probe.run_until(until);
-                    let _ = verdicts.send(Probed {
-                        purpose: ProbeFor::Handoff(handoff_id),
-                        result,
-                    });
-                })
-                .map(drop)
-                .map_err(|error| format!("cannot start the probe thread: {error}")),
-            None => Err("no probe configured".to_owned()),
-        };
-        if let Err(detail) = result {
+        let name = format!("handoff-probe{handoff_id}");
+        if let Err(detail) = self.spawn_probe(name, ProbeFor::Handoff(handoff_id), until) {
             self.probe_verdict(Err(detail), Instant::now());
         }
+    }
+
+    /// Runs the configured probe until `until` on a helper thread (network
+    /// I/O only, it never spawns: I11) and sends its one verdict to the
+    /// loop, tagged with `purpose`.
+    fn spawn_probe(
+        &self,
+        name: String,
+        purpose: ProbeFor,
+        until: Instant,
+    ) -> std::result::Result<(), String> {
+        let Some(probe) = self.config.probe.clone() else {
+            return Err("no probe configured".to_owned());
+        };
+        let verdicts = self.probes_tx.clone();
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                let result = probe.run_until(until);
+                let _ = verdicts.send(Probed { purpose, result });
+            })
+            .map(drop)
+            .map_err(|error| format!("cannot start the probe thread: {error}"))
     }
 
     /// During a probation (I14), probes the live generation until `until`:
@@ -2054,24 +2065,15 @@ impl Loop {
                         // failure).
                         _ => {
                             self.live = None;
-                            if self.stopping.is_none()
-                                && let Some(index) =
-                                    self.retiring.iter().rposition(|r| r.machine.in_probation())
-                            {
-                                let failed = self.failed_in_flight.take().unwrap_or(Failed {
-                                    generation: 0,
-                                    pid: 0,
-                                    reason: "exited during a handoff".into(),
-                                });
-                                tracing::warn!(
-                                    pid = self.retiring[index].child.pid,
-                                    failed_pid = failed.pid,
-                                    "the live generation exited during a handoff that rolled back: resuming the generation in probation"
-                                );
-                                self.restart_at = None;
-                                self.retiring[index].resumed_for = Some(failed);
-                                self.step_retire(index, RetireInput::Resume, now);
-                            } else if self.stopping.is_none() {
+                            let failed = self.failed_in_flight.take().unwrap_or(Failed {
+                                generation: 0,
+                                pid: 0,
+                                reason: "exited during a handoff".into(),
+                            });
+                            if self.stopping.is_some() || self.resume_probation(failed, now) {
+                                // Stopping, or the generation in probation
+                                // takes over.
+                            } else {
                                 if self.config.restart == RestartPolicy::Never {
                                     self.begin_stop(None);
                                 } else {

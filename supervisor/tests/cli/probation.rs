@@ -10,6 +10,14 @@ use handoff::os::Sig;
 use crate::common::{Start, Supervisor, WAIT, alive, serving_pid, u64_of, wait_gone};
 use crate::load::Load;
 
+/// Runs `handoffctl upgrade --json`, checks it committed, and returns the
+/// new generation's pid.
+fn upgraded(supervisor: &Supervisor) -> u32 {
+    let (code, report) = crate::foreign::upgrade(supervisor, &[]);
+    assert_eq!(code, Some(0), "{report}; log:\n{}", supervisor.log());
+    u64_of(&report, "new_pid") as u32
+}
+
 fn start(probation: &str) -> Supervisor {
     start_overlap(probation, &[], &[])
 }
@@ -44,11 +52,8 @@ fn a_crash_in_probation_resumes_the_previous_generation_under_load() {
     let old = serving_pid(addr);
     let load = Load::testd_info(addr, 200);
     load.wait_answered(200);
-    let ran = supervisor.ctl("upgrade", &["--json"]);
-    assert_eq!(ran.code, Some(0), "{ran:?}");
+    let new = upgraded(&supervisor);
     load.wait_answered(200);
-    let report: serde_json::Value = serde_json::from_str(&ran.stdout).expect("report");
-    let new = u64_of(&report, "new_pid") as u32;
     // The old generation is kept, drained and idle.
     let status = supervisor.wait_status("the old generation in probation", |s| {
         s["retiring"]
@@ -129,10 +134,7 @@ fn a_failed_probe_in_probation_resumes_the_previous_generation() {
     let old = serving_pid(addr);
     let load = Load::testd_info(addr, 200);
     load.wait_answered(100);
-    let ran = supervisor.ctl("upgrade", &["--json"]);
-    assert_eq!(ran.code, Some(0), "{ran:?}");
-    let report: serde_json::Value = serde_json::from_str(&ran.stdout).expect("report");
-    let new = u64_of(&report, "new_pid") as u32;
+    let new = upgraded(&supervisor);
     load.wait_answered(100);
     health
         .status
@@ -176,10 +178,7 @@ fn a_probe_failure_confirmed_after_the_probation_would_have_ended_still_rolls_ba
     let supervisor = start_overlap("1s", &["--probe", &probe, "--probe-timeout", "3s"], &[]);
     let addr = supervisor.addr();
     let old = serving_pid(addr);
-    let ran = supervisor.ctl("upgrade", &["--json"]);
-    assert_eq!(ran.code, Some(0), "{ran:?}");
-    let report: serde_json::Value = serde_json::from_str(&ran.stdout).expect("report");
-    let new = u64_of(&report, "new_pid") as u32;
+    let new = upgraded(&supervisor);
     // Within the first probation probe interval (500 ms) of the commit,
     // well inside the 1 s probation.
     health
@@ -710,7 +709,7 @@ fn a_crash_during_an_upgrade_in_probation_is_covered_by_its_commit() {
     assert_eq!(u64_of(&status, "child_pid") as u32, v3, "{status}");
     assert!(status["last_probation_rollback"].is_null(), "{status}");
     let log = supervisor.log();
-    assert!(!log.contains("resuming the"), "{log}");
+    assert!(!log.contains("in probation: resuming it"), "{log}");
     assert!(!log.contains("restarting the generation"), "{log}");
     assert!(!log.contains("generation spawned generation=4"), "{log}");
     assert!(!alive(v2));
@@ -757,10 +756,7 @@ fn a_resume_acknowledged_after_another_commit_retires_the_late_generation() {
     let supervisor = start_overlap("30s", &[], &["--resume-delay-ms", "2000"]);
     let addr = supervisor.addr();
     let old = serving_pid(addr);
-    let ran = supervisor.ctl("upgrade", &["--json"]);
-    assert_eq!(ran.code, Some(0), "{ran:?}");
-    let report: serde_json::Value = serde_json::from_str(&ran.stdout).expect("report");
-    let new = u64_of(&report, "new_pid") as u32;
+    let new = upgraded(&supervisor);
     supervisor.wait_status("the old generation in probation", |s| {
         s["retiring"]
             .as_array()
@@ -768,10 +764,7 @@ fn a_resume_acknowledged_after_another_commit_retires_the_late_generation() {
     });
     handoff::os::signal(new, Sig::Kill).expect("kill the new generation");
     supervisor.wait_log("testd: resuming in 2000 ms as asked", 0);
-    let ran = supervisor.ctl("upgrade", &["--json"]);
-    assert_eq!(ran.code, Some(0), "{ran:?}; log:\n{}", supervisor.log());
-    let report: serde_json::Value = serde_json::from_str(&ran.stdout).expect("report");
-    let third = u64_of(&report, "new_pid") as u32;
+    let third = upgraded(&supervisor);
     supervisor.wait_log(
         "the resumed generation found another one serving: it retires",
         0,
