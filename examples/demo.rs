@@ -169,16 +169,7 @@ fn main() {
             Outcome::Committed { phases, .. } => {
                 committed += 1;
                 totals.push(phases.total.as_secs_f64() * 1e3);
-                let named = [
-                    ("spawn", phases.spawn),
-                    ("hello", phases.hello),
-                    ("warm_up", phases.warm_up),
-                    ("drain", phases.drain),
-                    ("seal", phases.seal),
-                    ("begin", phases.begin),
-                    ("commit", phases.commit),
-                ];
-                for (name, value) in named {
+                for (name, value) in phases.named() {
                     if let Some(value) = value {
                         phase_samples
                             .entry(name)

@@ -286,18 +286,11 @@ impl Drop for InProcess {
 }
 
 fn named_phases(phases: &handoff::protocol::Phases) -> Vec<(String, Duration)> {
-    [
-        ("spawn", phases.spawn),
-        ("hello", phases.hello),
-        ("warm_up", phases.warm_up),
-        ("drain", phases.drain),
-        ("seal", phases.seal),
-        ("begin", phases.begin),
-        ("commit", phases.commit),
-    ]
-    .into_iter()
-    .filter_map(|(name, duration)| duration.map(|d| (name.to_owned(), d)))
-    .collect()
+    phases
+        .named()
+        .into_iter()
+        .filter_map(|(name, duration)| duration.map(|d| (name.to_owned(), d)))
+        .collect()
 }
 
 /// The negative control: the daemon runs alone and is replaced the naive

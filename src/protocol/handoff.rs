@@ -166,6 +166,25 @@ pub struct Phases {
     pub total: Duration,
 }
 
+impl Phases {
+    /// Every phase with its name, in the order a handoff goes through them
+    /// (`total` excluded): the one list that reports, logs and benchmarks
+    /// use.
+    pub fn named(&self) -> [(&'static str, Option<Duration>); 9] {
+        [
+            ("spawn", self.spawn),
+            ("hello", self.hello),
+            ("warm_up", self.warm_up),
+            ("drain", self.drain),
+            ("seal", self.seal),
+            ("begin", self.begin),
+            ("probe", self.probe),
+            ("commit", self.commit),
+            ("abort", self.abort),
+        ]
+    }
+}
+
 /// How a handoff ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {

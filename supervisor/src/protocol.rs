@@ -246,17 +246,7 @@ impl HandoffReport {
                     phases,
                 ),
             };
-        let named = [
-            ("spawn", phases.spawn),
-            ("hello", phases.hello),
-            ("warm_up", phases.warm_up),
-            ("drain", phases.drain),
-            ("seal", phases.seal),
-            ("begin", phases.begin),
-            ("probe", phases.probe),
-            ("commit", phases.commit),
-            ("abort", phases.abort),
-        ];
+        let named = phases.named();
         HandoffReport {
             handoff_id,
             committed,
