@@ -110,6 +110,12 @@ pub struct Server {
     phase: watch::Sender<Phase>,
     connections: watch::Sender<u32>,
     in_flight: AtomicU32,
+    /// Accept loops running.
+    accept_loops: AtomicU32,
+    /// Accept loops that saw the phase leave [`Phase::Serving`] and accept
+    /// no more: once every loop is counted here, every connection accepted
+    /// before the drain is in `connections`.
+    paused_loops: watch::Sender<u32>,
 }
 
 /// Counts one open connection while alive.
@@ -166,6 +172,8 @@ impl Server {
             phase: watch::Sender::new(Phase::Serving),
             connections: watch::Sender::new(0),
             in_flight: AtomicU32::new(0),
+            accept_loops: AtomicU32::new(0),
+            paused_loops: watch::Sender::new(0),
         })
     }
 
@@ -192,18 +200,33 @@ impl Server {
     /// Accepts while the phase is [`Phase::Serving`] and serves each
     /// connection on its own task. Never returns; the listener stays open
     /// while not accepting, so a resumed server accepts again.
+    ///
+    /// A connection is counted the moment it is accepted, in the same poll
+    /// of this task, and the loop confirms a pause only between accepts: a
+    /// drain that waits for every loop's confirmation before it reads the
+    /// count cannot miss a connection accepted as it started (one counted
+    /// only once its own task ran would be shut down unanswered after the
+    /// seal).
     pub async fn accept_loop(self: Arc<Self>, listener: TcpListener, handler: Handler) {
+        self.accept_loops.fetch_add(1, Ordering::SeqCst);
         let mut phase = self.phase.subscribe();
         loop {
-            if phase.wait_for(|p| *p == Phase::Serving).await.is_err() {
-                return;
+            if *phase.borrow_and_update() != Phase::Serving {
+                self.paused_loops.send_modify(|paused| *paused += 1);
+                let resumed = phase.wait_for(|p| *p == Phase::Serving).await.is_ok();
+                self.paused_loops.send_modify(|paused| *paused -= 1);
+                if !resumed {
+                    return;
+                }
+                continue;
             }
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
+                        let counted = ConnectionGuard::new(&self);
                         let _ = stream.set_nodelay(true);
                         let server = Arc::clone(&self);
-                        tokio::spawn(server.serve_connection(stream, Arc::clone(&handler)));
+                        tokio::spawn(server.serve_connection(stream, counted, Arc::clone(&handler)));
                     }
                     // EMFILE and the like: back off a moment rather than spin.
                     Err(_) => tokio::time::sleep(handoff::timeouts::POLL_SLICE).await,
@@ -213,8 +236,12 @@ impl Server {
         }
     }
 
-    async fn serve_connection(self: Arc<Self>, stream: TcpStream, handler: Handler) {
-        let _connection = ConnectionGuard::new(&self);
+    async fn serve_connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        _counted: ConnectionGuard,
+        handler: Handler,
+    ) {
         let activity = Arc::new(Activity {
             in_flight: AtomicU32::new(0),
             last: Mutex::new(Instant::now()),
@@ -284,6 +311,16 @@ impl Server {
         }
     }
 
+    /// Waits until every accept loop confirmed it accepts no more, or
+    /// `deadline`; true if they all did.
+    pub async fn wait_paused(&self, deadline: Instant) -> bool {
+        let loops = self.accept_loops.load(Ordering::SeqCst);
+        let mut paused = self.paused_loops.subscribe();
+        tokio::time::timeout_at(deadline.into(), paused.wait_for(|p| *p >= loops))
+            .await
+            .is_ok()
+    }
+
     /// Waits until no connection is open, or `deadline`; true if none is.
     pub async fn wait_closed(&self, deadline: Instant) -> bool {
         let mut connections = self.connections.subscribe();
@@ -301,7 +338,10 @@ impl Server {
         deadline: Instant,
     ) -> handoff::DrainReport {
         self.set_phase(Phase::Draining);
-        if !runtime.block_on(self.wait_closed(deadline)) {
+        let quiet = runtime.block_on(async {
+            self.wait_paused(deadline).await && self.wait_closed(deadline).await
+        });
+        if !quiet {
             self.set_phase(Phase::Closed);
         }
         handoff::DrainReport {
