@@ -1002,6 +1002,10 @@ impl Loop {
         }
         if let Some(deadline) = request.deadline {
             timeouts.handoff_deadline = deadline;
+            if request.drain_grace.is_none() {
+                // An unset drain grace follows a shorter deadline down.
+                timeouts.drain_grace = timeouts.drain_grace.min(deadline);
+            }
         }
         timeouts.validate()?;
         // The configured program runs pinned when the config pins it; the
@@ -1655,6 +1659,7 @@ impl Loop {
                 // handed off any more: ask it to stop; the exit restarts it.
                 if let Some(live) = &self.live
                     && live.reaped.is_none()
+                    && self.stopping.is_none()
                 {
                     tracing::warn!(
                         pid = live.pid,
@@ -1665,7 +1670,11 @@ impl Loop {
             }
             Event::Exited { .. } => {
                 let Some(live) = self.live.take() else { return };
-                tracing::warn!(generation = live.generation, pid = live.pid, %status, "generation exited");
+                if self.stopping.is_some() {
+                    tracing::info!(generation = live.generation, pid = live.pid, %status, "generation stopped");
+                } else {
+                    tracing::warn!(generation = live.generation, pid = live.pid, %status, "generation exited");
+                }
                 self.announce(SupervisorEvent::GenerationExited {
                     generation: live.generation,
                     pid: live.pid,

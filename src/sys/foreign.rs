@@ -56,15 +56,6 @@ use nix::unistd::{Pid, getpid, getppid};
 const FIRST: RawFd = 3;
 /// Digits reserved for `LISTEN_PID` (a pid fits in 10 decimal digits).
 const PID_DIGITS: usize = 10;
-/// The variables this module sets; inherited copies are dropped.
-const OWN_VARS: [&str; 5] = [
-    "LISTEN_PID",
-    "LISTEN_FDS",
-    "LISTEN_FDNAMES",
-    "NOTIFY_SOCKET",
-    "HANDOFF_CONTROL_FD",
-];
-
 /// What to start.
 #[derive(Debug)]
 pub(crate) struct ForeignSpec<'a> {
@@ -113,7 +104,7 @@ pub(crate) fn spawn_foreign(spec: ForeignSpec<'_>) -> io::Result<Child> {
         .map(|(name, _)| name.as_str())
         .collect();
     let mut env: Vec<Vec<u8>> = std::env::vars_os()
-        .filter(|(key, _)| !OWN_VARS.iter().any(|own| key.as_bytes() == own.as_bytes()))
+        .filter(|(key, _)| !super::process::meant_for_the_supervisor(key))
         .filter(|(key, _)| !spec.env.iter().any(|(k, _)| k == key))
         .chain(spec.env.iter().cloned())
         .map(|(key, value)| [key.as_bytes(), b"=", value.as_bytes()].concat())

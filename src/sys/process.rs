@@ -99,6 +99,30 @@ impl From<Sig> for Signal {
     }
 }
 
+/// Variables a service manager sets for the supervisor's own process:
+/// socket activation (`LISTEN_*`), readiness (`NOTIFY_SOCKET`), the
+/// watchdog (`WATCHDOG_*`), and the control fd of a supervisor above this
+/// one. A generation inheriting them would take fds or notify on behalf of
+/// the supervisor from a pid the service manager does not expect; every
+/// spawn drops them (a foreign generation gets its own `LISTEN_*` and
+/// `NOTIFY_SOCKET`).
+const SUPERVISOR_ONLY_VARS: [&str; 7] = [
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_PID",
+    "WATCHDOG_USEC",
+    CONTROL_FD_ENV,
+];
+
+/// Whether an inherited variable is one of [`SUPERVISOR_ONLY_VARS`].
+pub(crate) fn meant_for_the_supervisor(key: &std::ffi::OsStr) -> bool {
+    SUPERVISOR_ONLY_VARS
+        .iter()
+        .any(|own| key.as_encoded_bytes() == own.as_bytes())
+}
+
 /// Starts `spec.program`: stdin `/dev/null`, stdout and stderr inherited,
 /// the control socket (if any) on fd 3.
 pub(crate) fn spawn(spec: SpawnSpec) -> io::Result<Child> {
@@ -116,6 +140,9 @@ fn spawn_with_control_at(spec: SpawnSpec, target: RawFd) -> io::Result<Child> {
         die_with_parent,
     } = spec;
     let mut command = Command::new(&program);
+    for key in SUPERVISOR_ONLY_VARS {
+        command.env_remove(key);
+    }
     command
         .args(&args)
         .envs(env)

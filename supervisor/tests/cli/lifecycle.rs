@@ -199,6 +199,13 @@ fn sighup_upgrades_and_sigterm_stops() {
     let exit = supervisor.wait_exit();
     assert_eq!(exit.code(), Some(0), "log:\n{}", supervisor.log());
     assert!(!alive(live), "the generation outlived the supervisor");
+    // A normal upgrade and stop warn about nothing.
+    let log = supervisor.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
 }
 
 #[test]
@@ -437,4 +444,34 @@ fn a_config_sha256_pins_generation_1() {
         std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe"),
         binary
     );
+}
+
+#[test]
+fn an_upgrade_deadline_bounds_the_default_drain_timeout() {
+    // Neither flag at `run`: the drain timeout is the default (60 s), longer
+    // than the deadline the upgrade asks for, as in an `ExecReload=` drop-in.
+    let supervisor = Supervisor::start_with(Start {
+        flags: vec!["--listen".into(), "main=127.0.0.1:0".into()],
+        ..Start::default()
+    });
+    let ran = supervisor.ctl("upgrade", &["--deadline", "3s"]);
+    assert_eq!(ran.code, Some(0), "the drain timeout follows down: {ran:?}");
+    assert_eq!(supervisor.status()["generation"], 2);
+
+    // Both given and in conflict: refused in the flags' own words.
+    let conflict = supervisor.ctl("upgrade", &["--deadline", "3s", "--drain-timeout", "10s"]);
+    assert_eq!(conflict.code, Some(2), "{conflict:?}");
+    let line = conflict.one_error_line();
+    assert!(
+        line.contains("--drain-timeout 10s") && line.contains("--deadline 3s"),
+        "{line}"
+    );
+    // Only a drain timeout, longer than the configured deadline (5 min).
+    let long = supervisor.ctl("upgrade", &["--drain-timeout", "10m"]);
+    assert_eq!(long.code, Some(2), "{long:?}");
+    assert!(
+        long.one_error_line().contains("the configured deadline 5m"),
+        "{long:?}"
+    );
+    assert_eq!(supervisor.status()["generation"], 2, "nothing started");
 }
