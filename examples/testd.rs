@@ -6,7 +6,7 @@
 //! `GET key` → `VALUE <value>` or `MISSING`; `INFO` → `pid=<pid> build=<id>
 //! generation=<n> revisions=<n>`; `FDS` → one line listing the open fds as
 //! comma-separated `fd:cloexec` pairs (to check that a generation holds nothing it was not
-//! given).
+//! given); `ENV NAME` → the variable's value or `UNSET`.
 //!
 //! Flags make it misbehave on purpose, for the fault tests:
 //! `--fail-at STAGE` exits with status 3 and `--hang-at STAGE` blocks for
@@ -317,6 +317,7 @@ fn handle(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
             )
         }
         (Some("FDS"), None, None) => open_fds_line(),
+        (Some("ENV"), Some(name), None) => std::env::var(name).unwrap_or_else(|_| "UNSET".into()),
         _ => "ERR bad request".into(),
     };
     let mut stream = stream;

@@ -209,3 +209,23 @@ pub fn parse_duration(input: &str) -> Result<Duration> {
         .map(Duration::from_millis)
         .ok_or(bad("duration too large"))
 }
+
+/// Writes a duration the way [`parse_duration`] reads it, in the largest
+/// unit that divides it: `250ms`, `30s`, `5m`, `1h`.
+///
+/// ```
+/// use std::time::Duration;
+/// use handoff::timeouts::format_duration;
+/// assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+/// assert_eq!(format_duration(Duration::from_secs(300)), "5m");
+/// ```
+pub fn format_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    match millis {
+        0 => "0s".to_owned(),
+        _ if millis % 3_600_000 == 0 => format!("{}h", millis / 3_600_000),
+        _ if millis % 60_000 == 0 => format!("{}m", millis / 60_000),
+        _ if millis % 1_000 == 0 => format!("{}s", millis / 1_000),
+        _ => format!("{millis}ms"),
+    }
+}

@@ -8,8 +8,6 @@
 //! both come here): the binary check, the sha256 pin, the call into the
 //! library.
 
-use std::collections::HashMap;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -25,9 +23,9 @@ use handoff::{Error, Timeouts};
 use crate::config::check_executable;
 use crate::error::chain;
 use crate::history::History;
-use crate::protocol::{
-    BinaryRecord, ErrorKind, HISTORY_LEN, HandoffReport, MAX_LINE, Request, Response, StatusReport,
-};
+use crate::identity::Identities;
+use crate::protocol::{ErrorKind, HandoffReport, MAX_LINE, Request, Response, StatusReport};
+use crate::systemd::Notifier;
 
 /// Admin connections served at once; more are answered `overloaded`.
 pub const MAX_CONNECTIONS: usize = 32;
@@ -62,8 +60,13 @@ pub struct Shared {
     pub our_uid: u32,
     /// Durations (admin_request bounds each client).
     pub timeouts: Timeouts,
-    /// The last `(pid, sha256 of /proc/PID/exe)`.
-    pub hash_cache: Mutex<Option<(u32, String)>>,
+    /// The sha256 of every binary a generation runs, hashed once.
+    pub identities: Identities,
+    /// systemd's notification socket.
+    pub notify: Notifier,
+    /// Held while an upgrade runs: a second one is `busy` at once, before
+    /// it notifies systemd of a reload that will not happen.
+    pub upgrading: Mutex<()>,
     /// To the main thread.
     pub control: mpsc::Sender<Control>,
     /// Admin connections being served.
@@ -102,43 +105,6 @@ fn history_now(shared: &Shared) -> std::sync::MutexGuard<'_, History> {
             behind || (undone.is_some() && history.undone != undone)
         })
         .map_or_else(|poisoned| poisoned.into_inner().0, |(history, _)| history)
-}
-
-/// The binary process `pid` runs: `/proc/PID/exe` resolved, and the sha256
-/// of that image (read through the link, so a file renamed over the path
-/// since does not change it). `None` once the process is gone.
-///
-/// Hashes are cached by the image's (device, inode, size, mtime): the same
-/// file is hashed once however many generations run it.
-pub fn binary_of(pid: u32) -> Option<BinaryRecord> {
-    use std::os::unix::fs::MetadataExt;
-    type Key = (u64, u64, u64, i64, i64);
-    static HASHES: Mutex<Option<HashMap<Key, String>>> = Mutex::new(None);
-    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-    let path = std::fs::read_link(&exe).ok()?;
-    let file = File::open(&exe).ok()?;
-    let meta = file.metadata().ok()?;
-    let key = (
-        meta.dev(),
-        meta.ino(),
-        meta.size(),
-        meta.mtime(),
-        meta.mtime_nsec(),
-    );
-    let mut hashes = HASHES.lock().unwrap_or_else(PoisonError::into_inner);
-    let hashes = hashes.get_or_insert_with(HashMap::new);
-    let sha256 = match hashes.get(&key) {
-        Some(hash) => hash.clone(),
-        None => {
-            let hash = sha256_of(&file).ok()?;
-            if hashes.len() >= HISTORY_LEN {
-                hashes.clear();
-            }
-            hashes.insert(key, hash.clone());
-            hash
-        }
-    };
-    Some(BinaryRecord { path, sha256 })
 }
 
 /// Starts the accept thread.
@@ -348,35 +314,15 @@ fn status(shared: &Shared) -> Response {
         Err(_) => return error(ErrorKind::Stopping, "the supervisor is stopping"),
     };
     let binary = status.program.clone();
-    let sha256 = status.child_pid.and_then(|pid| running_sha256(shared, pid));
+    let sha256 = status
+        .child_pid
+        .and_then(|pid| shared.identities.of_pid(pid))
+        .map(|record| record.sha256);
     Response::Status(StatusReport::new(status, binary, sha256))
 }
 
-/// The sha256 of what `pid` runs (`/proc/PID/exe`: the image, whatever
-/// happened to its path since), cached per pid.
-fn running_sha256(shared: &Shared, pid: u32) -> Option<String> {
-    let mut cache = shared
-        .hash_cache
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    if let Some((cached, hash)) = &*cache
-        && *cached == pid
-    {
-        return Some(hash.clone());
-    }
-    let hash = File::open(format!("/proc/{pid}/exe"))
-        .and_then(|file| sha256_of(&file))
-        .ok()?;
-    *cache = Some((pid, hash.clone()));
-    Some(hash)
-}
-
-/// Lowercase hex sha256 of a file's contents from its current offset.
-pub fn sha256_of(file: &File) -> std::io::Result<String> {
-    handoff::os::sha256_hex(file)
-}
-
-/// An upgrade, from an admin request or SIGHUP.
+/// An upgrade, from an admin request or SIGHUP: checked, then carried out
+/// between systemd's `RELOADING=1` and `READY=1`.
 pub fn upgrade(
     shared: &Shared,
     binary: Option<PathBuf>,
@@ -384,62 +330,144 @@ pub fn upgrade(
     drain_grace: Option<Duration>,
     deadline: Option<Duration>,
 ) -> Response {
-    let explicit = binary.is_some();
-    let program = binary.unwrap_or_else(|| shared.program.clone());
-    if !program.is_absolute() {
-        return error(
-            ErrorKind::Rejected,
-            format!("binary {}: not an absolute path", program.display()),
-        );
-    }
-    if !allowed(shared, &program) {
-        tracing::warn!(binary = %program.display(), "upgrade refused: binary not allowed");
-        return error(
-            ErrorKind::Rejected,
-            format!(
-                "binary {} is neither the configured binary nor in allowed_binaries",
-                program.display()
-            ),
-        );
-    }
-    // The config's hash pins the configured binary only.
-    let expected = sha256.or_else(|| (!explicit).then(|| shared.sha256.clone()).flatten());
-    let pinned = match expected {
-        Some(expected) => match pin(&program, &expected) {
-            Ok(pinned) => Some(pinned),
-            Err(message) => return error(ErrorKind::Rejected, message),
-        },
-        None => {
-            if let Err(failure) = check_executable(&program) {
-                return error(ErrorKind::Rejected, failure.message);
-            }
-            None
-        }
+    let Ok(_one_at_a_time) = shared.upgrading.try_lock() else {
+        return error(ErrorKind::Busy, "another handoff is in flight");
+    };
+    let target = match Target::check(shared, binary, sha256) {
+        Ok(target) => target,
+        Err(message) => return error(ErrorKind::Rejected, message),
+    };
+    let (drain_grace, deadline) = match handoff_bounds(shared.timeouts, drain_grace, deadline) {
+        Ok(bounds) => bounds,
+        Err(message) => return error(ErrorKind::Rejected, message),
     };
     let request = UpgradeRequest {
-        program: Some(
-            pinned
-                .as_ref()
-                .map_or_else(|| program.clone(), PinnedBinary::exec_path),
-        ),
+        program: Some(target.exec_path()),
         args: None,
         drain_grace,
         deadline,
         env: Vec::new(),
         // A pinned exec path dies with the pinned file: restart by path,
         // and only while the file still has the pinned content.
-        restart_program: Some(program.clone()),
-        restart_sha256: pinned.as_ref().map(|pinned| pinned.sha256().to_owned()),
+        restart_program: Some(target.program.clone()),
+        restart_sha256: target
+            .pinned
+            .as_ref()
+            .map(|pinned| pinned.sha256().to_owned()),
     };
+    shared
+        .notify
+        .reloading(&format!("upgrading to {}", target.program.display()));
     let result = shared.handle.upgrade(request);
     // The pinned file stays open until here: the successor was spawned (and
     // exec'd) by the time the handoff ended.
-    drop(pinned);
-    match result {
+    drop(target);
+    let response = match result {
         Ok(outcome) => Response::Handoff(HandoffReport::from_outcome(&outcome)),
         Err(Error::Busy) => error(ErrorKind::Busy, "another handoff is in flight"),
         Err(Error::SessionOver) => error(ErrorKind::Stopping, "the supervisor is stopping"),
         Err(other) => error(ErrorKind::Failed, chain(&other)),
+    };
+    // READY=1 ends the reload before the caller hears the result.
+    let status = match &response {
+        Response::Handoff(report) => report.status_line(),
+        Response::Error { message, .. } => match shared.handle.status() {
+            Ok(status) => match status.child_pid {
+                Some(pid) => format!(
+                    "serving: generation {}, pid {pid} (upgrade not started: {message})",
+                    status.generation
+                ),
+                None => format!("starting (upgrade not started: {message})"),
+            },
+            Err(_) => format!("stopping (upgrade not started: {message})"),
+        },
+        _ => String::new(),
+    };
+    shared.notify.ready(&status);
+    response
+}
+
+/// The binary an upgrade runs, checked: absolute, allowed, executable,
+/// pinned when a sha256 is expected, and hashed (into the identity cache)
+/// before the handoff starts.
+struct Target {
+    program: PathBuf,
+    pinned: Option<PinnedBinary>,
+}
+
+impl Target {
+    fn check(
+        shared: &Shared,
+        binary: Option<PathBuf>,
+        sha256: Option<String>,
+    ) -> Result<Target, String> {
+        let explicit = binary.is_some();
+        let program = binary.unwrap_or_else(|| shared.program.clone());
+        if !program.is_absolute() {
+            return Err(format!(
+                "--binary {}: not an absolute path; give the full path",
+                program.display()
+            ));
+        }
+        if !allowed(shared, &program) {
+            tracing::warn!(binary = %program.display(), "upgrade refused: binary not allowed");
+            return Err(format!(
+                "binary {} is neither the configured binary nor in allowed_binaries; \
+                 add it to allowed_binaries in the config",
+                program.display()
+            ));
+        }
+        // The config's hash pins the configured binary only.
+        let expected = sha256.or_else(|| (!explicit).then(|| shared.sha256.clone()).flatten());
+        let pinned = match expected {
+            Some(expected) => Some(pin(&program, &expected)?),
+            None => {
+                check_executable(&program).map_err(|failure| failure.message)?;
+                None
+            }
+        };
+        let target = Target { program, pinned };
+        // Hashed now, off the handoff: the successor's /proc/PID/exe is then
+        // found in the cache (a pinned file was hashed by the pin already).
+        if let Err(error) = shared.identities.of_path(&target.exec_path()) {
+            tracing::debug!(%error, "the upgrade's binary could not be hashed ahead");
+        }
+        Ok(target)
+    }
+
+    fn exec_path(&self) -> PathBuf {
+        self.pinned
+            .as_ref()
+            .map_or_else(|| self.program.clone(), PinnedBinary::exec_path)
+    }
+}
+
+/// This upgrade's drain timeout and deadline: an unset drain timeout
+/// follows a shorter deadline down (as `handoffctl run` does); a drain
+/// timeout longer than the deadline is refused in the flags' words.
+fn handoff_bounds(
+    configured: Timeouts,
+    drain_grace: Option<Duration>,
+    deadline: Option<Duration>,
+) -> Result<(Option<Duration>, Option<Duration>), String> {
+    let effective_deadline = deadline.unwrap_or(configured.handoff_deadline);
+    match drain_grace {
+        Some(drain) if drain > effective_deadline => Err(format!(
+            "--drain-timeout {} is longer than {} {}: the drain must fit in the handoff; \
+             lower --drain-timeout or raise --deadline",
+            handoff::timeouts::format_duration(drain),
+            if deadline.is_some() {
+                "--deadline"
+            } else {
+                "the configured deadline"
+            },
+            handoff::timeouts::format_duration(effective_deadline),
+        )),
+        Some(drain) => Ok((Some(drain), deadline)),
+        None if configured.drain_grace > effective_deadline => {
+            Ok((Some(effective_deadline), deadline))
+        }
+        None => Ok((None, deadline)),
     }
 }
 

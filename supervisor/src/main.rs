@@ -12,8 +12,10 @@ mod client;
 mod config;
 mod error;
 mod history;
+mod identity;
 mod protocol;
 mod run;
+mod systemd;
 
 use std::process::ExitCode;
 

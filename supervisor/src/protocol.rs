@@ -262,6 +262,25 @@ impl HandoffReport {
         }
     }
 
+    /// Who serves after this handoff, as systemd's `STATUS=` shows it.
+    pub fn status_line(&self) -> String {
+        let reason = self.abort_reason.as_deref().unwrap_or("");
+        match (
+            self.committed,
+            self.committed
+                .then_some(self.new_pid)
+                .flatten()
+                .or(self.old_pid),
+        ) {
+            (true, Some(pid)) => format!("serving: generation {}, pid {pid}", self.generation),
+            (false, Some(pid)) => format!(
+                "serving: generation {}, pid {pid} (upgrade rolled back: {reason})",
+                self.generation
+            ),
+            (_, None) => format!("starting: generation failed ({reason})"),
+        }
+    }
+
     /// One line for a human.
     pub fn line(&self) -> String {
         let pid = |pid: Option<u32>| pid.map_or_else(|| "-".to_owned(), |p| p.to_string());

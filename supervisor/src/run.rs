@@ -25,7 +25,8 @@ use crate::admin::{self, Control, Shared};
 use crate::cli::{LogFormat, RunArgs};
 use crate::config::Settings;
 use crate::error::{Failure, chain};
-use crate::protocol::{ErrorKind, HandoffReport, Response};
+use crate::protocol::{HandoffReport, Response};
+use crate::systemd::Notifier;
 
 /// The variable that tells each generation its data directory.
 pub const ENV_DATA_DIR: &str = "HANDOFF_DATA_DIR";
@@ -100,7 +101,9 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         allowed_binaries: settings.allowed_binaries.clone(),
         our_uid: handoff::os::effective_uid(),
         timeouts: settings.timeouts,
-        hash_cache: Mutex::new(None),
+        identities: crate::identity::Identities::default(),
+        notify: notify.clone(),
+        upgrading: Mutex::new(()),
         control: control_tx.clone(),
         connections: AtomicUsize::new(0),
         history: Mutex::new(history),
@@ -110,8 +113,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     spawn("signals", {
         let shared = Arc::clone(&shared);
         let control = control_tx.clone();
-        let notify = notify.clone();
-        move || signal_loop(signals, &shared, &control, &notify)
+        move || signal_loop(signals, &shared, &control)
     })?;
     spawn("events", {
         let handle = handle.clone();
@@ -124,7 +126,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
 
     let code = match control_rx.recv() {
         Ok(Control::Stop(first)) => {
-            notify.send("STOPPING=1\nSTATUS=stopping");
+            notify.stopping("stopping");
             tracing::info!("stopping: the generations drain");
             let _ = handle.stop();
             let _ = supervisor.join();
@@ -141,7 +143,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             0
         }
         Ok(Control::Ended { clean }) => {
-            notify.send("STOPPING=1\nSTATUS=the generation exited and is not restarted");
+            notify.stopping("the generation exited and is not restarted");
             let _ = supervisor.join();
             tracing::info!(
                 clean,
@@ -265,18 +267,12 @@ impl Drop for AdminSocket {
     }
 }
 
-fn signal_loop(
-    signals: SignalSet,
-    shared: &Arc<Shared>,
-    control: &mpsc::Sender<Control>,
-    notify: &Notifier,
-) {
+fn signal_loop(signals: SignalSet, shared: &Arc<Shared>, control: &mpsc::Sender<Control>) {
     loop {
         match signals.wait() {
             Ok(Sig::Hup) => {
                 tracing::info!("SIGHUP: upgrading to the configured binary");
                 let shared = Arc::clone(shared);
-                let notify = notify.clone();
                 let upgrading = std::thread::Builder::new()
                     .name("sighup-upgrade".into())
                     .spawn(
@@ -295,21 +291,8 @@ fn signal_loop(
                                     report.line()
                                 );
                             }
-                            // Busy: the upgrade in flight sent RELOADING=1
-                            // and will send READY=1.
-                            Response::Error {
-                                kind: ErrorKind::Busy,
-                                message,
-                            } => {
-                                tracing::warn!("SIGHUP upgrade not started: {message}");
-                            }
                             Response::Error { message, .. } => {
                                 tracing::warn!("SIGHUP upgrade not started: {message}");
-                                // Type=notify-reload waits for RELOADING=1
-                                // then READY=1 after its SIGHUP: end it.
-                                let usec = handoff::os::monotonic_usec().unwrap_or(0);
-                                notify.send(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
-                                notify.send(&format!("READY=1\nSTATUS=upgrade refused: {message}"));
                             }
                             _ => {}
                         },
@@ -350,13 +333,14 @@ fn event_loop(
     let mut current = Current::default();
     let mut ready = false;
     let mut clean_exit = true;
+    let mut stopping = false;
     // The stream was subscribed before generation 1 spawned, so its commit
     // arrives as an event; the status check only guards a slow start.
     if let Ok(status) = handle.status()
         && let Some(pid) = status.child_pid
     {
-        notify.send(&format!(
-            "READY=1\nSTATUS=serving: generation {}, pid {pid}",
+        notify.ready(&format!(
+            "serving: generation {}, pid {pid}",
             status.generation
         ));
         tracing::info!(generation = status.generation, pid, "serving");
@@ -377,8 +361,9 @@ fn event_loop(
                     incumbent_pid,
                     upgrade,
                     started_unix_ms: unix_ms(),
-                    // Read now, while the successor surely runs its binary.
-                    new_binary: admin::binary_of(successor_pid),
+                    // Read now, while the successor surely runs its binary
+                    // (an upgrade hashed it before it started: a cache hit).
+                    new_binary: shared.identities.of_pid(successor_pid),
                 };
                 tracing::info!(
                     handoff_id,
@@ -388,12 +373,6 @@ fn event_loop(
                     upgrade,
                     "handoff started"
                 );
-                if upgrade {
-                    let usec = handoff::os::monotonic_usec().unwrap_or(0);
-                    notify.send(&format!(
-                        "RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=upgrading: generation {generation} (pid {successor_pid}) starting"
-                    ));
-                }
             }
             // A phase before any start was seen (not expected since the
             // stream is subscribed before the start): ids only.
@@ -437,45 +416,17 @@ fn event_loop(
                     Outcome::Committed { new_pid, .. } => Some(*new_pid),
                     Outcome::RolledBack { old_pid, .. } => *old_pid,
                 };
-                if report.committed {
-                    tracing::info!(
-                        handoff_id = report.handoff_id,
-                        generation = report.generation,
-                        old_pid = report.old_pid,
-                        new_pid = report.new_pid,
-                        total_ms = report.total_ms,
-                        "handoff committed"
-                    );
-                } else {
-                    tracing::warn!(
-                        handoff_id = report.handoff_id,
-                        generation = report.generation,
-                        old_pid = report.old_pid,
-                        failed_pid = report.new_pid,
-                        reason = report.abort_reason.as_deref().unwrap_or(""),
-                        "handoff rolled back"
-                    );
-                }
-                let status = match serving {
-                    Some(pid) if report.committed => {
-                        format!("serving: generation {}, pid {pid}", report.generation)
+                log_outcome(&report);
+                // An upgrade's RELOADING=1 and READY=1 are sent by the thread
+                // that carried it out (systemd.rs); here the first start and
+                // restarts.
+                if !current.upgrade {
+                    if !ready && serving.is_some() {
+                        notify.ready(&report.status_line());
+                        ready = true;
+                    } else {
+                        notify.status(&report.status_line());
                     }
-                    Some(pid) => format!(
-                        "serving: generation {}, pid {pid} (upgrade rolled back: {})",
-                        report.generation,
-                        report.abort_reason.as_deref().unwrap_or("")
-                    ),
-                    None => format!(
-                        "starting: generation failed ({})",
-                        report.abort_reason.as_deref().unwrap_or("")
-                    ),
-                };
-                // READY=1 ends a RELOADING=1, and announces the first start.
-                if current.upgrade || (!ready && serving.is_some()) {
-                    notify.send(&format!("READY=1\nSTATUS={status}"));
-                    ready = ready || serving.is_some();
-                } else {
-                    notify.send(&format!("STATUS={status}"));
                 }
                 current.upgrade = false;
             }
@@ -485,10 +436,14 @@ fn event_loop(
                 status,
             } => {
                 clean_exit = status == "exit status 0";
-                tracing::warn!(generation, pid, %status, "generation exited outside a handoff");
-                notify.send(&format!(
-                    "STATUS=generation {generation} (pid {pid}) exited ({status})"
-                ));
+                if stopping {
+                    tracing::info!(generation, pid, %status, "generation stopped");
+                } else {
+                    tracing::warn!(generation, pid, %status, "generation exited outside a handoff");
+                    notify.status(&format!(
+                        "generation {generation} (pid {pid}) exited ({status})"
+                    ));
+                }
             }
             SupervisorEvent::GenerationRetired { pid, status } => {
                 tracing::info!(pid, %status, "old generation retired");
@@ -528,15 +483,41 @@ fn event_loop(
                     persist_history(shared, &history);
                 }
                 shared.history_changed.notify_all();
-                notify.send(&format!(
-                    "STATUS=serving: generation {}, pid {} (automatic rollback in probation)",
+                notify.status(&format!(
+                    "serving: generation {}, pid {} (automatic rollback in probation)",
                     rollback.generation, rollback.pid
                 ));
             }
-            SupervisorEvent::Stopping => tracing::info!("supervisor stopping"),
+            SupervisorEvent::Stopping => {
+                stopping = true;
+                tracing::info!("supervisor stopping");
+            }
         }
     }
     let _ = control.send(Control::Ended { clean: clean_exit });
+}
+
+/// The log line of a finished handoff.
+fn log_outcome(report: &HandoffReport) {
+    if report.committed {
+        tracing::info!(
+            handoff_id = report.handoff_id,
+            generation = report.generation,
+            old_pid = report.old_pid,
+            new_pid = report.new_pid,
+            total_ms = report.total_ms,
+            "handoff committed"
+        );
+    } else {
+        tracing::warn!(
+            handoff_id = report.handoff_id,
+            generation = report.generation,
+            old_pid = report.old_pid,
+            failed_pid = report.new_pid,
+            reason = report.abort_reason.as_deref().unwrap_or(""),
+            "handoff rolled back"
+        );
+    }
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
@@ -569,27 +550,5 @@ fn persist_history(shared: &Shared, history: &crate::history::History) {
             %error,
             "cannot write the history file; the history is kept in memory"
         );
-    }
-}
-
-/// systemd's notification socket, if `NOTIFY_SOCKET` is set.
-#[derive(Debug, Clone)]
-struct Notifier {
-    socket: Option<OsString>,
-}
-
-impl Notifier {
-    fn from_env() -> Notifier {
-        Notifier {
-            socket: std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty()),
-        }
-    }
-
-    fn send(&self, message: &str) {
-        if let Some(socket) = &self.socket
-            && let Err(error) = handoff::os::notify(socket, message)
-        {
-            tracing::warn!(error = %chain(&error), "systemd notification failed");
-        }
     }
 }

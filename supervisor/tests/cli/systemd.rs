@@ -44,16 +44,38 @@ fn notifications_follow_start_upgrade_and_stop() {
     let ready = until(&notify, "READY=1", &mut seen);
     assert!(ready.contains("STATUS=serving: generation 1"), "{ready}");
 
+    // Meant for the supervisor alone: a generation never sees it.
+    let addr = supervisor.addr();
+    let inherited = request(addr, "ENV NOTIFY_SOCKET").expect("ENV request");
+    assert_eq!(inherited, "UNSET");
+
     let upgraded = supervisor.ctl("upgrade", &[]);
     assert_eq!(upgraded.code, Some(0), "{upgraded:?}");
-    let reloading = until(&notify, "RELOADING=1", &mut seen);
+    // Both were sent before the client got its answer (an ExecReload exits
+    // only after systemd saw them): they are queued already.
+    notify.set_nonblocking(true).expect("nonblocking");
+    let mut queued = Vec::new();
+    let mut buf = vec![0; 4096];
+    while let Ok(len) = notify.recv(&mut buf) {
+        queued.push(String::from_utf8_lossy(&buf[..len]).into_owned());
+    }
+    notify.set_nonblocking(false).expect("blocking");
+    let position = |wanted: &str| {
+        queued
+            .iter()
+            .position(|m| m.lines().any(|l| l == wanted))
+            .unwrap_or_else(|| panic!("no {wanted} before the upgrade returned: {queued:?}"))
+    };
+    assert!(position("RELOADING=1") < position("READY=1"), "{queued:?}");
+    seen.extend(queued.iter().cloned());
+    let reloading = queued[position("RELOADING=1")].clone();
     let usec: u64 = reloading
         .lines()
         .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("RELOADING=1 without MONOTONIC_USEC: {reloading}"));
     assert!(usec > 0);
-    let ready = until(&notify, "READY=1", &mut seen);
+    let ready = &queued[position("READY=1")];
     assert!(ready.contains("STATUS=serving: generation 2"), "{ready}");
 
     let stopped = supervisor.ctl("stop", &[]);

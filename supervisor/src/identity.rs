@@ -1,0 +1,111 @@
+//! Which binary a generation runs: a path and the sha256 of its contents,
+//! hashed once per file identity (device, inode, size, modification time),
+//! so that a 20 MB binary is hashed once however many generations, status
+//! answers and history records ask for it.
+//!
+//! An upgrade hashes its target before the handoff starts (and before
+//! systemd hears `RELOADING=1`); reading the successor's `/proc/PID/exe`
+//! afterwards then finds the same identity in the cache, so nothing is
+//! hashed while a handoff runs unless the file was replaced in between.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use crate::protocol::{BinaryRecord, HISTORY_LEN};
+
+/// A file's identity: `(device, inode, size, mtime seconds, mtime nanoseconds)`.
+type Key = (u64, u64, u64, i64, i64);
+
+/// The sha256 cache of the binaries generations run.
+#[derive(Debug, Default)]
+pub struct Identities {
+    hashes: Mutex<HashMap<Key, String>>,
+}
+
+impl Identities {
+    /// The file at `path` (symlinks followed) and its sha256.
+    pub fn of_path(&self, path: &Path) -> std::io::Result<BinaryRecord> {
+        let file = File::open(path)?;
+        let sha256 = self.sha256(&file)?;
+        Ok(BinaryRecord {
+            path: path.to_owned(),
+            sha256,
+        })
+    }
+
+    /// What process `pid` runs: `/proc/PID/exe` resolved, and the sha256 of
+    /// that image (read through the link, so a file renamed over the path
+    /// since does not change it). `None` once the process is gone.
+    pub fn of_pid(&self, pid: u32) -> Option<BinaryRecord> {
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let path = std::fs::read_link(&exe).ok()?;
+        let file = File::open(&exe).ok()?;
+        let sha256 = self.sha256(&file).ok()?;
+        Some(BinaryRecord { path, sha256 })
+    }
+
+    fn sha256(&self, file: &File) -> std::io::Result<String> {
+        let meta = file.metadata()?;
+        let key = (
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+        );
+        if let Some(hash) = self.lock().get(&key) {
+            return Ok(hash.clone());
+        }
+        // Hashed without the lock: a status request does not wait for it.
+        let hash = handoff::os::sha256_hex(file)?;
+        let mut hashes = self.lock();
+        if hashes.len() >= 2 * HISTORY_LEN {
+            hashes.clear();
+        }
+        hashes.insert(key, hash.clone());
+        Ok(hash)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, String>> {
+        self.hashes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_file_is_hashed_by_content_and_rehashed_when_replaced() {
+        let dir = std::env::temp_dir().join(format!("handoff-identity-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("binary");
+        std::fs::write(&path, b"first build").expect("write");
+        let identities = Identities::default();
+        let first = identities.of_path(&path).expect("hash");
+        assert_eq!(
+            first.sha256,
+            handoff::os::sha256_hex(&File::open(&path).expect("open")).expect("sha")
+        );
+        assert_eq!(
+            identities.of_path(&path).expect("again").sha256,
+            first.sha256
+        );
+        // A deploy: a new file renamed over the path (new inode).
+        let next = dir.join("binary.new");
+        File::create(&next)
+            .and_then(|mut f| f.write_all(b"second build"))
+            .expect("write");
+        std::fs::rename(&next, &path).expect("rename");
+        let second = identities.of_path(&path).expect("rehash");
+        assert_ne!(second.sha256, first.sha256);
+        // Our own image, through /proc.
+        let ours = identities.of_pid(std::process::id()).expect("own exe");
+        assert_eq!(ours.path, std::env::current_exe().expect("exe"));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

@@ -1,0 +1,62 @@
+//! systemd's readiness protocol, from the supervisor's side: the datagrams
+//! `handoffctl run` sends to its own `NOTIFY_SOCKET` (`sd_notify(3)`).
+//!
+//! Order is the contract: for an upgrade, `RELOADING=1` (with
+//! `MONOTONIC_USEC`, which systemd 253 and later require) goes out before
+//! the handoff starts and `READY=1` (with the new `STATUS=`) before the
+//! admin client gets its answer, so an `ExecReload=handoffctl upgrade` exits
+//! only after systemd saw both. Both are sent from the thread that carries
+//! the upgrade out, never from the event thread, which runs behind it.
+
+use std::ffi::OsString;
+
+use crate::error::chain;
+
+/// systemd's notification socket, if `NOTIFY_SOCKET` was set.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    socket: Option<OsString>,
+}
+
+impl Notifier {
+    /// From the supervisor's environment.
+    pub fn from_env() -> Notifier {
+        Notifier {
+            socket: std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty()),
+        }
+    }
+
+    /// A reload begins now.
+    pub fn reloading(&self, status: &str) {
+        if self.socket.is_none() {
+            return;
+        }
+        let usec = handoff::os::monotonic_usec().unwrap_or(0);
+        self.send(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS={status}"
+        ));
+    }
+
+    /// Serving (first start, or the end of a reload).
+    pub fn ready(&self, status: &str) {
+        self.send(&format!("READY=1\nSTATUS={status}"));
+    }
+
+    /// A status line only.
+    pub fn status(&self, status: &str) {
+        self.send(&format!("STATUS={status}"));
+    }
+
+    /// The supervisor is stopping.
+    pub fn stopping(&self, status: &str) {
+        self.send(&format!("STOPPING=1\nSTATUS={status}"));
+    }
+
+    fn send(&self, message: &str) {
+        if let Some(socket) = &self.socket
+            && let Err(error) = handoff::os::notify(socket, message)
+        {
+            tracing::warn!(error = %chain(&error), "systemd notification failed");
+        }
+    }
+}
