@@ -9,8 +9,9 @@
 //! given); `ENV NAME` → the variable's value or `UNSET`.
 //!
 //! Flags make it misbehave on purpose, for the fault tests:
-//! `--fail-at STAGE` exits with status 3 and `--hang-at STAGE` blocks for
-//! ever at STAGE (`start`, `warm`, `begin`, `ready`, `drain`, `seal`);
+//! `--fail-at STAGE` exits with status 3, `--hang-at STAGE` blocks for
+//! ever and `--panic-at STAGE` panics at STAGE (`start`, `warm`, `begin`,
+//! `ready` on the main thread; `drain`, `seal`, `resume` in the hooks);
 //! `--unhealthy`, `--seal-fail`, `--bad-fingerprint`; `--resume-delay-ms N`
 //! takes N ms to resume after an aborted handoff or a probation rollback.
 
@@ -35,6 +36,7 @@ struct Args {
     data_dir: Option<PathBuf>,
     fail_at: Option<String>,
     hang_at: Option<String>,
+    panic_at: Option<String>,
     unhealthy: bool,
     seal_fail: bool,
     bad_fingerprint: bool,
@@ -64,6 +66,7 @@ fn parse_args() -> Args {
             "--data-dir" => args.data_dir = Some(value().into()),
             "--fail-at" => args.fail_at = Some(value()),
             "--hang-at" => args.hang_at = Some(value()),
+            "--panic-at" => args.panic_at = Some(value()),
             "--unhealthy" => args.unhealthy = true,
             "--seal-fail" => args.seal_fail = true,
             "--bad-fingerprint" => args.bad_fingerprint = true,
@@ -113,6 +116,9 @@ fn stage(args: &Args, name: &str) {
         loop {
             std::thread::park();
         }
+    }
+    if args.panic_at.as_deref() == Some(name) {
+        panic!("testd: panicking at {name} as asked");
     }
 }
 
@@ -259,6 +265,7 @@ impl Drainable for Daemon {
     }
 
     fn resume_after_abort(&mut self) -> std::io::Result<()> {
+        stage(&self.args, "resume");
         if let Some(ms) = self.args.resume_delay_ms {
             // A slow resumption, for the race of a resume with a commit.
             eprintln!("testd: resuming in {ms} ms as asked");

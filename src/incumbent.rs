@@ -427,7 +427,47 @@ fn spawn_hook_thread(
     Ok(jobs_tx)
 }
 
+/// Runs one hook. A hook that panics is a hook that failed: the panic is
+/// caught here, on the hook thread, so the generation's other threads keep
+/// serving and the supervisor hears a failure instead of nothing (a hook
+/// thread gone silent would wedge the handoff until its bounds).
 fn run_call(
+    daemon: &mut dyn ErasedDrainable,
+    call: HookCall,
+    results: &Sender<AgentInput>,
+) -> HookOutcome {
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        call_hook(daemon, call, results)
+    }));
+    caught.unwrap_or_else(|panic| {
+        let message = panic_message(panic.as_ref());
+        let hook = match call {
+            HookCall::Drain { .. } => "drain",
+            HookCall::Seal => "seal",
+            HookCall::Resume => "resume_after_abort",
+            HookCall::Snapshot => "snapshot",
+        };
+        tracing::error!(hook, panic = %message, "hook panicked");
+        let reason = format!("the {hook} hook panicked: {message}");
+        match call {
+            HookCall::Drain { .. } => HookOutcome::DrainFailed(reason),
+            HookCall::Seal => HookOutcome::SealFailed(reason),
+            HookCall::Resume => HookOutcome::ResumeFailed(reason),
+            HookCall::Snapshot => HookOutcome::Snapshot(Snapshot::default()),
+        }
+    })
+}
+
+/// The text a panic carried (`panic!("...")` or a formatted message).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+fn call_hook(
     daemon: &mut dyn ErasedDrainable,
     call: HookCall,
     results: &Sender<AgentInput>,

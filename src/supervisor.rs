@@ -229,6 +229,12 @@ pub struct UpgradeRequest {
     /// ([`Error::BinaryMismatch`], logged), which is tried again after the
     /// restart backoff, so an operator can put the binary back or upgrade.
     pub restart_sha256: Option<String>,
+    /// Exclusive mode: if the incumbent fails to drain or seal, stop it
+    /// (its stop signal, SIGKILL after `kill_grace`) and let the successor
+    /// take over as after its crash, instead of rolling back. The way out
+    /// of a build whose seal always fails; it costs a wait in the backlog
+    /// and loses nothing a daemon fsynced before acknowledging.
+    pub force: bool,
 }
 
 /// What to run again if a generation crashes: the program by path (a
@@ -280,6 +286,11 @@ pub enum Outcome {
         generation: u64,
         /// Where the time went.
         phases: Phases,
+        /// Why the supervisor stopped the old generation before the commit,
+        /// if it did (its drain overran the drain timeout, or `force` after
+        /// it failed to drain or seal).
+        #[serde(default)]
+        incumbent_stopped: Option<String>,
     },
     /// The incumbent kept (or got back) the work.
     RolledBack {
@@ -719,6 +730,8 @@ struct InFlight {
     reply: Option<Sender<Result<Outcome>>>,
     old_pid: Option<u32>,
     spawn_time: Duration,
+    /// When the handoff was asked for: its total counts from here.
+    requested: Instant,
     /// The successor's exit, held back until its connection's EOF so that
     /// every frame it sent before dying is stepped first (its `Failed`
     /// reason, say); released at the latest at the instant given.
@@ -996,6 +1009,7 @@ impl Loop {
         request: UpgradeRequest,
         reply: Option<Sender<Result<Outcome>>>,
     ) -> Result<()> {
+        let requested = Instant::now();
         let mut timeouts = self.config.timeouts;
         if let Some(grace) = request.drain_grace {
             timeouts.drain_grace = grace;
@@ -1054,6 +1068,7 @@ impl Loop {
             fd_count: u32::try_from(self.config.listeners.len()).unwrap_or(u32::MAX),
             timeouts,
             probe: self.config.probe.is_some(),
+            force: request.force,
             ..HandoffConfig::new(
                 handoff_id,
                 successor.generation,
@@ -1107,6 +1122,7 @@ impl Loop {
             reply,
             old_pid: self.live.as_ref().map(|live| live.pid),
             spawn_time,
+            requested,
             pending_exit: None,
             successor_closed: false,
         });
@@ -1974,16 +1990,22 @@ impl Loop {
             Verdict::Committed {
                 mut phases,
                 retire_incumbent,
+                incumbent_stopped,
             } => {
                 phases.spawn = Some(in_flight.spawn_time);
+                phases.total = now.saturating_duration_since(in_flight.requested);
                 let successor = in_flight.successor;
                 self.last_committed = Some(successor.restart.clone());
+                if let Some(why) = &incumbent_stopped {
+                    tracing::warn!(why = %why, "the old generation was stopped before the commit");
+                }
                 let outcome = Outcome::Committed {
                     handoff_id,
                     old_pid: in_flight.old_pid,
                     new_pid: successor.pid,
                     generation: successor.generation,
                     phases,
+                    incumbent_stopped,
                 };
                 // Someone serves: a restart scheduled when the incumbent
                 // died during this handoff is moot, and so is a resume.
@@ -2061,6 +2083,7 @@ impl Loop {
                 incumbent_serving,
             } => {
                 phases.spawn = Some(in_flight.spawn_time);
+                phases.total = now.saturating_duration_since(in_flight.requested);
                 // A foreign incumbent takes no part in the handoff: it
                 // serves if it is still alive.
                 let incumbent_serving = incumbent_serving
@@ -2092,12 +2115,15 @@ impl Loop {
                         }
                     }
                 }
+                // Only a generation that serves is named: one being killed
+                // (it could not resume) is not.
+                let serving = self.live.as_ref().filter(|_| incumbent_serving);
                 Outcome::RolledBack {
                     handoff_id,
                     reason,
-                    old_pid: self.live.as_ref().map(|l| l.pid),
+                    old_pid: serving.map(|l| l.pid),
                     failed_pid: Some(in_flight.successor.pid),
-                    generation: self.live.as_ref().map_or(0, |l| l.generation),
+                    generation: serving.map_or(0, |l| l.generation),
                     phases,
                 }
             }
@@ -2383,7 +2409,12 @@ impl Loop {
         }
     }
 
-    fn terminate_all(&mut self, _now: Instant) {
+    fn terminate_all(&mut self, now: Instant) {
+        // The drain a stop allows counts from the stop signal: a handoff
+        // rolled back first (bounded) does not eat into it.
+        if let Some(stopping) = &mut self.stopping {
+            stopping.kill_at = now + STOP_DRAIN + self.config.timeouts.kill_grace;
+        }
         let stop = self.sig(Signal::Term);
         for child in self
             .live

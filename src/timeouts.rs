@@ -53,6 +53,15 @@ pub struct Timeouts {
     /// Zero (the default) turns probation off.
     #[serde(default)]
     pub probation: Duration,
+    /// After an aborted handoff, how long the incumbent has to resume
+    /// (`ResumeAfterAbort` to `ResumeAck`: re-take the lock, run its resume
+    /// hook). Past it, the incumbent is killed and treated as crashed.
+    #[serde(default = "default_resume")]
+    pub resume: Duration,
+}
+
+fn default_resume() -> Duration {
+    Timeouts::default().resume
 }
 
 fn default_probe() -> Duration {
@@ -74,12 +83,18 @@ impl Default for Timeouts {
             admin_request: Duration::from_secs(5),
             probe: Duration::from_secs(30),
             probation: Duration::ZERO,
+            resume: Duration::from_secs(30),
         }
     }
 }
 
 /// The drain timeout of a graceful stop (SIGTERM outside a handoff).
 pub const STOP_DRAIN: Duration = Duration::from_secs(30);
+
+/// How late past its drain grace an incumbent may still report `Drained`
+/// before its drain hook is taken for stuck: the incumbent is then killed
+/// and the successor proceeds as after its death.
+pub const DRAIN_OVERRUN: Duration = Duration::from_secs(1);
 
 /// How long a generation must have run before a crash no longer counts as
 /// consecutive (the restart backoff resets).
@@ -140,6 +155,7 @@ impl Timeouts {
             ("restart_backoff_max", self.restart_backoff_max),
             ("admin_request", self.admin_request),
             ("probe", self.probe),
+            ("resume", self.resume),
         ];
         for (field, value) in nonzero {
             if value.is_zero() {

@@ -243,6 +243,7 @@ impl ForeignHandoffMachine {
         actions.push(ForeignAction::Finish(Verdict::Committed {
             phases: self.phases,
             retire_incumbent: true,
+            incumbent_stopped: None,
         }));
     }
 

@@ -13,7 +13,14 @@
 //!                                                incumbent was never asked)
 //!   incumbent dies before sealing: ... -> AwaitIncumbentExit -reaped->
 //!       Beginning with no seal (the successor starts as on a cold start)
+//!   the incumbent's drain overruns its grace (its hook is stuck), or with
+//!   `force` it fails to drain or seal: it is stopped -> AwaitIncumbentExit
 //! ```
+//!
+//! Every phase is bounded: the deadline until the verdict could still be a
+//! commit; then `kill_grace` for the successor's reap (Aborting), and
+//! `Timeouts::resume` for the incumbent's ResumeAck (Resuming), past which
+//! the incumbent is killed and the rollback ends with nobody serving.
 //!
 //! Invariants enforced here (numbers from ARCHITECTURE.md): Begin with a seal
 //! only after SealComplete (I3); Commit only after a healthy Ready, proven by
@@ -24,7 +31,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Side, Signal};
-use crate::timeouts::Timeouts;
+use crate::timeouts::{DRAIN_OVERRUN, Timeouts};
 use crate::wire::{AbortReason, Health, Message, Mode, PROTOCOL_VERSIONS, SealInfo, VersionRange};
 
 /// Proof that a healthy Ready arrived; only this module makes one, and the
@@ -52,6 +59,10 @@ pub struct HandoffConfig {
     /// Whether the supervisor probes the successor's health itself between
     /// a healthy Ready and Commit (the health gate).
     pub probe: bool,
+    /// Exclusive mode: an incumbent that fails to drain or seal is stopped
+    /// (its stop signal, SIGKILL after `kill_grace`) and the successor takes
+    /// over as after the incumbent's death, instead of a rollback.
+    pub force: bool,
 }
 
 impl HandoffConfig {
@@ -66,6 +77,7 @@ impl HandoffConfig {
             timeouts: Timeouts::default(),
             versions: PROTOCOL_VERSIONS,
             probe: false,
+            force: false,
         }
     }
 }
@@ -194,6 +206,9 @@ pub enum Verdict {
         phases: Phases,
         /// Whether an incumbent is left to retire.
         retire_incumbent: bool,
+        /// Why the supervisor stopped the incumbent before the commit, if it
+        /// did (its drain overran the grace, or `force` after it failed).
+        incumbent_stopped: Option<String>,
     },
     /// The incumbent kept (or got back) the work.
     RolledBack {
@@ -244,12 +259,19 @@ impl Track {
 enum Phase {
     AwaitHello,
     WarmingUp,
-    Draining,
+    /// Drained is due by `overrun_at` (the grace it was given, plus
+    /// [`DRAIN_OVERRUN`]); later, its hook is taken for stuck.
+    Draining {
+        overrun_at: Instant,
+    },
     Sealing,
-    /// The incumbent died before it sealed and the successor is warm:
-    /// Begin (without a seal) waits for the incumbent's reap, which frees
-    /// the lock.
-    AwaitIncumbentExit,
+    /// The incumbent died (or was stopped) before it sealed and the
+    /// successor is warm: Begin (without a seal) waits for the incumbent's
+    /// reap, which frees the lock. A stopped incumbent is SIGKILLed at
+    /// `kill_at` if it has not exited by then.
+    AwaitIncumbentExit {
+        kill_at: Option<Instant>,
+    },
     Beginning {
         sealed: bool,
     },
@@ -257,12 +279,19 @@ enum Phase {
         sealed: bool,
     },
     Committing,
+    /// The successor is being killed; its reap is awaited until
+    /// `give_up_at` (`kill_grace`), then taken for granted (a process stuck
+    /// in the kernel; the incumbent's relock is bounded anyway, I5).
     Aborting {
         reason: AbortReason,
         resume_incumbent: bool,
+        give_up_at: Instant,
     },
+    /// ResumeAfterAbort sent; ResumeAck is due by `give_up_at`
+    /// (`Timeouts::resume`), else the incumbent is killed.
     Resuming {
         reason: AbortReason,
+        give_up_at: Instant,
     },
     Done,
 }
@@ -300,9 +329,9 @@ impl Phase {
         match self {
             Phase::AwaitHello => HandoffState::AwaitHello,
             Phase::WarmingUp => HandoffState::WarmingUp,
-            Phase::Draining => HandoffState::Draining,
+            Phase::Draining { .. } => HandoffState::Draining,
             Phase::Sealing => HandoffState::Sealing,
-            Phase::AwaitIncumbentExit => HandoffState::AwaitIncumbentExit,
+            Phase::AwaitIncumbentExit { .. } => HandoffState::AwaitIncumbentExit,
             Phase::Beginning { .. } => HandoffState::Beginning,
             Phase::Probing { .. } => HandoffState::Probing,
             Phase::Committing => HandoffState::Committing,
@@ -331,6 +360,8 @@ pub struct HandoffMachine {
     incumbent: Option<Track>,
     /// The states entered since the driver last took them.
     entered: Vec<HandoffState>,
+    /// Why the supervisor stopped the incumbent, if it did.
+    incumbent_stopped: Option<String>,
 }
 
 impl HandoffMachine {
@@ -349,6 +380,7 @@ impl HandoffMachine {
             // The successor learns the id from HelloAck: its Hello carries 0.
             successor: Track::new(now, IdRule::Exactly(0)),
             incumbent,
+            incumbent_stopped: None,
         }
     }
 
@@ -391,10 +423,16 @@ impl HandoffMachine {
             return None;
         }
         let liveness = self.config.timeouts.liveness;
-        // The deadline only bounds the phases before a rollback (I7); once it
-        // fired, a passed deadline would be a timer that is always due.
-        let mut next = (!matches!(self.phase, Phase::Aborting { .. } | Phase::Resuming { .. }))
-            .then_some(self.deadline);
+        // The deadline bounds the phases before a rollback (I7); the
+        // rollback's own phases have bounds of their own.
+        let mut next = Some(match &self.phase {
+            Phase::Aborting { give_up_at, .. } | Phase::Resuming { give_up_at, .. } => *give_up_at,
+            Phase::Draining { overrun_at } => self.deadline.min(*overrun_at),
+            Phase::AwaitIncumbentExit {
+                kill_at: Some(kill_at),
+            } => self.deadline.min(*kill_at),
+            _ => self.deadline,
+        });
         for track in [Some(self.successor), self.incumbent].into_iter().flatten() {
             if track.link == Link::Open {
                 let expiry = track.last_heard + liveness;
@@ -539,9 +577,10 @@ impl HandoffMachine {
                 self.phases.warm_up = Some(now.saturating_duration_since(self.phase_started));
                 match (self.config.mode, self.incumbent.map(|t| t.link)) {
                     (Mode::Exclusive, Some(Link::Open)) => {
-                        self.enter(Phase::Draining, now);
                         let left = self.deadline.saturating_duration_since(now);
                         let grace = self.config.timeouts.drain_grace.min(left);
+                        let overrun_at = now + grace + DRAIN_OVERRUN;
+                        self.enter(Phase::Draining { overrun_at }, now);
                         if let Some(track) = self.incumbent.as_mut() {
                             track.id = IdRule::Exactly(self.config.handoff_id);
                         }
@@ -554,7 +593,7 @@ impl HandoffMachine {
                         });
                     }
                     (_, Some(Link::Closed)) => {
-                        self.enter(Phase::AwaitIncumbentExit, now);
+                        self.enter(Phase::AwaitIncumbentExit { kill_at: None }, now);
                     }
                     _ => self.begin(None, now, actions),
                 }
@@ -580,14 +619,15 @@ impl HandoffMachine {
                 actions.push(HandoffAction::Finish(Verdict::Committed {
                     phases: self.phases,
                     retire_incumbent: self.incumbent_alive(),
+                    incumbent_stopped: self.incumbent_stopped.take(),
                 }));
             }
             (
                 Phase::AwaitHello
                 | Phase::WarmingUp
-                | Phase::Draining
+                | Phase::Draining { .. }
                 | Phase::Sealing
-                | Phase::AwaitIncumbentExit
+                | Phase::AwaitIncumbentExit { .. }
                 | Phase::Beginning { .. }
                 | Phase::Probing { .. }
                 | Phase::Committing,
@@ -610,7 +650,7 @@ impl HandoffMachine {
 
     fn on_incumbent(&mut self, message: Message, now: Instant, actions: &mut Vec<HandoffAction>) {
         match (&self.phase, message) {
-            (Phase::Draining, Message::Drained { .. }) => {
+            (Phase::Draining { .. }, Message::Drained { .. }) => {
                 self.phases.drain = Some(self.enter(Phase::Sealing, now));
                 actions.push(HandoffAction::Send {
                     to: Side::Incumbent,
@@ -623,16 +663,17 @@ impl HandoffMachine {
                 self.begin(Some(seal), now, actions);
             }
             (Phase::Sealing, Message::SealFailed { reason }) => {
-                self.abort(AbortReason::SealFailed { reason }, now, actions)
+                self.incumbent_failed(AbortReason::SealFailed { reason }, now, actions)
             }
-            (Phase::Draining | Phase::Sealing, Message::Failed { reason }) => self.abort(
-                AbortReason::IncumbentFailed {
-                    detail: reason.to_string(),
-                },
-                now,
-                actions,
-            ),
-            (Phase::Resuming { reason }, Message::ResumeAck) => {
+            (Phase::Draining { .. } | Phase::Sealing, Message::Failed { reason }) => self
+                .incumbent_failed(
+                    AbortReason::IncumbentFailed {
+                        detail: reason.to_string(),
+                    },
+                    now,
+                    actions,
+                ),
+            (Phase::Resuming { reason, .. }, Message::ResumeAck) => {
                 let reason = reason.clone();
                 self.finish_rollback(reason, true, now, actions);
             }
@@ -720,15 +761,15 @@ impl HandoffMachine {
             Phase::AwaitHello | Phase::WarmingUp => {
                 // Wait for Warm; then begin once the incumbent is reaped.
             }
-            Phase::Draining | Phase::Sealing => {
-                self.enter(Phase::AwaitIncumbentExit, now);
+            Phase::Draining { .. } | Phase::Sealing => {
+                self.enter(Phase::AwaitIncumbentExit { kill_at: None }, now);
                 self.try_begin_after_incumbent(now, actions);
             }
-            Phase::Resuming { reason } => {
+            Phase::Resuming { reason, .. } => {
                 let reason = reason.clone();
                 self.finish_rollback(reason, false, now, actions);
             }
-            Phase::AwaitIncumbentExit
+            Phase::AwaitIncumbentExit { .. }
             | Phase::Beginning { .. }
             | Phase::Probing { .. }
             | Phase::Committing
@@ -738,7 +779,7 @@ impl HandoffMachine {
     }
 
     fn try_begin_after_incumbent(&mut self, now: Instant, actions: &mut Vec<HandoffAction>) {
-        if self.phase == Phase::AwaitIncumbentExit
+        if matches!(self.phase, Phase::AwaitIncumbentExit { .. })
             && self.incumbent.is_none_or(|t| t.link == Link::Reaped)
         {
             self.begin(None, now, actions);
@@ -762,6 +803,7 @@ impl HandoffMachine {
                 if let Phase::Aborting {
                     reason,
                     resume_incumbent,
+                    ..
                 } = &self.phase
                 {
                     let (mut reason, resume) = (reason.clone(), *resume_incumbent);
@@ -784,15 +826,11 @@ impl HandoffMachine {
                 }
                 self.try_begin_after_incumbent(now, actions);
                 if let Phase::Aborting {
-                    resume_incumbent: true,
-                    reason,
-                } = &self.phase
+                    resume_incumbent, ..
+                } = &mut self.phase
                 {
                     // Nobody left to resume.
-                    self.phase = Phase::Aborting {
-                        reason: reason.clone(),
-                        resume_incumbent: false,
-                    };
+                    *resume_incumbent = false;
                 }
             }
         }
@@ -809,7 +847,7 @@ impl HandoffMachine {
         let resume_incumbent = self.incumbent_alive()
             && matches!(
                 self.phase,
-                Phase::Draining
+                Phase::Draining { .. }
                     | Phase::Sealing
                     | Phase::Beginning { sealed: true }
                     | Phase::Probing { sealed: true }
@@ -817,6 +855,7 @@ impl HandoffMachine {
             )
             && self.config.mode == Mode::Exclusive;
         self.abort_started = Some(now);
+        let give_up_at = now + self.config.timeouts.kill_grace;
         if self.successor.link == Link::Open {
             actions.push(HandoffAction::Send {
                 to: Side::Successor,
@@ -830,6 +869,7 @@ impl HandoffMachine {
                 Phase::Aborting {
                     reason: reason.clone(),
                     resume_incumbent,
+                    give_up_at,
                 },
                 now,
             );
@@ -845,9 +885,57 @@ impl HandoffMachine {
             Phase::Aborting {
                 reason,
                 resume_incumbent,
+                give_up_at,
             },
             now,
         );
+    }
+
+    /// The incumbent failed to drain or seal: a rollback, or with `force`
+    /// it is stopped and the successor takes over as after its death.
+    fn incumbent_failed(
+        &mut self,
+        reason: AbortReason,
+        now: Instant,
+        actions: &mut Vec<HandoffAction>,
+    ) {
+        if !self.config.force {
+            self.abort(reason, now, actions);
+            return;
+        }
+        let kill_at = now + self.config.timeouts.kill_grace;
+        self.stop_incumbent(
+            format!("--force after it failed: {reason}"),
+            Signal::Term,
+            Some(kill_at),
+            now,
+            actions,
+        );
+    }
+
+    /// The supervisor gives up on the incumbent before the commit: it is
+    /// signalled, its connection no longer counts, and Begin (without a
+    /// seal) waits for its reap.
+    fn stop_incumbent(
+        &mut self,
+        why: String,
+        signal: Signal,
+        kill_at: Option<Instant>,
+        now: Instant,
+        actions: &mut Vec<HandoffAction>,
+    ) {
+        if let Some(track) = self.incumbent.as_mut()
+            && track.link == Link::Open
+        {
+            track.link = Link::Closed;
+        }
+        self.incumbent_stopped = Some(why);
+        actions.push(HandoffAction::Kill {
+            side: Side::Incumbent,
+            signal,
+        });
+        self.enter(Phase::AwaitIncumbentExit { kill_at }, now);
+        self.try_begin_after_incumbent(now, actions);
     }
 
     /// The successor is reaped, so the lock it may have held is free (I5):
@@ -863,6 +951,7 @@ impl HandoffMachine {
             self.enter(
                 Phase::Resuming {
                     reason: reason.clone(),
+                    give_up_at: now + self.config.timeouts.resume,
                 },
                 now,
             );
@@ -916,13 +1005,59 @@ impl HandoffMachine {
         {
             self.on_closed(Side::Incumbent, now, actions);
         }
-        let before_commit = !matches!(
-            self.phase,
-            Phase::Aborting { .. } | Phase::Resuming { .. } | Phase::Done
-        );
-        if before_commit && now >= self.deadline {
-            let phase = self.phase.name().to_owned();
-            self.abort(AbortReason::Deadline { phase }, now, actions);
+        self.check_bounds(now, actions);
+    }
+
+    /// The bound of the phase the machine is in: the deadline before a
+    /// verdict could be a commit (I7), then the rollback's own bounds.
+    fn check_bounds(&mut self, now: Instant, actions: &mut Vec<HandoffAction>) {
+        match &self.phase {
+            Phase::Done => {}
+            Phase::Aborting {
+                reason,
+                resume_incumbent,
+                give_up_at,
+            } if now >= *give_up_at => {
+                // SIGKILLed and still not reaped (stuck in the kernel): go
+                // on; a sealed incumbent's relock waits for the lock (I5).
+                let (reason, resume) = (reason.clone(), *resume_incumbent);
+                self.after_successor_reaped(reason, resume, now, actions);
+            }
+            Phase::Resuming { reason, give_up_at } if now >= *give_up_at => {
+                // Its resume hook is stuck (or its hook thread is gone):
+                // treated as crashed, and nobody serves.
+                let reason = reason.clone();
+                if let Some(track) = self.incumbent.as_mut() {
+                    track.link = Link::Closed;
+                }
+                actions.push(HandoffAction::Kill {
+                    side: Side::Incumbent,
+                    signal: Signal::Kill,
+                });
+                self.finish_rollback(reason, false, now, actions);
+            }
+            Phase::Aborting { .. } | Phase::Resuming { .. } => {}
+            _ if now >= self.deadline => {
+                let phase = self.phase.name().to_owned();
+                self.abort(AbortReason::Deadline { phase }, now, actions);
+            }
+            Phase::Draining { overrun_at } if now >= *overrun_at => {
+                let why = format!(
+                    "its drain overran the drain timeout by {}",
+                    crate::timeouts::format_duration(DRAIN_OVERRUN)
+                );
+                self.stop_incumbent(why, Signal::Kill, None, now, actions);
+            }
+            Phase::AwaitIncumbentExit {
+                kill_at: Some(kill_at),
+            } if now >= *kill_at => {
+                actions.push(HandoffAction::Kill {
+                    side: Side::Incumbent,
+                    signal: Signal::Kill,
+                });
+                self.phase = Phase::AwaitIncumbentExit { kill_at: None };
+            }
+            _ => {}
         }
     }
 }

@@ -19,7 +19,7 @@ use super::{
     HandoffConfig, HandoffInput, HandoffMachine, HandoffState, HookCall, HookOutcome, RetireAction,
     RetireInput, RetireMachine, RetireState, Side, Signal, UserCall, Verdict,
 };
-use crate::timeouts::Timeouts;
+use crate::timeouts::{DRAIN_OVERRUN, Timeouts};
 use crate::wire::{
     AbortReason, FdEntry, FdKind, Fingerprint, Health, Message, Mode, PROTOCOL_VERSIONS, SealInfo,
     Snapshot, VersionRange,
@@ -161,6 +161,8 @@ struct Sup {
     successor_heard: Instant,
     incumbent_heard: Instant,
     visited: Vec<HandoffState>,
+    mode: Mode,
+    has_incumbent: bool,
 }
 
 impl Sup {
@@ -169,11 +171,21 @@ impl Sup {
     }
 
     fn with_timeouts(mode: Mode, has_incumbent: bool, timeouts: Timeouts) -> Sup {
+        Sup::with_config(mode, has_incumbent, timeouts, false)
+    }
+
+    /// An exclusive handoff with an incumbent and `force` on.
+    fn forced() -> Sup {
+        Sup::with_config(Mode::Exclusive, true, Timeouts::default(), true)
+    }
+
+    fn with_config(mode: Mode, has_incumbent: bool, timeouts: Timeouts, force: bool) -> Sup {
         timeouts.validate().expect("valid timeouts");
         let start = Instant::now();
         let mut config = HandoffConfig::new(ID, GENERATION, mode, has_incumbent);
         config.fd_count = FD_COUNT;
         config.timeouts = timeouts;
+        config.force = force;
         let machine = HandoffMachine::new(config, start);
         let visited = vec![machine.state()];
         Sup {
@@ -186,7 +198,13 @@ impl Sup {
             successor_heard: start,
             incumbent_heard: start,
             visited,
+            mode,
+            has_incumbent,
         }
+    }
+
+    fn machine_mode(&self) -> Mode {
+        self.mode
     }
 
     fn deadline(&self) -> Instant {
@@ -414,7 +432,13 @@ fn setups() -> [(Mode, bool, &'static [Stage]); 3] {
 
 /// A handoff driven along the happy path to `stage`, one second a step.
 fn at_stage(mode: Mode, has_incumbent: bool, stage: Stage) -> Sup {
-    let mut sup = Sup::new(mode, has_incumbent);
+    drive(Sup::new(mode, has_incumbent), stage)
+}
+
+/// `sup`, driven along the happy path to `stage`, one second a step.
+fn drive(mut sup: Sup, stage: Stage) -> Sup {
+    let mode = sup.machine_mode();
+    let has_incumbent = sup.has_incumbent;
     if stage == Stage::AwaitHello {
         return sup;
     }
@@ -527,6 +551,7 @@ fn exclusive_happy_path() -> Sup {
             HandoffAction::Finish(Verdict::Committed {
                 phases,
                 retire_incumbent: true,
+                incumbent_stopped: None,
             }),
         ] => {
             assert_eq!(phases.hello, Some(secs(1)));
@@ -667,7 +692,16 @@ fn reason_fits(failure: Failure, stage: Stage, reason: &AbortReason) -> bool {
 /// asked to drain and only after the successor was reaped (I5).
 fn check_abort(mode: Mode, has_incumbent: bool, stage: Stage, failure: Failure) {
     let context = format!("{mode:?} incumbent={has_incumbent} {stage:?} {failure:?}");
-    let mut sup = at_stage(mode, has_incumbent, stage);
+    // For the deadline to come while draining, the drain must be allowed
+    // to last as long (else its overrun stops the incumbent first).
+    let timeouts = Timeouts {
+        drain_grace: Timeouts::default().handoff_deadline,
+        ..Timeouts::default()
+    };
+    let mut sup = match failure {
+        Failure::Deadline => drive(Sup::with_timeouts(mode, has_incumbent, timeouts), stage),
+        _ => at_stage(mode, has_incumbent, stage),
+    };
     let resume = mode == Mode::Exclusive
         && has_incumbent
         && matches!(
@@ -1024,6 +1058,157 @@ fn incumbent_dying_while_aborting_is_not_resumed() {
     let (reason, serving) = rolled_back(&actions);
     assert_eq!(reason, AbortReason::Cancelled);
     assert!(!serving);
+}
+
+// ------------------------------------- handoff: bounded outcomes (I7)
+
+fn stopped_why(actions: &[HandoffAction]) -> Option<String> {
+    match verdict(actions) {
+        Some(Verdict::Committed {
+            incumbent_stopped, ..
+        }) => incumbent_stopped.clone(),
+        other => panic!("expected a commit, got {other:?} in {actions:?}"),
+    }
+}
+
+#[test]
+fn a_drain_that_overruns_its_grace_stops_the_incumbent_and_the_successor_proceeds() {
+    let mut sup = at_stage(Mode::Exclusive, true, Stage::Draining);
+    // Prepare went out at 2 s with the default grace (60 s).
+    let overrun_at = sup.start + secs(2) + sup.timeouts.drain_grace + DRAIN_OVERRUN;
+    sup.idle_until(overrun_at);
+    assert!(sup.machine.next_wakeup() <= Some(overrun_at));
+    sup.now = overrun_at - Duration::from_millis(1);
+    assert!(sup.tick().is_empty(), "not before the bound");
+    sup.now = overrun_at;
+    let actions = sup.tick();
+    assert!(killed(&actions, Side::Incumbent), "{actions:?}");
+    assert!(!killed(&actions, Side::Successor), "{actions:?}");
+    assert_eq!(sup.state(), HandoffState::AwaitIncumbentExit);
+    // A Drained that comes after is too late: the incumbent no longer counts.
+    assert!(sup.incumbent_says(drained()).is_empty());
+    assert_eq!(sup.exited(Side::Incumbent), [begin(None)]);
+    assert!(has_commit(&sup.successor_says(ready(Health::Healthy))));
+    let why = stopped_why(&sup.successor_says(Message::CommitAck)).expect("a reason");
+    assert!(why.contains("drain overran"), "{why}");
+}
+
+#[test]
+fn a_successor_never_reaped_after_its_kill_is_given_up_after_the_kill_grace() {
+    let mut sup = at_stage(Mode::Exclusive, true, Stage::Sealing);
+    let actions = sup.feed(HandoffInput::Cancel);
+    assert!(killed(&actions, Side::Successor));
+    assert_eq!(sup.state(), HandoffState::Aborting);
+    let give_up_at = sup.now + sup.timeouts.kill_grace;
+    assert_eq!(sup.machine.next_wakeup(), Some(give_up_at));
+    sup.now = give_up_at;
+    // The incumbent is asked to resume; its relock waits for the lock (I5).
+    assert_eq!(sup.tick(), [to_incumbent(Message::ResumeAfterAbort)]);
+    let (reason, serving) = rolled_back(&sup.incumbent_says(Message::ResumeAck));
+    assert_eq!(reason, AbortReason::Cancelled);
+    assert!(serving);
+    // Its exit, reported late, changes nothing.
+    assert!(sup.exited(Side::Successor).is_empty());
+}
+
+#[test]
+fn an_incumbent_that_does_not_resume_in_time_is_killed_and_nobody_serves() {
+    for stage in [Stage::Draining, Stage::Sealing, Stage::Beginning] {
+        let mut sup = at_stage(Mode::Exclusive, true, stage);
+        sup.feed(HandoffInput::Cancel);
+        assert_eq!(
+            sup.exited(Side::Successor),
+            [to_incumbent(Message::ResumeAfterAbort)],
+            "{stage:?}"
+        );
+        assert_eq!(sup.state(), HandoffState::Resuming);
+        let give_up_at = sup.now + sup.timeouts.resume;
+        // Heartbeats (the agent thread lives on) do not extend the bound.
+        sup.idle_until(give_up_at);
+        assert!(sup.machine.next_wakeup() <= Some(give_up_at), "{stage:?}");
+        sup.now = give_up_at - Duration::from_millis(1);
+        assert!(sup.tick().is_empty(), "{stage:?}: not before the bound");
+        sup.now = give_up_at;
+        let actions = sup.tick();
+        assert!(killed(&actions, Side::Incumbent), "{stage:?}: {actions:?}");
+        let (reason, serving) = rolled_back(&actions);
+        assert_eq!(reason, AbortReason::Cancelled);
+        assert!(!serving, "{stage:?}: the killed incumbent does not serve");
+        assert!(sup.machine.is_done());
+        assert_eq!(sup.machine.next_wakeup(), None);
+    }
+}
+
+#[test]
+fn every_phase_before_the_verdict_has_a_wakeup() {
+    // Bounded outcomes: whatever the peers do not say, a Tick comes.
+    for (mode, has_incumbent, stages) in setups() {
+        for &stage in stages {
+            let mut sup = at_stage(mode, has_incumbent, stage);
+            assert!(sup.machine.next_wakeup().is_some(), "{stage:?}");
+            sup.feed(HandoffInput::Cancel);
+            assert!(sup.machine.next_wakeup().is_some(), "{stage:?} aborting");
+            let actions = sup.exited(Side::Successor);
+            if sup.state() == HandoffState::Resuming {
+                assert!(sup.machine.next_wakeup().is_some(), "{stage:?} resuming");
+            } else {
+                assert!(verdict(&actions).is_some(), "{stage:?}: {actions:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn with_force_a_failed_seal_stops_the_incumbent_and_the_successor_takes_over() {
+    let failures = [
+        Message::SealFailed {
+            reason: "panicked".into(),
+        },
+        Message::Failed {
+            reason: AbortReason::IncumbentFailed {
+                detail: "drain failed".into(),
+            },
+        },
+    ];
+    for failure in failures {
+        let stage = match failure {
+            Message::SealFailed { .. } => Stage::Sealing,
+            _ => Stage::Draining,
+        };
+        let mut sup = drive(Sup::forced(), stage);
+        let actions = sup.incumbent_says(failure.clone());
+        assert_eq!(
+            actions,
+            [HandoffAction::Kill {
+                side: Side::Incumbent,
+                signal: Signal::Term,
+            }],
+            "politely first"
+        );
+        assert!(!killed(&actions, Side::Successor));
+        assert_eq!(sup.state(), HandoffState::AwaitIncumbentExit);
+        let kill_at = sup.now + sup.timeouts.kill_grace;
+        assert_eq!(sup.machine.next_wakeup(), Some(kill_at));
+        sup.now = kill_at;
+        let actions = sup.tick();
+        assert_eq!(
+            actions,
+            [HandoffAction::Kill {
+                side: Side::Incumbent,
+                signal: Signal::Kill,
+            }]
+        );
+        assert_eq!(sup.exited(Side::Incumbent), [begin(None)]);
+        assert!(has_commit(&sup.successor_says(ready(Health::Healthy))));
+        let why = stopped_why(&sup.successor_says(Message::CommitAck)).expect("a reason");
+        assert!(why.contains("--force"), "{why}");
+    }
+    // Without force the same failure rolls back (see the abort matrix).
+    let mut sup = at_stage(Mode::Exclusive, true, Stage::Sealing);
+    let actions = sup.incumbent_says(Message::SealFailed {
+        reason: "panicked".into(),
+    });
+    assert!(killed(&actions, Side::Successor));
 }
 
 // ------------------------------------------------ handoff: ids (I9)
@@ -2213,6 +2398,9 @@ struct LockModel {
     begin_sent: bool,
     healthy_ready: bool,
     finished: bool,
+    /// When the machine SIGKILLed the successor, if it did.
+    successor_killed_at: Option<Instant>,
+    kill_grace: Duration,
 }
 
 impl LockModel {
@@ -2231,6 +2419,8 @@ impl LockModel {
             begin_sent: false,
             healthy_ready: false,
             finished: false,
+            successor_killed_at: None,
+            kill_grace: Timeouts::default().kill_grace,
         }
     }
 
@@ -2355,7 +2545,7 @@ impl LockModel {
     }
 
     /// Checks the machine's actions against the model, then applies them.
-    fn after(&mut self, actions: &[HandoffAction]) -> Result<(), TestCaseError> {
+    fn after(&mut self, actions: &[HandoffAction], now: Instant) -> Result<(), TestCaseError> {
         if self.finished {
             prop_assert!(actions.is_empty(), "acted after Finish: {:?}", actions);
         }
@@ -2394,15 +2584,32 @@ impl LockModel {
                     }
                     self.begin_sent = true;
                 }
+                HandoffAction::Kill {
+                    side: Side::Successor,
+                    signal: Signal::Kill,
+                } => {
+                    self.successor_killed_at.get_or_insert(now);
+                }
                 HandoffAction::Send {
                     to: Side::Incumbent,
                     message: Message::ResumeAfterAbort,
                 } => {
-                    // I5: only once the successor was reaped.
-                    prop_assert!(self.successor_reaped, "resume before the reap");
-                    prop_assert!(!self.successor_holds);
                     prop_assert!(!self.incumbent_reaped, "resuming a dead incumbent");
-                    self.incumbent_holds = true;
+                    if self.successor_reaped {
+                        // I5: once the successor was reaped its lock is free.
+                        prop_assert!(!self.successor_holds);
+                        self.incumbent_holds = true;
+                    } else {
+                        // Given up on a reap that does not come: only after
+                        // the kill grace, and the incumbent's relock then
+                        // waits for the lock (a flock), so it holds it only
+                        // if nobody else does.
+                        let gave_up = self
+                            .successor_killed_at
+                            .is_some_and(|at| now >= at + self.kill_grace);
+                        prop_assert!(gave_up, "resume before the reap");
+                        self.incumbent_holds = !self.successor_holds;
+                    }
                 }
                 HandoffAction::Commit(_) => {
                     // I6.
@@ -2465,7 +2672,7 @@ fn run_handoff(
         }
         prop_assert!(HandoffState::ALL.contains(&machine.state()));
         reached.insert(machine.state());
-        model.after(&actions)?;
+        model.after(&actions, now)?;
     }
     Ok(())
 }

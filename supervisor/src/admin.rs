@@ -60,6 +60,8 @@ pub struct Shared {
     pub our_uid: u32,
     /// Durations (admin_request bounds each client).
     pub timeouts: Timeouts,
+    /// Exclusive or overlap.
+    pub mode: handoff::Mode,
     /// The sha256 of every binary a generation runs, hashed once.
     pub identities: Identities,
     /// systemd's notification socket.
@@ -200,12 +202,16 @@ fn serve_one(stream: UnixStream, shared: &Shared) {
             sha256,
             drain_timeout_ms,
             deadline_ms,
+            force,
         } => upgrade(
             shared,
-            binary,
-            sha256,
-            drain_timeout_ms.map(Duration::from_millis),
-            deadline_ms.map(Duration::from_millis),
+            Upgrade {
+                binary,
+                sha256,
+                drain_grace: drain_timeout_ms.map(Duration::from_millis),
+                deadline: deadline_ms.map(Duration::from_millis),
+                force,
+            },
         ),
         Request::History => Response::History {
             entries: history_now(shared).entries.iter().cloned().collect(),
@@ -213,6 +219,7 @@ fn serve_one(stream: UnixStream, shared: &Shared) {
         Request::Rollback {
             drain_timeout_ms,
             deadline_ms,
+            force,
         } => {
             let target = history_now(shared).rollback_target().cloned();
             match target {
@@ -220,10 +227,13 @@ fn serve_one(stream: UnixStream, shared: &Shared) {
                     tracing::info!(binary = %target.path.display(), sha256 = %target.sha256, "rollback");
                     upgrade(
                         shared,
-                        Some(target.path),
-                        Some(target.sha256),
-                        drain_timeout_ms.map(Duration::from_millis),
-                        deadline_ms.map(Duration::from_millis),
+                        Upgrade {
+                            binary: Some(target.path),
+                            sha256: Some(target.sha256),
+                            drain_grace: drain_timeout_ms.map(Duration::from_millis),
+                            deadline: deadline_ms.map(Duration::from_millis),
+                            force,
+                        },
                     )
                 }
                 None => error(
@@ -321,26 +331,43 @@ fn status(shared: &Shared) -> Response {
     Response::Status(StatusReport::new(status, binary, sha256))
 }
 
+/// What an upgrade asks for (admin request, rollback or SIGHUP).
+#[derive(Debug, Default)]
+pub struct Upgrade {
+    /// `--binary` (absolute); the configured binary when absent.
+    pub binary: Option<PathBuf>,
+    /// `--sha256`.
+    pub sha256: Option<String>,
+    /// `--drain-timeout`.
+    pub drain_grace: Option<Duration>,
+    /// `--deadline`.
+    pub deadline: Option<Duration>,
+    /// `--force`.
+    pub force: bool,
+}
+
 /// An upgrade, from an admin request or SIGHUP: checked, then carried out
 /// between systemd's `RELOADING=1` and `READY=1`.
-pub fn upgrade(
-    shared: &Shared,
-    binary: Option<PathBuf>,
-    sha256: Option<String>,
-    drain_grace: Option<Duration>,
-    deadline: Option<Duration>,
-) -> Response {
+pub fn upgrade(shared: &Shared, asked: Upgrade) -> Response {
     let Ok(_one_at_a_time) = shared.upgrading.try_lock() else {
         return error(ErrorKind::Busy, "another handoff is in flight");
     };
-    let target = match Target::check(shared, binary, sha256) {
+    if asked.force && shared.mode != handoff::Mode::Exclusive {
+        return error(
+            ErrorKind::Rejected,
+            "--force applies to exclusive mode only (this supervisor runs overlap mode, \
+             where the old generation drains after the commit anyway)",
+        );
+    }
+    let target = match Target::check(shared, asked.binary, asked.sha256) {
         Ok(target) => target,
         Err(message) => return error(ErrorKind::Rejected, message),
     };
-    let (drain_grace, deadline) = match handoff_bounds(shared.timeouts, drain_grace, deadline) {
-        Ok(bounds) => bounds,
-        Err(message) => return error(ErrorKind::Rejected, message),
-    };
+    let (drain_grace, deadline) =
+        match handoff_bounds(shared.timeouts, asked.drain_grace, asked.deadline) {
+            Ok(bounds) => bounds,
+            Err(message) => return error(ErrorKind::Rejected, message),
+        };
     let request = UpgradeRequest {
         program: Some(target.exec_path()),
         args: None,
@@ -354,6 +381,7 @@ pub fn upgrade(
             .pinned
             .as_ref()
             .map(|pinned| pinned.sha256().to_owned()),
+        force: asked.force,
     };
     shared
         .notify

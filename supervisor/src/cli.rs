@@ -48,6 +48,14 @@ pub struct RollbackArgs {
     /// The deadline of this handoff.
     #[arg(long, value_name = "DUR")]
     pub deadline: Option<String>,
+    /// Exclusive mode: if the running generation fails to drain or seal,
+    /// stop it (its stop signal, SIGKILL after the kill grace) and let the
+    /// new one take over as after a crash, instead of rolling back. The way
+    /// out of a build whose seal always fails. Costs: clients wait in the
+    /// listen backlog meanwhile, and only writes the daemon fsynced before
+    /// acknowledging survive (the daemons here all do).
+    #[arg(long)]
+    pub force: bool,
     /// Print one JSON object instead of a line of text.
     #[arg(long)]
     pub json: bool,
@@ -148,6 +156,15 @@ pub struct RunArgs {
     /// [default: 30s; bounded by --deadline].
     #[arg(long, value_name = "DUR")]
     pub probe_timeout: Option<String>,
+    /// After a rolled-back handoff, how long the old generation has to
+    /// resume; past it, it is killed and the restart policy decides
+    /// [default: 30s].
+    #[arg(long, value_name = "DUR")]
+    pub resume_timeout: Option<String>,
+    /// A binary an upgrade may run besides the configured one (as the
+    /// config's `allowed_binaries`). Repeatable.
+    #[arg(long = "allow-binary", value_name = "PATH")]
+    pub allow_binary: Vec<PathBuf>,
     /// The daemon binary and its arguments.
     #[arg(last = true, value_name = "BINARY [ARGS]...")]
     pub command: Vec<OsString>,
@@ -173,6 +190,14 @@ pub struct UpgradeArgs {
     /// The deadline of this handoff.
     #[arg(long, value_name = "DUR")]
     pub deadline: Option<String>,
+    /// Exclusive mode: if the running generation fails to drain or seal,
+    /// stop it (its stop signal, SIGKILL after the kill grace) and let the
+    /// new one take over as after a crash, instead of rolling back. The way
+    /// out of a build whose seal always fails. Costs: clients wait in the
+    /// listen backlog meanwhile, and only writes the daemon fsynced before
+    /// acknowledging survive (the daemons here all do).
+    #[arg(long)]
+    pub force: bool,
     /// Print one JSON object instead of a line of text.
     #[arg(long)]
     pub json: bool,

@@ -84,8 +84,9 @@ pub fn upgrade(args: UpgradeArgs) -> Result<(), Failure> {
     let request = Request::Upgrade {
         binary,
         sha256: args.sha256.as_deref().map(parse_sha256).transpose()?,
-        drain_timeout_ms: millis("drain timeout", &args.drain_timeout)?,
-        deadline_ms: millis("deadline", &args.deadline)?,
+        drain_timeout_ms: millis("--drain-timeout", &args.drain_timeout)?,
+        deadline_ms: millis("--deadline", &args.deadline)?,
+        force: args.force,
     };
     handoff_request(&socket, &request, args.json)
 }
@@ -94,8 +95,9 @@ pub fn upgrade(args: UpgradeArgs) -> Result<(), Failure> {
 pub fn rollback(args: RollbackArgs) -> Result<(), Failure> {
     let socket = client_socket(&args.target)?;
     let request = Request::Rollback {
-        drain_timeout_ms: millis("drain timeout", &args.drain_timeout)?,
-        deadline_ms: millis("deadline", &args.deadline)?,
+        drain_timeout_ms: millis("--drain-timeout", &args.drain_timeout)?,
+        deadline_ms: millis("--deadline", &args.deadline)?,
+        force: args.force,
     };
     handoff_request(&socket, &request, args.json)
 }

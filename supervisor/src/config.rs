@@ -54,6 +54,8 @@ pub struct FileConfig {
     pub probe_status: Option<u16>,
     /// `--probe-timeout`.
     pub probe_timeout: Option<String>,
+    /// `--resume-timeout`.
+    pub resume_timeout: Option<String>,
     /// `--probation`.
     pub probation: Option<String>,
     /// `--probation-signal`.
@@ -197,6 +199,9 @@ impl Settings {
         if let Some(text) = args.probation.or(file.probation) {
             timeouts.probation = duration("probation", &text)?;
         }
+        if let Some(text) = args.resume_timeout.or(file.resume_timeout) {
+            timeouts.resume = duration("resume timeout", &text)?;
+        }
         let probe = args
             .probe
             .or(file.probe)
@@ -311,7 +316,12 @@ impl Settings {
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             sha256,
             allowed_uids: file.allowed_uids,
-            allowed_binaries: file.allowed_binaries.into_iter().map(from_file).collect(),
+            allowed_binaries: file
+                .allowed_binaries
+                .into_iter()
+                .map(from_file)
+                .chain(args.allow_binary)
+                .collect(),
             probe,
             protocol,
             history_file,

@@ -248,6 +248,8 @@ mod tests {
         };
         HistoryEntry {
             report: HandoffReport {
+                serving: true,
+                incumbent_stopped: None,
                 handoff_id: id,
                 committed,
                 abort_reason: None,

@@ -6,10 +6,10 @@
 //! | request | response |
 //! |---|---|
 //! | `{"command":"status"}` | `{"result":"status", ...StatusReport}` |
-//! | `{"command":"upgrade","binary":P?,"sha256":H?,"drain_timeout_ms":N?,"deadline_ms":N?}` | `{"result":"handoff", ...HandoffReport}` when the handoff ended |
+//! | `{"command":"upgrade","binary":P?,"sha256":H?,"drain_timeout_ms":N?,"deadline_ms":N?,"force":B?}` | `{"result":"handoff", ...HandoffReport}` when the handoff ended |
 //! | `{"command":"stop"}` | `{"result":"stopped"}` once every generation exited |
 //! | `{"command":"history"}` | `{"result":"history","entries":[HistoryEntry...]}` (oldest first) |
-//! | `{"command":"rollback","drain_timeout_ms":N?,"deadline_ms":N?}` | as `upgrade`, to the binary that ran before the last commit |
+//! | `{"command":"rollback","drain_timeout_ms":N?,"deadline_ms":N?,"force":B?}` | as `upgrade`, to the binary that ran before the last commit |
 //! | anything else, too long, too slow | `{"result":"error","kind":K,"message":M}` |
 
 use std::collections::BTreeMap;
@@ -43,6 +43,9 @@ pub enum Request {
         /// Deadline for this handoff.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         deadline_ms: Option<u64>,
+        /// Stop an incumbent that fails to drain or seal (exclusive mode).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
     /// Stop gracefully.
     Stop,
@@ -57,6 +60,9 @@ pub enum Request {
         /// Deadline for this handoff.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         deadline_ms: Option<u64>,
+        /// As for `upgrade`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
 }
 
@@ -201,65 +207,80 @@ pub struct HandoffReport {
     pub old_pid: Option<u32>,
     /// The successor (the one that failed, on a rollback).
     pub new_pid: Option<u32>,
-    /// The serving generation's number now.
+    /// The serving generation's number now (0 when none).
     pub generation: u64,
+    /// Whether a generation serves after this handoff (false when a
+    /// rollback found nobody to resume: the restart policy decides next).
+    #[serde(default = "serving_by_default")]
+    pub serving: bool,
+    /// Why the supervisor stopped the old generation before the commit, if
+    /// it did (its drain overran the drain timeout, or `--force`).
+    #[serde(default)]
+    pub incumbent_stopped: Option<String>,
     /// Milliseconds per phase the handoff reached.
     pub phases_ms: BTreeMap<String, f64>,
-    /// Milliseconds in all.
+    /// Milliseconds in all, from the request to the verdict (the phases
+    /// add up to at most this).
     pub total_ms: f64,
+}
+
+/// Reports recorded before `serving` existed were all of serving outcomes
+/// but rollbacks with nobody left; those read `true` (the old files cannot
+/// tell).
+fn serving_by_default() -> bool {
+    true
 }
 
 impl HandoffReport {
     /// The report of a library outcome.
     pub fn from_outcome(outcome: &Outcome) -> HandoffReport {
-        let (handoff_id, committed, abort_reason, old_pid, new_pid, generation, phases) =
-            match outcome {
-                Outcome::Committed {
-                    handoff_id,
-                    old_pid,
-                    new_pid,
-                    generation,
-                    phases,
-                } => (
-                    *handoff_id,
-                    true,
-                    None,
-                    *old_pid,
-                    Some(*new_pid),
-                    *generation,
-                    phases,
-                ),
-                Outcome::RolledBack {
-                    handoff_id,
-                    reason,
-                    old_pid,
-                    failed_pid,
-                    generation,
-                    phases,
-                } => (
-                    *handoff_id,
-                    false,
-                    Some(reason.to_string()),
-                    *old_pid,
-                    *failed_pid,
-                    *generation,
-                    phases,
-                ),
-            };
-        let named = phases.named();
-        HandoffReport {
-            handoff_id,
-            committed,
-            abort_reason,
-            old_pid,
-            new_pid,
-            generation,
-            phases_ms: named
+        let phases = match outcome {
+            Outcome::Committed { phases, .. } | Outcome::RolledBack { phases, .. } => phases,
+        };
+        let mut report = HandoffReport {
+            handoff_id: outcome.handoff_id(),
+            committed: outcome.is_committed(),
+            abort_reason: None,
+            old_pid: None,
+            new_pid: None,
+            generation: 0,
+            serving: true,
+            incumbent_stopped: None,
+            phases_ms: phases
+                .named()
                 .into_iter()
                 .filter_map(|(name, took)| took.map(|took| (name.to_owned(), millis(took))))
                 .collect(),
             total_ms: millis(phases.total),
+        };
+        match outcome {
+            Outcome::Committed {
+                old_pid,
+                new_pid,
+                generation,
+                incumbent_stopped,
+                ..
+            } => {
+                report.old_pid = *old_pid;
+                report.new_pid = Some(*new_pid);
+                report.generation = *generation;
+                report.incumbent_stopped.clone_from(incumbent_stopped);
+            }
+            Outcome::RolledBack {
+                reason,
+                old_pid,
+                failed_pid,
+                generation,
+                ..
+            } => {
+                report.abort_reason = Some(reason.to_string());
+                report.old_pid = *old_pid;
+                report.new_pid = *failed_pid;
+                report.generation = *generation;
+                report.serving = old_pid.is_some();
+            }
         }
+        report
     }
 
     /// Who serves after this handoff, as systemd's `STATUS=` shows it.
@@ -288,20 +309,33 @@ impl HandoffReport {
             let replaced = self
                 .old_pid
                 .map_or_else(|| "started".to_owned(), |old| format!("replaced pid {old}"));
+            let stopped = self
+                .incumbent_stopped
+                .as_deref()
+                .map_or_else(String::new, |why| {
+                    format!(" (the old generation was stopped: {why})")
+                });
             format!(
-                "committed: handoff {}, generation {} (pid {}) {replaced} in {:.1} ms",
+                "committed: handoff {}, generation {} (pid {}) {replaced} in {:.1} ms{stopped}",
                 self.handoff_id,
                 self.generation,
                 pid(self.new_pid),
                 self.total_ms
             )
-        } else {
+        } else if self.serving {
             format!(
                 "rolled back: handoff {}: {}; generation {} (pid {}) still serving",
                 self.handoff_id,
                 self.abort_reason.as_deref().unwrap_or("unknown reason"),
                 self.generation,
                 pid(self.old_pid)
+            )
+        } else {
+            format!(
+                "rolled back: handoff {}: {}; nobody serves now (the old generation is gone or \
+                 could not resume); the restart policy decides what starts next",
+                self.handoff_id,
+                self.abort_reason.as_deref().unwrap_or("unknown reason"),
             )
         }
     }
@@ -467,14 +501,26 @@ mod tests {
                     sha256: None,
                     drain_timeout_ms: Some(250),
                     deadline_ms: None,
+                    force: false,
                 },
                 r#"{"command":"upgrade","binary":"/usr/bin/d","drain_timeout_ms":250}"#,
+            ),
+            (
+                Request::Upgrade {
+                    binary: None,
+                    sha256: None,
+                    drain_timeout_ms: None,
+                    deadline_ms: None,
+                    force: true,
+                },
+                r#"{"command":"upgrade","force":true}"#,
             ),
             (Request::History, r#"{"command":"history"}"#),
             (
                 Request::Rollback {
                     drain_timeout_ms: None,
                     deadline_ms: Some(9000),
+                    force: false,
                 },
                 r#"{"command":"rollback","deadline_ms":9000}"#,
             ),
@@ -524,6 +570,8 @@ mod tests {
     fn a_history_entry_has_a_pinned_json_form() {
         let entry = HistoryEntry {
             report: HandoffReport {
+                serving: true,
+                incumbent_stopped: None,
                 handoff_id: 2,
                 committed: true,
                 abort_reason: None,
@@ -548,11 +596,17 @@ mod tests {
         assert_eq!(
             json,
             format!(
-                r#"{{"result":"history","entries":[{{"handoff_id":2,"committed":true,"abort_reason":null,"old_pid":10,"new_pid":11,"generation":2,"phases_ms":{{"spawn":0.5}},"total_ms":12.0,"started_unix_ms":1700000000000,"old_binary":null,"new_binary":{{"path":"/usr/bin/d","sha256":"{}"}},"automatic_rollback":null}}]}}"#,
+                r#"{{"result":"history","entries":[{{"handoff_id":2,"committed":true,"abort_reason":null,"old_pid":10,"new_pid":11,"generation":2,"serving":true,"incumbent_stopped":null,"phases_ms":{{"spawn":0.5}},"total_ms":12.0,"started_unix_ms":1700000000000,"old_binary":null,"new_binary":{{"path":"/usr/bin/d","sha256":"{}"}},"automatic_rollback":null}}]}}"#,
                 "ab".repeat(32)
             )
         );
         match serde_json::from_str::<Response>(&json).expect("decode") {
+            Response::History { entries } => assert_eq!(entries, vec![entry.clone()]),
+            other => panic!("{other:?}"),
+        }
+        // A file written before `serving` and `incumbent_stopped` existed.
+        let older = json.replace(r#""serving":true,"incumbent_stopped":null,"#, "");
+        match serde_json::from_str::<Response>(&older).expect("decode the older form") {
             Response::History { entries } => assert_eq!(entries, vec![entry]),
             other => panic!("{other:?}"),
         }

@@ -101,6 +101,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         allowed_binaries: settings.allowed_binaries.clone(),
         our_uid: handoff::os::effective_uid(),
         timeouts: settings.timeouts,
+        mode: settings.mode,
         identities: crate::identity::Identities::default(),
         notify: notify.clone(),
         upgrading: Mutex::new(()),
@@ -276,7 +277,7 @@ fn signal_loop(signals: SignalSet, shared: &Arc<Shared>, control: &mpsc::Sender<
                 let upgrading = std::thread::Builder::new()
                     .name("sighup-upgrade".into())
                     .spawn(
-                        move || match admin::upgrade(&shared, None, None, None, None) {
+                        move || match admin::upgrade(&shared, admin::Upgrade::default()) {
                             Response::Handoff(report) if report.committed => {
                                 tracing::info!(
                                     handoff_id = report.handoff_id,
