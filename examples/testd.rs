@@ -12,16 +12,16 @@
 //! `--fail-at STAGE` exits with status 3, `--hang-at STAGE` blocks for
 //! ever and `--panic-at STAGE` panics at STAGE (`start`, `warm`, `begin`,
 //! `ready` on the main thread; `drain`, `seal`, `resume` in the hooks);
-//! `--unhealthy`, `--seal-fail`, `--bad-fingerprint`; `--resume-delay-ms N`
+//! `--unhealthy`, `--seal-fail`, `--bad-fingerprint`, `--ready-on-thread`
+//! (calls `ready()` off the main thread); `--resume-delay-ms N`
 //! takes N ms to resume after an aborted handoff or a probation rollback.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -38,6 +38,7 @@ struct Args {
     hang_at: Option<String>,
     panic_at: Option<String>,
     unhealthy: bool,
+    ready_on_thread: bool,
     seal_fail: bool,
     bad_fingerprint: bool,
     versions: Option<(u16, u16)>,
@@ -68,6 +69,7 @@ fn parse_args() -> Args {
             "--hang-at" => args.hang_at = Some(value()),
             "--panic-at" => args.panic_at = Some(value()),
             "--unhealthy" => args.unhealthy = true,
+            "--ready-on-thread" => args.ready_on_thread = true,
             "--seal-fail" => args.seal_fail = true,
             "--bad-fingerprint" => args.bad_fingerprint = true,
             "--relock-ms" => {
@@ -188,14 +190,9 @@ impl Store {
 
 struct Shared {
     store: Mutex<Store>,
+    /// Counts connections from their accept; closed for a drain.
+    gate: handoff::AcceptGate,
     accepting: AtomicBool,
-    /// Set by the accept thread once it saw `accepting` false; true while
-    /// no accept thread runs.
-    accept_paused: AtomicBool,
-    active: AtomicU32,
-    /// Paired with `idle`: notified whenever a request finishes.
-    finished: Mutex<()>,
-    idle: std::sync::Condvar,
     generation: AtomicU64,
     build: String,
     /// Fds open when `main` started: a generation must hold nothing but
@@ -217,33 +214,8 @@ impl Drainable for Daemon {
     fn drain(&mut self, deadline: Instant) -> std::io::Result<DrainReport> {
         stage(&self.args, "drain");
         self.shared.accepting.store(false, Ordering::SeqCst);
-        // Wait until the accept thread has paused (so every connection it
-        // took is counted), then for the requests in flight; woken by each
-        // one that finishes.
-        let mut guard = self
-            .shared
-            .finished
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        while !self.shared.accept_paused.load(Ordering::SeqCst)
-            || self.shared.active.load(Ordering::SeqCst) > 0
-        {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            guard = self
-                .shared
-                .idle
-                .wait_timeout(guard, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        drop(guard);
-        Ok(DrainReport {
-            open_connections: self.shared.active.load(Ordering::SeqCst),
-            accept_closed: true,
-        })
+        // Closes the accept loop and waits for the connections it let in.
+        Ok(self.shared.gate.drain(deadline))
     }
 
     fn seal(&mut self, progress: &mut SealProgress) -> std::io::Result<SealInfo> {
@@ -274,13 +246,14 @@ impl Drainable for Daemon {
         let reopened = Store::open(self.data_dir.as_deref())?;
         *self.shared.store.lock().unwrap_or_else(|e| e.into_inner()) = reopened;
         self.shared.accepting.store(true, Ordering::SeqCst);
+        self.shared.gate.reopen();
         Ok(())
     }
 
     fn snapshot(&self) -> Snapshot {
         Snapshot {
-            open_connections: self.shared.active.load(Ordering::SeqCst),
-            in_flight: self.shared.active.load(Ordering::SeqCst),
+            open_connections: self.shared.gate.open_connections(),
+            in_flight: self.shared.gate.open_connections(),
             revisions: self.shared.store.lock().map(|s| s.revisions).unwrap_or(0),
             accepting: self.shared.accepting.load(Ordering::SeqCst),
         }
@@ -428,46 +401,23 @@ fn serve_extra(extra: Extra, shared: &Arc<Shared>) {
 
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        if !shared.accepting.load(Ordering::SeqCst) {
-            // Tell the drain that no accept can race with its count any
-            // more (a connection accepted before this point is counted).
-            if !shared.accept_paused.swap(true, Ordering::SeqCst) {
-                let _guard = shared.finished.lock().unwrap_or_else(|e| e.into_inner());
-                shared.idle.notify_all();
+        // Blocks while the gate is closed (a drain); the connection counts
+        // from its accept until the worker drops it.
+        let connection = match shared.gate.accept(&listener) {
+            Ok(connection) => connection,
+            Err(error) => {
+                eprintln!("testd: {error}");
+                // EMFILE and the like: back off rather than spin.
+                std::thread::sleep(handoff::timeouts::POLL_SLICE);
+                continue;
             }
-            std::thread::sleep(handoff::timeouts::POLL_SLICE);
-            continue;
-        }
-        shared.accept_paused.store(false, Ordering::SeqCst);
-        // Wait for a connection without changing the shared socket's
-        // blocking mode: poll with a short slice, then re-check the flag.
-        let mut fds = [nix::poll::PollFd::new(
-            listener.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        let slice = nix::poll::PollTimeout::try_from(handoff::timeouts::POLL_SLICE)
-            .unwrap_or(nix::poll::PollTimeout::NONE);
-        match nix::poll::poll(&mut fds, slice) {
-            Ok(0) | Err(_) => continue,
-            Ok(_) => {}
-        }
-        if !shared.accepting.load(Ordering::SeqCst) {
-            continue;
-        }
-        // The listener is shared and left blocking: if another generation
-        // took the connection poll announced, this blocks until the next
-        // one, which is then ours to serve even if a drain began meanwhile
-        // (the drain waits for `accept_paused`, set after this is counted).
-        let Ok((stream, _)) = listener.accept() else {
-            continue;
         };
-        shared.active.fetch_add(1, Ordering::SeqCst);
         let worker = Arc::clone(&shared);
         std::thread::spawn(move || {
-            let _ = handle(&worker, stream);
-            let _guard = worker.finished.lock().unwrap_or_else(|e| e.into_inner());
-            worker.active.fetch_sub(1, Ordering::SeqCst);
-            worker.idle.notify_all();
+            if let Ok(stream) = connection.try_clone() {
+                let _ = handle(&worker, stream);
+            }
+            drop(connection);
         });
     }
 }
@@ -512,11 +462,8 @@ fn main() {
     let revisions = store.revisions;
     let shared = Arc::new(Shared {
         store: Mutex::new(store),
+        gate: handoff::AcceptGate::new().unwrap_or_else(|e| die(&format!("gate: {e}"))),
         accepting: AtomicBool::new(true),
-        accept_paused: AtomicBool::new(true),
-        active: AtomicU32::new(0),
-        finished: Mutex::new(()),
-        idle: std::sync::Condvar::new(),
         generation: AtomicU64::new(number),
         build: args.build.clone(),
         start_fds,
@@ -542,9 +489,18 @@ fn main() {
         let acceptor = Arc::clone(&shared);
         std::thread::spawn(move || accept_loop(listener, acceptor));
     }
-    let live = begun
-        .ready(report, daemon)
-        .unwrap_or_else(|e| die(&format!("ready: {e}")));
+    let live = if args.ready_on_thread {
+        // Wrong on purpose: ready() belongs on the main thread.
+        std::thread::Builder::new()
+            .name("not-main".into())
+            .spawn(move || begun.ready(report, daemon))
+            .unwrap_or_else(|e| die(&format!("thread: {e}")))
+            .join()
+            .unwrap_or_else(|_| die("ready panicked"))
+    } else {
+        begun.ready(report, daemon)
+    }
+    .unwrap_or_else(|e| die(&format!("ready: {e}")));
     serve_extra(extra, &shared);
     if let Some(listener) = listener {
         let acceptor = Arc::clone(&shared);

@@ -318,6 +318,20 @@ pub enum Error {
     /// The supervisor is gone or the handoff it drove is over.
     #[error("the control session is over")]
     SessionOver,
+
+    /// `ready()` was called off the main thread: a supervised generation
+    /// dies with its supervisor until it commits, a setting that belongs to
+    /// the thread that was spawned (the main thread), so no other thread
+    /// can make it outlive the supervisor (I8). The handoff is failed
+    /// instead of committing a generation that would die with it.
+    #[error(
+        "ready() must be called from the main thread (it was called from {thread}); \
+         call it where `main` runs"
+    )]
+    NotMainThread {
+        /// The calling thread's name, or `unnamed`.
+        thread: String,
+    },
     /// A handler library could not be loaded (missing file, not a library,
     /// missing symbol); whatever was serving before keeps serving.
     #[error("cannot load handler library {path:?}")]

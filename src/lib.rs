@@ -12,9 +12,11 @@ pub mod timeouts;
 pub mod wire;
 
 mod drain;
+mod gate;
 
 pub use drain::{DrainReport, Drainable, SealProgress};
 pub use error::{Error, Result};
+pub use gate::{AcceptGate, Admitted, Listener};
 pub use registry::{HandlerGuard, HandlerRegistry, HandlerSource};
 pub use timeouts::Timeouts;
 pub use wire::{Fingerprint, Health, Mode, SealInfo, Snapshot};
@@ -27,8 +29,8 @@ pub(crate) mod sys;
 pub use incumbent::EXIT_ABORTED;
 pub use protocol::Ending;
 pub use successor::{
-    Begun, ENV_CONTROL_FD, ENV_HEARTBEAT_MS, ENV_SUPERVISOR_PID, Generation, Live, ReadyReport,
-    StartOptions, Warming, start,
+    Begun, ENV_CONTROL_FD, ENV_DATA_DIR, ENV_HEARTBEAT_MS, ENV_SUPERVISOR_PID, Generation, Live,
+    ReadyReport, StartOptions, Warming, start,
 };
 pub use sys::ListenAddr;
 pub mod fault;

@@ -49,6 +49,10 @@ pub const ENV_CONTROL_FD: &str = "HANDOFF_CONTROL_FD";
 /// Environment variable naming the supervisor's pid; a process whose parent
 /// is not that pid (a daemon's own child) is not supervised.
 pub const ENV_SUPERVISOR_PID: &str = "HANDOFF_SUPERVISOR_PID";
+/// Environment variable naming the data directory the supervisor assigns
+/// (`handoffctl run --data-dir`); [`Generation::begin`] takes it when it is
+/// given none, in exclusive mode.
+pub const ENV_DATA_DIR: &str = "HANDOFF_DATA_DIR";
 /// Environment variable with the supervisor's heartbeat interval in
 /// milliseconds: a generation heartbeats at the supervisor's pace, so a
 /// supervisor with a short liveness timeout does not take it for dead (I2).
@@ -334,9 +338,22 @@ impl Generation<Warming> {
     }
 
     /// Warm-up is done. A successor now waits for the supervisor's Begin
-    /// (the incumbent drains and seals meanwhile); then, if `data_dir` is
-    /// given, the data-directory lock is taken — never broken (invariant I1).
+    /// (the incumbent drains and seals meanwhile); then, if a data
+    /// directory is given, the data-directory lock is taken — never broken
+    /// (invariant I1).
+    ///
+    /// With `None`, the directory is [`ENV_DATA_DIR`] when it is set and the
+    /// handoff is exclusive (or the daemon runs alone): what `handoffctl run
+    /// --data-dir` assigns. In overlap mode two generations run at once and
+    /// cannot share an exclusive lock, so the variable is left alone there.
     pub fn begin(mut self, data_dir: Option<&Path>) -> Result<Generation<Begun>> {
+        let assigned = match (data_dir, self.mode()) {
+            (None, Some(Mode::Exclusive) | None) => std::env::var_os(ENV_DATA_DIR)
+                .filter(|dir| !dir.is_empty())
+                .map(PathBuf::from),
+            _ => None,
+        };
+        let data_dir = data_dir.or(assigned.as_deref());
         let seal = match &self.session {
             None => None,
             Some(session) => {
@@ -495,6 +512,17 @@ impl Generation<Begun> {
     /// supervisor until it commits (`PR_SET_PDEATHSIG`), and that setting
     /// belongs to the main thread, so only the main thread can clear it (I8).
     pub fn ready<D: Drainable>(self, report: ReadyReport, daemon: D) -> Result<Live> {
+        if self.session.is_some() && !sys::is_main_thread() {
+            let thread = std::thread::current()
+                .name()
+                .unwrap_or("unnamed")
+                .to_owned();
+            let error = Error::NotMainThread { thread };
+            // The supervisor rolls back rather than commit a generation
+            // that would die with it.
+            let _ = self.fail(error.to_string());
+            return Err(error);
+        }
         let Generation {
             session,
             addresses,
@@ -530,16 +558,10 @@ impl Generation<Begun> {
             }
         }
         // Committed: this generation must outlive its supervisor now, and
-        // says so (CommitAck) only once it does (I8).
-        if sys::is_main_thread() {
-            sys::clear_die_with_parent()
-                .map_err(|source| Error::io("prctl(PR_SET_PDEATHSIG, 0)", source))?;
-        } else {
-            tracing::error!(
-                "ready() was called off the main thread: the parent-death signal cannot be \
-                 cleared, and this generation will die with its supervisor"
-            );
-        }
+        // says so (CommitAck) only once it does (I8). On the main thread:
+        // checked above.
+        sys::clear_die_with_parent()
+            .map_err(|source| Error::io("clearing the parent-death signal", source))?;
         send(&session, AgentInput::User(UserCall::Detached))?;
         Ok(Live {
             session: Some(session),

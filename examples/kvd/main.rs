@@ -40,8 +40,6 @@ use serve::{Body, Phase, Server, Stop, respond};
 use store::Store;
 
 const PROGRAM: &str = "kvd";
-/// Where `handoffctl run --data-dir` tells every generation its directory.
-const DATA_DIR_ENV: &str = "HANDOFF_DATA_DIR";
 
 /// What `/info` reports besides the pid.
 struct Identity {
@@ -136,7 +134,7 @@ fn main() {
     let data_dir: PathBuf = flags
         .get("--data-dir")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os(DATA_DIR_ENV).map(PathBuf::from))
+        .or_else(|| std::env::var_os(handoff::ENV_DATA_DIR).map(PathBuf::from))
         .unwrap_or_else(|| serve::die(PROGRAM, "--data-dir DIR (or HANDOFF_DATA_DIR) is required"));
     let common = serve::CommonFlags::from(PROGRAM, &flags);
     let (build, drain_timeout) = (common.build.clone(), common.drain_timeout);

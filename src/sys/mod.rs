@@ -49,11 +49,14 @@
 //!   the child closes that race by comparing `getppid()` with the pid the
 //!   parent recorded before forking, and fails the spawn if it differs.
 //! - **Shared file status flags.** `O_NONBLOCK` lives on the open file
-//!   description, which every process holding a passed listener shares. We
-//!   never change it on a listener that may be shared: flipping it would flip
-//!   it under the incumbent's and the successor's feet. Bounded waits use
-//!   `SO_RCVTIMEO`/`SO_SNDTIMEO` on the control socket, which only this side
-//!   of the connection holds.
+//!   description, which every process holding a passed listener shares. The
+//!   library changes it on a listener only when the daemon asks for it by
+//!   accepting through [`crate::AcceptGate`], which needs a non-blocking
+//!   accept (a blocking one can sleep past a drain when another generation
+//!   took the connection `poll` announced); every generation of such a
+//!   daemon then accepts the same way, as async runtimes do. Bounded waits
+//!   on the control socket use `SO_RCVTIMEO`/`SO_SNDTIMEO`, which only this
+//!   side of the connection holds.
 //! - **Fds dropped silently.** If the receiver's control buffer is too small,
 //!   the kernel sets `MSG_CTRUNC` and closes the fds that did not fit; nothing
 //!   else reports it. [`recv_chunk`] sizes its buffer for the maximum of 253
@@ -102,6 +105,7 @@ mod probe;
 mod process;
 mod signals;
 mod socket;
+mod wake;
 
 #[cfg(test)]
 mod test_support;
@@ -128,3 +132,4 @@ pub(crate) use socket::{
     bind, bind_admin_socket, control_pair, inspect, peer_credentials, set_read_timeout,
     set_write_timeout,
 };
+pub(crate) use wake::{Waker, poll_either};

@@ -28,9 +28,6 @@ use crate::error::{Failure, chain};
 use crate::protocol::{HandoffReport, Response};
 use crate::systemd::Notifier;
 
-/// The variable that tells each generation its data directory.
-pub const ENV_DATA_DIR: &str = "HANDOFF_DATA_DIR";
-
 /// Runs the supervisor until it is stopped; returns the exit code.
 pub fn run(args: RunArgs) -> Result<u8, Failure> {
     // Before any thread exists, or a thread could receive them (see sys).
@@ -47,7 +44,10 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             .mode(0o700)
             .create(dir)
             .map_err(|e| Failure::failed(format!("data directory {}: {e}", dir.display())))?;
-        env.push((OsString::from(ENV_DATA_DIR), dir.clone().into_os_string()));
+        env.push((
+            OsString::from(handoff::ENV_DATA_DIR),
+            dir.clone().into_os_string(),
+        ));
     }
     let listeners = listeners(&settings)?;
     let socket = AdminSocket::bind(&settings.socket, settings.socket_is_default)?;
@@ -418,6 +418,9 @@ fn event_loop(
                     Outcome::RolledBack { old_pid, .. } => *old_pid,
                 };
                 log_outcome(&report);
+                // Under --restart never, a start that left nobody serving is
+                // how the supervisor ends: not a clean exit.
+                clean_exit = report.serving;
                 // An upgrade's RELOADING=1 and READY=1 are sent by the thread
                 // that carried it out (systemd.rs); here the first start and
                 // restarts.

@@ -475,3 +475,106 @@ fn an_upgrade_deadline_bounds_the_default_drain_timeout() {
     );
     assert_eq!(supervisor.status()["generation"], 2, "nothing started");
 }
+
+#[test]
+fn the_data_directory_reaches_the_daemon_through_handoff_data_dir() {
+    let data = TempDir::new("assigned");
+    let dir = data.path().join("state");
+    // testd gets no --data-dir: begin(None) takes HANDOFF_DATA_DIR.
+    let mut flags = Start::default().flags;
+    flags.extend(["--data-dir".to_owned(), dir.display().to_string()]);
+    let supervisor = Supervisor::start_with(Start {
+        flags,
+        ..Start::default()
+    });
+    let addr = supervisor.addr();
+    assert!(request(addr, "PUT k v").expect("PUT").starts_with("OK "));
+    assert!(
+        dir.join("testd.log").is_file(),
+        "the state lives in the assigned directory"
+    );
+    assert!(dir.join(".handoff.lock").is_file(), "and it is locked");
+    assert_eq!(supervisor.ctl("upgrade", &[]).code, Some(0));
+    assert_eq!(request(addr, "GET k").expect("GET"), "VALUE v");
+}
+
+#[test]
+fn ready_off_the_main_thread_fails_the_handoff_instead_of_committing() {
+    let dir = TempDir::new("off-main");
+    let wrong = script(
+        dir.path(),
+        "ready-on-thread",
+        &format!("exec {} --ready-on-thread \"$@\"", testd().display()),
+    );
+    let supervisor = allowing(&dir, &wrong);
+    let before = serving_pid(supervisor.addr());
+    let ran = supervisor.ctl("upgrade", &["--binary", wrong.to_str().expect("utf-8")]);
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    let line = ran.one_error_line();
+    assert!(line.contains("main thread"), "{line}");
+    assert_eq!(serving_pid(supervisor.addr()), before);
+}
+
+#[test]
+fn under_restart_never_a_generation_1_that_never_serves_is_a_failed_exit() {
+    // testd asks for a listener named "main"; the supervisor offers "http".
+    let mut supervisor = Supervisor::spawn(Start {
+        flags: ["--listen", "http=127.0.0.1:0", "--restart", "never"]
+            .map(String::from)
+            .to_vec(),
+        ..Start::default()
+    });
+    let exit = supervisor.wait_exit();
+    assert_eq!(exit.code(), Some(1), "log:\n{}", supervisor.log());
+}
+
+#[test]
+fn every_json_answer_is_json_busy_and_refusals_included() {
+    let dir = TempDir::new("json");
+    // A successor that never says hello keeps the first upgrade in flight.
+    let silent = script(dir.path(), "silent", "exec sleep 60");
+    let supervisor = allowing(&dir, &silent);
+    let socket = supervisor.socket.clone();
+    let silent_path = silent.display().to_string();
+    let first = std::thread::spawn(move || {
+        crate::common::ctl(&[
+            "upgrade",
+            "--socket",
+            socket.to_str().expect("utf-8"),
+            "--binary",
+            &silent_path,
+            "--deadline",
+            "2s",
+            "--drain-timeout",
+            "1s",
+        ])
+    });
+    supervisor.wait_status("a handoff in flight", |s| s["state"] == "handing_off");
+    let busy = supervisor.ctl("upgrade", &["--json"]);
+    assert_eq!(busy.code, Some(3), "{busy:?}");
+    let answer: Value = serde_json::from_str(&busy.stdout).expect("JSON at exit 3");
+    assert_eq!(answer["kind"], "busy");
+    assert_eq!(answer["exit"], 3);
+    assert_eq!(first.join().expect("first upgrade").code, Some(1));
+
+    let refused = supervisor.ctl("upgrade", &["--binary", "/bin/true", "--json"]);
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    let answer: Value = serde_json::from_str(&refused.stdout).expect("JSON at exit 2");
+    assert_eq!(answer["kind"], "rejected");
+    assert!(
+        answer["message"]
+            .as_str()
+            .expect("message")
+            .contains("allowed_binaries")
+    );
+
+    let nobody = crate::common::ctl(&["status", "--socket", "/nonexistent/handoff.sock", "--json"]);
+    assert_eq!(nobody.code, Some(2), "{nobody:?}");
+    let answer: Value = serde_json::from_str(&nobody.stdout).expect("JSON without a supervisor");
+    assert!(
+        answer["message"]
+            .as_str()
+            .expect("message")
+            .contains("no supervisor")
+    );
+}

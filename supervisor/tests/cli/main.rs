@@ -14,5 +14,6 @@ mod hooks;
 mod lifecycle;
 mod load;
 mod probation;
+mod quickstart;
 mod real_systemd;
 mod systemd;
