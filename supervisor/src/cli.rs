@@ -36,6 +36,18 @@ pub enum Command {
     Rollback(RollbackArgs),
 }
 
+impl Command {
+    /// Whether the caller asked for JSON on stdout.
+    pub fn wants_json(&self) -> bool {
+        match self {
+            Command::Upgrade(args) => args.json,
+            Command::Rollback(args) => args.json,
+            Command::Status(args) | Command::History(args) => args.json,
+            Command::Run(_) | Command::Stop(_) => false,
+        }
+    }
+}
+
 /// `handoffctl rollback`.
 #[derive(Debug, Args)]
 pub struct RollbackArgs {

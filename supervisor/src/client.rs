@@ -10,7 +10,7 @@ use handoff::timeouts::parse_duration;
 
 use crate::cli::{RollbackArgs, StatusArgs, Target, UpgradeArgs};
 use crate::config::{client_socket, parse_sha256};
-use crate::error::{Exit, Failure};
+use crate::error::Failure;
 use crate::protocol::{ErrorKind, MAX_LINE, Request, Response};
 
 /// Sends `request` and returns the response. `wait` bounds the wait for the
@@ -54,14 +54,7 @@ fn ask(socket: &Path, request: &Request, wait: Option<Duration>) -> Result<Respo
 }
 
 fn refused(kind: ErrorKind, message: String) -> Failure {
-    Failure {
-        exit: if kind == ErrorKind::Busy {
-            Exit::Busy
-        } else {
-            Exit::Usage
-        },
-        message,
-    }
+    Failure::refused(kind, message)
 }
 
 fn unexpected(response: &Response) -> Failure {
@@ -150,7 +143,9 @@ fn handoff_request(socket: &Path, request: &Request, json: bool) -> Result<(), F
             if report.committed {
                 Ok(())
             } else {
-                Err(Failure::failed(report.line()))
+                let mut failure = Failure::failed(report.line());
+                failure.printed = json;
+                Err(failure)
             }
         }
         Response::Error { kind, message } => Err(refused(kind, message)),

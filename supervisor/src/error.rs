@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::protocol::ErrorKind;
+
 /// Exit codes; scripts and units depend on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -21,22 +23,60 @@ pub struct Failure {
     pub exit: Exit,
     /// One line, without the program name.
     pub message: String,
+    /// The supervisor's refusal, when it refused.
+    pub kind: Option<ErrorKind>,
+    /// Whether the answer was printed on stdout already (a rolled-back
+    /// handoff's report): `--json` then prints nothing more.
+    pub printed: bool,
 }
 
 impl Failure {
     /// A usage or input error (exit 2).
     pub fn usage(message: impl Into<String>) -> Failure {
-        Failure {
-            exit: Exit::Usage,
-            message: message.into(),
-        }
+        Failure::with(Exit::Usage, message)
     }
 
     /// A runtime failure (exit 1).
     pub fn failed(message: impl Into<String>) -> Failure {
+        Failure::with(Exit::Failed, message)
+    }
+
+    /// A refusal by the supervisor; its exit code follows from its kind.
+    pub fn refused(kind: ErrorKind, message: impl Into<String>) -> Failure {
         Failure {
-            exit: Exit::Failed,
+            kind: Some(kind),
+            ..Failure::with(Exit::from(kind), message)
+        }
+    }
+
+    fn with(exit: Exit, message: impl Into<String>) -> Failure {
+        Failure {
+            exit,
             message: message.into(),
+            kind: None,
+            printed: false,
+        }
+    }
+
+    /// The failure as one JSON object, for `--json` callers.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "result": "error",
+            "kind": self.kind,
+            "message": self.message,
+            "exit": self.exit as u8,
+        })
+    }
+}
+
+impl From<ErrorKind> for Exit {
+    fn from(kind: ErrorKind) -> Exit {
+        match kind {
+            ErrorKind::BadRequest | ErrorKind::Rejected | ErrorKind::PermissionDenied => {
+                Exit::Usage
+            }
+            ErrorKind::Busy | ErrorKind::Overloaded => Exit::Busy,
+            ErrorKind::Stopping | ErrorKind::Failed => Exit::Failed,
         }
     }
 }

@@ -23,6 +23,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    let json = cli.command.wants_json();
     let result = match cli.command {
         cli::Command::Run(args) => run::run(args),
         cli::Command::Upgrade(args) => client::upgrade(args).map(|()| 0),
@@ -35,6 +36,10 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
             eprintln!("handoffctl: {}", failure.message);
+            // A --json caller always gets one JSON object on stdout.
+            if json && !failure.printed {
+                println!("{}", failure.to_json());
+            }
             ExitCode::from(failure.exit as u8)
         }
     }

@@ -114,8 +114,20 @@ fn upgrade(supervisor: &Supervisor, args: &[&str]) -> (Option<i32>, Value, Durat
     all.push("--json");
     let ran = supervisor.ctl("upgrade", &all);
     let took = started.elapsed();
-    let report =
+    let report: Value =
         serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {ran:?}"));
+    // A total covers every phase, spawn included.
+    let phases: f64 = report["phases_ms"]
+        .as_object()
+        .expect("phases_ms")
+        .values()
+        .filter_map(Value::as_f64)
+        .sum();
+    let total = report["total_ms"].as_f64().expect("total_ms");
+    assert!(
+        total + 0.01 >= phases,
+        "total {total} ms below its phases {phases} ms"
+    );
     (ran.code, report, took)
 }
 
