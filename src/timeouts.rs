@@ -186,6 +186,31 @@ impl Timeouts {
         Ok(())
     }
 
+    /// One handoff's durations: these, with a request's drain timeout and
+    /// deadline. An unset drain timeout follows a shorter deadline down.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let t = handoff::Timeouts::default().for_handoff(None, Some(Duration::from_secs(3))).unwrap();
+    /// assert_eq!(t.drain_grace, Duration::from_secs(3));
+    /// ```
+    pub fn for_handoff(
+        &self,
+        drain_grace: Option<Duration>,
+        deadline: Option<Duration>,
+    ) -> Result<Timeouts> {
+        let mut timeouts = *self;
+        if let Some(deadline) = deadline {
+            timeouts.handoff_deadline = deadline;
+            timeouts.drain_grace = timeouts.drain_grace.min(deadline);
+        }
+        if let Some(grace) = drain_grace {
+            timeouts.drain_grace = grace;
+        }
+        timeouts.validate()?;
+        Ok(timeouts)
+    }
+
     /// Restart delay after `failures` consecutive failures (exponential, capped).
     pub fn restart_backoff(&self, failures: u32) -> Duration {
         let factor = 1u32.checked_shl(failures.min(16)).unwrap_or(u32::MAX);
@@ -239,9 +264,9 @@ pub fn format_duration(duration: Duration) -> String {
     let millis = duration.as_millis();
     match millis {
         0 => "0s".to_owned(),
-        _ if millis % 3_600_000 == 0 => format!("{}h", millis / 3_600_000),
-        _ if millis % 60_000 == 0 => format!("{}m", millis / 60_000),
-        _ if millis % 1_000 == 0 => format!("{}s", millis / 1_000),
+        _ if millis.is_multiple_of(3_600_000) => format!("{}h", millis / 3_600_000),
+        _ if millis.is_multiple_of(60_000) => format!("{}m", millis / 60_000),
+        _ if millis.is_multiple_of(1_000) => format!("{}s", millis / 1_000),
         _ => format!("{millis}ms"),
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Each machine takes one input and the current monotonic time and returns
 //! the actions its driver must perform (`step(input, now) -> Vec<Action>`).
-//! Drivers (`supervisor.rs`, `successor.rs`, `incumbent.rs`) do the I/O.
+//! Drivers (`supervisor/driver.rs`, `successor.rs`, `incumbent.rs`) do the I/O.
 //! Every decision of the protocol lives here, so every ordering and abort
 //! path is a unit test (`tests.rs`), and the state diagrams in
 //! ARCHITECTURE.md describe exactly these enums.
@@ -10,7 +10,9 @@
 mod foreign;
 mod generation;
 mod handoff;
+mod lifecycle;
 mod names;
+mod outcome;
 mod retire;
 
 #[cfg(test)]
@@ -26,6 +28,14 @@ pub use generation::{
 pub use handoff::{
     HandoffAction, HandoffConfig, HandoffInput, HandoffMachine, HandoffState, Phases, ReadySeen,
     Verdict,
+};
+pub use lifecycle::{
+    Build, DaemonKind, Generation, GenerationId, GenerationSignal, LifecycleAction,
+    LifecycleConfig, LifecycleInput, LifecycleMachine, LifecycleState, Note, ProbePurpose, Refusal,
+    Spawned, Ticket,
+};
+pub use outcome::{
+    ExitStatus, Outcome, ProbationRollback, RestartPolicy, ResumeCheck, SupervisorEvent,
 };
 pub use retire::{ForeignProbation, RetireAction, RetireInput, RetireMachine, RetireState};
 

@@ -166,6 +166,19 @@ impl RetireMachine {
         }
     }
 
+    /// An old generation the supervisor killed already (its control
+    /// connection broke during the handoff): only its reap remains, with
+    /// SIGKILL again if it has not exited after `kill_grace`.
+    pub fn after_kill(timeouts: Timeouts, now: Instant) -> Self {
+        RetireMachine {
+            state: State::Terminated {
+                until: now + timeouts.kill_grace,
+            },
+            timeouts,
+            probation: std::time::Duration::ZERO,
+        }
+    }
+
     /// A machine for an old foreign generation (`--protocol systemd`): the
     /// stop signal at once (the driver maps `Signal::Term` to it), SIGKILL
     /// after `drain_grace`.

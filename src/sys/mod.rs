@@ -123,7 +123,8 @@ pub use notify::{monotonic_usec, notify};
 pub(crate) use probe::{http_status, tcp_connect};
 pub use process::Sig;
 pub(crate) use process::{
-    CONTROL_FD, CONTROL_FD_ENV, SpawnSpec, clear_die_with_parent, effective_uid, is_main_thread,
+    CONTROL_FD, CONTROL_FD_ENV, SpawnSpec, clear_die_with_parent, effective_uid, exit_status,
+    is_main_thread,
     parent_pid, process_alive, signal, signal_group, spawn, wait_exit_nowait,
 };
 pub use signals::SignalSet;

@@ -123,6 +123,17 @@ pub(crate) fn meant_for_the_supervisor(key: &std::ffi::OsStr) -> bool {
         .any(|own| key.as_encoded_bytes() == own.as_bytes())
 }
 
+/// The typed status of a reaped process.
+pub(crate) fn exit_status(status: std::process::ExitStatus) -> crate::protocol::ExitStatus {
+    use crate::protocol::ExitStatus;
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ExitStatus::Code(code),
+        (None, Some(signal)) => ExitStatus::Signal(signal),
+        (None, None) => ExitStatus::Unknown,
+    }
+}
+
 /// Starts `spec.program`: stdin `/dev/null`, stdout and stderr inherited,
 /// the control socket (if any) on fd 3.
 pub(crate) fn spawn(spec: SpawnSpec) -> io::Result<Child> {

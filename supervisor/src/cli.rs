@@ -19,7 +19,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the supervisor in the foreground: bind (or adopt) the listeners,
     /// start generation 1, serve the admin socket.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Replace the running generation; returns when the handoff committed
     /// (exit 0) or rolled back (exit 1). Exit 2: usage or connection error;
     /// exit 3: another handoff is in flight.

@@ -518,7 +518,7 @@ mod tests {
         }
         argv.extend_from_slice(flags);
         match crate::cli::Cli::parse_from(argv).command {
-            crate::cli::Command::Run(args) => args,
+            crate::cli::Command::Run(args) => *args,
             other => panic!("{other:?}"),
         }
     }

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let json = cli.command.wants_json();
     let result = match cli.command {
-        cli::Command::Run(args) => run::run(args),
+        cli::Command::Run(args) => run::run(*args),
         cli::Command::Upgrade(args) => client::upgrade(args).map(|()| 0),
         cli::Command::Status(args) => client::status(args).map(|()| 0),
         cli::Command::Stop(target) => client::stop(target).map(|()| 0),

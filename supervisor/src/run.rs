@@ -438,9 +438,10 @@ fn event_loop(
                 generation,
                 pid,
                 status,
+                expected,
             } => {
-                clean_exit = status == "exit status 0";
-                if stopping {
+                clean_exit = status.is_clean();
+                if stopping || expected {
                     tracing::info!(generation, pid, %status, "generation stopped");
                 } else {
                     tracing::warn!(generation, pid, %status, "generation exited outside a handoff");
@@ -449,7 +450,7 @@ fn event_loop(
                     ));
                 }
             }
-            SupervisorEvent::GenerationRetired { pid, status } => {
+            SupervisorEvent::GenerationRetired { pid, status, .. } => {
                 tracing::info!(pid, %status, "old generation retired");
             }
             SupervisorEvent::RolledBackInProbation(rollback) => {
@@ -491,6 +492,12 @@ fn event_loop(
                     "serving: generation {}, pid {} (automatic rollback in probation)",
                     rollback.generation, rollback.pid
                 ));
+            }
+            SupervisorEvent::ResumeChecked { generation, check } => {
+                tracing::info!(generation, ?check, "resumed generation checked");
+            }
+            SupervisorEvent::RestartFailed { reason } => {
+                notify.status(&format!("restart failed, retrying: {reason}"));
             }
             SupervisorEvent::Stopping => {
                 stopping = true;

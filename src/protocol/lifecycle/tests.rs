@@ -1,0 +1,845 @@
+//! The supervisor's lifecycle, unit by unit: the restart policy and its
+//! backoff, the stop sequence, probations, which generation serves after
+//! each verdict, and that every generation alive at a commit is retired to
+//! its reap. No process, no clock: inputs and the time are fed in.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::protocol::ResumeCheck;
+use crate::wire::{Fingerprint, Health, PROTOCOL_VERSIONS, Role, SealInfo};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn build(name: &str) -> Build {
+    Build {
+        program: PathBuf::from(format!("/usr/bin/{name}")),
+        args: Vec::new(),
+        sha256: None,
+    }
+}
+
+fn config(mode: Mode, restart: RestartPolicy, probation: Duration) -> LifecycleConfig {
+    LifecycleConfig {
+        mode,
+        daemon: DaemonKind::Library,
+        restart,
+        timeouts: Timeouts {
+            probation,
+            ..Timeouts::default()
+        },
+        probe: false,
+        fd_count: 1,
+        build: build("daemon-a"),
+    }
+}
+
+/// The machine, the time, and every state the run went through.
+struct Sim {
+    machine: LifecycleMachine,
+    now: Instant,
+    visited: HashSet<LifecycleState>,
+    next_pid: u32,
+}
+
+impl Sim {
+    fn new(config: LifecycleConfig) -> Sim {
+        let now = Instant::now();
+        let machine = LifecycleMachine::new(config, now);
+        let mut visited = HashSet::new();
+        visited.insert(machine.state());
+        Sim {
+            machine,
+            now,
+            visited,
+            next_pid: 100,
+        }
+    }
+
+    fn library(mode: Mode) -> Sim {
+        Sim::new(config(mode, RestartPolicy::OnFailure, Duration::ZERO))
+    }
+
+    fn step(&mut self, input: LifecycleInput) -> Vec<LifecycleAction> {
+        let tick = matches!(input, LifecycleInput::Tick);
+        let actions = self.machine.step(input, self.now);
+        self.visited.insert(self.machine.state());
+        // After a Tick nothing is left due (a busy loop otherwise); other
+        // inputs leave timers to the Tick the driver feeds after each.
+        if tick && let Some(at) = self.machine.next_wakeup() {
+            assert!(
+                at > self.now || self.due_now(&actions),
+                "a wakeup in the past: {actions:?}"
+            );
+        }
+        actions
+    }
+
+    /// A restart is handed out at once when due; nothing else may be.
+    fn due_now(&self, actions: &[LifecycleAction]) -> bool {
+        actions
+            .iter()
+            .any(|a| matches!(a, LifecycleAction::Restart { .. }))
+    }
+
+    fn advance(&mut self, by: Duration) -> Vec<LifecycleAction> {
+        self.now += by;
+        self.step(LifecycleInput::Tick)
+    }
+
+    /// Spawns the successor of `ticket` running `build`.
+    fn spawned(&mut self, ticket: Ticket, build: Build) -> (u32, Vec<LifecycleAction>) {
+        self.next_pid += 1;
+        let pid = self.next_pid;
+        let actions = self.step(LifecycleInput::Spawned(Box::new(Spawned {
+            ticket,
+            pid,
+            build,
+            timeouts: self.machine.config().timeouts,
+            force: false,
+            // Asked for just before the spawn, which took a millisecond.
+            requested: self.now - Duration::from_millis(1),
+            spawn_time: Duration::from_millis(1),
+        })));
+        (pid, actions)
+    }
+
+    fn frame(
+        &mut self,
+        generation: GenerationId,
+        handoff_id: u64,
+        message: Message,
+    ) -> Vec<LifecycleAction> {
+        self.step(LifecycleInput::Frame {
+            generation,
+            handoff_id,
+            message,
+        })
+    }
+
+    fn exited(&mut self, generation: GenerationId, status: ExitStatus) -> Vec<LifecycleAction> {
+        self.step(LifecycleInput::Exited { generation, status })
+    }
+
+    fn closed(&mut self, generation: GenerationId) -> Vec<LifecycleAction> {
+        self.step(LifecycleInput::Closed { generation })
+    }
+
+    /// A whole handoff to `build` by a well-behaved library successor (and
+    /// incumbent, in exclusive mode): its ticket's generation and the
+    /// commit's actions.
+    fn handoff(&mut self, build_name: &str) -> (Ticket, Vec<LifecycleAction>) {
+        let ticket = self.machine.begin_handoff().expect("a ticket");
+        let (_, _) = self.spawned(ticket, build(build_name));
+        let (id, generation) = (ticket.handoff_id, ticket.generation);
+        let incumbent = self.machine.live().map(|live| live.id);
+        self.frame(generation, 0, hello());
+        let mut actions = self.frame(generation, id, Message::Warm);
+        if let Some(old) = incumbent
+            && self.machine.config().mode == Mode::Exclusive
+        {
+            assert!(sent_to(&actions, old, "Prepare"), "{actions:?}");
+            let sealing = self.frame(old, id, drained());
+            assert!(sent_to(&sealing, old, "Seal"), "{sealing:?}");
+            actions = self.frame(old, id, Message::SealComplete(seal()));
+        }
+        assert!(sent_to(&actions, generation, "Begin"), "{actions:?}");
+        self.frame(generation, id, ready());
+        let actions = self.frame(generation, id, Message::CommitAck);
+        assert!(committed(&actions), "{actions:?}");
+        (ticket, actions)
+    }
+}
+
+fn hello() -> Message {
+    Message::Hello {
+        role: Role::Generation,
+        pid: 1,
+        build_id: "test".into(),
+        versions: PROTOCOL_VERSIONS,
+        capabilities: 0,
+    }
+}
+
+fn drained() -> Message {
+    Message::Drained {
+        open_connections: 0,
+        accept_closed: true,
+    }
+}
+
+fn seal() -> SealInfo {
+    SealInfo {
+        revisions: 1,
+        fingerprint: Fingerprint::of_bytes(b"state"),
+    }
+}
+
+fn ready() -> Message {
+    Message::Ready {
+        addresses: Vec::new(),
+        health: Health::Healthy,
+        revisions: 1,
+    }
+}
+
+fn sent_to(actions: &[LifecycleAction], to: GenerationId, name: &str) -> bool {
+    actions.iter().any(|a| {
+        matches!(a, LifecycleAction::Send { to: t, message, .. } if *t == to && message.name() == name)
+    })
+}
+
+fn signalled(actions: &[LifecycleAction], to: GenerationId, signal: GenerationSignal) -> bool {
+    actions.iter().any(
+        |a| matches!(a, LifecycleAction::Signal { to: t, signal: s } if *t == to && *s == signal),
+    )
+}
+
+fn outcome(actions: &[LifecycleAction]) -> Option<&Outcome> {
+    actions.iter().find_map(|a| match a {
+        LifecycleAction::Finished(outcome) => Some(&**outcome),
+        _ => None,
+    })
+}
+
+fn committed(actions: &[LifecycleAction]) -> bool {
+    outcome(actions).is_some_and(Outcome::is_committed)
+}
+
+fn forgot(actions: &[LifecycleAction], generation: GenerationId) -> bool {
+    actions
+        .iter()
+        .any(|a| matches!(a, LifecycleAction::Forget { generation: g } if *g == generation))
+}
+
+fn restart_of(actions: &[LifecycleAction]) -> Option<(Ticket, Build)> {
+    actions.iter().find_map(|a| match a {
+        LifecycleAction::Restart { ticket, build } => Some((*ticket, build.clone())),
+        _ => None,
+    })
+}
+
+fn noted(actions: &[LifecycleAction], wanted: impl Fn(&Note) -> bool) -> bool {
+    actions
+        .iter()
+        .any(|a| matches!(a, LifecycleAction::Note(note) if wanted(note)))
+}
+
+/// Generation 1 serving, started by a cold start.
+fn serving(mode: Mode) -> Sim {
+    let mut sim = Sim::library(mode);
+    sim.handoff("daemon-a");
+    assert_eq!(sim.machine.state(), LifecycleState::Serving);
+    sim
+}
+
+// ------------------------------------------------------------ starting
+
+#[test]
+fn a_cold_start_is_a_handoff_without_an_incumbent_and_ends_serving() {
+    let mut sim = Sim::library(Mode::Exclusive);
+    assert_eq!(sim.machine.state(), LifecycleState::Starting);
+    let ticket = sim.machine.begin_handoff().expect("a ticket");
+    assert_eq!((ticket.handoff_id, ticket.generation), (1, 1));
+    let (pid, actions) = sim.spawned(ticket, build("daemon-a"));
+    assert_eq!(sim.machine.state(), LifecycleState::HandingOff);
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        LifecycleAction::Announce(SupervisorEvent::HandoffStarted {
+            upgrade: false,
+            incumbent_pid: None,
+            ..
+        })
+    )));
+    sim.frame(1, 0, hello());
+    let actions = sim.frame(1, 1, Message::Warm);
+    // No incumbent: Begin at once, without a seal.
+    assert!(sent_to(&actions, 1, "Begin"), "{actions:?}");
+    sim.frame(1, 1, ready());
+    let actions = sim.frame(1, 1, Message::CommitAck);
+    match outcome(&actions) {
+        Some(Outcome::Committed {
+            old_pid: None,
+            new_pid,
+            generation: 1,
+            phases,
+            ..
+        }) => {
+            assert_eq!(*new_pid, pid);
+            // The total covers every phase, spawn included.
+            let sum: Duration = phases.named().iter().filter_map(|(_, d)| *d).sum();
+            assert!(phases.total >= sum, "{phases:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sim.machine.state(), LifecycleState::Serving);
+    assert_eq!(sim.machine.live().map(|l| l.pid), Some(pid));
+}
+
+#[test]
+fn a_refused_spawn_leaves_no_gap_in_the_numbers() {
+    let mut sim = serving(Mode::Exclusive);
+    let ticket = sim.machine.begin_handoff().expect("ticket");
+    assert_eq!((ticket.handoff_id, ticket.generation), (2, 2));
+    // The driver could not spawn it (a pinned binary changed, say).
+    let actions = sim.step(LifecycleInput::SpawnFailed {
+        ticket,
+        reason: "sha256 mismatch".into(),
+    });
+    assert!(
+        actions.is_empty(),
+        "an upgrade's caller hears it: {actions:?}"
+    );
+    assert_eq!(sim.machine.state(), LifecycleState::Serving);
+    let again = sim.machine.begin_handoff().expect("ticket");
+    assert_eq!((again.handoff_id, again.generation), (2, 2));
+}
+
+#[test]
+fn a_second_handoff_is_busy_and_nothing_starts_while_stopping() {
+    let mut sim = serving(Mode::Exclusive);
+    let ticket = sim.machine.begin_handoff().expect("ticket");
+    sim.spawned(ticket, build("daemon-b"));
+    assert_eq!(sim.machine.begin_handoff(), Err(Refusal::Busy));
+    sim.step(LifecycleInput::Stop);
+    assert_eq!(sim.machine.state(), LifecycleState::Stopping);
+    assert_eq!(sim.machine.begin_handoff(), Err(Refusal::Stopping));
+}
+
+// ------------------------------------------------------ restart policy
+
+#[test]
+fn a_crash_restarts_the_last_committed_build_with_a_growing_backoff() {
+    let mut sim = serving(Mode::Exclusive);
+    sim.handoff("daemon-b");
+    let live = sim.machine.live().expect("live").id;
+    let backoff = sim.machine.config().timeouts.restart_backoff_initial;
+    let actions = sim.exited(live, ExitStatus::Signal(9));
+    assert!(forgot(&actions, live));
+    assert!(noted(&actions, |n| *n
+        == Note::RestartScheduled { delay: backoff }));
+    assert_eq!(sim.machine.state(), LifecycleState::Starting);
+    let early = sim.advance(backoff - Duration::from_millis(1));
+    assert!(
+        restart_of(&early).is_none(),
+        "not before the backoff: {early:?}"
+    );
+    let (ticket, restarted) =
+        restart_of(&sim.advance(Duration::from_millis(1))).expect("a restart");
+    assert!(ticket.restart);
+    assert_eq!(restarted, build("daemon-b"), "what was last committed");
+    // Its spawn fails: tried again after twice the delay.
+    let actions = sim.step(LifecycleInput::SpawnFailed {
+        ticket,
+        reason: "gone".into(),
+    });
+    assert!(noted(&actions, |n| *n
+        == Note::RestartScheduled { delay: backoff * 2 }));
+    let (ticket, _) = restart_of(&sim.advance(backoff * 2)).expect("a restart");
+    let (_, actions) = sim.spawned(ticket, build("daemon-b"));
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        LifecycleAction::Announce(SupervisorEvent::HandoffStarted { upgrade: false, .. })
+    )));
+    assert_eq!(sim.machine.state(), LifecycleState::HandingOff);
+}
+
+#[test]
+fn a_generation_that_ran_long_enough_resets_the_backoff() {
+    let mut sim = serving(Mode::Exclusive);
+    let backoff = sim.machine.config().timeouts.restart_backoff_initial;
+    sim.exited(1, ExitStatus::Code(1));
+    let (ticket, _) = restart_of(&sim.advance(backoff)).expect("restart");
+    sim.spawned(ticket, build("daemon-a"));
+    let generation = ticket.generation;
+    sim.frame(generation, 0, hello());
+    sim.frame(generation, ticket.handoff_id, Message::Warm);
+    sim.frame(generation, ticket.handoff_id, ready());
+    sim.frame(generation, ticket.handoff_id, Message::CommitAck);
+    // A quick second crash: the delay doubles.
+    let actions = sim.exited(generation, ExitStatus::Code(1));
+    assert!(noted(&actions, |n| *n
+        == Note::RestartScheduled { delay: backoff * 2 }));
+    let (ticket, _) = restart_of(&sim.advance(backoff * 2)).expect("restart");
+    sim.spawned(ticket, build("daemon-a"));
+    let generation = ticket.generation;
+    sim.frame(generation, 0, hello());
+    sim.frame(generation, ticket.handoff_id, Message::Warm);
+    sim.frame(generation, ticket.handoff_id, ready());
+    sim.frame(generation, ticket.handoff_id, Message::CommitAck);
+    // This one serves past RESTART_STABLE: the next delay is the first.
+    for _ in 0..RESTART_STABLE.as_secs() {
+        sim.advance(SECOND);
+        sim.frame(generation, ticket.handoff_id, Message::Heartbeat);
+    }
+    let actions = sim.exited(generation, ExitStatus::Code(1));
+    assert!(
+        noted(&actions, |n| *n
+            == Note::RestartScheduled { delay: backoff }),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn the_restart_policy_decides_after_every_kind_of_loss() {
+    // (policy, clean exit) → restarts?
+    let cases = [
+        (RestartPolicy::Always, true, true),
+        (RestartPolicy::Always, false, true),
+        (RestartPolicy::OnFailure, true, false),
+        (RestartPolicy::OnFailure, false, true),
+        (RestartPolicy::Never, false, false),
+    ];
+    for (policy, clean, restarts) in cases {
+        let mut sim = Sim::new(config(Mode::Exclusive, policy, Duration::ZERO));
+        sim.handoff("daemon-a");
+        let status = if clean {
+            ExitStatus::Code(0)
+        } else {
+            ExitStatus::Code(3)
+        };
+        let actions = sim.exited(1, status);
+        let stopping = sim.machine.state() == LifecycleState::Stopping
+            || sim.machine.state() == LifecycleState::Finished;
+        assert_eq!(!stopping, restarts, "{policy:?} clean={clean}: {actions:?}");
+        if !restarts {
+            assert!(noted(&actions, |n| *n == Note::NoRestart));
+        }
+    }
+    // A cold start that fails is a loss too: under Never the supervisor
+    // stops instead of serving nothing for ever.
+    let mut sim = Sim::new(config(
+        Mode::Exclusive,
+        RestartPolicy::Never,
+        Duration::ZERO,
+    ));
+    let ticket = sim.machine.begin_handoff().expect("ticket");
+    sim.spawned(ticket, build("daemon-a"));
+    sim.closed(1);
+    let actions = sim.exited(1, ExitStatus::Code(3));
+    assert!(
+        matches!(
+            outcome(&actions),
+            Some(Outcome::RolledBack { old_pid: None, .. })
+        ),
+        "{actions:?}"
+    );
+    assert_eq!(sim.machine.state(), LifecycleState::Finished, "{actions:?}");
+}
+
+// ------------------------------------------------------------ the commit
+
+#[test]
+fn an_incumbent_whose_connection_closed_but_still_runs_at_the_commit_is_reaped() {
+    // The suspected defect: the incumbent closes its control connection
+    // after SealComplete and is still alive at the commit.
+    let mut sim = serving(Mode::Exclusive);
+    let ticket = sim.machine.begin_handoff().expect("ticket");
+    sim.spawned(ticket, build("daemon-b"));
+    let (id, new) = (ticket.handoff_id, ticket.generation);
+    sim.frame(new, 0, hello());
+    sim.frame(new, id, Message::Warm);
+    sim.frame(1, id, drained());
+    sim.frame(1, id, Message::SealComplete(seal()));
+    let actions = sim.closed(1);
+    assert!(
+        signalled(&actions, 1, GenerationSignal::Kill),
+        "killed at once: {actions:?}"
+    );
+    sim.frame(new, id, ready());
+    let actions = sim.frame(new, id, Message::CommitAck);
+    assert!(committed(&actions));
+    // Not forgotten: it is a retiree until its reap.
+    assert!(!forgot(&actions, 1), "{actions:?}");
+    let old_pid = 101;
+    assert_eq!(sim.machine.retiring(), vec![old_pid]);
+    // SIGKILL again if it lingers (to its whole group, I16)...
+    let actions = sim.advance(sim.machine.config().timeouts.kill_grace);
+    assert!(
+        signalled(&actions, 1, GenerationSignal::Kill),
+        "{actions:?}"
+    );
+    // ...and its reap is what lets it go.
+    let actions = sim.exited(1, ExitStatus::Signal(9));
+    assert!(forgot(&actions, 1));
+    assert!(sim.machine.retiring().is_empty());
+}
+
+#[test]
+fn after_an_overlap_commit_the_old_generation_drains_then_retires() {
+    let mut sim = serving(Mode::Overlap);
+    let (ticket, actions) = sim.handoff("daemon-b");
+    // Prepare with this handoff's id: the old one drains now.
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        LifecycleAction::Send { to: 1, handoff_id, message: Message::Prepare { .. } } if *handoff_id == ticket.handoff_id
+    )), "{actions:?}");
+    let actions = sim.frame(1, ticket.handoff_id, drained());
+    assert!(sent_to(&actions, 1, "Retire"), "{actions:?}");
+    let actions = sim.exited(1, ExitStatus::Code(0));
+    assert!(forgot(&actions, 1));
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        LifecycleAction::Announce(SupervisorEvent::GenerationRetired { generation: 1, .. })
+    )));
+}
+
+#[test]
+fn a_successor_exit_waits_for_its_connections_eof() {
+    // I11: a rollback keeps the successor's own reason (its Failed), sent
+    // just before it died, rather than a bare exit status.
+    let mut sim = serving(Mode::Exclusive);
+    let ticket = sim.machine.begin_handoff().expect("ticket");
+    sim.spawned(ticket, build("daemon-b"));
+    let new = ticket.generation;
+    sim.frame(new, 0, hello());
+    let actions = sim.exited(new, ExitStatus::Code(3));
+    assert!(outcome(&actions).is_none(), "held until EOF: {actions:?}");
+    let actions = sim.frame(
+        new,
+        ticket.handoff_id,
+        Message::Failed {
+            reason: crate::wire::AbortReason::SuccessorFailed {
+                reason: "no config".into(),
+            },
+        },
+    );
+    assert!(outcome(&actions).is_none(), "{actions:?}");
+    let actions = sim.closed(new);
+    match outcome(&actions) {
+        Some(Outcome::RolledBack { reason, .. }) => {
+            assert!(reason.to_string().contains("no config"), "{reason}")
+        }
+        other => panic!("{other:?} in {actions:?}"),
+    }
+    // Without an EOF, the exit goes on its own after EXIT_AFTER_EOF.
+    let ticket = sim.machine.begin_handoff().expect("ticket");
+    sim.spawned(ticket, build("daemon-b"));
+    sim.exited(ticket.generation, ExitStatus::Code(3));
+    assert!(outcome(&sim.advance(crate::timeouts::EXIT_AFTER_EOF)).is_some());
+}
+
+// ------------------------------------------------------------- probation
+
+fn in_probation() -> (Sim, Ticket) {
+    let mut sim = Sim::new(config(Mode::Overlap, RestartPolicy::OnFailure, 30 * SECOND));
+    sim.handoff("daemon-a");
+    let (ticket, actions) = sim.handoff("daemon-b");
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            LifecycleAction::WatchProbation { generation, .. } if *generation == ticket.generation
+        )),
+        "{actions:?}"
+    );
+    let actions = sim.frame(1, ticket.handoff_id, drained());
+    assert!(!sent_to(&actions, 1, "Retire"), "kept idle: {actions:?}");
+    (sim, ticket)
+}
+
+#[test]
+fn a_crash_in_probation_resumes_the_previous_generation_instead_of_a_restart() {
+    let (mut sim, ticket) = in_probation();
+    let actions = sim.exited(ticket.generation, ExitStatus::Signal(11));
+    assert!(sent_to(&actions, 1, "ResumeAfterAbort"), "{actions:?}");
+    assert!(restart_of(&actions).is_none());
+    assert!(!noted(&actions, |n| matches!(
+        n,
+        Note::RestartScheduled { .. }
+    )));
+    let actions = sim.frame(1, ticket.handoff_id, Message::ResumeAck);
+    let rollback = actions
+        .iter()
+        .find_map(|a| match a {
+            LifecycleAction::Announce(SupervisorEvent::RolledBackInProbation(r)) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("a rollback");
+    assert_eq!(
+        (rollback.generation, rollback.failed_generation),
+        (1, ticket.generation)
+    );
+    assert!(rollback.reason.contains("signal 11"), "{rollback:?}");
+    assert_eq!(sim.machine.live().map(|l| l.id), Some(1));
+    assert_eq!(sim.machine.last_probation_rollback(), Some(&rollback));
+    // A restart runs what serves now, not the build that failed.
+    let actions = sim.exited(1, ExitStatus::Code(1));
+    let backoff = sim.machine.config().timeouts.restart_backoff_initial;
+    assert!(noted(&actions, |n| matches!(
+        n,
+        Note::RestartScheduled { .. }
+    )));
+    let (_, restarted) = restart_of(&sim.advance(backoff)).expect("restart");
+    assert_eq!(restarted, build("daemon-a"));
+}
+
+#[test]
+fn a_failed_probation_probe_kills_the_new_generation_and_its_exit_resumes_the_old() {
+    let (mut sim, ticket) = in_probation();
+    let new = ticket.generation;
+    let actions = sim.step(LifecycleInput::Probed {
+        purpose: ProbePurpose::ProbationSuspect(new),
+        result: Err("503".into()),
+    });
+    assert!(noted(&actions, |n| matches!(n, Note::ProbationHeld { .. })));
+    let actions = sim.step(LifecycleInput::Probed {
+        purpose: ProbePurpose::ProbationFailed(new),
+        result: Err("503".into()),
+    });
+    assert!(
+        signalled(&actions, new, GenerationSignal::Kill),
+        "{actions:?}"
+    );
+    let actions = sim.exited(new, ExitStatus::Signal(9));
+    assert!(sent_to(&actions, 1, "ResumeAfterAbort"));
+    let actions = sim.frame(1, ticket.handoff_id, Message::ResumeAck);
+    let reason = actions
+        .iter()
+        .find_map(|a| match a {
+            LifecycleAction::Announce(SupervisorEvent::RolledBackInProbation(r)) => {
+                Some(r.reason.clone())
+            }
+            _ => None,
+        })
+        .expect("rollback");
+    assert!(reason.contains("health probe failed: 503"), "{reason}");
+}
+
+#[test]
+fn a_probation_held_open_outlasts_its_period_until_the_verdict() {
+    let (mut sim, ticket) = in_probation();
+    let new = ticket.generation;
+    // Late in the probation an attempt fails; the confirmation takes long.
+    sim.now += 29 * SECOND;
+    sim.step(LifecycleInput::Probed {
+        purpose: ProbePurpose::ProbationSuspect(new),
+        result: Err("timeout".into()),
+    });
+    let actions = sim.advance(2 * SECOND);
+    assert!(!sent_to(&actions, 1, "Retire"), "still held: {actions:?}");
+    let actions = sim.step(LifecycleInput::Probed {
+        purpose: ProbePurpose::ProbationFailed(new),
+        result: Err("timeout".into()),
+    });
+    assert!(signalled(&actions, new, GenerationSignal::Kill));
+    let actions = sim.exited(new, ExitStatus::Signal(9));
+    assert!(sent_to(&actions, 1, "ResumeAfterAbort"), "{actions:?}");
+}
+
+#[test]
+fn a_crash_during_an_upgrade_in_probation_is_decided_by_the_verdict() {
+    for commits in [true, false] {
+        let (mut sim, first) = in_probation();
+        let live = first.generation;
+        let ticket = sim.machine.begin_handoff().expect("ticket");
+        sim.spawned(ticket, build("daemon-c"));
+        let (id, new) = (ticket.handoff_id, ticket.generation);
+        sim.frame(new, 0, hello());
+        let actions = sim.exited(live, ExitStatus::Signal(9));
+        assert!(noted(&actions, |n| matches!(n, Note::LiveLost { .. })));
+        assert!(
+            !sent_to(&actions, 1, "ResumeAfterAbort"),
+            "the verdict decides"
+        );
+        // The probation does not end before the verdict.
+        for _ in 0..8 {
+            let actions = sim.advance(5 * SECOND);
+            assert!(!sent_to(&actions, 1, "Retire"), "{actions:?}");
+            sim.frame(new, id, Message::Heartbeat);
+        }
+        if commits {
+            sim.frame(new, id, Message::Warm);
+            sim.frame(new, id, ready());
+            let actions = sim.frame(new, id, Message::CommitAck);
+            assert!(committed(&actions));
+            assert!(noted(&actions, |n| *n == Note::RestartDropped));
+            assert!(!sent_to(&actions, 1, "ResumeAfterAbort"));
+            assert_eq!(sim.machine.live().map(|l| l.id), Some(new));
+        } else {
+            sim.closed(new);
+            let actions = sim.exited(new, ExitStatus::Code(3));
+            assert!(matches!(
+                outcome(&actions),
+                Some(Outcome::RolledBack { old_pid: None, .. })
+            ));
+            assert!(sent_to(&actions, 1, "ResumeAfterAbort"), "{actions:?}");
+            sim.frame(1, first.handoff_id, Message::ResumeAck);
+            assert_eq!(sim.machine.live().map(|l| l.id), Some(1));
+        }
+    }
+}
+
+#[test]
+fn a_resume_acknowledged_after_another_commit_retires_the_late_generation() {
+    let (mut sim, ticket) = in_probation();
+    sim.exited(ticket.generation, ExitStatus::Signal(9));
+    // Nobody serves while generation 1 takes its time: an upgrade runs.
+    assert_eq!(sim.machine.state(), LifecycleState::Starting);
+    let (_, _) = sim.handoff("daemon-c");
+    let actions = sim.frame(1, ticket.handoff_id, Message::ResumeAck);
+    assert!(noted(&actions, |n| matches!(
+        n,
+        Note::ResumedTooLate { generation: 1 }
+    )));
+    assert!(sim.machine.last_probation_rollback().is_none());
+    assert_eq!(sim.machine.retiring(), vec![101]);
+}
+
+#[test]
+fn a_resumed_generation_that_fails_its_check_is_killed_and_restarted() {
+    let mut config = config(Mode::Overlap, RestartPolicy::OnFailure, 30 * SECOND);
+    config.probe = true;
+    let mut sim = Sim::new(config);
+    // The health gate probes every successor before its commit.
+    for name in ["daemon-a", "daemon-b"] {
+        let ticket = sim.machine.begin_handoff().expect("ticket");
+        sim.spawned(ticket, build(name));
+        let (generation, id) = (ticket.generation, ticket.handoff_id);
+        sim.frame(generation, 0, hello());
+        sim.frame(generation, id, Message::Warm);
+        sim.frame(generation, id, ready());
+        sim.step(LifecycleInput::Probed {
+            purpose: ProbePurpose::Handoff(id),
+            result: Ok(()),
+        });
+        assert!(committed(&sim.frame(generation, id, Message::CommitAck)));
+    }
+    sim.frame(1, 2, drained());
+    sim.exited(2, ExitStatus::Signal(9));
+    let actions = sim.frame(1, 2, Message::ResumeAck);
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        LifecycleAction::StartProbe {
+            purpose: ProbePurpose::Resumed(1),
+            ..
+        }
+    )));
+    let actions = sim.step(LifecycleInput::Probed {
+        purpose: ProbePurpose::Resumed(1),
+        result: Err("refused".into()),
+    });
+    assert!(signalled(&actions, 1, GenerationSignal::Kill));
+    assert_eq!(
+        sim.machine
+            .last_probation_rollback()
+            .map(|r| r.resume_check.clone()),
+        Some(ResumeCheck::Failed("refused".into()))
+    );
+    let actions = sim.exited(1, ExitStatus::Signal(9));
+    assert!(noted(&actions, |n| matches!(
+        n,
+        Note::RestartScheduled { .. }
+    )));
+}
+
+// ------------------------------------------------------------------ stop
+
+#[test]
+fn a_stop_signals_every_generation_then_kills_after_the_stop_drain() {
+    let (mut sim, ticket) = in_probation();
+    let new = ticket.generation;
+    let actions = sim.step(LifecycleInput::Stop);
+    assert!(signalled(&actions, new, GenerationSignal::Stop));
+    assert!(signalled(&actions, 1, GenerationSignal::Stop));
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, LifecycleAction::Announce(SupervisorEvent::Stopping)))
+    );
+    let kill_after = STOP_DRAIN + sim.machine.config().timeouts.kill_grace;
+    let actions = sim.advance(kill_after - Duration::from_millis(1));
+    assert!(!signalled(&actions, new, GenerationSignal::Kill));
+    let actions = sim.advance(Duration::from_millis(1));
+    assert!(signalled(&actions, new, GenerationSignal::Kill));
+    assert!(signalled(&actions, 1, GenerationSignal::Kill));
+    let actions = sim.exited(new, ExitStatus::Signal(9));
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        LifecycleAction::Announce(SupervisorEvent::GenerationExited { expected: true, .. })
+    )));
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, LifecycleAction::Stopped))
+    );
+    let actions = sim.exited(1, ExitStatus::Signal(9));
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, LifecycleAction::Stopped))
+    );
+    assert!(sim.machine.is_finished());
+    assert_eq!(sim.machine.next_wakeup(), None);
+}
+
+#[test]
+fn a_stop_during_a_handoff_rolls_it_back_first_and_its_drain_counts_from_the_stop_signal() {
+    let mut sim = serving(Mode::Exclusive);
+    let ticket = sim.machine.begin_handoff().expect("ticket");
+    sim.spawned(ticket, build("daemon-b"));
+    let (id, new) = (ticket.handoff_id, ticket.generation);
+    sim.frame(new, 0, hello());
+    sim.frame(new, id, Message::Warm);
+    sim.frame(1, id, drained());
+    let actions = sim.step(LifecycleInput::Stop);
+    assert!(
+        signalled(&actions, new, GenerationSignal::Kill),
+        "the successor goes: {actions:?}"
+    );
+    assert!(
+        !signalled(&actions, 1, GenerationSignal::Stop),
+        "not before the rollback"
+    );
+    sim.closed(new);
+    let actions = sim.exited(new, ExitStatus::Signal(9));
+    assert!(sent_to(&actions, 1, "ResumeAfterAbort"));
+    // The resume takes 20 s; the stop signal follows the rollback.
+    sim.now += 20 * SECOND;
+    let actions = sim.frame(1, id, Message::ResumeAck);
+    assert!(matches!(
+        outcome(&actions),
+        Some(Outcome::RolledBack { .. })
+    ));
+    assert!(signalled(&actions, 1, GenerationSignal::Stop));
+    let actions = sim.advance(STOP_DRAIN);
+    assert!(
+        !signalled(&actions, 1, GenerationSignal::Kill),
+        "the drain counts from the signal"
+    );
+    let actions = sim.exited(1, ExitStatus::Code(0));
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, LifecycleAction::Stopped))
+    );
+}
+
+#[test]
+fn a_stop_with_nothing_alive_is_finished_at_once() {
+    let mut sim = Sim::library(Mode::Exclusive);
+    let actions = sim.step(LifecycleInput::Stop);
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, LifecycleAction::Stopped))
+    );
+    assert!(sim.machine.is_finished());
+}
+
+// ---------------------------------------------------------- every state
+
+#[test]
+fn the_tests_reach_every_lifecycle_state() {
+    let mut reached = HashSet::new();
+    let (mut sim, _) = in_probation();
+    sim.step(LifecycleInput::Stop);
+    sim.advance(STOP_DRAIN + sim.machine.config().timeouts.kill_grace);
+    sim.exited(2, ExitStatus::Signal(9));
+    sim.exited(1, ExitStatus::Signal(9));
+    assert!(sim.machine.is_finished());
+    reached.extend(sim.visited);
+    for state in LifecycleState::ALL {
+        assert!(reached.contains(state), "{state} never reached");
+    }
+}

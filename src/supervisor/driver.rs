@@ -1,0 +1,485 @@
+//! The supervisor's one loop: it owns the processes, the reporting threads'
+//! channels and the callers waiting for answers; it feeds what happens to
+//! the lifecycle machine (`protocol::lifecycle`) and performs what the
+//! machine decides. No decision is taken here.
+//!
+//! One thread, for two reasons (I11): children are spawned from it because
+//! `PR_SET_PDEATHSIG` fires when the thread that forked a child exits, and
+//! only it reaps, so a pid it signals cannot have been reused.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::AsFd;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, select};
+
+use super::config::{SupervisorConfig, UpgradeRequest};
+use super::probes::Probes;
+use super::process::GenerationProcess;
+use super::report::{Status, SupervisorState};
+use super::spawn::{Event, Launch, Spawner};
+use crate::error::{Error, Result};
+use crate::fault::{self, FaultRole};
+use crate::protocol::{
+    GenerationId, GenerationSignal, LifecycleAction, LifecycleInput, LifecycleMachine, Note,
+    Outcome, Refusal, Spawned, SupervisorEvent, Ticket,
+};
+use crate::sys::Sig;
+use crate::wire::{FdEntry, MAX_FDS_PER_FRAME, Message};
+
+/// What a [`super::SupervisorHandle`] asks of the loop.
+pub(crate) enum Command {
+    Upgrade(UpgradeRequest, Sender<Result<Outcome>>),
+    Status(Sender<Status>),
+    Stop(Sender<()>),
+    Subscribe(Sender<SupervisorEvent>),
+}
+
+pub(crate) struct Driver {
+    config: SupervisorConfig,
+    machine: LifecycleMachine,
+    processes: HashMap<GenerationId, GenerationProcess>,
+    spawner: Spawner,
+    events: Receiver<Event>,
+    probes: Probes,
+    /// Callers waiting for a handoff's verdict, by handoff id.
+    replies: HashMap<u64, Sender<Result<Outcome>>>,
+    /// Callers waiting for the stop to end.
+    stopped: Vec<Sender<()>>,
+    subscribers: Vec<Sender<SupervisorEvent>>,
+    started: Instant,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        config: SupervisorConfig,
+        subscribers: Vec<Sender<SupervisorEvent>>,
+    ) -> Driver {
+        let now = Instant::now();
+        let (events_tx, events) = crossbeam_channel::unbounded();
+        Driver {
+            machine: LifecycleMachine::new(config.lifecycle(), now),
+            probes: Probes::new(config.probe.clone(), config.timeouts),
+            config,
+            processes: HashMap::new(),
+            spawner: Spawner::new(events_tx),
+            events,
+            replies: HashMap::new(),
+            stopped: Vec::new(),
+            subscribers,
+            started: now,
+        }
+    }
+
+    /// Starts generation 1 (a handoff with no incumbent); the error if it
+    /// cannot even be spawned.
+    pub(crate) fn start(&mut self) -> Result<()> {
+        self.upgrade(UpgradeRequest::default()).map(drop)
+    }
+
+    /// Runs until everything stopped.
+    pub(crate) fn run(mut self, commands: &Receiver<Command>) -> Result<()> {
+        let events = self.events.clone();
+        let verdicts = self.probes.receiver.clone();
+        while !self.machine.is_finished() {
+            let timer = match self.machine.next_wakeup() {
+                Some(at) => crossbeam_channel::at(at.max(Instant::now())),
+                None => crossbeam_channel::never(),
+            };
+            select! {
+                recv(commands) -> command => match command {
+                    Ok(command) => self.on_command(command),
+                    // Every handle dropped: nobody can reach us any more.
+                    Err(_) => self.feed(LifecycleInput::Stop),
+                },
+                recv(events) -> event => {
+                    if let Ok(event) = event {
+                        self.on_event(event);
+                    }
+                },
+                recv(verdicts) -> verdict => {
+                    if let Ok(verdict) = verdict {
+                        self.feed(LifecycleInput::Probed {
+                            purpose: verdict.purpose,
+                            result: verdict.result,
+                        });
+                    }
+                },
+                recv(timer) -> _ => {},
+            }
+            self.feed(LifecycleInput::Tick);
+        }
+        Ok(())
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Upgrade(request, reply) => match self.upgrade(request) {
+                Ok(handoff_id) => {
+                    self.replies.insert(handoff_id, reply);
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Stop(reply) => {
+                self.stopped.push(reply);
+                if self.machine.is_finished() {
+                    self.answer_stopped();
+                } else {
+                    self.feed(LifecycleInput::Stop);
+                }
+            }
+            Command::Subscribe(subscriber) => self.subscribers.push(subscriber),
+        }
+    }
+
+    /// Starts a handoff to what `request` asks for; its id.
+    fn upgrade(&mut self, request: UpgradeRequest) -> Result<u64> {
+        let requested = Instant::now();
+        let ticket = self
+            .machine
+            .begin_handoff()
+            .map_err(|refusal| match refusal {
+                Refusal::Busy => Error::Busy,
+                Refusal::Stopping => Error::SessionOver,
+            })?;
+        let launch = Launch::upgrade(&self.config, request)?;
+        let spawned = self.launch(ticket, &launch, requested)?;
+        self.feed(LifecycleInput::Spawned(Box::new(spawned)));
+        Ok(ticket.handoff_id)
+    }
+
+    fn launch(&mut self, ticket: Ticket, launch: &Launch, requested: Instant) -> Result<Spawned> {
+        let (process, spawn_time) = self
+            .spawner
+            .spawn(&self.config, ticket.generation, launch)?;
+        let pid = process.pid;
+        self.processes.insert(ticket.generation, process);
+        Ok(Spawned {
+            ticket,
+            pid,
+            build: launch.build.clone(),
+            timeouts: launch.timeouts,
+            force: launch.force,
+            requested,
+            spawn_time,
+        })
+    }
+
+    fn on_event(&mut self, event: Event) {
+        let input = match event {
+            Event::Frame { generation, frame } => LifecycleInput::Frame {
+                generation,
+                handoff_id: frame.envelope.handoff_id,
+                message: frame.envelope.message,
+            },
+            Event::Closed { generation, error } => {
+                if let Some(error) = error {
+                    tracing::warn!(generation, %error, "control connection failed");
+                }
+                LifecycleInput::Closed { generation }
+            }
+            Event::Exited { generation } => {
+                // Reaped first, so that every decision sees the exit.
+                let Some(process) = self.processes.get_mut(&generation) else {
+                    return;
+                };
+                let status = process.reap();
+                LifecycleInput::Exited { generation, status }
+            }
+            Event::Notified { generation, note } => LifecycleInput::Notified {
+                generation,
+                pid: note.pid,
+                text: note.text,
+            },
+        };
+        self.feed(input);
+    }
+
+    /// Steps the machine with `input` and performs its actions, and those
+    /// of the inputs they give rise to (a failed send, an injected fault, a
+    /// restart's spawn), in order.
+    fn feed(&mut self, input: LifecycleInput) {
+        let mut queue = VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            for action in self.machine.step(input, Instant::now()) {
+                self.perform(action, &mut queue);
+            }
+        }
+    }
+
+    fn perform(&mut self, action: LifecycleAction, queue: &mut VecDeque<LifecycleInput>) {
+        match action {
+            LifecycleAction::Send {
+                to,
+                handoff_id,
+                message,
+            } => {
+                let sent = self.process(to).map(|p| p.send(handoff_id, message));
+                if let Some(Err(error)) = sent {
+                    tracing::warn!(generation = to, %error, "send failed; the generation is taken for gone");
+                    queue.push_back(LifecycleInput::Closed { generation: to });
+                }
+            }
+            LifecycleAction::SendListeners { to, handoff_id } => {
+                if let Err(error) = self.send_listeners(to, handoff_id) {
+                    tracing::warn!(generation = to, %error, "sending the listeners failed");
+                    queue.push_back(LifecycleInput::Closed { generation: to });
+                }
+            }
+            LifecycleAction::Signal { to, signal } => self.signal(to, signal),
+            LifecycleAction::StartProbe { purpose, until } => self.probes.run(purpose, until),
+            LifecycleAction::WatchProbation { generation, until } => {
+                self.probes.watch_probation(generation, until)
+            }
+            LifecycleAction::Restart { ticket, build } => {
+                let requested = Instant::now();
+                let spawned = Launch::restart(&self.config, build)
+                    .and_then(|launch| self.launch(ticket, &launch, requested));
+                queue.push_back(match spawned {
+                    Ok(spawned) => LifecycleInput::Spawned(Box::new(spawned)),
+                    Err(error) => {
+                        let reason = crate::error::chain(&error);
+                        tracing::error!(error = %reason, "restart refused or failed");
+                        LifecycleInput::SpawnFailed { ticket, reason }
+                    }
+                });
+            }
+            LifecycleAction::Entered { generation, state } => {
+                tracing::debug!(generation, state, "entered");
+                if fault::reached(FaultRole::Supervisor, state, generation).is_err() {
+                    queue.push_back(LifecycleInput::FaultInjected { generation });
+                }
+            }
+            LifecycleAction::Finished(outcome) => {
+                log_outcome(&outcome);
+                if let Some(reply) = self.replies.remove(&outcome.handoff_id()) {
+                    let _ = reply.send(Ok(*outcome));
+                }
+            }
+            LifecycleAction::Announce(event) => {
+                if let SupervisorEvent::GenerationRetired {
+                    generation,
+                    pid,
+                    status,
+                } = &event
+                {
+                    tracing::info!(generation, pid, %status, "old generation gone");
+                }
+                self.subscribers
+                    .retain(|subscriber| subscriber.send(event.clone()).is_ok());
+            }
+            LifecycleAction::Note(note) => log_note(&note),
+            LifecycleAction::Forget { generation } => {
+                self.processes.remove(&generation);
+            }
+            LifecycleAction::Stopped => self.answer_stopped(),
+        }
+    }
+
+    fn process(&self, generation: GenerationId) -> Option<&GenerationProcess> {
+        self.processes.get(&generation)
+    }
+
+    fn signal(&self, to: GenerationId, signal: GenerationSignal) {
+        let Some(process) = self.process(to) else {
+            return;
+        };
+        let quiesce = self.config.protocol.quiesce_signals();
+        let sig = match signal {
+            GenerationSignal::Stop => Some(self.config.protocol.stop_signal()),
+            GenerationSignal::Kill => Some(Sig::Kill),
+            GenerationSignal::Quiesce => quiesce.map(|pair| pair.quiesce),
+            GenerationSignal::Resume => quiesce.map(|pair| pair.resume),
+        };
+        if let Some(sig) = sig {
+            process.signal(sig);
+        }
+    }
+
+    /// The named fds HelloAck promised, at most 253 per frame.
+    fn send_listeners(&self, to: GenerationId, handoff_id: u64) -> Result<()> {
+        let Some(sender) = self.process(to).and_then(|p| p.sender.as_ref()) else {
+            return Ok(());
+        };
+        for chunk in self.config.listeners.chunks(usize::from(MAX_FDS_PER_FRAME)) {
+            let entries = chunk
+                .iter()
+                .map(|l| FdEntry {
+                    name: l.name.clone(),
+                    kind: l.kind,
+                })
+                .collect();
+            let fds: Vec<_> = chunk.iter().map(|l| l.fd.as_fd()).collect();
+            sender.send(handoff_id, Message::Fds { entries }, &fds)?;
+        }
+        Ok(())
+    }
+
+    fn answer_stopped(&mut self) {
+        for reply in self.stopped.drain(..) {
+            let _ = reply.send(());
+        }
+    }
+
+    fn status(&self) -> Status {
+        let live = self.machine.live();
+        Status {
+            supervisor_pid: std::process::id(),
+            state: SupervisorState::of(self.machine.state(), live.is_some()),
+            generation: live.map_or(0, |live| live.id),
+            child_pid: live.map(|live| live.pid),
+            // By path: a pinned generation runs `/proc/self/fd/N`, which
+            // names nothing outside the supervisor.
+            program: live.map_or_else(
+                || self.config.program.clone(),
+                |live| live.build.program.clone(),
+            ),
+            mode: self.config.mode,
+            listeners: self
+                .config
+                .listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.address.clone()))
+                .collect(),
+            uptime: self.started.elapsed(),
+            last_handoff: self.machine.last_handoff().cloned(),
+            retiring: self.machine.retiring(),
+            last_probation_rollback: self.machine.last_probation_rollback().cloned(),
+        }
+    }
+}
+
+fn log_outcome(outcome: &Outcome) {
+    match outcome {
+        Outcome::Committed {
+            handoff_id,
+            new_pid,
+            generation,
+            phases,
+            ..
+        } => tracing::info!(
+            handoff_id,
+            new_pid,
+            generation,
+            total_ms = u64::try_from(phases.total.as_millis()).unwrap_or(u64::MAX),
+            "handoff committed"
+        ),
+        Outcome::RolledBack {
+            handoff_id, reason, ..
+        } => tracing::warn!(handoff_id, %reason, "handoff rolled back"),
+    }
+}
+
+/// One log line per note, at the level its news deserves.
+fn log_note(note: &Note) {
+    match note {
+        Note::UnexpectedMessage {
+            generation,
+            message,
+        } => tracing::warn!(
+            generation,
+            message,
+            "the live generation sent a message outside a handoff; ignored"
+        ),
+        Note::ControlClosed { generation } => {
+            tracing::warn!(
+                generation,
+                "the live generation closed its control connection"
+            )
+        }
+        Note::RestartScheduled { delay } => tracing::info!(
+            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            "restarting the generation"
+        ),
+        Note::NoRestart => tracing::info!("restart policy says no restart; stopping"),
+        Note::LiveLost { generation } => tracing::warn!(
+            generation,
+            "the live generation exited during a handoff: the successor serves if it commits, \
+             else a generation in probation resumes or the restart policy decides"
+        ),
+        Note::RestartDropped => tracing::info!(
+            "a restart was pending (the incumbent exited during the handoff): the committed \
+             generation serves instead"
+        ),
+        Note::ResumingProbation {
+            generation,
+            failed,
+            reason,
+        } => tracing::warn!(
+            generation,
+            failed,
+            %reason,
+            "the live generation failed while the previous one was in probation: resuming it"
+        ),
+        Note::IncumbentStopped { why } => {
+            tracing::warn!(%why, "the old generation was stopped before the commit")
+        }
+        Note::ProbationHeld { generation, detail } => tracing::info!(
+            generation,
+            %detail,
+            "a probation probe attempt failed: the probation is held open while it is confirmed"
+        ),
+        Note::ProbationCleared { generation } => {
+            tracing::info!(generation, "the probation probe passes again")
+        }
+        Note::ProbationFailed { generation, detail } => tracing::warn!(
+            generation,
+            %detail,
+            "the new generation failed its health probe during probation"
+        ),
+        Note::ProbeIgnored { generation, detail } => tracing::warn!(
+            generation,
+            %detail,
+            "a probation probe failure came when nothing could be rolled back: ignored"
+        ),
+        Note::ResumeChecked {
+            generation,
+            result: Ok(()),
+            ..
+        } => tracing::info!(
+            generation,
+            "the resumed generation answers its health probe"
+        ),
+        Note::ResumeChecked {
+            generation,
+            result: Err(detail),
+            killed: true,
+        } => tracing::error!(
+            generation,
+            %detail,
+            "the resumed generation does not answer its health probe: killing it"
+        ),
+        Note::ResumeChecked {
+            generation,
+            result: Err(detail),
+            killed: false,
+        } => tracing::warn!(
+            generation,
+            %detail,
+            "the resumed generation failed its health probe, but no longer serves alone"
+        ),
+        Note::ResumedTooLate { generation } => tracing::warn!(
+            generation,
+            "the resumed generation found another one serving: it retires"
+        ),
+        Note::ForeignSender {
+            generation,
+            sender,
+            expected,
+        } => tracing::warn!(
+            generation,
+            ?sender,
+            expected,
+            "notification from another process ignored"
+        ),
+        Note::FaultKill { generation } => tracing::warn!(
+            generation,
+            "injected error while retiring: killing the old generation"
+        ),
+    }
+}

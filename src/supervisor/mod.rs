@@ -1,0 +1,165 @@
+//! The supervisor as a library: holds the listeners, spawns generations,
+//! and drives handoffs. `handoffctl` is a thin binary over this module.
+//!
+//! ```text
+//!  SupervisorHandle --commands--> driver (one thread) --steps--> protocol::LifecycleMachine
+//!                                   ^  performs actions            (handoff, retire machines)
+//!           reader / waiter / notification / probe threads --events--'
+//! ```
+//!
+//! The layers, one file each: `config` (what a supervisor is given),
+//! `report` (what it reports), `driver` (the loop: routes events to the
+//! lifecycle machine and performs its actions, no policy), `process` (a
+//! generation's process handle), `spawn` (starting generations and their
+//! reporting threads), `probes` (the health probe's threads). Every
+//! decision lives in [`crate::protocol::LifecycleMachine`]; the invariants
+//! cited are in ARCHITECTURE.md.
+
+mod config;
+mod driver;
+mod probes;
+mod process;
+mod report;
+mod spawn;
+
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+pub use self::config::{
+    DaemonProtocol, NamedListener, QuiesceSignals, SupervisorConfig, UpgradeRequest,
+};
+pub use self::report::{Status, SupervisorState};
+pub use crate::protocol::{
+    ExitStatus, Outcome, ProbationRollback, RestartPolicy, ResumeCheck, SupervisorEvent,
+};
+
+use self::driver::{Command, Driver};
+use crate::error::{Error, Result};
+
+/// A running supervisor; dropping it does not stop it (use
+/// [`SupervisorHandle::stop`] and [`Supervisor::join`]).
+#[derive(Debug)]
+pub struct Supervisor {
+    handle: SupervisorHandle,
+    thread: std::thread::JoinHandle<Result<()>>,
+}
+
+/// A cloneable handle to a running supervisor.
+#[derive(Debug, Clone)]
+pub struct SupervisorHandle {
+    commands: Sender<Command>,
+}
+
+impl Supervisor {
+    /// Starts the loop thread and the first generation. Fails if the first
+    /// generation cannot even be spawned.
+    pub fn start(config: SupervisorConfig) -> Result<Supervisor> {
+        Supervisor::start_with_events(config).map(|(supervisor, _)| supervisor)
+    }
+
+    /// Like [`Supervisor::start`], with an event stream subscribed before
+    /// the first generation is spawned, so that it sees every event.
+    pub fn start_with_events(config: SupervisorConfig) -> Result<(Supervisor, EventStream)> {
+        config.timeouts.validate()?;
+        let (subscriber, events) = crossbeam_channel::unbounded();
+        let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
+        let (started_tx, started_rx) = crossbeam_channel::bounded::<Result<()>>(1);
+        let thread = std::thread::Builder::new()
+            .name("handoff-supervisor".into())
+            .spawn(move || {
+                let mut driver = Driver::new(config, vec![subscriber]);
+                let first = driver.start();
+                let failed = first.is_err();
+                let _ = started_tx.send(first);
+                if failed {
+                    return Ok(());
+                }
+                driver.run(&commands_rx)
+            })
+            .map_err(|source| Error::io("starting the supervisor thread", source))?;
+        match started_rx.recv() {
+            Ok(Ok(())) => Ok((
+                Supervisor {
+                    handle: SupervisorHandle {
+                        commands: commands_tx,
+                    },
+                    thread,
+                },
+                EventStream { events },
+            )),
+            Ok(Err(error)) => {
+                let _ = thread.join();
+                Err(error)
+            }
+            Err(_) => Err(Error::SessionOver),
+        }
+    }
+
+    /// A handle for commands.
+    pub fn handle(&self) -> SupervisorHandle {
+        self.handle.clone()
+    }
+
+    /// Waits for the loop to end (after a stop, or when the generation
+    /// exited under `RestartPolicy::Never`).
+    pub fn join(self) -> Result<()> {
+        self.thread.join().unwrap_or(Err(Error::SessionOver))
+    }
+}
+
+impl SupervisorHandle {
+    fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.commands
+            .send(make(tx))
+            .map_err(|_| Error::SessionOver)?;
+        rx.recv().map_err(|_| Error::SessionOver)
+    }
+
+    /// Runs one handoff to its end. `Err(Error::Busy)` while another is in
+    /// flight.
+    pub fn upgrade(&self, request: UpgradeRequest) -> Result<Outcome> {
+        self.ask(|tx| Command::Upgrade(request, tx))?
+    }
+
+    /// Reports the supervisor.
+    pub fn status(&self) -> Result<Status> {
+        self.ask(Command::Status)
+    }
+
+    /// Stops gracefully: cancels a handoff in flight, sends SIGTERM to every
+    /// generation and waits for them (SIGKILL after the stop drain). Returns
+    /// when everything exited.
+    pub fn stop(&self) -> Result<()> {
+        self.ask(Command::Stop)
+    }
+
+    /// Subscribes to events from now on.
+    pub fn subscribe(&self) -> Result<EventStream> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.commands
+            .send(Command::Subscribe(tx))
+            .map_err(|_| Error::SessionOver)?;
+        Ok(EventStream { events: rx })
+    }
+}
+
+/// A stream of [`SupervisorEvent`]s.
+#[derive(Debug)]
+pub struct EventStream {
+    events: Receiver<SupervisorEvent>,
+}
+
+impl EventStream {
+    /// The next event, waiting at most `timeout`; `None` on timeout or when
+    /// the supervisor is gone.
+    pub fn next_timeout(&self, timeout: Duration) -> Option<SupervisorEvent> {
+        self.events.recv_timeout(timeout).ok()
+    }
+
+    /// The next event; `None` when the supervisor is gone.
+    pub fn next(&self) -> Option<SupervisorEvent> {
+        self.events.recv().ok()
+    }
+}

@@ -1,0 +1,122 @@
+//! A generation's process as the driver holds it: its pid and handle, its
+//! control connection (library daemons) or notification socket (foreign
+//! ones), and its exit once reaped.
+//!
+//! Hazard: a pid may be reused once its process is reaped. Only the
+//! driver's loop reaps (I11), and a reaped process is never signalled
+//! again, so a signal cannot reach a stranger.
+
+use crate::channel;
+use crate::error::Result;
+use crate::protocol::{ExitStatus, GenerationId};
+use crate::sys::{self, Sig};
+use crate::wire::Message;
+
+/// One generation's process.
+#[derive(Debug)]
+pub(crate) struct GenerationProcess {
+    pub(crate) id: GenerationId,
+    pub(crate) pid: u32,
+    process: std::process::Child,
+    /// The control connection (`None` for a foreign daemon).
+    pub(crate) sender: Option<channel::Sender>,
+    /// A foreign daemon's notification socket.
+    notify: Option<sys::NotifySocket>,
+    exit: Option<ExitStatus>,
+}
+
+impl GenerationProcess {
+    pub(crate) fn new(
+        id: GenerationId,
+        process: std::process::Child,
+        sender: Option<channel::Sender>,
+        notify: Option<sys::NotifySocket>,
+    ) -> Self {
+        GenerationProcess {
+            id,
+            pid: process.id(),
+            process,
+            sender,
+            notify,
+            exit: None,
+        }
+    }
+
+    /// Sends on the control connection (a foreign daemon has none: no-op).
+    pub(crate) fn send(&self, handoff_id: u64, message: Message) -> Result<()> {
+        match &self.sender {
+            Some(sender) => sender.send(handoff_id, message, &[]),
+            None => Ok(()),
+        }
+    }
+
+    /// Signals the process, unless it was reaped. SIGKILL goes to the
+    /// whole group (I16), so nothing the generation forked outlives it;
+    /// polite signals go to the leader, which owns its children.
+    pub(crate) fn signal(&self, signal: Sig) {
+        if self.exit.is_some() {
+            return;
+        }
+        let sent = match signal {
+            Sig::Kill => {
+                sys::signal_group(self.pid, signal).or_else(|_| sys::signal(self.pid, signal))
+            }
+            _ => sys::signal(self.pid, signal),
+        };
+        if let Err(error) = sent {
+            tracing::debug!(pid = self.pid, error = %error, "signal failed");
+        }
+    }
+
+    /// Reaps after the waiter reported the exit. First SIGKILLs what is
+    /// left of the generation's process group (I16): the exited leader is
+    /// still a zombie, so the group it leads cannot have been reused (I11).
+    pub(crate) fn reap(&mut self) -> ExitStatus {
+        if let Some(status) = self.exit {
+            return status;
+        }
+        if sys::signal_group(self.pid, Sig::Kill).is_ok() {
+            tracing::debug!(
+                generation = self.id,
+                pid = self.pid,
+                "SIGKILL to its process group before the reap"
+            );
+        }
+        let status = match self.process.wait() {
+            Ok(status) => sys::exit_status(status),
+            Err(error) => {
+                tracing::error!(pid = self.pid, %error, "reaping a generation failed");
+                ExitStatus::Unknown
+            }
+        };
+        // The control socket is left alone: the dead peer's end is closed,
+        // so the reader reads every frame the child sent before it died,
+        // then EOF. It is shut down when the process handle is dropped.
+        if let Some(notify) = &self.notify {
+            notify.shutdown();
+        }
+        self.exit = Some(status);
+        status
+    }
+}
+
+impl Drop for GenerationProcess {
+    fn drop(&mut self) {
+        // Wakes the reader thread even if some other process still holds
+        // the generation's end of the socket.
+        if let Some(sender) = &self.sender {
+            sender.shutdown();
+        }
+        if self.exit.is_none() {
+            // Forgotten unreaped would be a defect: say so, and do not
+            // leave a zombie behind.
+            tracing::error!(
+                generation = self.id,
+                pid = self.pid,
+                "a generation's handle was dropped before its reap; killing it"
+            );
+            self.signal(Sig::Kill);
+            let _ = self.process.wait();
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! What a supervisor reports: its state and its status. The events it
+//! announces and the outcome of a handoff are the lifecycle machine's own
+//! types (`protocol::outcome`), re-exported from here.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::protocol::{LifecycleState, Outcome, ProbationRollback};
+use crate::wire::Mode;
+
+/// What the supervisor is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SupervisorState {
+    /// No generation serves yet (first start or a restart).
+    Starting,
+    /// A generation serves.
+    Serving,
+    /// A handoff is in flight.
+    HandingOff,
+    /// Stopping.
+    Stopping,
+}
+
+/// A report of the supervisor.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    /// The supervisor's pid.
+    pub supervisor_pid: u32,
+    /// What it does.
+    pub state: SupervisorState,
+    /// The serving generation's number (0 when none).
+    pub generation: u64,
+    /// The serving generation's pid.
+    pub child_pid: Option<u32>,
+    /// The serving generation's binary, by the path it was started from
+    /// (not the `/proc/self/fd/N` a pinned binary is executed through).
+    pub program: PathBuf,
+    /// The mode.
+    pub mode: Mode,
+    /// `(name, address)` of each listener.
+    pub listeners: Vec<(String, String)>,
+    /// Time since the supervisor started.
+    pub uptime: Duration,
+    /// The last handoff (cold starts included).
+    pub last_handoff: Option<Outcome>,
+    /// Pids of old generations still being retired.
+    pub retiring: Vec<u32>,
+    /// The last automatic rollback during a probation, if any since the
+    /// supervisor started.
+    pub last_probation_rollback: Option<ProbationRollback>,
+}
+
+impl SupervisorState {
+    /// The public state: a handoff with nobody serving (a cold start, a
+    /// restart) is still starting.
+    pub(crate) fn of(state: LifecycleState, serving: bool) -> SupervisorState {
+        match state {
+            LifecycleState::Starting => SupervisorState::Starting,
+            LifecycleState::Serving => SupervisorState::Serving,
+            LifecycleState::HandingOff if serving => SupervisorState::HandingOff,
+            LifecycleState::HandingOff => SupervisorState::Starting,
+            LifecycleState::Stopping | LifecycleState::Finished => SupervisorState::Stopping,
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! Starting a generation: what it runs (a pinned binary through its open,
+//! hashed file), the process, and the threads that report on it (the
+//! control connection's reader, a notification reader for a foreign
+//! daemon, and a waiter that reports its exit without reaping it, I11).
+//!
+//! Called from the driver's loop thread only: `PR_SET_PDEATHSIG` fires when
+//! the *thread* that forked a child exits (see `sys`).
+
+use std::ffi::OsString;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use super::config::{DaemonProtocol, NamedListener, SupervisorConfig, UpgradeRequest};
+use super::process::GenerationProcess;
+use crate::channel::{self, Received};
+use crate::error::{Error, Peer, Result};
+use crate::os::PinnedBinary;
+use crate::protocol::{Build, GenerationId};
+use crate::successor::{ENV_HEARTBEAT_MS, ENV_SUPERVISOR_PID};
+use crate::sys::{self, SpawnSpec};
+use crate::timeouts::Timeouts;
+
+/// What the reader, waiter and notification threads report.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A frame on a generation's control connection.
+    Frame {
+        generation: GenerationId,
+        frame: crate::wire::Frame,
+    },
+    /// Its control connection ended.
+    Closed {
+        generation: GenerationId,
+        error: Option<String>,
+    },
+    /// Its process exited (not reaped yet).
+    Exited { generation: GenerationId },
+    /// A datagram on a foreign generation's notification socket.
+    Notified {
+        generation: GenerationId,
+        note: sys::Notification,
+    },
+}
+
+/// What one spawn runs: the path to execute (a pin's `/proc/self/fd/N`
+/// while the pin lives), the build recorded for restarts, the durations,
+/// the extra environment, and the pin itself.
+pub(crate) struct Launch {
+    pub(crate) exec: PathBuf,
+    pub(crate) build: Build,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) force: bool,
+    pub(crate) env: Vec<(OsString, OsString)>,
+    /// Kept open until the spawn has exec'd it.
+    pub(crate) _pin: Option<PinnedBinary>,
+}
+
+impl Launch {
+    /// An upgrade (or the first start): the request's binary, or the
+    /// configured one (pinned when the config pins it).
+    pub(crate) fn upgrade(config: &SupervisorConfig, request: UpgradeRequest) -> Result<Launch> {
+        let timeouts = config
+            .timeouts
+            .for_handoff(request.drain_grace, request.deadline)?;
+        let args = request.args.unwrap_or_else(|| config.args.clone());
+        let (exec, build, pin) = match (request.program, &config.program_sha256) {
+            (Some(program), _) => {
+                let build = Build {
+                    program: request.restart_program.unwrap_or_else(|| program.clone()),
+                    args,
+                    sha256: request.restart_sha256,
+                };
+                (program, build, None)
+            }
+            (None, expected) => {
+                let build = Build {
+                    program: config.program.clone(),
+                    args,
+                    sha256: expected.clone(),
+                };
+                let (exec, pin) = pinned(&build)?;
+                (exec, build, pin)
+            }
+        };
+        Ok(Launch {
+            exec,
+            build,
+            timeouts,
+            force: request.force,
+            env: request.env,
+            _pin: pin,
+        })
+    }
+
+    /// A restart: the build again, and, if it was pinned, only if its file
+    /// still has that content (run from the open, hashed file).
+    pub(crate) fn restart(config: &SupervisorConfig, build: Build) -> Result<Launch> {
+        let (exec, pin) = pinned(&build)?;
+        Ok(Launch {
+            exec,
+            build,
+            timeouts: config.timeouts,
+            force: false,
+            env: Vec::new(),
+            _pin: pin,
+        })
+    }
+}
+
+/// The path to execute `build` through: its open, hashed file when it is
+/// pinned (a different content is refused), else its path.
+fn pinned(build: &Build) -> Result<(PathBuf, Option<PinnedBinary>)> {
+    match &build.sha256 {
+        Some(expected) => {
+            let pin = crate::os::pin_binary(&build.program, expected)?;
+            Ok((pin.exec_path(), Some(pin)))
+        }
+        None => Ok((build.program.clone(), None)),
+    }
+}
+
+/// Starts generations and their reporting threads.
+pub(crate) struct Spawner {
+    events: Sender<Event>,
+    /// Where foreign generations' notification sockets live (made on the
+    /// first foreign spawn).
+    notify_dir: Option<sys::PrivateDir>,
+}
+
+impl Spawner {
+    pub(crate) fn new(events: Sender<Event>) -> Spawner {
+        Spawner {
+            events,
+            notify_dir: None,
+        }
+    }
+
+    /// Spawns generation `id` running `launch`; how long the spawn took.
+    pub(crate) fn spawn(
+        &mut self,
+        config: &SupervisorConfig,
+        id: GenerationId,
+        launch: &Launch,
+    ) -> Result<(GenerationProcess, Duration)> {
+        let begun = Instant::now();
+        let mut env = config.env.clone();
+        env.extend(launch.env.iter().cloned());
+        let process = match config.protocol {
+            DaemonProtocol::Library => self.spawn_library(config, id, launch, env)?,
+            DaemonProtocol::Systemd { .. } => {
+                self.spawn_foreign(&config.listeners, id, launch, env)?
+            }
+        };
+        self.spawn_waiter(id, process.pid)?;
+        tracing::info!(
+            generation = id,
+            pid = process.pid,
+            program = %launch.build.program.display(),
+            "generation spawned"
+        );
+        Ok((process, begun.elapsed()))
+    }
+
+    fn spawn_library(
+        &mut self,
+        config: &SupervisorConfig,
+        id: GenerationId,
+        launch: &Launch,
+        mut env: Vec<(OsString, OsString)>,
+    ) -> Result<GenerationProcess> {
+        let (ours, theirs) = sys::control_pair()
+            .map_err(|source| Error::io("creating a generation's socketpair", source))?;
+        env.push((
+            ENV_SUPERVISOR_PID.into(),
+            std::process::id().to_string().into(),
+        ));
+        let heartbeat = config.timeouts.heartbeat_interval.as_millis().to_string();
+        env.push((ENV_HEARTBEAT_MS.into(), heartbeat.into()));
+        let process = sys::spawn(SpawnSpec {
+            program: launch.exec.clone(),
+            args: launch.build.args.clone(),
+            env,
+            control: Some(theirs),
+            die_with_parent: true,
+        })
+        .map_err(|source| Error::Spawn {
+            binary: launch.build.program.clone(),
+            source,
+        })?;
+        let (sender, receiver) =
+            channel::split(ours, Peer::Successor, config.timeouts.socket_write)?;
+        let events = self.events.clone();
+        channel::spawn_reader(format!("handoff-gen{id}"), receiver, move |received| {
+            let event = match received {
+                Received::Frame(frame) => Event::Frame {
+                    generation: id,
+                    frame,
+                },
+                Received::Closed(error) => Event::Closed {
+                    generation: id,
+                    error: error.map(|e| e.to_string()),
+                },
+            };
+            events.send(event).is_ok()
+        })?;
+        Ok(GenerationProcess::new(id, process, Some(sender), None))
+    }
+
+    /// A foreign generation (`DaemonProtocol::Systemd`): socket activation,
+    /// a notification socket of its own, and a reader for it.
+    fn spawn_foreign(
+        &mut self,
+        listeners: &[NamedListener],
+        id: GenerationId,
+        launch: &Launch,
+        env: Vec<(OsString, OsString)>,
+    ) -> Result<GenerationProcess> {
+        if self.notify_dir.is_none() {
+            self.notify_dir = Some(
+                sys::PrivateDir::create()
+                    .map_err(|source| Error::io("creating the notification directory", source))?,
+            );
+        }
+        let dir = self
+            .notify_dir
+            .as_ref()
+            .map(|d| d.path().to_owned())
+            .unwrap_or_default();
+        let notify = sys::NotifySocket::bind(&dir.join(format!("gen{id}.sock")))
+            .map_err(|source| Error::io("binding a notification socket", source))?;
+        let process = sys::spawn_foreign(sys::ForeignSpec {
+            program: launch.exec.clone(),
+            args: launch.build.args.clone(),
+            env,
+            listeners: listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.fd.as_fd()))
+                .collect(),
+            notify_socket: Some(notify.path().to_owned()),
+            die_with_parent: true,
+        })
+        .map_err(|source| Error::Spawn {
+            binary: launch.build.program.clone(),
+            source,
+        })?;
+        let reader = notify
+            .try_clone()
+            .map_err(|source| Error::io("cloning a notification socket", source))?;
+        let events = self.events.clone();
+        std::thread::Builder::new()
+            .name(format!("handoff-notify{id}"))
+            .spawn(move || {
+                // Ends when the socket is shut down at the reap.
+                while let Ok(Some(note)) = sys::receive_notification(&reader) {
+                    if events
+                        .send(Event::Notified {
+                            generation: id,
+                            note,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            })
+            .map_err(|source| Error::io("starting a notification reader", source))?;
+        Ok(GenerationProcess::new(id, process, None, Some(notify)))
+    }
+
+    /// A thread that reports the child's exit without reaping it (I11).
+    fn spawn_waiter(&self, id: GenerationId, pid: u32) -> Result<()> {
+        let events = self.events.clone();
+        std::thread::Builder::new()
+            .name(format!("handoff-wait{id}"))
+            .spawn(move || {
+                if let Err(error) = sys::wait_exit_nowait(pid) {
+                    tracing::error!(pid, error = %error, "waiting for a generation failed");
+                }
+                let _ = events.send(Event::Exited { generation: id });
+            })
+            .map(drop)
+            .map_err(|source| Error::io("starting a waiter thread", source))
+    }
+}
