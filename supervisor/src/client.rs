@@ -8,10 +8,10 @@ use std::time::Duration;
 use handoff::Timeouts;
 use handoff::timeouts::parse_duration;
 
+use crate::admin::wire::{ErrorKind, MAX_LINE, Request, Response};
 use crate::cli::{RollbackArgs, StatusArgs, Target, UpgradeArgs};
 use crate::config::{client_socket, parse_sha256};
 use crate::error::Failure;
-use crate::protocol::{ErrorKind, MAX_LINE, Request, Response};
 
 /// Sends `request` and returns the response. `wait` bounds the wait for the
 /// answer (`None`: until the supervisor answers, for synchronous verbs).

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::protocol::ErrorKind;
+use crate::admin::wire::ErrorKind;
 
 /// Exit codes; scripts and units depend on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

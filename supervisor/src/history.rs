@@ -30,7 +30,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::protocol::{BinaryRecord, HISTORY_LEN, HistoryEntry};
+use crate::admin::wire::{BinaryRecord, HISTORY_LEN, HistoryEntry};
 
 /// The file format's version; a file with another one is not read.
 pub const HISTORY_VERSION: u32 = 1;
@@ -85,7 +85,7 @@ impl History {
         &mut self,
         failed_generation: u64,
         handoff_id: u64,
-        rollback: crate::protocol::AutomaticRollback,
+        rollback: crate::admin::wire::AutomaticRollback,
     ) -> bool {
         self.undone = Some((handoff_id, rollback.failed_pid));
         let Some(entry) = self
@@ -239,7 +239,7 @@ pub fn save(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{AutomaticRollback, HandoffReport};
+    use crate::admin::wire::{AutomaticRollback, HandoffReport};
 
     fn entry(id: u64, committed: bool, old: Option<&str>, new: &str) -> HistoryEntry {
         let record = |path: &str| BinaryRecord {

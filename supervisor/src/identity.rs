@@ -14,7 +14,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
-use crate::protocol::{BinaryRecord, HISTORY_LEN};
+use crate::admin::wire::{BinaryRecord, HISTORY_LEN};
 
 /// A file's identity: `(device, inode, size, mtime seconds, mtime nanoseconds)`.
 type Key = (u64, u64, u64, i64, i64);

@@ -11,10 +11,12 @@ mod cli;
 mod client;
 mod config;
 mod error;
+mod events;
 mod history;
 mod identity;
-mod protocol;
+mod recorder;
 mod run;
+mod signals;
 mod systemd;
 
 use std::process::ExitCode;

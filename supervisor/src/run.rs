@@ -1,12 +1,7 @@
 //! `handoffctl run`: the supervisor process. The main thread owns the
-//! lifecycle (start, stop, exit code); a signal thread, an event thread
-//! (logs and systemd notifications) and the admin threads talk to the
-//! library's supervisor through its handle.
-//!
-//! Signals: SIGTERM, SIGINT and SIGHUP are blocked before any thread starts
-//! and taken with `sigwait` by the signal thread, so no handler runs at an
-//! arbitrary point and no thread can receive them unexpectedly. Generations
-//! start with an empty mask (std resets it in the child).
+//! process's life (start, stop, exit code); the signal thread
+//! (`signals.rs`), the event thread (`events.rs`) and the admin threads
+//! (`admin/`) talk to the library's supervisor through its handle.
 
 use std::ffi::OsString;
 use std::os::unix::fs::DirBuilderExt;
@@ -15,73 +10,28 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use handoff::os::{Sig, SignalSet};
-use handoff::supervisor::{
-    EventStream, NamedListener, Outcome, Supervisor, SupervisorConfig, SupervisorEvent,
-    SupervisorHandle,
-};
+use handoff::os::SignalSet;
+use handoff::supervisor::{NamedListener, Supervisor, SupervisorConfig};
 
-use crate::admin::{self, Control, Shared};
+use crate::admin::wire::Response;
+use crate::admin::{AdminState, Control};
 use crate::cli::{LogFormat, RunArgs};
 use crate::config::Settings;
 use crate::error::{Failure, chain};
-use crate::protocol::{HandoffReport, Response};
+use crate::recorder::HistoryRecorder;
 use crate::systemd::Notifier;
 
 /// Runs the supervisor until it is stopped; returns the exit code.
 pub fn run(args: RunArgs) -> Result<u8, Failure> {
     // Before any thread exists, or a thread could receive them (see sys).
-    let signals = SignalSet::block(&[Sig::Term, Sig::Int, Sig::Hup])
-        .map_err(|e| Failure::failed(chain(&e)))?;
+    let signals =
+        SignalSet::block(&crate::signals::TAKEN).map_err(|e| Failure::failed(chain(&e)))?;
     let settings = Settings::resolve(args)?;
     init_logging(settings.log_format);
     let notify = Notifier::from_env();
-
-    let mut env = Vec::new();
-    if let Some(dir) = &settings.data_dir {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| Failure::failed(format!("data directory {}: {e}", dir.display())))?;
-        env.push((
-            OsString::from(handoff::ENV_DATA_DIR),
-            dir.clone().into_os_string(),
-        ));
-    }
-    let listeners = listeners(&settings)?;
+    let config = supervisor_config(&settings)?;
     let socket = AdminSocket::bind(&settings.socket, settings.socket_is_default)?;
-    // Never a reason not to start: a bad file is a warning (history.rs).
-    let (history, warning) = crate::history::load(&settings.history_file);
-    match warning {
-        Some(warning) => tracing::warn!("{warning}"),
-        None => tracing::info!(
-            file = %settings.history_file.display(),
-            entries = history.entries.len(),
-            "history loaded"
-        ),
-    }
-    if let handoff::supervisor::DaemonProtocol::Systemd { quiesce: None, .. } = settings.protocol
-        && !settings.timeouts.probation.is_zero()
-    {
-        tracing::info!(
-            "probation without --probation-signal: after each commit the previous generation \
-             keeps serving beside the new one (a warm standby) until the probation ends"
-        );
-    }
-
-    let config = SupervisorConfig {
-        program: settings.program.clone(),
-        args: settings.args.clone(),
-        env,
-        mode: settings.mode,
-        timeouts: settings.timeouts,
-        restart: settings.restart,
-        listeners,
-        probe: settings.probe.clone(),
-        program_sha256: settings.sha256.clone(),
-        protocol: settings.protocol,
-    };
+    let history = load_history(&settings);
     tracing::info!(
         binary = %settings.program.display(),
         socket = %settings.socket.display(),
@@ -91,9 +41,8 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     let (supervisor, events) = Supervisor::start_with_events(config)
         .map_err(|e| Failure::failed(format!("cannot start generation 1: {}", chain(&e))))?;
     let handle = supervisor.handle();
-
     let (control_tx, control_rx) = mpsc::channel();
-    let shared = Arc::new(Shared {
+    let state = Arc::new(AdminState {
         handle: handle.clone(),
         program: settings.program.clone(),
         sha256: settings.sha256.clone(),
@@ -107,38 +56,45 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         upgrading: Mutex::new(()),
         control: control_tx.clone(),
         connections: AtomicUsize::new(0),
-        history: Mutex::new(history),
-        history_changed: std::sync::Condvar::new(),
-        history_file: settings.history_file.clone(),
+        recorder: HistoryRecorder::new(history, settings.history_file.clone()),
     });
     spawn("signals", {
-        let shared = Arc::clone(&shared);
+        let state = Arc::clone(&state);
         let control = control_tx.clone();
-        move || signal_loop(signals, &shared, &control)
+        move || crate::signals::signal_loop(signals, &state, &control)
     })?;
     spawn("events", {
-        let handle = handle.clone();
-        let notify = notify.clone();
-        let shared = Arc::clone(&shared);
-        move || event_loop(&events, &handle, &notify, &control_tx, &shared)
+        let state = Arc::clone(&state);
+        move || crate::events::event_loop(&events, &handle, &state, &control_tx)
     })?;
-    admin::serve(socket.take_listener()?, Arc::clone(&shared))
+    crate::admin::server::serve(socket.take_listener()?, Arc::clone(&state))
         .map_err(|e| Failure::failed(format!("admin thread: {e}")))?;
+    let code = until_the_end(&control_rx, supervisor, &notify);
+    drop(socket);
+    Ok(code)
+}
 
-    let code = match control_rx.recv() {
+/// Waits for a stop (answered once everything exited) or for the
+/// supervisor to end on its own; the exit code.
+fn until_the_end(
+    control: &mpsc::Receiver<Control>,
+    supervisor: Supervisor,
+    notify: &Notifier,
+) -> u8 {
+    match control.recv() {
         Ok(Control::Stop(first)) => {
             notify.stopping("stopping");
             tracing::info!("stopping: the generations drain");
-            let _ = handle.stop();
+            let _ = supervisor.handle().stop();
             let _ = supervisor.join();
             let mut waiting: Vec<_> = first.into_iter().collect();
-            while let Ok(control) = control_rx.try_recv() {
+            while let Ok(control) = control.try_recv() {
                 if let Control::Stop(Some(stream)) = control {
                     waiting.push(stream);
                 }
             }
             for stream in &waiting {
-                admin::respond(stream, &Response::Stopped);
+                crate::admin::server::respond(stream, &Response::Stopped);
             }
             tracing::info!("stopped");
             0
@@ -153,9 +109,59 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             u8::from(!clean)
         }
         Err(_) => 1,
-    };
-    drop(socket);
-    Ok(code)
+    }
+}
+
+/// The library's configuration: the data directory made (its path passed
+/// to every generation), the listeners adopted or bound.
+fn supervisor_config(settings: &Settings) -> Result<SupervisorConfig, Failure> {
+    let mut env = Vec::new();
+    if let Some(dir) = &settings.data_dir {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Failure::failed(format!("data directory {}: {e}", dir.display())))?;
+        env.push((
+            OsString::from(handoff::ENV_DATA_DIR),
+            dir.clone().into_os_string(),
+        ));
+    }
+    if let handoff::supervisor::DaemonProtocol::Systemd { quiesce: None, .. } = settings.protocol
+        && !settings.timeouts.probation.is_zero()
+    {
+        tracing::info!(
+            "probation without --probation-signal: after each commit the previous generation \
+             keeps serving beside the new one (a warm standby) until the probation ends"
+        );
+    }
+    Ok(SupervisorConfig {
+        program: settings.program.clone(),
+        args: settings.args.clone(),
+        env,
+        mode: settings.mode,
+        timeouts: settings.timeouts,
+        restart: settings.restart,
+        listeners: listeners(settings)?,
+        probe: settings.probe.clone(),
+        program_sha256: settings.sha256.clone(),
+        protocol: settings.protocol,
+    })
+}
+
+/// The history file; never a reason not to start (a bad file is a
+/// warning, see history.rs).
+fn load_history(settings: &Settings) -> crate::history::History {
+    let (history, warning) = crate::history::load(&settings.history_file);
+    match warning {
+        Some(warning) => tracing::warn!("{warning}"),
+        None => tracing::info!(
+            file = %settings.history_file.display(),
+            entries = history.entries.len(),
+            "history loaded"
+        ),
+    }
+    history
 }
 
 fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), Failure> {
@@ -265,301 +271,5 @@ impl AdminSocket {
 impl Drop for AdminSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-fn signal_loop(signals: SignalSet, shared: &Arc<Shared>, control: &mpsc::Sender<Control>) {
-    loop {
-        match signals.wait() {
-            Ok(Sig::Hup) => {
-                tracing::info!("SIGHUP: upgrading to the configured binary");
-                let shared = Arc::clone(shared);
-                let upgrading = std::thread::Builder::new()
-                    .name("sighup-upgrade".into())
-                    .spawn(
-                        move || match admin::upgrade(&shared, admin::Upgrade::default()) {
-                            Response::Handoff(report) if report.committed => {
-                                tracing::info!(
-                                    handoff_id = report.handoff_id,
-                                    "SIGHUP upgrade: {}",
-                                    report.line()
-                                );
-                            }
-                            Response::Handoff(report) => {
-                                tracing::warn!(
-                                    handoff_id = report.handoff_id,
-                                    "SIGHUP upgrade: {}",
-                                    report.line()
-                                );
-                            }
-                            Response::Error { message, .. } => {
-                                tracing::warn!("SIGHUP upgrade not started: {message}");
-                            }
-                            _ => {}
-                        },
-                    );
-                if let Err(error) = upgrading {
-                    tracing::warn!(%error, "cannot start the SIGHUP upgrade");
-                }
-            }
-            Ok(signal) => {
-                tracing::info!(?signal, "stopping on a signal");
-                let _ = control.send(Control::Stop(None));
-            }
-            Err(error) => {
-                tracing::error!(%error, "sigwait failed; signals are no longer handled");
-                return;
-            }
-        }
-    }
-}
-
-/// Logs every supervisor event and turns them into systemd notifications.
-fn event_loop(
-    events: &EventStream,
-    handle: &SupervisorHandle,
-    notify: &Notifier,
-    control: &mpsc::Sender<Control>,
-    shared: &Shared,
-) {
-    #[derive(Default)]
-    struct Current {
-        generation: u64,
-        successor_pid: u32,
-        incumbent_pid: Option<u32>,
-        upgrade: bool,
-        started_unix_ms: u64,
-        new_binary: Option<crate::protocol::BinaryRecord>,
-    }
-    let mut current = Current::default();
-    let mut ready = false;
-    let mut clean_exit = true;
-    let mut stopping = false;
-    // The stream was subscribed before generation 1 spawned, so its commit
-    // arrives as an event; the status check only guards a slow start.
-    if let Ok(status) = handle.status()
-        && let Some(pid) = status.child_pid
-    {
-        notify.ready(&format!(
-            "serving: generation {}, pid {pid}",
-            status.generation
-        ));
-        tracing::info!(generation = status.generation, pid, "serving");
-        ready = true;
-    }
-    while let Some(event) = events.next() {
-        match event {
-            SupervisorEvent::HandoffStarted {
-                handoff_id,
-                upgrade,
-                generation,
-                successor_pid,
-                incumbent_pid,
-            } => {
-                current = Current {
-                    generation,
-                    successor_pid,
-                    incumbent_pid,
-                    upgrade,
-                    started_unix_ms: unix_ms(),
-                    // Read now, while the successor surely runs its binary
-                    // (an upgrade hashed it before it started: a cache hit).
-                    new_binary: shared.identities.of_pid(successor_pid),
-                };
-                tracing::info!(
-                    handoff_id,
-                    generation,
-                    successor_pid,
-                    incumbent_pid,
-                    upgrade,
-                    "handoff started"
-                );
-            }
-            // A phase before any start was seen (not expected since the
-            // stream is subscribed before the start): ids only.
-            SupervisorEvent::Phase { handoff_id, phase } if current.generation == 0 => {
-                tracing::info!(handoff_id, phase, "handoff phase");
-            }
-            SupervisorEvent::Phase { handoff_id, phase } => {
-                tracing::info!(
-                    handoff_id,
-                    generation = current.generation,
-                    successor_pid = current.successor_pid,
-                    incumbent_pid = current.incumbent_pid,
-                    phase,
-                    "handoff phase"
-                );
-            }
-            SupervisorEvent::HandoffFinished(outcome) => {
-                let report = HandoffReport::from_outcome(&outcome);
-                {
-                    let mut history = shared
-                        .history
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    let old_binary = if current.incumbent_pid.is_some() {
-                        history.live.clone()
-                    } else {
-                        None
-                    };
-                    history.record(crate::protocol::HistoryEntry {
-                        report: report.clone(),
-                        started_unix_ms: current.started_unix_ms,
-                        old_binary,
-                        new_binary: current.new_binary.take(),
-                        automatic_rollback: None,
-                    });
-                    // Saved under the lock: what `history` shows is on disk.
-                    persist_history(shared, &history);
-                }
-                shared.history_changed.notify_all();
-                let serving = match &*outcome {
-                    Outcome::Committed { new_pid, .. } => Some(*new_pid),
-                    Outcome::RolledBack { old_pid, .. } => *old_pid,
-                };
-                log_outcome(&report);
-                // Under --restart never, a start that left nobody serving is
-                // how the supervisor ends: not a clean exit.
-                clean_exit = report.serving;
-                // An upgrade's RELOADING=1 and READY=1 are sent by the thread
-                // that carried it out (systemd.rs); here the first start and
-                // restarts.
-                if !current.upgrade {
-                    if !ready && serving.is_some() {
-                        notify.ready(&report.status_line());
-                        ready = true;
-                    } else {
-                        notify.status(&report.status_line());
-                    }
-                }
-                current.upgrade = false;
-            }
-            SupervisorEvent::GenerationExited {
-                generation,
-                pid,
-                status,
-                expected,
-            } => {
-                clean_exit = status.is_clean();
-                if stopping || expected {
-                    tracing::info!(generation, pid, %status, "generation stopped");
-                } else {
-                    tracing::warn!(generation, pid, %status, "generation exited outside a handoff");
-                    notify.status(&format!(
-                        "generation {generation} (pid {pid}) exited ({status})"
-                    ));
-                }
-            }
-            SupervisorEvent::GenerationRetired { pid, status, .. } => {
-                tracing::info!(pid, %status, "old generation retired");
-            }
-            SupervisorEvent::RolledBackInProbation(rollback) => {
-                tracing::warn!(
-                    handoff_id = rollback.handoff_id,
-                    generation = rollback.generation,
-                    pid = rollback.pid,
-                    failed_pid = rollback.failed_pid,
-                    reason = %rollback.reason,
-                    "automatic rollback: the new generation failed during probation; the previous one serves again"
-                );
-                {
-                    let mut history = shared
-                        .history
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    let recorded = history.undo(
-                        rollback.failed_generation,
-                        rollback.handoff_id,
-                        crate::protocol::AutomaticRollback {
-                            at_unix_ms: unix_ms(),
-                            resumed_generation: rollback.generation,
-                            resumed_pid: rollback.pid,
-                            failed_generation: rollback.failed_generation,
-                            failed_pid: rollback.failed_pid,
-                            reason: rollback.reason.clone(),
-                        },
-                    );
-                    if !recorded {
-                        tracing::warn!(
-                            generation = rollback.failed_generation,
-                            "no history entry for the commit that was rolled back"
-                        );
-                    }
-                    persist_history(shared, &history);
-                }
-                shared.history_changed.notify_all();
-                notify.status(&format!(
-                    "serving: generation {}, pid {} (automatic rollback in probation)",
-                    rollback.generation, rollback.pid
-                ));
-            }
-            SupervisorEvent::ResumeChecked { generation, check } => {
-                tracing::info!(generation, ?check, "resumed generation checked");
-            }
-            SupervisorEvent::RestartFailed { reason } => {
-                notify.status(&format!("restart failed, retrying: {reason}"));
-            }
-            SupervisorEvent::Stopping => {
-                stopping = true;
-                tracing::info!("supervisor stopping");
-            }
-        }
-    }
-    let _ = control.send(Control::Ended { clean: clean_exit });
-}
-
-/// The log line of a finished handoff.
-fn log_outcome(report: &HandoffReport) {
-    if report.committed {
-        tracing::info!(
-            handoff_id = report.handoff_id,
-            generation = report.generation,
-            old_pid = report.old_pid,
-            new_pid = report.new_pid,
-            total_ms = report.total_ms,
-            "handoff committed"
-        );
-    } else {
-        tracing::warn!(
-            handoff_id = report.handoff_id,
-            generation = report.generation,
-            old_pid = report.old_pid,
-            failed_pid = report.new_pid,
-            reason = report.abort_reason.as_deref().unwrap_or(""),
-            "handoff rolled back"
-        );
-    }
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-        })
-}
-
-/// Writes the history file; a failure is logged, never fatal. Called with
-/// the history locked, so saves never interleave and a `history` answer
-/// never shows an entry that is not on disk yet.
-fn persist_history(shared: &Shared, history: &crate::history::History) {
-    let bytes = match history.to_file_bytes() {
-        Ok(bytes) => bytes,
-        Err(error) => {
-            tracing::warn!(
-                file = %shared.history_file.display(),
-                %error,
-                "not writing the history file; the history is kept in memory"
-            );
-            return;
-        }
-    };
-    if let Err(error) = crate::history::save(&shared.history_file, &bytes) {
-        tracing::warn!(
-            file = %shared.history_file.display(),
-            %error,
-            "cannot write the history file; the history is kept in memory"
-        );
     }
 }

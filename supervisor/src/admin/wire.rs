@@ -90,6 +90,16 @@ pub enum Response {
     },
 }
 
+impl Response {
+    /// A refusal.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+        Response::Error {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
 /// Handoffs kept for `history`.
 pub const HISTORY_LEN: usize = 32;
 

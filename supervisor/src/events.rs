@@ -1,0 +1,233 @@
+//! The fan-out of the supervisor's events: a log line each, systemd's
+//! `STATUS=` (and `READY=1` for the first start and restarts; an upgrade's
+//! `RELOADING=1`/`READY=1` come from the thread that carries it out, see
+//! `systemd.rs`), and the history record.
+
+use std::sync::mpsc;
+
+use handoff::supervisor::{
+    EventStream, Outcome, ProbationRollback, SupervisorEvent, SupervisorHandle,
+};
+
+use crate::admin::wire::{AutomaticRollback, BinaryRecord, HandoffReport};
+use crate::admin::{AdminState, Control};
+
+/// The handoff in flight, as its start announced it.
+struct Started {
+    generation: u64,
+    successor_pid: u32,
+    incumbent_pid: Option<u32>,
+    started_unix_ms: u64,
+    /// What the successor runs (read while it surely runs its binary).
+    binary: Option<BinaryRecord>,
+}
+
+/// What the fan-out remembers between events.
+struct FanOut<'a> {
+    state: &'a AdminState,
+    handoff: Option<Started>,
+    /// systemd heard READY=1 (the first start served).
+    ready: bool,
+    /// The last generation to end ended cleanly (the exit code of a
+    /// supervisor that stops with it, under `--restart never`).
+    clean: bool,
+}
+
+/// Runs until the supervisor's event stream ends, then tells the main
+/// thread whether the last generation ended cleanly.
+pub fn event_loop(
+    events: &EventStream,
+    handle: &SupervisorHandle,
+    state: &AdminState,
+    control: &mpsc::Sender<Control>,
+) {
+    let mut fan_out = FanOut {
+        state,
+        handoff: None,
+        ready: false,
+        clean: true,
+    };
+    // The stream was subscribed before generation 1 spawned, so its commit
+    // arrives as an event; the status check only guards a slow start.
+    if let Ok(status) = handle.status()
+        && let Some(pid) = status.child_pid
+    {
+        fan_out.serving(&format!(
+            "serving: generation {}, pid {pid}",
+            status.generation
+        ));
+    }
+    while let Some(event) = events.next() {
+        fan_out.on_event(event);
+    }
+    let _ = control.send(Control::Ended {
+        clean: fan_out.clean,
+    });
+}
+
+impl FanOut<'_> {
+    fn on_event(&mut self, event: SupervisorEvent) {
+        match event {
+            SupervisorEvent::HandoffStarted {
+                handoff_id,
+                upgrade,
+                generation,
+                successor_pid,
+                incumbent_pid,
+            } => {
+                tracing::info!(
+                    handoff_id,
+                    generation,
+                    successor_pid,
+                    incumbent_pid,
+                    upgrade,
+                    "handoff started"
+                );
+                self.handoff = Some(Started {
+                    generation,
+                    successor_pid,
+                    incumbent_pid,
+                    started_unix_ms: unix_ms(),
+                    // An upgrade hashed it before it started: a cache hit.
+                    binary: self.state.identities.of_pid(successor_pid),
+                });
+            }
+            SupervisorEvent::Phase { handoff_id, phase } => match &self.handoff {
+                Some(started) => tracing::info!(
+                    handoff_id,
+                    generation = started.generation,
+                    successor_pid = started.successor_pid,
+                    incumbent_pid = started.incumbent_pid,
+                    phase,
+                    "handoff phase"
+                ),
+                None => tracing::info!(handoff_id, phase, "handoff phase"),
+            },
+            SupervisorEvent::HandoffFinished(outcome) => self.finished(&outcome),
+            SupervisorEvent::GenerationExited {
+                generation,
+                pid,
+                status,
+                expected,
+            } => {
+                self.clean = status.is_clean();
+                if expected {
+                    tracing::info!(generation, pid, %status, "generation stopped");
+                } else {
+                    tracing::warn!(generation, pid, %status, "generation exited outside a handoff");
+                    let line = format!("generation {generation} (pid {pid}) exited ({status})");
+                    self.state.notify.status(&line);
+                }
+            }
+            SupervisorEvent::GenerationRetired { pid, status, .. } => {
+                tracing::info!(pid, %status, "old generation retired");
+            }
+            SupervisorEvent::RolledBackInProbation(rollback) => self.rolled_back(&rollback),
+            SupervisorEvent::ResumeChecked { generation, check } => {
+                tracing::info!(generation, ?check, "resumed generation checked");
+            }
+            SupervisorEvent::RestartFailed { reason } => {
+                self.state
+                    .notify
+                    .status(&format!("restart failed, retrying: {reason}"));
+            }
+            SupervisorEvent::Stopping => tracing::info!("supervisor stopping"),
+        }
+    }
+
+    fn finished(&mut self, outcome: &Outcome) {
+        let report = HandoffReport::from_outcome(outcome);
+        let started = self.handoff.take();
+        let upgrade = started.as_ref().is_some_and(|s| s.incumbent_pid.is_some());
+        let (started_unix_ms, binary) =
+            started.map_or((0, None), |s| (s.started_unix_ms, s.binary));
+        self.state
+            .recorder
+            .record(report.clone(), started_unix_ms, upgrade, binary);
+        log_outcome(&report);
+        // Under --restart never, a start that left nobody serving is how
+        // the supervisor ends: not a clean exit.
+        self.clean = report.serving;
+        // An upgrade's RELOADING=1 and READY=1 are sent by the thread that
+        // carried it out; here the first start and restarts.
+        if !upgrade {
+            if report.serving && !self.ready {
+                self.serving(&report.status_line());
+            } else {
+                self.state.notify.status(&report.status_line());
+            }
+        }
+    }
+
+    /// The first time a generation serves.
+    fn serving(&mut self, status: &str) {
+        self.state.notify.ready(status);
+        tracing::info!("{status}");
+        self.ready = true;
+    }
+
+    fn rolled_back(&mut self, rollback: &ProbationRollback) {
+        tracing::warn!(
+            handoff_id = rollback.handoff_id,
+            generation = rollback.generation,
+            pid = rollback.pid,
+            failed_pid = rollback.failed_pid,
+            reason = %rollback.reason,
+            "automatic rollback: the new generation failed during probation; the previous one serves again"
+        );
+        let recorded = self.state.recorder.undo(
+            rollback.failed_generation,
+            rollback.handoff_id,
+            AutomaticRollback {
+                at_unix_ms: unix_ms(),
+                resumed_generation: rollback.generation,
+                resumed_pid: rollback.pid,
+                failed_generation: rollback.failed_generation,
+                failed_pid: rollback.failed_pid,
+                reason: rollback.reason.clone(),
+            },
+        );
+        if !recorded {
+            tracing::warn!(
+                generation = rollback.failed_generation,
+                "no history entry for the commit that was rolled back"
+            );
+        }
+        self.state.notify.status(&format!(
+            "serving: generation {}, pid {} (automatic rollback in probation)",
+            rollback.generation, rollback.pid
+        ));
+    }
+}
+
+/// The log line of a finished handoff.
+fn log_outcome(report: &HandoffReport) {
+    if report.committed {
+        tracing::info!(
+            handoff_id = report.handoff_id,
+            generation = report.generation,
+            old_pid = report.old_pid,
+            new_pid = report.new_pid,
+            total_ms = report.total_ms,
+            "handoff committed"
+        );
+    } else {
+        tracing::warn!(
+            handoff_id = report.handoff_id,
+            generation = report.generation,
+            old_pid = report.old_pid,
+            failed_pid = report.new_pid,
+            reason = report.abort_reason.as_deref().unwrap_or(""),
+            "handoff rolled back"
+        );
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
