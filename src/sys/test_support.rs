@@ -1,15 +1,14 @@
-//! Helpers shared by the tests of `sys`: temporary directories, child
-//! guards, bounded waits, and the fork lock.
+//! Helpers shared by the tests of `sys`: child guards, bounded waits, fd
+//! flags and the fork lock; temporary directories are `testkit`'s.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use super::process::{Sig, signal, wait_exit_nowait};
 use super::socket::open_fds;
+pub(crate) use testkit::TempDir;
 
 /// The bound on every wait in these tests; reached only when something is
 /// broken.
@@ -33,32 +32,6 @@ pub(crate) fn no_fork_while_held() -> RwLockReadGuard<'static, ()> {
 /// Held while forking.
 pub(crate) fn forking() -> RwLockWriteGuard<'static, ()> {
     FORK.write().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-pub(crate) struct TempDir(PathBuf);
-
-impl TempDir {
-    pub(crate) fn new(label: &str) -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "handoff-{}-{}-{label}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir(&path).expect("create temp dir");
-        TempDir(path)
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A child that is killed and reaped on drop unless it was reaped already.

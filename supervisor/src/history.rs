@@ -240,6 +240,7 @@ pub fn save(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::admin::wire::{AutomaticRollback, HandoffReport};
+    use testkit::TempDir;
 
     fn entry(id: u64, committed: bool, old: Option<&str>, new: &str) -> HistoryEntry {
         let record = |path: &str| BinaryRecord {
@@ -270,24 +271,6 @@ mod tests {
         record.map(|b| b.path.clone())
     }
 
-    struct Dir(PathBuf);
-
-    impl Dir {
-        fn new(tag: &str) -> Dir {
-            let path =
-                std::env::temp_dir().join(format!("hctl-history-{}-{tag}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&path);
-            std::fs::create_dir_all(&path).expect("dir");
-            Dir(path)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     #[test]
     fn history_is_bounded_and_rolls_back_past_the_last_commit() {
         let mut history = History::default();
@@ -314,8 +297,8 @@ mod tests {
 
     #[test]
     fn a_restart_keeps_the_rollback_target_and_skips_the_running_binary() {
-        let dir = Dir::new("restart");
-        let file = dir.0.join("history.json");
+        let dir = TempDir::new("restart");
+        let file = dir.path().join("history.json");
         let mut history = History::default();
         history.record(entry(1, true, None, "/v1"));
         history.record(entry(2, true, Some("/v1"), "/v2"));
@@ -367,8 +350,8 @@ mod tests {
 
     #[test]
     fn saving_replaces_the_file_whole_and_leaves_no_temporary() {
-        let dir = Dir::new("save");
-        let file = dir.0.join("sub").join("history.json");
+        let dir = TempDir::new("save");
+        let file = dir.path().join("sub").join("history.json");
         let mut history = History::default();
         history.record(entry(1, true, None, "/v1"));
         save(&file, &history.to_file_bytes().expect("bytes")).expect("first save");
@@ -389,16 +372,16 @@ mod tests {
 
     #[test]
     fn a_missing_file_is_an_empty_history_without_a_warning() {
-        let dir = Dir::new("missing");
-        let (history, warning) = load(&dir.0.join("none.json"));
+        let dir = TempDir::new("missing");
+        let (history, warning) = load(&dir.path().join("none.json"));
         assert!(history.entries.is_empty());
         assert_eq!(warning, None);
     }
 
     #[test]
     fn a_corrupt_file_is_moved_aside_with_a_warning() {
-        let dir = Dir::new("corrupt");
-        let file = dir.0.join("history.json");
+        let dir = TempDir::new("corrupt");
+        let file = dir.path().join("history.json");
         std::fs::write(&file, b"{\"version\":1,\"entries\":[{\"handoff_").expect("write");
         let (history, warning) = load(&file);
         assert!(history.entries.is_empty());
@@ -406,13 +389,13 @@ mod tests {
         assert!(warning.contains("is corrupt"), "{warning}");
         assert!(warning.contains("history.json.corrupt"), "{warning}");
         assert!(!file.exists());
-        assert!(dir.0.join("history.json.corrupt").exists());
+        assert!(dir.path().join("history.json.corrupt").exists());
     }
 
     #[test]
     fn another_version_or_an_unreadable_file_gives_a_warning() {
-        let dir = Dir::new("version");
-        let file = dir.0.join("history.json");
+        let dir = TempDir::new("version");
+        let file = dir.path().join("history.json");
         std::fs::write(&file, b"{\"version\":99,\"entries\":[]}").expect("write");
         let (history, warning) = load(&file);
         assert!(history.entries.is_empty());
@@ -421,7 +404,7 @@ mod tests {
 
         // A directory where the file should be: unreadable (root reads any
         // file, so permissions cannot make one unreadable here).
-        let file = dir.0.join("a-directory");
+        let file = dir.path().join("a-directory");
         std::fs::create_dir(&file).expect("dir");
         let (history, warning) = load(&file);
         assert!(history.entries.is_empty());
@@ -434,8 +417,8 @@ mod tests {
 
     #[test]
     fn a_file_that_cannot_be_read_is_never_written_over() {
-        let dir = Dir::new("unreadable");
-        let file = dir.0.join("history.json");
+        let dir = TempDir::new("unreadable");
+        let file = dir.path().join("history.json");
         let mut before = History::default();
         before.record(entry(1, true, Some("/opt/d/1"), "/opt/d/2"));
         let bytes = before.to_file_bytes().expect("bytes");
@@ -471,8 +454,8 @@ mod tests {
 
     #[test]
     fn a_long_file_is_cut_to_the_newest_entries() {
-        let dir = Dir::new("long");
-        let file = dir.0.join("history.json");
+        let dir = TempDir::new("long");
+        let file = dir.path().join("history.json");
         let entries: Vec<_> = (1..=40).map(|id| entry(id, true, None, "/v")).collect();
         let bytes = serde_json::to_vec(&HistoryFile {
             version: HISTORY_VERSION,

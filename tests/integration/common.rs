@@ -1,14 +1,15 @@
-//! Shared fixtures: temporary directories, the test daemon, a supervisor
-//! that is stopped even when a test fails, a bounded client, a prober of
-//! the data-directory lock and a reaper of a run's processes.
+//! Fixtures of the library's scenarios: the test daemon under an in-process
+//! supervisor that is stopped even when a test fails, testd's INFO line, a
+//! prober of the data-directory lock and a reaper of a run's processes. The
+//! helpers every test crate shares (temp dirs, bounds, `example`, the
+//! one-line client, `alive`, `eventually`) come from `testkit`.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use handoff::supervisor::{
@@ -16,53 +17,7 @@ use handoff::supervisor::{
     SupervisorEvent, SupervisorHandle, UpgradeRequest,
 };
 use handoff::{ListenAddr, Mode, Timeouts};
-
-/// Upper bound for anything a test waits for.
-pub const WAIT: Duration = Duration::from_secs(30);
-/// Client I/O bound.
-pub const IO: Duration = Duration::from_secs(10);
-
-/// A directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "handoff-test-{}-{tag}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// `target/debug/examples/NAME`, built by `cargo test --workspace`.
-pub fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir layout");
-    let path = dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the examples first (`cargo build --workspace --examples --all-features`, as README's test command does)",
-        path.display()
-    );
-    path
-}
+pub use testkit::{IO, TempDir, WAIT, alive, eventually, example, request};
 
 /// Timeouts short enough for tests.
 pub fn test_timeouts() -> Timeouts {
@@ -218,24 +173,6 @@ fn testd_args(data: Option<&Path>, extra: &[&str]) -> Vec<std::ffi::OsString> {
     args
 }
 
-/// One request on a fresh connection, bounded by `IO`.
-pub fn request(addr: SocketAddr, line: &str) -> std::io::Result<String> {
-    let stream = TcpStream::connect_timeout(&addr, IO)?;
-    stream.set_read_timeout(Some(IO))?;
-    stream.set_write_timeout(Some(IO))?;
-    let mut writer = stream.try_clone()?;
-    writeln!(writer, "{line}")?;
-    let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply)?;
-    if reply.is_empty() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "connection closed without a reply",
-        ));
-    }
-    Ok(reply.trim_end().to_owned())
-}
-
 /// testd's INFO line.
 #[derive(Debug)]
 pub struct Info {
@@ -262,17 +199,6 @@ impl Info {
             start_fds: field("start_fds"),
         }
     }
-}
-
-/// Whether a process exists (a zombie counts as gone: the supervisor reaps).
-pub fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            stat.rsplit(") ")
-                .next()
-                .is_some_and(|rest| !rest.starts_with('Z'))
-        })
-        .unwrap_or(false)
 }
 
 /// Reads /proc/locks every millisecond and records the most distinct pids
@@ -390,15 +316,6 @@ impl Drop for Reaper {
     }
 }
 
-/// Waits until `condition` holds, checking every 10 ms, for at most `WAIT`.
-pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "not within {WAIT:?}: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 pub fn put(addr: SocketAddr, key: &str, value: &str) {
     let reply = request(addr, &format!("PUT {key} {value}")).expect("PUT");
     assert!(reply.starts_with("OK "), "PUT {key}: {reply}");
@@ -411,6 +328,7 @@ pub fn get(addr: SocketAddr, key: &str) -> String {
 /// The lines a child prints, as they come (for `faultsup`'s line protocol).
 #[cfg(feature = "fault-injection")]
 pub fn spawn_line_reader(stdout: std::process::ChildStdout) -> crossbeam_channel::Receiver<String> {
+    use std::io::{BufRead, BufReader};
     let (tx, rx) = crossbeam_channel::unbounded();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {

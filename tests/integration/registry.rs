@@ -24,6 +24,7 @@ use handoff::registry::{
 };
 use handoff_handler_sdk::abi::ABI_VERSION;
 use serde_json::Value;
+use testkit::{TempDir, eventually_within, example};
 
 /// Bound on anything that should take well under it.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -144,33 +145,11 @@ fn fixtures() -> &'static Fixtures {
     })
 }
 
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "handoff-test-{label}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A copy of `library` under a name unique to the calling test, so that
 /// `/proc/self/maps` tells its mappings apart from other tests' in this
 /// process.
 fn unique_copy(dir: &TempDir, library: &Path, name: &str) -> PathBuf {
-    let copy = dir.0.join(format!("libhandler_{name}.so"));
+    let copy = dir.path().join(format!("libhandler_{name}.so"));
     std::fs::copy(library, &copy).unwrap();
     copy
 }
@@ -563,21 +542,16 @@ struct GatewayProcess {
 
 impl GatewayProcess {
     fn start(config: &str) -> GatewayProcess {
-        let binary = profile_dir().join("examples").join("gateway");
-        assert!(
-            binary.exists(),
-            "{} is missing: build the examples first (`cargo build --workspace --examples --all-features`, as README's test command does)",
-            binary.display()
-        );
+        let binary = example("gateway");
         let dir = TempDir::new("gateway");
-        std::fs::write(dir.0.join("gateway.toml"), config).unwrap();
-        let stderr = std::fs::File::create(dir.0.join("stderr.log")).unwrap();
+        std::fs::write(dir.path().join("gateway.toml"), config).unwrap();
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
         let mut child = Command::new(binary)
             .arg("--config")
-            .arg(dir.0.join("gateway.toml"))
+            .arg(dir.path().join("gateway.toml"))
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .arg("--build-dir")
-            .arg(dir.0.join("build"))
+            .arg(dir.path().join("build"))
             .arg("--build-target-dir")
             .arg(handler_builds().join("target"))
             .arg("--build-lockfile")
@@ -645,9 +619,9 @@ impl GatewayProcess {
     /// Replaces the config file atomically, as the gateway asks, so that
     /// its watcher never reads a half-written file.
     fn write_config(&self, config: &str) {
-        let staging = self.dir.0.join("gateway.toml.new");
+        let staging = self.dir.path().join("gateway.toml.new");
         std::fs::write(&staging, config).unwrap();
-        std::fs::rename(&staging, self.dir.0.join("gateway.toml")).unwrap();
+        std::fs::rename(&staging, self.dir.path().join("gateway.toml")).unwrap();
     }
 
     fn get(&self, path: &str) -> HttpResponse {
@@ -683,7 +657,7 @@ impl GatewayProcess {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.0.join("stderr.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
     fn signal(&self, signal: nix::sys::signal::Signal) {
@@ -716,12 +690,8 @@ fn config_with(endpoints: &[(&str, &str, &Path)]) -> String {
 }
 
 /// Polls the gateway (each poll a real request) until `done` or PATIENCE.
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::yield_now();
-    }
+fn eventually(what: &str, done: impl FnMut() -> bool) {
+    eventually_within(PATIENCE, what, done);
 }
 
 #[test]

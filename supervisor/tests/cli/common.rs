@@ -1,50 +1,19 @@
-//! Fixtures: temp dirs, the supervisor as a child process (stopped on drop),
-//! bounded runs of the client, and condition waits.
+//! Fixtures of the CLI tests: the supervisor as a child process (stopped on
+//! drop), bounded runs of the client, status and log waits, shell scripts
+//! and testd's pid. The helpers every test crate shares (temp dirs, bounds,
+//! `example`, `run_bounded`, the one-line client, `alive`, `wait_gone`)
+//! come from `testkit`.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use handoff::os::Sig;
 use serde_json::Value;
-
-/// Upper bound for anything a test waits for.
-pub const WAIT: Duration = Duration::from_secs(30);
-/// Client socket I/O bound.
-pub const IO: Duration = Duration::from_secs(10);
-
-/// A directory removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        // Short: the admin socket path must fit in sockaddr_un.
-        let path = std::env::temp_dir().join(format!(
-            "hctl-{}-{tag}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        TempDir(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use testkit::{IO, TempDir, WAIT, alive, example, request, run_bounded, wait_gone};
 
 pub fn handoffctl() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_handoffctl"))
@@ -55,49 +24,12 @@ pub fn testd() -> PathBuf {
     example("testd")
 }
 
-/// `target/debug/examples/NAME`.
-pub fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir layout");
-    let path = dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the examples first (`cargo build --workspace --examples --all-features`, as README's test command does)",
-        path.display()
-    );
-    path
-}
-
 /// Writes an executable shell script.
 pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     path
-}
-
-/// Runs `command` to its end within `WAIT` (killed past it).
-pub fn run_bounded(mut command: Command) -> Output {
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = command.spawn().expect("spawn");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(WAIT) {
-        Ok(output) => output.expect("wait"),
-        Err(_) => {
-            let _ = handoff::os::signal(pid, Sig::Kill);
-            panic!("{command:?} did not finish within {WAIT:?}");
-        }
-    }
 }
 
 /// What a client run printed.
@@ -389,18 +321,6 @@ impl Drop for Supervisor {
     }
 }
 
-/// One testd request on a fresh connection, bounded by `IO`.
-pub fn request(addr: SocketAddr, line: &str) -> std::io::Result<String> {
-    let stream = TcpStream::connect_timeout(&addr, IO)?;
-    stream.set_read_timeout(Some(IO))?;
-    stream.set_write_timeout(Some(IO))?;
-    let mut writer = stream.try_clone()?;
-    writeln!(writer, "{line}")?;
-    let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply)?;
-    Ok(reply.trim_end().to_owned())
-}
-
 /// testd's pid from `INFO`.
 pub fn serving_pid(addr: SocketAddr) -> u32 {
     let info = request(addr, "INFO").expect("INFO");
@@ -408,29 +328,6 @@ pub fn serving_pid(addr: SocketAddr) -> u32 {
         .find_map(|kv| kv.strip_prefix("pid="))
         .and_then(|pid| pid.parse().ok())
         .unwrap_or_else(|| panic!("INFO without pid: {info}"))
-}
-
-/// Whether a process exists and is not a zombie.
-pub fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            stat.rsplit(") ")
-                .next()
-                .is_some_and(|rest| !rest.starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
-/// Waits until `pid` is gone.
-pub fn wait_gone(pid: u32) {
-    let deadline = Instant::now() + WAIT;
-    while alive(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "pid {pid} still alive after {WAIT:?}"
-        );
-        std::thread::sleep(handoff::timeouts::POLL_SLICE);
-    }
 }
 
 /// A status field as u64.

@@ -1,0 +1,196 @@
+//! Helpers the handoff test crates share: a temp-dir guard, the path of a
+//! built example, the bounds every wait uses, bounded runs and waits, and
+//! a one-line client for the line-protocol example daemons.
+//!
+//! A dev-dependency only, and it must never depend on `handoff`: the
+//! library's own unit tests use it too (`src/sys/test_support.rs`), and a
+//! cycle through the library would give them a second copy of it.
+//!
+//! Every wait here is bounded by [`WAIT`] and panics past it naming what it
+//! waited for, so a broken test fails instead of hanging.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Upper bound for anything a test waits for.
+pub const WAIT: Duration = Duration::from_secs(30);
+/// Client socket I/O bound.
+pub const IO: Duration = Duration::from_secs(10);
+/// Pause between two checks of a polled condition.
+pub const POLL: Duration = Duration::from_millis(10);
+
+/// A fresh directory under the system temp dir (mode 0755), removed with
+/// everything in it on drop.
+///
+/// The name is short (an admin socket inside must fit in `sockaddr_un`)
+/// and unique to this process and call; the counter comes before the tag,
+/// so one directory's path is never a prefix of another's (tests find a
+/// run's processes by the path on their command line).
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates `$TMPDIR/handoff-PID-N-TAG`.
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "handoff-{}-{}-{tag}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        TempDir(path)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `target/<profile>/examples/NAME`, next to the running test binary;
+/// panics with the build command if it was not built.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir layout");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the examples first (`cargo build --workspace --examples --all-features`, as README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// Runs `command` to its end within `WAIT`, stdin empty and both outputs
+/// captured; SIGKILLed and a panic past it.
+pub fn run_bounded(mut command: Command) -> Output {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = command.spawn().expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(WAIT) {
+        Ok(output) => output.expect("wait"),
+        Err(_) => {
+            // Not reaped yet (its waiter has not returned), so the pid is
+            // still this child's.
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            panic!("{command:?} did not finish within {WAIT:?}");
+        }
+    }
+}
+
+/// Waits until `condition` holds, checking every `POLL`, for at most `WAIT`.
+pub fn eventually(what: &str, condition: impl FnMut() -> bool) {
+    eventually_within(WAIT, what, condition);
+}
+
+/// [`eventually`] with a bound of its own.
+pub fn eventually_within(bound: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + bound;
+    while !condition() {
+        assert!(Instant::now() < deadline, "not within {bound:?}: {what}");
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Whether a process exists; a zombie counts as gone (its parent reaps).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit(") ")
+                .next()
+                .is_some_and(|rest| !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Waits until `pid` is gone (see [`alive`]), for at most `WAIT`.
+pub fn wait_gone(pid: u32) {
+    let deadline = Instant::now() + WAIT;
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} still alive after {WAIT:?}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// One request line on a fresh connection and the reply line without its
+/// newline, each step bounded by `IO`. A connection closed without a reply
+/// is an `UnexpectedEof` error.
+pub fn request(addr: SocketAddr, line: &str) -> std::io::Result<String> {
+    let stream = TcpStream::connect_timeout(&addr, IO)?;
+    stream.set_read_timeout(Some(IO))?;
+    stream.set_write_timeout(Some(IO))?;
+    let mut writer = stream.try_clone()?;
+    writeln!(writer, "{line}")?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    if reply.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed without a reply",
+        ));
+    }
+    Ok(reply.trim_end().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_dirs_are_distinct_and_removed_on_drop() {
+        let first = TempDir::new("x");
+        let second = TempDir::new("x");
+        assert_ne!(first.path(), second.path());
+        let kept = first.path().to_owned();
+        assert!(kept.is_dir());
+        std::fs::write(kept.join("file"), "data").expect("write");
+        drop(first);
+        assert!(!kept.exists());
+    }
+
+    #[test]
+    fn this_process_is_alive() {
+        assert!(alive(std::process::id()));
+    }
+
+    #[test]
+    fn run_bounded_captures_both_outputs() {
+        let mut command = Command::new("sh");
+        command.args(["-c", "echo out; echo err >&2; exit 3"]);
+        let output = run_bounded(command);
+        assert_eq!(output.status.code(), Some(3));
+        assert_eq!(output.stdout, b"out\n");
+        assert_eq!(output.stderr, b"err\n");
+    }
+}
