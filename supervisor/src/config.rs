@@ -1,12 +1,14 @@
-//! The TOML config file and its merge with the flags: every `run` flag has a
-//! key, and a flag wins over its key. Validation happens here, before any
-//! socket is bound, so bad input is one clear line.
+//! `handoffctl run`'s options: one struct, [`RunOptions`], is both the
+//! command line's flags and the config file's keys (a key is its flag's
+//! name with `_` for `-`), so an option is written once; a flag wins over
+//! its key. Everything is checked here, before any socket is bound, and a
+//! bad value is one line naming the flag and the key.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use handoff::supervisor::RestartPolicy;
+use handoff::supervisor::{DaemonProtocol, RestartPolicy};
 use handoff::timeouts::parse_duration;
 use handoff::{ListenAddr, Mode, Timeouts};
 
@@ -16,71 +18,145 @@ use crate::error::Failure;
 /// The name of the admin socket inside a runtime directory.
 const SOCKET_NAME: &str = "handoff.sock";
 
-/// The config file, as written. Unknown keys are an error (a typo must not
-/// be silently ignored).
-#[derive(Debug, Default, serde::Deserialize)]
+/// Every option of `handoffctl run`, as a flag and as a config key. Keys
+/// marked "config only" have no flag; unknown keys are an error (a typo
+/// must not be silently ignored).
+#[derive(Debug, Default, clap::Args, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// The daemon binary (`-- BINARY`).
+pub struct RunOptions {
+    /// Config only: the daemon binary (on the command line: `-- BINARY`).
+    #[arg(skip)]
     pub binary: Option<PathBuf>,
-    /// Its arguments (`-- BINARY ARGS...`).
+    /// Config only: its arguments (on the command line: `-- BINARY ARGS`).
+    #[arg(skip)]
     pub args: Option<Vec<String>>,
-    /// `--socket`.
+    /// The admin socket [default: $RUNTIME_DIRECTORY/handoff.sock, else
+    /// $XDG_RUNTIME_DIR/handoff/handoff.sock, else /run/handoff/handoff.sock
+    /// for root or /tmp/handoff-UID/handoff.sock].
+    #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// `--listen NAME=ADDR`, as a table `name = "addr"`.
-    #[serde(default)]
-    pub listen: BTreeMap<String, String>,
-    /// `--data-dir`.
+    /// A listener: ADDR is HOST:PORT (TCP), unix:PATH or udp:HOST:PORT.
+    /// Repeatable. In the config, a table: `[listen]` then `NAME = "ADDR"`.
+    #[arg(long = "listen", value_name = "NAME=ADDR")]
+    #[serde(default, deserialize_with = "listen_table")]
+    pub listen: Vec<String>,
+    /// The daemon's data directory: created if missing and passed to every
+    /// generation as HANDOFF_DATA_DIR.
+    #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// `--mode`.
+    /// exclusive (stateful, the default) or overlap (stateless).
+    #[arg(long, value_enum)]
     pub mode: Option<ModeArg>,
-    /// `--drain-timeout`.
+    /// The incumbent's drain timeout in a handoff (250ms, 30s, 5m)
+    /// [default: 60s, at most the deadline].
+    #[arg(long, value_name = "DUR")]
     pub drain_timeout: Option<String>,
-    /// `--deadline`.
+    /// The overall deadline of a handoff, request to commit (250ms, 30s,
+    /// 5m) [default: 5m].
+    #[arg(long, value_name = "DUR")]
     pub deadline: Option<String>,
-    /// `--restart`.
-    pub restart: Option<RestartArg>,
-    /// `--log-format`.
-    pub log_format: Option<LogFormat>,
-    /// `--protocol`.
-    pub protocol: Option<ProtocolArg>,
-    /// `--ready-signal`.
-    pub ready_signal: Option<ReadySignalArg>,
-    /// `--stop-signal`.
-    pub stop_signal: Option<String>,
-    /// `--probe`.
-    pub probe: Option<String>,
-    /// `--probe-status`.
-    pub probe_status: Option<u16>,
-    /// `--probe-timeout`.
-    pub probe_timeout: Option<String>,
-    /// `--resume-timeout`.
+    /// After a rolled-back handoff, how long the old generation has to
+    /// resume; past it, it is killed and the restart policy decides
+    /// [default: 30s].
+    #[arg(long, value_name = "DUR")]
     pub resume_timeout: Option<String>,
-    /// `--probation`.
+    /// When a generation that exits outside a handoff is restarted
+    /// [default: on-failure].
+    #[arg(long, value_enum)]
+    pub restart: Option<RestartArg>,
+    /// Log format on stderr.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// How the daemon is supervised: `library` (it links handoff) or
+    /// `systemd` (any daemon: socket activation on fds 3.., readiness by
+    /// READY=1 on NOTIFY_SOCKET or by --probe, stopped by --stop-signal;
+    /// always overlap).
+    #[arg(long, value_enum)]
+    pub protocol: Option<ProtocolArg>,
+    /// With --protocol systemd: `notify` (READY=1 from the daemon's pid) or
+    /// `probe` (the daemon is ready when --probe passes).
+    #[arg(long, value_enum)]
+    pub ready_signal: Option<ReadySignalArg>,
+    /// With --protocol systemd: the signal that stops a generation
+    /// gracefully (TERM, QUIT, INT, HUP, USR1, USR2) [default: TERM];
+    /// SIGKILL follows after the drain timeout.
+    #[arg(long, value_name = "SIGNAL")]
+    pub stop_signal: Option<String>,
+    /// Health gate: before Commit, probe the successor with
+    /// `http://HOST:PORT/PATH` (GET, expects --probe-status) or
+    /// `tcp:HOST:PORT` (connect); a probe that never passes rolls back. Aim
+    /// it at an address only the successor serves (see the manual).
+    #[arg(long, value_name = "URL")]
+    pub probe: Option<String>,
+    /// The HTTP status the probe expects [default: 200].
+    #[arg(long, value_name = "CODE")]
+    pub probe_status: Option<u16>,
+    /// How long the probe is retried before the handoff rolls back
+    /// [default: 30s; bounded by --deadline].
+    #[arg(long, value_name = "DUR")]
+    pub probe_timeout: Option<String>,
+    /// Overlap mode: after a commit, keep the old generation drained and
+    /// idle this long; if the new one crashes meanwhile, the old one serves
+    /// again at once (an automatic rollback) [default: off].
+    #[arg(long, value_name = "DUR")]
     pub probation: Option<String>,
-    /// `--probation-signal`.
+    /// With --protocol systemd and --probation: the signal that tells the
+    /// old generation at the commit to stop accepting, finish its requests
+    /// and stay alive (WINCH, as nginx; TERM, QUIT, INT, HUP, USR1, USR2).
+    /// Needs --resume-signal. Without it, the old generation keeps serving
+    /// beside the new one until the probation ends (a warm standby).
+    #[arg(long, value_name = "SIGNAL")]
     pub probation_signal: Option<String>,
-    /// `--resume-signal`.
+    /// With --probation-signal: the signal that makes a quiesced old
+    /// generation accept again when the new one fails in probation (HUP,
+    /// as nginx).
+    #[arg(long, value_name = "SIGNAL")]
     pub resume_signal: Option<String>,
-    /// `--history-file`.
+    /// Where `history` is kept across supervisor restarts [default: next
+    /// to the admin socket, its extension replaced by `.history.json`].
+    #[arg(long, value_name = "FILE")]
     pub history_file: Option<PathBuf>,
-    /// Expected sha256 of the configured binary: checked (and the hashed
-    /// file run) at start, on upgrades to it and on restarts.
+    /// Config only: the sha256 the configured binary must have whenever it
+    /// starts (generation 1, an upgrade to it, a restart).
+    #[arg(skip)]
     pub sha256: Option<String>,
-    /// Uids besides our own and root that may use the admin socket.
+    /// Config only: uids besides ours and root that may use the admin
+    /// socket.
+    #[arg(skip)]
     #[serde(default)]
     pub allowed_uids: Vec<u32>,
-    /// Binaries besides the configured one an upgrade may run.
+    /// A binary an upgrade may run besides the configured one. Repeatable;
+    /// in the config, `allowed_binaries = [...]`.
+    #[arg(long = "allow-binary", value_name = "PATH")]
     #[serde(default)]
     pub allowed_binaries: Vec<PathBuf>,
 }
 
-impl FileConfig {
-    /// Reads and parses `path`.
-    pub fn load(path: &Path) -> Result<FileConfig, Failure> {
+/// `[listen]` as `NAME=ADDR` lines, the flags' form.
+fn listen_table<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    let table: BTreeMap<String, String> = serde::Deserialize::deserialize(deserializer)?;
+    Ok(table
+        .into_iter()
+        .map(|(name, addr)| format!("{name}={addr}"))
+        .collect())
+}
+
+/// Takes `$field` from `$file` where `$flags` left it unset.
+macro_rules! unset_from {
+    ($flags:ident, $file:ident; $($field:ident),* $(,)?) => {
+        $( if $flags.$field.is_none() { $flags.$field = $file.$field.take(); } )*
+    };
+}
+
+impl RunOptions {
+    /// Reads and parses a config file; its relative paths are relative to
+    /// the file.
+    pub fn load(path: &Path) -> Result<RunOptions, Failure> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Failure::usage(format!("cannot read config {}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| {
+        let mut options: RunOptions = toml::from_str(&text).map_err(|e| {
             let message = e.message().trim_end();
             let place = e
                 .span()
@@ -93,7 +169,44 @@ impl FileConfig {
                 "invalid config {}{place}: {message}",
                 path.display()
             ))
-        })
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let relative = |path: &mut Option<PathBuf>| {
+            if let Some(path) = path {
+                *path = base.join(&*path);
+            }
+        };
+        relative(&mut options.binary);
+        relative(&mut options.socket);
+        relative(&mut options.data_dir);
+        relative(&mut options.history_file);
+        for binary in &mut options.allowed_binaries {
+            *binary = base.join(&*binary);
+        }
+        Ok(options)
+    }
+
+    /// These options (the flags) over `file`'s: a flag wins over its key;
+    /// listeners are merged by name and allowed binaries added up.
+    pub fn over(mut self, mut file: RunOptions) -> RunOptions {
+        unset_from!(self, file;
+            binary, args, socket, data_dir, mode, drain_timeout, deadline, resume_timeout,
+            restart, log_format, protocol, ready_signal, stop_signal, probe, probe_status,
+            probe_timeout, probation, probation_signal, resume_signal, history_file, sha256,
+        );
+        // By name, a flag's last; a malformed spec is kept whole for
+        // `listeners` to refuse in its own words.
+        let mut listen: BTreeMap<&str, &String> = BTreeMap::new();
+        for spec in file.listen.iter().chain(&self.listen) {
+            let name = spec.split_once('=').map_or(spec.as_str(), |(name, _)| name);
+            listen.insert(name, spec);
+        }
+        self.listen = listen.into_values().cloned().collect();
+        file.allowed_uids.append(&mut self.allowed_uids);
+        self.allowed_uids = file.allowed_uids;
+        file.allowed_binaries.append(&mut self.allowed_binaries);
+        self.allowed_binaries = file.allowed_binaries;
+        self
     }
 }
 
@@ -117,7 +230,7 @@ pub struct Settings {
     /// The health gate's probe, if any.
     pub probe: Option<handoff::probe::Probe>,
     /// How the daemon is supervised.
-    pub protocol: handoff::supervisor::DaemonProtocol,
+    pub protocol: DaemonProtocol,
     /// Where the history is persisted.
     pub history_file: PathBuf,
 }
@@ -127,206 +240,224 @@ impl Settings {
     /// be checked without binding.
     pub fn resolve(args: RunArgs) -> Result<Settings, Failure> {
         let file = match &args.config {
-            Some(path) => FileConfig::load(path)?,
-            None => FileConfig::default(),
+            Some(path) => RunOptions::load(path)?,
+            None => RunOptions::default(),
         };
-        // Relative paths in a config file are relative to the file.
-        let base = args
-            .config
-            .as_deref()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let from_file = |path: PathBuf| base.join(path);
-
-        let mut command = args.command.into_iter();
-        let (program, program_args) = match command.next() {
-            Some(binary) => (PathBuf::from(binary), command.collect()),
-            None => match file.binary {
-                Some(binary) => (
-                    from_file(binary),
-                    file.args
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(OsString::from)
-                        .collect(),
-                ),
-                None => {
-                    return Err(Failure::usage(
-                        "no daemon binary: give `-- BINARY [ARGS...]` or `binary =` in the config",
-                    ));
-                }
-            },
-        };
-        let program = resolve_program(&program)?;
-
-        let mut listen: BTreeMap<String, String> = file.listen;
-        for spec in &args.listen {
-            let Some((name, addr)) = spec.split_once('=') else {
-                return Err(Failure::usage(format!(
-                    "--listen {spec:?}: expected NAME=ADDR"
-                )));
-            };
-            listen.insert(name.to_owned(), addr.to_owned());
-        }
-        let mut listeners = Vec::new();
-        for (name, addr) in listen {
-            if name.is_empty() {
-                return Err(Failure::usage(format!(
-                    "listener {addr:?} has an empty name"
-                )));
-            }
-            let parsed: ListenAddr = addr
-                .parse()
-                .map_err(|e| Failure::usage(format!("listener {name}: {e}")))?;
-            listeners.push((name, parsed));
-        }
-
-        let mut timeouts = Timeouts::default();
-        let drain = args.drain_timeout.or(file.drain_timeout);
-        let deadline = args.deadline.or(file.deadline);
-        if let Some(text) = &deadline {
-            timeouts.handoff_deadline = duration("deadline", text)?;
-            // An unset drain timeout follows a short deadline down.
-            timeouts.drain_grace = timeouts.drain_grace.min(timeouts.handoff_deadline);
-        }
-        if let Some(text) = &drain {
-            timeouts.drain_grace = duration("drain timeout", text)?;
-        }
-        if let Some(text) = args.probe_timeout.or(file.probe_timeout) {
-            timeouts.probe = duration("probe timeout", &text)?;
-        }
-        if let Some(text) = args.probation.or(file.probation) {
-            timeouts.probation = duration("probation", &text)?;
-        }
-        if let Some(text) = args.resume_timeout.or(file.resume_timeout) {
-            timeouts.resume = duration("resume timeout", &text)?;
-        }
-        let probe = args
-            .probe
-            .or(file.probe)
-            .map(|text| {
-                text.parse::<handoff::probe::Probe>()
-                    .map_err(|e| Failure::usage(e.to_string()))
-            })
-            .transpose()?;
-        let probe = match (probe, args.probe_status.or(file.probe_status)) {
-            (Some(probe), Some(status)) => Some(probe.expecting(status)),
-            (None, Some(_)) => {
-                return Err(Failure::usage("--probe-status needs --probe http://..."));
-            }
-            (probe, None) => probe,
-        };
-        let probation_signal = args.probation_signal.or(file.probation_signal);
-        let resume_signal = args.resume_signal.or(file.resume_signal);
-        let protocol = match args
-            .protocol
-            .or(file.protocol)
-            .unwrap_or(ProtocolArg::Library)
-        {
-            ProtocolArg::Library => {
-                if args.ready_signal.or(file.ready_signal).is_some()
-                    || args.stop_signal.is_some()
-                    || file.stop_signal.is_some()
-                {
-                    return Err(Failure::usage(
-                        "--ready-signal and --stop-signal need --protocol systemd",
-                    ));
-                }
-                if probation_signal.is_some() || resume_signal.is_some() {
-                    return Err(Failure::usage(
-                        "--probation-signal and --resume-signal need --protocol systemd \
-                         (a library daemon is quiesced and resumed by the protocol)",
-                    ));
-                }
-                handoff::supervisor::DaemonProtocol::Library
-            }
-            ProtocolArg::Systemd => {
-                let ready = match args.ready_signal.or(file.ready_signal) {
-                    None | Some(ReadySignalArg::Notify) => handoff::protocol::ReadySignal::Notify,
-                    Some(ReadySignalArg::Probe) => {
-                        if probe.is_none() {
-                            return Err(Failure::usage("--ready-signal probe needs --probe"));
-                        }
-                        handoff::protocol::ReadySignal::Probe
-                    }
-                };
-                let stop_signal = match args.stop_signal.or(file.stop_signal) {
-                    None => handoff::os::Sig::Term,
-                    Some(name) => parse_signal(&name)?,
-                };
-                let quiesce = quiesce_signals(
-                    probation_signal.as_deref(),
-                    resume_signal.as_deref(),
-                    timeouts.probation,
-                    stop_signal,
-                )?;
-                handoff::supervisor::DaemonProtocol::Systemd {
-                    ready,
-                    stop_signal,
-                    quiesce,
-                }
-            }
-        };
-        timeouts
-            .validate()
-            .map_err(|e| Failure::usage(format!("{e}")))?;
-
-        let sha256 = file.sha256.map(|hex| parse_sha256(&hex)).transpose()?;
+        let options = args.options.over(file);
+        let (program, program_args) = program(&options, args.command)?;
+        let timeouts = timeouts(&options)?;
+        let probe = probe(&options)?;
+        let protocol = protocol(&options, timeouts, probe.is_some())?;
+        let sha256 = options.sha256.as_deref().map(parse_sha256).transpose()?;
         if let Some(expected) = &sha256 {
             // Checked here for one clear line before anything starts; the
             // library checks again, on the file it then executes.
             handoff::os::pin_binary(&program, expected)
                 .map_err(|e| Failure::usage(crate::error::chain(&e)))?;
         }
-        let (socket, socket_is_default) = match args.socket.or(file.socket.map(from_file)) {
+        let (socket, socket_is_default) = match options.socket {
             Some(socket) => (socket, false),
             None => (default_socket()?, true),
         };
-        let history_file = args
+        let history_file = options
             .history_file
-            .or(file.history_file.map(from_file))
             .unwrap_or_else(|| socket.with_extension("history.json"));
         Ok(Settings {
             program,
             args: program_args,
             socket,
             socket_is_default,
-            listeners,
-            data_dir: args.data_dir.or(file.data_dir.map(from_file)),
+            listeners: listeners(&options.listen)?,
+            data_dir: options.data_dir,
             // A foreign daemon is always handed over in overlap.
-            mode: match (
-                protocol,
-                args.mode.or(file.mode).unwrap_or(ModeArg::Exclusive),
-            ) {
-                (handoff::supervisor::DaemonProtocol::Systemd { .. }, _) => Mode::Overlap,
+            mode: match (protocol, options.mode.unwrap_or(ModeArg::Exclusive)) {
+                (DaemonProtocol::Systemd { .. }, _) => Mode::Overlap,
                 (_, ModeArg::Exclusive) => Mode::Exclusive,
                 (_, ModeArg::Overlap) => Mode::Overlap,
             },
             timeouts,
-            restart: match args
-                .restart
-                .or(file.restart)
-                .unwrap_or(RestartArg::OnFailure)
-            {
+            restart: match options.restart.unwrap_or(RestartArg::OnFailure) {
                 RestartArg::Always => RestartPolicy::Always,
                 RestartArg::OnFailure => RestartPolicy::OnFailure,
                 RestartArg::Never => RestartPolicy::Never,
             },
-            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            log_format: options.log_format.unwrap_or_default(),
             sha256,
-            allowed_uids: file.allowed_uids,
-            allowed_binaries: file
-                .allowed_binaries
-                .into_iter()
-                .map(from_file)
-                .chain(args.allow_binary)
-                .collect(),
+            allowed_uids: options.allowed_uids,
+            allowed_binaries: options.allowed_binaries,
             probe,
             protocol,
             history_file,
         })
     }
+}
+
+/// The daemon: `-- BINARY ARGS` on the command line, else `binary` and
+/// `args` in the config; an executable file, searched in `PATH` without a
+/// slash.
+fn program(
+    options: &RunOptions,
+    command: Vec<OsString>,
+) -> Result<(PathBuf, Vec<OsString>), Failure> {
+    let mut command = command.into_iter();
+    let (program, args) = match (command.next(), &options.binary) {
+        (Some(binary), _) => (PathBuf::from(binary), command.collect()),
+        (None, Some(binary)) => {
+            let args = options.args.iter().flatten().map(OsString::from).collect();
+            (binary.clone(), args)
+        }
+        (None, None) => {
+            return Err(Failure::usage(
+                "no daemon binary: give `-- BINARY [ARGS...]` or `binary =` in the config",
+            ));
+        }
+    };
+    Ok((resolve_program(&program)?, args))
+}
+
+/// `--listen NAME=ADDR` (or `[listen]`), each parsed.
+fn listeners(specs: &[String]) -> Result<Vec<(String, ListenAddr)>, Failure> {
+    specs
+        .iter()
+        .map(|spec| {
+            let Some((name, addr)) = spec.split_once('=') else {
+                return Err(Failure::usage(format!(
+                    "--listen {spec:?}: expected NAME=ADDR, for example http=127.0.0.1:8080"
+                )));
+            };
+            if name.is_empty() {
+                return Err(Failure::usage(format!(
+                    "--listen {spec:?}: the listener has no name (NAME=ADDR)"
+                )));
+            }
+            let parsed: ListenAddr = addr
+                .parse()
+                .map_err(|e| Failure::usage(format!("--listen {name}={addr}: {e}")))?;
+            Ok((name.to_owned(), parsed))
+        })
+        .collect()
+}
+
+/// The durations: each flag or key, then the checks between them, in the
+/// flags' words.
+fn timeouts(options: &RunOptions) -> Result<Timeouts, Failure> {
+    let mut timeouts = Timeouts::default();
+    if let Some(text) = &options.deadline {
+        timeouts.handoff_deadline = duration("--deadline", text)?;
+        // An unset drain timeout follows a short deadline down.
+        timeouts.drain_grace = timeouts.drain_grace.min(timeouts.handoff_deadline);
+    }
+    let durations = [
+        (
+            &options.drain_timeout,
+            "--drain-timeout",
+            &mut timeouts.drain_grace,
+        ),
+        (
+            &options.probe_timeout,
+            "--probe-timeout",
+            &mut timeouts.probe,
+        ),
+        (&options.probation, "--probation", &mut timeouts.probation),
+        (
+            &options.resume_timeout,
+            "--resume-timeout",
+            &mut timeouts.resume,
+        ),
+    ];
+    for (text, flag, field) in durations {
+        if let Some(text) = text {
+            *field = duration(flag, text)?;
+        }
+    }
+    timeouts.validate().map_err(|error| match error {
+        handoff::Error::InvalidTimeout { field, problem } => {
+            Failure::usage(in_flag_words(field, problem))
+        }
+        other => Failure::usage(other.to_string()),
+    })?;
+    Ok(timeouts)
+}
+
+/// A `Timeouts::validate` complaint about a field, said with the flags.
+fn in_flag_words(field: &str, problem: &str) -> String {
+    let flag = match field {
+        "drain_grace" => "--drain-timeout",
+        "handoff_deadline" => "--deadline",
+        "probe" => "--probe-timeout",
+        "resume" => "--resume-timeout",
+        "probation" => "--probation",
+        other => other,
+    };
+    let problem = problem
+        .replace("handoff_deadline", "--deadline")
+        .replace("drain_grace", "--drain-timeout");
+    format!("{flag}: {problem}")
+}
+
+/// The health gate's probe: `--probe` with `--probe-status`.
+fn probe(options: &RunOptions) -> Result<Option<handoff::probe::Probe>, Failure> {
+    let probe = options
+        .probe
+        .as_deref()
+        .map(|text| {
+            text.parse::<handoff::probe::Probe>()
+                .map_err(|e| Failure::usage(format!("--probe {text:?}: {e}")))
+        })
+        .transpose()?;
+    match (probe, options.probe_status) {
+        (Some(probe), Some(status)) => Ok(Some(probe.expecting(status))),
+        (None, Some(_)) => Err(Failure::usage(
+            "--probe-status needs --probe http://...: give the address to probe",
+        )),
+        (probe, None) => Ok(probe),
+    }
+}
+
+/// How the daemon is supervised, with the flags that only make sense for
+/// one protocol checked against it.
+fn protocol(
+    options: &RunOptions,
+    timeouts: Timeouts,
+    probe: bool,
+) -> Result<DaemonProtocol, Failure> {
+    let library = options.protocol.unwrap_or(ProtocolArg::Library) == ProtocolArg::Library;
+    if library {
+        if options.ready_signal.is_some() || options.stop_signal.is_some() {
+            return Err(Failure::usage(
+                "--ready-signal and --stop-signal need --protocol systemd",
+            ));
+        }
+        if options.probation_signal.is_some() || options.resume_signal.is_some() {
+            return Err(Failure::usage(
+                "--probation-signal and --resume-signal need --protocol systemd \
+                 (a library daemon is quiesced and resumed by the protocol)",
+            ));
+        }
+        return Ok(DaemonProtocol::Library);
+    }
+    let ready = match options.ready_signal {
+        None | Some(ReadySignalArg::Notify) => handoff::protocol::ReadySignal::Notify,
+        Some(ReadySignalArg::Probe) if !probe => {
+            return Err(Failure::usage("--ready-signal probe needs --probe"));
+        }
+        Some(ReadySignalArg::Probe) => handoff::protocol::ReadySignal::Probe,
+    };
+    let stop_signal = match &options.stop_signal {
+        None => handoff::os::Sig::Term,
+        Some(name) => parse_signal(name)?,
+    };
+    let quiesce = quiesce_signals(
+        options.probation_signal.as_deref(),
+        options.resume_signal.as_deref(),
+        timeouts.probation,
+        stop_signal,
+    )?;
+    Ok(DaemonProtocol::Systemd {
+        ready,
+        stop_signal,
+        quiesce,
+    })
 }
 
 /// The quiesce and resume signals of a foreign daemon's probation: both or
@@ -400,12 +531,10 @@ pub fn client_socket(target: &Target) -> Result<PathBuf, Failure> {
     if let Some(socket) = &target.socket {
         return Ok(socket.clone());
     }
-    if let Some(path) = &target.config {
-        let file = FileConfig::load(path)?;
-        if let Some(socket) = file.socket {
-            let base = path.parent().unwrap_or(Path::new(""));
-            return Ok(base.join(socket));
-        }
+    if let Some(path) = &target.config
+        && let Some(socket) = RunOptions::load(path)?.socket
+    {
+        return Ok(socket);
     }
     default_socket()
 }
@@ -433,9 +562,17 @@ pub fn default_socket() -> Result<PathBuf, Failure> {
     })
 }
 
-fn duration(what: &str, text: &str) -> Result<std::time::Duration, Failure> {
-    parse_duration(text)
-        .map_err(|e| Failure::usage(format!("{what} {text:?}: {e} (examples: 250ms, 30s, 5m)")))
+/// A duration flag's value (`250ms`, `30s`, `5m`, `1h`).
+fn duration(flag: &str, text: &str) -> Result<std::time::Duration, Failure> {
+    parse_duration(text).map_err(|e| {
+        let problem = match e {
+            handoff::Error::InvalidTimeout { problem, .. } => problem,
+            _ => "not a duration",
+        };
+        Failure::usage(format!(
+            "{flag} {text:?}: {problem} (for example 250ms, 30s, 5m)"
+        ))
+    })
 }
 
 /// A sha256 given in hex, normalised to lowercase.
@@ -505,7 +642,7 @@ mod tests {
 
     #[test]
     fn unknown_config_keys_are_refused() {
-        let err = toml::from_str::<FileConfig>("bnary = \"/bin/true\"").expect_err("typo");
+        let err = toml::from_str::<RunOptions>("bnary = \"/bin/true\"").expect_err("typo");
         assert!(err.to_string().contains("bnary"), "{err}");
     }
 
@@ -619,14 +756,14 @@ mod tests {
     #[test]
     fn the_shipped_example_config_parses() {
         let text = include_str!("../../examples/systemd/mydaemon.toml");
-        let config: FileConfig = toml::from_str(text).expect("examples/systemd/mydaemon.toml");
-        assert_eq!(config.listen["http"], "0.0.0.0:8080");
+        let config: RunOptions = toml::from_str(text).expect("examples/systemd/mydaemon.toml");
+        assert_eq!(config.listen, ["http=0.0.0.0:8080"]);
         assert_eq!(config.log_format, Some(LogFormat::Json));
     }
 
     #[test]
     fn a_full_config_parses() {
-        let config: FileConfig = toml::from_str(
+        let config: RunOptions = toml::from_str(
             r#"
             binary = "/usr/bin/daemon"
             args = ["--flag"]
@@ -655,7 +792,7 @@ mod tests {
             "#,
         )
         .expect("parse");
-        assert_eq!(config.listen["http"], "127.0.0.1:8080");
+        assert_eq!(config.listen, ["http=127.0.0.1:8080"]);
         assert!(matches!(config.mode, Some(ModeArg::Overlap)));
         assert!(matches!(config.restart, Some(RestartArg::OnFailure)));
         assert_eq!(config.log_format, Some(LogFormat::Json));

@@ -81,7 +81,26 @@ fn bad_run_input_is_one_line() {
     );
 
     let line = run(&["--socket", socket, "--deadline", "soon", "--", testd]);
-    assert!(line.contains("deadline"), "{line}");
+    assert!(line.contains("--deadline \"soon\""), "{line}");
+    // Errors name the flags, never the library's field names.
+    let line = run(&[
+        "--socket",
+        socket,
+        "--deadline",
+        "5s",
+        "--drain-timeout",
+        "10s",
+        "--",
+        testd,
+    ]);
+    assert!(
+        line.contains("--drain-timeout") && line.contains("--deadline"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("drain_grace") && !line.contains("handoff_deadline"),
+        "{line}"
+    );
     let line = run(&["--socket", socket]);
     assert!(line.contains("no daemon binary"), "{line}");
     assert!(
