@@ -455,14 +455,25 @@ impl Error {
     }
 }
 
-/// `error` and its sources, joined by `: `, for one log line.
-pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = error.to_string();
+/// `error` and its sources on one line, joined by `: ` (a source whose
+/// text the line already ends with is not repeated): the one way the
+/// library and `handoffctl` print an error chain, in logs and on the
+/// command line alike.
+///
+/// ```
+/// let error = handoff::Error::io("binding a listener", std::io::Error::other("address in use"));
+/// assert_eq!(handoff::error::chain(&error), "binding a listener failed: address in use");
+/// ```
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
+        let text = cause.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
         source = cause.source();
     }
-    message
+    line
 }

@@ -75,7 +75,12 @@ pub(crate) trait ErasedDrainable: Send {
     fn snapshot(&self) -> Snapshot;
 }
 
-fn chain(hook: &'static str, error: impl std::error::Error + Send + Sync + 'static) -> String {
+/// A hook's error as the text that crosses to the supervisor, logged here
+/// with its whole chain.
+fn hook_failure(
+    hook: &'static str,
+    error: impl std::error::Error + Send + Sync + 'static,
+) -> String {
     let error = Error::Hook {
         hook,
         source: Box::new(error),
@@ -87,13 +92,13 @@ fn chain(hook: &'static str, error: impl std::error::Error + Send + Sync + 'stat
 
 impl<D: Drainable> ErasedDrainable for D {
     fn drain(&mut self, deadline: Instant) -> std::result::Result<DrainReport, String> {
-        Drainable::drain(self, deadline).map_err(|e| chain("drain", e))
+        Drainable::drain(self, deadline).map_err(|e| hook_failure("drain", e))
     }
     fn seal(&mut self, progress: &mut SealProgress) -> std::result::Result<SealInfo, String> {
-        Drainable::seal(self, progress).map_err(|e| chain("seal", e))
+        Drainable::seal(self, progress).map_err(|e| hook_failure("seal", e))
     }
     fn resume(&mut self) -> std::result::Result<(), String> {
-        Drainable::resume_after_abort(self).map_err(|e| chain("resume_after_abort", e))
+        Drainable::resume_after_abort(self).map_err(|e| hook_failure("resume_after_abort", e))
     }
     fn snapshot(&self) -> Snapshot {
         Drainable::snapshot(self)

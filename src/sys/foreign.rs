@@ -47,10 +47,8 @@ use std::process::{Child, Command, Stdio};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, fcntl};
 use nix::libc;
-use nix::sys::prctl;
-use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt::PassCred};
-use nix::unistd::{Pid, getpid, getppid};
+use nix::unistd::{Pid, getpid};
 
 /// The first fd of socket activation (`SD_LISTEN_FDS_START`).
 const FIRST: RawFd = 3;
@@ -195,17 +193,9 @@ fn in_child(
     argv: &[usize],
     env: &[usize],
 ) -> io::Result<()> {
-    // A process group of its own, as for a library generation: SIGKILL
-    // reaches whatever the daemon forked (workers holding the listeners),
-    // and a terminal's Ctrl-C reaches only the supervisor.
-    nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
-    if die_with_parent {
-        prctl::set_pdeathsig(Signal::SIGKILL)?;
-        if getppid() != parent {
-            return Err(Errno::ESRCH.into());
-        }
-    }
-    SigSet::empty().thread_set_mask()?;
+    // As for a library generation: SIGKILL reaches whatever the daemon
+    // forked (workers holding the listeners), nothing blocked.
+    super::process::child_prologue(die_with_parent, parent)?;
     let count = RawFd::try_from(sources.len()).map_err(|_| Errno::EMFILE)?;
     let above = FIRST + count;
     // All up out of the target range first (close-on-exec copies), then

@@ -199,14 +199,9 @@ fn park_at(fd: OwnedFd, target: RawFd) -> io::Result<OwnedFd> {
     Ok(if raw == target { duplicate } else { fd })
 }
 
-/// Runs in the child between fork and exec: async-signal-safe calls only, no
-/// allocation (an `io::Error` from an errno does not allocate).
-fn in_child(
-    control: Option<RawFd>,
-    target: RawFd,
-    die_with_parent: bool,
-    parent: Pid,
-) -> io::Result<()> {
+/// What every generation's child does first between fork and exec, library
+/// and foreign alike. Async-signal-safe calls only, no allocation.
+pub(super) fn child_prologue(die_with_parent: bool, parent: Pid) -> io::Result<()> {
     // A process group of its own: the supervisor's final SIGKILL reaches
     // whatever the generation forked, and a terminal's Ctrl-C reaches only
     // the supervisor, which decides what the generations get.
@@ -224,6 +219,18 @@ fn in_child(
     // every generation with nothing blocked (pthread_sigmask is
     // async-signal-safe; SigSet::empty does not allocate).
     SigSet::empty().thread_set_mask()?;
+    Ok(())
+}
+
+/// Runs in the child between fork and exec: async-signal-safe calls only, no
+/// allocation (an `io::Error` from an errno does not allocate).
+fn in_child(
+    control: Option<RawFd>,
+    target: RawFd,
+    die_with_parent: bool,
+    parent: Pid,
+) -> io::Result<()> {
+    child_prologue(die_with_parent, parent)?;
     if let Some(control) = control {
         let rc = if control == target {
             // Already in place: only make it survive the exec.

@@ -87,17 +87,4 @@ impl fmt::Display for Failure {
     }
 }
 
-/// An error and its sources on one line: `a: b: c`.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !line.ends_with(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = cause.source();
-    }
-    line
-}
+pub use handoff::error::chain;
