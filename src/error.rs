@@ -461,7 +461,10 @@ impl Error {
 /// command line alike.
 ///
 /// ```
-/// let error = handoff::Error::io("binding a listener", std::io::Error::other("address in use"));
+/// let error = handoff::Error::Io {
+///     op: "binding a listener",
+///     source: std::io::Error::other("address in use"),
+/// };
 /// assert_eq!(handoff::error::chain(&error), "binding a listener failed: address in use");
 /// ```
 pub fn chain(error: &dyn std::error::Error) -> String {
