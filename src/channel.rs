@@ -52,7 +52,7 @@ impl Sender {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         sys::send_frame(self.inner.socket.as_fd(), &bytes, fds)
-            .map_err(|source| Error::io("sendmsg on a control connection", source))
+            .map_err(|source| Error::io("sending on a control connection", source))
     }
 
     /// Shuts the connection down both ways: the peer sees EOF and our
@@ -84,7 +84,7 @@ impl Receiver {
                 return Ok(Some(frame));
             }
             let received = sys::recv_chunk(self.socket.as_fd(), &mut self.buf)
-                .map_err(|source| Error::io("recvmsg on a control connection", source))?;
+                .map_err(|source| Error::io("receiving on a control connection", source))?;
             if received.truncated {
                 return Err(self.frame_error(FrameError::ControlTruncated));
             }
@@ -118,7 +118,7 @@ pub(crate) fn split(
     write_timeout: std::time::Duration,
 ) -> Result<(Sender, Receiver)> {
     sys::set_write_timeout(socket.as_fd(), write_timeout)
-        .map_err(|source| Error::io("setsockopt(SO_SNDTIMEO)", source))?;
+        .map_err(|source| Error::io("setting a control socket's write timeout", source))?;
     let socket = Arc::new(socket);
     Ok((
         Sender {
@@ -175,5 +175,5 @@ pub(crate) fn spawn_reader(
                 }
             }
         })
-        .map_err(|source| Error::io("spawn a reader thread", source))
+        .map_err(|source| Error::io("starting a reader thread", source))
 }

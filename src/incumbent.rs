@@ -157,7 +157,7 @@ pub(crate) fn start_agent(
     std::thread::Builder::new()
         .name("handoff-agent".into())
         .spawn(move || agent.run(input_rx))
-        .map_err(|source| Error::io("spawn the agent thread", source))?;
+        .map_err(|source| Error::io("starting the agent thread", source))?;
     Ok((input_tx, event_rx))
 }
 
@@ -428,7 +428,7 @@ fn spawn_hook_thread(
                 }
             }
         })
-        .map_err(|source| Error::io("spawn the hook thread", source))?;
+        .map_err(|source| Error::io("starting the hook thread", source))?;
     Ok(jobs_tx)
 }
 

@@ -37,7 +37,7 @@ pub fn bind_admin_socket(path: &Path) -> Result<std::os::unix::net::UnixListener
 
 /// The pid, uid and gid of the process at the other end of a Unix socket.
 pub fn peer_credentials(socket: impl AsFd) -> Result<PeerCred> {
-    sys::peer_credentials(socket).map_err(|source| Error::io("getsockopt(SO_PEERCRED)", source))
+    sys::peer_credentials(socket).map_err(|source| Error::io("reading the peer's credentials", source))
 }
 
 /// Sends one systemd notification (`READY=1`, ...) to `socket` (the value
@@ -58,7 +58,7 @@ pub fn enter_private_network() -> Result<()> {
 
 /// Whether `fd` is close-on-exec.
 pub fn is_cloexec(fd: impl AsFd) -> Result<bool> {
-    sys::is_cloexec(fd).map_err(|source| Error::io("fcntl(F_GETFD)", source))
+    sys::is_cloexec(fd).map_err(|source| Error::io("reading an fd's flags", source))
 }
 
 /// The fds open in this process.
@@ -68,7 +68,7 @@ pub fn open_fds() -> Result<Vec<i32>> {
 
 /// Sends `signal` to `pid`.
 pub fn signal(pid: u32, signal: Sig) -> Result<()> {
-    sys::signal(pid, signal).map_err(|source| Error::io("kill", source))
+    sys::signal(pid, signal).map_err(|source| Error::io("sending a signal", source))
 }
 
 /// Takes ownership of an fd this process inherited (socket activation) and
@@ -87,7 +87,7 @@ pub fn listen_fds() -> Result<Vec<(String, OwnedFd)>> {
 
 /// `CLOCK_MONOTONIC` in microseconds, for systemd's `MONOTONIC_USEC=`.
 pub fn monotonic_usec() -> Result<u64> {
-    sys::monotonic_usec().map_err(|source| Error::io("clock_gettime(CLOCK_MONOTONIC)", source))
+    sys::monotonic_usec().map_err(|source| Error::io("reading the monotonic clock", source))
 }
 
 /// This process's effective uid (the admin socket admits it, root, and the

@@ -543,7 +543,7 @@ impl HandlerRegistry {
                 // The receiver may have given up; the result is then dropped.
                 let _ = sender.send(guard.call(&ctx, request));
             })
-            .map_err(|source| Error::io("spawn a handler thread", source))?;
+            .map_err(|source| Error::io("starting a handler thread", source))?;
         match receiver.recv_timeout(timeout) {
             Ok(result) => result,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(Error::HandlerTimeout {

@@ -256,7 +256,7 @@ impl Monitor {
                     }
                 }
             })
-            .map_err(|source| Error::io("spawn the drain monitor thread", source))?;
+            .map_err(|source| Error::io("starting the drain monitor thread", source))?;
         Ok(Monitor {
             stop,
             signals,
