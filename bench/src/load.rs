@@ -3,9 +3,14 @@
 //! latency is measured from its intended send time — a stall shows up in
 //! every request scheduled during it (no coordinated omission).
 //!
-//! Half of the clients open a new connection per request; the other half
-//! keep their connection alive, reconnecting after a `Connection: close`
-//! (or an HTTP/1.0 answer, which closes). Requests alternate between a
+//! By default ([`Connections::Mixed`]) half of the clients open a new
+//! connection per request and the other half keep their connection alive,
+//! reconnecting after a `Connection: close` (or an HTTP/1.0 answer, which
+//! closes); [`Connections::PerRequest`] puts every client on a new
+//! connection per request, the load that most often has a connection
+//! accepted just as a drain begins. Each client counts the connections it
+//! opened ([`ClientLog::connections_opened`]): beyond a kept-alive client's
+//! first, each is a reconnect it had to make. Requests alternate between a
 //! `PUT` of a fresh key and a `GET` of the client's last acknowledged key;
 //! the foreign daemon ([`Target::Pid`]) gets `GET /` only.
 
@@ -28,6 +33,34 @@ pub enum Target {
     Pid,
 }
 
+/// How the clients use connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connections {
+    /// Half of the clients open a new connection per request, half keep
+    /// theirs alive (the default).
+    Mixed,
+    /// Every client opens a new connection per request.
+    PerRequest,
+}
+
+impl Connections {
+    /// The name used on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Connections::Mixed => "mixed",
+            Connections::PerRequest => "per-request",
+        }
+    }
+
+    /// Whether client `id` keeps its connection alive.
+    pub fn keeps_alive(self, id: usize) -> bool {
+        match self {
+            Connections::Mixed => id % 2 == 1,
+            Connections::PerRequest => false,
+        }
+    }
+}
+
 /// The shape of the load.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
@@ -35,6 +68,8 @@ pub struct LoadConfig {
     pub addr: SocketAddr,
     /// Concurrent clients.
     pub clients: usize,
+    /// Which clients keep their connection alive.
+    pub connections: Connections,
     /// Arrival rate over all clients, requests per second.
     pub rate: f64,
     /// Bound on one request, connect included.
@@ -71,6 +106,24 @@ pub struct ClientLog {
     pub samples: Vec<Sample>,
     /// Acknowledged writes, `(key, value)`.
     pub acked: Vec<(String, Vec<u8>)>,
+    /// Whether the client keeps its connection alive.
+    pub keep_alive: bool,
+    /// TCP connections it opened (connects that succeeded), its first
+    /// included.
+    pub connections_opened: u64,
+}
+
+impl ClientLog {
+    /// New connections a kept-alive client had to open beyond its first
+    /// (after the server closed one, or a request on it failed); 0 for a
+    /// client that opens one per request.
+    pub fn reconnects(&self) -> u64 {
+        if self.keep_alive {
+            self.connections_opened.saturating_sub(1)
+        } else {
+            0
+        }
+    }
 }
 
 /// Runs the load from `start` until `stop` is set (checked before each
@@ -108,9 +161,12 @@ async fn client(
 ) -> ClientLog {
     let period = Duration::from_secs_f64(config.clients as f64 / config.rate);
     let offset = period.mul_f64(id as f64 / config.clients as f64);
-    let keep_alive = id % 2 == 1;
+    let keep_alive = config.connections.keeps_alive(id);
     let mut connection: Option<Connection> = None;
-    let mut log = ClientLog::default();
+    let mut log = ClientLog {
+        keep_alive,
+        ..ClientLog::default()
+    };
     let mut last_acked: Option<(String, Vec<u8>)> = None;
     for sequence in 0u64.. {
         let intended = start + offset + period.mul_f64(sequence as f64);
@@ -137,6 +193,7 @@ async fn client(
             config.request_timeout,
             send(
                 &mut connection,
+                &mut log.connections_opened,
                 config.addr,
                 keep_alive,
                 method,
@@ -226,10 +283,12 @@ pub fn pid_in(response: &Response) -> Option<u32> {
 /// One request with a kept-alive connection's reuse rules: a connection
 /// the server closed while idle is dropped before sending; a request sent
 /// on a reused connection that failed before any response byte is retried
-/// once on a new connection. Returns the result, whether it was retried,
-/// and whether the final attempt used a new connection.
+/// once on a new connection. Counts the connections it opens in `opened`.
+/// Returns the result, whether it was retried, and whether the final
+/// attempt used a new connection.
 async fn send(
     slot: &mut Option<Connection>,
+    opened: &mut u64,
     addr: SocketAddr,
     keep_alive: bool,
     method: &str,
@@ -244,7 +303,10 @@ async fn send(
         let mut connection = match slot.take() {
             Some(connection) => connection,
             None => match Connection::open(addr).await {
-                Ok(connection) => connection,
+                Ok(connection) => {
+                    *opened += 1;
+                    connection
+                }
                 Err(failed) => return (Err(failed.failure), retried, true),
             },
         };
@@ -278,14 +340,14 @@ pub async fn read_back(
             let acked = Arc::clone(&acked);
             tokio::spawn(async move {
                 let (mut lost, mut unreadable) = (0u64, 0u64);
-                let mut slot = None;
+                let (mut slot, mut opened) = (None, 0);
                 for (key, value) in acked.iter().skip(reader).step_by(READERS) {
                     let path = format!("/kv/{key}");
                     let mut verdict = None;
                     for _ in 0..ATTEMPTS {
                         let attempt = tokio::time::timeout(
                             timeout,
-                            send(&mut slot, addr, true, "GET", &path, &[]),
+                            send(&mut slot, &mut opened, addr, true, "GET", &path, &[]),
                         )
                         .await;
                         if let Ok((Ok(response), _, _)) = attempt {

@@ -1,19 +1,36 @@
-//! `handoff-bench`: open-loop HTTP load across repeated upgrades; prints one
-//! JSON object and writes an SVG per mode. Exits 1 if a zero count is not
-//! zero, or if the negative control saw no failure (a blind harness); with
-//! `--netns`, the kernel's TCP counters are a zero count too.
+//! `handoff-bench`: open-loop HTTP load across repeated upgrades.
+//!
+//! While it runs it says on stderr what it does (which daemon, each phase,
+//! upgrade k of n); at the end it prints a short table per run on stdout
+//! (upgrades committed, requests, failures by class, lost writes, handoff
+//! p50/p99, p99 during handoffs against steady, reconnects, verdict) and
+//! the paths of the SVG pictures, written to `target/handoff-bench/`
+//! (`--svg-dir` to choose). `--json` prints one JSON object instead of the
+//! tables. Each upgrade runs a fresh build put in place just before it, as
+//! a deploy does (`--builds fixed` alternates two builds instead).
+//!
+//! Exits 1 if a zero count is not zero ([`Counts::zero_loss_violations`]),
+//! or if the negative control saw no failure (a blind harness); with
+//! `--netns`, the kernel's TCP counters are a zero count too. Exits 2 if
+//! the benchmark itself could not run.
 //!
 //! ```text
 //! cargo build --release --examples -p handoff && cargo build --release -p handoffctl
 //! cargo run --release -p handoff-bench -- --mode both --upgrades 20 --clients 32
 //! cargo run --release -p handoff-bench -- --mode foreign --upgrades 20   # needs python3
 //! ```
+//!
+//! [`Counts::zero_loss_violations`]: handoff_bench::report::Counts::zero_loss_violations
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use handoff_bench::run::{Config, Daemon, Observed, UpgraderKind, run};
+use handoff_bench::load::Connections;
+use handoff_bench::run::{
+    Builds, Config, Daemon, Observed, Progress, UpgraderKind, run_with_progress,
+};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Supervisor {
@@ -37,6 +54,27 @@ enum Modes {
     All,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BuildsArg {
+    /// Before each upgrade, a new build (a copy of the daemon's with a
+    /// trailer of its own) is renamed over the configured binary, which
+    /// the upgrade runs as it is on disk now (`handoffctl upgrade`, no
+    /// --binary).
+    Fresh,
+    /// Two builds side by side, NAME-a and NAME-b, each upgrade naming the
+    /// other (`handoffctl upgrade --binary`).
+    Fixed,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ConnectionsArg {
+    /// Half of the clients open a new connection per request, half keep
+    /// theirs alive.
+    Mixed,
+    /// Every client opens a new connection per request.
+    PerRequest,
+}
+
 /// Load benchmark for handoff: zero-loss counts, handoff times, latency.
 #[derive(Debug, Parser)]
 struct Args {
@@ -54,9 +92,15 @@ struct Args {
     /// Upgrades per run.
     #[arg(long, default_value_t = 20)]
     upgrades: usize,
-    /// Concurrent clients (half on new connections, half kept alive).
+    /// What each upgrade runs.
+    #[arg(long, value_enum, default_value = "fresh")]
+    builds: BuildsArg,
+    /// Concurrent clients.
     #[arg(long, default_value_t = 32)]
     clients: usize,
+    /// How the clients use connections.
+    #[arg(long, value_enum, default_value = "mixed")]
+    connections: ConnectionsArg,
     /// Arrival rate over all clients, requests per second.
     #[arg(long, default_value_t = 800.0)]
     rate: f64,
@@ -87,26 +131,54 @@ struct Args {
     /// for the supervised runs and some for the naive-restart control.
     #[arg(long)]
     netns: bool,
-    /// Directory for the SVG pictures.
-    #[arg(long, default_value = ".")]
-    svg_dir: PathBuf,
+    /// Print one JSON object on stdout instead of the tables.
+    #[arg(long)]
+    json: bool,
+    /// Directory for the SVG pictures, created if missing [default:
+    /// handoff-bench/ in the cargo target directory this binary is in].
+    #[arg(long)]
+    svg_dir: Option<PathBuf>,
 }
 
-fn main() {
+fn main() -> ExitCode {
     let args = Args::parse();
-    // Before any thread starts: the namespace is per thread.
-    if args.netns
-        && let Err(error) = handoff_bench::kernel::enter_private_network()
-    {
-        eprintln!("handoff-bench: --netns: {error}");
-        std::process::exit(2)
+    match bench(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!(
+                "handoff-bench: a zero count is not zero, or the negative control saw nothing"
+            );
+            ExitCode::from(1)
+        }
+        Err(error) => {
+            eprintln!("handoff-bench: {error}");
+            ExitCode::from(2)
+        }
     }
+}
+
+/// Runs everything `args` asks for and reports it; whether every verdict
+/// holds.
+fn bench(args: &Args) -> Result<bool, String> {
+    // Before any thread starts: the namespace is per thread.
+    if args.netns {
+        handoff_bench::kernel::enter_private_network().map_err(|e| format!("--netns: {e}"))?;
+    }
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_owned));
     let examples_dir = args.examples_dir.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(|dir| dir.join("examples")))
+        exe_dir
+            .as_ref()
+            .map(|dir| dir.join("examples"))
             .unwrap_or_else(|| PathBuf::from("target/release/examples"))
     });
+    let svg_dir = args.svg_dir.clone().unwrap_or_else(|| {
+        target_dir(exe_dir.as_deref())
+            .unwrap_or_else(std::env::temp_dir)
+            .join("handoff-bench")
+    });
+    std::fs::create_dir_all(&svg_dir).map_err(|e| format!("{}: {e}", svg_dir.display()))?;
     let daemons: &[Daemon] = match args.mode {
         Modes::Exclusive => &[Daemon::Kvd],
         Modes::Overlap => &[Daemon::Echod],
@@ -119,7 +191,15 @@ fn main() {
         Config {
             upgrader,
             upgrades,
+            builds: match args.builds {
+                BuildsArg::Fresh => Builds::Fresh,
+                BuildsArg::Fixed => Builds::Fixed,
+            },
             clients: args.clients,
+            connections: match args.connections {
+                ConnectionsArg::Mixed => Connections::Mixed,
+                ConnectionsArg::PerRequest => Connections::PerRequest,
+            },
             rate: args.rate,
             steady: Duration::from_millis(args.steady_ms),
             interval: Duration::from_millis(args.interval_ms),
@@ -135,93 +215,208 @@ fn main() {
         Supervisor::Handoffctl => UpgraderKind::Ctl,
         Supervisor::InProcess => UpgraderKind::InProcess,
     };
-    let loadavg_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let mut runs = Vec::new();
+    let loadavg_before = loadavg();
     let mut ok = true;
+    let mut finished: Vec<(Observed, PathBuf)> = Vec::new();
+    let mut measure = |config: Config, picture: &str| -> Result<bool, String> {
+        let observed = measured(config)?;
+        let path = svg_dir.join(format!("handoff-bench-{picture}.svg"));
+        if let Err(error) = write_svg(&path, &observed, picture) {
+            // The figures are still worth printing.
+            eprintln!("handoff-bench: writing the picture: {error}");
+        }
+        let ok = observed.violations().is_empty();
+        finished.push((observed, path));
+        Ok(ok)
+    };
     for &daemon in daemons {
-        let observed = finish(run(config(daemon, supervised, args.upgrades)));
-        let counts = observed.counts();
-        ok &= counts.failed == 0
-            && counts.retried_idle_close == 0
-            && counts.lost_writes == 0
-            && counts.lingering_generations == 0
-            && counts.witness_agrees
-            && counts.kernel_trouble.is_none_or(|n| n == 0)
-            && counts.handoffs == args.upgrades as u64
-            && counts.identity_changes == args.upgrades as u64
-            && observed.harness_errors.is_empty();
-        write_svg(&args.svg_dir, &observed, daemon.name());
-        runs.push(observed.to_json());
+        ok &= measure(config(daemon, supervised, args.upgrades), daemon.name())?;
     }
     // The negative control: kvd restarted the naive way, and the foreign
     // daemon too when it was measured (its client checks differ).
-    let mut control = |daemon: Daemon, name: &str| {
-        if args.control_restarts == 0 {
-            return serde_json::Value::Null;
+    if args.control_restarts > 0 {
+        let restarts = args.control_restarts;
+        ok &= measure(
+            config(Daemon::Kvd, UpgraderKind::NaiveRestart, restarts),
+            "naive-restart",
+        )?;
+        if daemons.contains(&Daemon::ForeignHttpd) {
+            ok &= measure(
+                config(Daemon::ForeignHttpd, UpgraderKind::NaiveRestart, restarts),
+                "naive-restart-foreign",
+            )?;
         }
-        let observed = finish(run(config(
-            daemon,
-            UpgraderKind::NaiveRestart,
-            args.control_restarts,
-        )));
-        let counts = observed.counts();
-        // The harness must see the losses of a naive restart.
-        ok &= counts.refused + counts.reset > 0;
-        // And so must the kernel, when its counters are ours alone.
-        ok &= counts.kernel_trouble.is_none_or(|n| n > 0);
-        write_svg(&args.svg_dir, &observed, name);
-        observed.to_json()
-    };
-    let control_kvd = control(Daemon::Kvd, "naive-restart");
-    let control_foreign = if daemons.contains(&Daemon::ForeignHttpd) {
-        control(Daemon::ForeignHttpd, "naive-restart-foreign")
-    } else {
-        serde_json::Value::Null
-    };
-    let idle = if args.idle_upgrades > 0 {
-        let idle = handoff_bench::run::idle(config(Daemon::Echod, supervised, args.idle_upgrades))
-            .unwrap_or_else(|error| {
-                eprintln!("handoff-bench: idle: {error}");
-                std::process::exit(2)
-            });
-        ok &= idle.lingering_generations == 0 && idle.harness_errors.is_empty();
-        idle.to_json()
-    } else {
-        serde_json::Value::Null
-    };
-    let report = serde_json::json!({
-        "runs": runs,
-        "idle_overlap": idle,
-        "negative_control": control_kvd,
-        "negative_control_foreign": control_foreign,
-        "netns": handoff_bench::kernel::Netns::current().name(),
-        "loadavg_before": loadavg_before.trim(),
-        "loadavg_after": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
-        "zero_loss": ok,
-    });
-    println!("{report}");
-    if !ok {
-        eprintln!("handoff-bench: a zero count is not zero, or the negative control saw nothing");
-        std::process::exit(1);
     }
+    let idle = if args.idle_upgrades > 0 {
+        let config = config(Daemon::Echod, supervised, args.idle_upgrades);
+        eprintln!(
+            "== echod, idle: {} upgrades to {} builds, no load",
+            config.upgrades,
+            config.builds.name()
+        );
+        let idle = handoff_bench::run::idle(config).map_err(|e| format!("idle: {e}"))?;
+        ok &= idle.lingering_generations == 0 && idle.harness_errors.is_empty();
+        Some(idle)
+    } else {
+        None
+    };
+    let control_json = |daemon: Daemon| {
+        finished
+            .iter()
+            .find(|(o, _)| {
+                o.config.upgrader == UpgraderKind::NaiveRestart && o.config.daemon == daemon
+            })
+            .map_or(serde_json::Value::Null, |(o, _)| o.to_json())
+    };
+    if args.json {
+        let report = serde_json::json!({
+            "runs": finished
+                .iter()
+                .filter(|(o, _)| o.config.upgrader != UpgraderKind::NaiveRestart)
+                .map(|(o, _)| o.to_json())
+                .collect::<Vec<_>>(),
+            "idle_overlap": idle.as_ref().map(handoff_bench::run::Idle::to_json),
+            "negative_control": control_json(Daemon::Kvd),
+            "negative_control_foreign": control_json(Daemon::ForeignHttpd),
+            "netns": handoff_bench::kernel::Netns::current().name(),
+            "loadavg_before": loadavg_before,
+            "loadavg_after": loadavg(),
+            "svg": finished.iter().map(|(_, path)| path.display().to_string()).collect::<Vec<_>>(),
+            "zero_loss": ok,
+        });
+        println!("{report}");
+        for (_, path) in &finished {
+            eprintln!("picture: {}", path.display());
+        }
+    } else {
+        for (observed, path) in &finished {
+            println!("{}", observed.title());
+            print!("{}", observed.to_table());
+            println!("  {:<28} {}\n", "picture", path.display());
+        }
+        if let Some(idle) = &idle {
+            println!("{}", idle_summary(idle));
+        }
+        println!(
+            "load average {} before, {} after ({}); verdict: {}",
+            averages(&loadavg_before),
+            averages(&loadavg()),
+            match handoff_bench::kernel::Netns::current() {
+                handoff_bench::kernel::Netns::Private => "a network namespace of its own",
+                handoff_bench::kernel::Netns::Shared => "shared network namespace",
+            },
+            if ok {
+                "zero loss, and the control sees losses"
+            } else {
+                "FAILED (see the verdicts above)"
+            }
+        );
+    }
+    Ok(ok)
 }
 
-fn finish(result: Result<Observed, String>) -> Observed {
-    result.unwrap_or_else(|error| {
-        eprintln!("handoff-bench: {error}");
-        std::process::exit(2)
+/// Runs once, saying what it does on stderr.
+fn measured(config: Config) -> Result<Observed, String> {
+    let upgrades = config.upgrades;
+    eprintln!(
+        "== {}: {} {}, {} builds, {} clients at {} requests/s",
+        match config.daemon {
+            Daemon::Kvd => "kvd, exclusive mode",
+            Daemon::Echod => "echod, overlap mode",
+            Daemon::ForeignHttpd => "httpd.py, foreign (python3)",
+        },
+        upgrades,
+        match config.upgrader {
+            UpgraderKind::Ctl => "upgrades by handoffctl",
+            UpgraderKind::InProcess => "upgrades by the in-process supervisor",
+            UpgraderKind::NaiveRestart => "naive restarts (the negative control)",
+        },
+        config.builds.name(),
+        config.clients,
+        config.rate
+    );
+    run_with_progress(config, &mut |progress| match progress {
+        Progress::Phase(what) => eprintln!("   {what}"),
+        Progress::Upgraded { round, of, window } => eprintln!(
+            "   upgrade {round:>3} of {of}: {}, {:.1} ms, pid {} -> {}{}",
+            if window.handoff.committed {
+                "committed"
+            } else {
+                "ROLLED BACK"
+            },
+            window.handoff.total.as_secs_f64() * 1e3,
+            window.old_pid,
+            window
+                .handoff
+                .new_pid
+                .map_or_else(|| "?".to_owned(), |pid| pid.to_string()),
+            if window.identity_changed {
+                ""
+            } else {
+                " (NOT seen running the new build)"
+            }
+        ),
     })
+    .map_err(|error| format!("upgrades 1..{upgrades}: {error}"))
 }
 
-fn write_svg(dir: &std::path::Path, observed: &Observed, name: &str) {
-    let path = dir.join(format!("handoff-bench-{name}.svg"));
+/// The cargo target directory holding `exe_dir` (`target/release`): its
+/// parent, if cargo marked it as one (`CACHEDIR.TAG`).
+fn target_dir(exe_dir: Option<&Path>) -> Option<PathBuf> {
+    let target = exe_dir?.parent()?;
+    target
+        .join("CACHEDIR.TAG")
+        .exists()
+        .then(|| target.to_owned())
+}
+
+/// `/proc/loadavg`, as the JSON report has always carried it.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// The 1, 5 and 15 minute load averages of a `/proc/loadavg` line.
+fn averages(line: &str) -> String {
+    line.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn idle_summary(idle: &handoff_bench::run::Idle) -> String {
+    let json = idle.to_json();
+    let figure = |key: &str, pick: &str| {
+        json["handoff_ms"][key][pick]
+            .as_f64()
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.2}"))
+    };
+    format!(
+        "echod, idle: {} of {} upgrades committed; handoff p50 / p99 {} / {} ms; \
+         upgrade call p50 {} ms; supervisor RSS {} -> {} KiB; \
+         {} old generations left; {} harness errors\n",
+        json["handoffs"],
+        idle.config.upgrades,
+        figure("total", "p50"),
+        figure("total", "p99"),
+        figure("upgrade_call_wall", "p50"),
+        kib(idle.supervisor_rss_kib.0),
+        kib(idle.supervisor_rss_kib.1),
+        idle.lingering_generations,
+        idle.harness_errors.len()
+    )
+}
+
+fn kib(value: Option<u64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |kib| kib.to_string())
+}
+
+fn write_svg(path: &Path, observed: &Observed, name: &str) -> Result<(), String> {
     let title = format!(
         "handoff-bench {name}: {} clients, {} req/s, {} upgrades",
         observed.config.clients, observed.config.rate, observed.config.upgrades
     );
-    let written =
-        std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, observed.to_svg(&title)));
-    if let Err(error) = written {
-        eprintln!("handoff-bench: writing {}: {error}", path.display());
-    }
+    std::fs::write(path, observed.to_svg(&title)).map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -1,4 +1,6 @@
-//! Figures from a run: the JSON report and the SVG picture.
+//! Figures from a run: the verdict ([`Counts::zero_loss_violations`], the
+//! one zero-loss predicate, used by the benchmark and the integration
+//! tests alike), the JSON report, the human table and the SVG picture.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,16 +10,32 @@ use serde_json::{Value, json};
 
 use crate::client::Failure;
 use crate::load::Sample;
-use crate::run::{Daemon, Observed};
+use crate::run::{Daemon, Observed, SupervisorLog, UpgraderKind};
 
 /// A request counts as "during a handoff" if its intended send time falls
 /// in an upgrade's window widened by this much on each side (a request sent
 /// just before a drain can still be in flight in it).
 pub const WINDOW_MARGIN: Duration = Duration::from_millis(20);
 
-/// The loss counts a zero-loss run must have at 0.
+/// The supervisor's own event log, an independent witness of the commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EventLog {
+    /// There is none to read: the supervisor runs in the benchmark's
+    /// process, or the daemon runs alone (the naive control).
+    #[default]
+    NotKept,
+    /// `handoffctl run` was asked to keep one, and it could not be read.
+    Unreadable,
+    /// What it counted.
+    Read(SupervisorLog),
+}
+
+/// The exact counts of a run: the loss counts a zero-loss run must have at
+/// 0, and what they are compared with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {
+    /// Upgrades the run asked for.
+    pub upgrades_asked: u64,
     /// All requests.
     pub requests: u64,
     /// Failed requests, all classes.
@@ -44,13 +62,152 @@ pub struct Counts {
     pub identity_changes: u64,
     /// Old generations still running at the end.
     pub lingering_generations: u64,
+    /// The supervisor's event log.
+    pub event_log: EventLog,
     /// Whether the supervisor's event log (when there is one) counts the
-    /// same commits as the harness and no rollback.
+    /// same commits as the harness and no rollback; false when
+    /// `handoffctl run`'s log could not be read.
     pub witness_agrees: bool,
     /// In a private network namespace, the sum of the kernel's refusal,
     /// reset and drop counters over the run ([`crate::kernel`]); `None`
     /// in a shared namespace, where other traffic counts too.
     pub kernel_trouble: Option<u64>,
+    /// Errors of the harness itself (an upgrade call failing, `/info`
+    /// unreachable, a generation not running its build).
+    pub harness_errors: u64,
+    /// Clients that keep their connection alive.
+    pub kept_alive_clients: u64,
+    /// New TCP connections the kept-alive clients had to open beyond
+    /// their first (reported, not a gate).
+    pub reconnects: u64,
+}
+
+impl Counts {
+    /// Why this run is not a zero-loss run: one sentence per count that is
+    /// not what it must be; empty when all are. A run asked for
+    /// `upgrades_asked` upgrades: every one committed and seen serving its
+    /// new build, nothing failed, retried, lost or left running, the
+    /// supervisor's event log (when kept) and the kernel's counters (when
+    /// ours alone) agree, and the harness itself had no error.
+    pub fn zero_loss_violations(&self) -> Vec<String> {
+        let mut violations = Vec::new();
+        if self.requests == 0 {
+            violations.push("no request was sent: the load did not run".to_owned());
+        }
+        if self.failed > 0 {
+            violations.push(format!(
+                "{} requests failed (refused {}, reset {}, timeout {}, 5xx {}, other {})",
+                self.failed, self.refused, self.reset, self.timeout, self.http_5xx, self.other
+            ));
+        }
+        if self.retried_idle_close > 0 {
+            violations.push(format!(
+                "{} requests were sent on a kept-alive connection the server closed, and retried",
+                self.retried_idle_close
+            ));
+        }
+        if self.lost_writes > 0 {
+            violations.push(format!(
+                "{} of {} acknowledged writes lost or unreadable",
+                self.lost_writes, self.acked_writes
+            ));
+        }
+        if self.lingering_generations > 0 {
+            violations.push(format!(
+                "{} old generations still running at the end",
+                self.lingering_generations
+            ));
+        }
+        if self.handoffs != self.upgrades_asked {
+            violations.push(format!(
+                "{} of {} upgrades committed",
+                self.handoffs, self.upgrades_asked
+            ));
+        }
+        if self.identity_changes != self.upgrades_asked {
+            violations.push(format!(
+                "{} of {} upgrades were seen to put a new process running the new build in place",
+                self.identity_changes, self.upgrades_asked
+            ));
+        }
+        match self.event_log {
+            EventLog::NotKept => {}
+            EventLog::Unreadable => {
+                violations.push("handoffctl's event log could not be read".to_owned());
+            }
+            EventLog::Read(log) => {
+                if log.upgrades_committed != self.handoffs {
+                    violations.push(format!(
+                        "handoffctl's event log counts {} commits, the harness {}",
+                        log.upgrades_committed, self.handoffs
+                    ));
+                }
+                if log.rolled_back > 0 {
+                    violations.push(format!(
+                        "handoffctl's event log counts {} rollbacks",
+                        log.rolled_back
+                    ));
+                }
+            }
+        }
+        if let Some(trouble) = self.kernel_trouble.filter(|&n| n > 0) {
+            violations.push(format!(
+                "the kernel counted {trouble} refusals, resets or drops"
+            ));
+        }
+        if self.harness_errors > 0 {
+            violations.push(format!("{} harness errors", self.harness_errors));
+        }
+        violations
+    }
+
+    /// Why a naive restart (the negative control) does not show the
+    /// harness can see losses: empty when the clients saw refused or reset
+    /// connections and the kernel, when its counters are ours alone,
+    /// counted some too.
+    pub fn control_violations(&self) -> Vec<String> {
+        let mut violations = Vec::new();
+        if self.refused + self.reset == 0 {
+            violations.push(
+                "a close-and-rebind restart showed no refused or reset connection: the harness is blind"
+                    .to_owned(),
+            );
+        }
+        if self.kernel_trouble == Some(0) {
+            violations
+                .push("the kernel counted no refusal, reset or drop in a naive restart".to_owned());
+        }
+        violations
+    }
+
+    /// Reconnects per committed upgrade, if any committed.
+    pub fn reconnects_per_upgrade(&self) -> Option<f64> {
+        (self.handoffs > 0).then(|| self.reconnects as f64 / self.handoffs as f64)
+    }
+}
+
+/// The latency and handoff figures of a run, in milliseconds, each list
+/// sorted.
+struct Figures {
+    steady: Vec<f64>,
+    during: Vec<f64>,
+    /// During handoffs, by who answered (when the daemon says its pid).
+    by_old: Vec<f64>,
+    by_new: Vec<f64>,
+    accept_stall: f64,
+    totals: Vec<f64>,
+    walls: Vec<f64>,
+    to_old_exit: Vec<f64>,
+    phases: BTreeMap<String, Vec<f64>>,
+}
+
+impl Figures {
+    /// p99 during handoffs over steady p99.
+    fn p99_ratio(&self) -> Option<f64> {
+        let steady = percentile(&self.steady, 0.99);
+        let during = percentile(&self.during, 0.99);
+        (steady > 0.0 && during.is_finite()).then(|| during / steady)
+    }
 }
 
 impl Observed {
@@ -87,9 +244,22 @@ impl Observed {
         counts.handoffs = self.windows.iter().filter(|w| w.handoff.committed).count() as u64;
         counts.identity_changes = self.windows.iter().filter(|w| w.identity_changed).count() as u64;
         counts.lingering_generations = self.lingering_generations as u64;
-        counts.witness_agrees = self
-            .supervisor_log
-            .is_none_or(|log| log.upgrades_committed == counts.handoffs && log.rolled_back == 0);
+        counts.upgrades_asked = self.config.upgrades as u64;
+        counts.event_log = match (self.config.upgrader, self.supervisor_log) {
+            (_, Some(log)) => EventLog::Read(log),
+            (UpgraderKind::Ctl, None) => EventLog::Unreadable,
+            (_, None) => EventLog::NotKept,
+        };
+        counts.witness_agrees = match counts.event_log {
+            EventLog::NotKept => true,
+            EventLog::Unreadable => false,
+            EventLog::Read(log) => {
+                log.upgrades_committed == counts.handoffs && log.rolled_back == 0
+            }
+        };
+        counts.harness_errors = self.harness_errors.len() as u64;
+        counts.kept_alive_clients = self.clients.iter().filter(|c| c.keep_alive).count() as u64;
+        counts.reconnects = self.clients.iter().map(|c| c.reconnects()).sum();
         counts.kernel_trouble = self
             .kernel
             .as_ref()
@@ -98,62 +268,106 @@ impl Observed {
         counts
     }
 
-    /// The report as one JSON object.
-    pub fn to_json(&self) -> Value {
+    /// Why this run fails its verdict: for a supervised run,
+    /// [`Counts::zero_loss_violations`]; for the naive control,
+    /// [`Counts::control_violations`].
+    pub fn violations(&self) -> Vec<String> {
         let counts = self.counts();
-        let (mut steady, mut during) = (Vec::new(), Vec::new());
-        // During handoffs, by who answered (when the daemon says its pid).
-        let (mut by_old, mut by_new) = (Vec::new(), Vec::new());
-        let mut accept_stall = 0f64;
+        match self.config.upgrader {
+            UpgraderKind::NaiveRestart => counts.control_violations(),
+            UpgraderKind::Ctl | UpgraderKind::InProcess => counts.zero_loss_violations(),
+        }
+    }
+
+    /// The sha256 of every build seen serving: the first generation's and
+    /// each upgrade's whose new process was checked to run it.
+    fn builds_served(&self) -> std::collections::BTreeSet<&str> {
+        std::iter::once(self.first_build.sha256.as_str())
+            .chain(
+                self.windows
+                    .iter()
+                    .filter(|w| w.identity_changed)
+                    .map(|w| w.build.sha256.as_str()),
+            )
+            .collect()
+    }
+
+    fn figures(&self) -> Figures {
+        let mut figures = Figures {
+            steady: Vec::new(),
+            during: Vec::new(),
+            by_old: Vec::new(),
+            by_new: Vec::new(),
+            accept_stall: 0.0,
+            totals: Vec::new(),
+            walls: Vec::new(),
+            to_old_exit: Vec::new(),
+            phases: BTreeMap::new(),
+        };
         for sample in self.samples() {
             if sample.failure.is_some() {
                 continue;
             }
             let ms = millis(sample.latency);
             if let Some(window) = self.window_of(sample.at) {
-                during.push(ms);
+                figures.during.push(ms);
                 match sample.served_by {
-                    Some(pid) if pid == window.old_pid => by_old.push(ms),
-                    Some(pid) if Some(pid) == window.handoff.new_pid => by_new.push(ms),
+                    Some(pid) if pid == window.old_pid => figures.by_old.push(ms),
+                    Some(pid) if Some(pid) == window.handoff.new_pid => figures.by_new.push(ms),
                     _ => {}
                 }
             } else {
-                steady.push(ms);
+                figures.steady.push(ms);
             }
             if let Some(wait) = sample.accept_wait {
-                accept_stall = accept_stall.max(millis(wait));
+                figures.accept_stall = figures.accept_stall.max(millis(wait));
             }
         }
-        let mut totals: Vec<f64> = Vec::new();
-        let mut walls: Vec<f64> = Vec::new();
-        let mut to_old_exit: Vec<f64> = Vec::new();
-        let mut phases: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
         for window in self.windows.iter().filter(|w| w.handoff.committed) {
-            totals.push(millis(window.handoff.total));
-            walls.push(millis(window.handoff.wall));
+            figures.totals.push(millis(window.handoff.total));
+            figures.walls.push(millis(window.handoff.wall));
             if let Some(gone) = window.old_gone {
-                to_old_exit.push(millis(gone));
+                figures.to_old_exit.push(millis(gone));
             }
             for (name, duration) in &window.handoff.phases {
-                phases
-                    .entry(name.as_str())
+                figures
+                    .phases
+                    .entry(name.clone())
                     .or_default()
                     .push(millis(*duration));
             }
         }
-        let phase_figures: serde_json::Map<String, Value> = phases
-            .into_iter()
-            .map(|(name, mut values)| (name.to_owned(), summary(&mut values)))
+        for values in [
+            &mut figures.steady,
+            &mut figures.during,
+            &mut figures.by_old,
+            &mut figures.by_new,
+            &mut figures.totals,
+            &mut figures.walls,
+            &mut figures.to_old_exit,
+        ]
+        .into_iter()
+        .chain(figures.phases.values_mut())
+        {
+            values.sort_by(f64::total_cmp);
+        }
+        figures
+    }
+
+    /// The report as one JSON object.
+    pub fn to_json(&self) -> Value {
+        let counts = self.counts();
+        let mut figures = self.figures();
+        let phase_figures: serde_json::Map<String, Value> = figures
+            .phases
+            .iter_mut()
+            .map(|(name, values)| (name.clone(), summary(values)))
             .collect();
-        let steady_figures = summary(&mut steady);
-        let during_figures = summary(&mut during);
-        let ratio = match (
-            steady_figures.get("p99").and_then(Value::as_f64),
-            during_figures.get("p99").and_then(Value::as_f64),
-        ) {
-            (Some(s), Some(d)) if s > 0.0 => json!(round(d / s)),
-            _ => Value::Null,
-        };
+        let steady_figures = summary(&mut figures.steady);
+        let during_figures = summary(&mut figures.during);
+        let ratio = figures.p99_ratio().map_or(Value::Null, |r| json!(round(r)));
+        let (by_old, by_new) = (&mut figures.by_old, &mut figures.by_new);
+        let accept_stall = figures.accept_stall;
         let config = &self.config;
         json!({
             "mode": config.daemon.name(),
@@ -166,7 +380,10 @@ impl Observed {
                 (Daemon::ForeignHttpd, _) => "httpd.py (python3, --protocol systemd)",
             },
             "upgrader": format!("{:?}", config.upgrader),
+            "builds": config.builds.name(),
+            "distinct_builds_served": self.builds_served().len(),
             "clients": config.clients,
+            "connections": config.connections.name(),
             "rate_per_s": config.rate,
             "duration_s": round(self.duration.as_secs_f64()),
             "requests": counts.requests,
@@ -185,24 +402,33 @@ impl Observed {
             "upgrades_asked": config.upgrades,
             "identity_changes": counts.identity_changes,
             "lingering_generations": counts.lingering_generations,
+            "reconnects": {
+                "total": counts.reconnects,
+                "kept_alive_clients": counts.kept_alive_clients,
+                "per_upgrade": counts.reconnects_per_upgrade().map(round),
+                "per_kept_alive_client_per_upgrade": counts
+                    .reconnects_per_upgrade()
+                    .filter(|_| counts.kept_alive_clients > 0)
+                    .map(|r| round(r / counts.kept_alive_clients as f64)),
+            },
             "supervisor_log": self.supervisor_log.map(|log| json!({
                 "upgrades_committed": log.upgrades_committed,
                 "rolled_back": log.rolled_back,
                 "agrees": counts.witness_agrees,
             })),
             "handoff_ms": {
-                "total": summary(&mut totals),
-                "upgrade_call_wall": summary(&mut walls),
+                "total": summary(&mut figures.totals),
+                "upgrade_call_wall": summary(&mut figures.walls),
                 "phases": phase_figures,
-                "ask_to_old_exit": summary(&mut to_old_exit),
+                "ask_to_old_exit": summary(&mut figures.to_old_exit),
             },
             "max_accept_stall_ms": round(accept_stall),
             "latency_ms": {
                 "steady": steady_figures,
                 "during_handoffs": during_figures,
                 "during_handoffs_answered_by": (!by_old.is_empty() || !by_new.is_empty()).then(|| json!({
-                    "old_generation": summary(&mut by_old),
-                    "new_generation": summary(&mut by_new),
+                    "old_generation": summary(by_old),
+                    "new_generation": summary(by_new),
                 })),
                 "p99_ratio_during_to_steady": ratio,
             },
@@ -212,7 +438,176 @@ impl Observed {
             },
             "kernel_tcp_counters": self.kernel.as_ref().map(crate::kernel::Witness::to_json),
             "harness_errors": self.harness_errors,
+            "violations": self.violations(),
         })
+    }
+
+    /// What the daemon is, as a person calls it.
+    pub fn daemon_name(&self) -> &'static str {
+        match (self.config.daemon, self.config.upgrader) {
+            (Daemon::Kvd, _) => "kvd",
+            (Daemon::Echod, _) => "echod",
+            (Daemon::ForeignHttpd, UpgraderKind::NaiveRestart) => {
+                "httpd.py (python3, alone: --listen)"
+            }
+            (Daemon::ForeignHttpd, _) => "httpd.py (python3, --protocol systemd)",
+        }
+    }
+
+    /// A short table for a person: what ran, the counts that gate, the
+    /// headline times, the reconnects and the verdict.
+    pub fn to_table(&self) -> String {
+        let counts = self.counts();
+        let figures = self.figures();
+        let config = &self.config;
+        let control = config.upgrader == UpgraderKind::NaiveRestart;
+        let mut table = String::new();
+        let mut row = |name: &str, value: String| {
+            let _ = writeln!(table, "  {name:<28} {value}");
+        };
+        let ms = |values: &[f64], fraction: f64| match percentile(values, fraction) {
+            v if v.is_nan() => "-".to_owned(),
+            v => format!("{v:.1}"),
+        };
+        row(
+            "upgrades committed",
+            format!(
+                "{} of {}; {} seen running their new build; {} distinct builds served",
+                counts.handoffs,
+                counts.upgrades_asked,
+                counts.identity_changes,
+                self.builds_served().len()
+            ),
+        );
+        row(
+            "requests",
+            format!(
+                "{} in {:.1} s ({} clients, {} connections, {} per s)",
+                counts.requests,
+                self.duration.as_secs_f64(),
+                config.clients,
+                config.connections.name(),
+                config.rate
+            ),
+        );
+        row(
+            "failed",
+            format!(
+                "{} (refused {}, reset {}, timeout {}, 5xx {}, other {})",
+                counts.failed,
+                counts.refused,
+                counts.reset,
+                counts.timeout,
+                counts.http_5xx,
+                counts.other
+            ),
+        );
+        row(
+            "retried after an idle close",
+            counts.retried_idle_close.to_string(),
+        );
+        if config.daemon == Daemon::Kvd {
+            row(
+                "acknowledged writes lost",
+                format!("{} of {}", counts.lost_writes, counts.acked_writes),
+            );
+        }
+        row(
+            "old generations left",
+            counts.lingering_generations.to_string(),
+        );
+        if !control {
+            row(
+                "handoff p50 / p99",
+                format!(
+                    "{} / {} ms",
+                    ms(&figures.totals, 0.5),
+                    ms(&figures.totals, 0.99)
+                ),
+            );
+        }
+        row(
+            "p99 during handoffs",
+            format!(
+                "{} ms, steady {} ms: {}",
+                ms(&figures.during, 0.99),
+                ms(&figures.steady, 0.99),
+                figures
+                    .p99_ratio()
+                    .map_or_else(|| "-".to_owned(), |r| format!("{r:.2} times")),
+            ),
+        );
+        row(
+            "reconnects (kept alive)",
+            match counts.reconnects_per_upgrade() {
+                _ if counts.kept_alive_clients == 0 => "- (no client keeps its connection)".into(),
+                Some(per_upgrade) => format!(
+                    "{} ({per_upgrade:.1} per upgrade; {:.2} per kept-alive client per upgrade)",
+                    counts.reconnects,
+                    per_upgrade / counts.kept_alive_clients as f64
+                ),
+                None => counts.reconnects.to_string(),
+            },
+        );
+        match self.supervisor_log {
+            Some(log) => row(
+                "handoffctl's event log",
+                format!(
+                    "{} commits, {} rollbacks",
+                    log.upgrades_committed, log.rolled_back
+                ),
+            ),
+            None if config.upgrader == UpgraderKind::Ctl => {
+                row("handoffctl's event log", "unreadable".into());
+            }
+            None => {}
+        }
+        row(
+            "kernel TCP trouble",
+            match (counts.kernel_trouble, &self.kernel) {
+                (Some(n), _) => format!("{n} (a network namespace of its own)"),
+                (None, Some(witness)) => format!(
+                    "{} (shared namespace: other traffic counts too; not a gate)",
+                    witness.delta.total()
+                ),
+                (None, None) => "unread".into(),
+            },
+        );
+        let violations = self.violations();
+        let verdict = match (control, violations.is_empty()) {
+            (false, true) => "zero loss".to_owned(),
+            (true, true) => "the harness sees a naive restart's losses".to_owned(),
+            (false, false) => format!("LOSS: {}", violations.join("; ")),
+            (true, false) => format!("BLIND: {}", violations.join("; ")),
+        };
+        row("verdict", verdict);
+        for error in &self.harness_errors {
+            row("harness error", error.clone());
+        }
+        table
+    }
+
+    /// The table's title line.
+    pub fn title(&self) -> String {
+        let config = &self.config;
+        match config.upgrader {
+            UpgraderKind::NaiveRestart => format!(
+                "{}: {} naive restarts (SIGTERM, start again, bind again), the negative control",
+                self.daemon_name(),
+                config.upgrades
+            ),
+            upgrader => format!(
+                "{}, {} mode, upgraded by {}: {} upgrades to {} builds",
+                self.daemon_name(),
+                config.daemon.name(),
+                match upgrader {
+                    UpgraderKind::InProcess => "the supervisor in this process",
+                    _ => "handoffctl",
+                },
+                config.upgrades,
+                config.builds.name()
+            ),
+        }
     }
 
     /// Latency over time (log scale), failures in red, each handoff window
@@ -349,6 +744,204 @@ mod tests {
         assert_eq!(percentile(&values, 1.0), 10.0);
         assert_eq!(percentile(&values, 0.0), 1.0);
         assert!(percentile(&[], 0.5).is_nan());
+    }
+
+    /// A run of 5 upgrades under `handoffctl` that lost nothing.
+    fn clean() -> Counts {
+        Counts {
+            upgrades_asked: 5,
+            requests: 1000,
+            acked_writes: 400,
+            handoffs: 5,
+            identity_changes: 5,
+            event_log: EventLog::Read(SupervisorLog {
+                upgrades_committed: 5,
+                rolled_back: 0,
+            }),
+            witness_agrees: true,
+            kernel_trouble: Some(0),
+            kept_alive_clients: 16,
+            reconnects: 80,
+            ..Counts::default()
+        }
+    }
+
+    #[test]
+    fn a_clean_run_has_no_violation_and_each_violation_is_caught() {
+        assert_eq!(clean().zero_loss_violations(), Vec::<String>::new());
+        // Reconnects are reported, not gated; no kept event log (the
+        // in-process supervisor) or a shared namespace is no violation.
+        for fine in [
+            Counts {
+                reconnects: 10_000,
+                ..clean()
+            },
+            Counts {
+                event_log: EventLog::NotKept,
+                kernel_trouble: None,
+                ..clean()
+            },
+        ] {
+            assert_eq!(fine.zero_loss_violations(), Vec::<String>::new());
+        }
+        let log = |upgrades_committed, rolled_back| {
+            EventLog::Read(SupervisorLog {
+                upgrades_committed,
+                rolled_back,
+            })
+        };
+        let cases: Vec<(Counts, &str)> = vec![
+            (
+                Counts {
+                    requests: 0,
+                    ..clean()
+                },
+                "no request",
+            ),
+            (
+                Counts {
+                    failed: 1,
+                    other: 1,
+                    ..clean()
+                },
+                "1 requests failed",
+            ),
+            (
+                Counts {
+                    failed: 1,
+                    refused: 1,
+                    ..clean()
+                },
+                "refused 1",
+            ),
+            (
+                Counts {
+                    failed: 1,
+                    reset: 1,
+                    ..clean()
+                },
+                "reset 1",
+            ),
+            (
+                Counts {
+                    failed: 1,
+                    timeout: 1,
+                    ..clean()
+                },
+                "timeout 1",
+            ),
+            (
+                Counts {
+                    failed: 1,
+                    http_5xx: 1,
+                    ..clean()
+                },
+                "5xx 1",
+            ),
+            (
+                Counts {
+                    retried_idle_close: 2,
+                    ..clean()
+                },
+                "2 requests were sent",
+            ),
+            (
+                Counts {
+                    lost_writes: 3,
+                    ..clean()
+                },
+                "3 of 400 acknowledged writes",
+            ),
+            (
+                Counts {
+                    lingering_generations: 1,
+                    ..clean()
+                },
+                "1 old generations",
+            ),
+            (
+                Counts {
+                    handoffs: 4,
+                    event_log: log(4, 0),
+                    ..clean()
+                },
+                "4 of 5 upgrades committed",
+            ),
+            (
+                Counts {
+                    identity_changes: 4,
+                    ..clean()
+                },
+                "4 of 5 upgrades were seen",
+            ),
+            (
+                Counts {
+                    event_log: EventLog::Unreadable,
+                    ..clean()
+                },
+                "could not be read",
+            ),
+            (
+                Counts {
+                    event_log: log(4, 0),
+                    ..clean()
+                },
+                "counts 4 commits, the harness 5",
+            ),
+            (
+                Counts {
+                    event_log: log(5, 1),
+                    ..clean()
+                },
+                "1 rollbacks",
+            ),
+            (
+                Counts {
+                    kernel_trouble: Some(2),
+                    ..clean()
+                },
+                "the kernel counted 2",
+            ),
+            (
+                Counts {
+                    harness_errors: 1,
+                    ..clean()
+                },
+                "1 harness errors",
+            ),
+        ];
+        for (counts, expected) in cases {
+            let violations = counts.zero_loss_violations();
+            assert_eq!(violations.len(), 1, "{counts:?}: {violations:?}");
+            assert!(
+                violations[0].contains(expected),
+                "{violations:?} lacks {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_control_must_see_losses() {
+        let blind = Counts {
+            kernel_trouble: None,
+            ..clean()
+        };
+        assert_eq!(blind.control_violations().len(), 1, "clients saw nothing");
+        let seen = Counts {
+            refused: 3,
+            failed: 3,
+            ..blind
+        };
+        assert_eq!(seen.control_violations(), Vec::<String>::new());
+        let kernel_blind = Counts {
+            kernel_trouble: Some(0),
+            ..seen
+        };
+        let violations = kernel_blind.control_violations();
+        assert!(
+            violations.len() == 1 && violations[0].contains("kernel"),
+            "{violations:?}"
+        );
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! One benchmark run: a daemon, an upgrader, open-loop load, K upgrades
-//! alternating two builds, the read-back, and the checks that each
-//! upgrade really changed the serving process and left nothing behind.
+//! (each to a fresh build put in place just before it, or alternating two
+//! fixed builds: [`Builds`]), the read-back, and the checks that each
+//! upgrade really changed the serving process to the build it was asked
+//! for and left nothing behind. [`run_with_progress`] says what it is
+//! doing as it goes.
 //!
 //! The daemons are `kvd` (exclusive mode), `echod` (overlap mode), and
 //! `examples/foreign/httpd.py`, a Python daemon that does not link the
@@ -8,7 +11,7 @@
 //! 3, `READY=1`, always overlap).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -16,8 +19,11 @@ use std::time::{Duration, Instant};
 use handoff::Mode;
 
 use crate::kernel::{Counters, Netns, Witness};
-use crate::load::{self, ClientLog, LoadConfig, Target};
-use crate::upgrade::{Ctl, DaemonCommand, Handoff, InProcess, NaiveRestart, Upgrader};
+use crate::load::{self, ClientLog, Connections, LoadConfig, Target};
+pub use crate::upgrade::Builds;
+use crate::upgrade::{
+    Build, Ctl, DaemonCommand, Deploy, FileId, Handoff, InProcess, NaiveRestart, Upgrader,
+};
 
 /// Who replaces the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,8 +97,13 @@ pub struct Config {
     pub handoffctl: Option<PathBuf>,
     /// Upgrades during the load.
     pub upgrades: usize,
+    /// What each upgrade runs: a fresh build put in place before it (the
+    /// default), or one of two fixed builds.
+    pub builds: Builds,
     /// Concurrent clients.
     pub clients: usize,
+    /// Which clients keep their connection alive.
+    pub connections: Connections,
     /// Arrival rate, requests per second over all clients.
     pub rate: f64,
     /// Steady load before the first upgrade and after the last one.
@@ -104,7 +115,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults: 32 clients at 800 requests/s, 20 upgrades.
+    /// Defaults: 32 clients at 800 requests/s (half kept alive), 20
+    /// upgrades to fresh builds.
     pub fn new(daemon: Daemon, examples_dir: PathBuf) -> Config {
         Config {
             daemon,
@@ -116,7 +128,9 @@ impl Config {
             )),
             handoffctl: None,
             upgrades: 20,
+            builds: Builds::Fresh,
             clients: 32,
+            connections: Connections::Mixed,
             rate: 800.0,
             steady: Duration::from_secs(1),
             interval: Duration::from_millis(300),
@@ -135,12 +149,16 @@ pub struct Window {
     pub end: Duration,
     /// What the upgrader reported.
     pub handoff: Handoff,
+    /// The build it was asked to run.
+    pub build: Build,
     /// The pid that served before the upgrade.
     pub old_pid: u32,
     /// Asked for the upgrade until the old generation's process was gone.
     pub old_gone: Option<Duration>,
-    /// `/info` after the upgrade showed a new pid, the new build and a
-    /// higher generation.
+    /// After the upgrade a new pid answered, reporting the new build's
+    /// label and a higher generation (the foreign daemon: the pid the
+    /// supervisor committed), and that process runs the build's file
+    /// ([`runs_build`]).
     pub identity_changed: bool,
 }
 
@@ -166,6 +184,8 @@ pub struct Observed {
     pub harness_errors: Vec<String>,
     /// How long the load ran.
     pub duration: Duration,
+    /// The build the first generation runs.
+    pub first_build: Build,
     /// The supervisor's own event log (`handoffctl` only), an independent
     /// witness of the handoffs.
     pub supervisor_log: Option<SupervisorLog>,
@@ -185,7 +205,10 @@ pub struct SupervisorLog {
 }
 
 impl SupervisorLog {
-    /// Reads the JSON lines `handoffctl run` wrote to `path`.
+    /// Reads the JSON lines `handoffctl run` wrote to `path`: the outcome
+    /// lines logged by the `handoffctl` binary, whichever of its modules
+    /// logs them (not the library's own `handoff::supervisor` lines, which
+    /// say the same of the same handoffs).
     pub fn read(path: &std::path::Path) -> Option<SupervisorLog> {
         let text = std::fs::read_to_string(path).ok()?;
         let mut log = SupervisorLog::default();
@@ -193,7 +216,8 @@ impl SupervisorLog {
             let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
                 continue;
             };
-            if event["target"] != "handoffctl::run" {
+            let target = event["target"].as_str().unwrap_or_default();
+            if target != "handoffctl" && !target.starts_with("handoffctl::") {
                 continue;
             }
             let message = event["fields"]["message"].as_str().unwrap_or_default();
@@ -215,12 +239,36 @@ const POLL: Duration = Duration::from_millis(1);
 /// Bound on the daemon's first start.
 const FIRST_START_BOUND: Duration = Duration::from_secs(20);
 
-/// Runs the benchmark once.
+/// What a run is doing, for a person watching.
+#[derive(Debug)]
+pub enum Progress<'a> {
+    /// A step of the run begins (or a fact worth a line).
+    Phase(String),
+    /// Upgrade `round` of `of` is done and checked.
+    Upgraded {
+        /// 1-based.
+        round: usize,
+        /// Upgrades asked.
+        of: usize,
+        /// What was seen.
+        window: &'a Window,
+    },
+}
+
+/// Runs the benchmark once, silently.
 pub fn run(config: Config) -> Result<Observed, String> {
+    run_with_progress(config, &mut |_| {})
+}
+
+/// Runs the benchmark once, telling `progress` what it does.
+pub fn run_with_progress(
+    config: Config,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<Observed, String> {
     let data_dir =
         std::env::temp_dir().join(format!("handoff-bench-{}-{}", std::process::id(), unique()));
     std::fs::create_dir_all(&data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
-    let result = run_in(config, &data_dir);
+    let result = run_in(config, &data_dir, progress);
     let _ = std::fs::remove_dir_all(&data_dir);
     result
 }
@@ -230,21 +278,33 @@ fn unique() -> u64 {
     NEXT.fetch_add(1, Ordering::SeqCst)
 }
 
-/// Copies the daemon's two builds into `dir` and starts the upgrader.
-fn start(
-    config: &Config,
-    dir: &std::path::Path,
-) -> Result<(Box<dyn Upgrader>, SocketAddr, DaemonCommand), String> {
-    let daemon = match config.daemon {
+/// What [`start`] started.
+struct Started {
+    upgrader: Box<dyn Upgrader>,
+    addr: SocketAddr,
+    deploy: Deploy,
+    first_build: Build,
+}
+
+/// Puts the daemon's first build in place in `dir` and starts the
+/// upgrader with it.
+fn start(config: &Config, dir: &Path) -> Result<Started, String> {
+    let (daemon, mut deploy) = match config.daemon {
         Daemon::Kvd => prepare_example(config, dir, "kvd", Some(dir.join("data")))?,
         Daemon::Echod => prepare_example(config, dir, "echod", None)?,
         Daemon::ForeignHttpd => {
             let path = std::env::var_os("PATH").unwrap_or_default();
             let interpreter = python3(&path)?;
-            DaemonCommand::prepare_script(&config.foreign_script, &interpreter, dir, config.daemon)?
+            let deploy = Deploy::script(&config.foreign_script, &interpreter, dir, config.builds)?;
+            let daemon = DaemonCommand {
+                data_dir: None,
+                daemon: config.daemon,
+            };
+            (daemon, deploy)
         }
     };
-    Ok(match config.upgrader {
+    let first_build = deploy.build(0)?;
+    let (upgrader, addr): (Box<dyn Upgrader>, SocketAddr) = match config.upgrader {
         UpgraderKind::Ctl => {
             let handoffctl = config.handoffctl.clone().unwrap_or_else(|| {
                 config
@@ -259,28 +319,34 @@ fn start(
                     handoffctl.display()
                 ));
             }
-            let (upgrader, addr) = Ctl::start(handoffctl, &daemon, dir)?;
-            (Box::new(upgrader), addr, daemon)
+            let (upgrader, addr) = Ctl::start(handoffctl, &daemon, &deploy, dir)?;
+            (Box::new(upgrader), addr)
         }
         UpgraderKind::InProcess => {
-            let (upgrader, addr) = InProcess::start(daemon.clone())?;
-            (Box::new(upgrader), addr, daemon)
+            let (upgrader, addr) = InProcess::start(daemon, &first_build.path)?;
+            (Box::new(upgrader), addr)
         }
         UpgraderKind::NaiveRestart => {
-            let (upgrader, addr) = NaiveRestart::start(daemon.clone())?;
-            (Box::new(upgrader), addr, daemon)
+            let (upgrader, addr) = NaiveRestart::start(daemon, &first_build.path)?;
+            (Box::new(upgrader), addr)
         }
+    };
+    Ok(Started {
+        upgrader,
+        addr,
+        deploy,
+        first_build,
     })
 }
 
-/// The two builds of the example `program` (`kvd`, `echod`), with its data
+/// The builds of the example `program` (`kvd`, `echod`), with its data
 /// directory if it has one.
 fn prepare_example(
     config: &Config,
-    dir: &std::path::Path,
+    dir: &Path,
     program: &str,
     data_dir: Option<PathBuf>,
-) -> Result<DaemonCommand, String> {
+) -> Result<(DaemonCommand, Deploy), String> {
     let binary = config.examples_dir.join(program);
     if !binary.exists() {
         return Err(format!(
@@ -291,7 +357,12 @@ fn prepare_example(
     if let Some(data_dir) = &data_dir {
         std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
     }
-    DaemonCommand::prepare(&binary, dir, data_dir, config.daemon)
+    let deploy = Deploy::binary(&binary, dir, config.builds)?;
+    let daemon = DaemonCommand {
+        data_dir,
+        daemon: config.daemon,
+    };
+    Ok((daemon, deploy))
 }
 
 /// The Python interpreter the foreign daemon runs on: `python3` found in
@@ -325,9 +396,26 @@ pub fn python3(path: &std::ffi::OsStr) -> Result<PathBuf, String> {
     Ok(PathBuf::from(executable))
 }
 
-fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
+fn run_in(
+    config: Config,
+    dir: &Path,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<Observed, String> {
     let target = config.daemon.target();
-    let (mut upgrader, addr, daemon) = start(&config, dir)?;
+    progress(Progress::Phase(format!(
+        "putting the first build in place and starting {}",
+        match config.upgrader {
+            UpgraderKind::Ctl => "`handoffctl run`",
+            UpgraderKind::InProcess => "the supervisor in this process",
+            UpgraderKind::NaiveRestart => "the daemon alone (naive restarts)",
+        }
+    )));
+    let Started {
+        mut upgrader,
+        addr,
+        mut deploy,
+        first_build,
+    } = start(&config, dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -342,6 +430,17 @@ fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
                 .into(),
         );
     };
+    if !runs_build(identity.pid, target, &first_build) {
+        harness_errors.push(format!(
+            "the first generation (pid {}) does not run {}",
+            identity.pid,
+            first_build.path.display()
+        ));
+    }
+    progress(Progress::Phase(format!(
+        "first generation serves on {addr}: pid {}, build {} (sha256 {:.12})",
+        identity.pid, identity.build, first_build.sha256
+    )));
     let rss_before = upgrader.supervisor_pid().and_then(rss_kib);
 
     let netns = Netns::current();
@@ -351,10 +450,18 @@ fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
     let hard_end = start
         + config.steady * 2
         + (config.interval + RETIRE_BOUND + Duration::from_secs(30)) * config.upgrades as u32;
+    progress(Progress::Phase(format!(
+        "load: {} clients ({} connections) at {} requests/s; steady for {} ms",
+        config.clients,
+        config.connections.name(),
+        config.rate,
+        config.steady.as_millis()
+    )));
     let load = runtime.spawn(load::run(
         LoadConfig {
             addr,
             clients: config.clients,
+            connections: config.connections,
             rate: config.rate,
             request_timeout: config.request_timeout,
             target,
@@ -364,18 +471,27 @@ fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
         hard_end,
     ));
 
-    std::thread::sleep(config.steady);
+    // The next build is put in place while the load runs steady, as a
+    // deploy would; the upgrade is asked at the scheduled time.
+    let mut upgrade_at = start + config.steady;
     let mut windows = Vec::new();
     let mut old_pids = Vec::new();
     for round in 1..=config.upgrades {
-        let program = &daemon.builds[round % 2];
-        let build = DaemonCommand::label(program);
+        let build = match deploy.build(round) {
+            Ok(build) => build,
+            Err(error) => {
+                harness_errors.push(format!("upgrade {round}: deploying: {error}"));
+                continue;
+            }
+        };
+        sleep_until(upgrade_at);
         let asked = Instant::now();
         let asked_of = identity.pid;
-        let handoff = match upgrader.upgrade(program) {
+        let handoff = match upgrader.upgrade(&build) {
             Ok(handoff) => handoff,
             Err(error) => {
                 harness_errors.push(format!("upgrade {round}: {error}"));
+                upgrade_at = Instant::now() + config.interval;
                 continue;
             }
         };
@@ -407,8 +523,9 @@ fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
                 _ => handoff.new_pid == Some(new.pid),
             };
             identity_changed = new.pid != identity.pid
-                && new.build == build
-                && (config.upgrader == UpgraderKind::NaiveRestart || generation_rose);
+                && new.build == build.label
+                && (config.upgrader == UpgraderKind::NaiveRestart || generation_rose)
+                && runs_build(new.pid, target, &build);
             if new.pid != identity.pid {
                 old_pids.push(identity.pid);
                 if wait_gone(identity.pid, asked + RETIRE_BOUND) {
@@ -430,12 +547,24 @@ fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
             start: asked.saturating_duration_since(start),
             end: Instant::now().saturating_duration_since(start),
             handoff,
+            build,
             old_gone,
             identity_changed,
         });
-        std::thread::sleep(config.interval);
+        if let Some(window) = windows.last() {
+            progress(Progress::Upgraded {
+                round,
+                of: config.upgrades,
+                window,
+            });
+        }
+        upgrade_at = Instant::now() + config.interval;
     }
-    std::thread::sleep(config.steady);
+    progress(Progress::Phase(format!(
+        "steady load after the last upgrade for {} ms",
+        config.steady.as_millis()
+    )));
+    sleep_until(upgrade_at.max(Instant::now()) + config.steady);
     stop.store(true, Ordering::SeqCst);
     let clients = runtime
         .block_on(load)
@@ -446,6 +575,12 @@ fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
         .iter()
         .flat_map(|c| c.acked.iter().cloned())
         .collect();
+    progress(Progress::Phase(format!(
+        "load stopped after {:.1} s ({} requests); reading back {} acknowledged writes",
+        duration.as_secs_f64(),
+        clients.iter().map(|c| c.samples.len()).sum::<usize>(),
+        acked.len()
+    )));
     let (lost_writes, unreadable_writes) =
         runtime.block_on(load::read_back(addr, acked, config.request_timeout));
     let kernel = match (kernel_before, Counters::read()) {
@@ -458,6 +593,10 @@ fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
             None
         }
     };
+    progress(Progress::Phase(format!(
+        "checking that the {} old generations exited; stopping",
+        old_pids.len()
+    )));
     let lingering_generations = old_pids
         .iter()
         .filter(|pid| !wait_gone(**pid, Instant::now() + RETIRE_BOUND))
@@ -479,9 +618,34 @@ fn run_in(config: Config, dir: &std::path::Path) -> Result<Observed, String> {
         supervisor_rss_kib: (rss_before, rss_after),
         harness_errors,
         duration,
+        first_build,
         supervisor_log,
         kernel,
     })
+}
+
+/// Sleeps until `at` (now if it is past): the schedule of the upgrades,
+/// not a wait for an event.
+fn sleep_until(at: Instant) {
+    let now = Instant::now();
+    if at > now {
+        std::thread::sleep(at - now);
+    }
+}
+
+/// Whether `pid` runs `build`. A binary: `/proc/PID/exe` is the file the
+/// benchmark wrote as that build (its inode outlives the path once a later
+/// build is renamed over it). A script: the interpreter was started on a
+/// path (`/proc/PID/cmdline`) that names that file now; since a build is
+/// put in place before its upgrade is asked and the next one only after
+/// this check, the path named it from before the spawn until now.
+pub fn runs_build(pid: u32, target: Target, build: &Build) -> bool {
+    let running = if target == Target::Pid {
+        script_path_of(pid).and_then(|path| FileId::of(&path))
+    } else {
+        FileId::of(Path::new(&format!("/proc/{pid}/exe")))
+    };
+    running == Some(build.file)
 }
 
 /// Who serves: what `/info` says (`kvd`, `echod`), or for the foreign
@@ -516,14 +680,20 @@ async fn info_once(addr: SocketAddr, target: Target) -> Option<Identity> {
     })
 }
 
-/// The file name of the script `pid` runs: its first argument in
+/// The file name of the script `pid` runs ([`script_path_of`]).
+fn script_of(pid: u32) -> Option<String> {
+    let path = script_path_of(pid)?;
+    Some(path.file_name()?.to_string_lossy().into_owned())
+}
+
+/// The path of the script `pid` runs: its first argument in
 /// `/proc/PID/cmdline` (an interpreter started by a `#!` line gets the
 /// script's path there).
-fn script_of(pid: u32) -> Option<String> {
+fn script_path_of(pid: u32) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let script = cmdline.split(|&byte| byte == 0).nth(1)?;
-    let name = std::path::Path::new(std::str::from_utf8(script).ok()?).file_name()?;
-    Some(name.to_string_lossy().into_owned())
+    Some(PathBuf::from(std::ffi::OsStr::from_bytes(script)))
 }
 
 async fn info_until(addr: SocketAddr, target: Target, deadline: Instant) -> Option<Identity> {
@@ -609,12 +779,17 @@ pub fn idle(config: Config) -> Result<Idle, String> {
     result
 }
 
-fn idle_in(config: Config, dir: &std::path::Path) -> Result<Idle, String> {
+fn idle_in(config: Config, dir: &Path) -> Result<Idle, String> {
     if config.daemon.target() == Target::Pid {
         // The end check counts generations through `/info`.
         return Err("idle upgrades need a daemon that reports its generation".into());
     }
-    let (mut upgrader, addr, daemon) = start(&config, dir)?;
+    let Started {
+        mut upgrader,
+        addr,
+        mut deploy,
+        ..
+    } = start(&config, dir)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -631,9 +806,16 @@ fn idle_in(config: Config, dir: &std::path::Path) -> Result<Idle, String> {
     let rss_before = rss_kib(host);
     let mut handoffs = Vec::new();
     let mut rss_samples = Vec::new();
+    let mut last_build = None;
     for round in 1..=config.upgrades {
-        match upgrader.upgrade(&daemon.builds[round % 2]) {
-            Ok(handoff) => handoffs.push(handoff),
+        let upgraded = deploy
+            .build(round)
+            .and_then(|build| Ok((upgrader.upgrade(&build)?, build)));
+        match upgraded {
+            Ok((handoff, build)) => {
+                handoffs.push(handoff);
+                last_build = Some(build);
+            }
             Err(error) => harness_errors.push(format!("upgrade {round}: {error}")),
         }
         if round.is_multiple_of(RSS_SAMPLE_EVERY)
@@ -648,6 +830,15 @@ fn idle_in(config: Config, dir: &std::path::Path) -> Result<Idle, String> {
     if last.as_ref().map(|i| i.generation) != Some(expected) {
         harness_errors.push(format!(
             "expected generation {expected:?} at the end, /info said {last:?}"
+        ));
+    }
+    if let (Some(last), Some(build)) = (&last, &last_build)
+        && !runs_build(last.pid, target, build)
+    {
+        harness_errors.push(format!(
+            "the last generation (pid {}) does not run {}",
+            last.pid,
+            build.path.display()
         ));
     }
     // Every generation but the last is a child of the supervisor's process
@@ -714,6 +905,7 @@ impl Idle {
         };
         serde_json::json!({
             "mode": self.config.daemon.name(),
+            "builds": self.config.builds.name(),
             "upgrades_asked": self.config.upgrades,
             "upgrader": format!("{:?}", self.config.upgrader),
             "handoffs": self.handoffs.iter().filter(|h| h.committed).count(),
@@ -754,6 +946,8 @@ mod tests {
             line("handoffctl::run", "handoff rolled back", 2),
             "not json".to_owned(),
             line("handoffctl::run", "handoff committed", 3),
+            line("handoffctl::events", "handoff committed", 4),
+            line("handoffctlx::run", "handoff committed", 5),
         ]
         .join("\n");
         std::fs::write(&path, text).expect("write");
@@ -762,7 +956,7 @@ mod tests {
         assert_eq!(
             log,
             SupervisorLog {
-                upgrades_committed: 2,
+                upgrades_committed: 3,
                 rolled_back: 1
             }
         );
@@ -834,30 +1028,82 @@ mod tests {
     }
 
     #[test]
-    fn the_two_script_builds_name_the_interpreter_and_differ() {
+    fn the_two_fixed_script_builds_name_the_interpreter_and_differ() {
         let _turn = spawning();
         let dir = Scratch::new("builds");
         let source = dir.script("httpd.py", "#!/usr/bin/env python3\nprint('hi')\n");
         let out = dir.0.join("out");
         std::fs::create_dir_all(&out).expect("out");
-        let command = DaemonCommand::prepare_script(
-            &source,
-            std::path::Path::new("/opt/py/python3"),
-            &out,
-            Daemon::ForeignHttpd,
-        )
-        .expect("prepare");
+        let mut deploy = Deploy::script(&source, Path::new("/opt/py/python3"), &out, Builds::Fixed)
+            .expect("prepare");
+        let [a, b] = [0, 1].map(|round| deploy.build(round).expect("build"));
         assert_eq!(
-            command.builds,
-            [out.join("httpd-a.py"), out.join("httpd-b.py")]
+            [&a.path, &b.path],
+            [&out.join("httpd-a.py"), &out.join("httpd-b.py")]
         );
-        let [a, b] = command
-            .builds
-            .clone()
-            .map(|p| std::fs::read_to_string(p).expect("read"));
-        assert_eq!(a, "#!/opt/py/python3\nprint('hi')\n");
-        assert!(b.starts_with(&a) && b.len() > a.len(), "{b:?}");
-        assert_eq!(DaemonCommand::label(&command.builds[1]), "httpd-b.py");
+        assert_eq!(deploy.build(2).expect("build"), a, "they alternate");
+        assert_eq!(deploy.configured(), a.path);
+        assert_eq!(deploy.allowed(), [a.path.clone(), b.path.clone()]);
+        assert!(a.named && b.named, "each upgrade names its build");
+        let [text_a, text_b] = [&a, &b].map(|b| std::fs::read_to_string(&b.path).expect("read"));
+        assert_eq!(text_a, "#!/opt/py/python3\nprint('hi')\n");
+        assert!(text_b.starts_with(&text_a) && text_b.len() > text_a.len());
+        assert_ne!(a.sha256, b.sha256);
+        assert_eq!(b.label, "httpd-b.py");
+    }
+
+    #[test]
+    fn a_fresh_build_is_a_new_file_renamed_over_the_deployed_path() {
+        use std::os::unix::fs::PermissionsExt;
+        let _turn = spawning();
+        let dir = Scratch::new("fresh");
+        let source = dir.script("kvd", "\x7fELF pretend image");
+        let out = dir.0.join("out");
+        std::fs::create_dir_all(&out).expect("out");
+        let mut deploy = Deploy::binary(&source, &out, Builds::Fresh).expect("prepare");
+        assert_eq!(deploy.configured(), out.join("kvd"));
+        assert!(deploy.allowed().is_empty(), "{:?}", deploy.allowed());
+        let mut builds: Vec<Build> = Vec::new();
+        // Held open, as a running generation holds its binary: the inodes
+        // of earlier builds are not reused.
+        let mut held = Vec::new();
+        for round in 0..4 {
+            let build = deploy.build(round).expect("build");
+            held.push(std::fs::File::open(&build.path).expect("open"));
+            assert_eq!(build.path, out.join("kvd"));
+            assert_eq!(build.label, "kvd");
+            assert!(!build.named, "upgraded as the configured binary");
+            assert_eq!(
+                FileId::of(&build.path),
+                Some(build.file),
+                "the path names it"
+            );
+            let bytes = std::fs::read(&build.path).expect("read");
+            assert!(bytes.starts_with(b"\x7fELF pretend image") && bytes.len() > 18);
+            let file = std::fs::File::open(&build.path).expect("open");
+            assert_eq!(handoff::os::sha256_hex(&file).expect("hash"), build.sha256);
+            let mode = std::fs::metadata(&build.path)
+                .expect("stat")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o111, 0o111, "executable: {mode:o}");
+            for earlier in &builds {
+                assert_ne!(earlier.sha256, build.sha256, "a new sha256");
+                assert_ne!(earlier.file, build.file, "a new inode");
+            }
+            builds.push(build);
+        }
+        let names: Vec<_> = std::fs::read_dir(&out)
+            .expect("list")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["kvd"], "no temporary file is left");
+        // A second deploy of the same source in the same run makes other
+        // trailers still.
+        let other = Scratch::new("fresh-other");
+        let mut again = Deploy::binary(&source, &other.0, Builds::Fresh).expect("prepare");
+        let first_again = again.build(0).expect("build");
+        assert!(builds.iter().all(|b| b.sha256 != first_again.sha256));
     }
 
     #[test]
@@ -880,11 +1126,45 @@ mod tests {
             .read_line(&mut line)
             .expect("read");
         let seen = script_of(child.id());
+        let build = |file| Build {
+            path: script.clone(),
+            named: false,
+            label: "waits-b.sh".into(),
+            sha256: String::new(),
+            file,
+        };
+        let script_file = FileId::of(&script).expect("stat");
+        let runs_it = runs_build(child.id(), Target::Pid, &build(script_file));
+        let other = FileId::of(Path::new("/bin/sh")).expect("stat");
+        let runs_other = runs_build(child.id(), Target::Pid, &build(other));
         drop(child.stdin.take());
         let _ = child.wait();
         assert_eq!(line, "running\n");
         assert_eq!(seen.as_deref(), Some("waits-b.sh"));
         assert_eq!(script_of(u32::MAX), None);
+        assert!(runs_it && !runs_other, "{runs_it} {runs_other}");
+    }
+
+    #[test]
+    fn a_binary_runs_the_file_its_exe_names_and_no_other() {
+        let _turn = spawning();
+        let me = FileId::of(Path::new("/proc/self/exe")).expect("stat");
+        let build = |file| Build {
+            path: PathBuf::from("/proc/self/exe"),
+            named: false,
+            label: String::new(),
+            sha256: String::new(),
+            file,
+        };
+        let pid = std::process::id();
+        assert!(runs_build(pid, Target::KeyValue, &build(me)));
+        // A copy of the same bytes is another build.
+        let dir = Scratch::new("exe");
+        let copy = dir.0.join("copy");
+        std::fs::copy("/proc/self/exe", &copy).expect("copy");
+        let copied = FileId::of(&copy).expect("stat");
+        assert!(!runs_build(pid, Target::KeyValue, &build(copied)));
+        assert!(!runs_build(u32::MAX, Target::KeyValue, &build(me)));
     }
 
     #[test]

@@ -1,18 +1,29 @@
 //! Who replaces the daemon during the load: `handoffctl` (the default), the
 //! library's supervisor in this process, or a naive restart (the negative
-//! control).
+//! control); and what it replaces it with ([`Deploy`]).
 //!
-//! Every upgrader alternates between two builds: two copies of the daemon's
-//! binary, `NAME-a` and `NAME-b`, that differ by a trailer appended after
-//! the ELF image (so their sha256 differ, as two builds' would). The
-//! daemons report their executable's file name as their build in `/info`.
-//! The foreign daemon is a Python script: its two builds are copies
-//! `httpd-a.py` and `httpd-b.py` whose `#!` line names the interpreter
-//! found at the start, the second with a comment appended; the kernel's
-//! `/proc/PID/cmdline` names the script a generation runs.
+//! By default ([`Builds::Fresh`]) every upgrade runs a build that did not
+//! exist before it, as a real deploy does: the daemon's build is copied to
+//! a temporary name in the run's directory with a trailer no other build
+//! has (after the ELF image, which the loader ignores; a comment at the end
+//! of a script), then renamed over the deployed path, as `cp` and `mv` do
+//! (a new inode and a new sha256 under the same path), and the upgrader
+//! runs the configured binary as it is on disk now (`handoffctl upgrade`
+//! with no `--binary`; the library's `UpgradeRequest` with no `program`).
+//! [`Builds::Fixed`] installs two builds side by side, `NAME-a` and `NAME-b`
+//! (the second with a trailer), and each upgrade names the other one
+//! (`--binary`, both in `allowed_binaries`).
+//!
+//! The daemons report their executable's file name as their build in
+//! `/info`; a build's path, inode and sha256 are recorded in [`Build`], and
+//! [`crate::run`] checks that each new generation runs the inode it was
+//! upgraded to. The foreign daemon is a Python script: its builds start
+//! with a `#!` line that names the interpreter found at the start, and the
+//! kernel's `/proc/PID/cmdline` names the script a generation runs.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -46,86 +57,26 @@ pub struct Handoff {
 
 /// Something that replaces the running daemon.
 pub trait Upgrader {
-    /// Replaces the running generation with the build at `program`.
-    fn upgrade(&mut self, program: &Path) -> Result<Handoff, String>;
+    /// Replaces the running generation with `build` (named, or the
+    /// configured binary as it is on disk now: [`Build::named`]).
+    fn upgrade(&mut self, build: &Build) -> Result<Handoff, String>;
     /// The supervisor's pid when it is a process of its own.
     fn supervisor_pid(&self) -> Option<u32>;
     /// Stops everything it started.
     fn finish(self: Box<Self>) -> Result<(), String>;
 }
 
-/// The daemon's two builds and its data directory.
+/// How the daemon runs, whatever its build: its data directory and
+/// arguments.
 #[derive(Debug, Clone)]
 pub struct DaemonCommand {
-    /// `NAME-a` and `NAME-b`.
-    pub builds: [PathBuf; 2],
     /// The data directory (`kvd` only).
     pub data_dir: Option<PathBuf>,
     /// Which daemon (its mode and protocol).
     pub daemon: Daemon,
 }
 
-/// Bytes appended to the second build of a binary to make it another file.
-const BUILD_TRAILER: &[u8] = b"\0handoff-bench: build b\0";
-/// The same for a script: a comment, which the interpreter ignores.
-const SCRIPT_TRAILER: &[u8] = b"\n# handoff-bench: build b\n";
-
 impl DaemonCommand {
-    /// Copies `binary` to `dir/NAME-a` and `dir/NAME-b` (the second with a
-    /// trailer).
-    pub fn prepare(
-        binary: &Path,
-        dir: &Path,
-        data_dir: Option<PathBuf>,
-        daemon: Daemon,
-    ) -> Result<DaemonCommand, String> {
-        let image = std::fs::read(binary).map_err(|e| format!("{}: {e}", binary.display()))?;
-        let mut other = image.clone();
-        other.extend_from_slice(BUILD_TRAILER);
-        Ok(DaemonCommand {
-            builds: write_builds(binary, dir, [image, other])?,
-            data_dir,
-            daemon,
-        })
-    }
-
-    /// Copies the script at `script` to `dir/STEM-a.EXT` and
-    /// `dir/STEM-b.EXT`, executable, with `#!INTERPRETER` as their first
-    /// line (replacing the script's own `#!` line) and a comment appended
-    /// to the second.
-    pub fn prepare_script(
-        script: &Path,
-        interpreter: &Path,
-        dir: &Path,
-        daemon: Daemon,
-    ) -> Result<DaemonCommand, String> {
-        let text = std::fs::read(script).map_err(|e| format!("{}: {e}", script.display()))?;
-        let body = match text.strip_prefix(b"#!") {
-            Some(rest) => rest
-                .iter()
-                .position(|&byte| byte == b'\n')
-                .map_or(&[][..], |end| &rest[end + 1..]),
-            None => &text[..],
-        };
-        let mut image = format!("#!{}\n", interpreter.display()).into_bytes();
-        image.extend_from_slice(body);
-        let mut other = image.clone();
-        other.extend_from_slice(SCRIPT_TRAILER);
-        Ok(DaemonCommand {
-            builds: write_builds(script, dir, [image, other])?,
-            data_dir: None,
-            daemon,
-        })
-    }
-
-    /// The build label a generation of `program` reports.
-    pub fn label(program: &Path) -> String {
-        program
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    }
-
     /// The arguments, with `--listen` when running alone.
     pub fn args(&self, listen: Option<SocketAddr>) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
@@ -141,9 +92,225 @@ impl DaemonCommand {
     }
 }
 
-/// Writes the two builds of `source` into `dir` as `STEM-a[.EXT]` and
-/// `STEM-b[.EXT]`.
-fn write_builds(source: &Path, dir: &Path, images: [Vec<u8>; 2]) -> Result<[PathBuf; 2], String> {
+/// Which files the upgrades run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Builds {
+    /// A new build renamed over the deployed path before each upgrade,
+    /// which runs the configured binary (the default).
+    #[default]
+    Fresh,
+    /// Two builds side by side, `NAME-a` and `NAME-b`, alternated by name.
+    Fixed,
+}
+
+impl Builds {
+    /// The name used on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Builds::Fresh => "fresh",
+            Builds::Fixed => "fixed",
+        }
+    }
+}
+
+/// A file's identity: what `/proc/PID/exe` resolves to outlives the path
+/// (a build renamed over keeps its inode while a process runs it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The identity of what `path` names (following symlinks, and the
+    /// `/proc` magic links to an executable or an open file).
+    pub fn of(path: &Path) -> Option<FileId> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+}
+
+/// One build put in place: what an upgrade is asked to run, and what its
+/// generation must be found running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Build {
+    /// Its path.
+    pub path: PathBuf,
+    /// Whether the upgrader names `path` (`--binary`); otherwise it runs
+    /// the configured binary, which `path` is.
+    pub named: bool,
+    /// The build label a generation of it reports: the file name.
+    pub label: String,
+    /// The sha256 of its contents (lowercase hex), read back from the file.
+    pub sha256: String,
+    /// The file it was written as.
+    pub file: FileId,
+}
+
+/// Puts the daemon's builds in place ([`Builds`]).
+#[derive(Debug)]
+pub struct Deploy {
+    /// The daemon's build as read at the start (a script with its `#!`
+    /// line rewritten).
+    image: Vec<u8>,
+    /// Whether the build is a script (its trailer is a comment).
+    script: bool,
+    /// Fresh builds: the deployed path, which every upgrade runs.
+    deployed: PathBuf,
+    /// Fixed builds: the two of them.
+    fixed: Option<[Build; 2]>,
+    /// Makes this run's trailers differ from any other run's.
+    tag: String,
+}
+
+/// Bytes appended to the second fixed build of a binary to make it another
+/// file.
+const BUILD_TRAILER: &[u8] = b"\0handoff-bench: build b\0";
+/// The same for a script: a comment, which the interpreter ignores.
+const SCRIPT_TRAILER: &[u8] = b"\n# handoff-bench: build b\n";
+
+impl Deploy {
+    /// Builds of the binary at `binary`, written into `dir`.
+    pub fn binary(binary: &Path, dir: &Path, builds: Builds) -> Result<Deploy, String> {
+        let image = std::fs::read(binary).map_err(|e| format!("{}: {e}", binary.display()))?;
+        Deploy::new(binary, image, false, dir, builds)
+    }
+
+    /// Builds of the script at `script`, executable, with
+    /// `#!INTERPRETER` as their first line (replacing the script's own `#!`
+    /// line), written into `dir`.
+    pub fn script(
+        script: &Path,
+        interpreter: &Path,
+        dir: &Path,
+        builds: Builds,
+    ) -> Result<Deploy, String> {
+        let text = std::fs::read(script).map_err(|e| format!("{}: {e}", script.display()))?;
+        let body = match text.strip_prefix(b"#!") {
+            Some(rest) => rest
+                .iter()
+                .position(|&byte| byte == b'\n')
+                .map_or(&[][..], |end| &rest[end + 1..]),
+            None => &text[..],
+        };
+        let mut image = format!("#!{}\n", interpreter.display()).into_bytes();
+        image.extend_from_slice(body);
+        Deploy::new(script, image, true, dir, builds)
+    }
+
+    fn new(
+        source: &Path,
+        image: Vec<u8>,
+        script: bool,
+        dir: &Path,
+        builds: Builds,
+    ) -> Result<Deploy, String> {
+        let name = source
+            .file_name()
+            .ok_or_else(|| format!("{}: no file name", source.display()))?;
+        let fixed = match builds {
+            Builds::Fresh => None,
+            Builds::Fixed => {
+                let mut other = image.clone();
+                other.extend_from_slice(if script {
+                    SCRIPT_TRAILER
+                } else {
+                    BUILD_TRAILER
+                });
+                let [a, b] = fixed_paths(source, dir)?;
+                Some([
+                    write_build(&a, &[&image], true)?,
+                    write_build(&b, &[&other], true)?,
+                ])
+            }
+        };
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Ok(Deploy {
+            image,
+            script,
+            deployed: dir.join(name),
+            fixed,
+            tag: format!(
+                "{}-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                since_epoch.as_nanos()
+            ),
+        })
+    }
+
+    /// Which builds these are.
+    pub fn builds(&self) -> Builds {
+        match self.fixed {
+            None => Builds::Fresh,
+            Some(_) => Builds::Fixed,
+        }
+    }
+
+    /// The binary the supervisor is configured with: the deployed path, or
+    /// the first fixed build.
+    pub fn configured(&self) -> &Path {
+        match &self.fixed {
+            None => &self.deployed,
+            Some([a, _]) => &a.path,
+        }
+    }
+
+    /// Every path an upgrade may name (`allowed_binaries`): none for fresh
+    /// builds, which run the configured binary.
+    pub fn allowed(&self) -> Vec<PathBuf> {
+        self.fixed
+            .iter()
+            .flat_map(|builds| builds.iter().map(|build| build.path.clone()))
+            .collect()
+    }
+
+    /// The build of round `round` (0: the first generation's). Fixed: one
+    /// of the two, alternating. Fresh: a new one, put in place now over the
+    /// deployed path.
+    pub fn build(&mut self, round: usize) -> Result<Build, String> {
+        if let Some(builds) = &self.fixed {
+            return Ok(builds[round % 2].clone());
+        }
+        let name = self
+            .deployed
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temporary = self
+            .deployed
+            .with_file_name(format!(".{name}.deploy-{round}"));
+        let trailer = if self.script {
+            format!("\n# handoff-bench build {} {round}\n", self.tag)
+        } else {
+            format!("\0handoff-bench build {} {round}\0", self.tag)
+        };
+        let build = write_build(&temporary, &[&self.image, trailer.as_bytes()], false)?;
+        std::fs::rename(&temporary, &self.deployed).map_err(|e| {
+            format!(
+                "renaming {} over {}: {e}",
+                temporary.display(),
+                self.deployed.display()
+            )
+        })?;
+        Ok(Build {
+            path: self.deployed.clone(),
+            label: name,
+            ..build
+        })
+    }
+}
+
+/// `dir/STEM-a[.EXT]` and `dir/STEM-b[.EXT]`.
+fn fixed_paths(source: &Path, dir: &Path) -> Result<[PathBuf; 2], String> {
     let stem = source
         .file_stem()
         .and_then(|n| n.to_str())
@@ -152,22 +319,41 @@ fn write_builds(source: &Path, dir: &Path, images: [Vec<u8>; 2]) -> Result<[Path
         .extension()
         .and_then(|e| e.to_str())
         .map_or_else(String::new, |e| format!(".{e}"));
-    let [a, b] = ["a", "b"].map(|letter| dir.join(format!("{stem}-{letter}{extension}")));
-    for (path, bytes) in [(&a, &images[0]), (&b, &images[1])] {
-        write_executable(path, bytes)?;
-    }
-    Ok([a, b])
+    Ok(["a", "b"].map(|letter| dir.join(format!("{stem}-{letter}{extension}"))))
 }
 
-fn write_executable(path: &Path, bytes: &[u8]) -> Result<(), String> {
+/// Writes `parts` to a new executable file at `path` and reads it back for
+/// its sha256 and identity.
+fn write_build(path: &Path, parts: &[&[u8]], named: bool) -> Result<Build, String> {
     use std::os::unix::fs::OpenOptionsExt;
+    let failed = |e: std::io::Error| format!("{}: {e}", path.display());
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o755)
         .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    std::io::Write::write_all(&mut file, bytes).map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(failed)?;
+    for part in parts {
+        std::io::Write::write_all(&mut file, part).map_err(failed)?;
+    }
+    // Closed before anything can execute it (ETXTBSY).
+    drop(file);
+    let file = std::fs::File::open(path).map_err(failed)?;
+    let sha256 = handoff::os::sha256_hex(&file).map_err(failed)?;
+    let meta = file.metadata().map_err(failed)?;
+    Ok(Build {
+        path: path.to_owned(),
+        named,
+        label: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        sha256,
+        file: FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        },
+    })
 }
 
 /// The library's [`Supervisor`], in this process.
@@ -183,13 +369,14 @@ pub struct InProcess {
 
 impl InProcess {
     /// Binds `127.0.0.1:0` as listener `http` and starts the first
-    /// generation with `build`; returns the upgrader and the address.
-    pub fn start(daemon: DaemonCommand) -> Result<(InProcess, SocketAddr), String> {
+    /// generation with `program`, the configured binary; returns the
+    /// upgrader and the address.
+    pub fn start(daemon: DaemonCommand, program: &Path) -> Result<(InProcess, SocketAddr), String> {
         let bind = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
         let listener = NamedListener::bind("http", &bind).map_err(|e| e.to_string())?;
         let addr: SocketAddr = listener.address.parse().map_err(|e| format!("{e}"))?;
         let supervisor = Supervisor::start(SupervisorConfig {
-            program: daemon.builds[0].clone(),
+            program: program.to_owned(),
             args: daemon.args(None),
             env: Vec::new(),
             mode: daemon.daemon.mode(),
@@ -219,7 +406,7 @@ impl InProcess {
 }
 
 impl Upgrader for InProcess {
-    fn upgrade(&mut self, program: &Path) -> Result<Handoff, String> {
+    fn upgrade(&mut self, build: &Build) -> Result<Handoff, String> {
         let asked = Instant::now();
         let supervisor = self
             .supervisor
@@ -228,7 +415,8 @@ impl Upgrader for InProcess {
         let outcome = supervisor
             .handle()
             .upgrade(UpgradeRequest {
-                program: Some(program.to_path_buf()),
+                // None: the configured program as it is on disk now.
+                program: build.named.then(|| build.path.clone()),
                 args: Some(self.daemon.args(None)),
                 ..UpgradeRequest::default()
             })
@@ -308,13 +496,16 @@ const NAIVE_START_BOUND: Duration = Duration::from_secs(10);
 const NAIVE_POLL: Duration = Duration::from_millis(2);
 
 impl NaiveRestart {
-    /// Picks a free loopback port and starts the daemon alone on it
+    /// Picks a free loopback port and starts `program` alone on it
     /// (`--listen`: kvd, echod and httpd.py bind it themselves).
-    pub fn start(daemon: DaemonCommand) -> Result<(NaiveRestart, SocketAddr), String> {
+    pub fn start(
+        daemon: DaemonCommand,
+        program: &Path,
+    ) -> Result<(NaiveRestart, SocketAddr), String> {
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?;
-        let child = spawn_alone(&daemon, &daemon.builds[0], addr)?;
+        let child = spawn_alone(&daemon, program, addr)?;
         wait_listening(addr)?;
         Ok((
             NaiveRestart {
@@ -350,10 +541,10 @@ fn wait_listening(addr: SocketAddr) -> Result<(), String> {
 }
 
 impl Upgrader for NaiveRestart {
-    fn upgrade(&mut self, program: &Path) -> Result<Handoff, String> {
+    fn upgrade(&mut self, build: &Build) -> Result<Handoff, String> {
         let started = Instant::now();
         self.stop()?;
-        self.child = spawn_alone(&self.daemon, program, self.addr)?;
+        self.child = spawn_alone(&self.daemon, &build.path, self.addr)?;
         wait_listening(self.addr)?;
         Ok(Handoff {
             committed: true,
@@ -410,7 +601,9 @@ impl Drop for NaiveRestart {
 }
 
 /// `handoffctl run` as a process of its own, upgraded with
-/// `handoffctl upgrade --binary`, stopped with `handoffctl stop`.
+/// `handoffctl upgrade` (fresh builds: no `--binary`, the configured binary
+/// as it is on disk now; fixed builds: `--binary`), stopped with
+/// `handoffctl stop`.
 ///
 /// A guard: dropped without [`Upgrader::finish`] (an error or a panic in
 /// the run), it stops `handoffctl run` the same way and SIGKILLs it if it
@@ -431,26 +624,28 @@ pub const CTL_LOG: &str = "handoffctl.log";
 const CTL_BOUND: Duration = Duration::from_secs(30);
 
 impl Ctl {
-    /// Writes a config in `dir` (listener `http` on `127.0.0.1:0`, the two
-    /// builds allowed), starts `handoffctl run` with its log in
-    /// `dir/handoffctl.log`, and learns the address from `status`.
+    /// Writes a config in `dir` (listener `http` on `127.0.0.1:0`, the
+    /// deploy's configured binary and the ones it names allowed), starts
+    /// `handoffctl run` with its log in `dir/handoffctl.log`, and learns the
+    /// address from `status`.
     pub fn start(
         handoffctl: PathBuf,
         daemon: &DaemonCommand,
+        deploy: &Deploy,
         dir: &Path,
     ) -> Result<(Ctl, SocketAddr), String> {
         let socket = dir.join("admin.sock");
         let quote = |path: &Path| format!("{:?}", path.display().to_string());
+        let allowed: Vec<String> = deploy.allowed().iter().map(|path| quote(path)).collect();
         let mut config = format!(
-            "binary = {}\nsocket = {}\nmode = \"{}\"\nallowed_binaries = [{}, {}]\n",
-            quote(&daemon.builds[0]),
+            "binary = {}\nsocket = {}\nmode = \"{}\"\nallowed_binaries = [{}]\n",
+            quote(deploy.configured()),
             quote(&socket),
             match daemon.daemon.mode() {
                 Mode::Exclusive => "exclusive",
                 Mode::Overlap => "overlap",
             },
-            quote(&daemon.builds[0]),
-            quote(&daemon.builds[1]),
+            allowed.join(", "),
         );
         if daemon.daemon == Daemon::ForeignHttpd {
             // Socket activation and READY=1; the old generation gets SIGTERM.
@@ -525,10 +720,16 @@ impl Ctl {
 }
 
 impl Upgrader for Ctl {
-    fn upgrade(&mut self, program: &Path) -> Result<Handoff, String> {
+    fn upgrade(&mut self, build: &Build) -> Result<Handoff, String> {
         let asked = Instant::now();
-        let program = program.to_string_lossy();
-        let answer = self.command(&["upgrade", "--binary", &program, "--json"])?;
+        let program = build.path.to_string_lossy();
+        let answer = if build.named {
+            self.command(&["upgrade", "--binary", &program, "--json"])?
+        } else {
+            // What a deploy does: the new build is in place at the
+            // configured path; upgrade to it as it is on disk now.
+            self.command(&["upgrade", "--json"])?
+        };
         let wall = asked.elapsed();
         let millis = |value: &serde_json::Value| {
             value
