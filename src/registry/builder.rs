@@ -18,19 +18,19 @@
 //!   own lock serialises the builds.
 //! - **Runaway builds.** Cargo runs in a process group of its own, killed
 //!   whole (cargo and its rustc children) at the timeout or when the build
-//!   is abandoned, and always reaped.
+//!   is abandoned, and always reaped ([`crate::sys::run_bounded`]).
 //! - **Half-written libraries.** The artifact is copied to a temporary name
 //!   and renamed into place, so a reader never sees a partial file.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::handler::library_file_name;
 use super::monitor::lock;
 use crate::error::{Error, Result};
+use crate::sys::{self, RunError};
 use crate::timeouts::HANDLER_BUILD;
 use crate::wire::Fingerprint;
 
@@ -143,30 +143,30 @@ impl HandlerBuilder {
         let package = self.package_name(endpoint);
         self.write_project(&project, &package, source)?;
 
-        let mut command = Command::new(&self.cargo);
-        command
-            .arg("build")
-            .arg("--release")
-            .arg("--color=never")
-            .arg("--manifest-path")
-            .arg(project.join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&self.target_dir)
-            .env_remove("CARGO_TARGET_DIR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let (status, output) = run_bounded(command, self.timeout).map_err(|error| match error {
-            RunError::TimedOut => Error::BuildTimedOut {
-                endpoint: endpoint.to_owned(),
-                timeout: self.timeout,
-            },
-            RunError::Io(op, source) => Error::io(op, source),
-        })?;
-        if !status.success() {
+        let manifest = project.join("Cargo.toml");
+        let args = [
+            OsStr::new("build"),
+            OsStr::new("--release"),
+            OsStr::new("--color=never"),
+            OsStr::new("--manifest-path"),
+            manifest.as_os_str(),
+            OsStr::new("--target-dir"),
+            self.target_dir.as_os_str(),
+        ];
+        let finished = sys::run_bounded(&self.cargo, &args, &["CARGO_TARGET_DIR"], self.timeout)
+            .map_err(|error| match error {
+                RunError::TimedOut => Error::BuildTimedOut {
+                    endpoint: endpoint.to_owned(),
+                    timeout: self.timeout,
+                },
+                RunError::Spawn(source) => Error::io("spawn cargo", source),
+                RunError::Waiter(source) => Error::io("spawn a build waiter thread", source),
+                RunError::Wait(source) => Error::io("wait for cargo", source),
+            })?;
+        if !finished.status.success() {
             return Err(Error::Build {
                 endpoint: endpoint.to_owned(),
-                compiler_output: output,
+                compiler_output: finished.stderr,
             });
         }
 
@@ -299,86 +299,6 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).map_err(|error| Error::path("write", path, error))
 }
 
-enum RunError {
-    TimedOut,
-    Io(&'static str, std::io::Error),
-}
-
-/// Kills a child's whole process group and reaps it, unless disarmed.
-struct ChildGroupGuard {
-    pgid: Option<nix::unistd::Pid>,
-}
-
-impl ChildGroupGuard {
-    fn kill(&mut self) {
-        if let Some(pgid) = self.pgid.take() {
-            // The group may already be gone; nothing else to do then.
-            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        }
-    }
-
-    fn disarm(&mut self) {
-        self.pgid = None;
-    }
-}
-
-impl Drop for ChildGroupGuard {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Runs `command` in a process group of its own, collecting stderr, and
-/// kills the group at `timeout`.
-///
-/// A waiter thread owns the child: it reads stderr to the end, then reaps
-/// the child and sends the result. This thread waits on that channel with
-/// the deadline; the kernel's EOF and exit status are the events, the
-/// timeout only bounds them.
-fn run_bounded(
-    mut command: Command,
-    timeout: Duration,
-) -> std::result::Result<(ExitStatus, String), RunError> {
-    use std::io::Read;
-    use std::os::unix::process::CommandExt;
-
-    command.process_group(0);
-    let mut child: Child = command
-        .spawn()
-        .map_err(|error| RunError::Io("spawn cargo", error))?;
-    let pid = i32::try_from(child.id())
-        .map_err(|_| RunError::Io("spawn cargo", std::io::Error::other("pid out of range")))?;
-    let mut group = ChildGroupGuard {
-        pgid: Some(nix::unistd::Pid::from_raw(pid)),
-    };
-    let stderr = child.stderr.take();
-    let (sender, receiver) = crossbeam_channel::bounded(1);
-    let waiter = std::thread::Builder::new()
-        .name("handoff-build-wait".to_owned())
-        .spawn(move || {
-            let mut output = Vec::new();
-            if let Some(mut stderr) = stderr {
-                // A read error only truncates the diagnostics.
-                let _ = stderr.read_to_end(&mut output);
-            }
-            let _ = sender.send((child.wait(), output));
-        })
-        .map_err(|error| RunError::Io("spawn a build waiter thread", error))?;
-    let received = match receiver.recv_timeout(timeout) {
-        Ok(received) => Ok(received),
-        Err(_) => {
-            group.kill();
-            Err(RunError::TimedOut)
-        }
-    };
-    // After a kill, the waiter reaps the child and ends.
-    let _ = waiter.join();
-    let (status, output) = received?;
-    group.disarm();
-    let status = status.map_err(|error| RunError::Io("wait for cargo", error))?;
-    Ok((status, String::from_utf8_lossy(&output).into_owned()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,37 +315,5 @@ mod tests {
             assert!(validate_endpoint_id(bad).is_err(), "{bad:?}");
         }
         validate_endpoint_id("Users_2").unwrap_or_else(|error| panic!("{error}"));
-    }
-
-    #[test]
-    fn a_build_past_its_timeout_is_killed_and_reaped() {
-        let started = Instant::now();
-        let mut command = Command::new("sh");
-        command
-            .arg("-c")
-            .arg("echo started >&2; sleep 30")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let outcome = run_bounded(command, Duration::from_millis(300));
-        assert!(matches!(outcome, Err(RunError::TimedOut)));
-        // The grandchild `sleep` held stderr open; the group kill ended it.
-        assert!(started.elapsed() < Duration::from_secs(10));
-    }
-
-    #[test]
-    fn a_finished_command_reports_its_status_and_stderr() {
-        let mut command = Command::new("sh");
-        command
-            .arg("-c")
-            .arg("echo 'error[E0425]: nope' >&2; exit 101")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let Ok((status, output)) = run_bounded(command, Duration::from_secs(30)) else {
-            panic!("the command should finish");
-        };
-        assert_eq!(status.code(), Some(101));
-        assert_eq!(output, "error[E0425]: nope\n");
     }
 }

@@ -1,5 +1,6 @@
 //! Loading, calling and unloading handler libraries: the crate's only
-//! unsafe code.
+//! unsafe code outside `sys/` (an exception written into the contract in
+//! `sys/mod.rs`).
 //!
 //! Hazards handled here:
 //! - **dlopen deduplicates by path.** Opening a path that is already loaded

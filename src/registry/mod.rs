@@ -40,7 +40,9 @@
 //!   and [`HandlerGuard`].
 //! - `lookup`: the endpoint map's hasher and its per-thread cache.
 //! - `monitor`: retired versions, the drain bell, the background monitor.
-//! - `dylib`: dlopen and calls into libraries (the crate's only `unsafe`).
+//! - `dylib`: dlopen and calls into libraries: the crate's only `unsafe`
+//!   outside `sys/`, an exception written into the contract in
+//!   `sys/mod.rs`, which lists the `sys` files that have some.
 //! - `builder`: handler source → Cargo project → library.
 //! - `lifecycle`: the endpoint state machine of built handlers.
 //! - `stats`: outcomes and statistics.

@@ -1,5 +1,8 @@
 //! Taking ownership of an fd inherited across exec, and shutting sockets.
-#![allow(unsafe_code)] // from_raw_fd is the one way to own an inherited fd; fenced here.
+#![allow(
+    unsafe_code,
+    reason = "OwnedFd::from_raw_fd is the one way to own an fd inherited across exec"
+)]
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

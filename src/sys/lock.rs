@@ -23,6 +23,10 @@ pub(crate) const LOCK_FILE_NAME: &str = ".handoff.lock";
 #[derive(Debug)]
 pub struct DataDirLock {
     file: File,
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the tests check where the lock file is")
+    )]
     path: PathBuf,
 }
 
@@ -83,12 +87,14 @@ impl DataDirLock {
     }
 
     /// The lock file.
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// The pid the most recent holder of `dir`'s lock wrote, if readable.
     /// Advisory: it stays in the file after the holder is gone.
+    #[cfg(test)]
     pub fn holder_pid(dir: &Path) -> Option<u32> {
         std::fs::read_to_string(dir.join(LOCK_FILE_NAME))
             .ok()?

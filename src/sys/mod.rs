@@ -1,13 +1,24 @@
-//! The only code in the library that touches the OS: fd passing, sockets,
-//! peer credentials, the data-directory lock, spawning generations and the
-//! systemd notification.
+//! The only code in the library that calls the OS (`nix`, std's process and
+//! Unix-only APIs): fd passing, sockets, peer credentials, the
+//! data-directory lock, spawning generations and helper programs, signals,
+//! the systemd notification and network namespaces. Other modules hold the
+//! std socket types that `sys` returns (the public API hands them out), and
+//! use `std::fs`.
+//!
+//! One exception, by choice: `registry/dylib.rs` loads handler libraries
+//! and calls into them (dlopen and dlsym through `libloading`, calls
+//! through the handler ABI's function pointers). Its `unsafe` is the
+//! boundary with the handler SDK's ABI rather than a system-call wrapper,
+//! and it lives next to the ABI checks and the handler types it serves;
+//! moving it here would pull the registry into `sys`.
 //!
 //! # Contract
 //!
 //! - Every function returns [`std::io::Result`]; the drivers wrap errors into
-//!   [`crate::Error`] with the operation and path they were attempting. The
-//!   one exception is [`ListenAddr`]'s parser, whose errors are user input
-//!   errors ([`crate::Error::BadAddress`]).
+//!   [`crate::Error`] with the operation and path they were attempting. Two
+//!   exceptions: [`ListenAddr`]'s parser, whose errors are user input
+//!   errors ([`crate::Error::BadAddress`]), and [`run_bounded`], whose
+//!   [`RunError`] tells a timeout and the step that failed apart.
 //! - Every fd is an [`OwnedFd`](std::os::fd::OwnedFd) from the call that
 //!   creates or receives it, and is close-on-exec from birth (`SOCK_CLOEXEC`,
 //!   `MSG_CMSG_CLOEXEC`, `O_CLOEXEC`, `F_DUPFD_CLOEXEC`): never a window in
@@ -18,8 +29,11 @@
 //! - `EINTR` is retried here, so callers never see it. A timeout configured
 //!   on a socket (`SO_SNDTIMEO`/`SO_RCVTIMEO`) surfaces as the kernel reports
 //!   it: [`std::io::ErrorKind::WouldBlock`].
-//! - `unsafe` is allowed only in the files of this module that need it, each
-//!   block with a `SAFETY:` note.
+//! - `unsafe` is allowed only in the files of this module that need it
+//!   (`binary`, `fdpass`, `foreign`, `inherit`, `netns`, `process`,
+//!   `socket`), each with its reason written in its `allow` and each block
+//!   with a `SAFETY:` note; outside `sys`, only in `registry/dylib.rs`
+//!   (above).
 //!
 //! # OS hazards handled here
 //!
@@ -54,14 +68,14 @@
 //!   accepting through [`crate::AcceptGate`], which needs a non-blocking
 //!   accept (a blocking one can sleep past a drain when another generation
 //!   took the connection `poll` announced); every generation of such a
-//!   daemon then accepts the same way, as async runtimes do. Bounded waits
-//!   on the control socket use `SO_RCVTIMEO`/`SO_SNDTIMEO`, which only this
-//!   side of the connection holds.
+//!   daemon then accepts the same way, as async runtimes do. Writes on the
+//!   control socket are bounded with `SO_SNDTIMEO`, which only this side of
+//!   the connection holds (reads block on a thread of their own until EOF).
 //! - **Fds dropped silently.** If the receiver's control buffer is too small,
 //!   the kernel sets `MSG_CTRUNC` and closes the fds that did not fit; nothing
 //!   else reports it. [`recv_chunk`] sizes its buffer for the maximum of 253
 //!   fds (`SCM_MAX_FD`) and reports `MSG_CTRUNC` as
-//!   [`Received::truncated`], still handing over (as owned fds, so they get
+//!   [`Received::truncated`](fdpass::Received::truncated), still handing over (as owned fds, so they get
 //!   closed) the fds that did arrive.
 //! - **Fds only travel with bytes.** On a stream socket, `sendmsg` with zero
 //!   bytes of payload silently sends no fds, and a receiver never gets fds
@@ -88,13 +102,9 @@
 //! - **Network namespaces are per thread.** `unshare(CLONE_NEWNET)` moves
 //!   the calling thread only; [`enter_private_network`] must run before any
 //!   other thread starts (the benchmark calls it first in `main`).
-#![allow(
-    dead_code,
-    unused_imports,
-    reason = "used by the drivers being written in parallel; removed when merged"
-)]
 
 mod binary;
+mod command;
 mod fdpass;
 mod foreign;
 mod inherit;
@@ -111,7 +121,8 @@ mod wake;
 mod test_support;
 
 pub use binary::{PinnedBinary, sha256_hex};
-pub(crate) use fdpass::{Received, recv_chunk, send_frame};
+pub(crate) use command::{RunError, run_bounded};
+pub(crate) use fdpass::{recv_chunk, send_frame};
 pub(crate) use foreign::{
     ForeignSpec, Notification, NotifySocket, PrivateDir, receive as receive_notification,
     spawn_foreign,
@@ -123,14 +134,12 @@ pub use notify::{monotonic_usec, notify};
 pub(crate) use probe::{http_status, tcp_connect};
 pub use process::Sig;
 pub(crate) use process::{
-    CONTROL_FD, CONTROL_FD_ENV, SpawnSpec, clear_die_with_parent, effective_uid, exit_status,
-    is_main_thread,
-    parent_pid, process_alive, signal, signal_group, spawn, wait_exit_nowait,
+    SpawnSpec, clear_die_with_parent, effective_uid, exit_status, is_main_thread, parent_pid,
+    signal, signal_group, spawn, wait_exit_nowait,
 };
 pub use signals::SignalSet;
-pub use socket::{ListenAddr, PeerCred, SocketInfo, is_cloexec, open_fds};
+pub use socket::{ListenAddr, PeerCred, is_cloexec, open_fds};
 pub(crate) use socket::{
-    bind, bind_admin_socket, control_pair, inspect, peer_credentials, set_read_timeout,
-    set_write_timeout,
+    bind, bind_admin_socket, control_pair, inspect, peer_credentials, set_write_timeout,
 };
 pub(crate) use wake::{Waker, poll_either};

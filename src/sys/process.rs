@@ -322,6 +322,7 @@ pub(crate) fn effective_uid() -> u32 {
 }
 
 /// Whether `pid` names a process (a zombie counts) that exists, ours or not.
+#[cfg(test)]
 pub(crate) fn process_alive(pid: u32) -> bool {
     let Ok(pid) = one_process(pid) else {
         return false;
