@@ -161,6 +161,10 @@ pub struct UpgradeRequest {
     /// of a build whose seal always fails; it costs a wait in the backlog
     /// and loses nothing a daemon fsynced before acknowledging.
     pub force: bool,
+    /// When the caller received the request (an admin client's, say): the
+    /// handoff's total counts from here, checks and hashing included.
+    /// Default: when the supervisor receives it.
+    pub requested: Option<std::time::Instant>,
 }
 
 impl DaemonProtocol {

@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use super::config::{SupervisorConfig, UpgradeRequest};
 use super::probes::Probes;
 use super::process::GenerationProcess;
-use super::report::{Status, SupervisorState};
+use super::report::{RetireeStatus, Status, SupervisorState};
 use super::spawn::{Event, Launch, Spawner};
 use crate::error::{Error, Result};
 use crate::fault::{self, FaultRole};
@@ -139,7 +139,7 @@ impl Driver {
 
     /// Starts a handoff to what `request` asks for; its id.
     fn upgrade(&mut self, request: UpgradeRequest) -> Result<u64> {
-        let requested = Instant::now();
+        let requested = request.requested.unwrap_or_else(Instant::now);
         let ticket = self
             .machine
             .begin_handoff()
@@ -349,6 +349,19 @@ impl Driver {
             uptime: self.started.elapsed(),
             last_handoff: self.machine.last_handoff().cloned(),
             retiring: self.machine.retiring(),
+            retirees: self
+                .machine
+                .retirees()
+                .map(|(generation, state, in_probation)| RetireeStatus {
+                    generation: generation.id,
+                    pid: generation.pid,
+                    state: state.as_str().to_owned(),
+                    in_probation,
+                })
+                .collect(),
+            serving_for: live
+                .and_then(|live| live.serving_since)
+                .map(|since| since.elapsed()),
             last_probation_rollback: self.machine.last_probation_rollback().cloned(),
         }
     }

@@ -29,7 +29,7 @@ use crossbeam_channel::{Receiver, Sender};
 pub use self::config::{
     DaemonProtocol, NamedListener, QuiesceSignals, SupervisorConfig, UpgradeRequest,
 };
-pub use self::report::{Status, SupervisorState};
+pub use self::report::{RetireeStatus, Status, SupervisorState};
 pub use crate::protocol::{
     ExitStatus, Outcome, ProbationRollback, RestartPolicy, ResumeCheck, SupervisorEvent,
 };

@@ -46,9 +46,29 @@ pub struct Status {
     pub last_handoff: Option<Outcome>,
     /// Pids of old generations still being retired.
     pub retiring: Vec<u32>,
+    /// The old generations still being retired, with the state of each
+    /// (`in_probation` says whether it may still be resumed).
+    pub retirees: Vec<RetireeStatus>,
+    /// How long the serving generation has been the one serving (since its
+    /// commit, or its resumption by an automatic rollback): no restart and
+    /// no rollback in that time.
+    pub serving_for: Option<Duration>,
     /// The last automatic rollback during a probation, if any since the
     /// supervisor started.
     pub last_probation_rollback: Option<ProbationRollback>,
+}
+
+/// An old generation being retired.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RetireeStatus {
+    /// Its number.
+    pub generation: u64,
+    /// Its pid.
+    pub pid: u32,
+    /// Its retirement's state (`retire_draining`, `retire_probation`, ...).
+    pub state: String,
+    /// Whether it is kept for a resumption (a probation).
+    pub in_probation: bool,
 }
 
 impl SupervisorState {

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use super::outcome::{ExitStatus, Outcome, ProbationRollback, RestartPolicy, SupervisorEvent};
 use super::{
     ForeignConfig, ForeignHandoffMachine, ForeignProbation, HandoffConfig, HandoffMachine,
-    ReadySignal, RetireAction, RetireInput, RetireMachine,
+    ReadySignal, RetireAction, RetireInput, RetireMachine, RetireState,
 };
 use crate::timeouts::{RESTART_STABLE, STOP_DRAIN, Timeouts};
 use crate::wire::{Message, Mode};
@@ -415,6 +415,9 @@ pub struct Generation {
     pub build: Build,
     /// When it was spawned.
     pub started: Instant,
+    /// Since when it is the serving generation (its commit, or its
+    /// resumption by an automatic rollback); `None` before.
+    pub serving_since: Option<Instant>,
     /// The handoff id its messages carry now (I9).
     handoff_id: u64,
 }
@@ -716,6 +719,14 @@ impl LifecycleMachine {
         self.retirees.iter().map(|r| r.generation.pid).collect()
     }
 
+    /// The old generations being retired: each, the state of its
+    /// retirement, and whether it is kept for a resumption (a probation).
+    pub fn retirees(&self) -> impl Iterator<Item = (&Generation, RetireState, bool)> {
+        self.retirees
+            .iter()
+            .map(|r| (&r.generation, r.machine.state(), r.machine.in_probation()))
+    }
+
     /// The last handoff (cold starts included).
     pub fn last_handoff(&self) -> Option<&Outcome> {
         self.last_handoff.as_ref()
@@ -745,6 +756,7 @@ impl LifecycleMachine {
             pid,
             build,
             started: now,
+            serving_since: None,
             handoff_id: 0,
         };
         let incumbent = match std::mem::replace(&mut self.state, State::Finished) {

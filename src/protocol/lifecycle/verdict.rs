@@ -100,6 +100,7 @@ impl LifecycleMachine {
         }
         let mut live = handoff.successor;
         live.handoff_id = handoff.id;
+        live.serving_since = Some(now);
         self.last_committed = live.build.clone();
         let outcome = Outcome::Committed {
             handoff_id: handoff.id,
@@ -340,7 +341,8 @@ impl LifecycleMachine {
             self.retire_again(retiree.generation, handoff_id, now, out);
             return;
         }
-        let generation = retiree.generation;
+        let mut generation = retiree.generation;
+        generation.serving_since = Some(now);
         let failed = retiree.resumed_for.unwrap_or(Failure {
             generation: 0,
             pid: 0,

@@ -33,6 +33,9 @@ pub struct Upgrade {
 /// An upgrade, from an admin request or SIGHUP: checked, then carried out
 /// between systemd's `RELOADING=1` and `READY=1`.
 pub fn upgrade(state: &AdminState, asked: Upgrade) -> Response {
+    // The total counts from here: the checks and a pin's hashing are part
+    // of what the caller waits for.
+    let requested = std::time::Instant::now();
     let Ok(_one_at_a_time) = state.upgrading.try_lock() else {
         return Response::error(ErrorKind::Busy, "another handoff is in flight");
     };
@@ -66,6 +69,7 @@ pub fn upgrade(state: &AdminState, asked: Upgrade) -> Response {
             .as_ref()
             .map(|pinned| pinned.sha256().to_owned()),
         force: asked.force,
+        requested: Some(requested),
     };
     state
         .notify
@@ -140,13 +144,10 @@ impl Target {
                 None
             }
         };
-        let target = Target { program, pinned };
-        // Hashed now, off the handoff: the successor's /proc/PID/exe is then
-        // found in the cache (a pinned file was hashed by the pin already).
-        if let Err(error) = state.identities.of_path(&target.exec_path()) {
-            tracing::debug!(%error, "the upgrade's binary could not be hashed ahead");
-        }
-        Ok(target)
+        // Not hashed here unless pinned: the event thread hashes what the
+        // successor runs while the handoff goes on, off this path and off
+        // systemd's notifications.
+        Ok(Target { program, pinned })
     }
 
     fn exec_path(&self) -> PathBuf {

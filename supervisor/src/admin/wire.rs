@@ -377,6 +377,14 @@ pub struct StatusReport {
     pub last_handoff: Option<HandoffReport>,
     /// Old generations still being retired.
     pub retiring: Vec<u32>,
+    /// The same, with each one's retirement state and whether it is in
+    /// probation.
+    #[serde(default)]
+    pub retirees: Vec<handoff::supervisor::RetireeStatus>,
+    /// How long the serving generation has served (since its commit or its
+    /// resumption): no restart and no rollback in that time.
+    #[serde(default)]
+    pub serving_for_ms: Option<u64>,
     /// The last automatic rollback during a probation since the supervisor
     /// started (null if none).
     pub last_probation_rollback: Option<Box<ProbationRollback>>,
@@ -418,6 +426,10 @@ impl StatusReport {
                 .as_ref()
                 .map(HandoffReport::from_outcome),
             retiring: status.retiring,
+            retirees: status.retirees,
+            serving_for_ms: status
+                .serving_for
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             last_probation_rollback: status.last_probation_rollback.map(Box::new),
         }
     }
