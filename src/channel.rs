@@ -72,16 +72,33 @@ pub(crate) struct Receiver {
     peer: Peer,
 }
 
+/// What one step of a reader saw.
+enum Step {
+    Frame(Frame),
+    Eof,
+    /// The pause waker was set: nothing more was read.
+    Paused,
+}
+
 impl Receiver {
-    /// The next frame; `Ok(None)` on a clean EOF at a frame boundary.
-    pub(crate) fn recv(&mut self) -> Result<Option<Frame>> {
+    /// The next frame, unless `pause` is set first: a paused receiver has
+    /// read nothing it has not decoded, so its socket and its residue
+    /// ([`Receiver::into_parts`]) carry the stream on exactly.
+    fn step(&mut self, pause: Option<&sys::Waker>) -> Result<Step> {
         loop {
             let frame = self
                 .decoder
                 .next_frame()
                 .map_err(|source| self.frame_error(source))?;
             if let Some(frame) = frame {
-                return Ok(Some(frame));
+                return Ok(Step::Frame(frame));
+            }
+            if let Some(pause) = pause {
+                let (_, paused) = sys::poll_either(self.socket.as_fd(), pause.as_fd(), None)
+                    .map_err(|source| Error::io("waiting on a control connection", source))?;
+                if paused {
+                    return Ok(Step::Paused);
+                }
             }
             let received = sys::recv_chunk(self.socket.as_fd(), &mut self.buf)
                 .map_err(|source| Error::io("receiving on a control connection", source))?;
@@ -95,12 +112,34 @@ impl Receiver {
                 self.decoder
                     .push_eof()
                     .map_err(|source| self.frame_error(source))?;
-                return Ok(None);
+                return Ok(Step::Eof);
             }
             self.decoder
                 .push(&self.buf[..received.len], received.fds)
                 .map_err(|source| self.frame_error(source))?;
         }
+    }
+
+    /// Duplicates (close-on-exec) of the socket and of what was received
+    /// on it and not yet decoded: the stream as it goes on, for another
+    /// image of this process.
+    pub(crate) fn export(&self) -> Result<(OwnedFd, Residue)> {
+        let dup = |fd: BorrowedFd<'_>| {
+            fd.try_clone_to_owned()
+                .map_err(|source| Error::io("duplicating a control socket's fds", source))
+        };
+        let socket = dup(self.socket.as_fd())?;
+        let (bytes, fds) = self.decoder.residual();
+        let fds = fds
+            .map(|(offset, fd)| Ok((offset, dup(fd)?)))
+            .collect::<Result<_>>()?;
+        Ok((
+            socket,
+            Residue {
+                bytes: bytes.to_vec(),
+                fds,
+            },
+        ))
     }
 
     fn frame_error(&self, source: FrameError) -> Error {
@@ -111,9 +150,27 @@ impl Receiver {
     }
 }
 
+/// Received and not yet decoded: the bytes, and each fd with the offset of
+/// the last byte it came with.
+#[derive(Debug, Default)]
+pub(crate) struct Residue {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) fds: Vec<(usize, OwnedFd)>,
+}
+
 /// Wraps a connected control socket; sets the write timeout.
 pub(crate) fn split(
     socket: OwnedFd,
+    peer: Peer,
+    write_timeout: std::time::Duration,
+) -> Result<(Sender, Receiver)> {
+    split_with(socket, Residue::default(), peer, write_timeout)
+}
+
+/// [`split`], going on from what an earlier receiver left undecoded.
+pub(crate) fn split_with(
+    socket: OwnedFd,
+    residue: Residue,
     peer: Peer,
     write_timeout: std::time::Duration,
 ) -> Result<(Sender, Receiver)> {
@@ -130,7 +187,7 @@ pub(crate) fn split(
         },
         Receiver {
             socket,
-            decoder: Decoder::new(),
+            decoder: Decoder::from_residual(residue.bytes, residue.fds),
             buf: vec![0; READ_CHUNK],
             peer,
         },
@@ -148,29 +205,33 @@ pub(crate) enum Received {
 
 /// Runs `receiver` on a thread of its own, sending every frame (and finally
 /// the close) through `deliver`. The thread ends at EOF or error, or when
-/// `deliver` returns false (the consumer is gone).
+/// `deliver` returns false (the consumer is gone) — or, given a `pause`
+/// waker, when it is set: the thread then returns the receiver, having
+/// read nothing it did not deliver or keep in its residue.
 pub(crate) fn spawn_reader(
     name: String,
     mut receiver: Receiver,
+    pause: Option<Arc<sys::Waker>>,
     deliver: impl Fn(Received) -> bool + Send + 'static,
-) -> Result<std::thread::JoinHandle<()>> {
+) -> Result<std::thread::JoinHandle<Option<Receiver>>> {
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
             loop {
-                match receiver.recv() {
-                    Ok(Some(frame)) => {
+                match receiver.step(pause.as_deref()) {
+                    Ok(Step::Frame(frame)) => {
                         if !deliver(Received::Frame(frame)) {
-                            return;
+                            return None;
                         }
                     }
-                    Ok(None) => {
+                    Ok(Step::Paused) => return Some(receiver),
+                    Ok(Step::Eof) => {
                         deliver(Received::Closed(None));
-                        return;
+                        return None;
                     }
                     Err(error) => {
                         deliver(Received::Closed(Some(error)));
-                        return;
+                        return None;
                     }
                 }
             }

@@ -319,6 +319,14 @@ pub enum Error {
     #[error("the control session is over")]
     SessionOver,
 
+    /// A frozen supervisor's state could not be taken back (the image that
+    /// froze it stays in charge, or takes over again).
+    #[error("restoring the supervisor's state failed: {reason}")]
+    Restore {
+        /// What was wrong.
+        reason: String,
+    },
+
     /// `ready()` was called off the main thread: a supervised generation
     /// dies with its supervisor until it commits, a setting that belongs to
     /// the thread that was spawned (the main thread), so no other thread

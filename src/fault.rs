@@ -80,6 +80,7 @@ pub fn points() -> Vec<FaultPoint> {
         .map(|s| s.as_str())
         .chain(RetireState::ALL.iter().map(|s| s.as_str()))
         .chain(ForeignState::ALL.iter().map(|s| s.as_str()))
+        .chain(SupervisorStep::ALL.iter().map(|s| s.as_str()))
         .map(|state| FaultPoint {
             role: FaultRole::Supervisor,
             state,
@@ -102,7 +103,57 @@ pub fn generation_role(state: GenerationState) -> FaultRole {
 
 /// The `error` action fired: the driver must treat its peer as gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Injected;
+pub struct Injected;
+
+/// The steps of the supervisor's own re-exec and of its adoption of an
+/// orphaned generation: fault points of role `supervisor`, reached by
+/// `handoffctl` through [`step`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SupervisorStep {
+    /// The state is frozen and written; the exec is next.
+    ReexecBeforeExec,
+    /// The new image runs; nothing is restored yet.
+    ReexecAfterExec,
+    /// The state is read back (settings, listeners, admin socket).
+    ReexecRestored,
+    /// The generations are taken back; nothing runs yet.
+    ReexecReadopted,
+    /// An orphan was found and claimed; its listeners are not back yet.
+    AdoptBeforeListeners,
+    /// The orphan's listeners are back; its supervision starts next.
+    AdoptAfterListeners,
+}
+
+impl SupervisorStep {
+    /// Every step, in order.
+    pub const ALL: &'static [SupervisorStep] = &[
+        SupervisorStep::ReexecBeforeExec,
+        SupervisorStep::ReexecAfterExec,
+        SupervisorStep::ReexecRestored,
+        SupervisorStep::ReexecReadopted,
+        SupervisorStep::AdoptBeforeListeners,
+        SupervisorStep::AdoptAfterListeners,
+    ];
+
+    /// The name in `HANDOFF_FAULT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SupervisorStep::ReexecBeforeExec => "reexec_before_exec",
+            SupervisorStep::ReexecAfterExec => "reexec_after_exec",
+            SupervisorStep::ReexecRestored => "reexec_restored",
+            SupervisorStep::ReexecReadopted => "reexec_readopted",
+            SupervisorStep::AdoptBeforeListeners => "adopt_before_listeners",
+            SupervisorStep::AdoptAfterListeners => "adopt_after_listeners",
+        }
+    }
+}
+
+/// Reached by `handoffctl` at each [`SupervisorStep`]; fires the point if
+/// armed (`HANDOFF_FAULT=supervisor:STEP:ACTION`, with the
+/// `fault-injection` feature).
+pub fn step(step: SupervisorStep) -> Result<(), Injected> {
+    reached(FaultRole::Supervisor, step.as_str(), 0)
+}
 
 /// Called by the drivers on every transition. `generation` is the calling
 /// generation's number when known (0 for the supervisor or before HelloAck).
@@ -214,6 +265,7 @@ mod tests {
             HandoffState::ALL.len()
                 + RetireState::ALL.len()
                 + ForeignState::ALL.len()
+                + SupervisorStep::ALL.len()
                 + GenerationState::ALL.len()
         );
         assert!(points.contains(&FaultPoint {

@@ -109,6 +109,12 @@ struct State {
 #[derive(Debug)]
 pub struct Admitted<S> {
     stream: S,
+    _counted: Counted,
+}
+
+/// One count on the gate, given back on drop.
+#[derive(Debug)]
+struct Counted {
     gate: Arc<Inner>,
 }
 
@@ -125,7 +131,15 @@ impl<S> std::ops::DerefMut for Admitted<S> {
     }
 }
 
-impl<S> Drop for Admitted<S> {
+impl<S> Admitted<S> {
+    /// The connection, no longer counted: for one that outlives what the
+    /// gate waits for (handed to another process or image).
+    pub fn into_inner(self) -> S {
+        self.stream
+    }
+}
+
+impl Drop for Counted {
     fn drop(&mut self) {
         let mut state = self.gate.lock();
         state.connections = state.connections.saturating_sub(1);
@@ -189,7 +203,9 @@ impl AcceptGate {
                     state.connections += 1;
                     return Ok(Admitted {
                         stream,
-                        gate: Arc::clone(inner),
+                        _counted: Counted {
+                            gate: Arc::clone(inner),
+                        },
                     });
                 }
                 // Another process (or thread) took it.

@@ -127,7 +127,7 @@ pub(crate) fn start_agent(
     let now = Instant::now();
     let machine = GenerationMachine::new(&timeouts, now);
     let reader_tx = input_tx.clone();
-    channel::spawn_reader("handoff-reader".into(), receiver, move |received| {
+    channel::spawn_reader("handoff-reader".into(), receiver, None, move |received| {
         reader_tx.send(AgentInput::Received(received)).is_ok()
     })?;
     let agent = Agent {

@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::sys;
 
-pub use crate::sys::{PeerCred, PinnedBinary, Sig, SignalSet, sha256_hex};
+pub use crate::sys::{BlockedAll, PeerCred, PinnedBinary, Sig, SignalSet, sha256_hex};
 
 /// Opens `path` and checks that its contents hash to `expected` (lowercase
 /// hex sha256). Run the result through [`PinnedBinary::exec_path`] while it
@@ -37,7 +37,8 @@ pub fn bind_admin_socket(path: &Path) -> Result<std::os::unix::net::UnixListener
 
 /// The pid, uid and gid of the process at the other end of a Unix socket.
 pub fn peer_credentials(socket: impl AsFd) -> Result<PeerCred> {
-    sys::peer_credentials(socket).map_err(|source| Error::io("reading the peer's credentials", source))
+    sys::peer_credentials(socket)
+        .map_err(|source| Error::io("reading the peer's credentials", source))
 }
 
 /// Sends one systemd notification (`READY=1`, ...) to `socket` (the value
@@ -94,4 +95,110 @@ pub fn monotonic_usec() -> Result<u64> {
 /// configured `allowed_uids`).
 pub fn effective_uid() -> u32 {
     sys::effective_uid()
+}
+
+/// A close-on-exec memfd holding `bytes`, sealed for good (no write, grow,
+/// shrink or further seal): state that crosses an exec.
+pub fn sealed_memfd(name: &str, bytes: &[u8]) -> Result<OwnedFd> {
+    sys::memfd::sealed(name, bytes).map_err(|source| Error::io("writing a sealed memfd", source))
+}
+
+/// The contents of a sealed memfd; an error if it is not sealed (anyone
+/// holding it could still change it).
+pub fn read_sealed_memfd(fd: impl AsFd) -> Result<Vec<u8>> {
+    sys::memfd::read_sealed(fd.as_fd())
+        .map_err(|source| Error::io("reading a sealed memfd", source))
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (an exec keeps the clock).
+pub fn monotonic_nanos() -> Result<u64> {
+    sys::monotonic_nanos().map_err(|source| Error::io("reading the monotonic clock", source))
+}
+
+/// An `execve` of this process made ready ahead of time: a path, its
+/// argv (argv\[0\] included) and exactly an environment, and the fds it keeps
+/// (close-on-exec is cleared on them only for the exec, and set back if it
+/// fails).
+pub struct Exec<'fd>(sys::exec::PreparedExec<'fd>);
+
+impl std::fmt::Debug for Exec<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exec").finish_non_exhaustive()
+    }
+}
+
+impl<'fd> Exec<'fd> {
+    /// Builds the strings and tables now, so that [`Exec::exec`] allocates
+    /// nothing.
+    pub fn new(
+        path: &Path,
+        args: &[std::ffi::OsString],
+        env: &[(std::ffi::OsString, std::ffi::OsString)],
+        keep: &[std::os::fd::BorrowedFd<'fd>],
+    ) -> Result<Exec<'fd>> {
+        sys::exec::PreparedExec::new(path, args, env, keep)
+            .map(Exec)
+            .map_err(|source| Error::path("preparing an exec", path, source))
+    }
+
+    /// Replaces this process's image; returns only if that failed (the
+    /// error, the fds close-on-exec again).
+    pub fn exec(&self) -> Error {
+        Error::io("replacing the process image", self.0.exec())
+    }
+
+    /// Until the returned guard is dropped, a crash of this process (a
+    /// fatal signal: SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT) runs this
+    /// exec instead of ending it.
+    pub fn on_crash(self) -> Result<CrashExec<'fd>> {
+        sys::exec::exec_on_crash(self.0)
+            .map(CrashExec)
+            .map_err(|source| Error::io("installing the crash handlers", source))
+    }
+}
+
+/// See [`Exec::on_crash`].
+#[derive(Debug)]
+pub struct CrashExec<'fd>(
+    #[allow(dead_code, reason = "disarms on drop")] sys::exec::CrashExec<'fd>,
+);
+
+/// What a program run by [`run_bounded`] did.
+#[derive(Debug)]
+pub struct Ran {
+    /// Its exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
+    /// Its standard output, lossily decoded.
+    pub stdout: String,
+    /// Its standard error, lossily decoded.
+    pub stderr: String,
+}
+
+/// Runs `program` with `args` (stdin empty) in a process group of its own,
+/// collecting its output; at `timeout` the whole group is killed, and the
+/// error says so (`TimedOut`). Always reaped.
+pub fn run_bounded(program: &Path, args: &[&OsStr], timeout: std::time::Duration) -> Result<Ran> {
+    match sys::run_bounded(program.as_os_str(), args, &[], timeout) {
+        Ok(finished) => Ok(Ran {
+            code: finished.status.code(),
+            stdout: finished.stdout,
+            stderr: finished.stderr,
+        }),
+        Err(sys::RunError::TimedOut) => Err(Error::path(
+            "running a program",
+            program,
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "still running after {}",
+                    crate::timeouts::format_duration(timeout)
+                ),
+            ),
+        )),
+        Err(
+            sys::RunError::Spawn(source)
+            | sys::RunError::Waiter(source)
+            | sys::RunError::Wait(source),
+        ) => Err(Error::path("running a program", program, source)),
+    }
 }

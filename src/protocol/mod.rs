@@ -4,13 +4,16 @@
 //! the actions its driver must perform (`step(input, now) -> Vec<Action>`).
 //! Drivers (`supervisor/driver.rs`, `successor.rs`, `incumbent.rs`) do the I/O.
 //! Every decision of the protocol lives here, so every ordering and abort
-//! path is a unit test (`tests.rs`), and the state diagrams in
-//! ARCHITECTURE.md describe exactly these enums.
+//! path is a unit test (`tests/`: `handoff.rs`, `handoff_rules.rs`,
+//! `generation.rs`, `retire.rs`, `props.rs`; the lifecycle's in
+//! `lifecycle/tests.rs`), and the state diagrams in ARCHITECTURE.md describe
+//! exactly these enums.
 
 mod foreign;
 mod generation;
 mod handoff;
 mod lifecycle;
+pub mod mono;
 mod names;
 mod outcome;
 mod retire;
@@ -31,8 +34,8 @@ pub use handoff::{
 };
 pub use lifecycle::{
     Build, DaemonKind, Generation, GenerationId, GenerationSignal, LifecycleAction,
-    LifecycleConfig, LifecycleInput, LifecycleMachine, LifecycleState, Note, ProbePurpose, Refusal,
-    Spawned, Ticket,
+    LifecycleConfig, LifecycleInput, LifecycleMachine, LifecycleSnapshot, LifecycleState, Note,
+    ProbePurpose, Refusal, Spawned, Ticket,
 };
 pub use outcome::{
     ExitStatus, Outcome, ProbationRollback, RestartPolicy, ResumeCheck, SupervisorEvent,

@@ -215,4 +215,7 @@ pub enum SupervisorEvent {
     },
     /// The supervisor is stopping.
     Stopping,
+    /// The supervisor froze (`SupervisorHandle::freeze`): the last event
+    /// before it goes on in place or in the next image of the process.
+    Frozen,
 }

@@ -103,7 +103,7 @@ pub enum ForeignProbation {
 }
 
 /// How a generation in `Probation` is brought back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum ResumeBy {
     /// `ResumeAfterAbort`, acknowledged by `ResumeAck` (a library daemon).
     Message,
@@ -111,21 +111,41 @@ enum ResumeBy {
     Signal,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum State {
-    Draining { until: Instant },
-    Retiring { until: Instant },
-    Terminated { until: Instant },
+    Draining {
+        #[serde(with = "super::mono")]
+        until: Instant,
+    },
+    Retiring {
+        #[serde(with = "super::mono")]
+        until: Instant,
+    },
+    Terminated {
+        #[serde(with = "super::mono")]
+        until: Instant,
+    },
     Killed,
     Gone,
-    Probation { until: Instant, resume: ResumeBy },
-    ResumingOld { until: Instant },
+    Probation {
+        #[serde(with = "super::mono")]
+        until: Instant,
+        resume: ResumeBy,
+    },
+    ResumingOld {
+        #[serde(with = "super::mono")]
+        until: Instant,
+    },
     Resumed,
-    Standby { until: Instant },
+    Standby {
+        #[serde(with = "super::mono")]
+        until: Instant,
+    },
 }
 
-/// Retires one old generation.
-#[derive(Debug, Clone)]
+/// Retires one old generation. Serializable (its deadlines through
+/// [`super::mono`]), so that a supervisor's re-exec keeps it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RetireMachine {
     state: State,
     timeouts: Timeouts,
@@ -244,6 +264,15 @@ impl RetireMachine {
             self.state,
             State::Draining { .. } | State::Probation { .. } | State::Standby { .. }
         ) && !self.probation.is_zero()
+    }
+
+    /// When its probation ends, if it is in one.
+    pub fn probation_until(&self) -> Option<Instant> {
+        match self.state {
+            State::Probation { until, .. } | State::Standby { until } => Some(until),
+            State::Draining { until } if !self.probation.is_zero() => Some(until + self.probation),
+            _ => None,
+        }
     }
 
     /// Whether the old generation is gone.

@@ -14,6 +14,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, select};
 
 use super::config::{SupervisorConfig, UpgradeRequest};
+use super::freeze::{self, Exporting, Frozen};
 use super::probes::Probes;
 use super::process::GenerationProcess;
 use super::report::{RetireeStatus, Status, SupervisorState};
@@ -33,6 +34,7 @@ pub(crate) enum Command {
     Status(Sender<Status>),
     Stop(Sender<()>),
     Subscribe(Sender<SupervisorEvent>),
+    Freeze(Sender<Result<Frozen>>),
 }
 
 pub(crate) struct Driver {
@@ -48,27 +50,90 @@ pub(crate) struct Driver {
     stopped: Vec<Sender<()>>,
     subscribers: Vec<Sender<SupervisorEvent>>,
     started: Instant,
+    /// What a thawed driver starts with its threads: the control
+    /// connections' receivers and the actions the restored machine asked.
+    thawed: Option<(
+        HashMap<GenerationId, crate::channel::Receiver>,
+        Vec<LifecycleAction>,
+    )>,
 }
 
 impl Driver {
     pub(crate) fn new(
         config: SupervisorConfig,
         subscribers: Vec<Sender<SupervisorEvent>>,
-    ) -> Driver {
+    ) -> Result<Driver> {
         let now = Instant::now();
         let (events_tx, events) = crossbeam_channel::unbounded();
-        Driver {
+        Ok(Driver {
             machine: LifecycleMachine::new(config.lifecycle(), now),
             probes: Probes::new(config.probe.clone(), config.timeouts),
             config,
             processes: HashMap::new(),
-            spawner: Spawner::new(events_tx),
+            spawner: Spawner::new(events_tx)?,
             events,
             replies: HashMap::new(),
             stopped: Vec::new(),
             subscribers,
             started: now,
+            thawed: None,
+        })
+    }
+
+    /// A driver from a frozen state (see `freeze`), its threads not started
+    /// yet ([`Driver::start_thawed`]).
+    pub(crate) fn thaw(
+        config: SupervisorConfig,
+        subscribers: Vec<Sender<SupervisorEvent>>,
+        state: &[u8],
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> Result<Driver> {
+        let imported = freeze::import(state, fds, config.timeouts.socket_write)?;
+        let mut driver = Driver::new(config, subscribers)?;
+        let (machine, actions) =
+            LifecycleMachine::restore(driver.config.lifecycle(), imported.machine, Instant::now());
+        driver.machine = machine;
+        driver.started = imported.started;
+        driver.spawner.notify_dir = imported.notify_dir;
+        let mut receivers = HashMap::new();
+        for (process, receiver) in imported.processes {
+            if let Some(receiver) = receiver {
+                receivers.insert(process.id, receiver);
+            }
+            driver.processes.insert(process.id, process);
         }
+        driver.thawed = Some((receivers, actions));
+        Ok(driver)
+    }
+
+    /// The generations a thawed driver holds: id and pid.
+    pub(crate) fn generations(&self) -> Vec<(GenerationId, u32)> {
+        let mut generations: Vec<_> = self.processes.values().map(|p| (p.id, p.pid)).collect();
+        generations.sort_unstable();
+        generations
+    }
+
+    /// Starts a thawed driver's threads (readers, waiters) and performs
+    /// what the restored machine asked (probes).
+    pub(crate) fn start_thawed(&mut self) -> Result<()> {
+        let Some((receivers, actions)) = self.thawed.take() else {
+            return Ok(());
+        };
+        self.spawner
+            .resume_readers(receivers, self.processes.values())?;
+        for process in self.processes.values() {
+            if process.exit.is_none() {
+                self.spawner.spawn_waiter(process.id, process.pid)?;
+            }
+        }
+        let mut queue = VecDeque::new();
+        for action in actions {
+            self.perform(action, &mut queue);
+        }
+        while let Some(input) = queue.pop_front() {
+            self.feed(input);
+        }
+        Ok(())
     }
 
     /// Starts generation 1 (a handoff with no incumbent); the error if it
@@ -134,6 +199,53 @@ impl Driver {
                 }
             }
             Command::Subscribe(subscriber) => self.subscribers.push(subscriber),
+            Command::Freeze(reply) => self.freeze(&reply),
+        }
+    }
+
+    /// Pauses the readers, takes in what they delivered, and hands out the
+    /// state; then waits, doing nothing, until the caller's exec replaced
+    /// this process or it dropped the [`Frozen`] (then goes on).
+    fn freeze(&mut self, reply: &Sender<Result<Frozen>>) {
+        let receivers = match self.spawner.pause_readers() {
+            Ok(receivers) => receivers,
+            Err(error) => {
+                let _ = reply.send(Err(error));
+                return;
+            }
+        };
+        while let Ok(event) = self.events.try_recv() {
+            self.on_event(event);
+        }
+        let (resume, resumed) = crossbeam_channel::bounded::<()>(0);
+        let frozen = freeze::export(
+            Exporting {
+                machine: &self.machine,
+                processes: &self.processes,
+                receivers: &receivers,
+                notify_dir: self
+                    .spawner
+                    .notify_dir
+                    .as_ref()
+                    .map(|d| d.path().to_owned()),
+                started: self.started,
+            },
+            resume,
+        );
+        let handed = frozen.is_ok();
+        if handed {
+            self.announce(SupervisorEvent::Frozen);
+        }
+        if reply.send(frozen).is_ok() && handed {
+            tracing::info!("frozen: the supervisor's state is handed out");
+            let _ = resumed.recv();
+            tracing::info!("thawed in place: the supervisor goes on");
+        }
+        if let Err(error) = self
+            .spawner
+            .resume_readers(receivers, self.processes.values())
+        {
+            tracing::error!(error = %crate::error::chain(&error), "restarting the readers failed");
         }
     }
 
@@ -270,8 +382,7 @@ impl Driver {
                 {
                     tracing::info!(generation, pid, %status, "old generation gone");
                 }
-                self.subscribers
-                    .retain(|subscriber| subscriber.send(event.clone()).is_ok());
+                self.announce(event);
             }
             LifecycleAction::Note(note) => log_note(&note),
             LifecycleAction::Forget { generation } => {
@@ -279,6 +390,11 @@ impl Driver {
             }
             LifecycleAction::Stopped => self.answer_stopped(),
         }
+    }
+
+    fn announce(&mut self, event: SupervisorEvent) {
+        self.subscribers
+            .retain(|subscriber| subscriber.send(event.clone()).is_ok());
     }
 
     fn process(&self, generation: GenerationId) -> Option<&GenerationProcess> {

@@ -17,11 +17,13 @@
 
 mod config;
 mod driver;
+mod freeze;
 mod probes;
 mod process;
 mod report;
 mod spawn;
 
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -33,6 +35,8 @@ pub use self::report::{RetireeStatus, Status, SupervisorState};
 pub use crate::protocol::{
     ExitStatus, Outcome, ProbationRollback, RestartPolicy, ResumeCheck, SupervisorEvent,
 };
+
+pub use self::freeze::{FROZEN_VERSION, Frozen};
 
 use self::driver::{Command, Driver};
 use crate::error::{Error, Result};
@@ -63,15 +67,36 @@ impl Supervisor {
     pub fn start_with_events(config: SupervisorConfig) -> Result<(Supervisor, EventStream)> {
         config.timeouts.validate()?;
         let (subscriber, events) = crossbeam_channel::unbounded();
+        let driver = Driver::new(config, vec![subscriber])?;
+        let supervisor = Supervisor::launch(driver, Driver::start)?;
+        Ok((supervisor, EventStream { events }))
+    }
+
+    /// Takes back a supervisor frozen by [`SupervisorHandle::freeze`] in an
+    /// earlier image of this process: its state and its fds (in the order
+    /// [`Frozen::fds`] gave them; they are taken, and closed if this
+    /// fails), with the same configuration (its listeners the same
+    /// sockets). Every generation must still be a child of this process.
+    /// Nothing runs until [`Thawed::start`]; a failure touches nothing the
+    /// generations see.
+    pub fn thaw(config: SupervisorConfig, state: &[u8], fds: Vec<OwnedFd>) -> Result<Thawed> {
+        config.timeouts.validate()?;
+        let (subscriber, events) = crossbeam_channel::unbounded();
+        let driver = Driver::thaw(config, vec![subscriber], state, fds)?;
+        Ok(Thawed { driver, events })
+    }
+
+    /// Runs `driver` on the loop thread, `first` before the loop.
+    fn launch(driver: Driver, first: fn(&mut Driver) -> Result<()>) -> Result<Supervisor> {
         let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
         let (started_tx, started_rx) = crossbeam_channel::bounded::<Result<()>>(1);
         let thread = std::thread::Builder::new()
             .name("handoff-supervisor".into())
             .spawn(move || {
-                let mut driver = Driver::new(config, vec![subscriber]);
-                let first = driver.start();
-                let failed = first.is_err();
-                let _ = started_tx.send(first);
+                let mut driver = driver;
+                let begun = first(&mut driver);
+                let failed = begun.is_err();
+                let _ = started_tx.send(begun);
                 if failed {
                     return Ok(());
                 }
@@ -79,15 +104,12 @@ impl Supervisor {
             })
             .map_err(|source| Error::io("starting the supervisor thread", source))?;
         match started_rx.recv() {
-            Ok(Ok(())) => Ok((
-                Supervisor {
-                    handle: SupervisorHandle {
-                        commands: commands_tx,
-                    },
-                    thread,
+            Ok(Ok(())) => Ok(Supervisor {
+                handle: SupervisorHandle {
+                    commands: commands_tx,
                 },
-                EventStream { events },
-            )),
+                thread,
+            }),
             Ok(Err(error)) => {
                 let _ = thread.join();
                 Err(error)
@@ -135,6 +157,17 @@ impl SupervisorHandle {
         self.ask(Command::Stop)
     }
 
+    /// Freezes the supervisor between handoffs, for an exec of this
+    /// process that keeps [`Frozen::fds`] and gives them, with
+    /// [`Frozen::state`], to [`Supervisor::thaw`] in the new image.
+    /// `Err(Error::Busy)` while a handoff runs. Until the `Frozen` is
+    /// dropped the supervisor does nothing: no frame is read, no timer
+    /// fires, no command is answered (keep that short: generations count
+    /// heartbeats). Dropped, it goes on.
+    pub fn freeze(&self) -> Result<Frozen> {
+        self.ask(Command::Freeze)?
+    }
+
     /// Subscribes to events from now on.
     pub fn subscribe(&self) -> Result<EventStream> {
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -142,6 +175,47 @@ impl SupervisorHandle {
             .send(Command::Subscribe(tx))
             .map_err(|_| Error::SessionOver)?;
         Ok(EventStream { events: rx })
+    }
+}
+
+/// A thawed supervisor not started yet: see [`Supervisor::thaw`].
+pub struct Thawed {
+    driver: Driver,
+    events: Receiver<SupervisorEvent>,
+}
+
+impl std::fmt::Debug for Thawed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Thawed")
+            .field("generations", &self.generations())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Thawed {
+    /// The generations taken back: id and pid.
+    pub fn generations(&self) -> Vec<(u64, u32)> {
+        self.driver.generations()
+    }
+
+    /// Starts the loop and the generations' reporting threads, with an
+    /// event stream that sees every event from here.
+    pub fn start(self) -> Result<(Supervisor, EventStream)> {
+        let supervisor = Supervisor::launch(self.driver, Driver::start_thawed)?;
+        Ok((
+            supervisor,
+            EventStream {
+                events: self.events,
+            },
+        ))
+    }
+
+    /// Gives up on this image: nothing taken back acts on its drop (no
+    /// generation is killed, no socket shut down, no file removed), for an
+    /// exec back to the image that froze the state, which holds the same
+    /// sockets.
+    pub fn abandon(self) {
+        std::mem::forget(self);
     }
 }
 

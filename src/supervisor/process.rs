@@ -17,25 +17,26 @@ use crate::wire::Message;
 pub(crate) struct GenerationProcess {
     pub(crate) id: GenerationId,
     pub(crate) pid: u32,
-    process: std::process::Child,
     /// The control connection (`None` for a foreign daemon).
     pub(crate) sender: Option<channel::Sender>,
     /// A foreign daemon's notification socket.
-    notify: Option<sys::NotifySocket>,
-    exit: Option<ExitStatus>,
+    pub(crate) notify: Option<sys::NotifySocket>,
+    /// Its status once reaped.
+    pub(crate) exit: Option<ExitStatus>,
 }
 
 impl GenerationProcess {
+    /// A child of this process (spawned by it, or by the image this process
+    /// ran before it replaced itself: the same process).
     pub(crate) fn new(
         id: GenerationId,
-        process: std::process::Child,
+        pid: u32,
         sender: Option<channel::Sender>,
         notify: Option<sys::NotifySocket>,
     ) -> Self {
         GenerationProcess {
             id,
-            pid: process.id(),
-            process,
+            pid,
             sender,
             notify,
             exit: None,
@@ -82,8 +83,8 @@ impl GenerationProcess {
                 "SIGKILL to its process group before the reap"
             );
         }
-        let status = match self.process.wait() {
-            Ok(status) => sys::exit_status(status),
+        let status = match sys::reap(self.pid) {
+            Ok(status) => status,
             Err(error) => {
                 tracing::error!(pid = self.pid, %error, "reaping a generation failed");
                 ExitStatus::Unknown
@@ -116,7 +117,7 @@ impl Drop for GenerationProcess {
                 "a generation's handle was dropped before its reap; killing it"
             );
             self.signal(Sig::Kill);
-            let _ = self.process.wait();
+            let _ = sys::reap(self.pid);
         }
     }
 }

@@ -6,16 +6,19 @@
 //! Called from the driver's loop thread only: `PR_SET_PDEATHSIG` fires when
 //! the *thread* that forked a child exits (see `sys`).
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
 use super::config::{DaemonProtocol, NamedListener, SupervisorConfig, UpgradeRequest};
 use super::process::GenerationProcess;
-use crate::channel::{self, Received};
+use crate::channel::{self, Received, Receiver};
 use crate::error::{Error, Peer, Result};
 use crate::os::PinnedBinary;
 use crate::protocol::{Build, GenerationId};
@@ -122,20 +125,28 @@ fn pinned(build: &Build) -> Result<(PathBuf, Option<PinnedBinary>)> {
     }
 }
 
-/// Starts generations and their reporting threads.
+/// Starts generations and their reporting threads, and pauses those
+/// threads for a freeze (the supervisor replacing its image).
 pub(crate) struct Spawner {
     events: Sender<Event>,
     /// Where foreign generations' notification sockets live (made on the
     /// first foreign spawn).
-    notify_dir: Option<sys::PrivateDir>,
+    pub(crate) notify_dir: Option<sys::PrivateDir>,
+    /// Set to pause every reader at a frame (or datagram) boundary.
+    pause: Arc<sys::Waker>,
+    /// The readers running, by generation.
+    readers: HashMap<GenerationId, JoinHandle<Option<Receiver>>>,
 }
 
 impl Spawner {
-    pub(crate) fn new(events: Sender<Event>) -> Spawner {
-        Spawner {
+    pub(crate) fn new(events: Sender<Event>) -> Result<Spawner> {
+        let pause = sys::Waker::new().map_err(|source| Error::io("creating a waker", source))?;
+        Ok(Spawner {
             events,
             notify_dir: None,
-        }
+            pause: Arc::new(pause),
+            readers: HashMap::new(),
+        })
     }
 
     /// Spawns generation `id` running `launch`; how long the spawn took.
@@ -192,25 +203,40 @@ impl Spawner {
         })?;
         let (sender, receiver) =
             channel::split(ours, Peer::Successor, config.timeouts.socket_write)?;
+        self.spawn_reader(id, receiver)?;
+        Ok(GenerationProcess::new(id, process.id(), Some(sender), None))
+    }
+
+    /// The reader of generation `id`'s control connection.
+    pub(crate) fn spawn_reader(&mut self, id: GenerationId, receiver: Receiver) -> Result<()> {
         let events = self.events.clone();
-        channel::spawn_reader(format!("handoff-gen{id}"), receiver, move |received| {
-            let event = match received {
-                Received::Frame(frame) => Event::Frame {
-                    generation: id,
-                    frame,
-                },
-                Received::Closed(error) => Event::Closed {
-                    generation: id,
-                    error: error.map(|e| e.to_string()),
-                },
-            };
-            events.send(event).is_ok()
+        let pause = Some(Arc::clone(&self.pause));
+        let reader = channel::spawn_reader(format!("handoff-gen{id}"), receiver, pause, {
+            move |received| {
+                let event = match received {
+                    Received::Frame(frame) => Event::Frame {
+                        generation: id,
+                        frame,
+                    },
+                    Received::Closed(error) => Event::Closed {
+                        generation: id,
+                        error: error.map(|e| e.to_string()),
+                    },
+                };
+                events.send(event).is_ok()
+            }
         })?;
-        Ok(GenerationProcess::new(id, process, Some(sender), None))
+        // A reader left from an earlier connection of `id` ended at its EOF.
+        self.readers.insert(id, reader);
+        Ok(())
     }
 
     /// A foreign generation (`DaemonProtocol::Systemd`): socket activation,
-    /// a notification socket of its own, and a reader for it.
+    /// a notification socket of its own, and a reader for it. Not set to
+    /// die with the supervisor: a foreign daemon cannot say when it
+    /// committed, and a committed one must outlive a supervisor that
+    /// crashes (to be adopted) or replaces its image (a thread's exit at
+    /// the exec would fire the parent-death signal).
     fn spawn_foreign(
         &mut self,
         listeners: &[NamedListener],
@@ -240,38 +266,56 @@ impl Spawner {
                 .map(|l| (l.name.clone(), l.fd.as_fd()))
                 .collect(),
             notify_socket: Some(notify.path().to_owned()),
-            die_with_parent: true,
+            die_with_parent: false,
         })
         .map_err(|source| Error::Spawn {
             binary: launch.build.program.clone(),
             source,
         })?;
+        self.spawn_notify_reader(id, &notify)?;
+        Ok(GenerationProcess::new(id, process.id(), None, Some(notify)))
+    }
+
+    /// The reader of a foreign generation's notification socket; it ends
+    /// when the socket is shut down at the reap, or paused.
+    pub(crate) fn spawn_notify_reader(
+        &mut self,
+        id: GenerationId,
+        notify: &sys::NotifySocket,
+    ) -> Result<()> {
         let reader = notify
             .try_clone()
             .map_err(|source| Error::io("cloning a notification socket", source))?;
         let events = self.events.clone();
-        std::thread::Builder::new()
+        let pause = Arc::clone(&self.pause);
+        let thread = std::thread::Builder::new()
             .name(format!("handoff-notify{id}"))
             .spawn(move || {
-                // Ends when the socket is shut down at the reap.
-                while let Ok(Some(note)) = sys::receive_notification(&reader) {
-                    if events
-                        .send(Event::Notified {
-                            generation: id,
-                            note,
-                        })
-                        .is_err()
-                    {
-                        return;
+                loop {
+                    match sys::poll_either(reader.as_fd(), pause.as_fd(), None) {
+                        Ok((_, true)) => return None,
+                        Ok((_, false)) => {}
+                        Err(_) => return None,
+                    }
+                    let Ok(Some(note)) = sys::receive_notification(&reader) else {
+                        return None;
+                    };
+                    let event = Event::Notified {
+                        generation: id,
+                        note,
+                    };
+                    if events.send(event).is_err() {
+                        return None;
                     }
                 }
             })
             .map_err(|source| Error::io("starting a notification reader", source))?;
-        Ok(GenerationProcess::new(id, process, None, Some(notify)))
+        self.readers.insert(id, thread);
+        Ok(())
     }
 
     /// A thread that reports the child's exit without reaping it (I11).
-    fn spawn_waiter(&self, id: GenerationId, pid: u32) -> Result<()> {
+    pub(crate) fn spawn_waiter(&self, id: GenerationId, pid: u32) -> Result<()> {
         let events = self.events.clone();
         std::thread::Builder::new()
             .name(format!("handoff-wait{id}"))
@@ -283,5 +327,42 @@ impl Spawner {
             })
             .map(drop)
             .map_err(|source| Error::io("starting a waiter thread", source))
+    }
+
+    /// Pauses every reader at a frame or datagram boundary and waits for
+    /// them: what they read is in the events channel, the rest is in the
+    /// sockets and the returned receivers' residue.
+    pub(crate) fn pause_readers(&mut self) -> Result<HashMap<GenerationId, Receiver>> {
+        self.pause
+            .set()
+            .map_err(|source| Error::io("pausing the readers", source))?;
+        let mut receivers = HashMap::new();
+        for (id, reader) in self.readers.drain() {
+            if let Ok(Some(receiver)) = reader.join() {
+                receivers.insert(id, receiver);
+            }
+        }
+        Ok(receivers)
+    }
+
+    /// Starts the readers again after [`Spawner::pause_readers`]: one for
+    /// each receiver, and one for each notification socket of `processes`.
+    pub(crate) fn resume_readers<'a>(
+        &mut self,
+        receivers: HashMap<GenerationId, Receiver>,
+        processes: impl Iterator<Item = &'a GenerationProcess>,
+    ) -> Result<()> {
+        self.pause
+            .clear()
+            .map_err(|source| Error::io("resuming the readers", source))?;
+        for (id, receiver) in receivers {
+            self.spawn_reader(id, receiver)?;
+        }
+        for process in processes {
+            if let (Some(notify), None) = (&process.notify, process.exit) {
+                self.spawn_notify_reader(process.id, notify)?;
+            }
+        }
+        Ok(())
     }
 }

@@ -1,6 +1,7 @@
-//! Bounded runs of helper programs (the handler builder's `cargo build`):
-//! stdin and stdout empty, stderr collected, a process group of their own,
-//! killed whole at a timeout and always reaped.
+//! Bounded runs of helper programs (the handler builder's `cargo build`, a
+//! new `handoffctl`'s `self-check`): stdin empty, stdout and stderr
+//! collected, a process group of their own, killed whole at a timeout and
+//! always reaped.
 //!
 //! Hazards handled here:
 //! - **Grandchildren.** cargo runs rustc and build scripts; killing cargo
@@ -22,10 +23,12 @@ use std::time::Duration;
 
 use super::process::{Sig, signal_group};
 
-/// A run that finished: its exit status and what it wrote to stderr.
+/// A run that finished: its exit status and what it wrote.
 #[derive(Debug)]
 pub(crate) struct Finished {
     pub(crate) status: ExitStatus,
+    /// Lossily decoded; a read error only truncates it.
+    pub(crate) stdout: String,
     /// Lossily decoded; a read error only truncates it.
     pub(crate) stderr: String,
 }
@@ -85,7 +88,7 @@ pub(crate) fn run_bounded(
     command
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
     for name in env_remove {
@@ -96,16 +99,21 @@ pub(crate) fn run_bounded(
         pgid: Some(child.id()),
     };
     let stderr = child.stderr.take();
+    let stdout = child.stdout.take();
     let (sender, receiver) = crossbeam_channel::bounded(1);
     let waiter = std::thread::Builder::new()
-        .name("handoff-build-wait".to_owned())
+        .name("handoff-run-wait".to_owned())
         .spawn(move || {
-            let mut output = Vec::new();
-            if let Some(mut stderr) = stderr {
-                // A read error only truncates the diagnostics.
-                let _ = stderr.read_to_end(&mut output);
-            }
-            let _ = sender.send((child.wait(), output));
+            // stdout on a thread of its own: either pipe may fill first.
+            let reading = std::thread::Builder::new()
+                .name("handoff-run-stdout".to_owned())
+                .spawn(move || read_all(stdout));
+            let errors = read_all(stderr);
+            let output = match reading {
+                Ok(reading) => reading.join().unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            let _ = sender.send((child.wait(), output, errors));
         })
         .map_err(RunError::Waiter)?;
     let received = match receiver.recv_timeout(timeout) {
@@ -117,12 +125,22 @@ pub(crate) fn run_bounded(
     };
     // After a kill, the waiter reaps the child and ends.
     let _ = waiter.join();
-    let (status, output) = received?;
+    let (status, output, errors) = received?;
     group.disarm();
     Ok(Finished {
         status: status.map_err(RunError::Wait)?,
-        stderr: String::from_utf8_lossy(&output).into_owned(),
+        stdout: String::from_utf8_lossy(&output).into_owned(),
+        stderr: String::from_utf8_lossy(&errors).into_owned(),
     })
+}
+
+/// Everything `pipe` yields; a read error only truncates it.
+fn read_all(pipe: Option<impl Read>) -> Vec<u8> {
+    let mut output = Vec::new();
+    if let Some(mut pipe) = pipe {
+        let _ = pipe.read_to_end(&mut output);
+    }
+    output
 }
 
 #[cfg(test)]
@@ -154,7 +172,7 @@ mod tests {
     #[test]
     fn a_finished_run_reports_its_status_and_stderr() {
         let outcome = sh(
-            "echo 'error[E0425]: nope' >&2; exit 101",
+            "echo out; echo 'error[E0425]: nope' >&2; exit 101",
             Duration::from_secs(30),
         );
         let Ok(finished) = outcome else {
@@ -162,5 +180,6 @@ mod tests {
         };
         assert_eq!(finished.status.code(), Some(101));
         assert_eq!(finished.stderr, "error[E0425]: nope\n");
+        assert_eq!(finished.stdout, "out\n");
     }
 }

@@ -282,6 +282,26 @@ impl PrivateDir {
         ))
     }
 
+    /// Takes back a directory [`PrivateDir::create`] made in this process
+    /// before it replaced its image: still a directory of ours that nobody
+    /// else may write.
+    pub(crate) fn adopt(path: &Path) -> io::Result<PrivateDir> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(path)?;
+        if !meta.is_dir()
+            || meta.uid() != nix::unistd::geteuid().as_raw()
+            || meta.mode() & 0o077 != 0
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{} is not a private directory of ours", path.display()),
+            ));
+        }
+        Ok(PrivateDir {
+            path: path.to_owned(),
+        })
+    }
+
     /// The directory.
     pub(crate) fn path(&self) -> &Path {
         &self.path
@@ -323,6 +343,20 @@ impl NotifySocket {
             socket,
             path: path.to_owned(),
         })
+    }
+
+    /// A socket [`NotifySocket::bind`] made, taken back (after an exec)
+    /// from its fd and path.
+    pub(crate) fn from_parts(fd: OwnedFd, path: PathBuf) -> NotifySocket {
+        NotifySocket {
+            socket: UnixDatagram::from(fd),
+            path,
+        }
+    }
+
+    /// The socket.
+    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
     }
 
     /// The path to put in `NOTIFY_SOCKET`.

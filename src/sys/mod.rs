@@ -30,8 +30,8 @@
 //!   on a socket (`SO_SNDTIMEO`/`SO_RCVTIMEO`) surfaces as the kernel reports
 //!   it: [`std::io::ErrorKind::WouldBlock`].
 //! - `unsafe` is allowed only in the files of this module that need it
-//!   (`binary`, `fdpass`, `foreign`, `inherit`, `netns`, `process`,
-//!   `socket`), each with its reason written in its `allow` and each block
+//!   (`binary`, `exec`, `fdpass`, `foreign`, `inherit`, `netns`, `pidfd`,
+//!   `process`, `socket`), each with its reason written in its `allow` and each block
 //!   with a `SAFETY:` note; outside `sys`, only in `registry/dylib.rs`
 //!   (above).
 //!
@@ -105,12 +105,15 @@
 
 mod binary;
 mod command;
+pub(crate) mod exec;
 mod fdpass;
 mod foreign;
 mod inherit;
 mod lock;
+pub(crate) mod memfd;
 mod netns;
 mod notify;
+
 mod probe;
 mod process;
 mod signals;
@@ -130,14 +133,14 @@ pub(crate) use foreign::{
 pub(crate) use inherit::{adopt_inherited_fd, listen_fds, shutdown};
 pub(crate) use lock::{DataDirLock, LOCK_FILE_NAME};
 pub(crate) use netns::enter_private_network;
-pub use notify::{monotonic_usec, notify};
+pub use notify::{monotonic_nanos, monotonic_usec, notify};
 pub(crate) use probe::{http_status, tcp_connect};
 pub use process::Sig;
 pub(crate) use process::{
-    SpawnSpec, clear_die_with_parent, effective_uid, exit_status, is_main_thread, parent_pid,
-    signal, signal_group, spawn, wait_exit_nowait,
+    SpawnSpec, clear_die_with_parent, effective_uid, is_main_thread, is_unreaped_child, parent_pid,
+    reap, signal, signal_group, spawn, wait_exit_nowait,
 };
-pub use signals::SignalSet;
+pub use signals::{BlockedAll, SignalSet};
 pub use socket::{ListenAddr, PeerCred, is_cloexec, open_fds};
 pub(crate) use socket::{
     bind, bind_admin_socket, control_pair, inspect, peer_credentials, set_write_timeout,

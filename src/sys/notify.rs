@@ -51,6 +51,15 @@ pub fn monotonic_usec() -> io::Result<u64> {
     Ok(seconds.saturating_mul(1_000_000).saturating_add(micros))
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock an exec keeps, so a
+/// deadline written in it means the same in the next image.
+pub fn monotonic_nanos() -> io::Result<u64> {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+    let seconds = u64::try_from(now.tv_sec()).unwrap_or(0);
+    let nanos = u64::try_from(now.tv_nsec()).unwrap_or(0);
+    Ok(seconds.saturating_mul(1_000_000_000).saturating_add(nanos))
+}
+
 #[cfg(test)]
 mod tests {
     use std::ffi::OsString;

@@ -29,7 +29,7 @@ use nix::fcntl::{FcntlArg, fcntl};
 use nix::libc;
 use nix::sys::prctl;
 use nix::sys::signal::{SigSet, Signal, kill};
-use nix::sys::wait::{Id, WaitPidFlag, waitid};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::{Pid, getpid, getppid};
 
 /// The fd number a generation finds its control socket on.
@@ -80,6 +80,10 @@ pub enum Sig {
     /// SIGWINCH (nginx: the old master's workers stop accepting and finish
     /// gracefully; the master stays).
     Winch,
+    /// SIGALRM.
+    Alrm,
+    /// SIGPIPE.
+    Pipe,
 }
 
 impl From<Sig> for Signal {
@@ -95,6 +99,8 @@ impl From<Sig> for Signal {
             Sig::Usr1 => Signal::SIGUSR1,
             Sig::Usr2 => Signal::SIGUSR2,
             Sig::Winch => Signal::SIGWINCH,
+            Sig::Alrm => Signal::SIGALRM,
+            Sig::Pipe => Signal::SIGPIPE,
         }
     }
 }
@@ -121,17 +127,6 @@ pub(crate) fn meant_for_the_supervisor(key: &std::ffi::OsStr) -> bool {
     SUPERVISOR_ONLY_VARS
         .iter()
         .any(|own| key.as_encoded_bytes() == own.as_bytes())
-}
-
-/// The typed status of a reaped process.
-pub(crate) fn exit_status(status: std::process::ExitStatus) -> crate::protocol::ExitStatus {
-    use crate::protocol::ExitStatus;
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => ExitStatus::Code(code),
-        (None, Some(signal)) => ExitStatus::Signal(signal),
-        (None, None) => ExitStatus::Unknown,
-    }
 }
 
 /// Starts `spec.program`: stdin `/dev/null`, stdout and stderr inherited,
@@ -287,6 +282,38 @@ pub(crate) fn wait_exit_nowait(pid: u32) -> io::Result<()> {
             Ok(_) => return Ok(()),
             Err(Errno::EINTR) => continue,
             Err(errno) => return Err(errno.into()),
+        }
+    }
+}
+
+/// Reaps child `pid`, waiting for it to exit if it has not; its status.
+pub(crate) fn reap(pid: u32) -> io::Result<crate::protocol::ExitStatus> {
+    use crate::protocol::ExitStatus;
+    let pid = one_process(pid)?;
+    loop {
+        match nix::sys::wait::waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(ExitStatus::Code(code)),
+            Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(ExitStatus::Signal(signal as i32)),
+            Ok(_) => continue,
+            Err(Errno::EINTR) => continue,
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+}
+
+/// Whether `pid` is a child of this process not yet reaped (running or
+/// exited): what a supervisor checks before it takes a generation back
+/// after replacing its own image.
+pub(crate) fn is_unreaped_child(pid: u32) -> bool {
+    let Ok(pid) = one_process(pid) else {
+        return false;
+    };
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    loop {
+        match waitid(Id::Pid(pid), flags) {
+            Ok(_) => return true,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return false,
         }
     }
 }

@@ -35,12 +35,73 @@ impl SignalSet {
         Ok(SignalSet { set })
     }
 
+    /// Blocks every signal in the calling thread (a crash's signals
+    /// excepted: blocked, they would kill the process outright); the
+    /// previous mask comes back with [`BlockedAll::restore`]. Held across an
+    /// exec, a signal sent meanwhile stays pending for the next image.
+    pub fn block_all() -> io::Result<BlockedAll> {
+        let mut all = SigSet::all();
+        for crash in CRASHES {
+            all.remove(crash);
+        }
+        let mut previous = SigSet::empty();
+        nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&all),
+            Some(&mut previous),
+        )?;
+        Ok(BlockedAll { previous })
+    }
+
+    /// Blocks exactly `signals` in the calling thread, unblocking the rest:
+    /// for an image that starts with the mask its predecessor left.
+    pub fn block_only(signals: &[Sig]) -> io::Result<SignalSet> {
+        let mut set = SigSet::empty();
+        for &sig in signals {
+            set.add(Signal::from(sig));
+        }
+        nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&set),
+            None,
+        )?;
+        Ok(SignalSet { set })
+    }
+
     /// Waits for one of the blocked signals (`sigwait`) and returns it.
     /// `sigwait` itself never fails with `EINTR` on Linux.
     pub fn wait(&self) -> io::Result<Sig> {
         let signal = self.set.wait()?;
         Sig::try_from(signal)
             .map_err(|()| io::Error::other(format!("sigwait returned {signal}, not in the set")))
+    }
+}
+
+/// The signals a crash raises: never blocked (a blocked fault is fatal at
+/// once), and what an exec-on-crash handler catches.
+pub(super) const CRASHES: [Signal; 5] = [
+    Signal::SIGSEGV,
+    Signal::SIGBUS,
+    Signal::SIGILL,
+    Signal::SIGFPE,
+    Signal::SIGABRT,
+];
+
+/// Every signal blocked, until [`BlockedAll::restore`].
+#[derive(Debug)]
+pub struct BlockedAll {
+    previous: SigSet,
+}
+
+impl BlockedAll {
+    /// The mask as it was.
+    pub fn restore(self) -> io::Result<()> {
+        nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&self.previous),
+            None,
+        )?;
+        Ok(())
     }
 }
 
@@ -59,6 +120,8 @@ impl TryFrom<Signal> for Sig {
             Signal::SIGUSR1 => Sig::Usr1,
             Signal::SIGUSR2 => Sig::Usr2,
             Signal::SIGWINCH => Sig::Winch,
+            Signal::SIGALRM => Sig::Alrm,
+            Signal::SIGPIPE => Sig::Pipe,
             _ => return Err(()),
         })
     }
@@ -144,9 +207,11 @@ mod tests {
             Sig::Usr1,
             Sig::Kill,
             Sig::Winch,
+            Sig::Alrm,
+            Sig::Pipe,
         ] {
             assert_eq!(Sig::try_from(Signal::from(sig)), Ok(sig));
         }
-        assert_eq!(Sig::try_from(Signal::SIGALRM), Err(()));
+        assert_eq!(Sig::try_from(Signal::SIGCHLD), Err(()));
     }
 }

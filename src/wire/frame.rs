@@ -20,7 +20,7 @@
 //! surplus fds are closed when the decoder is dropped).
 
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::message::Envelope;
 use crate::error::FrameError;
@@ -172,6 +172,25 @@ impl Decoder {
             });
         }
         Ok(())
+    }
+
+    /// What was received and not yet taken as a frame: the bytes, and each
+    /// fd with the offset (into those bytes) of the last byte it came with.
+    /// A reader that hands its connection over (a supervisor replacing its
+    /// image) carries this with the socket.
+    pub fn residual(&self) -> (&[u8], impl Iterator<Item = (usize, BorrowedFd<'_>)>) {
+        let fds = self.fds.iter().map(|(offset, fd)| (*offset, fd.as_fd()));
+        (&self.buf, fds)
+    }
+
+    /// A decoder that goes on from what [`Decoder::residual`] showed.
+    pub fn from_residual(bytes: Vec<u8>, fds: Vec<(usize, OwnedFd)>) -> Decoder {
+        Decoder {
+            buf: bytes,
+            fds: fds.into(),
+            eof: false,
+            poisoned: false,
+        }
     }
 
     /// True once the stream ended cleanly and every frame was taken.

@@ -37,6 +37,15 @@ pub enum Command {
     /// Upgrade back to the binary that ran before the last commit (the
     /// path and sha256 the supervisor recorded); exit codes as `upgrade`.
     Rollback(RollbackArgs),
+    /// Replace the running supervisor's own image with a new handoffctl
+    /// build, keeping its pid, its generations and its listeners. Exit 0:
+    /// the new image is in charge (or nothing changed, with --if-changed);
+    /// 1: the old image still is (the reason is printed); 2: usage or
+    /// connection error; 3: a handoff or another re-exec is in flight.
+    Reexec(ReexecArgs),
+    /// Print what this build is and which supervisor state it can take
+    /// over (JSON); `reexec` runs it on its target before anything changes.
+    SelfCheck,
 }
 
 impl Command {
@@ -46,7 +55,8 @@ impl Command {
             Command::Upgrade(args) => args.json,
             Command::Rollback(args) => args.json,
             Command::Status(args) | Command::History(args) => args.json,
-            Command::Run(_) | Command::Stop(_) => false,
+            Command::Reexec(args) => args.json,
+            Command::Run(_) | Command::Stop(_) | Command::SelfCheck => false,
         }
     }
 }
@@ -76,6 +86,30 @@ pub struct RollbackArgs {
     pub json: bool,
 }
 
+/// `handoffctl reexec`.
+#[derive(Debug, Args)]
+pub struct ReexecArgs {
+    /// Where the supervisor is.
+    #[command(flatten)]
+    pub target: Target,
+    /// The new handoffctl [default: the path the supervisor was started
+    /// from, as it is on disk now]. Must be that path or in
+    /// `allowed_supervisor_binaries`.
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
+    /// The new build's expected sha256 (hex); the file is hashed and that
+    /// same open file is executed.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// Do nothing (exit 0, "changed": false) when the target hashes like
+    /// the running image: for an ExecReload= after a package upgrade.
+    #[arg(long)]
+    pub if_changed: bool,
+    /// Print one JSON object instead of a line of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// How a client finds the admin socket.
 #[derive(Debug, Args)]
 pub struct Target {
@@ -100,6 +134,14 @@ pub struct RunArgs {
     /// The daemon binary and its arguments.
     #[arg(last = true, value_name = "BINARY [ARGS]...")]
     pub command: Vec<OsString>,
+    /// Set by a supervisor replacing its own image: the sealed memfd
+    /// holding its state; every other option comes from there.
+    #[arg(long, hide = true, value_name = "FD")]
+    pub restore_fd: Option<i32>,
+    /// Set by a new image that could not take over: why; this image takes
+    /// its state back and answers the caller that the re-exec failed.
+    #[arg(long, hide = true, value_name = "REASON", requires = "restore_fd")]
+    pub exec_back: Option<String>,
 }
 
 /// `handoffctl upgrade`.

@@ -1,4 +1,4 @@
-//! The admin socket's client side: `upgrade`, `status` and `stop`.
+//! The admin socket's client side: every verb but `run` and `self-check`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -9,7 +9,7 @@ use handoff::Timeouts;
 use handoff::timeouts::parse_duration;
 
 use crate::admin::wire::{ErrorKind, MAX_LINE, Request, Response};
-use crate::cli::{RollbackArgs, StatusArgs, Target, UpgradeArgs};
+use crate::cli::{ReexecArgs, RollbackArgs, StatusArgs, Target, UpgradeArgs};
 use crate::config::{client_socket, parse_sha256};
 use crate::error::Failure;
 
@@ -179,6 +179,46 @@ pub fn stop(target: Target) -> Result<(), Failure> {
     let socket = client_socket(&target)?;
     match ask(&socket, &Request::Stop, None)? {
         Response::Stopped => Ok(()),
+        Response::Error { kind, message } => Err(refused(kind, message)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// `handoffctl reexec`: exit 0 when the new image took over (or nothing
+/// changed), 1 when the old one is still in charge, 2 usage or connection,
+/// 3 busy.
+pub fn reexec(args: ReexecArgs) -> Result<(), Failure> {
+    let socket = client_socket(&args.target)?;
+    let binary = args
+        .binary
+        .map(|binary| {
+            std::path::absolute(&binary)
+                .map_err(|e| Failure::usage(format!("--binary {}: {e}", binary.display())))
+        })
+        .transpose()?;
+    let request = Request::Reexec {
+        binary,
+        sha256: args.sha256.as_deref().map(parse_sha256).transpose()?,
+        if_changed: args.if_changed,
+    };
+    match ask(&socket, &request, None)? {
+        Response::Reexec(report) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).map_err(|e| Failure::failed(e.to_string()))?
+                );
+            } else if report.committed || !report.changed {
+                println!("{}", report.line());
+            }
+            if report.committed || !report.changed {
+                Ok(())
+            } else {
+                let mut failure = Failure::failed(report.line());
+                failure.printed = args.json;
+                Err(failure)
+            }
+        }
         Response::Error { kind, message } => Err(refused(kind, message)),
         other => Err(unexpected(&other)),
     }

@@ -14,6 +14,7 @@ use handoff::{ListenAddr, Mode, Timeouts};
 
 use crate::cli::{LogFormat, ModeArg, ProtocolArg, ReadySignalArg, RestartArg, RunArgs, Target};
 use crate::error::Failure;
+use crate::reexec::state::CarriedConfig;
 
 /// The name of the admin socket inside a runtime directory.
 const SOCKET_NAME: &str = "handoff.sock";
@@ -130,6 +131,12 @@ pub struct RunOptions {
     #[arg(long = "allow-binary", value_name = "PATH")]
     #[serde(default)]
     pub allowed_binaries: Vec<PathBuf>,
+    /// A `handoffctl` build `reexec` may run besides the one the supervisor
+    /// was started from. Repeatable; in the config,
+    /// `allowed_supervisor_binaries = [...]`.
+    #[arg(long = "allow-supervisor-binary", value_name = "PATH")]
+    #[serde(default)]
+    pub allowed_supervisor_binaries: Vec<PathBuf>,
 }
 
 /// `[listen]` as `NAME=ADDR` lines, the flags' form.
@@ -154,9 +161,13 @@ impl RunOptions {
     /// Reads and parses a config file; its relative paths are relative to
     /// the file.
     pub fn load(path: &Path) -> Result<RunOptions, Failure> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Failure::usage(format!("cannot read config {}: {e}", path.display())))?;
-        let mut options: RunOptions = toml::from_str(&text).map_err(|e| {
+        RunOptions::parse(path, &read_config(path)?.text)
+    }
+
+    /// Parses the text of the config file at `path`; its relative paths
+    /// are relative to the file.
+    pub fn parse(path: &Path, text: &str) -> Result<RunOptions, Failure> {
+        let mut options: RunOptions = toml::from_str(text).map_err(|e| {
             let message = e.message().trim_end();
             let place = e
                 .span()
@@ -180,7 +191,11 @@ impl RunOptions {
         relative(&mut options.socket);
         relative(&mut options.data_dir);
         relative(&mut options.history_file);
-        for binary in &mut options.allowed_binaries {
+        for binary in options
+            .allowed_binaries
+            .iter_mut()
+            .chain(&mut options.allowed_supervisor_binaries)
+        {
             *binary = base.join(&*binary);
         }
         Ok(options)
@@ -206,6 +221,9 @@ impl RunOptions {
         self.allowed_uids = file.allowed_uids;
         file.allowed_binaries.append(&mut self.allowed_binaries);
         self.allowed_binaries = file.allowed_binaries;
+        file.allowed_supervisor_binaries
+            .append(&mut self.allowed_supervisor_binaries);
+        self.allowed_supervisor_binaries = file.allowed_supervisor_binaries;
         self
     }
 }
@@ -233,14 +251,26 @@ pub struct Settings {
     pub protocol: DaemonProtocol,
     /// Where the history is persisted.
     pub history_file: PathBuf,
+    /// `handoffctl` builds `reexec` may run besides the start path.
+    pub allowed_supervisor_binaries: Vec<PathBuf>,
+    /// The config file as read (a re-exec carries it instead of reading
+    /// the file again).
+    pub config: Option<CarriedConfig>,
 }
 
 impl Settings {
     /// Merges the flags over the config file and checks everything that can
     /// be checked without binding.
     pub fn resolve(args: RunArgs) -> Result<Settings, Failure> {
-        let file = match &args.config {
-            Some(path) => RunOptions::load(path)?,
+        let config = args.config.as_deref().map(read_config).transpose()?;
+        Settings::resolve_with(args, config)
+    }
+
+    /// [`Settings::resolve`] with the config file's text given (as a
+    /// re-exec carries it).
+    pub fn resolve_with(args: RunArgs, config: Option<CarriedConfig>) -> Result<Settings, Failure> {
+        let file = match &config {
+            Some(config) => RunOptions::parse(&config.path, &config.text)?,
             None => RunOptions::default(),
         };
         let options = args.options.over(file);
@@ -288,8 +318,20 @@ impl Settings {
             probe,
             protocol,
             history_file,
+            allowed_supervisor_binaries: options.allowed_supervisor_binaries,
+            config,
         })
     }
+}
+
+/// Reads the config file at `path`.
+fn read_config(path: &Path) -> Result<CarriedConfig, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::usage(format!("cannot read config {}: {e}", path.display())))?;
+    Ok(CarriedConfig {
+        path: path.to_owned(),
+        text,
+    })
 }
 
 /// The daemon: `-- BINARY ARGS` on the command line, else `binary` and

@@ -11,6 +11,7 @@ use handoff::supervisor::{
 
 use crate::admin::wire::{AutomaticRollback, BinaryRecord, HandoffReport};
 use crate::admin::{AdminState, Control};
+use crate::reexec::state::EventsCarried;
 
 /// The handoff in flight, as its start announced it.
 struct Started {
@@ -40,16 +41,18 @@ pub fn event_loop(
     handle: &SupervisorHandle,
     state: &AdminState,
     control: &mpsc::Sender<Control>,
+    carried: EventsCarried,
 ) {
     let mut fan_out = FanOut {
         state,
         handoff: None,
-        ready: false,
-        clean: true,
+        ready: carried.ready,
+        clean: carried.clean,
     };
     // The stream was subscribed before generation 1 spawned, so its commit
     // arrives as an event; the status check only guards a slow start.
-    if let Ok(status) = handle.status()
+    if !fan_out.ready
+        && let Ok(status) = handle.status()
         && let Some(pid) = status.child_pid
     {
         fan_out.serving(&format!(
@@ -132,6 +135,22 @@ impl FanOut<'_> {
                     .status(&format!("restart failed, retrying: {reason}"));
             }
             SupervisorEvent::Stopping => tracing::info!("supervisor stopping"),
+            SupervisorEvent::Frozen => {
+                // Every event before the freeze is recorded: the re-exec
+                // may carry the history and this memory now.
+                let waiting = self
+                    .state
+                    .frozen
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take();
+                if let Some(waiting) = waiting {
+                    let _ = waiting.send(EventsCarried {
+                        ready: self.ready,
+                        clean: self.clean,
+                    });
+                }
+            }
         }
     }
 

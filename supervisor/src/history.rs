@@ -35,8 +35,9 @@ use crate::admin::wire::{BinaryRecord, HISTORY_LEN, HistoryEntry};
 /// The file format's version; a file with another one is not read.
 pub const HISTORY_VERSION: u32 = 1;
 
-/// The last handoffs and what the live generation runs.
-#[derive(Debug, Default)]
+/// The last handoffs and what the live generation runs (carried whole
+/// across a re-exec).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct History {
     /// Oldest first, at most [`HISTORY_LEN`]; loaded entries come first.
     pub entries: VecDeque<HistoryEntry>,

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 
 use crate::admin::wire::{BinaryRecord, HISTORY_LEN};
@@ -27,7 +27,8 @@ pub struct Identities {
 
 impl Identities {
     /// The file at `path` (symlinks followed) and its sha256.
-    pub fn of_path(&self, path: &Path) -> std::io::Result<BinaryRecord> {
+    #[cfg(test)]
+    pub fn of_path(&self, path: &std::path::Path) -> std::io::Result<BinaryRecord> {
         let file = File::open(path)?;
         let sha256 = self.sha256(&file)?;
         Ok(BinaryRecord {
@@ -47,7 +48,8 @@ impl Identities {
         Some(BinaryRecord { path, sha256 })
     }
 
-    fn sha256(&self, file: &File) -> std::io::Result<String> {
+    /// The sha256 of `file` (an open file: what is read is what runs).
+    pub fn sha256(&self, file: &File) -> std::io::Result<String> {
         let meta = file.metadata()?;
         let key = (
             meta.dev(),

@@ -2,9 +2,10 @@
 //! `handoff` library.
 //!
 //! `handoffctl run ... -- BINARY` runs the supervisor in the foreground;
-//! `upgrade`, `status`, `stop`, `history` and `rollback` talk to it over its admin socket (see
-//! `protocol` for the wire form). Exit codes are a contract: 0 success,
-//! 1 rolled back or failed, 2 usage or connection error, 3 busy.
+//! `upgrade`, `status`, `stop`, `history`, `rollback` and `reexec` talk to
+//! it over its admin socket (see `admin/wire.rs` for the wire form). Exit
+//! codes are a contract: 0 success, 1 rolled back or failed, 2 usage or
+//! connection error, 3 busy.
 
 mod admin;
 mod cli;
@@ -15,6 +16,7 @@ mod events;
 mod history;
 mod identity;
 mod recorder;
+mod reexec;
 mod run;
 mod signals;
 mod systemd;
@@ -33,6 +35,8 @@ fn main() -> ExitCode {
         cli::Command::Stop(target) => client::stop(target).map(|()| 0),
         cli::Command::History(args) => client::history(args).map(|()| 0),
         cli::Command::Rollback(args) => client::rollback(args).map(|()| 0),
+        cli::Command::Reexec(args) => client::reexec(args).map(|()| 0),
+        cli::Command::SelfCheck => reexec::self_check().map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code),

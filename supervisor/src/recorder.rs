@@ -90,7 +90,8 @@ impl HistoryRecorder {
             .map_or_else(|poisoned| poisoned.into_inner().0, |(history, _)| history)
     }
 
-    fn lock(&self) -> MutexGuard<'_, History> {
+    /// The history as it is now (for a re-exec to carry).
+    pub fn lock(&self) -> MutexGuard<'_, History> {
         self.history.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

@@ -4,14 +4,15 @@
 //! (`admin/`) talk to the library's supervisor through its handle.
 
 use std::ffi::OsString;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use handoff::os::SignalSet;
-use handoff::supervisor::{NamedListener, Supervisor, SupervisorConfig};
+use handoff::supervisor::{EventStream, NamedListener, Supervisor, SupervisorConfig};
 
 use crate::admin::wire::Response;
 use crate::admin::{AdminState, Control};
@@ -19,17 +20,26 @@ use crate::cli::{LogFormat, RunArgs};
 use crate::config::Settings;
 use crate::error::{Failure, chain};
 use crate::recorder::HistoryRecorder;
+use crate::reexec::Carry;
+use crate::reexec::state::EventsCarried;
 use crate::systemd::Notifier;
 
 /// Runs the supervisor until it is stopped; returns the exit code.
 pub fn run(args: RunArgs) -> Result<u8, Failure> {
+    if let Some(fd) = args.restore_fd {
+        return crate::reexec::restore::run_restored(fd, args.exec_back);
+    }
     // Before any thread exists, or a thread could receive them (see sys).
     let signals =
         SignalSet::block(&crate::signals::TAKEN).map_err(|e| Failure::failed(chain(&e)))?;
+    let run_args = run_args()?;
+    let start_path = std::env::current_exe()
+        .map_err(|e| Failure::failed(format!("finding our own binary: {e}")))?;
     let settings = Settings::resolve(args)?;
     init_logging(settings.log_format);
-    let notify = Notifier::from_env();
-    let config = supervisor_config(&settings)?;
+    let image = crate::reexec::Image::open(start_path)?;
+    let listeners = listeners(&settings)?;
+    let config = supervisor_config(&settings, duplicates(&listeners)?)?;
     let socket = AdminSocket::bind(&settings.socket, settings.socket_is_default)?;
     let history = load_history(&settings);
     tracing::info!(
@@ -40,38 +50,120 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     // Subscribed before generation 1 spawns: every phase is seen.
     let (supervisor, events) = Supervisor::start_with_events(config)
         .map_err(|e| Failure::failed(format!("cannot start generation 1: {}", chain(&e))))?;
-    let handle = supervisor.handle();
-    let (control_tx, control_rx) = mpsc::channel();
-    let state = Arc::new(AdminState {
-        handle: handle.clone(),
-        program: settings.program.clone(),
-        sha256: settings.sha256.clone(),
-        allowed_uids: settings.allowed_uids.clone(),
-        allowed_binaries: settings.allowed_binaries.clone(),
-        our_uid: handoff::os::effective_uid(),
-        timeouts: settings.timeouts,
-        mode: settings.mode,
-        identities: crate::identity::Identities::default(),
-        notify: notify.clone(),
-        upgrading: Mutex::new(()),
-        control: control_tx.clone(),
-        connections: AtomicUsize::new(0),
-        recorder: HistoryRecorder::new(history, settings.history_file.clone()),
-    });
-    spawn("signals", {
-        let state = Arc::clone(&state);
-        let control = control_tx.clone();
-        move || crate::signals::signal_loop(signals, &state, &control)
-    })?;
-    spawn("events", {
-        let state = Arc::clone(&state);
-        move || crate::events::event_loop(&events, &handle, &state, &control_tx)
-    })?;
-    crate::admin::server::serve(socket.take_listener()?, Arc::clone(&state))
-        .map_err(|e| Failure::failed(format!("admin thread: {e}")))?;
-    let code = until_the_end(&control_rx, supervisor, &notify);
-    drop(socket);
-    Ok(code)
+    let carry = Carry {
+        image,
+        run_args,
+        config: settings.config.clone(),
+        listeners,
+        admin: socket.duplicate()?,
+        allowed: settings.allowed_supervisor_binaries.clone(),
+        reexecs: 0,
+    };
+    Running {
+        settings,
+        supervisor,
+        events,
+        socket,
+        history,
+        carry,
+        fan_out: EventsCarried {
+            ready: false,
+            clean: true,
+        },
+    }
+    .serve(signals, None)
+}
+
+/// `run`'s own arguments as given (after `run`), which a re-exec carries.
+fn run_args() -> Result<Vec<String>, Failure> {
+    std::env::args_os()
+        .skip(2)
+        .map(|arg| {
+            arg.into_string().map_err(|arg| {
+                Failure::usage(format!(
+                    "argument {arg:?} is not UTF-8; handoffctl run takes UTF-8 arguments only"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// A supervisor process however it began (a first start, or an image
+/// restored after a re-exec): what its threads are built from.
+pub struct Running {
+    /// The resolved options.
+    pub settings: Settings,
+    /// The library's supervisor.
+    pub supervisor: Supervisor,
+    /// Its events, subscribed before anything happened.
+    pub events: EventStream,
+    /// The admin socket.
+    pub socket: AdminSocket,
+    /// The history.
+    pub history: crate::history::History,
+    /// What a re-exec carries.
+    pub carry: Carry,
+    /// The event fan-out's memory.
+    pub fan_out: EventsCarried,
+}
+
+impl Running {
+    /// Starts the signal, event and admin threads, answers `answer`'s
+    /// caller (a re-exec's), and waits for the end; the exit code.
+    pub fn serve(
+        self,
+        signals: SignalSet,
+        answer: Option<(UnixStream, Response)>,
+    ) -> Result<u8, Failure> {
+        let Running {
+            settings,
+            supervisor,
+            events,
+            socket,
+            history,
+            carry,
+            fan_out,
+        } = self;
+        let notify = Notifier::from_env();
+        let handle = supervisor.handle();
+        let (control_tx, control_rx) = mpsc::channel();
+        let gate = handoff::AcceptGate::new().map_err(|e| Failure::failed(chain(&e)))?;
+        let state = Arc::new(AdminState {
+            handle: handle.clone(),
+            program: settings.program.clone(),
+            sha256: settings.sha256.clone(),
+            allowed_uids: settings.allowed_uids.clone(),
+            allowed_binaries: settings.allowed_binaries.clone(),
+            our_uid: handoff::os::effective_uid(),
+            timeouts: settings.timeouts,
+            mode: settings.mode,
+            identities: crate::identity::Identities::default(),
+            notify: notify.clone(),
+            upgrading: Mutex::new(()),
+            control: control_tx.clone(),
+            gate,
+            recorder: HistoryRecorder::new(history, settings.history_file.clone()),
+            carry,
+            frozen: Mutex::new(None),
+        });
+        spawn("signals", {
+            let state = Arc::clone(&state);
+            let control = control_tx.clone();
+            move || crate::signals::signal_loop(signals, &state, &control)
+        })?;
+        spawn("events", {
+            let state = Arc::clone(&state);
+            move || crate::events::event_loop(&events, &handle, &state, &control_tx, fan_out)
+        })?;
+        crate::admin::server::serve(socket.take_listener()?, Arc::clone(&state))
+            .map_err(|e| Failure::failed(format!("admin thread: {e}")))?;
+        if let Some((caller, response)) = answer {
+            crate::admin::server::respond(&caller, &response);
+        }
+        let code = until_the_end(&control_rx, supervisor, &notify);
+        drop(socket);
+        Ok(code)
+    }
 }
 
 /// Waits for a stop (answered once everything exited) or for the
@@ -113,8 +205,11 @@ fn until_the_end(
 }
 
 /// The library's configuration: the data directory made (its path passed
-/// to every generation), the listeners adopted or bound.
-fn supervisor_config(settings: &Settings) -> Result<SupervisorConfig, Failure> {
+/// to every generation), with `listeners`.
+pub fn supervisor_config(
+    settings: &Settings,
+    listeners: Vec<NamedListener>,
+) -> Result<SupervisorConfig, Failure> {
     let mut env = Vec::new();
     if let Some(dir) = &settings.data_dir {
         std::fs::DirBuilder::new()
@@ -142,7 +237,7 @@ fn supervisor_config(settings: &Settings) -> Result<SupervisorConfig, Failure> {
         mode: settings.mode,
         timeouts: settings.timeouts,
         restart: settings.restart,
-        listeners: listeners(settings)?,
+        listeners,
         probe: settings.probe.clone(),
         program_sha256: settings.sha256.clone(),
         protocol: settings.protocol,
@@ -151,7 +246,7 @@ fn supervisor_config(settings: &Settings) -> Result<SupervisorConfig, Failure> {
 
 /// The history file; never a reason not to start (a bad file is a
 /// warning, see history.rs).
-fn load_history(settings: &Settings) -> crate::history::History {
+pub fn load_history(settings: &Settings) -> crate::history::History {
     let (history, warning) = crate::history::load(&settings.history_file);
     match warning {
         Some(warning) => tracing::warn!("{warning}"),
@@ -172,7 +267,7 @@ fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), Failure
         .map_err(|e| Failure::failed(format!("cannot start the {name} thread: {e}")))
 }
 
-fn init_logging(format: LogFormat) {
+pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HANDOFF_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // No colour codes in files and the journal.
@@ -187,9 +282,24 @@ fn init_logging(format: LogFormat) {
     };
 }
 
+/// Duplicates of `listeners` for the library (the originals stay with the
+/// re-exec's carry).
+pub fn duplicates(listeners: &[(String, OwnedFd)]) -> Result<Vec<NamedListener>, Failure> {
+    listeners
+        .iter()
+        .map(|(name, fd)| {
+            let fd = fd
+                .try_clone()
+                .map_err(|e| Failure::failed(format!("listener {name}: {e}")))?;
+            NamedListener::adopt(name.clone(), fd)
+                .map_err(|e| Failure::failed(format!("listener {name}: {}", chain(&e))))
+        })
+        .collect()
+}
+
 /// Adopts what systemd passed by socket activation, then binds the
-/// configured listeners it did not pass.
-fn listeners(settings: &Settings) -> Result<Vec<NamedListener>, Failure> {
+/// configured listeners it did not pass; each by name.
+fn listeners(settings: &Settings) -> Result<Vec<(String, OwnedFd)>, Failure> {
     let mut listeners = Vec::new();
     for (name, fd) in handoff::os::listen_fds().map_err(|e| Failure::failed(chain(&e)))? {
         let listener = NamedListener::adopt(name.clone(), fd)
@@ -214,11 +324,11 @@ fn listeners(settings: &Settings) -> Result<Vec<NamedListener>, Failure> {
             pair[0]
         )));
     }
-    Ok(listeners)
+    Ok(listeners.into_iter().map(|l| (l.name, l.fd)).collect())
 }
 
 /// The admin socket file, removed when the supervisor exits.
-struct AdminSocket {
+pub struct AdminSocket {
     path: PathBuf,
     listener: Option<std::os::unix::net::UnixListener>,
 }
@@ -257,6 +367,19 @@ impl AdminSocket {
             path: path.to_owned(),
             listener: Some(listener),
         })
+    }
+
+    /// The socket a re-exec carried over, at `path`.
+    pub fn adopt(path: PathBuf, listener: std::os::unix::net::UnixListener) -> AdminSocket {
+        AdminSocket {
+            path,
+            listener: Some(listener),
+        }
+    }
+
+    /// A duplicate of the listener (for a re-exec to carry).
+    pub fn duplicate(&self) -> Result<std::os::unix::net::UnixListener, Failure> {
+        self.take_listener()
     }
 
     fn take_listener(&self) -> Result<std::os::unix::net::UnixListener, Failure> {

@@ -41,7 +41,7 @@ use crate::wire::{Message, Mode};
 pub type GenerationId = u64;
 
 /// What a generation runs, and what a restart after its crash runs again.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Build {
     /// The binary, by path (never a `/proc/self/fd/N` pin).
     pub program: PathBuf,
@@ -405,7 +405,7 @@ super::names::state_names! {
 }
 
 /// A generation the supervisor started.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Generation {
     /// Its number.
     pub id: GenerationId,
@@ -414,16 +414,18 @@ pub struct Generation {
     /// What it runs.
     pub build: Build,
     /// When it was spawned.
+    #[serde(with = "super::mono")]
     pub started: Instant,
     /// Since when it is the serving generation (its commit, or its
     /// resumption by an automatic rollback); `None` before.
+    #[serde(with = "super::mono::option")]
     pub serving_since: Option<Instant>,
     /// The handoff id its messages carry now (I9).
     handoff_id: u64,
 }
 
 /// A generation that failed: who, and how.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Failure {
     generation: GenerationId,
     pid: u32,
@@ -514,7 +516,7 @@ enum State {
 }
 
 /// An old generation after a commit.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Retiree {
     generation: Generation,
     machine: RetireMachine,
@@ -543,9 +545,12 @@ pub struct LifecycleMachine {
 }
 
 mod route;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 mod verdict;
+
+pub use snapshot::LifecycleSnapshot;
 
 impl LifecycleMachine {
     /// A supervisor that has started nothing yet.

@@ -9,7 +9,6 @@ pub mod wire;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc;
 
 use handoff::Timeouts;
@@ -17,6 +16,8 @@ use handoff::supervisor::SupervisorHandle;
 
 use crate::identity::Identities;
 use crate::recorder::HistoryRecorder;
+use crate::reexec::Carry;
+use crate::reexec::state::EventsCarried;
 use crate::systemd::Notifier;
 
 /// What the admin side asks of the main thread.
@@ -60,9 +61,16 @@ pub struct AdminState {
     pub upgrading: Mutex<()>,
     /// To the main thread.
     pub control: mpsc::Sender<Control>,
-    /// Admin connections being served.
-    pub connections: AtomicUsize,
+    /// Admits admin connections and counts them; closed while the
+    /// supervisor re-executes.
+    pub gate: handoff::AcceptGate,
     /// The last handoffs (written by the event thread, which sees every
     /// handoff), and its file.
     pub recorder: HistoryRecorder,
+    /// What a re-exec carries besides the library's state.
+    pub carry: Carry,
+    /// Set by a re-exec before it freezes the supervisor: the event thread
+    /// sends its memory here once it has seen every event before the
+    /// freeze.
+    pub frozen: Mutex<Option<mpsc::Sender<EventsCarried>>>,
 }

@@ -7,28 +7,33 @@
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
+
+use handoff::Admitted;
 use std::time::{Duration, Instant};
 
 use super::upgrade::{Upgrade, upgrade};
 use super::wire::{ErrorKind, MAX_LINE, Request, Response, StatusReport};
 use super::{AdminState, Control};
 use crate::error::chain;
+use crate::reexec::Reexec;
 
 /// Admin connections served at once; more are answered `overloaded`.
 pub const MAX_CONNECTIONS: usize = 32;
 
-/// Starts the accept thread.
+/// Starts the accept thread. Connections are admitted through the state's
+/// gate: a re-exec closes it, waits for those being served, and carries
+/// the listener (its backlog holds whoever connects meanwhile) to the next
+/// image.
 pub fn serve(listener: UnixListener, state: Arc<AdminState>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("admin-accept".into())
         .spawn(move || {
-            for stream in listener.incoming() {
-                match stream {
+            loop {
+                match state.gate.accept(&listener) {
                     Ok(stream) => connection(stream, &state),
                     Err(error) => {
-                        tracing::warn!(%error, "admin accept failed");
+                        tracing::warn!(error = %chain(&error), "admin accept failed");
                         // Out of fds, typically: back off rather than spin.
                         std::thread::sleep(handoff::timeouts::POLL_SLICE);
                     }
@@ -38,22 +43,12 @@ pub fn serve(listener: UnixListener, state: Arc<AdminState>) -> std::io::Result<
         .map(drop)
 }
 
-/// A counted admin connection; the count drops with it.
-struct Slot<'a>(&'a AtomicUsize);
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-fn connection(stream: UnixStream, state: &Arc<AdminState>) {
+fn connection(stream: Admitted<UnixStream>, state: &Arc<AdminState>) {
     let bound = state.timeouts.admin_request;
     if stream.set_write_timeout(Some(bound)).is_err() {
         return;
     }
-    if state.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-        state.connections.fetch_sub(1, Ordering::SeqCst);
+    if state.gate.open_connections() as usize > MAX_CONNECTIONS {
         tracing::warn!("admin connection refused: {MAX_CONNECTIONS} already open");
         respond(
             &stream,
@@ -64,16 +59,13 @@ fn connection(stream: UnixStream, state: &Arc<AdminState>) {
     let state = Arc::clone(state);
     let spawned = std::thread::Builder::new()
         .name("admin-conn".into())
-        .spawn(move || {
-            let _slot = Slot(&state.connections);
-            serve_one(stream, &state);
-        });
+        .spawn(move || serve_one(stream, &state));
     if let Err(error) = spawned {
         tracing::warn!(%error, "cannot start an admin connection thread");
     }
 }
 
-fn serve_one(stream: UnixStream, state: &AdminState) {
+fn serve_one(stream: Admitted<UnixStream>, state: &AdminState) {
     let Some(peer) = admitted(&stream, state) else {
         return;
     };
@@ -86,19 +78,34 @@ fn serve_one(stream: UnixStream, state: &AdminState) {
         }
     };
     tracing::debug!(peer_pid = peer.pid, ?request, "admin request");
-    if request == Request::Stop {
-        // The main thread answers once everything exited.
-        if let Err(mpsc::SendError(Control::Stop(Some(stream)))) =
-            state.control.send(Control::Stop(Some(stream)))
-        {
-            respond(
-                &stream,
-                &Response::error(ErrorKind::Stopping, "already stopping"),
-            );
+    match request {
+        Request::Stop => {
+            // The main thread answers once everything exited.
+            if let Err(mpsc::SendError(Control::Stop(Some(stream)))) =
+                state.control.send(Control::Stop(Some(stream.into_inner())))
+            {
+                respond(
+                    &stream,
+                    &Response::error(ErrorKind::Stopping, "already stopping"),
+                );
+            }
         }
-        return;
+        Request::Reexec {
+            binary,
+            sha256,
+            if_changed,
+        } => {
+            let asked = Reexec {
+                binary,
+                sha256,
+                if_changed,
+            };
+            // Answered by whichever image is in charge at the end; not
+            // counted among the connections a re-exec waits for.
+            crate::reexec::reexec(state, asked, Some(stream.into_inner()));
+        }
+        request => respond(&stream, &answer(request, state)),
     }
-    respond(&stream, &answer(request, state));
 }
 
 /// The peer's credentials if its uid may use this supervisor (ours, root,
@@ -173,9 +180,10 @@ fn answer(request: Request, state: &AdminState) -> Response {
                  nothing to roll back to",
             ),
         },
-        Request::Stop => {
-            Response::error(ErrorKind::BadRequest, "stop is answered by the main thread")
-        }
+        Request::Stop | Request::Reexec { .. } => Response::error(
+            ErrorKind::BadRequest,
+            "stop and reexec are answered by the connection's thread",
+        ),
     }
 }
 

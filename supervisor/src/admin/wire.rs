@@ -51,6 +51,20 @@ pub enum Request {
     Stop,
     /// The last handoffs.
     History,
+    /// The supervisor replaces its own image, keeping its pid, its
+    /// generations and its listeners.
+    Reexec {
+        /// Absolute path of the new `handoffctl`; the one the supervisor
+        /// was started from when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary: Option<PathBuf>,
+        /// Expected sha256 (lowercase hex).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+        /// Nothing to do when the target hashes like the running image.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        if_changed: bool,
+    },
     /// An upgrade back to the binary (path and sha256 as recorded) that ran
     /// before the last commit.
     Rollback {
@@ -76,6 +90,8 @@ pub enum Response {
     Handoff(HandoffReport),
     /// Answer to `stop`: everything exited.
     Stopped,
+    /// Answer to `reexec`, from whichever image is in charge afterwards.
+    Reexec(ReexecReport),
     /// Answer to `history`.
     History {
         /// Oldest first, at most [`HISTORY_LEN`].
@@ -202,6 +218,75 @@ pub enum ErrorKind {
     Overloaded,
     /// The supervisor could not start the handoff.
     Failed,
+}
+
+/// A `handoffctl` image: its version and the sha256 of its file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageRecord {
+    /// `handoffctl --version`'s number.
+    pub version: String,
+    /// Lowercase hex.
+    pub sha256: String,
+}
+
+/// One re-exec of the supervisor, as `reexec --json` prints it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReexecReport {
+    /// Whether there was anything to do (false: `--if-changed` found the
+    /// running image's sha256).
+    pub changed: bool,
+    /// Whether the new image is in charge now.
+    pub committed: bool,
+    /// Why not (`null` when committed or unchanged).
+    pub reason: Option<String>,
+    /// The supervisor's pid (the same before and after).
+    pub pid: u32,
+    /// The image that ran before.
+    pub from: ImageRecord,
+    /// The image asked for (absent when it could not be read).
+    pub to: Option<ImageRecord>,
+    /// Milliseconds per step reached: `preflight`, `quiesce` (admin
+    /// connections finish), `freeze`, `exec`, `restore`, `readopt`,
+    /// `resume`.
+    pub phases_ms: BTreeMap<String, f64>,
+    /// Milliseconds from the request to the answer.
+    pub total_ms: f64,
+}
+
+impl ReexecReport {
+    /// One line for a human.
+    pub fn line(&self) -> String {
+        let to = self
+            .to
+            .as_ref()
+            .map_or_else(|| "?".to_owned(), |to| short(&to.sha256));
+        match (self.changed, self.committed) {
+            (false, _) => format!(
+                "unchanged: pid {} already runs handoffctl {} ({})",
+                self.pid,
+                self.from.version,
+                short(&self.from.sha256)
+            ),
+            (true, true) => format!(
+                "re-executed: pid {} runs {} now (was {}) in {:.1} ms",
+                self.pid,
+                to,
+                short(&self.from.sha256),
+                self.total_ms
+            ),
+            (true, false) => format!(
+                "not re-executed: pid {} still runs {} ({})",
+                self.pid,
+                short(&self.from.sha256),
+                self.reason.as_deref().unwrap_or("no reason given")
+            ),
+        }
+    }
+}
+
+/// The first 12 hex digits of a sha256.
+fn short(sha256: &str) -> String {
+    sha256.chars().take(12).collect()
 }
 
 /// One handoff, as `upgrade --json` prints it and `status` reports the last.
@@ -490,7 +575,8 @@ impl StatusReport {
     }
 }
 
-fn millis(duration: Duration) -> f64 {
+/// Milliseconds, as the reports write them (to the microsecond).
+pub fn millis(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 1_000_000.0).round() / 1_000.0
 }
 

@@ -16,4 +16,5 @@ mod load;
 mod probation;
 mod quickstart;
 mod real_systemd;
+mod reexec;
 mod systemd;

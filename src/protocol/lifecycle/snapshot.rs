@@ -1,0 +1,141 @@
+//! The lifecycle as data, for a supervisor that replaces its own image:
+//! everything but a handoff in flight (a re-exec waits for none to run),
+//! its deadlines as absolute monotonic times ([`crate::protocol::mono`]).
+
+use std::time::Instant;
+
+use super::{
+    Build, Generation, LifecycleAction, LifecycleConfig, LifecycleMachine, Out, ProbePurpose,
+    Refusal, Retiree, State,
+};
+use crate::protocol::outcome::{Outcome, ProbationRollback, ResumeCheck};
+
+/// The state of a supervisor between handoffs.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct LifecycleSnapshot {
+    state: StateSnapshot,
+    retirees: Vec<Retiree>,
+    failures: u32,
+    last_committed: Build,
+    next_generation: u64,
+    next_handoff_id: u64,
+    #[serde(with = "crate::protocol::mono")]
+    next_heartbeat: Instant,
+    last_handoff: Option<Outcome>,
+    last_probation_rollback: Option<ProbationRollback>,
+}
+
+/// The states a snapshot can hold.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StateSnapshot {
+    Starting {
+        #[serde(with = "crate::protocol::mono::option")]
+        due: Option<Instant>,
+    },
+    Serving {
+        live: Generation,
+        condemned: Option<String>,
+    },
+}
+
+impl LifecycleSnapshot {
+    /// The generations it holds: the live one, then the retirees.
+    pub fn generations(&self) -> impl Iterator<Item = &Generation> {
+        let live = match &self.state {
+            StateSnapshot::Serving { live, .. } => Some(live),
+            StateSnapshot::Starting { .. } => None,
+        };
+        live.into_iter()
+            .chain(self.retirees.iter().map(|r| &r.generation))
+    }
+}
+
+impl LifecycleMachine {
+    /// The machine as data. Refused while a handoff runs (`Busy`) and while
+    /// stopping: neither can be carried over.
+    pub fn snapshot(&self) -> Result<LifecycleSnapshot, Refusal> {
+        let state = match &self.state {
+            State::Starting { due } => StateSnapshot::Starting { due: *due },
+            State::Serving { live, condemned } => StateSnapshot::Serving {
+                live: live.clone(),
+                condemned: condemned.clone(),
+            },
+            State::HandingOff { .. } => return Err(Refusal::Busy),
+            State::Stopping { .. } | State::Finished => return Err(Refusal::Stopping),
+        };
+        let retirees = self
+            .retirees
+            .iter()
+            .map(|r| Retiree {
+                generation: r.generation.clone(),
+                machine: r.machine.clone(),
+                status: r.status,
+                resumed_for: r.resumed_for.clone(),
+            })
+            .collect();
+        Ok(LifecycleSnapshot {
+            state,
+            retirees,
+            failures: self.failures,
+            last_committed: self.last_committed.clone(),
+            next_generation: self.next_generation,
+            next_handoff_id: self.next_handoff_id,
+            next_heartbeat: self.next_heartbeat,
+            last_handoff: self.last_handoff.clone(),
+            last_probation_rollback: self.last_probation_rollback.clone(),
+        })
+    }
+
+    /// A machine from its snapshot, and the actions that restart what was
+    /// running around it: the probation probe, a resumed generation's
+    /// check.
+    pub fn restore(
+        config: LifecycleConfig,
+        snapshot: LifecycleSnapshot,
+        now: Instant,
+    ) -> (LifecycleMachine, Vec<LifecycleAction>) {
+        let state = match snapshot.state {
+            StateSnapshot::Starting { due } => State::Starting { due },
+            StateSnapshot::Serving { live, condemned } => State::Serving { live, condemned },
+        };
+        let machine = LifecycleMachine {
+            config,
+            state,
+            retirees: snapshot.retirees,
+            failures: snapshot.failures,
+            last_committed: snapshot.last_committed,
+            next_generation: snapshot.next_generation,
+            next_handoff_id: snapshot.next_handoff_id,
+            next_heartbeat: snapshot.next_heartbeat,
+            last_handoff: snapshot.last_handoff,
+            last_probation_rollback: snapshot.last_probation_rollback,
+        };
+        let mut out = Out::default();
+        if let Some(live) = machine.live() {
+            if let Some(until) = machine
+                .retirees
+                .iter()
+                .filter_map(|r| r.machine.probation_until())
+                .max()
+                .filter(|until| *until > now)
+            {
+                out.push(LifecycleAction::WatchProbation {
+                    generation: live.id,
+                    until,
+                });
+            }
+            let checking = machine
+                .last_probation_rollback
+                .as_ref()
+                .is_some_and(|r| r.generation == live.id && r.resume_check == ResumeCheck::Probing);
+            if checking {
+                out.push(LifecycleAction::StartProbe {
+                    purpose: ProbePurpose::Resumed(live.id),
+                    until: now + machine.config.timeouts.probe,
+                });
+            }
+        }
+        (machine, out.actions)
+    }
+}

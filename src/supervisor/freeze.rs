@@ -1,0 +1,291 @@
+//! A supervisor carried across the replacement of its own image (the
+//! process stays; its program changes): the driver's state as JSON and the
+//! fds it needs, and the way back from them.
+//!
+//! What is carried: the lifecycle machine between handoffs (its snapshot:
+//! generations, retirees, probation and restart deadlines as absolute
+//! monotonic times), each generation's pid and exit if reaped, its control
+//! connection (the socket and what was read from it and not yet decoded:
+//! no frame is lost) or its notification socket, the notification
+//! directory, and the start time. What is not: the listeners and the
+//! configuration (the caller has them and gives them back to
+//! [`super::Supervisor::thaw`]), threads (restarted), and probes in flight
+//! (started again from the snapshot).
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+
+use super::process::GenerationProcess;
+use crate::channel::{self, Receiver, Residue};
+use crate::error::{Error, Peer, Result};
+use crate::protocol::{ExitStatus, GenerationId, LifecycleMachine, LifecycleSnapshot, Refusal};
+use crate::sys;
+
+/// The version of the frozen state's format. [`super::Supervisor::thaw`]
+/// refuses another one: the format is private to one build of the
+/// library, and an image that cannot read it must say so before anything
+/// changed.
+pub const FROZEN_VERSION: u32 = 1;
+
+/// A supervisor frozen between handoffs: its state and its fds, to be
+/// kept across an exec and given to [`super::Supervisor::thaw`] in the new
+/// image. The frozen supervisor does nothing until this value is dropped
+/// (the exec failed): it then goes on as before.
+#[derive(Debug)]
+pub struct Frozen {
+    state: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    _resume: Sender<()>,
+}
+
+impl Frozen {
+    /// The state (JSON), referring to [`Frozen::fds`] by index.
+    pub fn state(&self) -> &[u8] {
+        &self.state
+    }
+
+    /// The fds to keep across the exec, in the order the state counts
+    /// them; give them back to `thaw` in that order.
+    pub fn fds(&self) -> &[OwnedFd] {
+        &self.fds
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FrozenState {
+    version: u32,
+    machine: LifecycleSnapshot,
+    processes: Vec<FrozenProcess>,
+    notify_dir: Option<PathBuf>,
+    #[serde(with = "crate::protocol::mono")]
+    started: Instant,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FrozenProcess {
+    id: GenerationId,
+    pid: u32,
+    exit: Option<ExitStatus>,
+    control: Option<FrozenControl>,
+    notify: Option<FrozenNotify>,
+}
+
+/// A control connection: the socket and the undecoded residue, its fds by
+/// index into the fd list with the offset each came at.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FrozenControl {
+    socket: usize,
+    residue: Vec<u8>,
+    residue_fds: Vec<(usize, usize)>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FrozenNotify {
+    socket: usize,
+    path: PathBuf,
+}
+
+/// What [`export`] reads.
+pub(crate) struct Exporting<'a> {
+    pub(crate) machine: &'a LifecycleMachine,
+    pub(crate) processes: &'a HashMap<GenerationId, GenerationProcess>,
+    pub(crate) receivers: &'a HashMap<GenerationId, Receiver>,
+    pub(crate) notify_dir: Option<PathBuf>,
+    pub(crate) started: Instant,
+}
+
+/// The anchor converting instants to monotonic nanoseconds, now.
+fn anchor() -> Result<(Instant, u64)> {
+    let nanos = sys::monotonic_nanos()
+        .map_err(|source| Error::io("reading the monotonic clock", source))?;
+    Ok((Instant::now(), nanos))
+}
+
+/// The state and fds of a paused driver. Refused (`Busy`) while a handoff
+/// runs, and while stopping.
+pub(crate) fn export(from: Exporting<'_>, resume: Sender<()>) -> Result<Frozen> {
+    let machine = from.machine.snapshot().map_err(|refusal| match refusal {
+        Refusal::Busy => Error::Busy,
+        Refusal::Stopping => Error::SessionOver,
+    })?;
+    let mut fds = Vec::new();
+    let mut keep = |fd: OwnedFd| {
+        fds.push(fd);
+        fds.len() - 1
+    };
+    let mut processes = Vec::new();
+    let mut ids: Vec<_> = from.processes.keys().copied().collect();
+    ids.sort_unstable();
+    for id in ids {
+        let process = &from.processes[&id];
+        let control = match from.receivers.get(&id) {
+            Some(receiver) => {
+                let (socket, residue) = receiver.export()?;
+                Some(FrozenControl {
+                    socket: keep(socket),
+                    residue: residue.bytes,
+                    residue_fds: residue
+                        .fds
+                        .into_iter()
+                        .map(|(offset, fd)| (offset, keep(fd)))
+                        .collect(),
+                })
+            }
+            None => None,
+        };
+        let notify = match &process.notify {
+            Some(notify) => Some(FrozenNotify {
+                socket: keep(duplicate(notify.as_fd())?),
+                path: notify.path().to_owned(),
+            }),
+            None => None,
+        };
+        processes.push(FrozenProcess {
+            id,
+            pid: process.pid,
+            exit: process.exit,
+            control,
+            notify,
+        });
+    }
+    let state = FrozenState {
+        version: FROZEN_VERSION,
+        machine,
+        processes,
+        notify_dir: from.notify_dir,
+        started: from.started,
+    };
+    let json = crate::protocol::mono::with_anchor(anchor()?, || serde_json::to_vec(&state))
+        .map_err(|error| Error::Restore {
+            reason: format!("writing the state: {error}"),
+        })?;
+    Ok(Frozen {
+        state: json,
+        fds,
+        _resume: resume,
+    })
+}
+
+fn duplicate(fd: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd> {
+    fd.try_clone_to_owned()
+        .map_err(|source| Error::io("duplicating a notification socket", source))
+}
+
+/// What [`import`] gives back: the machine's snapshot, each generation's
+/// process (with the receiver of its control connection), the
+/// notification directory and the start time.
+pub(crate) struct Imported {
+    pub(crate) machine: LifecycleSnapshot,
+    pub(crate) processes: Vec<(GenerationProcess, Option<Receiver>)>,
+    pub(crate) notify_dir: Option<sys::PrivateDir>,
+    pub(crate) started: Instant,
+}
+
+/// Reads a frozen state back, taking `fds` (in the order [`Frozen::fds`]
+/// gave them). Every generation not reaped must still be a child of this
+/// process.
+pub(crate) fn import(
+    state: &[u8],
+    fds: Vec<OwnedFd>,
+    write_timeout: std::time::Duration,
+) -> Result<Imported> {
+    let bad = |reason: String| Error::Restore { reason };
+    let state: FrozenState =
+        crate::protocol::mono::with_anchor(anchor()?, || serde_json::from_slice(state))
+            .map_err(|error| bad(format!("reading the state: {error}")))?;
+    if state.version != FROZEN_VERSION {
+        return Err(bad(format!(
+            "the state's format is version {}, this build reads version {FROZEN_VERSION}",
+            state.version
+        )));
+    }
+    let mut imported = Imported {
+        machine: state.machine,
+        processes: Vec::new(),
+        notify_dir: None,
+        started: state.started,
+    };
+    let taken = take_back(
+        &mut imported,
+        state.processes,
+        state.notify_dir,
+        fds,
+        write_timeout,
+    );
+    match taken {
+        Ok(()) => Ok(imported),
+        Err(error) => {
+            // Nothing taken back may act on its drop: a process handle
+            // kills its generation and shuts its control socket down, a
+            // notification socket or directory removes its file. The image
+            // that froze the state takes over again with its own fds.
+            std::mem::forget(imported);
+            Err(error)
+        }
+    }
+}
+
+/// Builds each generation's process (and the notification directory) into
+/// `imported`, taking their fds.
+fn take_back(
+    imported: &mut Imported,
+    frozen: Vec<FrozenProcess>,
+    notify_dir: Option<PathBuf>,
+    fds: Vec<OwnedFd>,
+    write_timeout: std::time::Duration,
+) -> Result<()> {
+    let bad = |reason: String| Error::Restore { reason };
+    let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
+    let mut take = |index: usize| {
+        fds.get_mut(index)
+            .and_then(Option::take)
+            .ok_or_else(|| bad(format!("fd number {index} of the state is missing")))
+    };
+    for frozen in frozen {
+        if frozen.exit.is_none() && !sys::is_unreaped_child(frozen.pid) {
+            return Err(bad(format!(
+                "generation {} (pid {}) is not a child of this process",
+                frozen.id, frozen.pid
+            )));
+        }
+        let (sender, receiver) = match frozen.control {
+            Some(control) => {
+                let socket = take(control.socket)?;
+                let residue_fds = control
+                    .residue_fds
+                    .into_iter()
+                    .map(|(offset, index)| Ok((offset, take(index)?)))
+                    .collect::<Result<_>>()?;
+                let residue = Residue {
+                    bytes: control.residue,
+                    fds: residue_fds,
+                };
+                let (sender, receiver) =
+                    channel::split_with(socket, residue, Peer::Successor, write_timeout)?;
+                (Some(sender), Some(receiver))
+            }
+            None => (None, None),
+        };
+        let notify = match frozen.notify {
+            Some(notify) => Some(sys::NotifySocket::from_parts(
+                take(notify.socket)?,
+                notify.path,
+            )),
+            None => None,
+        };
+        let mut process = GenerationProcess::new(frozen.id, frozen.pid, sender, notify);
+        process.exit = frozen.exit;
+        imported.processes.push((process, receiver));
+    }
+    if let Some(path) = notify_dir {
+        imported.notify_dir = Some(
+            sys::PrivateDir::adopt(&path)
+                .map_err(|source| Error::io("taking the notification directory back", source))?,
+        );
+    }
+    Ok(())
+}
