@@ -141,7 +141,21 @@ fn accept_loop(listener: TcpListener, gate: AcceptGate, counter: Arc<Mutex<Count
     }
 }
 
+const USAGE: &str = "\
+usage: handoffctl run --listen http=ADDR --data-dir DIR -- counterd
+       HANDOFF_DATA_DIR=DIR counterd      (alone, on 127.0.0.1:7878)
+The quick start's daemon, a counter. One line per connection: INCR answers the new
+count once it is fsynced, GET the count. SIGTERM drains and exits.
+";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::args()
+        .skip(1)
+        .any(|arg| arg == "--help" || arg == "-h")
+    {
+        print!("{USAGE}");
+        return Ok(());
+    }
     let signals = SignalSet::block(&[Sig::Term, Sig::Int])?;
     let mut generation = handoff::start(handoff::StartOptions::new("counterd 1"))?;
     let listener = generation.tcp_listener("http", "127.0.0.1:7878")?;

@@ -1,6 +1,6 @@
-//! The main job, end to end: a daemon (`testd`) under the library's
-//! supervisor, under client load, upgraded again and again; then every
-//! acknowledged write is read back. Prints one JSON object and exits
+//! The library's supervisor in this process, end to end: a daemon
+//! (`testd`) under it, under client load, upgraded again and again; then
+//! every acknowledged write is read back. Prints one JSON object and exits
 //! non-zero if anything was lost.
 //!
 //! ```text
@@ -59,12 +59,25 @@ fn fd_count() -> usize {
     handoff::os::open_fds().map(|fds| fds.len()).unwrap_or(0)
 }
 
+const USAGE: &str = "\
+usage: demo [--upgrades N] [--clients N] [--mode exclusive|overlap]
+testd under the library's supervisor in this process, under client load, upgraded N times;
+then every acknowledged write is read back. Prints one JSON object; exits 1 on any loss.
+  --upgrades N   handoffs [default: 10]
+  --clients N    load clients, one request per connection [default: 8]
+  --mode MODE    exclusive (testd with a data directory) or overlap [default: exclusive]
+";
+
 fn main() {
     let mut upgrades = 10usize;
     let mut clients = 8usize;
     let mut mode = Mode::Exclusive;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--help" || flag == "-h" {
+            print!("{USAGE}");
+            return;
+        }
         let value = args.next().unwrap_or_default();
         match flag.as_str() {
             "--upgrades" => upgrades = value.parse().expect("--upgrades N"),

@@ -18,12 +18,26 @@ use handoff::supervisor::{
 };
 use handoff::{Mode, Timeouts};
 
+const USAGE: &str = "\
+usage: faultsup TESTD DATA_DIR [-- SUCCESSOR_ARGS...]
+The library's supervisor in a process of its own, for tests that crash it (HANDOFF_FAULT).
+Starts TESTD in exclusive mode on 127.0.0.1:0 and prints ADDR and SERVING lines; each
+UPGRADE line read from stdin runs one upgrade and prints its OUTCOME; end of input stops.
+";
+
 fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
     let mut args = std::env::args_os().skip(1);
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|first| first == "--help" || first == "-h")
+    {
+        print!("{USAGE}");
+        return;
+    }
     let testd = args
         .next()
         .expect("usage: faultsup TESTD DATA_DIR [-- ARGS]");

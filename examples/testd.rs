@@ -49,6 +49,20 @@ struct Args {
     fd_name: Option<String>,
 }
 
+const USAGE: &str = "\
+usage: testd [--build ID] [--listen ADDR] [--data-dir DIR] [FAULT FLAGS] [LISTENER FLAGS]
+The integration tests' daemon: a line-protocol key-value store (PUT, GET, INFO, FDS, ENV).
+  --build ID                 the build INFO reports [default: testd]
+  --listen ADDR              the address bound when run alone [default: 127.0.0.1:0]
+  --data-dir DIR             exclusive mode: the fsynced log's directory
+  --fail-at STAGE            exit 3 at STAGE (start, warm, begin, ready, drain, seal, resume)
+  --hang-at STAGE            block for ever at STAGE
+  --panic-at STAGE           panic at STAGE
+  --unhealthy, --seal-fail, --bad-fingerprint, --ready-on-thread
+  --relock-ms N, --resume-delay-ms N, --protocol MIN..MAX
+  --unix-name NAME, --udp-name NAME, --fd-name NAME
+";
+
 fn parse_args() -> Args {
     let mut args = Args {
         build: "testd".into(),
@@ -62,6 +76,10 @@ fn parse_args() -> Args {
                 .unwrap_or_else(|| die(&format!("{flag} needs a value")))
         };
         match flag.as_str() {
+            "--help" | "-h" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
             "--build" => args.build = value(),
             "--listen" => args.listen = value(),
             "--data-dir" => args.data_dir = Some(value().into()),

@@ -27,6 +27,14 @@ use hyper::{Method, Request, Response, StatusCode};
 use serve::{Body, Phase, Server, Stop, respond};
 
 const PROGRAM: &str = "echod";
+
+const USAGE: &str = "\
+usage: echod [--listen ADDR] [--build LABEL] [--drain-timeout SECONDS]
+A stateless HTTP daemon for overlap mode: /healthz, /info, and an echo of anything else.
+  --listen ADDR            the address bound when run alone [default: 127.0.0.1:8080]
+  --build LABEL            the build /info reports [default: the executable's file name]
+  --drain-timeout SECONDS  how long a stop by signal drains [default: 30]
+";
 /// The largest body echoed.
 const MAX_BODY: usize = 1 << 20;
 
@@ -88,7 +96,7 @@ async fn route(info: Arc<String>, request: Request<Incoming>) -> Response<Body> 
 }
 
 fn main() {
-    let flags = serve::parse_flags(PROGRAM, &["--listen", "--build", "--drain-timeout"]);
+    let flags = serve::parse_flags(PROGRAM, USAGE, &["--listen", "--build", "--drain-timeout"]);
     let common = serve::CommonFlags::from(PROGRAM, &flags);
     let (build, drain_timeout) = (common.build.clone(), common.drain_timeout);
     let fail = |what: &str, error: &dyn std::fmt::Display| -> ! {

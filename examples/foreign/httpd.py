@@ -98,7 +98,20 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGQUIT}
 SIGNALS = STOP_SIGNALS | {signal.SIGWINCH, signal.SIGHUP}
 
 
+USAGE = """\
+usage: httpd.py [--listen HOST:PORT] [--fault-file PATH]
+A foreign daemon: HTTP on the socket that socket activation passes on fd 3
+(handoffctl run --protocol systemd), READY=1 on NOTIFY_SOCKET; SIGTERM or
+SIGQUIT finish the requests and exit, SIGWINCH quiesces, SIGHUP resumes.
+  --listen HOST:PORT   bind this address instead (run alone)
+  --fault-file PATH    misbehave as the file says (see the module's docstring)
+"""
+
+
 def main():
+    if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
+        sys.stdout.write(USAGE)
+        return
     # Every signal is taken with sigwait on the main thread, never by a
     # handler: a Python handler runs in the main thread between any two
     # bytecodes, and one that starts a thread can deadlock when it lands

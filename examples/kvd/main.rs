@@ -41,6 +41,15 @@ use store::Store;
 
 const PROGRAM: &str = "kvd";
 
+const USAGE: &str = "\
+usage: kvd [--data-dir DIR] [--listen ADDR] [--build LABEL] [--drain-timeout SECONDS]
+A stateful HTTP key-value daemon (PUT/GET /kv/KEY, /healthz, /info).
+  --data-dir DIR           where the fsynced log lives [default: $HANDOFF_DATA_DIR]
+  --listen ADDR            the address bound when run alone [default: 127.0.0.1:8080]
+  --build LABEL            the build /info reports [default: the executable's file name]
+  --drain-timeout SECONDS  how long a stop by signal drains [default: 30]
+";
+
 /// What `/info` reports besides the pid.
 struct Identity {
     build: String,
@@ -129,6 +138,7 @@ async fn route(
 fn main() {
     let flags = serve::parse_flags(
         PROGRAM,
+        USAGE,
         &["--data-dir", "--listen", "--build", "--drain-timeout"],
     );
     let data_dir: PathBuf = flags

@@ -412,10 +412,19 @@ pub fn wait_for_stop(
 }
 
 /// Parses `--flag value` pairs; `known` lists the flags taking a value.
-pub fn parse_flags(program: &str, known: &[&str]) -> std::collections::HashMap<String, String> {
+/// `--help` (or `-h`) prints `usage` and exits 0.
+pub fn parse_flags(
+    program: &str,
+    usage: &str,
+    known: &[&str],
+) -> std::collections::HashMap<String, String> {
     let mut values = std::collections::HashMap::new();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--help" || flag == "-h" {
+            print!("{usage}");
+            std::process::exit(0);
+        }
         if !known.contains(&flag.as_str()) {
             die(
                 program,

@@ -231,7 +231,8 @@ pub enum AbortReason {
     },
     /// An operator or a shutdown cancelled the handoff.
     Cancelled,
-    /// A post-commit health probe failed (issue 7).
+    /// The health probe did not pass between a healthy Ready and the
+    /// commit (the health gate, I12).
     ProbeFailed {
         /// What the probe saw.
         detail: String,

@@ -1,4 +1,4 @@
-//! Daemons that do not link the library (issue 7, part 1): `handoffctl run
+//! Foreign daemons, which do not link the library: `handoffctl run
 //! --protocol systemd` with a few lines of Python (`examples/foreign/
 //! httpd.py`) that takes its socket from fd 3 (checking `LISTEN_PID`),
 //! sends `READY=1` and finishes its requests on SIGTERM.

@@ -1,6 +1,6 @@
-//! The health gate (issue 7, part 2): `--probe` checks a successor after
-//! its healthy Ready and before Commit; a probe that never passes rolls the
-//! handoff back while the incumbent keeps serving.
+//! The health gate: `--probe` checks a successor after its healthy Ready
+//! and before Commit; a probe that never passes rolls the handoff back
+//! while the incumbent keeps serving.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,6 +1,6 @@
-//! `handoffctl history` and `handoffctl rollback` (issue 7, part 3): the
-//! binaries each handoff ran, recorded by path and sha256, and an upgrade
-//! back to the one before the last commit.
+//! `handoffctl history` and `handoffctl rollback`: the binaries each
+//! handoff ran, recorded by path and sha256, and an upgrade back to the one
+//! before the last commit.
 
 use std::path::{Path, PathBuf};
 

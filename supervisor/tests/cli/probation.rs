@@ -1,6 +1,6 @@
-//! Probation (issue 7, part 3): after an overlap commit the old generation
-//! stays drained and idle; if the new one crashes meanwhile, the old one is
-//! resumed at once (an automatic rollback); after probation it exits.
+//! Probation: after an overlap commit the old generation stays drained and
+//! idle; if the new one crashes meanwhile, the old one is resumed at once
+//! (an automatic rollback); after probation it exits.
 
 use std::sync::Arc;
 use std::time::Instant;
