@@ -123,6 +123,7 @@ fn main() {
         listeners: vec![listener],
         probe: None,
         program_sha256: None,
+        rendezvous: None,
         protocol: handoff::supervisor::DaemonProtocol::Library,
     })
     .expect("supervisor");

@@ -77,6 +77,7 @@ fn main() {
             address: addr.clone(),
         }),
         program_sha256: None,
+        rendezvous: None,
     })
     .expect("supervisor");
     let handle = supervisor.handle();

@@ -81,6 +81,19 @@ enum Step {
 }
 
 impl Receiver {
+    /// The next frame; `Ok(None)` on a clean EOF at a frame boundary.
+    pub(crate) fn recv(&mut self) -> Result<Option<Frame>> {
+        match self.step(None)? {
+            Step::Frame(frame) => Ok(Some(frame)),
+            Step::Eof | Step::Paused => Ok(None),
+        }
+    }
+
+    /// The socket.
+    pub(crate) fn socket(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+
     /// The next frame, unless `pause` is set first: a paused receiver has
     /// read nothing it has not decoded, so its socket and its residue
     /// ([`Receiver::into_parts`]) carry the stream on exactly.

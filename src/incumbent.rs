@@ -12,7 +12,7 @@
 //! lock and releases it only on the machine's `ReleaseLock` (I4).
 
 use std::ops::ControlFlow;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use crate::fault;
 use crate::protocol::{
     Ending, GenerationAction, GenerationInput, GenerationMachine, HookCall, HookOutcome, UserCall,
 };
+use crate::rendezvous::{self, Offer};
 use crate::sys::DataDirLock;
 use crate::timeouts::Timeouts;
 use crate::wire::{FdEntry, Message, Mode, SealInfo, Snapshot};
@@ -49,6 +50,8 @@ pub(crate) enum AgentEvent {
 /// What the agent hears.
 pub(crate) enum AgentInput {
     Received(Received),
+    /// A supervisor offers to adopt this orphaned generation.
+    Offer(Offer),
     User(UserCall),
     Job(JobResult),
     Progress(u64, u64),
@@ -143,6 +146,10 @@ pub(crate) fn start_agent(
         hooks: None,
         next_heartbeat: now + timeouts.heartbeat_interval,
         generation: 0,
+        listener_copies: Vec::new(),
+        rendezvous: std::env::var_os(rendezvous::ENV_RENDEZVOUS).map(PathBuf::from),
+        rendezvous_open: false,
+        offer: None,
     };
     // The first point: Hello sent, nothing received yet.
     if crate::fault::reached(
@@ -177,6 +184,14 @@ struct Agent {
     next_heartbeat: Instant,
     /// Learnt at HelloAck (0 before); targets fault points.
     generation: u64,
+    /// Copies of the named fds, for a supervisor that adopts this
+    /// generation once orphaned.
+    listener_copies: Vec<(FdEntry, OwnedFd)>,
+    /// Where to wait for that supervisor (`HANDOFF_RENDEZVOUS`).
+    rendezvous: Option<PathBuf>,
+    rendezvous_open: bool,
+    /// The adoption being decided.
+    offer: Option<Offer>,
 }
 
 impl Agent {
@@ -215,6 +230,7 @@ impl Agent {
             if self.perform(actions).is_break() {
                 return;
             }
+            self.await_adoption();
             let after = self.machine.state();
             if before != after
                 && fault::reached(
@@ -259,6 +275,11 @@ impl Agent {
                     tracing::warn!(error = %error, "control connection to the supervisor failed");
                 }
                 Some(GenerationInput::Closed)
+            }
+            AgentInput::Offer(offer) => {
+                let generation = offer.generation;
+                self.offer = Some(offer);
+                Some(GenerationInput::AdoptionOffered { generation })
             }
             AgentInput::User(call) => Some(GenerationInput::User(call)),
             AgentInput::Job(JobResult::Hook(outcome)) => Some(GenerationInput::Hook(outcome)),
@@ -312,6 +333,10 @@ impl Agent {
                 } => {
                     self.generation = generation;
                     let fds = std::mem::take(&mut self.kept_fds);
+                    self.listener_copies = fds
+                        .iter()
+                        .filter_map(|(entry, fd)| Some((entry.clone(), fd.try_clone().ok()?)))
+                        .collect();
                     let _ = self.events.send(AgentEvent::FdsComplete {
                         mode,
                         has_incumbent,
@@ -339,10 +364,77 @@ impl Agent {
                     tracing::error!(%reason, "the supervisor broke the protocol; closing");
                     self.sender.shutdown();
                 }
+                GenerationAction::AcceptAdoption => self.adopted(),
+                GenerationAction::RefuseAdoption(why) => {
+                    tracing::warn!(%why, "adoption refused");
+                    if let Some(offer) = self.offer.take() {
+                        let _ = offer.verdict.send(false);
+                    }
+                }
                 GenerationAction::End(ending) => return self.end(ending),
             }
         }
         ControlFlow::Continue(())
+    }
+
+    /// Orphaned: opens the rendezvous once, if this generation has one.
+    fn await_adoption(&mut self) {
+        if self.rendezvous_open || !self.machine.is_orphaned() {
+            return;
+        }
+        let Some(path) = self.rendezvous.clone() else {
+            return;
+        };
+        let inputs = self.inputs.clone();
+        match rendezvous::open(path, self.timeouts.socket_write, move |offer| {
+            inputs.send(AgentInput::Offer(offer)).is_ok()
+        }) {
+            Ok(()) => self.rendezvous_open = true,
+            Err(error) => {
+                tracing::error!(error = %crate::error::chain(&error), "no rendezvous: this orphan cannot be adopted");
+                self.rendezvous = None;
+            }
+        }
+    }
+
+    /// The offered connection is the control connection now: answer
+    /// `Adopted` with the listeners, read it from here on.
+    fn adopted(&mut self) {
+        let Some(offer) = self.offer.take() else {
+            return;
+        };
+        let entries = self
+            .listener_copies
+            .iter()
+            .map(|(e, _)| e.clone())
+            .collect();
+        let fds: Vec<_> = self
+            .listener_copies
+            .iter()
+            .map(|(_, fd)| fd.as_fd())
+            .collect();
+        let adopted = Message::Adopted {
+            pid: std::process::id(),
+            handoff_id: self.machine.handoff_id(),
+            entries,
+        };
+        let sent = offer.sender.send(self.machine.handoff_id(), adopted, &fds);
+        let reader_tx = self.inputs.clone();
+        let reading = channel::spawn_reader("handoff-reader".into(), offer.receiver, None, {
+            move |received| reader_tx.send(AgentInput::Received(received)).is_ok()
+        });
+        let _ = offer.verdict.send(true);
+        self.rendezvous_open = false;
+        self.sender = offer.sender;
+        self.next_heartbeat = Instant::now();
+        match sent.and(reading.map(drop)) {
+            Ok(()) => tracing::info!(generation = self.generation, "adopted by a new supervisor"),
+            Err(error) => {
+                tracing::warn!(error = %error, "the adopting supervisor is gone");
+                let actions = self.machine.step(GenerationInput::Closed, Instant::now());
+                let _ = self.perform(actions);
+            }
+        }
     }
 
     fn run_hook(&mut self, call: HookCall) {

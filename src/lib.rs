@@ -36,4 +36,5 @@ pub use sys::ListenAddr;
 pub mod fault;
 pub mod os;
 pub mod probe;
+pub mod rendezvous;
 pub mod supervisor;

@@ -385,6 +385,7 @@ impl InProcess {
             listeners: vec![listener],
             probe: None,
             program_sha256: None,
+            rendezvous: None,
             protocol: match daemon.daemon {
                 Daemon::Kvd | Daemon::Echod => DaemonProtocol::Library,
                 Daemon::ForeignHttpd => DaemonProtocol::Systemd {

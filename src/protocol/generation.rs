@@ -107,6 +107,12 @@ pub enum GenerationInput {
     User(UserCall),
     /// Time passed.
     Tick,
+    /// A supervisor asks on the rendezvous connection to take this
+    /// orphaned generation over (its `Adopt`).
+    AdoptionOffered {
+        /// The generation number its record gives.
+        generation: u64,
+    },
 }
 
 /// Why a generation's session ended.
@@ -155,6 +161,11 @@ pub enum GenerationAction {
     Relock,
     /// Close the connection to the supervisor (it broke the protocol).
     CloseConnection(String),
+    /// The offered adoption is taken: the offered connection is the
+    /// control connection now; answer `Adopted` on it with the listeners.
+    AcceptAdoption,
+    /// The offered adoption is refused (why): close that connection.
+    RefuseAdoption(String),
     /// The session is over.
     End(Ending),
 }
@@ -295,6 +306,8 @@ impl State {
 pub struct GenerationMachine {
     state: State,
     handoff_id: u64,
+    /// Learnt at HelloAck (0 before).
+    generation: u64,
     supervisor_present: bool,
     last_heard: Instant,
     liveness: Duration,
@@ -306,6 +319,7 @@ impl GenerationMachine {
         GenerationMachine {
             state: State::AwaitHelloAck,
             handoff_id: 0,
+            generation: 0,
             supervisor_present: true,
             last_heard: now,
             liveness: timeouts.liveness,
@@ -343,6 +357,12 @@ impl GenerationMachine {
         self.supervisor_present
     }
 
+    /// Whether this generation serves without a supervisor: one may adopt
+    /// it.
+    pub fn is_orphaned(&self) -> bool {
+        !self.supervisor_present && self.state == State::Serving
+    }
+
     /// When a `Tick` is due at the latest.
     pub fn next_wakeup(&self) -> Option<Instant> {
         (self.supervisor_present && self.state.watches_supervisor())
@@ -366,6 +386,9 @@ impl GenerationMachine {
             GenerationInput::Hook(outcome) => self.on_hook(outcome, &mut out),
             GenerationInput::User(call) => self.on_user(call, &mut out),
             GenerationInput::Tick => {}
+            GenerationInput::AdoptionOffered { generation } => {
+                self.on_adoption(generation, now, &mut out)
+            }
         }
         if self.supervisor_present
             && self.state.watches_supervisor()
@@ -374,6 +397,31 @@ impl GenerationMachine {
             self.supervisor_lost(&mut out);
         }
         out
+    }
+
+    /// Only an orphan that serves is adopted, and only by a supervisor
+    /// whose record names this generation.
+    fn on_adoption(&mut self, generation: u64, now: Instant, out: &mut Vec<GenerationAction>) {
+        let refusal = if self.supervisor_present {
+            Some("a supervisor is connected".to_owned())
+        } else if self.state != State::Serving {
+            Some(format!("not serving ({})", self.state.name()))
+        } else if generation != self.generation {
+            Some(format!(
+                "this is generation {}, not {generation}",
+                self.generation
+            ))
+        } else {
+            None
+        };
+        match refusal {
+            Some(why) => out.push(GenerationAction::RefuseAdoption(why)),
+            None => {
+                self.supervisor_present = true;
+                self.last_heard = now;
+                out.push(GenerationAction::AcceptAdoption);
+            }
+        }
     }
 
     fn send(&self, message: Message, out: &mut Vec<GenerationAction>) {
@@ -432,6 +480,7 @@ impl GenerationMachine {
                     ..
                 },
             ) => {
+                self.generation = generation;
                 self.state = State::ReceivingFds {
                     expected: fd_count,
                     received: 0,

@@ -35,7 +35,7 @@ pub use handoff::{
 pub use lifecycle::{
     Build, DaemonKind, Generation, GenerationId, GenerationSignal, LifecycleAction,
     LifecycleConfig, LifecycleInput, LifecycleMachine, LifecycleSnapshot, LifecycleState, Note,
-    ProbePurpose, Refusal, Spawned, Ticket,
+    Orphaned, ProbePurpose, Refusal, Spawned, Ticket,
 };
 pub use outcome::{
     ExitStatus, Outcome, ProbationRollback, RestartPolicy, ResumeCheck, SupervisorEvent,

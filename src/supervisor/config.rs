@@ -130,6 +130,10 @@ pub struct SupervisorConfig {
     /// from the open file (`/proc/self/fd/N`), and other contents refuse
     /// the start ([`Error::BinaryMismatch`]).
     pub program_sha256: Option<String>,
+    /// Where a library generation waits to be adopted when this supervisor
+    /// dies while it serves: generation N binds `{rendezvous}.gen{N}`
+    /// ([`crate::rendezvous`]). `None`: an orphan cannot be adopted.
+    pub rendezvous: Option<PathBuf>,
 }
 
 /// What one upgrade asks for; `None` fields take the configured value.
@@ -196,6 +200,15 @@ impl DaemonProtocol {
 }
 
 impl SupervisorConfig {
+    /// Generation `id`'s rendezvous path, if orphans can be adopted.
+    pub fn rendezvous_of(&self, id: u64) -> Option<PathBuf> {
+        self.rendezvous.as_ref().map(|prefix| {
+            let mut path = prefix.clone().into_os_string();
+            path.push(format!(".gen{id}"));
+            PathBuf::from(path)
+        })
+    }
+
     /// What the lifecycle machine needs of this configuration.
     pub(crate) fn lifecycle(&self) -> LifecycleConfig {
         LifecycleConfig {

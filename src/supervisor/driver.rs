@@ -106,6 +106,38 @@ impl Driver {
         Ok(driver)
     }
 
+    /// A driver that adopted an orphaned generation, its threads not
+    /// started yet ([`Driver::start_thawed`]).
+    pub(crate) fn adopt(
+        config: SupervisorConfig,
+        subscribers: Vec<Sender<SupervisorEvent>>,
+        adoption: super::adopt::Adoption,
+    ) -> Result<Driver> {
+        let mut driver = Driver::new(config, subscribers)?;
+        let parts = adoption.orphan.into_parts()?;
+        let orphaned = crate::protocol::Orphaned {
+            id: adoption.generation,
+            pid: parts.pid,
+            build: adoption.build,
+            handoff_id: parts.handoff_id,
+            next_handoff_id: adoption.next_handoff_id,
+        };
+        let (pid, pidfd, control) = (parts.pid, parts.pidfd, parts.control);
+        driver.machine =
+            LifecycleMachine::adopt(driver.config.lifecycle(), orphaned, Instant::now());
+        let (sender, receiver) = match control {
+            Some((sender, receiver)) => (Some(sender), Some(receiver)),
+            None => (None, None),
+        };
+        let process = GenerationProcess::orphan(adoption.generation, pid, pidfd, sender);
+        let receivers = receiver
+            .map(|receiver| HashMap::from([(adoption.generation, receiver)]))
+            .unwrap_or_default();
+        driver.processes.insert(adoption.generation, process);
+        driver.thawed = Some((receivers, Vec::new()));
+        Ok(driver)
+    }
+
     /// The generations a thawed driver holds: id and pid.
     pub(crate) fn generations(&self) -> Vec<(GenerationId, u32)> {
         let mut generations: Vec<_> = self.processes.values().map(|p| (p.id, p.pid)).collect();
@@ -123,7 +155,7 @@ impl Driver {
             .resume_readers(receivers, self.processes.values())?;
         for process in self.processes.values() {
             if process.exit.is_none() {
-                self.spawner.spawn_waiter(process.id, process.pid)?;
+                self.spawner.watch(process)?;
             }
         }
         let mut queue = VecDeque::new();

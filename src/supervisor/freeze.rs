@@ -13,13 +13,13 @@
 //! (started again from the snapshot).
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
-use super::process::GenerationProcess;
+use super::process::{GenerationProcess, Watch};
 use crate::channel::{self, Receiver, Residue};
 use crate::error::{Error, Peer, Result};
 use crate::protocol::{ExitStatus, GenerationId, LifecycleMachine, LifecycleSnapshot, Refusal};
@@ -72,6 +72,9 @@ struct FrozenProcess {
     exit: Option<ExitStatus>,
     control: Option<FrozenControl>,
     notify: Option<FrozenNotify>,
+    /// An adopted orphan's pidfd (it is not our child).
+    #[serde(default)]
+    pidfd: Option<usize>,
 }
 
 /// A control connection: the socket and the undecoded residue, its fds by
@@ -144,12 +147,17 @@ pub(crate) fn export(from: Exporting<'_>, resume: Sender<()>) -> Result<Frozen> 
             }),
             None => None,
         };
+        let pidfd = match &process.watch {
+            Watch::Orphan(pidfd) => Some(keep(duplicate(pidfd.as_fd())?)),
+            Watch::Child => None,
+        };
         processes.push(FrozenProcess {
             id,
             pid: process.pid,
             exit: process.exit,
             control,
             notify,
+            pidfd,
         });
     }
     let state = FrozenState {
@@ -172,7 +180,7 @@ pub(crate) fn export(from: Exporting<'_>, resume: Sender<()>) -> Result<Frozen> 
 
 fn duplicate(fd: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd> {
     fd.try_clone_to_owned()
-        .map_err(|source| Error::io("duplicating a notification socket", source))
+        .map_err(|source| Error::io("duplicating a generation's fd", source))
 }
 
 /// What [`import`] gives back: the machine's snapshot, each generation's
@@ -246,7 +254,8 @@ fn take_back(
             .ok_or_else(|| bad(format!("fd number {index} of the state is missing")))
     };
     for frozen in frozen {
-        if frozen.exit.is_none() && !sys::is_unreaped_child(frozen.pid) {
+        let orphan = frozen.pidfd.is_some();
+        if frozen.exit.is_none() && !orphan && !sys::is_unreaped_child(frozen.pid) {
             return Err(bad(format!(
                 "generation {} (pid {}) is not a child of this process",
                 frozen.id, frozen.pid
@@ -277,7 +286,10 @@ fn take_back(
             )),
             None => None,
         };
-        let mut process = GenerationProcess::new(frozen.id, frozen.pid, sender, notify);
+        let mut process = match frozen.pidfd {
+            Some(index) => GenerationProcess::orphan(frozen.id, frozen.pid, take(index)?, sender),
+            None => GenerationProcess::new(frozen.id, frozen.pid, sender, notify),
+        };
         process.exit = frozen.exit;
         imported.processes.push((process, receiver));
     }

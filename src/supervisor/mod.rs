@@ -15,6 +15,7 @@
 //! decision lives in [`crate::protocol::LifecycleMachine`]; the invariants
 //! cited are in ARCHITECTURE.md.
 
+mod adopt;
 mod config;
 mod driver;
 mod freeze;
@@ -36,6 +37,7 @@ pub use crate::protocol::{
     ExitStatus, Outcome, ProbationRollback, RestartPolicy, ResumeCheck, SupervisorEvent,
 };
 
+pub use self::adopt::{Adoption, ForeignOrphan, Orphan, claim_foreign, start_time};
 pub use self::freeze::{FROZEN_VERSION, Frozen};
 
 use self::driver::{Command, Driver};
@@ -84,6 +86,22 @@ impl Supervisor {
         let (subscriber, events) = crossbeam_channel::unbounded();
         let driver = Driver::thaw(config, vec![subscriber], state, fds)?;
         Ok(Thawed { driver, events })
+    }
+
+    /// Takes over an orphaned generation claimed with
+    /// [`crate::rendezvous::claim`] or [`claim_foreign`]: the supervisor
+    /// serves it as its live generation (the counters going on from the
+    /// record), watching it through a pidfd. `config.listeners` must be
+    /// the orphan's listeners ([`Orphan::take_listeners`]).
+    pub fn adopt(
+        config: SupervisorConfig,
+        adoption: Adoption,
+    ) -> Result<(Supervisor, EventStream)> {
+        config.timeouts.validate()?;
+        let (subscriber, events) = crossbeam_channel::unbounded();
+        let driver = Driver::adopt(config, vec![subscriber], adoption)?;
+        let supervisor = Supervisor::launch(driver, Driver::start_thawed)?;
+        Ok((supervisor, EventStream { events }))
     }
 
     /// Runs `driver` on the loop thread, `first` before the loop.

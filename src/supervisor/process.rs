@@ -1,10 +1,15 @@
-//! A generation's process as the driver holds it: its pid and handle, its
-//! control connection (library daemons) or notification socket (foreign
-//! ones), and its exit once reaped.
+//! A generation's process as the driver holds it: its pid, how it is
+//! watched (our child, or an adopted orphan through a pidfd), its control
+//! connection (library daemons) or notification socket (foreign ones), and
+//! its exit once reaped.
 //!
 //! Hazard: a pid may be reused once its process is reaped. Only the
 //! driver's loop reaps (I11), and a reaped process is never signalled
-//! again, so a signal cannot reach a stranger.
+//! again, so a signal cannot reach a stranger. An adopted orphan is not
+//! our child and is never reaped here: it is named by its pidfd, which no
+//! other process can take over, and signalled through it.
+
+use std::os::fd::AsFd;
 
 use crate::channel;
 use crate::error::Result;
@@ -12,11 +17,23 @@ use crate::protocol::{ExitStatus, GenerationId};
 use crate::sys::{self, Sig};
 use crate::wire::Message;
 
+/// How a generation's process is known.
+#[derive(Debug)]
+pub(crate) enum Watch {
+    /// Spawned by this process (or an earlier image of it): waited for and
+    /// reaped by pid.
+    Child,
+    /// Adopted after its supervisor died: not our child; its pidfd.
+    Orphan(std::os::fd::OwnedFd),
+}
+
 /// One generation's process.
 #[derive(Debug)]
 pub(crate) struct GenerationProcess {
     pub(crate) id: GenerationId,
     pub(crate) pid: u32,
+    /// Our child, or an orphan's pidfd.
+    pub(crate) watch: Watch,
     /// The control connection (`None` for a foreign daemon).
     pub(crate) sender: Option<channel::Sender>,
     /// A foreign daemon's notification socket.
@@ -37,8 +54,26 @@ impl GenerationProcess {
         GenerationProcess {
             id,
             pid,
+            watch: Watch::Child,
             sender,
             notify,
+            exit: None,
+        }
+    }
+
+    /// An adopted orphan, watched through `pidfd`.
+    pub(crate) fn orphan(
+        id: GenerationId,
+        pid: u32,
+        pidfd: std::os::fd::OwnedFd,
+        sender: Option<channel::Sender>,
+    ) -> Self {
+        GenerationProcess {
+            id,
+            pid,
+            watch: Watch::Orphan(pidfd),
+            sender,
+            notify: None,
             exit: None,
         }
     }
@@ -58,11 +93,20 @@ impl GenerationProcess {
         if self.exit.is_some() {
             return;
         }
-        let sent = match signal {
-            Sig::Kill => {
+        let sent = match (&self.watch, signal) {
+            (Watch::Child, Sig::Kill) => {
                 sys::signal_group(self.pid, signal).or_else(|_| sys::signal(self.pid, signal))
             }
-            _ => sys::signal(self.pid, signal),
+            (Watch::Child, _) => sys::signal(self.pid, signal),
+            (Watch::Orphan(pidfd), Sig::Kill) => {
+                // Its group while it lives (the leader's pid names the group
+                // until it exits), then the leader itself.
+                if !sys::pidfd::has_exited(pidfd.as_fd()) {
+                    let _ = sys::signal_group(self.pid, signal);
+                }
+                sys::pidfd::send_signal(pidfd.as_fd(), signal)
+            }
+            (Watch::Orphan(pidfd), _) => sys::pidfd::send_signal(pidfd.as_fd(), signal),
         };
         if let Err(error) = sent {
             tracing::debug!(pid = self.pid, error = %error, "signal failed");
@@ -76,19 +120,26 @@ impl GenerationProcess {
         if let Some(status) = self.exit {
             return status;
         }
-        if sys::signal_group(self.pid, Sig::Kill).is_ok() {
-            tracing::debug!(
-                generation = self.id,
-                pid = self.pid,
-                "SIGKILL to its process group before the reap"
-            );
-        }
-        let status = match sys::reap(self.pid) {
-            Ok(status) => status,
-            Err(error) => {
-                tracing::error!(pid = self.pid, %error, "reaping a generation failed");
-                ExitStatus::Unknown
+        let status = match &self.watch {
+            Watch::Child => {
+                if sys::signal_group(self.pid, Sig::Kill).is_ok() {
+                    tracing::debug!(
+                        generation = self.id,
+                        pid = self.pid,
+                        "SIGKILL to its process group before the reap"
+                    );
+                }
+                match sys::reap(self.pid) {
+                    Ok(status) => status,
+                    Err(error) => {
+                        tracing::error!(pid = self.pid, %error, "reaping a generation failed");
+                        ExitStatus::Unknown
+                    }
+                }
             }
+            // Its parent (init, or a subreaper) reaps it; its status is
+            // not ours to read.
+            Watch::Orphan(_) => ExitStatus::Unknown,
         };
         // The control socket is left alone: the dead peer's end is closed,
         // so the reader reads every frame the child sent before it died,
@@ -117,7 +168,9 @@ impl Drop for GenerationProcess {
                 "a generation's handle was dropped before its reap; killing it"
             );
             self.signal(Sig::Kill);
-            let _ = sys::reap(self.pid);
+            if let Watch::Child = self.watch {
+                let _ = sys::reap(self.pid);
+            }
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use super::config::{DaemonProtocol, NamedListener, SupervisorConfig, UpgradeRequest};
-use super::process::GenerationProcess;
+use super::process::{GenerationProcess, Watch};
 use crate::channel::{self, Received, Receiver};
 use crate::error::{Error, Peer, Result};
 use crate::os::PinnedBinary;
@@ -190,6 +190,9 @@ impl Spawner {
         ));
         let heartbeat = config.timeouts.heartbeat_interval.as_millis().to_string();
         env.push((ENV_HEARTBEAT_MS.into(), heartbeat.into()));
+        if let Some(path) = config.rendezvous_of(id) {
+            env.push((crate::rendezvous::ENV_RENDEZVOUS.into(), path.into()));
+        }
         let process = sys::spawn(SpawnSpec {
             program: launch.exec.clone(),
             args: launch.build.args.clone(),
@@ -327,6 +330,36 @@ impl Spawner {
             })
             .map(drop)
             .map_err(|source| Error::io("starting a waiter thread", source))
+    }
+
+    /// A thread that reports an adopted orphan's exit (through its pidfd:
+    /// it is not our child).
+    pub(crate) fn spawn_orphan_waiter(&self, id: GenerationId, pidfd: OwnedFd) -> Result<()> {
+        let events = self.events.clone();
+        std::thread::Builder::new()
+            .name(format!("handoff-wait{id}"))
+            .spawn(move || {
+                if let Err(error) = sys::pidfd::wait_exit(pidfd.as_fd()) {
+                    tracing::error!(generation = id, error = %error, "waiting for an orphan failed");
+                }
+                let _ = events.send(Event::Exited { generation: id });
+            })
+            .map(drop)
+            .map_err(|source| Error::io("starting a waiter thread", source))
+    }
+
+    /// The waiter `process` needs: by pid for a child, by pidfd for an
+    /// orphan.
+    pub(crate) fn watch(&self, process: &GenerationProcess) -> Result<()> {
+        match &process.watch {
+            Watch::Child => self.spawn_waiter(process.id, process.pid),
+            Watch::Orphan(pidfd) => {
+                let pidfd = pidfd
+                    .try_clone()
+                    .map_err(|source| Error::io("duplicating an orphan's pidfd", source))?;
+                self.spawn_orphan_waiter(process.id, pidfd)
+            }
+        }
     }
 
     /// Pauses every reader at a frame or datagram boundary and waits for

@@ -113,6 +113,7 @@ mod lock;
 pub(crate) mod memfd;
 mod netns;
 mod notify;
+pub(crate) mod pidfd;
 
 mod probe;
 mod process;
@@ -143,6 +144,7 @@ pub(crate) use process::{
 pub use signals::{BlockedAll, SignalSet};
 pub use socket::{ListenAddr, PeerCred, is_cloexec, open_fds};
 pub(crate) use socket::{
-    bind, bind_admin_socket, control_pair, inspect, peer_credentials, set_write_timeout,
+    bind, bind_admin_socket, control_pair, inspect, peer_credentials, set_read_timeout,
+    set_write_timeout,
 };
 pub(crate) use wake::{Waker, poll_either};

@@ -423,9 +423,9 @@ pub(crate) fn set_write_timeout(fd: impl AsFd, timeout: Duration) -> io::Result<
 
 /// Bounds each blocking read on `fd` (`SO_RCVTIMEO`), or removes the bound
 /// with `None`. A read that times out fails with `WouldBlock`. `Some(zero)` is
-/// refused (`InvalidInput`). Only tests bound reads: the library reads a
-/// control socket on a thread of its own, until EOF.
-#[cfg(test)]
+/// refused (`InvalidInput`). The library reads a control socket on a thread
+/// of its own, until EOF; only the first frame of a rendezvous connection
+/// (from a peer not yet known to be a supervisor) is read with a bound.
 pub(crate) fn set_read_timeout(fd: impl AsFd, timeout: Option<Duration>) -> io::Result<()> {
     socket::setsockopt(&fd.as_fd(), sockopt::ReceiveTimeout, &timeval(timeout)?)?;
     Ok(())

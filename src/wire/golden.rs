@@ -60,11 +60,13 @@ enum Kind {
     Failed,
     SnapshotRequest,
     SnapshotReport,
+    Adopt,
+    Adopted,
 }
 
 /// Every kind, in wire index order. `every_variant_has_a_golden` checks this
 /// against the variant list serde derives from [`Message`] itself.
-const ALL: [Kind; 23] = [
+const ALL: [Kind; 25] = [
     Kind::Hello,
     Kind::HelloAck,
     Kind::Refused,
@@ -88,6 +90,8 @@ const ALL: [Kind; 23] = [
     Kind::Failed,
     Kind::SnapshotRequest,
     Kind::SnapshotReport,
+    Kind::Adopt,
+    Kind::Adopted,
 ];
 
 /// Exhaustive on purpose (no wildcard arm): a new [`Message`] variant breaks
@@ -117,6 +121,8 @@ fn kind_of(message: &Message) -> Kind {
         Message::Failed { .. } => Kind::Failed,
         Message::SnapshotRequest => Kind::SnapshotRequest,
         Message::SnapshotReport(_) => Kind::SnapshotReport,
+        Message::Adopt { .. } => Kind::Adopt,
+        Message::Adopted { .. } => Kind::Adopted,
     }
 }
 
@@ -225,6 +231,21 @@ fn sample(kind: Kind) -> Message {
             revisions: 300,
             accepting: true,
         }),
+        Kind::Adopt => Message::Adopt { generation: 12 },
+        Kind::Adopted => Message::Adopted {
+            pid: 4242,
+            handoff_id: 7,
+            entries: vec![
+                FdEntry {
+                    name: "http".into(),
+                    kind: FdKind::Tcp,
+                },
+                FdEntry {
+                    name: "admin".into(),
+                    kind: FdKind::Unix,
+                },
+            ],
+        },
     }
 }
 
@@ -268,6 +289,11 @@ fn golden(kind: Kind) -> &'static str {
         Kind::Failed => "484e4446 0100 0a000000 0000 071405066c6f636b6564",
         Kind::SnapshotRequest => "484e4446 0100 02000000 0000 0715",
         Kind::SnapshotReport => "484e4446 0100 07000000 0000 07161103ac0201",
+        Kind::Adopt => "484e4446 0100 03000000 0000 07170c",
+        Kind::Adopted => concat!(
+            "484e4446 0100 13000000 0200 0718 922107 02",
+            " 0468747470 00 0561646d696e 01"
+        ),
     }
 }
 

@@ -395,6 +395,23 @@ pub enum Message {
     SnapshotRequest,
     /// G→S: the answer to SnapshotRequest.
     SnapshotReport(Snapshot),
+    /// S→G, first frame on a rendezvous connection: a supervisor started
+    /// after this generation's supervisor died takes it over.
+    Adopt {
+        /// The generation number the supervisor's record gives it.
+        generation: u64,
+    },
+    /// G→S: the answer to Adopt, carrying the generation's copies of the
+    /// named listeners (one fd per entry); the connection is the control
+    /// connection from now on.
+    Adopted {
+        /// The generation's pid.
+        pid: u32,
+        /// The handoff id its messages carry.
+        handoff_id: u64,
+        /// The listeners, in the order of the fds.
+        entries: Vec<FdEntry>,
+    },
 }
 
 impl Message {
@@ -424,13 +441,15 @@ impl Message {
             Message::Failed { .. } => "Failed",
             Message::SnapshotRequest => "SnapshotRequest",
             Message::SnapshotReport(_) => "SnapshotReport",
+            Message::Adopt { .. } => "Adopt",
+            Message::Adopted { .. } => "Adopted",
         }
     }
 
     /// How many fds must travel with this message.
     pub fn fd_count(&self) -> usize {
         match self {
-            Message::Fds { entries } => entries.len(),
+            Message::Fds { entries } | Message::Adopted { entries, .. } => entries.len(),
             _ => 0,
         }
     }

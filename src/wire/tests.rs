@@ -273,6 +273,20 @@ pub(crate) fn message(max_fds: usize) -> BoxedStrategy<Message> {
                 })
             }
         ),
+        any::<u64>().prop_map(|generation| Message::Adopt { generation }),
+        (
+            any::<u32>(),
+            any::<u64>(),
+            vec(
+                (text(), fd_kind()).prop_map(|(name, kind)| FdEntry { name, kind }),
+                0..=max_fds
+            )
+        )
+            .prop_map(|(pid, handoff_id, entries)| Message::Adopted {
+                pid,
+                handoff_id,
+                entries
+            }),
     ]
     .boxed()
 }
@@ -812,4 +826,37 @@ fn fds_with_no_bytes_poison_the_stream() {
         .push(&frame_of(Message::Heartbeat), Vec::new())
         .expect("push");
     assert!(decoder.next_frame().is_err());
+}
+
+/// A reader handing its stream over (a supervisor replacing its image)
+/// carries the undecoded residue: a decoder made from it goes on exactly
+/// where the first stopped, fds included.
+#[test]
+fn a_decoder_goes_on_from_another_decoders_residue() {
+    let first = frame_of(Message::Heartbeat);
+    let second = frame_of(fds_message(2));
+    let split = second.len() / 2;
+    let mut decoder = Decoder::new();
+    let mut chunk = first.clone();
+    chunk.extend_from_slice(&second[..split]);
+    decoder.push(&chunk, dev_nulls(2)).expect("push");
+    let taken = decoder
+        .next_frame()
+        .expect("no error")
+        .expect("first frame");
+    assert_eq!(taken.envelope.message, Message::Heartbeat);
+    assert!(decoder.next_frame().expect("no error").is_none());
+    let (bytes, fds) = decoder.residual();
+    let fds: Vec<(usize, OwnedFd)> = fds
+        .map(|(offset, fd)| (offset, fd.try_clone_to_owned().expect("dup")))
+        .collect();
+    assert_eq!(bytes, &second[..split]);
+    assert_eq!(fds.len(), 2);
+    let mut next = Decoder::from_residual(bytes.to_vec(), fds);
+    next.push(&second[split..], Vec::new())
+        .expect("push the rest");
+    let frame = next.next_frame().expect("no error").expect("second frame");
+    assert_eq!(frame.envelope.message, fds_message(2));
+    assert_eq!(frame.fds.len(), 2);
+    assert_eq!(next.buffered(), 0);
 }

@@ -11,6 +11,7 @@ use handoff::supervisor::{
 
 use crate::admin::wire::{AutomaticRollback, BinaryRecord, HandoffReport};
 use crate::admin::{AdminState, Control};
+use crate::orphan::RecordWriter;
 use crate::reexec::state::EventsCarried;
 
 /// The handoff in flight, as its start announced it.
@@ -26,6 +27,9 @@ struct Started {
 /// What the fan-out remembers between events.
 struct FanOut<'a> {
     state: &'a AdminState,
+    handle: &'a SupervisorHandle,
+    /// The generation record a supervisor started after a crash adopts by.
+    record: RecordWriter,
     handoff: Option<Started>,
     /// systemd heard READY=1 (the first start served).
     ready: bool,
@@ -42,9 +46,12 @@ pub fn event_loop(
     state: &AdminState,
     control: &mpsc::Sender<Control>,
     carried: EventsCarried,
+    record: RecordWriter,
 ) {
     let mut fan_out = FanOut {
         state,
+        handle,
+        record,
         handoff: None,
         ready: carried.ready,
         clean: carried.clean,
@@ -60,8 +67,10 @@ pub fn event_loop(
             status.generation
         ));
     }
+    fan_out.update_record();
     while let Some(event) = events.next() {
         fan_out.on_event(event);
+        fan_out.update_record();
     }
     let _ = control.send(Control::Ended {
         clean: fan_out.clean,
@@ -69,6 +78,12 @@ pub fn event_loop(
 }
 
 impl FanOut<'_> {
+    fn update_record(&mut self) {
+        if let Ok(status) = self.handle.status() {
+            self.record.update(&status);
+        }
+    }
+
     fn on_event(&mut self, event: SupervisorEvent) {
         match event {
             SupervisorEvent::HandoffStarted {
@@ -86,6 +101,7 @@ impl FanOut<'_> {
                     upgrade,
                     "handoff started"
                 );
+                self.record.in_flight(Some(successor_pid));
                 self.handoff = Some(Started {
                     generation,
                     successor_pid,
@@ -135,27 +151,30 @@ impl FanOut<'_> {
                     .status(&format!("restart failed, retrying: {reason}"));
             }
             SupervisorEvent::Stopping => tracing::info!("supervisor stopping"),
-            SupervisorEvent::Frozen => {
-                // Every event before the freeze is recorded: the re-exec
-                // may carry the history and this memory now.
-                let waiting = self
-                    .state
-                    .frozen
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .take();
-                if let Some(waiting) = waiting {
-                    let _ = waiting.send(EventsCarried {
-                        ready: self.ready,
-                        clean: self.clean,
-                    });
-                }
-            }
+            SupervisorEvent::Frozen => self.frozen(),
+        }
+    }
+
+    /// Every event before the freeze is recorded: the re-exec may carry
+    /// the history and this memory now.
+    fn frozen(&self) {
+        let waiting = self
+            .state
+            .frozen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(waiting) = waiting {
+            let _ = waiting.send(EventsCarried {
+                ready: self.ready,
+                clean: self.clean,
+            });
         }
     }
 
     fn finished(&mut self, outcome: &Outcome) {
         let report = HandoffReport::from_outcome(outcome);
+        self.record.in_flight(None);
         let started = self.handoff.take();
         let upgrade = started.as_ref().is_some_and(|s| s.incumbent_pid.is_some());
         let (started_unix_ms, binary) =

@@ -19,10 +19,12 @@ use crate::admin::{AdminState, Control};
 use crate::cli::{LogFormat, RunArgs};
 use crate::config::Settings;
 use crate::error::{Failure, chain};
+use crate::orphan::{RecordWriter, SupervisorLock};
 use crate::recorder::HistoryRecorder;
 use crate::reexec::Carry;
 use crate::reexec::state::EventsCarried;
 use crate::systemd::Notifier;
+use handoff::fault::SupervisorStep;
 
 /// Runs the supervisor until it is stopped; returns the exit code.
 pub fn run(args: RunArgs) -> Result<u8, Failure> {
@@ -37,19 +39,15 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         .map_err(|e| Failure::failed(format!("finding our own binary: {e}")))?;
     let settings = Settings::resolve(args)?;
     init_logging(settings.log_format);
+    // Before anything is bound: one supervisor per admin socket.
+    let lock = SupervisorLock::take(&settings.socket)?;
     let image = crate::reexec::Image::open(start_path)?;
-    let listeners = listeners(&settings)?;
-    let config = supervisor_config(&settings, duplicates(&listeners)?)?;
+    let (supervisor, events, listeners) = match crate::orphan::orphan_to_adopt(&settings.socket) {
+        Some(record) => adopt(&settings, &record)?,
+        None => start(&settings)?,
+    };
     let socket = AdminSocket::bind(&settings.socket, settings.socket_is_default)?;
     let history = load_history(&settings);
-    tracing::info!(
-        binary = %settings.program.display(),
-        socket = %settings.socket.display(),
-        "starting the supervisor"
-    );
-    // Subscribed before generation 1 spawns: every phase is seen.
-    let (supervisor, events) = Supervisor::start_with_events(config)
-        .map_err(|e| Failure::failed(format!("cannot start generation 1: {}", chain(&e))))?;
     let carry = Carry {
         image,
         run_args,
@@ -58,6 +56,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         admin: socket.duplicate()?,
         allowed: settings.allowed_supervisor_binaries.clone(),
         reexecs: 0,
+        lock,
     };
     Running {
         settings,
@@ -72,6 +71,79 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         },
     }
     .serve(signals, None)
+}
+
+/// What a supervisor starts with: the library's supervisor, its events,
+/// and the listeners by name.
+type Started = (Supervisor, EventStream, Vec<(String, OwnedFd)>);
+
+/// A first start: binds (or takes from systemd) the listeners and starts
+/// generation 1.
+fn start(settings: &Settings) -> Result<Started, Failure> {
+    let listeners = listeners(settings)?;
+    let config = supervisor_config(settings, duplicates(&listeners)?)?;
+    tracing::info!(
+        binary = %settings.program.display(),
+        socket = %settings.socket.display(),
+        "starting the supervisor"
+    );
+    // Subscribed before generation 1 spawns: every phase is seen.
+    let (supervisor, events) = Supervisor::start_with_events(config)
+        .map_err(|e| Failure::failed(format!("cannot start generation 1: {}", chain(&e))))?;
+    Ok((supervisor, events, listeners))
+}
+
+/// A start after a crash: takes over the generation a previous supervisor
+/// left serving, with its listeners (nothing is bound, nothing closed).
+fn adopt(settings: &Settings, record: &crate::orphan::Record) -> Result<Started, Failure> {
+    tracing::info!(
+        generation = record.generation,
+        pid = record.pid,
+        previous_supervisor = record.supervisor_pid,
+        "a generation of a previous supervisor still serves: adopting it"
+    );
+    // Socket activation passes the same sockets again: the orphan's copies
+    // are the ones kept.
+    drop(handoff::os::listen_fds());
+    step(SupervisorStep::AdoptBeforeListeners)?;
+    let mut adoption = record.claim()?;
+    let listeners = adoption.orphan.take_listeners();
+    let mut names: Vec<&str> = listeners.iter().map(|(name, _)| name.as_str()).collect();
+    let mut wanted: Vec<&str> = settings
+        .listeners
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
+    names.sort_unstable();
+    wanted.sort_unstable();
+    if names != wanted {
+        tracing::warn!(
+            adopted = ?names,
+            configured = ?wanted,
+            "the adopted generation holds other listeners than the configuration names; it \
+             keeps them until the next upgrade"
+        );
+    }
+    step(SupervisorStep::AdoptAfterListeners)?;
+    let config = supervisor_config(settings, duplicates(&listeners)?)?;
+    let (supervisor, events) = Supervisor::adopt(config, adoption).map_err(|e| {
+        Failure::failed(format!(
+            "cannot supervise the adopted generation: {}",
+            chain(&e)
+        ))
+    })?;
+    tracing::info!(
+        generation = record.generation,
+        pid = record.pid,
+        "adopted: the generation serves under this supervisor"
+    );
+    Ok((supervisor, events, listeners))
+}
+
+/// A fault point of the adoption.
+fn step(step: SupervisorStep) -> Result<(), Failure> {
+    handoff::fault::step(step)
+        .map_err(|_| Failure::failed(format!("an injected fault at {}", step.as_str())))
 }
 
 /// `run`'s own arguments as given (after `run`), which a re-exec carries.
@@ -151,9 +223,16 @@ impl Running {
             let control = control_tx.clone();
             move || crate::signals::signal_loop(signals, &state, &control)
         })?;
+        let record = RecordWriter::new(
+            settings.socket.clone(),
+            settings.protocol,
+            settings.args.clone(),
+        );
         spawn("events", {
             let state = Arc::clone(&state);
-            move || crate::events::event_loop(&events, &handle, &state, &control_tx, fan_out)
+            move || {
+                crate::events::event_loop(&events, &handle, &state, &control_tx, fan_out, record)
+            }
         })?;
         crate::admin::server::serve(socket.take_listener()?, Arc::clone(&state))
             .map_err(|e| Failure::failed(format!("admin thread: {e}")))?;
@@ -161,6 +240,8 @@ impl Running {
             crate::admin::server::respond(&caller, &response);
         }
         let code = until_the_end(&control_rx, supervisor, &notify);
+        // Everything exited: nothing is left for a next supervisor to adopt.
+        crate::orphan::Record::remove(&settings.socket);
         drop(socket);
         Ok(code)
     }
@@ -241,6 +322,7 @@ pub fn supervisor_config(
         probe: settings.probe.clone(),
         program_sha256: settings.sha256.clone(),
         protocol: settings.protocol,
+        rendezvous: Some(crate::orphan::rendezvous_prefix(&settings.socket)),
     })
 }
 

@@ -73,6 +73,7 @@ impl Harness {
             listeners: vec![listener],
             probe: None,
             program_sha256: None,
+            rendezvous: None,
             protocol: handoff::supervisor::DaemonProtocol::Library,
         };
         let (supervisor, events) =

@@ -391,6 +391,7 @@ fn every_kind_of_fd_travels_by_name() {
         listeners: vec![main, unix, udp, state],
         probe: None,
         program_sha256: None,
+        rendezvous: None,
         protocol: handoff::supervisor::DaemonProtocol::Library,
     })
     .expect("supervisor");

@@ -550,7 +550,7 @@ mod snapshot;
 mod tests;
 mod verdict;
 
-pub use snapshot::LifecycleSnapshot;
+pub use snapshot::{LifecycleSnapshot, Orphaned};
 
 impl LifecycleMachine {
     /// A supervisor that has started nothing yet.

@@ -1,12 +1,13 @@
 //! The lifecycle as data, for a supervisor that replaces its own image:
 //! everything but a handoff in flight (a re-exec waits for none to run),
-//! its deadlines as absolute monotonic times ([`crate::protocol::mono`]).
+//! its deadlines as absolute monotonic times ([`crate::protocol::mono`]);
+//! and the machine of a supervisor that adopts an orphaned generation.
 
 use std::time::Instant;
 
 use super::{
-    Build, Generation, LifecycleAction, LifecycleConfig, LifecycleMachine, Out, ProbePurpose,
-    Refusal, Retiree, State,
+    Build, Generation, GenerationId, LifecycleAction, LifecycleConfig, LifecycleMachine, Out,
+    ProbePurpose, Refusal, Retiree, State,
 };
 use crate::protocol::outcome::{Outcome, ProbationRollback, ResumeCheck};
 
@@ -137,5 +138,43 @@ impl LifecycleMachine {
             }
         }
         (machine, out.actions)
+    }
+}
+
+/// What a supervisor learns of an orphaned generation it adopts.
+#[derive(Debug, Clone)]
+pub struct Orphaned {
+    /// Its number (the counter goes on from it).
+    pub id: GenerationId,
+    /// Its pid.
+    pub pid: u32,
+    /// What it runs (a restart runs it again).
+    pub build: Build,
+    /// The handoff id its messages carry.
+    pub handoff_id: u64,
+    /// The next handoff id the dead supervisor would have used.
+    pub next_handoff_id: u64,
+}
+
+impl LifecycleMachine {
+    /// The machine of a supervisor that adopted `orphan`: serving it, the
+    /// generation and handoff counters going on from the dead supervisor's.
+    pub fn adopt(config: LifecycleConfig, orphan: Orphaned, now: Instant) -> LifecycleMachine {
+        let mut machine = LifecycleMachine::new(config, now);
+        machine.next_generation = orphan.id + 1;
+        machine.next_handoff_id = orphan.next_handoff_id.max(orphan.handoff_id + 1);
+        machine.last_committed = orphan.build.clone();
+        machine.state = State::Serving {
+            live: Generation {
+                id: orphan.id,
+                pid: orphan.pid,
+                build: orphan.build,
+                started: now,
+                serving_since: Some(now),
+                handoff_id: orphan.handoff_id,
+            },
+            condemned: None,
+        };
+        machine
     }
 }

@@ -827,6 +827,79 @@ fn a_stop_with_nothing_alive_is_finished_at_once() {
     assert!(sim.machine.is_finished());
 }
 
+// ------------------------------------------------- re-exec and adoption
+
+/// Through JSON and back, as a re-exec carries it (the anchor converting
+/// instants as the driver's does).
+fn carried(machine: &LifecycleMachine, now: Instant) -> (LifecycleMachine, Vec<LifecycleAction>) {
+    let anchor = (now, 1_000_000_000_000);
+    let snapshot = machine.snapshot().expect("between handoffs");
+    let json = crate::protocol::mono::with_anchor(anchor, || serde_json::to_vec(&snapshot))
+        .expect("serialize");
+    let back: LifecycleSnapshot =
+        crate::protocol::mono::with_anchor(anchor, || serde_json::from_slice(&json))
+            .expect("deserialize");
+    LifecycleMachine::restore(machine.config().clone(), back, now)
+}
+
+#[test]
+fn a_snapshot_carries_the_generations_counters_and_probation_deadlines() {
+    let (sim, ticket) = in_probation();
+    let until = sim
+        .machine
+        .retirees
+        .iter()
+        .find_map(|r| r.machine.probation_until())
+        .expect("a probation deadline");
+    let (restored, actions) = carried(&sim.machine, sim.now);
+    assert_eq!(restored.state(), LifecycleState::Serving);
+    assert_eq!(restored.live().map(|l| l.id), Some(ticket.generation));
+    assert_eq!(restored.retirees().count(), 1);
+    // The probation's watch starts again, with its deadline unchanged.
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            LifecycleAction::WatchProbation { generation, until: at }
+                if *generation == ticket.generation && *at == until
+        )),
+        "{actions:?}"
+    );
+    // The counters go on where they were.
+    let next = restored.begin_handoff().expect("a ticket");
+    assert_eq!(next.generation, ticket.generation + 1);
+    assert_eq!(next.handoff_id, ticket.handoff_id + 1);
+}
+
+#[test]
+fn a_snapshot_is_refused_during_a_handoff() {
+    let mut sim = serving(Mode::Exclusive);
+    let ticket = sim.machine.begin_handoff().expect("ticket");
+    sim.spawned(ticket, build("daemon-b"));
+    assert_eq!(sim.machine.snapshot().err(), Some(Refusal::Busy));
+}
+
+#[test]
+fn an_adopted_orphan_serves_and_the_counters_go_on_from_the_record() {
+    let config = config(Mode::Exclusive, RestartPolicy::OnFailure, Duration::ZERO);
+    let now = Instant::now();
+    let machine = LifecycleMachine::adopt(
+        config,
+        Orphaned {
+            id: 7,
+            pid: 4242,
+            build: build("daemon-b"),
+            handoff_id: 9,
+            next_handoff_id: 10,
+        },
+        now,
+    );
+    assert_eq!(machine.state(), LifecycleState::Serving);
+    let live = machine.live().expect("live");
+    assert_eq!((live.id, live.pid), (7, 4242));
+    let ticket = machine.begin_handoff().expect("a ticket");
+    assert_eq!((ticket.generation, ticket.handoff_id), (8, 10));
+}
+
 // ---------------------------------------------------------- every state
 
 #[test]

@@ -530,3 +530,50 @@ fn an_unasked_hook_outcome_fails_closed() {
         "{actions:?}"
     );
 }
+
+#[test]
+fn an_orphan_that_serves_is_adopted_once_and_only_under_its_number() {
+    let mut g = successor_happy_path();
+    let offer = |generation| GenerationInput::AdoptionOffered { generation };
+    // A supervisor is connected: nobody else may take the generation.
+    assert!(matches!(
+        g.feed(offer(GENERATION)).as_slice(),
+        [GenerationAction::RefuseAdoption(why)] if why.contains("connected")
+    ));
+    // Its supervisor dies: it keeps serving, an orphan.
+    assert_eq!(g.feed(GenerationInput::Closed), []);
+    assert_eq!(g.state(), GenerationState::Serving);
+    assert!(g.machine.is_orphaned());
+    // A record naming another generation is refused.
+    assert!(matches!(
+        g.feed(offer(GENERATION + 1)).as_slice(),
+        [GenerationAction::RefuseAdoption(why)] if why.contains(&GENERATION.to_string())
+    ));
+    assert!(g.machine.is_orphaned());
+    assert_eq!(
+        g.feed(offer(GENERATION)),
+        [GenerationAction::AcceptAdoption]
+    );
+    assert!(g.machine.supervisor_present());
+    assert!(!g.machine.is_orphaned());
+    // The new supervisor drives handoffs as the old one did.
+    let actions = g.frame_with_id(ID + 1, prepare());
+    assert!(matches!(
+        actions.as_slice(),
+        [GenerationAction::RunHook(HookCall::Drain { .. })]
+    ));
+}
+
+#[test]
+fn a_generation_that_is_not_serving_is_never_adopted() {
+    let mut g = Gen::new();
+    assert_eq!(
+        g.feed(GenerationInput::Closed),
+        [GenerationAction::End(Ending::SupervisorLost)]
+    );
+    assert!(!g.machine.is_orphaned());
+    assert!(matches!(
+        g.feed(GenerationInput::AdoptionOffered { generation: 0 }).as_slice(),
+        [GenerationAction::RefuseAdoption(why)] if why.contains("not serving")
+    ));
+}

@@ -123,6 +123,8 @@ pub struct Carry {
     pub allowed: Vec<PathBuf>,
     /// Re-execs committed so far.
     pub reexecs: u64,
+    /// The supervisor's lock, held across re-execs.
+    pub lock: crate::orphan::SupervisorLock,
 }
 
 /// `handoffctl self-check`: what this build is and can take over.
@@ -289,49 +291,17 @@ fn exec(
     steps: &mut Steps,
 ) -> String {
     let carry = &state.carry;
-    let library = match serde_json::from_slice(frozen.state()) {
-        Ok(library) => library,
-        Err(error) => return format!("the library's state is not JSON: {error}"),
-    };
-    let mut carried = Carried {
-        schema: STATE_SCHEMA,
-        must_understand: Carried::must_understand(),
-        from: report.from.clone(),
-        to: report.to.clone(),
-        start_path: carry.image.start_path.clone(),
-        run_args: carry.run_args.clone(),
-        config: carry.config.clone(),
-        listeners: carry
-            .listeners
-            .iter()
-            .map(|(name, fd)| CarriedListener {
-                name: name.clone(),
-                fd: fd.as_raw_fd(),
-            })
-            .collect(),
-        admin_fd: carry.admin.as_raw_fd(),
-        library,
-        library_fds: frozen.fds().iter().map(AsRawFd::as_raw_fd).collect(),
-        history: state.recorder.lock().clone(),
-        caller_fd: caller.map(AsRawFd::as_raw_fd),
-        image_fd: carry.image.as_fd().as_raw_fd(),
-        requested_ns: steps.requested_ns,
-        exec_ns: 0,
-        phases_ms: BTreeMap::new(),
-        events,
-        reexecs: carry.reexecs,
-    };
-    steps.mark("write");
-    carried.phases_ms = steps.phases.clone();
-    carried.exec_ns = handoff::os::monotonic_nanos().unwrap_or(0);
-    let memfd = match carried.to_bytes().and_then(|bytes| {
-        handoff::os::sealed_memfd("handoffctl-state", &bytes).map_err(|e| chain(&e))
-    }) {
+    let memfd = match carried(state, report, caller, frozen, events, steps) {
         Ok(memfd) => memfd,
         Err(reason) => return reason,
     };
     let mut keep: Vec<BorrowedFd<'_>> = carry.listeners.iter().map(|(_, fd)| fd.as_fd()).collect();
-    keep.extend([carry.admin.as_fd(), carry.image.as_fd(), memfd.as_fd()]);
+    keep.extend([
+        carry.admin.as_fd(),
+        carry.image.as_fd(),
+        carry.lock.as_fd(),
+        memfd.as_fd(),
+    ]);
     keep.extend(frozen.fds().iter().map(AsFd::as_fd));
     keep.extend(caller.map(AsFd::as_fd));
     let args = restore_args(&carry.image.start_path, memfd.as_raw_fd(), None);
@@ -356,6 +326,54 @@ fn exec(
         tracing::error!(%error, "restoring the signal mask after a failed exec");
     }
     chain(&error)
+}
+
+/// The whole state, written into a sealed memfd.
+fn carried(
+    state: &AdminState,
+    report: &ReexecReport,
+    caller: Option<&UnixStream>,
+    frozen: &handoff::supervisor::Frozen,
+    events: EventsCarried,
+    steps: &mut Steps,
+) -> Result<OwnedFd, String> {
+    let carry = &state.carry;
+    let library = serde_json::from_slice(frozen.state())
+        .map_err(|error| format!("the library's state is not JSON: {error}"))?;
+    let mut carried = Carried {
+        schema: STATE_SCHEMA,
+        must_understand: Carried::must_understand(),
+        from: report.from.clone(),
+        to: report.to.clone(),
+        start_path: carry.image.start_path.clone(),
+        run_args: carry.run_args.clone(),
+        config: carry.config.clone(),
+        listeners: carry
+            .listeners
+            .iter()
+            .map(|(name, fd)| CarriedListener {
+                name: name.clone(),
+                fd: fd.as_raw_fd(),
+            })
+            .collect(),
+        admin_fd: carry.admin.as_raw_fd(),
+        lock_fd: Some(carry.lock.as_fd().as_raw_fd()),
+        library,
+        library_fds: frozen.fds().iter().map(AsRawFd::as_raw_fd).collect(),
+        history: state.recorder.lock().clone(),
+        caller_fd: caller.map(AsRawFd::as_raw_fd),
+        image_fd: carry.image.as_fd().as_raw_fd(),
+        requested_ns: steps.requested_ns,
+        exec_ns: 0,
+        phases_ms: BTreeMap::new(),
+        events,
+        reexecs: carry.reexecs,
+    };
+    steps.mark("write");
+    carried.phases_ms = steps.phases.clone();
+    carried.exec_ns = handoff::os::monotonic_nanos().unwrap_or(0);
+    let bytes = carried.to_bytes()?;
+    handoff::os::sealed_memfd("handoffctl-state", &bytes).map_err(|e| chain(&e))
 }
 
 /// `run --restore-fd N [--exec-back REASON]`, with `argv[0]` the start path.

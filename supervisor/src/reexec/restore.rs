@@ -258,6 +258,10 @@ fn take_back(
         admin: UnixListener::from(inherited.duplicate(carried.admin_fd)?),
         allowed: settings.allowed_supervisor_binaries.clone(),
         reexecs: carried.reexecs + u64::from(exec_back.is_none()),
+        lock: match carried.lock_fd {
+            Some(fd) => crate::orphan::SupervisorLock::from_fd(inherited.duplicate(fd)?),
+            None => crate::orphan::SupervisorLock::take(&settings.socket).map_err(|f| f.message)?,
+        },
     };
     let caller = carried
         .caller_fd

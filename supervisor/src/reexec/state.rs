@@ -26,6 +26,7 @@ const KNOWN: &[&str] = &[
     "config",
     "listeners",
     "admin_fd",
+    "lock_fd",
     "library",
     "library_fds",
     "history",
@@ -45,6 +46,7 @@ const MUST_UNDERSTAND: &[&str] = &[
     "run_args",
     "listeners",
     "admin_fd",
+    "lock_fd",
     "library",
     "library_fds",
     "image_fd",
@@ -74,6 +76,8 @@ pub struct Carried {
     pub listeners: Vec<CarriedListener>,
     /// The admin socket's listener.
     pub admin_fd: i32,
+    /// The supervisor's lock (the open file whose `flock` it holds).
+    pub lock_fd: Option<i32>,
     /// The library's frozen supervisor, as it wrote it.
     pub library: serde_json::Value,
     /// The library's fds, in its order.
@@ -257,6 +261,7 @@ mod tests {
                 fd: 7,
             }],
             admin_fd: 5,
+            lock_fd: Some(6),
             library: serde_json::json!({"version": 1}),
             library_fds: vec![9, 10],
             history: History::default(),

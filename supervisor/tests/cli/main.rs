@@ -5,6 +5,7 @@
 mod common;
 
 mod admin;
+mod adopt;
 mod bad_input;
 mod foreign;
 mod gateway;

@@ -1,0 +1,220 @@
+//! The rendezvous of an orphaned generation and the supervisor that adopts
+//! it.
+//!
+//! A library generation is spawned with [`ENV_RENDEZVOUS`], a socket path
+//! beside its supervisor's admin socket. When its supervisor's connection
+//! ends while it serves, it binds that path (mode 0600, a stale file of a
+//! dead process replaced) and waits. A supervisor started later with the
+//! same configuration connects, checks by `SO_PEERCRED` that the process
+//! there is the generation its record names, and sends `Adopt`; the
+//! generation checks the peer's uid (ours or root) and that it serves
+//! without a supervisor under that generation number, answers `Adopted`
+//! with its copies of the named listeners, and from then on takes that
+//! connection as its control connection. One connection at a time; a
+//! peer that sends nothing is dropped after [`OFFER_READ`].
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::channel::{self, Receiver, Sender};
+use crate::error::{Error, Peer, Result};
+use crate::sys;
+use crate::wire::{FdEntry, Message};
+
+/// The environment variable that gives a library generation its rendezvous
+/// path.
+pub const ENV_RENDEZVOUS: &str = "HANDOFF_RENDEZVOUS";
+
+/// How long a peer on the rendezvous socket has to send its `Adopt`.
+pub const OFFER_READ: Duration = Duration::from_secs(5);
+
+/// An adoption offered to the generation's agent: the connection and the
+/// generation number asked for; the agent answers on `verdict`.
+pub(crate) struct Offer {
+    pub(crate) generation: u64,
+    pub(crate) sender: Sender,
+    pub(crate) receiver: Receiver,
+    pub(crate) verdict: crossbeam_channel::Sender<bool>,
+}
+
+/// Binds `path` and offers each admitted connection to `offer` until one is
+/// accepted; then removes the socket file. On a thread of its own.
+pub(crate) fn open(
+    path: PathBuf,
+    write_timeout: Duration,
+    offer: impl Fn(Offer) -> bool + Send + 'static,
+) -> Result<()> {
+    let listener = sys::bind_admin_socket(&path)
+        .map(UnixListener::from)
+        .map_err(|source| Error::path("binding the rendezvous socket", &path, source))?;
+    tracing::info!(path = %path.display(), "orphaned: waiting for a supervisor to adopt this generation");
+    std::thread::Builder::new()
+        .name("handoff-rendezvous".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                match offered(stream, write_timeout) {
+                    Ok((generation, sender, receiver)) => {
+                        let (verdict, taken) = crossbeam_channel::bounded(1);
+                        let handed = offer(Offer {
+                            generation,
+                            sender,
+                            receiver,
+                            verdict,
+                        });
+                        if !handed {
+                            return;
+                        }
+                        if taken.recv().unwrap_or(false) {
+                            let _ = std::fs::remove_file(&path);
+                            return;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %crate::error::chain(&error), "rendezvous connection refused")
+                    }
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|source| Error::io("starting the rendezvous thread", source))
+}
+
+/// Checks a rendezvous peer and reads its `Adopt`.
+fn offered(stream: UnixStream, write_timeout: Duration) -> Result<(u64, Sender, Receiver)> {
+    let peer = sys::peer_credentials(&stream)
+        .map_err(|source| Error::io("reading a rendezvous peer's credentials", source))?;
+    if peer.uid != 0 && peer.uid != sys::effective_uid() {
+        return Err(Error::Restore {
+            reason: format!("uid {} may not adopt this generation", peer.uid),
+        });
+    }
+    let socket = OwnedFd::from(stream);
+    sys::set_read_timeout(socket.as_fd(), Some(OFFER_READ))
+        .map_err(|source| Error::io("bounding a rendezvous read", source))?;
+    let (sender, mut receiver) = channel::split(socket, Peer::Supervisor, write_timeout)?;
+    let frame = receiver.recv()?.ok_or(Error::SessionOver)?;
+    let Message::Adopt { generation } = frame.envelope.message else {
+        return Err(Error::Restore {
+            reason: format!(
+                "the first frame was {}, not Adopt",
+                frame.envelope.message.name()
+            ),
+        });
+    };
+    sys::set_read_timeout(receiver.socket(), None)
+        .map_err(|source| Error::io("unbounding the control connection", source))?;
+    Ok((generation, sender, receiver))
+}
+
+/// A generation taken over at its rendezvous: who it is, its handoff id,
+/// its listeners, and the control connection to it.
+pub struct Claimed {
+    /// Its pid (checked by the socket's credentials).
+    pub pid: u32,
+    /// The handoff id its messages carry.
+    pub handoff_id: u64,
+    /// Its copies of the named listeners.
+    pub listeners: Vec<(FdEntry, OwnedFd)>,
+    pub(crate) sender: Sender,
+    pub(crate) receiver: Receiver,
+}
+
+impl std::fmt::Debug for Claimed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claimed")
+            .field("pid", &self.pid)
+            .field("handoff_id", &self.handoff_id)
+            .field("listeners", &self.listeners.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The supervisor's side: connects to `path` (retrying while nobody
+/// listens there yet, until `within`), checks that process `pid` is there,
+/// sends `Adopt { generation }` and takes the answer.
+pub fn claim(path: &Path, generation: u64, pid: u32, within: Duration) -> Result<Claimed> {
+    let stream = connect(path, within)?;
+    let peer = sys::peer_credentials(&stream)
+        .map_err(|source| Error::io("reading the rendezvous peer's credentials", source))?;
+    if u32::try_from(peer.pid).ok() != Some(pid) {
+        return Err(Error::Restore {
+            reason: format!(
+                "pid {} listens at {}, not generation {generation}'s pid {pid}",
+                peer.pid,
+                path.display()
+            ),
+        });
+    }
+    let socket = OwnedFd::from(stream);
+    sys::set_read_timeout(socket.as_fd(), Some(OFFER_READ))
+        .map_err(|source| Error::io("bounding a rendezvous read", source))?;
+    let (sender, mut receiver) = channel::split(socket, Peer::Successor, OFFER_READ)?;
+    sender.send(0, Message::Adopt { generation }, &[])?;
+    let frame = receiver.recv()?.ok_or(Error::Restore {
+        reason: format!("generation {generation} closed the rendezvous without an answer"),
+    })?;
+    let Message::Adopted {
+        pid: said,
+        handoff_id,
+        entries,
+    } = frame.envelope.message
+    else {
+        return Err(Error::Restore {
+            reason: format!(
+                "generation {generation} answered {}, not Adopted",
+                frame.envelope.message.name()
+            ),
+        });
+    };
+    if said != pid || entries.len() != frame.fds.len() {
+        return Err(Error::Restore {
+            reason: format!(
+                "generation {generation} answered for pid {said} with {} fds for {} names",
+                frame.fds.len(),
+                entries.len()
+            ),
+        });
+    }
+    sys::set_read_timeout(receiver.socket(), None)
+        .map_err(|source| Error::io("unbounding the control connection", source))?;
+    Ok(Claimed {
+        pid,
+        handoff_id,
+        listeners: entries.into_iter().zip(frame.fds).collect(),
+        sender,
+        receiver,
+    })
+}
+
+/// Connects to `path`, retrying while it does not exist or nobody listens,
+/// until `within`.
+fn connect(path: &Path, within: Duration) -> Result<UnixStream> {
+    let deadline = Instant::now() + within;
+    loop {
+        match UnixStream::connect(path) {
+            Ok(stream) => return Ok(stream),
+            Err(error)
+                if Instant::now() < deadline
+                    && matches!(
+                        error.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    ) =>
+            {
+                // The orphan binds as soon as it sees its supervisor's
+                // connection end; a supervisor restarted at once may come
+                // first. Polled, bounded by `within`.
+                std::thread::sleep(crate::timeouts::POLL_SLICE);
+            }
+            Err(source) => {
+                return Err(Error::path(
+                    "connecting to a rendezvous socket",
+                    path,
+                    source,
+                ));
+            }
+        }
+    }
+}

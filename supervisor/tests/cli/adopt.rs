@@ -1,0 +1,318 @@
+//! A supervisor killed with SIGKILL under load, then started again with
+//! the same configuration: the new one adopts the generation the dead one
+//! left serving (its listeners come back without being closed), nothing is
+//! refused or fails in the gap, every acknowledged write is still there,
+//! and the adopted generation can be re-executed over and upgraded. For a
+//! library daemon (kvd) and a foreign one (httpd.py under `--protocol
+//! systemd`); two supervisors started at once adopt it exactly once; the
+//! adoption's fault points leave the orphan serving for the next start.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::common::{IO, Start, Supervisor, TempDir, alive, example, u64_of};
+use crate::load::Load;
+
+/// One HTTP/1.0 request on a fresh connection: the status and the body.
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+    let mut stream = TcpStream::connect_timeout(&addr, IO).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(IO))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| format!("write: {e}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("read: {e:?}"))?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("no status in {response:?}"))?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    Ok((status, body.trim().to_owned()))
+}
+
+/// Kills a process left behind (an orphan a failed test did not adopt).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if alive(self.0) {
+            let _ = handoff::os::signal(self.0, handoff::os::Sig::Kill);
+        }
+    }
+}
+
+/// How to start the supervisor again and again: the same flags, daemon
+/// and admin socket each time.
+struct Setup {
+    dir: TempDir,
+    flags: Vec<String>,
+    daemon: Vec<String>,
+}
+
+impl Setup {
+    fn kvd() -> Setup {
+        let dir = TempDir::new("adopt-kvd");
+        let data = dir.path().join("data");
+        let flags = [
+            "--listen",
+            "http=127.0.0.1:0",
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+            "--allow-supervisor-binary",
+            crate::common::handoffctl().to_str().expect("utf-8"),
+        ]
+        .map(String::from)
+        .to_vec();
+        Setup {
+            dir,
+            flags,
+            daemon: vec![example("kvd").display().to_string()],
+        }
+    }
+
+    fn httpd() -> Setup {
+        let dir = TempDir::new("adopt-httpd");
+        let flags = ["--listen", "http=127.0.0.1:0", "--protocol", "systemd"]
+            .map(String::from)
+            .to_vec();
+        Setup {
+            dir,
+            flags,
+            daemon: vec![
+                crate::foreign::python(),
+                crate::foreign::httpd().display().to_string(),
+            ],
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("admin.sock")
+    }
+
+    fn spawn(&self, env: Vec<(String, String)>) -> Supervisor {
+        Supervisor::spawn(Start {
+            flags: self.flags.clone(),
+            daemon: Some(self.daemon.clone()),
+            socket: Some(self.socket()),
+            env,
+            ..Start::default()
+        })
+    }
+}
+
+/// SIGKILL to the supervisor, reaped.
+fn kill_9(supervisor: &mut Supervisor) {
+    let mut child = supervisor.child.take().expect("running");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+}
+
+/// kvd writes at `rate`: unique keys, each acknowledged one remembered.
+fn writes(addr: SocketAddr, rate: u32, acked: Arc<Mutex<Vec<u64>>>) -> Load {
+    let next = Arc::new(AtomicU64::new(0));
+    Load::start(
+        rate,
+        Arc::new(move || {
+            let n = next.fetch_add(1, Ordering::SeqCst);
+            match http(addr, "PUT", &format!("/kv/w{n}"), &format!("v{n}")) {
+                Ok((200, _)) => {
+                    acked.lock().expect("acked").push(n);
+                    Ok(())
+                }
+                Ok((status, body)) => Err(format!("PUT {status}: {body}")),
+                Err(error) => Err(error),
+            }
+        }),
+    )
+}
+
+fn serving_pid(supervisor: &Supervisor) -> u32 {
+    let status = supervisor.wait_serving();
+    u64_of(&status, "child_pid") as u32
+}
+
+#[test]
+fn a_supervisor_killed_under_load_is_replaced_by_one_that_adopts_kvd() {
+    let setup = Setup::kvd();
+    let mut first = setup.spawn(Vec::new());
+    let orphan = serving_pid(&first);
+    let _cleanup = KillOnDrop(orphan);
+    let addr = first.addr();
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let load = writes(addr, 200, Arc::clone(&acked));
+    load.wait_answered(100);
+    kill_9(&mut first);
+    load.wait_answered(50);
+    let second = setup.spawn(Vec::new());
+    assert_eq!(serving_pid(&second), orphan, "log:\n{}", second.log());
+    assert!(second.log().contains("adopting it"), "{}", second.log());
+    assert_eq!(second.addr(), addr);
+    load.wait_answered(100);
+    // The adopted generation crosses a re-exec (its pidfd is carried) and
+    // is upgraded away like any other.
+    let reexec = second.ctl("reexec", &[]);
+    assert_eq!(reexec.code, Some(0), "{reexec:?}; log:\n{}", second.log());
+    assert_eq!(serving_pid(&second), orphan);
+    let upgrade = second.ctl("upgrade", &[]);
+    assert_eq!(upgrade.code, Some(0), "{upgrade:?}; log:\n{}", second.log());
+    assert_ne!(serving_pid(&second), orphan);
+    load.wait_answered(100);
+    let report = load.finish();
+    assert_eq!(
+        report.failed(),
+        0,
+        "{}: {:?}",
+        report.summary(),
+        report.failures
+    );
+    let acked = acked.lock().expect("acked").clone();
+    assert!(acked.len() > 300, "{} writes", acked.len());
+    for n in acked {
+        assert_eq!(
+            http(addr, "GET", &format!("/kv/w{n}"), ""),
+            Ok((200, format!("v{n}"))),
+            "acknowledged write w{n}"
+        );
+    }
+    crate::common::wait_gone(orphan);
+}
+
+#[test]
+fn a_supervisor_killed_under_load_is_replaced_by_one_that_adopts_a_foreign_daemon() {
+    let setup = Setup::httpd();
+    let mut first = setup.spawn(Vec::new());
+    let orphan = serving_pid(&first);
+    let _cleanup = KillOnDrop(orphan);
+    let addr = first.addr();
+    let load = Load::start(
+        200,
+        Arc::new(move || crate::foreign::get(addr, "/").map(drop)),
+    );
+    load.wait_answered(100);
+    kill_9(&mut first);
+    load.wait_answered(50);
+    let second = setup.spawn(Vec::new());
+    assert_eq!(serving_pid(&second), orphan, "log:\n{}", second.log());
+    load.wait_answered(100);
+    let upgrade = second.ctl("upgrade", &[]);
+    assert_eq!(upgrade.code, Some(0), "{upgrade:?}; log:\n{}", second.log());
+    load.wait_answered(100);
+    let report = load.finish();
+    assert_eq!(
+        report.failed(),
+        0,
+        "{}: {:?}",
+        report.summary(),
+        report.failures
+    );
+    // The orphan was not our child: it was retired through its pidfd.
+    crate::common::wait_gone(orphan);
+}
+
+#[test]
+fn two_supervisors_started_at_once_adopt_an_orphan_once() {
+    let setup = Setup::kvd();
+    let mut first = setup.spawn(Vec::new());
+    let orphan = serving_pid(&first);
+    let _cleanup = KillOnDrop(orphan);
+    kill_9(&mut first);
+    let mut a = setup.spawn(Vec::new());
+    let mut b = setup.spawn(Vec::new());
+    // One of them exits at once (the lock is taken); wait for it.
+    let (mut winner, mut loser) = loop {
+        if a.child
+            .as_mut()
+            .expect("a")
+            .try_wait()
+            .expect("a")
+            .is_some()
+        {
+            break (b, a);
+        }
+        if b.child
+            .as_mut()
+            .expect("b")
+            .try_wait()
+            .expect("b")
+            .is_some()
+        {
+            break (a, b);
+        }
+        // Both are starting; each check is a syscall on our own children.
+        std::thread::sleep(handoff::timeouts::POLL_SLICE);
+    };
+    let status = loser.wait_exit();
+    assert_eq!(status.code(), Some(1), "log:\n{}", loser.log());
+    assert!(
+        loser.log().contains("another supervisor"),
+        "log:\n{}",
+        loser.log()
+    );
+    assert_eq!(serving_pid(&winner), orphan, "log:\n{}", winner.log());
+    winner.assert_running();
+    let stop = winner.ctl("stop", &[]);
+    assert_eq!(stop.code, Some(0), "{stop:?}");
+    winner.wait_exit();
+    crate::common::wait_gone(orphan);
+    assert!(
+        !Path::new(&setup.socket().with_extension("generation.json")).exists(),
+        "a clean stop leaves no record to adopt"
+    );
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_fault_while_adopting_leaves_the_orphan_serving_for_the_next_start() {
+    let setup = Setup::kvd();
+    let mut first = setup.spawn(Vec::new());
+    let orphan = serving_pid(&first);
+    let _cleanup = KillOnDrop(orphan);
+    let addr = first.addr();
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let load = writes(addr, 100, Arc::clone(&acked));
+    load.wait_answered(50);
+    kill_9(&mut first);
+    for fault in [
+        "supervisor:adopt_before_listeners:crash",
+        "supervisor:adopt_after_listeners:crash",
+        "supervisor:adopt_after_listeners:error",
+    ] {
+        let mut faulty = setup.spawn(vec![("HANDOFF_FAULT".into(), fault.into())]);
+        let status = faulty.wait_exit();
+        assert!(
+            !status.success(),
+            "{fault}: {status:?}; log:\n{}",
+            faulty.log()
+        );
+        assert!(alive(orphan), "{fault}: the orphan died");
+        load.wait_answered(30);
+    }
+    let last = setup.spawn(Vec::new());
+    assert_eq!(serving_pid(&last), orphan, "log:\n{}", last.log());
+    load.wait_answered(50);
+    let report = load.finish();
+    assert_eq!(
+        report.failed(),
+        0,
+        "{}: {:?}",
+        report.summary(),
+        report.failures
+    );
+    for n in acked.lock().expect("acked").iter() {
+        assert_eq!(
+            http(addr, "GET", &format!("/kv/w{n}"), ""),
+            Ok((200, format!("v{n}")))
+        );
+    }
+}
