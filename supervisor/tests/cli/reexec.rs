@@ -304,3 +304,86 @@ fn no_signal_an_operator_may_send_ends_the_supervisor() {
         u64::from(supervisor.pid())
     );
 }
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_fault_just_before_the_exec_leaves_the_old_image_in_charge() {
+    let dir = TempDir::new("reexec-before");
+    let next = other_build(dir.path(), "next");
+    let supervisor = supervise(
+        &[&next],
+        vec![(
+            "HANDOFF_FAULT".into(),
+            "supervisor:reexec_before_exec:error".into(),
+        )],
+    );
+    let generation_pid = serving_pid(supervisor.addr());
+    let (code, report, _) = reexec(&supervisor, &["--binary", next.to_str().expect("utf-8")]);
+    assert_eq!(code, Some(1), "{report}");
+    let reason = report["reason"].as_str().expect("reason");
+    assert!(reason.contains("before the exec"), "{reason}");
+    // The gate reopened and the supervisor thawed in place.
+    let status = supervisor.status();
+    assert_eq!(status["child_pid"], generation_pid);
+    let upgraded = supervisor.ctl("upgrade", &[]);
+    assert_eq!(upgraded.code, Some(0), "{upgraded:?}");
+}
+
+/// A supervisor that dies in the middle of its re-exec (its old image at
+/// the exec, its new image before it restored anything): the generation
+/// keeps serving, and the supervisor started again adopts it.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_supervisor_that_dies_during_its_reexec_is_replaced_by_one_that_adopts() {
+    for fault in ["reexec_before_exec:crash", "reexec_after_exec:exit"] {
+        let dir = TempDir::new("reexec-dies");
+        let next = other_build(dir.path(), "next");
+        let socket = dir.path().join("admin.sock");
+        let start = |env: Vec<(String, String)>| {
+            let mut flags = Start::default().flags;
+            flags.extend([
+                "--allow-supervisor-binary".to_owned(),
+                next.display().to_string(),
+            ]);
+            Supervisor::start_with(Start {
+                flags,
+                env,
+                socket: Some(socket.clone()),
+                ..Start::default()
+            })
+        };
+        let mut dying = start(vec![(
+            "HANDOFF_FAULT".into(),
+            format!("supervisor:{fault}"),
+        )]);
+        let addr = dying.addr();
+        let generation_pid = serving_pid(addr);
+        let load = Load::testd_info(addr, 200);
+        load.wait_answered(50);
+        let ran = dying.ctl("reexec", &["--binary", next.to_str().expect("utf-8")]);
+        assert_eq!(
+            ran.code,
+            Some(2),
+            "{fault}: the caller's connection ends: {ran:?}"
+        );
+        let status = dying.wait_exit();
+        assert!(!status.success(), "{fault}: {status:?}");
+        load.wait_answered(50);
+        let adopter = start(Vec::new());
+        assert_eq!(
+            adopter.status()["child_pid"],
+            generation_pid,
+            "{fault}: log:\n{}",
+            adopter.log()
+        );
+        load.wait_answered(50);
+        let report = load.finish();
+        assert_eq!(
+            report.failed(),
+            0,
+            "{fault}: {}: {:?}",
+            report.summary(),
+            report.failures
+        );
+    }
+}
