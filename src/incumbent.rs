@@ -423,6 +423,11 @@ impl Agent {
         let reading = channel::spawn_reader("handoff-reader".into(), offer.receiver, None, {
             move |received| reader_tx.send(AgentInput::Received(received)).is_ok()
         });
+        // Removed before anything else can happen on this thread: if this
+        // supervisor dies too, the next rendezvous binds the same path.
+        if let Some(path) = &self.rendezvous {
+            let _ = std::fs::remove_file(path);
+        }
         let _ = offer.verdict.send(true);
         self.rendezvous_open = false;
         self.sender = offer.sender;

@@ -47,6 +47,17 @@ pub fn notify(socket: &OsStr, message: &str) -> Result<()> {
     sys::notify(socket, message).map_err(|source| Error::io("sending a notification", source))
 }
 
+/// [`notify`] with fds attached (`FDSTORE=1` and `FDNAME=`: systemd keeps
+/// them for the unit's next start).
+pub fn notify_with_fds(
+    socket: &OsStr,
+    message: &str,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> Result<()> {
+    sys::notify_with_fds(socket, message, fds)
+        .map_err(|source| Error::io("handing fds to systemd", source))
+}
+
 /// Moves the calling thread, and every thread and process it starts from
 /// now on, into a new network namespace whose loopback interface is up, so
 /// that the kernel's TCP counters count their traffic alone. Call it before

@@ -40,7 +40,8 @@ pub(crate) struct Offer {
 }
 
 /// Binds `path` and offers each admitted connection to `offer` until one is
-/// accepted; then removes the socket file. On a thread of its own.
+/// accepted (whoever accepts removes the socket file: the same path may be
+/// bound again at once). On a thread of its own.
 pub(crate) fn open(
     path: PathBuf,
     write_timeout: Duration,
@@ -68,7 +69,6 @@ pub(crate) fn open(
                             return;
                         }
                         if taken.recv().unwrap_or(false) {
-                            let _ = std::fs::remove_file(&path);
                             return;
                         }
                     }

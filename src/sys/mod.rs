@@ -134,7 +134,7 @@ pub(crate) use foreign::{
 pub(crate) use inherit::{adopt_inherited_fd, listen_fds, shutdown};
 pub(crate) use lock::{DataDirLock, LOCK_FILE_NAME};
 pub(crate) use netns::enter_private_network;
-pub use notify::{monotonic_nanos, monotonic_usec, notify};
+pub use notify::{monotonic_nanos, monotonic_usec, notify, notify_with_fds};
 pub(crate) use probe::{http_status, tcp_connect};
 pub use process::Sig;
 pub(crate) use process::{

@@ -6,6 +6,7 @@
 
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -38,6 +39,41 @@ pub fn notify(socket: &OsStr, message: &str) -> io::Result<()> {
             }
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => return Err(err),
+        }
+    }
+}
+
+/// [`notify`] with `fds` attached (`SCM_RIGHTS`): `FDSTORE=1` hands them
+/// to systemd's file-descriptor store, which gives them back to the next
+/// start of the unit (`LISTEN_FDS`, named by `FDNAME=`).
+pub fn notify_with_fds(socket: &OsStr, message: &str, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
+    let bytes = socket.as_bytes();
+    let address = match bytes.first() {
+        Some(b'@') => UnixAddr::new_abstract(&bytes[1..])?,
+        Some(b'/') => UnixAddr::new(Path::new(socket))?,
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "NOTIFY_SOCKET must be an absolute path or an abstract name starting with '@'",
+            ));
+        }
+    };
+    let sender = UnixDatagram::unbound()?;
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let iov = [io::IoSlice::new(message.as_bytes())];
+    let control = [ControlMessage::ScmRights(&raw)];
+    loop {
+        match sendmsg(
+            sender.as_raw_fd(),
+            &iov,
+            &control,
+            MsgFlags::MSG_NOSIGNAL,
+            Some(&address),
+        ) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(errno) => return Err(errno.into()),
         }
     }
 }

@@ -42,11 +42,14 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     // Before anything is bound: one supervisor per admin socket.
     let lock = SupervisorLock::take(&settings.socket)?;
     let image = crate::reexec::Image::open(start_path)?;
+    // Bound before any generation starts: a bad path fails alone.
+    let socket = AdminSocket::bind(&settings.socket, settings.socket_is_default)?;
     let (supervisor, events, listeners) = match crate::orphan::orphan_to_adopt(&settings.socket) {
         Some(record) => adopt(&settings, &record)?,
         None => start(&settings)?,
     };
-    let socket = AdminSocket::bind(&settings.socket, settings.socket_is_default)?;
+    // Kept by systemd across a crash of this process, if the unit allows.
+    Notifier::from_env().store_listeners(&listeners);
     let history = load_history(&settings);
     let carry = Carry {
         image,

@@ -52,6 +52,25 @@ impl Notifier {
         self.send(&format!("STOPPING=1\nSTATUS={status}"));
     }
 
+    /// Hands the listeners to systemd's file-descriptor store, each under
+    /// its name: if the supervisor dies, systemd keeps them open (new
+    /// connections wait in the backlog) and passes them to the restarted
+    /// supervisor by socket activation. Effective with
+    /// `FileDescriptorStoreMax=` in the unit; systemd keeps one copy of a
+    /// socket however often it is stored.
+    pub fn store_listeners(&self, listeners: &[(String, std::os::fd::OwnedFd)]) {
+        let Some(socket) = &self.socket else {
+            return;
+        };
+        for (name, fd) in listeners {
+            let message = format!("FDSTORE=1\nFDNAME={name}");
+            let fds = [std::os::fd::AsFd::as_fd(fd)];
+            if let Err(error) = handoff::os::notify_with_fds(socket, &message, &fds) {
+                tracing::warn!(listener = %name, error = %chain(&error), "storing a listener with systemd failed");
+            }
+        }
+    }
+
     fn send(&self, message: &str) {
         if let Some(socket) = &self.socket
             && let Err(error) = handoff::os::notify(socket, message)

@@ -137,9 +137,20 @@ fn writes(addr: SocketAddr, rate: u32, acked: Arc<Mutex<Vec<u64>>>) -> Load {
     )
 }
 
+/// The pid of the generation serving under `supervisor`, once its record
+/// (what an adopting supervisor reads) names it: the event thread writes it
+/// a moment after the commit.
 fn serving_pid(supervisor: &Supervisor) -> u32 {
     let status = supervisor.wait_serving();
-    u64_of(&status, "child_pid") as u32
+    let pid = u64_of(&status, "child_pid");
+    let record = supervisor.socket.with_extension("generation.json");
+    testkit::eventually("the generation record names the serving pid", || {
+        std::fs::read(&record)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .is_some_and(|record| record["pid"] == pid)
+    });
+    pid as u32
 }
 
 #[test]
