@@ -95,24 +95,7 @@ fn find_program(program: &Path) -> io::Result<PathBuf> {
 /// Starts a foreign daemon: stdin `/dev/null`, stdout and stderr inherited.
 pub(crate) fn spawn_foreign(spec: ForeignSpec<'_>) -> io::Result<Child> {
     let program = find_program(&spec.program)?;
-    let count = spec.listeners.len();
-    let names: Vec<&str> = spec
-        .listeners
-        .iter()
-        .map(|(name, _)| name.as_str())
-        .collect();
-    let mut env: Vec<Vec<u8>> = std::env::vars_os()
-        .filter(|(key, _)| !super::process::meant_for_the_supervisor(key))
-        .filter(|(key, _)| !spec.env.iter().any(|(k, _)| k == key))
-        .chain(spec.env.iter().cloned())
-        .map(|(key, value)| [key.as_bytes(), b"=", value.as_bytes()].concat())
-        .collect();
-    env.push(format!("LISTEN_FDS={count}").into_bytes());
-    env.push(format!("LISTEN_FDNAMES={}", names.join(":")).into_bytes());
-    if let Some(socket) = &spec.notify_socket {
-        env.push([b"NOTIFY_SOCKET=".as_slice(), socket.as_os_str().as_bytes()].concat());
-    }
-    let env: Vec<CString> = env.iter().map(|v| cstring(v)).collect::<io::Result<_>>()?;
+    let env = child_env(&spec)?;
     // The one entry the child rewrites: "LISTEN_PID=" + digits + NUL.
     let mut listen_pid = b"LISTEN_PID=".to_vec();
     listen_pid.resize(listen_pid.len() + PID_DIGITS + 1, 0);
@@ -133,17 +116,7 @@ pub(crate) fn spawn_foreign(spec: ForeignSpec<'_>) -> io::Result<Child> {
         .chain([listen_pid.as_ptr() as usize, 0])
         .collect();
 
-    // Park a duplicate of each listener at the lowest free number from 3:
-    // the range 3..3+n is then fully taken while std creates its pipe.
-    let parked: Vec<OwnedFd> = spec
-        .listeners
-        .iter()
-        .map(|(_, fd)| {
-            let raw = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(FIRST))?;
-            // SAFETY: F_DUPFD_CLOEXEC just created `raw`; nothing else owns it.
-            Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-        })
-        .collect::<io::Result<_>>()?;
+    let parked = park(&spec.listeners)?;
     let sources: Vec<RawFd> = parked.iter().map(AsRawFd::as_raw_fd).collect();
     // Filled in the child (no allocation there): the copies above the range.
     let mut highs: Vec<RawFd> = vec![-1; sources.len()];
@@ -177,6 +150,42 @@ pub(crate) fn spawn_foreign(spec: ForeignSpec<'_>) -> io::Result<Child> {
     let child = command.spawn();
     drop(parked);
     child
+}
+
+/// The foreign daemon's environment: ours without what is meant for the
+/// supervisor, the spec's, and socket activation's (`LISTEN_PID` is the
+/// child's own, written after the fork).
+fn child_env(spec: &ForeignSpec<'_>) -> io::Result<Vec<CString>> {
+    let names: Vec<&str> = spec
+        .listeners
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let mut env: Vec<Vec<u8>> = std::env::vars_os()
+        .filter(|(key, _)| !super::process::meant_for_the_supervisor(key))
+        .filter(|(key, _)| !spec.env.iter().any(|(k, _)| k == key))
+        .chain(spec.env.iter().cloned())
+        .map(|(key, value)| [key.as_bytes(), b"=", value.as_bytes()].concat())
+        .collect();
+    env.push(format!("LISTEN_FDS={}", names.len()).into_bytes());
+    env.push(format!("LISTEN_FDNAMES={}", names.join(":")).into_bytes());
+    if let Some(socket) = &spec.notify_socket {
+        env.push([b"NOTIFY_SOCKET=".as_slice(), socket.as_os_str().as_bytes()].concat());
+    }
+    env.iter().map(|v| cstring(v)).collect()
+}
+
+/// A duplicate of each listener parked at the lowest free number from 3:
+/// the range 3..3+n is then fully taken while std creates its pipe.
+fn park(listeners: &[(String, BorrowedFd<'_>)]) -> io::Result<Vec<OwnedFd>> {
+    listeners
+        .iter()
+        .map(|(_, fd)| {
+            let raw = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(FIRST))?;
+            // SAFETY: F_DUPFD_CLOEXEC just created `raw`; nothing else owns it.
+            Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+        })
+        .collect()
 }
 
 #[allow(
