@@ -174,7 +174,10 @@ impl Record {
                 .last_handoff
                 .as_ref()
                 .map_or(1, |last| last.handoff_id() + 1),
+            // A cold start's or restart's new generation is the one that
+            // serves once it commits, never a successor to kill.
             successor: successor
+                .filter(|&successor| successor != pid)
                 .and_then(|pid| Some((pid, handoff::supervisor::start_time(pid).ok()?))),
         })
     }
@@ -221,6 +224,7 @@ impl Record {
     /// flight (it never committed).
     pub fn claim(&self) -> Result<Adoption, Failure> {
         if let Some((pid, started)) = self.successor
+            && pid != self.pid
             && handoff::supervisor::start_time(pid).ok() == Some(started)
         {
             tracing::warn!(
