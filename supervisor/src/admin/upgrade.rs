@@ -10,8 +10,8 @@ use handoff::os::PinnedBinary;
 use handoff::supervisor::UpgradeRequest;
 use handoff::{Error, Timeouts};
 
-use super::AdminState;
 use super::wire::{ErrorKind, HandoffReport, Response};
+use super::{AdminState, plan};
 use crate::config::check_executable;
 use crate::error::chain;
 
@@ -28,6 +28,11 @@ pub struct Upgrade {
     pub deadline: Option<Duration>,
     /// `--force`.
     pub force: bool,
+    /// `--if-changed`: nothing to do when the serving generation already
+    /// runs the target build (see `plan`).
+    pub if_changed: bool,
+    /// `--check`: every check, then what it would do, changing nothing.
+    pub check: bool,
 }
 
 /// An upgrade, from an admin request or SIGHUP: checked, then carried out
@@ -55,6 +60,18 @@ pub fn upgrade(state: &AdminState, asked: Upgrade) -> Response {
             Ok(bounds) => bounds,
             Err(message) => return Response::error(ErrorKind::Rejected, message),
         };
+    let planned = plan::Target {
+        program: &target.program,
+        pinned_sha256: target.pinned.as_ref().map(PinnedBinary::sha256),
+        bounds: (drain_grace, deadline),
+    };
+    let asked_plan = plan::Asked {
+        check: asked.check,
+        if_changed: asked.if_changed,
+    };
+    if let Some(answer) = plan::before_handoff(state, &planned, asked_plan) {
+        return answer;
+    }
     let request = UpgradeRequest {
         program: Some(target.exec_path()),
         args: None,

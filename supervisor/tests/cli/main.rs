@@ -18,4 +18,5 @@ mod probation;
 mod quickstart;
 mod real_systemd;
 mod reexec;
+mod rolling;
 mod systemd;
