@@ -374,6 +374,22 @@ pub fn u64_of(value: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} missing in {value}"))
 }
 
+/// Copies the executable `source` to `path` with a trailer naming `label`
+/// (an ELF loader ignores bytes past its segments): another build, with a
+/// sha256 of its own, that runs as the original. Returns that sha256.
+pub fn another_build(source: &Path, path: &Path, label: &str) -> String {
+    use std::io::Write;
+    std::fs::copy(source, path).expect("copy the build");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("open the copy");
+    writeln!(file, "\nbuild {label}").expect("trailer");
+    drop(file);
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    sha256_hex(path)
+}
+
 /// Lowercase hex sha256 of the file at `path`.
 pub fn sha256_hex(path: &Path) -> String {
     use std::fmt::Write as _;

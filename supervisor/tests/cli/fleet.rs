@@ -31,7 +31,6 @@
 //! (SIGTERM, then SIGKILL), each playbook run's process group, the load.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,7 +41,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use testkit::run_group_bounded;
 
-use crate::common::{Start, Supervisor, TempDir, example, handoffctl, http, sha256_hex, u64_of};
+use crate::common::{
+    Start, Supervisor, TempDir, another_build, example, handoffctl, http, sha256_hex, u64_of,
+};
 use crate::load::{Load, Report};
 
 /// The gate between batches, as the playbook's `handoff_gate`.
@@ -99,21 +100,13 @@ struct Build {
     sha256: String,
 }
 
-/// Builds 1 to 3 of each daemon: copies of the example with a trailer each
-/// (an ELF loader ignores bytes past its segments), so three sha256s.
+/// Builds 1 to 3 of each daemon: copies of the example, three sha256s.
 fn builds(dir: &Path) -> BTreeMap<(Daemon, u8), Build> {
     let mut builds = BTreeMap::new();
     for daemon in [Daemon::Kvd, Daemon::Echod] {
         for version in 1..=3 {
             let path = dir.join(format!("{}-v{version}", daemon.name()));
-            std::fs::copy(example(daemon.name()), &path).expect("copy the example");
-            let mut file = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .expect("open the build");
-            writeln!(file, "\nfleet build {version}").expect("trailer");
-            drop(file);
-            let sha256 = sha256_hex(&path);
+            let sha256 = another_build(&example(daemon.name()), &path, &format!("v{version}"));
             builds.insert((daemon, version), Build { path, sha256 });
         }
     }

@@ -11,23 +11,14 @@ use handoff::os::Sig;
 use serde_json::Value;
 
 use crate::common::{
-    Ran, Start, Supervisor, TempDir, ctl, script, serving_pid, sha256_hex, testd, u64_of, wait_gone,
+    Ran, Start, Supervisor, TempDir, another_build, ctl, script, serving_pid, sha256_hex, testd,
+    u64_of, wait_gone,
 };
 
-/// Another build of testd: a copy with a trailer of its own, so a new
-/// sha256 (an ELF loader ignores bytes past its segments).
+/// Another build of testd, with a sha256 of its own.
 fn build(dir: &Path, name: &str) -> PathBuf {
-    use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
     let path = dir.join(name);
-    std::fs::copy(testd(), &path).expect("copy testd");
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .expect("open the copy");
-    writeln!(file, "\nbuild {name}").expect("trailer");
-    drop(file);
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    another_build(&testd(), &path, name);
     path
 }
 
@@ -57,6 +48,23 @@ fn verdict(answer: &Value) -> (bool, bool, String) {
         answer["failed"].as_bool().expect("failed"),
         answer["msg"].as_str().expect("msg").to_owned(),
     )
+}
+
+/// `wait --json --serving-for SERVING_FOR [--sha256 SHA] --timeout TIMEOUT`
+/// and its answer.
+fn wait_json(
+    supervisor: &Supervisor,
+    serving_for: &str,
+    sha256: Option<&str>,
+    timeout: &str,
+) -> (Ran, Value) {
+    let mut args = vec!["--serving-for", serving_for, "--timeout", timeout, "--json"];
+    if let Some(sha256) = sha256 {
+        args.extend(["--sha256", sha256]);
+    }
+    let ran = supervisor.ctl("wait", &args);
+    let answer = json(&ran);
+    (ran, answer)
 }
 
 #[test]
@@ -309,9 +317,8 @@ fn wait_passes_once_the_build_has_served_for_the_duration() {
     let next_sha = sha256_hex(&next);
     let testd_sha = sha256_hex(&testd());
 
-    let served = supervisor.ctl("wait", &["--serving-for", "300ms", "--json"]);
+    let (served, answer) = wait_json(&supervisor, "300ms", None, "20s");
     assert_eq!(served.code, Some(0), "{served:?}");
-    let answer = json(&served);
     let (changed, failed, msg) = verdict(&answer);
     assert!(!changed && !failed, "{answer}");
     assert!(msg.starts_with("generation 1 "), "{msg}");
@@ -355,20 +362,8 @@ fn wait_passes_once_the_build_has_served_for_the_duration() {
     );
     assert!(started.elapsed() < Duration::from_secs(5), "bounded");
     // The wrong build serves: the reason names both.
-    let wrong = supervisor.ctl(
-        "wait",
-        &[
-            "--serving-for",
-            "100ms",
-            "--sha256",
-            &testd_sha,
-            "--timeout",
-            "600ms",
-            "--json",
-        ],
-    );
+    let (wrong, answer) = wait_json(&supervisor, "100ms", Some(&testd_sha), "600ms");
     assert_eq!(wrong.code, Some(1), "{wrong:?}");
-    let answer = json(&wrong);
     let (changed, failed, _) = verdict(&answer);
     assert!(!changed && failed, "{answer}");
     assert_eq!(answer["served"], false);
@@ -457,20 +452,8 @@ fn a_probation_holds_the_gate_and_its_rollback_fails_it() {
     let new_pid = u64_of(&json(&upgraded), "new_pid") as u32;
 
     // In probation: served long enough, but not passed.
-    let held = supervisor.ctl(
-        "wait",
-        &[
-            "--serving-for",
-            "100ms",
-            "--sha256",
-            &next_sha,
-            "--timeout",
-            "1s",
-            "--json",
-        ],
-    );
+    let (held, answer) = wait_json(&supervisor, "100ms", Some(&next_sha), "1s");
     assert_eq!(held.code, Some(1), "{held:?}");
-    let answer = json(&held);
     assert!(
         answer["reason"]
             .as_str()
@@ -485,17 +468,7 @@ fn a_probation_holds_the_gate_and_its_rollback_fails_it() {
     supervisor.wait_status("the automatic rollback", |s| {
         s["last_probation_rollback"].is_object() && s["state"] == "serving"
     });
-    let failed = supervisor.ctl(
-        "wait",
-        &[
-            "--serving-for",
-            "100ms",
-            "--sha256",
-            &next_sha,
-            "--timeout",
-            "1s",
-        ],
-    );
+    let (failed, _) = wait_json(&supervisor, "100ms", Some(&next_sha), "1s");
     assert_eq!(failed.code, Some(1), "{failed:?}");
     let line = failed.one_error_line();
     assert!(

@@ -66,23 +66,6 @@ options:
         stop it and let the new one take over instead of rolling back.
     type: bool
     default: false
-  socket:
-    description:
-      - The supervisor's admin socket.
-      - Mutually exclusive with O(config); without either, handoffctl's
-        default path.
-    type: path
-  config:
-    description:
-      - The supervisor's config file; its C(socket) key names the admin
-        socket.
-    type: path
-  handoffctl:
-    description:
-      - The handoffctl executable on the host, by path or name (searched in
-        E(PATH)).
-    type: path
-    default: handoffctl
 notes:
   - Bound the task with the C(timeout) keyword a little above O(deadline)
     plus the drain; the supervisor answers within its own bounds anyway.
@@ -90,6 +73,8 @@ notes:
     repository's README.
 seealso:
   - module: handoff.fleet.handoff_wait
+extends_documentation_fragment:
+  - handoff.fleet.handoffctl
 author:
   - handoff developers (@handoff)
 attributes:

@@ -42,25 +42,10 @@ options:
         hexadecimal digits). Without it, any build passes, including an
         old one resumed by an automatic rollback.
     type: str
-  socket:
-    description:
-      - The supervisor's admin socket.
-      - Mutually exclusive with O(config); without either, handoffctl's
-        default path.
-    type: path
-  config:
-    description:
-      - The supervisor's config file; its C(socket) key names the admin
-        socket.
-    type: path
-  handoffctl:
-    description:
-      - The handoffctl executable on the host, by path or name (searched in
-        E(PATH)).
-    type: path
-    default: handoffctl
 seealso:
   - module: handoff.fleet.handoff_upgrade
+extends_documentation_fragment:
+  - handoff.fleet.handoffctl
 author:
   - handoff developers (@handoff)
 attributes:
