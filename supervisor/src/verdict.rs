@@ -11,7 +11,10 @@
 //! | rolled back, nobody serves | true | true | 4 ([`Exit::NobodyServes`]) |
 //! | plan: unchanged (`--if-changed`) | false | false | 0 |
 //! | plan: a dry run (`--check`) | what the upgrade would do | false | 0 |
-//! | refused, busy, unreachable | false | true | 2, 3, 1 (see [`Exit`]) |
+//! | `wait`: served | false | false | 0 |
+//! | refused, bad input, no supervisor | false | true | 2 |
+//! | busy | false | true | 3 |
+//! | stopping, the handoff could not start, `wait` timed out | false | true | 1 |
 //!
 //! `changed` is true when the serving generation is not the one that
 //! served before, or when nobody serves any more: a rollback that left the
