@@ -220,10 +220,7 @@ pub fn reexec(args: ReexecArgs) -> Result<(), Failure> {
     match ask(&socket, &request, None)? {
         Response::Reexec(report) => {
             if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&report).map_err(|e| Failure::failed(e.to_string()))?
-                );
+                println!("{}", Verdict::of_reexec(&report).over(&report)?);
             } else if report.committed || !report.changed {
                 println!("{}", report.line());
             }

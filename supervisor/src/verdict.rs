@@ -1,6 +1,6 @@
 //! Ansible's return conventions, `changed`, `failed` and `msg`, beside the
 //! fields of every `--json` answer of a verb that may change the supervisor
-//! (`upgrade`, `rollback`, `wait`; `reexec` takes the same helper): a
+//! (`upgrade`, `rollback`, `reexec`, `wait`): a
 //! fleet engine that runs `handoffctl` on each host reads the outcome in
 //! its own terms, and an Ansible module passes the object on as its result.
 //!
@@ -12,6 +12,7 @@
 //! | plan: unchanged (`--if-changed`) | false | false | 0 |
 //! | plan: a dry run (`--check`) | what the upgrade would do | false | 0 |
 //! | `wait`: served | false | false | 0 |
+//! | `reexec`: the new image in charge, unchanged, the old one still | true, false, false | false, false, true | 0, 0, 1 |
 //! | refused, bad input, no supervisor | false | true | 2 |
 //! | busy | false | true | 3 |
 //! | stopping, the handoff could not start, `wait` timed out | false | true | 1 |
@@ -22,7 +23,7 @@
 
 use serde::Serialize;
 
-use crate::admin::wire::{HandoffReport, PlanReport};
+use crate::admin::wire::{HandoffReport, PlanReport, ReexecReport};
 use crate::error::{Exit, Failure};
 
 /// The three fields, as Ansible names them.
@@ -64,6 +65,17 @@ impl Verdict {
         }
     }
 
+    /// A re-exec's: changed only when the new image took charge. (The
+    /// report's own `changed` says whether there was anything to do, true
+    /// on a failed re-exec too; [`Verdict::over`] replaces it.)
+    pub fn of_reexec(report: &ReexecReport) -> Verdict {
+        Verdict {
+            changed: report.changed && report.committed,
+            failed: report.changed && !report.committed,
+            msg: report.line(),
+        }
+    }
+
     /// A failure's: a refusal, or no answer at all (the client cannot tell
     /// whether anything changed then; `status` can).
     pub fn of_failure(failure: &Failure) -> Verdict {
@@ -81,6 +93,22 @@ impl Verdict {
             answer,
         })
         .map_err(|e| Failure::failed(e.to_string()))
+    }
+}
+
+impl Verdict {
+    /// `answer`'s JSON object with this verdict's fields set, replacing
+    /// any of the same names the answer has (keys in the object's order).
+    pub fn over<T: Serialize>(&self, answer: &T) -> Result<String, Failure> {
+        let broken = |e: serde_json::Error| Failure::failed(e.to_string());
+        let mut value = serde_json::to_value(answer).map_err(broken)?;
+        let serde_json::Value::Object(fields) = &mut value else {
+            return Err(Failure::failed("an answer that is not a JSON object"));
+        };
+        fields.insert("changed".into(), self.changed.into());
+        fields.insert("failed".into(), self.failed.into());
+        fields.insert("msg".into(), self.msg.clone().into());
+        serde_json::to_string(&value).map_err(broken)
     }
 }
 
@@ -132,6 +160,37 @@ mod tests {
             handoff_exit(&report(false, false)),
             Some(Exit::NobodyServes)
         );
+    }
+
+    #[test]
+    fn a_reexec_is_judged_by_who_is_in_charge() {
+        let image = |sha: &str| crate::admin::wire::ImageRecord {
+            version: "0.1.0".into(),
+            sha256: sha.repeat(64),
+        };
+        let report = |changed: bool, committed: bool| ReexecReport {
+            changed,
+            committed,
+            reason: (changed && !committed).then(|| "self-check failed".to_owned()),
+            pid: 7,
+            from: image("a"),
+            to: Some(image("b")),
+            phases_ms: Default::default(),
+            total_ms: 1.0,
+        };
+        for ((changed, committed), (want_changed, want_failed)) in [
+            ((true, true), (true, false)),
+            ((false, false), (false, false)),
+            ((true, false), (false, true)),
+        ] {
+            let report = report(changed, committed);
+            let json = Verdict::of_reexec(&report).over(&report).expect("json");
+            let value: serde_json::Value = serde_json::from_str(&json).expect("one object");
+            assert_eq!(value["changed"], want_changed, "{json}");
+            assert_eq!(value["failed"], want_failed, "{json}");
+            assert_eq!(value["msg"], report.line().as_str());
+            assert_eq!(value["pid"], 7, "the report's fields stay: {json}");
+        }
     }
 
     #[test]
