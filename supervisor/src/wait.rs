@@ -16,14 +16,18 @@
 //! admin socket, and a supervisor that restarts meanwhile (its socket gone
 //! for a moment) is waited for like any other "not yet". While only time is
 //! missing it sleeps until the goal; otherwise it looks again every
-//! `STATUS_POLL`.
+//! `STATUS_POLL`. A look waits for its answer the admin request bound at
+//! most, and no longer than the time left (but at least `STATUS_POLL`), so
+//! `--timeout` is kept to within that; a look left unanswered at the end
+//! reports the last answer's reason beside its own (a supervisor too slow
+//! to answer in time must not hide why it had not passed).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use handoff::Timeouts;
 use handoff::supervisor::SupervisorState;
-use handoff::timeouts::{POLL_SLICE, STATUS_POLL, format_duration};
+use handoff::timeouts::{STATUS_POLL, format_duration};
 
 use crate::admin::wire::{Request, Response, StatusReport};
 use crate::cli::WaitArgs;
@@ -76,9 +80,12 @@ pub fn wait(args: WaitArgs) -> Result<(), Failure> {
     let started = Instant::now();
     let deadline = started + timeout;
     let mut report = WaitReport::default();
+    // Why the supervisor's last answer did not pass: kept beside a later
+    // failure to get one, which alone would say less.
+    let mut answered: Option<String> = None;
     loop {
         let next = match look(&socket, deadline, &goal, &mut report) {
-            Ok(()) => {
+            Look::Reached => {
                 report.served = true;
                 report.waited_ms = millis(started.elapsed());
                 let msg = format!(
@@ -92,9 +99,17 @@ pub fn wait(args: WaitArgs) -> Result<(), Failure> {
                 );
                 return print(&report, msg, args.json);
             }
-            Err((reason, next)) => {
-                report.reason = Some(reason);
+            Look::NotYet { reason, next } => {
+                report.reason = Some(reason.clone());
+                answered = Some(reason);
                 next
+            }
+            Look::NoAnswer(error) => {
+                report.reason = Some(match &answered {
+                    Some(seen) => format!("{error} (its last answer: {seen})"),
+                    None => error,
+                });
+                STATUS_POLL
             }
         };
         let left = deadline.saturating_duration_since(Instant::now());
@@ -131,23 +146,29 @@ pub fn wait(args: WaitArgs) -> Result<(), Failure> {
     }
 }
 
-/// One look at the supervisor: `Ok` when the goal is reached, else why not
-/// and when to look again. Updates `report` with what it saw.
-fn look(
-    socket: &Path,
-    deadline: Instant,
-    goal: &Goal,
-    report: &mut WaitReport,
-) -> Result<(), (String, Duration)> {
+/// What one look at the supervisor saw.
+enum Look {
+    /// The goal is reached.
+    Reached,
+    /// The supervisor answered, and not yet: why, and when to look again.
+    NotYet { reason: String, next: Duration },
+    /// No answer: no supervisor, a refusal, or none in time.
+    NoAnswer(String),
+}
+
+/// One look at the supervisor, its answer bounded by the admin request
+/// bound and the time left (at least `STATUS_POLL`). Updates `report` with
+/// what it saw.
+fn look(socket: &Path, deadline: Instant, goal: &Goal, report: &mut WaitReport) -> Look {
     let bound = Timeouts::default()
         .admin_request
         .min(deadline.saturating_duration_since(Instant::now()))
-        .max(POLL_SLICE);
+        .max(STATUS_POLL);
     let status = match ask(socket, &Request::Status, Some(bound)) {
         Ok(Response::Status(status)) => status,
-        Ok(Response::Error { message, .. }) => return Err((message, STATUS_POLL)),
-        Ok(other) => return Err((format!("unexpected answer {other:?}"), STATUS_POLL)),
-        Err(failure) => return Err((failure.message, STATUS_POLL)),
+        Ok(Response::Error { message, .. }) => return Look::NoAnswer(message),
+        Ok(other) => return Look::NoAnswer(format!("unexpected answer {other:?}")),
+        Err(failure) => return Look::NoAnswer(failure.message),
     };
     report.generation = status.generation;
     report.pid = status.child_pid;
@@ -156,7 +177,10 @@ fn look(
     if status.child_pid.is_some() && report.generations_seen.last() != Some(&status.generation) {
         report.generations_seen.push(status.generation);
     }
-    judge(&status, goal)
+    match judge(&status, goal) {
+        Ok(()) => Look::Reached,
+        Err((reason, next)) => Look::NotYet { reason, next },
+    }
 }
 
 /// Whether `status` meets `goal`; else why not and when to look again.

@@ -477,3 +477,39 @@ fn a_probation_holds_the_gate_and_its_rollback_fails_it() {
     );
     assert!(line.contains(&sha256_hex(&testd())), "{line}");
 }
+
+#[test]
+fn a_supervisor_that_stops_answering_fails_the_gate_with_its_last_answer() {
+    let supervisor = supervise(&[], &[]);
+    let socket = supervisor.socket.clone();
+    let started = Instant::now();
+    let gate = std::thread::spawn(move || {
+        ctl(&[
+            "wait",
+            "--socket",
+            socket.to_str().expect("utf-8"),
+            "--serving-for",
+            "1h",
+            "--timeout",
+            "2s",
+        ])
+    });
+    // Looks answered, then a supervisor that no longer answers (stopped:
+    // its socket still accepts into the backlog, nobody reads).
+    std::thread::sleep(Duration::from_millis(700));
+    supervisor.signal(Sig::Stop);
+    let gate = gate.join().expect("wait");
+    supervisor.signal(Sig::Cont);
+    assert_eq!(gate.code, Some(1), "{gate:?}");
+    let line = gate.one_error_line();
+    assert!(
+        line.contains("its last answer: generation 1") && line.contains("has served for"),
+        "{line}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "bounded: {:?}",
+        started.elapsed()
+    );
+    supervisor.wait_serving();
+}
