@@ -51,14 +51,8 @@ pub fn before_handoff(state: &AdminState, target: &Target<'_>, asked: Asked) -> 
     if !asked.check && !asked.if_changed {
         return None;
     }
-    let status = match state.handle.status() {
-        Ok(status) => status,
-        Err(_) => {
-            return Some(Response::error(
-                ErrorKind::Stopping,
-                "the supervisor is stopping",
-            ));
-        }
+    let Ok(status) = state.handle.status() else {
+        return Some(stopping());
     };
     if asked.check {
         // What the library would answer the real upgrade.
@@ -69,26 +63,14 @@ pub fn before_handoff(state: &AdminState, target: &Target<'_>, asked: Asked) -> 
                     "another handoff is in flight",
                 ));
             }
-            SupervisorState::Stopping => {
-                return Some(Response::error(
-                    ErrorKind::Stopping,
-                    "the supervisor is stopping",
-                ));
-            }
+            SupervisorState::Stopping => return Some(stopping()),
             SupervisorState::Starting | SupervisorState::Serving => {}
         }
     }
-    let sha256 = match target.pinned_sha256 {
-        Some(sha256) => sha256.to_owned(),
-        None => match state.identities.of_path(target.program) {
-            Ok(record) => record.sha256,
-            Err(e) => {
-                return Some(Response::error(
-                    ErrorKind::Rejected,
-                    format!("binary {}: {e}", target.program.display()),
-                ));
-            }
-        },
+    let sha256 = match target_sha256(state, target) {
+        Ok(sha256) => sha256,
+        // As the upgrade refuses a file it cannot read.
+        Err(message) => return Some(Response::error(ErrorKind::Rejected, message)),
     };
     let current = status
         .child_pid
@@ -127,4 +109,21 @@ pub fn before_handoff(state: &AdminState, target: &Target<'_>, asked: Asked) -> 
         "upgrade answered without a handoff"
     );
     Some(Response::Plan(plan))
+}
+
+/// The target's sha256: the pin's, else the file's (through the identity
+/// cache); why not, for a file that cannot be read.
+fn target_sha256(state: &AdminState, target: &Target<'_>) -> Result<String, String> {
+    match target.pinned_sha256 {
+        Some(sha256) => Ok(sha256.to_owned()),
+        None => state
+            .identities
+            .of_path(target.program)
+            .map(|record| record.sha256)
+            .map_err(|e| format!("binary {}: {e}", target.program.display())),
+    }
+}
+
+fn stopping() -> Response {
+    Response::error(ErrorKind::Stopping, "the supervisor is stopping")
 }

@@ -35,6 +35,16 @@ pub struct Upgrade {
     pub check: bool,
 }
 
+impl Upgrade {
+    /// What it asks of `plan`.
+    fn plan(&self) -> plan::Asked {
+        plan::Asked {
+            check: self.check,
+            if_changed: self.if_changed,
+        }
+    }
+}
+
 /// An upgrade, from an admin request or SIGHUP: checked, then carried out
 /// between systemd's `RELOADING=1` and `READY=1`.
 pub fn upgrade(state: &AdminState, asked: Upgrade) -> Response {
@@ -51,6 +61,7 @@ pub fn upgrade(state: &AdminState, asked: Upgrade) -> Response {
              where the old generation drains after the commit anyway)",
         );
     }
+    let planning = asked.plan();
     let target = match Target::check(state, asked.binary, asked.sha256) {
         Ok(target) => target,
         Err(message) => return Response::error(ErrorKind::Rejected, message),
@@ -60,16 +71,8 @@ pub fn upgrade(state: &AdminState, asked: Upgrade) -> Response {
             Ok(bounds) => bounds,
             Err(message) => return Response::error(ErrorKind::Rejected, message),
         };
-    let planned = plan::Target {
-        program: &target.program,
-        pinned_sha256: target.pinned.as_ref().map(PinnedBinary::sha256),
-        bounds: (drain_grace, deadline),
-    };
-    let asked_plan = plan::Asked {
-        check: asked.check,
-        if_changed: asked.if_changed,
-    };
-    if let Some(answer) = plan::before_handoff(state, &planned, asked_plan) {
+    let planned = target.planned((drain_grace, deadline));
+    if let Some(answer) = plan::before_handoff(state, &planned, planning) {
         return answer;
     }
     let request = UpgradeRequest {
@@ -165,6 +168,15 @@ impl Target {
         // successor runs while the handoff goes on, off this path and off
         // systemd's notifications.
         Ok(Target { program, pinned })
+    }
+
+    /// What `plan` needs of it.
+    fn planned(&self, bounds: (Option<Duration>, Option<Duration>)) -> plan::Target<'_> {
+        plan::Target {
+            program: &self.program,
+            pinned_sha256: self.pinned.as_ref().map(PinnedBinary::sha256),
+            bounds,
+        }
     }
 
     fn exec_path(&self) -> PathBuf {
