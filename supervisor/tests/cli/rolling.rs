@@ -67,6 +67,17 @@ fn wait_json(
     (ran, answer)
 }
 
+/// `wait ARGS` on a thread of its own, for a test that acts meanwhile.
+fn wait_in_background(supervisor: &Supervisor, args: &[&str]) -> std::thread::JoinHandle<Ran> {
+    let socket = supervisor.socket.display().to_string();
+    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+    std::thread::spawn(move || {
+        let mut all = vec!["wait", "--socket", &socket];
+        all.extend(args.iter().map(String::as_str));
+        ctl(&all)
+    })
+}
+
 #[test]
 fn an_upgrade_if_changed_does_nothing_when_the_build_already_serves() {
     let dir = TempDir::new("if-changed");
@@ -402,20 +413,11 @@ fn wait_passes_once_the_build_has_served_for_the_duration() {
 #[test]
 fn a_restart_starts_the_wait_again() {
     let supervisor = supervise(&[], &[]);
-    let socket = supervisor.socket.clone();
     let started = Instant::now();
-    let gate = std::thread::spawn(move || {
-        ctl(&[
-            "wait",
-            "--socket",
-            socket.to_str().expect("utf-8"),
-            "--serving-for",
-            "2s",
-            "--timeout",
-            "20s",
-            "--json",
-        ])
-    });
+    let gate = wait_in_background(
+        &supervisor,
+        &["--serving-for", "2s", "--timeout", "20s", "--json"],
+    );
     // Generation 1 dies before its two seconds: the restarted one must
     // serve two seconds of its own.
     std::thread::sleep(Duration::from_millis(500));
@@ -481,19 +483,8 @@ fn a_probation_holds_the_gate_and_its_rollback_fails_it() {
 #[test]
 fn a_supervisor_that_stops_answering_fails_the_gate_with_its_last_answer() {
     let supervisor = supervise(&[], &[]);
-    let socket = supervisor.socket.clone();
     let started = Instant::now();
-    let gate = std::thread::spawn(move || {
-        ctl(&[
-            "wait",
-            "--socket",
-            socket.to_str().expect("utf-8"),
-            "--serving-for",
-            "1h",
-            "--timeout",
-            "2s",
-        ])
-    });
+    let gate = wait_in_background(&supervisor, &["--serving-for", "1h", "--timeout", "2s"]);
     // Looks answered, then a supervisor that no longer answers (stopped:
     // its socket still accepts into the backlog, nobody reads).
     std::thread::sleep(Duration::from_millis(700));
