@@ -10,7 +10,10 @@
 //! figures ([`run::Observed::to_json`], [`run::Observed::to_table`]). One
 //! predicate judges a run: [`report::Counts::zero_loss_violations`]. The
 //! negative control runs the same load across naive restarts (close the
-//! listener, bind again), which must show failures.
+//! listener, bind again), which must show failures. With
+//! [`run::Config::reexecs`], the supervisor itself is replaced too:
+//! `handoffctl run` re-executes into other builds of handoffctl under the
+//! load, then upgrades the daemon once more ([`reexec`]).
 //!
 //! ```no_run
 //! use handoff_bench::run::{Config, Daemon, run};
@@ -23,6 +26,7 @@
 pub mod client;
 pub mod kernel;
 pub mod load;
+pub mod reexec;
 pub mod report;
 pub mod run;
 pub mod upgrade;

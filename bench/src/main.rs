@@ -9,18 +9,35 @@
 //! tables. Each upgrade runs a fresh build put in place just before it, as
 //! a deploy does (`--builds fixed` alternates two builds instead).
 //!
+//! With `--reexecs N`, the supervisor itself is replaced too: after the
+//! daemon upgrades (`--upgrades 0` for none), `handoffctl run` re-executes
+//! N times under the load into two builds of handoffctl made from the one
+//! the benchmark uses (`handoffctl-a`, `handoffctl-b`: different sha256,
+//! allowed with `--allow-supervisor-binary`), then upgrades the daemon once
+//! more; and N idle re-execs per daemon (no load, `--interval-ms` apart,
+//! `--idle-reexecs`) time a re-exec alone. The tables and `--json` add the
+//! re-execs' total p50/p99 as the supervisor reports it (`reexec --json`'s
+//! `total_ms`, preflight included) and as the caller sees it (`handoffctl
+//! reexec` spawn to exit), the phases' medians, and the supervisor's RSS
+//! (`VmRSS`) and open fds before the first re-exec and after the last.
+//!
 //! Exits 1 if a zero count is not zero ([`Counts::zero_loss_violations`]),
-//! or if the negative control saw no failure (a blind harness); with
-//! `--netns`, the kernel's TCP counters are a zero count too. Exits 2 if
-//! the benchmark itself could not run.
+//! if a re-exec did not commit, changed the supervisor's or the daemon's
+//! pid or the generation, or the upgrade after the re-execs did not commit
+//! ([`ReexecCounts::violations`]), or if the negative control saw no
+//! failure (a blind harness); with `--netns`, the kernel's TCP counters are
+//! a zero count too. Exits 2 if the benchmark itself could not run.
 //!
 //! ```text
 //! cargo build --release --examples -p handoff && cargo build --release -p handoffctl
 //! cargo run --release -p handoff-bench -- --mode both --upgrades 20 --clients 32
 //! cargo run --release -p handoff-bench -- --mode foreign --upgrades 20   # needs python3
+//! cargo run --release -p handoff-bench -- --mode exclusive --upgrades 0 --reexecs 20 \
+//!     --control-restarts 0 --idle-upgrades 0
 //! ```
 //!
 //! [`Counts::zero_loss_violations`]: handoff_bench::report::Counts::zero_loss_violations
+//! [`ReexecCounts::violations`]: handoff_bench::reexec::ReexecCounts::violations
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,8 +45,9 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use handoff_bench::load::Connections;
+use handoff_bench::reexec::IdleReexecs;
 use handoff_bench::run::{
-    Builds, Config, Daemon, Observed, Progress, UpgraderKind, run_with_progress,
+    Builds, Config, Daemon, Idle, Observed, Progress, UpgraderKind, run_with_progress,
 };
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -131,6 +149,25 @@ struct Args {
     /// for the supervised runs and some for the naive-restart control.
     #[arg(long)]
     netns: bool,
+    /// Supervisor re-execs per run (0: none). After the --upgrades daemon
+    /// upgrades (--upgrades 0: none), `handoffctl run` replaces its own
+    /// image N times under the load (`handoffctl reexec`), alternating two
+    /// copies of the handoffctl binary with different sha256 (written into
+    /// the run's directory and allowed with --allow-supervisor-binary),
+    /// --interval-ms apart; then the daemon is upgraded once more. Every
+    /// re-exec must commit with the supervisor's pid, the daemon's pid and
+    /// its generation unchanged, and the upgrade after must commit, beside
+    /// the zero counts. Reports the re-execs' total p50/p99 (the
+    /// supervisor's and the caller's), phase medians, and the supervisor's
+    /// RSS and fds before the first and after the last. Also runs idle
+    /// re-execs (--idle-reexecs). Needs --supervisor handoffctl.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    reexecs: usize,
+    /// Re-execs with no load, --interval-ms apart, for each daemon of
+    /// --mode, then one upgrade: a re-exec's own cost (0 skips them)
+    /// [default: --reexecs].
+    #[arg(long, value_name = "N")]
+    idle_reexecs: Option<usize>,
     /// Print one JSON object on stdout instead of the tables.
     #[arg(long)]
     json: bool,
@@ -146,7 +183,8 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!(
-                "handoff-bench: a zero count is not zero, or the negative control saw nothing"
+                "handoff-bench: a zero count is not zero, a re-exec did not keep the supervisor, \
+                 or the negative control saw nothing"
             );
             ExitCode::from(1)
         }
@@ -157,37 +195,64 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs everything `args` asks for and reports it; whether every verdict
-/// holds.
-fn bench(args: &Args) -> Result<bool, String> {
-    // Before any thread starts: the namespace is per thread.
-    if args.netns {
-        handoff_bench::kernel::enter_private_network().map_err(|e| format!("--netns: {e}"))?;
+/// Where things are, and which daemons to run.
+struct Setup {
+    examples_dir: PathBuf,
+    svg_dir: PathBuf,
+    daemons: &'static [Daemon],
+    supervised: UpgraderKind,
+}
+
+impl Setup {
+    fn new(args: &Args) -> Result<Setup, String> {
+        let exe_dir = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_owned));
+        let examples_dir = args.examples_dir.clone().unwrap_or_else(|| {
+            exe_dir
+                .as_ref()
+                .map(|dir| dir.join("examples"))
+                .unwrap_or_else(|| PathBuf::from("target/release/examples"))
+        });
+        let svg_dir = args.svg_dir.clone().unwrap_or_else(|| {
+            target_dir(exe_dir.as_deref())
+                .unwrap_or_else(std::env::temp_dir)
+                .join("handoff-bench")
+        });
+        std::fs::create_dir_all(&svg_dir).map_err(|e| format!("{}: {e}", svg_dir.display()))?;
+        let supervised = match args.supervisor {
+            Supervisor::Handoffctl => UpgraderKind::Ctl,
+            Supervisor::InProcess => UpgraderKind::InProcess,
+        };
+        if supervised != UpgraderKind::Ctl && (args.reexecs > 0 || args.idle_reexecs() > 0) {
+            return Err(
+                "--reexecs re-executes `handoffctl run`: it needs --supervisor handoffctl".into(),
+            );
+        }
+        Ok(Setup {
+            examples_dir,
+            svg_dir,
+            daemons: match args.mode {
+                Modes::Exclusive => &[Daemon::Kvd],
+                Modes::Overlap => &[Daemon::Echod],
+                Modes::Foreign => &[Daemon::ForeignHttpd],
+                Modes::Both => &[Daemon::Kvd, Daemon::Echod],
+                Modes::All => &[Daemon::Kvd, Daemon::Echod, Daemon::ForeignHttpd],
+            },
+            supervised,
+        })
     }
-    let exe_dir = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(Path::to_owned));
-    let examples_dir = args.examples_dir.clone().unwrap_or_else(|| {
-        exe_dir
-            .as_ref()
-            .map(|dir| dir.join("examples"))
-            .unwrap_or_else(|| PathBuf::from("target/release/examples"))
-    });
-    let svg_dir = args.svg_dir.clone().unwrap_or_else(|| {
-        target_dir(exe_dir.as_deref())
-            .unwrap_or_else(std::env::temp_dir)
-            .join("handoff-bench")
-    });
-    std::fs::create_dir_all(&svg_dir).map_err(|e| format!("{}: {e}", svg_dir.display()))?;
-    let daemons: &[Daemon] = match args.mode {
-        Modes::Exclusive => &[Daemon::Kvd],
-        Modes::Overlap => &[Daemon::Echod],
-        Modes::Foreign => &[Daemon::ForeignHttpd],
-        Modes::Both => &[Daemon::Kvd, Daemon::Echod],
-        Modes::All => &[Daemon::Kvd, Daemon::Echod, Daemon::ForeignHttpd],
-    };
-    let config = |daemon: Daemon, upgrader: UpgraderKind, upgrades: usize| {
-        let defaults = Config::new(daemon, examples_dir.clone());
+
+    /// A run of `daemon` by `upgrader` with `upgrades` upgrades, as `args`
+    /// shape it; no re-execs.
+    fn config(
+        &self,
+        args: &Args,
+        daemon: Daemon,
+        upgrader: UpgraderKind,
+        upgrades: usize,
+    ) -> Config {
+        let defaults = Config::new(daemon, self.examples_dir.clone());
         Config {
             upgrader,
             upgrades,
@@ -210,116 +275,196 @@ fn bench(args: &Args) -> Result<bool, String> {
                 .unwrap_or(defaults.foreign_script.clone()),
             ..defaults
         }
-    };
-    let supervised = match args.supervisor {
-        Supervisor::Handoffctl => UpgraderKind::Ctl,
-        Supervisor::InProcess => UpgraderKind::InProcess,
-    };
+    }
+}
+
+impl Args {
+    fn idle_reexecs(&self) -> usize {
+        self.idle_reexecs.unwrap_or(self.reexecs)
+    }
+}
+
+/// What the runs found.
+#[derive(Default)]
+struct Results {
+    /// Every verdict held.
+    ok: bool,
+    /// The runs under load and the controls, with their pictures.
+    finished: Vec<(Observed, PathBuf)>,
+    /// Idle upgrades of echod.
+    idle: Option<Idle>,
+    /// Idle re-execs, one per daemon.
+    idle_reexecs: Vec<IdleReexecs>,
+}
+
+/// Runs everything `args` asks for and reports it; whether every verdict
+/// holds.
+fn bench(args: &Args) -> Result<bool, String> {
+    // Before any thread starts: the namespace is per thread.
+    if args.netns {
+        handoff_bench::kernel::enter_private_network().map_err(|e| format!("--netns: {e}"))?;
+    }
+    let setup = Setup::new(args)?;
     let loadavg_before = loadavg();
-    let mut ok = true;
-    let mut finished: Vec<(Observed, PathBuf)> = Vec::new();
-    let mut measure = |config: Config, picture: &str| -> Result<bool, String> {
-        let observed = measured(config)?;
-        let path = svg_dir.join(format!("handoff-bench-{picture}.svg"));
-        if let Err(error) = write_svg(&path, &observed, picture) {
-            // The figures are still worth printing.
-            eprintln!("handoff-bench: writing the picture: {error}");
-        }
-        let ok = observed.violations().is_empty();
-        finished.push((observed, path));
-        Ok(ok)
+    let mut results = Results {
+        ok: true,
+        ..Results::default()
     };
-    for &daemon in daemons {
-        ok &= measure(config(daemon, supervised, args.upgrades), daemon.name())?;
+    for &daemon in setup.daemons {
+        let config = Config {
+            reexecs: args.reexecs,
+            ..setup.config(args, daemon, setup.supervised, args.upgrades)
+        };
+        results.measure(&setup, config, daemon.name())?;
     }
     // The negative control: kvd restarted the naive way, and the foreign
     // daemon too when it was measured (its client checks differ).
     if args.control_restarts > 0 {
         let restarts = args.control_restarts;
-        ok &= measure(
-            config(Daemon::Kvd, UpgraderKind::NaiveRestart, restarts),
-            "naive-restart",
-        )?;
-        if daemons.contains(&Daemon::ForeignHttpd) {
-            ok &= measure(
-                config(Daemon::ForeignHttpd, UpgraderKind::NaiveRestart, restarts),
-                "naive-restart-foreign",
-            )?;
+        let naive = UpgraderKind::NaiveRestart;
+        let config = setup.config(args, Daemon::Kvd, naive, restarts);
+        results.measure(&setup, config, "naive-restart")?;
+        if setup.daemons.contains(&Daemon::ForeignHttpd) {
+            let config = setup.config(args, Daemon::ForeignHttpd, naive, restarts);
+            results.measure(&setup, config, "naive-restart-foreign")?;
         }
     }
-    let idle = if args.idle_upgrades > 0 {
-        let config = config(Daemon::Echod, supervised, args.idle_upgrades);
+    if args.idle_upgrades > 0 {
+        let config = setup.config(args, Daemon::Echod, setup.supervised, args.idle_upgrades);
         eprintln!(
             "== echod, idle: {} upgrades to {} builds, no load",
             config.upgrades,
             config.builds.name()
         );
         let idle = handoff_bench::run::idle(config).map_err(|e| format!("idle: {e}"))?;
-        ok &= idle.lingering_generations == 0 && idle.harness_errors.is_empty();
-        Some(idle)
+        results.ok &= idle.lingering_generations == 0 && idle.harness_errors.is_empty();
+        results.idle = Some(idle);
+    }
+    if args.idle_reexecs() > 0 {
+        for &daemon in setup.daemons {
+            let config = Config {
+                reexecs: args.idle_reexecs(),
+                ..setup.config(args, daemon, setup.supervised, 0)
+            };
+            results.idle_reexecs(config)?;
+        }
+    }
+    if args.json {
+        print_json(&results, loadavg_before);
     } else {
-        None
-    };
-    let control_json = |daemon: Daemon| {
-        finished
+        print_tables(&results, &loadavg_before);
+    }
+    Ok(results.ok)
+}
+
+impl Results {
+    /// Runs `config` under load, draws `picture`, and keeps the verdict.
+    fn measure(&mut self, setup: &Setup, config: Config, picture: &str) -> Result<(), String> {
+        let observed = measured(config)?;
+        let path = setup.svg_dir.join(format!("handoff-bench-{picture}.svg"));
+        if let Err(error) = write_svg(&path, &observed, picture) {
+            // The figures are still worth printing.
+            eprintln!("handoff-bench: writing the picture: {error}");
+        }
+        self.ok &= observed.violations().is_empty();
+        self.finished.push((observed, path));
+        Ok(())
+    }
+
+    /// Runs `config`'s re-execs with no load, and keeps the verdict.
+    fn idle_reexecs(&mut self, config: Config) -> Result<(), String> {
+        eprintln!(
+            "== {}, idle: {} re-execs of handoffctl run {} ms apart, no load, then one upgrade",
+            config.daemon.name(),
+            config.reexecs,
+            config.interval.as_millis()
+        );
+        let idle = handoff_bench::run::idle_reexecs(config, &mut say)
+            .map_err(|e| format!("idle re-execs: {e}"))?;
+        self.ok &= idle.violations().is_empty();
+        self.idle_reexecs.push(idle);
+        Ok(())
+    }
+
+    /// Whether a naive-restart control ran.
+    fn control_ran(&self) -> bool {
+        self.finished
+            .iter()
+            .any(|(o, _)| o.config.upgrader == UpgraderKind::NaiveRestart)
+    }
+
+    /// The report of the naive-restart control of `daemon`, if it ran.
+    fn control_json(&self, daemon: Daemon) -> serde_json::Value {
+        self.finished
             .iter()
             .find(|(o, _)| {
                 o.config.upgrader == UpgraderKind::NaiveRestart && o.config.daemon == daemon
             })
             .map_or(serde_json::Value::Null, |(o, _)| o.to_json())
-    };
-    if args.json {
-        let report = serde_json::json!({
-            "runs": finished
-                .iter()
-                .filter(|(o, _)| o.config.upgrader != UpgraderKind::NaiveRestart)
-                .map(|(o, _)| o.to_json())
-                .collect::<Vec<_>>(),
-            "idle_overlap": idle.as_ref().map(handoff_bench::run::Idle::to_json),
-            "negative_control": control_json(Daemon::Kvd),
-            "negative_control_foreign": control_json(Daemon::ForeignHttpd),
-            "netns": handoff_bench::kernel::Netns::current().name(),
-            "loadavg_before": loadavg_before,
-            "loadavg_after": loadavg(),
-            "svg": finished.iter().map(|(_, path)| path.display().to_string()).collect::<Vec<_>>(),
-            "zero_loss": ok,
-        });
-        println!("{report}");
-        for (_, path) in &finished {
-            eprintln!("picture: {}", path.display());
-        }
-    } else {
-        for (observed, path) in &finished {
-            println!("{}", observed.title());
-            print!("{}", observed.to_table());
-            println!("  {:<28} {}\n", "picture", path.display());
-        }
-        if let Some(idle) = &idle {
-            println!("{}", idle_summary(idle));
-        }
-        println!(
-            "load average {} before, {} after ({}); verdict: {}",
-            averages(&loadavg_before),
-            averages(&loadavg()),
-            match handoff_bench::kernel::Netns::current() {
-                handoff_bench::kernel::Netns::Private => "a network namespace of its own",
-                handoff_bench::kernel::Netns::Shared => "shared network namespace",
-            },
-            if ok {
-                "zero loss, and the control sees losses"
-            } else {
-                "FAILED (see the verdicts above)"
-            }
-        );
     }
-    Ok(ok)
+}
+
+fn print_json(results: &Results, loadavg_before: String) {
+    let report = serde_json::json!({
+        "runs": results
+            .finished
+            .iter()
+            .filter(|(o, _)| o.config.upgrader != UpgraderKind::NaiveRestart)
+            .map(|(o, _)| o.to_json())
+            .collect::<Vec<_>>(),
+        "idle_overlap": results.idle.as_ref().map(Idle::to_json),
+        "idle_reexecs": results
+            .idle_reexecs
+            .iter()
+            .map(IdleReexecs::to_json)
+            .collect::<Vec<_>>(),
+        "negative_control": results.control_json(Daemon::Kvd),
+        "negative_control_foreign": results.control_json(Daemon::ForeignHttpd),
+        "netns": handoff_bench::kernel::Netns::current().name(),
+        "loadavg_before": loadavg_before,
+        "loadavg_after": loadavg(),
+        "svg": results.finished.iter().map(|(_, path)| path.display().to_string()).collect::<Vec<_>>(),
+        "zero_loss": results.ok,
+    });
+    println!("{report}");
+    for (_, path) in &results.finished {
+        eprintln!("picture: {}", path.display());
+    }
+}
+
+fn print_tables(results: &Results, loadavg_before: &str) {
+    for (observed, path) in &results.finished {
+        println!("{}", observed.title());
+        print!("{}", observed.to_table());
+        println!("  {:<28} {}\n", "picture", path.display());
+    }
+    if let Some(idle) = &results.idle {
+        println!("{}", idle_summary(idle));
+    }
+    for idle in &results.idle_reexecs {
+        println!("{}", idle.to_table());
+    }
+    println!(
+        "load average {} before, {} after ({}); verdict: {}",
+        averages(loadavg_before),
+        averages(&loadavg()),
+        match handoff_bench::kernel::Netns::current() {
+            handoff_bench::kernel::Netns::Private => "a network namespace of its own",
+            handoff_bench::kernel::Netns::Shared => "shared network namespace",
+        },
+        match (results.ok, results.control_ran()) {
+            (true, true) => "zero loss, and the control sees losses",
+            (true, false) => "zero loss (no negative control ran)",
+            (false, _) => "FAILED (see the verdicts above)",
+        }
+    );
 }
 
 /// Runs once, saying what it does on stderr.
 fn measured(config: Config) -> Result<Observed, String> {
     let upgrades = config.upgrades;
     eprintln!(
-        "== {}: {} {}, {} builds, {} clients at {} requests/s",
+        "== {}: {} {}, {} builds{}, {} clients at {} requests/s",
         match config.daemon {
             Daemon::Kvd => "kvd, exclusive mode",
             Daemon::Echod => "echod, overlap mode",
@@ -332,10 +477,23 @@ fn measured(config: Config) -> Result<Observed, String> {
             UpgraderKind::NaiveRestart => "naive restarts (the negative control)",
         },
         config.builds.name(),
+        if config.reexecs > 0 {
+            format!(
+                ", then {} re-execs of handoffctl run and one more upgrade",
+                config.reexecs
+            )
+        } else {
+            String::new()
+        },
         config.clients,
         config.rate
     );
-    run_with_progress(config, &mut |progress| match progress {
+    run_with_progress(config, &mut say).map_err(|error| format!("upgrades 1..{upgrades}: {error}"))
+}
+
+/// Says on stderr what a run is doing.
+fn say(progress: Progress<'_>) {
+    match progress {
         Progress::Phase(what) => eprintln!("   {what}"),
         Progress::Upgraded { round, of, window } => eprintln!(
             "   upgrade {round:>3} of {of}: {}, {:.1} ms, pid {} -> {}{}",
@@ -356,8 +514,32 @@ fn measured(config: Config) -> Result<Observed, String> {
                 " (NOT seen running the new build)"
             }
         ),
-    })
-    .map_err(|error| format!("upgrades 1..{upgrades}: {error}"))
+        Progress::Reexecuted { round, of, window } => eprintln!(
+            "   re-exec {round:>3} of {of} into {}: {}, {} ms (reexec call {:.1} ms); supervisor pid {} {}; daemon pid {} {}",
+            window.image.label,
+            if window.reexec.committed() {
+                "committed".to_owned()
+            } else {
+                format!("NOT COMMITTED ({})", window.reexec.why())
+            },
+            window.reexec.total.map_or_else(
+                || "?".to_owned(),
+                |t| format!("{:.1}", t.as_secs_f64() * 1e3)
+            ),
+            window.reexec.wall.as_secs_f64() * 1e3,
+            window.supervisor_pid,
+            window.supervisor_fate(),
+            window.daemon_before.pid,
+            match &window.daemon_after {
+                _ if window.daemon_kept() => "kept, same generation".to_owned(),
+                Some(after) => format!(
+                    "NOT KEPT: pid {} generation {:?} serves",
+                    after.pid, after.generation
+                ),
+                None => "NOT KEPT: nothing answers".to_owned(),
+            },
+        ),
+    }
 }
 
 /// The cargo target directory holding `exe_dir` (`target/release`): its

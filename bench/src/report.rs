@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::client::Failure;
 use crate::load::Sample;
+use crate::reexec::{ReexecCounts, ReexecPhase};
 use crate::run::{Daemon, Observed, SupervisorLog, UpgraderKind};
 
 /// A request counts as "during a handoff" if its intended send time falls
@@ -80,15 +81,20 @@ pub struct Counts {
     /// New TCP connections the kept-alive clients had to open beyond
     /// their first (reported, not a gate).
     pub reconnects: u64,
+    /// The supervisor re-execs ([`crate::reexec`]); all zero when none was
+    /// asked.
+    pub reexec: ReexecCounts,
 }
 
 impl Counts {
     /// Why this run is not a zero-loss run: one sentence per count that is
     /// not what it must be; empty when all are. A run asked for
     /// `upgrades_asked` upgrades: every one committed and seen serving its
-    /// new build, nothing failed, retried, lost or left running, the
-    /// supervisor's event log (when kept) and the kernel's counters (when
-    /// ours alone) agree, and the harness itself had no error.
+    /// new build, nothing failed, retried, lost or left running, every
+    /// supervisor re-exec asked kept the supervisor and the daemon
+    /// ([`ReexecCounts::violations`]), the supervisor's event log (when
+    /// kept) and the kernel's counters (when ours alone) agree, and the
+    /// harness itself had no error.
     pub fn zero_loss_violations(&self) -> Vec<String> {
         let mut violations = Vec::new();
         if self.requests == 0 {
@@ -148,8 +154,15 @@ impl Counts {
                         log.rolled_back
                     ));
                 }
+                if log.reexecs_committed != self.reexec.committed {
+                    violations.push(format!(
+                        "handoffctl's event log counts {} re-exec commits, the harness {}",
+                        log.reexecs_committed, self.reexec.committed
+                    ));
+                }
             }
         }
+        violations.extend(self.reexec.violations());
         if let Some(trouble) = self.kernel_trouble.filter(|&n| n > 0) {
             violations.push(format!(
                 "the kernel counted {trouble} refusals, resets or drops"
@@ -191,6 +204,8 @@ impl Counts {
 struct Figures {
     steady: Vec<f64>,
     during: Vec<f64>,
+    /// During supervisor re-execs (neither steady nor during handoffs).
+    during_reexecs: Vec<f64>,
     /// During handoffs, by who answered (when the daemon says its pid).
     by_old: Vec<f64>,
     by_new: Vec<f64>,
@@ -221,6 +236,21 @@ impl Observed {
             .find(|w| at + WINDOW_MARGIN >= w.start && at <= w.end + WINDOW_MARGIN)
     }
 
+    /// Each supervisor re-exec, asked to answered, from the load's start.
+    fn reexec_spans(&self) -> impl Iterator<Item = (Duration, Duration)> {
+        self.reexecs
+            .iter()
+            .flat_map(|r| &r.windows)
+            .map(|w| (w.start, w.end))
+    }
+
+    /// Whether `at` falls in a supervisor re-exec's window (widened as a
+    /// handoff's).
+    fn in_reexec(&self, at: Duration) -> bool {
+        self.reexec_spans()
+            .any(|(start, end)| at + WINDOW_MARGIN >= start && at <= end + WINDOW_MARGIN)
+    }
+
     /// The exact counts.
     pub fn counts(&self) -> Counts {
         let mut counts = Counts::default();
@@ -244,7 +274,12 @@ impl Observed {
         counts.handoffs = self.windows.iter().filter(|w| w.handoff.committed).count() as u64;
         counts.identity_changes = self.windows.iter().filter(|w| w.identity_changed).count() as u64;
         counts.lingering_generations = self.lingering_generations as u64;
-        counts.upgrades_asked = self.config.upgrades as u64;
+        counts.upgrades_asked = self.config.upgrades_asked() as u64;
+        counts.reexec = self
+            .reexecs
+            .as_ref()
+            .map(ReexecPhase::counts)
+            .unwrap_or_default();
         counts.event_log = match (self.config.upgrader, self.supervisor_log) {
             (_, Some(log)) => EventLog::Read(log),
             (UpgraderKind::Ctl, None) => EventLog::Unreadable,
@@ -254,7 +289,9 @@ impl Observed {
             EventLog::NotKept => true,
             EventLog::Unreadable => false,
             EventLog::Read(log) => {
-                log.upgrades_committed == counts.handoffs && log.rolled_back == 0
+                log.upgrades_committed == counts.handoffs
+                    && log.rolled_back == 0
+                    && log.reexecs_committed == counts.reexec.committed
             }
         };
         counts.harness_errors = self.harness_errors.len() as u64;
@@ -296,6 +333,7 @@ impl Observed {
         let mut figures = Figures {
             steady: Vec::new(),
             during: Vec::new(),
+            during_reexecs: Vec::new(),
             by_old: Vec::new(),
             by_new: Vec::new(),
             accept_stall: 0.0,
@@ -316,6 +354,8 @@ impl Observed {
                     Some(pid) if Some(pid) == window.handoff.new_pid => figures.by_new.push(ms),
                     _ => {}
                 }
+            } else if self.in_reexec(sample.at) {
+                figures.during_reexecs.push(ms);
             } else {
                 figures.steady.push(ms);
             }
@@ -340,6 +380,7 @@ impl Observed {
         for values in [
             &mut figures.steady,
             &mut figures.during,
+            &mut figures.during_reexecs,
             &mut figures.by_old,
             &mut figures.by_new,
             &mut figures.totals,
@@ -358,27 +399,10 @@ impl Observed {
     pub fn to_json(&self) -> Value {
         let counts = self.counts();
         let mut figures = self.figures();
-        let phase_figures: serde_json::Map<String, Value> = figures
-            .phases
-            .iter_mut()
-            .map(|(name, values)| (name.clone(), summary(values)))
-            .collect();
-        let steady_figures = summary(&mut figures.steady);
-        let during_figures = summary(&mut figures.during);
-        let ratio = figures.p99_ratio().map_or(Value::Null, |r| json!(round(r)));
-        let (by_old, by_new) = (&mut figures.by_old, &mut figures.by_new);
-        let accept_stall = figures.accept_stall;
         let config = &self.config;
         json!({
             "mode": config.daemon.name(),
-            "daemon": match (config.daemon, config.upgrader) {
-                (Daemon::Kvd, _) => "kvd",
-                (Daemon::Echod, _) => "echod",
-                (Daemon::ForeignHttpd, crate::run::UpgraderKind::NaiveRestart) => {
-                    "httpd.py (python3, alone: --listen)"
-                }
-                (Daemon::ForeignHttpd, _) => "httpd.py (python3, --protocol systemd)",
-            },
+            "daemon": self.daemon_name(),
             "upgrader": format!("{:?}", config.upgrader),
             "builds": config.builds.name(),
             "distinct_builds_served": self.builds_served().len(),
@@ -399,7 +423,7 @@ impl Observed {
             "acked_writes": counts.acked_writes,
             "lost_writes": counts.lost_writes,
             "handoffs": counts.handoffs,
-            "upgrades_asked": config.upgrades,
+            "upgrades_asked": counts.upgrades_asked,
             "identity_changes": counts.identity_changes,
             "lingering_generations": counts.lingering_generations,
             "reconnects": {
@@ -414,28 +438,26 @@ impl Observed {
             "supervisor_log": self.supervisor_log.map(|log| json!({
                 "upgrades_committed": log.upgrades_committed,
                 "rolled_back": log.rolled_back,
+                "reexecs_committed": log.reexecs_committed,
                 "agrees": counts.witness_agrees,
             })),
             "handoff_ms": {
                 "total": summary(&mut figures.totals),
                 "upgrade_call_wall": summary(&mut figures.walls),
-                "phases": phase_figures,
+                "phases": figures
+                    .phases
+                    .iter_mut()
+                    .map(|(name, values)| (name.clone(), summary(values)))
+                    .collect::<serde_json::Map<_, _>>(),
                 "ask_to_old_exit": summary(&mut figures.to_old_exit),
             },
-            "max_accept_stall_ms": round(accept_stall),
-            "latency_ms": {
-                "steady": steady_figures,
-                "during_handoffs": during_figures,
-                "during_handoffs_answered_by": (!by_old.is_empty() || !by_new.is_empty()).then(|| json!({
-                    "old_generation": summary(by_old),
-                    "new_generation": summary(by_new),
-                })),
-                "p99_ratio_during_to_steady": ratio,
-            },
+            "max_accept_stall_ms": round(figures.accept_stall),
+            "latency_ms": latency_json(&mut figures),
             "supervisor_rss_kib": {
                 "before": self.supervisor_rss_kib.0,
                 "after": self.supervisor_rss_kib.1,
             },
+            "reexecs": self.reexecs.as_ref().map(ReexecPhase::to_json),
             "kernel_tcp_counters": self.kernel.as_ref().map(crate::kernel::Witness::to_json),
             "harness_errors": self.harness_errors,
             "violations": self.violations(),
@@ -455,78 +477,114 @@ impl Observed {
     }
 
     /// A short table for a person: what ran, the counts that gate, the
-    /// headline times, the reconnects and the verdict.
+    /// headline times, the re-execs (when asked), the reconnects, the
+    /// witnesses and the verdict.
     pub fn to_table(&self) -> String {
         let counts = self.counts();
         let figures = self.figures();
-        let config = &self.config;
-        let control = config.upgrader == UpgraderKind::NaiveRestart;
+        let control = self.config.upgrader == UpgraderKind::NaiveRestart;
+        let mut rows = self.count_rows(&counts);
+        rows.extend(self.time_rows(&counts, &figures));
+        if let Some(reexecs) = &self.reexecs {
+            rows.extend(reexecs.rows());
+            rows.push((
+                "p99 during re-execs",
+                format!(
+                    "{} ms ({} requests; steady {} ms)",
+                    ms(&figures.during_reexecs, 0.99),
+                    figures.during_reexecs.len(),
+                    ms(&figures.steady, 0.99)
+                ),
+            ));
+        }
+        rows.extend(self.witness_rows(&counts));
+        let violations = self.violations();
+        let verdict = match (control, violations.is_empty()) {
+            (false, true) => "zero loss".to_owned(),
+            (true, true) => "the harness sees a naive restart's losses".to_owned(),
+            (false, false) => format!("LOSS: {}", violations.join("; ")),
+            (true, false) => format!("BLIND: {}", violations.join("; ")),
+        };
+        rows.push(("verdict", verdict));
+        for error in &self.harness_errors {
+            rows.push(("harness error", error.clone()));
+        }
         let mut table = String::new();
-        let mut row = |name: &str, value: String| {
+        for (name, value) in rows {
             let _ = writeln!(table, "  {name:<28} {value}");
-        };
-        let ms = |values: &[f64], fraction: f64| match percentile(values, fraction) {
-            v if v.is_nan() => "-".to_owned(),
-            v => format!("{v:.1}"),
-        };
-        row(
-            "upgrades committed",
-            format!(
-                "{} of {}; {} seen running their new build; {} distinct builds served",
-                counts.handoffs,
-                counts.upgrades_asked,
-                counts.identity_changes,
-                self.builds_served().len()
+        }
+        table
+    }
+
+    /// The counts that gate, as table rows.
+    fn count_rows(&self, counts: &Counts) -> Vec<(&'static str, String)> {
+        let config = &self.config;
+        let mut rows = vec![
+            (
+                "upgrades committed",
+                format!(
+                    "{} of {}; {} seen running their new build; {} distinct builds served",
+                    counts.handoffs,
+                    counts.upgrades_asked,
+                    counts.identity_changes,
+                    self.builds_served().len()
+                ),
             ),
-        );
-        row(
-            "requests",
-            format!(
-                "{} in {:.1} s ({} clients, {} connections, {} per s)",
-                counts.requests,
-                self.duration.as_secs_f64(),
-                config.clients,
-                config.connections.name(),
-                config.rate
+            (
+                "requests",
+                format!(
+                    "{} in {:.1} s ({} clients, {} connections, {} per s)",
+                    counts.requests,
+                    self.duration.as_secs_f64(),
+                    config.clients,
+                    config.connections.name(),
+                    config.rate
+                ),
             ),
-        );
-        row(
-            "failed",
-            format!(
-                "{} (refused {}, reset {}, timeout {}, 5xx {}, other {})",
-                counts.failed,
-                counts.refused,
-                counts.reset,
-                counts.timeout,
-                counts.http_5xx,
-                counts.other
+            (
+                "failed",
+                format!(
+                    "{} (refused {}, reset {}, timeout {}, 5xx {}, other {})",
+                    counts.failed,
+                    counts.refused,
+                    counts.reset,
+                    counts.timeout,
+                    counts.http_5xx,
+                    counts.other
+                ),
             ),
-        );
-        row(
-            "retried after an idle close",
-            counts.retried_idle_close.to_string(),
-        );
+            (
+                "retried after an idle close",
+                counts.retried_idle_close.to_string(),
+            ),
+        ];
         if config.daemon == Daemon::Kvd {
-            row(
+            rows.push((
                 "acknowledged writes lost",
                 format!("{} of {}", counts.lost_writes, counts.acked_writes),
-            );
+            ));
         }
-        row(
+        rows.push((
             "old generations left",
             counts.lingering_generations.to_string(),
-        );
-        if !control {
-            row(
+        ));
+        rows
+    }
+
+    /// Handoff times, latency and reconnects, as table rows.
+    fn time_rows(&self, counts: &Counts, figures: &Figures) -> Vec<(&'static str, String)> {
+        let mut rows = Vec::new();
+        if self.config.upgrader != UpgraderKind::NaiveRestart {
+            rows.push((
                 "handoff p50 / p99",
                 format!(
                     "{} / {} ms",
                     ms(&figures.totals, 0.5),
                     ms(&figures.totals, 0.99)
                 ),
-            );
+            ));
         }
-        row(
+        rows.push((
             "p99 during handoffs",
             format!(
                 "{} ms, steady {} ms: {}",
@@ -536,8 +594,8 @@ impl Observed {
                     .p99_ratio()
                     .map_or_else(|| "-".to_owned(), |r| format!("{r:.2} times")),
             ),
-        );
-        row(
+        ));
+        rows.push((
             "reconnects (kept alive)",
             match counts.reconnects_per_upgrade() {
                 _ if counts.kept_alive_clients == 0 => "- (no client keeps its connection)".into(),
@@ -548,21 +606,34 @@ impl Observed {
                 ),
                 None => counts.reconnects.to_string(),
             },
-        );
+        ));
+        rows
+    }
+
+    /// The supervisor's event log and the kernel's counters, as table
+    /// rows.
+    fn witness_rows(&self, counts: &Counts) -> Vec<(&'static str, String)> {
+        let mut rows = Vec::new();
         match self.supervisor_log {
-            Some(log) => row(
+            Some(log) => rows.push((
                 "handoffctl's event log",
                 format!(
-                    "{} commits, {} rollbacks",
-                    log.upgrades_committed, log.rolled_back
+                    "{} commits, {} rollbacks{}",
+                    log.upgrades_committed,
+                    log.rolled_back,
+                    if self.reexecs.is_some() {
+                        format!(", {} re-execs committed", log.reexecs_committed)
+                    } else {
+                        String::new()
+                    }
                 ),
-            ),
-            None if config.upgrader == UpgraderKind::Ctl => {
-                row("handoffctl's event log", "unreadable".into());
+            )),
+            None if self.config.upgrader == UpgraderKind::Ctl => {
+                rows.push(("handoffctl's event log", "unreadable".into()));
             }
             None => {}
         }
-        row(
+        rows.push((
             "kernel TCP trouble",
             match (counts.kernel_trouble, &self.kernel) {
                 (Some(n), _) => format!("{n} (a network namespace of its own)"),
@@ -572,19 +643,8 @@ impl Observed {
                 ),
                 (None, None) => "unread".into(),
             },
-        );
-        let violations = self.violations();
-        let verdict = match (control, violations.is_empty()) {
-            (false, true) => "zero loss".to_owned(),
-            (true, true) => "the harness sees a naive restart's losses".to_owned(),
-            (false, false) => format!("LOSS: {}", violations.join("; ")),
-            (true, false) => format!("BLIND: {}", violations.join("; ")),
-        };
-        row("verdict", verdict);
-        for error in &self.harness_errors {
-            row("harness error", error.clone());
-        }
-        table
+        ));
+        rows
     }
 
     /// The table's title line.
@@ -597,7 +657,7 @@ impl Observed {
                 config.upgrades
             ),
             upgrader => format!(
-                "{}, {} mode, upgraded by {}: {} upgrades to {} builds",
+                "{}, {} mode, upgraded by {}: {} upgrades to {} builds{}",
                 self.daemon_name(),
                 config.daemon.name(),
                 match upgrader {
@@ -605,13 +665,48 @@ impl Observed {
                     _ => "handoffctl",
                 },
                 config.upgrades,
-                config.builds.name()
+                config.builds.name(),
+                if config.reexecs > 0 {
+                    format!(
+                        ", then {} re-execs of handoffctl under load and one more upgrade",
+                        config.reexecs
+                    )
+                } else {
+                    String::new()
+                }
             ),
         }
     }
 
-    /// Latency over time (log scale), failures in red, each handoff window
-    /// shaded.
+    /// The spans to shade, with their colour: the handoffs in orange, the
+    /// supervisor re-execs in purple.
+    fn shaded(&self) -> impl Iterator<Item = (Duration, Duration, &'static str)> {
+        let handoffs = self.windows.iter().map(|w| (w.start, w.end, "orange"));
+        handoffs.chain(
+            self.reexec_spans()
+                .map(|(start, end)| (start, end, "purple")),
+        )
+    }
+
+    /// The answered requests' latencies in ms by `bucket` of intended send
+    /// time (its index), each sorted.
+    fn latency_buckets(&self, bucket: Duration) -> BTreeMap<u64, Vec<f64>> {
+        let mut buckets: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+        for sample in self.samples().filter(|s| s.failure.is_none()) {
+            let index = (sample.at.as_nanos() / bucket.as_nanos()) as u64;
+            buckets
+                .entry(index)
+                .or_default()
+                .push(millis(sample.latency));
+        }
+        for values in buckets.values_mut() {
+            values.sort_by(f64::total_cmp);
+        }
+        buckets
+    }
+
+    /// Latency over time (log scale), failures in red, each handoff and
+    /// supervisor re-exec window shaded.
     pub fn to_svg(&self, title: &str) -> String {
         const WIDTH: f64 = 1000.0;
         const HEIGHT: f64 = 400.0;
@@ -634,24 +729,22 @@ impl Observed {
         let mut svg = String::new();
         let _ = writeln!(
             svg,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" font-size="11">"#
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" font-size="11">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{LEFT}" y="18" font-size="13">{title}</text>"#
         );
-        let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-        let _ = writeln!(
-            svg,
-            r#"<text x="{LEFT}" y="18" font-size="13">{title}</text>"#
-        );
-        for window in &self.windows {
-            let (x0, x1) = (x(window.start.as_secs_f64()), x(window.end.as_secs_f64()));
+        for (start, end, fill) in self.shaded() {
+            let (x0, x1) = (x(start.as_secs_f64()), x(end.as_secs_f64()));
             let _ = writeln!(
                 svg,
-                r#"<rect x="{x0:.1}" y="{TOP}" width="{:.1}" height="{:.1}" fill="orange" fill-opacity="0.3"/>"#,
+                r#"<rect x="{x0:.1}" y="{TOP}" width="{:.1}" height="{:.1}" fill="{fill}" fill-opacity="0.3"/>"#,
                 (x1 - x0).max(1.0),
                 HEIGHT - TOP - BOTTOM
             );
         }
-        let mut decade = 0.1f64;
-        while decade.log10() <= high {
+        let grid = std::iter::successors(Some(0.1f64), |decade| Some(decade * 10.0))
+            .take_while(|decade| decade.log10() <= high);
+        for decade in grid {
             let _ = writeln!(
                 svg,
                 r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="5" y="{:.1}">{decade} ms</text>"##,
@@ -659,21 +752,12 @@ impl Observed {
                 y(decade) + 4.0,
                 y = y(decade)
             );
-            decade *= 10.0;
         }
-        let mut buckets: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
-        for sample in samples.iter().filter(|s| s.failure.is_none()) {
-            let index = (sample.at.as_nanos() / BUCKET.as_nanos()) as u64;
-            buckets
-                .entry(index)
-                .or_default()
-                .push(millis(sample.latency));
-        }
+        let buckets = self.latency_buckets(BUCKET);
         for (stroke, pick) in [("#1f77b4", 0.5), ("#d62728", 1.0)] {
             let points: Vec<String> = buckets
-                .iter_mut()
+                .iter()
                 .map(|(index, values)| {
-                    values.sort_by(f64::total_cmp);
                     let at = (*index as f64 + 0.5) * BUCKET.as_secs_f64();
                     format!("{:.1},{:.1}", x(at), y(percentile(values, pick)))
                 })
@@ -694,7 +778,7 @@ impl Observed {
         }
         let _ = writeln!(
             svg,
-            r##"<text x="{LEFT}" y="{}">time (s, 0 to {span:.1}); blue: p50 per 20 ms, red: max per 20 ms; black dots: failed requests; orange: handoffs</text>"##,
+            r##"<text x="{LEFT}" y="{}">time (s, 0 to {span:.1}); blue: p50 per 20 ms, red: max per 20 ms; black dots: failed requests; orange: handoffs; purple: supervisor re-execs</text>"##,
             HEIGHT - 8.0
         );
         svg.push_str("</svg>\n");
@@ -702,16 +786,46 @@ impl Observed {
     }
 }
 
-fn millis(duration: Duration) -> f64 {
+/// The latency figures: steady, during handoffs (and by whom answered),
+/// during re-execs, and the ratio of the p99s.
+fn latency_json(figures: &mut Figures) -> Value {
+    let ratio = figures.p99_ratio().map_or(Value::Null, |r| json!(round(r)));
+    let (by_old, by_new) = (&mut figures.by_old, &mut figures.by_new);
+    let answered_by = (!by_old.is_empty() || !by_new.is_empty()).then(|| {
+        json!({
+            "old_generation": summary(by_old),
+            "new_generation": summary(by_new),
+        })
+    });
+    json!({
+        "steady": summary(&mut figures.steady),
+        "during_handoffs": summary(&mut figures.during),
+        "during_handoffs_answered_by": answered_by,
+        "during_reexecs": summary(&mut figures.during_reexecs),
+        "p99_ratio_during_to_steady": ratio,
+    })
+}
+
+pub(crate) fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e3
 }
 
-fn round(value: f64) -> f64 {
+/// `value` to three decimals (a microsecond, for milliseconds).
+pub(crate) fn round(value: f64) -> f64 {
     (value * 1000.0).round() / 1000.0
 }
 
+/// A percentile of sorted milliseconds for a table: one decimal, `-` for
+/// none.
+fn ms(values: &[f64], fraction: f64) -> String {
+    match percentile(values, fraction) {
+        v if v.is_nan() => "-".to_owned(),
+        v => format!("{v:.1}"),
+    }
+}
+
 /// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], fraction: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], fraction: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -719,7 +833,9 @@ fn percentile(sorted: &[f64], fraction: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn summary(values: &mut [f64]) -> Value {
+/// `n`, p50, p99 and max of `values` (sorted here), rounded to the
+/// microsecond.
+pub(crate) fn summary(values: &mut [f64]) -> Value {
     if values.is_empty() {
         return json!({ "n": 0 });
     }
@@ -757,6 +873,7 @@ mod tests {
             event_log: EventLog::Read(SupervisorLog {
                 upgrades_committed: 5,
                 rolled_back: 0,
+                ..SupervisorLog::default()
             }),
             witness_agrees: true,
             kernel_trouble: Some(0),
@@ -764,6 +881,48 @@ mod tests {
             reconnects: 80,
             ..Counts::default()
         }
+    }
+
+    #[test]
+    fn re_execs_are_judged_with_the_zero_counts() {
+        let reexec = ReexecCounts {
+            asked: 3,
+            committed: 3,
+            supervisor_kept: 3,
+            daemon_kept: 3,
+            upgrade_after: true,
+        };
+        let logged = EventLog::Read(SupervisorLog {
+            upgrades_committed: 5,
+            reexecs_committed: 3,
+            ..SupervisorLog::default()
+        });
+        let with_reexecs = Counts {
+            reexec,
+            event_log: logged,
+            ..clean()
+        };
+        assert_eq!(with_reexecs.zero_loss_violations(), Vec::<String>::new());
+        let moved = Counts {
+            reexec: ReexecCounts {
+                daemon_kept: 2,
+                ..reexec
+            },
+            ..with_reexecs
+        };
+        let violations = moved.zero_loss_violations();
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(
+            violations[0].contains("same daemon process"),
+            "{violations:?}"
+        );
+        // The log of a supervisor that did not log its re-execs disagrees.
+        let violations = Counts { reexec, ..clean() }.zero_loss_violations();
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(
+            violations[0].contains("counts 0 re-exec commits, the harness 3"),
+            "{violations:?}"
+        );
     }
 
     #[test]
@@ -788,6 +947,7 @@ mod tests {
             EventLog::Read(SupervisorLog {
                 upgrades_committed,
                 rolled_back,
+                ..SupervisorLog::default()
             })
         };
         let cases: Vec<(Counts, &str)> = vec![

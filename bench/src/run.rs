@@ -20,6 +20,9 @@ use handoff::Mode;
 
 use crate::kernel::{Counters, Netns, Witness};
 use crate::load::{self, ClientLog, Connections, LoadConfig, Target};
+use crate::reexec::{
+    Footprint, IdleReexecs, ReexecPhase, ReexecWindow, SupervisorBuilds, UpgradeAfter, runs_image,
+};
 pub use crate::upgrade::Builds;
 use crate::upgrade::{
     Build, Ctl, DaemonCommand, Deploy, FileId, Handoff, InProcess, NaiveRestart, Upgrader,
@@ -112,6 +115,11 @@ pub struct Config {
     pub interval: Duration,
     /// Bound on one request.
     pub request_timeout: Duration,
+    /// Supervisor re-execs after the upgrades (0: none): `handoffctl run`
+    /// replaces its own image this many times, alternating two builds of
+    /// handoffctl, `interval` apart, then the daemon is upgraded once more
+    /// ([`crate::reexec`]). `handoffctl` only.
+    pub reexecs: usize,
 }
 
 impl Config {
@@ -135,7 +143,25 @@ impl Config {
             steady: Duration::from_secs(1),
             interval: Duration::from_millis(300),
             request_timeout: Duration::from_secs(5),
+            reexecs: 0,
         }
+    }
+
+    /// The daemon upgrades a run asks for: `upgrades`, and the one after
+    /// the re-execs when there are any.
+    pub fn upgrades_asked(&self) -> usize {
+        self.upgrades + usize::from(self.reexecs > 0)
+    }
+
+    /// The `handoffctl` binary: [`Config::handoffctl`], or `handoffctl`
+    /// beside `examples_dir`.
+    pub fn handoffctl_path(&self) -> PathBuf {
+        self.handoffctl.clone().unwrap_or_else(|| {
+            self.examples_dir
+                .parent()
+                .unwrap_or(&self.examples_dir)
+                .join("handoffctl")
+        })
     }
 }
 
@@ -193,6 +219,9 @@ pub struct Observed {
     /// to after the read-back), a third witness; `None` if `/proc/net`
     /// could not be read (the reason is in `harness_errors`).
     pub kernel: Option<Witness>,
+    /// The supervisor re-execs and the upgrade after them, when asked
+    /// ([`Config::reexecs`]).
+    pub reexecs: Option<ReexecPhase>,
 }
 
 /// What `handoffctl run --log-format json` logged.
@@ -202,6 +231,8 @@ pub struct SupervisorLog {
     pub upgrades_committed: u64,
     /// Handoffs rolled back.
     pub rolled_back: u64,
+    /// Re-execs of the supervisor committed (logged by the new image).
+    pub reexecs_committed: u64,
 }
 
 impl SupervisorLog {
@@ -226,6 +257,8 @@ impl SupervisorLog {
                 log.upgrades_committed += 1;
             } else if message.contains("rolled back") {
                 log.rolled_back += 1;
+            } else if message.starts_with("re-exec committed") {
+                log.reexecs_committed += 1;
             }
         }
         Some(log)
@@ -252,6 +285,15 @@ pub enum Progress<'a> {
         of: usize,
         /// What was seen.
         window: &'a Window,
+    },
+    /// Supervisor re-exec `round` of `of` is done and checked.
+    Reexecuted {
+        /// 1-based.
+        round: usize,
+        /// Re-execs asked.
+        of: usize,
+        /// What was seen.
+        window: &'a ReexecWindow,
     },
 }
 
@@ -284,10 +326,13 @@ struct Started {
     addr: SocketAddr,
     deploy: Deploy,
     first_build: Build,
+    /// The two handoffctl builds the re-execs alternate, when asked.
+    supervisor_builds: Option<SupervisorBuilds>,
 }
 
 /// Puts the daemon's first build in place in `dir` and starts the
-/// upgrader with it.
+/// upgrader with it (and, for re-execs, two handoffctl builds it may
+/// re-exec into).
 fn start(config: &Config, dir: &Path) -> Result<Started, String> {
     let (daemon, mut deploy) = match config.daemon {
         Daemon::Kvd => prepare_example(config, dir, "kvd", Some(dir.join("data")))?,
@@ -303,23 +348,27 @@ fn start(config: &Config, dir: &Path) -> Result<Started, String> {
             (daemon, deploy)
         }
     };
+    if config.reexecs > 0 && config.upgrader != UpgraderKind::Ctl {
+        return Err("supervisor re-execs need `handoffctl run` (--supervisor handoffctl)".into());
+    }
     let first_build = deploy.build(0)?;
+    let mut supervisor_builds = None;
     let (upgrader, addr): (Box<dyn Upgrader>, SocketAddr) = match config.upgrader {
         UpgraderKind::Ctl => {
-            let handoffctl = config.handoffctl.clone().unwrap_or_else(|| {
-                config
-                    .examples_dir
-                    .parent()
-                    .unwrap_or(&config.examples_dir)
-                    .join("handoffctl")
-            });
+            let handoffctl = config.handoffctl_path();
             if !handoffctl.exists() {
                 return Err(format!(
                     "{} is missing: build it first (`cargo build --release -p handoffctl`)",
                     handoffctl.display()
                 ));
             }
-            let (upgrader, addr) = Ctl::start(handoffctl, &daemon, &deploy, dir)?;
+            if config.reexecs > 0 {
+                supervisor_builds = Some(SupervisorBuilds::write(&handoffctl, dir)?);
+            }
+            let allowed = supervisor_builds
+                .as_ref()
+                .map_or_else(Vec::new, SupervisorBuilds::paths);
+            let (upgrader, addr) = Ctl::start(handoffctl, &daemon, &deploy, dir, &allowed)?;
             (Box::new(upgrader), addr)
         }
         UpgraderKind::InProcess => {
@@ -336,6 +385,7 @@ fn start(config: &Config, dir: &Path) -> Result<Started, String> {
         addr,
         deploy,
         first_build,
+        supervisor_builds,
     })
 }
 
@@ -401,7 +451,6 @@ fn run_in(
     dir: &Path,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<Observed, String> {
-    let target = config.daemon.target();
     progress(Progress::Phase(format!(
         "putting the first build in place and starting {}",
         match config.upgrader {
@@ -410,218 +459,455 @@ fn run_in(
             UpgraderKind::NaiveRestart => "the daemon alone (naive restarts)",
         }
     )));
-    let Started {
-        mut upgrader,
-        addr,
-        mut deploy,
-        first_build,
-    } = start(&config, dir)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut harness_errors = Vec::new();
-    let first = runtime.block_on(info_until(addr, target, Instant::now() + FIRST_START_BOUND));
-    let Some(mut identity) = first else {
-        let _ = upgrader.finish();
-        return Err(
-            "the first generation never said who it is (`/info`, or `GET /` for the foreign daemon)"
-                .into(),
-        );
-    };
-    if !runs_build(identity.pid, target, &first_build) {
-        harness_errors.push(format!(
-            "the first generation (pid {}) does not run {}",
-            identity.pid,
-            first_build.path.display()
-        ));
-    }
-    progress(Progress::Phase(format!(
-        "first generation serves on {addr}: pid {}, build {} (sha256 {:.12})",
-        identity.pid, identity.build, first_build.sha256
-    )));
-    let rss_before = upgrader.supervisor_pid().and_then(rss_kib);
-
+    let mut running = Running::start(config, dir, progress)?;
+    let rss_before = running.upgrader.supervisor_pid().and_then(rss_kib);
     let netns = Netns::current();
     let kernel_before = Counters::read();
     let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now() + Duration::from_millis(20);
-    let hard_end = start
-        + config.steady * 2
-        + (config.interval + RETIRE_BOUND + Duration::from_secs(30)) * config.upgrades as u32;
-    progress(Progress::Phase(format!(
-        "load: {} clients ({} connections) at {} requests/s; steady for {} ms",
-        config.clients,
-        config.connections.name(),
-        config.rate,
-        config.steady.as_millis()
-    )));
-    let load = runtime.spawn(load::run(
-        LoadConfig {
-            addr,
-            clients: config.clients,
-            connections: config.connections,
-            rate: config.rate,
-            request_timeout: config.request_timeout,
-            target,
-        },
-        start,
-        Arc::clone(&stop),
-        hard_end,
-    ));
-
+    let load = running.spawn_load(Arc::clone(&stop), progress);
     // The next build is put in place while the load runs steady, as a
     // deploy would; the upgrade is asked at the scheduled time.
-    let mut upgrade_at = start + config.steady;
-    let mut windows = Vec::new();
-    let mut old_pids = Vec::new();
-    for round in 1..=config.upgrades {
-        let build = match deploy.build(round) {
-            Ok(build) => build,
-            Err(error) => {
-                harness_errors.push(format!("upgrade {round}: deploying: {error}"));
-                continue;
-            }
-        };
-        sleep_until(upgrade_at);
-        let asked = Instant::now();
-        let asked_of = identity.pid;
-        let handoff = match upgrader.upgrade(&build) {
-            Ok(handoff) => handoff,
-            Err(error) => {
-                harness_errors.push(format!("upgrade {round}: {error}"));
-                upgrade_at = Instant::now() + config.interval;
-                continue;
-            }
-        };
-        // In overlap mode the old generation accepts until its drain, which
-        // follows the commit: ask until the new one answers.
-        let after = runtime.block_on(async {
-            let deadline = Instant::now() + FIRST_START_BOUND;
-            loop {
-                let now = info_until(addr, target, deadline).await;
-                match now {
-                    Some(ref seen)
-                        if handoff.committed
-                            && seen.pid == identity.pid
-                            && Instant::now() < deadline =>
-                    {
-                        tokio::time::sleep(POLL).await;
-                    }
-                    other => return other,
-                }
-            }
-        });
-        let mut identity_changed = false;
-        let mut old_gone = None;
-        if let Some(new) = after {
-            let generation_rose = match (new.generation, identity.generation) {
-                (Some(new_generation), Some(old)) => new_generation > old,
-                // A daemon that does not know its generation (the foreign
-                // one): the pid the supervisor committed is the one serving.
-                _ => handoff.new_pid == Some(new.pid),
-            };
-            identity_changed = new.pid != identity.pid
-                && new.build == build.label
-                && (config.upgrader == UpgraderKind::NaiveRestart || generation_rose)
-                && runs_build(new.pid, target, &build);
-            if new.pid != identity.pid {
-                old_pids.push(identity.pid);
-                if wait_gone(identity.pid, asked + RETIRE_BOUND) {
-                    old_gone = Some(asked.elapsed());
-                }
-            }
-            identity = new;
-        } else {
-            harness_errors.push(format!("upgrade {round}: no identity after it"));
-        }
-        if !handoff.committed {
-            harness_errors.push(format!(
-                "upgrade {round} rolled back: {}",
-                handoff.reason.clone().unwrap_or_default()
-            ));
-        }
-        windows.push(Window {
-            old_pid: asked_of,
-            start: asked.saturating_duration_since(start),
-            end: Instant::now().saturating_duration_since(start),
-            handoff,
-            build,
-            old_gone,
-            identity_changed,
-        });
-        if let Some(window) = windows.last() {
-            progress(Progress::Upgraded {
-                round,
-                of: config.upgrades,
-                window,
-            });
-        }
-        upgrade_at = Instant::now() + config.interval;
+    let mut next = running.origin + running.config.steady;
+    for round in 1..=running.config.upgrades {
+        next = running.upgrade(round, next, progress);
     }
+    let reexecs = (running.config.reexecs > 0).then(|| running.reexecs(&mut next, progress));
+    let steady = running.config.steady;
     progress(Progress::Phase(format!(
-        "steady load after the last upgrade for {} ms",
-        config.steady.as_millis()
+        "steady load after the last {} for {} ms",
+        if reexecs.is_some() {
+            "re-exec's upgrade"
+        } else {
+            "upgrade"
+        },
+        steady.as_millis()
     )));
-    sleep_until(upgrade_at.max(Instant::now()) + config.steady);
+    sleep_until(next.max(Instant::now()) + steady);
     stop.store(true, Ordering::SeqCst);
-    let clients = runtime
+    let clients = running
+        .runtime
         .block_on(load)
         .map_err(|e| format!("load task: {e}"))?;
-    let duration = start.elapsed();
-
-    let acked: Vec<_> = clients
-        .iter()
-        .flat_map(|c| c.acked.iter().cloned())
-        .collect();
-    progress(Progress::Phase(format!(
-        "load stopped after {:.1} s ({} requests); reading back {} acknowledged writes",
-        duration.as_secs_f64(),
-        clients.iter().map(|c| c.samples.len()).sum::<usize>(),
-        acked.len()
-    )));
-    let (lost_writes, unreadable_writes) =
-        runtime.block_on(load::read_back(addr, acked, config.request_timeout));
+    let duration = running.origin.elapsed();
+    let (lost_writes, unreadable_writes) = running.read_back(&clients, duration, progress);
     let kernel = match (kernel_before, Counters::read()) {
         (Ok(before), Ok(after)) => Some(Witness {
             delta: after.since(&before),
             netns,
         }),
         (Err(error), _) | (_, Err(error)) => {
-            harness_errors.push(format!("kernel counters: {error}"));
+            running
+                .harness_errors
+                .push(format!("kernel counters: {error}"));
             None
         }
     };
-    progress(Progress::Phase(format!(
-        "checking that the {} old generations exited; stopping",
-        old_pids.len()
-    )));
-    let lingering_generations = old_pids
-        .iter()
-        .filter(|pid| !wait_gone(**pid, Instant::now() + RETIRE_BOUND))
-        .count();
-    let rss_after = upgrader.supervisor_pid().and_then(rss_kib);
-    if let Err(error) = upgrader.finish() {
-        harness_errors.push(format!("stopping: {error}"));
-    }
-    let supervisor_log = (config.upgrader == UpgraderKind::Ctl)
-        .then(|| SupervisorLog::read(&dir.join(crate::upgrade::CTL_LOG)))
-        .flatten();
+    let stopped = running.stop(dir, progress);
     Ok(Observed {
-        config,
         clients,
-        windows,
         lost_writes,
         unreadable_writes,
-        lingering_generations,
-        supervisor_rss_kib: (rss_before, rss_after),
-        harness_errors,
+        supervisor_rss_kib: (rss_before, stopped.supervisor_rss_kib.1),
         duration,
-        first_build,
-        supervisor_log,
         kernel,
+        reexecs,
+        ..stopped
     })
+}
+
+/// A run under way: what its steps share.
+struct Running {
+    config: Config,
+    upgrader: Box<dyn Upgrader>,
+    deploy: Deploy,
+    first_build: Build,
+    supervisor_builds: Option<SupervisorBuilds>,
+    runtime: tokio::runtime::Runtime,
+    addr: SocketAddr,
+    target: Target,
+    /// Who serves now, as `/info` last said.
+    identity: Identity,
+    /// Time zero of the windows: the load's start.
+    origin: Instant,
+    windows: Vec<Window>,
+    /// The generations replaced so far, which must exit.
+    old_pids: Vec<u32>,
+    harness_errors: Vec<String>,
+}
+
+/// How long the load may run on per re-exec, beyond the interval (the
+/// target's self-check and the new image's take-over have bounds of 10 s
+/// and 5 s).
+const REEXEC_BOUND: Duration = Duration::from_secs(30);
+/// A pause before the supervisor's footprint is sampled after re-execs:
+/// the admin connection that asked the last one closes after its answer.
+const FOOTPRINT_SETTLE: Duration = Duration::from_millis(100);
+
+impl Running {
+    /// Starts the upgrader and waits until the first generation says who
+    /// it is.
+    fn start(
+        config: Config,
+        dir: &Path,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> Result<Running, String> {
+        let Started {
+            upgrader,
+            addr,
+            deploy,
+            first_build,
+            supervisor_builds,
+        } = start(&config, dir)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let target = config.daemon.target();
+        let first = runtime.block_on(info_until(addr, target, Instant::now() + FIRST_START_BOUND));
+        let Some(identity) = first else {
+            let _ = upgrader.finish();
+            return Err(
+                "the first generation never said who it is (`/info`, or `GET /` for the foreign daemon)"
+                    .into(),
+            );
+        };
+        let mut harness_errors = Vec::new();
+        if !runs_build(identity.pid, target, &first_build) {
+            harness_errors.push(format!(
+                "the first generation (pid {}) does not run {}",
+                identity.pid,
+                first_build.path.display()
+            ));
+        }
+        progress(Progress::Phase(format!(
+            "first generation serves on {addr}: pid {}, build {} (sha256 {:.12})",
+            identity.pid, identity.build, first_build.sha256
+        )));
+        Ok(Running {
+            config,
+            upgrader,
+            deploy,
+            first_build,
+            supervisor_builds,
+            runtime,
+            addr,
+            target,
+            identity,
+            origin: Instant::now(),
+            windows: Vec::new(),
+            old_pids: Vec::new(),
+            harness_errors,
+        })
+    }
+
+    /// Starts the open-loop load (it begins a moment from now: the new
+    /// time zero) until `stop`.
+    fn spawn_load(
+        &mut self,
+        stop: Arc<AtomicBool>,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> tokio::task::JoinHandle<Vec<ClientLog>> {
+        let config = &self.config;
+        let start = Instant::now() + Duration::from_millis(20);
+        self.origin = start;
+        let hard_end = start
+            + config.steady * 2
+            + (config.interval + RETIRE_BOUND + Duration::from_secs(30))
+                * config.upgrades_asked() as u32
+            + (config.interval + REEXEC_BOUND) * config.reexecs as u32;
+        progress(Progress::Phase(format!(
+            "load: {} clients ({} connections) at {} requests/s; steady for {} ms",
+            config.clients,
+            config.connections.name(),
+            config.rate,
+            config.steady.as_millis()
+        )));
+        self.runtime.spawn(load::run(
+            LoadConfig {
+                addr: self.addr,
+                clients: config.clients,
+                connections: config.connections,
+                rate: config.rate,
+                request_timeout: config.request_timeout,
+                target: self.target,
+            },
+            start,
+            stop,
+            hard_end,
+        ))
+    }
+
+    /// Upgrade `round` at `at`: puts its build in place, asks for it,
+    /// checks who serves after it and records its window; when the next
+    /// step may come.
+    fn upgrade(
+        &mut self,
+        round: usize,
+        at: Instant,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> Instant {
+        let build = match self.deploy.build(round) {
+            Ok(build) => build,
+            Err(error) => {
+                self.harness_errors
+                    .push(format!("upgrade {round}: deploying: {error}"));
+                return at;
+            }
+        };
+        sleep_until(at);
+        let asked = Instant::now();
+        let asked_of = self.identity.pid;
+        let handoff = match self.upgrader.upgrade(&build) {
+            Ok(handoff) => handoff,
+            Err(error) => {
+                self.harness_errors
+                    .push(format!("upgrade {round}: {error}"));
+                return Instant::now() + self.config.interval;
+            }
+        };
+        let after = self.runtime.block_on(identity_after(
+            self.addr,
+            self.target,
+            handoff.committed.then_some(asked_of),
+        ));
+        let (identity_changed, old_gone) = match after {
+            Some(new) => self.judge_new(new, &handoff, &build, asked),
+            None => {
+                self.harness_errors
+                    .push(format!("upgrade {round}: no identity after it"));
+                (false, None)
+            }
+        };
+        if !handoff.committed {
+            self.harness_errors.push(format!(
+                "upgrade {round} rolled back: {}",
+                handoff.reason.clone().unwrap_or_default()
+            ));
+        }
+        self.windows.push(Window {
+            old_pid: asked_of,
+            start: asked.saturating_duration_since(self.origin),
+            end: Instant::now().saturating_duration_since(self.origin),
+            handoff,
+            build,
+            old_gone,
+            identity_changed,
+        });
+        if let Some(window) = self.windows.last() {
+            progress(Progress::Upgraded {
+                round,
+                of: self.config.upgrades_asked(),
+                window,
+            });
+        }
+        Instant::now() + self.config.interval
+    }
+
+    /// Whether `new`, seen serving after `handoff`, is a new process
+    /// running `build` with a higher generation; and when the process it
+    /// replaced was gone (counted from `asked`). `new` serves from now on.
+    fn judge_new(
+        &mut self,
+        new: Identity,
+        handoff: &Handoff,
+        build: &Build,
+        asked: Instant,
+    ) -> (bool, Option<Duration>) {
+        let generation_rose = match (new.generation, self.identity.generation) {
+            (Some(new_generation), Some(old)) => new_generation > old,
+            // A daemon that does not know its generation (the foreign
+            // one): the pid the supervisor committed is the one serving.
+            _ => handoff.new_pid == Some(new.pid),
+        };
+        let identity_changed = new.pid != self.identity.pid
+            && new.build == build.label
+            && (self.config.upgrader == UpgraderKind::NaiveRestart || generation_rose)
+            && runs_build(new.pid, self.target, build);
+        let mut old_gone = None;
+        if new.pid != self.identity.pid {
+            self.old_pids.push(self.identity.pid);
+            if wait_gone(self.identity.pid, asked + RETIRE_BOUND) {
+                old_gone = Some(asked.elapsed());
+            }
+        }
+        self.identity = new;
+        (identity_changed, old_gone)
+    }
+
+    /// `config.reexecs` re-execs of the supervisor, alternating its two
+    /// builds, from `next` on and `config.interval` apart, its footprint
+    /// sampled before the first and after the last; then one daemon
+    /// upgrade. `next` becomes when the step after may come.
+    fn reexecs(
+        &mut self,
+        next: &mut Instant,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> ReexecPhase {
+        let count = self.config.reexecs;
+        let (Some(builds), Some(pid)) = (
+            self.supervisor_builds.clone(),
+            self.upgrader.supervisor_pid(),
+        ) else {
+            self.harness_errors
+                .push("re-execs asked of a supervisor that is not `handoffctl run`".into());
+            return ReexecPhase::new(count, Footprint::default());
+        };
+        sleep_until(*next);
+        let mut phase = ReexecPhase::new(count, Footprint::of(pid));
+        for round in 1..=count {
+            sleep_until(*next);
+            if let Some(window) = self.reexec(round, &builds, pid) {
+                progress(Progress::Reexecuted {
+                    round,
+                    of: count,
+                    window: &window,
+                });
+                phase.windows.push(window);
+            }
+            *next = Instant::now() + self.config.interval;
+        }
+        sleep_until((*next).max(Instant::now() + FOOTPRINT_SETTLE));
+        phase.after = Footprint::of(pid);
+        let windows = self.windows.len();
+        *next = self.upgrade(self.config.upgrades + 1, *next, progress);
+        phase.upgrade_after = self
+            .windows
+            .get(windows)
+            .map(|window| UpgradeAfter::of(&window.handoff, window.identity_changed));
+        phase
+    }
+
+    /// Re-exec `round` of the supervisor `pid` into its build for that
+    /// round, and who serves after it.
+    fn reexec(
+        &mut self,
+        round: usize,
+        builds: &SupervisorBuilds,
+        pid: u32,
+    ) -> Option<ReexecWindow> {
+        let image = builds.target(round).clone();
+        let asked = Instant::now();
+        let reexec = match self.upgrader.reexec(&image.path) {
+            Ok(reexec) => reexec,
+            Err(error) => {
+                self.harness_errors
+                    .push(format!("re-exec {round}: {error}"));
+                return None;
+            }
+        };
+        let answered = Instant::now();
+        let supervisor_running = is_running(pid);
+        let supervisor_runs_image = runs_image(pid, &image);
+        let daemon_after = self.runtime.block_on(info_until(
+            self.addr,
+            self.target,
+            Instant::now() + FIRST_START_BOUND,
+        ));
+        if !reexec.committed() {
+            self.harness_errors
+                .push(format!("re-exec {round} did not commit: {}", reexec.why()));
+        }
+        let daemon_before = self.identity.clone();
+        match &daemon_after {
+            Some(now) => self.identity = now.clone(),
+            None => self
+                .harness_errors
+                .push(format!("re-exec {round}: no identity after it")),
+        }
+        Some(ReexecWindow {
+            start: asked.saturating_duration_since(self.origin),
+            end: answered.saturating_duration_since(self.origin),
+            image,
+            reexec,
+            supervisor_pid: pid,
+            supervisor_running,
+            supervisor_runs_image,
+            daemon_before,
+            daemon_after,
+        })
+    }
+
+    /// Reads every write in `clients`' logs back; (lost, unreadable).
+    fn read_back(
+        &self,
+        clients: &[ClientLog],
+        duration: Duration,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> (u64, u64) {
+        let acked: Vec<_> = clients
+            .iter()
+            .flat_map(|c| c.acked.iter().cloned())
+            .collect();
+        progress(Progress::Phase(format!(
+            "load stopped after {:.1} s ({} requests); reading back {} acknowledged writes",
+            duration.as_secs_f64(),
+            clients.iter().map(|c| c.samples.len()).sum::<usize>(),
+            acked.len()
+        )));
+        self.runtime.block_on(load::read_back(
+            self.addr,
+            acked,
+            self.config.request_timeout,
+        ))
+    }
+
+    /// Waits for the old generations to exit, samples the supervisor's
+    /// RSS, stops the upgrader and reads its log: the report, but for
+    /// the load's figures and the RSS before.
+    fn stop(mut self, dir: &Path, progress: &mut dyn FnMut(Progress<'_>)) -> Observed {
+        progress(Progress::Phase(format!(
+            "checking that the {} old generations exited; stopping",
+            self.old_pids.len()
+        )));
+        let lingering_generations = self
+            .old_pids
+            .iter()
+            .filter(|pid| !wait_gone(**pid, Instant::now() + RETIRE_BOUND))
+            .count();
+        let rss_after = self.upgrader.supervisor_pid().and_then(rss_kib);
+        if let Err(error) = self.upgrader.finish() {
+            self.harness_errors.push(format!("stopping: {error}"));
+        }
+        let supervisor_log = (self.config.upgrader == UpgraderKind::Ctl)
+            .then(|| SupervisorLog::read(&dir.join(crate::upgrade::CTL_LOG)))
+            .flatten();
+        Observed {
+            config: self.config,
+            clients: Vec::new(),
+            windows: self.windows,
+            lost_writes: 0,
+            unreadable_writes: 0,
+            lingering_generations,
+            supervisor_rss_kib: (None, rss_after),
+            harness_errors: self.harness_errors,
+            duration: Duration::ZERO,
+            first_build: self.first_build,
+            supervisor_log,
+            kernel: None,
+            reexecs: None,
+        }
+    }
+}
+
+/// Who serves after an upgrade: in overlap mode the old generation
+/// accepts until its drain, which follows the commit, so after a commit
+/// away from `replaced` ask until another process answers.
+async fn identity_after(
+    addr: SocketAddr,
+    target: Target,
+    replaced: Option<u32>,
+) -> Option<Identity> {
+    let deadline = Instant::now() + FIRST_START_BOUND;
+    loop {
+        let now = info_until(addr, target, deadline).await;
+        match now {
+            Some(ref seen) if Some(seen.pid) == replaced && Instant::now() < deadline => {
+                tokio::time::sleep(POLL).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Sleeps until `at` (now if it is past): the schedule of the upgrades,
@@ -860,6 +1146,37 @@ fn idle_in(config: Config, dir: &Path) -> Result<Idle, String> {
     })
 }
 
+/// Runs `config.reexecs` supervisor re-execs without load,
+/// `config.interval` apart (the first one `config.interval` after the
+/// first generation serves), then one daemon upgrade: a re-exec's own
+/// cost, each one alone.
+pub fn idle_reexecs(
+    config: Config,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<IdleReexecs, String> {
+    let dir = std::env::temp_dir().join(format!(
+        "handoff-bench-idle-reexecs-{}-{}",
+        std::process::id(),
+        unique()
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let result = Running::start(config, &dir, progress).map(|mut running| {
+        running.origin = Instant::now();
+        let mut next = running.origin + running.config.interval;
+        let phase = running.reexecs(&mut next, progress);
+        let stopped = running.stop(&dir, progress);
+        IdleReexecs {
+            config: stopped.config,
+            phase,
+            lingering_generations: stopped.lingering_generations,
+            supervisor_log: stopped.supervisor_log,
+            harness_errors: stopped.harness_errors,
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 /// The children of `parent` (from `/proc/*/stat`), except `keep`.
 fn children_of(parent: u32, keep: Option<u32>) -> Vec<u32> {
     let me = parent.to_string();
@@ -948,6 +1265,16 @@ mod tests {
             line("handoffctl::run", "handoff committed", 3),
             line("handoffctl::events", "handoff committed", 4),
             line("handoffctlx::run", "handoff committed", 5),
+            line(
+                "handoffctl::reexec::restore",
+                "re-exec committed: re-executed: pid 7 runs 2b now (was 1a) in 9.0 ms",
+                0,
+            ),
+            line(
+                "handoffctl::reexec::restore",
+                "re-exec failed, the old image is back in charge: not re-executed",
+                0,
+            ),
         ]
         .join("\n");
         std::fs::write(&path, text).expect("write");
@@ -957,7 +1284,8 @@ mod tests {
             log,
             SupervisorLog {
                 upgrades_committed: 3,
-                rolled_back: 1
+                rolled_back: 1,
+                reexecs_committed: 1,
             }
         );
     }

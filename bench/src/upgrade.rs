@@ -1,6 +1,7 @@
 //! Who replaces the daemon during the load: `handoffctl` (the default), the
 //! library's supervisor in this process, or a naive restart (the negative
-//! control); and what it replaces it with ([`Deploy`]).
+//! control); and what it replaces it with ([`Deploy`]). `handoffctl` can
+//! also replace itself ([`Upgrader::reexec`]; [`crate::reexec`]).
 //!
 //! By default ([`Builds::Fresh`]) every upgrade runs a build that did not
 //! exist before it, as a real deploy does: the daemon's build is copied to
@@ -34,6 +35,7 @@ use handoff::supervisor::{
     UpgradeRequest,
 };
 
+use crate::reexec::Reexecuted;
 use crate::run::Daemon;
 
 /// One replacement, as the upgrader saw it.
@@ -62,6 +64,14 @@ pub trait Upgrader {
     fn upgrade(&mut self, build: &Build) -> Result<Handoff, String>;
     /// The supervisor's pid when it is a process of its own.
     fn supervisor_pid(&self) -> Option<u32>;
+    /// Replaces the supervisor's own image with `binary`, keeping its pid
+    /// and generations (`handoffctl reexec`): only `handoffctl` can.
+    fn reexec(&mut self, binary: &Path) -> Result<Reexecuted, String> {
+        Err(format!(
+            "re-executing the supervisor into {} needs `handoffctl run` (--supervisor handoffctl)",
+            binary.display()
+        ))
+    }
     /// Stops everything it started.
     fn finish(self: Box<Self>) -> Result<(), String>;
 }
@@ -324,7 +334,7 @@ fn fixed_paths(source: &Path, dir: &Path) -> Result<[PathBuf; 2], String> {
 
 /// Writes `parts` to a new executable file at `path` and reads it back for
 /// its sha256 and identity.
-fn write_build(path: &Path, parts: &[&[u8]], named: bool) -> Result<Build, String> {
+pub(crate) fn write_build(path: &Path, parts: &[&[u8]], named: bool) -> Result<Build, String> {
     use std::os::unix::fs::OpenOptionsExt;
     let failed = |e: std::io::Error| format!("{}: {e}", path.display());
     let mut file = std::fs::OpenOptions::new()
@@ -627,13 +637,16 @@ const CTL_BOUND: Duration = Duration::from_secs(30);
 impl Ctl {
     /// Writes a config in `dir` (listener `http` on `127.0.0.1:0`, the
     /// deploy's configured binary and the ones it names allowed), starts
-    /// `handoffctl run` with its log in `dir/handoffctl.log`, and learns the
-    /// address from `status`.
+    /// `handoffctl run` with its log in `dir/handoffctl.log` and
+    /// `--allow-supervisor-binary` for each of `supervisor_builds` (what
+    /// [`Upgrader::reexec`] may name), and learns the address from
+    /// `status`.
     pub fn start(
         handoffctl: PathBuf,
         daemon: &DaemonCommand,
         deploy: &Deploy,
         dir: &Path,
+        supervisor_builds: &[PathBuf],
     ) -> Result<(Ctl, SocketAddr), String> {
         let socket = dir.join("admin.sock");
         let quote = |path: &Path| format!("{:?}", path.display().to_string());
@@ -665,6 +678,11 @@ impl Ctl {
             .arg(&config_path)
             .arg("--log-format")
             .arg("json")
+            .args(
+                supervisor_builds
+                    .iter()
+                    .flat_map(|build| [OsString::from("--allow-supervisor-binary"), build.into()]),
+            )
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
@@ -762,6 +780,29 @@ impl Upgrader for Ctl {
 
     fn supervisor_pid(&self) -> Option<u32> {
         Some(self.child.id())
+    }
+
+    fn reexec(&mut self, binary: &Path) -> Result<Reexecuted, String> {
+        let asked = Instant::now();
+        let output = Command::new(&self.handoffctl)
+            .arg("reexec")
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--binary")
+            .arg(binary)
+            .arg("--json")
+            .output()
+            .map_err(|e| format!("spawning {} reexec: {e}", self.handoffctl.display()))?;
+        let wall = asked.elapsed();
+        let text = String::from_utf8_lossy(&output.stdout);
+        let answer = serde_json::from_str(text.trim()).map_err(|_| {
+            format!(
+                "handoffctl reexec: {} {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )
+        })?;
+        Ok(Reexecuted::from_answer(&answer, output.status.code(), wall))
     }
 
     fn finish(mut self: Box<Self>) -> Result<(), String> {
