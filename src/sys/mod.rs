@@ -107,6 +107,7 @@ mod binary;
 mod command;
 pub(crate) mod exec;
 mod fdpass;
+mod fdstore;
 mod foreign;
 mod inherit;
 mod lock;
@@ -127,6 +128,7 @@ mod test_support;
 pub use binary::{PinnedBinary, sha256_hex};
 pub(crate) use command::{RunError, run_bounded};
 pub(crate) use fdpass::{recv_chunk, send_frame};
+pub(crate) use fdstore::{describe as describe_stored, hung_up};
 pub(crate) use foreign::{
     ForeignSpec, Notification, NotifySocket, PrivateDir, receive as receive_notification,
     spawn_foreign,
