@@ -360,3 +360,92 @@ fn take_process(
     process.exit = frozen.exit;
     Ok((process, receiver))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Build, DaemonKind, LifecycleConfig, RestartPolicy};
+    use crate::timeouts::Timeouts;
+    use crate::wire::Mode;
+
+    fn machine() -> LifecycleMachine {
+        let config = LifecycleConfig {
+            mode: Mode::Overlap,
+            daemon: DaemonKind::Library,
+            restart: RestartPolicy::OnFailure,
+            timeouts: Timeouts::default(),
+            probe: false,
+            fd_count: 0,
+            build: Build {
+                program: "/bin/true".into(),
+                args: Vec::new(),
+                sha256: None,
+            },
+        };
+        LifecycleMachine::new(config, Instant::now())
+    }
+
+    fn memfd(name: &str) -> OwnedFd {
+        nix::sys::memfd::memfd_create(name, nix::sys::memfd::MFdFlags::MFD_CLOEXEC).expect("memfd")
+    }
+
+    #[test]
+    fn the_fd_store_crosses_a_freeze_by_index_and_a_missing_fd_is_refused() {
+        let (counter, peer) = (memfd("counter"), memfd("peer"));
+        let identity = |fd: &OwnedFd| sys::describe_stored(fd.as_fd()).expect("describe");
+        let entry = |name: &str, poll: bool, fd: &OwnedFd| Entry {
+            name: name.into(),
+            poll,
+            file: identity(fd).0,
+            kind: identity(fd).1,
+            fd: fd.try_clone().expect("dup"),
+        };
+        let store = Store::restore(
+            4,
+            vec![
+                entry("counter", true, &counter),
+                entry("peer", false, &peer),
+            ],
+        );
+        let (resume, _resumed) = crossbeam_channel::bounded(0);
+        let machine = machine();
+        let frozen = export(
+            Exporting {
+                machine: &machine,
+                processes: &HashMap::new(),
+                receivers: &HashMap::new(),
+                stored: &store,
+                notify_dir: None,
+                started: Instant::now(),
+            },
+            resume,
+        )
+        .expect("export");
+        assert_eq!(frozen.fds().len(), 2, "one fd per entry");
+        let fds: Vec<OwnedFd> = frozen
+            .fds()
+            .iter()
+            .map(|fd| fd.try_clone().expect("dup"))
+            .collect();
+        let timeout = Timeouts::default().socket_write;
+        let imported = import(frozen.state(), fds, timeout).expect("import");
+        let back: Vec<(&str, bool)> = imported
+            .stored
+            .iter()
+            .map(|entry| (entry.name.as_str(), entry.poll))
+            .collect();
+        assert_eq!(back, [("counter", true), ("peer", false)]);
+        assert_eq!(identity(&imported.stored[0].fd), identity(&counter));
+        assert_eq!(identity(&imported.stored[1].fd), identity(&peer));
+
+        let error = import(frozen.state(), Vec::new(), timeout)
+            .err()
+            .expect("refused");
+        assert!(
+            error
+                .to_string()
+                .contains("fd number 0 of the state is missing"),
+            "{error}"
+        );
+    }
+}

@@ -271,7 +271,7 @@ fn fds_the_store_refuses_are_logged_and_closed() {
 }
 
 #[test]
-fn the_fd_store_bound_needs_the_foreign_protocol() {
+fn the_fd_store_bound_needs_the_foreign_protocol_and_a_count() {
     let ran = crate::common::ctl(&["run", "--fd-store-max", "4", "--", "/bin/true"]);
     assert_eq!(ran.code, Some(2), "{ran:?}");
     assert!(
@@ -279,4 +279,9 @@ fn the_fd_store_bound_needs_the_foreign_protocol() {
             .contains("--fd-store-max (fd_store_max) needs --protocol systemd"),
         "{ran:?}"
     );
+    for bad in ["--fd-store-max=-1", "--fd-store-max=many"] {
+        let ran = crate::common::ctl(&["run", "--protocol", "systemd", bad, "--", "/bin/true"]);
+        assert_eq!(ran.code, Some(2), "{bad}: {ran:?}");
+        assert!(ran.stderr.contains("--fd-store-max"), "{bad}: {ran:?}");
+    }
 }
