@@ -10,8 +10,8 @@
 //! HANDOFF_FAULT_GENERATION=N               (optional) only generation N
 //! ```
 //! ROLE is `supervisor`, `successor` or `incumbent`; ACTION is `crash`
-//! (abort), `exit` (status 86), `hang` (block for ever) or `error` (the
-//! driver treats its peer as gone). Without the feature, `reached` is an
+//! (abort), `panic` (unwind), `exit` (status 86), `hang` (block for ever) or
+//! `error` (the driver treats its peer as gone). Without the feature, `reached` is an
 //! empty inline function and the environment is never read.
 
 use crate::protocol::{ForeignState, GenerationState, HandoffState, RetireState};
@@ -50,6 +50,8 @@ impl FaultRole {
 pub enum FaultAction {
     /// `std::process::abort()`.
     Crash,
+    /// `panic!`: unwinds the calling thread.
+    Panic,
     /// `exit(86)`.
     Exit,
     /// Block the calling thread for ever.
@@ -189,6 +191,7 @@ pub(crate) fn reached(
     tracing::warn!(point = %FaultPoint { role, state }, action = ?armed.action, "fault point fired");
     match armed.action {
         FaultAction::Crash => std::process::abort(),
+        FaultAction::Panic => panic!("fault point {} fired", FaultPoint { role, state }),
         FaultAction::Exit => std::process::exit(EXIT_FAULT),
         FaultAction::Hang => loop {
             std::thread::park();
@@ -232,6 +235,7 @@ fn parse(spec: &str) -> Option<Armed> {
     let state = parts.next()?.to_owned();
     let action = match parts.next()? {
         "crash" => FaultAction::Crash,
+        "panic" => FaultAction::Panic,
         "exit" => FaultAction::Exit,
         "hang" => FaultAction::Hang,
         "error" => FaultAction::Error,

@@ -213,3 +213,18 @@ pub fn run_bounded(program: &Path, args: &[&OsStr], timeout: std::time::Duration
         ) => Err(Error::path("running a program", program, source)),
     }
 }
+
+/// Opens (creating it 0600 if missing) a file of ours for reading and
+/// writing, never through a symbolic link (`O_NOFOLLOW`), close-on-exec; an
+/// existing file must belong to us (or root). For lock and state files in a
+/// directory others might write.
+pub fn open_private_file(path: &Path) -> Result<std::fs::File> {
+    sys::open_private_file(path)
+        .map_err(|source| Error::path("opening a private file", path, source))
+}
+
+/// Whether a Unix socket can be bound at `path` (`sun_path` holds 108 bytes,
+/// the terminating NUL included).
+pub fn fits_unix_socket(path: &Path) -> bool {
+    path.as_os_str().len() < sys::SUN_PATH_CAPACITY
+}

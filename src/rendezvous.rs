@@ -14,9 +14,10 @@
 //! peer that sends nothing is dropped after [`OFFER_READ`].
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use crate::timeouts::{RENDEZVOUS_FRAME, RENDEZVOUS_WAIT};
 
 use crate::channel::{self, Receiver, Sender};
 use crate::error::{Error, Peer, Result};
@@ -26,9 +27,6 @@ use crate::wire::{FdEntry, Message};
 /// The environment variable that gives a library generation its rendezvous
 /// path.
 pub const ENV_RENDEZVOUS: &str = "HANDOFF_RENDEZVOUS";
-
-/// How long a peer on the rendezvous socket has to send its `Adopt`.
-pub const OFFER_READ: Duration = Duration::from_secs(5);
 
 /// An adoption offered to the generation's agent: the connection and the
 /// generation number asked for; the agent answers on `verdict`.
@@ -48,14 +46,17 @@ pub(crate) fn open(
     offer: impl Fn(Offer) -> bool + Send + 'static,
 ) -> Result<()> {
     let listener = sys::bind_admin_socket(&path)
-        .map(UnixListener::from)
         .map_err(|source| Error::path("binding the rendezvous socket", &path, source))?;
     tracing::info!(path = %path.display(), "orphaned: waiting for a supervisor to adopt this generation");
     std::thread::Builder::new()
         .name("handoff-rendezvous".into())
         .spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
+            loop {
+                let Ok(stream) = sys::accept_unix(listener.as_fd()) else {
+                    // Out of fds, typically: back off rather than spin.
+                    std::thread::sleep(crate::timeouts::POLL_SLICE);
+                    continue;
+                };
                 match offered(stream, write_timeout) {
                     Ok((generation, sender, receiver)) => {
                         let (verdict, taken) = crossbeam_channel::bounded(1);
@@ -65,10 +66,7 @@ pub(crate) fn open(
                             receiver,
                             verdict,
                         });
-                        if !handed {
-                            return;
-                        }
-                        if taken.recv().unwrap_or(false) {
+                        if !handed || taken.recv().unwrap_or(false) {
                             return;
                         }
                     }
@@ -83,16 +81,15 @@ pub(crate) fn open(
 }
 
 /// Checks a rendezvous peer and reads its `Adopt`.
-fn offered(stream: UnixStream, write_timeout: Duration) -> Result<(u64, Sender, Receiver)> {
-    let peer = sys::peer_credentials(&stream)
+fn offered(socket: OwnedFd, write_timeout: Duration) -> Result<(u64, Sender, Receiver)> {
+    let peer = sys::peer_credentials(&socket)
         .map_err(|source| Error::io("reading a rendezvous peer's credentials", source))?;
     if peer.uid != 0 && peer.uid != sys::effective_uid() {
         return Err(Error::Restore {
             reason: format!("uid {} may not adopt this generation", peer.uid),
         });
     }
-    let socket = OwnedFd::from(stream);
-    sys::set_read_timeout(socket.as_fd(), Some(OFFER_READ))
+    sys::set_read_timeout(socket.as_fd(), Some(RENDEZVOUS_FRAME))
         .map_err(|source| Error::io("bounding a rendezvous read", source))?;
     let (sender, mut receiver) = channel::split(socket, Peer::Supervisor, write_timeout)?;
     let frame = receiver.recv()?.ok_or(Error::SessionOver)?;
@@ -118,6 +115,7 @@ pub struct Claimed {
     pub handoff_id: u64,
     /// Its copies of the named listeners.
     pub listeners: Vec<(FdEntry, OwnedFd)>,
+    pub(crate) pidfd: OwnedFd,
     pub(crate) sender: Sender,
     pub(crate) receiver: Receiver,
 }
@@ -132,29 +130,47 @@ impl std::fmt::Debug for Claimed {
     }
 }
 
-/// The supervisor's side: connects to `path` (retrying while nobody
-/// listens there yet, until `within`), checks that process `pid` is there,
-/// sends `Adopt { generation }` and takes the answer.
-pub fn claim(path: &Path, generation: u64, pid: u32, within: Duration) -> Result<Claimed> {
-    let stream = connect(path, within)?;
-    let peer = sys::peer_credentials(&stream)
+/// The supervisor's side: names process `pid` (which must have started at
+/// `start_time`, clock ticks since boot) by a pidfd first, so that a reused
+/// pid cannot be taken for it later; connects to `path` (retrying while
+/// nobody listens there yet, for
+/// [`RENDEZVOUS_WAIT`](crate::timeouts::RENDEZVOUS_WAIT)); checks that
+/// process is there; sends `Adopt { generation }` and takes the answer. The
+/// control connection's writes are then bounded by `write_timeout`.
+pub fn claim(
+    path: &Path,
+    generation: u64,
+    (pid, start_time): (u32, u64),
+    write_timeout: Duration,
+) -> Result<Claimed> {
+    let refused = |reason: String| Error::Restore { reason };
+    let pidfd =
+        sys::pidfd::open(pid).map_err(|source| Error::io("opening the orphan's pidfd", source))?;
+    let started = sys::pidfd::start_time(pid)
+        .map_err(|source| Error::io("reading the orphan's start time", source))?;
+    if started != start_time {
+        return Err(refused(format!(
+            "pid {pid} is another process than generation {generation} (its start time differs)"
+        )));
+    }
+    let socket = connect(path, RENDEZVOUS_WAIT)?;
+    let peer = sys::peer_credentials(&socket)
         .map_err(|source| Error::io("reading the rendezvous peer's credentials", source))?;
     if u32::try_from(peer.pid).ok() != Some(pid) {
-        return Err(Error::Restore {
-            reason: format!(
-                "pid {} listens at {}, not generation {generation}'s pid {pid}",
-                peer.pid,
-                path.display()
-            ),
-        });
+        return Err(refused(format!(
+            "pid {} listens at {}, not generation {generation}'s pid {pid}",
+            peer.pid,
+            path.display()
+        )));
     }
-    let socket = OwnedFd::from(stream);
-    sys::set_read_timeout(socket.as_fd(), Some(OFFER_READ))
+    sys::set_read_timeout(socket.as_fd(), Some(RENDEZVOUS_FRAME))
         .map_err(|source| Error::io("bounding a rendezvous read", source))?;
-    let (sender, mut receiver) = channel::split(socket, Peer::Successor, OFFER_READ)?;
+    let (sender, mut receiver) = channel::split(socket, Peer::Incumbent, write_timeout)?;
     sender.send(0, Message::Adopt { generation }, &[])?;
-    let frame = receiver.recv()?.ok_or(Error::Restore {
-        reason: format!("generation {generation} closed the rendezvous without an answer"),
+    let frame = receiver.recv()?.ok_or_else(|| {
+        refused(format!(
+            "generation {generation} closed the rendezvous without an answer"
+        ))
     })?;
     let Message::Adopted {
         pid: said,
@@ -162,21 +178,17 @@ pub fn claim(path: &Path, generation: u64, pid: u32, within: Duration) -> Result
         entries,
     } = frame.envelope.message
     else {
-        return Err(Error::Restore {
-            reason: format!(
-                "generation {generation} answered {}, not Adopted",
-                frame.envelope.message.name()
-            ),
-        });
+        return Err(refused(format!(
+            "generation {generation} answered {}, not Adopted",
+            frame.envelope.message.name()
+        )));
     };
     if said != pid || entries.len() != frame.fds.len() {
-        return Err(Error::Restore {
-            reason: format!(
-                "generation {generation} answered for pid {said} with {} fds for {} names",
-                frame.fds.len(),
-                entries.len()
-            ),
-        });
+        return Err(refused(format!(
+            "generation {generation} answered for pid {said} with {} fds for {} names",
+            frame.fds.len(),
+            entries.len()
+        )));
     }
     sys::set_read_timeout(receiver.socket(), None)
         .map_err(|source| Error::io("unbounding the control connection", source))?;
@@ -184,6 +196,7 @@ pub fn claim(path: &Path, generation: u64, pid: u32, within: Duration) -> Result
         pid,
         handoff_id,
         listeners: entries.into_iter().zip(frame.fds).collect(),
+        pidfd,
         sender,
         receiver,
     })
@@ -191,11 +204,11 @@ pub fn claim(path: &Path, generation: u64, pid: u32, within: Duration) -> Result
 
 /// Connects to `path`, retrying while it does not exist or nobody listens,
 /// until `within`.
-fn connect(path: &Path, within: Duration) -> Result<UnixStream> {
+fn connect(path: &Path, within: Duration) -> Result<OwnedFd> {
     let deadline = Instant::now() + within;
     loop {
-        match UnixStream::connect(path) {
-            Ok(stream) => return Ok(stream),
+        match sys::connect_unix(path) {
+            Ok(socket) => return Ok(socket),
             Err(error)
                 if Instant::now() < deadline
                     && matches!(

@@ -116,6 +116,15 @@ pub const PROBE_ATTEMPT: Duration = Duration::from_secs(2);
 /// covers a socket end that some other process still holds.
 pub const EXIT_AFTER_EOF: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// How long a supervisor adopting an orphaned library generation waits for
+/// its rendezvous socket (the orphan binds it as soon as it sees its
+/// supervisor's connection end).
+pub const RENDEZVOUS_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a peer on a rendezvous socket has for its first frame
+/// (`Adopt`, or the answer `Adopted`).
+pub const RENDEZVOUS_FRAME: Duration = Duration::from_secs(5);
+
 /// A short poll slice for loops that must also notice a flag (a daemon's
 /// accept loop checking for drain). Not a synchronisation: the flag is read
 /// after every slice.

@@ -81,16 +81,12 @@ impl Orphan {
     /// control connection's halves (a library daemon).
     pub(crate) fn into_parts(self) -> Result<OrphanParts> {
         match self {
-            Orphan::Library(claimed) => {
-                let pidfd = sys::pidfd::open(claimed.pid)
-                    .map_err(|source| Error::io("opening the orphan's pidfd", source))?;
-                Ok(OrphanParts {
-                    pid: claimed.pid,
-                    pidfd,
-                    handoff_id: claimed.handoff_id,
-                    control: Some((claimed.sender, claimed.receiver)),
-                })
-            }
+            Orphan::Library(claimed) => Ok(OrphanParts {
+                pid: claimed.pid,
+                pidfd: claimed.pidfd,
+                handoff_id: claimed.handoff_id,
+                control: Some((claimed.sender, claimed.receiver)),
+            }),
             Orphan::Foreign(foreign) => Ok(OrphanParts {
                 pid: foreign.pid,
                 pidfd: foreign.pidfd,
@@ -138,7 +134,8 @@ pub fn claim_foreign(
     }
     let mut copied = Vec::new();
     for (index, (name, address)) in listeners.iter().enumerate() {
-        let number = 3 + i32::try_from(index).unwrap_or(i32::MAX - 3);
+        let first = sys::LISTEN_FDS_START;
+        let number = first + i32::try_from(index).unwrap_or(i32::MAX - first);
         let fd = sys::pidfd::get_fd(pidfd.as_fd(), number).map_err(|source| {
             Error::io("copying a listener out of the orphan (pidfd_getfd)", source)
         })?;

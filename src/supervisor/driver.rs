@@ -92,8 +92,10 @@ impl Driver {
         state: &[u8],
         fds: Vec<std::os::fd::OwnedFd>,
     ) -> Result<Driver> {
-        let imported = freeze::import(state, fds, config.timeouts.socket_write)?;
+        // Made first: once imported, nothing may fail and drop the
+        // processes (their drop kills them).
         let mut driver = Driver::new(config, subscribers)?;
+        let imported = freeze::import(state, fds, driver.config.timeouts.socket_write)?;
         let (machine, actions) =
             LifecycleMachine::restore(driver.config.lifecycle(), imported.machine, Instant::now());
         driver.machine = machine;
@@ -153,6 +155,18 @@ impl Driver {
     /// Starts a thawed driver's threads (readers, waiters) and performs
     /// what the restored machine asked (probes).
     pub(crate) fn start_thawed(&mut self) -> Result<()> {
+        let started = self.start_threads();
+        if started.is_err() {
+            // The generations serve on without this supervisor (an adopting
+            // one, or the old image, takes them): their handles must not
+            // kill them, nor the notification directory go.
+            std::mem::forget(std::mem::take(&mut self.processes));
+            std::mem::forget(self.spawner.notify_dir.take());
+        }
+        started
+    }
+
+    fn start_threads(&mut self) -> Result<()> {
         let Some((receivers, actions)) = self.thawed.take() else {
             return Ok(());
         };

@@ -99,11 +99,9 @@ impl GenerationProcess {
             }
             (Watch::Child, _) => sys::signal(self.pid, signal),
             (Watch::Orphan(pidfd), Sig::Kill) => {
-                // Its group while it lives (the leader's pid names the group
-                // until it exits), then the leader itself.
-                if !sys::pidfd::has_exited(pidfd.as_fd()) {
-                    let _ = sys::signal_group(self.pid, signal);
-                }
+                // Its group (the id stays the group's while any member
+                // lives), then the leader itself through its pidfd.
+                let _ = sys::signal_group(self.pid, signal);
                 sys::pidfd::send_signal(pidfd.as_fd(), signal)
             }
             (Watch::Orphan(pidfd), _) => sys::pidfd::send_signal(pidfd.as_fd(), signal),
@@ -138,8 +136,12 @@ impl GenerationProcess {
                 }
             }
             // Its parent (init, or a subreaper) reaps it; its status is
-            // not ours to read.
-            Watch::Orphan(_) => ExitStatus::Unknown,
+            // not ours to read. What it forked goes with it (I16): its
+            // group keeps its id while any member lives.
+            Watch::Orphan(_) => {
+                let _ = sys::signal_group(self.pid, Sig::Kill);
+                ExitStatus::Unknown
+            }
         };
         // The control socket is left alone: the dead peer's end is closed,
         // so the reader reads every frame the child sent before it died,

@@ -133,6 +133,9 @@ extern "C" fn on_crash(_signal: libc::c_int) {
 /// the process again.
 #[derive(Debug)]
 pub(crate) struct CrashExec<'fd> {
+    /// The actions the handlers replaced, put back on drop (std's
+    /// stack-overflow handler among them).
+    previous: Vec<(nix::sys::signal::Signal, SigAction)>,
     _fds: PhantomData<BorrowedFd<'fd>>,
 }
 
@@ -144,25 +147,30 @@ pub(crate) fn exec_on_crash(prepared: PreparedExec<'_>) -> io::Result<CrashExec<
     // guard drops. One per image (an exec starts afresh), a few kilobytes.
     let leaked = Box::into_raw(Box::new(prepared)).cast::<PreparedExec<'static>>();
     ON_CRASH.store(leaked, Ordering::SeqCst);
+    // On the alternate stack where the thread has one (std gives every
+    // thread one): a stack overflow is a crash to go back from too.
     let action = SigAction::new(
         SigHandler::Handler(on_crash),
-        SaFlags::SA_RESETHAND | SaFlags::SA_NODEFER,
+        SaFlags::SA_RESETHAND | SaFlags::SA_NODEFER | SaFlags::SA_ONSTACK,
         SigSet::empty(),
     );
+    let mut previous = Vec::new();
     for signal in CRASHES {
         // SAFETY: on_crash only reads an atomic and calls PreparedExec::exec,
         // which is async-signal-safe.
-        unsafe { sigaction(signal, &action) }?;
+        previous.push((signal, unsafe { sigaction(signal, &action) }?));
     }
-    Ok(CrashExec { _fds: PhantomData })
+    Ok(CrashExec {
+        previous,
+        _fds: PhantomData,
+    })
 }
 
 impl Drop for CrashExec<'_> {
     fn drop(&mut self) {
-        let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-        for signal in CRASHES {
-            // SAFETY: restoring the default disposition.
-            let _ = unsafe { sigaction(signal, &default) };
+        for (signal, action) in &self.previous {
+            // SAFETY: putting back the action this guard replaced.
+            let _ = unsafe { sigaction(*signal, action) };
         }
         ON_CRASH.store(std::ptr::null_mut(), Ordering::SeqCst);
     }

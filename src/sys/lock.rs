@@ -143,6 +143,27 @@ fn open_lock_file(dir: &Path) -> io::Result<(File, PathBuf)> {
     Ok((file, path))
 }
 
+/// See [`crate::os::open_private_file`].
+pub(crate) fn open_private_file(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    let owner = file.metadata()?.uid();
+    if owner != nix::unistd::geteuid().as_raw() && owner != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("owned by uid {owner}, not by us"),
+        ));
+    }
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;

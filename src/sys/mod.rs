@@ -135,8 +135,8 @@ pub(crate) use foreign::{
     ForeignSpec, Notification, NotifySocket, PrivateDir, receive as receive_notification,
     spawn_foreign,
 };
-pub(crate) use inherit::{adopt_inherited_fd, listen_fds, shutdown};
-pub(crate) use lock::{DataDirLock, LOCK_FILE_NAME};
+pub(crate) use inherit::{LISTEN_FDS_START, adopt_inherited_fd, listen_fds, shutdown};
+pub(crate) use lock::{DataDirLock, LOCK_FILE_NAME, open_private_file};
 pub(crate) use netns::enter_private_network;
 pub use notify::{monotonic_nanos, monotonic_usec, notify, notify_with_fds};
 pub(crate) use probe::{http_status, tcp_connect};
@@ -146,9 +146,10 @@ pub(crate) use process::{
     reap, signal, signal_group, spawn, wait_exit_nowait,
 };
 pub use signals::{BlockedAll, SignalSet};
+pub(crate) use socket::SUN_PATH_CAPACITY;
 pub use socket::{ListenAddr, PeerCred, is_cloexec, open_fds};
 pub(crate) use socket::{
-    bind, bind_admin_socket, control_pair, inspect, peer_credentials, set_read_timeout,
-    set_write_timeout,
+    accept_unix, bind, bind_admin_socket, connect_unix, control_pair, inspect, peer_credentials,
+    set_read_timeout, set_write_timeout,
 };
 pub(crate) use wake::{Waker, poll_either};

@@ -16,16 +16,9 @@ use std::path::Path;
 /// separated by newlines) to the notification socket `socket`, the value of
 /// `NOTIFY_SOCKET`. Retries `EINTR`.
 pub fn notify(socket: &OsStr, message: &str) -> io::Result<()> {
-    let bytes = socket.as_bytes();
-    let address = match bytes.first() {
-        Some(b'@') => SocketAddr::from_abstract_name(&bytes[1..])?,
-        Some(b'/') => SocketAddr::from_pathname(Path::new(socket))?,
-        _ => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "NOTIFY_SOCKET must be an absolute path or an abstract name starting with '@'",
-            ));
-        }
+    let address = match address(socket)? {
+        Address::Abstract(name) => SocketAddr::from_abstract_name(name)?,
+        Address::Path(path) => SocketAddr::from_pathname(path)?,
     };
     let sender = UnixDatagram::unbound()?;
     loop {
@@ -43,21 +36,34 @@ pub fn notify(socket: &OsStr, message: &str) -> io::Result<()> {
     }
 }
 
+/// What `NOTIFY_SOCKET` names.
+enum Address<'a> {
+    /// `@name`: the abstract namespace.
+    Abstract(&'a [u8]),
+    /// An absolute path.
+    Path(&'a Path),
+}
+
+fn address(socket: &OsStr) -> io::Result<Address<'_>> {
+    let bytes = socket.as_bytes();
+    match bytes.first() {
+        Some(b'@') => Ok(Address::Abstract(&bytes[1..])),
+        Some(b'/') => Ok(Address::Path(Path::new(socket))),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "NOTIFY_SOCKET must be an absolute path or an abstract name starting with '@'",
+        )),
+    }
+}
+
 /// [`notify`] with `fds` attached (`SCM_RIGHTS`): `FDSTORE=1` hands them
 /// to systemd's file-descriptor store, which gives them back to the next
 /// start of the unit (`LISTEN_FDS`, named by `FDNAME=`).
 pub fn notify_with_fds(socket: &OsStr, message: &str, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
-    let bytes = socket.as_bytes();
-    let address = match bytes.first() {
-        Some(b'@') => UnixAddr::new_abstract(&bytes[1..])?,
-        Some(b'/') => UnixAddr::new(Path::new(socket))?,
-        _ => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "NOTIFY_SOCKET must be an absolute path or an abstract name starting with '@'",
-            ));
-        }
+    let address = match address(socket)? {
+        Address::Abstract(name) => UnixAddr::new_abstract(name)?,
+        Address::Path(path) => UnixAddr::new(path)?,
     };
     let sender = UnixDatagram::unbound()?;
     let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();

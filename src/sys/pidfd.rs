@@ -67,12 +67,6 @@ pub(crate) fn wait_exit(pidfd: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
-/// Whether the process has exited (its pidfd is readable).
-pub(crate) fn has_exited(pidfd: BorrowedFd<'_>) -> bool {
-    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-    matches!(nix::poll::poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
-}
-
 /// When the process started, in clock ticks since boot (`/proc/PID/stat`,
 /// field 22): with the pid, it names one process even across pid reuse.
 pub(crate) fn start_time(pid: u32) -> io::Result<u64> {

@@ -37,8 +37,9 @@ impl SignalSet {
 
     /// Blocks every signal in the calling thread (a crash's signals
     /// excepted: blocked, they would kill the process outright); the
-    /// previous mask comes back with [`BlockedAll::restore`]. Held across an
-    /// exec, a signal sent meanwhile stays pending for the next image.
+    /// previous mask comes back with [`BlockedAll::restore`]. The mask
+    /// crosses an exec; until then another thread may still take a signal
+    /// (a `sigwait` thread does).
     pub fn block_all() -> io::Result<BlockedAll> {
         let mut all = SigSet::all();
         for crash in CRASHES {

@@ -15,7 +15,7 @@ use std::fmt;
 use std::io;
 use std::mem::size_of;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -38,7 +38,8 @@ use crate::wire::FdKind;
 pub(crate) const LISTEN_BACKLOG: i32 = 4096;
 
 /// Bytes in `sockaddr_un.sun_path` (108 on Linux), terminating NUL included.
-const SUN_PATH_CAPACITY: usize = size_of::<libc::sockaddr_un>() - size_of::<libc::sa_family_t>();
+pub(crate) const SUN_PATH_CAPACITY: usize =
+    size_of::<libc::sockaddr_un>() - size_of::<libc::sa_family_t>();
 
 /// The mode of the admin socket file: owner read and write only.
 const ADMIN_SOCKET_MODE: u32 = 0o600;
@@ -491,6 +492,28 @@ pub fn open_fds() -> io::Result<Vec<i32>> {
     }
     fds.sort_unstable();
     Ok(fds)
+}
+
+/// Accepts one connection on a Unix stream listener (blocking; retries
+/// `EINTR`), close-on-exec.
+pub(crate) fn accept_unix(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    loop {
+        match socket::accept4(listener.as_raw_fd(), socket::SockFlag::SOCK_CLOEXEC) {
+            Ok(raw) => {
+                // SAFETY: accept4 just created `raw`; nothing else owns it.
+                return Ok(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+}
+
+/// Connects a Unix stream socket to `path` (close-on-exec).
+pub(crate) fn connect_unix(path: &Path) -> io::Result<OwnedFd> {
+    Ok(OwnedFd::from(std::os::unix::net::UnixStream::connect(
+        path,
+    )?))
 }
 
 #[cfg(test)]

@@ -270,23 +270,27 @@ impl Settings {
     /// be checked without binding.
     pub fn resolve(args: RunArgs) -> Result<Settings, Failure> {
         let config = args.config.as_deref().map(read_config).transpose()?;
-        Settings::resolve_with(args, config)
+        Settings::resolve_with(args, config, Checks::Files)
     }
 
     /// [`Settings::resolve`] with the config file's text given (as a
-    /// re-exec carries it).
-    pub fn resolve_with(args: RunArgs, config: Option<CarriedConfig>) -> Result<Settings, Failure> {
+    /// re-exec carries it), checking the daemon's file or not.
+    pub fn resolve_with(
+        args: RunArgs,
+        config: Option<CarriedConfig>,
+        checks: Checks,
+    ) -> Result<Settings, Failure> {
         let file = match &config {
             Some(config) => RunOptions::parse(&config.path, &config.text)?,
             None => RunOptions::default(),
         };
         let options = args.options.over(file);
-        let (program, program_args) = program(&options, args.command)?;
+        let (program, program_args) = program(&options, args.command, checks)?;
         let timeouts = timeouts(&options)?;
         let probe = probe(&options)?;
         let protocol = protocol(&options, timeouts, probe.is_some())?;
         let sha256 = options.sha256.as_deref().map(parse_sha256).transpose()?;
-        if let Some(expected) = &sha256 {
+        if let (Some(expected), Checks::Files) = (&sha256, checks) {
             // Checked here for one clear line before anything starts; the
             // library checks again, on the file it then executes.
             handoff::os::pin_binary(&program, expected)
@@ -344,9 +348,22 @@ fn read_config(path: &Path) -> Result<CarriedConfig, Failure> {
 /// The daemon: `-- BINARY ARGS` on the command line, else `binary` and
 /// `args` in the config; an executable file, searched in `PATH` without a
 /// slash.
+/// What resolving the options checks on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checks {
+    /// The daemon's binary exists, is executable and has the pinned
+    /// sha256: a first start.
+    Files,
+    /// Nothing on disk: a re-exec takes over settings that were checked
+    /// when the supervisor started (the binary may have been replaced or
+    /// removed since; a start or restart checks it again then).
+    Carried,
+}
+
 fn program(
     options: &RunOptions,
     command: Vec<OsString>,
+    checks: Checks,
 ) -> Result<(PathBuf, Vec<OsString>), Failure> {
     let mut command = command.into_iter();
     let (program, args) = match (command.next(), &options.binary) {
@@ -361,7 +378,14 @@ fn program(
             ));
         }
     };
-    Ok((resolve_program(&program)?, args))
+    let resolved = match checks {
+        Checks::Files => resolve_program(&program)?,
+        Checks::Carried => resolve_program(&program).or_else(|_| {
+            std::path::absolute(&program)
+                .map_err(|e| Failure::usage(format!("binary {}: {e}", program.display())))
+        })?,
+    };
+    Ok((resolved, args))
 }
 
 /// `--listen NAME=ADDR` (or `[listen]`), each parsed.

@@ -101,7 +101,7 @@ impl FanOut<'_> {
                     upgrade,
                     "handoff started"
                 );
-                self.record.in_flight(Some(successor_pid));
+                self.record.in_flight(Some((generation, successor_pid)));
                 self.handoff = Some(Started {
                     generation,
                     successor_pid,
@@ -174,7 +174,10 @@ impl FanOut<'_> {
 
     fn finished(&mut self, outcome: &Outcome) {
         let report = HandoffReport::from_outcome(outcome);
+        // The record first: until it names the committed generation, a
+        // supervisor crash leaves an adopter guessing.
         self.record.in_flight(None);
+        self.update_record();
         let started = self.handoff.take();
         let upgrade = started.as_ref().is_some_and(|s| s.incumbent_pid.is_some());
         let (started_unix_ms, binary) =

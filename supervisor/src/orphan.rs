@@ -28,15 +28,16 @@ use handoff::supervisor::{Adoption, DaemonProtocol, Orphan, Status};
 
 use crate::error::{Failure, chain};
 
-/// How long a library orphan has to open its rendezvous.
-pub const RENDEZVOUS_WAIT: Duration = Duration::from_secs(5);
-
 /// The record's format.
-const RECORD_VERSION: u32 = 1;
+const RECORD_VERSION: u32 = 2;
 
-/// `<socket>.EXTENSION`.
-fn beside(socket: &Path, extension: &str) -> PathBuf {
-    socket.with_extension(extension)
+/// `<socket>.SUFFIX`: the admin socket's whole name, then the suffix (two
+/// sockets that differ only in their extension get files of their own).
+fn beside(socket: &Path, suffix: &str) -> PathBuf {
+    let mut name = socket.as_os_str().to_owned();
+    name.push(".");
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 /// The rendezvous prefix for a supervisor at `socket` (generation N adds
@@ -63,13 +64,8 @@ impl SupervisorLock {
                 .create(dir);
         }
         let shown = path.display();
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Failure::failed(format!("supervisor lock {shown}: {e}")))?;
+        let mut file = handoff::os::open_private_file(&path)
+            .map_err(|e| Failure::failed(format!("supervisor lock {shown}: {}", chain(&e))))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -116,72 +112,108 @@ impl SupervisorLock {
     }
 }
 
-/// The record of the generation that serves.
+/// A generation the record names: its number, pid and start time (clock
+/// ticks since boot: a reused pid has another one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Recorded {
+    /// Its number.
+    pub generation: u64,
+    /// Its pid.
+    pub pid: u32,
+    /// When it started.
+    pub start_time: u64,
+}
+
+impl Recorded {
+    fn of(generation: u64, pid: u32) -> Option<Recorded> {
+        Some(Recorded {
+            generation,
+            pid,
+            start_time: handoff::supervisor::start_time(pid).ok()?,
+        })
+    }
+
+    /// Whether it still runs (same pid, same start).
+    pub fn alive(&self) -> bool {
+        handoff::supervisor::start_time(self.pid).ok() == Some(self.start_time)
+    }
+}
+
+/// The record of the generations a supervisor runs.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
     version: u32,
     /// The supervisor that wrote it.
     pub supervisor_pid: u32,
-    /// The serving generation's number.
-    pub generation: u64,
-    /// Its pid.
-    pub pid: u32,
-    /// Its start time (clock ticks since boot).
-    pub start_time: u64,
+    /// The generation that serves (none during a start or a restart).
+    pub live: Option<Recorded>,
+    /// The new generation of the handoff in flight (not known to have
+    /// committed yet).
+    pub successor: Option<Recorded>,
     /// `library` or `systemd`.
     pub protocol: String,
-    /// What it runs.
+    /// What the live generation runs.
     pub build: Build,
-    /// Where it waits to be adopted (a library daemon).
+    /// Where a library generation N waits to be adopted: this, then `.genN`.
     pub rendezvous: Option<PathBuf>,
-    /// Its listeners, `(name, address)`, in the order it got them.
+    /// The listeners, `(name, address)`, in the order generations get them.
     pub listeners: Vec<(String, String)>,
     /// The next handoff id.
     pub next_handoff_id: u64,
-    /// A successor in flight: its pid and start time.
-    pub successor: Option<(u32, u64)>,
 }
 
 impl Record {
-    /// The record of what `status` reports (None while nobody serves).
+    /// The record of what `status` reports, with the handoff in flight
+    /// (its generation number and pid); `None` when it names nobody.
     pub fn of(
         status: &Status,
         protocol: DaemonProtocol,
         args: &[std::ffi::OsString],
         rendezvous: &Path,
-        successor: Option<u32>,
+        in_flight: Option<(u64, u32)>,
     ) -> Option<Record> {
-        let pid = status.child_pid?;
-        let start_time = handoff::supervisor::start_time(pid).ok()?;
+        let live = status
+            .child_pid
+            .and_then(|pid| Recorded::of(status.generation, pid));
+        // Once committed, a handoff's generation is the live one.
+        let successor = in_flight
+            .filter(|&(_, pid)| Some(pid) != status.child_pid)
+            .and_then(|(generation, pid)| Recorded::of(generation, pid));
+        if live.is_none() && successor.is_none() {
+            return None;
+        }
         let library = matches!(protocol, DaemonProtocol::Library);
-        let mut path = rendezvous.as_os_str().to_owned();
-        path.push(format!(".gen{}", status.generation));
         Some(Record {
             version: RECORD_VERSION,
             supervisor_pid: std::process::id(),
-            generation: status.generation,
-            pid,
-            start_time,
+            live,
+            successor,
             protocol: if library { "library" } else { "systemd" }.to_owned(),
             build: Build {
                 program: status.program.clone(),
                 args: args.to_vec(),
                 sha256: None,
             },
-            rendezvous: library.then(|| PathBuf::from(path)),
+            rendezvous: library.then(|| rendezvous.to_owned()),
             listeners: status.listeners.clone(),
             next_handoff_id: status
                 .last_handoff
                 .as_ref()
                 .map_or(1, |last| last.handoff_id() + 1),
-            successor: successor
-                .and_then(|pid| Some((pid, handoff::supervisor::start_time(pid).ok()?))),
         })
     }
 
-    /// The record beside `socket`, if one is there and readable.
+    /// The record beside `socket`, if one is there, readable, and written
+    /// by our uid (or root): it names a process to adopt or kill.
     pub fn load(socket: &Path) -> Option<Record> {
+        use std::os::unix::fs::MetadataExt;
         let path = beside(socket, "generation.json");
+        let meta = std::fs::symlink_metadata(&path).ok()?;
+        let uid = handoff::os::effective_uid();
+        if !meta.is_file() || (meta.uid() != uid && meta.uid() != 0) {
+            tracing::warn!(file = %path.display(), owner = meta.uid(), "a generation record not written by us: ignored");
+            return None;
+        }
         let bytes = std::fs::read(&path).ok()?;
         match serde_json::from_slice::<Record>(&bytes) {
             Ok(record) if record.version == RECORD_VERSION => Some(record),
@@ -212,48 +244,95 @@ impl Record {
         let _ = std::fs::remove_file(beside(socket, "generation.json"));
     }
 
-    /// Whether the process it names still runs (same pid, same start).
-    pub fn alive(&self) -> bool {
-        handoff::supervisor::start_time(self.pid).ok() == Some(self.start_time)
+    /// The generations it names that still run: the live one, and the
+    /// successor in flight.
+    fn running(&self) -> (Option<Recorded>, Option<Recorded>) {
+        let live = self.live.filter(Recorded::alive);
+        let successor = self
+            .successor
+            .filter(Recorded::alive)
+            .filter(|s| live.is_none_or(|l| l.pid != s.pid));
+        (live, successor)
     }
 
-    /// Claims the orphan it names, and kills a successor that was in
-    /// flight (it never committed).
-    pub fn claim(&self) -> Result<Adoption, Failure> {
-        if let Some((pid, started)) = self.successor
-            && handoff::supervisor::start_time(pid).ok() == Some(started)
-        {
+    /// Whether any generation it names still runs.
+    pub fn alive(&self) -> bool {
+        let (live, successor) = self.running();
+        live.is_some() || successor.is_some()
+    }
+
+    /// Claims the orphan: which one, by protocol. A library successor that
+    /// still runs committed (an uncommitted one dies with its supervisor)
+    /// and waits at its rendezvous: it is adopted, and the old generation,
+    /// if it resumed on its own, is stopped. A foreign successor never said
+    /// it was ready: the live generation is adopted and the successor
+    /// killed, unless only the successor is left (its incumbent was
+    /// stopped at the commit).
+    pub fn claim(&self, write_timeout: Duration) -> Result<(Adoption, Recorded), Failure> {
+        let (live, successor) = self.running();
+        let (chosen, other) = match (&self.rendezvous, live, successor) {
+            (Some(_), live, Some(successor)) => (successor, live),
+            (None, Some(live), successor) => (live, successor),
+            (_, Some(live), None) => (live, None),
+            (_, None, Some(successor)) => (successor, None),
+            (_, None, None) => {
+                return Err(Failure::failed(
+                    "the previous supervisor's generations are gone".to_owned(),
+                ));
+            }
+        };
+        let adoption = self.claim_one(chosen, write_timeout);
+        if let (Ok(_), Some(other)) = (&adoption, other) {
+            let signal = match self.rendezvous {
+                Some(_) => handoff::os::Sig::Term,
+                None => handoff::os::Sig::Kill,
+            };
             tracing::warn!(
-                pid,
-                "killing the successor the dead supervisor had in flight"
+                generation = other.generation,
+                pid = other.pid,
+                ?signal,
+                "stopping the other generation the dead supervisor left"
             );
-            let _ = handoff::os::signal(pid, handoff::os::Sig::Kill);
+            let _ = handoff::os::signal(other.pid, signal);
         }
+        adoption.map(|adoption| (adoption, chosen))
+    }
+
+    fn claim_one(&self, orphan: Recorded, write_timeout: Duration) -> Result<Adoption, Failure> {
         let refused = |e: handoff::Error| {
             Failure::failed(format!(
                 "cannot adopt generation {} (pid {}) of a previous supervisor: {}; stop it \
                  (kill {}) to start afresh",
-                self.generation,
-                self.pid,
+                orphan.generation,
+                orphan.pid,
                 chain(&e),
-                self.pid
+                orphan.pid
             ))
         };
-        let orphan = match &self.rendezvous {
-            Some(path) => Orphan::Library(
-                handoff::rendezvous::claim(path, self.generation, self.pid, RENDEZVOUS_WAIT)
+        let orphan_claim = match &self.rendezvous {
+            Some(prefix) => {
+                let mut path = prefix.as_os_str().to_owned();
+                path.push(format!(".gen{}", orphan.generation));
+                Orphan::Library(
+                    handoff::rendezvous::claim(
+                        &PathBuf::from(path),
+                        orphan.generation,
+                        (orphan.pid, orphan.start_time),
+                        write_timeout,
+                    )
                     .map_err(refused)?,
-            ),
+                )
+            }
             None => Orphan::Foreign(
-                handoff::supervisor::claim_foreign(self.pid, self.start_time, &self.listeners)
+                handoff::supervisor::claim_foreign(orphan.pid, orphan.start_time, &self.listeners)
                     .map_err(refused)?,
             ),
         };
         Ok(Adoption {
-            generation: self.generation,
+            generation: orphan.generation,
             build: self.build.clone(),
             next_handoff_id: self.next_handoff_id,
-            orphan,
+            orphan: orphan_claim,
         })
     }
 }
@@ -265,8 +344,8 @@ pub struct RecordWriter {
     protocol: DaemonProtocol,
     args: Vec<std::ffi::OsString>,
     last: Option<Record>,
-    /// A successor in flight.
-    successor: Option<u32>,
+    /// The handoff in flight: its generation and pid.
+    in_flight: Option<(u64, u32)>,
 }
 
 impl RecordWriter {
@@ -277,13 +356,13 @@ impl RecordWriter {
             protocol,
             args,
             last: None,
-            successor: None,
+            in_flight: None,
         }
     }
 
-    /// A handoff started (`Some(successor)`) or ended (`None`).
-    pub fn in_flight(&mut self, successor: Option<u32>) {
-        self.successor = successor;
+    /// A handoff started (its generation and pid) or ended (`None`).
+    pub fn in_flight(&mut self, successor: Option<(u64, u32)>) {
+        self.in_flight = successor;
     }
 
     /// Writes the record of `status` if it changed.
@@ -294,7 +373,7 @@ impl RecordWriter {
             self.protocol,
             &self.args,
             &rendezvous,
-            self.successor,
+            self.in_flight,
         ) else {
             return;
         };
@@ -305,17 +384,13 @@ impl RecordWriter {
     }
 }
 
-/// Reads the record at start: the orphan to adopt, if one still serves.
+/// Reads the record at start: the orphans to adopt from, if any still run.
 pub fn orphan_to_adopt(socket: &Path) -> Option<Record> {
     let record = Record::load(socket)?;
     if record.alive() {
         return Some(record);
     }
-    tracing::info!(
-        generation = record.generation,
-        pid = record.pid,
-        "the previous supervisor's generation is gone: starting afresh"
-    );
+    tracing::info!("the previous supervisor's generations are gone: starting afresh");
     Record::remove(socket);
     None
 }
@@ -339,7 +414,7 @@ mod tests {
         let socket = dir.join("admin.sock");
         let first = SupervisorLock::take(&socket).expect("first");
         assert_eq!(
-            contents(&dir.join("admin.lock")).trim(),
+            contents(&dir.join("admin.sock.lock")).trim(),
             std::process::id().to_string()
         );
         let second = SupervisorLock::take(&socket).expect_err("second");
@@ -351,6 +426,28 @@ mod tests {
         assert!(second.message.contains(&std::process::id().to_string()));
         drop(first);
         SupervisorLock::take(&socket).expect("free again");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_lock_file_planted_as_a_link_is_refused_and_its_target_untouched() {
+        let dir = std::env::temp_dir().join(format!("handoff-lock-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"precious").expect("victim");
+        let socket = dir.join("admin.sock");
+        std::os::unix::fs::symlink(&victim, dir.join("admin.sock.lock")).expect("link");
+        let refused = SupervisorLock::take(&socket).expect_err("a link");
+        assert!(
+            refused.message.contains("supervisor lock"),
+            "{}",
+            refused.message
+        );
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
+        // Two sockets that differ only in their extension lock apart.
+        let api = SupervisorLock::take(&dir.join("com.example.api")).expect("api");
+        let web = SupervisorLock::take(&dir.join("com.example.web")).expect("web");
+        drop((api, web));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -39,11 +39,14 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         .map_err(|e| Failure::failed(format!("finding our own binary: {e}")))?;
     let settings = Settings::resolve(args)?;
     init_logging(settings.log_format);
-    // Before anything is bound: one supervisor per admin socket.
+    // Before anything is bound: one supervisor per admin socket (its
+    // directory checked before the lock file is opened there).
+    prepare_socket_dir(&settings.socket, settings.socket_is_default)?;
     let lock = SupervisorLock::take(&settings.socket)?;
     let image = crate::reexec::Image::open(start_path)?;
     // Bound before any generation starts: a bad path fails alone.
     let socket = AdminSocket::bind(&settings.socket, settings.socket_is_default)?;
+    warn_if_orphans_cannot_be_adopted(&settings);
     let (supervisor, events, listeners) = match crate::orphan::orphan_to_adopt(&settings.socket) {
         Some(record) => adopt(&settings, &record)?,
         None => start(&settings)?,
@@ -100,16 +103,14 @@ fn start(settings: &Settings) -> Result<Started, Failure> {
 /// left serving, with its listeners (nothing is bound, nothing closed).
 fn adopt(settings: &Settings, record: &crate::orphan::Record) -> Result<Started, Failure> {
     tracing::info!(
-        generation = record.generation,
-        pid = record.pid,
         previous_supervisor = record.supervisor_pid,
-        "a generation of a previous supervisor still serves: adopting it"
+        "a generation of a previous supervisor still runs: adopting it"
     );
     // Socket activation passes the same sockets again: the orphan's copies
     // are the ones kept.
     drop(handoff::os::listen_fds());
     step(SupervisorStep::AdoptBeforeListeners)?;
-    let mut adoption = record.claim()?;
+    let (mut adoption, orphan) = record.claim(settings.timeouts.socket_write)?;
     let listeners = adoption.orphan.take_listeners();
     let mut names: Vec<&str> = listeners.iter().map(|(name, _)| name.as_str()).collect();
     let mut wanted: Vec<&str> = settings
@@ -136,11 +137,31 @@ fn adopt(settings: &Settings, record: &crate::orphan::Record) -> Result<Started,
         ))
     })?;
     tracing::info!(
-        generation = record.generation,
-        pid = record.pid,
+        generation = orphan.generation,
+        pid = orphan.pid,
         "adopted: the generation serves under this supervisor"
     );
     Ok((supervisor, events, listeners))
+}
+
+/// A library generation orphaned by a crash waits at a socket beside the
+/// admin socket, whose path is longer: said at start, not found at the
+/// crash.
+fn warn_if_orphans_cannot_be_adopted(settings: &Settings) {
+    let library = matches!(
+        settings.protocol,
+        handoff::supervisor::DaemonProtocol::Library
+    );
+    let mut longest = crate::orphan::rendezvous_prefix(&settings.socket).into_os_string();
+    longest.push(format!(".gen{}", u32::MAX));
+    if library && !handoff::os::fits_unix_socket(Path::new(&longest)) {
+        tracing::warn!(
+            socket = %settings.socket.display(),
+            "the admin socket's path is too long for its rendezvous sockets \
+             (.adopt.genN beside it): a generation orphaned by a crash of this supervisor \
+             could not be adopted; choose a shorter --socket"
+        );
+    }
 }
 
 /// A fault point of the adoption.
@@ -220,11 +241,11 @@ impl Running {
             recorder: HistoryRecorder::new(history, settings.history_file.clone()),
             carry,
             frozen: Mutex::new(None),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         spawn("signals", {
             let state = Arc::clone(&state);
-            let control = control_tx.clone();
-            move || crate::signals::signal_loop(signals, &state, &control)
+            move || crate::signals::signal_loop(signals, &state)
         })?;
         let record = RecordWriter::new(
             settings.socket.clone(),
@@ -412,6 +433,38 @@ fn listeners(settings: &Settings) -> Result<Vec<(String, OwnedFd)>, Failure> {
     Ok(listeners.into_iter().map(|l| (l.name, l.fd)).collect())
 }
 
+/// Creates the admin socket's directory (0700) if missing. A default
+/// path's directory may sit in a shared place (`/tmp/handoff-UID`): it must
+/// then be ours and writable by nobody else, or another user could swap the
+/// socket file, or plant links where the lock and the record go. Checked
+/// before anything is written there.
+pub fn prepare_socket_dir(path: &Path, default: bool) -> Result<(), Failure> {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    let shown = dir.display();
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Failure::failed(format!("admin socket directory {shown}: {e}")))?;
+    }
+    if default {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(dir)
+            .map_err(|e| Failure::failed(format!("admin socket directory {shown}: {e}")))?;
+        let ours = meta.uid() == handoff::os::effective_uid() || meta.uid() == 0;
+        if !meta.is_dir() || !ours || meta.mode() & 0o022 != 0 {
+            return Err(Failure::failed(format!(
+                "admin socket directory {shown} is not a directory owned by us and \
+                 writable only by us; remove it or pass --socket"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The admin socket file, removed when the supervisor exits.
 pub struct AdminSocket {
     path: PathBuf,
@@ -424,28 +477,7 @@ impl AdminSocket {
     /// must then be ours and writable by nobody else, or another user could
     /// swap the socket file.
     fn bind(path: &Path, default: bool) -> Result<AdminSocket, Failure> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            let shown = dir.display();
-            if !dir.exists() {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)
-                    .map_err(|e| Failure::failed(format!("admin socket directory {shown}: {e}")))?;
-            }
-            if default {
-                use std::os::unix::fs::MetadataExt;
-                let meta = std::fs::symlink_metadata(dir)
-                    .map_err(|e| Failure::failed(format!("admin socket directory {shown}: {e}")))?;
-                let ours = meta.uid() == handoff::os::effective_uid() || meta.uid() == 0;
-                if !meta.is_dir() || !ours || meta.mode() & 0o022 != 0 {
-                    return Err(Failure::failed(format!(
-                        "admin socket directory {shown} is not a directory owned by us and \
-                         writable only by us; remove it or pass --socket"
-                    )));
-                }
-            }
-        }
+        prepare_socket_dir(path, default)?;
         let listener = handoff::os::bind_admin_socket(path)
             .map_err(|e| Failure::failed(format!("admin socket: {}", chain(&e))))?;
         Ok(AdminSocket {

@@ -7,13 +7,12 @@
 //! child).
 
 use std::sync::Arc;
-use std::sync::mpsc;
 
 use handoff::os::{Sig, SignalSet};
 
+use crate::admin::AdminState;
 use crate::admin::upgrade::{Upgrade, upgrade};
 use crate::admin::wire::Response;
-use crate::admin::{AdminState, Control};
 
 /// The signals `run` takes.
 pub const TAKEN: [Sig; 8] = [
@@ -30,7 +29,7 @@ pub const TAKEN: [Sig; 8] = [
 /// SIGHUP upgrades to the configured binary; SIGUSR2 re-executes the
 /// supervisor (as `reexec` with no flags); SIGTERM and SIGINT stop; the
 /// rest are logged and ignored.
-pub fn signal_loop(signals: SignalSet, state: &Arc<AdminState>, control: &mpsc::Sender<Control>) {
+pub fn signal_loop(signals: SignalSet, state: &Arc<AdminState>) {
     loop {
         match signals.wait() {
             Ok(Sig::Hup) => {
@@ -57,7 +56,7 @@ pub fn signal_loop(signals: SignalSet, state: &Arc<AdminState>, control: &mpsc::
             }
             Ok(signal @ (Sig::Term | Sig::Int)) => {
                 tracing::info!(?signal, "stopping on a signal");
-                let _ = control.send(Control::Stop(None));
+                let _ = state.request_stop(None);
             }
             Ok(signal) => {
                 tracing::info!(

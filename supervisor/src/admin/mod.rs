@@ -33,6 +33,21 @@ pub enum Control {
     },
 }
 
+impl AdminState {
+    /// Asks the main thread to stop (it answers `stream`, if any, when
+    /// everything exited); a re-exec not yet past its exec gives way.
+    pub fn request_stop(&self, stream: Option<UnixStream>) -> Result<(), mpsc::SendError<Control>> {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.control.send(Control::Stop(stream))
+    }
+
+    /// Whether a stop was asked.
+    pub fn stop_requested(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// What the admin threads share.
 #[derive(Debug)]
 pub struct AdminState {
@@ -69,6 +84,9 @@ pub struct AdminState {
     pub recorder: HistoryRecorder,
     /// What a re-exec carries besides the library's state.
     pub carry: Carry,
+    /// Set when a stop was asked (a signal or `stop`): a re-exec in
+    /// progress gives way to it.
+    pub stopping: std::sync::atomic::AtomicBool,
     /// Set by a re-exec before it freezes the supervisor: the event thread
     /// sends its memory here once it has seen every event before the
     /// freeze.

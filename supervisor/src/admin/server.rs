@@ -82,7 +82,7 @@ fn serve_one(stream: Admitted<UnixStream>, state: &AdminState) {
         Request::Stop => {
             // The main thread answers once everything exited.
             if let Err(mpsc::SendError(Control::Stop(Some(stream)))) =
-                state.control.send(Control::Stop(Some(stream.into_inner())))
+                state.request_stop(Some(stream.into_inner()))
             {
                 respond(
                     &stream,

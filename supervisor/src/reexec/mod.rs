@@ -271,10 +271,18 @@ fn freeze_and_exec(
             }));
         }
     };
-    let Ok(events) = events.recv_timeout(EVENTS_CATCH_UP) else {
+    let caught_up = events.recv_timeout(EVENTS_CATCH_UP);
+    // Whatever happened, no later freeze may find this one's sender.
+    *lock(&state.frozen) = None;
+    let Ok(events) = caught_up else {
         return Ok("the event thread did not catch up with the freeze".into());
     };
     steps.mark("freeze");
+    // A stop asked meanwhile waits behind the frozen supervisor: it goes
+    // first (the re-exec would carry the supervisor past it).
+    if state.stop_requested() {
+        return Ok("a stop was asked".into());
+    }
     let reason = exec(state, target, report, caller, &frozen, events, steps);
     // `frozen` drops after this: the supervisor goes on in this image.
     Ok(reason)
@@ -487,8 +495,9 @@ impl Target {
             .any(|candidate| *candidate == program || canonical(candidate) == wanted);
         if !allowed {
             return Err(format!(
-                "binary {} is neither the path this supervisor was started from ({}) nor in \
-                 allowed_supervisor_binaries; add it there in the config",
+                "--binary {}: neither the path this supervisor was started from ({}) nor \
+                 allowed (add it with run's --allow-supervisor-binary, or the config's \
+                 allowed_supervisor_binaries)",
                 program.display(),
                 carry.image.start_path.display()
             ));
@@ -500,7 +509,8 @@ impl Target {
             .sha256(&file)
             .map_err(|e| format!("hashing {}: {e}", program.display()))?;
         if let Some(expected) = sha256 {
-            let expected = crate::config::parse_sha256(&expected).map_err(|f| f.message)?;
+            let expected = crate::config::parse_sha256(&expected)
+                .map_err(|f| format!("--sha256: {}", f.message))?;
             if expected != actual {
                 return Err(format!(
                     "binary {} has sha256 {actual}, not the {expected} --sha256 expects",

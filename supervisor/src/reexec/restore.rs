@@ -14,7 +14,7 @@ use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Mutex;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::time::Instant;
 
 use clap::Parser;
@@ -26,7 +26,7 @@ use super::state::Carried;
 use super::{Carry, Image, TAKEOVER_TIMEOUT, restore_args};
 use crate::admin::wire::{ReexecReport, Response, millis};
 use crate::cli::{Cli, Command};
-use crate::config::Settings;
+use crate::config::{Checks, Settings};
 use crate::error::{Failure, chain};
 use crate::run::{AdminSocket, Running};
 
@@ -52,7 +52,21 @@ pub fn run_restored(restore_fd: i32, exec_back: Option<String>) -> Result<u8, Fa
         let watch = exec_back
             .is_none()
             .then(|| Watch::arm(scope, &back, &committed));
-        let taken = take_back(&inherited, &bytes, exec_back.as_deref());
+        // A panic is a crash too: it must reach the way back, not unwind
+        // past the guards.
+        let taken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            take_back(&inherited, &bytes, exec_back.as_deref())
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(format!(
+                "the new image panicked before it took over: {what}"
+            ))
+        });
         match (taken, watch) {
             (Ok(restored), Some(watch)) => {
                 watch.commit();
@@ -184,7 +198,9 @@ impl<'env> Watch<'env> {
             .ok();
         let (stop, stopped) = mpsc::channel::<()>();
         scope.spawn(move || {
-            if stopped.recv_timeout(TAKEOVER_TIMEOUT) != Err(RecvTimeoutError::Timeout) {
+            // Only an explicit commit stands the watchdog down: a guard
+            // dropped by an unwinding image is a failure too.
+            if stopped.recv_timeout(TAKEOVER_TIMEOUT).is_ok() {
                 return;
             }
             let committed = committed
@@ -195,6 +211,8 @@ impl<'env> Watch<'env> {
                     "the new image did not take over within {}",
                     handoff::timeouts::format_duration(TAKEOVER_TIMEOUT)
                 );
+                // (Or it unwound past its guards: then the reason it gave,
+                // if any, was logged.)
                 let failure = back.exec(&reason);
                 tracing::error!("{}", failure.message);
             }
@@ -213,7 +231,7 @@ impl<'env> Watch<'env> {
             .committed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
-        drop(self.stop);
+        let _ = self.stop.send(());
     }
 }
 
@@ -311,7 +329,8 @@ fn settings(carried: &Carried) -> Result<Settings, String> {
     let Command::Run(args) = cli.command else {
         return Err("the carried arguments are not those of run".into());
     };
-    Settings::resolve_with(*args, carried.config.clone()).map_err(|failure| failure.message)
+    Settings::resolve_with(*args, carried.config.clone(), Checks::Carried)
+        .map_err(|failure| failure.message)
 }
 
 impl Restored {

@@ -143,12 +143,13 @@ fn writes(addr: SocketAddr, rate: u32, acked: Arc<Mutex<Vec<u64>>>) -> Load {
 fn serving_pid(supervisor: &Supervisor) -> u32 {
     let status = supervisor.wait_serving();
     let pid = u64_of(&status, "child_pid");
-    let record = supervisor.socket.with_extension("generation.json");
+    let mut record = supervisor.socket.clone().into_os_string();
+    record.push(".generation.json");
     testkit::eventually("the generation record names the serving pid", || {
         std::fs::read(&record)
             .ok()
             .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-            .is_some_and(|record| record["pid"] == pid)
+            .is_some_and(|record| record["live"]["pid"] == pid)
     });
     pid as u32
 }
@@ -241,25 +242,27 @@ fn two_supervisors_started_at_once_adopt_an_orphan_once() {
     let mut a = setup.spawn(Vec::new());
     let mut b = setup.spawn(Vec::new());
     // One of them exits at once (the lock is taken); wait for it.
-    let (mut winner, mut loser) = loop {
-        if a.child
+    let deadline = std::time::Instant::now() + crate::common::WAIT;
+    let exited = |s: &mut Supervisor| {
+        s.child
             .as_mut()
-            .expect("a")
-            .try_wait()
-            .expect("a")
+            .and_then(|child| child.try_wait().ok())
+            .flatten()
             .is_some()
-        {
+    };
+    let (mut winner, mut loser) = loop {
+        if exited(&mut a) {
             break (b, a);
         }
-        if b.child
-            .as_mut()
-            .expect("b")
-            .try_wait()
-            .expect("b")
-            .is_some()
-        {
+        if exited(&mut b) {
             break (a, b);
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "neither supervisor gave way; logs:\n{}\n{}",
+            a.log(),
+            b.log()
+        );
         // Both are starting; each check is a syscall on our own children.
         std::thread::sleep(handoff::timeouts::POLL_SLICE);
     };
@@ -276,8 +279,10 @@ fn two_supervisors_started_at_once_adopt_an_orphan_once() {
     assert_eq!(stop.code, Some(0), "{stop:?}");
     winner.wait_exit();
     crate::common::wait_gone(orphan);
+    let mut record = setup.socket().into_os_string();
+    record.push(".generation.json");
     assert!(
-        !Path::new(&setup.socket().with_extension("generation.json")).exists(),
+        !Path::new(&record).exists(),
         "a clean stop leaves no record to adopt"
     );
 }

@@ -221,11 +221,8 @@ fn a_crashed_generation_is_restarted() {
     let status = supervisor.wait_serving();
     assert_eq!(u64_of(&status, "child_pid"), u64::from(pid));
     assert!(u64_of(&status, "generation") >= 2);
-    assert!(
-        supervisor
-            .log()
-            .contains("generation exited outside a handoff")
-    );
+    // Logged by the event thread, which may run a little behind status.
+    supervisor.wait_log("generation exited outside a handoff", 0);
 }
 
 #[test]

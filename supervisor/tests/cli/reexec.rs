@@ -153,7 +153,7 @@ fn a_target_that_cannot_take_over_is_refused_before_anything_changes() {
     let ran = supervisor.ctl("reexec", &["--binary", unlisted.to_str().expect("utf-8")]);
     assert_eq!(ran.code, Some(2), "{ran:?}");
     assert!(
-        ran.one_error_line().contains("allowed_supervisor_binaries"),
+        ran.one_error_line().contains("--allow-supervisor-binary"),
         "{ran:?}"
     );
 
@@ -240,6 +240,12 @@ fn a_new_image_that_crashes_after_the_exec_hands_back_to_the_old() {
 #[test]
 fn a_new_image_that_hangs_after_the_exec_hands_back_to_the_old() {
     hands_back("reexec_after_exec:hang", "did not take over within");
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_new_image_that_panics_after_the_exec_hands_back_to_the_old() {
+    hands_back("reexec_restored:panic", "panicked before it took over");
 }
 
 #[cfg(feature = "fault-injection")]
@@ -386,4 +392,29 @@ fn a_supervisor_that_dies_during_its_reexec_is_replaced_by_one_that_adopts() {
             report.failures
         );
     }
+}
+
+/// The daemon's binary removed from disk after the start (an old release
+/// directory cleaned up after an upgrade to another path): the new image
+/// takes the settings over as they were checked at the start, not as the
+/// disk has them now.
+#[test]
+fn a_reexec_does_not_check_the_daemon_binary_again() {
+    let dir = TempDir::new("reexec-gone");
+    let daemon = dir.path().join("testd-old");
+    std::fs::copy(testd(), &daemon).expect("copy testd");
+    let supervisor = Supervisor::start_with(Start {
+        program: Some(daemon.clone()),
+        ..Start::default()
+    });
+    let generation_pid = serving_pid(supervisor.addr());
+    std::fs::remove_file(&daemon).expect("remove the binary");
+    let (code, report, ran) = reexec(&supervisor, &[]);
+    assert_eq!(
+        code,
+        Some(0),
+        "{report}; {ran:?}; log:\n{}",
+        supervisor.log()
+    );
+    assert_eq!(supervisor.status()["child_pid"], generation_pid);
 }
