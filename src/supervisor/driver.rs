@@ -159,9 +159,11 @@ impl Driver {
         if started.is_err() {
             // The generations serve on without this supervisor (an adopting
             // one, or the old image, takes them): their handles must not
-            // kill them, nor the notification directory go.
+            // kill them, nor the notification directory go, nor the fd
+            // store's fds close (the old image takes them back by number).
             std::mem::forget(std::mem::take(&mut self.processes));
             std::mem::forget(self.spawner.notify_dir.take());
+            std::mem::forget(std::mem::replace(&mut self.store, Store::new(0)));
         }
         started
     }
