@@ -65,7 +65,7 @@ impl Listener for std::os::unix::net::UnixListener {
 /// Cheap to clone: every clone is the same gate.
 ///
 /// ```no_run
-/// # fn main() -> handoff::Result<()> {
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # fn handle(_: &std::net::TcpStream) {}
 /// let gate = handoff::AcceptGate::new()?;
 /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;

@@ -130,6 +130,12 @@ pub const RENDEZVOUS_FRAME: Duration = Duration::from_secs(5);
 /// after every slice.
 pub const POLL_SLICE: Duration = Duration::from_millis(20);
 
+/// How often `handoffctl wait` asks for the status while what it waits
+/// for cannot be reckoned from the last answer (nobody serves, another
+/// build serves, a probation runs); while only time is missing it sleeps
+/// until the goal instead.
+pub const STATUS_POLL: Duration = Duration::from_millis(250);
+
 /// Default drain timeout of a handler replaced by
 /// [`crate::registry::HandlerRegistry::swap_graceful`] or removed: how long
 /// the registry waits for its requests before reporting it (R6).

@@ -24,8 +24,10 @@ pub enum Command {
     /// start generation 1, serve the admin socket.
     Run(Box<RunArgs>),
     /// Replace the running generation; returns when the handoff committed
-    /// (exit 0) or rolled back (exit 1). Exit 2: usage or connection error;
-    /// exit 3: another handoff is in flight.
+    /// (exit 0) or rolled back (exit 1: the old generation still serves;
+    /// exit 4: nobody serves, the restart policy decides). Exit 2: usage,
+    /// refusal or connection error; exit 3: another handoff is in flight.
+    /// `--json` answers carry Ansible's `changed`, `failed` and `msg`.
     Upgrade(UpgradeArgs),
     /// Report the supervisor, its generation and the last handoff.
     Status(StatusArgs),
@@ -46,6 +48,12 @@ pub enum Command {
     /// Print what this build is and which supervisor state it can take
     /// over (JSON); `reexec` runs it on its target before anything changes.
     SelfCheck,
+    /// Wait until the serving generation (of the build `--sha256`, if
+    /// given) has served for `--serving-for` with no restart and no
+    /// rollback, and no earlier generation is kept in probation: the gate
+    /// between two batches of a rolling upgrade. Exit 0 then; exit 1 with
+    /// the reason at `--timeout`; exit 2 on bad input.
+    Wait(WaitArgs),
 }
 
 impl Command {
@@ -56,6 +64,7 @@ impl Command {
             Command::Rollback(args) => args.json,
             Command::Status(args) | Command::History(args) => args.json,
             Command::Reexec(args) => args.json,
+            Command::Wait(args) => args.json,
             Command::Run(_) | Command::Stop(_) | Command::SelfCheck => false,
         }
     }
@@ -172,6 +181,38 @@ pub struct UpgradeArgs {
     /// acknowledging survive (the daemons here all do).
     #[arg(long)]
     pub force: bool,
+    /// Do nothing (exit 0, `"changed": false`) when the serving generation
+    /// already runs a binary with the target's sha256. Without it, an
+    /// upgrade to the same build still replaces the generation.
+    #[arg(long)]
+    pub if_changed: bool,
+    /// A dry run: make every check the upgrade makes (binary allowed,
+    /// present, executable, sha256, bounds, the supervisor up and not
+    /// busy) and report what it would do; change nothing. Exit codes as
+    /// the upgrade's refusals (2 refused, 3 busy).
+    #[arg(long)]
+    pub check: bool,
+    /// Print one JSON object instead of a line of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `handoffctl wait`.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Where the supervisor is.
+    #[command(flatten)]
+    pub target: Target,
+    /// How long the serving generation must have served, since its commit
+    /// or resumption (250ms, 30s, 5m).
+    #[arg(long, value_name = "DUR")]
+    pub serving_for: String,
+    /// Give up after this long [default: --serving-for plus 5m].
+    #[arg(long, value_name = "DUR")]
+    pub timeout: Option<String>,
+    /// The build that must be serving (hex sha256 of its binary).
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
     /// Print one JSON object instead of a line of text.
     #[arg(long)]
     pub json: bool,

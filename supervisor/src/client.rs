@@ -12,10 +12,15 @@ use crate::admin::wire::{ErrorKind, MAX_LINE, Request, Response};
 use crate::cli::{ReexecArgs, RollbackArgs, StatusArgs, Target, UpgradeArgs};
 use crate::config::{client_socket, parse_sha256};
 use crate::error::Failure;
+use crate::verdict::{Verdict, handoff_exit};
 
 /// Sends `request` and returns the response. `wait` bounds the wait for the
 /// answer (`None`: until the supervisor answers, for synchronous verbs).
-fn ask(socket: &Path, request: &Request, wait: Option<Duration>) -> Result<Response, Failure> {
+pub(crate) fn ask(
+    socket: &Path,
+    request: &Request,
+    wait: Option<Duration>,
+) -> Result<Response, Failure> {
     let bound = Timeouts::default().admin_request;
     let shown = socket.display();
     let mut stream = UnixStream::connect(socket).map_err(|e| {
@@ -63,8 +68,9 @@ fn unexpected(response: &Response) -> Failure {
     ))
 }
 
-/// `handoffctl upgrade`: exit 0 committed, 1 rolled back, 2 usage or
-/// connection, 3 busy.
+/// `handoffctl upgrade`: exit 0 committed (or nothing to do, or a dry run
+/// that passed), 1 rolled back, 2 usage, refusal or connection, 3 busy,
+/// 4 rolled back with nobody serving.
 pub fn upgrade(args: UpgradeArgs) -> Result<(), Failure> {
     let socket = client_socket(&args.target)?;
     let binary = args
@@ -80,6 +86,8 @@ pub fn upgrade(args: UpgradeArgs) -> Result<(), Failure> {
         drain_timeout_ms: millis("--drain-timeout", &args.drain_timeout)?,
         deadline_ms: millis("--deadline", &args.deadline)?,
         force: args.force,
+        if_changed: args.if_changed,
+        check: args.check,
     };
     handoff_request(&socket, &request, args.json)
 }
@@ -128,25 +136,33 @@ fn millis(what: &str, text: &Option<String>) -> Result<Option<u64>, Failure> {
         .transpose()
 }
 
-/// Sends a request answered by a handoff report; prints it.
+/// Sends a request answered by a handoff report (or a plan); prints it,
+/// with Ansible's fields under `--json`.
 fn handoff_request(socket: &Path, request: &Request, json: bool) -> Result<(), Failure> {
     match ask(socket, request, None)? {
         Response::Handoff(report) => {
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&report).map_err(|e| Failure::failed(e.to_string()))?
-                );
+                println!("{}", Verdict::of_handoff(&report).beside(&report)?);
             } else if report.committed {
                 println!("{}", report.line());
             }
-            if report.committed {
-                Ok(())
-            } else {
-                let mut failure = Failure::failed(report.line());
-                failure.printed = json;
-                Err(failure)
+            match handoff_exit(&report) {
+                None => Ok(()),
+                Some(exit) => Err(Failure {
+                    exit,
+                    message: report.line(),
+                    kind: None,
+                    printed: json,
+                }),
             }
+        }
+        Response::Plan(plan) => {
+            if json {
+                println!("{}", Verdict::of_plan(&plan).beside(&plan)?);
+            } else {
+                println!("{}", plan.line());
+            }
+            Ok(())
         }
         Response::Error { kind, message } => Err(refused(kind, message)),
         other => Err(unexpected(&other)),
@@ -204,10 +220,7 @@ pub fn reexec(args: ReexecArgs) -> Result<(), Failure> {
     match ask(&socket, &request, None)? {
         Response::Reexec(report) => {
             if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&report).map_err(|e| Failure::failed(e.to_string()))?
-                );
+                println!("{}", Verdict::of_reexec(&report).over(&report)?);
             } else if report.committed || !report.changed {
                 println!("{}", report.line());
             }

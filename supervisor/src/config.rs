@@ -645,7 +645,7 @@ pub fn default_socket() -> Result<PathBuf, Failure> {
 }
 
 /// A duration flag's value (`250ms`, `30s`, `5m`, `1h`).
-fn duration(flag: &str, text: &str) -> Result<std::time::Duration, Failure> {
+pub fn duration(flag: &str, text: &str) -> Result<std::time::Duration, Failure> {
     parse_duration(text).map_err(|e| {
         let problem = match e {
             handoff::Error::InvalidTimeout { problem, .. } => problem,

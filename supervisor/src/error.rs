@@ -5,15 +5,21 @@ use std::fmt;
 
 use crate::admin::wire::ErrorKind;
 
-/// Exit codes; scripts and units depend on them.
+/// Exit codes; scripts, units and fleet engines depend on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
-    /// The handoff rolled back, or the supervisor failed.
+    /// The handoff rolled back (the old generation still serves), the
+    /// supervisor failed, or `wait` timed out.
     Failed = 1,
-    /// Usage error, invalid input, or no supervisor to talk to.
+    /// Usage error, invalid input, a refused request, or no supervisor to
+    /// talk to.
     Usage = 2,
     /// Another handoff is in flight.
     Busy = 3,
+    /// The handoff rolled back and nobody serves: the old generation was
+    /// gone or could not resume (`"serving": false`); the restart policy
+    /// decides what starts next. Worse than 1: the host is down.
+    NobodyServes = 4,
 }
 
 /// What went wrong, said once.
@@ -58,14 +64,18 @@ impl Failure {
         }
     }
 
-    /// The failure as one JSON object, for `--json` callers.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
+    /// The failure as one JSON object, for `--json` callers, with
+    /// Ansible's fields (see `verdict`).
+    pub fn to_json(&self) -> String {
+        let answer = serde_json::json!({
             "result": "error",
             "kind": self.kind,
             "message": self.message,
             "exit": self.exit as u8,
-        })
+        });
+        crate::verdict::Verdict::of_failure(self)
+            .beside(&answer)
+            .unwrap_or_else(|_| answer.to_string())
     }
 }
 

@@ -26,8 +26,8 @@ pub struct Identities {
 }
 
 impl Identities {
-    /// The file at `path` (symlinks followed) and its sha256.
-    #[cfg(test)]
+    /// The file at `path` (symlinks followed) and its sha256 (an upgrade's
+    /// unpinned target, when `--check` or `--if-changed` needs it).
     pub fn of_path(&self, path: &std::path::Path) -> std::io::Result<BinaryRecord> {
         let file = File::open(path)?;
         let sha256 = self.sha256(&file)?;

@@ -2,10 +2,11 @@
 //! `handoff` library.
 //!
 //! `handoffctl run ... -- BINARY` runs the supervisor in the foreground;
-//! `upgrade`, `status`, `stop`, `history`, `rollback` and `reexec` talk to
-//! it over its admin socket (see `admin/wire.rs` for the wire form). Exit
-//! codes are a contract: 0 success, 1 rolled back or failed, 2 usage or
-//! connection error, 3 busy.
+//! `upgrade`, `status`, `stop`, `history`, `rollback`, `reexec` and `wait`
+//! talk to it over its admin socket (see `admin/wire.rs` for the wire
+//! form). Exit codes are a contract (`error::Exit`): 0 success, 1 rolled
+//! back or failed, 2 usage or connection error, 3 busy, 4 rolled back with
+//! nobody serving.
 
 mod admin;
 mod cli;
@@ -21,6 +22,8 @@ mod reexec;
 mod run;
 mod signals;
 mod systemd;
+mod verdict;
+mod wait;
 
 use std::process::ExitCode;
 
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
         cli::Command::Rollback(args) => client::rollback(args).map(|()| 0),
         cli::Command::Reexec(args) => client::reexec(args).map(|()| 0),
         cli::Command::SelfCheck => reexec::self_check().map(|()| 0),
+        cli::Command::Wait(args) => wait::wait(args).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code),

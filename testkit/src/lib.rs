@@ -106,6 +106,52 @@ pub fn run_bounded(mut command: Command) -> Output {
     }
 }
 
+/// Runs `command` to its end in a process group of its own, stdin empty,
+/// for at most `bound`; past it, the whole group (the command and whatever
+/// it forked) is SIGKILLed and reaped, and the error says so. For tools
+/// that fork workers (a playbook run, a package install): killing the
+/// leader alone would leave them behind. Output goes where `command` sends
+/// it.
+pub fn run_group_bounded(
+    mut command: Command,
+    bound: Duration,
+) -> Result<std::process::ExitStatus, String> {
+    use std::os::unix::process::CommandExt;
+    command.stdin(Stdio::null()).process_group(0);
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("spawning {command:?}: {e}"))?;
+    let group = GroupKill(Pid::from_raw(
+        i32::try_from(child.id()).expect("pid fits i32"),
+    ));
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            // Reaped: its pid (the group's id) may be reused, never signal
+            // it again. A tool that ends normally has waited for its own.
+            std::mem::forget(group);
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            // The leader is not reaped yet, so the group id is still its.
+            drop(group);
+            let _ = child.wait();
+            return Err(format!("{command:?} did not finish within {bound:?}"));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// SIGKILLs a process group when dropped (a panic included); forgotten
+/// once its leader is reaped.
+struct GroupKill(Pid);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(self.0, Signal::SIGKILL);
+    }
+}
+
 /// Waits until `condition` holds, checking every `POLL`, for at most `WAIT`.
 pub fn eventually(what: &str, condition: impl FnMut() -> bool) {
     eventually_within(WAIT, what, condition);

@@ -1,7 +1,9 @@
 //! The admin socket: the server (`server`), the upgrades it carries out
-//! (`upgrade`, also used by SIGHUP), and the JSON lines it speaks (`wire`).
+//! (`upgrade`, also used by SIGHUP; `plan` answers a dry run or an upgrade
+//! with nothing to change), and the JSON lines it speaks (`wire`).
 //! What they share is [`AdminState`].
 
+pub mod plan;
 pub mod server;
 pub mod upgrade;
 pub mod wire;

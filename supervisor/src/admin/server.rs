@@ -145,6 +145,8 @@ fn answer(request: Request, state: &AdminState) -> Response {
             drain_timeout_ms,
             deadline_ms,
             force,
+            if_changed,
+            check,
         } => upgrade(
             state,
             Upgrade {
@@ -153,6 +155,8 @@ fn answer(request: Request, state: &AdminState) -> Response {
                 drain_grace: millis(drain_timeout_ms),
                 deadline: millis(deadline_ms),
                 force,
+                if_changed,
+                check,
             },
         ),
         Request::History => Response::History {
@@ -171,6 +175,7 @@ fn answer(request: Request, state: &AdminState) -> Response {
                     drain_grace: millis(drain_timeout_ms),
                     deadline: millis(deadline_ms),
                     force,
+                    ..Upgrade::default()
                 };
                 upgrade(state, asked)
             }

@@ -10,8 +10,8 @@ use handoff::os::PinnedBinary;
 use handoff::supervisor::UpgradeRequest;
 use handoff::{Error, Timeouts};
 
-use super::AdminState;
 use super::wire::{ErrorKind, HandoffReport, Response};
+use super::{AdminState, plan};
 use crate::config::check_executable;
 use crate::error::chain;
 
@@ -28,6 +28,21 @@ pub struct Upgrade {
     pub deadline: Option<Duration>,
     /// `--force`.
     pub force: bool,
+    /// `--if-changed`: nothing to do when the serving generation already
+    /// runs the target build (see `plan`).
+    pub if_changed: bool,
+    /// `--check`: every check, then what it would do, changing nothing.
+    pub check: bool,
+}
+
+impl Upgrade {
+    /// What it asks of `plan`.
+    fn plan(&self) -> plan::Asked {
+        plan::Asked {
+            check: self.check,
+            if_changed: self.if_changed,
+        }
+    }
 }
 
 /// An upgrade, from an admin request or SIGHUP: checked, then carried out
@@ -46,6 +61,7 @@ pub fn upgrade(state: &AdminState, asked: Upgrade) -> Response {
              where the old generation drains after the commit anyway)",
         );
     }
+    let planning = asked.plan();
     let target = match Target::check(state, asked.binary, asked.sha256) {
         Ok(target) => target,
         Err(message) => return Response::error(ErrorKind::Rejected, message),
@@ -55,6 +71,10 @@ pub fn upgrade(state: &AdminState, asked: Upgrade) -> Response {
             Ok(bounds) => bounds,
             Err(message) => return Response::error(ErrorKind::Rejected, message),
         };
+    let planned = target.planned((drain_grace, deadline));
+    if let Some(answer) = plan::before_handoff(state, &planned, planning) {
+        return answer;
+    }
     let request = UpgradeRequest {
         program: Some(target.exec_path()),
         args: None,
@@ -148,6 +168,15 @@ impl Target {
         // successor runs while the handoff goes on, off this path and off
         // systemd's notifications.
         Ok(Target { program, pinned })
+    }
+
+    /// What `plan` needs of it.
+    fn planned(&self, bounds: (Option<Duration>, Option<Duration>)) -> plan::Target<'_> {
+        plan::Target {
+            program: &self.program,
+            pinned_sha256: self.pinned.as_ref().map(PinnedBinary::sha256),
+            bounds,
+        }
     }
 
     fn exec_path(&self) -> PathBuf {

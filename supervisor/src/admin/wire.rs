@@ -6,7 +6,7 @@
 //! | request | response |
 //! |---|---|
 //! | `{"command":"status"}` | `{"result":"status", ...StatusReport}` |
-//! | `{"command":"upgrade","binary":P?,"sha256":H?,"drain_timeout_ms":N?,"deadline_ms":N?,"force":B?}` | `{"result":"handoff", ...HandoffReport}` when the handoff ended |
+//! | `{"command":"upgrade","binary":P?,"sha256":H?,"drain_timeout_ms":N?,"deadline_ms":N?,"force":B?,"if_changed":B?,"check":B?}` | `{"result":"handoff", ...HandoffReport}` when the handoff ended; `{"result":"plan", ...PlanReport}` for a `check`, or an `if_changed` with nothing to change |
 //! | `{"command":"stop"}` | `{"result":"stopped"}` once every generation exited |
 //! | `{"command":"history"}` | `{"result":"history","entries":[HistoryEntry...]}` (oldest first) |
 //! | `{"command":"rollback","drain_timeout_ms":N?,"deadline_ms":N?,"force":B?}` | as `upgrade`, to the binary that ran before the last commit |
@@ -48,6 +48,14 @@ pub enum Request {
         /// Stop an incumbent that fails to drain or seal (exclusive mode).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         force: bool,
+        /// Do nothing when the serving generation already runs a binary
+        /// with the target's sha256.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        if_changed: bool,
+        /// A dry run: every check, then a [`PlanReport`] instead of the
+        /// handoff.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        check: bool,
     },
     /// Stop gracefully.
     Stop,
@@ -90,6 +98,9 @@ pub enum Response {
     Status(StatusReport),
     /// Answer to `upgrade`: the handoff committed or rolled back.
     Handoff(HandoffReport),
+    /// Answer to `upgrade` with `check` (what it would do), or with
+    /// `if_changed` when the target build already serves (nothing done).
+    Plan(PlanReport),
     /// Answer to `stop`: everything exited.
     Stopped,
     /// Answer to `reexec`, from whichever image is in charge afterwards.
@@ -438,6 +449,92 @@ impl HandoffReport {
     }
 }
 
+/// What an upgrade would do, decided after every check it makes: the
+/// answer to a dry run (`check`), and to `if_changed` when there is
+/// nothing to do. Nothing was changed in either case.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlanReport {
+    /// What the upgrade does (or did not have to do).
+    pub action: PlanAction,
+    /// Whether this was a dry run (`--check`).
+    pub check: bool,
+    /// The serving generation's number (0 when none).
+    pub generation: u64,
+    /// Its pid.
+    pub pid: Option<u32>,
+    /// What it runs (`/proc/PID/exe` and its sha256), when readable.
+    pub current: Option<BinaryRecord>,
+    /// The binary the upgrade runs, hashed.
+    pub target: BinaryRecord,
+    /// Whether `target.sha256` was checked against an expected one
+    /// (`--sha256`, or the config's pin of the configured binary).
+    pub sha256_verified: bool,
+    /// The handoff's deadline, milliseconds (the flag's or the configured).
+    pub deadline_ms: u64,
+    /// The incumbent's drain timeout, milliseconds.
+    pub drain_timeout_ms: u64,
+}
+
+/// What an upgrade does, as [`PlanReport`] tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanAction {
+    /// Replace the serving generation with one running the target.
+    Upgrade,
+    /// Nobody serves now (a restart is pending): start the target.
+    Start,
+    /// Nothing: the serving generation already runs the target build.
+    None,
+}
+
+impl PlanReport {
+    /// Whether carrying it out changes anything.
+    pub fn changes(&self) -> bool {
+        self.action != PlanAction::None
+    }
+
+    /// One line for a human.
+    pub fn line(&self) -> String {
+        let short = |sha256: &str| sha256[..sha256.len().min(12)].to_owned();
+        let current = self.current.as_ref().map_or_else(
+            || "an unreadable binary".to_owned(),
+            |c| format!("{} (sha256 {})", c.path.display(), short(&c.sha256)),
+        );
+        let target = format!(
+            "{} (sha256 {}{})",
+            self.target.path.display(),
+            short(&self.target.sha256),
+            if self.sha256_verified {
+                ", as expected"
+            } else {
+                ""
+            }
+        );
+        let pid = self
+            .pid
+            .map_or_else(|| "-".to_owned(), |pid| pid.to_string());
+        let prefix = if self.check { "check: " } else { "" };
+        match self.action {
+            PlanAction::None => format!(
+                "{prefix}unchanged: generation {} (pid {pid}) already runs {current}",
+                self.generation
+            ),
+            PlanAction::Upgrade if self.check => format!(
+                "check: would replace generation {} (pid {pid}, {current}) with {target}; \
+                 deadline {}",
+                self.generation,
+                handoff::timeouts::format_duration(Duration::from_millis(self.deadline_ms))
+            ),
+            PlanAction::Start if self.check => {
+                format!("check: nobody serves now; would start {target}")
+            }
+            PlanAction::Upgrade | PlanAction::Start => {
+                format!("{prefix}would upgrade to {target}")
+            }
+        }
+    }
+}
+
 /// `status`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StatusReport {
@@ -666,6 +763,8 @@ mod tests {
                     drain_timeout_ms: Some(250),
                     deadline_ms: None,
                     force: false,
+                    if_changed: false,
+                    check: false,
                 },
                 r#"{"command":"upgrade","binary":"/usr/bin/d","drain_timeout_ms":250}"#,
             ),
@@ -676,8 +775,26 @@ mod tests {
                     drain_timeout_ms: None,
                     deadline_ms: None,
                     force: true,
+                    if_changed: false,
+                    check: false,
                 },
                 r#"{"command":"upgrade","force":true}"#,
+            ),
+            (
+                Request::Upgrade {
+                    binary: Some("/usr/bin/d".into()),
+                    sha256: Some("ab".repeat(32)),
+                    drain_timeout_ms: None,
+                    deadline_ms: None,
+                    force: false,
+                    if_changed: true,
+                    check: true,
+                },
+                concat!(
+                    r#"{"command":"upgrade","binary":"/usr/bin/d","sha256":"#,
+                    r#""abababababababababababababababababababababababababababababababab","#,
+                    r#""if_changed":true,"check":true}"#
+                ),
             ),
             (Request::History, r#"{"command":"history"}"#),
             (
@@ -728,6 +845,54 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_plan_has_a_pinned_json_form() {
+        let plan = PlanReport {
+            action: PlanAction::None,
+            check: false,
+            generation: 3,
+            pid: Some(42),
+            current: Some(BinaryRecord {
+                path: "/usr/bin/d".into(),
+                sha256: "ab".repeat(32),
+            }),
+            target: BinaryRecord {
+                path: "/usr/bin/d".into(),
+                sha256: "ab".repeat(32),
+            },
+            sha256_verified: true,
+            deadline_ms: 300_000,
+            drain_timeout_ms: 60_000,
+        };
+        let json = serde_json::to_string(&Response::Plan(plan.clone())).expect("encode");
+        let sha = "ab".repeat(32);
+        assert_eq!(
+            json,
+            format!(
+                r#"{{"result":"plan","action":"none","check":false,"generation":3,"pid":42,"current":{{"path":"/usr/bin/d","sha256":"{sha}"}},"target":{{"path":"/usr/bin/d","sha256":"{sha}"}},"sha256_verified":true,"deadline_ms":300000,"drain_timeout_ms":60000}}"#
+            )
+        );
+        match serde_json::from_str::<Response>(&json).expect("decode") {
+            Response::Plan(decoded) => assert_eq!(decoded, plan),
+            other => panic!("{other:?}"),
+        }
+        assert!(!plan.changes());
+        assert!(plan.line().starts_with("unchanged: generation 3 (pid 42)"));
+        let would = PlanReport {
+            action: PlanAction::Upgrade,
+            check: true,
+            ..plan
+        };
+        assert!(would.changes());
+        assert!(
+            would
+                .line()
+                .starts_with("check: would replace generation 3"),
+            "{}",
+            would.line()
+        );
     }
 
     #[test]

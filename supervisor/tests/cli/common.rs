@@ -330,11 +330,64 @@ pub fn serving_pid(addr: SocketAddr) -> u32 {
         .unwrap_or_else(|| panic!("INFO without pid: {info}"))
 }
 
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`), each
+/// step bounded by `IO`: the status code and the body, or what went wrong
+/// (the step and the error kind, for a failure count by class).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, IO)
+        .map_err(|e| format!("connect: {:?}: {e}", e.kind()))?;
+    stream
+        .set_read_timeout(Some(IO))
+        .and_then(|()| stream.set_write_timeout(Some(IO)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| format!("write: {:?}: {e}", e.kind()))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("read: {:?}: {e}", e.kind()))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no complete response: {response:?}"))?;
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("no status line: {head:?}"))?;
+    Ok((code, body.to_owned()))
+}
+
 /// A status field as u64.
 pub fn u64_of(value: &Value, key: &str) -> u64 {
     value[key]
         .as_u64()
         .unwrap_or_else(|| panic!("{key} missing in {value}"))
+}
+
+/// Copies the executable `source` to `path` with a trailer naming `label`
+/// (an ELF loader ignores bytes past its segments): another build, with a
+/// sha256 of its own, that runs as the original. Returns that sha256.
+pub fn another_build(source: &Path, path: &Path, label: &str) -> String {
+    use std::io::Write;
+    std::fs::copy(source, path).expect("copy the build");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("open the copy");
+    writeln!(file, "\nbuild {label}").expect("trailer");
+    drop(file);
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    sha256_hex(path)
 }
 
 /// Lowercase hex sha256 of the file at `path`.

@@ -201,11 +201,19 @@ fn a_resume_hook_that_hangs_is_killed_and_the_restart_policy_starts_the_build_ag
 
     let failing = failing.display().to_string();
     let (code, report, took) = upgrade(&supervisor, &["--binary", &failing]);
-    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(code, Some(4), "nobody serves: exit 4: {report}");
     assert_eq!(report["committed"], false);
     assert_eq!(
         report["serving"], false,
         "the truth about who serves: {report}"
+    );
+    assert_eq!(report["changed"], true, "nobody serves any more: {report}");
+    assert_eq!(report["failed"], true, "{report}");
+    assert!(
+        report["msg"]
+            .as_str()
+            .is_some_and(|msg| msg.contains("nobody serves")),
+        "{report}"
     );
     assert!(report["old_pid"].is_null(), "{report}");
     assert!(

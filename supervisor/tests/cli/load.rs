@@ -86,13 +86,19 @@ impl Load {
 
     /// Starts sending `rate` requests per second with `send`.
     pub fn start(rate: u32, send: Arc<Send>) -> Load {
+        Load::start_with(rate, WORKERS, MAX_RUN, send)
+    }
+
+    /// [`Load::start`] with `workers` requests in flight at most and a hard
+    /// bound of `max_run` (a fleet of daemons, a run of several minutes).
+    pub fn start_with(rate: u32, workers: usize, max_run: Duration, send: Arc<Send>) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let report = Arc::new(Mutex::new(Report::default()));
         let started = Instant::now();
         let interval = Duration::from_secs(1) / rate.max(1);
         let (due_tx, due_rx) = crossbeam_channel::unbounded::<Instant>();
         let mut threads = Vec::new();
-        for _ in 0..WORKERS {
+        for _ in 0..workers {
             let (due_rx, send, report) = (due_rx.clone(), Arc::clone(&send), Arc::clone(&report));
             threads.push(std::thread::spawn(move || {
                 while let Ok(due) = due_rx.recv() {
@@ -114,7 +120,7 @@ impl Load {
         let stop_flag = Arc::clone(&stop);
         threads.push(std::thread::spawn(move || {
             let mut next = Instant::now();
-            while !stop_flag.load(Ordering::SeqCst) && started.elapsed() < MAX_RUN {
+            while !stop_flag.load(Ordering::SeqCst) && started.elapsed() < max_run {
                 if due_tx.send(next).is_err() {
                     return;
                 }

@@ -12,19 +12,15 @@ use handoff::os::Sig;
 use serde_json::Value;
 
 use crate::common::{
-    Ran, Start, Supervisor, TempDir, handoffctl, script, serving_pid, sha256_hex, testd, u64_of,
+    Ran, Start, Supervisor, TempDir, another_build, handoffctl, script, serving_pid, sha256_hex,
+    testd, u64_of,
 };
 use crate::load::Load;
 
-/// A second build of handoffctl: the same program with one byte appended
-/// (an ELF file ignores trailing bytes), so its sha256 differs.
+/// A second build of handoffctl, with a sha256 of its own.
 fn other_build(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(name);
-    let mut bytes = std::fs::read(handoffctl()).expect("read handoffctl");
-    bytes.push(b'\n');
-    std::fs::write(&path, bytes).expect("write build");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    another_build(&handoffctl(), &path, name);
     path
 }
 
@@ -116,9 +112,14 @@ fn reexec_keeps_the_pid_the_generation_and_every_request() {
         &["--binary", b.to_str().expect("utf-8"), "--if-changed"],
     );
     assert_eq!(
-        (code, &report["changed"]),
-        (Some(0), &Value::Bool(false)),
+        (code, &report["changed"], &report["failed"]),
+        (Some(0), &Value::Bool(false), &Value::Bool(false)),
         "{report}"
+    );
+    assert!(
+        report["msg"]
+            .as_str()
+            .is_some_and(|msg| msg.starts_with("unchanged"))
     );
     // Still a supervisor that upgrades.
     let upgraded = supervisor.ctl("upgrade", &["--json"]);
@@ -167,6 +168,12 @@ fn a_target_that_cannot_take_over_is_refused_before_anything_changes() {
     let (code, report, _) = reexec(&supervisor, &["--binary", wrong.to_str().expect("utf-8")]);
     assert_eq!(code, Some(1), "{report}");
     assert_eq!(report["committed"], false);
+    // Ansible's terms: the old image is still in charge, nothing changed.
+    assert_eq!(
+        (&report["changed"], &report["failed"]),
+        (&Value::Bool(false), &Value::Bool(true)),
+        "{report}"
+    );
     let reason = report["reason"].as_str().expect("reason");
     assert!(reason.contains("self-check failed"), "{reason}");
 
