@@ -3,7 +3,7 @@
 //! notification stores, removes or refuses, what every later spawn of the
 //! daemon gets back, and the bound. One store per supervisor, shared by all
 //! its generations: a generation stores, any later one (an upgrade's
-//! successor, a restart after a crash) takes back.
+//! successor, a restart after a crash) takes back (I19 in ARCHITECTURE.md).
 //!
 //! Generic over the fd (`F`: the driver's `OwnedFd`; tokens in the tests),
 //! so an entry this model drops is an fd the driver closes. The driver
