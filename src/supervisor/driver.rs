@@ -617,6 +617,33 @@ fn log_note(note: &Note) {
         Note::IncumbentStopped { why } => {
             tracing::warn!(%why, "the old generation was stopped before the commit")
         }
+        Note::ForeignSender {
+            generation,
+            sender,
+            expected,
+        } => tracing::warn!(
+            generation,
+            ?sender,
+            expected,
+            "notification from another process ignored"
+        ),
+        Note::FaultKill { generation } => tracing::warn!(
+            generation,
+            "injected error while retiring: killing the old generation"
+        ),
+        Note::ProbationHeld { .. }
+        | Note::ProbationCleared { .. }
+        | Note::ProbationFailed { .. }
+        | Note::ProbeIgnored { .. }
+        | Note::ResumeChecked { .. }
+        | Note::ResumedTooLate { .. } => log_probation_note(note),
+    }
+}
+
+/// The notes of probations and their probes, which [`log_note`] (whose
+/// match is the exhaustive one) routes here.
+fn log_probation_note(note: &Note) {
+    match note {
         Note::ProbationHeld { generation, detail } => tracing::info!(
             generation,
             %detail,
@@ -665,19 +692,6 @@ fn log_note(note: &Note) {
             generation,
             "the resumed generation found another one serving: it retires"
         ),
-        Note::ForeignSender {
-            generation,
-            sender,
-            expected,
-        } => tracing::warn!(
-            generation,
-            ?sender,
-            expected,
-            "notification from another process ignored"
-        ),
-        Note::FaultKill { generation } => tracing::warn!(
-            generation,
-            "injected error while retiring: killing the old generation"
-        ),
+        _ => {}
     }
 }
