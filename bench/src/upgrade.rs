@@ -392,6 +392,7 @@ impl InProcess {
                     ready: handoff::protocol::ReadySignal::Notify,
                     stop_signal: handoff::os::Sig::Term,
                     quiesce: None,
+                    fd_store_max: handoff::supervisor::DEFAULT_FD_STORE_MAX,
                 },
             },
         })

@@ -7,6 +7,7 @@ mod common;
 mod admin;
 mod adopt;
 mod bad_input;
+mod fdstore;
 mod fleet;
 mod foreign;
 mod gateway;
