@@ -137,6 +137,10 @@ pub struct RunOptions {
     #[arg(long = "allow-supervisor-binary", value_name = "PATH")]
     #[serde(default)]
     pub allowed_supervisor_binaries: Vec<PathBuf>,
+    /// Serve Prometheus metrics over plain HTTP at http://ADDR/metrics
+    /// (ADDR is HOST:PORT, for example 127.0.0.1:9464) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 /// `[listen]` as `NAME=ADDR` lines, the flags' form.
@@ -208,6 +212,7 @@ impl RunOptions {
             binary, args, socket, data_dir, mode, drain_timeout, deadline, resume_timeout,
             restart, log_format, protocol, ready_signal, stop_signal, probe, probe_status,
             probe_timeout, probation, probation_signal, resume_signal, history_file, sha256,
+            metrics,
         );
         // By name, a flag's last; a malformed spec is kept whole for
         // `listeners` to refuse in its own words.
@@ -256,6 +261,8 @@ pub struct Settings {
     /// The config file as read (a re-exec carries it instead of reading
     /// the file again).
     pub config: Option<CarriedConfig>,
+    /// Where the Prometheus metrics are served, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Settings {
@@ -320,8 +327,23 @@ impl Settings {
             history_file,
             allowed_supervisor_binaries: options.allowed_supervisor_binaries,
             config,
+            metrics: options.metrics.as_deref().map(metrics_addr).transpose()?,
         })
     }
+}
+
+/// `--metrics HOST:PORT`, resolved to its first address.
+fn metrics_addr(text: &str) -> Result<std::net::SocketAddr, Failure> {
+    use std::net::ToSocketAddrs;
+    let bad = |problem: String| {
+        Failure::usage(format!(
+            "--metrics {text}: {problem}; expected HOST:PORT, for example 127.0.0.1:9464"
+        ))
+    };
+    text.to_socket_addrs()
+        .map_err(|e| bad(e.to_string()))?
+        .next()
+        .ok_or_else(|| bad("no address".to_owned()))
 }
 
 /// Reads the config file at `path`.

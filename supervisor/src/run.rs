@@ -44,6 +44,8 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     let image = crate::reexec::Image::open(start_path)?;
     // Bound before any generation starts: a bad path fails alone.
     let socket = AdminSocket::bind(&settings.socket, settings.socket_is_default)?;
+    // So is the metrics address: one that cannot be bound fails here.
+    let metrics = crate::metrics::Metrics::bind(settings.metrics)?;
     let (supervisor, events, listeners) = match crate::orphan::orphan_to_adopt(&settings.socket) {
         Some(record) => adopt(&settings, &record)?,
         None => start(&settings)?,
@@ -72,6 +74,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             ready: false,
             clean: true,
         },
+        metrics,
     }
     .serve(signals, None)
 }
@@ -180,6 +183,8 @@ pub struct Running {
     pub carry: Carry,
     /// The event fan-out's memory.
     pub fan_out: EventsCarried,
+    /// The Prometheus metrics (bound; off without `--metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Running {
@@ -198,6 +203,7 @@ impl Running {
             history,
             carry,
             fan_out,
+            metrics,
         } = self;
         let notify = Notifier::from_env();
         let handle = supervisor.handle();
@@ -220,7 +226,9 @@ impl Running {
             recorder: HistoryRecorder::new(history, settings.history_file.clone()),
             carry,
             frozen: Mutex::new(None),
+            metrics: metrics.feed(),
         });
+        metrics.start(Arc::clone(&state))?;
         spawn("signals", {
             let state = Arc::clone(&state);
             let control = control_tx.clone();

@@ -352,6 +352,7 @@ impl Restored {
         notify.ready(&status_line(&report, &supervisor));
         let socket = AdminSocket::adopt(self.settings.socket.clone(), self.admin);
         let answer = self.caller.map(|caller| (caller, Response::Reexec(report)));
+        let metrics = crate::metrics::Metrics::rebind(self.settings.metrics, None);
         Running {
             settings: self.settings,
             supervisor,
@@ -360,6 +361,7 @@ impl Restored {
             history: carried.history,
             carry: self.carry,
             fan_out: carried.events,
+            metrics,
         }
         .serve(signals, answer)
     }
