@@ -6,7 +6,7 @@
 //! event thread --Feed (events, stamped)--> metrics thread --publishes--> Published page
 //! admin upgrade --Feed (not spawned)-----^   | owns Counters              ^ reads (pointer copy)
 //!                                            | reads status, /proc/self   |
-//!                                            '-- every METRICS_REFRESH    http threads <-- scrapers
+//!                                            '-- every METRICS_REFRESH    http thread <-- scrapers
 //! ```
 //!
 //! One thread owns the numbers ([`Counters`], plain data: a supervisor
@@ -162,22 +162,19 @@ impl Metrics {
             tracing::warn!(dropped, "histograms of another build's buckets were reset");
         }
         let page = http::Published::default();
-        let dropped_connections = Arc::new(AtomicU64::new(0));
         let mut owner = Owner {
             state,
             counters,
             gauges: Gauges::default(),
             draining_since: HashMap::new(),
             daemon_pid: None,
-            page: page.clone(),
-            dropped_connections: Arc::clone(&dropped_connections),
+            page,
+            dropped_connections: Arc::new(AtomicU64::new(0)),
         };
         owner.gauges.drain_timeout = owner.state.timeouts.drain_grace;
         std::thread::Builder::new()
             .name("metrics".into())
-            .spawn(move || owner.run(&inbox))
-            .map_err(|e| Failure::failed(format!("cannot start the metrics thread: {e}")))?;
-        http::serve(listener, page, dropped_connections)
+            .spawn(move || owner.run(listener, &inbox))
             .map_err(|e| Failure::failed(format!("cannot start the metrics thread: {e}")))?;
         tracing::info!(%address, "metrics at http://{address}/metrics");
         Ok(())
@@ -223,13 +220,20 @@ struct Owner {
 }
 
 impl Owner {
-    fn run(&mut self, inbox: &mpsc::Receiver<Input>) {
+    /// Publishes a first page, then serves it on `listener` (scrapers wait
+    /// in its backlog until then) and keeps it current.
+    fn run(&mut self, listener: TcpListener, inbox: &mpsc::Receiver<Input>) {
         self.gauges.supervisor_sha256 = self
             .state
             .identities
             .of_pid(std::process::id())
             .map(|record| record.sha256);
         self.refresh();
+        let page = self.page.clone();
+        if let Err(error) = http::serve(listener, page, Arc::clone(&self.dropped_connections)) {
+            tracing::error!(%error, "cannot start the metrics endpoint's thread");
+            return;
+        }
         let mut next_refresh = Instant::now() + METRICS_REFRESH;
         loop {
             let wait = next_refresh.saturating_duration_since(Instant::now());
