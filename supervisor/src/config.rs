@@ -851,6 +851,7 @@ mod tests {
             probation_signal = "WINCH"
             resume_signal = "HUP"
             history_file = "/var/lib/d/handoff-history.json"
+            metrics = "127.0.0.1:9464"
             [listen]
             http = "127.0.0.1:8080"
             "#,
@@ -860,5 +861,45 @@ mod tests {
         assert!(matches!(config.mode, Some(ModeArg::Overlap)));
         assert!(matches!(config.restart, Some(RestartArg::OnFailure)));
         assert_eq!(config.log_format, Some(LogFormat::Json));
+        assert_eq!(config.metrics.as_deref(), Some("127.0.0.1:9464"));
+    }
+
+    #[test]
+    fn the_metrics_address_is_host_and_port_and_a_bad_one_names_the_flag() {
+        let resolve = |flags: &[&str]| {
+            let mut all = vec!["--socket", "/run/d/handoff.sock"];
+            all.extend_from_slice(flags);
+            all.extend(["--", "/bin/true"]);
+            Settings::resolve(run_args(None, &all))
+        };
+        assert_eq!(resolve(&[]).expect("resolve").metrics, None);
+        let set = resolve(&["--metrics", "127.0.0.1:9464"]).expect("resolve");
+        assert_eq!(set.metrics, Some(([127, 0, 0, 1], 9464).into()));
+        let local = resolve(&["--metrics", "localhost:0"]).expect("a name resolves");
+        assert!(local.metrics.is_some_and(|addr| addr.ip().is_loopback()));
+        // The config's key, and the flag over it.
+        let dir = std::env::temp_dir().join(format!("hctl-config-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let config = dir.join("handoff.toml");
+        std::fs::write(&config, "metrics = \"127.0.0.1:9465\"\n").expect("write");
+        let from_file =
+            Settings::resolve(run_args(Some(&config), &["--", "/bin/true"])).expect("resolve");
+        assert_eq!(from_file.metrics, Some(([127, 0, 0, 1], 9465).into()));
+        let flag = Settings::resolve(run_args(
+            Some(&config),
+            &["--metrics", "127.0.0.1:9466", "--", "/bin/true"],
+        ))
+        .expect("resolve");
+        assert_eq!(flag.metrics, Some(([127, 0, 0, 1], 9466).into()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for bad in ["9464", "127.0.0.1", "127.0.0.1:http", "[::1]:99999"] {
+            let failure = resolve(&["--metrics", bad]).expect_err(bad);
+            assert!(
+                failure.message.starts_with(&format!("--metrics {bad}: "))
+                    && failure.message.contains("HOST:PORT"),
+                "{}",
+                failure.message
+            );
+        }
     }
 }

@@ -14,6 +14,7 @@ mod history;
 mod hooks;
 mod lifecycle;
 mod load;
+mod metrics;
 mod probation;
 mod quickstart;
 mod real_systemd;
