@@ -16,6 +16,7 @@ mod lifecycle;
 mod load;
 mod metrics;
 mod probation;
+mod prometheus;
 mod quickstart;
 mod real_systemd;
 mod reexec;
