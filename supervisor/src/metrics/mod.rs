@@ -3,19 +3,22 @@
 //! `docs/monitoring.md` for each metric and the alert rules).
 //!
 //! ```text
-//! event thread --Feed (events, stamped)--> metrics thread --publishes--> Published page
-//! admin upgrade --Feed (not spawned)-----^   | owns Counters              ^ reads (pointer copy)
-//!                                            | reads status, /proc/self   |
-//!                                            '-- every METRICS_REFRESH    http thread <-- scrapers
+//! event thread --Feed: count, wake--> Counters (one lock) <--clone-- metrics thread --> Published page
+//! admin upgrade --Feed (not spawned)--^      ^ to_state (re-exec)    | status, /proc/self  ^ pointer copy
+//!                                                                    '-- METRICS_REFRESH   http thread <-- scrapers
 //! ```
 //!
-//! One thread owns the numbers ([`Counters`], plain data: a supervisor
-//! re-exec carries them across with [`Feed::to_state`] and
-//! [`Metrics::rebind`], through serde). The supervisor's loop
-//! never waits for it: the feed is an unbounded channel, and the status
-//! is asked for once per [`METRICS_REFRESH`] and after an event that
-//! changes generations, never for a scrape. Scrapes never wait for either:
-//! they copy the last published page (`http.rs` bounds every connection).
+//! The feed counts on the caller's thread, under one lock held for the
+//! counting only (a few map updates), then wakes the metrics thread over
+//! a channel that never blocks. [`Counters`] are plain data behind that
+//! lock: a supervisor re-exec takes them with [`Feed::to_state`] (never
+//! waiting on the metrics thread, which may itself be waiting on a frozen
+//! supervisor) and the next image goes on from them through serde and
+//! [`Metrics::rebind`]. The metrics thread owns the gauges: it reads the
+//! status once per [`METRICS_REFRESH`] and after an event that changes
+//! generations, never for a scrape, renders a page from a copy of the
+//! counters, and publishes it. Scrapes copy the last page (`http.rs`
+//! bounds every connection). The supervisor's loop waits for none of it.
 //!
 //! Without `--metrics`, nothing here runs and the feed drops what it is
 //! given.
@@ -27,9 +30,8 @@ mod text;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use handoff::supervisor::{Status, SupervisorEvent};
@@ -41,52 +43,60 @@ use crate::admin::AdminState;
 use crate::admin::wire::BinaryRecord;
 use crate::error::Failure;
 
-/// What the metrics thread is told.
-#[derive(Debug)]
-enum Input {
-    /// An event, and when it was seen (seconds since the Unix epoch).
-    Event(Box<SupervisorEvent>, f64),
-    /// An upgrade's successor could not be spawned.
-    UpgradeNotStarted(f64),
-    /// Send the counters (for a re-exec).
-    State(mpsc::Sender<Counters>),
+/// Why the metrics thread is woken: whether generations may have changed
+/// (the status is then read again).
+#[derive(Debug, Clone, Copy)]
+struct Wake {
+    generations: bool,
 }
 
-/// The way into the metrics thread: cheap to clone, never blocks, and a
-/// no-op when `--metrics` is not given.
+/// What the feed and the metrics thread share.
+#[derive(Debug)]
+struct Shared {
+    counters: Mutex<Counters>,
+    wake: mpsc::Sender<Wake>,
+}
+
+impl Shared {
+    fn counters(&self) -> MutexGuard<'_, Counters> {
+        self.counters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The way into the counters: cheap to clone, never blocks on the metrics
+/// thread, and a no-op when `--metrics` is not given.
 #[derive(Debug, Clone, Default)]
 pub struct Feed {
-    inbox: Option<mpsc::Sender<Input>>,
+    shared: Option<Arc<Shared>>,
 }
 
 impl Feed {
-    /// Counts `event` (cloned only when metrics are on).
+    /// Counts `event`.
     pub fn event(&self, event: &SupervisorEvent) {
-        if let Some(inbox) = &self.inbox {
-            let _ = inbox.send(Input::Event(Box::new(event.clone()), unix_now()));
+        if let Some(shared) = &self.shared {
+            shared.counters().on_event(event, unix_now());
+            let generations = !matches!(
+                event,
+                SupervisorEvent::Phase { .. } | SupervisorEvent::HandoffStarted { .. }
+            );
+            let _ = shared.wake.send(Wake { generations });
         }
     }
 
     /// Counts an upgrade whose successor could not be spawned (the library
     /// answers it with an error, not with an event).
     pub fn upgrade_not_started(&self) {
-        if let Some(inbox) = &self.inbox {
-            let _ = inbox.send(Input::UpgradeNotStarted(unix_now()));
+        if let Some(shared) = &self.shared {
+            shared.counters().upgrade_not_started(unix_now());
+            let _ = shared.wake.send(Wake { generations: false });
         }
     }
 
-    /// The counters as they are now, once every input sent before this
-    /// call was counted: what a supervisor re-exec carries across (they
-    /// serialize with serde). `None` without `--metrics`.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the supervisor re-exec (in progress) calls it")
-    )]
+    /// The counters, everything fed so far counted: what a supervisor
+    /// re-exec carries across (they serialize with serde). `None` without
+    /// `--metrics`.
     pub fn to_state(&self) -> Option<Counters> {
-        let inbox = self.inbox.as_ref()?;
-        let (reply, answer) = mpsc::channel();
-        inbox.send(Input::State(reply)).ok()?;
-        answer.recv().ok()
+        Some(self.shared.as_ref()?.counters().clone())
     }
 }
 
@@ -95,30 +105,36 @@ impl Feed {
 /// receiving end.
 #[derive(Debug)]
 pub struct Metrics {
-    running: Option<(TcpListener, mpsc::Receiver<Input>)>,
+    running: Option<(TcpListener, mpsc::Receiver<Wake>)>,
     feed: Feed,
-    /// The counters to go on from (a re-exec's).
-    restored: Option<Counters>,
 }
 
 impl Metrics {
     /// Binds `addr`, if given; a failure is one line naming `--metrics`.
     pub fn bind(addr: Option<SocketAddr>) -> Result<Metrics, Failure> {
         let Some(addr) = addr else {
-            return Ok(Metrics {
-                running: None,
-                feed: Feed::default(),
-                restored: None,
-            });
+            return Ok(Metrics::off());
         };
         let listener = http::bind(addr)
             .map_err(|e| Failure::failed(format!("--metrics {addr}: cannot listen: {e}")))?;
-        let (inbox, receiver) = mpsc::channel();
+        let (wake, woken) = mpsc::channel();
+        let shared = Shared {
+            counters: Mutex::new(Counters::default()),
+            wake,
+        };
         Ok(Metrics {
-            running: Some((listener, receiver)),
-            feed: Feed { inbox: Some(inbox) },
-            restored: None,
+            running: Some((listener, woken)),
+            feed: Feed {
+                shared: Some(Arc::new(shared)),
+            },
         })
+    }
+
+    fn off() -> Metrics {
+        Metrics {
+            running: None,
+            feed: Feed::default(),
+        }
     }
 
     /// In an image restored after a re-exec: binds `addr` again (the exec
@@ -127,17 +143,19 @@ impl Metrics {
     /// supervisor goes on without metrics.
     pub fn rebind(addr: Option<SocketAddr>, restored: Option<Counters>) -> Metrics {
         match Metrics::bind(addr) {
-            Ok(metrics) => Metrics {
-                restored,
-                ..metrics
-            },
+            Ok(metrics) => {
+                if let (Some(shared), Some(mut restored)) = (&metrics.feed.shared, restored) {
+                    let dropped = restored.keep_fitting();
+                    if dropped > 0 {
+                        tracing::warn!(dropped, "histograms of another build's buckets were reset");
+                    }
+                    *shared.counters() = restored;
+                }
+                metrics
+            }
             Err(failure) => {
                 tracing::warn!("no metrics after the re-exec: {failure}");
-                Metrics {
-                    running: None,
-                    feed: Feed::default(),
-                    restored: None,
-                }
+                Metrics::off()
             }
         }
     }
@@ -150,21 +168,16 @@ impl Metrics {
     /// Starts the metrics thread and the endpoint (counting on from a
     /// re-exec's counters, if [`Metrics::rebind`] was given some).
     pub fn start(self, state: Arc<AdminState>) -> Result<(), Failure> {
-        let Some((listener, inbox)) = self.running else {
+        let (Some((listener, woken)), Some(shared)) = (self.running, self.feed.shared) else {
             return Ok(());
         };
         let address = listener
             .local_addr()
             .map_err(|e| Failure::failed(format!("--metrics: {e}")))?;
-        let mut counters = self.restored.unwrap_or_default();
-        let dropped = counters.keep_fitting();
-        if dropped > 0 {
-            tracing::warn!(dropped, "histograms of another build's buckets were reset");
-        }
         let page = http::Published::default();
         let mut owner = Owner {
             state,
-            counters,
+            shared,
             gauges: Gauges::default(),
             draining_since: HashMap::new(),
             daemon_pid: None,
@@ -174,7 +187,7 @@ impl Metrics {
         owner.gauges.drain_timeout = owner.state.timeouts.drain_grace;
         std::thread::Builder::new()
             .name("metrics".into())
-            .spawn(move || owner.run(listener, &inbox))
+            .spawn(move || owner.run(listener, &woken))
             .map_err(|e| Failure::failed(format!("cannot start the metrics thread: {e}")))?;
         tracing::info!(%address, "metrics at http://{address}/metrics");
         Ok(())
@@ -206,10 +219,10 @@ pub struct Gauges {
     pub process: Option<ProcessStats>,
 }
 
-/// The metrics thread: the one owner of the counters and gauges.
+/// The metrics thread: the one owner of the gauges and the page.
 struct Owner {
     state: Arc<AdminState>,
-    counters: Counters,
+    shared: Arc<Shared>,
     gauges: Gauges,
     /// When each draining old generation was first seen draining.
     draining_since: HashMap<u64, Instant>,
@@ -222,7 +235,7 @@ struct Owner {
 impl Owner {
     /// Publishes a first page, then serves it on `listener` (scrapers wait
     /// in its backlog until then) and keeps it current.
-    fn run(&mut self, listener: TcpListener, inbox: &mpsc::Receiver<Input>) {
+    fn run(&mut self, listener: TcpListener, woken: &mpsc::Receiver<Wake>) {
         self.gauges.supervisor_sha256 = self
             .state
             .identities
@@ -237,14 +250,14 @@ impl Owner {
         let mut next_refresh = Instant::now() + METRICS_REFRESH;
         loop {
             let wait = next_refresh.saturating_duration_since(Instant::now());
-            let mut changed = match inbox.recv_timeout(wait) {
-                Ok(input) => apply(&mut self.counters, input),
+            let mut changed = match woken.recv_timeout(wait) {
+                Ok(wake) => wake.generations,
                 Err(mpsc::RecvTimeoutError::Timeout) => true,
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             };
             // Whatever queued meanwhile is rendered once.
-            while let Ok(input) = inbox.try_recv() {
-                changed |= apply(&mut self.counters, input);
+            while let Ok(wake) = woken.try_recv() {
+                changed |= wake.generations;
             }
             if changed || Instant::now() >= next_refresh {
                 self.refresh();
@@ -266,8 +279,9 @@ impl Owner {
 
     fn publish(&mut self) {
         self.gauges.dropped_connections = self.dropped_connections.load(Ordering::Relaxed);
-        self.page
-            .publish(text::render(&self.counters, &self.gauges));
+        // Rendered from a copy: the feed waits for a clone, not a render.
+        let counters = self.shared.counters().clone();
+        self.page.publish(text::render(&counters, &self.gauges));
     }
 
     fn generations(&mut self, status: &Status) {
@@ -301,38 +315,17 @@ impl Owner {
         }
         // Counters carried without the commit that started the serving
         // generation: its start from the status.
+        let mut counters = self.shared.counters();
         if let (Some(serving_for), true) = (
             status.serving_for,
-            self.counters
+            counters
                 .serving
                 .is_none_or(|serving| serving.generation != status.generation),
         ) {
-            self.counters.serving = Some(record::Serving {
+            counters.serving = Some(record::Serving {
                 generation: status.generation,
                 since_unix: unix_now() - serving_for.as_secs_f64(),
             });
-        }
-    }
-}
-
-/// Counts one input; whether generations may have changed (the status is
-/// then read again).
-fn apply(counters: &mut Counters, input: Input) -> bool {
-    match input {
-        Input::Event(event, at) => {
-            counters.on_event(&event, at);
-            !matches!(
-                *event,
-                SupervisorEvent::Phase { .. } | SupervisorEvent::HandoffStarted { .. }
-            )
-        }
-        Input::UpgradeNotStarted(at) => {
-            counters.upgrade_not_started(at);
-            false
-        }
-        Input::State(reply) => {
-            let _ = reply.send(counters.clone());
-            false
         }
     }
 }
@@ -353,20 +346,14 @@ mod tests {
         off.upgrade_not_started();
         assert_eq!(off.to_state(), None);
 
-        let (inbox, receiver) = mpsc::channel();
-        let feed = Feed { inbox: Some(inbox) };
-        let owner = std::thread::spawn(move || {
-            let mut counters = Counters::default();
-            while let Ok(input) = receiver.recv() {
-                apply(&mut counters, input);
-            }
-        });
+        let metrics = Metrics::bind(Some(([127, 0, 0, 1], 0).into())).expect("bind");
+        let feed = metrics.feed();
         feed.upgrade_not_started();
         feed.event(&SupervisorEvent::RestartFailed {
             reason: "ENOENT".into(),
         });
-        // Everything sent before is counted in the state handed over.
-        let state = feed.to_state().expect("the owner answers");
+        // Everything fed before is in the state handed over, at once.
+        let state = feed.to_state().expect("on");
         assert_eq!(
             state.upgrades(UpgradeOutcome::Failed, Reason::SpawnFailed),
             1
@@ -375,7 +362,16 @@ mod tests {
         let carried: Counters =
             serde_json::from_str(&serde_json::to_string(&state).expect("json")).expect("back");
         assert_eq!(carried, state);
-        drop(feed);
-        owner.join().expect("the owner ends with its feed");
+
+        // The next image goes on from them.
+        drop(metrics);
+        let next = Metrics::rebind(Some(([127, 0, 0, 1], 0).into()), Some(carried));
+        next.feed().upgrade_not_started();
+        let after = next.feed().to_state().expect("on");
+        assert_eq!(
+            after.upgrades(UpgradeOutcome::Failed, Reason::SpawnFailed),
+            2
+        );
+        assert_eq!(after.restart_failures, 1);
     }
 }

@@ -203,8 +203,10 @@ fn hostile_scrapers_delay_neither_handoffs_nor_the_admin_socket() {
     );
     // Counts: the endpoint holds a bounded number of fds, and the silent
     // ones made room for the real scrape.
+    // 16 metrics connections at most, and a few fds of the moment (an
+    // admin connection, a file read under /proc).
     assert!(
-        fds_during <= fds_before + 16,
+        fds_during <= fds_before + 16 + 4,
         "fds {fds_before} -> {fds_during}"
     );
     assert!(dropped >= (HOSTILE - 16) as f64, "{dropped} dropped");
@@ -212,4 +214,73 @@ fn hostile_scrapers_delay_neither_handoffs_nor_the_admin_socket() {
     drop(silent);
     let status = supervisor.status();
     assert_eq!(u64_of(&status, "generation"), 1 + 2 * ROUNDS as u64);
+}
+
+#[test]
+fn the_counters_carry_across_a_reexec_and_the_endpoint_comes_back_on_its_address() {
+    // A fixed port: after the exec the new image binds it again.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let mut start = Start::default();
+    start.flags.extend(
+        ["--metrics", &metrics, "--allow-binary", "/bin/false"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    let supervisor = Supervisor::start_with(start);
+    let addr = metrics_addr(&supervisor);
+    assert_eq!(addr.port(), port);
+    assert_eq!(supervisor.ctl("upgrade", &[]).code, Some(0));
+    assert_eq!(
+        supervisor.ctl("upgrade", &["--binary", "/bin/false"]).code,
+        Some(1)
+    );
+    let committed = r#"handoff_upgrades_total{outcome="committed",reason="none"}"#;
+    let rolled_back = r#"handoff_upgrades_total{outcome="rolled_back",reason="successor_exited"}"#;
+    // Counted by the event thread, published by the metrics thread: soon
+    // after the upgrade's answer, not necessarily before it.
+    eventually("both upgrades counted", || {
+        let page = scrape(addr);
+        sample(&page, committed) == Some(1.0) && sample(&page, rolled_back) == Some(1.0)
+    });
+    let before = scrape(addr);
+    let attempted = sample(&before, "handoff_last_upgrade_timestamp_seconds");
+
+    let ran = supervisor.ctl("reexec", &["--json"]);
+    assert_eq!(ran.code, Some(0), "{ran:?}; log:\n{}", supervisor.log());
+    let report: Value = serde_json::from_str(ran.stdout.trim()).expect("report");
+    assert_eq!(report["committed"], true, "{report}");
+    // The new image serves the same address with the same counts.
+    eventually("the endpoint after the re-exec", || {
+        http_get(addr, "/metrics").is_ok_and(|(code, page)| {
+            code == 200 && sample(&page, "handoff_generation") == Some(2.0)
+        })
+    });
+    let after = scrape(addr);
+    assert_eq!(sample(&after, committed), Some(1.0), "{after}");
+    assert_eq!(sample(&after, rolled_back), Some(1.0), "{after}");
+    assert_eq!(sample(&after, "handoff_last_upgrade_success"), Some(0.0));
+    assert_eq!(
+        sample(&after, "handoff_last_upgrade_timestamp_seconds"),
+        attempted
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"handoff_upgrade_duration_seconds_count{outcome="committed"}"#
+        ),
+        Some(1.0)
+    );
+    // And counts on.
+    assert_eq!(supervisor.ctl("upgrade", &[]).code, Some(0));
+    eventually("the upgrade after the re-exec counted", || {
+        sample(&scrape(addr), committed) == Some(2.0)
+    });
+    assert_eq!(
+        sample(&scrape(addr), "handoff_last_upgrade_success"),
+        Some(1.0)
+    );
 }
