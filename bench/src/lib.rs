@@ -25,4 +25,5 @@ pub mod kernel;
 pub mod load;
 pub mod report;
 pub mod run;
+pub mod scrape;
 pub mod upgrade;

@@ -138,6 +138,11 @@ struct Args {
     /// handoff-bench/ in the cargo target directory this binary is in].
     #[arg(long)]
     svg_dir: Option<PathBuf>,
+    /// Run `handoffctl run` with `--metrics` and scrape it every N ms
+    /// during each loaded run, as Prometheus would; the last scrape must
+    /// count the commits the harness saw (0: off).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    scrape_metrics_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -160,6 +165,9 @@ fn main() -> ExitCode {
 /// Runs everything `args` asks for and reports it; whether every verdict
 /// holds.
 fn bench(args: &Args) -> Result<bool, String> {
+    if args.scrape_metrics_ms > 0 && !matches!(args.supervisor, Supervisor::Handoffctl) {
+        return Err("--scrape-metrics-ms needs --supervisor handoffctl".into());
+    }
     // Before any thread starts: the namespace is per thread.
     if args.netns {
         handoff_bench::kernel::enter_private_network().map_err(|e| format!("--netns: {e}"))?;
@@ -201,6 +209,8 @@ fn bench(args: &Args) -> Result<bool, String> {
                 ConnectionsArg::PerRequest => Connections::PerRequest,
             },
             rate: args.rate,
+            scrape_metrics: (args.scrape_metrics_ms > 0)
+                .then(|| Duration::from_millis(args.scrape_metrics_ms)),
             steady: Duration::from_millis(args.steady_ms),
             interval: Duration::from_millis(args.interval_ms),
             handoffctl: args.handoffctl.clone(),

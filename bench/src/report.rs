@@ -437,6 +437,7 @@ impl Observed {
                 "after": self.supervisor_rss_kib.1,
             },
             "kernel_tcp_counters": self.kernel.as_ref().map(crate::kernel::Witness::to_json),
+            "metrics_scrapes": self.scrapes.as_ref().map(crate::scrape::Scrapes::to_json),
             "harness_errors": self.harness_errors,
             "violations": self.violations(),
         })
@@ -561,6 +562,20 @@ impl Observed {
                 row("handoffctl's event log", "unreadable".into());
             }
             None => {}
+        }
+        if let Some(scrapes) = &self.scrapes {
+            let json = scrapes.to_json();
+            row(
+                "metrics scrapes",
+                format!(
+                    "{} ok, {} failed, every {} ms; p50 / max {} / {} ms",
+                    scrapes.ok,
+                    scrapes.failed,
+                    scrapes.every.as_millis(),
+                    json["latency_ms"]["p50"],
+                    json["latency_ms"]["max"]
+                ),
+            );
         }
         row(
             "kernel TCP trouble",

@@ -112,6 +112,9 @@ pub struct Config {
     pub interval: Duration,
     /// Bound on one request.
     pub request_timeout: Duration,
+    /// `handoffctl run` only: serve `--metrics` and scrape them this often
+    /// while the load runs ([`crate::scrape`]).
+    pub scrape_metrics: Option<Duration>,
 }
 
 impl Config {
@@ -135,6 +138,7 @@ impl Config {
             steady: Duration::from_secs(1),
             interval: Duration::from_millis(300),
             request_timeout: Duration::from_secs(5),
+            scrape_metrics: None,
         }
     }
 }
@@ -193,6 +197,8 @@ pub struct Observed {
     /// to after the read-back), a third witness; `None` if `/proc/net`
     /// could not be read (the reason is in `harness_errors`).
     pub kernel: Option<Witness>,
+    /// The metrics scrapes, with `scrape_metrics`.
+    pub scrapes: Option<crate::scrape::Scrapes>,
 }
 
 /// What `handoffctl run --log-format json` logged.
@@ -319,7 +325,8 @@ fn start(config: &Config, dir: &Path) -> Result<Started, String> {
                     handoffctl.display()
                 ));
             }
-            let (upgrader, addr) = Ctl::start(handoffctl, &daemon, &deploy, dir)?;
+            let metrics = config.scrape_metrics.is_some();
+            let (upgrader, addr) = Ctl::start(handoffctl, &daemon, &deploy, dir, metrics)?;
             (Box::new(upgrader), addr)
         }
         UpgraderKind::InProcess => {
@@ -457,6 +464,19 @@ fn run_in(
         config.rate,
         config.steady.as_millis()
     )));
+    let scraper = match config.scrape_metrics {
+        Some(every) if config.upgrader == UpgraderKind::Ctl => {
+            let log = dir.join(crate::upgrade::CTL_LOG);
+            let addr = crate::scrape::metrics_addr(&log)
+                .ok_or("handoffctl run logged no metrics address (see handoffctl.log)")?;
+            progress(Progress::Phase(format!(
+                "scraping http://{addr}/metrics every {} ms",
+                every.as_millis()
+            )));
+            Some(crate::scrape::Scraper::start(addr, every)?)
+        }
+        _ => None,
+    };
     let load = runtime.spawn(load::run(
         LoadConfig {
             addr,
@@ -570,6 +590,11 @@ fn run_in(
         .block_on(load)
         .map_err(|e| format!("load task: {e}"))?;
     let duration = start.elapsed();
+    let scrapes = scraper.map(crate::scrape::Scraper::finish);
+    if let Some(scrapes) = &scrapes {
+        let committed = windows.iter().filter(|w| w.handoff.committed).count() as u64;
+        harness_errors.extend(scrapes.disagreements(committed));
+    }
 
     let acked: Vec<_> = clients
         .iter()
@@ -621,6 +646,7 @@ fn run_in(
         first_build,
         supervisor_log,
         kernel,
+        scrapes,
     })
 }
 

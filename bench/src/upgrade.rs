@@ -629,12 +629,14 @@ impl Ctl {
     /// Writes a config in `dir` (listener `http` on `127.0.0.1:0`, the
     /// deploy's configured binary and the ones it names allowed), starts
     /// `handoffctl run` with its log in `dir/handoffctl.log`, and learns the
-    /// address from `status`.
+    /// address from `status`. With `metrics`, it serves its Prometheus
+    /// metrics on an ephemeral loopback port (the address is in the log).
     pub fn start(
         handoffctl: PathBuf,
         daemon: &DaemonCommand,
         deploy: &Deploy,
         dir: &Path,
+        metrics: bool,
     ) -> Result<(Ctl, SocketAddr), String> {
         let socket = dir.join("admin.sock");
         let quote = |path: &Path| format!("{:?}", path.display().to_string());
@@ -655,6 +657,9 @@ impl Ctl {
         }
         if let Some(data) = &daemon.data_dir {
             config.push_str(&format!("data_dir = {}\n", quote(data)));
+        }
+        if metrics {
+            config.push_str("metrics = \"127.0.0.1:0\"\n");
         }
         config.push_str("[listen]\nhttp = \"127.0.0.1:0\"\n");
         let config_path = dir.join("handoffctl.toml");

@@ -143,6 +143,10 @@ pub struct RunOptions {
     #[arg(long = "allow-supervisor-binary", value_name = "PATH")]
     #[serde(default)]
     pub allowed_supervisor_binaries: Vec<PathBuf>,
+    /// Serve Prometheus metrics over plain HTTP at http://ADDR/metrics
+    /// (ADDR is HOST:PORT, for example 127.0.0.1:9464) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 /// `[listen]` as `NAME=ADDR` lines, the flags' form.
@@ -214,7 +218,7 @@ impl RunOptions {
             binary, args, socket, data_dir, mode, drain_timeout, deadline, resume_timeout,
             restart, log_format, protocol, ready_signal, stop_signal, probe, probe_status,
             probe_timeout, probation, probation_signal, resume_signal, history_file, sha256,
-            fd_store_max,
+            fd_store_max, metrics,
         );
         // By name, a flag's last; a malformed spec is kept whole for
         // `listeners` to refuse in its own words.
@@ -263,6 +267,8 @@ pub struct Settings {
     /// The config file as read (a re-exec carries it instead of reading
     /// the file again).
     pub config: Option<CarriedConfig>,
+    /// Where the Prometheus metrics are served, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Settings {
@@ -331,8 +337,23 @@ impl Settings {
             history_file,
             allowed_supervisor_binaries: options.allowed_supervisor_binaries,
             config,
+            metrics: options.metrics.as_deref().map(metrics_addr).transpose()?,
         })
     }
+}
+
+/// `--metrics HOST:PORT`, resolved to its first address.
+fn metrics_addr(text: &str) -> Result<std::net::SocketAddr, Failure> {
+    use std::net::ToSocketAddrs;
+    let bad = |problem: String| {
+        Failure::usage(format!(
+            "--metrics {text}: {problem}; expected HOST:PORT, for example 127.0.0.1:9464"
+        ))
+    };
+    text.to_socket_addrs()
+        .map_err(|e| bad(e.to_string()))?
+        .next()
+        .ok_or_else(|| bad("no address".to_owned()))
 }
 
 /// Reads the config file at `path`.
@@ -870,6 +891,7 @@ mod tests {
             resume_signal = "HUP"
             fd_store_max = 4
             history_file = "/var/lib/d/handoff-history.json"
+            metrics = "127.0.0.1:9464"
             [listen]
             http = "127.0.0.1:8080"
             "#,
@@ -880,6 +902,7 @@ mod tests {
         assert!(matches!(config.restart, Some(RestartArg::OnFailure)));
         assert_eq!(config.log_format, Some(LogFormat::Json));
         assert_eq!(config.fd_store_max, Some(4));
+        assert_eq!(config.metrics.as_deref(), Some("127.0.0.1:9464"));
     }
 
     #[test]
@@ -924,5 +947,44 @@ mod tests {
         assert!(error.to_string().contains("(line 1)"), "{error}");
         assert!(error.to_string().contains("expected usize"), "{error}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_metrics_address_is_host_and_port_and_a_bad_one_names_the_flag() {
+        let resolve = |flags: &[&str]| {
+            let mut all = vec!["--socket", "/run/d/handoff.sock"];
+            all.extend_from_slice(flags);
+            all.extend(["--", "/bin/true"]);
+            Settings::resolve(run_args(None, &all))
+        };
+        assert_eq!(resolve(&[]).expect("resolve").metrics, None);
+        let set = resolve(&["--metrics", "127.0.0.1:9464"]).expect("resolve");
+        assert_eq!(set.metrics, Some(([127, 0, 0, 1], 9464).into()));
+        let local = resolve(&["--metrics", "localhost:0"]).expect("a name resolves");
+        assert!(local.metrics.is_some_and(|addr| addr.ip().is_loopback()));
+        // The config's key, and the flag over it.
+        let dir = std::env::temp_dir().join(format!("hctl-config-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let config = dir.join("handoff.toml");
+        std::fs::write(&config, "metrics = \"127.0.0.1:9465\"\n").expect("write");
+        let from_file =
+            Settings::resolve(run_args(Some(&config), &["--", "/bin/true"])).expect("resolve");
+        assert_eq!(from_file.metrics, Some(([127, 0, 0, 1], 9465).into()));
+        let flag = Settings::resolve(run_args(
+            Some(&config),
+            &["--metrics", "127.0.0.1:9466", "--", "/bin/true"],
+        ))
+        .expect("resolve");
+        assert_eq!(flag.metrics, Some(([127, 0, 0, 1], 9466).into()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for bad in ["9464", "127.0.0.1", "127.0.0.1:http", "[::1]:99999"] {
+            let failure = resolve(&["--metrics", bad]).expect_err(bad);
+            assert!(
+                failure.message.starts_with(&format!("--metrics {bad}: "))
+                    && failure.message.contains("HOST:PORT"),
+                "{}",
+                failure.message
+            );
+        }
     }
 }
