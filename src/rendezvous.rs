@@ -11,7 +11,7 @@
 //! without a supervisor under that generation number, answers `Adopted`
 //! with its copies of the named listeners, and from then on takes that
 //! connection as its control connection. One connection at a time; a
-//! peer that sends nothing is dropped after [`OFFER_READ`].
+//! peer that sends nothing is dropped after [`RENDEZVOUS_FRAME`].
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -134,7 +134,7 @@ impl std::fmt::Debug for Claimed {
 /// `start_time`, clock ticks since boot) by a pidfd first, so that a reused
 /// pid cannot be taken for it later; connects to `path` (retrying while
 /// nobody listens there yet, for
-/// [`RENDEZVOUS_WAIT`](crate::timeouts::RENDEZVOUS_WAIT)); checks that
+/// [`RENDEZVOUS_WAIT`]); checks that
 /// process is there; sends `Adopt { generation }` and takes the answer. The
 /// control connection's writes are then bounded by `write_timeout`.
 pub fn claim(

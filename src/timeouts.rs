@@ -145,6 +145,17 @@ pub const HANDLER_DRAIN: Duration = Duration::from_secs(30);
 /// try again this soon, when the endpoint's replacement is serving.
 pub const HANDLER_RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// How often `handoffctl run --metrics` reads the gauges it takes from the
+/// supervisor's status and from `/proc/self` (counters change at each
+/// event, and generations are read again after each event that changes
+/// them).
+pub const METRICS_REFRESH: Duration = Duration::from_secs(1);
+
+/// Bound on one connection to `handoffctl run --metrics`: from its accept
+/// to the last byte of the answer (a scraper that never sends holds a
+/// thread no longer).
+pub const METRICS_CONNECTION: Duration = Duration::from_secs(5);
+
 /// Bound on one `cargo build` of a handler library; the build is killed
 /// past it. Generous: a cold build compiles the SDK's dependencies.
 pub const HANDLER_BUILD: Duration = Duration::from_secs(10 * 60);

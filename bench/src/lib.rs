@@ -29,4 +29,5 @@ pub mod load;
 pub mod reexec;
 pub mod report;
 pub mod run;
+pub mod scrape;
 pub mod upgrade;

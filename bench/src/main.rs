@@ -175,6 +175,11 @@ struct Args {
     /// handoff-bench/ in the cargo target directory this binary is in].
     #[arg(long)]
     svg_dir: Option<PathBuf>,
+    /// Run `handoffctl run` with `--metrics` and scrape it every N ms
+    /// during each loaded run, as Prometheus would; the last scrape must
+    /// count the commits the harness saw (0: off).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    scrape_metrics_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -229,6 +234,9 @@ impl Setup {
                 "--reexecs re-executes `handoffctl run`: it needs --supervisor handoffctl".into(),
             );
         }
+        if supervised != UpgraderKind::Ctl && args.scrape_metrics_ms > 0 {
+            return Err("--scrape-metrics-ms needs --supervisor handoffctl".into());
+        }
         Ok(Setup {
             examples_dir,
             svg_dir,
@@ -266,6 +274,8 @@ impl Setup {
                 ConnectionsArg::PerRequest => Connections::PerRequest,
             },
             rate: args.rate,
+            scrape_metrics: (args.scrape_metrics_ms > 0)
+                .then(|| Duration::from_millis(args.scrape_metrics_ms)),
             steady: Duration::from_millis(args.steady_ms),
             interval: Duration::from_millis(args.interval_ms),
             handoffctl: args.handoffctl.clone(),

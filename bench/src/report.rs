@@ -459,6 +459,7 @@ impl Observed {
             },
             "reexecs": self.reexecs.as_ref().map(ReexecPhase::to_json),
             "kernel_tcp_counters": self.kernel.as_ref().map(crate::kernel::Witness::to_json),
+            "metrics_scrapes": self.scrapes.as_ref().map(crate::scrape::Scrapes::to_json),
             "harness_errors": self.harness_errors,
             "violations": self.violations(),
         })
@@ -632,6 +633,20 @@ impl Observed {
                 rows.push(("handoffctl's event log", "unreadable".into()));
             }
             None => {}
+        }
+        if let Some(scrapes) = &self.scrapes {
+            let json = scrapes.to_json();
+            rows.push((
+                "metrics scrapes",
+                format!(
+                    "{} ok, {} failed, every {} ms; p50 / max {} / {} ms",
+                    scrapes.ok,
+                    scrapes.failed,
+                    scrapes.every.as_millis(),
+                    json["latency_ms"]["p50"],
+                    json["latency_ms"]["max"]
+                ),
+            ));
         }
         rows.push((
             "kernel TCP trouble",

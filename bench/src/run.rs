@@ -120,6 +120,9 @@ pub struct Config {
     /// handoffctl, `interval` apart, then the daemon is upgraded once more
     /// ([`crate::reexec`]). `handoffctl` only.
     pub reexecs: usize,
+    /// `handoffctl run` only: serve `--metrics` and scrape them this often
+    /// while the load runs ([`crate::scrape`]).
+    pub scrape_metrics: Option<Duration>,
 }
 
 impl Config {
@@ -144,6 +147,7 @@ impl Config {
             interval: Duration::from_millis(300),
             request_timeout: Duration::from_secs(5),
             reexecs: 0,
+            scrape_metrics: None,
         }
     }
 
@@ -222,6 +226,8 @@ pub struct Observed {
     /// The supervisor re-execs and the upgrade after them, when asked
     /// ([`Config::reexecs`]).
     pub reexecs: Option<ReexecPhase>,
+    /// The metrics scrapes, with `scrape_metrics`.
+    pub scrapes: Option<crate::scrape::Scrapes>,
 }
 
 /// What `handoffctl run --log-format json` logged.
@@ -368,7 +374,9 @@ fn start(config: &Config, dir: &Path) -> Result<Started, String> {
             let allowed = supervisor_builds
                 .as_ref()
                 .map_or_else(Vec::new, SupervisorBuilds::paths);
-            let (upgrader, addr) = Ctl::start(handoffctl, &daemon, &deploy, dir, &allowed)?;
+            let metrics = config.scrape_metrics.is_some();
+            let (upgrader, addr) =
+                Ctl::start(handoffctl, &daemon, &deploy, dir, &allowed, metrics)?;
             (Box::new(upgrader), addr)
         }
         UpgraderKind::InProcess => {
@@ -464,6 +472,7 @@ fn run_in(
     let netns = Netns::current();
     let kernel_before = Counters::read();
     let stop = Arc::new(AtomicBool::new(false));
+    let scraper = start_scraper(&running.config, dir, progress)?;
     let load = running.spawn_load(Arc::clone(&stop), progress);
     // The next build is put in place while the load runs steady, as a
     // deploy would; the upgrade is asked at the scheduled time.
@@ -489,6 +498,16 @@ fn run_in(
         .block_on(load)
         .map_err(|e| format!("load task: {e}"))?;
     let duration = running.origin.elapsed();
+    let scrapes = scraper.map(crate::scrape::Scraper::finish);
+    if let Some(scrapes) = &scrapes {
+        let committed = running
+            .windows
+            .iter()
+            .filter(|w| w.handoff.committed)
+            .count() as u64;
+        let disagreements = scrapes.disagreements(committed);
+        running.harness_errors.extend(disagreements);
+    }
     let (lost_writes, unreadable_writes) = running.read_back(&clients, duration, progress);
     let kernel = match (kernel_before, Counters::read()) {
         (Ok(before), Ok(after)) => Some(Witness {
@@ -511,8 +530,31 @@ fn run_in(
         duration,
         kernel,
         reexecs,
+        scrapes,
         ..stopped
     })
+}
+
+/// With `scrape_metrics`, a scraper of `handoffctl run`'s metrics (its
+/// address read from its log).
+fn start_scraper(
+    config: &Config,
+    dir: &Path,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<Option<crate::scrape::Scraper>, String> {
+    match config.scrape_metrics {
+        Some(every) if config.upgrader == UpgraderKind::Ctl => {
+            let log = dir.join(crate::upgrade::CTL_LOG);
+            let addr = crate::scrape::metrics_addr(&log)
+                .ok_or("handoffctl run logged no metrics address (see handoffctl.log)")?;
+            progress(Progress::Phase(format!(
+                "scraping http://{addr}/metrics every {} ms",
+                every.as_millis()
+            )));
+            Ok(Some(crate::scrape::Scraper::start(addr, every)?))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// A run under way: what its steps share.
@@ -886,6 +928,7 @@ impl Running {
             supervisor_log,
             kernel: None,
             reexecs: None,
+            scrapes: None,
         }
     }
 }

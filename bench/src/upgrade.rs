@@ -402,6 +402,7 @@ impl InProcess {
                     ready: handoff::protocol::ReadySignal::Notify,
                     stop_signal: handoff::os::Sig::Term,
                     quiesce: None,
+                    fd_store_max: handoff::supervisor::DEFAULT_FD_STORE_MAX,
                 },
             },
         })
@@ -640,13 +641,15 @@ impl Ctl {
     /// `handoffctl run` with its log in `dir/handoffctl.log` and
     /// `--allow-supervisor-binary` for each of `supervisor_builds` (what
     /// [`Upgrader::reexec`] may name), and learns the address from
-    /// `status`.
+    /// `status`. With `metrics`, it serves its Prometheus metrics on an
+    /// ephemeral loopback port (the address is in the log).
     pub fn start(
         handoffctl: PathBuf,
         daemon: &DaemonCommand,
         deploy: &Deploy,
         dir: &Path,
         supervisor_builds: &[PathBuf],
+        metrics: bool,
     ) -> Result<(Ctl, SocketAddr), String> {
         let socket = dir.join("admin.sock");
         let quote = |path: &Path| format!("{:?}", path.display().to_string());
@@ -667,6 +670,9 @@ impl Ctl {
         }
         if let Some(data) = &daemon.data_dir {
             config.push_str(&format!("data_dir = {}\n", quote(data)));
+        }
+        if metrics {
+            config.push_str("metrics = \"127.0.0.1:0\"\n");
         }
         config.push_str("[listen]\nhttp = \"127.0.0.1:0\"\n");
         let config_path = dir.join("handoffctl.toml");

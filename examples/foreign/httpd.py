@@ -17,6 +17,23 @@ benchmark's naive-restart control.
 GET /      -> 200 "pid=<pid>"
 GET /slow  -> 200 after 300 ms (a request in flight during a stop)
 
+The fd store (`--fd-store NAME`, systemd's FDSTORE=1): a counter in a
+memfd, taken back at start from LISTEN_FDS/LISTEN_FDNAMES by NAME and
+incremented (0 in a fresh memfd when the store has none), then stored
+again with FDSTORE=1 and FDNAME=NAME (socket.send_fds to NOTIFY_SOCKET;
+the store keeps one copy), before READY=1; announced as "httpd PID:
+counter N". With it:
+GET /counter                -> "counter=N"
+GET /store?name=X           -> stores a new memfd under X; `kind=socket`:
+                               one end of a socketpair, the other kept
+                               here; `poll=0` adds FDPOLL=0; `nostore=1`
+                               sends the fd without FDSTORE=1; `sender=child`
+                               has another process send it
+GET /hangup?name=X          -> closes the ends kept for X (their stored
+                               peers hang up)
+GET /remove?name=X          -> FDSTOREREMOVE=1 with FDNAME=X (no FDNAME=
+                               without `name`)
+
 Faults for tests: `--fault-file PATH` names a file read at start; its
 content picks the behaviour of this generation: empty (normal),
 `ready-from-child` (a child process sends READY=1, the daemon never does),
@@ -32,9 +49,11 @@ import http.server
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 
 
 def listener():
@@ -73,11 +92,102 @@ def say(what):
     sys.stderr.flush()
 
 
+def send_fds(message, fds):
+    """One notification with `fds` attached (SCM_RIGHTS). Connected first:
+    socket.send_fds ignores its address argument before Python 3.12."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as out:
+        out.connect(os.environ["NOTIFY_SOCKET"])
+        socket.send_fds(out, [message.encode()], fds)
+
+
+# Sent by another process (`sender=child`): its own memfd, FDSTORE=1.
+CHILD_SENDER = """
+import os, socket, sys
+fd = os.memfd_create("from-child")
+with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as out:
+    out.connect(os.environ["NOTIFY_SOCKET"])
+    socket.send_fds(out, [("FDSTORE=1\\nFDNAME=" + sys.argv[1]).encode()], [fd])
+"""
+
+
+class FdStore:
+    """The counter in the fd store, and the requests that store more."""
+
+    def __init__(self, name):
+        self.name = name
+        self.kept = {}  # name -> the ends kept of stored socketpairs
+        fd = self.taken_back()
+        if fd is None:
+            fd = os.memfd_create(name)
+            self.counter = 0
+        else:
+            self.counter = int(os.pread(fd, 32, 0).decode() or "0") + 1
+        os.pwrite(fd, b"%020d" % self.counter, 0)
+        send_fds("FDSTORE=1\nFDNAME=%s" % name, [fd])
+        say("counter %d" % self.counter)
+
+    def taken_back(self):
+        count = int(os.environ.get("LISTEN_FDS", "0"))
+        names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+        for index, name in enumerate(names[:count]):
+            if name == self.name:
+                return 3 + index
+        return None
+
+    def store(self, query):
+        name = query.get("name", "stored")
+        lines = [] if query.get("nostore") == "1" else ["FDSTORE=1"]
+        lines.append("FDNAME=%s" % name)
+        if query.get("poll") == "0":
+            lines.append("FDPOLL=0")
+        if query.get("sender") == "child":
+            subprocess.run([sys.executable, "-c", CHILD_SENDER, name], check=True)
+            return "sent by a child"
+        if query.get("kind") == "socket":
+            stored, kept = socket.socketpair()
+            self.kept.setdefault(name, []).append(kept)
+            send_fds("\n".join(lines), [stored.fileno()])
+            stored.close()
+        else:
+            fd = os.memfd_create(name)
+            send_fds("\n".join(lines), [fd])
+            os.close(fd)
+        return "sent %s" % name
+
+    def hangup(self, query):
+        for end in self.kept.pop(query.get("name", ""), []):
+            end.close()
+        return "hung up"
+
+    def remove(self, query):
+        lines = ["FDSTOREREMOVE=1"]
+        if "name" in query:
+            lines.append("FDNAME=%s" % query["name"])
+        send_fds("\n".join(lines), [])
+        return "removed"
+
+
+STORE = None
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/slow":
             time.sleep(0.3)
-        body = ("pid=%d\n" % os.getpid()).encode()
+        path, _, query = self.path.partition("?")
+        query = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+        actions = {}
+        if STORE is not None:
+            actions = {
+                "/counter": lambda q: "counter=%d" % STORE.counter,
+                "/store": STORE.store,
+                "/hangup": STORE.hangup,
+                "/remove": STORE.remove,
+            }
+        if path in actions:
+            body = (actions[path](query) + "\n").encode()
+        else:
+            body = ("pid=%d\n" % os.getpid()).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -99,16 +209,18 @@ SIGNALS = STOP_SIGNALS | {signal.SIGWINCH, signal.SIGHUP}
 
 
 USAGE = """\
-usage: httpd.py [--listen HOST:PORT] [--fault-file PATH]
+usage: httpd.py [--listen HOST:PORT] [--fault-file PATH] [--fd-store NAME]
 A foreign daemon: HTTP on the socket that socket activation passes on fd 3
 (handoffctl run --protocol systemd), READY=1 on NOTIFY_SOCKET; SIGTERM or
 SIGQUIT finish the requests and exit, SIGWINCH quiesces, SIGHUP resumes.
   --listen HOST:PORT   bind this address instead (run alone)
   --fault-file PATH    misbehave as the file says (see the module's docstring)
+  --fd-store NAME      keep a start counter in a memfd in the fd store (FDSTORE=1)
 """
 
 
 def main():
+    global STORE
     if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
         sys.stdout.write(USAGE)
         return
@@ -122,6 +234,8 @@ def main():
     server = Server(("127.0.0.1", 0), Handler, bind_and_activate=False)
     server.socket.close()
     server.socket = listener()
+    if "--fd-store" in sys.argv:
+        STORE = FdStore(sys.argv[sys.argv.index("--fd-store") + 1])
     fault = ""
     if "--fault-file" in sys.argv:
         path = sys.argv[sys.argv.index("--fault-file") + 1]

@@ -6,9 +6,12 @@
 //! Every decision of the protocol lives here, so every ordering and abort
 //! path is a unit test (`tests/`: `handoff.rs`, `handoff_rules.rs`,
 //! `generation.rs`, `retire.rs`, `props.rs`; the lifecycle's in
-//! `lifecycle/tests.rs`), and the state diagrams in ARCHITECTURE.md describe
-//! exactly these enums.
+//! `lifecycle/tests.rs`, the fd store's in `fdstore.rs`), and the state
+//! diagrams in ARCHITECTURE.md describe exactly these enums. The fd store
+//! (`fdstore.rs`, systemd's `FDSTORE=1`) is a model rather than a machine:
+//! what is stored, what each spawn gets, the bound.
 
+mod fdstore;
 mod foreign;
 mod generation;
 mod handoff;
@@ -21,6 +24,10 @@ mod retire;
 #[cfg(test)]
 mod tests;
 
+pub use fdstore::{
+    Arrived, DEFAULT_FDNAME, Delivery, Entry, EntryId, FDNAME_MAX, FdStore, FileId, StoreNote,
+    StoreRequest, StoredGroup, StoredKind, fdname_is_valid,
+};
 pub use foreign::{
     ForeignAction, ForeignConfig, ForeignHandoffMachine, ForeignInput, ForeignState, ReadySignal,
 };

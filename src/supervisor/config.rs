@@ -83,8 +83,20 @@ pub enum DaemonProtocol {
         /// is made idle and brought back. `None`: it stays a warm standby,
         /// serving beside the new one until the probation ends (I14).
         quiesce: Option<QuiesceSignals>,
+        /// The most fds the daemon may keep in the supervisor's fd store
+        /// (`FDSTORE=1`, systemd's `FileDescriptorStoreMax=`; 0: off).
+        /// Every later generation gets them after the listeners. See
+        /// [`DEFAULT_FD_STORE_MAX`] and `protocol::FdStore`.
+        fd_store_max: usize,
     },
 }
+
+/// The fd store's default bound for a foreign daemon: 16, the
+/// `FileDescriptorStoreMax=` of the shipped unit. Not systemd's 0: a daemon
+/// that stores nothing pays nothing, and one written for systemd's store
+/// keeps its state across upgrades and crashes without a setting; 16 fds
+/// held in the supervisor are cheap.
+pub const DEFAULT_FD_STORE_MAX: usize = 16;
 
 /// The signal pair that idles and resumes a foreign generation during
 /// probation, the nginx way (binary upgrade: SIGWINCH makes the old
@@ -177,6 +189,14 @@ impl DaemonProtocol {
         match self {
             DaemonProtocol::Library => Sig::Term,
             DaemonProtocol::Systemd { stop_signal, .. } => stop_signal,
+        }
+    }
+
+    /// The fd store's bound (0, off, for a library daemon).
+    pub(crate) fn fd_store_max(self) -> usize {
+        match self {
+            DaemonProtocol::Systemd { fd_store_max, .. } => fd_store_max,
+            DaemonProtocol::Library => 0,
         }
     }
 

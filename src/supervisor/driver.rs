@@ -14,6 +14,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, select};
 
 use super::config::{SupervisorConfig, UpgradeRequest};
+use super::fdstore::Store;
 use super::freeze::{self, Exporting, Frozen};
 use super::probes::Probes;
 use super::process::GenerationProcess;
@@ -44,6 +45,8 @@ pub(crate) struct Driver {
     spawner: Spawner,
     events: Receiver<Event>,
     probes: Probes,
+    /// The fd store (`FDSTORE=1`), shared by every generation.
+    store: Store,
     /// Callers waiting for a handoff's verdict, by handoff id.
     replies: HashMap<u64, Sender<Result<Outcome>>>,
     /// Callers waiting for the stop to end.
@@ -68,6 +71,7 @@ impl Driver {
         Ok(Driver {
             machine: LifecycleMachine::new(config.lifecycle(), now),
             probes: Probes::new(config.probe.clone(), config.timeouts),
+            store: Store::new(config.protocol.fd_store_max()),
             config,
             processes: HashMap::new(),
             spawner: Spawner::new(events_tx)?,
@@ -97,6 +101,7 @@ impl Driver {
         driver.machine = machine;
         driver.started = imported.started;
         driver.spawner.notify_dir = imported.notify_dir;
+        driver.store = Store::restore(driver.config.protocol.fd_store_max(), imported.stored);
         let mut receivers = HashMap::new();
         for (process, receiver) in imported.processes {
             if let Some(receiver) = receiver {
@@ -154,9 +159,11 @@ impl Driver {
         if started.is_err() {
             // The generations serve on without this supervisor (an adopting
             // one, or the old image, takes them): their handles must not
-            // kill them, nor the notification directory go.
+            // kill them, nor the notification directory go, nor the fd
+            // store's fds close (the old image takes them back by number).
             std::mem::forget(std::mem::take(&mut self.processes));
             std::mem::forget(self.spawner.notify_dir.take());
+            std::mem::forget(std::mem::replace(&mut self.store, Store::new(0)));
         }
         started
     }
@@ -234,6 +241,7 @@ impl Driver {
                 }
             },
             Command::Status(reply) => {
+                self.store.sweep();
                 let _ = reply.send(self.status());
             }
             Command::Stop(reply) => {
@@ -263,12 +271,14 @@ impl Driver {
         while let Ok(event) = self.events.try_recv() {
             self.on_event(event);
         }
+        self.store.sweep();
         let (resume, resumed) = crossbeam_channel::bounded::<()>(0);
         let frozen = freeze::export(
             Exporting {
                 machine: &self.machine,
                 processes: &self.processes,
                 receivers: &receivers,
+                stored: &self.store,
                 notify_dir: self
                     .spawner
                     .notify_dir
@@ -312,9 +322,12 @@ impl Driver {
     }
 
     fn launch(&mut self, ticket: Ticket, launch: &Launch, requested: Instant) -> Result<Spawned> {
-        let (process, spawn_time) = self
-            .spawner
-            .spawn(&self.config, ticket.generation, launch)?;
+        // What a generation gets is never an fd whose peer is gone.
+        self.store.sweep();
+        let stored = self.store.handed_out();
+        let (process, spawn_time) =
+            self.spawner
+                .spawn(&self.config, ticket.generation, launch, &stored)?;
         let pid = process.pid;
         self.processes.insert(ticket.generation, process);
         Ok(Spawned {
@@ -349,11 +362,19 @@ impl Driver {
                 let status = process.reap();
                 LifecycleInput::Exited { generation, status }
             }
-            Event::Notified { generation, note } => LifecycleInput::Notified {
+            Event::Notified {
                 generation,
-                pid: note.pid,
-                text: note.text,
-            },
+                pid,
+                mut note,
+            } => {
+                // The fds first (the store's), then the text (the lifecycle's).
+                self.store.notified(generation, pid, &mut note);
+                LifecycleInput::Notified {
+                    generation,
+                    pid: note.pid,
+                    text: note.text,
+                }
+            }
         };
         self.feed(input);
     }
@@ -525,6 +546,8 @@ impl Driver {
                 .and_then(|live| live.serving_since)
                 .map(|since| since.elapsed()),
             last_probation_rollback: self.machine.last_probation_rollback().cloned(),
+            fd_store_max: self.store.max(),
+            fd_store: self.store.groups(),
         }
     }
 }
@@ -594,6 +617,33 @@ fn log_note(note: &Note) {
         Note::IncumbentStopped { why } => {
             tracing::warn!(%why, "the old generation was stopped before the commit")
         }
+        Note::ForeignSender {
+            generation,
+            sender,
+            expected,
+        } => tracing::warn!(
+            generation,
+            ?sender,
+            expected,
+            "notification from another process ignored"
+        ),
+        Note::FaultKill { generation } => tracing::warn!(
+            generation,
+            "injected error while retiring: killing the old generation"
+        ),
+        Note::ProbationHeld { .. }
+        | Note::ProbationCleared { .. }
+        | Note::ProbationFailed { .. }
+        | Note::ProbeIgnored { .. }
+        | Note::ResumeChecked { .. }
+        | Note::ResumedTooLate { .. } => log_probation_note(note),
+    }
+}
+
+/// The notes of probations and their probes, which [`log_note`] (whose
+/// match is the exhaustive one) routes here.
+fn log_probation_note(note: &Note) {
+    match note {
         Note::ProbationHeld { generation, detail } => tracing::info!(
             generation,
             %detail,
@@ -642,19 +692,6 @@ fn log_note(note: &Note) {
             generation,
             "the resumed generation found another one serving: it retires"
         ),
-        Note::ForeignSender {
-            generation,
-            sender,
-            expected,
-        } => tracing::warn!(
-            generation,
-            ?sender,
-            expected,
-            "notification from another process ignored"
-        ),
-        Note::FaultKill { generation } => tracing::warn!(
-            generation,
-            "injected error while retiring: killing the old generation"
-        ),
+        _ => {}
     }
 }

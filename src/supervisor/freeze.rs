@@ -7,7 +7,9 @@
 //! monotonic times), each generation's pid and exit if reaped, its control
 //! connection (the socket and what was read from it and not yet decoded:
 //! no frame is lost) or its notification socket, the notification
-//! directory, and the start time. What is not: the listeners and the
+//! directory, the fd store (each entry's fd by index, with its name, kind,
+//! identity and hang-up check), and the start time. What is not: the
+//! listeners and the
 //! configuration (the caller has them and gives them back to
 //! [`super::Supervisor::thaw`]), threads (restarted), and probes in flight
 //! (started again from the snapshot).
@@ -19,17 +21,22 @@ use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
+use super::fdstore::Store;
 use super::process::{GenerationProcess, Watch};
 use crate::channel::{self, Receiver, Residue};
 use crate::error::{Error, Peer, Result};
-use crate::protocol::{ExitStatus, GenerationId, LifecycleMachine, LifecycleSnapshot, Refusal};
+use crate::protocol::{
+    Entry, ExitStatus, FileId, GenerationId, LifecycleMachine, LifecycleSnapshot, Refusal,
+    StoredKind,
+};
 use crate::sys;
 
 /// The version of the frozen state's format. [`super::Supervisor::thaw`]
 /// refuses another one: the format is private to one build of the
 /// library, and an image that cannot read it must say so before anything
-/// changed.
-pub const FROZEN_VERSION: u32 = 1;
+/// changed. Version 2 added the fd store (an image of version 1 would
+/// close its fds).
+pub const FROZEN_VERSION: u32 = 2;
 
 /// A supervisor frozen between handoffs: its state and its fds, to be
 /// kept across an exec and given to [`super::Supervisor::thaw`] in the new
@@ -59,10 +66,30 @@ impl Frozen {
 struct FrozenState {
     version: u32,
     machine: LifecycleSnapshot,
-    processes: Vec<FrozenProcess>,
-    notify_dir: Option<PathBuf>,
     #[serde(with = "crate::protocol::mono")]
     started: Instant,
+    #[serde(flatten)]
+    held: FrozenHeld,
+}
+
+/// What holds fds: the generations, the notification directory, the fd
+/// store.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FrozenHeld {
+    processes: Vec<FrozenProcess>,
+    notify_dir: Option<PathBuf>,
+    /// The fd store, oldest first.
+    fd_store: Vec<FrozenStored>,
+}
+
+/// One fd store entry, its fd by index.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FrozenStored {
+    name: String,
+    poll: bool,
+    file: FileId,
+    kind: StoredKind,
+    fd: usize,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -97,6 +124,7 @@ pub(crate) struct Exporting<'a> {
     pub(crate) machine: &'a LifecycleMachine,
     pub(crate) processes: &'a HashMap<GenerationId, GenerationProcess>,
     pub(crate) receivers: &'a HashMap<GenerationId, Receiver>,
+    pub(crate) stored: &'a Store,
     pub(crate) notify_dir: Option<PathBuf>,
     pub(crate) started: Instant,
 }
@@ -160,12 +188,25 @@ pub(crate) fn export(from: Exporting<'_>, resume: Sender<()>) -> Result<Frozen> 
             pidfd,
         });
     }
+    let mut fd_store = Vec::new();
+    for entry in from.stored.entries() {
+        fd_store.push(FrozenStored {
+            name: entry.name.clone(),
+            poll: entry.poll,
+            file: entry.file,
+            kind: entry.kind,
+            fd: keep(duplicate(entry.fd.as_fd())?),
+        });
+    }
     let state = FrozenState {
         version: FROZEN_VERSION,
         machine,
-        processes,
-        notify_dir: from.notify_dir,
         started: from.started,
+        held: FrozenHeld {
+            processes,
+            notify_dir: from.notify_dir,
+            fd_store,
+        },
     };
     let json = crate::protocol::mono::with_anchor(anchor()?, || serde_json::to_vec(&state))
         .map_err(|error| Error::Restore {
@@ -185,12 +226,13 @@ fn duplicate(fd: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd> {
 
 /// What [`import`] gives back: the machine's snapshot, each generation's
 /// process (with the receiver of its control connection), the
-/// notification directory and the start time.
+/// notification directory, the start time and the fd store's entries.
 pub(crate) struct Imported {
     pub(crate) machine: LifecycleSnapshot,
     pub(crate) processes: Vec<(GenerationProcess, Option<Receiver>)>,
     pub(crate) notify_dir: Option<sys::PrivateDir>,
     pub(crate) started: Instant,
+    pub(crate) stored: Vec<Entry<OwnedFd>>,
 }
 
 /// Reads a frozen state back, taking `fds` (in the order [`Frozen::fds`]
@@ -216,14 +258,9 @@ pub(crate) fn import(
         processes: Vec::new(),
         notify_dir: None,
         started: state.started,
+        stored: Vec::new(),
     };
-    let taken = take_back(
-        &mut imported,
-        state.processes,
-        state.notify_dir,
-        fds,
-        write_timeout,
-    );
+    let taken = take_back(&mut imported, state.held, fds, write_timeout);
     match taken {
         Ok(()) => Ok(imported),
         Err(error) => {
@@ -237,67 +274,178 @@ pub(crate) fn import(
     }
 }
 
-/// Builds each generation's process (and the notification directory) into
-/// `imported`, taking their fds.
+/// Builds each generation's process, the notification directory and the
+/// fd store's entries into `imported`, taking their fds.
 fn take_back(
     imported: &mut Imported,
-    frozen: Vec<FrozenProcess>,
-    notify_dir: Option<PathBuf>,
+    state: FrozenHeld,
     fds: Vec<OwnedFd>,
     write_timeout: std::time::Duration,
 ) -> Result<()> {
-    let bad = |reason: String| Error::Restore { reason };
     let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
     let mut take = |index: usize| {
         fds.get_mut(index)
             .and_then(Option::take)
-            .ok_or_else(|| bad(format!("fd number {index} of the state is missing")))
+            .ok_or_else(|| Error::Restore {
+                reason: format!("fd number {index} of the state is missing"),
+            })
     };
-    for frozen in frozen {
-        let orphan = frozen.pidfd.is_some();
-        if frozen.exit.is_none() && !orphan && !sys::is_unreaped_child(frozen.pid) {
-            return Err(bad(format!(
-                "generation {} (pid {}) is not a child of this process",
-                frozen.id, frozen.pid
-            )));
-        }
-        let (sender, receiver) = match frozen.control {
-            Some(control) => {
-                let socket = take(control.socket)?;
-                let residue_fds = control
-                    .residue_fds
-                    .into_iter()
-                    .map(|(offset, index)| Ok((offset, take(index)?)))
-                    .collect::<Result<_>>()?;
-                let residue = Residue {
-                    bytes: control.residue,
-                    fds: residue_fds,
-                };
-                let (sender, receiver) =
-                    channel::split_with(socket, residue, Peer::Successor, write_timeout)?;
-                (Some(sender), Some(receiver))
-            }
-            None => (None, None),
-        };
-        let notify = match frozen.notify {
-            Some(notify) => Some(sys::NotifySocket::from_parts(
-                take(notify.socket)?,
-                notify.path,
-            )),
-            None => None,
-        };
-        let mut process = match frozen.pidfd {
-            Some(index) => GenerationProcess::orphan(frozen.id, frozen.pid, take(index)?, sender),
-            None => GenerationProcess::new(frozen.id, frozen.pid, sender, notify),
-        };
-        process.exit = frozen.exit;
-        imported.processes.push((process, receiver));
+    for frozen in state.processes {
+        let process = take_process(frozen, &mut take, write_timeout)?;
+        imported.processes.push(process);
     }
-    if let Some(path) = notify_dir {
+    for stored in state.fd_store {
+        imported.stored.push(Entry {
+            name: stored.name,
+            poll: stored.poll,
+            file: stored.file,
+            kind: stored.kind,
+            fd: take(stored.fd)?,
+        });
+    }
+    if let Some(path) = state.notify_dir {
         imported.notify_dir = Some(
             sys::PrivateDir::adopt(&path)
                 .map_err(|source| Error::io("taking the notification directory back", source))?,
         );
     }
     Ok(())
+}
+
+/// One generation's process (and its control connection's receiver),
+/// taking its fds with `take`.
+fn take_process(
+    frozen: FrozenProcess,
+    take: &mut impl FnMut(usize) -> Result<OwnedFd>,
+    write_timeout: std::time::Duration,
+) -> Result<(GenerationProcess, Option<Receiver>)> {
+    let orphan = frozen.pidfd.is_some();
+    if frozen.exit.is_none() && !orphan && !sys::is_unreaped_child(frozen.pid) {
+        return Err(Error::Restore {
+            reason: format!(
+                "generation {} (pid {}) is not a child of this process",
+                frozen.id, frozen.pid
+            ),
+        });
+    }
+    let (sender, receiver) = match frozen.control {
+        Some(control) => {
+            let socket = take(control.socket)?;
+            let residue_fds = control
+                .residue_fds
+                .into_iter()
+                .map(|(offset, index)| Ok((offset, take(index)?)))
+                .collect::<Result<_>>()?;
+            let residue = Residue {
+                bytes: control.residue,
+                fds: residue_fds,
+            };
+            let (sender, receiver) =
+                channel::split_with(socket, residue, Peer::Successor, write_timeout)?;
+            (Some(sender), Some(receiver))
+        }
+        None => (None, None),
+    };
+    let notify = match frozen.notify {
+        Some(notify) => Some(sys::NotifySocket::from_parts(
+            take(notify.socket)?,
+            notify.path,
+        )),
+        None => None,
+    };
+    let mut process = match frozen.pidfd {
+        Some(index) => GenerationProcess::orphan(frozen.id, frozen.pid, take(index)?, sender),
+        None => GenerationProcess::new(frozen.id, frozen.pid, sender, notify),
+    };
+    process.exit = frozen.exit;
+    Ok((process, receiver))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Build, DaemonKind, LifecycleConfig, RestartPolicy};
+    use crate::timeouts::Timeouts;
+    use crate::wire::Mode;
+
+    fn machine() -> LifecycleMachine {
+        let config = LifecycleConfig {
+            mode: Mode::Overlap,
+            daemon: DaemonKind::Library,
+            restart: RestartPolicy::OnFailure,
+            timeouts: Timeouts::default(),
+            probe: false,
+            fd_count: 0,
+            build: Build {
+                program: "/bin/true".into(),
+                args: Vec::new(),
+                sha256: None,
+            },
+        };
+        LifecycleMachine::new(config, Instant::now())
+    }
+
+    fn memfd(name: &str) -> OwnedFd {
+        nix::sys::memfd::memfd_create(name, nix::sys::memfd::MFdFlags::MFD_CLOEXEC).expect("memfd")
+    }
+
+    #[test]
+    fn the_fd_store_crosses_a_freeze_by_index_and_a_missing_fd_is_refused() {
+        let (counter, peer) = (memfd("counter"), memfd("peer"));
+        let identity = |fd: &OwnedFd| sys::describe_stored(fd.as_fd()).expect("describe");
+        let entry = |name: &str, poll: bool, fd: &OwnedFd| Entry {
+            name: name.into(),
+            poll,
+            file: identity(fd).0,
+            kind: identity(fd).1,
+            fd: fd.try_clone().expect("dup"),
+        };
+        let store = Store::restore(
+            4,
+            vec![
+                entry("counter", true, &counter),
+                entry("peer", false, &peer),
+            ],
+        );
+        let (resume, _resumed) = crossbeam_channel::bounded(0);
+        let machine = machine();
+        let frozen = export(
+            Exporting {
+                machine: &machine,
+                processes: &HashMap::new(),
+                receivers: &HashMap::new(),
+                stored: &store,
+                notify_dir: None,
+                started: Instant::now(),
+            },
+            resume,
+        )
+        .expect("export");
+        assert_eq!(frozen.fds().len(), 2, "one fd per entry");
+        let fds: Vec<OwnedFd> = frozen
+            .fds()
+            .iter()
+            .map(|fd| fd.try_clone().expect("dup"))
+            .collect();
+        let timeout = Timeouts::default().socket_write;
+        let imported = import(frozen.state(), fds, timeout).expect("import");
+        let back: Vec<(&str, bool)> = imported
+            .stored
+            .iter()
+            .map(|entry| (entry.name.as_str(), entry.poll))
+            .collect();
+        assert_eq!(back, [("counter", true), ("peer", false)]);
+        assert_eq!(identity(&imported.stored[0].fd), identity(&counter));
+        assert_eq!(identity(&imported.stored[1].fd), identity(&peer));
+
+        let error = import(frozen.state(), Vec::new(), timeout)
+            .err()
+            .expect("refused");
+        assert!(
+            error
+                .to_string()
+                .contains("fd number 0 of the state is missing"),
+            "{error}"
+        );
+    }
 }

@@ -11,13 +11,16 @@
 //! `report` (what it reports), `driver` (the loop: routes events to the
 //! lifecycle machine and performs its actions, no policy), `process` (a
 //! generation's process handle), `spawn` (starting generations and their
-//! reporting threads), `probes` (the health probe's threads). Every
-//! decision lives in [`crate::protocol::LifecycleMachine`]; the invariants
-//! cited are in ARCHITECTURE.md.
+//! reporting threads), `probes` (the health probe's threads), `fdstore`
+//! (a foreign daemon's fd store: its fds and their I/O). Every decision
+//! lives in [`crate::protocol::LifecycleMachine`] and, for the fd store,
+//! [`crate::protocol::FdStore`]; the invariants cited are in
+//! ARCHITECTURE.md.
 
 mod adopt;
 mod config;
 mod driver;
+mod fdstore;
 mod freeze;
 mod probes;
 mod process;
@@ -30,11 +33,13 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 pub use self::config::{
-    DaemonProtocol, NamedListener, QuiesceSignals, SupervisorConfig, UpgradeRequest,
+    DEFAULT_FD_STORE_MAX, DaemonProtocol, NamedListener, QuiesceSignals, SupervisorConfig,
+    UpgradeRequest,
 };
 pub use self::report::{RetireeStatus, Status, SupervisorState};
 pub use crate::protocol::{
-    ExitStatus, Outcome, ProbationRollback, RestartPolicy, ResumeCheck, SupervisorEvent,
+    ExitStatus, Outcome, ProbationRollback, RestartPolicy, ResumeCheck, StoredGroup, StoredKind,
+    SupervisorEvent,
 };
 
 pub use self::adopt::{Adoption, ForeignOrphan, Orphan, claim_foreign, start_time};

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::protocol::{LifecycleState, Outcome, ProbationRollback};
+use crate::protocol::{LifecycleState, Outcome, ProbationRollback, StoredGroup};
 use crate::wire::Mode;
 
 /// What the supervisor is doing.
@@ -56,6 +56,10 @@ pub struct Status {
     /// The last automatic rollback during a probation, if any since the
     /// supervisor started.
     pub last_probation_rollback: Option<ProbationRollback>,
+    /// The fd store's bound (0: off; always 0 for a library daemon).
+    pub fd_store_max: usize,
+    /// What the fd store holds, by name and kind, in the order stored.
+    pub fd_store: Vec<StoredGroup>,
 }
 
 /// An old generation being retired.

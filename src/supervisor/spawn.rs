@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-use super::config::{DaemonProtocol, NamedListener, SupervisorConfig, UpgradeRequest};
+use super::config::{DaemonProtocol, SupervisorConfig, UpgradeRequest};
 use super::process::{GenerationProcess, Watch};
 use crate::channel::{self, Received, Receiver};
 use crate::error::{Error, Peer, Result};
@@ -41,9 +41,11 @@ pub(crate) enum Event {
     },
     /// Its process exited (not reaped yet).
     Exited { generation: GenerationId },
-    /// A datagram on a foreign generation's notification socket.
+    /// A datagram on a foreign generation's notification socket (whose
+    /// process is `pid`: known here even after its reap).
     Notified {
         generation: GenerationId,
+        pid: u32,
         note: sys::Notification,
     },
 }
@@ -149,20 +151,34 @@ impl Spawner {
         })
     }
 
-    /// Spawns generation `id` running `launch`; how long the spawn took.
+    /// Spawns generation `id` running `launch`, a foreign one with
+    /// `stored` (the fd store's entries, name and fd) after its listeners;
+    /// how long the spawn took.
     pub(crate) fn spawn(
         &mut self,
         config: &SupervisorConfig,
         id: GenerationId,
         launch: &Launch,
+        stored: &[(String, BorrowedFd<'_>)],
     ) -> Result<(GenerationProcess, Duration)> {
         let begun = Instant::now();
         let mut env = config.env.clone();
         env.extend(launch.env.iter().cloned());
         let process = match config.protocol {
             DaemonProtocol::Library => self.spawn_library(config, id, launch, env)?,
-            DaemonProtocol::Systemd { .. } => {
-                self.spawn_foreign(&config.listeners, id, launch, env)?
+            DaemonProtocol::Systemd { fd_store_max, .. } => {
+                if fd_store_max > 0 {
+                    // systemd.exec(5): the bound, for a daemon to check
+                    // before it stores.
+                    env.push(("FDSTORE".into(), fd_store_max.to_string().into()));
+                }
+                let fds = config
+                    .listeners
+                    .iter()
+                    .map(|l| (l.name.clone(), l.fd.as_fd()))
+                    .chain(stored.iter().cloned())
+                    .collect();
+                self.spawn_foreign(fds, id, launch, env)?
             }
         };
         self.spawn_waiter(id, process.pid)?;
@@ -234,15 +250,16 @@ impl Spawner {
         Ok(())
     }
 
-    /// A foreign generation (`DaemonProtocol::Systemd`): socket activation,
-    /// a notification socket of its own, and a reader for it. Not set to
+    /// A foreign generation (`DaemonProtocol::Systemd`): socket activation
+    /// of `fds` (the listeners, then the fd store's entries), a
+    /// notification socket of its own, and a reader for it. Not set to
     /// die with the supervisor: a foreign daemon cannot say when it
     /// committed, and a committed one must outlive a supervisor that
     /// crashes (to be adopted) or replaces its image (a thread's exit at
     /// the exec would fire the parent-death signal).
     fn spawn_foreign(
         &mut self,
-        listeners: &[NamedListener],
+        fds: Vec<(String, BorrowedFd<'_>)>,
         id: GenerationId,
         launch: &Launch,
         env: Vec<(OsString, OsString)>,
@@ -264,10 +281,7 @@ impl Spawner {
             program: launch.exec.clone(),
             args: launch.build.args.clone(),
             env,
-            listeners: listeners
-                .iter()
-                .map(|l| (l.name.clone(), l.fd.as_fd()))
-                .collect(),
+            listeners: fds,
             notify_socket: Some(notify.path().to_owned()),
             die_with_parent: false,
         })
@@ -275,15 +289,17 @@ impl Spawner {
             binary: launch.build.program.clone(),
             source,
         })?;
-        self.spawn_notify_reader(id, &notify)?;
+        self.spawn_notify_reader(id, process.id(), &notify)?;
         Ok(GenerationProcess::new(id, process.id(), None, Some(notify)))
     }
 
-    /// The reader of a foreign generation's notification socket; it ends
-    /// when the socket is shut down at the reap, or paused.
+    /// The reader of a foreign generation's notification socket (its
+    /// process `pid`); it ends when the socket is shut down at the reap
+    /// (after the datagrams still queued), or paused.
     pub(crate) fn spawn_notify_reader(
         &mut self,
         id: GenerationId,
+        pid: u32,
         notify: &sys::NotifySocket,
     ) -> Result<()> {
         let reader = notify
@@ -305,6 +321,7 @@ impl Spawner {
                     };
                     let event = Event::Notified {
                         generation: id,
+                        pid,
                         note,
                     };
                     if events.send(event).is_err() {
@@ -393,7 +410,7 @@ impl Spawner {
         }
         for process in processes {
             if let (Some(notify), None) = (&process.notify, process.exit) {
-                self.spawn_notify_reader(process.id, notify)?;
+                self.spawn_notify_reader(process.id, process.pid, notify)?;
             }
         }
         Ok(())

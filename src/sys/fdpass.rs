@@ -1,4 +1,6 @@
-//! Bytes and fds over a Unix stream socket (`SCM_RIGHTS`).
+//! Bytes and fds over a Unix socket (`SCM_RIGHTS`): a control connection's
+//! stream, and the datagrams of a foreign daemon's notification socket
+//! (with the sender's `SCM_CREDENTIALS`).
 //!
 //! A frame's fds ride on its first byte: [`send_frame`] attaches them to the
 //! first `sendmsg` and sends whatever the kernel did not take with plain
@@ -6,12 +8,14 @@
 //! fd-carrying sends into one read, so the fds arrive with the chunk that
 //! starts at the frame's first byte; the decoder pairs them with the frame.
 //! [`recv_chunk`] owns every fd it receives, including those that came with a
-//! truncated control message.
+//! truncated control message; [`recv_datagram`] is the same receive, and
+//! reads the sender's pid when `SO_PASSCRED` is on.
 #![allow(
     unsafe_code,
     reason = "recvmsg is called by hand: nix's RecvMsg::cmsgs() refuses to walk the \
               control data when MSG_CTRUNC is set, which would leak the fds that did \
-              arrive; and received fd numbers must be adopted with OwnedFd::from_raw_fd"
+              arrive; received fd numbers must be adopted with OwnedFd::from_raw_fd, and \
+              the sender's credentials read from the control data"
 )]
 
 use std::io;
@@ -27,10 +31,13 @@ use crate::wire::MAX_FDS_PER_FRAME;
 /// The most fds one `sendmsg` may carry (the kernel's `SCM_MAX_FD`).
 const MAX_FDS: usize = MAX_FDS_PER_FRAME as usize;
 
-/// Bytes of control buffer needed for one `SCM_RIGHTS` message of `MAX_FDS`.
-const CONTROL_LEN: usize = cmsg_space::<[RawFd; MAX_FDS]>();
+/// Bytes of control buffer needed for one `SCM_RIGHTS` message of `MAX_FDS`
+/// and, on a socket with `SO_PASSCRED`, the `SCM_CREDENTIALS` the kernel
+/// puts first.
+const CONTROL_LEN: usize = cmsg_space::<[RawFd; MAX_FDS]>() + cmsg_space::<libc::ucred>();
 
-/// A control buffer aligned for `cmsghdr`, big enough for `MAX_FDS` fds.
+/// A control buffer aligned for `cmsghdr`, big enough for `MAX_FDS` fds and
+/// the sender's credentials.
 #[repr(C, align(8))]
 struct ControlBuffer([MaybeUninit<u8>; CONTROL_LEN]);
 
@@ -44,6 +51,9 @@ pub(crate) struct Received {
     /// The kernel truncated the control data (`MSG_CTRUNC`): some fds were
     /// dropped. `fds` still holds those that arrived, so they get closed.
     pub truncated: bool,
+    /// The sender's pid, from `SCM_CREDENTIALS` (only on a socket with
+    /// `SO_PASSCRED`).
+    pub pid: Option<u32>,
 }
 
 /// Sends all of `bytes`, with `fds` attached to the first byte.
@@ -106,6 +116,18 @@ pub(crate) fn recv_chunk(sock: impl AsFd, buf: &mut [u8]) -> io::Result<Received
     recv_chunk_with_control(sock.as_fd(), buf, CONTROL_LEN)
 }
 
+/// One datagram into `buf` (bytes past its length are lost), as
+/// [`recv_chunk`]: its fds close-on-exec, `MSG_CTRUNC` reported, and the
+/// sender's pid when the socket has `SO_PASSCRED`. `control_len` below the
+/// full size is for tests provoking `MSG_CTRUNC`.
+pub(crate) fn recv_datagram(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    control_len: Option<usize>,
+) -> io::Result<Received> {
+    recv_chunk_with_control(sock, buf, control_len.unwrap_or(CONTROL_LEN))
+}
+
 /// [`recv_chunk`] with only `control_len` bytes of control buffer offered to
 /// the kernel (at most the full size), so tests can provoke `MSG_CTRUNC`
 /// without lowering the process-wide fd limit.
@@ -149,23 +171,26 @@ fn recv_chunk_with_control(
         // Adopt the fds before anything else can fail, so none leaks.
         // SAFETY: the kernel filled `header` and the control bytes it
         // describes by the successful recvmsg above.
-        let fds = unsafe { adopt_rights(&header) };
+        let (fds, pid) = unsafe { adopt_control(&header) };
         return Ok(Received {
             len: n as usize,
             fds,
             truncated: header.msg_flags & libc::MSG_CTRUNC != 0,
+            pid,
         });
     }
 }
 
-/// Takes ownership of every fd in the `SCM_RIGHTS` messages of `header`.
+/// Takes ownership of every fd in the `SCM_RIGHTS` messages of `header`,
+/// and reads the sender's pid from its `SCM_CREDENTIALS`, if any.
 ///
 /// # Safety
 ///
 /// `header` must have been filled by a successful `recvmsg`, and its control
 /// buffer must still be alive and unmodified.
-unsafe fn adopt_rights(header: &libc::msghdr) -> Vec<OwnedFd> {
+unsafe fn adopt_control(header: &libc::msghdr) -> (Vec<OwnedFd>, Option<u32>) {
     let mut fds = Vec::new();
+    let mut pid = None;
     // SAFETY: per this function's contract, `header` describes control data
     // written by the kernel; CMSG_FIRSTHDR only reads msg_control/controllen.
     let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(header) };
@@ -189,12 +214,22 @@ unsafe fn adopt_rights(header: &libc::msghdr) -> Vec<OwnedFd> {
                 // alone: nothing else owns it yet.
                 fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
             }
+        } else if hdr.cmsg_level == libc::SOL_SOCKET
+            && hdr.cmsg_type == libc::SCM_CREDENTIALS
+            // SAFETY: CMSG_LEN is pure arithmetic.
+            && hdr.cmsg_len as usize >= unsafe { libc::CMSG_LEN(size_of::<libc::ucred>() as u32) } as usize
+        {
+            // SAFETY: the kernel wrote a whole ucred after the header
+            // (checked against cmsg_len above); read unaligned as above.
+            let credentials =
+                unsafe { libc::CMSG_DATA(cmsg).cast::<libc::ucred>().read_unaligned() };
+            pid = u32::try_from(credentials.pid).ok();
         }
         // SAFETY: `header` and `cmsg` are valid as above; CMSG_NXTHDR checks
         // the next header against msg_controllen and returns null past it.
         cmsg = unsafe { libc::CMSG_NXTHDR(header, cmsg) };
     }
-    fds
+    (fds, pid)
 }
 
 #[cfg(test)]

@@ -30,13 +30,17 @@
 //!   datagram's sender is read from `SCM_CREDENTIALS` (`SO_PASSCRED` is set
 //!   on the receiving socket before its path exists), so only the child's
 //!   own pid counts. A datagram without credentials is rejected.
+//! - **Fds in notifications** (`FDSTORE=1`). They arrive close-on-exec
+//!   (`MSG_CMSG_CLOEXEC`) and owned at once, with room for the 253 one
+//!   message can carry; a truncated control buffer (`MSG_CTRUNC`) is
+//!   reported, and the fds that did arrive are still owned (`fdpass`).
 #![allow(
     unsafe_code,
     reason = "Command::pre_exec and execve between fork and exec work on raw pointers and fd numbers"
 )]
 
 use std::ffi::{CString, OsString};
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
@@ -47,7 +51,7 @@ use std::process::{Child, Command, Stdio};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, fcntl};
 use nix::libc;
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt::PassCred};
+use nix::sys::socket::{setsockopt, sockopt::PassCred};
 use nix::unistd::{Pid, getpid};
 
 /// The first fd of socket activation (`SD_LISTEN_FDS_START`).
@@ -331,11 +335,16 @@ pub(crate) struct NotifySocket {
     path: PathBuf,
 }
 
-/// One datagram: its text and the sender's pid (from `SCM_CREDENTIALS`).
+/// One datagram: its text, the sender's pid (from `SCM_CREDENTIALS`), and
+/// the fds that came with it (`SCM_RIGHTS`, close-on-exec: `FDSTORE=1`).
 #[derive(Debug)]
 pub(crate) struct Notification {
     pub pid: Option<u32>,
     pub text: String,
+    pub fds: Vec<OwnedFd>,
+    /// The kernel truncated the control data (`MSG_CTRUNC`): fds were lost
+    /// (those in `fds` arrived, and are owned so they get closed).
+    pub truncated: bool,
 }
 
 impl NotifySocket {
@@ -390,37 +399,33 @@ impl Drop for NotifySocket {
     }
 }
 
-/// Receives one datagram (blocking; retries `EINTR`). `Ok(None)` after
-/// [`NotifySocket::shutdown`].
+/// Receives one datagram (blocking; retries `EINTR`), with room for the
+/// most fds one message can carry (`SCM_MAX_FD`, 253) beside the
+/// credentials. `Ok(None)` after [`NotifySocket::shutdown`].
 pub(crate) fn receive(socket: &UnixDatagram) -> io::Result<Option<Notification>> {
+    receive_with_control(socket, None)
+}
+
+/// [`receive`] offering the kernel `control_len` bytes of control buffer
+/// (tests provoke `MSG_CTRUNC` with it).
+fn receive_with_control(
+    socket: &UnixDatagram,
+    control_len: Option<usize>,
+) -> io::Result<Option<Notification>> {
+    // systemd reads at most this much of a notification (PIPE_BUF).
     let mut buf = [0u8; 4096];
-    loop {
-        let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        match recvmsg::<()>(
-            socket.as_fd().as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(message) => {
-                let len = message.bytes;
-                let mut pid = None;
-                for control in message.cmsgs()? {
-                    if let ControlMessageOwned::ScmCredentials(credentials) = control {
-                        pid = u32::try_from(credentials.pid()).ok();
-                    }
-                }
-                if len == 0 && pid.is_none() {
-                    return Ok(None);
-                }
-                let text = String::from_utf8_lossy(&buf[..len]).into_owned();
-                return Ok(Some(Notification { pid, text }));
-            }
-            Err(Errno::EINTR) => continue,
-            Err(errno) => return Err(errno.into()),
-        }
+    let got = super::fdpass::recv_datagram(socket.as_fd(), &mut buf, control_len)?;
+    // Every datagram carries credentials (SO_PASSCRED): none and no bytes
+    // is the end of input after a shutdown.
+    if got.len == 0 && got.pid.is_none() && got.fds.is_empty() && !got.truncated {
+        return Ok(None);
     }
+    Ok(Some(Notification {
+        pid: got.pid,
+        text: String::from_utf8_lossy(&buf[..got.len]).into_owned(),
+        fds: got.fds,
+        truncated: got.truncated,
+    }))
 }
 
 #[cfg(test)]
@@ -519,5 +524,64 @@ mod tests {
         let path = socket.path().to_owned();
         drop(socket);
         assert!(!path.exists(), "the socket file is removed");
+    }
+
+    fn identity(fd: BorrowedFd<'_>) -> (u64, u64) {
+        let stat = nix::sys::stat::fstat(fd).expect("fstat");
+        (stat.st_dev, stat.st_ino)
+    }
+
+    #[test]
+    fn fds_arrive_owned_and_close_on_exec() {
+        let dir = TempDir::new("notify-fds");
+        let socket = NotifySocket::bind(&dir.path().join("n.sock")).expect("bind");
+        let reader = socket.try_clone().expect("clone");
+        reader
+            .set_read_timeout(Some(TEST_DEADLINE))
+            .expect("timeout");
+        let (pipe, _writer) = std::io::pipe().expect("pipe");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let sent = [pipe.as_fd(), listener.as_fd()];
+        crate::sys::notify_with_fds(socket.path().as_os_str(), "FDSTORE=1\nFDNAME=x", &sent)
+            .expect("send");
+        let got = receive(&reader).expect("receive").expect("a datagram");
+        assert_eq!(got.text, "FDSTORE=1\nFDNAME=x");
+        assert_eq!(got.pid, Some(std::process::id()));
+        assert!(!got.truncated);
+        assert_eq!(got.fds.len(), 2);
+        for (fd, original) in got.fds.iter().zip(sent) {
+            assert!(crate::sys::is_cloexec(fd).expect("flags"));
+            assert_eq!(identity(fd.as_fd()), identity(original));
+        }
+    }
+
+    #[test]
+    fn a_truncated_control_buffer_is_reported_and_what_arrived_is_owned() {
+        let dir = TempDir::new("notify-ctrunc");
+        let socket = NotifySocket::bind(&dir.path().join("n.sock")).expect("bind");
+        let reader = socket.try_clone().expect("clone");
+        reader
+            .set_read_timeout(Some(TEST_DEADLINE))
+            .expect("timeout");
+        let (pipe, _writer) = std::io::pipe().expect("pipe");
+        let three = [pipe.as_fd(), pipe.as_fd(), pipe.as_fd()];
+        crate::sys::notify_with_fds(socket.path().as_os_str(), "FDSTORE=1", &three).expect("send");
+        // Room for the credentials and one fd.
+        let room =
+            nix::sys::socket::cmsg_space::<libc::ucred>() + nix::sys::socket::cmsg_space::<RawFd>();
+        let got = receive_with_control(&reader, Some(room))
+            .expect("receive")
+            .expect("a datagram");
+        assert!(got.truncated, "MSG_CTRUNC reported");
+        // CMSG_SPACE rounds up: room for one or two of the three.
+        assert!(
+            !got.fds.is_empty() && got.fds.len() < three.len(),
+            "{:?}",
+            got.fds
+        );
+        assert_eq!(got.pid, Some(std::process::id()));
+        for fd in &got.fds {
+            assert!(crate::sys::is_cloexec(fd).expect("flags"));
+        }
     }
 }

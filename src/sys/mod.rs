@@ -74,9 +74,11 @@
 //! - **Fds dropped silently.** If the receiver's control buffer is too small,
 //!   the kernel sets `MSG_CTRUNC` and closes the fds that did not fit; nothing
 //!   else reports it. [`recv_chunk`] sizes its buffer for the maximum of 253
-//!   fds (`SCM_MAX_FD`) and reports `MSG_CTRUNC` as
+//!   fds (`SCM_MAX_FD`), beside a notification's credentials, and reports
+//!   `MSG_CTRUNC` as
 //!   [`Received::truncated`](fdpass::Received::truncated), still handing over (as owned fds, so they get
-//!   closed) the fds that did arrive.
+//!   closed) the fds that did arrive. A foreign daemon's notification
+//!   socket receives the same way (`FDSTORE=1`).
 //! - **Fds only travel with bytes.** On a stream socket, `sendmsg` with zero
 //!   bytes of payload silently sends no fds, and a receiver never gets fds
 //!   from two different sends in one `recvmsg`: the kernel stops a read at an
@@ -107,6 +109,7 @@ mod binary;
 mod command;
 pub(crate) mod exec;
 mod fdpass;
+mod fdstore;
 mod foreign;
 mod inherit;
 mod lock;
@@ -127,6 +130,7 @@ mod test_support;
 pub use binary::{PinnedBinary, sha256_hex};
 pub(crate) use command::{RunError, run_bounded};
 pub(crate) use fdpass::{recv_chunk, send_frame};
+pub(crate) use fdstore::{describe as describe_stored, hung_up};
 pub(crate) use foreign::{
     ForeignSpec, Notification, NotifySocket, PrivateDir, receive as receive_notification,
     spawn_foreign,

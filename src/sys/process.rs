@@ -106,17 +106,18 @@ impl From<Sig> for Signal {
 }
 
 /// Variables a service manager sets for the supervisor's own process:
-/// socket activation (`LISTEN_*`), readiness (`NOTIFY_SOCKET`), the
-/// watchdog (`WATCHDOG_*`), and the control fd of a supervisor above this
-/// one. A generation inheriting them would take fds or notify on behalf of
-/// the supervisor from a pid the service manager does not expect; every
-/// spawn drops them (a foreign generation gets its own `LISTEN_*` and
-/// `NOTIFY_SOCKET`).
-const SUPERVISOR_ONLY_VARS: [&str; 7] = [
+/// socket activation (`LISTEN_*`), readiness (`NOTIFY_SOCKET`), the fd
+/// store's bound (`FDSTORE`), the watchdog (`WATCHDOG_*`), and the control
+/// fd of a supervisor above this one. A generation inheriting them would
+/// take fds or notify on behalf of the supervisor from a pid the service
+/// manager does not expect; every spawn drops them (a foreign generation
+/// gets its own `LISTEN_*`, `NOTIFY_SOCKET` and `FDSTORE`).
+const SUPERVISOR_ONLY_VARS: [&str; 8] = [
     "LISTEN_PID",
     "LISTEN_FDS",
     "LISTEN_FDNAMES",
     "NOTIFY_SOCKET",
+    "FDSTORE",
     "WATCHDOG_PID",
     "WATCHDOG_USEC",
     CONTROL_FD_ENV,

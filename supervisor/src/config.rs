@@ -113,6 +113,12 @@ pub struct RunOptions {
     /// as nginx).
     #[arg(long, value_name = "SIGNAL")]
     pub resume_signal: Option<String>,
+    /// With --protocol systemd: the most fds the daemon may keep in the
+    /// supervisor's fd store (FDSTORE=1 on NOTIFY_SOCKET, as systemd's
+    /// FileDescriptorStoreMax=); every later generation gets them after
+    /// the listeners. 0 turns the store off [default: 16].
+    #[arg(long, value_name = "N")]
+    pub fd_store_max: Option<usize>,
     /// Where `history` is kept across supervisor restarts [default: next
     /// to the admin socket, its extension replaced by `.history.json`].
     #[arg(long, value_name = "FILE")]
@@ -137,6 +143,10 @@ pub struct RunOptions {
     #[arg(long = "allow-supervisor-binary", value_name = "PATH")]
     #[serde(default)]
     pub allowed_supervisor_binaries: Vec<PathBuf>,
+    /// Serve Prometheus metrics over plain HTTP at http://ADDR/metrics
+    /// (ADDR is HOST:PORT, for example 127.0.0.1:9464) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 /// `[listen]` as `NAME=ADDR` lines, the flags' form.
@@ -208,6 +218,7 @@ impl RunOptions {
             binary, args, socket, data_dir, mode, drain_timeout, deadline, resume_timeout,
             restart, log_format, protocol, ready_signal, stop_signal, probe, probe_status,
             probe_timeout, probation, probation_signal, resume_signal, history_file, sha256,
+            fd_store_max, metrics,
         );
         // By name, a flag's last; a malformed spec is kept whole for
         // `listeners` to refuse in its own words.
@@ -256,6 +267,8 @@ pub struct Settings {
     /// The config file as read (a re-exec carries it instead of reading
     /// the file again).
     pub config: Option<CarriedConfig>,
+    /// Where the Prometheus metrics are served, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Settings {
@@ -324,8 +337,23 @@ impl Settings {
             history_file,
             allowed_supervisor_binaries: options.allowed_supervisor_binaries,
             config,
+            metrics: options.metrics.as_deref().map(metrics_addr).transpose()?,
         })
     }
+}
+
+/// `--metrics HOST:PORT`, resolved to its first address.
+fn metrics_addr(text: &str) -> Result<std::net::SocketAddr, Failure> {
+    use std::net::ToSocketAddrs;
+    let bad = |problem: String| {
+        Failure::usage(format!(
+            "--metrics {text}: {problem}; expected HOST:PORT, for example 127.0.0.1:9464"
+        ))
+    };
+    text.to_socket_addrs()
+        .map_err(|e| bad(e.to_string()))?
+        .next()
+        .ok_or_else(|| bad("no address".to_owned()))
 }
 
 /// Reads the config file at `path`.
@@ -500,6 +528,12 @@ fn protocol(
                  (a library daemon is quiesced and resumed by the protocol)",
             ));
         }
+        if options.fd_store_max.is_some() {
+            return Err(Failure::usage(
+                "--fd-store-max (fd_store_max) needs --protocol systemd: only a foreign \
+                 daemon has an fd store; remove it or add --protocol systemd",
+            ));
+        }
         return Ok(DaemonProtocol::Library);
     }
     let ready = match options.ready_signal {
@@ -523,6 +557,9 @@ fn protocol(
         ready,
         stop_signal,
         quiesce,
+        fd_store_max: options
+            .fd_store_max
+            .unwrap_or(handoff::supervisor::DEFAULT_FD_STORE_MAX),
     })
 }
 
@@ -852,7 +889,9 @@ mod tests {
             probation = "30s"
             probation_signal = "WINCH"
             resume_signal = "HUP"
+            fd_store_max = 4
             history_file = "/var/lib/d/handoff-history.json"
+            metrics = "127.0.0.1:9464"
             [listen]
             http = "127.0.0.1:8080"
             "#,
@@ -862,5 +901,90 @@ mod tests {
         assert!(matches!(config.mode, Some(ModeArg::Overlap)));
         assert!(matches!(config.restart, Some(RestartArg::OnFailure)));
         assert_eq!(config.log_format, Some(LogFormat::Json));
+        assert_eq!(config.fd_store_max, Some(4));
+        assert_eq!(config.metrics.as_deref(), Some("127.0.0.1:9464"));
+    }
+
+    #[test]
+    fn the_fd_store_bound_is_foreign_only_and_defaults_to_16() {
+        let store = |flags: &[&str]| {
+            let mut all = vec!["--socket", "/run/d/handoff.sock"];
+            all.extend_from_slice(flags);
+            all.extend(["--", "/bin/true"]);
+            Settings::resolve(run_args(None, &all)).map(|s| s.protocol)
+        };
+        let max = |protocol: DaemonProtocol| match protocol {
+            DaemonProtocol::Systemd { fd_store_max, .. } => fd_store_max,
+            DaemonProtocol::Library => panic!("library"),
+        };
+        assert_eq!(max(store(&["--protocol", "systemd"]).expect("default")), 16);
+        let set = store(&["--protocol", "systemd", "--fd-store-max", "0"]).expect("0");
+        assert_eq!(max(set), 0, "0 turns it off");
+        let error = store(&["--fd-store-max", "4"]).expect_err("library");
+        assert!(
+            error
+                .to_string()
+                .contains("--fd-store-max (fd_store_max) needs --protocol systemd"),
+            "{error}"
+        );
+        let dir = std::env::temp_dir().join(format!("hctl-config-fdstore-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let config = dir.join("handoff.toml");
+        std::fs::write(&config, "protocol = \"systemd\"\nfd_store_max = 3\n").expect("write");
+        let from_file =
+            Settings::resolve(run_args(Some(&config), &["--", "/bin/true"])).expect("resolve");
+        assert_eq!(max(from_file.protocol), 3);
+        let flag_wins = Settings::resolve(run_args(
+            Some(&config),
+            &["--fd-store-max", "5", "--", "/bin/true"],
+        ))
+        .expect("resolve");
+        assert_eq!(max(flag_wins.protocol), 5);
+        std::fs::write(&config, "fd_store_max = -1\n").expect("write");
+        let error =
+            Settings::resolve(run_args(Some(&config), &["--", "/bin/true"])).expect_err("negative");
+        // toml names the line of the key and what it expected.
+        assert!(error.to_string().contains("(line 1)"), "{error}");
+        assert!(error.to_string().contains("expected usize"), "{error}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_metrics_address_is_host_and_port_and_a_bad_one_names_the_flag() {
+        let resolve = |flags: &[&str]| {
+            let mut all = vec!["--socket", "/run/d/handoff.sock"];
+            all.extend_from_slice(flags);
+            all.extend(["--", "/bin/true"]);
+            Settings::resolve(run_args(None, &all))
+        };
+        assert_eq!(resolve(&[]).expect("resolve").metrics, None);
+        let set = resolve(&["--metrics", "127.0.0.1:9464"]).expect("resolve");
+        assert_eq!(set.metrics, Some(([127, 0, 0, 1], 9464).into()));
+        let local = resolve(&["--metrics", "localhost:0"]).expect("a name resolves");
+        assert!(local.metrics.is_some_and(|addr| addr.ip().is_loopback()));
+        // The config's key, and the flag over it.
+        let dir = std::env::temp_dir().join(format!("hctl-config-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let config = dir.join("handoff.toml");
+        std::fs::write(&config, "metrics = \"127.0.0.1:9465\"\n").expect("write");
+        let from_file =
+            Settings::resolve(run_args(Some(&config), &["--", "/bin/true"])).expect("resolve");
+        assert_eq!(from_file.metrics, Some(([127, 0, 0, 1], 9465).into()));
+        let flag = Settings::resolve(run_args(
+            Some(&config),
+            &["--metrics", "127.0.0.1:9466", "--", "/bin/true"],
+        ))
+        .expect("resolve");
+        assert_eq!(flag.metrics, Some(([127, 0, 0, 1], 9466).into()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for bad in ["9464", "127.0.0.1", "127.0.0.1:http", "[::1]:99999"] {
+            let failure = resolve(&["--metrics", bad]).expect_err(bad);
+            assert!(
+                failure.message.starts_with(&format!("--metrics {bad}: "))
+                    && failure.message.contains("HOST:PORT"),
+                "{}",
+                failure.message
+            );
+        }
     }
 }

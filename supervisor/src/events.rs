@@ -85,6 +85,7 @@ impl FanOut<'_> {
     }
 
     fn on_event(&mut self, event: SupervisorEvent) {
+        self.state.metrics.event(&event);
         match event {
             SupervisorEvent::HandoffStarted {
                 handoff_id,

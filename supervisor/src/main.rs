@@ -16,6 +16,7 @@ mod error;
 mod events;
 mod history;
 mod identity;
+mod metrics;
 mod orphan;
 mod recorder;
 mod reexec;

@@ -46,6 +46,8 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     let image = crate::reexec::Image::open(start_path)?;
     // Bound before any generation starts: a bad path fails alone.
     let socket = AdminSocket::bind(&settings.socket, settings.socket_is_default)?;
+    // So is the metrics address: one that cannot be bound fails here.
+    let metrics = crate::metrics::Metrics::bind(settings.metrics)?;
     warn_if_orphans_cannot_be_adopted(&settings);
     let (supervisor, events, listeners) = match crate::orphan::orphan_to_adopt(&settings.socket) {
         Some(record) => adopt(&settings, &record)?,
@@ -75,6 +77,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             ready: false,
             clean: true,
         },
+        metrics,
     }
     .serve(signals, None)
 }
@@ -201,6 +204,8 @@ pub struct Running {
     pub carry: Carry,
     /// The event fan-out's memory.
     pub fan_out: EventsCarried,
+    /// The Prometheus metrics (bound; off without `--metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Running {
@@ -219,6 +224,7 @@ impl Running {
             history,
             carry,
             fan_out,
+            metrics,
         } = self;
         let notify = Notifier::from_env();
         let handle = supervisor.handle();
@@ -242,7 +248,9 @@ impl Running {
             carry,
             frozen: Mutex::new(None),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            metrics: metrics.feed(),
         });
+        metrics.start(Arc::clone(&state))?;
         spawn("signals", {
             let state = Arc::clone(&state);
             move || crate::signals::signal_loop(signals, &state)

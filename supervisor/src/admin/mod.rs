@@ -93,4 +93,6 @@ pub struct AdminState {
     /// sends its memory here once it has seen every event before the
     /// freeze.
     pub frozen: Mutex<Option<mpsc::Sender<EventsCarried>>>,
+    /// The Prometheus metrics' feed (a no-op without `--metrics`).
+    pub metrics: crate::metrics::Feed,
 }

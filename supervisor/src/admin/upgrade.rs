@@ -104,7 +104,11 @@ pub fn upgrade(state: &AdminState, asked: Upgrade) -> Response {
         Err(Error::SessionOver) => {
             Response::error(ErrorKind::Stopping, "the supervisor is stopping")
         }
-        Err(other) => Response::error(ErrorKind::Failed, chain(&other)),
+        Err(other) => {
+            // The successor could not be spawned: an attempt that failed.
+            state.metrics.upgrade_not_started();
+            Response::error(ErrorKind::Failed, chain(&other))
+        }
     };
     // READY=1 ends the reload before the caller hears the result.
     let status = match &response {

@@ -17,7 +17,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use handoff::Mode;
-use handoff::supervisor::{Outcome, ProbationRollback, ResumeCheck, Status, SupervisorState};
+use handoff::supervisor::{
+    Outcome, ProbationRollback, ResumeCheck, Status, StoredGroup, SupervisorState,
+};
 
 /// The longest request or response line accepted, newline included.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -570,6 +572,53 @@ pub struct StatusReport {
     /// The last automatic rollback during a probation since the supervisor
     /// started (null if none).
     pub last_probation_rollback: Option<Box<ProbationRollback>>,
+    /// The fd store (a foreign daemon's `FDSTORE=1`).
+    #[serde(default)]
+    pub fd_store: FdStoreReport,
+}
+
+/// The fd store in `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FdStoreReport {
+    /// Its bound (`fd_store_max`; 0: off).
+    pub max: usize,
+    /// What it holds: `{name, kind, count}` per name and kind, in the
+    /// order stored; `kind` is `tcp`, `udp`, `unix`, `memfd`, `pipe` or
+    /// `other`.
+    pub entries: Vec<StoredGroup>,
+}
+
+impl FdStoreReport {
+    /// The fds it holds.
+    pub fn count(&self) -> usize {
+        self.entries.iter().map(|group| group.count).sum()
+    }
+
+    /// `2 of 16: counter (memfd), peer (unix) x2`; `None` when off and
+    /// empty.
+    pub fn line(&self) -> Option<String> {
+        if self.max == 0 && self.entries.is_empty() {
+            return None;
+        }
+        let held: Vec<String> = self
+            .entries
+            .iter()
+            .map(|group| {
+                let times = if group.count > 1 {
+                    format!(" x{}", group.count)
+                } else {
+                    String::new()
+                };
+                format!("{} ({}){times}", group.name, group.kind.as_str())
+            })
+            .collect();
+        let held = if held.is_empty() {
+            "empty".to_owned()
+        } else {
+            held.join(", ")
+        };
+        Some(format!("{} of {}: {held}", self.count(), self.max))
+    }
 }
 
 /// A listener in `status`.
@@ -613,6 +662,10 @@ impl StatusReport {
                 .serving_for
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             last_probation_rollback: status.last_probation_rollback.map(Box::new),
+            fd_store: FdStoreReport {
+                max: status.fd_store_max,
+                entries: status.fd_store,
+            },
         }
     }
 
@@ -644,6 +697,9 @@ impl StatusReport {
                 "listener    {} {}\n",
                 listener.name, listener.address
             ));
+        }
+        if let Some(line) = self.fd_store.line() {
+            out.push_str(&format!("fd store    {line}\n"));
         }
         if !self.retiring.is_empty() {
             out.push_str(&format!("retiring    pids {:?}\n", self.retiring));
@@ -883,6 +939,40 @@ mod tests {
             Response::History { entries } => assert_eq!(entries, vec![entry]),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_fd_store_has_a_pinned_json_form_and_a_line() {
+        use handoff::supervisor::StoredKind;
+        let store = FdStoreReport {
+            max: 16,
+            entries: vec![
+                StoredGroup {
+                    name: "counter".into(),
+                    kind: StoredKind::Memfd,
+                    count: 1,
+                },
+                StoredGroup {
+                    name: "peer".into(),
+                    kind: StoredKind::Unix,
+                    count: 2,
+                },
+            ],
+        };
+        assert_eq!(
+            serde_json::to_string(&store).expect("encode"),
+            r#"{"max":16,"entries":[{"name":"counter","kind":"memfd","count":1},{"name":"peer","kind":"unix","count":2}]}"#
+        );
+        assert_eq!(
+            store.line().as_deref(),
+            Some("3 of 16: counter (memfd), peer (unix) x2")
+        );
+        let empty = FdStoreReport {
+            max: 16,
+            entries: Vec::new(),
+        };
+        assert_eq!(empty.line().as_deref(), Some("0 of 16: empty"));
+        assert_eq!(FdStoreReport::default().line(), None, "off and empty");
     }
 
     #[test]

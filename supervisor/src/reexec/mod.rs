@@ -376,6 +376,9 @@ fn carried(
         phases_ms: BTreeMap::new(),
         events,
         reexecs: carry.reexecs,
+        // The event thread caught up with the freeze: every event before
+        // it is counted.
+        metrics: state.metrics.to_state(),
     };
     steps.mark("write");
     carried.phases_ms = steps.phases.clone();

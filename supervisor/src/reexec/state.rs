@@ -37,6 +37,7 @@ const KNOWN: &[&str] = &[
     "phases_ms",
     "events",
     "reexecs",
+    "metrics",
 ];
 
 /// The keys without which a reader would run wrong: one that does not
@@ -99,6 +100,10 @@ pub struct Carried {
     pub events: EventsCarried,
     /// Re-execs committed by this supervisor so far.
     pub reexecs: u64,
+    /// The Prometheus metrics' counters (`--metrics`); absent from a
+    /// writer without them, which the reader then starts from zero.
+    #[serde(default)]
+    pub metrics: Option<crate::metrics::Counters>,
 }
 
 /// A config file's path and text.
@@ -272,6 +277,7 @@ mod tests {
             phases_ms: BTreeMap::new(),
             events: EventsCarried::default(),
             reexecs: 0,
+            metrics: None,
         }
     }
 
@@ -282,6 +288,22 @@ mod tests {
         assert_eq!(back.run_args, state.run_args);
         assert_eq!(back.library_fds, state.library_fds);
         assert_eq!(back.caller_fd, state.caller_fd);
+    }
+
+    #[test]
+    fn the_metrics_counters_cross_and_a_state_without_them_still_reads() {
+        let mut state = carried();
+        let counters = crate::metrics::Counters {
+            probation_rollbacks: 3,
+            ..Default::default()
+        };
+        state.metrics = Some(counters.clone());
+        let back = Carried::from_bytes(&state.to_bytes().expect("write")).expect("read");
+        assert_eq!(back.metrics, Some(counters));
+        let mut older = serde_json::to_value(carried()).expect("value");
+        older.as_object_mut().expect("an object").remove("metrics");
+        let bytes = serde_json::to_vec(&older).expect("bytes");
+        assert_eq!(Carried::from_bytes(&bytes).expect("read").metrics, None);
     }
 
     #[test]
