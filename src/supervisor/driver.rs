@@ -206,6 +206,7 @@ impl Driver {
             };
             select! {
                 recv(commands) -> command => match command {
+                    Ok(Command::Freeze(reply)) => self.freeze(&reply, commands),
                     Ok(command) => self.on_command(command),
                     // Every handle dropped: nobody can reach us any more.
                     Err(_) => self.feed(LifecycleInput::Stop),
@@ -253,14 +254,17 @@ impl Driver {
                 }
             }
             Command::Subscribe(subscriber) => self.subscribers.push(subscriber),
-            Command::Freeze(reply) => self.freeze(&reply),
+            // Taken by the loop, which hands `freeze` the commands.
+            Command::Freeze(reply) => {
+                let _ = reply.send(Err(Error::Busy));
+            }
         }
     }
 
     /// Pauses the readers, takes in what they delivered, and hands out the
     /// state; then waits, doing nothing, until the caller's exec replaced
     /// this process or it dropped the [`Frozen`] (then goes on).
-    fn freeze(&mut self, reply: &Sender<Result<Frozen>>) {
+    fn freeze(&mut self, reply: &Sender<Result<Frozen>>, commands: &Receiver<Command>) {
         let receivers = match self.spawner.pause_readers() {
             Ok(receivers) => receivers,
             Err(error) => {
@@ -294,14 +298,41 @@ impl Driver {
         }
         if reply.send(frozen).is_ok() && handed {
             tracing::info!("frozen: the supervisor's state is handed out");
-            let _ = resumed.recv();
+            let waiting = self.frozen_until(&resumed, commands);
             tracing::info!("thawed in place: the supervisor goes on");
+            for command in waiting {
+                self.on_command(command);
+            }
         }
         if let Err(error) = self
             .spawner
             .resume_readers(receivers, self.processes.values())
         {
             tracing::error!(error = %crate::error::chain(&error), "restarting the readers failed");
+        }
+    }
+
+    /// Frozen until `resumed` ends (the caller dropped its `Frozen`; or
+    /// never: the process was replaced). Status is answered meanwhile, from
+    /// the frozen state (the event thread asks it after each event and
+    /// must reach the freeze's own event); every other command waits and
+    /// is returned in order.
+    fn frozen_until(&self, resumed: &Receiver<()>, commands: &Receiver<Command>) -> Vec<Command> {
+        let mut waiting = Vec::new();
+        loop {
+            select! {
+                recv(resumed) -> _ => return waiting,
+                recv(commands) -> command => match command {
+                    Ok(Command::Status(reply)) => {
+                        let _ = reply.send(self.status());
+                    }
+                    Ok(command) => waiting.push(command),
+                    Err(_) => {
+                        let _ = resumed.recv();
+                        return waiting;
+                    }
+                },
+            }
         }
     }
 

@@ -17,7 +17,7 @@ use std::sync::{Mutex, PoisonError};
 use crate::admin::wire::{BinaryRecord, HISTORY_LEN};
 
 /// A file's identity: `(device, inode, size, mtime seconds, mtime nanoseconds)`.
-type Key = (u64, u64, u64, i64, i64);
+pub type Key = (u64, u64, u64, i64, i64);
 
 /// The sha256 cache of the binaries generations run.
 #[derive(Debug, Default)]
@@ -46,6 +46,21 @@ impl Identities {
         let file = File::open(&exe).ok()?;
         let sha256 = self.sha256(&file).ok()?;
         Some(BinaryRecord { path, sha256 })
+    }
+
+    /// Every identity hashed so far, for a re-exec to carry.
+    pub fn entries(&self) -> Vec<(Key, String)> {
+        self.lock()
+            .iter()
+            .map(|(key, hash)| (*key, hash.clone()))
+            .collect()
+    }
+
+    /// A cache that knows `entries` already (a re-exec's).
+    pub fn with_entries(entries: Vec<(Key, String)>) -> Identities {
+        Identities {
+            hashes: Mutex::new(entries.into_iter().collect()),
+        }
     }
 
     /// The sha256 of `file` (an open file: what is read is what runs).

@@ -78,6 +78,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             clean: true,
         },
         metrics,
+        identities: crate::identity::Identities::default(),
     }
     .serve(signals, None)
 }
@@ -206,6 +207,8 @@ pub struct Running {
     pub fan_out: EventsCarried,
     /// The Prometheus metrics (bound; off without `--metrics`).
     pub metrics: crate::metrics::Metrics,
+    /// The binaries hashed so far.
+    pub identities: crate::identity::Identities,
 }
 
 impl Running {
@@ -225,6 +228,7 @@ impl Running {
             carry,
             fan_out,
             metrics,
+            identities,
         } = self;
         let notify = Notifier::from_env();
         let handle = supervisor.handle();
@@ -239,7 +243,7 @@ impl Running {
             our_uid: handoff::os::effective_uid(),
             timeouts: settings.timeouts,
             mode: settings.mode,
-            identities: crate::identity::Identities::default(),
+            identities,
             notify: notify.clone(),
             upgrading: Mutex::new(()),
             control: control_tx.clone(),

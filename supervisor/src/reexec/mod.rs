@@ -78,6 +78,13 @@ impl Image {
         })
     }
 
+    /// Knows its record already (a re-exec's image was hashed by the one
+    /// before it, as its target).
+    pub fn with_record(self, record: ImageRecord) -> Image {
+        let _ = self.record.set(record);
+        self
+    }
+
     /// Its version and sha256 (hashed once, through the open file).
     pub fn record(&self) -> Result<ImageRecord, String> {
         if let Some(record) = self.record.get() {
@@ -379,6 +386,7 @@ fn carried(
         // The event thread caught up with the freeze: every event before
         // it is counted.
         metrics: state.metrics.to_state(),
+        identities: state.identities.entries(),
     };
     steps.mark("write");
     carried.phases_ms = steps.phases.clone();

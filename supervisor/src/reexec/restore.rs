@@ -269,7 +269,17 @@ fn take_back(
     let library_listeners = crate::run::duplicates(&listeners).map_err(|f| f.message)?;
     let admin = UnixListener::from(inherited.duplicate(carried.admin_fd)?);
     let carry = Carry {
-        image: Image::open(carried.start_path.clone()).map_err(|f| f.message)?,
+        // This image is the one the state names (`to`, or `from` after an
+        // exec back), hashed by the image before it.
+        image: Image::open(carried.start_path.clone())
+            .map_err(|f| f.message)?
+            .with_record(
+                match exec_back {
+                    Some(_) => Some(carried.from.clone()),
+                    None => carried.to.clone(),
+                }
+                .unwrap_or_else(|| carried.from.clone()),
+            ),
         run_args: carried.run_args.clone(),
         config: settings.config.clone(),
         listeners,
@@ -381,6 +391,7 @@ impl Restored {
             carry: self.carry,
             fan_out: carried.events,
             metrics,
+            identities: crate::identity::Identities::with_entries(carried.identities),
         }
         .serve(signals, answer)
     }

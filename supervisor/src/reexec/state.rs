@@ -38,6 +38,7 @@ const KNOWN: &[&str] = &[
     "events",
     "reexecs",
     "metrics",
+    "identities",
 ];
 
 /// The keys without which a reader would run wrong: one that does not
@@ -100,6 +101,10 @@ pub struct Carried {
     pub events: EventsCarried,
     /// Re-execs committed by this supervisor so far.
     pub reexecs: u64,
+    /// The binaries hashed so far, by file identity: the next image need
+    /// not hash them again (the builds a re-exec alternates, its own).
+    #[serde(default)]
+    pub identities: Vec<(crate::identity::Key, String)>,
     /// The Prometheus metrics' counters (`--metrics`); absent from a
     /// writer without them, which the reader then starts from zero.
     #[serde(default)]
@@ -278,6 +283,7 @@ mod tests {
             events: EventsCarried::default(),
             reexecs: 0,
             metrics: None,
+            identities: Vec::new(),
         }
     }
 

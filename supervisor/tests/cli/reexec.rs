@@ -425,3 +425,22 @@ fn a_reexec_does_not_check_the_daemon_binary_again() {
     );
     assert_eq!(supervisor.status()["child_pid"], generation_pid);
 }
+
+/// A re-exec asked while the event thread is still busy with a handoff's
+/// events (it asks for the status after each one, and a frozen supervisor
+/// answers it): the freeze does not wait for the thaw.
+#[test]
+fn a_reexec_right_after_an_upgrade_goes_through_at_once() {
+    let supervisor = supervise(&[], Vec::new());
+    for round in 0..4 {
+        let upgraded = supervisor.ctl("upgrade", &[]);
+        assert_eq!(upgraded.code, Some(0), "round {round}: {upgraded:?}");
+        let (code, report, ran) = reexec(&supervisor, &[]);
+        assert_eq!(code, Some(0), "round {round}: {report}; {ran:?}");
+        let freeze = report["phases_ms"]["freeze"].as_f64().expect("freeze");
+        assert!(
+            freeze < 2_000.0,
+            "round {round}: the freeze waited {freeze} ms for the event thread"
+        );
+    }
+}
