@@ -111,7 +111,14 @@ pub fn upgrade(state: &AdminState, asked: Upgrade) -> Response {
         }
     };
     // READY=1 ends the reload before the caller hears the result.
-    let status = match &response {
+    state.notify.ready(&status_after(state, &response));
+    response
+}
+
+/// systemd's `STATUS=` after an upgrade: who serves, and why nothing
+/// changed if nothing did.
+fn status_after(state: &AdminState, response: &Response) -> String {
+    match response {
         Response::Handoff(report) => report.status_line(),
         Response::Error { message, .. } => match state.handle.status() {
             Ok(status) => match status.child_pid {
@@ -124,9 +131,7 @@ pub fn upgrade(state: &AdminState, asked: Upgrade) -> Response {
             Err(_) => format!("stopping (upgrade not started: {message})"),
         },
         _ => String::new(),
-    };
-    state.notify.ready(&status);
-    response
+    }
 }
 
 /// The binary an upgrade runs, checked: absolute, allowed, executable,
