@@ -237,12 +237,18 @@ fn fds_the_store_refuses_are_logged_and_closed() {
     let supervisor = start(&[]);
     let addr = supervisor.addr();
     wait_rows(&supervisor, &["counter memfd 1"]);
-    let fds = |pid: u32| {
+    // The refused fds are the daemon's memfds named "x" (and the child's
+    // "from-child"): none of them may stay open in the supervisor.
+    let refused_held = |pid: u32| {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
             .expect("fd dir")
+            .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+            .map(|target| target.to_string_lossy().into_owned())
+            .filter(|target| {
+                target.starts_with("/memfd:x ") || target.starts_with("/memfd:from-child ")
+            })
             .count()
     };
-    let before = fds(supervisor.pid());
     let mut from = supervisor.log().len();
     for (request, line) in [
         (
@@ -262,7 +268,7 @@ fn fds_the_store_refuses_are_logged_and_closed() {
         from = supervisor.wait_log(line, from);
     }
     testkit::eventually("the refused fds closed in the supervisor", || {
-        fds(supervisor.pid()) == before
+        refused_held(supervisor.pid()) == 0
     });
     // An invalid name: stored, as "stored".
     ask(addr, "/store?name=a:b");

@@ -6,7 +6,6 @@
 //! supervisor.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use handoff::os::Sig;
 use serde_json::Value;
@@ -206,7 +205,7 @@ fn hands_back(fault: &str, reason: &str) {
     let generation_pid = serving_pid(addr);
     let load = Load::testd_info(addr, 200);
     load.wait_answered(50);
-    let asked = Instant::now();
+    let asked = std::time::Instant::now();
     let (code, report, _) = reexec(&supervisor, &["--binary", next.to_str().expect("utf-8")]);
     let took = asked.elapsed();
     assert_eq!(code, Some(1), "{report}; log:\n{}", supervisor.log());
@@ -215,7 +214,7 @@ fn hands_back(fault: &str, reason: &str) {
     let said = report["reason"].as_str().expect("reason");
     assert!(said.contains(reason), "{said}");
     assert!(
-        took < Duration::from_secs(30),
+        took < std::time::Duration::from_secs(30),
         "answered after {took:?}, past the take-over bound"
     );
     // The old image is in charge: it answers and upgrades.
