@@ -14,21 +14,28 @@
 use std::ops::ControlFlow;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::channel::{self, Received};
+use crate::connections::{self, Arrival, Connection, ConnectionPort, Origin};
 use crate::drain::{DrainReport, Drainable, SealProgress};
 use crate::error::{Error, Result};
 use crate::fault;
 use crate::protocol::{
-    Ending, GenerationAction, GenerationInput, GenerationMachine, HookCall, HookOutcome, UserCall,
+    Ending, GenerationAction, GenerationInput, GenerationMachine, GenerationState, HookCall,
+    HookOutcome, UserCall,
 };
 use crate::rendezvous::{self, Offer};
 use crate::sys::DataDirLock;
 use crate::timeouts::Timeouts;
-use crate::wire::{FdEntry, Message, Mode, SealInfo, Snapshot};
+use crate::wire::{
+    CAP_CONNECTIONS, ConnectionEntry, FdEntry, MAX_FDS_PER_FRAME, MAX_PAYLOAD, Message, Mode,
+    SealInfo, Snapshot,
+};
 
 /// Exit code of a successor whose handoff ended before its commit.
 pub const EXIT_ABORTED: i32 = 75;
@@ -50,6 +57,9 @@ pub(crate) enum AgentEvent {
 /// What the agent hears.
 pub(crate) enum AgentInput {
     Received(Received),
+    /// The daemon hands a connection over (its port took it from the
+    /// budget).
+    HandOver(Connection),
     /// A supervisor offers to adopt this orphaned generation.
     Offer(Offer),
     User(UserCall),
@@ -109,12 +119,19 @@ impl<D: Drainable> ErasedDrainable for D {
 }
 
 /// Starts the agent for a connected control socket. Sends Hello first.
+/// With `connections`, the Hello announces `CAP_CONNECTIONS` and the
+/// daemon gets the port.
 pub(crate) fn start_agent(
     control: OwnedFd,
     build_id: String,
     versions: crate::wire::VersionRange,
     timeouts: Timeouts,
-) -> Result<(Sender<AgentInput>, Receiver<AgentEvent>)> {
+    connections: bool,
+) -> Result<(
+    Sender<AgentInput>,
+    Receiver<AgentEvent>,
+    Option<ConnectionPort>,
+)> {
     let (sender, receiver) = channel::split(
         control,
         crate::error::Peer::Supervisor,
@@ -122,9 +139,11 @@ pub(crate) fn start_agent(
     )?;
     let (input_tx, input_rx) = crossbeam_channel::unbounded::<AgentInput>();
     let (event_tx, event_rx) = crossbeam_channel::unbounded::<AgentEvent>();
+    let port = connections.then(|| ConnectionPort::new(input_tx.clone()));
+    let capabilities = if connections { CAP_CONNECTIONS } else { 0 };
     sender.send(
         0,
-        GenerationMachine::hello(std::process::id(), build_id, versions),
+        GenerationMachine::hello(std::process::id(), build_id, versions, capabilities),
         &[],
     )?;
     let now = Instant::now();
@@ -150,6 +169,7 @@ pub(crate) fn start_agent(
         rendezvous: std::env::var_os(rendezvous::ENV_RENDEZVOUS).map(PathBuf::from),
         rendezvous_open: false,
         offer: None,
+        transit: port.as_ref().map(Transit::new),
     };
     // The first point: Hello sent, nothing received yet.
     if crate::fault::reached(
@@ -165,7 +185,7 @@ pub(crate) fn start_agent(
         .name("handoff-agent".into())
         .spawn(move || agent.run(input_rx))
         .map_err(|source| Error::io("starting the agent thread", source))?;
-    Ok((input_tx, event_rx))
+    Ok((input_tx, event_rx, port))
 }
 
 struct Agent {
@@ -192,6 +212,39 @@ struct Agent {
     rendezvous_open: bool,
     /// The adoption being decided.
     offer: Option<Offer>,
+    /// Connections on their way in and out, when the daemon takes them.
+    transit: Option<Transit>,
+}
+
+/// The agent's side of the daemon's [`ConnectionPort`] (I20).
+struct Transit {
+    budget: Arc<AtomicU32>,
+    arrivals: Sender<Arrival>,
+    /// Taken from the daemon, not sent yet (batched per frame).
+    outgoing: Vec<(ConnectionEntry, OwnedFd)>,
+    outgoing_bytes: usize,
+    /// Fds of the last Connections frame, until the machine says
+    /// KeepConnections.
+    incoming: Vec<(ConnectionEntry, OwnedFd)>,
+}
+
+impl Transit {
+    fn new(port: &ConnectionPort) -> Transit {
+        let (budget, arrivals) = port.agent_side();
+        Transit {
+            budget,
+            arrivals,
+            outgoing: Vec::new(),
+            outgoing_bytes: 0,
+            incoming: Vec::new(),
+        }
+    }
+
+    /// Whether the batch should leave now rather than wait for more.
+    fn batch_full(&self) -> bool {
+        self.outgoing.len() >= usize::from(MAX_FDS_PER_FRAME)
+            || self.outgoing_bytes >= MAX_PAYLOAD / 2
+    }
 }
 
 impl Agent {
@@ -222,14 +275,23 @@ impl Agent {
                 None => GenerationInput::Tick,
                 Some(input) => match self.absorb(input) {
                     Some(machine_input) => machine_input,
-                    None => continue,
+                    None => {
+                        if inputs.is_empty() {
+                            self.send_connections();
+                        }
+                        continue;
+                    }
                 },
             };
+            // Connections taken before this input leave before anything it
+            // makes the machine send (Drained comes after them, I20).
+            self.send_connections();
             let before = self.machine.state();
             let actions = self.machine.step(machine_input, now);
             if self.perform(actions).is_break() {
                 return;
             }
+            self.close_budget_after_drain();
             self.await_adoption();
             let after = self.machine.state();
             if before != after
@@ -261,9 +323,21 @@ impl Agent {
     fn absorb(&mut self, input: AgentInput) -> Option<GenerationInput> {
         match input {
             AgentInput::Received(Received::Frame(frame)) => {
-                if let Message::Fds { entries } = &frame.envelope.message {
+                match &frame.envelope.message {
                     // Kept only if the machine says KeepFds; else dropped (closed).
-                    self.pending_fds = entries.iter().cloned().zip(frame.fds).collect();
+                    Message::Fds { entries } => {
+                        self.pending_fds = entries.iter().cloned().zip(frame.fds).collect();
+                    }
+                    Message::Connections { entries } => match &mut self.transit {
+                        Some(transit) => {
+                            transit.incoming = entries.iter().cloned().zip(frame.fds).collect();
+                        }
+                        None => tracing::error!(
+                            count = entries.len(),
+                            "connections sent to a generation that does not take them; closed"
+                        ),
+                    },
+                    _ => {}
                 }
                 Some(GenerationInput::Frame {
                     handoff_id: frame.envelope.handoff_id,
@@ -280,6 +354,10 @@ impl Agent {
                 let generation = offer.generation;
                 self.offer = Some(offer);
                 Some(GenerationInput::AdoptionOffered { generation })
+            }
+            AgentInput::HandOver(connection) => {
+                self.take_over(connection);
+                None
             }
             AgentInput::User(call) => Some(GenerationInput::User(call)),
             AgentInput::Job(JobResult::Hook(outcome)) => Some(GenerationInput::Hook(outcome)),
@@ -326,6 +404,12 @@ impl Agent {
                     }
                 }
                 GenerationAction::KeepFds => self.kept_fds.append(&mut self.pending_fds),
+                GenerationAction::KeepConnections => self.connections_arrived(),
+                GenerationAction::ConnectionBudget(connections) => {
+                    if let Some(transit) = &self.transit {
+                        transit.budget.store(connections, Ordering::SeqCst);
+                    }
+                }
                 GenerationAction::FdsComplete {
                     mode,
                     has_incumbent,
@@ -375,6 +459,88 @@ impl Agent {
             }
         }
         ControlFlow::Continue(())
+    }
+
+    /// A connection the daemon's port took from the budget: it leaves with
+    /// the next batch, unless no drain is in progress any more (then it
+    /// goes back to the daemon).
+    fn take_over(&mut self, connection: Connection) {
+        let Some(transit) = &mut self.transit else {
+            return;
+        };
+        let draining = matches!(
+            self.machine.state(),
+            GenerationState::Draining | GenerationState::DrainingAborted
+        );
+        if !draining || !self.machine.supervisor_present() {
+            connections::give_back(&transit.arrivals, connection);
+            return;
+        }
+        let Connection { fd, unread, tag } = connection;
+        transit.outgoing_bytes += unread.len() + tag.len() + 8;
+        transit.outgoing.push((ConnectionEntry { tag, unread }, fd));
+        if transit.batch_full() {
+            self.send_connections();
+        }
+    }
+
+    /// Sends the connections taken so far in one frame; on a failed send
+    /// they go back to the daemon (the supervisor is going away).
+    fn send_connections(&mut self) {
+        let Some(transit) = &mut self.transit else {
+            return;
+        };
+        if transit.outgoing.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut transit.outgoing);
+        transit.outgoing_bytes = 0;
+        let entries = batch.iter().map(|(entry, _)| entry.clone()).collect();
+        let fds: Vec<_> = batch.iter().map(|(_, fd)| fd.as_fd()).collect();
+        let id = self.machine.handoff_id();
+        if let Err(error) = self.sender.send(id, Message::Connections { entries }, &fds) {
+            tracing::warn!(error = %error, count = batch.len(), "handing connections over failed; serving them here");
+            for (entry, fd) in batch {
+                let connection = Connection {
+                    fd,
+                    unread: entry.unread,
+                    tag: entry.tag,
+                };
+                connections::give_back(&transit.arrivals, connection);
+            }
+        }
+    }
+
+    /// A drain's budget ends with the drain.
+    fn close_budget_after_drain(&mut self) {
+        if let Some(transit) = &self.transit
+            && !matches!(
+                self.machine.state(),
+                GenerationState::Serving
+                    | GenerationState::Draining
+                    | GenerationState::DrainingAborted
+            )
+        {
+            transit.budget.store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// The daemon serves the connections of the frame just fed.
+    fn connections_arrived(&mut self) {
+        let Some(transit) = &mut self.transit else {
+            return;
+        };
+        for (entry, fd) in transit.incoming.drain(..) {
+            let connection = Connection {
+                fd,
+                unread: entry.unread,
+                tag: entry.tag,
+            };
+            let _ = transit.arrivals.send(Arrival {
+                connection,
+                origin: Origin::Transferred,
+            });
+        }
     }
 
     /// Orphaned: opens the rendezvous once, if this generation has one.

@@ -11,9 +11,11 @@ pub mod registry;
 pub mod timeouts;
 pub mod wire;
 
+mod connections;
 mod drain;
 mod gate;
 
+pub use connections::{Arrival, Connection, ConnectionPort, MAX_UNREAD, Origin};
 pub use drain::{DrainReport, Drainable, SealProgress};
 pub use error::{Error, Result};
 pub use gate::{AcceptGate, Admitted, Listener};

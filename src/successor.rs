@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::connections::ConnectionPort;
 use crate::drain::Drainable;
 use crate::error::{Error, ListenerProblem, Result};
 use crate::incumbent::{AgentEvent, AgentInput};
@@ -68,6 +69,9 @@ pub struct StartOptions {
     /// Protocol versions announced in Hello. Leave the default; tests of
     /// version skew set others.
     pub versions: crate::wire::VersionRange,
+    /// Whether the daemon hands idle client connections over and serves
+    /// those handed to it ([`Generation::connections`]).
+    pub connections: bool,
 }
 
 impl StartOptions {
@@ -77,7 +81,15 @@ impl StartOptions {
             build_id: build_id.into(),
             timeouts: Timeouts::default(),
             versions: crate::wire::PROTOCOL_VERSIONS,
+            connections: false,
         }
+    }
+
+    /// The daemon takes part in connection handoff: see
+    /// [`crate::ConnectionPort`].
+    pub fn with_connections(mut self) -> Self {
+        self.connections = true;
+        self
     }
 }
 
@@ -100,6 +112,7 @@ struct Session {
     mode: Mode,
     has_incumbent: bool,
     generation: u64,
+    port: Option<ConnectionPort>,
 }
 
 /// A daemon generation on its way to serving.
@@ -141,8 +154,19 @@ pub fn start(options: StartOptions) -> Result<Generation<Warming>> {
     {
         timeouts.heartbeat_interval = std::time::Duration::from_millis(interval);
     }
-    let (to_agent, from_agent) =
-        crate::incumbent::start_agent(control, options.build_id, options.versions, timeouts)?;
+    if options.connections
+        && let Err(error) = sys::raise_open_files()
+    {
+        // Fewer connections can come in; the supervisor's budget sees it.
+        tracing::warn!(%error, "raising the open-file limit failed");
+    }
+    let (to_agent, from_agent, port) = crate::incumbent::start_agent(
+        control,
+        options.build_id,
+        options.versions,
+        timeouts,
+        options.connections,
+    )?;
     match from_agent.recv() {
         Ok(AgentEvent::FdsComplete {
             mode,
@@ -156,6 +180,7 @@ pub fn start(options: StartOptions) -> Result<Generation<Warming>> {
                 mode,
                 has_incumbent,
                 generation,
+                port,
             }),
             fds: fds
                 .into_iter()
@@ -240,6 +265,14 @@ impl<S> Generation<S> {
     /// The handoff mode, if supervised.
     pub fn mode(&self) -> Option<Mode> {
         self.session.as_ref().map(|s| s.mode)
+    }
+
+    /// The connection port, when supervised and started
+    /// [`StartOptions::with_connections`]. Take it while warming up: a
+    /// successor's predecessor may hand connections over from its commit
+    /// on (exclusive mode) or at once (overlap).
+    pub fn connections(&self) -> Option<ConnectionPort> {
+        self.session.as_ref().and_then(|s| s.port.clone())
     }
 }
 
@@ -598,6 +631,11 @@ impl Live {
     /// Whether a supervisor runs this generation.
     pub fn is_supervised(&self) -> bool {
         self.session.is_some()
+    }
+
+    /// The connection port, as [`Generation::connections`].
+    pub fn connections(&self) -> Option<ConnectionPort> {
+        self.session.as_ref().and_then(|s| s.port.clone())
     }
 
     /// Blocks until the session ends: `Retired` after a successor committed

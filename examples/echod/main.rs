@@ -9,7 +9,7 @@
 //! its own body (or its path, for a request without a body). With no state
 //! there is nothing to seal: in overlap mode the successor accepts first and
 //! this generation drains after the commit, its kept-alive connections
-//! closing at a request boundary as in `kvd`.
+//! handed to the successor at a request boundary as in `kvd`.
 
 #[path = "../shared/serve.rs"]
 #[allow(dead_code, reason = "shared by kvd and echod; each uses a subset")]
@@ -133,6 +133,9 @@ fn main() {
             .and_then(|()| tokio::net::TcpListener::from_std(listener))
             .unwrap_or_else(|e| fail("listener", &e))
     };
+    if let Some(port) = live.connections() {
+        server.serve_arrivals(runtime.handle(), port, Arc::clone(&handler));
+    }
     runtime.spawn(Arc::clone(&server).accept_loop(listener, handler));
 
     match serve::wait_for_stop(&runtime, live, signals) {

@@ -195,6 +195,9 @@ fn main() {
             .and_then(|()| tokio::net::TcpListener::from_std(listener))
             .unwrap_or_else(|e| fail("listener", &e))
     };
+    if let Some(port) = live.connections() {
+        server.serve_arrivals(runtime.handle(), port, Arc::clone(&handler));
+    }
     runtime.spawn(Arc::clone(&server).accept_loop(listener, handler));
 
     match serve::wait_for_stop(&runtime, live, signals) {

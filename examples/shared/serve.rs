@@ -7,23 +7,31 @@
 //! HTTP/1.1 gives a server no way to close an idle kept-alive connection
 //! without racing a client that sends on it at that instant (the client
 //! sees EOF or a reset for a request the server never read). So a drain
-//! avoids closing idle connections while clients are still using them:
+//! never closes an idle connection while another generation can take it:
 //!
-//! 1. [`Phase::Draining`]: stop accepting; a request that arrives on an
-//!    open connection is still served normally (the incumbent owns the
-//!    state until its seal) but its response carries `Connection: close`,
-//!    so hyper closes the connection after it and the client reconnects —
-//!    to the shared listener, where the successor will accept. A connection
-//!    idle for [`DRAIN_IDLE_GRACE`] is closed at that request boundary.
-//! 2. [`Phase::Closed`] (after the seal, or past the drain deadline): every
+//! 1. [`Phase::Draining`] with a connection budget (the supervisor gave
+//!    one, I20): stop accepting; each connection is handed over at its next
+//!    request boundary (at once when it is idle): hyper stops between two
+//!    requests and gives back the socket and the bytes it read and did not
+//!    parse, and the library passes both on. The client notices nothing,
+//!    and bytes it sends meanwhile wait in the kernel. A connection the
+//!    library cannot take drains the old way (below).
+//! 2. [`Phase::Draining`] without a budget (a stop by signal, a supervisor
+//!    or successor that does not take connections): a request on an open
+//!    connection is still served (the incumbent owns the state until its
+//!    seal) but its response carries `Connection: close`, so hyper closes
+//!    the connection after it and the client reconnects, to the shared
+//!    listener. A connection idle for [`DRAIN_IDLE_GRACE`] is closed at that
+//!    request boundary.
+//! 3. [`Phase::Closed`] (after the seal, or past the drain deadline): every
 //!    connection still open is shut down at its next request boundary, and
 //!    a request that still arrives is answered `503` with `Retry-After` and
-//!    `Connection: close`. This path is for stragglers only: a client that
-//!    sends more often than the grace never reaches it.
+//!    `Connection: close`. This path is for stragglers only.
 //!
 //! Connections and requests are counted by RAII guards into a
 //! [`tokio::sync::watch`] channel, so a drain waits for "no connection
-//! left" without polling.
+//! left" without polling. Connections handed to this generation (by its
+//! predecessor, or back after a rollback) are served as if accepted.
 //!
 //! # Bridging the sync hooks
 //!
@@ -44,8 +52,9 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -54,7 +63,7 @@ use hyper::body::Incoming;
 use hyper::header::{CONNECTION, HeaderValue, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// How long a kept-alive connection may stay idle during a drain before it
 /// is closed. Longer than the request interval of any regular client, so
@@ -80,6 +89,10 @@ pub enum Phase {
 
 /// A response body.
 pub type Body = Full<Bytes>;
+
+/// The future of one request's response (boxed: hyper's connection must be
+/// `Unpin` to stop between requests).
+type Answer = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 /// The daemon's request handler.
 pub type Handler = Arc<
@@ -116,6 +129,11 @@ pub struct Server {
     /// no more: once every loop is counted here, every connection accepted
     /// before the drain is in `connections`.
     paused_loops: watch::Sender<u32>,
+    /// The library's connection port, when the daemon takes part.
+    port: OnceLock<handoff::ConnectionPort>,
+    /// Whether the drain under way hands connections over (set before the
+    /// phase changes, so every connection task sees it with the phase).
+    handing_over: AtomicBool,
 }
 
 /// Counts one open connection while alive.
@@ -134,10 +152,12 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// What a connection task needs to know to close at a request boundary.
+/// What a connection task needs to know to stop at a request boundary.
 struct Activity {
     in_flight: AtomicU32,
     last: Mutex<Instant>,
+    /// Woken when the last request in flight on the connection finished.
+    idle: Notify,
 }
 
 /// Counts one request in flight, on its connection and on the server.
@@ -160,10 +180,65 @@ impl RequestGuard {
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         *self.activity.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        self.activity.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.activity.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.activity.idle.notify_one();
+        }
         self.server.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
+
+/// How a connection task ends its connection during a drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Serving on.
+    Open,
+    /// hyper stops at the request boundary; the socket is handed over.
+    HandOver,
+    /// hyper stops at the request boundary; the socket is closed.
+    Close,
+}
+
+/// A socket read through `unread` first: the bytes a previous owner read
+/// and did not parse.
+struct Prefixed {
+    unread: Bytes,
+    stream: TcpStream,
+}
+
+impl tokio::io::AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.unread.is_empty() {
+            return Pin::new(&mut self.stream).poll_read(cx, buf);
+        }
+        let n = self.unread.len().min(buf.remaining());
+        let head = self.unread.split_to(n);
+        buf.put_slice(&head);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The tag of the connections this server hands over.
+const TAG: &str = "http";
 
 impl Server {
     /// A server in [`Phase::Serving`].
@@ -174,6 +249,8 @@ impl Server {
             in_flight: AtomicU32::new(0),
             accept_loops: AtomicU32::new(0),
             paused_loops: watch::Sender::new(0),
+            port: OnceLock::new(),
+            handing_over: AtomicBool::new(false),
         })
     }
 
@@ -184,6 +261,9 @@ impl Server {
 
     /// Moves to `phase`; every connection task and the accept loop notice.
     pub fn set_phase(&self, phase: Phase) {
+        if phase == Phase::Serving {
+            self.handing_over.store(false, Ordering::SeqCst);
+        }
         self.phase.send_replace(phase);
     }
 
@@ -225,8 +305,7 @@ impl Server {
                     Ok((stream, _)) => {
                         let counted = ConnectionGuard::new(&self);
                         let _ = stream.set_nodelay(true);
-                        let server = Arc::clone(&self);
-                        tokio::spawn(server.serve_connection(stream, counted, Arc::clone(&handler)));
+                        self.spawn_connection(stream, Bytes::new(), counted, &handler, true);
                     }
                     // EMFILE and the like: back off a moment rather than spin.
                     Err(_) => tokio::time::sleep(handoff::timeouts::POLL_SLICE).await,
@@ -236,64 +315,131 @@ impl Server {
         }
     }
 
+    /// Serves the connections the library hands this generation (from its
+    /// predecessor, or back after a rollback) as if accepted here, and
+    /// hands this generation's own over in its drains. Call once, after
+    /// `ready()` (exclusive mode: nothing is served before the commit).
+    pub fn serve_arrivals(
+        self: &Arc<Self>,
+        runtime: &tokio::runtime::Handle,
+        port: handoff::ConnectionPort,
+        handler: Handler,
+    ) {
+        let arrivals = port.arrivals().clone();
+        if self.port.set(port).is_err() {
+            return;
+        }
+        let (server, runtime) = (Arc::clone(self), runtime.clone());
+        std::thread::spawn(move || {
+            for arrival in arrivals.iter() {
+                let handoff::Connection { fd, unread, .. } = arrival.connection;
+                let may_travel = arrival.origin == handoff::Origin::Transferred;
+                let _context = runtime.enter();
+                let stream = std::net::TcpStream::from(fd);
+                // Shared file flags: already non-blocking (the sender's).
+                let Ok(stream) = stream
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpStream::from_std(stream))
+                else {
+                    continue;
+                };
+                let counted = ConnectionGuard::new(&server);
+                server.spawn_connection(stream, unread.into(), counted, &handler, may_travel);
+            }
+        });
+    }
+
+    fn spawn_connection(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        unread: Bytes,
+        counted: ConnectionGuard,
+        handler: &Handler,
+        may_travel: bool,
+    ) {
+        let task: Pin<Box<dyn Future<Output = ()> + Send>> =
+            Box::pin(Arc::clone(self).serve_connection(
+                Prefixed { unread, stream },
+                counted,
+                Arc::clone(handler),
+                may_travel,
+            ));
+        tokio::spawn(task);
+    }
+
+    /// The service of one connection: the handler, with the phase's
+    /// `Connection: close` and 503.
+    fn service(
+        self: &Arc<Self>,
+        activity: &Arc<Activity>,
+        handler: Handler,
+        may_travel: bool,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future = Answer,
+    > + Unpin
+    + use<> {
+        let (server, activity) = (Arc::clone(self), Arc::clone(activity));
+        hyper::service::service_fn(move |request| {
+            let guard = RequestGuard::new(&server, &activity);
+            let server = Arc::clone(&server);
+            let handler = Arc::clone(&handler);
+            let future: Answer = Box::pin(async move {
+                if server.phase() == Phase::Closed {
+                    drop(guard);
+                    return Ok::<_, Infallible>(unavailable());
+                }
+                let mut response = handler(request).await;
+                let travels = may_travel && server.handing_over.load(Ordering::SeqCst);
+                if server.phase() != Phase::Serving && !travels {
+                    // hyper closes the connection after a response
+                    // carrying `Connection: close`.
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                drop(guard);
+                Ok(response)
+            });
+            future
+        })
+    }
+
     async fn serve_connection(
         self: Arc<Self>,
-        stream: TcpStream,
-        _counted: ConnectionGuard,
+        io: Prefixed,
+        counted: ConnectionGuard,
         handler: Handler,
+        may_travel: bool,
     ) {
         let activity = Arc::new(Activity {
             in_flight: AtomicU32::new(0),
             last: Mutex::new(Instant::now()),
+            idle: Notify::new(),
         });
-        let service = {
-            let (server, activity) = (Arc::clone(&self), Arc::clone(&activity));
-            hyper::service::service_fn(move |request| {
-                let guard = RequestGuard::new(&server, &activity);
-                let server = Arc::clone(&server);
-                let handler = Arc::clone(&handler);
-                async move {
-                    if server.phase() == Phase::Closed {
-                        drop(guard);
-                        return Ok::<_, Infallible>(unavailable());
-                    }
-                    let mut response = handler(request).await;
-                    if server.phase() != Phase::Serving {
-                        // hyper closes the connection after a response
-                        // carrying `Connection: close`.
-                        response
-                            .headers_mut()
-                            .insert(CONNECTION, HeaderValue::from_static("close"));
-                    }
-                    drop(guard);
-                    Ok(response)
-                }
-            })
-        };
-        let connection = hyper::server::conn::http1::Builder::new()
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-        tokio::pin!(connection);
+        let service = self.service(&activity, Arc::clone(&handler), may_travel);
+        let mut connection = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(io), service);
         let mut phase = self.phase.subscribe();
-        let mut shutting_down = false;
-        loop {
+        let mut ending = Ending::Open;
+        let result = loop {
             let wake = match *phase.borrow_and_update() {
                 Phase::Serving => None,
-                _ if shutting_down => None,
+                _ if ending != Ending::Open => None,
                 Phase::Draining => {
-                    let last = *activity.last.lock().unwrap_or_else(|e| e.into_inner());
-                    let idle_until = last + DRAIN_IDLE_GRACE;
-                    let now = Instant::now();
-                    if activity.in_flight.load(Ordering::SeqCst) == 0 && now >= idle_until {
-                        connection.as_mut().graceful_shutdown();
-                        shutting_down = true;
-                        None
-                    } else {
-                        Some(idle_until.max(now + DRAIN_IDLE_GRACE / 4))
+                    let travels = may_travel && self.handing_over.load(Ordering::SeqCst);
+                    let (next, wake) = boundary(&activity, travels);
+                    if next != Ending::Open {
+                        Pin::new(&mut connection).graceful_shutdown();
+                        ending = next;
                     }
+                    wake
                 }
                 Phase::Closed => {
-                    connection.as_mut().graceful_shutdown();
-                    shutting_down = true;
+                    Pin::new(&mut connection).graceful_shutdown();
+                    ending = Ending::Close;
                     None
                 }
             };
@@ -304,9 +450,50 @@ impl Server {
                 }
             };
             tokio::select! {
-                _ = connection.as_mut() => return,
+                done = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => break done,
                 changed = phase.changed() => if changed.is_err() { return },
+                _ = activity.idle.notified() => {}
                 _ = sleep => {}
+            }
+        };
+        let parts = connection.into_parts();
+        let Prefixed { unread, stream } = parts.io.into_inner();
+        if result.is_err() || ending != Ending::HandOver {
+            let mut stream = stream;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+            return;
+        }
+        // What hyper read and did not parse comes first, then what it
+        // never read of an earlier owner's bytes.
+        let mut bytes = parts.read_buf.to_vec();
+        bytes.extend_from_slice(&unread);
+        self.hand_over(stream, bytes, counted, &handler);
+    }
+
+    /// Passes a connection stopped at a request boundary to the library;
+    /// one it cannot take is served on here, to drain the old way.
+    fn hand_over(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        unread: Vec<u8>,
+        counted: ConnectionGuard,
+        handler: &Handler,
+    ) {
+        let Some(port) = self.port.get() else {
+            return;
+        };
+        let Ok(std_stream) = stream.into_std() else {
+            return;
+        };
+        let connection = handoff::Connection {
+            fd: std_stream.into(),
+            unread,
+            tag: TAG.into(),
+        };
+        if let Err(refused) = port.hand_over(connection) {
+            let stream = std::net::TcpStream::from(refused.fd);
+            if let Ok(stream) = TcpStream::from_std(stream) {
+                self.spawn_connection(stream, refused.unread.into(), counted, handler, false);
             }
         }
     }
@@ -330,13 +517,16 @@ impl Server {
     }
 
     /// The drain, from a thread outside the runtime (the hook thread, or
-    /// `main` on SIGTERM): stop accepting, let connections finish, and past
+    /// `main` on SIGTERM): stop accepting, hand idle connections over (when
+    /// the supervisor gave a budget) or let them finish, and past
     /// `deadline` close what is left at its next request boundary.
     pub fn drain_blocking(
         &self,
         runtime: &tokio::runtime::Handle,
         deadline: Instant,
     ) -> handoff::DrainReport {
+        let budget = self.port.get().map_or(0, |port| port.budget());
+        self.handing_over.store(budget > 0, Ordering::SeqCst);
         self.set_phase(Phase::Draining);
         let quiet = runtime.block_on(async {
             self.wait_paused(deadline).await && self.wait_closed(deadline).await
@@ -348,6 +538,28 @@ impl Server {
             open_connections: self.open_connections(),
             accept_closed: true,
         }
+    }
+}
+
+/// During a drain: whether a connection stops at this request boundary
+/// (handed over when `travels`, else closed after [`DRAIN_IDLE_GRACE`] of
+/// idleness), and when to look again.
+fn boundary(activity: &Activity, travels: bool) -> (Ending, Option<Instant>) {
+    let idle = activity.in_flight.load(Ordering::SeqCst) == 0;
+    if travels {
+        // Busy: the idle notification wakes the task.
+        return (if idle { Ending::HandOver } else { Ending::Open }, None);
+    }
+    let last = *activity.last.lock().unwrap_or_else(|e| e.into_inner());
+    let idle_until = last + DRAIN_IDLE_GRACE;
+    let now = Instant::now();
+    if idle && now >= idle_until {
+        (Ending::Close, None)
+    } else {
+        (
+            Ending::Open,
+            Some(idle_until.max(now + DRAIN_IDLE_GRACE / 4)),
+        )
     }
 }
 
@@ -515,7 +727,8 @@ pub fn warm_up(
         "{program} {} ({})",
         env!("CARGO_PKG_VERSION"),
         flags.build
-    ));
+    ))
+    .with_connections();
     let mut generation = handoff::start(options).unwrap_or_else(|e| fail("start", &e));
     let listener = generation
         .tcp_listener("http", &flags.listen)

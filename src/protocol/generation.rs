@@ -140,6 +140,12 @@ pub enum GenerationAction {
     Send(Message),
     /// Take the named fds that came with the Fds frame just fed.
     KeepFds,
+    /// Give the daemon the connections that came with the Connections
+    /// frame just fed.
+    KeepConnections,
+    /// The coming (or current) drain may hand over at most this many
+    /// connections (I20).
+    ConnectionBudget(u32),
     /// Every promised fd arrived: the daemon may take its listeners.
     FdsComplete {
         /// Exclusive or overlap.
@@ -327,13 +333,19 @@ impl GenerationMachine {
     }
 
     /// The Hello this side sends first.
-    pub fn hello(pid: u32, build_id: String, versions: crate::wire::VersionRange) -> Message {
+    /// `capabilities` are `CAP_*` bits of `crate::wire`.
+    pub fn hello(
+        pid: u32,
+        build_id: String,
+        versions: crate::wire::VersionRange,
+        capabilities: u64,
+    ) -> Message {
         Message::Hello {
             role: crate::wire::Role::Generation,
             pid,
             build_id,
             versions,
-            capabilities: 0,
+            capabilities,
         }
     }
 
@@ -559,6 +571,15 @@ impl GenerationMachine {
                 self.state = State::Relocking { ack: true };
                 out.push(GenerationAction::Relock);
             }
+            // Connections are the daemon's in any state: never dropped here.
+            (_, Message::Connections { .. }) => out.push(GenerationAction::KeepConnections),
+            // Sent just before Prepare (so it is in place when the drain
+            // hook starts), or during the drain.
+            (State::Serving | State::Draining, Message::ConnectionBudget { connections }) => {
+                out.push(GenerationAction::ConnectionBudget(connections))
+            }
+            // A budget that arrives after its drain ended grants nothing.
+            (_, Message::ConnectionBudget { .. }) => {}
             (state, message) => {
                 let detail = format!("got {} in state {}", message.name(), state.name());
                 self.violation(detail, out);

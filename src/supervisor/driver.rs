@@ -20,6 +20,7 @@ use super::probes::Probes;
 use super::process::GenerationProcess;
 use super::report::{RetireeStatus, Status, SupervisorState};
 use super::spawn::{Event, Launch, Spawner};
+use super::transit::Transit;
 use crate::error::{Error, Result};
 use crate::fault::{self, FaultRole};
 use crate::protocol::{
@@ -47,6 +48,8 @@ pub(crate) struct Driver {
     probes: Probes,
     /// The fd store (`FDSTORE=1`), shared by every generation.
     store: Store,
+    /// Client connections between two generations (I20).
+    transit: Transit,
     /// Callers waiting for a handoff's verdict, by handoff id.
     replies: HashMap<u64, Sender<Result<Outcome>>>,
     /// Callers waiting for the stop to end.
@@ -72,6 +75,7 @@ impl Driver {
             machine: LifecycleMachine::new(config.lifecycle(), now),
             probes: Probes::new(config.probe.clone(), config.timeouts),
             store: Store::new(config.protocol.fd_store_max()),
+            transit: Transit::default(),
             config,
             processes: HashMap::new(),
             spawner: Spawner::new(events_tx)?,
@@ -374,10 +378,21 @@ impl Driver {
 
     fn on_event(&mut self, event: Event) {
         let input = match event {
-            Event::Frame { generation, frame } => LifecycleInput::Frame {
-                generation,
-                handoff_id: frame.envelope.handoff_id,
-                message: frame.envelope.message,
+            Event::Frame { generation, frame } => match frame.envelope.message {
+                // The fds stay here; the machine decides where they go.
+                Message::Connections { entries } => {
+                    let (batch, count) = self.transit.hold(entries, frame.fds);
+                    LifecycleInput::Connections {
+                        generation,
+                        batch,
+                        count,
+                    }
+                }
+                message => LifecycleInput::Frame {
+                    generation,
+                    handoff_id: frame.envelope.handoff_id,
+                    message,
+                },
             },
             Event::Closed { generation, error } => {
                 if let Some(error) = error {
@@ -487,6 +502,57 @@ impl Driver {
                 self.processes.remove(&generation);
             }
             LifecycleAction::Stopped => self.answer_stopped(),
+            LifecycleAction::OfferConnections {
+                to,
+                handoff_id,
+                receiver,
+            } => {
+                let Some(receiver) = self.process(receiver).map(|p| p.pid) else {
+                    return;
+                };
+                let connections = self.transit.budget(receiver);
+                let message = Message::ConnectionBudget { connections };
+                if let Some(Err(error)) = self.process(to).map(|p| p.send(handoff_id, message)) {
+                    tracing::warn!(generation = to, %error, "sending the connection budget failed");
+                }
+            }
+            LifecycleAction::SendConnections {
+                batch,
+                to,
+                handoff_id,
+            } => self.send_connections(batch, to, handoff_id, queue),
+            LifecycleAction::DropConnections { batch, why } => {
+                let count = self.transit.close(batch);
+                tracing::warn!(count, why, "client connections closed");
+            }
+        }
+    }
+
+    /// Gives a batch of connections to `to`; if it cannot take them, they
+    /// close (the generation is taken for gone).
+    fn send_connections(
+        &mut self,
+        batch: u64,
+        to: GenerationId,
+        handoff_id: u64,
+        queue: &mut VecDeque<LifecycleInput>,
+    ) {
+        let sender = self.processes.get(&to).and_then(|p| p.sender.as_ref());
+        let Some(sender) = sender else {
+            let count = self.transit.close(batch);
+            tracing::warn!(
+                generation = to,
+                count,
+                "client connections closed: their generation is gone"
+            );
+            return;
+        };
+        match self.transit.send(batch, sender, handoff_id) {
+            Ok(count) => tracing::debug!(generation = to, count, "client connections handed over"),
+            Err(error) => {
+                tracing::warn!(generation = to, %error, "handing client connections over failed; the generation is taken for gone");
+                queue.push_back(LifecycleInput::Closed { generation: to });
+            }
         }
     }
 

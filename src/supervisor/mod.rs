@@ -26,6 +26,7 @@ mod probes;
 mod process;
 mod report;
 mod spawn;
+mod transit;
 
 use std::os::fd::OwnedFd;
 use std::time::Duration;

@@ -112,6 +112,7 @@ mod fdpass;
 mod fdstore;
 mod foreign;
 mod inherit;
+mod limits;
 mod lock;
 pub(crate) mod memfd;
 mod netns;
@@ -136,6 +137,7 @@ pub(crate) use foreign::{
     spawn_foreign,
 };
 pub(crate) use inherit::{LISTEN_FDS_START, adopt_inherited_fd, listen_fds, shutdown};
+pub use limits::{open_file_headroom, raise_open_files};
 pub(crate) use lock::{DataDirLock, LOCK_FILE_NAME, open_private_file};
 pub(crate) use netns::enter_private_network;
 pub use notify::{monotonic_nanos, monotonic_usec, notify, notify_with_fds};

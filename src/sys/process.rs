@@ -215,6 +215,9 @@ pub(super) fn child_prologue(die_with_parent: bool, parent: Pid) -> io::Result<(
     // every generation with nothing blocked (pthread_sigmask is
     // async-signal-safe; SigSet::empty does not allocate).
     SigSet::empty().thread_set_mask()?;
+    // The open-file limit the supervisor started with, not the one it
+    // raised for connections in transit.
+    super::limits::restore_in_child()?;
     Ok(())
 }
 

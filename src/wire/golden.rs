@@ -27,8 +27,8 @@ use std::cell::Cell;
 use serde::de::{self, DeserializeOwned, Visitor};
 
 use super::{
-    AbortReason, Envelope, FdEntry, FdKind, Fingerprint, HEADER_LEN, Health, Message, Mode, Role,
-    SealInfo, Snapshot, VersionRange, encode,
+    AbortReason, ConnectionEntry, Envelope, FdEntry, FdKind, Fingerprint, HEADER_LEN, Health,
+    Message, Mode, Role, SealInfo, Snapshot, VersionRange, encode,
 };
 
 /// The handoff id of every golden envelope (one varint byte: `07`).
@@ -62,11 +62,13 @@ enum Kind {
     SnapshotReport,
     Adopt,
     Adopted,
+    Connections,
+    ConnectionBudget,
 }
 
 /// Every kind, in wire index order. `every_variant_has_a_golden` checks this
 /// against the variant list serde derives from [`Message`] itself.
-const ALL: [Kind; 25] = [
+const ALL: [Kind; 27] = [
     Kind::Hello,
     Kind::HelloAck,
     Kind::Refused,
@@ -92,6 +94,8 @@ const ALL: [Kind; 25] = [
     Kind::SnapshotReport,
     Kind::Adopt,
     Kind::Adopted,
+    Kind::Connections,
+    Kind::ConnectionBudget,
 ];
 
 /// Exhaustive on purpose (no wildcard arm): a new [`Message`] variant breaks
@@ -123,6 +127,8 @@ fn kind_of(message: &Message) -> Kind {
         Message::SnapshotReport(_) => Kind::SnapshotReport,
         Message::Adopt { .. } => Kind::Adopt,
         Message::Adopted { .. } => Kind::Adopted,
+        Message::Connections { .. } => Kind::Connections,
+        Message::ConnectionBudget { .. } => Kind::ConnectionBudget,
     }
 }
 
@@ -246,6 +252,19 @@ fn sample(kind: Kind) -> Message {
                 },
             ],
         },
+        Kind::Connections => Message::Connections {
+            entries: vec![
+                ConnectionEntry {
+                    tag: "http".into(),
+                    unread: Vec::new(),
+                },
+                ConnectionEntry {
+                    tag: "http".into(),
+                    unread: b"GET /".to_vec(),
+                },
+            ],
+        },
+        Kind::ConnectionBudget => Message::ConnectionBudget { connections: 300 },
     }
 }
 
@@ -294,6 +313,11 @@ fn golden(kind: Kind) -> &'static str {
             "484e4446 0100 13000000 0200 0718 922107 02",
             " 0468747470 00 0561646d696e 01"
         ),
+        Kind::Connections => concat!(
+            "484e4446 0100 14000000 0200 0719 02",
+            " 0468747470 00 0468747470 05474554202f"
+        ),
+        Kind::ConnectionBudget => "484e4446 0100 04000000 0000 071aac02",
     }
 }
 

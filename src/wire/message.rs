@@ -139,6 +139,23 @@ pub struct FdEntry {
     pub kind: FdKind,
 }
 
+/// Capability bit of [`Message::Hello`]: the generation takes client
+/// connections from another generation ([`Message::Connections`]) and may
+/// hand its own over when given a [`Message::ConnectionBudget`]. A
+/// supervisor sends neither message to a generation without it.
+pub const CAP_CONNECTIONS: u64 = 1;
+
+/// One client connection in a [`Message::Connections`] frame; the socket
+/// itself travels in the frame's control data at the same index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionEntry {
+    /// The daemon's own label (the listener it came from, a protocol).
+    pub tag: String,
+    /// Bytes the server read from the socket and had not parsed yet; the
+    /// receiver serves them before anything it reads itself.
+    pub unread: Vec<u8>,
+}
+
 /// The health a successor reports with [`Message::Ready`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Health {
@@ -412,6 +429,20 @@ pub enum Message {
         /// The listeners, in the order of the fds.
         entries: Vec<FdEntry>,
     },
+    /// Client connections idle at a request boundary, one fd per entry.
+    /// G→S from a draining generation (within its budget); S→G to the
+    /// generation that serves them next, or back to the one that handed
+    /// them over when its handoff rolled back (I20).
+    Connections {
+        /// The connections, in the order of the fds.
+        entries: Vec<ConnectionEntry>,
+    },
+    /// S→G, to a draining generation that announced [`CAP_CONNECTIONS`]:
+    /// how many connections it may hand over in this drain.
+    ConnectionBudget {
+        /// At most this many, in all.
+        connections: u32,
+    },
 }
 
 impl Message {
@@ -443,6 +474,8 @@ impl Message {
             Message::SnapshotReport(_) => "SnapshotReport",
             Message::Adopt { .. } => "Adopt",
             Message::Adopted { .. } => "Adopted",
+            Message::Connections { .. } => "Connections",
+            Message::ConnectionBudget { .. } => "ConnectionBudget",
         }
     }
 
@@ -450,6 +483,7 @@ impl Message {
     pub fn fd_count(&self) -> usize {
         match self {
             Message::Fds { entries } | Message::Adopted { entries, .. } => entries.len(),
+            Message::Connections { entries } => entries.len(),
             _ => 0,
         }
     }

@@ -15,6 +15,7 @@ pub use frame::{
     Decoder, Frame, HEADER_LEN, MAGIC, MAX_FDS_PER_FRAME, MAX_PAYLOAD, WIRE_VERSION, encode,
 };
 pub use message::{
-    AbortReason, Envelope, FdEntry, FdKind, Fingerprint, FingerprintHasher, Health, Message, Mode,
-    PROTOCOL_VERSIONS, Role, SealInfo, Snapshot, VersionRange,
+    AbortReason, CAP_CONNECTIONS, ConnectionEntry, Envelope, FdEntry, FdKind, Fingerprint,
+    FingerprintHasher, Health, Message, Mode, PROTOCOL_VERSIONS, Role, SealInfo, Snapshot,
+    VersionRange,
 };

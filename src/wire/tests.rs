@@ -15,9 +15,9 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 
 use super::{
-    AbortReason, Decoder, Envelope, FdEntry, FdKind, Fingerprint, Frame, HEADER_LEN, Health, MAGIC,
-    MAX_FDS_PER_FRAME, MAX_PAYLOAD, Message, Mode, Role, SealInfo, Snapshot, VersionRange,
-    WIRE_VERSION, encode,
+    AbortReason, ConnectionEntry, Decoder, Envelope, FdEntry, FdKind, Fingerprint, Frame,
+    HEADER_LEN, Health, MAGIC, MAX_FDS_PER_FRAME, MAX_PAYLOAD, Message, Mode, Role, SealInfo,
+    Snapshot, VersionRange, WIRE_VERSION, encode,
 };
 use crate::error::FrameError;
 
@@ -287,6 +287,13 @@ pub(crate) fn message(max_fds: usize) -> BoxedStrategy<Message> {
                 handoff_id,
                 entries
             }),
+        vec(
+            (text(), vec(any::<u8>(), 0..64))
+                .prop_map(|(tag, unread)| ConnectionEntry { tag, unread }),
+            0..=max_fds
+        )
+        .prop_map(|entries| Message::Connections { entries }),
+        any::<u32>().prop_map(|connections| Message::ConnectionBudget { connections }),
     ]
     .boxed()
 }

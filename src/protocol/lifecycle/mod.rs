@@ -196,6 +196,16 @@ pub enum LifecycleInput {
         /// The generation whose machine entered the point.
         generation: GenerationId,
     },
+    /// A generation handed client connections over (I20); the driver holds
+    /// their fds as `batch`.
+    Connections {
+        /// From whom.
+        generation: GenerationId,
+        /// The driver's name for them.
+        batch: u64,
+        /// How many.
+        count: u32,
+    },
     /// Stop everything gracefully.
     Stop,
     /// Time passed.
@@ -384,6 +394,33 @@ pub enum LifecycleAction {
         /// Who.
         generation: GenerationId,
     },
+    /// Tell a generation, before its Prepare, how many connections it may
+    /// hand over: as many as the supervisor and `receiver` (the generation
+    /// that will serve them) can hold (I20).
+    OfferConnections {
+        /// The generation about to drain.
+        to: GenerationId,
+        /// The handoff id it carries now.
+        handoff_id: u64,
+        /// Who will serve what it hands over.
+        receiver: GenerationId,
+    },
+    /// Give a batch of connections to a generation.
+    SendConnections {
+        /// The batch.
+        batch: u64,
+        /// To whom.
+        to: GenerationId,
+        /// The handoff id it carries now.
+        handoff_id: u64,
+    },
+    /// Close a batch of connections: nobody is left to serve them.
+    DropConnections {
+        /// The batch.
+        batch: u64,
+        /// Why.
+        why: &'static str,
+    },
     /// Everything stopped: the supervisor ends.
     Stopped,
 }
@@ -422,6 +459,9 @@ pub struct Generation {
     pub serving_since: Option<Instant>,
     /// The handoff id its messages carry now (I9).
     handoff_id: u64,
+    /// Its Hello announced `CAP_CONNECTIONS` (I20).
+    #[serde(default)]
+    takes_connections: bool,
 }
 
 /// A generation that failed: who, and how.
@@ -463,6 +503,8 @@ struct Handoff {
     incumbent_pid: Option<u32>,
     requested: Instant,
     spawn_time: Duration,
+    /// Connections the incumbent handed over, held until the verdict (I20).
+    held: Vec<Parcel>,
 }
 
 /// The generation a handoff replaces.
@@ -548,9 +590,11 @@ mod route;
 mod snapshot;
 #[cfg(test)]
 mod tests;
+mod transit;
 mod verdict;
 
 pub use snapshot::{LifecycleSnapshot, Orphaned};
+use transit::Parcel;
 
 impl LifecycleMachine {
     /// A supervisor that has started nothing yet.
@@ -610,6 +654,11 @@ impl LifecycleMachine {
                 message,
             } => self.on_frame(generation, handoff_id, message, now, &mut out),
             LifecycleInput::Closed { generation } => self.on_closed(generation, now, &mut out),
+            LifecycleInput::Connections {
+                generation,
+                batch,
+                count,
+            } => self.on_connections(generation, Parcel { batch, count }, &mut out),
             LifecycleInput::Exited { generation, status } => {
                 self.on_exited(generation, status, now, &mut out)
             }
@@ -763,6 +812,7 @@ impl LifecycleMachine {
             started: now,
             serving_since: None,
             handoff_id: 0,
+            takes_connections: false,
         };
         let incumbent = match std::mem::replace(&mut self.state, State::Finished) {
             State::Serving { live, .. } => Incumbent::Serving(live),
@@ -809,6 +859,7 @@ impl LifecycleMachine {
                 incumbent_pid,
                 requested,
                 spawn_time,
+                held: Vec::new(),
             }),
         };
         self.perform_foreign(first, now, out);

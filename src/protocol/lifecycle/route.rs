@@ -11,11 +11,11 @@ use super::{
 use crate::protocol::outcome::{ExitStatus, ResumeCheck, SupervisorEvent};
 use crate::protocol::{ForeignAction, ForeignInput, HandoffAction, HandoffInput, Side, Signal};
 use crate::timeouts::{EXIT_AFTER_EOF, PROBE_ATTEMPT};
-use crate::wire::Message;
+use crate::wire::{CAP_CONNECTIONS, Message};
 
 /// A generation's part in the supervisor's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
+pub(super) enum Role {
     /// The successor of the handoff in flight.
     Successor,
     /// The incumbent of a library handoff in flight (a protocol peer).
@@ -29,7 +29,7 @@ enum Role {
 }
 
 impl LifecycleMachine {
-    fn role(&self, generation: GenerationId) -> Role {
+    pub(super) fn role(&self, generation: GenerationId) -> Role {
         if let Some(handoff) = self.handoff() {
             if handoff.successor.id == generation {
                 return Role::Successor;
@@ -69,6 +69,12 @@ impl LifecycleMachine {
     ) {
         match self.role(generation) {
             Role::Successor | Role::Incumbent => {
+                if let (Message::Hello { capabilities, .. }, Some(handoff)) =
+                    (&message, self.handoff_mut())
+                    && handoff.successor.id == generation
+                {
+                    handoff.successor.takes_connections = capabilities & CAP_CONNECTIONS != 0;
+                }
                 let from = if self.role(generation) == Role::Successor {
                     Side::Successor
                 } else {
@@ -512,6 +518,10 @@ impl LifecycleMachine {
     /// (HelloAck and Prepare make it adopt the handoff's, I9).
     fn send_to_side(&mut self, side: Side, message: Message, out: &mut Out) {
         let handoff_id = self.handoff().map_or(0, |h| h.id);
+        // Who will serve what an incumbent told to drain hands over.
+        let receiver = matches!(message, Message::Prepare { .. })
+            .then(|| self.handoff().map(|h| h.successor.clone()))
+            .flatten();
         let adopts = matches!(
             (&message, side),
             (Message::HelloAck { .. }, Side::Successor)
@@ -542,6 +552,10 @@ impl LifecycleMachine {
             _ => return,
         };
         if adopts {
+            if let Some(receiver) = &receiver {
+                // Before Prepare, with the id the incumbent carries now.
+                super::transit::offer_connections(generation, generation.handoff_id, receiver, out);
+            }
             generation.handoff_id = handoff_id;
         }
         out.push(LifecycleAction::Send {

@@ -172,6 +172,8 @@ impl LifecycleMachine {
                 started: now,
                 serving_since: Some(now),
                 handoff_id: orphan.handoff_id,
+                // Adopted: its Hello is not known (I20 is not promised).
+                takes_connections: false,
             },
             condemned: None,
         };

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 use super::{
     Failure, Generation, GenerationSignal, Handoff, Incumbent, KillTimer, LifecycleAction,
     LifecycleMachine, Note, Out, ProbePurpose, Retiree, State, SuccessorExit, retire_plan,
+    transit::offer_connections,
 };
 use crate::protocol::outcome::{Outcome, ProbationRollback, ResumeCheck, SupervisorEvent};
 use crate::protocol::{Phases, RetireAction, RetireInput, RetireMachine, Signal, Verdict};
-use crate::wire::AbortReason;
+use crate::wire::{AbortReason, Message};
 
 /// A commit's verdict, as the handoff machine gave it.
 struct Committed {
@@ -29,7 +30,7 @@ struct RolledBack {
 impl LifecycleMachine {
     /// The handoff in flight ended with `verdict`.
     pub(super) fn apply_verdict(&mut self, verdict: Verdict, now: Instant, out: &mut Out) {
-        let (incumbent, handoff, stopping) =
+        let (incumbent, mut handoff, stopping) =
             match std::mem::replace(&mut self.state, State::Finished) {
                 State::HandingOff { incumbent, handoff } => (incumbent, handoff, false),
                 State::Stopping {
@@ -46,6 +47,7 @@ impl LifecycleMachine {
                     return;
                 }
             };
+        let held = std::mem::take(&mut handoff.held);
         let (outcome, serving) = match verdict {
             Verdict::Committed {
                 phases,
@@ -72,6 +74,8 @@ impl LifecycleMachine {
                 self.rolled_back(rollback, incumbent, *handoff, stopping, now, out)
             }
         };
+        // What the incumbent handed over goes to whoever serves now (I20).
+        super::transit::deliver_held(held, serving.as_ref(), out);
         self.settle_after_verdict(serving, stopping, now, out);
         self.last_handoff = Some(outcome.clone());
         out.announce(SupervisorEvent::HandoffFinished(Box::new(outcome.clone())));
@@ -115,9 +119,9 @@ impl LifecycleMachine {
         // when its connection broke.
         match incumbent {
             Incumbent::Serving(old) => {
-                self.retire(old, handoff.id, retire_incumbent, live.id, now, out)
+                self.retire(old, handoff.id, retire_incumbent, Some(&live), now, out)
             }
-            Incumbent::Resumed(old) => self.retire(old, handoff.id, true, live.id, now, out),
+            Incumbent::Resumed(old) => self.retire(old, handoff.id, true, Some(&live), now, out),
             Incumbent::Lost(_) => out.note(Note::RestartDropped),
             Incumbent::Absent => {}
         }
@@ -151,7 +155,7 @@ impl LifecycleMachine {
         } else {
             // Killed but not reaped yet (the abort gave up waiting):
             // its reap is still owed.
-            self.retire(successor.clone(), handoff.id, false, 0, now, out);
+            self.retire(successor.clone(), handoff.id, false, None, now, out);
         }
         let (serving, lost) = match incumbent {
             Incumbent::Serving(live) if incumbent_serving => (Some(live), None),
@@ -226,16 +230,18 @@ impl LifecycleMachine {
     /// Makes `old` a retiree: `graceful`, by the plan for this daemon and
     /// mode (with a probation when configured); otherwise it was killed
     /// already and only its reap (and SIGKILL again) remains. `live` is the
-    /// generation that serves now, watched during a probation.
+    /// generation that serves now, watched during a probation and given
+    /// the connections the old one hands over (I20).
     fn retire(
         &mut self,
         mut old: Generation,
         handoff_id: u64,
         graceful: bool,
-        live: u64,
+        live: Option<&Generation>,
         now: Instant,
         out: &mut Out,
     ) {
+        let previous_id = old.handoff_id;
         // Overlap: the old one drains now (Prepare carries this id).
         old.handoff_id = handoff_id;
         let probation = self.config.timeouts.probation;
@@ -252,6 +258,12 @@ impl LifecycleMachine {
             state: machine.state_name(),
         });
         let in_probation = machine.in_probation();
+        let drains = actions
+            .iter()
+            .any(|action| matches!(action, RetireAction::Send(Message::Prepare { .. })));
+        if drains && let Some(live) = live {
+            offer_connections(&old, previous_id, live, out);
+        }
         self.retirees.push(Retiree {
             generation: old,
             machine,
@@ -262,7 +274,7 @@ impl LifecycleMachine {
         self.perform_retire(index, actions, now, out);
         if in_probation {
             out.push(LifecycleAction::WatchProbation {
-                generation: live,
+                generation: live.map_or(0, |live| live.id),
                 until: now + probation,
             });
         }

@@ -371,7 +371,7 @@ fn disjoint_versions_are_refused() {
         ours: PROTOCOL_VERSIONS,
         theirs,
     };
-    let actions = sup.successor_says(GenerationMachine::hello(1, "future".into(), theirs));
+    let actions = sup.successor_says(GenerationMachine::hello(1, "future".into(), theirs, 0));
     assert_eq!(
         sent(&actions, Side::Successor),
         [

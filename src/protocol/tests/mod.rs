@@ -56,7 +56,7 @@ fn seal_info() -> SealInfo {
 }
 
 fn hello() -> Message {
-    GenerationMachine::hello(4242, "test-build".into(), PROTOCOL_VERSIONS)
+    GenerationMachine::hello(4242, "test-build".into(), PROTOCOL_VERSIONS, 0)
 }
 
 fn drained() -> Message {

@@ -126,6 +126,7 @@ fn message_from(variant: u16, pick: u16) -> Message {
                 min: PROTOCOL_VERSIONS.max + 1,
                 max: PROTOCOL_VERSIONS.max + 1,
             },
+            0,
         ),
         Message::Begin { .. } if pick.is_multiple_of(2) => Message::Begin { seal: None },
         other => other,

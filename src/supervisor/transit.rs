@@ -1,0 +1,152 @@
+//! The driver's side of connections in transit (I20): it holds the fds of
+//! every batch a generation handed over until the lifecycle machine says
+//! where the batch goes, and sizes the budget a draining generation gets.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::channel;
+use crate::error::Result;
+use crate::sys;
+use crate::wire::{ConnectionEntry, MAX_FDS_PER_FRAME, MAX_PAYLOAD, Message};
+
+/// Fds a process keeps free beside the connections it takes in: its own
+/// sockets, pipes, files and the next generation's spawn.
+pub(crate) const FD_RESERVE: u64 = 256;
+
+/// Batches held, by the id the lifecycle machine knows them by.
+#[derive(Default)]
+pub(crate) struct Transit {
+    held: HashMap<u64, Vec<(ConnectionEntry, OwnedFd)>>,
+    next_batch: u64,
+    /// Whether this process raised its open-file limit yet.
+    raised: bool,
+}
+
+impl Transit {
+    /// Holds a batch; returns its id and size.
+    pub(crate) fn hold(&mut self, entries: Vec<ConnectionEntry>, fds: Vec<OwnedFd>) -> (u64, u32) {
+        self.next_batch += 1;
+        let batch: Vec<_> = entries.into_iter().zip(fds).collect();
+        let count = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+        self.held.insert(self.next_batch, batch);
+        (self.next_batch, count)
+    }
+
+    /// How many connections the supervisor and the generation with pid
+    /// `receiver` can hold beside what is held already. Raises this
+    /// process's open-file limit first (once).
+    pub(crate) fn budget(&mut self, receiver: u32) -> u32 {
+        if !self.raised {
+            self.raised = true;
+            if let Err(error) = sys::raise_open_files() {
+                tracing::warn!(%error, "raising the open-file limit failed");
+            }
+        }
+        let held: u64 = self.held.values().map(|batch| batch.len() as u64).sum();
+        let headroom = |pid| match sys::open_file_headroom(pid) {
+            Ok(free) => free.saturating_sub(FD_RESERVE),
+            Err(error) => {
+                tracing::warn!(%error, "no open-file headroom known; no connection handoff");
+                0
+            }
+        };
+        let ours = headroom(None).saturating_sub(held);
+        let theirs = headroom(Some(receiver)).saturating_sub(held);
+        u32::try_from(ours.min(theirs)).unwrap_or(u32::MAX)
+    }
+
+    /// Sends batch `batch` on `sender`, as many frames as it takes; the
+    /// fds close here once sent. `Ok(0)` for a batch not held.
+    pub(crate) fn send(
+        &mut self,
+        batch: u64,
+        sender: &channel::Sender,
+        handoff_id: u64,
+    ) -> Result<usize> {
+        let Some(connections) = self.held.remove(&batch) else {
+            return Ok(0);
+        };
+        for frame in frames(&connections) {
+            let entries = frame.iter().map(|(entry, _)| entry.clone()).collect();
+            let fds: Vec<_> = frame.iter().map(|(_, fd)| fd.as_fd()).collect();
+            sender.send(handoff_id, Message::Connections { entries }, &fds)?;
+        }
+        Ok(connections.len())
+    }
+
+    /// Closes batch `batch`; returns how many connections it held.
+    pub(crate) fn close(&mut self, batch: u64) -> usize {
+        self.held.remove(&batch).map_or(0, |batch| batch.len())
+    }
+}
+
+/// Splits a batch into frames: at most 253 fds each, and unread bytes well
+/// under the payload bound.
+fn frames(connections: &[(ConnectionEntry, OwnedFd)]) -> Vec<&[(ConnectionEntry, OwnedFd)]> {
+    let mut frames = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (index, (entry, _)) in connections.iter().enumerate() {
+        let size = entry.unread.len() + entry.tag.len() + 16;
+        let full = index - start == usize::from(MAX_FDS_PER_FRAME);
+        if index > start && (full || bytes + size > MAX_PAYLOAD / 2) {
+            frames.push(&connections[start..index]);
+            (start, bytes) = (index, 0);
+        }
+        bytes += size;
+    }
+    if start < connections.len() {
+        frames.push(&connections[start..]);
+    }
+    frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connections(unread: &[usize]) -> Vec<(ConnectionEntry, OwnedFd)> {
+        unread
+            .iter()
+            .map(|&len| {
+                let fd = OwnedFd::from(std::fs::File::open("/dev/null").expect("open"));
+                let entry = ConnectionEntry {
+                    tag: "http".into(),
+                    unread: vec![b'x'; len],
+                };
+                (entry, fd)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn frames_carry_at_most_253_fds() {
+        let batch = connections(&[0; 600]);
+        let sizes: Vec<_> = frames(&batch).iter().map(|f| f.len()).collect();
+        assert_eq!(sizes, [253, 253, 94]);
+    }
+
+    #[test]
+    fn frames_keep_unread_bytes_under_the_payload_bound() {
+        let batch = connections(&[60 * 1024; 20]);
+        let split = frames(&batch);
+        assert!(split.len() > 1, "{}", split.len());
+        for frame in &split {
+            let bytes: usize = frame.iter().map(|(e, _)| e.unread.len()).sum();
+            assert!(bytes <= MAX_PAYLOAD / 2, "{bytes}");
+        }
+        let total: usize = split.iter().map(|f| f.len()).sum();
+        assert_eq!(total, 20);
+    }
+
+    #[test]
+    fn a_batch_is_sent_or_closed_once() {
+        let mut transit = Transit::default();
+        let batch = connections(&[0, 3]);
+        let (entries, fds): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let (id, count) = transit.hold(entries, fds);
+        assert_eq!(count, 2);
+        assert_eq!(transit.close(id), 2);
+        assert_eq!(transit.close(id), 0);
+    }
+}
