@@ -9,7 +9,10 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::sys;
 
-pub use crate::sys::{BlockedAll, PeerCred, PinnedBinary, Sig, SignalSet, sha256_hex};
+pub use crate::sys::{
+    BlockedAll, PeerCred, PinnedBinary, Sig, SignalSet, open_file_headroom, raise_open_files,
+    sha256_hex,
+};
 
 /// Opens `path` and checks that its contents hash to `expected` (lowercase
 /// hex sha256). Run the result through [`PinnedBinary::exec_path`] while it

@@ -548,7 +548,7 @@ impl Driver {
             return;
         };
         match self.transit.send(batch, sender, handoff_id) {
-            Ok(count) => tracing::debug!(generation = to, count, "client connections handed over"),
+            Ok(count) => tracing::info!(generation = to, count, "client connections handed over"),
             Err(error) => {
                 tracing::warn!(generation = to, %error, "handing client connections over failed; the generation is taken for gone");
                 queue.push_back(LifecycleInput::Closed { generation: to });

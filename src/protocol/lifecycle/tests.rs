@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::protocol::ResumeCheck;
-use crate::wire::{Fingerprint, Health, PROTOCOL_VERSIONS, Role, SealInfo};
+use crate::wire::{AbortReason, Fingerprint, Health, PROTOCOL_VERSIONS, Role, SealInfo};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -130,11 +130,20 @@ impl Sim {
     /// incumbent, in exclusive mode): its ticket's generation and the
     /// commit's actions.
     fn handoff(&mut self, build_name: &str) -> (Ticket, Vec<LifecycleAction>) {
+        self.handoff_with(build_name, 0)
+    }
+
+    /// [`Sim::handoff`] by a successor announcing `capabilities`.
+    fn handoff_with(
+        &mut self,
+        build_name: &str,
+        capabilities: u64,
+    ) -> (Ticket, Vec<LifecycleAction>) {
         let ticket = self.machine.begin_handoff().expect("a ticket");
         let (_, _) = self.spawned(ticket, build(build_name));
         let (id, generation) = (ticket.handoff_id, ticket.generation);
         let incumbent = self.machine.live().map(|live| live.id);
-        self.frame(generation, 0, hello());
+        self.frame(generation, 0, hello_with(capabilities));
         let mut actions = self.frame(generation, id, Message::Warm);
         if let Some(old) = incumbent
             && self.machine.config().mode == Mode::Exclusive
@@ -153,12 +162,16 @@ impl Sim {
 }
 
 fn hello() -> Message {
+    hello_with(0)
+}
+
+fn hello_with(capabilities: u64) -> Message {
     Message::Hello {
         role: Role::Generation,
         pid: 1,
         build_id: "test".into(),
         versions: PROTOCOL_VERSIONS,
-        capabilities: 0,
+        capabilities,
     }
 }
 
@@ -915,4 +928,185 @@ fn the_tests_reach_every_lifecycle_state() {
     for state in LifecycleState::ALL {
         assert!(reached.contains(state), "{state} never reached");
     }
+}
+
+// ------------------------------------------- connections in transit (I20)
+
+const CAP: u64 = crate::wire::CAP_CONNECTIONS;
+
+fn position(actions: &[LifecycleAction], wanted: impl Fn(&LifecycleAction) -> bool) -> usize {
+    actions
+        .iter()
+        .position(wanted)
+        .unwrap_or_else(|| panic!("not in {actions:?}"))
+}
+
+fn connections_sent(actions: &[LifecycleAction]) -> Vec<(u64, GenerationId, u64)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            LifecycleAction::SendConnections {
+                batch,
+                to,
+                handoff_id,
+            } => Some((*batch, *to, *handoff_id)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn handed_over(sim: &mut Sim, from: GenerationId, batch: u64) -> Vec<LifecycleAction> {
+    sim.step(LifecycleInput::Connections {
+        generation: from,
+        batch,
+        count: 3,
+    })
+}
+
+/// An exclusive handoff between two generations that take connections, up
+/// to the incumbent's drain: (old, its id before Prepare, new, handoff id).
+fn exclusive_until_drain(sim: &mut Sim) -> (GenerationId, u64, GenerationId, u64) {
+    let (first, _) = sim.handoff_with("daemon-a", CAP);
+    let ticket = sim.machine.begin_handoff().expect("a ticket");
+    sim.spawned(ticket, build("daemon-b"));
+    let (old, new, id) = (first.generation, ticket.generation, ticket.handoff_id);
+    sim.frame(new, 0, hello_with(CAP));
+    let actions = sim.frame(new, id, Message::Warm);
+    // The budget goes first, with the id the incumbent carries until its
+    // Prepare: it is in place when the drain hook starts.
+    let offer = position(&actions, |a| {
+        matches!(a, LifecycleAction::OfferConnections { to, handoff_id, receiver }
+            if *to == old && *handoff_id == first.handoff_id && *receiver == new)
+    });
+    let prepare = position(
+        &actions,
+        |a| matches!(a, LifecycleAction::Send { to, message: Message::Prepare { .. }, .. } if *to == old),
+    );
+    assert!(offer < prepare, "{actions:?}");
+    (old, first.handoff_id, new, id)
+}
+
+#[test]
+fn connections_an_incumbent_hands_over_are_held_until_the_commit_then_go_to_the_successor() {
+    let mut sim = Sim::library(Mode::Exclusive);
+    let (old, _, new, id) = exclusive_until_drain(&mut sim);
+    let held = handed_over(&mut sim, old, 1);
+    assert!(connections_sent(&held).is_empty(), "{held:?}");
+    sim.frame(old, id, drained());
+    let begin = sim.frame(old, id, Message::SealComplete(seal()));
+    assert!(sent_to(&begin, new, "Begin"), "{begin:?}");
+    let more = handed_over(&mut sim, old, 2);
+    assert!(connections_sent(&more).is_empty(), "{more:?}");
+    let commit = sim.frame(new, id, ready());
+    assert!(
+        connections_sent(&commit).is_empty(),
+        "not before the commit: {commit:?}"
+    );
+    let actions = sim.frame(new, id, Message::CommitAck);
+    assert!(committed(&actions), "{actions:?}");
+    assert_eq!(connections_sent(&actions), [(1, new, id), (2, new, id)]);
+}
+
+#[test]
+fn connections_held_when_a_handoff_rolls_back_go_back_to_the_incumbent_once_it_serves_again() {
+    let mut sim = Sim::library(Mode::Exclusive);
+    let (old, _, new, id) = exclusive_until_drain(&mut sim);
+    handed_over(&mut sim, old, 5);
+    sim.frame(old, id, drained());
+    let failed = Message::Failed {
+        reason: AbortReason::SuccessorFailed {
+            reason: "no".into(),
+        },
+    };
+    let mut actions = sim.frame(new, id, failed);
+    actions.extend(sim.closed(new));
+    actions.extend(sim.exited(new, ExitStatus::Code(1)));
+    assert!(sent_to(&actions, old, "ResumeAfterAbort"), "{actions:?}");
+    assert!(connections_sent(&actions).is_empty(), "{actions:?}");
+    let actions = sim.frame(old, id, Message::ResumeAck);
+    assert!(
+        matches!(outcome(&actions), Some(Outcome::RolledBack { .. })),
+        "{actions:?}"
+    );
+    assert_eq!(connections_sent(&actions), [(5, old, id)]);
+}
+
+#[test]
+fn held_connections_close_when_nobody_serves_after_the_verdict() {
+    let mut sim = Sim::library(Mode::Exclusive);
+    let (old, _, new, id) = exclusive_until_drain(&mut sim);
+    handed_over(&mut sim, old, 4);
+    // The incumbent dies, then the successor fails: nobody serves.
+    let mut actions = sim.closed(old);
+    actions.extend(sim.exited(old, ExitStatus::Signal(9)));
+    actions.extend(sim.frame(
+        new,
+        id,
+        Message::Failed {
+            reason: AbortReason::SuccessorFailed {
+                reason: "no".into(),
+            },
+        },
+    ));
+    actions.extend(sim.closed(new));
+    actions.extend(sim.exited(new, ExitStatus::Code(1)));
+    assert!(connections_sent(&actions).is_empty(), "{actions:?}");
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, LifecycleAction::DropConnections { batch: 4, .. })),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn an_overlap_retiree_is_offered_a_budget_before_its_prepare_and_its_connections_go_to_the_live_one()
+ {
+    let mut sim = Sim::library(Mode::Overlap);
+    let (first, _) = sim.handoff_with("daemon-a", CAP);
+    let old_id = first.handoff_id;
+    let (second, actions) = sim.handoff_with("daemon-b", CAP);
+    let (old, new) = (first.generation, second.generation);
+    let offer = position(&actions, |a| {
+        matches!(a, LifecycleAction::OfferConnections { to, handoff_id, receiver }
+            if *to == old && *handoff_id == old_id && *receiver == new)
+    });
+    let prepare = position(
+        &actions,
+        |a| matches!(a, LifecycleAction::Send { to, message: Message::Prepare { .. }, .. } if *to == old),
+    );
+    assert!(offer < prepare, "{actions:?}");
+    let actions = handed_over(&mut sim, old, 9);
+    assert_eq!(connections_sent(&actions), [(9, new, second.handoff_id)]);
+}
+
+#[test]
+fn no_budget_is_offered_unless_both_generations_take_connections() {
+    for (first_caps, second_caps) in [(0, CAP), (CAP, 0), (0, 0)] {
+        let mut sim = Sim::library(Mode::Overlap);
+        sim.handoff_with("daemon-a", first_caps);
+        let (_, actions) = sim.handoff_with("daemon-b", second_caps);
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, LifecycleAction::OfferConnections { .. })),
+            "{first_caps} {second_caps}: {actions:?}"
+        );
+    }
+}
+
+#[test]
+fn connections_from_a_generation_not_draining_go_back_to_it_and_from_nobody_are_closed() {
+    let mut sim = Sim::library(Mode::Exclusive);
+    let (first, _) = sim.handoff_with("daemon-a", CAP);
+    let live = first.generation;
+    let actions = handed_over(&mut sim, live, 3);
+    assert_eq!(connections_sent(&actions), [(3, live, first.handoff_id)]);
+    let actions = handed_over(&mut sim, live + 40, 4);
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, LifecycleAction::DropConnections { batch: 4, .. })),
+        "{actions:?}"
+    );
 }

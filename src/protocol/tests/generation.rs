@@ -577,3 +577,50 @@ fn a_generation_that_is_not_serving_is_never_adopted() {
         [GenerationAction::RefuseAdoption(why)] if why.contains("not serving")
     ));
 }
+
+#[test]
+fn connections_reach_the_daemon_in_any_state_and_a_budget_only_around_a_drain() {
+    let connections = Message::Connections {
+        entries: vec![crate::wire::ConnectionEntry {
+            tag: "http".into(),
+            unread: b"GET".to_vec(),
+        }],
+    };
+    let budget = |connections| Message::ConnectionBudget { connections };
+    let mut g = successor_happy_path();
+    assert_eq!(g.state(), GenerationState::Serving);
+    assert_eq!(
+        g.frame(connections.clone()),
+        [GenerationAction::KeepConnections]
+    );
+    // Before Prepare (where the supervisor sends it) and during the drain.
+    assert_eq!(g.frame(budget(5)), [GenerationAction::ConnectionBudget(5)]);
+    g.frame_with_id(ID + 1, prepare());
+    assert_eq!(g.frame(budget(7)), [GenerationAction::ConnectionBudget(7)]);
+    assert_eq!(
+        g.frame(connections.clone()),
+        [GenerationAction::KeepConnections]
+    );
+    g.hook(hook_drained());
+    // After the drain it grants nothing, and breaks nothing.
+    assert_eq!(g.frame(budget(9)), []);
+    assert_eq!(g.state(), GenerationState::Drained);
+    assert_eq!(g.frame(connections), [GenerationAction::KeepConnections]);
+}
+
+#[test]
+fn the_hello_announces_the_capabilities_it_is_given() {
+    let hello = crate::protocol::GenerationMachine::hello(
+        1,
+        "b".into(),
+        PROTOCOL_VERSIONS,
+        crate::wire::CAP_CONNECTIONS,
+    );
+    assert!(matches!(
+        hello,
+        Message::Hello {
+            capabilities: crate::wire::CAP_CONNECTIONS,
+            ..
+        }
+    ));
+}

@@ -143,6 +143,10 @@ fn every_message() -> Vec<Message> {
         },
         Message::SnapshotRequest,
         Message::SnapshotReport(Snapshot::default()),
+        Message::Connections {
+            entries: Vec::new(),
+        },
+        Message::ConnectionBudget { connections: 3 },
     ]
 }
 
@@ -150,7 +154,7 @@ fn every_message() -> Vec<Message> {
 fn every_message_lists_each_variant_once() {
     let names: HashSet<&str> = every_message().iter().map(Message::name).collect();
     assert_eq!(names.len(), every_message().len());
-    assert_eq!(names.len(), 23, "a new message variant needs a row here");
+    assert_eq!(names.len(), 25, "a new message variant needs a row here");
 }
 
 // ------------------------------------------------------ handoff harness

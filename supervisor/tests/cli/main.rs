@@ -24,3 +24,4 @@ mod real_systemd;
 mod reexec;
 mod rolling;
 mod systemd;
+mod transit;

@@ -1,0 +1,384 @@
+//! Client connections travel with the handoff (I20), with real builds of
+//! kvd (exclusive) and echod (overlap) under `handoffctl run`: a kept-alive
+//! connection goes on, on the same socket, served by the new generation; a
+//! request sent byte by byte across the transfer is answered once; a
+//! rollback gives every connection back to the incumbent; past what the
+//! processes can hold a connection drains the old way; and 10,000 idle
+//! connections cross one upgrade.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::{IO, Start, Supervisor, TempDir, example, u64_of};
+
+/// One kept-alive HTTP/1.1 connection, read with a buffer of its own.
+struct KeepAlive {
+    reader: BufReader<TcpStream>,
+    local_port: u16,
+}
+
+/// A response: status, whether it said `Connection: close`, body.
+struct Answer {
+    status: u16,
+    closes: bool,
+    body: String,
+}
+
+impl KeepAlive {
+    fn open(addr: SocketAddr) -> KeepAlive {
+        let stream = TcpStream::connect_timeout(&addr, IO).expect("connect");
+        stream.set_read_timeout(Some(IO)).expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        let local_port = stream.local_addr().expect("local").port();
+        KeepAlive {
+            reader: BufReader::new(stream),
+            local_port,
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.reader.get_mut().write_all(bytes)
+    }
+
+    fn request(&mut self, method: &str, path: &str, body: &str) -> Result<Answer, String> {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.send(head.as_bytes())
+            .map_err(|e| format!("write: {e}"))?;
+        self.answer()
+    }
+
+    fn answer(&mut self) -> Result<Answer, String> {
+        let mut line = String::new();
+        let read = self
+            .reader
+            .read_line(&mut line)
+            .map_err(|e| format!("read: {e}"))?;
+        if read == 0 {
+            return Err("connection closed with no answer".into());
+        }
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| format!("bad status line {line:?}"))?;
+        let (mut length, mut closes) = (0, false);
+        loop {
+            let mut header = String::new();
+            self.reader
+                .read_line(&mut header)
+                .map_err(|e| format!("read: {e}"))?;
+            let header = header.trim_end().to_ascii_lowercase();
+            if header.is_empty() {
+                break;
+            }
+            if let Some(value) = header.strip_prefix("content-length:") {
+                length = value.trim().parse().map_err(|_| "bad length")?;
+            }
+            closes |= header == "connection: close";
+        }
+        let mut body = vec![0; length];
+        self.reader
+            .read_exact(&mut body)
+            .map_err(|e| format!("body: {e}"))?;
+        let body = String::from_utf8(body).map_err(|_| "body not utf-8")?;
+        Ok(Answer {
+            status,
+            closes,
+            body,
+        })
+    }
+
+    /// `/info` on this connection: the pid that answered; the answer must
+    /// keep the connection open.
+    fn pid(&mut self) -> u64 {
+        let answer = self.request("GET", "/info", "").expect("/info");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert!(!answer.closes, "the server asked to close the connection");
+        let info: Value = serde_json::from_str(&answer.body).expect("json");
+        u64_of(&info, "pid")
+    }
+}
+
+/// A supervisor running kvd (exclusive) or echod (overlap) on `http`.
+fn supervise(daemon: &str, dir: &TempDir, env: Vec<(String, String)>) -> Supervisor {
+    let mut flags = vec!["--listen".to_owned(), "http=127.0.0.1:0".to_owned()];
+    if daemon == "kvd" {
+        let data = dir.path().join("data");
+        flags.extend(["--data-dir".into(), data.display().to_string()]);
+    } else {
+        flags.extend(["--mode".into(), "overlap".into()]);
+    }
+    Supervisor::start_with(Start {
+        flags,
+        daemon: Some(vec![example(daemon).display().to_string()]),
+        env,
+        ..Start::default()
+    })
+}
+
+/// `upgrade --json` to the same build: the report.
+fn upgrade(supervisor: &Supervisor, daemon: &str) -> (Option<i32>, Value) {
+    let binary = example(daemon);
+    let ran = supervisor.ctl(
+        "upgrade",
+        &["--binary", binary.to_str().expect("utf-8"), "--json"],
+    );
+    let report = serde_json::from_str(&ran.stdout)
+        .unwrap_or_else(|_| panic!("{ran:?}; log:\n{}", supervisor.log()));
+    (ran.code, report)
+}
+
+/// How many connections the supervisor's log says went to `generation`.
+fn handed_over_to(log: &str, generation: u64) -> u64 {
+    let prefix = format!("client connections handed over generation={generation} count=");
+    log.lines()
+        .filter_map(|line| line.split_once(&prefix))
+        .filter_map(|(_, count)| count.trim().parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn kept_alive_connections_cross_every_upgrade_on_their_own_socket_in_both_modes() {
+    for daemon in ["kvd", "echod"] {
+        let dir = TempDir::new("transit-modes");
+        let supervisor = supervise(daemon, &dir, Vec::new());
+        let addr = supervisor.addr_of("http");
+        let mut clients: Vec<_> = (0..8).map(|_| KeepAlive::open(addr)).collect();
+        let ports: Vec<_> = clients.iter().map(|c| c.local_port).collect();
+        let mut serving = clients[0].pid();
+        for client in &mut clients {
+            assert_eq!(client.pid(), serving);
+        }
+        for round in 0..5 {
+            let (code, report) = upgrade(&supervisor, daemon);
+            assert_eq!(code, Some(0), "{daemon} round {round}: {report}");
+            let new_pid = u64_of(&report, "new_pid");
+            assert_ne!(new_pid, serving);
+            // The same sockets (no reconnect), now served by the successor.
+            for client in &mut clients {
+                assert_eq!(client.pid(), new_pid, "{daemon} round {round}");
+            }
+            serving = new_pid;
+        }
+        let now: Vec<_> = clients.iter().map(|c| c.local_port).collect();
+        assert_eq!(now, ports);
+        // Every round moved all eight (generations 2 to 6 got them).
+        let log = supervisor.log();
+        for generation in 2..=6 {
+            assert_eq!(handed_over_to(&log, generation), 8, "{daemon}: {log}");
+        }
+    }
+}
+
+#[test]
+fn a_request_sent_byte_by_byte_across_the_transfer_is_answered_once() {
+    let dir = TempDir::new("transit-bytes");
+    let supervisor = supervise("kvd", &dir, Vec::new());
+    let addr = supervisor.addr_of("http");
+    let mut client = KeepAlive::open(addr);
+    let old_pid = client.pid();
+    let revisions = |client: &mut KeepAlive| {
+        let answer = client.request("GET", "/info", "").expect("info");
+        u64_of(
+            &serde_json::from_str(&answer.body).expect("json"),
+            "revisions",
+        )
+    };
+    let before = revisions(&mut client);
+    let request = b"PUT /kv/slow HTTP/1.1\r\nhost: test\r\ncontent-length: 5\r\n\r\nhello";
+    // The first bytes go before the upgrade, the rest one by one while it
+    // runs: the incumbent hands over a connection whose request it has
+    // only begun to read.
+    let (first, rest) = request.split_at(12);
+    client.send(first).expect("first bytes");
+    let upgrading = {
+        let socket = supervisor.socket.clone();
+        let binary = example("kvd");
+        std::thread::spawn(move || {
+            crate::common::ctl(&[
+                "upgrade",
+                "--socket",
+                socket.to_str().expect("utf-8"),
+                "--binary",
+                binary.to_str().expect("utf-8"),
+                "--json",
+            ])
+        })
+    };
+    for byte in rest {
+        client.send(&[*byte]).expect("a byte");
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    let answer = client.answer().expect("the PUT's answer");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let upgraded = upgrading.join().expect("upgrade thread");
+    assert_eq!(upgraded.code, Some(0), "{upgraded:?}");
+    assert_ne!(
+        client.pid(),
+        old_pid,
+        "the connection moved to the successor"
+    );
+    let value = client.request("GET", "/kv/slow", "").expect("GET");
+    assert_eq!((value.status, value.body.as_str()), (200, "hello"));
+    assert_eq!(revisions(&mut client), before + 1, "written exactly once");
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_rollback_gives_every_connection_handed_over_back_to_the_incumbent_still_working() {
+    let dir = TempDir::new("transit-rollback");
+    // The successor (generation 2) exits once it has begun: after the
+    // incumbent drained, handed its connections over and sealed.
+    let env = vec![
+        (
+            "HANDOFF_FAULT".to_owned(),
+            "successor:begun:exit".to_owned(),
+        ),
+        ("HANDOFF_FAULT_GENERATION".to_owned(), "2".to_owned()),
+    ];
+    let supervisor = supervise("kvd", &dir, env);
+    let addr = supervisor.addr_of("http");
+    let mut clients: Vec<_> = (0..5).map(|_| KeepAlive::open(addr)).collect();
+    let incumbent = clients[0].pid();
+    for client in &mut clients {
+        assert_eq!(
+            client.request("PUT", "/kv/a", "1").expect("put").status,
+            200
+        );
+    }
+    let (code, report) = upgrade(&supervisor, "kvd");
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(report["committed"], false);
+    let log = supervisor.log();
+    assert_eq!(
+        handed_over_to(&log, 1),
+        5,
+        "every connection went back to generation 1; log:\n{log}"
+    );
+    for client in &mut clients {
+        assert_eq!(client.pid(), incumbent);
+        let answer = client.request("PUT", "/kv/a", "2").expect("put after");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+}
+
+#[test]
+fn ten_thousand_idle_connections_cross_one_upgrade() {
+    const CONNECTIONS: usize = 10_000;
+    let limit = handoff::os::raise_open_files().expect("open-file limit");
+    // This test, the supervisor and two generations each hold them all.
+    assert!(
+        limit > CONNECTIONS as u64 + 1024,
+        "the hard limit on open files ({limit}) is too low for this test; raise it (ulimit -Hn)"
+    );
+    let dir = TempDir::new("transit-10k");
+    let supervisor = supervise("kvd", &dir, Vec::new());
+    let addr = supervisor.addr_of("http");
+    let mut clients: Vec<_> = (0..CONNECTIONS).map(|_| KeepAlive::open(addr)).collect();
+    let old_pid = clients[0].pid();
+    for client in &mut clients[1..] {
+        assert_eq!(client.pid(), old_pid);
+    }
+    let (code, report) = upgrade(&supervisor, "kvd");
+    assert_eq!(code, Some(0), "{report}");
+    let new_pid = u64_of(&report, "new_pid");
+    let moved = clients
+        .iter_mut()
+        .map(KeepAlive::pid)
+        .filter(|&pid| pid == new_pid)
+        .count();
+    assert_eq!(moved, CONNECTIONS);
+    eprintln!(
+        "{CONNECTIONS} idle connections handed over: drain {} ms, handoff total {} ms",
+        report["phases_ms"]["drain"], report["total_ms"]
+    );
+}
+
+/// What one busy client saw: answers from each pid, polite closes (a
+/// response with `Connection: close`, then a new connection), failures.
+#[derive(Default)]
+struct Seen {
+    pids: Vec<u64>,
+    polite_closes: u32,
+    failures: Vec<String>,
+}
+
+/// A client sending `/info` every 10 ms on a kept-alive connection until
+/// `stop`, reconnecting only when the server asked it to.
+fn busy_client(addr: SocketAddr, stop: Arc<AtomicBool>) -> Seen {
+    let mut seen = Seen::default();
+    let mut client = KeepAlive::open(addr);
+    while !stop.load(Ordering::SeqCst) {
+        match client.request("GET", "/info", "") {
+            Ok(answer) => {
+                let info: Value = serde_json::from_str(&answer.body).expect("json");
+                seen.pids.push(u64_of(&info, "pid"));
+                if answer.closes {
+                    seen.polite_closes += 1;
+                    client = KeepAlive::open(addr);
+                }
+            }
+            Err(error) => {
+                seen.failures.push(error);
+                client = KeepAlive::open(addr);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    seen
+}
+
+#[test]
+fn past_what_the_processes_can_hold_connections_drain_the_old_way_and_none_fails() {
+    const CLIENTS: usize = 16;
+    let dir = TempDir::new("transit-limit");
+    let supervisor = supervise("kvd", &dir, Vec::new());
+    // The supervisor may hold 280 fds from now on, and so the successors
+    // it spawns: beside the reserve each keeps (FD_RESERVE, 256) there is
+    // room for a few connections only.
+    let limited = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", supervisor.pid()))
+        .arg("--nofile=280:280")
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(limited.success());
+    let addr = supervisor.addr_of("http");
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || busy_client(addr, stop))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let (code, report) = upgrade(&supervisor, "kvd");
+    assert_eq!(code, Some(0), "{report}");
+    let new_pid = u64_of(&report, "new_pid");
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::SeqCst);
+    let seen: Vec<Seen> = clients
+        .into_iter()
+        .map(|c| c.join().expect("client"))
+        .collect();
+    let failures: Vec<_> = seen.iter().flat_map(|s| &s.failures).collect();
+    assert!(failures.is_empty(), "{failures:?}");
+    let moved = handed_over_to(&supervisor.log(), 2);
+    let polite: u32 = seen.iter().map(|s| s.polite_closes).sum();
+    eprintln!("{moved} handed over, {polite} closed politely");
+    assert!(
+        (moved as usize) < CLIENTS && moved as usize + polite as usize >= CLIENTS,
+        "{moved} handed over, {polite} closed politely; log:\n{}",
+        supervisor.log()
+    );
+    for client in &seen {
+        assert_eq!(client.pids.last(), Some(&new_pid));
+    }
+}
