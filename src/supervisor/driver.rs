@@ -506,25 +506,30 @@ impl Driver {
                 to,
                 handoff_id,
                 receiver,
-            } => {
-                let Some(receiver) = self.process(receiver).map(|p| p.pid) else {
-                    return;
-                };
-                let connections = self.transit.budget(receiver);
-                let message = Message::ConnectionBudget { connections };
-                if let Some(Err(error)) = self.process(to).map(|p| p.send(handoff_id, message)) {
-                    tracing::warn!(generation = to, %error, "sending the connection budget failed");
-                }
-            }
+            } => self.offer_connections(to, handoff_id, receiver),
             LifecycleAction::SendConnections {
                 batch,
                 to,
                 handoff_id,
             } => self.send_connections(batch, to, handoff_id, queue),
-            LifecycleAction::DropConnections { batch, why } => {
-                let count = self.transit.close(batch);
-                tracing::warn!(count, why, "client connections closed");
-            }
+            LifecycleAction::DropConnections { batch, why } => self.drop_connections(batch, why),
+        }
+    }
+
+    fn drop_connections(&mut self, batch: u64, why: &'static str) {
+        let count = self.transit.close(batch);
+        tracing::warn!(count, why, "client connections closed");
+    }
+
+    /// Tells `to` how many connections it may hand over to `receiver`.
+    fn offer_connections(&mut self, to: GenerationId, handoff_id: u64, receiver: GenerationId) {
+        let Some(receiver) = self.process(receiver).map(|p| p.pid) else {
+            return;
+        };
+        let connections = self.transit.budget(receiver);
+        let message = Message::ConnectionBudget { connections };
+        if let Some(Err(error)) = self.process(to).map(|p| p.send(handoff_id, message)) {
+            tracing::warn!(generation = to, %error, "sending the connection budget failed");
         }
     }
 
@@ -539,13 +544,7 @@ impl Driver {
     ) {
         let sender = self.processes.get(&to).and_then(|p| p.sender.as_ref());
         let Some(sender) = sender else {
-            let count = self.transit.close(batch);
-            tracing::warn!(
-                generation = to,
-                count,
-                "client connections closed: their generation is gone"
-            );
-            return;
+            return self.drop_connections(batch, "their generation is gone");
         };
         match self.transit.send(batch, sender, handoff_id) {
             Ok(count) => tracing::info!(generation = to, count, "client connections handed over"),
