@@ -47,6 +47,9 @@ struct Args {
     unix_name: Option<String>,
     udp_name: Option<String>,
     fd_name: Option<String>,
+    /// `--items N`: writes its state blob in schema version N, reads only
+    /// N, and keeps a memfd hit counter.
+    items: Option<u32>,
 }
 
 const USAGE: &str = "\
@@ -61,6 +64,8 @@ The integration tests' daemon: a line-protocol key-value store (PUT, GET, INFO, 
   --unhealthy, --seal-fail, --bad-fingerprint, --ready-on-thread
   --relock-ms N, --resume-delay-ms N, --protocol MIN..MAX
   --unix-name NAME, --udp-name NAME, --fd-name NAME
+  --items N                  keep a blob (schema testd-state version N, read only N) and a memfd
+                             hit counter across generations (HIT, ITEMS)
 ";
 
 fn parse_args() -> Args {
@@ -103,6 +108,9 @@ fn parse_args() -> Args {
             "--unix-name" => args.unix_name = Some(value()),
             "--udp-name" => args.udp_name = Some(value()),
             "--fd-name" => args.fd_name = Some(value()),
+            "--items" => {
+                args.items = Some(value().parse().unwrap_or_else(|_| die("--items N")));
+            }
             "--protocol" => {
                 let text = value();
                 let (min, max) = text
@@ -218,6 +226,85 @@ struct Shared {
     start_fds: String,
     /// What the fd of `--fd-name` held.
     file_fd: Mutex<Option<String>>,
+    /// `--items`: what this generation keeps across generations.
+    kept: Option<Kept>,
+}
+
+/// The items of `--items N`: a state blob and a memfd hit counter.
+struct Kept {
+    items: handoff::ItemStore,
+    version: u32,
+    /// The hit counter: 8 bytes at offset 0, shared by every generation.
+    cache: File,
+    /// The blob inherited at the start ("-": none; "refused": unusable).
+    blob: String,
+}
+
+fn blob_schema(version: u32) -> handoff::wire::Schema {
+    handoff::wire::Schema {
+        name: "testd-state".into(),
+        version,
+    }
+}
+
+fn blob_reads(version: u32) -> handoff::wire::SchemaRange {
+    handoff::wire::SchemaRange {
+        name: "testd-state".into(),
+        min: version,
+        max: version,
+    }
+}
+
+impl Kept {
+    /// The inherited cache (else a new one, kept for the next generations)
+    /// and the inherited blob: one code path for every start.
+    fn open(items: handoff::ItemStore, version: u32) -> Kept {
+        let cache = match items.take_fd("cache") {
+            Ok(Some(fd)) => File::from(fd),
+            Ok(None) | Err(_) => {
+                let fd = handoff::os::memfd("testd-cache", &[0; 8])
+                    .unwrap_or_else(|e| die(&format!("memfd: {e}")));
+                items
+                    .put_fd("cache", &fd)
+                    .unwrap_or_else(|e| die(&format!("keeping the cache: {e}")));
+                File::from(fd)
+            }
+        };
+        let blob = match items.take_blob("state", &blob_reads(version)) {
+            Ok(Some(blob)) => String::from_utf8_lossy(&blob.bytes).into_owned(),
+            Ok(None) => "-".into(),
+            Err(error) => {
+                eprintln!("testd: {error}");
+                "refused".into()
+            }
+        };
+        Kept {
+            items,
+            version,
+            cache,
+            blob,
+        }
+    }
+
+    fn hits(&self) -> u64 {
+        let mut bytes = [0; 8];
+        let _ = std::os::unix::fs::FileExt::read_exact_at(&self.cache, &mut bytes, 0);
+        u64::from_le_bytes(bytes)
+    }
+
+    fn hit(&self) -> std::io::Result<u64> {
+        let hits = self.hits() + 1;
+        std::os::unix::fs::FileExt::write_all_at(&self.cache, &hits.to_le_bytes(), 0)?;
+        Ok(hits)
+    }
+
+    /// Keeps the blob for the next generations.
+    fn put_blob(&self, revisions: u64) -> std::io::Result<()> {
+        let text = format!("revisions={revisions} by={}", std::process::id());
+        self.items
+            .put_blob("state", blob_schema(self.version), text.as_bytes())
+            .map_err(std::io::Error::other)
+    }
 }
 
 struct Daemon {
@@ -233,7 +320,14 @@ impl Drainable for Daemon {
         stage(&self.args, "drain");
         self.shared.accepting.store(false, Ordering::SeqCst);
         // Closes the accept loop and waits for the connections it let in.
-        Ok(self.shared.gate.drain(deadline))
+        let report = self.shared.gate.drain(deadline);
+        // Without a data directory (overlap) there is no seal: the blob
+        // goes with the drain.
+        if let (Some(kept), None) = (&self.shared.kept, &self.data_dir) {
+            let revisions = self.shared.store.lock().map(|s| s.revisions).unwrap_or(0);
+            kept.put_blob(revisions)?;
+        }
+        Ok(report)
     }
 
     fn seal(&mut self, progress: &mut SealProgress) -> std::io::Result<SealInfo> {
@@ -246,6 +340,9 @@ impl Drainable for Daemon {
         let mut store = self.shared.store.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(log) = store.log.take() {
             log.sync_all()?;
+        }
+        if let Some(kept) = &self.shared.kept {
+            kept.put_blob(store.revisions)?;
         }
         progress.report(1, 1);
         Ok(SealInfo {
@@ -315,6 +412,17 @@ fn handle(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
             )
         }
         (Some("FDS"), None, None) => open_fds_line(),
+        (Some("HIT"), None, None) => match &shared.kept {
+            Some(kept) => match kept.hit() {
+                Ok(hits) => format!("HITS {hits}"),
+                Err(error) => format!("ERR {error}"),
+            },
+            None => "ERR no --items".into(),
+        },
+        (Some("ITEMS"), None, None) => match &shared.kept {
+            Some(kept) => format!("blob={} hits={}", kept.blob, kept.hits()),
+            None => "ERR no --items".into(),
+        },
         (Some("ENV"), Some(name), None) => std::env::var(name).unwrap_or_else(|_| "UNSET".into()),
         _ => "ERR bad request".into(),
     };
@@ -455,6 +563,9 @@ fn main() {
     if let Some((min, max)) = args.versions {
         options.versions = handoff::wire::VersionRange { min, max };
     }
+    if let Some(version) = args.items {
+        options = options.with_schemas(vec![blob_schema(version)], vec![blob_reads(version)]);
+    }
     let mut generation = handoff::start(options).unwrap_or_else(|e| die(&format!("start: {e}")));
     let listener = generation
         .tcp_listener("main", &args.listen)
@@ -486,6 +597,7 @@ fn main() {
         build: args.build.clone(),
         start_fds,
         file_fd: Mutex::new(None),
+        kept: args.items.map(|version| Kept::open(begun.items(), version)),
     });
     stage(&args, "ready");
     let mut report = ReadyReport::stateful(revisions, fingerprint);

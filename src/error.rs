@@ -245,6 +245,15 @@ pub enum Error {
         /// What the successor computed.
         actual: Fingerprint,
     },
+    /// An item kept for this generation cannot be used as asked (I21).
+    #[error("item {name:?} refused: {reason}")]
+    ItemRefused {
+        /// The item's name.
+        name: String,
+        /// Why: a schema out of range, a memfd not sealed, resized or with
+        /// other bytes, a blob asked for as an fd or the other way round.
+        reason: String,
+    },
     /// A named listener is unusable.
     #[error("listener {name:?}: {problem}")]
     Listener {

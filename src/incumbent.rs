@@ -33,8 +33,8 @@ use crate::rendezvous::{self, Offer};
 use crate::sys::DataDirLock;
 use crate::timeouts::Timeouts;
 use crate::wire::{
-    CAP_CONNECTIONS, ConnectionEntry, FdEntry, MAX_FDS_PER_FRAME, MAX_PAYLOAD, Message, Mode,
-    SealInfo, Snapshot,
+    CAP_CONNECTIONS, CAP_ITEMS, ConnectionEntry, FdEntry, ItemEntry, MAX_FDS_PER_FRAME,
+    MAX_PAYLOAD, Message, Mode, Schema, SchemaRange, SealInfo, Snapshot,
 };
 
 /// Exit code of a successor whose handoff ended before its commit.
@@ -60,6 +60,8 @@ pub(crate) enum AgentInput {
     /// The daemon hands a connection over (its port took it from the
     /// budget).
     HandOver(Connection),
+    /// The daemon keeps an item for the next generations (I21).
+    PutItem(ItemEntry, OwnedFd),
     /// A supervisor offers to adopt this orphaned generation.
     Offer(Offer),
     User(UserCall),
@@ -118,20 +120,36 @@ impl<D: Drainable> ErasedDrainable for D {
     }
 }
 
+/// What the agent is started with.
+pub(crate) struct AgentOptions {
+    pub(crate) build_id: String,
+    pub(crate) versions: crate::wire::VersionRange,
+    pub(crate) timeouts: Timeouts,
+    /// The Hello announces `CAP_CONNECTIONS`; the daemon gets the port.
+    pub(crate) connections: bool,
+    /// Written and read (the `Schemas` message).
+    pub(crate) schemas: (Vec<Schema>, Vec<SchemaRange>),
+    /// Where items kept for this generation go.
+    pub(crate) items: crate::items::Received,
+}
+
 /// Starts the agent for a connected control socket. Sends Hello first.
-/// With `connections`, the Hello announces `CAP_CONNECTIONS` and the
-/// daemon gets the port.
 pub(crate) fn start_agent(
     control: OwnedFd,
-    build_id: String,
-    versions: crate::wire::VersionRange,
-    timeouts: Timeouts,
-    connections: bool,
+    options: AgentOptions,
 ) -> Result<(
     Sender<AgentInput>,
     Receiver<AgentEvent>,
     Option<ConnectionPort>,
 )> {
+    let AgentOptions {
+        build_id,
+        versions,
+        timeouts,
+        connections,
+        schemas,
+        items,
+    } = options;
     let (sender, receiver) = channel::split(
         control,
         crate::error::Peer::Supervisor,
@@ -140,14 +158,14 @@ pub(crate) fn start_agent(
     let (input_tx, input_rx) = crossbeam_channel::unbounded::<AgentInput>();
     let (event_tx, event_rx) = crossbeam_channel::unbounded::<AgentEvent>();
     let port = connections.then(|| ConnectionPort::new(input_tx.clone()));
-    let capabilities = if connections { CAP_CONNECTIONS } else { 0 };
+    let capabilities = CAP_ITEMS | if connections { CAP_CONNECTIONS } else { 0 };
     sender.send(
         0,
         GenerationMachine::hello(std::process::id(), build_id, versions, capabilities),
         &[],
     )?;
     let now = Instant::now();
-    let machine = GenerationMachine::new(&timeouts, now);
+    let machine = GenerationMachine::new(&timeouts, now).with_schemas(schemas.0, schemas.1);
     let reader_tx = input_tx.clone();
     channel::spawn_reader("handoff-reader".into(), receiver, None, move |received| {
         reader_tx.send(AgentInput::Received(received)).is_ok()
@@ -170,6 +188,8 @@ pub(crate) fn start_agent(
         rendezvous_open: false,
         offer: None,
         transit: port.as_ref().map(Transit::new),
+        items,
+        pending_items: Vec::new(),
     };
     // The first point: Hello sent, nothing received yet.
     if crate::fault::reached(
@@ -214,6 +234,10 @@ struct Agent {
     offer: Option<Offer>,
     /// Connections on their way in and out, when the daemon takes them.
     transit: Option<Transit>,
+    /// Items kept for this generation, shared with its `ItemStore`.
+    items: crate::items::Received,
+    /// Fds of the last Items frame, until the machine says KeepItems.
+    pending_items: Vec<(ItemEntry, OwnedFd)>,
 }
 
 /// The agent's side of the daemon's [`ConnectionPort`] (I20).
@@ -328,6 +352,9 @@ impl Agent {
                     Message::Fds { entries } => {
                         self.pending_fds = entries.iter().cloned().zip(frame.fds).collect();
                     }
+                    Message::Items { entries } => {
+                        self.pending_items = entries.iter().cloned().zip(frame.fds).collect();
+                    }
                     Message::Connections { entries } => match &mut self.transit {
                         Some(transit) => {
                             transit.incoming = entries.iter().cloned().zip(frame.fds).collect();
@@ -357,6 +384,10 @@ impl Agent {
             }
             AgentInput::HandOver(connection) => {
                 self.take_over(connection);
+                None
+            }
+            AgentInput::PutItem(entry, fd) => {
+                self.put_item(entry, fd);
                 None
             }
             AgentInput::User(call) => Some(GenerationInput::User(call)),
@@ -405,6 +436,12 @@ impl Agent {
                 }
                 GenerationAction::KeepFds => self.kept_fds.append(&mut self.pending_fds),
                 GenerationAction::KeepConnections => self.connections_arrived(),
+                GenerationAction::KeepItems => {
+                    let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+                    for (entry, fd) in self.pending_items.drain(..) {
+                        items.insert(entry.name.clone(), (entry, fd));
+                    }
+                }
                 GenerationAction::ConnectionBudget(connections) => {
                     if let Some(transit) = &self.transit {
                         transit.budget.store(connections, Ordering::SeqCst);
@@ -508,6 +545,23 @@ impl Agent {
                 };
                 connections::give_back(&transit.arrivals, connection);
             }
+        }
+    }
+
+    /// Sends an item to the supervisor's store; it leaves before anything
+    /// the hook running now answers (I21).
+    fn put_item(&mut self, entry: ItemEntry, fd: OwnedFd) {
+        let name = entry.name.clone();
+        if !self.machine.supervisor_present() {
+            tracing::warn!(name, "no supervisor: the item is not kept");
+            return;
+        }
+        let id = self.machine.handoff_id();
+        let items = Message::Items {
+            entries: vec![entry],
+        };
+        if let Err(error) = self.sender.send(id, items, &[fd.as_fd()]) {
+            tracing::warn!(name, error = %error, "keeping an item failed");
         }
     }
 

@@ -14,11 +14,13 @@ pub mod wire;
 mod connections;
 mod drain;
 mod gate;
+mod items;
 
 pub use connections::{Arrival, Connection, ConnectionPort, MAX_UNREAD, Origin};
 pub use drain::{DrainReport, Drainable, SealProgress};
 pub use error::{Error, Result};
 pub use gate::{AcceptGate, Admitted, Listener};
+pub use items::{Blob, ItemStore};
 pub use registry::{HandlerGuard, HandlerRegistry, HandlerSource};
 pub use timeouts::Timeouts;
 pub use wire::{Fingerprint, Health, Mode, SealInfo, Snapshot};

@@ -117,6 +117,13 @@ pub fn sealed_memfd(name: &str, bytes: &[u8]) -> Result<OwnedFd> {
     sys::memfd::sealed(name, bytes).map_err(|source| Error::io("writing a sealed memfd", source))
 }
 
+/// A close-on-exec memfd holding `bytes`, not sealed: shared memory a
+/// daemon changes in place and keeps for its next generations with
+/// [`crate::ItemStore::put_fd`].
+pub fn memfd(name: &str, bytes: &[u8]) -> Result<OwnedFd> {
+    sys::memfd::unsealed(name, bytes).map_err(|source| Error::io("creating a memfd", source))
+}
+
 /// The contents of a sealed memfd; an error if it is not sealed (anyone
 /// holding it could still change it).
 pub fn read_sealed_memfd(fd: impl AsFd) -> Result<Vec<u8>> {

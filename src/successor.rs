@@ -40,6 +40,7 @@ use crate::connections::ConnectionPort;
 use crate::drain::Drainable;
 use crate::error::{Error, ListenerProblem, Result};
 use crate::incumbent::{AgentEvent, AgentInput};
+use crate::items::ItemStore;
 use crate::protocol::{Ending, UserCall};
 use crate::sys::{self, DataDirLock, ListenAddr};
 use crate::timeouts::Timeouts;
@@ -72,6 +73,10 @@ pub struct StartOptions {
     /// Whether the daemon hands idle client connections over and serves
     /// those handed to it ([`Generation::connections`]).
     pub connections: bool,
+    /// The blob schemas this build writes, and the versions it reads
+    /// ([`crate::ItemStore`]); a successor that cannot read what the
+    /// incumbent writes is refused before the drain (I21).
+    pub schemas: (Vec<crate::wire::Schema>, Vec<crate::wire::SchemaRange>),
 }
 
 impl StartOptions {
@@ -82,7 +87,18 @@ impl StartOptions {
             timeouts: Timeouts::default(),
             versions: crate::wire::PROTOCOL_VERSIONS,
             connections: false,
+            schemas: (Vec::new(), Vec::new()),
         }
+    }
+
+    /// Declares the blob schemas this build `produces` and `accepts`.
+    pub fn with_schemas(
+        mut self,
+        produces: Vec<crate::wire::Schema>,
+        accepts: Vec<crate::wire::SchemaRange>,
+    ) -> Self {
+        self.schemas = (produces, accepts);
+        self
     }
 
     /// The daemon takes part in connection handoff: see
@@ -118,6 +134,7 @@ struct Session {
 /// A daemon generation on its way to serving.
 pub struct Generation<S> {
     session: Option<Session>,
+    items: ItemStore,
     fds: HashMap<String, (FdKind, OwnedFd)>,
     addresses: Vec<String>,
     state: S,
@@ -140,6 +157,7 @@ pub fn start(options: StartOptions) -> Result<Generation<Warming>> {
     options.timeouts.validate()?;
     let Some(control) = inherited_control()? else {
         return Ok(Generation {
+            items: ItemStore::new(Default::default(), None),
             session: None,
             fds: HashMap::new(),
             addresses: Vec::new(),
@@ -160,12 +178,17 @@ pub fn start(options: StartOptions) -> Result<Generation<Warming>> {
         // Fewer connections can come in; the supervisor's budget sees it.
         tracing::warn!(%error, "raising the open-file limit failed");
     }
+    let received = crate::items::Received::default();
     let (to_agent, from_agent, port) = crate::incumbent::start_agent(
         control,
-        options.build_id,
-        options.versions,
-        timeouts,
-        options.connections,
+        crate::incumbent::AgentOptions {
+            build_id: options.build_id,
+            versions: options.versions,
+            timeouts,
+            connections: options.connections,
+            schemas: options.schemas,
+            items: std::sync::Arc::clone(&received),
+        },
     )?;
     match from_agent.recv() {
         Ok(AgentEvent::FdsComplete {
@@ -174,6 +197,7 @@ pub fn start(options: StartOptions) -> Result<Generation<Warming>> {
             generation,
             fds,
         }) => Ok(Generation {
+            items: ItemStore::new(received, Some(to_agent.clone())),
             session: Some(Session {
                 to_agent,
                 from_agent,
@@ -273,6 +297,13 @@ impl<S> Generation<S> {
     /// on (exclusive mode) or at once (overlap).
     pub fn connections(&self) -> Option<ConnectionPort> {
         self.session.as_ref().and_then(|s| s.port.clone())
+    }
+
+    /// The items kept for this generation (by its predecessors, for a
+    /// restart too), and where it keeps its own for the next ones
+    /// (I21). Without a supervisor nothing is kept.
+    pub fn items(&self) -> ItemStore {
+        self.items.clone()
     }
 }
 
@@ -439,6 +470,7 @@ impl Generation<Warming> {
         }
         Ok(Generation {
             session: self.session.take(),
+            items: self.items.clone(),
             fds: std::mem::take(&mut self.fds),
             addresses: std::mem::take(&mut self.addresses),
             state: Begun {
@@ -558,6 +590,7 @@ impl Generation<Begun> {
         }
         let Generation {
             session,
+            items,
             addresses,
             state,
             ..
@@ -565,6 +598,7 @@ impl Generation<Begun> {
         let Some(session) = session else {
             return Ok(Live {
                 session: None,
+                items,
                 _own_lock: state.own_lock,
             });
         };
@@ -598,6 +632,7 @@ impl Generation<Begun> {
         send(&session, AgentInput::User(UserCall::Detached))?;
         Ok(Live {
             session: Some(session),
+            items,
             _own_lock: None,
         })
     }
@@ -616,6 +651,7 @@ fn ready_call(report: &ReadyReport, addresses: Vec<String>) -> UserCall {
 /// serves; [`Live::wait`] tells when the supervisor retired it.
 pub struct Live {
     session: Option<Session>,
+    items: ItemStore,
     _own_lock: Option<DataDirLock>,
 }
 
@@ -636,6 +672,11 @@ impl Live {
     /// The connection port, as [`Generation::connections`].
     pub fn connections(&self) -> Option<ConnectionPort> {
         self.session.as_ref().and_then(|s| s.port.clone())
+    }
+
+    /// The item store, as [`Generation::items`].
+    pub fn items(&self) -> ItemStore {
+        self.items.clone()
     }
 
     /// Blocks until the session ends: `Retired` after a successor committed

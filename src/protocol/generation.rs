@@ -143,6 +143,8 @@ pub enum GenerationAction {
     /// Give the daemon the connections that came with the Connections
     /// frame just fed.
     KeepConnections,
+    /// Keep the items that came with the Items frame just fed (I21).
+    KeepItems,
     /// The coming (or current) drain may hand over at most this many
     /// connections (I20).
     ConnectionBudget(u32),
@@ -317,6 +319,9 @@ pub struct GenerationMachine {
     supervisor_present: bool,
     last_heard: Instant,
     liveness: Duration,
+    /// The `Schemas` message sent after a `HelloAck` of version 2 or later
+    /// (`None`: this build declares no schema).
+    schemas: Option<Message>,
 }
 
 impl GenerationMachine {
@@ -329,7 +334,20 @@ impl GenerationMachine {
             supervisor_present: true,
             last_heard: now,
             liveness: timeouts.liveness,
+            schemas: None,
         }
+    }
+
+    /// Declares the blob schemas this build writes and reads (I21).
+    pub fn with_schemas(
+        mut self,
+        produces: Vec<crate::wire::Schema>,
+        accepts: Vec<crate::wire::SchemaRange>,
+    ) -> Self {
+        if !produces.is_empty() || !accepts.is_empty() {
+            self.schemas = Some(Message::Schemas { produces, accepts });
+        }
+        self
     }
 
     /// The Hello this side sends first.
@@ -485,14 +503,21 @@ impl GenerationMachine {
             (
                 State::AwaitHelloAck,
                 Message::HelloAck {
+                    version,
                     mode,
                     has_incumbent,
                     fd_count,
                     generation,
-                    ..
                 },
             ) => {
                 self.generation = generation;
+                // Before Warm, so that a successor that cannot read the
+                // incumbent's state is refused before the drain (I21).
+                if version >= crate::wire::ITEMS_VERSION
+                    && let Some(schemas) = self.schemas.clone()
+                {
+                    out.push(GenerationAction::Send(schemas));
+                }
                 self.state = State::ReceivingFds {
                     expected: fd_count,
                     received: 0,
@@ -573,6 +598,7 @@ impl GenerationMachine {
             }
             // Connections are the daemon's in any state: never dropped here.
             (_, Message::Connections { .. }) => out.push(GenerationAction::KeepConnections),
+            (_, Message::Items { .. }) => out.push(GenerationAction::KeepItems),
             // Sent just before Prepare (so it is in place when the drain
             // hook starts), or during the drain.
             (State::Serving | State::Draining, Message::ConnectionBudget { connections }) => {

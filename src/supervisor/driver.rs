@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use super::config::{SupervisorConfig, UpgradeRequest};
 use super::fdstore::Store;
 use super::freeze::{self, Exporting, Frozen};
+use super::items::Items;
 use super::probes::Probes;
 use super::process::GenerationProcess;
 use super::report::{RetireeStatus, Status, SupervisorState};
@@ -50,6 +51,8 @@ pub(crate) struct Driver {
     store: Store,
     /// Client connections between two generations (I20).
     transit: Transit,
+    /// The item store (I21).
+    items: Items,
     /// Callers waiting for a handoff's verdict, by handoff id.
     replies: HashMap<u64, Sender<Result<Outcome>>>,
     /// Callers waiting for the stop to end.
@@ -76,6 +79,7 @@ impl Driver {
             probes: Probes::new(config.probe.clone(), config.timeouts),
             store: Store::new(config.protocol.fd_store_max()),
             transit: Transit::default(),
+            items: Items::default(),
             config,
             processes: HashMap::new(),
             spawner: Spawner::new(events_tx)?,
@@ -106,6 +110,7 @@ impl Driver {
         driver.started = imported.started;
         driver.spawner.notify_dir = imported.notify_dir;
         driver.store = Store::restore(driver.config.protocol.fd_store_max(), imported.stored);
+        driver.items = Items::restore(imported.items);
         let mut receivers = HashMap::new();
         for (process, receiver) in imported.processes {
             if let Some(receiver) = receiver {
@@ -287,6 +292,7 @@ impl Driver {
                 processes: &self.processes,
                 receivers: &receivers,
                 stored: &self.store,
+                items: &self.items,
                 notify_dir: self
                     .spawner
                     .notify_dir
@@ -388,6 +394,10 @@ impl Driver {
                         count,
                     }
                 }
+                Message::Items { entries } => LifecycleInput::Items {
+                    generation,
+                    batch: self.items.hold(entries, frame.fds),
+                },
                 message => LifecycleInput::Frame {
                     generation,
                     handoff_id: frame.envelope.handoff_id,
@@ -513,6 +523,29 @@ impl Driver {
                 handoff_id,
             } => self.send_connections(batch, to, handoff_id, queue),
             LifecycleAction::DropConnections { batch, why } => self.drop_connections(batch, why),
+            LifecycleAction::KeepItems { batch } => self.items.keep(batch),
+            LifecycleAction::DropItems { batch, why } => {
+                let count = self.items.close(batch);
+                tracing::warn!(count, why, "items refused and closed");
+            }
+            LifecycleAction::SendItems { to, handoff_id } => self.send_items(to, handoff_id, queue),
+        }
+    }
+
+    /// Gives `to` every stored item; if it cannot take them, it is taken
+    /// for gone.
+    fn send_items(
+        &mut self,
+        to: GenerationId,
+        handoff_id: u64,
+        queue: &mut VecDeque<LifecycleInput>,
+    ) {
+        let Some(sender) = self.processes.get(&to).and_then(|p| p.sender.as_ref()) else {
+            return;
+        };
+        if let Err(error) = self.items.send_all(sender, handoff_id) {
+            tracing::warn!(generation = to, %error, "sending the items failed; the generation is taken for gone");
+            queue.push_back(LifecycleInput::Closed { generation: to });
         }
     }
 

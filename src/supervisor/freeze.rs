@@ -34,9 +34,9 @@ use crate::sys;
 /// The version of the frozen state's format. [`super::Supervisor::thaw`]
 /// refuses another one: the format is private to one build of the
 /// library, and an image that cannot read it must say so before anything
-/// changed. Version 2 added the fd store (an image of version 1 would
-/// close its fds).
-pub const FROZEN_VERSION: u32 = 2;
+/// changed. Version 2 added the fd store, version 3 the item store (an
+/// older image would close their fds).
+pub const FROZEN_VERSION: u32 = 3;
 
 /// A supervisor frozen between handoffs: its state and its fds, to be
 /// kept across an exec and given to [`super::Supervisor::thaw`] in the new
@@ -80,6 +80,9 @@ struct FrozenHeld {
     notify_dir: Option<PathBuf>,
     /// The fd store, oldest first.
     fd_store: Vec<FrozenStored>,
+    /// The item store (I21): each entry and its fd by index.
+    #[serde(default)]
+    items: Vec<(crate::wire::ItemEntry, usize)>,
 }
 
 /// One fd store entry, its fd by index.
@@ -125,6 +128,7 @@ pub(crate) struct Exporting<'a> {
     pub(crate) processes: &'a HashMap<GenerationId, GenerationProcess>,
     pub(crate) receivers: &'a HashMap<GenerationId, Receiver>,
     pub(crate) stored: &'a Store,
+    pub(crate) items: &'a super::items::Items,
     pub(crate) notify_dir: Option<PathBuf>,
     pub(crate) started: Instant,
 }
@@ -198,6 +202,10 @@ pub(crate) fn export(from: Exporting<'_>, resume: Sender<()>) -> Result<Frozen> 
             fd: keep(duplicate(entry.fd.as_fd())?),
         });
     }
+    let mut items = Vec::new();
+    for (entry, fd) in from.items.stored() {
+        items.push((entry.clone(), keep(duplicate(fd.as_fd())?)));
+    }
     let state = FrozenState {
         version: FROZEN_VERSION,
         machine,
@@ -206,6 +214,7 @@ pub(crate) fn export(from: Exporting<'_>, resume: Sender<()>) -> Result<Frozen> 
             processes,
             notify_dir: from.notify_dir,
             fd_store,
+            items,
         },
     };
     let json = crate::protocol::mono::with_anchor(anchor()?, || serde_json::to_vec(&state))
@@ -233,6 +242,7 @@ pub(crate) struct Imported {
     pub(crate) notify_dir: Option<sys::PrivateDir>,
     pub(crate) started: Instant,
     pub(crate) stored: Vec<Entry<OwnedFd>>,
+    pub(crate) items: Vec<(crate::wire::ItemEntry, OwnedFd)>,
 }
 
 /// Reads a frozen state back, taking `fds` (in the order [`Frozen::fds`]
@@ -259,6 +269,7 @@ pub(crate) fn import(
         notify_dir: None,
         started: state.started,
         stored: Vec::new(),
+        items: Vec::new(),
     };
     let taken = take_back(&mut imported, state.held, fds, write_timeout);
     match taken {
@@ -302,6 +313,9 @@ fn take_back(
             kind: stored.kind,
             fd: take(stored.fd)?,
         });
+    }
+    for (entry, fd) in state.items {
+        imported.items.push((entry, take(fd)?));
     }
     if let Some(path) = state.notify_dir {
         imported.notify_dir = Some(
@@ -390,7 +404,7 @@ mod tests {
     }
 
     #[test]
-    fn the_fd_store_crosses_a_freeze_by_index_and_a_missing_fd_is_refused() {
+    fn the_fd_and_item_stores_cross_a_freeze_by_index_and_a_missing_fd_is_refused() {
         let (counter, peer) = (memfd("counter"), memfd("peer"));
         let identity = |fd: &OwnedFd| sys::describe_stored(fd.as_fd()).expect("describe");
         let entry = |name: &str, poll: bool, fd: &OwnedFd| Entry {
@@ -407,6 +421,15 @@ mod tests {
                 entry("peer", false, &peer),
             ],
         );
+        let cache = memfd("cache");
+        let item = crate::wire::ItemEntry {
+            name: "cache".into(),
+            blob: None,
+        };
+        let items = super::super::items::Items::restore(vec![(
+            item.clone(),
+            cache.try_clone().expect("dup"),
+        )]);
         let (resume, _resumed) = crossbeam_channel::bounded(0);
         let machine = machine();
         let frozen = export(
@@ -415,13 +438,14 @@ mod tests {
                 processes: &HashMap::new(),
                 receivers: &HashMap::new(),
                 stored: &store,
+                items: &items,
                 notify_dir: None,
                 started: Instant::now(),
             },
             resume,
         )
         .expect("export");
-        assert_eq!(frozen.fds().len(), 2, "one fd per entry");
+        assert_eq!(frozen.fds().len(), 3, "one fd per entry and item");
         let fds: Vec<OwnedFd> = frozen
             .fds()
             .iter()
@@ -437,6 +461,9 @@ mod tests {
         assert_eq!(back, [("counter", true), ("peer", false)]);
         assert_eq!(identity(&imported.stored[0].fd), identity(&counter));
         assert_eq!(identity(&imported.stored[1].fd), identity(&peer));
+        assert_eq!(imported.items.len(), 1);
+        assert_eq!(imported.items[0].0, item);
+        assert_eq!(identity(&imported.items[0].1), identity(&cache));
 
         let error = import(frozen.state(), Vec::new(), timeout)
             .err()

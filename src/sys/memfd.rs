@@ -44,6 +44,15 @@ pub(crate) fn read_sealed(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// A close-on-exec memfd holding `bytes`, with no seal: memory a daemon
+/// changes in place (a cache) and keeps across generations.
+pub(crate) fn unsealed(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
+    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC)?;
+    let mut file = File::from(fd);
+    file.write_all(bytes)?;
+    Ok(OwnedFd::from(file))
+}
+
 /// Whether `fd` is a memfd with every seal.
 #[cfg(test)]
 pub(crate) fn is_sealed(fd: impl std::os::fd::AsFd) -> bool {

@@ -27,8 +27,9 @@ use std::cell::Cell;
 use serde::de::{self, DeserializeOwned, Visitor};
 
 use super::{
-    AbortReason, ConnectionEntry, Envelope, FdEntry, FdKind, Fingerprint, HEADER_LEN, Health,
-    Message, Mode, Role, SealInfo, Snapshot, VersionRange, encode,
+    AbortReason, BlobInfo, ConnectionEntry, Envelope, FdEntry, FdKind, Fingerprint, HEADER_LEN,
+    Health, ItemEntry, Message, Mode, Role, Schema, SchemaRange, SealInfo, Snapshot, VersionRange,
+    encode,
 };
 
 /// The handoff id of every golden envelope (one varint byte: `07`).
@@ -64,11 +65,13 @@ enum Kind {
     Adopted,
     Connections,
     ConnectionBudget,
+    Schemas,
+    Items,
 }
 
 /// Every kind, in wire index order. `every_variant_has_a_golden` checks this
 /// against the variant list serde derives from [`Message`] itself.
-const ALL: [Kind; 27] = [
+const ALL: [Kind; 29] = [
     Kind::Hello,
     Kind::HelloAck,
     Kind::Refused,
@@ -96,6 +99,8 @@ const ALL: [Kind; 27] = [
     Kind::Adopted,
     Kind::Connections,
     Kind::ConnectionBudget,
+    Kind::Schemas,
+    Kind::Items,
 ];
 
 /// Exhaustive on purpose (no wildcard arm): a new [`Message`] variant breaks
@@ -129,6 +134,8 @@ fn kind_of(message: &Message) -> Kind {
         Message::Adopted { .. } => Kind::Adopted,
         Message::Connections { .. } => Kind::Connections,
         Message::ConnectionBudget { .. } => Kind::ConnectionBudget,
+        Message::Schemas { .. } => Kind::Schemas,
+        Message::Items { .. } => Kind::Items,
     }
 }
 
@@ -265,6 +272,36 @@ fn sample(kind: Kind) -> Message {
             ],
         },
         Kind::ConnectionBudget => Message::ConnectionBudget { connections: 300 },
+        Kind::Schemas => Message::Schemas {
+            produces: vec![Schema {
+                name: "kv".into(),
+                version: 3,
+            }],
+            accepts: vec![SchemaRange {
+                name: "kv".into(),
+                min: 2,
+                max: 3,
+            }],
+        },
+        Kind::Items => Message::Items {
+            entries: vec![
+                ItemEntry {
+                    name: "cache".into(),
+                    blob: None,
+                },
+                ItemEntry {
+                    name: "state".into(),
+                    blob: Some(BlobInfo {
+                        schema: Schema {
+                            name: "kv".into(),
+                            version: 3,
+                        },
+                        len: 300,
+                        sha256: counting_fingerprint().0,
+                    }),
+                },
+            ],
+        },
     }
 }
 
@@ -318,6 +355,13 @@ fn golden(kind: Kind) -> &'static str {
             " 0468747470 00 0468747470 05474554202f"
         ),
         Kind::ConnectionBudget => "484e4446 0100 04000000 0000 071aac02",
+        Kind::Schemas => "484e4446 0100 0d000000 0000 071b 01 026b7603 01 026b760203",
+        Kind::Items => concat!(
+            "484e4446 0100 37000000 0200 071c 02",
+            " 056361636865 00",
+            " 057374617465 01 026b7603 ac02",
+            " 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+        ),
     }
 }
 
@@ -338,6 +382,7 @@ fn reason_index(reason: &AbortReason) -> u8 {
         AbortReason::Deadline { .. } => 10,
         AbortReason::Cancelled => 11,
         AbortReason::ProbeFailed { .. } => 12,
+        AbortReason::SchemaRefused { .. } => 13,
     }
 }
 
@@ -382,6 +427,9 @@ fn nested_samples() -> Vec<Message> {
         abort(AbortReason::ProbeFailed {
             detail: "503".into(),
         }),
+        abort(AbortReason::SchemaRefused {
+            detail: "kv 3".into(),
+        }),
         Message::Ready {
             addresses: vec![],
             health: Health::Unhealthy {
@@ -408,7 +456,7 @@ fn nested_samples() -> Vec<Message> {
 }
 
 /// The goldens of [`nested_samples`], in the same order.
-const NESTED: [&str; 17] = [
+const NESTED: [&str; 18] = [
     "484e4446 0100 0c000000 0000 070f00087369676e616c2039",
     "484e4446 0100 03000000 0000 070f01",
     "484e4446 0100 03000000 0000 070f02",
@@ -426,6 +474,7 @@ const NESTED: [&str; 17] = [
     "484e4446 0100 09000000 0000 070f0a05647261696e",
     "484e4446 0100 03000000 0000 070f0b",
     "484e4446 0100 07000000 0000 070f0c03353033",
+    "484e4446 0100 08000000 0000 070f0d046b762033",
     "484e4446 0100 0a000000 0000 070c000104636f6c6400",
     "484e4446 0100 08000000 0000 0700000100010100",
     "484e4446 0100 07000000 0000 07010101000000",
@@ -585,6 +634,7 @@ fn nested_enum_variant_order_is_pinned() {
             "Deadline",
             "Cancelled",
             "ProbeFailed",
+            "SchemaRefused",
         ]
     );
     // Each reason's sample sits at its wire index in `nested_samples`.

@@ -7,8 +7,13 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The protocol versions this build speaks.
-pub const PROTOCOL_VERSIONS: VersionRange = VersionRange { min: 1, max: 1 };
+/// The protocol versions this build speaks. Version 2 adds the items of
+/// a handoff: a generation sends [`Message::Schemas`] only to a supervisor
+/// that answered version 2 or later.
+pub const PROTOCOL_VERSIONS: VersionRange = VersionRange { min: 1, max: 2 };
+
+/// The first version with [`Message::Schemas`] and [`Message::Items`].
+pub const ITEMS_VERSION: u16 = 2;
 
 /// An inclusive range of protocol versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +150,58 @@ pub struct FdEntry {
 /// supervisor sends neither message to a generation without it.
 pub const CAP_CONNECTIONS: u64 = 1;
 
+/// Capability bit of [`Message::Hello`]: the generation takes the items a
+/// supervisor keeps for it ([`Message::Items`]).
+pub const CAP_ITEMS: u64 = 2;
+
+/// A state blob's format: a name and a version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Schema {
+    /// The format's name ("kvd-index").
+    pub name: String,
+    /// Its version.
+    pub version: u32,
+}
+
+/// The versions of one schema a generation can read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaRange {
+    /// The schema's name.
+    pub name: String,
+    /// Oldest version read.
+    pub min: u32,
+    /// Newest version read.
+    pub max: u32,
+}
+
+impl SchemaRange {
+    /// Whether `schema` is one of these versions.
+    pub fn accepts(&self, schema: &Schema) -> bool {
+        self.name == schema.name && (self.min..=self.max).contains(&schema.version)
+    }
+}
+
+/// What a sealed blob's memfd must hold, checked by whoever reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobInfo {
+    /// Its format.
+    pub schema: Schema,
+    /// Its length in bytes.
+    pub len: u64,
+    /// The sha256 of its bytes.
+    pub sha256: [u8; 32],
+}
+
+/// One named item in a [`Message::Items`] frame; the fd travels in the
+/// frame's control data at the same index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemEntry {
+    /// The daemon's name for it.
+    pub name: String,
+    /// A sealed memfd holding a blob, or `None` for an fd of any kind.
+    pub blob: Option<BlobInfo>,
+}
+
 /// One client connection in a [`Message::Connections`] frame; the socket
 /// itself travels in the frame's control data at the same index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,6 +311,12 @@ pub enum AbortReason {
         /// What the probe saw.
         detail: String,
     },
+    /// The successor cannot read a state blob the incumbent writes
+    /// (I21); the incumbent was not asked to drain.
+    SchemaRefused {
+        /// Which schema, written and accepted.
+        detail: String,
+    },
 }
 
 impl std::fmt::Display for AbortReason {
@@ -290,6 +353,12 @@ impl std::fmt::Display for AbortReason {
             AbortReason::Deadline { phase } => write!(f, "handoff deadline passed during {phase}"),
             AbortReason::Cancelled => f.write_str("handoff cancelled"),
             AbortReason::ProbeFailed { detail } => write!(f, "health probe failed: {detail}"),
+            AbortReason::SchemaRefused { detail } => {
+                write!(
+                    f,
+                    "the successor cannot read the incumbent's state: {detail}"
+                )
+            }
         }
     }
 }
@@ -443,6 +512,24 @@ pub enum Message {
         /// At most this many, in all.
         connections: u32,
     },
+    /// G→S, after a `HelloAck` of version 2 or later, before `Warm`: the
+    /// blob schemas this generation writes and the versions it reads. A
+    /// successor that cannot read what the incumbent writes is refused
+    /// before the incumbent drains (I21).
+    Schemas {
+        /// Written by this build.
+        produces: Vec<Schema>,
+        /// Read by this build.
+        accepts: Vec<SchemaRange>,
+    },
+    /// Named items, one fd per entry. G→S: the live generation (or one
+    /// draining) puts them in the supervisor's item store, replacing those
+    /// of the same name; S→G: the store, to a generation before its
+    /// `Begin` (I21).
+    Items {
+        /// The items, in the order of the fds.
+        entries: Vec<ItemEntry>,
+    },
 }
 
 impl Message {
@@ -476,6 +563,8 @@ impl Message {
             Message::Adopted { .. } => "Adopted",
             Message::Connections { .. } => "Connections",
             Message::ConnectionBudget { .. } => "ConnectionBudget",
+            Message::Schemas { .. } => "Schemas",
+            Message::Items { .. } => "Items",
         }
     }
 
@@ -484,6 +573,7 @@ impl Message {
         match self {
             Message::Fds { entries } | Message::Adopted { entries, .. } => entries.len(),
             Message::Connections { entries } => entries.len(),
+            Message::Items { entries } => entries.len(),
             _ => 0,
         }
     }

@@ -15,7 +15,7 @@ pub use frame::{
     Decoder, Frame, HEADER_LEN, MAGIC, MAX_FDS_PER_FRAME, MAX_PAYLOAD, WIRE_VERSION, encode,
 };
 pub use message::{
-    AbortReason, CAP_CONNECTIONS, ConnectionEntry, Envelope, FdEntry, FdKind, Fingerprint,
-    FingerprintHasher, Health, Message, Mode, PROTOCOL_VERSIONS, Role, SealInfo, Snapshot,
-    VersionRange,
+    AbortReason, BlobInfo, CAP_CONNECTIONS, CAP_ITEMS, ConnectionEntry, Envelope, FdEntry, FdKind,
+    Fingerprint, FingerprintHasher, Health, ITEMS_VERSION, ItemEntry, Message, Mode,
+    PROTOCOL_VERSIONS, Role, Schema, SchemaRange, SealInfo, Snapshot, VersionRange,
 };

@@ -15,9 +15,9 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 
 use super::{
-    AbortReason, ConnectionEntry, Decoder, Envelope, FdEntry, FdKind, Fingerprint, Frame,
-    HEADER_LEN, Health, MAGIC, MAX_FDS_PER_FRAME, MAX_PAYLOAD, Message, Mode, Role, SealInfo,
-    Snapshot, VersionRange, WIRE_VERSION, encode,
+    AbortReason, BlobInfo, ConnectionEntry, Decoder, Envelope, FdEntry, FdKind, Fingerprint, Frame,
+    HEADER_LEN, Health, ItemEntry, MAGIC, MAX_FDS_PER_FRAME, MAX_PAYLOAD, Message, Mode, Role,
+    Schema, SchemaRange, SealInfo, Snapshot, VersionRange, WIRE_VERSION, encode,
 };
 use crate::error::FrameError;
 
@@ -189,6 +189,7 @@ pub(crate) fn abort_reason() -> impl Strategy<Value = AbortReason> {
         text().prop_map(|phase| AbortReason::Deadline { phase }),
         Just(AbortReason::Cancelled),
         text().prop_map(|detail| AbortReason::ProbeFailed { detail }),
+        text().prop_map(|detail| AbortReason::SchemaRefused { detail }),
     ]
 }
 
@@ -294,8 +295,39 @@ pub(crate) fn message(max_fds: usize) -> BoxedStrategy<Message> {
         )
         .prop_map(|entries| Message::Connections { entries }),
         any::<u32>().prop_map(|connections| Message::ConnectionBudget { connections }),
+        (
+            vec(schema(), 0..3),
+            vec(
+                (text(), any::<u32>(), any::<u32>()).prop_map(|(name, min, max)| SchemaRange {
+                    name,
+                    min,
+                    max
+                }),
+                0..3
+            )
+        )
+            .prop_map(|(produces, accepts)| Message::Schemas { produces, accepts }),
+        vec(
+            (
+                text(),
+                proptest::option::of((schema(), any::<u64>(), any::<[u8; 32]>()).prop_map(
+                    |(schema, len, sha256)| BlobInfo {
+                        schema,
+                        len,
+                        sha256
+                    }
+                ))
+            )
+                .prop_map(|(name, blob)| ItemEntry { name, blob }),
+            0..=max_fds
+        )
+        .prop_map(|entries| Message::Items { entries }),
     ]
     .boxed()
+}
+
+fn schema() -> impl Strategy<Value = Schema> {
+    (text(), any::<u32>()).prop_map(|(name, version)| Schema { name, version })
 }
 
 fn any_envelope(max_fds: usize) -> impl Strategy<Value = Envelope> {

@@ -69,16 +69,23 @@ fn unreachable_here(point: FaultPoint) -> Option<&'static str> {
 /// A successor crashing at any of its points: rolled back, the incumbent
 /// keeps serving and writing.
 fn successor_point(point: FaultPoint) {
-    let harness = Harness::start(Mode::Exclusive, &["--relock-ms", "2000"]);
+    let harness = Harness::start(Mode::Exclusive, &["--relock-ms", "2000", "--items", "1"]);
     let dir = harness.data.as_ref().expect("data").path().to_path_buf();
     let _reaper = Reaper(dir.display().to_string());
     let prober = LockProber::start(&dir);
     let old = harness.info().pid;
     put(harness.addr, "before", "1");
+    hit(harness.addr);
     let outcome = harness
         .handle
         .upgrade(UpgradeRequest {
-            args: Some(harness.args(&[]).into_iter().map(Into::into).collect()),
+            args: Some(
+                harness
+                    .args(&["--items", "1"])
+                    .into_iter()
+                    .map(Into::into)
+                    .collect(),
+            ),
             // Only this successor gets the variable: no generation filter.
             env: crash_env(point, None),
             ..UpgradeRequest::default()
@@ -94,7 +101,35 @@ fn successor_point(point: FaultPoint) {
     assert_eq!(harness.info().pid, old, "{point}: the incumbent serves");
     put(harness.addr, "after", "2");
     assert_eq!(get(harness.addr, "before"), "VALUE 1");
+    // The crashed successor put nothing in the store (I21): the next
+    // successor gets the incumbent's cache and its sealed blob.
+    let outcome = harness.upgrade(harness.args(&["--items", "1"]));
+    assert!(outcome.is_committed(), "{point}: {outcome:?}");
+    assert_eq!(
+        items(harness.addr),
+        (format!("revisions=2 by={old}"), 1),
+        "{point}"
+    );
     assert!(prober.finish() <= 1, "{point}: two lock holders at once");
+}
+
+/// testd's `HIT`: the memfd counter of `--items`, now.
+fn hit(addr: std::net::SocketAddr) -> u64 {
+    let reply = request(addr, "HIT").expect("HIT");
+    reply
+        .strip_prefix("HITS ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("bad HIT reply {reply:?}"))
+}
+
+/// testd's `ITEMS`: (the blob it inherited, the counter).
+fn items(addr: std::net::SocketAddr) -> (String, u64) {
+    let reply = request(addr, "ITEMS").expect("ITEMS");
+    reply
+        .strip_prefix("blob=")
+        .and_then(|rest| rest.rsplit_once(" hits="))
+        .and_then(|(blob, hits)| Some((blob.to_owned(), hits.parse().ok()?)))
+        .unwrap_or_else(|| panic!("bad ITEMS reply {reply:?}"))
 }
 
 /// The incumbent (generation 1) crashing at one of its points during (or
@@ -103,7 +138,7 @@ fn successor_point(point: FaultPoint) {
 fn incumbent_point(point: FaultPoint) {
     let harness = Harness::start_env(
         Mode::Exclusive,
-        &["--relock-ms", "2000"],
+        &["--relock-ms", "2000", "--items", "1"],
         test_timeouts(),
         crash_env(point, Some(1)),
     );
@@ -112,11 +147,13 @@ fn incumbent_point(point: FaultPoint) {
     let prober = LockProber::start(&dir);
     // At "serving" generation 1 crashes at its own start: a restart serves.
     put(harness.addr, "before", "1");
+    let first = harness.info().pid;
+    hit(harness.addr);
     // Relocking and resuming are only on the abort path: make the
     // successor fail after the incumbent sealed.
     let successor_args = match point.state {
-        "relocking" | "resuming" => harness.args(&["--fail-at", "begin"]),
-        _ => harness.args(&[]),
+        "relocking" | "resuming" => harness.args(&["--fail-at", "begin", "--items", "1"]),
+        _ => harness.args(&["--items", "1"]),
     };
     let outcome = harness
         .handle
@@ -139,6 +176,12 @@ fn incumbent_point(point: FaultPoint) {
         request(harness.addr, "GET before").is_ok_and(|reply| reply == "VALUE 1")
     });
     put(harness.addr, "after", "2");
+    // Whoever serves has the cache generation 1 put (one hit), and either
+    // no blob or the one generation 1 sealed (I21).
+    let (blob, hits) = items(harness.addr);
+    assert_eq!(hits, 1, "{point}");
+    let sealed = format!("revisions=1 by={first}");
+    assert!(blob == "-" || blob == sealed, "{point}: blob {blob:?}");
     eventually(&format!("{point}: one generation left"), || {
         processes_mentioning(&dir.display().to_string()).len() == 1
     });

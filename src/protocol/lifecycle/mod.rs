@@ -206,6 +206,14 @@ pub enum LifecycleInput {
         /// How many.
         count: u32,
     },
+    /// A generation put items in the store (I21); the driver holds their
+    /// fds as `batch`.
+    Items {
+        /// From whom.
+        generation: GenerationId,
+        /// The driver's name for them.
+        batch: u64,
+    },
     /// Stop everything gracefully.
     Stop,
     /// Time passed.
@@ -421,6 +429,26 @@ pub enum LifecycleAction {
         /// Why.
         why: &'static str,
     },
+    /// Put a batch of items in the store, replacing those of the same
+    /// names (I21).
+    KeepItems {
+        /// The batch.
+        batch: u64,
+    },
+    /// Close a batch of items: its sender may not keep items.
+    DropItems {
+        /// The batch.
+        batch: u64,
+        /// Why.
+        why: &'static str,
+    },
+    /// Give a generation every item in the store, before its `Begin`.
+    SendItems {
+        /// To whom.
+        to: GenerationId,
+        /// The handoff id it carries now.
+        handoff_id: u64,
+    },
     /// Everything stopped: the supervisor ends.
     Stopped,
 }
@@ -462,6 +490,12 @@ pub struct Generation {
     /// Its Hello announced `CAP_CONNECTIONS` (I20).
     #[serde(default)]
     takes_connections: bool,
+    /// Its Hello announced `CAP_ITEMS` (I21).
+    #[serde(default)]
+    takes_items: bool,
+    /// The blob schemas it writes (its `Schemas`, I21).
+    #[serde(default)]
+    produces: Vec<crate::wire::Schema>,
 }
 
 /// A generation that failed: who, and how.
@@ -505,6 +539,8 @@ struct Handoff {
     spawn_time: Duration,
     /// Connections the incumbent handed over, held until the verdict (I20).
     held: Vec<Parcel>,
+    /// Items the successor put, kept only if it commits (I21).
+    items: Vec<u64>,
 }
 
 /// The generation a handoff replaces.
@@ -659,6 +695,9 @@ impl LifecycleMachine {
                 batch,
                 count,
             } => self.on_connections(generation, Parcel { batch, count }, &mut out),
+            LifecycleInput::Items { generation, batch } => {
+                self.on_items(generation, batch, &mut out)
+            }
             LifecycleInput::Exited { generation, status } => {
                 self.on_exited(generation, status, now, &mut out)
             }
@@ -813,6 +852,8 @@ impl LifecycleMachine {
             serving_since: None,
             handoff_id: 0,
             takes_connections: false,
+            takes_items: false,
+            produces: Vec::new(),
         };
         let incumbent = match std::mem::replace(&mut self.state, State::Finished) {
             State::Serving { live, .. } => Incumbent::Serving(live),
@@ -860,6 +901,7 @@ impl LifecycleMachine {
                 requested,
                 spawn_time,
                 held: Vec::new(),
+                items: Vec::new(),
             }),
         };
         self.perform_foreign(first, now, out);

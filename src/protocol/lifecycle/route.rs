@@ -11,7 +11,7 @@ use super::{
 use crate::protocol::outcome::{ExitStatus, ResumeCheck, SupervisorEvent};
 use crate::protocol::{ForeignAction, ForeignInput, HandoffAction, HandoffInput, Side, Signal};
 use crate::timeouts::{EXIT_AFTER_EOF, PROBE_ATTEMPT};
-use crate::wire::{CAP_CONNECTIONS, Message};
+use crate::wire::{CAP_CONNECTIONS, CAP_ITEMS, Message};
 
 /// A generation's part in the supervisor's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,9 @@ impl LifecycleMachine {
         now: Instant,
         out: &mut Out,
     ) {
+        if let Message::Schemas { produces, accepts } = message {
+            return self.on_schemas(generation, handoff_id, (produces, &accepts), now, out);
+        }
         match self.role(generation) {
             Role::Successor | Role::Incumbent => {
                 if let (Message::Hello { capabilities, .. }, Some(handoff)) =
@@ -74,6 +77,7 @@ impl LifecycleMachine {
                     && handoff.successor.id == generation
                 {
                     handoff.successor.takes_connections = capabilities & CAP_CONNECTIONS != 0;
+                    handoff.successor.takes_items = capabilities & CAP_ITEMS != 0;
                 }
                 let from = if self.role(generation) == Role::Successor {
                     Side::Successor
@@ -551,6 +555,13 @@ impl LifecycleMachine {
             ) => live,
             _ => return,
         };
+        if matches!(message, Message::Begin { .. }) && generation.takes_items {
+            // The store first: the successor reads it once begun (I21).
+            out.push(LifecycleAction::SendItems {
+                to: generation.id,
+                handoff_id: generation.handoff_id,
+            });
+        }
         if adopts {
             if let Some(receiver) = &receiver {
                 // Before Prepare, with the id the incumbent carries now.

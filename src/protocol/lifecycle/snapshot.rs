@@ -172,8 +172,10 @@ impl LifecycleMachine {
                 started: now,
                 serving_since: Some(now),
                 handoff_id: orphan.handoff_id,
-                // Adopted: its Hello is not known (I20 is not promised).
+                // Adopted: its Hello is not known (I20, I21 not promised).
                 takes_connections: false,
+                takes_items: false,
+                produces: Vec::new(),
             },
             condemned: None,
         };

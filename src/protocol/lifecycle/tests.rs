@@ -1110,3 +1110,148 @@ fn connections_from_a_generation_not_draining_go_back_to_it_and_from_nobody_are_
         "{actions:?}"
     );
 }
+
+// ---------------------------------------------------------- items (I21)
+
+fn schemas(produces: &[(&str, u32)], accepts: &[(&str, u32, u32)]) -> Message {
+    Message::Schemas {
+        produces: produces
+            .iter()
+            .map(|(name, version)| crate::wire::Schema {
+                name: (*name).into(),
+                version: *version,
+            })
+            .collect(),
+        accepts: accepts
+            .iter()
+            .map(|(name, min, max)| crate::wire::SchemaRange {
+                name: (*name).into(),
+                min: *min,
+                max: *max,
+            })
+            .collect(),
+    }
+}
+
+const ITEMS: u64 = crate::wire::CAP_ITEMS;
+
+/// Generation 1 serving, its `Schemas` saying it writes kv version 3; the
+/// next handoff spawned and its successor's Hello seen: (old, new, id).
+fn incumbent_writing_kv3(sim: &mut Sim) -> (GenerationId, GenerationId, u64) {
+    let ticket = sim.machine.begin_handoff().expect("a ticket");
+    sim.spawned(ticket, build("daemon-a"));
+    let (id, first) = (ticket.handoff_id, ticket.generation);
+    sim.frame(first, 0, hello_with(ITEMS));
+    sim.frame(first, id, schemas(&[("kv", 3)], &[("kv", 3, 3)]));
+    sim.frame(first, id, Message::Warm);
+    sim.frame(first, id, ready());
+    assert!(committed(&sim.frame(first, id, Message::CommitAck)));
+    let ticket = sim.machine.begin_handoff().expect("a ticket");
+    sim.spawned(ticket, build("daemon-b"));
+    sim.frame(ticket.generation, 0, hello_with(ITEMS));
+    (first, ticket.generation, ticket.handoff_id)
+}
+
+#[test]
+fn a_successor_that_cannot_read_the_incumbents_blob_fails_before_the_drain() {
+    let mut sim = Sim::library(Mode::Exclusive);
+    let (old, new, id) = incumbent_writing_kv3(&mut sim);
+    let actions = sim.frame(new, id, schemas(&[], &[("kv", 1, 2)]));
+    assert!(!sent_to(&actions, old, "Prepare"), "{actions:?}");
+    assert!(sent_to(&actions, new, "Abort"), "{actions:?}");
+    let mut after = sim.closed(new);
+    after.extend(sim.exited(new, ExitStatus::Code(75)));
+    let all: Vec<_> = actions.iter().chain(&after).collect();
+    let rolled = all.iter().find_map(|a| match a {
+        LifecycleAction::Finished(outcome) => Some(outcome.as_ref().clone()),
+        _ => None,
+    });
+    assert!(
+        matches!(
+            &rolled,
+            Some(Outcome::RolledBack {
+                reason: AbortReason::SchemaRefused { detail },
+                ..
+            }) if detail.contains("kv version 3") && detail.contains("1..=2")
+        ),
+        "{rolled:?}"
+    );
+    assert_eq!(sim.machine.live().map(|live| live.id), Some(old));
+}
+
+#[test]
+fn a_successor_that_reads_the_incumbents_blob_or_does_not_name_it_goes_on() {
+    for accepts in [&[("kv", 2, 3)][..], &[("other", 1, 1)][..], &[][..]] {
+        let mut sim = Sim::library(Mode::Exclusive);
+        let (old, new, id) = incumbent_writing_kv3(&mut sim);
+        let actions = sim.frame(new, id, schemas(&[], accepts));
+        assert!(!sent_to(&actions, new, "Abort"), "{accepts:?}: {actions:?}");
+        let actions = sim.frame(new, id, Message::Warm);
+        assert!(
+            sent_to(&actions, old, "Prepare"),
+            "{accepts:?}: {actions:?}"
+        );
+    }
+}
+
+#[test]
+fn the_store_goes_to_a_successor_before_its_begin_and_only_the_live_one_puts_items() {
+    let mut sim = Sim::library(Mode::Exclusive);
+    let (old, new, id) = incumbent_writing_kv3(&mut sim);
+    let put =
+        |sim: &mut Sim, generation, batch| sim.step(LifecycleInput::Items { generation, batch });
+    assert!(matches!(
+        put(&mut sim, old, 1)[..],
+        [LifecycleAction::KeepItems { batch: 1 }]
+    ));
+    // The successor's wait for its commit.
+    assert!(put(&mut sim, new, 2).is_empty());
+    sim.frame(new, id, Message::Warm);
+    sim.frame(old, id, drained());
+    let actions = sim.frame(old, id, Message::SealComplete(seal()));
+    let items = position(
+        &actions,
+        |a| matches!(a, LifecycleAction::SendItems { to, handoff_id } if *to == new && *handoff_id == id),
+    );
+    let begin = position(
+        &actions,
+        |a| matches!(a, LifecycleAction::Send { to, message: Message::Begin { .. }, .. } if *to == new),
+    );
+    assert!(items < begin, "{actions:?}");
+    sim.frame(new, id, ready());
+    let actions = sim.frame(new, id, Message::CommitAck);
+    assert!(committed(&actions), "{actions:?}");
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, LifecycleAction::KeepItems { batch: 2 })),
+        "kept at the commit: {actions:?}"
+    );
+}
+
+#[test]
+fn a_rolled_back_successors_items_are_dropped() {
+    let mut sim = Sim::library(Mode::Exclusive);
+    let (_, new, id) = incumbent_writing_kv3(&mut sim);
+    assert!(
+        sim.step(LifecycleInput::Items {
+            generation: new,
+            batch: 7
+        })
+        .is_empty()
+    );
+    let failed = Message::Failed {
+        reason: AbortReason::SuccessorFailed {
+            reason: "no".into(),
+        },
+    };
+    let mut actions = sim.frame(new, id, failed);
+    actions.extend(sim.closed(new));
+    actions.extend(sim.exited(new, ExitStatus::Code(1)));
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, LifecycleAction::DropItems { batch: 7, .. })),
+        "{actions:?}"
+    );
+}

@@ -1,13 +1,25 @@
-//! Client connections in transit between generations (I20): where a batch
-//! a generation handed over goes. The driver holds the fds; this machine
-//! decides. A batch the incumbent of a handoff hands over is held until
-//! the verdict: the generation serving after it gets it (the successor at
-//! a commit, the incumbent again after a rollback). A retiring generation's
-//! batch goes to the live one at once. Anything else goes back to its
-//! sender; only a batch nobody alive can serve is closed.
+//! What travels between generations: client connections (I20) and items
+//! (I21). The driver holds the fds; this machine decides.
+//!
+//! A batch of connections the incumbent of a handoff hands over is held
+//! until the verdict: the generation serving after it gets it (the
+//! successor at a commit, the incumbent again after a rollback). A retiring
+//! generation's batch goes to the live one at once. Anything else goes
+//! back to its sender; only a batch nobody alive can serve is closed.
+//!
+//! Items go to the store from the live generation (an incumbent, a
+//! retiree); a successor's are held until its verdict (kept if it
+//! commits), and the whole store goes to every generation before its
+//! `Begin`. A successor whose
+//! `Schemas` cannot read a blob schema the incumbent writes fails before
+//! the incumbent is asked to drain.
+
+use std::time::Instant;
 
 use super::route::Role;
-use super::{Generation, GenerationId, LifecycleAction, LifecycleMachine, Out};
+use super::{Generation, GenerationId, HandoffKind, LifecycleAction, LifecycleMachine, Out};
+use crate::protocol::{HandoffInput, Side};
+use crate::wire::{AbortReason, Message, Schema, SchemaRange};
 
 /// A batch the driver holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +70,58 @@ impl LifecycleMachine {
         }
     }
 
+    pub(super) fn on_items(&mut self, from: GenerationId, batch: u64, out: &mut Out) {
+        match self.role(from) {
+            Role::Live | Role::Incumbent | Role::Retiree(_) => {
+                out.push(LifecycleAction::KeepItems { batch })
+            }
+            Role::Successor => match self.handoff_mut() {
+                Some(handoff) => handoff.items.push(batch),
+                None => out.push(LifecycleAction::DropItems {
+                    batch,
+                    why: "their generation is gone",
+                }),
+            },
+            Role::Unknown => out.push(LifecycleAction::DropItems {
+                batch,
+                why: "their generation is gone",
+            }),
+        }
+    }
+
+    /// A generation's `Schemas`: what it writes is kept; a successor that
+    /// cannot read what the incumbent writes fails now, before the drain.
+    pub(super) fn on_schemas(
+        &mut self,
+        from: GenerationId,
+        handoff_id: u64,
+        (produces, accepts): (Vec<Schema>, &[SchemaRange]),
+        now: Instant,
+        out: &mut Out,
+    ) {
+        let Some(handoff) = self.handoff_mut().filter(|h| h.successor.id == from) else {
+            return;
+        };
+        handoff.successor.produces = produces;
+        let library = matches!(handoff.machine, HandoffKind::Library(_));
+        let written = self
+            .live()
+            .map(|live| live.produces.clone())
+            .unwrap_or_default();
+        let Some(detail) = unreadable(&written, accepts).filter(|_| library) else {
+            return;
+        };
+        let message = Message::Failed {
+            reason: AbortReason::SchemaRefused { detail },
+        };
+        let input = HandoffInput::Frame {
+            from: Side::Successor,
+            handoff_id,
+            message,
+        };
+        self.step_handoff(input, now, out);
+    }
+
     /// A generation alive in any role, by id.
     fn generation(&self, id: GenerationId) -> Option<&Generation> {
         if let Some(live) = self.live().filter(|live| live.id == id) {
@@ -92,5 +156,33 @@ fn send_or_drop(parcel: Parcel, to: Option<&Generation>, out: &mut Out) {
             batch: parcel.batch,
             why: "no generation is left to serve them",
         }),
+    }
+}
+
+/// The first schema in `written` that `accepts` names without its version.
+/// A schema it does not name at all is not read by it: no refusal.
+fn unreadable(written: &[Schema], accepts: &[SchemaRange]) -> Option<String> {
+    written.iter().find_map(|schema| {
+        let range = accepts.iter().find(|range| range.name == schema.name)?;
+        (!range.accepts(schema)).then(|| {
+            format!(
+                "the incumbent writes {} version {}, the successor reads {}..={}",
+                schema.name, schema.version, range.min, range.max
+            )
+        })
+    })
+}
+
+/// At a verdict: what the successor put is kept if it committed.
+pub(super) fn settle_items(batches: Vec<u64>, committed: bool, out: &mut Out) {
+    for batch in batches {
+        out.push(if committed {
+            LifecycleAction::KeepItems { batch }
+        } else {
+            LifecycleAction::DropItems {
+                batch,
+                why: "their generation was rolled back",
+            }
+        });
     }
 }

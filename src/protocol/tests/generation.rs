@@ -624,3 +624,68 @@ fn the_hello_announces_the_capabilities_it_is_given() {
         }
     ));
 }
+
+#[test]
+fn schemas_go_out_after_a_hello_ack_of_version_2_only_when_declared() {
+    use crate::wire::{Schema, SchemaRange};
+    let schemas = Message::Schemas {
+        produces: vec![Schema {
+            name: "kv".into(),
+            version: 3,
+        }],
+        accepts: vec![SchemaRange {
+            name: "kv".into(),
+            min: 2,
+            max: 3,
+        }],
+    };
+    let Message::Schemas { produces, accepts } = schemas.clone() else {
+        unreachable!()
+    };
+    let ack = |version| Message::HelloAck {
+        version,
+        generation: GENERATION,
+        mode: Mode::Exclusive,
+        has_incumbent: true,
+        fd_count: 0,
+    };
+    let declared = || {
+        let mut g = Gen::new();
+        g.machine = std::mem::replace(
+            &mut g.machine,
+            crate::protocol::GenerationMachine::new(&g.timeouts, g.now),
+        )
+        .with_schemas(produces.clone(), accepts.clone());
+        g
+    };
+    let actions = declared().frame_with_id(ID, ack(2));
+    assert_eq!(actions[0], GenerationAction::Send(schemas));
+    // A version-1 supervisor would not know the message.
+    let actions = declared().frame_with_id(ID, ack(1));
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, GenerationAction::Send(Message::Schemas { .. }))),
+        "{actions:?}"
+    );
+    // Nothing declared: nothing sent.
+    let actions = Gen::new().frame_with_id(ID, ack(2));
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, GenerationAction::Send(Message::Schemas { .. }))),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn items_reach_the_daemon_in_any_state() {
+    let items = Message::Items {
+        entries: Vec::new(),
+    };
+    let mut g = Gen::new();
+    g.frame_with_id(ID, hello_ack(0));
+    assert_eq!(g.frame(items.clone()), [GenerationAction::KeepItems]);
+    let mut g = successor_happy_path();
+    assert_eq!(g.frame(items), [GenerationAction::KeepItems]);
+}

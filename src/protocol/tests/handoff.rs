@@ -28,7 +28,7 @@ pub(super) fn exclusive_happy_path() -> Sup {
         HandoffAction::Send {
             to: Side::Successor,
             message: Message::HelloAck {
-                version: 1,
+                version: PROTOCOL_VERSIONS.max,
                 generation: GENERATION,
                 mode: Mode::Exclusive,
                 has_incumbent: true,

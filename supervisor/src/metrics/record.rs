@@ -136,7 +136,9 @@ impl Reason {
             AbortReason::SuccessorProtocol { .. } | AbortReason::VersionMismatch { .. } => {
                 Reason::Protocol
             }
-            AbortReason::FingerprintMismatch { .. } => Reason::StateMismatch,
+            AbortReason::FingerprintMismatch { .. } | AbortReason::SchemaRefused { .. } => {
+                Reason::StateMismatch
+            }
             AbortReason::SealFailed { .. } | AbortReason::IncumbentFailed { .. } => {
                 Reason::IncumbentFailed
             }

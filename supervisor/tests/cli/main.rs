@@ -14,6 +14,7 @@ mod gateway;
 mod health;
 mod history;
 mod hooks;
+mod items;
 mod lifecycle;
 mod load;
 mod metrics;

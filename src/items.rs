@@ -1,0 +1,289 @@
+//! Named items kept for the next generations (I21): fds of any kind (a
+//! memfd cache, a pipe, an upstream connection) and sealed state blobs.
+//!
+//! The supervisor keeps the last item put under each name and gives them
+//! all to every generation it starts later, before its `Begin`: a
+//! successor, and a restart after a crash too. A blob travels as a sealed
+//! memfd (never through the control socket) with its schema, length and
+//! sha256; the reader checks all of them, not the writer's word. An
+//! exclusive daemon puts its blob in `seal`, an overlap one in `drain`; a
+//! cache it mutates in place it puts once, when it creates it.
+//!
+//! ```no_run
+//! use handoff::wire::{Schema, SchemaRange};
+//! let schema = Schema { name: "counter".into(), version: 2 };
+//! let reads = SchemaRange { name: "counter".into(), min: 1, max: 2 };
+//! let options = handoff::StartOptions::new("mydaemon 1.2.0")
+//!     .with_schemas(vec![schema.clone()], vec![reads.clone()]);
+//! let generation = handoff::start(options)?;
+//! let items = generation.items();
+//! // One code path: an inherited blob, else what is on disk.
+//! let count = match items.take_blob("state", &reads)? {
+//!     Some(blob) => u64::from_le_bytes(blob.bytes.try_into().unwrap_or_default()),
+//!     None => 0, // read the data directory
+//! };
+//! // ... in `seal`:
+//! items.put_blob("state", schema, &count.to_le_bytes())?;
+//! # Ok::<(), handoff::Error>(())
+//! ```
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::Sender;
+use sha2::Digest;
+
+use crate::error::{Error, Result};
+use crate::incumbent::AgentInput;
+use crate::sys;
+use crate::wire::{BlobInfo, ItemEntry, Schema, SchemaRange};
+
+/// A blob read back: its schema and bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob {
+    /// The format it was written in.
+    pub schema: Schema,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// Items received, by name.
+pub(crate) type Received = Arc<Mutex<HashMap<String, (ItemEntry, OwnedFd)>>>;
+
+/// A generation's items: those kept for it, and those it keeps for the
+/// next generations. Cheap to clone; every clone is the same store.
+#[derive(Debug, Clone)]
+pub struct ItemStore {
+    received: Received,
+    /// `None` without a supervisor: nothing is kept.
+    to_agent: Option<Sender<AgentInput>>,
+}
+
+impl ItemStore {
+    pub(crate) fn new(received: Received, to_agent: Option<Sender<AgentInput>>) -> ItemStore {
+        ItemStore { received, to_agent }
+    }
+
+    /// The fd kept under `name` (not a blob), taken out of this store.
+    pub fn take_fd(&self, name: &str) -> Result<Option<OwnedFd>> {
+        let mut received = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        match received.remove(name) {
+            None => Ok(None),
+            Some((entry, fd)) if entry.blob.is_none() => Ok(Some(fd)),
+            Some((entry, fd)) => {
+                received.insert(name.to_owned(), (entry, fd));
+                Err(refused(name, "it is a blob: take it with take_blob"))
+            }
+        }
+    }
+
+    /// The blob kept under `name`, if its schema is in `reads` and its
+    /// memfd is sealed and holds the bytes announced. `Ok(None)` when there
+    /// is none: read the state from disk. `Err` when there is one this
+    /// build must not use.
+    pub fn take_blob(&self, name: &str, reads: &SchemaRange) -> Result<Option<Blob>> {
+        let taken = self
+            .received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        let Some((entry, fd)) = taken else {
+            return Ok(None);
+        };
+        let Some(info) = entry.blob else {
+            return Err(refused(
+                name,
+                "it is an fd, not a blob: take it with take_fd",
+            ));
+        };
+        if !reads.accepts(&info.schema) {
+            let why = format!(
+                "schema {} version {} is not one of {} {}..={}",
+                info.schema.name, info.schema.version, reads.name, reads.min, reads.max
+            );
+            return Err(refused(name, &why));
+        }
+        let bytes = read_blob(&info, fd.as_fd()).map_err(|why| refused(name, &why))?;
+        Ok(Some(Blob {
+            schema: info.schema,
+            bytes,
+        }))
+    }
+
+    /// Keeps a duplicate of `fd` under `name` for the next generations,
+    /// replacing what was kept under that name.
+    pub fn put_fd(&self, name: &str, fd: impl AsFd) -> Result<()> {
+        let fd = fd
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| Error::io("duplicating an item's fd", source))?;
+        let entry = ItemEntry {
+            name: name.to_owned(),
+            blob: None,
+        };
+        self.put(entry, fd)
+    }
+
+    /// Keeps `bytes` under `name`, as a sealed memfd in `schema`, for the
+    /// next generations. Call it in `seal` (exclusive) or `drain`
+    /// (overlap): it reaches the supervisor before the hook's answer.
+    pub fn put_blob(&self, name: &str, schema: Schema, bytes: &[u8]) -> Result<()> {
+        let fd = sys::memfd::sealed(name, bytes)
+            .map_err(|source| Error::io("writing a sealed blob", source))?;
+        let entry = ItemEntry {
+            name: name.to_owned(),
+            blob: Some(BlobInfo {
+                schema,
+                len: bytes.len() as u64,
+                sha256: sha2::Sha256::digest(bytes).into(),
+            }),
+        };
+        self.put(entry, fd)
+    }
+
+    fn put(&self, entry: ItemEntry, fd: OwnedFd) -> Result<()> {
+        let Some(agent) = &self.to_agent else {
+            return Ok(());
+        };
+        agent
+            .send(AgentInput::PutItem(entry, fd))
+            .map_err(|_| Error::SessionOver)
+    }
+}
+
+fn refused(name: &str, reason: &str) -> Error {
+    Error::ItemRefused {
+        name: name.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// A blob's bytes, checked against `info`: every seal, the length, the
+/// sha256. The supervisor checks a blob put in its store the same way.
+pub(crate) fn read_blob(
+    info: &BlobInfo,
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> std::result::Result<Vec<u8>, String> {
+    let bytes = sys::memfd::read_sealed(fd).map_err(|e| e.to_string())?;
+    if bytes.len() as u64 != info.len {
+        return Err(format!(
+            "the memfd holds {} bytes, {} were announced",
+            bytes.len(),
+            info.len
+        ));
+    }
+    let sha256: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+    if sha256 != info.sha256 {
+        return Err("the memfd's bytes do not have the announced sha256".into());
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema(version: u32) -> Schema {
+        Schema {
+            name: "count".into(),
+            version,
+        }
+    }
+
+    fn reads(min: u32, max: u32) -> SchemaRange {
+        SchemaRange {
+            name: "count".into(),
+            min,
+            max,
+        }
+    }
+
+    fn info(bytes: &[u8], version: u32) -> BlobInfo {
+        BlobInfo {
+            schema: schema(version),
+            len: bytes.len() as u64,
+            sha256: sha2::Sha256::digest(bytes).into(),
+        }
+    }
+
+    /// A store holding `fd` as the blob "state" described by `info`.
+    fn holding(info: BlobInfo, fd: OwnedFd) -> ItemStore {
+        let entry = ItemEntry {
+            name: "state".into(),
+            blob: Some(info),
+        };
+        let received: Received = Arc::default();
+        received
+            .lock()
+            .expect("lock")
+            .insert("state".into(), (entry, fd));
+        ItemStore::new(received, None)
+    }
+
+    #[test]
+    fn a_sealed_blob_in_range_reads_back_once() {
+        let fd = sys::memfd::sealed("state", b"42").expect("memfd");
+        let store = holding(info(b"42", 2), fd);
+        let blob = store.take_blob("state", &reads(1, 2)).expect("ok");
+        assert_eq!(blob.map(|b| b.bytes), Some(b"42".to_vec()));
+        assert!(
+            store
+                .take_blob("state", &reads(1, 2))
+                .expect("ok")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_schema_out_of_range_is_refused() {
+        let fd = sys::memfd::sealed("state", b"42").expect("memfd");
+        let store = holding(info(b"42", 3), fd);
+        let error = store.take_blob("state", &reads(1, 2)).expect_err("refused");
+        assert!(
+            error
+                .to_string()
+                .contains("version 3 is not one of count 1..=2"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_unsealed_memfd_is_refused() {
+        let fd = sys::memfd::unsealed("state", b"42").expect("memfd");
+        let store = holding(info(b"42", 1), fd);
+        let error = store.take_blob("state", &reads(1, 1)).expect_err("refused");
+        assert!(error.to_string().contains("not sealed"), "{error}");
+    }
+
+    #[test]
+    fn a_resized_or_altered_blob_is_refused() {
+        // Sealed, but not what was announced: shorter, or other bytes.
+        let fd = sys::memfd::sealed("state", b"4").expect("memfd");
+        let store = holding(info(b"42", 1), fd);
+        let error = store.take_blob("state", &reads(1, 1)).expect_err("refused");
+        assert!(
+            error
+                .to_string()
+                .contains("holds 1 bytes, 2 were announced"),
+            "{error}"
+        );
+        let fd = sys::memfd::sealed("state", b"43").expect("memfd");
+        let store = holding(info(b"42", 1), fd);
+        let error = store.take_blob("state", &reads(1, 1)).expect_err("refused");
+        assert!(error.to_string().contains("sha256"), "{error}");
+    }
+
+    #[test]
+    fn a_blob_is_not_an_fd_and_stays_for_take_blob() {
+        let fd = sys::memfd::sealed("state", b"42").expect("memfd");
+        let store = holding(info(b"42", 1), fd);
+        assert!(store.take_fd("state").is_err());
+        assert!(
+            store
+                .take_blob("state", &reads(1, 1))
+                .expect("ok")
+                .is_some()
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! Items kept across generations (I21), with testd `--items N` under
+//! `handoffctl run`: a sealed state blob and a memfd hit counter survive
+//! ten upgrades and a kill -9 restart; a successor that cannot read the
+//! incumbent's blob schema is refused before the incumbent drains.
+
+use handoff::os::Sig;
+
+use crate::common::{Start, Supervisor, TempDir, request, script, serving_pid, testd};
+
+/// testd's `ITEMS` answer: (blob, hits).
+fn items(addr: std::net::SocketAddr) -> (String, u64) {
+    let line = request(addr, "ITEMS").expect("ITEMS");
+    let field = |key: &str| {
+        line.split(' ')
+            .find_map(|kv| kv.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+            .to_owned()
+    };
+    let hits = field("hits=").parse().expect("hits");
+    // The blob is "revisions=R by=PID": everything between blob= and hits=.
+    let blob = line
+        .strip_prefix("blob=")
+        .and_then(|rest| rest.rsplit_once(" hits="))
+        .map(|(blob, _)| blob.to_owned())
+        .unwrap_or_else(|| panic!("bad ITEMS line {line:?}"));
+    (blob, hits)
+}
+
+fn hit(addr: std::net::SocketAddr) -> u64 {
+    let line = request(addr, "HIT").expect("HIT");
+    line.strip_prefix("HITS ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("bad HIT answer {line:?}"))
+}
+
+fn with_items(data: &TempDir, version: &str) -> Supervisor {
+    Supervisor::start_with(Start {
+        testd_args: vec![
+            "--data-dir".into(),
+            data.path().display().to_string(),
+            "--items".into(),
+            version.into(),
+        ],
+        ..Start::default()
+    })
+}
+
+#[test]
+fn a_blob_and_a_memfd_cache_survive_ten_upgrades_and_a_kill_9_restart() {
+    let data = TempDir::new("items-data");
+    let supervisor = with_items(&data, "1");
+    let addr = supervisor.addr();
+    // Generation 1 started cold: no blob, a new cache.
+    assert_eq!(items(addr), ("-".to_owned(), 0));
+    let mut hits = 0;
+    for upgrade in 1..=10 {
+        for _ in 0..3 {
+            hits += 1;
+            assert_eq!(hit(addr), hits, "upgrade {upgrade}");
+        }
+        request(addr, &format!("PUT k{upgrade} v")).expect("PUT");
+        let sealing = serving_pid(addr);
+        let ran = supervisor.ctl("upgrade", &[]);
+        assert_eq!(ran.code, Some(0), "{ran:?}");
+        let (blob, now) = items(addr);
+        // The blob the incumbent sealed, and the same counter, in place.
+        assert_eq!(blob, format!("revisions={upgrade} by={sealing}"));
+        assert_eq!(now, hits, "upgrade {upgrade}");
+    }
+    // A crash: the restart reads the store too (the last sealed blob: the
+    // inherited item, else what is on disk).
+    let crashed = serving_pid(addr);
+    let (blob, _) = items(addr);
+    handoff::os::signal(crashed, Sig::Kill).expect("kill -9");
+    let restarted = serving_pid(addr);
+    assert_ne!(restarted, crashed);
+    assert_eq!(items(addr), (blob, hits));
+    assert_eq!(hit(addr), hits + 1);
+}
+
+#[test]
+fn a_successor_that_cannot_read_the_incumbents_blob_is_refused_before_the_drain() {
+    let data = TempDir::new("items-data");
+    // Generation 1 writes testd-state version 2; the new build reads only
+    // version 1.
+    let dir = TempDir::new("items-build");
+    let reads_v1 = script(
+        dir.path(),
+        "testd-v1",
+        &format!("exec {} \"$@\" --items 1\n", testd().display()),
+    );
+    let config = dir.path().join("handoff.toml");
+    let allow = format!("allowed_binaries = [\"{}\"]\n", reads_v1.display());
+    std::fs::write(&config, allow).expect("config");
+    let mut flags = Start::default().flags;
+    flags.extend(["--config".to_owned(), config.display().to_string()]);
+    let supervisor = Supervisor::start_with(Start {
+        flags,
+        testd_args: vec![
+            "--data-dir".into(),
+            data.path().display().to_string(),
+            "--items".into(),
+            "2".into(),
+        ],
+        ..Start::default()
+    });
+    let addr = supervisor.addr();
+    let incumbent = serving_pid(addr);
+    let from = supervisor.log().len();
+    let ran = supervisor.ctl(
+        "upgrade",
+        &["--binary", reads_v1.to_str().expect("utf-8"), "--json"],
+    );
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    assert!(
+        ran.stdout.contains(
+            "the successor cannot read the incumbent's state: the incumbent writes \
+             testd-state version 2, the successor reads 1..=1"
+        ),
+        "{ran:?}"
+    );
+    // The incumbent was never asked to drain, and serves and writes on.
+    let log = supervisor.log();
+    assert!(!log[from..].contains("phase=\"draining\""), "{log}");
+    assert_eq!(serving_pid(addr), incumbent);
+    let put = request(addr, "PUT after refusal").expect("PUT");
+    assert!(put.starts_with("OK"), "{put}");
+}
