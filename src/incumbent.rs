@@ -556,6 +556,13 @@ impl Agent {
             tracing::warn!(name, "no supervisor: the item is not kept");
             return;
         }
+        if self.machine.version() < crate::wire::ITEMS_VERSION {
+            tracing::warn!(
+                name,
+                "the supervisor speaks protocol version 1 and keeps no item"
+            );
+            return;
+        }
         let id = self.machine.handoff_id();
         let items = Message::Items {
             entries: vec![entry],

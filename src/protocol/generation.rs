@@ -322,6 +322,8 @@ pub struct GenerationMachine {
     /// The `Schemas` message sent after a `HelloAck` of version 2 or later
     /// (`None`: this build declares no schema).
     schemas: Option<Message>,
+    /// The protocol version `HelloAck` chose (0 before).
+    version: u16,
 }
 
 impl GenerationMachine {
@@ -335,7 +337,13 @@ impl GenerationMachine {
             last_heard: now,
             liveness: timeouts.liveness,
             schemas: None,
+            version: 0,
         }
+    }
+
+    /// The protocol version the supervisor chose (0 before `HelloAck`).
+    pub fn version(&self) -> u16 {
+        self.version
     }
 
     /// Declares the blob schemas this build writes and reads (I21).
@@ -511,6 +519,7 @@ impl GenerationMachine {
                 },
             ) => {
                 self.generation = generation;
+                self.version = version;
                 // Before Warm, so that a successor that cannot read the
                 // incumbent's state is refused before the drain (I21).
                 if version >= crate::wire::ITEMS_VERSION

@@ -126,3 +126,28 @@ fn a_successor_that_cannot_read_the_incumbents_blob_is_refused_before_the_drain(
     let put = request(addr, "PUT after refusal").expect("PUT");
     assert!(put.starts_with("OK"), "{put}");
 }
+
+#[test]
+fn a_generation_speaking_protocol_version_1_keeps_no_item_and_still_upgrades() {
+    let data = TempDir::new("items-v1");
+    let supervisor = Supervisor::start_with(Start {
+        testd_args: vec![
+            "--data-dir".into(),
+            data.path().display().to_string(),
+            "--items".into(),
+            "1".into(),
+            "--protocol".into(),
+            "1..1".into(),
+        ],
+        // testd logs the library's warnings with this.
+        env: vec![("RUST_LOG".into(), "handoff=warn".into())],
+        ..Start::default()
+    });
+    let addr = supervisor.addr();
+    assert_eq!(hit(addr), 1);
+    let ran = supervisor.ctl("upgrade", &[]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    // Version 1 has neither Schemas nor Items: a new cache, no blob.
+    assert_eq!(items(addr), ("-".to_owned(), 0));
+    supervisor.wait_log("keeps no item", 0);
+}
