@@ -548,14 +548,8 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn main() {
-    let start_fds = open_fds_line();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
-    let args = Arc::new(parse_args());
-    stage(&args, "start");
+/// The library's options the flags ask for.
+fn start_options(args: &Args) -> handoff::StartOptions {
     let mut options = handoff::StartOptions::new(args.build.clone());
     if let Some(ms) = args.relock_ms {
         options.timeouts.relock = std::time::Duration::from_millis(ms);
@@ -566,7 +560,19 @@ fn main() {
     if let Some(version) = args.items {
         options = options.with_schemas(vec![blob_schema(version)], vec![blob_reads(version)]);
     }
-    let mut generation = handoff::start(options).unwrap_or_else(|e| die(&format!("start: {e}")));
+    options
+}
+
+fn main() {
+    let start_fds = open_fds_line();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let args = Arc::new(parse_args());
+    stage(&args, "start");
+    let mut generation =
+        handoff::start(start_options(&args)).unwrap_or_else(|e| die(&format!("start: {e}")));
     let listener = generation
         .tcp_listener("main", &args.listen)
         .unwrap_or_else(|e| die(&format!("listener: {e}")));

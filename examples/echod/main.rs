@@ -11,6 +11,8 @@
 //! this generation drains after the commit, its kept-alive connections
 //! handed to the successor at a request boundary as in `kvd`.
 
+#[path = "../shared/prefixed.rs"]
+mod prefixed;
 #[path = "../shared/serve.rs"]
 #[allow(dead_code, reason = "shared by kvd and echod; each uses a subset")]
 mod serve;

@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | `GET /endpoints` | endpoint states, routes, last errors, and registry statistics |
 //! | `GET /stats` | registry statistics |
-//! | `GET /status` | the gateway's snapshot: accepting, connections, requests in flight |
+//! | `GET /status` | the gateway's snapshot: accepting, connections, requests in flight, its pid |
 //! | `PUT /endpoints/{id}/source` | stores handler source (body: Rust) |
 //! | `POST /endpoints/{id}/compile` | builds the stored source; 422 with the compiler's output on failure |
 //! | `POST /endpoints/{id}/deploy` | loads the built library (insert, or graceful swap); optional JSON body `{"path_prefix", "host", "timeout_ms"}` |
@@ -49,7 +49,11 @@ pub(crate) async fn handle(
     match (&method, segments.as_slice()) {
         (&Method::GET, ["endpoints"]) => endpoints(&shared),
         (&Method::GET, ["stats"]) => ok(&json!(shared.registry.stats())),
-        (&Method::GET, ["status"]) => ok(&json!(shared.snapshot())),
+        (&Method::GET, ["status"]) => {
+            let mut status = json!(shared.snapshot());
+            status["pid"] = json!(std::process::id());
+            ok(&status)
+        }
         (&Method::PUT, ["endpoints", id, "source"]) => put_source(&shared, id, &body),
         (&Method::POST, ["endpoints", id, "compile"]) => compile(&shared, id).await,
         (&Method::POST, ["endpoints", id, "deploy"]) => deploy(&shared, id, &body).await,

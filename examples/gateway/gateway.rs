@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 /// While draining, how long a connection that has not sent a request yet
@@ -29,6 +30,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::{Change, Config, EndpointConfig, Route};
 use crate::http::{self, Body};
+use crate::prefixed::Prefixed;
 
 /// Locks a std mutex whatever a panicking holder left (each critical section
 /// here leaves the data consistent).
@@ -126,6 +128,11 @@ pub struct Shared {
     /// API answers (status, stats) for as long as the drain allows.
     admin: Door,
     draining: AtomicBool,
+    /// The drain under way hands idle connections over (I20) instead of
+    /// closing them: responses then keep their connection open.
+    handing_over: AtomicBool,
+    /// The library's connection port, when supervised.
+    port: OnceLock<handoff::ConnectionPort>,
     /// Rung when a door's `in_flight` or `connections` goes down.
     quieter: Notify,
     request_ids: AtomicU64,
@@ -176,6 +183,28 @@ pub enum Service {
     Admin,
 }
 
+impl Service {
+    /// The tag its connections travel with.
+    fn tag(self) -> &'static str {
+        match self {
+            Service::Http => "http",
+            Service::Admin => "admin",
+        }
+    }
+
+    fn of_tag(tag: &str) -> Service {
+        if tag == "admin" {
+            Service::Admin
+        } else {
+            Service::Http
+        }
+    }
+}
+
+/// The future of one request's answer.
+type Answer =
+    Pin<Box<dyn std::future::Future<Output = Result<HyperResponse<Body>, Infallible>> + Send>>;
+
 /// The gateway daemon.
 pub struct Gateway {
     shared: Arc<Shared>,
@@ -204,6 +233,8 @@ impl Gateway {
             http: Door::new(),
             admin: Door::new(),
             draining: AtomicBool::new(false),
+            handing_over: AtomicBool::new(false),
+            port: OnceLock::new(),
             quieter: Notify::new(),
             request_ids: AtomicU64::new(0),
         };
@@ -434,7 +465,7 @@ impl Shared {
             Service::Http => self.route_request(request).await,
             Service::Admin => crate::admin::handle(Arc::clone(&self), request).await,
         };
-        if self.draining.load(Ordering::SeqCst) {
+        if self.draining.load(Ordering::SeqCst) && !self.handing_over.load(Ordering::SeqCst) {
             // Close kept-alive connections at this request boundary.
             http::close_after(&mut response);
         }
@@ -541,7 +572,8 @@ impl Shared {
                         }
                         // Counted now; the task adopts the count.
                         door.connections.fetch_add(1, Ordering::SeqCst);
-                        tokio::spawn(Arc::clone(&self).connection(stream, service));
+                        let io = Prefixed { unread: Default::default(), stream };
+                        tokio::spawn(Arc::clone(&self).connection(io, service, true));
                     }
                     Err(error) => tracing::warn!(%error, ?service, "accept failed"),
                 },
@@ -550,49 +582,144 @@ impl Shared {
         }
     }
 
-    async fn connection(self: Arc<Self>, stream: tokio::net::TcpStream, service: Service) {
+    async fn connection(self: Arc<Self>, io: Prefixed, service: Service, may_travel: bool) {
         let shared = Arc::clone(&self);
-        let _connection = Counted::adopt(&shared.door(service).connections, &shared.quieter);
+        let counted = Counted::adopt(&shared.door(service).connections, &shared.quieter);
         let served = Arc::new(AtomicBool::new(false));
         let hyper_service = {
             let served = Arc::clone(&served);
             service_fn(move |request| {
                 served.store(true, Ordering::SeqCst);
-                Arc::clone(&self).serve(service, request)
+                // Boxed: hyper's connection must be `Unpin` to stop between
+                // requests and give the socket back.
+                let answer: Answer = Box::pin(Arc::clone(&self).serve(service, request));
+                answer
             })
         };
-        let connection =
-            http1::Builder::new().serve_connection(TokioIo::new(stream), hyper_service);
-        tokio::pin!(connection);
+        let mut connection =
+            http1::Builder::new().serve_connection(TokioIo::new(io), hyper_service);
         let mut close_idle = shared.door(service).close_idle.subscribe();
         tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "connection ended with an error");
-                }
-                return;
+            result = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => {
+                return shared.end(connection, result, counted).await;
             }
             _ = async { close_idle.wait_for(|close| *close).await.is_ok() } => {}
         }
+        // Idle now (the drain waited for every request in flight): hand it
+        // over at this request boundary when the supervisor takes it.
+        let travels = may_travel && shared.handing_over.load(Ordering::SeqCst);
         // A connection accepted just before the drain may not have sent its
         // first request yet: closing it now would fail a request nobody else
         // can serve. Give it the idle grace to arrive (it is then served,
         // with `Connection: close`).
-        if !served.load(Ordering::SeqCst) {
-            match tokio::time::timeout(DRAIN_IDLE_GRACE, connection.as_mut()).await {
-                Ok(result) => {
-                    if let Err(error) = result {
-                        tracing::debug!(%error, "connection ended with an error");
-                    }
-                    return;
-                }
-                Err(_elapsed) => {}
+        if !travels && !served.load(Ordering::SeqCst) {
+            let first = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx));
+            if let Ok(result) = tokio::time::timeout(DRAIN_IDLE_GRACE, first).await {
+                return shared.end(connection, result, counted).await;
             }
         }
-        connection.as_mut().graceful_shutdown();
-        if let Err(error) = connection.as_mut().await {
-            tracing::debug!(%error, "connection ended with an error while closing");
+        Pin::new(&mut connection).graceful_shutdown();
+        let result = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)).await;
+        if travels && result.is_ok() {
+            let parts = connection.into_parts();
+            let Prefixed { unread, stream } = parts.io.into_inner();
+            let mut bytes = parts.read_buf.to_vec();
+            bytes.extend_from_slice(&unread);
+            return shared.hand_over(stream, bytes, service, counted);
         }
+        shared.end(connection, result, counted).await;
+    }
+
+    /// A connection that stopped: closed (its socket shut down).
+    async fn end(
+        &self,
+        connection: http1::Connection<
+            TokioIo<Prefixed>,
+            impl hyper::service::Service<
+                HyperRequest<Incoming>,
+                Response = HyperResponse<Body>,
+                Error = Infallible,
+                Future = Answer,
+            >,
+        >,
+        result: hyper::Result<()>,
+        _counted: Counted<'_>,
+    ) {
+        if let Err(error) = result {
+            tracing::debug!(%error, "connection ended with an error");
+        }
+        let mut stream = connection.into_parts().io.into_inner().stream;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+    }
+
+    /// Passes a connection stopped at a request boundary to the library;
+    /// one it cannot take is served on here, to close the old way.
+    fn hand_over(
+        self: &Arc<Self>,
+        stream: tokio::net::TcpStream,
+        unread: Vec<u8>,
+        service: Service,
+        counted: Counted<'_>,
+    ) {
+        let (Some(port), Ok(stream)) = (self.port.get(), stream.into_std()) else {
+            return;
+        };
+        let connection = handoff::Connection {
+            fd: stream.into(),
+            unread,
+            tag: service.tag().into(),
+        };
+        if let Err(refused) = port.hand_over(connection) {
+            let stream = std::net::TcpStream::from(refused.fd);
+            if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
+                // The count goes with it to its new task.
+                std::mem::forget(counted);
+                let io = Prefixed {
+                    unread: refused.unread.into(),
+                    stream,
+                };
+                tokio::spawn(Arc::clone(self).connection(io, service, false));
+            }
+        }
+    }
+
+    /// Serves the connections the library hands this generation (from its
+    /// predecessor) as if accepted here. Call once, before serving.
+    pub fn serve_arrivals(
+        self: &Arc<Self>,
+        runtime: &tokio::runtime::Handle,
+        port: handoff::ConnectionPort,
+    ) {
+        let arrivals = port.arrivals().clone();
+        if self.port.set(port).is_err() {
+            return;
+        }
+        let (shared, runtime) = (Arc::clone(self), runtime.clone());
+        std::thread::spawn(move || {
+            for arrival in arrivals.iter() {
+                let handoff::Connection { fd, unread, tag } = arrival.connection;
+                let service = Service::of_tag(&tag);
+                let may_travel = arrival.origin == handoff::Origin::Transferred;
+                let _context = runtime.enter();
+                let stream = std::net::TcpStream::from(fd);
+                let Ok(stream) = stream
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpStream::from_std(stream))
+                else {
+                    continue;
+                };
+                // Counted now; the task adopts the count.
+                shared
+                    .door(service)
+                    .connections
+                    .fetch_add(1, Ordering::SeqCst);
+                let io = Prefixed {
+                    unread: unread.into(),
+                    stream,
+                };
+                runtime.spawn(Arc::clone(&shared).connection(io, service, may_travel));
+            }
+        });
     }
 
     /// Closes `door` and waits (until `deadline`) for its connections to
@@ -632,6 +759,8 @@ impl Shared {
         let tokio_deadline = tokio::time::Instant::from_std(deadline);
         // Draining before not accepting: whoever sees the gateway not
         // accepting also sees it draining.
+        let budget = self.port.get().map_or(0, |port| port.budget());
+        self.handing_over.store(budget > 0, Ordering::SeqCst);
         self.draining.store(true, Ordering::SeqCst);
         let open = self.drain_door(&self.http, tokio_deadline).await
             + self.drain_door(&self.admin, tokio_deadline).await;
@@ -653,6 +782,7 @@ impl Shared {
     pub fn resume(&self) {
         self.registry.resume();
         self.draining.store(false, Ordering::SeqCst);
+        self.handing_over.store(false, Ordering::SeqCst);
         self.admin.reopen();
         self.http.reopen();
     }

@@ -30,6 +30,8 @@ mod admin;
 mod config;
 mod gateway;
 mod http;
+#[path = "../shared/prefixed.rs"]
+mod prefixed;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -122,10 +124,10 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Inherit-or-bind: the same lines for a cold start, a successor and a
     // gateway running alone.
-    let mut generation = handoff::start(handoff::StartOptions::new(concat!(
-        "gateway ",
-        env!("CARGO_PKG_VERSION")
-    )))?;
+    let mut generation = handoff::start(
+        handoff::StartOptions::new(concat!("gateway ", env!("CARGO_PKG_VERSION")))
+            .with_connections(),
+    )?;
     let http_listener = listener(&mut generation, "http", args.listen)?;
     let admin_listener = admin_listener(&mut generation, args.admin)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -167,7 +169,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         stdout.flush()?;
         drop(stdout);
         // Overlap mode: serve before Ready, so someone accepts at every
-        // moment of a handoff.
+        // moment of a handoff; connections handed over arrive from then on.
+        if let Some(port) = begun.connections() {
+            shared.serve_arrivals(&tokio::runtime::Handle::current(), port);
+        }
         shared.serve_listener(http_listener, Service::Http);
         shared.serve_listener(admin_listener, Service::Admin);
         tokio::spawn(Arc::clone(&shared).watch_config());

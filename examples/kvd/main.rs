@@ -21,6 +21,8 @@
 //! SIGTERM or SIGINT outside a handoff: stop accepting, drain, fsync, exit;
 //! after the drain timeout (30 s by default) exit even if connections hang.
 
+#[path = "../shared/prefixed.rs"]
+mod prefixed;
 #[path = "../shared/serve.rs"]
 #[allow(dead_code, reason = "shared by kvd and echod; each uses a subset")]
 mod serve;

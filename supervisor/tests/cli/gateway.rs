@@ -108,6 +108,9 @@ fn handoffctl_upgrades_the_gateway_with_no_failed_request() {
         hammer(http, "/x", 404, stop.clone()),
         hammer(admin, "/status", 200, stop.clone()),
     ];
+    // A kept-alive admin client: its connection goes to each new gateway
+    // (I20), never closed.
+    let mut kept = crate::transit::KeepAlive::open(admin);
     let mut old_pids = Vec::new();
     for _ in 0..3 {
         let before = u64_of(&supervisor.status(), "child_pid");
@@ -116,6 +119,12 @@ fn handoffctl_upgrades_the_gateway_with_no_failed_request() {
         let after = u64_of(&supervisor.status(), "child_pid");
         assert_ne!(before, after, "a new gateway serves");
         old_pids.push(u32::try_from(before).expect("pid"));
+        let answer = kept
+            .request("GET", "/status", "")
+            .expect("kept-alive /status");
+        assert!(!answer.closes, "the gateway closed a kept-alive connection");
+        let status: serde_json::Value = serde_json::from_str(&answer.body).expect("json");
+        assert_eq!(u64_of(&status, "pid"), after, "served by the new gateway");
     }
     // Every old gateway has exited while the clients still run: the moment
     // a connection held by an exiting process would be reset.

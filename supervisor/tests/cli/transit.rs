@@ -17,20 +17,20 @@ use serde_json::Value;
 use crate::common::{IO, Start, Supervisor, TempDir, example, u64_of};
 
 /// One kept-alive HTTP/1.1 connection, read with a buffer of its own.
-struct KeepAlive {
+pub struct KeepAlive {
     reader: BufReader<TcpStream>,
     local_port: u16,
 }
 
 /// A response: status, whether it said `Connection: close`, body.
-struct Answer {
-    status: u16,
-    closes: bool,
-    body: String,
+pub struct Answer {
+    pub status: u16,
+    pub closes: bool,
+    pub body: String,
 }
 
 impl KeepAlive {
-    fn open(addr: SocketAddr) -> KeepAlive {
+    pub fn open(addr: SocketAddr) -> KeepAlive {
         let stream = TcpStream::connect_timeout(&addr, IO).expect("connect");
         stream.set_read_timeout(Some(IO)).expect("timeout");
         stream.set_nodelay(true).expect("nodelay");
@@ -45,7 +45,7 @@ impl KeepAlive {
         self.reader.get_mut().write_all(bytes)
     }
 
-    fn request(&mut self, method: &str, path: &str, body: &str) -> Result<Answer, String> {
+    pub fn request(&mut self, method: &str, path: &str, body: &str) -> Result<Answer, String> {
         let head = format!(
             "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
