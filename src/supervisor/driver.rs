@@ -512,6 +512,18 @@ impl Driver {
                 self.processes.remove(&generation);
             }
             LifecycleAction::Stopped => self.answer_stopped(),
+            transit @ (LifecycleAction::OfferConnections { .. }
+            | LifecycleAction::SendConnections { .. }
+            | LifecycleAction::DropConnections { .. }
+            | LifecycleAction::KeepItems { .. }
+            | LifecycleAction::DropItems { .. }
+            | LifecycleAction::SendItems { .. }) => self.perform_transit(transit, queue),
+        }
+    }
+
+    /// What travels between generations: connections (I20), items (I21).
+    fn perform_transit(&mut self, action: LifecycleAction, queue: &mut VecDeque<LifecycleInput>) {
+        match action {
             LifecycleAction::OfferConnections {
                 to,
                 handoff_id,
@@ -529,6 +541,7 @@ impl Driver {
                 tracing::warn!(count, why, "items refused and closed");
             }
             LifecycleAction::SendItems { to, handoff_id } => self.send_items(to, handoff_id, queue),
+            other => tracing::error!(?other, "not a transit action"),
         }
     }
 

@@ -82,8 +82,11 @@ struct FrozenHeld {
     fd_store: Vec<FrozenStored>,
     /// The item store (I21): each entry and its fd by index.
     #[serde(default)]
-    items: Vec<(crate::wire::ItemEntry, usize)>,
+    items: Vec<FrozenItem>,
 }
+
+/// One item of the item store and its fd by index.
+type FrozenItem = (crate::wire::ItemEntry, usize);
 
 /// One fd store entry, its fd by index.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -192,20 +195,7 @@ pub(crate) fn export(from: Exporting<'_>, resume: Sender<()>) -> Result<Frozen> 
             pidfd,
         });
     }
-    let mut fd_store = Vec::new();
-    for entry in from.stored.entries() {
-        fd_store.push(FrozenStored {
-            name: entry.name.clone(),
-            poll: entry.poll,
-            file: entry.file,
-            kind: entry.kind,
-            fd: keep(duplicate(entry.fd.as_fd())?),
-        });
-    }
-    let mut items = Vec::new();
-    for (entry, fd) in from.items.stored() {
-        items.push((entry.clone(), keep(duplicate(fd.as_fd())?)));
-    }
+    let (fd_store, items) = export_stores(&from, &mut keep)?;
     let state = FrozenState {
         version: FROZEN_VERSION,
         machine,
@@ -226,6 +216,29 @@ pub(crate) fn export(from: Exporting<'_>, resume: Sender<()>) -> Result<Frozen> 
         fds,
         _resume: resume,
     })
+}
+
+/// The fd store's entries and the item store's, their fds kept by
+/// `keep` (duplicates).
+fn export_stores(
+    from: &Exporting<'_>,
+    keep: &mut impl FnMut(OwnedFd) -> usize,
+) -> Result<(Vec<FrozenStored>, Vec<FrozenItem>)> {
+    let mut fd_store = Vec::new();
+    for entry in from.stored.entries() {
+        fd_store.push(FrozenStored {
+            name: entry.name.clone(),
+            poll: entry.poll,
+            file: entry.file,
+            kind: entry.kind,
+            fd: keep(duplicate(entry.fd.as_fd())?),
+        });
+    }
+    let mut items = Vec::new();
+    for (entry, fd) in from.items.stored() {
+        items.push((entry.clone(), keep(duplicate(fd.as_fd())?)));
+    }
+    Ok((fd_store, items))
 }
 
 fn duplicate(fd: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd> {
