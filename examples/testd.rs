@@ -64,8 +64,9 @@ The integration tests' daemon: a line-protocol key-value store (PUT, GET, INFO, 
   --unhealthy, --seal-fail, --bad-fingerprint, --ready-on-thread
   --relock-ms N, --resume-delay-ms N, --protocol MIN..MAX
   --unix-name NAME, --udp-name NAME, --fd-name NAME
-  --items N                  keep a blob (schema testd-state version N, read only N) and a memfd
-                             hit counter across generations (HIT, ITEMS)
+  --items N                  keep a blob (schema testd-state version N, read only N), a memfd
+                             hit counter and a blob put at begin across generations (HIT,
+                             ITEMS, BEGUN)
 ";
 
 fn parse_args() -> Args {
@@ -238,6 +239,8 @@ struct Kept {
     cache: File,
     /// The blob inherited at the start ("-": none; "refused": unusable).
     blob: String,
+    /// The "begun" blob inherited: who put it at its own begin.
+    begun: String,
 }
 
 fn blob_schema(version: u32) -> handoff::wire::Schema {
@@ -270,7 +273,7 @@ impl Kept {
                 File::from(fd)
             }
         };
-        let blob = match items.take_blob("state", &blob_reads(version)) {
+        let read = |name: &str| match items.take_blob(name, &blob_reads(version)) {
             Ok(Some(blob)) => String::from_utf8_lossy(&blob.bytes).into_owned(),
             Ok(None) => "-".into(),
             Err(error) => {
@@ -278,11 +281,18 @@ impl Kept {
                 "refused".into()
             }
         };
+        let (blob, begun) = (read("state"), read("begun"));
+        // Put at every begin: kept only if this generation commits.
+        let mine = format!("by={}", std::process::id());
+        items
+            .put_blob("begun", blob_schema(version), mine.as_bytes())
+            .unwrap_or_else(|e| die(&format!("keeping begun: {e}")));
         Kept {
             items,
             version,
             cache,
             blob,
+            begun,
         }
     }
 
@@ -421,6 +431,10 @@ fn handle(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
         },
         (Some("ITEMS"), None, None) => match &shared.kept {
             Some(kept) => format!("blob={} hits={}", kept.blob, kept.hits()),
+            None => "ERR no --items".into(),
+        },
+        (Some("BEGUN"), None, None) => match &shared.kept {
+            Some(kept) => kept.begun.clone(),
             None => "ERR no --items".into(),
         },
         (Some("ENV"), Some(name), None) => std::env::var(name).unwrap_or_else(|_| "UNSET".into()),

@@ -6,8 +6,10 @@
 //! successor, and a restart after a crash too. A blob travels as a sealed
 //! memfd (never through the control socket) with its schema, length and
 //! sha256; the reader checks all of them, not the writer's word. An
-//! exclusive daemon puts its blob in `seal`, an overlap one in `drain`; a
-//! cache it mutates in place it puts once, when it creates it.
+//! exclusive daemon puts its blob in `seal` (its successor reads it); an
+//! overlap successor begins before the old generation drains, so an
+//! overlap daemon puts blobs as its state changes. A cache it mutates in
+//! place it puts once, when it creates it.
 //!
 //! ```no_run
 //! use handoff::wire::{Schema, SchemaRange};
@@ -38,6 +40,13 @@ use crate::error::{Error, Result};
 use crate::incumbent::AgentInput;
 use crate::sys;
 use crate::wire::{BlobInfo, ItemEntry, Schema, SchemaRange};
+
+/// The most items the supervisor keeps; a put of a new name past it is
+/// refused (logged by the supervisor).
+pub const ITEMS_MAX: usize = 64;
+
+/// The longest item name, in bytes.
+pub const ITEM_NAME_MAX: usize = 255;
 
 /// A blob read back: its schema and bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,8 +135,8 @@ impl ItemStore {
     }
 
     /// Keeps `bytes` under `name`, as a sealed memfd in `schema`, for the
-    /// next generations. Call it in `seal` (exclusive) or `drain`
-    /// (overlap): it reaches the supervisor before the hook's answer.
+    /// next generations. In `seal` it reaches the supervisor before the
+    /// hook's answer, so the successor's `Begin` brings it.
     pub fn put_blob(&self, name: &str, schema: Schema, bytes: &[u8]) -> Result<()> {
         let fd = sys::memfd::sealed(name, bytes)
             .map_err(|source| Error::io("writing a sealed blob", source))?;
@@ -143,6 +152,12 @@ impl ItemStore {
     }
 
     fn put(&self, entry: ItemEntry, fd: OwnedFd) -> Result<()> {
+        if entry.name.len() > ITEM_NAME_MAX {
+            return Err(refused(
+                &entry.name,
+                &format!("a name longer than {ITEM_NAME_MAX} bytes"),
+            ));
+        }
         let Some(agent) = &self.to_agent else {
             return Ok(());
         };

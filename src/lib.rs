@@ -20,7 +20,7 @@ pub use connections::{Arrival, Connection, ConnectionPort, MAX_UNREAD, Origin};
 pub use drain::{DrainReport, Drainable, SealProgress};
 pub use error::{Error, Result};
 pub use gate::{AcceptGate, Admitted, Listener};
-pub use items::{Blob, ItemStore};
+pub use items::{Blob, ITEM_NAME_MAX, ITEMS_MAX, ItemStore};
 pub use registry::{HandlerGuard, HandlerRegistry, HandlerSource};
 pub use timeouts::Timeouts;
 pub use wire::{Fingerprint, Health, Mode, SealInfo, Snapshot};

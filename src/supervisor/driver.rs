@@ -535,7 +535,7 @@ impl Driver {
                 handoff_id,
             } => self.send_connections(batch, to, handoff_id, queue),
             LifecycleAction::DropConnections { batch, why } => self.drop_connections(batch, why),
-            LifecycleAction::KeepItems { batch } => self.items.keep(batch),
+            LifecycleAction::KeepItems { batch, writer } => self.items.keep(batch, writer),
             LifecycleAction::DropItems { batch, why } => {
                 let count = self.items.close(batch);
                 tracing::warn!(count, why, "items refused and closed");

@@ -85,8 +85,13 @@ struct FrozenHeld {
     items: Vec<FrozenItem>,
 }
 
-/// One item of the item store and its fd by index.
-type FrozenItem = (crate::wire::ItemEntry, usize);
+/// One item of the item store, its fd by index.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FrozenItem {
+    entry: crate::wire::ItemEntry,
+    fd: usize,
+    writer: GenerationId,
+}
 
 /// One fd store entry, its fd by index.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -235,8 +240,12 @@ fn export_stores(
         });
     }
     let mut items = Vec::new();
-    for (entry, fd) in from.items.stored() {
-        items.push((entry.clone(), keep(duplicate(fd.as_fd())?)));
+    for item in from.items.stored() {
+        items.push(FrozenItem {
+            entry: item.entry.clone(),
+            fd: keep(duplicate(item.fd.as_fd())?),
+            writer: item.writer,
+        });
     }
     Ok((fd_store, items))
 }
@@ -255,7 +264,7 @@ pub(crate) struct Imported {
     pub(crate) notify_dir: Option<sys::PrivateDir>,
     pub(crate) started: Instant,
     pub(crate) stored: Vec<Entry<OwnedFd>>,
-    pub(crate) items: Vec<(crate::wire::ItemEntry, OwnedFd)>,
+    pub(crate) items: Vec<super::items::Stored>,
 }
 
 /// Reads a frozen state back, taking `fds` (in the order [`Frozen::fds`]
@@ -270,9 +279,10 @@ pub(crate) fn import(
     let state: FrozenState =
         crate::protocol::mono::with_anchor(anchor()?, || serde_json::from_slice(state))
             .map_err(|error| bad(format!("reading the state: {error}")))?;
-    if state.version != FROZEN_VERSION {
+    // Version 2 is version 3 without items (they default to none).
+    if !(2..=FROZEN_VERSION).contains(&state.version) {
         return Err(bad(format!(
-            "the state's format is version {}, this build reads version {FROZEN_VERSION}",
+            "the state's format is version {}, this build reads versions 2 to {FROZEN_VERSION}",
             state.version
         )));
     }
@@ -327,8 +337,12 @@ fn take_back(
             fd: take(stored.fd)?,
         });
     }
-    for (entry, fd) in state.items {
-        imported.items.push((entry, take(fd)?));
+    for item in state.items {
+        imported.items.push(super::items::Stored {
+            entry: item.entry,
+            fd: take(item.fd)?,
+            writer: item.writer,
+        });
     }
     if let Some(path) = state.notify_dir {
         imported.notify_dir = Some(
@@ -439,10 +453,11 @@ mod tests {
             name: "cache".into(),
             blob: None,
         };
-        let items = super::super::items::Items::restore(vec![(
-            item.clone(),
-            cache.try_clone().expect("dup"),
-        )]);
+        let items = super::super::items::Items::restore(vec![super::super::items::Stored {
+            entry: item.clone(),
+            fd: cache.try_clone().expect("dup"),
+            writer: 4,
+        }]);
         let (resume, _resumed) = crossbeam_channel::bounded(0);
         let machine = machine();
         let frozen = export(
@@ -475,8 +490,9 @@ mod tests {
         assert_eq!(identity(&imported.stored[0].fd), identity(&counter));
         assert_eq!(identity(&imported.stored[1].fd), identity(&peer));
         assert_eq!(imported.items.len(), 1);
-        assert_eq!(imported.items[0].0, item);
-        assert_eq!(identity(&imported.items[0].1), identity(&cache));
+        assert_eq!(imported.items[0].entry, item);
+        assert_eq!(imported.items[0].writer, 4);
+        assert_eq!(identity(&imported.items[0].fd), identity(&cache));
 
         let error = import(frozen.state(), Vec::new(), timeout)
             .err()

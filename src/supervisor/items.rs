@@ -1,30 +1,44 @@
 //! The supervisor's item store (I21): the last item each generation put
-//! under each name, given to every generation before its `Begin`. A blob
-//! is checked when it comes in (every seal, its length, its sha256) and
-//! refused, closed with a log line, if it is not what it says.
+//! under each name, given to every generation before its `Begin`. An item
+//! is refused (closed, with a log line) when its name is longer than
+//! `ITEM_NAME_MAX`, when the store already holds `ITEMS_MAX` others, when
+//! a blob lacks a seal or its announced length (the reader also checks its
+//! sha256), and when a newer generation already put that name.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, OwnedFd};
 
 use crate::channel;
 use crate::error::Result;
-use crate::wire::{ItemEntry, MAX_FDS_PER_FRAME, Message};
+use crate::items::{ITEM_NAME_MAX, ITEMS_MAX};
+use crate::protocol::GenerationId;
+#[cfg(test)]
+use crate::wire::MAX_FDS_PER_FRAME;
+use crate::wire::per_frame;
+use crate::wire::{ItemEntry, Message};
+
+/// One stored item: what it is, its fd, who put it.
+pub(crate) struct Stored {
+    pub(crate) entry: ItemEntry,
+    pub(crate) fd: OwnedFd,
+    pub(crate) writer: GenerationId,
+}
 
 /// Items held, by batch until the lifecycle machine decides, then by name.
 #[derive(Default)]
 pub(crate) struct Items {
     batches: HashMap<u64, Vec<(ItemEntry, OwnedFd)>>,
     next_batch: u64,
-    store: BTreeMap<String, (ItemEntry, OwnedFd)>,
+    store: BTreeMap<String, Stored>,
 }
 
 impl Items {
-    /// A store holding `entries` (a thawed supervisor's).
-    pub(crate) fn restore(entries: Vec<(ItemEntry, OwnedFd)>) -> Items {
+    /// A store holding `stored` (a thawed supervisor's).
+    pub(crate) fn restore(stored: Vec<Stored>) -> Items {
         Items {
-            store: entries
+            store: stored
                 .into_iter()
-                .map(|(entry, fd)| (entry.name.clone(), (entry, fd)))
+                .map(|item| (item.entry.name.clone(), item))
                 .collect(),
             ..Items::default()
         }
@@ -38,19 +52,43 @@ impl Items {
         self.next_batch
     }
 
-    /// Puts batch `batch` in the store: each item replaces the one of its
-    /// name; a blob that fails its checks is closed instead.
-    pub(crate) fn keep(&mut self, batch: u64) {
+    /// Puts batch `batch`, put by generation `writer`, in the store: each
+    /// item replaces the one of its name, unless it is refused.
+    pub(crate) fn keep(&mut self, batch: u64, writer: GenerationId) {
         for (entry, fd) in self.batches.remove(&batch).unwrap_or_default() {
-            if let Some(info) = &entry.blob
-                && let Err(why) = crate::items::read_blob(info, fd.as_fd())
-            {
-                tracing::warn!(name = %entry.name, %why, "a blob put in the item store was refused and closed");
-                continue;
+            let name = entry.name.clone();
+            match self.refusal(&entry, &fd, writer) {
+                Some(why) => {
+                    tracing::warn!(%name, writer, %why, "an item put in the item store was refused and closed");
+                }
+                None => {
+                    tracing::debug!(%name, writer, "item kept");
+                    self.store.insert(name, Stored { entry, fd, writer });
+                }
             }
-            tracing::debug!(name = %entry.name, "item kept");
-            self.store.insert(entry.name.clone(), (entry, fd));
         }
+    }
+
+    fn refusal(&self, entry: &ItemEntry, fd: &OwnedFd, writer: GenerationId) -> Option<String> {
+        if entry.name.len() > ITEM_NAME_MAX {
+            return Some(format!("a name longer than {ITEM_NAME_MAX} bytes"));
+        }
+        match self.store.get(&entry.name) {
+            Some(stored) if stored.writer > writer => {
+                return Some(format!(
+                    "generation {} put it since (a put of an older generation comes late)",
+                    stored.writer
+                ));
+            }
+            None if self.store.len() >= ITEMS_MAX => {
+                return Some(format!("the store holds {ITEMS_MAX} items already"));
+            }
+            _ => {}
+        }
+        let info = entry.blob.as_ref()?;
+        crate::sys::memfd::check_sealed(fd.as_fd(), info.len)
+            .err()
+            .map(|error| error.to_string())
     }
 
     /// Closes batch `batch`; how many items it held.
@@ -59,21 +97,32 @@ impl Items {
     }
 
     /// Sends every stored item on `sender` (duplicates: the store keeps
-    /// its own); how many.
+    /// its own), in frames of at most 253 fds and half the payload bound;
+    /// how many.
     pub(crate) fn send_all(&self, sender: &channel::Sender, handoff_id: u64) -> Result<usize> {
-        let all: Vec<_> = self.store.values().collect();
-        for frame in all.chunks(usize::from(MAX_FDS_PER_FRAME)) {
-            let entries = frame.iter().map(|(entry, _)| entry.clone()).collect();
-            let fds: Vec<_> = frame.iter().map(|(_, fd)| fd.as_fd()).collect();
+        let all: Vec<&Stored> = self.store.values().collect();
+        for frame in per_frame(&all, encoded_size) {
+            let entries = frame.iter().map(|item| item.entry.clone()).collect();
+            let fds: Vec<_> = frame.iter().map(|item| item.fd.as_fd()).collect();
             sender.send(handoff_id, Message::Items { entries }, &fds)?;
         }
         Ok(all.len())
     }
 
-    /// The stored items, by name (a freeze, `status`).
-    pub(crate) fn stored(&self) -> impl Iterator<Item = &(ItemEntry, OwnedFd)> {
+    /// The stored items, by name (a freeze).
+    pub(crate) fn stored(&self) -> impl Iterator<Item = &Stored> {
         self.store.values()
     }
+}
+
+/// An item's share of a frame's payload, bounded above.
+fn encoded_size(item: &&Stored) -> usize {
+    let schema = item
+        .entry
+        .blob
+        .as_ref()
+        .map_or(0, |blob| blob.schema.name.len());
+    item.entry.name.len() + schema + 64
 }
 
 #[cfg(test)]
@@ -98,29 +147,74 @@ mod tests {
         (entry, fd)
     }
 
+    fn put(items: &mut Items, name: &str, bytes: &[u8], writer: GenerationId) {
+        let fd = crate::sys::memfd::sealed("a", bytes).expect("memfd");
+        let (entry, fd) = blob(name, bytes, fd);
+        let batch = items.hold(vec![entry], vec![fd]);
+        items.keep(batch, writer);
+    }
+
+    fn content(items: &Items, name: &str) -> Vec<u8> {
+        let item = items.store.get(name).expect("stored");
+        let info = item.entry.blob.as_ref().expect("a blob");
+        crate::items::read_blob(info, item.fd.as_fd()).expect("reads")
+    }
+
     #[test]
     fn a_kept_item_replaces_its_name_and_a_bad_blob_is_refused() {
         let mut items = Items::default();
-        let good = crate::sys::memfd::sealed("a", b"one").expect("memfd");
-        let (entry, fd) = blob("state", b"one", good);
-        let batch = items.hold(vec![entry], vec![fd]);
-        items.keep(batch);
-        let newer = crate::sys::memfd::sealed("a", b"two").expect("memfd");
-        let (entry, fd) = blob("state", b"two", newer);
-        let batch = items.hold(vec![entry], vec![fd]);
-        items.keep(batch);
-        let names: Vec<_> = items.stored().map(|(e, _)| e.name.clone()).collect();
-        assert_eq!(names, ["state"]);
+        put(&mut items, "state", b"one", 1);
+        put(&mut items, "state", b"two", 2);
+        assert_eq!(items.stored().count(), 1);
+        assert_eq!(content(&items, "state"), b"two");
+        // An older generation's late put does not undo a newer one's.
+        put(&mut items, "state", b"stale", 1);
+        assert_eq!(content(&items, "state"), b"two");
         let unsealed = crate::sys::memfd::unsealed("b", b"three").expect("memfd");
         let (entry, fd) = blob("other", b"three", unsealed);
         let batch = items.hold(vec![entry], vec![fd]);
-        items.keep(batch);
+        items.keep(batch, 2);
         assert_eq!(items.stored().count(), 1, "the unsealed blob was refused");
-        let (entry, fd) = items.stored().next().expect("kept");
-        let info = entry.blob.as_ref().expect("a blob");
-        assert_eq!(
-            crate::items::read_blob(info, fd.as_fd()).expect("reads"),
-            b"two"
+        let sealed = crate::sys::memfd::sealed("c", b"four").expect("memfd");
+        let (entry, fd) = blob("resized", b"four!", sealed);
+        let batch = items.hold(vec![entry], vec![fd]);
+        items.keep(batch, 2);
+        assert_eq!(items.stored().count(), 1, "the wrong length was refused");
+    }
+
+    #[test]
+    fn the_store_is_bounded_in_names_and_count() {
+        let mut items = Items::default();
+        put(&mut items, &"n".repeat(ITEM_NAME_MAX + 1), b"x", 1);
+        assert_eq!(items.stored().count(), 0);
+        for index in 0..ITEMS_MAX + 3 {
+            put(&mut items, &format!("item{index}"), b"x", 1);
+        }
+        assert_eq!(items.stored().count(), ITEMS_MAX);
+        // A name already stored is still replaced.
+        put(&mut items, "item0", b"y", 2);
+        assert_eq!(content(&items, "item0"), b"y");
+    }
+
+    #[test]
+    fn frames_stay_under_the_payload_bound_however_long_the_names() {
+        let stored: Vec<Stored> = (0..300)
+            .map(|index| Stored {
+                entry: ItemEntry {
+                    name: format!("{index:0>250}"),
+                    blob: None,
+                },
+                fd: crate::sys::memfd::unsealed("f", b"").expect("memfd"),
+                writer: 1,
+            })
+            .collect();
+        let all: Vec<&Stored> = stored.iter().collect();
+        let split = per_frame(&all, encoded_size);
+        assert!(
+            split
+                .iter()
+                .all(|f| f.len() <= usize::from(MAX_FDS_PER_FRAME))
         );
+        assert_eq!(split.iter().map(|f| f.len()).sum::<usize>(), 300);
     }
 }

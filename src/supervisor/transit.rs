@@ -8,7 +8,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use crate::channel;
 use crate::error::Result;
 use crate::sys;
-use crate::wire::{ConnectionEntry, MAX_FDS_PER_FRAME, MAX_PAYLOAD, Message};
+#[cfg(test)]
+use crate::wire::MAX_PAYLOAD;
+use crate::wire::per_frame;
+use crate::wire::{ConnectionEntry, Message};
 
 /// Fds a process keeps free beside the connections it takes in: its own
 /// sockets, pipes, files and the next generation's spawn.
@@ -19,8 +22,6 @@ pub(crate) const FD_RESERVE: u64 = 256;
 pub(crate) struct Transit {
     held: HashMap<u64, Vec<(ConnectionEntry, OwnedFd)>>,
     next_batch: u64,
-    /// Whether this process raised its open-file limit yet.
-    raised: bool,
 }
 
 impl Transit {
@@ -35,13 +36,11 @@ impl Transit {
 
     /// How many connections the supervisor and the generation with pid
     /// `receiver` can hold beside what is held already. Raises this
-    /// process's open-file limit first (once).
+    /// process's open-file limit first (again after a failed re-exec put
+    /// it back).
     pub(crate) fn budget(&mut self, receiver: u32) -> u32 {
-        if !self.raised {
-            self.raised = true;
-            if let Err(error) = sys::raise_open_files() {
-                tracing::warn!(%error, "raising the open-file limit failed");
-            }
+        if let Err(error) = sys::raise_open_files() {
+            tracing::warn!(%error, "raising the open-file limit failed");
         }
         let held: u64 = self.held.values().map(|batch| batch.len() as u64).sum();
         let headroom = |pid| match sys::open_file_headroom(pid) {
@@ -81,24 +80,14 @@ impl Transit {
     }
 }
 
-/// Splits a batch into frames: at most 253 fds each, and unread bytes well
-/// under the payload bound.
+/// A connection's share of a frame's payload.
+fn encoded_size(connection: &(ConnectionEntry, OwnedFd)) -> usize {
+    connection.0.unread.len() + connection.0.tag.len() + 16
+}
+
+/// A batch split into frames.
 fn frames(connections: &[(ConnectionEntry, OwnedFd)]) -> Vec<&[(ConnectionEntry, OwnedFd)]> {
-    let mut frames = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
-    for (index, (entry, _)) in connections.iter().enumerate() {
-        let size = entry.unread.len() + entry.tag.len() + 16;
-        let full = index - start == usize::from(MAX_FDS_PER_FRAME);
-        if index > start && (full || bytes + size > MAX_PAYLOAD / 2) {
-            frames.push(&connections[start..index]);
-            (start, bytes) = (index, 0);
-        }
-        bytes += size;
-    }
-    if start < connections.len() {
-        frames.push(&connections[start..]);
-    }
-    frames
+    per_frame(connections, encoded_size)
 }
 
 #[cfg(test)]

@@ -101,6 +101,9 @@ impl<'fd> PreparedExec<'fd> {
             // 'fd), clearing FD_CLOEXEC.
             unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
         }
+        // The new image starts with the open-file limit this process
+        // started with (it raises its own when it needs to).
+        let _ = super::limits::restore_in_child();
         // SAFETY: path, argv and envp are NUL-terminated C strings and
         // null-terminated tables owned by `self`, alive for the call.
         unsafe { libc::execve(self.path.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr()) };

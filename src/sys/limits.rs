@@ -23,8 +23,9 @@ pub fn raise_open_files() -> io::Result<u64> {
     Ok(hard)
 }
 
-/// In a child between fork and exec: the soft limit the parent started
-/// with, if it raised its own. Async-signal-safe (one syscall).
+/// Before an exec (in a child between fork and exec, or this process
+/// re-executing itself): the soft limit this process started with, if it
+/// raised its own. Async-signal-safe (two syscalls).
 pub(super) fn restore_in_child() -> io::Result<()> {
     let soft = STARTED_WITH.load(Ordering::SeqCst);
     if soft == u64::MAX {

@@ -44,6 +44,26 @@ pub(crate) fn read_sealed(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Whether `fd` carries every seal and holds exactly `len` bytes: the
+/// cheap part of a blob's checks (the reader also hashes it).
+pub(crate) fn check_sealed(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    let seals = SealFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GET_SEALS)?);
+    if !seals.contains(all_seals()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the memfd is not sealed (write, grow, shrink and seal seals required)",
+        ));
+    }
+    let size = nix::sys::stat::fstat(fd)?.st_size;
+    if u64::try_from(size).ok() != Some(len) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the memfd holds {size} bytes, {len} were announced"),
+        ));
+    }
+    Ok(())
+}
+
 /// A close-on-exec memfd holding `bytes`, with no seal: memory a daemon
 /// changes in place (a cache) and keeps across generations.
 pub(crate) fn unsealed(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
@@ -77,6 +97,16 @@ mod tests {
         let mut file = File::from(fd.try_clone().expect("dup"));
         assert!(file.write_all(b"x").is_err(), "the write seal holds");
         assert!(file.set_len(1).is_err(), "the shrink seal holds");
+    }
+
+    #[test]
+    fn an_unsealed_memfd_is_close_on_exec_and_fails_the_cheap_check() {
+        let fd = unsealed("cache", b"12345678").expect("memfd");
+        assert!(crate::sys::is_cloexec(&fd).expect("flags"));
+        assert!(check_sealed(fd.as_fd(), 8).is_err());
+        let sealed = sealed("state", b"1234").expect("memfd");
+        assert!(check_sealed(sealed.as_fd(), 4).is_ok());
+        assert!(check_sealed(sealed.as_fd(), 5).is_err(), "another length");
     }
 
     #[test]

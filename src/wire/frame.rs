@@ -269,3 +269,25 @@ impl Decoder {
         Ok(Some(Frame { envelope, fds }))
     }
 }
+
+/// Splits `items` into runs that each fit one frame: at most
+/// [`MAX_FDS_PER_FRAME`] (one fd per item) and `size` bytes summed well
+/// under [`MAX_PAYLOAD`] (half of it, for the encoding's overhead). An
+/// item larger than that still goes, alone.
+pub(crate) fn per_frame<T>(items: &[T], size: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    let mut runs = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (index, item) in items.iter().enumerate() {
+        let item_size = size(item);
+        let full = index - start == usize::from(MAX_FDS_PER_FRAME);
+        if index > start && (full || bytes + item_size > MAX_PAYLOAD / 2) {
+            runs.push(&items[start..index]);
+            (start, bytes) = (index, 0);
+        }
+        bytes += item_size;
+    }
+    if start < items.len() {
+        runs.push(&items[start..]);
+    }
+    runs
+}

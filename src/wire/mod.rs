@@ -11,6 +11,7 @@ mod golden;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use frame::per_frame;
 pub use frame::{
     Decoder, Frame, HEADER_LEN, MAGIC, MAX_FDS_PER_FRAME, MAX_PAYLOAD, WIRE_VERSION, encode,
 };

@@ -434,6 +434,8 @@ pub enum LifecycleAction {
     KeepItems {
         /// The batch.
         batch: u64,
+        /// The generation that put it (a newer one's put is not undone).
+        writer: GenerationId,
     },
     /// Close a batch of items: its sender may not keep items.
     DropItems {

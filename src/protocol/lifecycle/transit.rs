@@ -73,7 +73,10 @@ impl LifecycleMachine {
     pub(super) fn on_items(&mut self, from: GenerationId, batch: u64, out: &mut Out) {
         match self.role(from) {
             Role::Live | Role::Incumbent | Role::Retiree(_) => {
-                out.push(LifecycleAction::KeepItems { batch })
+                out.push(LifecycleAction::KeepItems {
+                    batch,
+                    writer: from,
+                })
             }
             Role::Successor => match self.handoff_mut() {
                 Some(handoff) => handoff.items.push(batch),
@@ -174,10 +177,18 @@ fn unreadable(written: &[Schema], accepts: &[SchemaRange]) -> Option<String> {
 }
 
 /// At a verdict: what the successor put is kept if it committed.
-pub(super) fn settle_items(batches: Vec<u64>, committed: bool, out: &mut Out) {
+pub(super) fn settle_items(
+    batches: Vec<u64>,
+    successor: GenerationId,
+    committed: bool,
+    out: &mut Out,
+) {
     for batch in batches {
         out.push(if committed {
-            LifecycleAction::KeepItems { batch }
+            LifecycleAction::KeepItems {
+                batch,
+                writer: successor,
+            }
         } else {
             LifecycleAction::DropItems {
                 batch,

@@ -49,7 +49,8 @@ impl LifecycleMachine {
             };
         let held = std::mem::take(&mut handoff.held);
         let committed = matches!(verdict, Verdict::Committed { .. });
-        super::transit::settle_items(std::mem::take(&mut handoff.items), committed, out);
+        let items = std::mem::take(&mut handoff.items);
+        super::transit::settle_items(items, handoff.successor.id, committed, out);
         let (outcome, serving) = match verdict {
             Verdict::Committed {
                 phases,
