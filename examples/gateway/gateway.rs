@@ -586,13 +586,23 @@ impl Shared {
         let shared = Arc::clone(&self);
         let counted = Counted::adopt(&shared.door(service).connections, &shared.quieter);
         let served = Arc::new(AtomicBool::new(false));
+        // This connection's requests in flight, and a bell when it is idle.
+        let busy = Arc::new((AtomicUsize::new(0), Notify::new()));
         let hyper_service = {
-            let served = Arc::clone(&served);
+            let (served, busy) = (Arc::clone(&served), Arc::clone(&busy));
             service_fn(move |request| {
                 served.store(true, Ordering::SeqCst);
+                busy.0.fetch_add(1, Ordering::SeqCst);
+                let (shared, busy) = (Arc::clone(&self), Arc::clone(&busy));
                 // Boxed: hyper's connection must be `Unpin` to stop between
                 // requests and give the socket back.
-                let answer: Answer = Box::pin(Arc::clone(&self).serve(service, request));
+                let answer: Answer = Box::pin(async move {
+                    let response = shared.serve(service, request).await;
+                    if busy.0.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        busy.1.notify_one();
+                    }
+                    response
+                });
                 answer
             })
         };
@@ -605,9 +615,18 @@ impl Shared {
             }
             _ = async { close_idle.wait_for(|close| *close).await.is_ok() } => {}
         }
-        // Idle now (the drain waited for every request in flight): hand it
-        // over at this request boundary when the supervisor takes it.
+        // Hand it over at its next request boundary when the supervisor
+        // takes it: responses keep connections open while handing over, so
+        // a request may have come in since the door's count was zero.
         let travels = may_travel && shared.handing_over.load(Ordering::SeqCst);
+        while travels && busy.0.load(Ordering::SeqCst) > 0 {
+            tokio::select! {
+                result = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => {
+                    return shared.end(connection, result, counted).await;
+                }
+                _ = busy.1.notified() => {}
+            }
+        }
         // A connection accepted just before the drain may not have sent its
         // first request yet: closing it now would fail a request nobody else
         // can serve. Give it the idle grace to arrive (it is then served,

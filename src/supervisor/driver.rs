@@ -387,7 +387,7 @@ impl Driver {
             Event::Frame { generation, frame } => match frame.envelope.message {
                 // The fds stay here; the machine decides where they go.
                 Message::Connections { entries } => {
-                    let (batch, count) = self.transit.hold(entries, frame.fds);
+                    let (batch, count) = self.transit.hold(generation, entries, frame.fds);
                     LifecycleInput::Connections {
                         generation,
                         batch,
@@ -572,7 +572,7 @@ impl Driver {
         let Some(receiver) = self.process(receiver).map(|p| p.pid) else {
             return;
         };
-        let connections = self.transit.budget(receiver);
+        let connections = self.transit.budget(to, receiver);
         let message = Message::ConnectionBudget { connections };
         if let Some(Err(error)) = self.process(to).map(|p| p.send(handoff_id, message)) {
             tracing::warn!(generation = to, %error, "sending the connection budget failed");
@@ -588,11 +588,11 @@ impl Driver {
         handoff_id: u64,
         queue: &mut VecDeque<LifecycleInput>,
     ) {
-        let sender = self.processes.get(&to).and_then(|p| p.sender.as_ref());
-        let Some(sender) = sender else {
+        let process = self.processes.get(&to);
+        let Some((sender, pid)) = process.and_then(|p| Some((p.sender.as_ref()?, p.pid))) else {
             return self.drop_connections(batch, "their generation is gone");
         };
-        match self.transit.send(batch, sender, handoff_id) {
+        match self.transit.send(batch, (sender, pid), handoff_id) {
             Ok(count) => tracing::info!(generation = to, count, "client connections handed over"),
             Err(error) => {
                 tracing::warn!(generation = to, %error, "handing client connections over failed; the generation is taken for gone");

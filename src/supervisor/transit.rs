@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use crate::channel;
 use crate::error::Result;
+use crate::protocol::GenerationId;
 use crate::sys;
 #[cfg(test)]
 use crate::wire::MAX_PAYLOAD;
@@ -17,18 +18,39 @@ use crate::wire::{ConnectionEntry, Message};
 /// sockets, pipes, files and the next generation's spawn.
 pub(crate) const FD_RESERVE: u64 = 256;
 
-/// Batches held, by the id the lifecycle machine knows them by.
+/// Batches held, by the id the lifecycle machine knows them by, and what
+/// each generation may still hand over.
 #[derive(Default)]
 pub(crate) struct Transit {
     held: HashMap<u64, Vec<(ConnectionEntry, OwnedFd)>>,
     next_batch: u64,
+    /// The budget each generation was offered, less what it handed over.
+    allowed: HashMap<GenerationId, u32>,
 }
 
 impl Transit {
-    /// Holds a batch; returns its id and size.
-    pub(crate) fn hold(&mut self, entries: Vec<ConnectionEntry>, fds: Vec<OwnedFd>) -> (u64, u32) {
+    /// Holds a batch `from` handed over; its id and size. Connections
+    /// past the budget it was offered are closed here (a library daemon
+    /// never sends them; another peer is not trusted with our fds).
+    pub(crate) fn hold(
+        &mut self,
+        from: GenerationId,
+        entries: Vec<ConnectionEntry>,
+        fds: Vec<OwnedFd>,
+    ) -> (u64, u32) {
+        let allowed = self.allowed.entry(from).or_insert(0);
+        let mut batch: Vec<_> = entries.into_iter().zip(fds).collect();
+        let within = batch.len().min(*allowed as usize);
+        if within < batch.len() {
+            let past = batch.split_off(within);
+            tracing::warn!(
+                generation = from,
+                count = past.len(),
+                "connections past the budget closed"
+            );
+        }
+        *allowed -= within as u32;
         self.next_batch += 1;
-        let batch: Vec<_> = entries.into_iter().zip(fds).collect();
         let count = u32::try_from(batch.len()).unwrap_or(u32::MAX);
         self.held.insert(self.next_batch, batch);
         (self.next_batch, count)
@@ -38,7 +60,7 @@ impl Transit {
     /// `receiver` can hold beside what is held already. Raises this
     /// process's open-file limit first (again after a failed re-exec put
     /// it back).
-    pub(crate) fn budget(&mut self, receiver: u32) -> u32 {
+    pub(crate) fn budget(&mut self, to: GenerationId, receiver: u32) -> u32 {
         if let Err(error) = sys::raise_open_files() {
             tracing::warn!(%error, "raising the open-file limit failed");
         }
@@ -52,20 +74,36 @@ impl Transit {
         };
         let ours = headroom(None).saturating_sub(held);
         let theirs = headroom(Some(receiver)).saturating_sub(held);
-        u32::try_from(ours.min(theirs)).unwrap_or(u32::MAX)
+        let budget = u32::try_from(ours.min(theirs)).unwrap_or(u32::MAX);
+        self.allowed.insert(to, budget);
+        budget
     }
 
-    /// Sends batch `batch` on `sender`, as many frames as it takes; the
-    /// fds close here once sent. `Ok(0)` for a batch not held.
+    /// Sends batch `batch` on `sender`, to the generation with pid
+    /// `receiver`, as many frames as it takes; the fds close here once
+    /// sent. Connections past what the receiver can hold now (it kept
+    /// accepting since its budget) are closed instead, with a log line:
+    /// a receive past its limit would break its control connection.
+    /// `Ok(0)` for a batch not held.
     pub(crate) fn send(
         &mut self,
         batch: u64,
-        sender: &channel::Sender,
+        (sender, receiver): (&channel::Sender, u32),
         handoff_id: u64,
     ) -> Result<usize> {
-        let Some(connections) = self.held.remove(&batch) else {
+        let Some(mut connections) = self.held.remove(&batch) else {
             return Ok(0);
         };
+        let room = sys::open_file_headroom(Some(receiver))
+            .map_or(0, |free| free.saturating_sub(FD_RESERVE / 2));
+        if connections.len() as u64 > room {
+            let past = connections.split_off(usize::try_from(room).unwrap_or(usize::MAX));
+            tracing::warn!(
+                pid = receiver,
+                count = past.len(),
+                "connections closed: their receiver cannot hold them"
+            );
+        }
         for frame in frames(&connections) {
             let entries = frame.iter().map(|(entry, _)| entry.clone()).collect();
             let fds: Vec<_> = frame.iter().map(|(_, fd)| fd.as_fd()).collect();
@@ -129,11 +167,24 @@ mod tests {
     }
 
     #[test]
+    fn connections_past_the_budget_offered_are_closed() {
+        let mut transit = Transit::default();
+        transit.allowed.insert(7, 3);
+        let (entries, fds): (Vec<_>, Vec<_>) = connections(&[0, 0]).into_iter().unzip();
+        assert_eq!(transit.hold(7, entries, fds).1, 2);
+        let (entries, fds): (Vec<_>, Vec<_>) = connections(&[0, 0]).into_iter().unzip();
+        assert_eq!(transit.hold(7, entries, fds).1, 1, "one left of three");
+        let (entries, fds): (Vec<_>, Vec<_>) = connections(&[0]).into_iter().unzip();
+        assert_eq!(transit.hold(8, entries, fds).1, 0, "never offered");
+    }
+
+    #[test]
     fn a_batch_is_sent_or_closed_once() {
         let mut transit = Transit::default();
+        transit.allowed.insert(1, 2);
         let batch = connections(&[0, 3]);
         let (entries, fds): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let (id, count) = transit.hold(entries, fds);
+        let (id, count) = transit.hold(1, entries, fds);
         assert_eq!(count, 2);
         assert_eq!(transit.close(id), 2);
         assert_eq!(transit.close(id), 0);

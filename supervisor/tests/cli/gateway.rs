@@ -119,6 +119,9 @@ fn handoffctl_upgrades_the_gateway_with_no_failed_request() {
         let after = u64_of(&supervisor.status(), "child_pid");
         assert_ne!(before, after, "a new gateway serves");
         old_pids.push(u32::try_from(before).expect("pid"));
+        // The old gateway drains after the commit, handing the connection
+        // over at its request boundary: once it is gone the new one has it.
+        wait_gone(u32::try_from(before).expect("pid"));
         let answer = kept
             .request("GET", "/status", "")
             .expect("kept-alive /status");
