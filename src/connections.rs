@@ -53,7 +53,8 @@ pub enum Origin {
     /// Handed over by another generation: serve it as if accepted here.
     Transferred,
     /// This generation handed it over and it could not leave after all
-    /// (the supervisor went away): finish it here, the old way.
+    /// (the supervisor went away, or nobody else serves and it came back
+    /// during the drain): finish it here, the old way.
     NotTaken,
 }
 

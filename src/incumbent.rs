@@ -313,7 +313,7 @@ impl Agent {
             let before = self.machine.state();
             let actions = self.machine.step(machine_input, now);
             if self.perform(actions).is_break() {
-                return;
+                return self.wind_down(&inputs);
             }
             self.close_budget_after_drain();
             self.await_adoption();
@@ -335,7 +335,7 @@ impl Agent {
                 if self.sender.send(id, Message::Heartbeat, &[]).is_err() {
                     let actions = self.machine.step(GenerationInput::Closed, Instant::now());
                     if self.perform(actions).is_break() {
-                        return;
+                        return self.wind_down(&inputs);
                     }
                 }
             }
@@ -586,10 +586,21 @@ impl Agent {
         }
     }
 
-    /// The daemon serves the connections of the frame just fed.
+    /// The daemon serves the connections of the frame just fed. A
+    /// generation draining (its batch came back: nobody else serves) must
+    /// not hand them over again: they arrive as not taken.
     fn connections_arrived(&mut self) {
+        let draining = !matches!(
+            self.machine.state(),
+            GenerationState::Serving | GenerationState::Committing
+        );
         let Some(transit) = &mut self.transit else {
             return;
+        };
+        let origin = if draining {
+            Origin::NotTaken
+        } else {
+            Origin::Transferred
         };
         for (entry, fd) in transit.incoming.drain(..) {
             let connection = Connection {
@@ -597,10 +608,27 @@ impl Agent {
                 unread: entry.unread,
                 tag: entry.tag,
             };
-            let _ = transit.arrivals.send(Arrival {
-                connection,
-                origin: Origin::Transferred,
-            });
+            let _ = transit.arrivals.send(Arrival { connection, origin });
+        }
+    }
+
+    /// The session is over: connections taken and not sent, and those the
+    /// daemon handed over since, go back to it.
+    fn wind_down(&mut self, inputs: &Receiver<AgentInput>) {
+        let Some(transit) = &mut self.transit else {
+            return;
+        };
+        let pending = inputs.try_iter().filter_map(|input| match input {
+            AgentInput::HandOver(connection) => Some(connection),
+            _ => None,
+        });
+        let outgoing = transit.outgoing.drain(..).map(|(entry, fd)| Connection {
+            fd,
+            unread: entry.unread,
+            tag: entry.tag,
+        });
+        for connection in outgoing.chain(pending) {
+            connections::give_back(&transit.arrivals, connection);
         }
     }
 
