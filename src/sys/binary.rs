@@ -11,7 +11,7 @@
 #![allow(
     unsafe_code,
     reason = "the fd F_DUPFD_CLOEXEC returns is adopted with OwnedFd::from_raw_fd; \
-              setpriority on the hashing thread's own id"
+              setpriority and sched_setscheduler on the hashing thread itself"
 )]
 
 use std::fs::File;
@@ -87,23 +87,28 @@ pub fn sha256_hex(mut file: &File) -> io::Result<String> {
         .collect())
 }
 
-/// [`sha256_hex`] on a thread of its own at the lowest CPU priority (nice
-/// 19): hashing a deploy's new build (20 MB: about 60 ms of one core) then
-/// takes only CPU time the daemons' threads leave idle.
+/// [`sha256_hex`] on a thread of its own at the lowest CPU priority
+/// (`SCHED_IDLE`, nice 19): hashing a deploy's new build (20 MB: about
+/// 60 ms of one core) then takes only CPU time the daemons' threads leave
+/// idle.
 pub fn sha256_hex_niced(file: &File) -> io::Result<String> {
     let file = file.try_clone()?;
     std::thread::Builder::new()
         .name("handoff-hash".into())
         .spawn(move || {
             // SAFETY: setpriority with this thread's own id (Linux applies
-            // PRIO_PROCESS to one thread); a failure leaves it at its nice.
-            let _ = unsafe {
+            // PRIO_PROCESS to one thread), then sched_setscheduler on the
+            // calling thread (pid 0) with a valid parameter; a failure
+            // leaves the thread as it was.
+            unsafe {
                 nix::libc::setpriority(
                     nix::libc::PRIO_PROCESS,
                     nix::libc::gettid() as nix::libc::id_t,
                     19,
-                )
-            };
+                );
+                let param = nix::libc::sched_param { sched_priority: 0 };
+                nix::libc::sched_setscheduler(0, nix::libc::SCHED_IDLE, &param);
+            }
             sha256_hex(&file)
         })?
         .join()
