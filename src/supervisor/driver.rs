@@ -690,6 +690,7 @@ impl Driver {
             last_probation_rollback: self.machine.last_probation_rollback().cloned(),
             fd_store_max: self.store.max(),
             fd_store: self.store.groups(),
+            items: self.items.report(),
         }
     }
 }

@@ -113,6 +113,26 @@ impl Items {
     pub(crate) fn stored(&self) -> impl Iterator<Item = &Stored> {
         self.store.values()
     }
+
+    /// The store, as `status` shows it.
+    pub(crate) fn report(&self) -> Vec<super::report::ItemReport> {
+        self.store
+            .values()
+            .map(|item| super::report::ItemReport {
+                name: item.entry.name.clone(),
+                writer: item.writer,
+                blob: item
+                    .entry
+                    .blob
+                    .as_ref()
+                    .map(|blob| super::report::BlobReport {
+                        schema: blob.schema.name.clone(),
+                        version: blob.schema.version,
+                        len: blob.len,
+                    }),
+            })
+            .collect()
+    }
 }
 
 /// An item's share of a frame's payload, bounded above.

@@ -38,7 +38,7 @@ pub use self::config::{
     DEFAULT_FD_STORE_MAX, DaemonProtocol, NamedListener, QuiesceSignals, SupervisorConfig,
     UpgradeRequest,
 };
-pub use self::report::{RetireeStatus, Status, SupervisorState};
+pub use self::report::{BlobReport, ItemReport, RetireeStatus, Status, SupervisorState};
 pub use crate::protocol::{
     ExitStatus, Outcome, ProbationRollback, RestartPolicy, ResumeCheck, StoredGroup, StoredKind,
     SupervisorEvent,

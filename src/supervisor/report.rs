@@ -60,6 +60,30 @@ pub struct Status {
     pub fd_store_max: usize,
     /// What the fd store holds, by name and kind, in the order stored.
     pub fd_store: Vec<StoredGroup>,
+    /// The item store (I21), by name.
+    pub items: Vec<ItemReport>,
+}
+
+/// One item of the item store in a status.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ItemReport {
+    /// Its name.
+    pub name: String,
+    /// The generation that put it.
+    pub writer: u64,
+    /// A blob's schema, version and length; `None` for an fd.
+    pub blob: Option<BlobReport>,
+}
+
+/// A blob in a status.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlobReport {
+    /// Its schema's name.
+    pub schema: String,
+    /// Its schema's version.
+    pub version: u32,
+    /// Its length in bytes.
+    pub len: u64,
 }
 
 /// An old generation being retired.

@@ -575,6 +575,9 @@ pub struct StatusReport {
     /// The fd store (a foreign daemon's `FDSTORE=1`).
     #[serde(default)]
     pub fd_store: FdStoreReport,
+    /// The item store (a library daemon's named fds and blobs), by name.
+    #[serde(default)]
+    pub items: Vec<handoff::supervisor::ItemReport>,
 }
 
 /// The fd store in `status`.
@@ -619,6 +622,16 @@ impl FdStoreReport {
         };
         Some(format!("{} of {}: {held}", self.count(), self.max))
     }
+}
+
+/// `state (blob kv v3, 300 B, from generation 4)` or `cache (fd, from
+/// generation 2)`.
+fn item_text(item: &handoff::supervisor::ItemReport) -> String {
+    let what = match &item.blob {
+        Some(blob) => format!("blob {} v{}, {} B", blob.schema, blob.version, blob.len),
+        None => "fd".to_owned(),
+    };
+    format!("{} ({what}, from generation {})", item.name, item.writer)
 }
 
 /// A listener in `status`.
@@ -666,6 +679,7 @@ impl StatusReport {
                 max: status.fd_store_max,
                 entries: status.fd_store,
             },
+            items: status.items,
         }
     }
 
@@ -700,6 +714,10 @@ impl StatusReport {
         }
         if let Some(line) = self.fd_store.line() {
             out.push_str(&format!("fd store    {line}\n"));
+        }
+        if !self.items.is_empty() {
+            let items: Vec<String> = self.items.iter().map(item_text).collect();
+            out.push_str(&format!("items       {}\n", items.join(", ")));
         }
         if !self.retiring.is_empty() {
             out.push_str(&format!("retiring    pids {:?}\n", self.retiring));

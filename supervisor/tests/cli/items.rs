@@ -67,6 +67,25 @@ fn a_blob_and_a_memfd_cache_survive_ten_upgrades_and_a_kill_9_restart() {
         assert_eq!(blob, format!("revisions={upgrade} by={sealing}"));
         assert_eq!(now, hits, "upgrade {upgrade}");
     }
+    // `status` shows the store: the cache of generation 1, the last blob.
+    let status = supervisor.status();
+    let names: Vec<&str> = status["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|item| item["name"].as_str())
+        .collect();
+    assert_eq!(names, ["begun", "cache", "state"], "{status}");
+    assert_eq!(status["items"][1]["writer"], 1, "{status}");
+    assert_eq!(
+        status["items"][2]["blob"]["schema"], "testd-state",
+        "{status}"
+    );
+    let text = supervisor.ctl("status", &[]);
+    assert!(
+        text.stdout.contains("cache (fd, from generation 1)"),
+        "{text:?}"
+    );
     // A crash: the restart reads the store too (the last sealed blob: the
     // inherited item, else what is on disk).
     let crashed = serving_pid(addr);
