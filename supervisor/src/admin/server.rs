@@ -266,7 +266,7 @@ fn status(state: &AdminState) -> Response {
         .child_pid
         .and_then(|pid| state.identities.of_pid(pid))
         .map(|record| record.sha256);
-    Response::Status(StatusReport::new(status, binary, sha256))
+    Response::Status(Box::new(StatusReport::new(status, binary, sha256)))
 }
 
 #[cfg(test)]

@@ -95,7 +95,7 @@ pub enum Request {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     /// Answer to `status`.
-    Status(StatusReport),
+    Status(Box<StatusReport>),
     /// Answer to `upgrade`: the handoff committed or rolled back.
     Handoff(HandoffReport),
     /// Answer to `upgrade` with `check` (what it would do), or with
