@@ -641,10 +641,8 @@ impl Shared {
         let result = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)).await;
         if travels && result.is_ok() {
             let parts = connection.into_parts();
-            let Prefixed { unread, stream } = parts.io.into_inner();
-            let mut bytes = parts.read_buf.to_vec();
-            bytes.extend_from_slice(&unread);
-            return shared.hand_over(stream, bytes, service, counted);
+            let (stream, unread) = parts.io.into_inner().leftover(&parts.read_buf);
+            return shared.hand_over(stream, unread, service, counted);
         }
         shared.end(connection, result, counted).await;
     }
@@ -688,17 +686,12 @@ impl Shared {
             unread,
             tag: service.tag().into(),
         };
-        if let Err(refused) = port.hand_over(connection) {
-            let stream = std::net::TcpStream::from(refused.fd);
-            if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
-                // The count goes with it to its new task.
-                std::mem::forget(counted);
-                let io = Prefixed {
-                    unread: refused.unread.into(),
-                    stream,
-                };
-                tokio::spawn(Arc::clone(self).connection(io, service, false));
-            }
+        if let Err(refused) = port.hand_over(connection)
+            && let Ok(io) = Prefixed::from_fd(refused.fd, refused.unread)
+        {
+            // The count goes with it to its new task.
+            std::mem::forget(counted);
+            tokio::spawn(Arc::clone(self).connection(io, service, false));
         }
     }
 
@@ -720,11 +713,7 @@ impl Shared {
                 let service = Service::of_tag(&tag);
                 let may_travel = arrival.origin == handoff::Origin::Transferred;
                 let _context = runtime.enter();
-                let stream = std::net::TcpStream::from(fd);
-                let Ok(stream) = stream
-                    .set_nonblocking(true)
-                    .and_then(|()| tokio::net::TcpStream::from_std(stream))
-                else {
+                let Ok(io) = Prefixed::from_fd(fd, unread) else {
                     continue;
                 };
                 // Counted now; the task adopts the count.
@@ -732,10 +721,6 @@ impl Shared {
                     .door(service)
                     .connections
                     .fetch_add(1, Ordering::SeqCst);
-                let io = Prefixed {
-                    unread: unread.into(),
-                    stream,
-                };
                 runtime.spawn(Arc::clone(&shared).connection(io, service, may_travel));
             }
         });

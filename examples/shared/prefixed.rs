@@ -17,6 +17,29 @@ pub struct Prefixed {
     pub stream: TcpStream,
 }
 
+impl Prefixed {
+    /// A connection handed to this generation, its `unread` bytes first
+    /// (needs the runtime's context). The socket is non-blocking already:
+    /// its flags are the sender's, which set them.
+    pub fn from_fd(fd: std::os::fd::OwnedFd, unread: Vec<u8>) -> std::io::Result<Prefixed> {
+        let stream = std::net::TcpStream::from(fd);
+        stream.set_nonblocking(true)?;
+        Ok(Prefixed {
+            unread: unread.into(),
+            stream: TcpStream::from_std(stream)?,
+        })
+    }
+
+    /// The socket, and what a server stopped between two requests leaves
+    /// unread: `read_buf` (what hyper read and did not parse), then what
+    /// it never read of an earlier owner's bytes.
+    pub fn leftover(self, read_buf: &[u8]) -> (TcpStream, Vec<u8>) {
+        let mut bytes = read_buf.to_vec();
+        bytes.extend_from_slice(&self.unread);
+        (self.stream, bytes)
+    }
+}
+
 impl tokio::io::AsyncRead for Prefixed {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -267,7 +267,8 @@ impl Server {
                     Ok((stream, _)) => {
                         let counted = ConnectionGuard::new(&self);
                         let _ = stream.set_nodelay(true);
-                        self.spawn_connection(stream, Bytes::new(), counted, &handler, true);
+                        let io = Prefixed { unread: Bytes::new(), stream };
+                        self.spawn_connection(io, counted, &handler, true);
                     }
                     // EMFILE and the like: back off a moment rather than spin.
                     Err(_) => tokio::time::sleep(handoff::timeouts::POLL_SLICE).await,
@@ -297,35 +298,25 @@ impl Server {
                 let handoff::Connection { fd, unread, .. } = arrival.connection;
                 let may_travel = arrival.origin == handoff::Origin::Transferred;
                 let _context = runtime.enter();
-                let stream = std::net::TcpStream::from(fd);
-                // Shared file flags: already non-blocking (the sender's).
-                let Ok(stream) = stream
-                    .set_nonblocking(true)
-                    .and_then(|()| TcpStream::from_std(stream))
-                else {
+                let Ok(io) = Prefixed::from_fd(fd, unread) else {
                     continue;
                 };
                 let counted = ConnectionGuard::new(&server);
-                server.spawn_connection(stream, unread.into(), counted, &handler, may_travel);
+                server.spawn_connection(io, counted, &handler, may_travel);
             }
         });
     }
 
     fn spawn_connection(
         self: &Arc<Self>,
-        stream: TcpStream,
-        unread: Bytes,
+        io: Prefixed,
         counted: ConnectionGuard,
         handler: &Handler,
         may_travel: bool,
     ) {
-        let task: Pin<Box<dyn Future<Output = ()> + Send>> =
-            Box::pin(Arc::clone(self).serve_connection(
-                Prefixed { unread, stream },
-                counted,
-                Arc::clone(handler),
-                may_travel,
-            ));
+        let task: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(
+            Arc::clone(self).serve_connection(io, counted, Arc::clone(handler), may_travel),
+        );
         tokio::spawn(task);
     }
 
@@ -419,17 +410,14 @@ impl Server {
             }
         };
         let parts = connection.into_parts();
-        let Prefixed { unread, stream } = parts.io.into_inner();
+        let io = parts.io.into_inner();
         if result.is_err() || ending != Ending::HandOver {
-            let mut stream = stream;
+            let mut stream = io.stream;
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
             return;
         }
-        // What hyper read and did not parse comes first, then what it
-        // never read of an earlier owner's bytes.
-        let mut bytes = parts.read_buf.to_vec();
-        bytes.extend_from_slice(&unread);
-        self.hand_over(stream, bytes, counted, &handler);
+        let (stream, unread) = io.leftover(&parts.read_buf);
+        self.hand_over(stream, unread, counted, &handler);
     }
 
     /// Passes a connection stopped at a request boundary to the library;
@@ -452,11 +440,10 @@ impl Server {
             unread,
             tag: TAG.into(),
         };
-        if let Err(refused) = port.hand_over(connection) {
-            let stream = std::net::TcpStream::from(refused.fd);
-            if let Ok(stream) = TcpStream::from_std(stream) {
-                self.spawn_connection(stream, refused.unread.into(), counted, handler, false);
-            }
+        if let Err(refused) = port.hand_over(connection)
+            && let Ok(io) = Prefixed::from_fd(refused.fd, refused.unread)
+        {
+            self.spawn_connection(io, counted, handler, false);
         }
     }
 

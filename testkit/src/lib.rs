@@ -189,6 +189,26 @@ pub fn wait_gone(pid: u32) {
     }
 }
 
+/// testd's `HIT` (`--items`): its memfd counter after one more hit.
+pub fn testd_hit(addr: SocketAddr) -> u64 {
+    let reply = request(addr, "HIT").expect("HIT");
+    reply
+        .strip_prefix("HITS ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("bad HIT reply {reply:?}"))
+}
+
+/// testd's `ITEMS` (`--items`): the blob it inherited ("-" for none) and
+/// its memfd counter.
+pub fn testd_items(addr: SocketAddr) -> (String, u64) {
+    let reply = request(addr, "ITEMS").expect("ITEMS");
+    reply
+        .strip_prefix("blob=")
+        .and_then(|rest| rest.rsplit_once(" hits="))
+        .and_then(|(blob, hits)| Some((blob.to_owned(), hits.parse().ok()?)))
+        .unwrap_or_else(|| panic!("bad ITEMS reply {reply:?}"))
+}
+
 /// One request line on a fresh connection and the reply line without its
 /// newline, each step bounded by `IO`. A connection closed without a reply
 /// is an `UnexpectedEof` error.

@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use handoff::Mode;
 use handoff::fault::{self, FaultPoint, FaultRole, SupervisorStep};
 use handoff::supervisor::{Outcome, UpgradeRequest};
+use testkit::{testd_hit as hit, testd_items as items};
 
 use crate::common::{
     Harness, LockProber, Reaper, TempDir, WAIT, alive, eventually, example, get,
@@ -114,25 +115,6 @@ fn successor_point(point: FaultPoint) {
     let begun = request(harness.addr, "BEGUN").expect("BEGUN");
     assert_eq!(begun, format!("by={old}"), "{point}");
     assert!(prober.finish() <= 1, "{point}: two lock holders at once");
-}
-
-/// testd's `HIT`: the memfd counter of `--items`, now.
-fn hit(addr: std::net::SocketAddr) -> u64 {
-    let reply = request(addr, "HIT").expect("HIT");
-    reply
-        .strip_prefix("HITS ")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("bad HIT reply {reply:?}"))
-}
-
-/// testd's `ITEMS`: (the blob it inherited, the counter).
-fn items(addr: std::net::SocketAddr) -> (String, u64) {
-    let reply = request(addr, "ITEMS").expect("ITEMS");
-    reply
-        .strip_prefix("blob=")
-        .and_then(|rest| rest.rsplit_once(" hits="))
-        .and_then(|(blob, hits)| Some((blob.to_owned(), hits.parse().ok()?)))
-        .unwrap_or_else(|| panic!("bad ITEMS reply {reply:?}"))
 }
 
 /// The incumbent (generation 1) crashing at one of its points during (or

@@ -6,32 +6,7 @@
 use handoff::os::Sig;
 
 use crate::common::{Start, Supervisor, TempDir, request, script, serving_pid, testd};
-
-/// testd's `ITEMS` answer: (blob, hits).
-fn items(addr: std::net::SocketAddr) -> (String, u64) {
-    let line = request(addr, "ITEMS").expect("ITEMS");
-    let field = |key: &str| {
-        line.split(' ')
-            .find_map(|kv| kv.strip_prefix(key))
-            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-            .to_owned()
-    };
-    let hits = field("hits=").parse().expect("hits");
-    // The blob is "revisions=R by=PID": everything between blob= and hits=.
-    let blob = line
-        .strip_prefix("blob=")
-        .and_then(|rest| rest.rsplit_once(" hits="))
-        .map(|(blob, _)| blob.to_owned())
-        .unwrap_or_else(|| panic!("bad ITEMS line {line:?}"));
-    (blob, hits)
-}
-
-fn hit(addr: std::net::SocketAddr) -> u64 {
-    let line = request(addr, "HIT").expect("HIT");
-    line.strip_prefix("HITS ")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("bad HIT answer {line:?}"))
-}
+use testkit::{testd_hit as hit, testd_items as items};
 
 fn with_items(data: &TempDir, version: &str) -> Supervisor {
     Supervisor::start_with(Start {
