@@ -18,6 +18,12 @@ use crate::run::{Daemon, Observed, SupervisorLog, UpgraderKind};
 /// just before a drain can still be in flight in it).
 pub const WINDOW_MARGIN: Duration = Duration::from_millis(20);
 
+/// Whether a request sent at `at` falls in `(start, end)` widened by
+/// [`WINDOW_MARGIN`] on each side.
+fn within(at: Duration, (start, end): (Duration, Duration)) -> bool {
+    at + WINDOW_MARGIN >= start && at <= end + WINDOW_MARGIN
+}
+
 /// The supervisor's own event log, an independent witness of the commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EventLog {
@@ -206,6 +212,9 @@ struct Figures {
     during: Vec<f64>,
     /// During supervisor re-execs (neither steady nor during handoffs).
     during_reexecs: Vec<f64>,
+    /// While the benchmark put a fresh build in place, outside handoffs
+    /// and re-execs (neither steady nor during handoffs).
+    during_deploys: Vec<f64>,
     /// During handoffs, by who answered (when the daemon says its pid).
     by_old: Vec<f64>,
     by_new: Vec<f64>,
@@ -231,9 +240,7 @@ impl Observed {
     }
 
     fn window_of(&self, at: Duration) -> Option<&crate::run::Window> {
-        self.windows
-            .iter()
-            .find(|w| at + WINDOW_MARGIN >= w.start && at <= w.end + WINDOW_MARGIN)
+        self.windows.iter().find(|w| within(at, (w.start, w.end)))
     }
 
     /// Each supervisor re-exec, asked to answered, from the load's start.
@@ -247,8 +254,13 @@ impl Observed {
     /// Whether `at` falls in a supervisor re-exec's window (widened as a
     /// handoff's).
     fn in_reexec(&self, at: Duration) -> bool {
-        self.reexec_spans()
-            .any(|(start, end)| at + WINDOW_MARGIN >= start && at <= end + WINDOW_MARGIN)
+        self.reexec_spans().any(|span| within(at, span))
+    }
+
+    /// Whether `at` falls in a fresh build's deploy (widened as a
+    /// handoff's window).
+    fn in_deploy(&self, at: Duration) -> bool {
+        self.deploys.iter().any(|&span| within(at, span))
     }
 
     /// The exact counts.
@@ -334,6 +346,7 @@ impl Observed {
             steady: Vec::new(),
             during: Vec::new(),
             during_reexecs: Vec::new(),
+            during_deploys: Vec::new(),
             by_old: Vec::new(),
             by_new: Vec::new(),
             accept_stall: 0.0,
@@ -356,6 +369,8 @@ impl Observed {
                 }
             } else if self.in_reexec(sample.at) {
                 figures.during_reexecs.push(ms);
+            } else if self.in_deploy(sample.at) {
+                figures.during_deploys.push(ms);
             } else {
                 figures.steady.push(ms);
             }
@@ -381,6 +396,7 @@ impl Observed {
             &mut figures.steady,
             &mut figures.during,
             &mut figures.during_reexecs,
+            &mut figures.during_deploys,
             &mut figures.by_old,
             &mut figures.by_new,
             &mut figures.totals,
@@ -596,6 +612,16 @@ impl Observed {
                     .map_or_else(|| "-".to_owned(), |r| format!("{r:.2} times")),
             ),
         ));
+        if !self.deploys.is_empty() {
+            rows.push((
+                "p99 while builds were put in place",
+                format!(
+                    "{} ms ({} requests; the benchmark's own writing and hashing)",
+                    ms(&figures.during_deploys, 0.99),
+                    figures.during_deploys.len()
+                ),
+            ));
+        }
         rows.push((
             "reconnects (kept alive)",
             match counts.reconnects_per_upgrade() {
@@ -817,6 +843,7 @@ fn latency_json(figures: &mut Figures) -> Value {
         "during_handoffs": summary(&mut figures.during),
         "during_handoffs_answered_by": answered_by,
         "during_reexecs": summary(&mut figures.during_reexecs),
+        "during_deploys": summary(&mut figures.during_deploys),
         "p99_ratio_during_to_steady": ratio,
     })
 }
@@ -866,6 +893,19 @@ pub(crate) fn summary(values: &mut [f64]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_span_is_widened_by_the_margin_on_both_sides() {
+        let ms = Duration::from_millis;
+        let span = (ms(100), ms(110));
+        // Sent up to the margin before the start: it can be in flight in it.
+        assert!(within(ms(80), span));
+        assert!(!within(ms(79), span));
+        assert!(within(ms(105), span));
+        // Sent up to the margin after the end.
+        assert!(within(ms(130), span));
+        assert!(!within(ms(131), span));
+    }
 
     #[test]
     fn percentiles_are_nearest_rank() {

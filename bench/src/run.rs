@@ -201,6 +201,9 @@ pub struct Observed {
     pub clients: Vec<ClientLog>,
     /// One per upgrade.
     pub windows: Vec<Window>,
+    /// Fresh builds: each one's deploy (written, read back for its sha256,
+    /// renamed in place), from the load's start, start and end.
+    pub deploys: Vec<(Duration, Duration)>,
     /// Acknowledged writes read back wrong or missing.
     pub lost_writes: u64,
     /// Acknowledged writes that could not be read at all.
@@ -572,6 +575,8 @@ struct Running {
     /// Time zero of the windows: the load's start.
     origin: Instant,
     windows: Vec<Window>,
+    /// Each fresh build's deploy, from `origin`.
+    deploys: Vec<(Duration, Duration)>,
     /// The generations replaced so far, which must exit.
     old_pids: Vec<u32>,
     harness_errors: Vec<String>,
@@ -638,6 +643,7 @@ impl Running {
             identity,
             origin: Instant::now(),
             windows: Vec::new(),
+            deploys: Vec::new(),
             old_pids: Vec::new(),
             harness_errors,
         })
@@ -680,22 +686,17 @@ impl Running {
         ))
     }
 
-    /// Upgrade `round` at `at`: puts its build in place, asks for it,
-    /// checks who serves after it and records its window; when the next
-    /// step may come.
+    /// Upgrade `round` at `at`: puts its build in place halfway between
+    /// the last step and `at`, asks for it, checks who serves after it and
+    /// records its window; when the next step may come.
     fn upgrade(
         &mut self,
         round: usize,
         at: Instant,
         progress: &mut dyn FnMut(Progress<'_>),
     ) -> Instant {
-        let build = match self.deploy.build(round) {
-            Ok(build) => build,
-            Err(error) => {
-                self.harness_errors
-                    .push(format!("upgrade {round}: deploying: {error}"));
-                return at;
-            }
+        let Some(build) = self.deploy_before(round, at) else {
+            return at;
         };
         sleep_until(at);
         let asked = Instant::now();
@@ -744,6 +745,30 @@ impl Running {
             });
         }
         Instant::now() + self.config.interval
+    }
+
+    /// Puts round `round`'s build in place. A fresh build is written and
+    /// read back halfway through the steady load before `at`, away from the
+    /// windows on both sides (that work competes with the load and the
+    /// daemon on this machine), and its span is recorded; `None` (and a
+    /// harness error) if it could not be.
+    fn deploy_before(&mut self, round: usize, at: Instant) -> Option<Build> {
+        let fresh = self.deploy.is_fresh();
+        if fresh {
+            sleep_until(at.checked_sub(self.config.interval / 2).unwrap_or(at));
+        }
+        let started = Instant::now();
+        let build = self.deploy.build(round);
+        if fresh {
+            let since = |t: Instant| t.saturating_duration_since(self.origin);
+            self.deploys.push((since(started), since(Instant::now())));
+        }
+        build
+            .map_err(|error| {
+                self.harness_errors
+                    .push(format!("upgrade {round}: deploying: {error}"))
+            })
+            .ok()
     }
 
     /// Whether `new`, seen serving after `handoff`, is a new process
@@ -918,6 +943,7 @@ impl Running {
             config: self.config,
             clients: Vec::new(),
             windows: self.windows,
+            deploys: self.deploys,
             lost_writes: 0,
             unreadable_writes: 0,
             lingering_generations,

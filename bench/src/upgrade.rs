@@ -274,6 +274,13 @@ impl Deploy {
         }
     }
 
+    /// Whether each upgrade writes a new build (and the benchmark reads it
+    /// back for its sha256): work of the harness's own, on the machine the
+    /// load runs on.
+    pub fn is_fresh(&self) -> bool {
+        self.fixed.is_none()
+    }
+
     /// Every path an upgrade may name (`allowed_binaries`): none for fresh
     /// builds, which run the configured binary.
     pub fn allowed(&self) -> Vec<PathBuf> {

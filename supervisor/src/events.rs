@@ -108,7 +108,8 @@ impl FanOut<'_> {
                     successor_pid,
                     incumbent_pid,
                     started_unix_ms: unix_ms(),
-                    // An upgrade hashed it before it started: a cache hit.
+                    // Hashed here (a fresh build's first time: under
+                    // SCHED_IDLE, while the handoff goes on).
                     binary: self.state.identities.of_pid(successor_pid),
                 });
             }

@@ -3,10 +3,10 @@
 //! so that a 20 MB binary is hashed once however many generations, status
 //! answers and history records ask for it.
 //!
-//! An upgrade hashes its target before the handoff starts (and before
-//! systemd hears `RELOADING=1`); reading the successor's `/proc/PID/exe`
-//! afterwards then finds the same identity in the cache, so nothing is
-//! hashed while a handoff runs unless the file was replaced in between.
+//! An upgrade does not wait for a hash unless its target is pinned: the
+//! event thread hashes the successor's `/proc/PID/exe` once the handoff has
+//! started, under `SCHED_IDLE` (off the upgrade's path and off systemd's
+//! notifications); status answers and the history then find it cached.
 
 use std::collections::HashMap;
 use std::fs::File;
