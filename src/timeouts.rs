@@ -116,6 +116,11 @@ pub const PROBE_ATTEMPT: Duration = Duration::from_secs(2);
 /// covers a socket end that some other process still holds.
 pub const EXIT_AFTER_EOF: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// How long after a generation is gone the supervisor closes the
+/// executable it held for it (a replaced build's file is freed then, off
+/// the handoff; never while a handoff or a drain is under way).
+pub const IMAGE_RELEASE: Duration = Duration::from_secs(1);
+
 /// How long a supervisor adopting an orphaned library generation waits for
 /// its rendezvous socket (the orphan binds it as soon as it sees its
 /// supervisor's connection end).

@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use super::config::{SupervisorConfig, UpgradeRequest};
 use super::fdstore::Store;
 use super::freeze::{self, Exporting, Frozen};
+use super::images::Images;
 use super::items::Items;
 use super::probes::Probes;
 use super::process::GenerationProcess;
@@ -25,8 +26,8 @@ use super::transit::Transit;
 use crate::error::{Error, Result};
 use crate::fault::{self, FaultRole};
 use crate::protocol::{
-    GenerationId, GenerationSignal, LifecycleAction, LifecycleInput, LifecycleMachine, Note,
-    Outcome, Refusal, Spawned, SupervisorEvent, Ticket,
+    GenerationId, GenerationSignal, LifecycleAction, LifecycleInput, LifecycleMachine,
+    LifecycleState, Note, Outcome, Refusal, Spawned, SupervisorEvent, Ticket,
 };
 use crate::sys::Sig;
 use crate::wire::{FdEntry, MAX_FDS_PER_FRAME, Message};
@@ -53,6 +54,8 @@ pub(crate) struct Driver {
     transit: Transit,
     /// The item store (I21).
     items: Items,
+    /// Gone generations' executables, closed later.
+    images: Images<std::fs::File>,
     /// Callers waiting for a handoff's verdict, by handoff id.
     replies: HashMap<u64, Sender<Result<Outcome>>>,
     /// Callers waiting for the stop to end.
@@ -80,6 +83,7 @@ impl Driver {
             store: Store::new(config.protocol.fd_store_max()),
             transit: Transit::default(),
             items: Items::default(),
+            images: Images::default(),
             config,
             processes: HashMap::new(),
             spawner: Spawner::new(events_tx)?,
@@ -209,7 +213,8 @@ impl Driver {
         let events = self.events.clone();
         let verdicts = self.probes.receiver.clone();
         while !self.machine.is_finished() {
-            let timer = match self.machine.next_wakeup() {
+            let wakeup = [self.machine.next_wakeup(), self.images.next_due()];
+            let timer = match wakeup.into_iter().flatten().min() {
                 Some(at) => crossbeam_channel::at(at.max(Instant::now())),
                 None => crossbeam_channel::never(),
             };
@@ -236,6 +241,7 @@ impl Driver {
                 recv(timer) -> _ => {},
             }
             self.feed(LifecycleInput::Tick);
+            self.release_images();
         }
         Ok(())
     }
@@ -509,7 +515,13 @@ impl Driver {
             }
             LifecycleAction::Note(note) => log_note(&note),
             LifecycleAction::Forget { generation } => {
-                self.processes.remove(&generation);
+                let image = self
+                    .processes
+                    .remove(&generation)
+                    .and_then(|mut p| p.image.take());
+                if let Some(image) = image {
+                    self.images.retire(image, Instant::now());
+                }
             }
             LifecycleAction::Stopped => self.answer_stopped(),
             transit @ (LifecycleAction::OfferConnections { .. }
@@ -559,6 +571,21 @@ impl Driver {
         if let Err(error) = self.items.send_all(sender, handoff_id) {
             tracing::warn!(generation = to, %error, "sending the items failed; the generation is taken for gone");
             queue.push_back(LifecycleInput::Closed { generation: to });
+        }
+    }
+
+    /// Closes the gone generations' executables that are due, when no
+    /// handoff and no drain is under way (see `images`).
+    fn release_images(&mut self) {
+        let quiet =
+            self.machine.state() == LifecycleState::Serving && self.machine.retiring().is_empty();
+        let released = self.images.take_due(Instant::now(), quiet);
+        if !released.is_empty() {
+            tracing::debug!(
+                count = released.len(),
+                held = self.images.len(),
+                "released gone generations' executables"
+            );
         }
     }
 

@@ -22,6 +22,7 @@ mod config;
 mod driver;
 mod fdstore;
 mod freeze;
+mod images;
 mod items;
 mod probes;
 mod process;

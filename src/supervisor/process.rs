@@ -38,6 +38,9 @@ pub(crate) struct GenerationProcess {
     pub(crate) sender: Option<channel::Sender>,
     /// A foreign daemon's notification socket.
     pub(crate) notify: Option<sys::NotifySocket>,
+    /// The executable it runs, held open (see `images`); `None` if it
+    /// could not be opened.
+    pub(crate) image: Option<std::fs::File>,
     /// Its status once reaped.
     pub(crate) exit: Option<ExitStatus>,
 }
@@ -57,6 +60,7 @@ impl GenerationProcess {
             watch: Watch::Child,
             sender,
             notify,
+            image: sys::open_image(pid),
             exit: None,
         }
     }
@@ -74,6 +78,7 @@ impl GenerationProcess {
             watch: Watch::Orphan(pidfd),
             sender,
             notify: None,
+            image: sys::open_image(pid),
             exit: None,
         }
     }

@@ -65,6 +65,14 @@ impl PinnedBinary {
     }
 }
 
+/// The executable process `pid` runs, opened (close-on-exec) through
+/// `/proc/PID/exe`: it stays readable, and its blocks allocated, while
+/// the file is open, even once renamed over and the process gone. `None`
+/// if it cannot be opened (the process is gone, or not ours to read).
+pub(crate) fn open_image(pid: u32) -> Option<File> {
+    File::open(format!("/proc/{pid}/exe")).ok()
+}
+
 /// `file` at [`PIN_FD_FLOOR`] or above (a close-on-exec duplicate; the
 /// original is closed), or `file` itself if no such number is free.
 fn above_spawn_range(file: File) -> File {

@@ -128,6 +128,7 @@ mod wake;
 #[cfg(test)]
 mod test_support;
 
+pub(crate) use binary::open_image;
 pub use binary::{PinnedBinary, sha256_hex, sha256_hex_niced};
 pub(crate) use command::{RunError, run_bounded};
 pub(crate) use fdpass::{recv_chunk, send_frame};

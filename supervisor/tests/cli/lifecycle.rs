@@ -1,12 +1,13 @@
 //! run, status, upgrade (commit, rollback, busy, pinned, a pinned symlink
-//! swapped after the hash), SIGHUP, restart after a crash, stop.
+//! swapped after the hash, a replaced build freed by the supervisor),
+//! SIGHUP, restart after a crash, stop.
 
 use handoff::os::Sig;
 use serde_json::Value;
 
 use crate::common::{
-    Start, Supervisor, TempDir, alive, request, script, serving_pid, sha256_hex, testd, u64_of,
-    wait_gone,
+    Start, Supervisor, TempDir, WAIT, alive, another_build, request, script, serving_pid,
+    sha256_hex, testd, u64_of, wait_gone,
 };
 
 /// A supervisor whose config (written in `dir`) allows upgrades to `binary`.
@@ -271,6 +272,49 @@ fn has_open(pid: u32, path: &std::path::Path) -> bool {
         .flatten()
         .flatten()
         .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+}
+
+/// A deploy renames a new build over the running one; the old file is freed
+/// when its last holder closes it. The supervisor holds each generation's
+/// executable, so the old generation's exit does not free it (on a
+/// journaling filesystem that work stalls the daemons' `fsync`s while a
+/// handoff ends); the supervisor closes it once the generation is gone
+/// and nothing is under way.
+#[test]
+fn a_replaced_build_is_freed_by_the_supervisor_after_its_generation_is_gone() {
+    let dir = TempDir::new("images");
+    let deployed = dir.path().join("daemon");
+    another_build(&testd(), &deployed, "one");
+    let supervisor = Supervisor::start_with(Start {
+        program: Some(deployed.clone()),
+        ..Start::default()
+    });
+    let old = u64_of(&supervisor.status(), "child_pid") as u32;
+    let staged = dir.path().join("daemon.new");
+    another_build(&testd(), &staged, "two");
+    std::fs::rename(&staged, &deployed).expect("deploy the new build");
+    let upgraded = supervisor.ctl("upgrade", &[]);
+    assert_eq!(upgraded.code, Some(0), "{upgraded:?}");
+    wait_gone(old);
+    let replaced = std::path::PathBuf::from(format!("{} (deleted)", deployed.display()));
+    assert!(
+        has_open(supervisor.pid(), &replaced),
+        "the supervisor holds the replaced build after its generation is gone"
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    while has_open(supervisor.pid(), &replaced) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the supervisor never released the replaced build; log:\n{}",
+            supervisor.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let now_running = u64_of(&supervisor.status(), "child_pid") as u32;
+    assert!(
+        has_open(supervisor.pid(), &deployed),
+        "the serving generation's build (pid {now_running}) stays held"
+    );
 }
 
 /// `upgrade --binary LINK --sha256 H` where LINK is a symlink to testd,
