@@ -213,7 +213,7 @@ impl Driver {
         let events = self.events.clone();
         let verdicts = self.probes.receiver.clone();
         while !self.machine.is_finished() {
-            let wakeup = [self.machine.next_wakeup(), self.images.next_due()];
+            let wakeup = [self.machine.next_wakeup(), self.images.wakeup(self.quiet())];
             let timer = match wakeup.into_iter().flatten().min() {
                 Some(at) => crossbeam_channel::at(at.max(Instant::now())),
                 None => crossbeam_channel::never(),
@@ -577,9 +577,7 @@ impl Driver {
     /// Closes the gone generations' executables that are due, when no
     /// handoff and no drain is under way (see `images`).
     fn release_images(&mut self) {
-        let quiet =
-            self.machine.state() == LifecycleState::Serving && self.machine.retiring().is_empty();
-        let released = self.images.take_due(Instant::now(), quiet);
+        let released = self.images.take_due(Instant::now(), self.quiet());
         if !released.is_empty() {
             tracing::debug!(
                 count = released.len(),
@@ -587,6 +585,11 @@ impl Driver {
                 "released gone generations' executables"
             );
         }
+    }
+
+    /// No handoff and no drain under way.
+    fn quiet(&self) -> bool {
+        self.machine.state() == LifecycleState::Serving && self.machine.retirees().next().is_none()
     }
 
     fn drop_connections(&mut self, batch: u64, why: &'static str) {

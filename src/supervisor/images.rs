@@ -37,8 +37,15 @@ impl<T> Images<T> {
     }
 
     /// When the next one is due, if any.
-    pub(crate) fn next_due(&self) -> Option<Instant> {
+    fn next_due(&self) -> Option<Instant> {
         self.releasing.front().map(|(due, _)| *due)
+    }
+
+    /// When the driver must wake for them: never unless `quiet` (the event
+    /// that ends a handoff or a drain wakes it anyway; a due image must not
+    /// spin its loop meanwhile).
+    pub(crate) fn wakeup(&self, quiet: bool) -> Option<Instant> {
+        self.next_due().filter(|_| quiet)
     }
 
     /// Takes every image due by `now` (none unless `quiet`: no handoff and
@@ -67,16 +74,17 @@ mod tests {
         let mut images = Images::default();
         images.retire(1, start);
         images.retire(2, start + IMAGE_RELEASE / 2);
-        assert_eq!(images.next_due(), Some(start + IMAGE_RELEASE));
+        assert_eq!(images.wakeup(true), Some(start + IMAGE_RELEASE));
         assert!(images.take_due(start, true).is_empty(), "not yet due");
         let due = start + IMAGE_RELEASE;
         assert!(
             images.take_due(due, false).is_empty(),
             "a handoff is under way"
         );
+        assert_eq!(images.wakeup(false), None, "nothing to wake for then");
         assert_eq!(images.take_due(due, true), vec![1]);
         assert_eq!(images.len(), 1);
         assert_eq!(images.take_due(due + IMAGE_RELEASE, true), vec![2]);
-        assert_eq!(images.next_due(), None);
+        assert_eq!(images.wakeup(true), None);
     }
 }

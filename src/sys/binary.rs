@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 /// The lowest fd number a pin takes: above fd 3 plus the most listeners a
 /// spawn places from fd 3 on (`MAX_FDS_PER_FRAME`, 253).
-pub(crate) const PIN_FD_FLOOR: i32 = 3 + crate::wire::MAX_FDS_PER_FRAME as i32;
+pub const PIN_FD_FLOOR: i32 = 3 + crate::wire::MAX_FDS_PER_FRAME as i32;
 
 use sha2::{Digest, Sha256};
 

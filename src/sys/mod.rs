@@ -129,7 +129,7 @@ mod wake;
 mod test_support;
 
 pub(crate) use binary::open_image;
-pub use binary::{PinnedBinary, sha256_hex, sha256_hex_niced};
+pub use binary::{PIN_FD_FLOOR, PinnedBinary, sha256_hex, sha256_hex_niced};
 pub(crate) use command::{RunError, run_bounded};
 pub(crate) use fdpass::{recv_chunk, send_frame};
 pub(crate) use fdstore::{describe as describe_stored, hung_up};

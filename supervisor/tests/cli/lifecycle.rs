@@ -265,13 +265,20 @@ fn children_of(parent: u32) -> Vec<u32> {
     children
 }
 
-/// Whether `pid` has an fd open on `path` right now.
-fn has_open(pid: u32, path: &std::path::Path) -> bool {
+/// The fd numbers `pid` has open on `path` right now.
+fn open_fds(pid: u32, path: &std::path::Path) -> Vec<i32> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .into_iter()
         .flatten()
         .flatten()
-        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+        .filter_map(|fd| fd.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Whether `pid` has an fd open on `path` right now.
+fn has_open(pid: u32, path: &std::path::Path) -> bool {
+    !open_fds(pid, path).is_empty()
 }
 
 /// A deploy renames a new build over the running one; the old file is freed
@@ -352,9 +359,11 @@ fn a_symlink_swapped_after_the_hash_does_not_change_what_runs() {
             ])
         })
     };
-    // The supervisor opens the file to hash it; swap the link then.
+    // The supervisor pins the file (an fd at PIN_FD_FLOOR or above; it holds
+    // the serving generation's image below) to hash it; swap the link then.
+    let pinned = |fds: Vec<i32>| fds.iter().any(|&fd| fd >= handoff::os::PIN_FD_FLOOR);
     let deadline = std::time::Instant::now() + crate::common::WAIT;
-    while !has_open(supervisor.pid(), &testd_path) {
+    while !pinned(open_fds(supervisor.pid(), &testd_path)) {
         assert!(
             std::time::Instant::now() < deadline,
             "the supervisor never opened testd to hash it; log:\n{}",
