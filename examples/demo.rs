@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use handoff::supervisor::{
     NamedListener, Outcome, RestartPolicy, Supervisor, SupervisorConfig, UpgradeRequest,
@@ -203,6 +203,12 @@ fn main() {
     // Old generations retire after the commit: wait until none is left, so
     // that the fd count compares like with like.
     while !handle.status().expect("status").retiring.is_empty() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The supervisor closes a gone generation's executable IMAGE_RELEASE
+    // after it is gone: a leak is an fd still open well past that.
+    let settled = Instant::now() + handoff::timeouts::IMAGE_RELEASE + Duration::from_secs(5);
+    while fd_count() > fds_before && Instant::now() < settled {
         std::thread::sleep(Duration::from_millis(10));
     }
     let (rss_after, fds_after) = (rss_kib(), fd_count());

@@ -587,9 +587,11 @@ impl Driver {
         }
     }
 
-    /// No handoff and no drain under way.
+    /// No handoff and no drain under way (a restart's wait counts as
+    /// quiet: a crash loop must not pile images up).
     fn quiet(&self) -> bool {
-        self.machine.state() == LifecycleState::Serving && self.machine.retirees().next().is_none()
+        self.machine.state() != LifecycleState::HandingOff
+            && self.machine.retirees().next().is_none()
     }
 
     fn drop_connections(&mut self, batch: u64, why: &'static str) {
