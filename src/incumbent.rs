@@ -159,11 +159,8 @@ pub(crate) fn start_agent(
     let (event_tx, event_rx) = crossbeam_channel::unbounded::<AgentEvent>();
     let port = connections.then(|| ConnectionPort::new(input_tx.clone()));
     let capabilities = CAP_ITEMS | if connections { CAP_CONNECTIONS } else { 0 };
-    sender.send(
-        0,
-        GenerationMachine::hello(std::process::id(), build_id, versions, capabilities),
-        &[],
-    )?;
+    let hello = GenerationMachine::hello(std::process::id(), build_id, versions, capabilities);
+    sender.send(0, hello.clone(), &[])?;
     let now = Instant::now();
     let machine = GenerationMachine::new(&timeouts, now).with_schemas(schemas.0, schemas.1);
     let reader_tx = input_tx.clone();
@@ -187,9 +184,11 @@ pub(crate) fn start_agent(
         rendezvous: std::env::var_os(rendezvous::ENV_RENDEZVOUS).map(PathBuf::from),
         rendezvous_open: false,
         offer: None,
+        hello,
         transit: port.as_ref().map(Transit::new),
         items,
         pending_items: Vec::new(),
+        store_copy: crate::items::StoreCopy::default(),
     };
     // The first point: Hello sent, nothing received yet.
     if crate::fault::reached(
@@ -232,12 +231,17 @@ struct Agent {
     rendezvous_open: bool,
     /// The adoption being decided.
     offer: Option<Offer>,
+    /// The Hello sent first, sent again to a supervisor that adopts it.
+    hello: Message,
     /// Connections on their way in and out, when the daemon takes them.
     transit: Option<Transit>,
     /// Items kept for this generation, shared with its `ItemStore`.
     items: crate::items::Received,
     /// Fds of the last Items frame, until the machine says KeepItems.
     pending_items: Vec<(ItemEntry, OwnedFd)>,
+    /// The supervisor's store as this generation knows it, for a
+    /// supervisor that adopts it.
+    store_copy: crate::items::StoreCopy,
 }
 
 /// The agent's side of the daemon's [`ConnectionPort`] (I20).
@@ -439,6 +443,7 @@ impl Agent {
                 GenerationAction::KeepItems => {
                     let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
                     for (entry, fd) in self.pending_items.drain(..) {
+                        self.store_copy.note(&entry, &fd);
                         items.insert(entry.name.clone(), (entry, fd));
                     }
                 }
@@ -565,10 +570,11 @@ impl Agent {
         }
         let id = self.machine.handoff_id();
         let items = Message::Items {
-            entries: vec![entry],
+            entries: vec![entry.clone()],
         };
-        if let Err(error) = self.sender.send(id, items, &[fd.as_fd()]) {
-            tracing::warn!(name, error = %error, "keeping an item failed");
+        match self.sender.send(id, items, &[fd.as_fd()]) {
+            Ok(()) => self.store_copy.note(&entry, &fd),
+            Err(error) => tracing::warn!(name, error = %error, "keeping an item failed"),
         }
     }
 
@@ -673,7 +679,11 @@ impl Agent {
             handoff_id: self.machine.handoff_id(),
             entries,
         };
-        let sent = offer.sender.send(self.machine.handoff_id(), adopted, &fds);
+        let id = self.machine.handoff_id();
+        let sent = offer
+            .sender
+            .send(id, adopted, &fds)
+            .and_then(|()| self.announce(&offer.sender));
         let reader_tx = self.inputs.clone();
         let reading = channel::spawn_reader("handoff-reader".into(), offer.receiver, None, {
             move |received| reader_tx.send(AgentInput::Received(received)).is_ok()
@@ -695,6 +705,25 @@ impl Agent {
                 let _ = self.perform(actions);
             }
         }
+    }
+
+    /// What an adopting supervisor learns after `Adopted`: this
+    /// generation's Hello and Schemas again (what it takes part in; a
+    /// supervisor that does not know them notes them and goes on), then
+    /// the item store as this generation knows it (its own died with the
+    /// supervisor that kept it).
+    fn announce(&self, sender: &channel::Sender) -> Result<()> {
+        let id = self.machine.handoff_id();
+        sender.send(id, self.hello.clone(), &[])?;
+        if let Some(schemas) = self.machine.schemas_sent() {
+            sender.send(id, schemas, &[])?;
+        }
+        if self.machine.version() >= crate::wire::ITEMS_VERSION
+            && let Some((items, fds)) = self.store_copy.message()
+        {
+            sender.send(id, items, &fds)?;
+        }
+        Ok(())
     }
 
     fn run_hook(&mut self, call: HookCall) {

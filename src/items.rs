@@ -30,7 +30,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Sender;
@@ -39,7 +39,7 @@ use sha2::Digest;
 use crate::error::{Error, Result};
 use crate::incumbent::AgentInput;
 use crate::sys;
-use crate::wire::{BlobInfo, ItemEntry, Schema, SchemaRange};
+use crate::wire::{BlobInfo, ItemEntry, Message, Schema, SchemaRange};
 
 /// The most items the supervisor keeps; a put of a new name past it is
 /// refused (logged by the supervisor).
@@ -167,6 +167,46 @@ impl ItemStore {
     }
 }
 
+/// What this generation knows the supervisor's store holds: the items it
+/// received and those it put since, each a duplicate of the fd (the store
+/// holds the same open file). A supervisor that adopts the generation
+/// after its own died starts with an empty store and is sent these again.
+#[derive(Debug, Default)]
+pub(crate) struct StoreCopy {
+    items: HashMap<String, (ItemEntry, OwnedFd)>,
+}
+
+impl StoreCopy {
+    /// Notes `entry` as stored, with a duplicate of `fd` (at most
+    /// [`ITEMS_MAX`] names, as the store).
+    pub(crate) fn note(&mut self, entry: &ItemEntry, fd: impl AsFd) {
+        if !self.items.contains_key(&entry.name) && self.items.len() >= ITEMS_MAX {
+            return;
+        }
+        match fd.as_fd().try_clone_to_owned() {
+            Ok(copy) => {
+                self.items.insert(entry.name.clone(), (entry.clone(), copy));
+            }
+            Err(error) => {
+                tracing::warn!(name = entry.name, %error, "an item cannot be kept for an adoption")
+            }
+        }
+    }
+
+    /// The `Items` message that gives a new supervisor the store again,
+    /// with its fds (one frame: at most [`ITEMS_MAX`]); `None` when empty.
+    pub(crate) fn message(&self) -> Option<(Message, Vec<BorrowedFd<'_>>)> {
+        if self.items.is_empty() {
+            return None;
+        }
+        let mut items: Vec<_> = self.items.values().collect();
+        items.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        let entries = items.iter().map(|(entry, _)| entry.clone()).collect();
+        let fds = items.iter().map(|(_, fd)| fd.as_fd()).collect();
+        Some((Message::Items { entries }, fds))
+    }
+}
+
 fn refused(name: &str, reason: &str) -> Error {
     Error::ItemRefused {
         name: name.to_owned(),
@@ -234,6 +274,33 @@ mod tests {
             .expect("lock")
             .insert("state".into(), (entry, fd));
         ItemStore::new(received, None)
+    }
+
+    #[test]
+    fn the_store_copy_keeps_the_last_item_of_each_name_up_to_the_bound() {
+        let mut copy = StoreCopy::default();
+        assert!(copy.message().is_none(), "nothing to send");
+        let fd = |bytes: &[u8]| sys::memfd::sealed("item", bytes).expect("memfd");
+        let entry = |name: &str| ItemEntry {
+            name: name.into(),
+            blob: None,
+        };
+        copy.note(&entry("b"), fd(b"old"));
+        copy.note(&entry("a"), fd(b"a"));
+        copy.note(&entry("b"), fd(b"new"));
+        let (message, fds) = copy.message().expect("two items");
+        let Message::Items { entries } = message else {
+            panic!("{message:?}")
+        };
+        let names: Vec<_> = entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        // A duplicate of the last fd put under "b".
+        assert_eq!(sys::memfd::read_sealed(fds[1]).expect("read"), b"new");
+        for n in 0..ITEMS_MAX {
+            copy.note(&entry(&format!("n{n}")), fd(b"x"));
+        }
+        let (message, _) = copy.message().expect("items");
+        assert_eq!(message.fd_count(), ITEMS_MAX, "as many as the store keeps");
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! there is the generation its record names, and sends `Adopt`; the
 //! generation checks the peer's uid (ours or root) and that it serves
 //! without a supervisor under that generation number, answers `Adopted`
-//! with its copies of the named listeners, and from then on takes that
-//! connection as its control connection. One connection at a time; a
+//! with its copies of the named listeners, sends its Hello, Schemas and
+//! item store again (what the adopter cannot know), and from then on takes
+//! that connection as its control connection. One connection at a time; a
 //! peer that sends nothing is dropped after [`RENDEZVOUS_FRAME`].
 
 use std::os::fd::{AsFd, OwnedFd};

@@ -358,6 +358,15 @@ impl GenerationMachine {
         self
     }
 
+    /// The `Schemas` this side sent after its `HelloAck`, if the session
+    /// speaks them: sent again, after its Hello, to a supervisor that
+    /// adopts it.
+    pub fn schemas_sent(&self) -> Option<Message> {
+        self.schemas
+            .clone()
+            .filter(|_| self.version >= crate::wire::ITEMS_VERSION)
+    }
+
     /// The Hello this side sends first.
     /// `capabilities` are `CAP_*` bits of `crate::wire`.
     pub fn hello(

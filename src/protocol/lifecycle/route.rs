@@ -93,6 +93,9 @@ impl LifecycleMachine {
             }
             Role::Live => match message {
                 Message::Heartbeat | Message::SnapshotReport(_) => {}
+                // An adopted generation announces itself again: its Hello
+                // is news to this supervisor (I20, I21).
+                Message::Hello { capabilities, .. } => self.announced(generation, capabilities),
                 other => out.note(Note::UnexpectedMessage {
                     generation,
                     message: other.name(),
@@ -105,6 +108,17 @@ impl LifecycleMachine {
                 out,
             ),
             Role::Unknown => {}
+        }
+    }
+
+    /// What the serving generation `generation` takes part in, from the
+    /// Hello it sent again once adopted.
+    fn announced(&mut self, generation: GenerationId, capabilities: u64) {
+        if let State::Serving { live, .. } = &mut self.state
+            && live.id == generation
+        {
+            live.takes_connections = capabilities & CAP_CONNECTIONS != 0;
+            live.takes_items = capabilities & CAP_ITEMS != 0;
         }
     }
 

@@ -172,7 +172,8 @@ impl LifecycleMachine {
                 started: now,
                 serving_since: Some(now),
                 handoff_id: orphan.handoff_id,
-                // Adopted: its Hello is not known (I20, I21 not promised).
+                // Until it sends its Hello again (an older build does
+                // not: it then takes part in neither).
                 takes_connections: false,
                 takes_items: false,
                 produces: Vec::new(),

@@ -61,6 +61,20 @@ impl Sim {
         Sim::new(config(mode, RestartPolicy::OnFailure, Duration::ZERO))
     }
 
+    /// A supervisor that adopted generation 7 (pid 4242, handoff id 9).
+    fn adopted(mode: Mode) -> Sim {
+        let mut sim = Sim::library(mode);
+        let orphan = Orphaned {
+            id: 7,
+            pid: 4242,
+            build: build("daemon-a"),
+            handoff_id: 9,
+            next_handoff_id: 10,
+        };
+        sim.machine = LifecycleMachine::adopt(sim.machine.config().clone(), orphan, sim.now);
+        sim
+    }
+
     fn step(&mut self, input: LifecycleInput) -> Vec<LifecycleAction> {
         let tick = matches!(input, LifecycleInput::Tick);
         let actions = self.machine.step(input, self.now);
@@ -1111,6 +1125,26 @@ fn connections_from_a_generation_not_draining_go_back_to_it_and_from_nobody_are_
     );
 }
 
+#[test]
+fn an_adopted_generation_takes_part_in_what_its_hello_sent_again_announces() {
+    for (announced, offered) in [(Some(CAP), true), (Some(0), false), (None, false)] {
+        let mut sim = Sim::adopted(Mode::Overlap);
+        if let Some(capabilities) = announced {
+            let actions = sim.frame(7, 9, hello_with(capabilities));
+            assert!(
+                !noted(&actions, |n| matches!(n, Note::UnexpectedMessage { .. })),
+                "{actions:?}"
+            );
+        }
+        let (next, actions) = sim.handoff_with("daemon-b", CAP);
+        let offers = actions.iter().any(|a| {
+            matches!(a, LifecycleAction::OfferConnections { to: 7, receiver, .. }
+                if *receiver == next.generation)
+        });
+        assert_eq!(offers, offered, "{announced:?}: {actions:?}");
+    }
+}
+
 // ---------------------------------------------------------- items (I21)
 
 fn schemas(produces: &[(&str, u32)], accepts: &[(&str, u32, u32)]) -> Message {
@@ -1177,6 +1211,20 @@ fn a_successor_that_cannot_read_the_incumbents_blob_fails_before_the_drain() {
         "{rolled:?}"
     );
     assert_eq!(sim.machine.live().map(|live| live.id), Some(old));
+}
+
+#[test]
+fn an_adopted_generations_schemas_sent_again_are_checked_at_the_next_handoff() {
+    let mut sim = Sim::adopted(Mode::Exclusive);
+    sim.frame(7, 9, hello_with(ITEMS));
+    sim.frame(7, 9, schemas(&[("kv", 3)], &[("kv", 3, 3)]));
+    let ticket = sim.machine.begin_handoff().expect("a ticket");
+    sim.spawned(ticket, build("daemon-b"));
+    let (new, id) = (ticket.generation, ticket.handoff_id);
+    sim.frame(new, 0, hello_with(ITEMS));
+    let actions = sim.frame(new, id, schemas(&[], &[("kv", 1, 2)]));
+    assert!(sent_to(&actions, new, "Abort"), "{actions:?}");
+    assert!(!sent_to(&actions, 7, "Prepare"), "{actions:?}");
 }
 
 #[test]

@@ -626,7 +626,7 @@ fn the_hello_announces_the_capabilities_it_is_given() {
 }
 
 #[test]
-fn schemas_go_out_after_a_hello_ack_of_version_2_only_when_declared() {
+fn schemas_go_out_after_a_hello_ack_of_version_2_only_when_declared_and_again_on_adoption() {
     use crate::wire::{Schema, SchemaRange};
     let schemas = Message::Schemas {
         produces: vec![Schema {
@@ -658,10 +658,20 @@ fn schemas_go_out_after_a_hello_ack_of_version_2_only_when_declared() {
         .with_schemas(produces.clone(), accepts.clone());
         g
     };
-    let actions = declared().frame_with_id(ID, ack(2));
-    assert_eq!(actions[0], GenerationAction::Send(schemas));
+    let mut g = declared();
+    assert_eq!(
+        g.machine.schemas_sent(),
+        None,
+        "nothing sent before the ack"
+    );
+    let actions = g.frame_with_id(ID, ack(2));
+    assert_eq!(actions[0], GenerationAction::Send(schemas.clone()));
+    // What an adopting supervisor is sent again.
+    assert_eq!(g.machine.schemas_sent(), Some(schemas));
     // A version-1 supervisor would not know the message.
-    let actions = declared().frame_with_id(ID, ack(1));
+    let mut g = declared();
+    let actions = g.frame_with_id(ID, ack(1));
+    assert_eq!(g.machine.schemas_sent(), None);
     assert!(
         !actions
             .iter()

@@ -5,7 +5,9 @@
 //! and the adopted generation can be re-executed over and upgraded. For a
 //! library daemon (kvd) and a foreign one (httpd.py under `--protocol
 //! systemd`); two supervisors started at once adopt it exactly once; the
-//! adoption's fault points leave the orphan serving for the next start.
+//! adoption's fault points leave the orphan serving for the next start;
+//! an adopted kvd hands its kept-alive connections over at its upgrade,
+//! and an adopted testd gives the new supervisor its items again.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -79,6 +81,22 @@ impl Setup {
             flags,
             daemon: vec![example("kvd").display().to_string()],
         }
+    }
+
+    /// testd keeping a memfd hit counter and a state blob (`--items 1`).
+    fn testd_items() -> Setup {
+        let dir = TempDir::new("adopt-items");
+        let data = dir.path().join("data");
+        let flags = ["--listen", "main=127.0.0.1:0"].map(String::from).to_vec();
+        let daemon = [
+            crate::common::testd().display().to_string(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--items".into(),
+            "1".into(),
+        ]
+        .to_vec();
+        Setup { dir, flags, daemon }
     }
 
     fn httpd() -> Setup {
@@ -198,6 +216,80 @@ fn a_supervisor_killed_under_load_is_replaced_by_one_that_adopts_kvd() {
         );
     }
     crate::common::wait_gone(orphan);
+}
+
+/// The adopted generation sends its Hello again, so the supervisor that
+/// adopted it knows it hands connections over: its kept-alive clients
+/// cross the upgrade on their own sockets, as without the crash.
+#[test]
+fn an_adopted_kvd_hands_its_kept_alive_connections_to_its_successor() {
+    use crate::transit::{KeepAlive, handed_over_to};
+    let setup = Setup::kvd();
+    let mut first = setup.spawn(Vec::new());
+    let orphan = serving_pid(&first);
+    let _cleanup = KillOnDrop(orphan);
+    let addr = first.addr();
+    let mut clients: Vec<_> = (0..4).map(|_| KeepAlive::open(addr)).collect();
+    for client in &mut clients {
+        assert_eq!(client.pid(), u64::from(orphan));
+    }
+    kill_9(&mut first);
+    let second = setup.spawn(Vec::new());
+    assert_eq!(serving_pid(&second), orphan, "log:\n{}", second.log());
+    let upgrade = second.ctl("upgrade", &["--json"]);
+    assert_eq!(upgrade.code, Some(0), "{upgrade:?}; log:\n{}", second.log());
+    let report: serde_json::Value = serde_json::from_str(&upgrade.stdout).expect("json");
+    let (new_pid, generation) = (u64_of(&report, "new_pid"), u64_of(&report, "generation"));
+    crate::common::wait_gone(orphan);
+    for client in &mut clients {
+        assert_eq!(
+            client.pid(),
+            new_pid,
+            "the same socket, served by the successor"
+        );
+    }
+    assert_eq!(
+        handed_over_to(&second.log(), generation),
+        4,
+        "log:\n{}",
+        second.log()
+    );
+}
+
+/// The item store died with the supervisor that kept it; the adopted
+/// generation gives the new one its copy, so the memfd counter and the
+/// blob it seals reach its successor as without the crash.
+#[test]
+fn an_adopted_generation_gives_the_new_supervisor_its_items_again() {
+    use testkit::{testd_hit as hit, testd_items as items};
+    let setup = Setup::testd_items();
+    let mut first = setup.spawn(Vec::new());
+    let orphan = serving_pid(&first);
+    let _cleanup = KillOnDrop(orphan);
+    let addr = first.addr();
+    for hits in 1..=3 {
+        assert_eq!(hit(addr), hits);
+    }
+    kill_9(&mut first);
+    let second = setup.spawn(Vec::new());
+    assert_eq!(serving_pid(&second), orphan, "log:\n{}", second.log());
+    // The store is back (status lists it) before anything else happens.
+    testkit::eventually("the cache back in the new supervisor's store", || {
+        second.status()["items"]
+            .as_array()
+            .is_some_and(|items| items.iter().any(|item| item["name"] == "cache"))
+    });
+    let upgrade = second.ctl("upgrade", &[]);
+    assert_eq!(upgrade.code, Some(0), "{upgrade:?}; log:\n{}", second.log());
+    crate::common::wait_gone(orphan);
+    let (blob, hits) = items(addr);
+    assert_eq!(hits, 3, "the same memfd counter");
+    assert_eq!(
+        blob,
+        format!("revisions=0 by={orphan}"),
+        "the blob it sealed"
+    );
+    assert_eq!(hit(addr), 4);
 }
 
 #[test]

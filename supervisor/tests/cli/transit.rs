@@ -98,7 +98,7 @@ impl KeepAlive {
 
     /// `/info` on this connection: the pid that answered; the answer must
     /// keep the connection open.
-    fn pid(&mut self) -> u64 {
+    pub fn pid(&mut self) -> u64 {
         let answer = self.request("GET", "/info", "").expect("/info");
         assert_eq!(answer.status, 200, "{}", answer.body);
         assert!(!answer.closes, "the server asked to close the connection");
@@ -137,7 +137,7 @@ fn upgrade(supervisor: &Supervisor, daemon: &str) -> (Option<i32>, Value) {
 }
 
 /// How many connections the supervisor's log says went to `generation`.
-fn handed_over_to(log: &str, generation: u64) -> u64 {
+pub fn handed_over_to(log: &str, generation: u64) -> u64 {
     let prefix = format!("client connections handed over generation={generation} count=");
     log.lines()
         .filter_map(|line| line.split_once(&prefix))
