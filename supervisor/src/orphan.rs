@@ -11,8 +11,9 @@
 //! - **The record** (`<socket>.generation.json`, replaced atomically after
 //!   every handoff and restart): which generation serves (number, pid and
 //!   its start time, so a reused pid is not mistaken for it), what it runs,
-//!   its protocol, its rendezvous, its listeners, the next handoff id, and
-//!   a successor in flight (killed on adoption: it never committed).
+//!   its protocol, its rendezvous, its listeners, the next handoff id, a
+//!   successor in flight (killed on adoption: it never committed), and the
+//!   old generations being retired (stopped on adoption, with SIGTERM).
 //!   Removed when the supervisor stops cleanly.
 //! - **The claim**, by protocol (`handoff::supervisor::adopt`): a library
 //!   daemon at its rendezvous socket, a foreign one by copying its
@@ -150,6 +151,10 @@ pub struct Record {
     /// The new generation of the handoff in flight (not known to have
     /// committed yet).
     pub successor: Option<Recorded>,
+    /// Old generations being retired (draining, in probation): a
+    /// supervisor that adopts the live one stops them.
+    #[serde(default)]
+    pub retirees: Vec<Recorded>,
     /// `library` or `systemd`.
     pub protocol: String,
     /// What the live generation runs.
@@ -183,11 +188,17 @@ impl Record {
             return None;
         }
         let library = matches!(protocol, DaemonProtocol::Library);
+        let retirees = status
+            .retirees
+            .iter()
+            .filter_map(|retiree| Recorded::of(retiree.generation, retiree.pid))
+            .collect();
         Some(Record {
             version: RECORD_VERSION,
             supervisor_pid: std::process::id(),
             live,
             successor,
+            retirees,
             protocol: if library { "library" } else { "systemd" }.to_owned(),
             build: Build {
                 program: status.program.clone(),
@@ -282,18 +293,23 @@ impl Record {
             }
         };
         let adoption = self.claim_one(chosen, write_timeout);
-        if let (Ok(_), Some(other)) = (&adoption, other) {
-            let signal = match self.rendezvous {
-                Some(_) => handoff::os::Sig::Term,
-                None => handoff::os::Sig::Kill,
-            };
-            tracing::warn!(
-                generation = other.generation,
-                pid = other.pid,
-                ?signal,
-                "stopping the other generation the dead supervisor left"
-            );
-            let _ = handoff::os::signal(other.pid, signal);
+        if adoption.is_ok() {
+            if let Some(other) = other {
+                let signal = match self.rendezvous {
+                    Some(_) => handoff::os::Sig::Term,
+                    None => handoff::os::Sig::Kill,
+                };
+                stop_left(other, signal, "the other generation of its handoff");
+            }
+            // Unsupervised, an old overlap generation would serve on beside
+            // the adopted one: it gets the stop signal a retiree gets.
+            for retiree in self.retirees.iter().filter(|r| r.alive()) {
+                stop_left(
+                    *retiree,
+                    handoff::os::Sig::Term,
+                    "an old generation it was retiring",
+                );
+            }
         }
         adoption.map(|adoption| (adoption, chosen))
     }
@@ -335,6 +351,18 @@ impl Record {
             orphan: orphan_claim,
         })
     }
+}
+
+/// Signals `generation`, which the dead supervisor left, with a log line
+/// saying `what` it was.
+fn stop_left(generation: Recorded, signal: handoff::os::Sig, what: &str) {
+    tracing::warn!(
+        generation = generation.generation,
+        pid = generation.pid,
+        ?signal,
+        "stopping {what}, left by the dead supervisor"
+    );
+    let _ = handoff::os::signal(generation.pid, signal);
 }
 
 /// Keeps the record current: written whenever what it says changes.
@@ -406,6 +434,41 @@ fn contents(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_without_retirees_reads_back_with_none() {
+        let record = Record {
+            version: RECORD_VERSION,
+            supervisor_pid: 1,
+            live: Some(Recorded {
+                generation: 3,
+                pid: 42,
+                start_time: 7,
+            }),
+            successor: None,
+            retirees: vec![Recorded {
+                generation: 2,
+                pid: 41,
+                start_time: 6,
+            }],
+            protocol: "library".into(),
+            build: Build {
+                program: "/bin/daemon".into(),
+                args: Vec::new(),
+                sha256: None,
+            },
+            rendezvous: None,
+            listeners: Vec::new(),
+            next_handoff_id: 4,
+        };
+        let mut json = serde_json::to_value(&record).expect("json");
+        assert_eq!(json["retirees"][0]["pid"], 41);
+        // What a supervisor before the field wrote.
+        json.as_object_mut().expect("object").remove("retirees");
+        let older: Record = serde_json::from_value(json).expect("reads");
+        assert_eq!(older.retirees, Vec::new());
+        assert_eq!(older.live, record.live);
+    }
 
     #[test]
     fn one_supervisor_per_socket() {

@@ -7,7 +7,8 @@
 //! systemd`); two supervisors started at once adopt it exactly once; the
 //! adoption's fault points leave the orphan serving for the next start;
 //! an adopted kvd hands its kept-alive connections over at its upgrade,
-//! and an adopted testd gives the new supervisor its items again.
+//! and an adopted testd gives the new supervisor its items again; an old
+//! generation the dead supervisor was retiring is stopped, not left serving.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -290,6 +291,47 @@ fn an_adopted_generation_gives_the_new_supervisor_its_items_again() {
         "the blob it sealed"
     );
     assert_eq!(hit(addr), 4);
+}
+
+/// Overlap mode with a probation: the old generation is kept resumable
+/// when the supervisor dies. Unsupervised it would serve on beside the
+/// adopted one; the record names it, and the adopter stops it.
+#[test]
+fn an_old_generation_in_probation_when_the_supervisor_died_is_stopped_by_the_adopter() {
+    let dir = TempDir::new("adopt-retiree");
+    let flags = ["--listen", "main=127.0.0.1:0", "--mode", "overlap"];
+    let flags = flags.into_iter().chain(["--probation", "60s"]);
+    let setup = Setup {
+        dir,
+        flags: flags.map(String::from).collect(),
+        daemon: vec![crate::common::testd().display().to_string()],
+    };
+    let mut first = setup.spawn(Vec::new());
+    let old = serving_pid(&first);
+    let _old = KillOnDrop(old);
+    let upgrade = first.ctl("upgrade", &[]);
+    assert_eq!(upgrade.code, Some(0), "{upgrade:?}");
+    let live = serving_pid(&first);
+    let _live = KillOnDrop(live);
+    let mut record = first.socket.clone().into_os_string();
+    record.push(".generation.json");
+    testkit::eventually("the record names the old generation", || {
+        std::fs::read(&record)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .is_some_and(|record| record["retirees"][0]["pid"] == old)
+    });
+    kill_9(&mut first);
+    let second = setup.spawn(Vec::new());
+    assert_eq!(serving_pid(&second), live, "log:\n{}", second.log());
+    crate::common::wait_gone(old);
+    assert!(
+        second.log().contains("an old generation it was retiring"),
+        "{}",
+        second.log()
+    );
+    assert!(alive(live));
+    assert_eq!(crate::common::serving_pid(second.addr()), live);
 }
 
 #[test]
