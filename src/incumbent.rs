@@ -718,10 +718,10 @@ impl Agent {
         if let Some(schemas) = self.machine.schemas_sent() {
             sender.send(id, schemas, &[])?;
         }
-        if self.machine.version() >= crate::wire::ITEMS_VERSION
-            && let Some((items, fds)) = self.store_copy.message()
-        {
-            sender.send(id, items, &fds)?;
+        if self.machine.version() >= crate::wire::ITEMS_VERSION {
+            for (items, fds) in self.store_copy.messages() {
+                sender.send(id, items, &fds)?;
+            }
         }
         Ok(())
     }

@@ -193,17 +193,20 @@ impl StoreCopy {
         }
     }
 
-    /// The `Items` message that gives a new supervisor the store again,
-    /// with its fds (one frame: at most [`ITEMS_MAX`]); `None` when empty.
-    pub(crate) fn message(&self) -> Option<(Message, Vec<BorrowedFd<'_>>)> {
-        if self.items.is_empty() {
-            return None;
-        }
+    /// The `Items` messages that give a new supervisor the store again,
+    /// each with its fds, in frames under the payload bound (none when
+    /// empty).
+    pub(crate) fn messages(&self) -> Vec<(Message, Vec<BorrowedFd<'_>>)> {
         let mut items: Vec<_> = self.items.values().collect();
         items.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-        let entries = items.iter().map(|(entry, _)| entry.clone()).collect();
-        let fds = items.iter().map(|(_, fd)| fd.as_fd()).collect();
-        Some((Message::Items { entries }, fds))
+        crate::wire::per_frame(&items, |(entry, _)| entry.encoded_size())
+            .into_iter()
+            .map(|frame| {
+                let entries = frame.iter().map(|(entry, _)| entry.clone()).collect();
+                let fds = frame.iter().map(|(_, fd)| fd.as_fd()).collect();
+                (Message::Items { entries }, fds)
+            })
+            .collect()
     }
 }
 
@@ -279,7 +282,7 @@ mod tests {
     #[test]
     fn the_store_copy_keeps_the_last_item_of_each_name_up_to_the_bound() {
         let mut copy = StoreCopy::default();
-        assert!(copy.message().is_none(), "nothing to send");
+        assert!(copy.messages().is_empty(), "nothing to send");
         let fd = |bytes: &[u8]| sys::memfd::sealed("item", bytes).expect("memfd");
         let entry = |name: &str| ItemEntry {
             name: name.into(),
@@ -288,7 +291,8 @@ mod tests {
         copy.note(&entry("b"), fd(b"old"));
         copy.note(&entry("a"), fd(b"a"));
         copy.note(&entry("b"), fd(b"new"));
-        let (message, fds) = copy.message().expect("two items");
+        let mut messages = copy.messages();
+        let (message, fds) = messages.pop().expect("two items");
         let Message::Items { entries } = message else {
             panic!("{message:?}")
         };
@@ -299,8 +303,38 @@ mod tests {
         for n in 0..ITEMS_MAX {
             copy.note(&entry(&format!("n{n}")), fd(b"x"));
         }
-        let (message, _) = copy.message().expect("items");
-        assert_eq!(message.fd_count(), ITEMS_MAX, "as many as the store keeps");
+        let sent: usize = copy.messages().iter().map(|(m, _)| m.fd_count()).sum();
+        assert_eq!(sent, ITEMS_MAX, "as many as the store keeps");
+    }
+
+    #[test]
+    fn a_store_copy_too_large_for_one_frame_goes_in_several() {
+        let mut copy = StoreCopy::default();
+        let long = "s".repeat(crate::wire::MAX_PAYLOAD / 16);
+        for n in 0..16 {
+            let entry = ItemEntry {
+                name: format!("blob{n}"),
+                blob: Some(BlobInfo {
+                    schema: Schema {
+                        name: long.clone(),
+                        version: 1,
+                    },
+                    len: 0,
+                    sha256: [0; 32],
+                }),
+            };
+            copy.note(&entry, sys::memfd::sealed("item", b"").expect("memfd"));
+        }
+        let messages = copy.messages();
+        assert!(messages.len() > 1, "{} frames", messages.len());
+        for (message, fds) in &messages {
+            assert_eq!(message.fd_count(), fds.len());
+            let envelope = crate::wire::Envelope {
+                handoff_id: 1,
+                message: message.clone(),
+            };
+            crate::wire::encode(&envelope).expect("under the payload bound");
+        }
     }
 
     #[test]

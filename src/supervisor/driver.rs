@@ -26,8 +26,8 @@ use super::transit::Transit;
 use crate::error::{Error, Result};
 use crate::fault::{self, FaultRole};
 use crate::protocol::{
-    GenerationId, GenerationSignal, LifecycleAction, LifecycleInput, LifecycleMachine,
-    LifecycleState, Note, Outcome, Refusal, Spawned, SupervisorEvent, Ticket,
+    GenerationId, GenerationSignal, LifecycleAction, LifecycleInput, LifecycleMachine, Note,
+    Outcome, Refusal, Spawned, SupervisorEvent, Ticket,
 };
 use crate::sys::Sig;
 use crate::wire::{FdEntry, MAX_FDS_PER_FRAME, Message};
@@ -149,7 +149,8 @@ impl Driver {
             Some((sender, receiver)) => (Some(sender), Some(receiver)),
             None => (None, None),
         };
-        let process = GenerationProcess::orphan(adoption.generation, pid, pidfd, sender);
+        let process =
+            GenerationProcess::orphan(adoption.generation, pid, pidfd, sender).holding_image();
         let receivers = receiver
             .map(|receiver| HashMap::from([(adoption.generation, receiver)]))
             .unwrap_or_default();
@@ -587,11 +588,12 @@ impl Driver {
         }
     }
 
-    /// No handoff and no drain under way (a restart's wait counts as
-    /// quiet: a crash loop must not pile images up).
+    /// No handoff, drain or retirement under way: old generations only
+    /// kept for a probation (or as a warm standby) do not count, nor does
+    /// a restart's wait (a crash loop must not pile images up).
     fn quiet(&self) -> bool {
-        self.machine.state() != LifecycleState::HandingOff
-            && self.machine.retirees().next().is_none()
+        let retirees = self.machine.retirees().map(|(_, state, _)| state);
+        super::images::quiet(self.machine.state(), retirees)
     }
 
     fn drop_connections(&mut self, batch: u64, why: &'static str) {

@@ -398,6 +398,9 @@ fn take_process(
         Some(index) => GenerationProcess::orphan(frozen.id, frozen.pid, take(index)?, sender),
         None => GenerationProcess::new(frozen.id, frozen.pid, sender, notify),
     };
+    if frozen.exit.is_none() {
+        process = process.holding_image();
+    }
     process.exit = frozen.exit;
     Ok((process, receiver))
 }

@@ -7,13 +7,28 @@
 //! with one) stalls the daemons' own `fsync`s for milliseconds while
 //! requests queue. So the supervisor holds each generation's executable
 //! from its spawn (or adoption) and closes it [`IMAGE_RELEASE`] after the
-//! generation is gone, and never while a handoff or a drain is under way.
-//! A build still on disk under another name is not freed by any of this.
+//! generation is gone, and never while a handoff, a drain or a retirement
+//! is under way (a probation does not hold it back). A re-exec closes the
+//! ones waiting (they are close-on-exec). A build still on disk under
+//! another name is not freed by any of this.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use crate::protocol::{LifecycleState, RetireState};
 use crate::timeouts::IMAGE_RELEASE;
+
+/// Whether images may be released now: no handoff, and no old generation
+/// draining or being retired (one kept for a probation, or as a warm
+/// standby, does not count; nor does a restart's wait: a crash loop must
+/// not pile images up).
+pub(crate) fn quiet(
+    state: LifecycleState,
+    mut retirees: impl Iterator<Item = RetireState>,
+) -> bool {
+    state != LifecycleState::HandingOff
+        && retirees.all(|retiree| matches!(retiree, RetireState::Probation | RetireState::Standby))
+}
 
 /// Executables of generations that are gone, each with when it may be
 /// closed. Generic over what is held, so the decisions test without files.
@@ -67,6 +82,19 @@ impl<T> Images<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quiet_means_no_handoff_and_no_retirement_but_a_probation() {
+        use LifecycleState::{HandingOff, Serving, Starting, Stopping};
+        use RetireState::{Draining, Probation, Retiring, Standby};
+        assert!(quiet(Serving, [].into_iter()));
+        assert!(quiet(Starting, [].into_iter()), "a restart's wait");
+        assert!(quiet(Stopping, [].into_iter()));
+        assert!(!quiet(HandingOff, [].into_iter()));
+        assert!(quiet(Serving, [Probation, Standby].into_iter()));
+        assert!(!quiet(Serving, [Probation, Draining].into_iter()));
+        assert!(!quiet(Serving, [Retiring].into_iter()));
+    }
 
     #[test]
     fn an_image_is_released_once_due_and_only_when_quiet() {

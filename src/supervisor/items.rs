@@ -137,12 +137,7 @@ impl Items {
 
 /// An item's share of a frame's payload, bounded above.
 fn encoded_size(item: &&Stored) -> usize {
-    let schema = item
-        .entry
-        .blob
-        .as_ref()
-        .map_or(0, |blob| blob.schema.name.len());
-    item.entry.name.len() + schema + 64
+    item.entry.encoded_size()
 }
 
 #[cfg(test)]

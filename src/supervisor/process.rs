@@ -60,9 +60,16 @@ impl GenerationProcess {
             watch: Watch::Child,
             sender,
             notify,
-            image: sys::open_image(pid),
+            image: None,
             exit: None,
         }
+    }
+
+    /// It, holding its executable from now on (see `images`): a live
+    /// process only (a reaped pid may be another process's by now).
+    pub(crate) fn holding_image(mut self) -> Self {
+        self.image = sys::open_image(self.pid);
+        self
     }
 
     /// An adopted orphan, watched through `pidfd`.
@@ -78,7 +85,7 @@ impl GenerationProcess {
             watch: Watch::Orphan(pidfd),
             sender,
             notify: None,
-            image: sys::open_image(pid),
+            image: None,
             exit: None,
         }
     }

@@ -223,7 +223,7 @@ impl Spawner {
         let (sender, receiver) =
             channel::split(ours, Peer::Successor, config.timeouts.socket_write)?;
         self.spawn_reader(id, receiver)?;
-        Ok(GenerationProcess::new(id, process.id(), Some(sender), None))
+        Ok(GenerationProcess::new(id, process.id(), Some(sender), None).holding_image())
     }
 
     /// The reader of generation `id`'s control connection.
@@ -290,7 +290,7 @@ impl Spawner {
             source,
         })?;
         self.spawn_notify_reader(id, process.id(), &notify)?;
-        Ok(GenerationProcess::new(id, process.id(), None, Some(notify)))
+        Ok(GenerationProcess::new(id, process.id(), None, Some(notify)).holding_image())
     }
 
     /// The reader of a foreign generation's notification socket (its

@@ -202,6 +202,15 @@ pub struct ItemEntry {
     pub blob: Option<BlobInfo>,
 }
 
+impl ItemEntry {
+    /// An upper bound of its share of a frame's payload (to split a store
+    /// into frames under the payload bound).
+    pub fn encoded_size(&self) -> usize {
+        let schema = self.blob.as_ref().map_or(0, |blob| blob.schema.name.len());
+        self.name.len() + schema + 64
+    }
+}
+
 /// One client connection in a [`Message::Connections`] frame; the socket
 /// itself travels in the frame's control data at the same index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

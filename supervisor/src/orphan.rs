@@ -303,7 +303,8 @@ impl Record {
             }
             // Unsupervised, an old overlap generation would serve on beside
             // the adopted one: it gets the stop signal a retiree gets.
-            for retiree in self.retirees.iter().filter(|r| r.alive()) {
+            let left = |r: &&Recorded| r.pid != chosen.pid && r.alive();
+            for retiree in self.retirees.iter().filter(left) {
                 stop_left(
                     *retiree,
                     handoff::os::Sig::Term,

@@ -809,6 +809,19 @@ impl LifecycleMachine {
         }
     }
 
+    /// [`LifecycleMachine::live`], to change what it announced.
+    pub(super) fn live_mut(&mut self) -> Option<&mut Generation> {
+        match &mut self.state {
+            State::Serving { live, .. } => Some(live),
+            State::HandingOff {
+                incumbent: Incumbent::Serving(live) | Incumbent::Resumed(live),
+                ..
+            } => Some(live),
+            State::Stopping { live, .. } => live.as_mut(),
+            State::Starting { .. } | State::HandingOff { .. } | State::Finished => None,
+        }
+    }
+
     /// Pids of the old generations being retired.
     pub fn retiring(&self) -> Vec<u32> {
         self.retirees.iter().map(|r| r.generation.pid).collect()

@@ -70,6 +70,14 @@ impl LifecycleMachine {
         if let Message::Schemas { produces, accepts } = message {
             return self.on_schemas(generation, handoff_id, (produces, &accepts), now, out);
         }
+        // The live generation's Hello is an adopted one announcing itself
+        // again (I20, I21), even once a handoff made it an incumbent: never
+        // a step of that handoff.
+        if let Message::Hello { capabilities, .. } = message
+            && self.live().is_some_and(|live| live.id == generation)
+        {
+            return self.announced(generation, capabilities);
+        }
         match self.role(generation) {
             Role::Successor | Role::Incumbent => {
                 if let (Message::Hello { capabilities, .. }, Some(handoff)) =
@@ -93,9 +101,6 @@ impl LifecycleMachine {
             }
             Role::Live => match message {
                 Message::Heartbeat | Message::SnapshotReport(_) => {}
-                // An adopted generation announces itself again: its Hello
-                // is news to this supervisor (I20, I21).
-                Message::Hello { capabilities, .. } => self.announced(generation, capabilities),
                 other => out.note(Note::UnexpectedMessage {
                     generation,
                     message: other.name(),
@@ -114,9 +119,7 @@ impl LifecycleMachine {
     /// What the serving generation `generation` takes part in, from the
     /// Hello it sent again once adopted.
     fn announced(&mut self, generation: GenerationId, capabilities: u64) {
-        if let State::Serving { live, .. } = &mut self.state
-            && live.id == generation
-        {
+        if let Some(live) = self.live_mut().filter(|live| live.id == generation) {
             live.takes_connections = capabilities & CAP_CONNECTIONS != 0;
             live.takes_items = capabilities & CAP_ITEMS != 0;
         }

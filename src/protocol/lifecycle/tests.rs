@@ -1145,6 +1145,35 @@ fn an_adopted_generation_takes_part_in_what_its_hello_sent_again_announces() {
     }
 }
 
+#[test]
+fn an_adopted_generations_hello_that_arrives_once_it_is_an_incumbent_is_no_protocol_error() {
+    let mut sim = Sim::adopted(Mode::Exclusive);
+    let ticket = sim.machine.begin_handoff().expect("a ticket");
+    sim.spawned(ticket, build("daemon-b"));
+    let (new, id) = (ticket.generation, ticket.handoff_id);
+    sim.frame(new, 0, hello_with(CAP));
+    let prepare = sim.frame(new, id, Message::Warm);
+    assert!(sent_to(&prepare, 7, "Prepare"), "{prepare:?}");
+    let late = sim.frame(7, 9, hello_with(CAP));
+    assert!(
+        !late.iter().any(|a| matches!(
+            a,
+            LifecycleAction::Signal { .. } | LifecycleAction::Finished(_)
+        )),
+        "{late:?}"
+    );
+    let sealing = sim.frame(7, id, drained());
+    assert!(
+        sent_to(&sealing, 7, "Seal"),
+        "the handoff goes on: {sealing:?}"
+    );
+    assert!(
+        sim.machine
+            .live()
+            .is_some_and(|live| live.takes_connections)
+    );
+}
+
 // ---------------------------------------------------------- items (I21)
 
 fn schemas(produces: &[(&str, u32)], accepts: &[(&str, u32, u32)]) -> Message {

@@ -17,7 +17,7 @@
 use std::time::Instant;
 
 use super::route::Role;
-use super::{Generation, GenerationId, HandoffKind, LifecycleAction, LifecycleMachine, Out, State};
+use super::{Generation, GenerationId, HandoffKind, LifecycleAction, LifecycleMachine, Out};
 use crate::protocol::{HandoffInput, Side};
 use crate::wire::{AbortReason, Message, Schema, SchemaRange};
 
@@ -103,10 +103,8 @@ impl LifecycleMachine {
         out: &mut Out,
     ) {
         let Some(handoff) = self.handoff_mut().filter(|h| h.successor.id == from) else {
-            // The serving generation's, sent again once adopted.
-            if let State::Serving { live, .. } = &mut self.state
-                && live.id == from
-            {
+            // The live generation's, sent again once adopted.
+            if let Some(live) = self.live_mut().filter(|live| live.id == from) {
                 live.produces = produces;
             }
             return;
