@@ -69,6 +69,9 @@ pub(crate) fn wait_exit(pidfd: BorrowedFd<'_>) -> io::Result<()> {
 
 /// When the process started, in clock ticks since boot (`/proc/PID/stat`,
 /// field 22): with the pid, it names one process even across pid reuse.
+/// A process that exited and waits to be reaped (a zombie: its parent died
+/// too, and nobody reaped it yet) has none (`NotFound`): it holds nothing
+/// and cannot be adopted or stopped.
 pub(crate) fn start_time(pid: u32) -> io::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may hold spaces and parentheses: fields
@@ -77,6 +80,12 @@ pub(crate) fn start_time(pid: u32) -> io::Result<u64> {
         .rsplit_once(") ")
         .map(|(_, rest)| rest)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc/PID/stat"))?;
+    if rest.starts_with('Z') {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("process {pid} has exited (a zombie)"),
+        ));
+    }
     rest.split_whitespace()
         .nth(19)
         .and_then(|field| field.parse().ok())
@@ -117,6 +126,9 @@ mod tests {
         assert!(crate::sys::is_cloexec(&copy).expect("flags"));
         send_signal(pidfd.as_fd(), Sig::Kill).expect("signal");
         wait_exit(pidfd.as_fd()).expect("exit seen");
+        // Exited, not reaped yet: no start time (a zombie).
+        let gone = start_time(pid).expect_err("a zombie");
+        assert_eq!(gone.kind(), io::ErrorKind::NotFound, "{gone}");
         let status = child.wait().expect("reap");
         assert!(!status.success());
     }

@@ -414,14 +414,43 @@ impl RecordWriter {
 }
 
 /// Reads the record at start: the orphans to adopt from, if any still run.
-pub fn orphan_to_adopt(socket: &Path) -> Option<Record> {
+/// When only old generations it was retiring are left, they hold the
+/// listeners a fresh start binds: they are stopped first (SIGTERM, then
+/// SIGKILL past `kill_grace`).
+pub fn orphan_to_adopt(socket: &Path, kill_grace: Duration) -> Option<Record> {
     let record = Record::load(socket)?;
     if record.alive() {
         return Some(record);
     }
+    let retiring = "an old generation it was retiring";
+    stop_and_wait(
+        &record.retirees,
+        handoff::os::Sig::Term,
+        retiring,
+        kill_grace,
+    );
+    let stuck = "an old generation past its grace";
+    stop_and_wait(&record.retirees, handoff::os::Sig::Kill, stuck, kill_grace);
     tracing::info!("the previous supervisor's generations are gone: starting afresh");
     Record::remove(socket);
     None
+}
+
+/// Signals those of `generations` still running (same pid, same start)
+/// and waits until they are gone, for at most `bound`.
+fn stop_and_wait(generations: &[Recorded], signal: handoff::os::Sig, what: &str, bound: Duration) {
+    let running: Vec<Recorded> = generations
+        .iter()
+        .copied()
+        .filter(Recorded::alive)
+        .collect();
+    for generation in &running {
+        stop_left(*generation, signal, what);
+    }
+    let deadline = std::time::Instant::now() + bound;
+    while running.iter().any(Recorded::alive) && std::time::Instant::now() < deadline {
+        std::thread::sleep(handoff::timeouts::POLL_SLICE);
+    }
 }
 
 /// Reads what a file holds, for tests of the lock.

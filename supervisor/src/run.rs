@@ -49,10 +49,11 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     // So is the metrics address: one that cannot be bound fails here.
     let metrics = crate::metrics::Metrics::bind(settings.metrics)?;
     warn_if_orphans_cannot_be_adopted(&settings);
-    let (supervisor, events, listeners) = match crate::orphan::orphan_to_adopt(&settings.socket) {
-        Some(record) => adopt(&settings, &record)?,
-        None => start(&settings)?,
-    };
+    let (supervisor, events, listeners) =
+        match crate::orphan::orphan_to_adopt(&settings.socket, settings.timeouts.kill_grace) {
+            Some(record) => adopt(&settings, &record)?,
+            None => start(&settings)?,
+        };
     // Kept by systemd across a crash of this process, if the unit allows.
     Notifier::from_env().store_listeners(&listeners);
     let history = load_history(&settings);

@@ -100,6 +100,20 @@ impl Setup {
         Setup { dir, flags, daemon }
     }
 
+    /// testd in overlap mode, an old generation kept 60 s in probation.
+    fn in_probation(name: &str) -> Setup {
+        let flags = ["--listen", "main=127.0.0.1:0", "--mode", "overlap"];
+        Setup {
+            dir: TempDir::new(name),
+            flags: flags
+                .into_iter()
+                .chain(["--probation", "60s"])
+                .map(String::from)
+                .collect(),
+            daemon: vec![crate::common::testd().display().to_string()],
+        }
+    }
+
     fn httpd() -> Setup {
         let dir = TempDir::new("adopt-httpd");
         let flags = ["--listen", "http=127.0.0.1:0", "--protocol", "systemd"]
@@ -128,6 +142,23 @@ impl Setup {
             ..Start::default()
         })
     }
+}
+
+/// Upgrades under `supervisor`, whose generation `old` stays in probation:
+/// the new generation's pid, once the record names `old` as retiring.
+fn upgraded_with_a_retiree(supervisor: &Supervisor, old: u32) -> u32 {
+    let upgrade = supervisor.ctl("upgrade", &[]);
+    assert_eq!(upgrade.code, Some(0), "{upgrade:?}");
+    let live = serving_pid(supervisor);
+    let mut record = supervisor.socket.clone().into_os_string();
+    record.push(".generation.json");
+    testkit::eventually("the record names the old generation", || {
+        std::fs::read(&record)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .is_some_and(|record| record["retirees"][0]["pid"] == old)
+    });
+    live
 }
 
 /// SIGKILL to the supervisor, reaped.
@@ -298,29 +329,12 @@ fn an_adopted_generation_gives_the_new_supervisor_its_items_again() {
 /// adopted one; the record names it, and the adopter stops it.
 #[test]
 fn an_old_generation_in_probation_when_the_supervisor_died_is_stopped_by_the_adopter() {
-    let dir = TempDir::new("adopt-retiree");
-    let flags = ["--listen", "main=127.0.0.1:0", "--mode", "overlap"];
-    let flags = flags.into_iter().chain(["--probation", "60s"]);
-    let setup = Setup {
-        dir,
-        flags: flags.map(String::from).collect(),
-        daemon: vec![crate::common::testd().display().to_string()],
-    };
+    let setup = Setup::in_probation("adopt-retiree");
     let mut first = setup.spawn(Vec::new());
     let old = serving_pid(&first);
     let _old = KillOnDrop(old);
-    let upgrade = first.ctl("upgrade", &[]);
-    assert_eq!(upgrade.code, Some(0), "{upgrade:?}");
-    let live = serving_pid(&first);
+    let live = upgraded_with_a_retiree(&first, old);
     let _live = KillOnDrop(live);
-    let mut record = first.socket.clone().into_os_string();
-    record.push(".generation.json");
-    testkit::eventually("the record names the old generation", || {
-        std::fs::read(&record)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-            .is_some_and(|record| record["retirees"][0]["pid"] == old)
-    });
     kill_9(&mut first);
     let second = setup.spawn(Vec::new());
     assert_eq!(serving_pid(&second), live, "log:\n{}", second.log());
@@ -332,6 +346,32 @@ fn an_old_generation_in_probation_when_the_supervisor_died_is_stopped_by_the_ado
     );
     assert!(alive(live));
     assert_eq!(crate::common::serving_pid(second.addr()), live);
+}
+
+/// The same, but the live generation died with the supervisor: nothing to
+/// adopt, and the old generation holds the listeners a fresh start binds.
+/// It is stopped first, and the fresh start serves.
+#[test]
+fn an_old_generation_left_alone_is_stopped_before_a_fresh_start() {
+    let setup = Setup::in_probation("adopt-retiree-alone");
+    let mut first = setup.spawn(Vec::new());
+    let old = serving_pid(&first);
+    let _old = KillOnDrop(old);
+    let live = upgraded_with_a_retiree(&first, old);
+    let _live = KillOnDrop(live);
+    kill_9(&mut first);
+    handoff::os::signal(live, handoff::os::Sig::Kill).expect("kill the live generation");
+    crate::common::wait_gone(live);
+    let second = setup.spawn(Vec::new());
+    let fresh = serving_pid(&second);
+    let _fresh = KillOnDrop(fresh);
+    assert!(fresh != old && fresh != live, "log:\n{}", second.log());
+    crate::common::wait_gone(old);
+    assert!(
+        second.log().contains("an old generation it was retiring"),
+        "{}",
+        second.log()
+    );
 }
 
 #[test]
