@@ -66,8 +66,19 @@ The integration tests' daemon: a line-protocol key-value store (PUT, GET, INFO, 
   --unix-name NAME, --udp-name NAME, --fd-name NAME
   --items N                  keep a blob (schema testd-state version N, read only N), a memfd
                              hit counter and a blob put at begin across generations (HIT,
-                             ITEMS, BEGUN)
+                             ITEMS, BEGUN; FORGET NAME removes an item)
 ";
+
+/// What `Ready` says: the state sealed, healthy unless `--unhealthy`.
+fn ready_report(args: &Args, revisions: u64, fingerprint: Fingerprint) -> ReadyReport {
+    let mut report = ReadyReport::stateful(revisions, fingerprint);
+    if args.unhealthy {
+        report.health = Health::Unhealthy {
+            reason: "--unhealthy".into(),
+        };
+    }
+    report
+}
 
 fn parse_args() -> Args {
     let mut args = Args {
@@ -437,6 +448,13 @@ fn handle(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
             Some(kept) => kept.begun.clone(),
             None => "ERR no --items".into(),
         },
+        (Some("FORGET"), Some(name), None) => match &shared.kept {
+            Some(kept) => match kept.items.remove(name) {
+                Ok(()) => "FORGOTTEN".into(),
+                Err(error) => format!("ERR {error}"),
+            },
+            None => "ERR no --items".into(),
+        },
         (Some("ENV"), Some(name), None) => std::env::var(name).unwrap_or_else(|_| "UNSET".into()),
         _ => "ERR bad request".into(),
     };
@@ -620,12 +638,7 @@ fn main() {
         kept: args.items.map(|version| Kept::open(begun.items(), version)),
     });
     stage(&args, "ready");
-    let mut report = ReadyReport::stateful(revisions, fingerprint);
-    if args.unhealthy {
-        report.health = Health::Unhealthy {
-            reason: "--unhealthy".into(),
-        };
-    }
+    let report = ready_report(&args, revisions, fingerprint);
     let daemon = Daemon {
         shared: Arc::clone(&shared),
         args: Arc::clone(&args),

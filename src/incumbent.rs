@@ -62,6 +62,8 @@ pub(crate) enum AgentInput {
     HandOver(Connection),
     /// The daemon keeps an item for the next generations (I21).
     PutItem(ItemEntry, OwnedFd),
+    /// `ItemStore::remove`: no longer kept (I21).
+    RemoveItem(String),
     /// A supervisor offers to adopt this orphaned generation.
     Offer(Offer),
     User(UserCall),
@@ -346,30 +348,35 @@ impl Agent {
         }
     }
 
+    /// Keeps the fds a frame brought until the machine says what they are
+    /// for (listeners, items, connections); others are dropped (closed).
+    fn stash_fds(&mut self, message: &Message, fds: Vec<OwnedFd>) {
+        match message {
+            Message::Fds { entries } => {
+                self.pending_fds = entries.iter().cloned().zip(fds).collect();
+            }
+            Message::Items { entries } => {
+                self.pending_items = entries.iter().cloned().zip(fds).collect();
+            }
+            Message::Connections { entries } => match &mut self.transit {
+                Some(transit) => {
+                    transit.incoming = entries.iter().cloned().zip(fds).collect();
+                }
+                None => tracing::error!(
+                    count = entries.len(),
+                    "connections sent to a generation that does not take them; closed"
+                ),
+            },
+            _ => {}
+        }
+    }
+
     /// Turns an agent input into a machine input, handling the ones that are
     /// the driver's own business.
     fn absorb(&mut self, input: AgentInput) -> Option<GenerationInput> {
         match input {
-            AgentInput::Received(Received::Frame(frame)) => {
-                match &frame.envelope.message {
-                    // Kept only if the machine says KeepFds; else dropped (closed).
-                    Message::Fds { entries } => {
-                        self.pending_fds = entries.iter().cloned().zip(frame.fds).collect();
-                    }
-                    Message::Items { entries } => {
-                        self.pending_items = entries.iter().cloned().zip(frame.fds).collect();
-                    }
-                    Message::Connections { entries } => match &mut self.transit {
-                        Some(transit) => {
-                            transit.incoming = entries.iter().cloned().zip(frame.fds).collect();
-                        }
-                        None => tracing::error!(
-                            count = entries.len(),
-                            "connections sent to a generation that does not take them; closed"
-                        ),
-                    },
-                    _ => {}
-                }
+            AgentInput::Received(Received::Frame(mut frame)) => {
+                self.stash_fds(&frame.envelope.message, std::mem::take(&mut frame.fds));
                 Some(GenerationInput::Frame {
                     handoff_id: frame.envelope.handoff_id,
                     message: frame.envelope.message,
@@ -392,6 +399,10 @@ impl Agent {
             }
             AgentInput::PutItem(entry, fd) => {
                 self.put_item(entry, fd);
+                None
+            }
+            AgentInput::RemoveItem(name) => {
+                self.remove_item(name);
                 None
             }
             AgentInput::User(call) => Some(GenerationInput::User(call)),
@@ -575,6 +586,30 @@ impl Agent {
         match self.sender.send(id, items, &[fd.as_fd()]) {
             Ok(()) => self.store_copy.note(&entry, &fd),
             Err(error) => tracing::warn!(name, error = %error, "keeping an item failed"),
+        }
+    }
+
+    /// Asks the supervisor to keep nothing more under `name`.
+    fn remove_item(&mut self, name: String) {
+        if !self.machine.supervisor_present() {
+            tracing::warn!(name, "no supervisor: nothing to remove");
+            return;
+        }
+        let version = self.machine.version();
+        if version < crate::wire::ITEMS_REMOVED_VERSION {
+            tracing::warn!(
+                name,
+                version,
+                "the supervisor's protocol version cannot remove items: kept until replaced"
+            );
+            return;
+        }
+        let removed = Message::ItemsRemoved {
+            names: vec![name.clone()],
+        };
+        match self.sender.send(self.machine.handoff_id(), removed, &[]) {
+            Ok(()) => self.store_copy.forget(&name),
+            Err(error) => tracing::warn!(name, error = %error, "removing an item failed"),
         }
     }
 

@@ -151,6 +151,30 @@ impl ItemStore {
         self.put(entry, fd)
     }
 
+    /// Keeps nothing more under `name` for the next generations (an item
+    /// this build no longer uses: the store holds at most [`ITEMS_MAX`]
+    /// names). What was kept for this generation under it is dropped too.
+    /// A supervisor that speaks protocol version 2 or older cannot remove
+    /// items: it is logged and the item stays until replaced.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        if name.len() > ITEM_NAME_MAX {
+            return Err(refused(
+                name,
+                &format!("a name longer than {ITEM_NAME_MAX} bytes"),
+            ));
+        }
+        self.received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        let Some(agent) = &self.to_agent else {
+            return Ok(());
+        };
+        agent
+            .send(AgentInput::RemoveItem(name.to_owned()))
+            .map_err(|_| Error::SessionOver)
+    }
+
     fn put(&self, entry: ItemEntry, fd: OwnedFd) -> Result<()> {
         if entry.name.len() > ITEM_NAME_MAX {
             return Err(refused(
@@ -191,6 +215,11 @@ impl StoreCopy {
                 tracing::warn!(name = entry.name, %error, "an item cannot be kept for an adoption")
             }
         }
+    }
+
+    /// Forgets `name`: it was removed from the store.
+    pub(crate) fn forget(&mut self, name: &str) {
+        self.items.remove(name);
     }
 
     /// The `Items` messages that give a new supervisor the store again,

@@ -405,6 +405,10 @@ impl Driver {
                     generation,
                     batch: self.items.hold(entries, frame.fds),
                 },
+                Message::ItemsRemoved { names } => LifecycleInput::Items {
+                    generation,
+                    batch: self.items.hold_removal(names),
+                },
                 message => LifecycleInput::Frame {
                     generation,
                     handoff_id: frame.envelope.handoff_id,

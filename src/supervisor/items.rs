@@ -3,7 +3,9 @@
 //! is refused (closed, with a log line) when its name is longer than
 //! `ITEM_NAME_MAX`, when the store already holds `ITEMS_MAX` others, when
 //! a blob lacks a seal or its announced length (the reader also checks its
-//! sha256), and when a newer generation already put that name.
+//! sha256), and when a newer generation already put that name. A removal
+//! (`ItemsRemoved`) is a batch too, decided as a put is: it removes a name
+//! unless a newer generation put it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, OwnedFd};
@@ -24,10 +26,25 @@ pub(crate) struct Stored {
     pub(crate) writer: GenerationId,
 }
 
+/// What a batch asks: items to put, or names to remove.
+enum Batch {
+    Put(Vec<(ItemEntry, OwnedFd)>),
+    Remove(Vec<String>),
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        match self {
+            Batch::Put(items) => items.len(),
+            Batch::Remove(names) => names.len(),
+        }
+    }
+}
+
 /// Items held, by batch until the lifecycle machine decides, then by name.
 #[derive(Default)]
 pub(crate) struct Items {
-    batches: HashMap<u64, Vec<(ItemEntry, OwnedFd)>>,
+    batches: HashMap<u64, Batch>,
     next_batch: u64,
     store: BTreeMap<String, Stored>,
 }
@@ -46,8 +63,17 @@ impl Items {
 
     /// Holds a batch until the machine decides; its id.
     pub(crate) fn hold(&mut self, entries: Vec<ItemEntry>, fds: Vec<OwnedFd>) -> u64 {
+        let batch = Batch::Put(entries.into_iter().zip(fds).collect());
+        self.hold_batch(batch)
+    }
+
+    /// Holds a removal of `names` until the machine decides; its id.
+    pub(crate) fn hold_removal(&mut self, names: Vec<String>) -> u64 {
+        self.hold_batch(Batch::Remove(names))
+    }
+
+    fn hold_batch(&mut self, batch: Batch) -> u64 {
         self.next_batch += 1;
-        let batch = entries.into_iter().zip(fds).collect();
         self.batches.insert(self.next_batch, batch);
         self.next_batch
     }
@@ -55,7 +81,35 @@ impl Items {
     /// Puts batch `batch`, put by generation `writer`, in the store: each
     /// item replaces the one of its name, unless it is refused.
     pub(crate) fn keep(&mut self, batch: u64, writer: GenerationId) {
-        for (entry, fd) in self.batches.remove(&batch).unwrap_or_default() {
+        match self.batches.remove(&batch) {
+            Some(Batch::Put(items)) => self.put(items, writer),
+            Some(Batch::Remove(names)) => self.remove(&names, writer),
+            None => {}
+        }
+    }
+
+    /// Removes each of `names`, unless a newer generation than `writer`
+    /// put it.
+    fn remove(&mut self, names: &[String], writer: GenerationId) {
+        for name in names {
+            match self.store.get(name) {
+                Some(stored) if stored.writer > writer => tracing::warn!(
+                    %name,
+                    writer,
+                    newer = stored.writer,
+                    "an item removal was refused: a newer generation put it since"
+                ),
+                Some(_) => {
+                    self.store.remove(name);
+                    tracing::debug!(%name, writer, "item removed");
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn put(&mut self, items: Vec<(ItemEntry, OwnedFd)>, writer: GenerationId) {
+        for (entry, fd) in items {
             let name = entry.name.clone();
             match self.refusal(&entry, &fd, writer) {
                 Some(why) => {
@@ -195,6 +249,25 @@ mod tests {
         let batch = items.hold(vec![entry], vec![fd]);
         items.keep(batch, 2);
         assert_eq!(items.stored().count(), 1, "the wrong length was refused");
+    }
+
+    #[test]
+    fn a_removal_drops_the_name_unless_a_newer_generation_put_it() {
+        let mut items = Items::default();
+        put(&mut items, "cache", b"one", 1);
+        put(&mut items, "state", b"two", 2);
+        // Generation 1 comes late: generation 2 put "state" since.
+        let late = items.hold_removal(vec!["state".into(), "cache".into()]);
+        items.keep(late, 1);
+        let names: Vec<_> = items.stored().map(|item| item.entry.name.clone()).collect();
+        assert_eq!(names, ["state"]);
+        // A removal the machine refused (a successor that did not commit).
+        let refused = items.hold_removal(vec!["state".into()]);
+        assert_eq!(items.close(refused), 1);
+        assert_eq!(items.stored().count(), 1);
+        let removal = items.hold_removal(vec!["state".into(), "never-put".into()]);
+        items.keep(removal, 2);
+        assert_eq!(items.stored().count(), 0);
     }
 
     #[test]

@@ -67,11 +67,12 @@ enum Kind {
     ConnectionBudget,
     Schemas,
     Items,
+    ItemsRemoved,
 }
 
 /// Every kind, in wire index order. `every_variant_has_a_golden` checks this
 /// against the variant list serde derives from [`Message`] itself.
-const ALL: [Kind; 29] = [
+const ALL: [Kind; 30] = [
     Kind::Hello,
     Kind::HelloAck,
     Kind::Refused,
@@ -101,6 +102,7 @@ const ALL: [Kind; 29] = [
     Kind::ConnectionBudget,
     Kind::Schemas,
     Kind::Items,
+    Kind::ItemsRemoved,
 ];
 
 /// Exhaustive on purpose (no wildcard arm): a new [`Message`] variant breaks
@@ -136,6 +138,7 @@ fn kind_of(message: &Message) -> Kind {
         Message::ConnectionBudget { .. } => Kind::ConnectionBudget,
         Message::Schemas { .. } => Kind::Schemas,
         Message::Items { .. } => Kind::Items,
+        Message::ItemsRemoved { .. } => Kind::ItemsRemoved,
     }
 }
 
@@ -283,6 +286,9 @@ fn sample(kind: Kind) -> Message {
                 max: 3,
             }],
         },
+        Kind::ItemsRemoved => Message::ItemsRemoved {
+            names: vec!["cache".into(), "state".into()],
+        },
         Kind::Items => Message::Items {
             entries: vec![
                 ItemEntry {
@@ -362,6 +368,7 @@ fn golden(kind: Kind) -> &'static str {
             " 057374617465 01 026b7603 ac02",
             " 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
         ),
+        Kind::ItemsRemoved => "484e4446 0100 0f000000 0000 071d 02 056361636865 057374617465",
     }
 }
 

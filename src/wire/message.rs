@@ -9,11 +9,15 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol versions this build speaks. Version 2 adds the items of
 /// a handoff: a generation sends [`Message::Schemas`] only to a supervisor
-/// that answered version 2 or later.
-pub const PROTOCOL_VERSIONS: VersionRange = VersionRange { min: 1, max: 2 };
+/// that answered version 2 or later. Version 3 adds the removal of items
+/// ([`Message::ItemsRemoved`]).
+pub const PROTOCOL_VERSIONS: VersionRange = VersionRange { min: 1, max: 3 };
 
 /// The first version with [`Message::Schemas`] and [`Message::Items`].
 pub const ITEMS_VERSION: u16 = 2;
+
+/// The first version with [`Message::ItemsRemoved`].
+pub const ITEMS_REMOVED_VERSION: u16 = 3;
 
 /// An inclusive range of protocol versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -539,6 +543,13 @@ pub enum Message {
         /// The items, in the order of the fds.
         entries: Vec<ItemEntry>,
     },
+    /// G→S, protocol version 3 and later: the items of these names are no
+    /// longer kept for the next generations (a successor's removal counts
+    /// once it committed, as its puts do; I21).
+    ItemsRemoved {
+        /// The names.
+        names: Vec<String>,
+    },
 }
 
 impl Message {
@@ -574,6 +585,7 @@ impl Message {
             Message::ConnectionBudget { .. } => "ConnectionBudget",
             Message::Schemas { .. } => "Schemas",
             Message::Items { .. } => "Items",
+            Message::ItemsRemoved { .. } => "ItemsRemoved",
         }
     }
 

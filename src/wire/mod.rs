@@ -17,6 +17,6 @@ pub use frame::{
 };
 pub use message::{
     AbortReason, BlobInfo, CAP_CONNECTIONS, CAP_ITEMS, ConnectionEntry, Envelope, FdEntry, FdKind,
-    Fingerprint, FingerprintHasher, Health, ITEMS_VERSION, ItemEntry, Message, Mode,
-    PROTOCOL_VERSIONS, Role, Schema, SchemaRange, SealInfo, Snapshot, VersionRange,
+    Fingerprint, FingerprintHasher, Health, ITEMS_REMOVED_VERSION, ITEMS_VERSION, ItemEntry,
+    Message, Mode, PROTOCOL_VERSIONS, Role, Schema, SchemaRange, SealInfo, Snapshot, VersionRange,
 };

@@ -322,6 +322,7 @@ pub(crate) fn message(max_fds: usize) -> BoxedStrategy<Message> {
             0..=max_fds
         )
         .prop_map(|entries| Message::Items { entries }),
+        proptest::collection::vec(text(), 0..4).prop_map(|names| Message::ItemsRemoved { names }),
     ]
     .boxed()
 }

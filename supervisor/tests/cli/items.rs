@@ -1,7 +1,9 @@
 //! Items kept across generations (I21), with testd `--items N` under
 //! `handoffctl run`: a sealed state blob and a memfd hit counter survive
 //! ten upgrades and a kill -9 restart; a successor that cannot read the
-//! incumbent's blob schema is refused before the incumbent drains.
+//! incumbent's blob schema is refused before the incumbent drains; a
+//! removed item reaches no later generation (and stays with a peer of
+//! protocol version 2, which cannot remove).
 
 use handoff::os::Sig;
 
@@ -144,4 +146,67 @@ fn a_generation_speaking_protocol_version_1_keeps_no_item_and_still_upgrades() {
     // Version 1 has neither Schemas nor Items: a new cache, no blob.
     assert_eq!(items(addr), ("-".to_owned(), 0));
     supervisor.wait_log("keeps no item", 0);
+}
+
+/// The names `status` lists in the item store.
+fn stored(supervisor: &Supervisor) -> Vec<String> {
+    supervisor.status()["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|item| Some(item["name"].as_str()?.to_owned()))
+        .collect()
+}
+
+#[test]
+fn a_removed_item_leaves_the_store_and_reaches_no_later_generation() {
+    let data = TempDir::new("items-remove");
+    let supervisor = with_items(&data, "1");
+    let addr = supervisor.addr();
+    assert_eq!(hit(addr), 1);
+    assert!(stored(&supervisor).contains(&"cache".to_owned()));
+    assert_eq!(request(addr, "FORGET cache").expect("FORGET"), "FORGOTTEN");
+    testkit::eventually("the cache gone from the store", || {
+        !stored(&supervisor).contains(&"cache".to_owned())
+    });
+    let ran = supervisor.ctl("upgrade", &[]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    // No cache came: the successor made a new one, counting from zero, and
+    // keeps it (generation 2 put it).
+    assert_eq!(items(addr).1, 0);
+    assert_eq!(hit(addr), 1);
+    let status = supervisor.status();
+    let cache = status["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|item| item["name"] == "cache")
+        .cloned()
+        .unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(cache["writer"], 2, "{status}");
+}
+
+#[test]
+fn a_generation_speaking_protocol_version_2_cannot_remove_an_item_and_keeps_it() {
+    let data = TempDir::new("items-v2");
+    let supervisor = Supervisor::start_with(Start {
+        testd_args: vec![
+            "--data-dir".into(),
+            data.path().display().to_string(),
+            "--items".into(),
+            "1".into(),
+            "--protocol".into(),
+            "1..2".into(),
+        ],
+        env: vec![("RUST_LOG".into(), "handoff=warn".into())],
+        ..Start::default()
+    });
+    let addr = supervisor.addr();
+    assert_eq!(hit(addr), 1);
+    assert_eq!(request(addr, "FORGET cache").expect("FORGET"), "FORGOTTEN");
+    supervisor.wait_log("cannot remove items", 0);
+    let ran = supervisor.ctl("upgrade", &[]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    // Still carried: the same counter.
+    assert_eq!(hit(addr), 2);
 }
