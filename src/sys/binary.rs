@@ -95,27 +95,24 @@ pub fn sha256_hex(mut file: &File) -> io::Result<String> {
         .collect())
 }
 
-/// [`sha256_hex`] on a thread of its own at the lowest CPU priority
-/// (`SCHED_IDLE`, nice 19): hashing a deploy's new build (20 MB: about
-/// 60 ms of one core) then takes only CPU time the daemons' threads leave
-/// idle.
+/// [`sha256_hex`] on a thread of its own at nice 19: hashing a deploy's
+/// new build (20 MB: about 60 ms of one core) in the background yields the
+/// CPU to the daemons' threads. Not `SCHED_IDLE`: on a saturated machine
+/// that never runs, and whoever waits for the hash would wait for ever.
 pub fn sha256_hex_niced(file: &File) -> io::Result<String> {
     let file = file.try_clone()?;
     std::thread::Builder::new()
         .name("handoff-hash".into())
         .spawn(move || {
             // SAFETY: setpriority with this thread's own id (Linux applies
-            // PRIO_PROCESS to one thread), then sched_setscheduler on the
-            // calling thread (pid 0) with a valid parameter; a failure
-            // leaves the thread as it was.
+            // PRIO_PROCESS to one thread); a failure leaves the thread as
+            // it was.
             unsafe {
                 nix::libc::setpriority(
                     nix::libc::PRIO_PROCESS,
                     nix::libc::gettid() as nix::libc::id_t,
                     19,
                 );
-                let param = nix::libc::sched_param { sched_priority: 0 };
-                nix::libc::sched_setscheduler(0, nix::libc::SCHED_IDLE, &param);
             }
             sha256_hex(&file)
         })?

@@ -108,9 +108,9 @@ impl FanOut<'_> {
                     successor_pid,
                     incumbent_pid,
                     started_unix_ms: unix_ms(),
-                    // Hashed here (a fresh build's first time: under
-                    // SCHED_IDLE, while the handoff goes on).
-                    binary: self.state.identities.of_pid(successor_pid),
+                    // Hashed here (a fresh build's first time: at nice 19,
+                    // while the handoff goes on).
+                    binary: self.state.identities.of_pid_in_background(successor_pid),
                 });
             }
             SupervisorEvent::Phase { handoff_id, phase } => match &self.handoff {

@@ -5,8 +5,11 @@
 //!
 //! An upgrade does not wait for a hash unless its target is pinned: the
 //! event thread hashes the successor's `/proc/PID/exe` once the handoff has
-//! started, under `SCHED_IDLE` (off the upgrade's path and off systemd's
-//! notifications); status answers and the history then find it cached.
+//! started, at nice 19 (off the upgrade's path and off systemd's
+//! notifications), as the metrics refresh does; status answers and the
+//! history then find it cached. A caller that waits for a hash (a status,
+//! a dry run) hashes at its own priority: a niced hash can take seconds
+//! on a saturated machine.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -19,6 +22,15 @@ use crate::admin::wire::{BinaryRecord, HISTORY_LEN};
 /// A file's identity: `(device, inode, size, mtime seconds, mtime nanoseconds)`.
 pub type Key = (u64, u64, u64, i64, i64);
 
+/// Who waits for a hash.
+#[derive(Debug, Clone, Copy)]
+enum Priority {
+    /// A caller (a status, a dry run): at its own priority.
+    Caller,
+    /// Nobody in a hurry (the event thread, the metrics refresh): niced.
+    Background,
+}
+
 /// The sha256 cache of the binaries generations run.
 #[derive(Debug, Default)]
 pub struct Identities {
@@ -30,7 +42,7 @@ impl Identities {
     /// unpinned target, when `--check` or `--if-changed` needs it).
     pub fn of_path(&self, path: &std::path::Path) -> std::io::Result<BinaryRecord> {
         let file = File::open(path)?;
-        let sha256 = self.sha256(&file)?;
+        let sha256 = self.sha256(&file, Priority::Caller)?;
         Ok(BinaryRecord {
             path: path.to_owned(),
             sha256,
@@ -41,10 +53,19 @@ impl Identities {
     /// that image (read through the link, so a file renamed over the path
     /// since does not change it). `None` once the process is gone.
     pub fn of_pid(&self, pid: u32) -> Option<BinaryRecord> {
+        self.of_pid_at(pid, Priority::Caller)
+    }
+
+    /// [`Identities::of_pid`] from a background thread: hashed at nice 19.
+    pub fn of_pid_in_background(&self, pid: u32) -> Option<BinaryRecord> {
+        self.of_pid_at(pid, Priority::Background)
+    }
+
+    fn of_pid_at(&self, pid: u32, priority: Priority) -> Option<BinaryRecord> {
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
         let path = std::fs::read_link(&exe).ok()?;
         let file = File::open(&exe).ok()?;
-        let sha256 = self.sha256(&file).ok()?;
+        let sha256 = self.sha256(&file, priority).ok()?;
         Some(BinaryRecord { path, sha256 })
     }
 
@@ -63,8 +84,13 @@ impl Identities {
         }
     }
 
-    /// The sha256 of `file` (an open file: what is read is what runs).
-    pub fn sha256(&self, file: &File) -> std::io::Result<String> {
+    /// The sha256 of `file` (an open file: what is read is what runs), for
+    /// a caller that waits for it.
+    pub fn sha256_of(&self, file: &File) -> std::io::Result<String> {
+        self.sha256(file, Priority::Caller)
+    }
+
+    fn sha256(&self, file: &File, priority: Priority) -> std::io::Result<String> {
         let meta = file.metadata()?;
         let key = (
             meta.dev(),
@@ -76,9 +102,12 @@ impl Identities {
         if let Some(hash) = self.lock().get(&key) {
             return Ok(hash.clone());
         }
-        // Hashed without the lock: a status request does not wait for it;
-        // and niced: a deploy's hash yields the CPU to the daemons.
-        let hash = handoff::os::sha256_hex_niced(file)?;
+        // Hashed without the lock: a status request does not wait for it.
+        let hash = match priority {
+            Priority::Caller => handoff::os::sha256_hex(file)?,
+            // A deploy's hash yields the CPU to the daemons.
+            Priority::Background => handoff::os::sha256_hex_niced(file)?,
+        };
         let mut hashes = self.lock();
         if hashes.len() >= 2 * HISTORY_LEN {
             hashes.clear();

@@ -166,6 +166,21 @@ pub fn eventually_within(bound: Duration, what: &str, mut condition: impl FnMut(
     }
 }
 
+/// Whether our child `pid` still runs: a `waitid` that neither blocks nor
+/// reaps. Unlike [`alive`], never fooled by the zombie thread-group leader
+/// a multi-threaded process shows for a moment while it execs.
+pub fn child_running(pid: u32) -> bool {
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    matches!(
+        waitid(Id::Pid(Pid::from_raw(raw)), flags),
+        Ok(WaitStatus::StillAlive)
+    )
+}
+
 /// Whether a process exists; a zombie counts as gone (its parent reaps).
 pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -248,6 +263,23 @@ mod tests {
     #[test]
     fn this_process_is_alive() {
         assert!(alive(std::process::id()));
+    }
+
+    #[test]
+    fn a_child_runs_until_it_exits_and_is_seen_without_being_reaped() {
+        let mut child = Command::new("sh")
+            .args(["-c", "read line"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id();
+        assert!(child_running(pid));
+        drop(child.stdin.take());
+        eventually("the child exited", || !child_running(pid));
+        // Not reaped by the check: `wait` still gets the status (read at
+        // end of input exits 1).
+        assert_eq!(child.wait().expect("reap").code(), Some(1));
+        assert!(!child_running(pid), "reaped: not our child any more");
     }
 
     #[test]

@@ -307,7 +307,7 @@ impl Owner {
             self.daemon_pid = status.child_pid;
             self.gauges.daemon = status
                 .child_pid
-                .and_then(|pid| self.state.identities.of_pid(pid))
+                .and_then(|pid| self.state.identities.of_pid_in_background(pid))
                 .map(|record| BinaryRecord {
                     path: status.program.clone(),
                     sha256: record.sha256,

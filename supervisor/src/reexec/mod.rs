@@ -517,7 +517,7 @@ impl Target {
         let file = File::open(&program).map_err(|e| format!("{}: {e}", program.display()))?;
         let actual = state
             .identities
-            .sha256(&file)
+            .sha256_of(&file)
             .map_err(|e| format!("hashing {}: {e}", program.display()))?;
         if let Some(expected) = sha256 {
             let expected = crate::config::parse_sha256(&expected)

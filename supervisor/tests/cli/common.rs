@@ -227,7 +227,11 @@ impl Supervisor {
     pub fn assert_running(&self) {
         let mut child = self.child.as_ref().map(Child::id);
         if let Some(pid) = child.take() {
-            assert!(alive(pid), "the supervisor exited; log:\n{}", self.log());
+            assert!(
+                testkit::child_running(pid),
+                "the supervisor exited; log:\n{}",
+                self.log()
+            );
         }
     }
 
