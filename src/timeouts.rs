@@ -116,6 +116,11 @@ pub const PROBE_ATTEMPT: Duration = Duration::from_secs(2);
 /// covers a socket end that some other process still holds.
 pub const EXIT_AFTER_EOF: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// How long a background hash runs only on idle CPU time (`SCHED_IDLE`)
+/// before it goes on as an ordinary thread at nice 19: on a saturated
+/// machine an idle-only thread hardly runs at all.
+pub const HASH_IDLE_BOUND: Duration = Duration::from_secs(1);
+
 /// How long after a generation is gone the supervisor closes the
 /// executable it held for it (a replaced build's file is freed then, off
 /// the handoff; never while a handoff, a drain or a retirement is under

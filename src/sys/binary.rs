@@ -11,7 +11,8 @@
 #![allow(
     unsafe_code,
     reason = "the fd F_DUPFD_CLOEXEC returns is adopted with OwnedFd::from_raw_fd; \
-              setpriority and sched_setscheduler on the hashing thread itself"
+              setpriority and sched_setscheduler on the hashing thread itself, \
+              pthread_setschedparam on it from its waiter"
 )]
 
 use std::fs::File;
@@ -95,29 +96,56 @@ pub fn sha256_hex(mut file: &File) -> io::Result<String> {
         .collect())
 }
 
-/// [`sha256_hex`] on a thread of its own at nice 19: hashing a deploy's
-/// new build (20 MB: about 60 ms of one core) in the background yields the
-/// CPU to the daemons' threads. Not `SCHED_IDLE`: on a saturated machine
-/// that never runs, and whoever waits for the hash would wait for ever.
+/// [`sha256_hex`] on a thread of its own at the lowest CPU priority: a
+/// deploy's new build (20 MB: about 60 ms of one core) is hashed with the
+/// CPU time the daemons' threads leave idle (`SCHED_IDLE`, nice 19). On a
+/// saturated machine such a thread hardly runs: past `HASH_IDLE_BOUND` it
+/// goes on as an ordinary thread at nice 19, so its waiter waits a bounded
+/// time.
 pub fn sha256_hex_niced(file: &File) -> io::Result<String> {
     let file = file.try_clone()?;
-    std::thread::Builder::new()
+    let (done, result) = std::sync::mpsc::sync_channel(1);
+    let hashing = std::thread::Builder::new()
         .name("handoff-hash".into())
         .spawn(move || {
             // SAFETY: setpriority with this thread's own id (Linux applies
-            // PRIO_PROCESS to one thread); a failure leaves the thread as
-            // it was.
+            // PRIO_PROCESS to one thread), then sched_setscheduler on the
+            // calling thread (pid 0) with a valid parameter; a failure
+            // leaves the thread as it was.
             unsafe {
                 nix::libc::setpriority(
                     nix::libc::PRIO_PROCESS,
                     nix::libc::gettid() as nix::libc::id_t,
                     19,
                 );
+                let param = nix::libc::sched_param { sched_priority: 0 };
+                nix::libc::sched_setscheduler(0, nix::libc::SCHED_IDLE, &param);
             }
-            sha256_hex(&file)
-        })?
-        .join()
-        .map_err(|_| io::Error::other("the hashing thread panicked"))?
+            let _ = done.send(sha256_hex(&file));
+        })?;
+    let hashed = match result.recv_timeout(crate::timeouts::HASH_IDLE_BOUND) {
+        Ok(hashed) => hashed,
+        Err(_) => {
+            promote(&hashing);
+            result
+                .recv()
+                .unwrap_or_else(|_| Err(io::Error::other("the hashing thread panicked")))
+        }
+    };
+    let _ = hashing.join();
+    hashed
+}
+
+/// Moves the (not yet joined) thread `thread` from `SCHED_IDLE` to the
+/// ordinary policy; it keeps its nice value.
+fn promote<T>(thread: &std::thread::JoinHandle<T>) {
+    use std::os::unix::thread::JoinHandleExt;
+    let param = nix::libc::sched_param { sched_priority: 0 };
+    // SAFETY: the pthread_t is valid until the handle is joined, which
+    // happens after this call; the parameter is valid for SCHED_OTHER.
+    unsafe {
+        nix::libc::pthread_setschedparam(thread.as_pthread_t(), nix::libc::SCHED_OTHER, &param);
+    }
 }
 
 #[cfg(test)]
@@ -130,6 +158,32 @@ mod tests {
         let niced = sha256_hex_niced(&file).expect("niced");
         let plain = sha256_hex(&File::open("/proc/self/exe").expect("exe")).expect("plain");
         assert_eq!(niced, plain);
+    }
+
+    #[test]
+    fn a_promoted_idle_thread_runs_as_an_ordinary_one_at_its_nice_value() {
+        let (ready, idle_now) = std::sync::mpsc::channel::<i32>();
+        let (go, promoted) = std::sync::mpsc::channel::<()>();
+        let idle = std::thread::spawn(move || {
+            // SAFETY: as in sha256_hex_niced, on this thread only; then
+            // reading this thread's own policy and nice value.
+            unsafe {
+                let tid = nix::libc::gettid() as nix::libc::id_t;
+                nix::libc::setpriority(nix::libc::PRIO_PROCESS, tid, 19);
+                let param = nix::libc::sched_param { sched_priority: 0 };
+                nix::libc::sched_setscheduler(0, nix::libc::SCHED_IDLE, &param);
+                ready.send(nix::libc::sched_getscheduler(0)).expect("ready");
+                promoted.recv().expect("promoted");
+                let nice = nix::libc::getpriority(nix::libc::PRIO_PROCESS, tid);
+                (nix::libc::sched_getscheduler(0), nice)
+            }
+        });
+        assert_eq!(idle_now.recv().expect("idle"), nix::libc::SCHED_IDLE);
+        promote(&idle);
+        go.send(()).expect("go");
+        let (after, nice) = idle.join().expect("join");
+        assert_eq!(after, nix::libc::SCHED_OTHER);
+        assert_eq!(nice, 19);
     }
 
     #[test]

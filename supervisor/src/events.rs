@@ -108,8 +108,8 @@ impl FanOut<'_> {
                     successor_pid,
                     incumbent_pid,
                     started_unix_ms: unix_ms(),
-                    // Hashed here (a fresh build's first time: at nice 19,
-                    // while the handoff goes on).
+                    // Hashed here (a fresh build's first time: on idle CPU
+                    // time, while the handoff goes on).
                     binary: self.state.identities.of_pid_in_background(successor_pid),
                 });
             }
