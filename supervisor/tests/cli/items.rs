@@ -22,6 +22,23 @@ fn with_items(data: &TempDir, version: &str) -> Supervisor {
     })
 }
 
+/// testd `--items 1` speaking only the protocol versions `range`, its
+/// library's warnings logged.
+fn speaking(data: &TempDir, range: &str) -> Supervisor {
+    Supervisor::start_with(Start {
+        testd_args: vec![
+            "--data-dir".into(),
+            data.path().display().to_string(),
+            "--items".into(),
+            "1".into(),
+            "--protocol".into(),
+            range.into(),
+        ],
+        env: vec![("RUST_LOG".into(), "handoff=warn".into())],
+        ..Start::default()
+    })
+}
+
 #[test]
 fn a_blob_and_a_memfd_cache_survive_ten_upgrades_and_a_kill_9_restart() {
     let data = TempDir::new("items-data");
@@ -126,19 +143,7 @@ fn a_successor_that_cannot_read_the_incumbents_blob_is_refused_before_the_drain(
 #[test]
 fn a_generation_speaking_protocol_version_1_keeps_no_item_and_still_upgrades() {
     let data = TempDir::new("items-v1");
-    let supervisor = Supervisor::start_with(Start {
-        testd_args: vec![
-            "--data-dir".into(),
-            data.path().display().to_string(),
-            "--items".into(),
-            "1".into(),
-            "--protocol".into(),
-            "1..1".into(),
-        ],
-        // testd logs the library's warnings with this.
-        env: vec![("RUST_LOG".into(), "handoff=warn".into())],
-        ..Start::default()
-    });
+    let supervisor = speaking(&data, "1..1");
     let addr = supervisor.addr();
     assert_eq!(hit(addr), 1);
     let ran = supervisor.ctl("upgrade", &[]);
@@ -189,18 +194,7 @@ fn a_removed_item_leaves_the_store_and_reaches_no_later_generation() {
 #[test]
 fn a_generation_speaking_protocol_version_2_cannot_remove_an_item_and_keeps_it() {
     let data = TempDir::new("items-v2");
-    let supervisor = Supervisor::start_with(Start {
-        testd_args: vec![
-            "--data-dir".into(),
-            data.path().display().to_string(),
-            "--items".into(),
-            "1".into(),
-            "--protocol".into(),
-            "1..2".into(),
-        ],
-        env: vec![("RUST_LOG".into(), "handoff=warn".into())],
-        ..Start::default()
-    });
+    let supervisor = speaking(&data, "1..2");
     let addr = supervisor.addr();
     assert_eq!(hit(addr), 1);
     assert_eq!(request(addr, "FORGET cache").expect("FORGET"), "FORGOTTEN");
