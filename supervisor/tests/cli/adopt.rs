@@ -129,6 +129,14 @@ impl Setup {
         }
     }
 
+    /// The first supervisor, its serving generation's pid, and a guard
+    /// that kills that generation if the test leaves it behind.
+    fn first(&self) -> (Supervisor, u32, KillOnDrop) {
+        let first = self.spawn(Vec::new());
+        let pid = serving_pid(&first);
+        (first, pid, KillOnDrop(pid))
+    }
+
     fn socket(&self) -> PathBuf {
         self.dir.path().join("admin.sock")
     }
@@ -207,9 +215,7 @@ fn serving_pid(supervisor: &Supervisor) -> u32 {
 #[test]
 fn a_supervisor_killed_under_load_is_replaced_by_one_that_adopts_kvd() {
     let setup = Setup::kvd();
-    let mut first = setup.spawn(Vec::new());
-    let orphan = serving_pid(&first);
-    let _cleanup = KillOnDrop(orphan);
+    let (mut first, orphan, _cleanup) = setup.first();
     let addr = first.addr();
     let acked = Arc::new(Mutex::new(Vec::new()));
     let load = writes(addr, 200, Arc::clone(&acked));
@@ -257,9 +263,7 @@ fn a_supervisor_killed_under_load_is_replaced_by_one_that_adopts_kvd() {
 fn an_adopted_kvd_hands_its_kept_alive_connections_to_its_successor() {
     use crate::transit::{KeepAlive, handed_over_to};
     let setup = Setup::kvd();
-    let mut first = setup.spawn(Vec::new());
-    let orphan = serving_pid(&first);
-    let _cleanup = KillOnDrop(orphan);
+    let (mut first, orphan, _cleanup) = setup.first();
     let addr = first.addr();
     let mut clients: Vec<_> = (0..4).map(|_| KeepAlive::open(addr)).collect();
     for client in &mut clients {
@@ -295,9 +299,7 @@ fn an_adopted_kvd_hands_its_kept_alive_connections_to_its_successor() {
 fn an_adopted_generation_gives_the_new_supervisor_its_items_again() {
     use testkit::{testd_hit as hit, testd_items as items};
     let setup = Setup::testd_items();
-    let mut first = setup.spawn(Vec::new());
-    let orphan = serving_pid(&first);
-    let _cleanup = KillOnDrop(orphan);
+    let (mut first, orphan, _cleanup) = setup.first();
     let addr = first.addr();
     for hits in 1..=3 {
         assert_eq!(hit(addr), hits);
@@ -330,9 +332,7 @@ fn an_adopted_generation_gives_the_new_supervisor_its_items_again() {
 #[test]
 fn an_old_generation_in_probation_when_the_supervisor_died_is_stopped_by_the_adopter() {
     let setup = Setup::in_probation("adopt-retiree");
-    let mut first = setup.spawn(Vec::new());
-    let old = serving_pid(&first);
-    let _old = KillOnDrop(old);
+    let (mut first, old, _old) = setup.first();
     let live = upgraded_with_a_retiree(&first, old);
     let _live = KillOnDrop(live);
     kill_9(&mut first);
@@ -354,9 +354,7 @@ fn an_old_generation_in_probation_when_the_supervisor_died_is_stopped_by_the_ado
 #[test]
 fn an_old_generation_left_alone_is_stopped_before_a_fresh_start() {
     let setup = Setup::in_probation("adopt-retiree-alone");
-    let mut first = setup.spawn(Vec::new());
-    let old = serving_pid(&first);
-    let _old = KillOnDrop(old);
+    let (mut first, old, _old) = setup.first();
     let live = upgraded_with_a_retiree(&first, old);
     let _live = KillOnDrop(live);
     kill_9(&mut first);
@@ -377,9 +375,7 @@ fn an_old_generation_left_alone_is_stopped_before_a_fresh_start() {
 #[test]
 fn a_supervisor_killed_under_load_is_replaced_by_one_that_adopts_a_foreign_daemon() {
     let setup = Setup::httpd();
-    let mut first = setup.spawn(Vec::new());
-    let orphan = serving_pid(&first);
-    let _cleanup = KillOnDrop(orphan);
+    let (mut first, orphan, _cleanup) = setup.first();
     let addr = first.addr();
     let load = Load::start(
         200,
@@ -409,9 +405,7 @@ fn a_supervisor_killed_under_load_is_replaced_by_one_that_adopts_a_foreign_daemo
 #[test]
 fn two_supervisors_started_at_once_adopt_an_orphan_once() {
     let setup = Setup::kvd();
-    let mut first = setup.spawn(Vec::new());
-    let orphan = serving_pid(&first);
-    let _cleanup = KillOnDrop(orphan);
+    let (mut first, orphan, _cleanup) = setup.first();
     kill_9(&mut first);
     let mut a = setup.spawn(Vec::new());
     let mut b = setup.spawn(Vec::new());
@@ -465,9 +459,7 @@ fn two_supervisors_started_at_once_adopt_an_orphan_once() {
 #[test]
 fn a_fault_while_adopting_leaves_the_orphan_serving_for_the_next_start() {
     let setup = Setup::kvd();
-    let mut first = setup.spawn(Vec::new());
-    let orphan = serving_pid(&first);
-    let _cleanup = KillOnDrop(orphan);
+    let (mut first, orphan, _cleanup) = setup.first();
     let addr = first.addr();
     let acked = Arc::new(Mutex::new(Vec::new()));
     let load = writes(addr, 100, Arc::clone(&acked));

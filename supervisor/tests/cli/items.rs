@@ -11,29 +11,26 @@ use crate::common::{Start, Supervisor, TempDir, request, script, serving_pid, te
 use testkit::{testd_hit as hit, testd_items as items};
 
 fn with_items(data: &TempDir, version: &str) -> Supervisor {
-    Supervisor::start_with(Start {
-        testd_args: vec![
-            "--data-dir".into(),
-            data.path().display().to_string(),
-            "--items".into(),
-            version.into(),
-        ],
-        ..Start::default()
-    })
+    testd_with_items(data, version, &[])
 }
 
 /// testd `--items 1` speaking only the protocol versions `range`, its
 /// library's warnings logged.
 fn speaking(data: &TempDir, range: &str) -> Supervisor {
+    testd_with_items(data, "1", &["--protocol", range])
+}
+
+/// testd `--items VERSION` and `more` flags, its library's warnings logged.
+fn testd_with_items(data: &TempDir, version: &str, more: &[&str]) -> Supervisor {
+    let mut testd_args = vec![
+        "--data-dir".to_owned(),
+        data.path().display().to_string(),
+        "--items".into(),
+        version.into(),
+    ];
+    testd_args.extend(more.iter().map(|flag| (*flag).to_owned()));
     Supervisor::start_with(Start {
-        testd_args: vec![
-            "--data-dir".into(),
-            data.path().display().to_string(),
-            "--items".into(),
-            "1".into(),
-            "--protocol".into(),
-            range.into(),
-        ],
+        testd_args,
         env: vec![("RUST_LOG".into(), "handoff=warn".into())],
         ..Start::default()
     })
