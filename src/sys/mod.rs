@@ -118,6 +118,7 @@ pub(crate) mod memfd;
 mod netns;
 mod notify;
 pub(crate) mod pidfd;
+pub use pidfd::PinnedProcess;
 
 mod probe;
 mod process;

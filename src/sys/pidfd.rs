@@ -17,6 +17,40 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use super::Sig;
 
+/// A process named for good, not our child: a pidfd opened for a pid and
+/// checked against the start time it was recorded with, so that a signal
+/// never reaches another process that reused the pid.
+#[derive(Debug)]
+pub struct PinnedProcess {
+    /// Its pid.
+    pub pid: u32,
+    pidfd: OwnedFd,
+}
+
+impl PinnedProcess {
+    /// Process `pid` if it still runs the process that started at
+    /// `started` ([`start_time`]); `None` when it exited (or is a zombie)
+    /// or the pid names another process now.
+    pub fn open(pid: u32, started: u64) -> Option<PinnedProcess> {
+        let pidfd = open(pid).ok()?;
+        // Checked after the pidfd exists: if the start time matches now,
+        // the pidfd names that process, whatever happens to the pid later.
+        (start_time(pid).ok()? == started).then_some(PinnedProcess { pid, pidfd })
+    }
+
+    /// Sends it `signal`; once it exited, nobody gets it.
+    pub fn signal(&self, signal: Sig) -> io::Result<()> {
+        send_signal(self.pidfd.as_fd(), signal)
+    }
+
+    /// Waits until every one of `processes` has exited, for at most
+    /// `bound`; whether they all did.
+    pub fn wait_all_exit(processes: &[PinnedProcess], bound: std::time::Duration) -> bool {
+        let pidfds: Vec<_> = processes.iter().map(|p| p.pidfd.as_fd()).collect();
+        wait_all_exit(&pidfds, bound)
+    }
+}
+
 /// A pidfd for `pid` (close-on-exec).
 pub(crate) fn open(pid: u32) -> io::Result<OwnedFd> {
     let pid = libc::pid_t::try_from(pid).map_err(|_| Errno::ESRCH)?;
@@ -65,6 +99,38 @@ pub(crate) fn wait_exit(pidfd: BorrowedFd<'_>) -> io::Result<()> {
             Err(errno) => return Err(errno.into()),
         }
     }
+}
+
+/// Waits until every process in `pidfds` has exited, for at most
+/// `bound`; whether they all did. Each exit is seen on its pidfd, no
+/// polling of `/proc`.
+pub(crate) fn wait_all_exit(pidfds: &[BorrowedFd<'_>], bound: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + bound;
+    let mut waiting: Vec<BorrowedFd<'_>> = pidfds.to_vec();
+    while !waiting.is_empty() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        // Rounded up: a wait cut short by a sub-millisecond rest is no wait.
+        let left = left + std::time::Duration::from_micros(999);
+        let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        let mut fds: Vec<PollFd<'_>> = waiting
+            .iter()
+            .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
+            .collect();
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(0) => return false,
+            Ok(_) => {
+                let exited: Vec<bool> = fds
+                    .iter()
+                    .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
+                    .collect();
+                let mut exits = exited.into_iter();
+                waiting.retain(|_| !exits.next().unwrap_or(false));
+            }
+            Err(Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 /// When the process started, in clock ticks since boot (`/proc/PID/stat`,
@@ -131,5 +197,53 @@ mod tests {
         assert_eq!(gone.kind(), io::ErrorKind::NotFound, "{gone}");
         let status = child.wait().expect("reap");
         assert!(!status.success());
+    }
+
+    #[test]
+    fn a_wait_for_several_exits_ends_with_the_last_or_at_its_bound() {
+        let spawn = || {
+            let _forking = crate::sys::test_support::forking();
+            let child = std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .expect("spawn sleep");
+            ChildGuard::new(child)
+        };
+        let (first, second) = (spawn(), spawn());
+        let first_fd = open(first.id()).expect("pidfd_open");
+        let second_fd = open(second.id()).expect("pidfd_open");
+        let both = [first_fd.as_fd(), second_fd.as_fd()];
+        send_signal(first_fd.as_fd(), Sig::Kill).expect("signal");
+        let short = std::time::Duration::from_millis(50);
+        assert!(!wait_all_exit(&both, short), "one still runs");
+        send_signal(second_fd.as_fd(), Sig::Kill).expect("signal");
+        assert!(wait_all_exit(&both, std::time::Duration::from_secs(10)));
+        assert!(wait_all_exit(&[], short), "nothing to wait for");
+    }
+
+    #[test]
+    fn a_pinned_process_is_the_recorded_one_and_is_signalled_by_its_pidfd() {
+        let child = {
+            let _forking = crate::sys::test_support::forking();
+            let child = std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .expect("spawn sleep");
+            ChildGuard::new(child)
+        };
+        let pid = child.id();
+        let started = start_time(pid).expect("start time");
+        assert!(
+            PinnedProcess::open(pid, started + 1).is_none(),
+            "another start"
+        );
+        let pinned = PinnedProcess::open(pid, started).expect("the recorded process");
+        pinned.signal(Sig::Term).expect("signal");
+        let bound = std::time::Duration::from_secs(10);
+        assert!(PinnedProcess::wait_all_exit(&[pinned], bound), "exited");
+        assert!(
+            PinnedProcess::open(pid, started).is_none(),
+            "exited: nothing to pin"
+        );
     }
 }

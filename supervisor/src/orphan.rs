@@ -24,6 +24,7 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use handoff::os::PinnedProcess;
 use handoff::protocol::Build;
 use handoff::supervisor::{Adoption, DaemonProtocol, Orphan, Status};
 
@@ -303,7 +304,7 @@ impl Record {
             }
             // Unsupervised, an old overlap generation would serve on beside
             // the adopted one: it gets the stop signal a retiree gets.
-            let left = |r: &&Recorded| r.pid != chosen.pid && r.alive();
+            let left = |r: &&Recorded| r.pid != chosen.pid;
             for retiree in self.retirees.iter().filter(left) {
                 stop_left(
                     *retiree,
@@ -356,14 +357,20 @@ impl Record {
 
 /// Signals `generation`, which the dead supervisor left, with a log line
 /// saying `what` it was.
-fn stop_left(generation: Recorded, signal: handoff::os::Sig, what: &str) {
+fn stop_left(generation: Recorded, signal: handoff::os::Sig, what: &str) -> Option<PinnedProcess> {
+    // Through a pidfd checked against the recorded start: a pid reused
+    // since by another process never gets the signal.
+    let pinned = PinnedProcess::open(generation.pid, generation.start_time)?;
     tracing::warn!(
         generation = generation.generation,
         pid = generation.pid,
         ?signal,
         "stopping {what}, left by the dead supervisor"
     );
-    let _ = handoff::os::signal(generation.pid, signal);
+    if let Err(error) = pinned.signal(signal) {
+        tracing::warn!(pid = generation.pid, %error, "signalling it failed");
+    }
+    Some(pinned)
 }
 
 /// Keeps the record current: written whenever what it says changes.
@@ -439,17 +446,12 @@ pub fn orphan_to_adopt(socket: &Path, kill_grace: Duration) -> Option<Record> {
 /// Signals those of `generations` still running (same pid, same start)
 /// and waits until they are gone, for at most `bound`.
 fn stop_and_wait(generations: &[Recorded], signal: handoff::os::Sig, what: &str, bound: Duration) {
-    let running: Vec<Recorded> = generations
+    let running: Vec<PinnedProcess> = generations
         .iter()
-        .copied()
-        .filter(Recorded::alive)
+        .filter_map(|generation| stop_left(*generation, signal, what))
         .collect();
-    for generation in &running {
-        stop_left(*generation, signal, what);
-    }
-    let deadline = std::time::Instant::now() + bound;
-    while running.iter().any(Recorded::alive) && std::time::Instant::now() < deadline {
-        std::thread::sleep(handoff::timeouts::POLL_SLICE);
+    if !PinnedProcess::wait_all_exit(&running, bound) {
+        tracing::warn!(?bound, "{what} still runs");
     }
 }
 
