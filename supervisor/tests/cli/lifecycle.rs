@@ -294,6 +294,10 @@ fn a_replaced_build_is_freed_by_the_supervisor_after_its_generation_is_gone() {
     another_build(&testd(), &deployed, "one");
     let supervisor = Supervisor::start_with(Start {
         program: Some(deployed.clone()),
+        env: vec![(
+            "HANDOFF_LOG".into(),
+            "info,handoff::supervisor::driver=debug".into(),
+        )],
         ..Start::default()
     });
     let old = u64_of(&supervisor.status(), "child_pid") as u32;
@@ -302,12 +306,7 @@ fn a_replaced_build_is_freed_by_the_supervisor_after_its_generation_is_gone() {
     std::fs::rename(&staged, &deployed).expect("deploy the new build");
     let upgraded = supervisor.ctl("upgrade", &[]);
     assert_eq!(upgraded.code, Some(0), "{upgraded:?}");
-    wait_gone(old);
     let replaced = std::path::PathBuf::from(format!("{} (deleted)", deployed.display()));
-    assert!(
-        has_open(supervisor.pid(), &replaced),
-        "the supervisor holds the replaced build after its generation is gone"
-    );
     let deadline = std::time::Instant::now() + WAIT;
     while has_open(supervisor.pid(), &replaced) {
         assert!(
@@ -317,6 +316,20 @@ fn a_replaced_build_is_freed_by_the_supervisor_after_its_generation_is_gone() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    // Released only after the old generation's exit was seen: the order
+    // of the supervisor's own lines, whatever the machine's speed.
+    let log = supervisor.log();
+    let lines: Vec<&str> = log.lines().collect();
+    let gone = lines.iter().position(|line| {
+        line.contains("old generation gone") && line.contains(&format!(" pid={old} "))
+    });
+    let released = lines
+        .iter()
+        .position(|line| line.contains("released gone generations' executables"));
+    assert!(
+        matches!((gone, released), (Some(g), Some(r)) if g < r),
+        "the old generation (pid {old}) is seen gone before its build is released; log:\n{log}"
+    );
     let now_running = u64_of(&supervisor.status(), "child_pid") as u32;
     assert!(
         has_open(supervisor.pid(), &deployed),
