@@ -117,8 +117,9 @@ pub const PROBE_ATTEMPT: Duration = Duration::from_secs(2);
 pub const EXIT_AFTER_EOF: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How long a background hash runs only on idle CPU time (`SCHED_IDLE`)
-/// before it goes on as an ordinary thread at nice 19: on a saturated
-/// machine an idle-only thread hardly runs at all.
+/// before it goes on as an ordinary thread at nice 19 (or, where the
+/// process may not leave `SCHED_IDLE`, its waiter hashes at its own
+/// priority): on a saturated machine an idle-only thread hardly runs.
 pub const HASH_IDLE_BOUND: Duration = Duration::from_secs(1);
 
 /// How long after a generation is gone the supervisor closes the

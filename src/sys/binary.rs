@@ -19,6 +19,8 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The lowest fd number a pin takes: above fd 3 plus the most listeners a
 /// spawn places from fd 3 on (`MAX_FDS_PER_FRAME`, 253).
@@ -89,62 +91,135 @@ fn above_spawn_range(file: File) -> File {
 pub fn sha256_hex(mut file: &File) -> io::Result<String> {
     let mut hasher = Sha256::new();
     io::copy(&mut file, &mut hasher)?;
-    Ok(hasher
+    Ok(hex(hasher))
+}
+
+fn hex(hasher: Sha256) -> String {
+    hasher
         .finalize()
         .iter()
         .map(|byte| format!("{byte:02x}"))
-        .collect())
+        .collect()
 }
 
-/// [`sha256_hex`] on a thread of its own at the lowest CPU priority: a
-/// deploy's new build (20 MB: about 60 ms of one core) is hashed with the
-/// CPU time the daemons' threads leave idle (`SCHED_IDLE`, nice 19). On a
-/// saturated machine such a thread hardly runs: past `HASH_IDLE_BOUND` it
-/// goes on as an ordinary thread at nice 19, so its waiter waits a bounded
-/// time.
+/// The sha256 of the whole of `file` by positional reads (its offset,
+/// shared with its duplicates, is left alone); `None` if `stop` is set
+/// before the end.
+fn sha256_hex_whole(file: &File, stop: &AtomicBool) -> io::Result<Option<String>> {
+    use std::os::unix::fs::FileExt;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0_u8; 64 * 1024];
+    let mut at = 0_u64;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        match file.read_at(&mut buffer, at) {
+            Ok(0) => return Ok(Some(hex(hasher))),
+            Ok(read) => {
+                hasher.update(&buffer[..read]);
+                at += read as u64;
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Who finished a niced hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HashedBy {
+    /// The hashing thread, on idle CPU time.
+    Idle,
+    /// The hashing thread, promoted to an ordinary nice-19 thread.
+    Promoted,
+    /// The caller, at its own priority: the hashing thread could not be
+    /// promoted (leaving `SCHED_IDLE` takes `CAP_SYS_NICE` or an
+    /// `RLIMIT_NICE` of at least 1) and is told to stop.
+    Caller,
+}
+
+/// The sha256 of the whole of `file` ([`sha256_hex`] from offset 0) on a
+/// thread of its own at the lowest CPU priority: a deploy's new build
+/// (20 MB: about 60 ms of one core) is hashed with the CPU time the
+/// daemons' threads leave idle (`SCHED_IDLE`, nice 19). On a saturated
+/// machine such a thread hardly runs: past `HASH_IDLE_BOUND` it goes on as
+/// an ordinary thread at nice 19 or, where this process may not promote it,
+/// the caller hashes at its own priority; either way its wait is bounded.
 pub fn sha256_hex_niced(file: &File) -> io::Result<String> {
-    let file = file.try_clone()?;
+    hash_niced(file, crate::timeouts::HASH_IDLE_BOUND).map(|(hash, _)| hash)
+}
+
+fn hash_niced(file: &File, idle_bound: std::time::Duration) -> io::Result<(String, HashedBy)> {
+    let stop = Arc::new(AtomicBool::new(false));
     let (done, result) = std::sync::mpsc::sync_channel(1);
+    let (idle, idle_now) = std::sync::mpsc::sync_channel(1);
     let hashing = std::thread::Builder::new()
         .name("handoff-hash".into())
-        .spawn(move || {
-            // SAFETY: setpriority with this thread's own id (Linux applies
-            // PRIO_PROCESS to one thread), then sched_setscheduler on the
-            // calling thread (pid 0) with a valid parameter; a failure
-            // leaves the thread as it was.
-            unsafe {
-                nix::libc::setpriority(
-                    nix::libc::PRIO_PROCESS,
-                    nix::libc::gettid() as nix::libc::id_t,
-                    19,
-                );
-                let param = nix::libc::sched_param { sched_priority: 0 };
-                nix::libc::sched_setscheduler(0, nix::libc::SCHED_IDLE, &param);
+        .spawn({
+            let (file, stop) = (file.try_clone()?, Arc::clone(&stop));
+            move || {
+                make_idle();
+                let _ = idle.send(());
+                let _ = done.send(sha256_hex_whole(&file, &stop));
             }
-            let _ = done.send(sha256_hex(&file));
         })?;
-    let hashed = match result.recv_timeout(crate::timeouts::HASH_IDLE_BOUND) {
-        Ok(hashed) => hashed,
-        Err(_) => {
-            promote(&hashing);
-            result
-                .recv()
-                .unwrap_or_else(|_| Err(io::Error::other("the hashing thread panicked")))
-        }
+    let unfinished = || io::Error::other("the hashing thread ended without a hash");
+    // Until then it runs at the ordinary priority: a promotion before it
+    // went idle would be undone by it.
+    idle_now.recv().map_err(|_| unfinished())?;
+    let hashed = match result.recv_timeout(idle_bound) {
+        Ok(hashed) => (hashed?.ok_or_else(unfinished)?, HashedBy::Idle),
+        Err(_) => match promote(&hashing) {
+            Ok(()) => {
+                let hashed = result.recv().map_err(|_| unfinished())?;
+                (hashed?.ok_or_else(unfinished)?, HashedBy::Promoted)
+            }
+            Err(error) => {
+                tracing::debug!(%error, "the idle hashing thread cannot be promoted; hashing here");
+                // Stops at its next read, whenever it gets the CPU; not
+                // waited for (it is detached).
+                stop.store(true, Ordering::Relaxed);
+                let hash = sha256_hex_whole(file, &AtomicBool::new(false))?;
+                return Ok((hash.ok_or_else(unfinished)?, HashedBy::Caller));
+            }
+        },
     };
     let _ = hashing.join();
-    hashed
+    Ok(hashed)
+}
+
+/// Puts the calling thread at nice 19 under `SCHED_IDLE`.
+fn make_idle() {
+    // SAFETY: setpriority with this thread's own id (Linux applies
+    // PRIO_PROCESS to one thread), then sched_setscheduler on the calling
+    // thread (pid 0) with a valid parameter; a failure leaves the thread
+    // as it was.
+    unsafe {
+        nix::libc::setpriority(
+            nix::libc::PRIO_PROCESS,
+            nix::libc::gettid() as nix::libc::id_t,
+            19,
+        );
+        let param = nix::libc::sched_param { sched_priority: 0 };
+        nix::libc::sched_setscheduler(0, nix::libc::SCHED_IDLE, &param);
+    }
 }
 
 /// Moves the (not yet joined) thread `thread` from `SCHED_IDLE` to the
-/// ordinary policy; it keeps its nice value.
-fn promote<T>(thread: &std::thread::JoinHandle<T>) {
+/// ordinary policy; it keeps its nice value. `EPERM` without
+/// `CAP_SYS_NICE` and an `RLIMIT_NICE` below 1.
+fn promote<T>(thread: &std::thread::JoinHandle<T>) -> io::Result<()> {
     use std::os::unix::thread::JoinHandleExt;
     let param = nix::libc::sched_param { sched_priority: 0 };
     // SAFETY: the pthread_t is valid until the handle is joined, which
     // happens after this call; the parameter is valid for SCHED_OTHER.
-    unsafe {
-        nix::libc::pthread_setschedparam(thread.as_pthread_t(), nix::libc::SCHED_OTHER, &param);
+    let error = unsafe {
+        nix::libc::pthread_setschedparam(thread.as_pthread_t(), nix::libc::SCHED_OTHER, &param)
+    };
+    match error {
+        0 => Ok(()),
+        error => Err(io::Error::from_raw_os_error(error)),
     }
 }
 
@@ -179,11 +254,88 @@ mod tests {
             }
         });
         assert_eq!(idle_now.recv().expect("idle"), nix::libc::SCHED_IDLE);
-        promote(&idle);
+        let promoted_now = promote(&idle);
         go.send(()).expect("go");
         let (after, nice) = idle.join().expect("join");
-        assert_eq!(after, nix::libc::SCHED_OTHER);
+        if may_leave_idle() {
+            promoted_now.expect("promoted");
+            assert_eq!(after, nix::libc::SCHED_OTHER);
+        } else {
+            let refused = promoted_now.expect_err("not ours to promote");
+            assert_eq!(refused.raw_os_error(), Some(nix::libc::EPERM), "{refused}");
+            assert_eq!(after, nix::libc::SCHED_IDLE);
+        }
         assert_eq!(nice, 19);
+    }
+
+    #[test]
+    fn a_hash_its_thread_cannot_promote_is_finished_by_the_caller() {
+        let exe = File::open("/proc/self/exe").expect("exe");
+        let plain = sha256_hex(&File::open("/proc/self/exe").expect("exe")).expect("plain");
+        let (hash, by, allowed) = std::thread::spawn(move || {
+            drop_cap_sys_nice();
+            let allowed = may_leave_idle();
+            let (hash, by) = hash_niced(&exe, std::time::Duration::ZERO).expect("hashed");
+            (hash, by, allowed)
+        })
+        .join()
+        .expect("join");
+        assert_eq!(hash, plain);
+        let expected = if allowed {
+            HashedBy::Promoted
+        } else {
+            HashedBy::Caller
+        };
+        assert_eq!(by, expected);
+    }
+
+    /// Whether this thread may move a thread of its from `SCHED_IDLE` back
+    /// to nice 19: `CAP_SYS_NICE` in effect, or an `RLIMIT_NICE` of at
+    /// least 1.
+    fn may_leave_idle() -> bool {
+        let status = std::fs::read_to_string("/proc/thread-self/status").expect("status");
+        let effective = status
+            .lines()
+            .find_map(|line| line.strip_prefix("CapEff:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .expect("CapEff");
+        let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NICE)
+            .expect("RLIMIT_NICE");
+        effective & (1 << CAP_SYS_NICE) != 0 || soft >= 1
+    }
+
+    const CAP_SYS_NICE: u32 = 23;
+
+    /// Drops `CAP_SYS_NICE` from the calling thread's effective set
+    /// (capabilities are per thread; threads it spawns inherit it).
+    fn drop_cap_sys_nice() {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const VERSION_3: u32 = 0x2008_0522;
+        let mut header = Header {
+            version: VERSION_3,
+            pid: 0,
+        };
+        let mut data = [Data::default(); 2];
+        // SAFETY: capget and capset on the calling thread (pid 0) with a
+        // version-3 header and the two data words that version takes.
+        unsafe {
+            let got = nix::libc::syscall(nix::libc::SYS_capget, &mut header, data.as_mut_ptr());
+            assert_eq!(got, 0, "capget");
+            data[0].effective &= !(1 << CAP_SYS_NICE);
+            let set = nix::libc::syscall(nix::libc::SYS_capset, &mut header, data.as_ptr());
+            assert_eq!(set, 0, "capset");
+        }
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! An upgrade does not wait for a hash unless its target is pinned: the
 //! event thread hashes the successor's `/proc/PID/exe` once the handoff has
 //! started, on idle CPU time (`sha256_hex_niced`: `SCHED_IDLE`, an
-//! ordinary nice-19 thread past `HASH_IDLE_BOUND`), off the upgrade's path
+//! ordinary nice-19 thread past `HASH_IDLE_BOUND`, or the waiter itself
+//! where the process may not leave `SCHED_IDLE`), off the upgrade's path
 //! and off systemd's notifications, as the metrics refresh does; status
 //! answers and the history then find it cached. A caller that waits for a
 //! hash (a status, a dry run) hashes at its own priority.
