@@ -3,7 +3,7 @@
 //! `RELOADING=1`/`READY=1` come from the thread that carries it out, see
 //! `systemd.rs`), and the history record.
 
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use handoff::supervisor::{
     EventStream, Outcome, ProbationRollback, SupervisorEvent, SupervisorHandle,
@@ -11,6 +11,7 @@ use handoff::supervisor::{
 
 use crate::admin::wire::{AutomaticRollback, BinaryRecord, HandoffReport};
 use crate::admin::{AdminState, Control};
+use crate::identity::Image;
 use crate::orphan::RecordWriter;
 use crate::reexec::state::EventsCarried;
 
@@ -20,13 +21,31 @@ struct Started {
     successor_pid: u32,
     incumbent_pid: Option<u32>,
     started_unix_ms: u64,
-    /// What the successor runs (read while it surely runs its binary).
-    binary: Option<BinaryRecord>,
+    /// What the successor runs (opened while it surely runs its binary),
+    /// hashed on a thread of its own.
+    binary: Hashing,
+}
+
+/// A binary being hashed off the event thread: the record, systemd's
+/// notifications and the status lines behind the handoff's start do not
+/// wait for a fresh build's hash (on idle CPU time: up to
+/// `HASH_IDLE_BOUND` and more); only its history entry does.
+type Hashing = Option<std::thread::JoinHandle<Option<BinaryRecord>>>;
+
+fn hash_in_background(state: &Arc<AdminState>, pid: u32) -> Hashing {
+    let image = Image::of_pid(pid)?;
+    let state = Arc::clone(state);
+    let spawned = std::thread::Builder::new()
+        .name("binary-hash".into())
+        .spawn(move || state.identities.of_image_in_background(image));
+    spawned
+        .inspect_err(|error| tracing::warn!(pid, %error, "not hashing the successor's binary"))
+        .ok()
 }
 
 /// What the fan-out remembers between events.
 struct FanOut<'a> {
-    state: &'a AdminState,
+    state: &'a Arc<AdminState>,
     handle: &'a SupervisorHandle,
     /// The generation record a supervisor started after a crash adopts by.
     record: RecordWriter,
@@ -43,7 +62,7 @@ struct FanOut<'a> {
 pub fn event_loop(
     events: &EventStream,
     handle: &SupervisorHandle,
-    state: &AdminState,
+    state: &Arc<AdminState>,
     control: &mpsc::Sender<Control>,
     carried: EventsCarried,
     record: RecordWriter,
@@ -103,14 +122,13 @@ impl FanOut<'_> {
                     "handoff started"
                 );
                 self.record.in_flight(Some((generation, successor_pid)));
+                self.update_record();
                 self.handoff = Some(Started {
                     generation,
                     successor_pid,
                     incumbent_pid,
                     started_unix_ms: unix_ms(),
-                    // Hashed here (a fresh build's first time: on idle CPU
-                    // time, while the handoff goes on).
-                    binary: self.state.identities.of_pid_in_background(successor_pid),
+                    binary: hash_in_background(self.state, successor_pid),
                 });
             }
             SupervisorEvent::Phase { handoff_id, phase } => match &self.handoff {
@@ -182,17 +200,13 @@ impl FanOut<'_> {
         self.update_record();
         let started = self.handoff.take();
         let upgrade = started.as_ref().is_some_and(|s| s.incumbent_pid.is_some());
-        let (started_unix_ms, binary) =
-            started.map_or((0, None), |s| (s.started_unix_ms, s.binary));
-        self.state
-            .recorder
-            .record(report.clone(), started_unix_ms, upgrade, binary);
         log_outcome(&report);
         // Under --restart never, a start that left nobody serving is how
         // the supervisor ends: not a clean exit.
         self.clean = report.serving;
         // An upgrade's RELOADING=1 and READY=1 are sent by the thread that
-        // carried it out; here the first start and restarts.
+        // carried it out; here the first start and restarts, before the
+        // history waits for the hash.
         if !upgrade {
             if report.serving && !self.ready {
                 self.serving(&report.status_line());
@@ -200,6 +214,12 @@ impl FanOut<'_> {
                 self.state.notify.status(&report.status_line());
             }
         }
+        let (started_unix_ms, hashing) =
+            started.map_or((0, None), |s| (s.started_unix_ms, s.binary));
+        let binary = hashing.and_then(|hashing| hashing.join().ok().flatten());
+        self.state
+            .recorder
+            .record(report, started_unix_ms, upgrade, binary);
     }
 
     /// The first time a generation serves.

@@ -4,12 +4,13 @@
 //! answers and history records ask for it.
 //!
 //! An upgrade does not wait for a hash unless its target is pinned: the
-//! event thread hashes the successor's `/proc/PID/exe` once the handoff has
-//! started, on idle CPU time (`sha256_hex_niced`: `SCHED_IDLE`, an
-//! ordinary nice-19 thread past `HASH_IDLE_BOUND`, or the waiter itself
-//! where the process may not leave `SCHED_IDLE`), off the upgrade's path
-//! and off systemd's notifications, as the metrics refresh does; status
-//! answers and the history then find it cached. A caller that waits for a
+//! event thread opens the successor's `/proc/PID/exe` once the handoff has
+//! started and a thread of its own hashes it on idle CPU time
+//! (`sha256_hex_niced`: `SCHED_IDLE`, an ordinary nice-19 thread past
+//! `HASH_IDLE_BOUND`, or the waiter itself where the process may not leave
+//! `SCHED_IDLE`), off the upgrade's path, the generation record and
+//! systemd's notifications, as the metrics refresh does; only the history
+//! entry waits for it. Status answers then find it cached. A caller that waits for a
 //! hash (a status, a dry run) hashes at its own priority.
 
 use std::collections::HashMap;
@@ -30,6 +31,26 @@ enum Priority {
     Caller,
     /// Nobody in a hurry (the event thread, the metrics refresh): niced.
     Background,
+}
+
+/// What a process runs, opened while it surely runs it: `/proc/PID/exe`
+/// resolved, and the file (readable once renamed over, or the process
+/// gone).
+#[derive(Debug)]
+pub struct Image {
+    path: PathBuf,
+    file: File,
+}
+
+impl Image {
+    /// `None` once the process is gone.
+    pub fn of_pid(pid: u32) -> Option<Image> {
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        Some(Image {
+            path: std::fs::read_link(&exe).ok()?,
+            file: File::open(&exe).ok()?,
+        })
+    }
 }
 
 /// The sha256 cache of the binaries generations run.
@@ -63,9 +84,15 @@ impl Identities {
     }
 
     fn of_pid_at(&self, pid: u32, priority: Priority) -> Option<BinaryRecord> {
-        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-        let path = std::fs::read_link(&exe).ok()?;
-        let file = File::open(&exe).ok()?;
+        self.of_image(Image::of_pid(pid)?, priority)
+    }
+
+    /// [`Identities::of_pid_in_background`] of an image opened before.
+    pub fn of_image_in_background(&self, image: Image) -> Option<BinaryRecord> {
+        self.of_image(image, Priority::Background)
+    }
+
+    fn of_image(&self, Image { path, file }: Image, priority: Priority) -> Option<BinaryRecord> {
         let sha256 = self.sha256(&file, priority).ok()?;
         Some(BinaryRecord { path, sha256 })
     }
