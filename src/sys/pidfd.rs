@@ -43,6 +43,11 @@ impl PinnedProcess {
         send_signal(self.pidfd.as_fd(), signal)
     }
 
+    /// Whether it has not exited yet.
+    pub fn running(&self) -> bool {
+        !wait_all_exit(&[self.pidfd.as_fd()], std::time::Duration::ZERO)
+    }
+
     /// Waits until every one of `processes` has exited, for at most
     /// `bound`; whether they all did.
     pub fn wait_all_exit(processes: &[PinnedProcess], bound: std::time::Duration) -> bool {
@@ -238,9 +243,12 @@ mod tests {
             "another start"
         );
         let pinned = PinnedProcess::open(pid, started).expect("the recorded process");
+        assert!(pinned.running());
         pinned.signal(Sig::Term).expect("signal");
         let bound = std::time::Duration::from_secs(10);
-        assert!(PinnedProcess::wait_all_exit(&[pinned], bound), "exited");
+        let one = std::slice::from_ref(&pinned);
+        assert!(PinnedProcess::wait_all_exit(one, bound), "exited");
+        assert!(!pinned.running());
         assert!(
             PinnedProcess::open(pid, started).is_none(),
             "exited: nothing to pin"

@@ -280,7 +280,7 @@ impl Record {
     /// it was ready: the live generation is adopted and the successor
     /// killed, unless only the successor is left (its incumbent was
     /// stopped at the commit).
-    pub fn claim(&self, write_timeout: Duration) -> Result<(Adoption, Recorded), Failure> {
+    pub fn claim(&self, timeouts: &handoff::Timeouts) -> Result<(Adoption, Recorded), Failure> {
         let (live, successor) = self.running();
         let (chosen, other) = match (&self.rendezvous, live, successor) {
             (Some(_), live, Some(successor)) => (successor, live),
@@ -293,25 +293,29 @@ impl Record {
                 ));
             }
         };
-        let adoption = self.claim_one(chosen, write_timeout);
+        let adoption = self.claim_one(chosen, timeouts.socket_write);
         if adoption.is_ok() {
+            let mut stopped = Vec::new();
             if let Some(other) = other {
                 let signal = match self.rendezvous {
                     Some(_) => handoff::os::Sig::Term,
                     None => handoff::os::Sig::Kill,
                 };
-                stop_left(other, signal, "the other generation of its handoff");
+                stopped.extend(stop_left(
+                    other,
+                    signal,
+                    "the other generation of its handoff",
+                ));
             }
             // Unsupervised, an old overlap generation would serve on beside
             // the adopted one: it gets the stop signal a retiree gets.
             let left = |r: &&Recorded| r.pid != chosen.pid;
             for retiree in self.retirees.iter().filter(left) {
-                stop_left(
-                    *retiree,
-                    handoff::os::Sig::Term,
-                    "an old generation it was retiring",
-                );
+                let retiring = "an old generation it was retiring";
+                stopped.extend(stop_left(*retiree, handoff::os::Sig::Term, retiring));
             }
+            // And, as a retiree, a drain and `kill_grace` to exit in.
+            kill_past(stopped, timeouts.drain_grace + timeouts.kill_grace);
         }
         adoption.map(|adoption| (adoption, chosen))
     }
@@ -441,6 +445,35 @@ pub fn orphan_to_adopt(socket: &Path, kill_grace: Duration) -> Option<Record> {
     tracing::info!("the previous supervisor's generations are gone: starting afresh");
     Record::remove(socket);
     None
+}
+
+/// SIGKILLs those of `stopped` that still run after `bound`, from a thread
+/// of its own (the adopter supervises meanwhile).
+fn kill_past(stopped: Vec<PinnedProcess>, bound: Duration) {
+    if stopped.is_empty() {
+        return;
+    }
+    let killing = move || {
+        if PinnedProcess::wait_all_exit(&stopped, bound) {
+            return;
+        }
+        for process in stopped.iter().filter(|p| p.running()) {
+            tracing::warn!(
+                pid = process.pid,
+                ?bound,
+                "an old generation left by the dead supervisor outlived its stop: killing it"
+            );
+            if let Err(error) = process.signal(handoff::os::Sig::Kill) {
+                tracing::warn!(pid = process.pid, %error, "killing it failed");
+            }
+        }
+    };
+    if let Err(error) = std::thread::Builder::new()
+        .name("stop-left".into())
+        .spawn(killing)
+    {
+        tracing::warn!(%error, "no thread to kill what outlives its stop");
+    }
 }
 
 /// Signals those of `generations` still running (same pid, same start)

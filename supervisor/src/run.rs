@@ -115,7 +115,7 @@ fn adopt(settings: &Settings, record: &crate::orphan::Record) -> Result<Started,
     // are the ones kept.
     drop(handoff::os::listen_fds());
     step(SupervisorStep::AdoptBeforeListeners)?;
-    let (mut adoption, orphan) = record.claim(settings.timeouts.socket_write)?;
+    let (mut adoption, orphan) = record.claim(&settings.timeouts)?;
     let listeners = adoption.orphan.take_listeners();
     let mut names: Vec<&str> = listeners.iter().map(|(name, _)| name.as_str()).collect();
     let mut wanted: Vec<&str> = settings

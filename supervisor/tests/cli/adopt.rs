@@ -348,6 +348,37 @@ fn an_old_generation_in_probation_when_the_supervisor_died_is_stopped_by_the_ado
     assert_eq!(crate::common::serving_pid(second.addr()), live);
 }
 
+/// The same with an old generation that does not act on its SIGTERM (it
+/// is stopped): the adopter kills it once a drain and the kill grace have
+/// passed, as the supervisor that died would have.
+#[test]
+fn an_old_generation_that_outlives_its_stop_is_killed_by_the_adopter() {
+    let setup = Setup::in_probation("adopt-retiree-stuck");
+    let (mut first, old, _old) = setup.first();
+    let live = upgraded_with_a_retiree(&first, old);
+    let _live = KillOnDrop(live);
+    kill_9(&mut first);
+    handoff::os::signal(old, handoff::os::Sig::Stop).expect("SIGSTOP the old generation");
+    let quick = Setup {
+        flags: [
+            setup.flags.clone(),
+            vec!["--drain-timeout".into(), "1s".into()],
+        ]
+        .concat(),
+        ..setup
+    };
+    let second = quick.spawn(Vec::new());
+    assert_eq!(serving_pid(&second), live, "log:\n{}", second.log());
+    crate::common::wait_gone(old);
+    assert!(
+        second.log().contains("outlived its stop: killing it"),
+        "{}",
+        second.log()
+    );
+    assert!(alive(live));
+    assert_eq!(crate::common::serving_pid(second.addr()), live);
+}
+
 /// The same, but the live generation died with the supervisor: nothing to
 /// adopt, and the old generation holds the listeners a fresh start binds.
 /// It is stopped first, and the fresh start serves.
