@@ -124,8 +124,8 @@ pub const HASH_IDLE_BOUND: Duration = Duration::from_secs(1);
 
 /// How long after a generation is gone the supervisor closes the
 /// executable it held for it (a replaced build's file is freed then, off
-/// the handoff; never while a handoff, a drain or a retirement is under
-/// way).
+/// the handoff; never while a handoff, a drain, a stop or a retirement is
+/// under way).
 pub const IMAGE_RELEASE: Duration = Duration::from_secs(1);
 
 /// How long a supervisor adopting an orphaned library generation waits for

@@ -7,10 +7,10 @@
 //! with one) stalls the daemons' own `fsync`s for milliseconds while
 //! requests queue. So the supervisor holds each generation's executable
 //! from its spawn (or adoption) and closes it [`IMAGE_RELEASE`] after the
-//! generation is gone, and never while a handoff, a drain or a retirement
-//! is under way (a probation does not hold it back). A re-exec closes the
-//! ones waiting (they are close-on-exec). A build still on disk under
-//! another name is not freed by any of this.
+//! generation is gone, and never while a handoff, a drain, a stop or a
+//! retirement is under way (a probation does not hold it back). A re-exec
+//! closes the ones waiting (they are close-on-exec). A build still on disk
+//! under another name is not freed by any of this.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -18,7 +18,8 @@ use std::time::Instant;
 use crate::protocol::{LifecycleState, RetireState};
 use crate::timeouts::IMAGE_RELEASE;
 
-/// Whether images may be released now: no handoff, and no old generation
+/// Whether images may be released now: no handoff, no stop (its drain is
+/// the last one: they close as the supervisor exits), and no old generation
 /// draining or being retired (one kept for a probation, or as a warm
 /// standby, does not count; nor does a restart's wait: a crash loop must
 /// not pile images up).
@@ -26,7 +27,7 @@ pub(crate) fn quiet(
     state: LifecycleState,
     mut retirees: impl Iterator<Item = RetireState>,
 ) -> bool {
-    state != LifecycleState::HandingOff
+    !matches!(state, LifecycleState::HandingOff | LifecycleState::Stopping)
         && retirees.all(|retiree| matches!(retiree, RetireState::Probation | RetireState::Standby))
 }
 
@@ -89,7 +90,7 @@ mod tests {
         use RetireState::{Draining, Probation, Retiring, Standby};
         assert!(quiet(Serving, [].into_iter()));
         assert!(quiet(Starting, [].into_iter()), "a restart's wait");
-        assert!(quiet(Stopping, [].into_iter()));
+        assert!(!quiet(Stopping, [].into_iter()), "the last drain: freed at exit");
         assert!(!quiet(HandingOff, [].into_iter()));
         assert!(quiet(Serving, [Probation, Standby].into_iter()));
         assert!(!quiet(Serving, [Probation, Draining].into_iter()));
