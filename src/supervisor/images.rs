@@ -90,7 +90,10 @@ mod tests {
         use RetireState::{Draining, Probation, Retiring, Standby};
         assert!(quiet(Serving, [].into_iter()));
         assert!(quiet(Starting, [].into_iter()), "a restart's wait");
-        assert!(!quiet(Stopping, [].into_iter()), "the last drain: freed at exit");
+        assert!(
+            !quiet(Stopping, [].into_iter()),
+            "the last drain: freed at exit"
+        );
         assert!(!quiet(HandingOff, [].into_iter()));
         assert!(quiet(Serving, [Probation, Standby].into_iter()));
         assert!(!quiet(Serving, [Probation, Draining].into_iter()));

@@ -151,7 +151,10 @@ pub(crate) fn start_time(pid: u32) -> io::Result<u64> {
         .rsplit_once(") ")
         .map(|(_, rest)| rest)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc/PID/stat"))?;
-    if rest.starts_with('Z') {
+    // A leader that ended with pthread_exit shows `Z` too while its other
+    // threads run (field 20, the thread count, is above 1 then).
+    let threads: Option<u64> = rest.split_whitespace().nth(17).and_then(|f| f.parse().ok());
+    if rest.starts_with('Z') && threads.is_none_or(|threads| threads <= 1) {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
             format!("process {pid} has exited (a zombie)"),

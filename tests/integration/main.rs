@@ -8,5 +8,6 @@ mod handoff;
 mod hostile;
 mod kvd;
 mod locks;
+mod processes;
 mod registry;
 mod zero_loss;
