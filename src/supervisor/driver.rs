@@ -17,7 +17,7 @@ use super::config::{SupervisorConfig, UpgradeRequest};
 use super::fdstore::Store;
 use super::freeze::{self, Exporting, Frozen};
 use super::images::Images;
-use super::items::Items;
+use super::items::{Dropped, Items};
 use super::probes::Probes;
 use super::process::GenerationProcess;
 use super::report::{RetireeStatus, Status, SupervisorState};
@@ -553,10 +553,10 @@ impl Driver {
             } => self.send_connections(batch, to, handoff_id, queue),
             LifecycleAction::DropConnections { batch, why } => self.drop_connections(batch, why),
             LifecycleAction::KeepItems { batch, writer } => self.items.keep(batch, writer),
-            LifecycleAction::DropItems { batch, why } => {
-                let count = self.items.close(batch);
-                tracing::warn!(count, why, "items refused and closed");
-            }
+            LifecycleAction::DropItems { batch, why } => match self.items.close(batch) {
+                Dropped::Puts(count) => tracing::warn!(count, why, "items refused and closed"),
+                Dropped::Removals(count) => tracing::warn!(count, why, "item removals ignored"),
+            },
             LifecycleAction::SendItems { to, handoff_id } => self.send_items(to, handoff_id, queue),
             other => tracing::error!(?other, "not a transit action"),
         }

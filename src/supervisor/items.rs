@@ -32,13 +32,13 @@ enum Batch {
     Remove(Vec<String>),
 }
 
-impl Batch {
-    fn len(&self) -> usize {
-        match self {
-            Batch::Put(items) => items.len(),
-            Batch::Remove(names) => names.len(),
-        }
-    }
+/// A batch dropped: how many items it put, or how many names it removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dropped {
+    /// Items put (their fds closed).
+    Puts(usize),
+    /// Names whose removal is ignored.
+    Removals(usize),
 }
 
 /// Items held, by batch until the lifecycle machine decides, then by name.
@@ -145,9 +145,13 @@ impl Items {
             .map(|error| error.to_string())
     }
 
-    /// Closes batch `batch`; how many items it held.
-    pub(crate) fn close(&mut self, batch: u64) -> usize {
-        self.batches.remove(&batch).map_or(0, |batch| batch.len())
+    /// Drops batch `batch` (its fds close); what it was, for the log line.
+    pub(crate) fn close(&mut self, batch: u64) -> Dropped {
+        match self.batches.remove(&batch) {
+            Some(Batch::Put(items)) => Dropped::Puts(items.len()),
+            Some(Batch::Remove(names)) => Dropped::Removals(names.len()),
+            None => Dropped::Puts(0),
+        }
     }
 
     /// Sends every stored item on `sender` (duplicates: the store keeps
@@ -263,7 +267,7 @@ mod tests {
         assert_eq!(names, ["state"]);
         // A removal the machine refused (a successor that did not commit).
         let refused = items.hold_removal(vec!["state".into()]);
-        assert_eq!(items.close(refused), 1);
+        assert_eq!(items.close(refused), Dropped::Removals(1));
         assert_eq!(items.stored().count(), 1);
         let removal = items.hold_removal(vec!["state".into(), "never-put".into()]);
         items.keep(removal, 2);
