@@ -134,9 +134,9 @@ fn status_after(state: &AdminState, response: &Response) -> String {
     }
 }
 
-/// The binary an upgrade runs, checked: absolute, allowed, executable,
-/// pinned when a sha256 is expected, and hashed (into the identity cache)
-/// before the handoff starts.
+/// The binary an upgrade runs, checked: absolute, allowed, executable, and
+/// pinned (opened and hashed before the handoff starts) when a sha256 is
+/// expected.
 struct Target {
     program: PathBuf,
     pinned: Option<PinnedBinary>,
@@ -173,9 +173,9 @@ impl Target {
                 None
             }
         };
-        // Not hashed here unless pinned: the event thread hashes what the
-        // successor runs while the handoff goes on, off this path and off
-        // systemd's notifications.
+        // Not hashed here unless pinned: what the successor runs is hashed
+        // on a thread of its own while the handoff goes on, off this path
+        // and off systemd's notifications.
         Ok(Target { program, pinned })
     }
 
