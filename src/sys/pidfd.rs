@@ -207,17 +207,19 @@ mod tests {
         assert!(!status.success());
     }
 
+    /// `sleep 30`, killed and reaped on drop.
+    fn sleeper() -> ChildGuard {
+        let _forking = crate::sys::test_support::forking();
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        ChildGuard::new(child)
+    }
+
     #[test]
     fn a_wait_for_several_exits_ends_with_the_last_or_at_its_bound() {
-        let spawn = || {
-            let _forking = crate::sys::test_support::forking();
-            let child = std::process::Command::new("sleep")
-                .arg("30")
-                .spawn()
-                .expect("spawn sleep");
-            ChildGuard::new(child)
-        };
-        let (first, second) = (spawn(), spawn());
+        let (first, second) = (sleeper(), sleeper());
         let first_fd = open(first.id()).expect("pidfd_open");
         let second_fd = open(second.id()).expect("pidfd_open");
         let both = [first_fd.as_fd(), second_fd.as_fd()];
@@ -231,14 +233,7 @@ mod tests {
 
     #[test]
     fn a_pinned_process_is_the_recorded_one_and_is_signalled_by_its_pidfd() {
-        let child = {
-            let _forking = crate::sys::test_support::forking();
-            let child = std::process::Command::new("sleep")
-                .arg("30")
-                .spawn()
-                .expect("spawn sleep");
-            ChildGuard::new(child)
-        };
+        let child = sleeper();
         let pid = child.id();
         let started = start_time(pid).expect("start time");
         assert!(
