@@ -26,6 +26,7 @@ mod systemd;
 mod verdict;
 mod wait;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -47,10 +48,11 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
-            eprintln!("handoffctl: {}", failure.message);
+            // Unwritable (a reader gone): the exit code still says it.
+            let _ = writeln!(std::io::stderr(), "handoffctl: {}", failure.message);
             // A --json caller always gets one JSON object on stdout.
             if json && !failure.printed {
-                println!("{}", failure.to_json());
+                let _ = writeln!(std::io::stdout(), "{}", failure.to_json());
             }
             ExitCode::from(failure.exit as u8)
         }

@@ -386,13 +386,31 @@ fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), Failure
         .map_err(|e| Failure::failed(format!("cannot start the {name} thread: {e}")))
 }
 
+/// Standard error for log lines, its write failures dropped: a reader gone
+/// (`EPIPE`) or a full disk loses log lines, never the supervisor (the
+/// logging layer would otherwise report the failure on standard error,
+/// and that report panics).
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HANDOFF_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // No colour codes in files and the journal.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
         .with_ansi(ansi)
         .with_env_filter(filter);
     let _ = match format {

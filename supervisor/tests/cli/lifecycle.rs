@@ -1,6 +1,6 @@
 //! run, status, upgrade (commit, rollback, busy, pinned, a pinned symlink
 //! swapped after the hash, a replaced build freed by the supervisor),
-//! SIGHUP, restart after a crash, stop.
+//! SIGHUP, restart after a crash, stop, a log that cannot be written.
 
 use handoff::os::Sig;
 use serde_json::Value;
@@ -224,6 +224,41 @@ fn a_crashed_generation_is_restarted() {
     assert!(u64_of(&status, "generation") >= 2);
     // Logged by the event thread, which may run a little behind status.
     supervisor.wait_log("generation exited outside a handoff", 0);
+}
+
+/// Log lines that cannot be written (standard error on a full disk, or a
+/// pipe whose reader is gone) are lost, not the supervisor: it restarts a
+/// crashed generation, upgrades, answers, and stops with exit 0.
+#[test]
+fn a_supervisor_whose_log_cannot_be_written_goes_on() {
+    for sink in ["/dev/full", "a pipe without a reader"] {
+        let supervisor = Supervisor::start_with(Start {
+            wrap: Some(Box::new(move |mut command: std::process::Command| {
+                if sink == "/dev/full" {
+                    let full = std::fs::OpenOptions::new().write(true).open(sink);
+                    command.stderr(full.expect("open /dev/full"));
+                } else {
+                    let (reader, writer) = std::io::pipe().expect("pipe");
+                    drop(reader);
+                    command.stderr(writer);
+                }
+                command
+            })),
+            ..Start::default()
+        });
+        let addr = supervisor.addr();
+        let crashed = serving_pid(addr);
+        handoff::os::signal(crashed, Sig::Kill).expect("kill the generation");
+        let restarted = serving_pid(addr);
+        assert_ne!(restarted, crashed, "{sink}: restarted");
+        let upgraded = supervisor.ctl("upgrade", &[]);
+        assert_eq!(upgraded.code, Some(0), "{sink}: {upgraded:?}");
+        assert_ne!(serving_pid(addr), restarted, "{sink}: upgraded");
+        let stopped = supervisor.ctl("stop", &[]);
+        assert_eq!(stopped.code, Some(0), "{sink}: {stopped:?}");
+        let mut supervisor = supervisor;
+        assert_eq!(supervisor.wait_exit().code(), Some(0), "{sink}");
+    }
 }
 
 #[test]
