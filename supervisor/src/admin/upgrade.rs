@@ -203,6 +203,13 @@ fn handoff_bounds(
     drain_grace: Option<Duration>,
     deadline: Option<Duration>,
 ) -> Result<(Option<Duration>, Option<Duration>), String> {
+    for (flag, asked) in [("--deadline", deadline), ("--drain-timeout", drain_grace)] {
+        if asked == Some(Duration::ZERO) {
+            return Err(format!(
+                "{flag} 0s: must be greater than zero; give a duration such as 30s"
+            ));
+        }
+    }
     let effective_deadline = deadline.unwrap_or(configured.handoff_deadline);
     match drain_grace {
         Some(drain) if drain > effective_deadline => Err(format!(

@@ -571,6 +571,13 @@ fn an_upgrade_deadline_bounds_the_default_drain_timeout() {
         long.one_error_line().contains("the configured deadline 5m"),
         "{long:?}"
     );
+    // A zero bound: refused as a usage error naming the flag.
+    for flag in ["--deadline", "--drain-timeout"] {
+        let zero = supervisor.ctl("upgrade", &[flag, "0s"]);
+        assert_eq!(zero.code, Some(2), "{zero:?}");
+        let line = zero.one_error_line();
+        assert!(line.contains(&format!("{flag} 0s")), "{line}");
+    }
     assert_eq!(supervisor.status()["generation"], 2, "nothing started");
 }
 
