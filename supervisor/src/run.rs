@@ -49,14 +49,25 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     // So is the metrics address: one that cannot be bound fails here.
     let metrics = crate::metrics::Metrics::bind(settings.metrics)?;
     warn_if_orphans_cannot_be_adopted(&settings);
-    let (supervisor, events, listeners) =
-        match crate::orphan::orphan_to_adopt(&settings.socket, settings.timeouts.kill_grace) {
-            Some(record) => adopt(&settings, &record)?,
-            None => start(&settings)?,
-        };
+    let orphan = crate::orphan::orphan_to_adopt(&settings.socket, settings.timeouts.kill_grace);
+    let (supervisor, events, listeners) = match &orphan {
+        Some(record) => adopt(&settings, record)?,
+        None => start(&settings)?,
+    };
     // Kept by systemd across a crash of this process, if the unit allows.
     Notifier::from_env().store_listeners(&listeners);
-    let history = load_history(&settings);
+    let mut history = load_history(&settings);
+    let identities = crate::identity::Identities::default();
+    if orphan.is_some() {
+        // No start of its own tells what an adopted generation runs: what
+        // the first upgrade replaces, and a rollback goes back to.
+        history.live = supervisor
+            .handle()
+            .status()
+            .ok()
+            .and_then(|status| status.child_pid)
+            .and_then(|pid| identities.of_pid(pid));
+    }
     let carry = Carry {
         image,
         run_args,
@@ -79,7 +90,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             clean: true,
         },
         metrics,
-        identities: crate::identity::Identities::default(),
+        identities,
     }
     .serve(signals, None)
 }

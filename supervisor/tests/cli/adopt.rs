@@ -379,6 +379,46 @@ fn an_old_generation_that_outlives_its_stop_is_killed_by_the_adopter() {
     assert_eq!(crate::common::serving_pid(second.addr()), live);
 }
 
+/// After an adoption the history knows what the adopted generation runs:
+/// the next upgrade records it as replaced, and a rollback goes back to
+/// it, not to the configured binary.
+#[test]
+fn a_rollback_after_an_adoption_returns_to_the_adopted_build() {
+    let dir = TempDir::new("adopt-rollback");
+    let [one, two, three] = ["one", "two", "three"].map(|tag| {
+        let path = dir.path().join(format!("testd-{tag}"));
+        crate::common::another_build(&crate::common::testd(), &path, tag);
+        path
+    });
+    let mut flags: Vec<String> = ["--listen", "main=127.0.0.1:0", "--mode", "overlap"]
+        .map(String::from)
+        .to_vec();
+    for allowed in [&two, &three] {
+        flags.extend(["--allow-binary".to_owned(), allowed.display().to_string()]);
+    }
+    let setup = Setup {
+        dir,
+        flags,
+        daemon: vec![one.display().to_string()],
+    };
+    let (mut first, _, _first_generation) = setup.first();
+    let to_two = first.ctl("upgrade", &["--binary", two.to_str().expect("utf-8")]);
+    assert_eq!(to_two.code, Some(0), "{to_two:?}");
+    let adopted = serving_pid(&first);
+    let _adopted = KillOnDrop(adopted);
+    kill_9(&mut first);
+    let second = setup.spawn(Vec::new());
+    assert_eq!(serving_pid(&second), adopted, "log:\n{}", second.log());
+    let to_three = second.ctl("upgrade", &["--binary", three.to_str().expect("utf-8")]);
+    assert_eq!(to_three.code, Some(0), "{to_three:?}");
+    let _third = KillOnDrop(serving_pid(&second));
+    let back = second.ctl("rollback", &[]);
+    assert_eq!(back.code, Some(0), "{back:?}");
+    let _back = KillOnDrop(serving_pid(&second));
+    let binary = second.status()["binary"].clone();
+    assert_eq!(binary, two.display().to_string(), "{}", second.status());
+}
+
 /// The same, but the live generation died with the supervisor: nothing to
 /// adopt, and the old generation holds the listeners a fresh start binds.
 /// It is stopped first, and the fresh start serves.
