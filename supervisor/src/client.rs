@@ -49,8 +49,15 @@ pub(crate) fn ask(
         .read_until(b'\n', &mut reply);
     if reply.is_empty() {
         written.map_err(lost)?;
-        read.map_err(lost)?;
-        return Err(Failure::usage(format!(
+        // The request was delivered: what it did is not known (exit 1, not
+        // 2, which says that nothing started).
+        let unknown = |what: String| {
+            Failure::failed(format!(
+                "{what}; whether the request took effect is unknown: see `handoffctl status`"
+            ))
+        };
+        read.map_err(|e| unknown(format!("no answer from the supervisor at {shown}: {e}")))?;
+        return Err(unknown(format!(
             "the supervisor at {shown} closed the connection without an answer"
         )));
     }

@@ -109,6 +109,34 @@ fn bad_run_input_is_one_line() {
     );
 }
 
+/// A request delivered and then met by a closed connection (the supervisor
+/// died while it worked) has an unknown outcome: exit 1, not the exit 2 of
+/// "nothing started", and the JSON says it failed.
+#[test]
+fn a_request_delivered_without_an_answer_is_an_unknown_outcome() {
+    use std::io::BufRead;
+    let dir = TempDir::new("noanswer");
+    let path = dir.path().join("admin.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("accept");
+        let mut request = String::new();
+        std::io::BufReader::new(&stream)
+            .read_line(&mut request)
+            .expect("read the request");
+        // Closed without an answer.
+        request
+    });
+    let socket = path.to_str().expect("utf-8");
+    let ran = ctl(&["upgrade", "--socket", socket, "--json"]);
+    let request = server.join().expect("the fake supervisor");
+    assert!(request.contains("upgrade"), "{request}");
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    assert!(ran.one_error_line().contains("unknown"), "{ran:?}");
+    let json: serde_json::Value = serde_json::from_str(&ran.stdout).expect("one JSON object");
+    assert_eq!(json["failed"], true, "{json}");
+}
+
 #[test]
 fn clients_without_a_supervisor_exit_2() {
     let dir = TempDir::new("nosup");
