@@ -410,12 +410,13 @@ impl Counters {
             }
             Outcome::RolledBack { old_pid, .. } => {
                 if old_pid.is_none() {
-                    let cause = if upgrade {
+                    // Says more than the exit of a generation that died
+                    // during the handoff, seen just before.
+                    self.pending_restart = Some(if upgrade {
                         RestartCause::Rollback
                     } else {
                         RestartCause::StartFailed
-                    };
-                    self.pending_restart.get_or_insert(cause);
+                    });
                 }
             }
         }
@@ -681,6 +682,19 @@ mod tests {
         assert_eq!(
             counters.restarts.iter().collect::<Vec<_>>(),
             [(&RestartCause::Exited, &1)]
+        );
+    }
+
+    #[test]
+    fn an_incumbent_that_dies_during_its_handoff_restarts_as_a_rollback() {
+        let mut counters = serving_after_one_upgrade();
+        counters.on_event(&started(3, true), 30.0);
+        counters.on_event(&exited(ExitStatus::Code(3)), 30.5);
+        counters.on_event(&rolled_back(3, AbortReason::SuccessorSilent, None), 31.0);
+        counters.on_event(&started(4, false), 31.5);
+        assert_eq!(
+            counters.restarts.iter().collect::<Vec<_>>(),
+            [(&RestartCause::Rollback, &1)]
         );
     }
 
