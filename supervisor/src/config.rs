@@ -220,14 +220,23 @@ impl RunOptions {
             probe_timeout, probation, probation_signal, resume_signal, history_file, sha256,
             fd_store_max, metrics,
         );
-        // By name, a flag's last; a malformed spec is kept whole for
-        // `listeners` to refuse in its own words.
-        let mut listen: BTreeMap<&str, &String> = BTreeMap::new();
-        for spec in file.listen.iter().chain(&self.listen) {
-            let name = spec.split_once('=').map_or(spec.as_str(), |(name, _)| name);
-            listen.insert(name, spec);
-        }
-        self.listen = listen.into_values().cloned().collect();
+        // By name, a flag over the file's; a malformed spec is kept whole,
+        // and a name given twice in the flags kept twice, for `listeners`
+        // to refuse in its own words.
+        let name_of = |spec: &String| {
+            spec.split_once('=')
+                .map_or(spec.clone(), |(name, _)| name.to_owned())
+        };
+        let flagged: Vec<String> = self.listen.iter().map(name_of).collect();
+        let mut listen: Vec<String> = file
+            .listen
+            .iter()
+            .filter(|spec| !flagged.contains(&name_of(spec)))
+            .chain(&self.listen)
+            .cloned()
+            .collect();
+        listen.sort_by_key(name_of);
+        self.listen = listen;
         file.allowed_uids.append(&mut self.allowed_uids);
         self.allowed_uids = file.allowed_uids;
         file.allowed_binaries.append(&mut self.allowed_binaries);
@@ -411,6 +420,7 @@ fn program(
 
 /// `--listen NAME=ADDR` (or `[listen]`), each parsed.
 fn listeners(specs: &[String]) -> Result<Vec<(String, ListenAddr)>, Failure> {
+    let mut seen = std::collections::BTreeSet::new();
     specs
         .iter()
         .map(|spec| {
@@ -422,6 +432,18 @@ fn listeners(specs: &[String]) -> Result<Vec<(String, ListenAddr)>, Failure> {
             if name.is_empty() {
                 return Err(Failure::usage(format!(
                     "--listen {spec:?}: the listener has no name (NAME=ADDR)"
+                )));
+            }
+            if name.len() > 255 || name.chars().any(|c| c == ':' || !c.is_ascii_graphic()) {
+                return Err(Failure::usage(format!(
+                    "--listen {spec:?}: a listener's name is at most 255 printable ASCII \
+                     characters without ':' (systemd's LISTEN_FDNAMES separates names by ':')"
+                )));
+            }
+            if !seen.insert(name) {
+                return Err(Failure::usage(format!(
+                    "--listen {name}=...: the name {name} is given twice; give each listener \
+                     a name of its own"
                 )));
             }
             let parsed: ListenAddr = addr

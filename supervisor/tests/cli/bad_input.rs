@@ -45,6 +45,23 @@ fn bad_run_input_is_one_line() {
     assert!(line.contains("nowhere:80"), "{line}");
     let line = run(&["--socket", socket, "--listen", "main", "--", testd]);
     assert!(line.contains("NAME=ADDR"), "{line}");
+    let twice = [
+        "--listen",
+        "main=127.0.0.1:0",
+        "--listen",
+        "main=127.0.0.1:0",
+    ];
+    let line = run(&[&["--socket", socket][..], &twice, &["--", testd]].concat());
+    assert!(line.contains("given twice"), "{line}");
+    let line = run(&[
+        "--socket",
+        socket,
+        "--listen",
+        "a:b=127.0.0.1:0",
+        "--",
+        testd,
+    ]);
+    assert!(line.contains("without ':'"), "{line}");
 
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken = format!("main={}", taken.local_addr().expect("addr"));
