@@ -87,6 +87,8 @@ pub fn wait(args: WaitArgs) -> Result<(), Failure> {
         let next = match look(&socket, deadline, &goal, &mut report) {
             Look::Reached => {
                 report.served = true;
+                // Why it was not there yet, earlier: not a reason now.
+                report.reason = None;
                 report.waited_ms = millis(started.elapsed());
                 let msg = format!(
                     "generation {} (pid {}, sha256 {}) has served for {}",
