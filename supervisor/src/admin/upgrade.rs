@@ -160,7 +160,7 @@ impl Target {
             tracing::warn!(binary = %program.display(), "upgrade refused: binary not allowed");
             return Err(format!(
                 "binary {} is neither the configured binary nor in allowed_binaries; \
-                 add it to allowed_binaries in the config",
+                 add it to allowed_binaries in the config (or --allow-binary to `handoffctl run`)",
                 program.display()
             ));
         }
