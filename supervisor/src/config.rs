@@ -556,6 +556,15 @@ fn protocol(
                  daemon has an fd store; remove it or add --protocol systemd",
             ));
         }
+        let exclusive = matches!(options.mode.unwrap_or(ModeArg::Exclusive), ModeArg::Exclusive);
+        if exclusive && !timeouts.probation.is_zero() {
+            return Err(Failure::usage(
+                "--probation (probation) needs --mode overlap for a library daemon: in \
+                 exclusive mode the old generation has sealed and released its data \
+                 directory at the commit, so there is nothing to resume; remove it or \
+                 add --mode overlap",
+            ));
+        }
         return Ok(DaemonProtocol::Library);
     }
     let ready = match options.ready_signal {

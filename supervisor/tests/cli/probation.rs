@@ -433,7 +433,7 @@ fn after_a_foreign_probation_the_quiesced_generation_exits() {
 
 #[test]
 fn probation_signal_flags_are_checked() {
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 9] = [
         // The default stop signal is TERM.
         (
             &[
@@ -496,6 +496,12 @@ fn probation_signal_flags_are_checked() {
         (
             &["--protocol", "library", "--probation-signal", "WINCH"],
             "--protocol systemd",
+        ),
+        // A library daemon in exclusive mode (the default) has nothing to
+        // resume after its seal.
+        (
+            &["--protocol", "library", "--probation", "5s"],
+            "needs --mode overlap",
         ),
     ];
     for (flags, expected) in cases {
