@@ -72,10 +72,26 @@ impl History {
         }
         self.recorded = Some(entry.report.handoff_id);
         if self.entries.len() == HISTORY_LEN {
-            self.entries.pop_front();
-            self.loaded = self.loaded.saturating_sub(1);
+            // The oldest goes, unless a rollback needs it (restarts and
+            // failed upgrades must not push the last commit out).
+            let drop = usize::from(self.rollback_source() == Some(0));
+            self.entries.remove(drop);
+            if drop < self.loaded {
+                self.loaded -= 1;
+            }
         }
         self.entries.push_back(entry);
+    }
+
+    /// The index of the entry [`History::rollback_target`] comes from.
+    fn rollback_source(&self) -> Option<usize> {
+        self.entries.iter().rposition(|entry| {
+            entry.report.committed
+                && entry
+                    .old_binary
+                    .as_ref()
+                    .is_some_and(|old| Some(old) != self.live.as_ref())
+        })
     }
 
     /// Notes an automatic rollback in probation on the commit it undid (the
@@ -109,12 +125,8 @@ impl History {
     /// record loaded from the file still names the binary that ran before
     /// the last upgrade.
     pub fn rollback_target(&self) -> Option<&BinaryRecord> {
-        self.entries
-            .iter()
-            .rev()
-            .filter(|entry| entry.report.committed)
-            .filter_map(|entry| entry.old_binary.as_ref())
-            .find(|old| Some(*old) != self.live.as_ref())
+        let source = self.entries.get(self.rollback_source()?)?;
+        source.old_binary.as_ref()
     }
 
     /// The bytes [`save`] writes: the file format of the current entries;
@@ -290,10 +302,29 @@ mod tests {
             history.record(entry(id, false, Some("/v2"), "/vx"));
         }
         assert_eq!(history.entries.len(), HISTORY_LEN);
-        assert_eq!(
-            history.entries.front().map(|e| e.report.handoff_id),
-            Some(100 - HISTORY_LEN as u64)
-        );
+        // The commit the rollback goes back past stays; the rest are the
+        // newest.
+        let ids: Vec<u64> = history
+            .entries
+            .iter()
+            .map(|e| e.report.handoff_id)
+            .collect();
+        assert_eq!(ids[0], 2, "{ids:?}");
+        assert_eq!(ids[1], 100 - HISTORY_LEN as u64 + 1, "{ids:?}");
+        assert_eq!(path_of(history.rollback_target()), Some("/v1".into()));
+    }
+
+    #[test]
+    fn restarts_do_not_push_the_last_commit_out() {
+        let mut history = History::default();
+        history.record(entry(1, true, None, "/v1"));
+        history.record(entry(2, true, Some("/v1"), "/v2"));
+        // A daemon that crashes now and then: each restart is an entry.
+        for id in 3..200 {
+            history.record(entry(id, true, None, "/v2"));
+        }
+        assert_eq!(history.entries.len(), HISTORY_LEN);
+        assert_eq!(path_of(history.rollback_target()), Some("/v1".into()));
     }
 
     #[test]
