@@ -556,7 +556,10 @@ fn protocol(
                  daemon has an fd store; remove it or add --protocol systemd",
             ));
         }
-        let exclusive = matches!(options.mode.unwrap_or(ModeArg::Exclusive), ModeArg::Exclusive);
+        let exclusive = matches!(
+            options.mode.unwrap_or(ModeArg::Exclusive),
+            ModeArg::Exclusive
+        );
         if exclusive && !timeouts.probation.is_zero() {
             return Err(Failure::usage(
                 "--probation (probation) needs --mode overlap for a library daemon: in \

@@ -334,7 +334,10 @@ fn wait_passes_once_the_build_has_served_for_the_duration() {
     assert!(!changed && !failed, "{answer}");
     assert!(msg.starts_with("generation 1 "), "{msg}");
     assert_eq!(answer["served"], true);
-    assert!(answer["reason"].is_null(), "passed: no reason left {answer}");
+    assert!(
+        answer["reason"].is_null(),
+        "passed: no reason left {answer}"
+    );
     assert!(u64_of(&answer, "serving_for_ms") >= 300, "{answer}");
     assert_eq!(answer["sha256"], testd_sha.as_str());
 
