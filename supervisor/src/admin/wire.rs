@@ -204,12 +204,40 @@ impl HistoryEntry {
             });
         format!(
             "{} {} -> {}: {}{undone}",
-            self.started_unix_ms,
+            utc(self.started_unix_ms),
             binary(&self.old_binary),
             binary(&self.new_binary),
             self.report.line()
         )
     }
+}
+
+/// Milliseconds since the epoch as UTC in RFC 3339 (`2026-12-06T11:33:37.123Z`),
+/// by the proleptic Gregorian calendar (days to civil date: the era
+/// arithmetic of Howard Hinnant's `civil_from_days`).
+fn utc(unix_ms: u64) -> String {
+    let (days, ms) = (unix_ms / 86_400_000, unix_ms % 86_400_000);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    let (h, m, sec, milli) = (
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1_000 % 60,
+        ms % 1_000,
+    );
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{sec:02}.{milli:03}Z")
 }
 
 /// Why a request was not carried out.
@@ -767,6 +795,20 @@ fn human(duration: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn history_times_are_utc_dates() {
+        let cases = [
+            (0, "1970-01-01T00:00:00.000Z"),
+            (1_700_000_000_000, "2023-11-14T22:13:20.000Z"),
+            (951_782_400_000, "2000-02-29T00:00:00.000Z"),
+            (1_709_164_800_123, "2024-02-29T00:00:00.123Z"),
+            (4_102_444_799_999, "2099-12-31T23:59:59.999Z"),
+        ];
+        for (unix_ms, expected) in cases {
+            assert_eq!(utc(unix_ms), expected, "{unix_ms}");
+        }
+    }
     use super::*;
 
     #[test]
