@@ -32,7 +32,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return refuse_usage(&error),
+    };
     let json = cli.command.wants_json();
     let result = match cli.command {
         cli::Command::Run(args) => run::run(*args),
@@ -57,4 +60,33 @@ fn main() -> ExitCode {
             ExitCode::from(failure.exit as u8)
         }
     }
+}
+
+/// A command line clap refuses: its text on stderr (help and version on
+/// stdout, exit 0, as clap does), and under `--json` one JSON object on
+/// stdout too, as every other error gives (exit 2).
+fn refuse_usage(error: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as Clap;
+    if matches!(error.kind(), Clap::DisplayHelp | Clap::DisplayVersion) {
+        let _ = error.print();
+        return ExitCode::SUCCESS;
+    }
+    let _ = error.print();
+    let json = std::env::args_os()
+        .take_while(|arg| arg != "--")
+        .any(|arg| arg == "--json");
+    if json {
+        // The complaint is the text before the first blank line (then
+        // come the usage and the pointer to --help).
+        let text = error.to_string();
+        let complaint: Vec<&str> = text
+            .lines()
+            .take_while(|line| !line.trim().is_empty())
+            .map(str::trim)
+            .collect();
+        let line = complaint.join(" ");
+        let failure = error::Failure::usage(line.trim_start_matches("error: ").to_owned());
+        let _ = writeln!(std::io::stdout(), "{}", failure.to_json());
+    }
+    ExitCode::from(error::Exit::Usage as u8)
 }

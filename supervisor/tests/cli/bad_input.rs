@@ -168,4 +168,16 @@ fn clients_without_a_supervisor_exit_2() {
     assert_eq!(ran.code, Some(2), "{ran:?}");
     let ran = ctl(&["upgrade", "--bogus"]);
     assert_eq!(ran.code, Some(2), "clap usage errors exit 2: {ran:?}");
+    // With --json, one JSON object too.
+    for args in [&["upgrade", "--json", "--bogus"][..], &["wait", "--json"]] {
+        let ran = ctl(args);
+        assert_eq!(ran.code, Some(2), "{args:?}: {ran:?}");
+        let json: serde_json::Value = serde_json::from_str(&ran.stdout).expect("one JSON object");
+        assert_eq!(json["failed"], true, "{json}");
+        let msg = json["msg"].as_str().expect("msg");
+        assert!(
+            msg.contains("--bogus") || msg.contains("--serving-for"),
+            "{msg}"
+        );
+    }
 }
