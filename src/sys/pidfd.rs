@@ -29,7 +29,7 @@ pub struct PinnedProcess {
 
 impl PinnedProcess {
     /// Process `pid` if it still runs the process that started at
-    /// `started` ([`start_time`]); `None` when it exited (or is a zombie)
+    /// `started` ([`crate::supervisor::start_time`]); `None` when it exited (or is a zombie)
     /// or the pid names another process now.
     pub fn open(pid: u32, started: u64) -> Option<PinnedProcess> {
         let pidfd = open(pid).ok()?;
