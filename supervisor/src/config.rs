@@ -522,6 +522,9 @@ fn probe(options: &RunOptions) -> Result<Option<handoff::probe::Probe>, Failure>
         })
         .transpose()?;
     match (probe, options.probe_status) {
+        (Some(_), Some(status)) if !(100..=599).contains(&status) => Err(Failure::usage(format!(
+            "--probe-status {status}: not an HTTP status; give one from 100 to 599, such as 200"
+        ))),
         (Some(probe), Some(status)) => Ok(Some(probe.expecting(status))),
         (None, Some(_)) => Err(Failure::usage(
             "--probe-status needs --probe http://...: give the address to probe",

@@ -62,6 +62,9 @@ fn bad_run_input_is_one_line() {
         testd,
     ]);
     assert!(line.contains("without ':'"), "{line}");
+    let probe = ["--probe", "http://127.0.0.1:9/", "--probe-status", "999"];
+    let line = run(&[&["--socket", socket][..], &probe, &["--", testd]].concat());
+    assert!(line.contains("--probe-status 999"), "{line}");
 
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken = format!("main={}", taken.local_addr().expect("addr"));
