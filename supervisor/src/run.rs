@@ -44,6 +44,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     prepare_socket_dir(&settings.socket, settings.socket_is_default)?;
     let lock = SupervisorLock::take(&settings.socket)?;
     let image = crate::reexec::Image::open(start_path)?;
+    make_data_dir(&settings)?;
     // Bound before any generation starts: a bad path fails alone.
     let socket = AdminSocket::bind(&settings.socket, settings.socket_is_default)?;
     // So is the metrics address: one that cannot be bound fails here.
@@ -333,6 +334,24 @@ fn until_the_end(
     }
 }
 
+/// Makes the data directory (mode 0700) if it is missing: before anything
+/// is bound, a path that cannot be one is an input error naming the flag.
+fn make_data_dir(settings: &Settings) -> Result<(), Failure> {
+    let Some(dir) = &settings.data_dir else {
+        return Ok(());
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| {
+            Failure::usage(format!(
+                "--data-dir {}: cannot make it a directory ({e}); give a writable path",
+                dir.display()
+            ))
+        })
+}
+
 /// The library's configuration: the data directory made (its path passed
 /// to every generation), with `listeners`.
 pub fn supervisor_config(
@@ -340,12 +359,8 @@ pub fn supervisor_config(
     listeners: Vec<NamedListener>,
 ) -> Result<SupervisorConfig, Failure> {
     let mut env = Vec::new();
+    make_data_dir(settings)?;
     if let Some(dir) = &settings.data_dir {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| Failure::failed(format!("data directory {}: {e}", dir.display())))?;
         env.push((
             OsString::from(handoff::ENV_DATA_DIR),
             dir.clone().into_os_string(),

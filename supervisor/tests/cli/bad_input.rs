@@ -62,6 +62,12 @@ fn bad_run_input_is_one_line() {
         testd,
     ]);
     assert!(line.contains("without ':'"), "{line}");
+    let data = ["--data-dir", "/proc/no-such-directory"];
+    let line = run(&[&["--socket", socket][..], &data, &["--", testd]].concat());
+    assert!(
+        line.contains("--data-dir /proc/no-such-directory"),
+        "{line}"
+    );
     let probe = ["--probe", "http://127.0.0.1:9/", "--probe-status", "999"];
     let line = run(&[&["--socket", socket][..], &probe, &["--", testd]].concat());
     assert!(line.contains("--probe-status 999"), "{line}");
