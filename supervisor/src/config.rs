@@ -79,8 +79,9 @@ pub struct RunOptions {
     #[arg(long, value_enum)]
     pub ready_signal: Option<ReadySignalArg>,
     /// With --protocol systemd: the signal that stops a generation
-    /// gracefully (TERM, QUIT, INT, HUP, USR1, USR2) [default: TERM];
-    /// SIGKILL follows after the drain timeout.
+    /// gracefully (TERM, QUIT, INT, HUP, USR1, USR2, WINCH) [default:
+    /// TERM]; SIGKILL follows if it is still there after its drain (an old
+    /// generation: the drain timeout; at a stop: 30 s) and the kill grace.
     #[arg(long, value_name = "SIGNAL")]
     pub stop_signal: Option<String>,
     /// Health gate: before Commit, probe the successor with
