@@ -33,6 +33,8 @@ pub struct Adoption {
     pub build: Build,
     /// The next handoff id the dead supervisor would have used.
     pub next_handoff_id: u64,
+    /// Past every generation number the dead supervisor's record names.
+    pub next_generation: u64,
     /// The claimed process.
     pub orphan: Orphan,
 }

@@ -141,6 +141,7 @@ impl Driver {
             build: adoption.build,
             handoff_id: parts.handoff_id,
             next_handoff_id: adoption.next_handoff_id,
+            next_generation: adoption.next_generation,
         };
         let (pid, pidfd, control) = (parts.pid, parts.pidfd, parts.control);
         driver.machine =

@@ -350,10 +350,16 @@ impl Record {
                     .map_err(refused)?,
             ),
         };
+        let named = self
+            .live
+            .iter()
+            .chain(&self.successor)
+            .chain(&self.retirees);
         Ok(Adoption {
             generation: orphan.generation,
             build: self.build.clone(),
             next_handoff_id: self.next_handoff_id,
+            next_generation: named.map(|r| r.generation + 1).max().unwrap_or(0),
             orphan: orphan_claim,
         })
     }

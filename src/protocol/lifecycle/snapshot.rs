@@ -154,6 +154,10 @@ pub struct Orphaned {
     pub handoff_id: u64,
     /// The next handoff id the dead supervisor would have used.
     pub next_handoff_id: u64,
+    /// The lowest number the next generation may take: past every
+    /// generation the dead supervisor had started (a successor that died
+    /// uncommitted, an old one it was retiring), so none is reused.
+    pub next_generation: GenerationId,
 }
 
 impl LifecycleMachine {
@@ -161,7 +165,7 @@ impl LifecycleMachine {
     /// generation and handoff counters going on from the dead supervisor's.
     pub fn adopt(config: LifecycleConfig, orphan: Orphaned, now: Instant) -> LifecycleMachine {
         let mut machine = LifecycleMachine::new(config, now);
-        machine.next_generation = orphan.id + 1;
+        machine.next_generation = orphan.next_generation.max(orphan.id + 1);
         machine.next_handoff_id = orphan.next_handoff_id.max(orphan.handoff_id + 1);
         machine.last_committed = orphan.build.clone();
         machine.state = State::Serving {

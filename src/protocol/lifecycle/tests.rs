@@ -70,6 +70,7 @@ impl Sim {
             build: build("daemon-a"),
             handoff_id: 9,
             next_handoff_id: 10,
+            next_generation: 0,
         };
         sim.machine = LifecycleMachine::adopt(sim.machine.config().clone(), orphan, sim.now);
         sim
@@ -917,6 +918,7 @@ fn an_adopted_orphan_serves_and_the_counters_go_on_from_the_record() {
             build: build("daemon-b"),
             handoff_id: 9,
             next_handoff_id: 10,
+            next_generation: 0,
         },
         now,
     );
@@ -925,6 +927,23 @@ fn an_adopted_orphan_serves_and_the_counters_go_on_from_the_record() {
     assert_eq!((live.id, live.pid), (7, 4242));
     let ticket = machine.begin_handoff().expect("a ticket");
     assert_eq!((ticket.generation, ticket.handoff_id), (8, 10));
+}
+
+#[test]
+fn an_adopted_orphan_never_reuses_the_number_of_a_generation_the_record_names() {
+    let config = config(Mode::Exclusive, RestartPolicy::OnFailure, Duration::ZERO);
+    // Generation 8 was its dead supervisor's successor, never committed.
+    let orphan = Orphaned {
+        id: 7,
+        pid: 4242,
+        build: build("daemon-b"),
+        handoff_id: 9,
+        next_handoff_id: 10,
+        next_generation: 9,
+    };
+    let machine = LifecycleMachine::adopt(config, orphan, Instant::now());
+    let ticket = machine.begin_handoff().expect("a ticket");
+    assert_eq!(ticket.generation, 9);
 }
 
 // ---------------------------------------------------------- every state

@@ -375,8 +375,8 @@ fn a_supervisor_that_dies_during_its_reexec_is_replaced_by_one_that_adopts() {
         let ran = dying.ctl("reexec", &["--binary", next.to_str().expect("utf-8")]);
         assert_eq!(
             ran.code,
-            Some(2),
-            "{fault}: the caller's connection ends: {ran:?}"
+            Some(1),
+            "{fault}: the caller's connection ends, the outcome unknown: {ran:?}"
         );
         let status = dying.wait_exit();
         assert!(!status.success(), "{fault}: {status:?}");
