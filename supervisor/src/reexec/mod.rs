@@ -188,6 +188,8 @@ fn attempt(state: &AdminState, asked: Reexec, caller: Option<&UnixStream>) -> Re
     };
     if asked.if_changed && target.sha256 == report.from.sha256 {
         report.changed = false;
+        // The same build: the version running now.
+        report.to = Some(report.from.clone());
         report.total_ms = millis(steps.begun.elapsed());
         return Response::Reexec(report);
     }

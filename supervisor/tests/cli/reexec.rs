@@ -120,6 +120,12 @@ fn reexec_keeps_the_pid_the_generation_and_every_request() {
             .as_str()
             .is_some_and(|msg| msg.starts_with("unchanged"))
     );
+    assert_eq!(report["to"], report["from"], "the same build: {report}");
+    assert!(
+        report["to"]["version"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty())
+    );
     // Still a supervisor that upgrades.
     let upgraded = supervisor.ctl("upgrade", &["--json"]);
     assert_eq!(upgraded.code, Some(0), "{upgraded:?}");
