@@ -698,9 +698,10 @@ impl Driver {
             generation: live.map_or(0, |live| live.id),
             child_pid: live.map(|live| live.pid),
             // By path: a pinned generation runs `/proc/self/fd/N`, which
-            // names nothing outside the supervisor.
+            // names nothing outside the supervisor. With nobody serving,
+            // what the restart runs.
             program: live.map_or_else(
-                || self.config.program.clone(),
+                || self.machine.last_committed().program.clone(),
                 |live| live.build.program.clone(),
             ),
             mode: self.config.mode,

@@ -34,7 +34,8 @@ pub struct Status {
     /// The serving generation's pid.
     pub child_pid: Option<u32>,
     /// The serving generation's binary, by the path it was started from
-    /// (not the `/proc/self/fd/N` a pinned binary is executed through).
+    /// (not the `/proc/self/fd/N` a pinned binary is executed through);
+    /// with nobody serving, the one a restart runs.
     pub program: PathBuf,
     /// The mode.
     pub mode: Mode,

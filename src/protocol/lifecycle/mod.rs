@@ -795,6 +795,12 @@ impl LifecycleMachine {
         }
     }
 
+    /// What a restart runs: the build of the last commit (the configured
+    /// one before any).
+    pub fn last_committed(&self) -> &Build {
+        &self.last_committed
+    }
+
     /// The generation that serves (or, during a handoff, served when it
     /// started and has not died).
     pub fn live(&self) -> Option<&Generation> {

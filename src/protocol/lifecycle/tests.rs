@@ -348,6 +348,9 @@ fn a_crash_restarts_the_last_committed_build_with_a_growing_backoff() {
     assert!(noted(&actions, |n| *n
         == Note::RestartScheduled { delay: backoff }));
     assert_eq!(sim.machine.state(), LifecycleState::Starting);
+    // What status names meanwhile: the build the restart runs.
+    assert!(sim.machine.live().is_none());
+    assert_eq!(sim.machine.last_committed(), &build("daemon-b"));
     let early = sim.advance(backoff - Duration::from_millis(1));
     assert!(
         restart_of(&early).is_none(),
