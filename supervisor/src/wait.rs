@@ -66,6 +66,21 @@ struct WaitReport {
 }
 
 /// `handoffctl wait`.
+impl WaitReport {
+    /// The line of a gate that passed.
+    fn served_line(&self) -> String {
+        format!(
+            "generation {} (pid {}, sha256 {}) has served for {}",
+            self.generation,
+            self.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+            self.sha256.as_deref().map_or("unknown", short),
+            format_duration(Duration::from_millis(
+                self.serving_for_ms.unwrap_or_default()
+            )),
+        )
+    }
+}
+
 pub fn wait(args: WaitArgs) -> Result<(), Failure> {
     let socket = client_socket(&args.target)?;
     let serving_for = duration("--serving-for", &args.serving_for)?;
@@ -90,16 +105,7 @@ pub fn wait(args: WaitArgs) -> Result<(), Failure> {
                 // Why it was not there yet, earlier: not a reason now.
                 report.reason = None;
                 report.waited_ms = millis(started.elapsed());
-                let msg = format!(
-                    "generation {} (pid {}, sha256 {}) has served for {}",
-                    report.generation,
-                    report.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
-                    report.sha256.as_deref().map_or("unknown", short),
-                    format_duration(Duration::from_millis(
-                        report.serving_for_ms.unwrap_or_default()
-                    )),
-                );
-                return print(&report, msg, args.json);
+                return print(&report, report.served_line(), args.json);
             }
             Look::NotYet { reason, next } => {
                 report.reason = Some(reason.clone());
