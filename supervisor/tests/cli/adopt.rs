@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::common::{IO, Start, Supervisor, TempDir, alive, example, u64_of};
+use crate::common::{IO, KillOnDrop, Start, Supervisor, TempDir, alive, example, u64_of};
 use crate::load::Load;
 
 /// One HTTP/1.0 request on a fresh connection: the status and the body.
@@ -42,17 +42,6 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result<(u16, 
         .ok_or_else(|| format!("no status in {response:?}"))?;
     let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
     Ok((status, body.trim().to_owned()))
-}
-
-/// Kills a process left behind (an orphan a failed test did not adopt).
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if alive(self.0) {
-            let _ = handoff::os::signal(self.0, handoff::os::Sig::Kill);
-        }
-    }
 }
 
 /// How to start the supervisor again and again: the same flags, daemon

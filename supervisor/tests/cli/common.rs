@@ -404,3 +404,15 @@ pub fn sha256_hex(path: &Path) -> String {
         hex
     })
 }
+
+/// Kills a process left behind (a generation orphaned by a supervisor a
+/// failed test killed, and nobody adopted).
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if alive(self.0) {
+            let _ = handoff::os::signal(self.0, handoff::os::Sig::Kill);
+        }
+    }
+}

@@ -376,6 +376,7 @@ fn a_supervisor_that_dies_during_its_reexec_is_replaced_by_one_that_adopts() {
         )]);
         let addr = dying.addr();
         let generation_pid = serving_pid(addr);
+        let _generation = crate::common::KillOnDrop(generation_pid);
         let load = Load::testd_info(addr, 200);
         load.wait_answered(50);
         let ran = dying.ctl("reexec", &["--binary", next.to_str().expect("utf-8")]);
