@@ -766,6 +766,20 @@ pub fn check_executable(path: &Path) -> Result<(), Failure> {
             path.display()
         )));
     }
+    // The kernel runs an ELF file or a `#!` script; anything else would be
+    // handed to /bin/sh by the C library's exec. A file this process may
+    // execute but not read is left to the exec.
+    let mut magic = [0_u8; 4];
+    let read = std::fs::File::open(path)
+        .and_then(|file| std::io::Read::read(&mut &file, &mut magic))
+        .unwrap_or(0);
+    if read >= 2 && !magic.starts_with(b"\x7fELF") && !magic.starts_with(b"#!") {
+        return Err(Failure::usage(format!(
+            "binary {}: neither an ELF executable nor a #! script (exec format \
+             error); give a built binary or add a #! line",
+            path.display()
+        )));
+    }
     Ok(())
 }
 

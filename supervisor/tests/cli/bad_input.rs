@@ -84,6 +84,12 @@ fn bad_run_input_is_one_line() {
     std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let line = run(&["--socket", socket, "--", plain.to_str().expect("utf-8")]);
     assert!(line.contains("not executable"), "{line}");
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let line = run(&["--socket", socket, "--", plain.to_str().expect("utf-8")]);
+    assert!(
+        line.contains("neither an ELF executable nor a #! script"),
+        "{line}"
+    );
 
     let long = format!("/tmp/{}/admin.sock", "x".repeat(120));
     let line = run(&["--socket", &long, "--", testd]);
