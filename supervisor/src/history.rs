@@ -210,10 +210,28 @@ fn corrupt_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// How a replaced file must survive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// A power loss too (the history): fsynced.
+    PowerLoss,
+    /// Only a crash of this process (the generation record, which names
+    /// processes a reboot ends anyway): the rename's atomicity is enough,
+    /// and no fsync stalls the daemons' own on a journaling filesystem
+    /// while a handoff runs.
+    ProcessCrash,
+}
+
 /// Replaces `path` with `bytes` atomically and durably: a temporary file in
 /// the same directory (mode 0600), fsynced, renamed over `path`, then the
 /// directory fsynced. The directory is created (0700) if missing.
 pub fn save(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace(path, bytes, Durability::PowerLoss)
+}
+
+/// [`save`] with the fsyncs `durability` asks for.
+pub fn replace(path: &Path, bytes: &[u8], durability: Durability) -> std::io::Result<()> {
+    let synced = durability == Durability::PowerLoss;
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -239,14 +257,19 @@ pub fn save(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .open(&temporary)?;
     let written = (|| {
         file.write_all(bytes)?;
-        file.sync_all()?;
+        if synced {
+            file.sync_all()?;
+        }
         std::fs::rename(&temporary, path)
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&temporary);
     }
     written?;
-    File::open(dir)?.sync_all()
+    if synced {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

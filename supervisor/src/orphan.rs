@@ -245,7 +245,10 @@ impl Record {
         let path = beside(socket, "generation.json");
         let written = serde_json::to_vec_pretty(self)
             .map_err(|e| e.to_string())
-            .and_then(|bytes| crate::history::save(&path, &bytes).map_err(|e| e.to_string()));
+            .and_then(|bytes| {
+                let durability = crate::history::Durability::ProcessCrash;
+                crate::history::replace(&path, &bytes, durability).map_err(|e| e.to_string())
+            });
         if let Err(error) = written {
             tracing::warn!(file = %path.display(), %error, "cannot write the generation record: a crash now could not be recovered by adoption");
         }
