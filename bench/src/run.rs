@@ -1180,8 +1180,19 @@ fn idle_in(config: Config, dir: &Path) -> Result<Idle, String> {
         }
     }
     let rss_after = rss_kib(host);
-    let last = runtime.block_on(info_until(addr, target, Instant::now() + FIRST_START_BOUND));
     let expected = first.generation.map(|g| g + config.upgrades as u64);
+    // In overlap mode the old generation may accept a moment past the
+    // commit (until it reads its Drain): the new one must answer soon.
+    let bound = Instant::now() + FIRST_START_BOUND;
+    let last = runtime.block_on(async {
+        loop {
+            let seen = info_until(addr, target, bound).await;
+            if seen.as_ref().is_none_or(|i| i.generation == expected) || Instant::now() >= bound {
+                return seen;
+            }
+            tokio::time::sleep(POLL * 10).await;
+        }
+    });
     if last.as_ref().map(|i| i.generation) != Some(expected) {
         harness_errors.push(format!(
             "expected generation {expected:?} at the end, /info said {last:?}"
