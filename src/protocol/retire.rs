@@ -11,6 +11,7 @@
 //! (foreign probation, quiesce signal) Probation -Resume-> Resumed (resume signal)
 //! (foreign probation, no quiesce signal) Standby -Resume-> Resumed
 //! (any probation) Probation | Standby -HoldProbation(t)-> same state, ending no earlier than t
+//!             (a hold while still Draining applies to the Probation that follows)
 //!             Probation | Standby -probation over-> Terminated (stop signal)
 //! ```
 //!
@@ -151,6 +152,10 @@ pub struct RetireMachine {
     timeouts: Timeouts,
     /// Kept idle this long after its drain (zero: retired at once).
     probation: std::time::Duration,
+    /// A hold asked for while it still drained: its probation, once it
+    /// begins, ends no earlier.
+    #[serde(default, with = "super::mono::option")]
+    held: Option<Instant>,
 }
 
 impl RetireMachine {
@@ -169,6 +174,7 @@ impl RetireMachine {
                     state: State::Draining { until },
                     timeouts,
                     probation: std::time::Duration::ZERO,
+                    held: None,
                 },
                 vec![RetireAction::Send(message)],
             )
@@ -180,6 +186,7 @@ impl RetireMachine {
                     },
                     timeouts,
                     probation: std::time::Duration::ZERO,
+                    held: None,
                 },
                 vec![RetireAction::Send(Message::Retire)],
             )
@@ -196,6 +203,7 @@ impl RetireMachine {
             },
             timeouts,
             probation: std::time::Duration::ZERO,
+            held: None,
         }
     }
 
@@ -210,6 +218,7 @@ impl RetireMachine {
                 },
                 timeouts,
                 probation: std::time::Duration::ZERO,
+                held: None,
             },
             vec![RetireAction::Signal(Signal::Term)],
         )
@@ -240,6 +249,7 @@ impl RetireMachine {
                 state,
                 timeouts,
                 probation,
+                held: None,
             },
             actions,
         )
@@ -270,7 +280,10 @@ impl RetireMachine {
     pub fn probation_until(&self) -> Option<Instant> {
         match self.state {
             State::Probation { until, .. } | State::Standby { until } => Some(until),
-            State::Draining { until } if !self.probation.is_zero() => Some(until + self.probation),
+            State::Draining { until } if !self.probation.is_zero() => {
+                let after_drain = until + self.probation;
+                Some(self.held.map_or(after_drain, |held| held.max(after_drain)))
+            }
             _ => None,
         }
     }
@@ -325,8 +338,9 @@ impl RetireMachine {
             (State::Draining { .. }, RetireInput::Frame(Message::Drained { .. }))
                 if !self.probation.is_zero() =>
             {
+                let until = now + self.probation;
                 self.state = State::Probation {
-                    until: now + self.probation,
+                    until: self.held.take().map_or(until, |held| until.max(held)),
                     resume: ResumeBy::Message,
                 };
             }
@@ -371,6 +385,11 @@ impl RetireMachine {
                 self.state = State::Standby {
                     until: until.max(held),
                 };
+            }
+            (State::Draining { .. }, RetireInput::HoldProbation(held))
+                if !self.probation.is_zero() =>
+            {
+                self.held = Some(self.held.map_or(held, |before| before.max(held)));
             }
             (_, RetireInput::HoldProbation(_)) => {}
             (State::Draining { .. }, RetireInput::Frame(Message::Drained { .. })) => {
@@ -484,6 +503,29 @@ mod probation_tests {
                 .is_empty()
         );
         assert_eq!(m.state(), RetireState::Retiring);
+    }
+
+    #[test]
+    fn a_hold_that_comes_while_it_still_drains_holds_the_probation_after() {
+        let now = Instant::now();
+        let probation = Duration::from_secs(1);
+        let held = now + Duration::from_secs(3);
+        let (mut m, _) = RetireMachine::with_probation(probation, Timeouts::default(), now);
+        // The new generation's first probe fails before this one drained.
+        assert!(m.step(RetireInput::HoldProbation(held), now).is_empty());
+        assert_eq!(m.state(), RetireState::Draining);
+        assert!(m.probation_until().is_some_and(|until| until >= held));
+        let drained_at = now + Duration::from_millis(10);
+        m.step(drained(), drained_at);
+        assert_eq!(m.state(), RetireState::Probation);
+        assert_eq!(m.next_wakeup(), Some(held), "not drained_at + 1 s");
+        let past_its_period = drained_at + probation + Duration::from_millis(1);
+        assert!(m.step(RetireInput::Tick, past_its_period).is_empty());
+        assert_eq!(m.state(), RetireState::Probation);
+        assert_eq!(
+            m.step(RetireInput::Tick, held),
+            [RetireAction::Send(Message::Retire)]
+        );
     }
 
     #[test]
