@@ -315,26 +315,46 @@ fn an_adopted_generation_gives_the_new_supervisor_its_items_again() {
     assert_eq!(hit(addr), 4);
 }
 
+/// A supervisor upgraded once with its old generation kept for a
+/// probation, then killed with SIGKILL; `before` gets the old generation's
+/// pid, then a supervisor with `extra` flags adopts. Returns guards for
+/// both generations and the setup (its directory holds the admin socket),
+/// both dropped after the supervisor, then it, the old and the live pid.
+fn adopted_beside_a_retiree(
+    name: &str,
+    extra: &[&str],
+    before: impl FnOnce(u32),
+) -> ([KillOnDrop; 2], Setup, Supervisor, u32, u32) {
+    let mut setup = Setup::in_probation(name);
+    let (mut first, old, old_guard) = setup.first();
+    let live = upgraded_with_a_retiree(&first, old);
+    let live_guard = KillOnDrop(live);
+    kill_9(&mut first);
+    before(old);
+    setup
+        .flags
+        .extend(extra.iter().map(|flag| flag.to_string()));
+    let second = setup.spawn(Vec::new());
+    assert_eq!(serving_pid(&second), live, "log:\n{}", second.log());
+    ([old_guard, live_guard], setup, second, old, live)
+}
+
+/// The old generation is gone, as `logged` says, and the live one serves.
+fn stopped_by_the_adopter(second: &Supervisor, old: u32, live: u32, logged: &str) {
+    crate::common::wait_gone(old);
+    assert!(second.log().contains(logged), "{}", second.log());
+    assert!(alive(live));
+    assert_eq!(crate::common::serving_pid(second.addr()), live);
+}
+
 /// Overlap mode with a probation: the old generation is kept resumable
 /// when the supervisor dies. Unsupervised it would serve on beside the
 /// adopted one; the record names it, and the adopter stops it.
 #[test]
 fn an_old_generation_in_probation_when_the_supervisor_died_is_stopped_by_the_adopter() {
-    let setup = Setup::in_probation("adopt-retiree");
-    let (mut first, old, _old) = setup.first();
-    let live = upgraded_with_a_retiree(&first, old);
-    let _live = KillOnDrop(live);
-    kill_9(&mut first);
-    let second = setup.spawn(Vec::new());
-    assert_eq!(serving_pid(&second), live, "log:\n{}", second.log());
-    crate::common::wait_gone(old);
-    assert!(
-        second.log().contains("an old generation it was retiring"),
-        "{}",
-        second.log()
-    );
-    assert!(alive(live));
-    assert_eq!(crate::common::serving_pid(second.addr()), live);
+    let (_guards, _setup, second, old, live) =
+        adopted_beside_a_retiree("adopt-retiree", &[], |_| {});
+    stopped_by_the_adopter(&second, old, live, "an old generation it was retiring");
 }
 
 /// The same with an old generation that does not act on its SIGTERM (it
@@ -342,30 +362,11 @@ fn an_old_generation_in_probation_when_the_supervisor_died_is_stopped_by_the_ado
 /// passed, as the supervisor that died would have.
 #[test]
 fn an_old_generation_that_outlives_its_stop_is_killed_by_the_adopter() {
-    let setup = Setup::in_probation("adopt-retiree-stuck");
-    let (mut first, old, _old) = setup.first();
-    let live = upgraded_with_a_retiree(&first, old);
-    let _live = KillOnDrop(live);
-    kill_9(&mut first);
-    handoff::os::signal(old, handoff::os::Sig::Stop).expect("SIGSTOP the old generation");
-    let quick = Setup {
-        flags: [
-            setup.flags.clone(),
-            vec!["--drain-timeout".into(), "1s".into()],
-        ]
-        .concat(),
-        ..setup
-    };
-    let second = quick.spawn(Vec::new());
-    assert_eq!(serving_pid(&second), live, "log:\n{}", second.log());
-    crate::common::wait_gone(old);
-    assert!(
-        second.log().contains("outlived its stop: killing it"),
-        "{}",
-        second.log()
-    );
-    assert!(alive(live));
-    assert_eq!(crate::common::serving_pid(second.addr()), live);
+    let stop =
+        |old| handoff::os::signal(old, handoff::os::Sig::Stop).expect("SIGSTOP the old generation");
+    let (_guards, _setup, second, old, live) =
+        adopted_beside_a_retiree("adopt-retiree-stuck", &["--drain-timeout", "1s"], stop);
+    stopped_by_the_adopter(&second, old, live, "outlived its stop: killing it");
 }
 
 /// After an adoption the history knows what the adopted generation runs:
