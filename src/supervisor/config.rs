@@ -142,9 +142,14 @@ pub struct SupervisorConfig {
     /// from the open file (`/proc/self/fd/N`), and other contents refuse
     /// the start ([`Error::BinaryMismatch`]).
     pub program_sha256: Option<String>,
-    /// Where a library generation waits to be adopted when this supervisor
-    /// dies while it serves: generation N binds `{rendezvous}.gen{N}`
-    /// ([`crate::rendezvous`]). `None`: an orphan cannot be adopted.
+    /// Where a generation is found again when this supervisor dies while it
+    /// serves: library generation N binds `{rendezvous}.gen{N}`
+    /// ([`crate::rendezvous`]); a foreign generation's notification socket
+    /// is `{rendezvous}.notify/gen{N}.sock`, bound again by the supervisor
+    /// that adopts it (when that path fits a socket address; else a private
+    /// directory under the temporary directory, lost with its supervisor).
+    /// One supervisor at a time per rendezvous (`handoffctl` holds a lock
+    /// per admin socket). `None`: an orphan cannot be adopted.
     pub rendezvous: Option<PathBuf>,
 }
 
@@ -227,6 +232,17 @@ impl SupervisorConfig {
             path.push(format!(".gen{id}"));
             PathBuf::from(path)
         })
+    }
+
+    /// The fixed directory of foreign generations' notification sockets
+    /// (see [`SupervisorConfig::rendezvous`]), if its longest socket path
+    /// fits.
+    pub(crate) fn notify_home(&self) -> Option<PathBuf> {
+        let prefix = self.rendezvous.as_ref()?;
+        let mut home = prefix.clone().into_os_string();
+        home.push(".notify");
+        let home = PathBuf::from(home);
+        crate::os::fits_unix_socket(&home.join(format!("gen{}.sock", u32::MAX))).then_some(home)
     }
 
     /// What the lifecycle machine needs of this configuration.

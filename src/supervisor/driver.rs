@@ -77,6 +77,7 @@ impl Driver {
     ) -> Result<Driver> {
         let now = Instant::now();
         let (events_tx, events) = crossbeam_channel::unbounded();
+        let spawner = Spawner::new(events_tx, config.notify_home())?;
         Ok(Driver {
             machine: LifecycleMachine::new(config.lifecycle(), now),
             probes: Probes::new(config.probe.clone(), config.timeouts),
@@ -86,7 +87,7 @@ impl Driver {
             images: Images::default(),
             config,
             processes: HashMap::new(),
-            spawner: Spawner::new(events_tx)?,
+            spawner,
             events,
             replies: HashMap::new(),
             stopped: Vec::new(),
@@ -150,14 +151,33 @@ impl Driver {
             Some((sender, receiver)) => (Some(sender), Some(receiver)),
             None => (None, None),
         };
-        let process =
+        let mut process =
             GenerationProcess::orphan(adoption.generation, pid, pidfd, sender).holding_image();
+        if process.sender.is_none() {
+            process.notify = driver.rebind_notify_socket(adoption.generation);
+        }
         let receivers = receiver
             .map(|receiver| HashMap::from([(adoption.generation, receiver)]))
             .unwrap_or_default();
         driver.processes.insert(adoption.generation, process);
         driver.thawed = Some((receivers, Vec::new()));
         Ok(driver)
+    }
+
+    /// An adopted foreign generation's notification socket, bound again
+    /// where its dead supervisor bound it (the orphan's `NOTIFY_SOCKET`), so
+    /// that its notifications reach this supervisor. Without a fixed
+    /// notification directory there is nothing to bind; a failure is said
+    /// and leaves the generation without notifications, as before.
+    fn rebind_notify_socket(&mut self, id: GenerationId) -> Option<crate::sys::NotifySocket> {
+        self.config.notify_home()?;
+        match self.spawner.notify_socket(id) {
+            Ok(notify) => Some(notify),
+            Err(error) => {
+                tracing::warn!(generation = id, %error, "the adopted generation's notifications cannot be received");
+                None
+            }
+        }
     }
 
     /// The generations a thawed driver holds: id and pid.

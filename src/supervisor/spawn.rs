@@ -134,6 +134,9 @@ pub(crate) struct Spawner {
     /// Where foreign generations' notification sockets live (made on the
     /// first foreign spawn).
     pub(crate) notify_dir: Option<sys::PrivateDir>,
+    /// Where to make it: a fixed place an adopter finds again
+    /// (`SupervisorConfig::notify_home`), else under the temporary directory.
+    notify_home: Option<PathBuf>,
     /// Set to pause every reader at a frame (or datagram) boundary.
     pause: Arc<sys::Waker>,
     /// The readers running, by generation.
@@ -141,11 +144,12 @@ pub(crate) struct Spawner {
 }
 
 impl Spawner {
-    pub(crate) fn new(events: Sender<Event>) -> Result<Spawner> {
+    pub(crate) fn new(events: Sender<Event>, notify_home: Option<PathBuf>) -> Result<Spawner> {
         let pause = sys::Waker::new().map_err(|source| Error::io("creating a waker", source))?;
         Ok(Spawner {
             events,
             notify_dir: None,
+            notify_home,
             pause: Arc::new(pause),
             readers: HashMap::new(),
         })
@@ -264,19 +268,7 @@ impl Spawner {
         launch: &Launch,
         env: Vec<(OsString, OsString)>,
     ) -> Result<GenerationProcess> {
-        if self.notify_dir.is_none() {
-            self.notify_dir = Some(
-                sys::PrivateDir::create()
-                    .map_err(|source| Error::io("creating the notification directory", source))?,
-            );
-        }
-        let dir = self
-            .notify_dir
-            .as_ref()
-            .map(|d| d.path().to_owned())
-            .unwrap_or_default();
-        let notify = sys::NotifySocket::bind(&dir.join(format!("gen{id}.sock")))
-            .map_err(|source| Error::io("binding a notification socket", source))?;
+        let notify = self.notify_socket(id)?;
         let process = sys::spawn_foreign(sys::ForeignSpec {
             program: launch.exec.clone(),
             args: launch.build.args.clone(),
@@ -291,6 +283,27 @@ impl Spawner {
         })?;
         self.spawn_notify_reader(id, process.id(), &notify)?;
         Ok(GenerationProcess::new(id, process.id(), None, Some(notify)).holding_image())
+    }
+
+    /// Binds generation `id`'s notification socket, in the notification
+    /// directory (made first if need be).
+    pub(crate) fn notify_socket(&mut self, id: GenerationId) -> Result<sys::NotifySocket> {
+        if self.notify_dir.is_none() {
+            let made = match &self.notify_home {
+                Some(home) => sys::PrivateDir::take(home),
+                None => sys::PrivateDir::create(),
+            };
+            self.notify_dir = Some(
+                made.map_err(|source| Error::io("creating the notification directory", source))?,
+            );
+        }
+        let dir = self
+            .notify_dir
+            .as_ref()
+            .map(|d| d.path().to_owned())
+            .unwrap_or_default();
+        sys::NotifySocket::bind(&dir.join(format!("gen{id}.sock")))
+            .map_err(|source| Error::io("binding a notification socket", source))
     }
 
     /// The reader of a foreign generation's notification socket (its

@@ -295,6 +295,31 @@ impl PrivateDir {
         ))
     }
 
+    /// Makes `path` this process's private directory at a fixed place: made
+    /// new, or, left by a supervisor that died there, checked as
+    /// [`PrivateDir::adopt`] does and emptied of its dead sockets. The
+    /// caller makes sure nobody else uses `path` (the admin socket's lock).
+    pub(crate) fn take(path: &Path) -> io::Result<PrivateDir> {
+        use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+        match std::fs::DirBuilder::new().mode(0o700).create(path) {
+            Ok(()) => {
+                return Ok(PrivateDir {
+                    path: path.to_owned(),
+                });
+            }
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(error),
+        }
+        let dir = PrivateDir::adopt(path)?;
+        for entry in std::fs::read_dir(path)? {
+            let entry = entry?;
+            if entry.file_type()?.is_socket() {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(dir)
+    }
+
     /// Takes back a directory [`PrivateDir::create`] made in this process
     /// before it replaced its image: still a directory of ours that nobody
     /// else may write.
@@ -440,6 +465,35 @@ mod tests {
             .expect("readlink")
             .display()
             .to_string()
+    }
+
+    #[test]
+    fn a_fixed_private_dir_is_made_or_emptied_of_dead_sockets_and_refused_if_open() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new("private-take");
+        let home = dir.path().join("notify");
+        let made = PrivateDir::take(&home).expect("made new");
+        let mode = std::fs::metadata(&home).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // A supervisor that died left its socket and the directory.
+        let dead = NotifySocket::bind(&home.join("gen3.sock")).expect("bind");
+        std::fs::write(home.join("note"), b"kept").expect("write");
+        drop(dead);
+        std::mem::forget(made);
+        let taken = PrivateDir::take(&home).expect("taken back");
+        assert!(
+            !home.join("gen3.sock").exists(),
+            "its dead socket is removed"
+        );
+        assert!(home.join("note").exists(), "only sockets are removed");
+        NotifySocket::bind(&home.join("gen3.sock")).expect("bound again at the same path");
+        drop(taken);
+        assert!(!home.exists(), "removed on drop");
+        // One that others may write is not ours to take.
+        std::fs::create_dir(&home).expect("mkdir");
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let refused = PrivateDir::take(&home).expect_err("refused");
+        assert_eq!(refused.kind(), io::ErrorKind::PermissionDenied);
     }
 
     #[test]

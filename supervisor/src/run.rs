@@ -162,21 +162,27 @@ fn adopt(settings: &Settings, record: &crate::orphan::Record) -> Result<Started,
 }
 
 /// A library generation orphaned by a crash waits at a socket beside the
-/// admin socket, whose path is longer: said at start, not found at the
-/// crash.
+/// admin socket, and a foreign one's notification socket is there too;
+/// both paths are longer: said at start, not found at the crash.
 fn warn_if_orphans_cannot_be_adopted(settings: &Settings) {
     let library = matches!(
         settings.protocol,
         handoff::supervisor::DaemonProtocol::Library
     );
     let mut longest = crate::orphan::rendezvous_prefix(&settings.socket).into_os_string();
-    longest.push(format!(".gen{}", u32::MAX));
-    if library && !handoff::os::fits_unix_socket(Path::new(&longest)) {
+    let lost = if library {
+        longest.push(format!(".gen{}", u32::MAX));
+        "a generation orphaned by a crash of this supervisor could not be adopted"
+    } else {
+        longest.push(format!(".notify/gen{}.sock", u32::MAX));
+        "a generation adopted after a crash of this supervisor could not notify it"
+    };
+    if !handoff::os::fits_unix_socket(Path::new(&longest)) {
         tracing::warn!(
             socket = %settings.socket.display(),
-            "the admin socket's path is too long for its rendezvous sockets \
-             (.adopt.genN beside it): a generation orphaned by a crash of this supervisor \
-             could not be adopted; choose a shorter --socket"
+            "the admin socket's path is too long for the sockets beside it \
+             ({}): {lost}; choose a shorter --socket",
+            Path::new(&longest).display()
         );
     }
 }

@@ -7,7 +7,8 @@
 //! systemd`); two supervisors started at once adopt it exactly once; the
 //! adoption's fault points leave the orphan serving for the next start;
 //! an adopted kvd hands its kept-alive connections over at its upgrade,
-//! and an adopted testd gives the new supervisor its items again; an old
+//! and an adopted testd gives the new supervisor its items again; an
+//! adopted foreign daemon's notifications reach the new supervisor; an old
 //! generation the dead supervisor was retiring is stopped, not left serving.
 
 use std::io::{Read, Write};
@@ -461,6 +462,47 @@ fn a_supervisor_killed_under_load_is_replaced_by_one_that_adopts_a_foreign_daemo
     );
     // The orphan was not our child: it was retired through its pidfd.
     crate::common::wait_gone(orphan);
+}
+
+/// httpd.py with a counter in the fd store: it notifies on demand.
+#[test]
+fn an_adopted_foreign_daemon_notifies_its_new_supervisor() {
+    let mut setup = Setup::httpd();
+    setup.daemon.extend(["--fd-store".into(), "counter".into()]);
+    let (mut first, orphan, _cleanup) = setup.first();
+    let addr = first.addr();
+    let mut home = setup.socket().into_os_string();
+    home.push(".adopt.notify");
+    let home = PathBuf::from(home);
+    assert!(
+        home.join("gen1.sock").exists(),
+        "the notification socket lives beside the admin socket"
+    );
+    kill_9(&mut first);
+    let mut second = setup.spawn(Vec::new());
+    assert_eq!(serving_pid(&second), orphan, "log:\n{}", second.log());
+    // The store died with the first supervisor; what the orphan stores now
+    // reaches the second one, through the socket it bound again.
+    let answer = crate::foreign::get(addr, "/store?name=after");
+    assert_eq!(
+        answer.as_deref(),
+        Ok("sent after"),
+        "log:\n{}",
+        second.log()
+    );
+    second.wait_status("the adopter's fd store holding the orphan's fd", |status| {
+        status["fd_store"]["entries"]
+            .as_array()
+            .is_some_and(|entries| entries.iter().any(|entry| entry["name"] == "after"))
+    });
+    let stop = second.ctl("stop", &[]);
+    assert_eq!(stop.code, Some(0), "{stop:?}");
+    second.wait_exit();
+    crate::common::wait_gone(orphan);
+    assert!(
+        !home.exists(),
+        "a clean stop removes the notification directory"
+    );
 }
 
 #[test]
