@@ -209,6 +209,14 @@ impl RunOptions {
         {
             *binary = base.join(&*binary);
         }
+        for spec in &mut options.listen {
+            if let Some((name, path)) = spec
+                .split_once("=unix:")
+                .filter(|(_, path)| !path.is_empty() && Path::new(path).is_relative())
+            {
+                *spec = format!("{name}=unix:{}", base.join(path).display());
+            }
+        }
         Ok(options)
     }
 
@@ -450,9 +458,37 @@ fn listeners(specs: &[String]) -> Result<Vec<(String, ListenAddr)>, Failure> {
             let parsed: ListenAddr = addr
                 .parse()
                 .map_err(|e| Failure::usage(format!("--listen {name}={addr}: {e}")))?;
-            Ok((name.to_owned(), parsed))
+            Ok((name.to_owned(), absolute_unix(name, parsed)?))
         })
         .collect()
+}
+
+/// A unix listener's relative path made absolute (relative to the
+/// current directory; a config file's are made relative to the file when
+/// it is read): where it was bound stays what `status`, the record and
+/// every later image of the supervisor name.
+fn absolute_unix(name: &str, addr: ListenAddr) -> Result<ListenAddr, Failure> {
+    let ListenAddr::Unix(path) = &addr else {
+        return Ok(addr);
+    };
+    if path.is_absolute() {
+        return Ok(addr);
+    }
+    let absolute = std::path::absolute(path).map_err(|e| {
+        Failure::usage(format!(
+            "--listen {name}=unix:{}: cannot make the path absolute: {e}",
+            path.display()
+        ))
+    })?;
+    if !handoff::os::fits_unix_socket(&absolute) {
+        return Err(Failure::usage(format!(
+            "--listen {name}=unix:{}: made absolute, the path ({}) is too long for a unix \
+             socket (under 108 bytes); give a shorter path",
+            path.display(),
+            absolute.display()
+        )));
+    }
+    Ok(ListenAddr::Unix(absolute))
 }
 
 /// The durations: each flag or key, then the checks between them, in the
@@ -875,6 +911,35 @@ mod tests {
             .expect("main");
         assert_eq!(main.1.to_string(), "127.0.0.1:2");
         assert_eq!(flags.listeners.len(), 2, "other listeners of the file stay");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_relative_unix_listener_is_relative_to_its_file_or_the_current_directory() {
+        let dir = std::env::temp_dir().join(format!("hctl-config-unix-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let config = dir.join("handoff.toml");
+        let text = "binary = \"/bin/true\"\n[listen]\napp = \"unix:run/app.sock\"\n";
+        std::fs::write(&config, text).expect("write");
+        let unix = |settings: &Settings| settings.listeners[0].1.to_string();
+        let from_file = Settings::resolve(run_args(Some(&config), &[])).expect("resolve");
+        let expected = format!("unix:{}", dir.join("run/app.sock").display());
+        assert_eq!(unix(&from_file), expected, "relative to the file");
+        let flag = ["--listen", "app=unix:app.sock", "--", "/bin/true"];
+        let from_flag = Settings::resolve(run_args(None, &flag)).expect("resolve");
+        let cwd = std::env::current_dir().expect("cwd");
+        let expected = format!("unix:{}", cwd.join("app.sock").display());
+        assert_eq!(
+            unix(&from_flag),
+            expected,
+            "relative to the current directory"
+        );
+        // Short enough as given, too long once absolute: said with both.
+        let long = format!("app=unix:{}", "s".repeat(100));
+        let err = Settings::resolve(run_args(None, &["--listen", &long, "--", "/bin/true"]))
+            .expect_err("too long once absolute");
+        assert!(err.to_string().contains("made absolute"), "{err}");
+        assert!(err.to_string().contains("--listen app=unix:"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
