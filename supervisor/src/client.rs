@@ -24,7 +24,7 @@ pub(crate) fn ask(
     let bound = Timeouts::default().admin_request;
     let shown = socket.display();
     let mut stream = UnixStream::connect(socket).map_err(|e| {
-        Failure::usage(match e.kind() {
+        Failure::unreachable(match e.kind() {
             std::io::ErrorKind::NotFound => {
                 format!("no supervisor at {shown}: the socket does not exist (is it running?)")
             }
@@ -34,8 +34,9 @@ pub(crate) fn ask(
             _ => format!("cannot connect to the supervisor at {shown}: {e}"),
         })
     })?;
-    let lost =
-        |e: std::io::Error| Failure::usage(format!("talking to the supervisor at {shown}: {e}"));
+    let lost = |e: std::io::Error| {
+        Failure::unreachable(format!("talking to the supervisor at {shown}: {e}"))
+    };
     stream.set_write_timeout(Some(bound)).map_err(lost)?;
     stream.set_read_timeout(wait).map_err(lost)?;
     let mut line = serde_json::to_vec(request).map_err(|e| Failure::usage(e.to_string()))?;
@@ -52,7 +53,7 @@ pub(crate) fn ask(
         // The request was delivered: what it did is not known (exit 1, not
         // 2, which says that nothing started).
         let unknown = |what: String| {
-            Failure::failed(format!(
+            Failure::outcome_unknown(format!(
                 "{what}; whether the request took effect is unknown: see `handoffctl status`"
             ))
         };
@@ -156,10 +157,8 @@ fn handoff_request(socket: &Path, request: &Request, json: bool) -> Result<(), F
             match handoff_exit(&report) {
                 None => Ok(()),
                 Some(exit) => Err(Failure {
-                    exit,
-                    message: report.line(),
-                    kind: None,
                     printed: json,
+                    ..Failure::with(exit, report.line())
                 }),
             }
         }

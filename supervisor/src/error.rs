@@ -22,6 +22,22 @@ pub enum Exit {
     NobodyServes = 4,
 }
 
+/// What went wrong on this side, for a `--json` caller's `kind` (a refusal
+/// carries the supervisor's kind instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LocalKind {
+    /// A flag, argument or file this command was given (exit 2).
+    Usage,
+    /// No supervisor answers at the admin socket (exit 2: nothing started).
+    Unreachable,
+    /// The request was delivered and no answer came: whether it took
+    /// effect is not known (exit 1).
+    OutcomeUnknown,
+    /// Anything else that failed (exit 1, or a handoff's verdict).
+    Failed,
+}
+
 /// What went wrong, said once.
 #[derive(Debug)]
 pub struct Failure {
@@ -31,6 +47,8 @@ pub struct Failure {
     pub message: String,
     /// The supervisor's refusal, when it refused.
     pub kind: Option<ErrorKind>,
+    /// What failed on this side, when the supervisor did not refuse.
+    pub local: LocalKind,
     /// Whether the answer was printed on stdout already (a rolled-back
     /// handoff's report): `--json` then prints nothing more.
     pub printed: bool,
@@ -47,6 +65,22 @@ impl Failure {
         Failure::with(Exit::Failed, message)
     }
 
+    /// No supervisor to talk to (exit 2).
+    pub fn unreachable(message: impl Into<String>) -> Failure {
+        Failure {
+            local: LocalKind::Unreachable,
+            ..Failure::usage(message)
+        }
+    }
+
+    /// A request delivered and not answered (exit 1).
+    pub fn outcome_unknown(message: impl Into<String>) -> Failure {
+        Failure {
+            local: LocalKind::OutcomeUnknown,
+            ..Failure::failed(message)
+        }
+    }
+
     /// A refusal by the supervisor; its exit code follows from its kind.
     pub fn refused(kind: ErrorKind, message: impl Into<String>) -> Failure {
         Failure {
@@ -55,11 +89,15 @@ impl Failure {
         }
     }
 
-    fn with(exit: Exit, message: impl Into<String>) -> Failure {
+    pub(crate) fn with(exit: Exit, message: impl Into<String>) -> Failure {
         Failure {
             exit,
             message: message.into(),
             kind: None,
+            local: match exit {
+                Exit::Usage => LocalKind::Usage,
+                Exit::Failed | Exit::Busy | Exit::NobodyServes => LocalKind::Failed,
+            },
             printed: false,
         }
     }
@@ -69,7 +107,10 @@ impl Failure {
     pub fn to_json(&self) -> String {
         let answer = serde_json::json!({
             "result": "error",
-            "kind": self.kind,
+            "kind": match self.kind {
+                Some(kind) => serde_json::json!(kind),
+                None => serde_json::json!(self.local),
+            },
             "message": self.message,
             "exit": self.exit as u8,
         });

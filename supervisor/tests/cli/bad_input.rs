@@ -167,6 +167,7 @@ fn a_request_delivered_without_an_answer_is_an_unknown_outcome() {
     assert!(ran.one_error_line().contains("unknown"), "{ran:?}");
     let json: serde_json::Value = serde_json::from_str(&ran.stdout).expect("one JSON object");
     assert_eq!(json["failed"], true, "{json}");
+    assert_eq!(json["kind"], "outcome_unknown", "{json}");
 }
 
 #[test]
@@ -179,6 +180,11 @@ fn clients_without_a_supervisor_exit_2() {
         assert_eq!(ran.code, Some(2), "{verb}: {ran:?}");
         assert!(ran.one_error_line().contains("no supervisor"), "{ran:?}");
     }
+    for verb in ["status", "upgrade", "history"] {
+        let ran = ctl(&[verb, "--socket", socket, "--json"]);
+        let json: serde_json::Value = serde_json::from_str(&ran.stdout).expect("one JSON object");
+        assert_eq!(json["kind"], "unreachable", "{verb}: {json}");
+    }
     let ran = ctl(&["upgrade", "--socket", socket, "--sha256", "xyz"]);
     assert_eq!(ran.code, Some(2), "{ran:?}");
     let ran = ctl(&["upgrade", "--bogus"]);
@@ -189,6 +195,7 @@ fn clients_without_a_supervisor_exit_2() {
         assert_eq!(ran.code, Some(2), "{args:?}: {ran:?}");
         let json: serde_json::Value = serde_json::from_str(&ran.stdout).expect("one JSON object");
         assert_eq!(json["failed"], true, "{json}");
+        assert_eq!(json["kind"], "usage", "{json}");
         let msg = json["msg"].as_str().expect("msg");
         assert!(
             msg.contains("--bogus") || msg.contains("--serving-for"),

@@ -80,7 +80,8 @@ def outcome(rc, answer):
     """One word for what happened: ``committed``, ``rolled_back``,
     ``nobody_serving``, ``unchanged``, ``would_upgrade``, ``would_start``,
     ``served``, ``not_served``, or the kind of a refusal (``rejected``,
-    ``busy``, ...; ``error`` when handoffctl gave none)."""
+    ``busy``, ...) or of a failure here (``unreachable``, ``usage``,
+    ``outcome_unknown``); ``error`` when handoffctl gave none)."""
     if 'committed' in answer:
         if answer['committed']:
             return 'committed'
