@@ -116,6 +116,12 @@ pub const PROBE_ATTEMPT: Duration = Duration::from_secs(2);
 /// covers a socket end that some other process still holds.
 pub const EXIT_AFTER_EOF: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// How long a stopping `handoffctl run` waits, once its generations are
+/// gone, for its event thread to record what the stop ended (a cancelled
+/// handoff in the history, the record removed) before it answers the stop
+/// and exits. The thread has only files to write by then.
+pub const EVENTS_FLUSH: Duration = Duration::from_secs(5);
+
 /// How long a background hash runs only on idle CPU time (`SCHED_IDLE`)
 /// before it goes on as an ordinary thread at nice 19 (or, where the
 /// process may not leave `SCHED_IDLE`, its waiter hashes at its own

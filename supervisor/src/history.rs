@@ -287,6 +287,7 @@ mod tests {
             report: HandoffReport {
                 serving: true,
                 incumbent_stopped: None,
+                cancelled: false,
                 handoff_id: id,
                 committed,
                 abort_reason: None,

@@ -316,9 +316,22 @@ fn until_the_end(
             let _ = supervisor.handle().stop();
             let _ = supervisor.join();
             let mut waiting: Vec<_> = first.into_iter().collect();
-            while let Ok(control) = control.try_recv() {
-                if let Control::Stop(Some(stream)) = control {
-                    waiting.push(stream);
+            // The event thread ends with the event stream: what it records
+            // of the stop's last events (a cancelled handoff) is written
+            // before the answer and the exit.
+            let deadline = std::time::Instant::now() + handoff::timeouts::EVENTS_FLUSH;
+            loop {
+                match control
+                    .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+                {
+                    Ok(Control::Stop(stream)) => waiting.extend(stream),
+                    Ok(Control::Ended { .. }) => break,
+                    Err(_) => {
+                        tracing::warn!(
+                            "the event thread did not end: the history may miss the stop's last handoff"
+                        );
+                        break;
+                    }
                 }
             }
             for stream in &waiting {

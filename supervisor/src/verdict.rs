@@ -137,6 +137,7 @@ mod tests {
             generation: if committed { 2 } else { 1 },
             serving,
             incumbent_stopped: None,
+            cancelled: false,
             phases_ms: Default::default(),
             total_ms: 3.0,
         }
@@ -160,6 +161,18 @@ mod tests {
             handoff_exit(&report(false, false)),
             Some(Exit::NobodyServes)
         );
+
+        // Cancelled by a stop: not replaced, and not said to serve on.
+        let cancelled = HandoffReport {
+            cancelled: true,
+            ..report(false, true)
+        };
+        let verdict = Verdict::of_handoff(&cancelled);
+        assert!(!verdict.changed && verdict.failed, "{verdict:?}");
+        assert!(verdict.msg.starts_with("cancelled: "), "{verdict:?}");
+        assert!(!verdict.msg.contains("still serving"), "{verdict:?}");
+        assert!(cancelled.status_line().starts_with("stopping: "));
+        assert_eq!(handoff_exit(&cancelled), Some(Exit::Failed));
     }
 
     #[test]

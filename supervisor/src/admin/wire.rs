@@ -353,6 +353,11 @@ pub struct HandoffReport {
     /// it did (its drain overran the drain timeout, or `--force`).
     #[serde(default)]
     pub incumbent_stopped: Option<String>,
+    /// Rolled back because it was cancelled (by a stop of the supervisor),
+    /// not because the successor failed: the old generation was not
+    /// replaced, and the stop goes on to stop it.
+    #[serde(default)]
+    pub cancelled: bool,
     /// Milliseconds per phase the handoff reached.
     pub phases_ms: BTreeMap<String, f64>,
     /// Milliseconds in all, from the request to the verdict (the phases
@@ -382,6 +387,7 @@ impl HandoffReport {
             generation: 0,
             serving: true,
             incumbent_stopped: None,
+            cancelled: false,
             phases_ms: phases
                 .named()
                 .into_iter()
@@ -410,6 +416,7 @@ impl HandoffReport {
                 ..
             } => {
                 report.abort_reason = Some(reason.to_string());
+                report.cancelled = *reason == handoff::wire::AbortReason::Cancelled;
                 report.old_pid = *old_pid;
                 report.new_pid = *failed_pid;
                 report.generation = *generation;
@@ -430,6 +437,10 @@ impl HandoffReport {
                 .or(self.old_pid),
         ) {
             (true, Some(pid)) => format!("serving: generation {}, pid {pid}", self.generation),
+            (false, Some(pid)) if self.cancelled => format!(
+                "stopping: generation {}, pid {pid} (upgrade cancelled)",
+                self.generation
+            ),
             (false, Some(pid)) => format!(
                 "serving: generation {}, pid {pid} (upgrade rolled back: {reason})",
                 self.generation
@@ -457,6 +468,14 @@ impl HandoffReport {
                 self.generation,
                 pid(self.new_pid),
                 self.total_ms
+            )
+        } else if self.cancelled {
+            format!(
+                "cancelled: handoff {} was cancelled before its commit (the supervisor is \
+                 stopping); generation {} (pid {}) was not replaced",
+                self.handoff_id,
+                self.generation,
+                pid(self.old_pid)
             )
         } else if self.serving {
             format!(
@@ -961,6 +980,7 @@ mod tests {
             report: HandoffReport {
                 serving: true,
                 incumbent_stopped: None,
+                cancelled: false,
                 handoff_id: 2,
                 committed: true,
                 abort_reason: None,
@@ -985,7 +1005,7 @@ mod tests {
         assert_eq!(
             json,
             format!(
-                r#"{{"result":"history","entries":[{{"handoff_id":2,"committed":true,"abort_reason":null,"old_pid":10,"new_pid":11,"generation":2,"serving":true,"incumbent_stopped":null,"phases_ms":{{"spawn":0.5}},"total_ms":12.0,"started_unix_ms":1700000000000,"old_binary":null,"new_binary":{{"path":"/usr/bin/d","sha256":"{}"}},"automatic_rollback":null}}]}}"#,
+                r#"{{"result":"history","entries":[{{"handoff_id":2,"committed":true,"abort_reason":null,"old_pid":10,"new_pid":11,"generation":2,"serving":true,"incumbent_stopped":null,"cancelled":false,"phases_ms":{{"spawn":0.5}},"total_ms":12.0,"started_unix_ms":1700000000000,"old_binary":null,"new_binary":{{"path":"/usr/bin/d","sha256":"{}"}},"automatic_rollback":null}}]}}"#,
                 "ab".repeat(32)
             )
         );

@@ -185,6 +185,55 @@ fn a_second_concurrent_upgrade_is_busy() {
     assert_eq!(serving_pid(supervisor.addr()), before);
 }
 
+/// A stop while an upgrade waits for its successor cancels the upgrade:
+/// its client hears "cancelled" (exit 1), not that the old generation
+/// still serves, and the history keeps the cancelled handoff.
+#[test]
+fn a_stop_during_an_upgrade_cancels_it_and_says_so() {
+    let dir = TempDir::new("cancel");
+    let silent = script(dir.path(), "silent", "exec sleep 60");
+    let mut supervisor = allowing(&dir, &silent);
+    let socket = supervisor.socket.clone();
+    let silent_path = silent.display().to_string();
+    let upgrade = std::thread::spawn(move || {
+        crate::common::ctl(&[
+            "upgrade",
+            "--socket",
+            socket.to_str().expect("utf-8"),
+            "--binary",
+            &silent_path,
+            "--deadline",
+            "30s",
+            "--json",
+        ])
+    });
+    supervisor.wait_status("a handoff in flight", |s| s["state"] == "handing_off");
+    let history_file = supervisor.socket.with_extension("history.json");
+    let stop = supervisor.ctl("stop", &[]);
+    assert_eq!(stop.code, Some(0), "{stop:?}");
+    supervisor.wait_exit();
+    let upgrade = upgrade.join().expect("the upgrade client");
+    assert_eq!(upgrade.code, Some(1), "{upgrade:?}");
+    let report: serde_json::Value = serde_json::from_str(&upgrade.stdout).expect("JSON");
+    assert_eq!(report["cancelled"], true, "{report}");
+    assert_eq!(report["committed"], false, "{report}");
+    let msg = report["msg"].as_str().expect("msg");
+    assert!(msg.starts_with("cancelled: "), "{msg}");
+    assert!(!msg.contains("still serving"), "{msg}");
+    let history: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&history_file).expect("the history file"))
+            .expect("JSON");
+    let last = history["entries"]
+        .as_array()
+        .and_then(|e| e.last())
+        .cloned();
+    assert_eq!(
+        last.as_ref().map(|entry| entry["cancelled"].clone()),
+        Some(serde_json::Value::Bool(true)),
+        "{history}"
+    );
+}
+
 #[test]
 fn sighup_upgrades_and_sigterm_stops() {
     let mut supervisor = Supervisor::start();
