@@ -124,6 +124,7 @@ fn main() {
         probe: None,
         program_sha256: None,
         rendezvous: None,
+        first_handoff_id: 1,
         protocol: handoff::supervisor::DaemonProtocol::Library,
     })
     .expect("supervisor");

@@ -78,6 +78,7 @@ fn main() {
         }),
         program_sha256: None,
         rendezvous: None,
+        first_handoff_id: 1,
     })
     .expect("supervisor");
     let handle = supervisor.handle();

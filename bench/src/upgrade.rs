@@ -403,6 +403,7 @@ impl InProcess {
             probe: None,
             program_sha256: None,
             rendezvous: None,
+            first_handoff_id: 1,
             protocol: match daemon.daemon {
                 Daemon::Kvd | Daemon::Echod => DaemonProtocol::Library,
                 Daemon::ForeignHttpd => DaemonProtocol::Systemd {

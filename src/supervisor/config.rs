@@ -151,6 +151,10 @@ pub struct SupervisorConfig {
     /// One supervisor at a time per rendezvous (`handoffctl` holds a lock
     /// per admin socket). `None`: an orphan cannot be adopted.
     pub rendezvous: Option<PathBuf>,
+    /// The first handoff's id (generation 1's start is handoff 1): 1, or
+    /// past the ids a kept history already holds, so that a supervisor
+    /// started again does not number its handoffs as an earlier one did.
+    pub first_handoff_id: u64,
 }
 
 /// What one upgrade asks for; `None` fields take the configured value.

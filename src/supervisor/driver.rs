@@ -78,8 +78,10 @@ impl Driver {
         let now = Instant::now();
         let (events_tx, events) = crossbeam_channel::unbounded();
         let spawner = Spawner::new(events_tx, config.notify_home())?;
+        let mut machine = LifecycleMachine::new(config.lifecycle(), now);
+        machine.continue_handoff_ids(config.first_handoff_id);
         Ok(Driver {
-            machine: LifecycleMachine::new(config.lifecycle(), now),
+            machine,
             probes: Probes::new(config.probe.clone(), config.timeouts),
             store: Store::new(config.protocol.fd_store_max()),
             transit: Transit::default(),
@@ -147,6 +149,9 @@ impl Driver {
         let (pid, pidfd, control) = (parts.pid, parts.pidfd, parts.control);
         driver.machine =
             LifecycleMachine::adopt(driver.config.lifecycle(), orphaned, Instant::now());
+        driver
+            .machine
+            .continue_handoff_ids(driver.config.first_handoff_id);
         let (sender, receiver) = match control {
             Some((sender, receiver)) => (Some(sender), Some(receiver)),
             None => (None, None),

@@ -43,8 +43,8 @@ pub struct History {
     pub entries: VecDeque<HistoryEntry>,
     /// What the live generation runs.
     pub live: Option<BinaryRecord>,
-    /// The handoff id this process recorded last (ids restart at 1 with
-    /// every supervisor, so a loaded entry's id says nothing about now).
+    /// The handoff id this process recorded last (a loaded entry's id says
+    /// nothing about now: it may be an earlier supervisor's last).
     pub recorded: Option<u64>,
     /// How many of the oldest entries were loaded from the file (the
     /// others were recorded by this process).
@@ -65,6 +65,16 @@ struct HistoryFile {
 }
 
 impl History {
+    /// The id after every one the history holds (1 for none): where a
+    /// supervisor started again numbers its handoffs from.
+    pub fn next_handoff_id(&self) -> u64 {
+        self.entries
+            .iter()
+            .map(|entry| entry.report.handoff_id + 1)
+            .max()
+            .unwrap_or(1)
+    }
+
     /// Records a finished handoff.
     pub fn record(&mut self, entry: HistoryEntry) {
         if entry.report.committed {
@@ -306,6 +316,15 @@ mod tests {
 
     fn path_of(record: Option<&BinaryRecord>) -> Option<PathBuf> {
         record.map(|b| b.path.clone())
+    }
+
+    #[test]
+    fn handoff_ids_go_on_past_the_history() {
+        let mut history = History::default();
+        assert_eq!(history.next_handoff_id(), 1);
+        history.record(entry(4, true, None, "/a"));
+        history.record(entry(2, true, Some("/a"), "/b"));
+        assert_eq!(history.next_handoff_id(), 5);
     }
 
     #[test]

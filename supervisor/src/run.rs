@@ -51,13 +51,17 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     let metrics = crate::metrics::Metrics::bind(settings.metrics)?;
     warn_if_orphans_cannot_be_adopted(&settings);
     let orphan = crate::orphan::orphan_to_adopt(&settings.socket, settings.timeouts.kill_grace);
+    // Read first: handoff ids go on past the ones it holds (said once the
+    // start went through: a start that fails says one thing).
+    let (mut history, history_warning) = crate::history::load(&settings.history_file);
+    let first_handoff_id = history.next_handoff_id();
     let (supervisor, events, listeners) = match &orphan {
-        Some(record) => adopt(&settings, record)?,
-        None => start(&settings)?,
+        Some(record) => adopt(&settings, record, first_handoff_id)?,
+        None => start(&settings, first_handoff_id)?,
     };
     // Kept by systemd across a crash of this process, if the unit allows.
     Notifier::from_env().store_listeners(&listeners);
-    let mut history = load_history(&settings);
+    log_history(&settings, &history, history_warning);
     let identities = crate::identity::Identities::default();
     if orphan.is_some() {
         // No start of its own tells what an adopted generation runs: what
@@ -101,10 +105,13 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
 type Started = (Supervisor, EventStream, Vec<(String, OwnedFd)>);
 
 /// A first start: binds (or takes from systemd) the listeners and starts
-/// generation 1.
-fn start(settings: &Settings) -> Result<Started, Failure> {
+/// generation 1, its handoff numbered `first_handoff_id`.
+fn start(settings: &Settings, first_handoff_id: u64) -> Result<Started, Failure> {
     let listeners = listeners(settings)?;
-    let config = supervisor_config(settings, duplicates(&listeners)?)?;
+    let config = SupervisorConfig {
+        first_handoff_id,
+        ..supervisor_config(settings, duplicates(&listeners)?)?
+    };
     tracing::info!(
         binary = %settings.program.display(),
         socket = %settings.socket.display(),
@@ -118,7 +125,11 @@ fn start(settings: &Settings) -> Result<Started, Failure> {
 
 /// A start after a crash: takes over the generation a previous supervisor
 /// left serving, with its listeners (nothing is bound, nothing closed).
-fn adopt(settings: &Settings, record: &crate::orphan::Record) -> Result<Started, Failure> {
+fn adopt(
+    settings: &Settings,
+    record: &crate::orphan::Record,
+    first_handoff_id: u64,
+) -> Result<Started, Failure> {
     tracing::info!(
         previous_supervisor = record.supervisor_pid,
         "a generation of a previous supervisor still runs: adopting it"
@@ -146,7 +157,10 @@ fn adopt(settings: &Settings, record: &crate::orphan::Record) -> Result<Started,
         );
     }
     step(SupervisorStep::AdoptAfterListeners)?;
-    let config = supervisor_config(settings, duplicates(&listeners)?)?;
+    let config = SupervisorConfig {
+        first_handoff_id,
+        ..supervisor_config(settings, duplicates(&listeners)?)?
+    };
     let (supervisor, events) = Supervisor::adopt(config, adoption).map_err(|e| {
         Failure::failed(format!(
             "cannot supervise the adopted generation: {}",
@@ -405,13 +419,13 @@ pub fn supervisor_config(
         program_sha256: settings.sha256.clone(),
         protocol: settings.protocol,
         rendezvous: Some(crate::orphan::rendezvous_prefix(&settings.socket)),
+        first_handoff_id: 1,
     })
 }
 
-/// The history file; never a reason not to start (a bad file is a
-/// warning, see history.rs).
-pub fn load_history(settings: &Settings) -> crate::history::History {
-    let (history, warning) = crate::history::load(&settings.history_file);
+/// Says what the history file gave; never a reason not to start (a bad
+/// file is a warning, see history.rs).
+fn log_history(settings: &Settings, history: &crate::history::History, warning: Option<String>) {
     match warning {
         Some(warning) => tracing::warn!("{warning}"),
         None => tracing::info!(
@@ -420,7 +434,6 @@ pub fn load_history(settings: &Settings) -> crate::history::History {
             "history loaded"
         ),
     }
-    history
 }
 
 fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), Failure> {

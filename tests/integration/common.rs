@@ -74,6 +74,7 @@ impl Harness {
             probe: None,
             program_sha256: None,
             rendezvous: None,
+            first_handoff_id: 1,
             protocol: handoff::supervisor::DaemonProtocol::Library,
         };
         let (supervisor, events) =

@@ -392,6 +392,7 @@ fn every_kind_of_fd_travels_by_name() {
         probe: None,
         program_sha256: None,
         rendezvous: None,
+        first_handoff_id: 1,
         protocol: handoff::supervisor::DaemonProtocol::Library,
     })
     .expect("supervisor");

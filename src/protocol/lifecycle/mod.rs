@@ -651,6 +651,12 @@ impl LifecycleMachine {
         }
     }
 
+    /// Numbers handoffs from `first` on (never back): past the ids an
+    /// earlier supervisor used, as its history shows.
+    pub fn continue_handoff_ids(&mut self, first: u64) {
+        self.next_handoff_id = self.next_handoff_id.max(first);
+    }
+
     /// The configuration.
     pub fn config(&self) -> &LifecycleConfig {
         &self.config

@@ -270,6 +270,12 @@ fn a_cold_start_is_a_handoff_without_an_incumbent_and_ends_serving() {
     assert_eq!(sim.machine.state(), LifecycleState::Starting);
     let ticket = sim.machine.begin_handoff().expect("a ticket");
     assert_eq!((ticket.handoff_id, ticket.generation), (1, 1));
+    // Past the ids a kept history holds, and never back.
+    let mut again = Sim::library(Mode::Exclusive);
+    again.machine.continue_handoff_ids(7);
+    again.machine.continue_handoff_ids(3);
+    let numbered = again.machine.begin_handoff().expect("a ticket");
+    assert_eq!((numbered.handoff_id, numbered.generation), (7, 1));
     let (pid, actions) = sim.spawned(ticket, build("daemon-a"));
     assert_eq!(sim.machine.state(), LifecycleState::HandingOff);
     assert!(actions.iter().any(|a| matches!(

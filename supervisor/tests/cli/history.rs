@@ -192,6 +192,8 @@ fn history_survives_a_supervisor_restart_and_rollback_uses_it() {
         "the record from before the restart"
     );
     assert!(entries[2]["old_binary"].is_null(), "a cold start");
+    let ids: Vec<&Value> = entries.iter().map(|entry| &entry["handoff_id"]).collect();
+    assert_eq!(ids, [1, 2, 3], "ids go on past the first supervisor's");
     assert_eq!(
         binary(&entries[2], "new_binary").0,
         v2.display().to_string()
