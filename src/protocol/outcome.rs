@@ -167,6 +167,9 @@ pub enum SupervisorEvent {
         successor_pid: u32,
         /// The incumbent's pid (absent on a cold start).
         incumbent_pid: Option<u32>,
+        /// The program the successor was started from, as the upgrade named
+        /// it.
+        program: std::path::PathBuf,
     },
     /// A handoff entered a phase (the machine's state name).
     Phase {

@@ -34,6 +34,9 @@ pub struct PinnedBinary {
     file: File,
     path: PathBuf,
     sha256: String,
+    /// It starts with `#!`: its interpreter opens it by the path it is
+    /// given, which a close-on-exec `/proc/self/fd/N` would not be.
+    script: bool,
 }
 
 impl PinnedBinary {
@@ -43,10 +46,14 @@ impl PinnedBinary {
     pub(crate) fn open(path: &Path) -> io::Result<PinnedBinary> {
         let file = above_spawn_range(File::open(path)?);
         let sha256 = sha256_hex(&file)?;
+        let mut start = [0u8; 2];
+        let script = std::os::unix::fs::FileExt::read_exact_at(&file, &mut start, 0).is_ok()
+            && start == *b"#!";
         Ok(PinnedBinary {
             file,
             path: path.to_owned(),
             sha256,
+            script,
         })
     }
 
@@ -63,8 +70,15 @@ impl PinnedBinary {
     /// A path that executes exactly this open file while `self` lives (in
     /// this process and in a child forked from it: the fd is inherited by
     /// the fork and closed only by the exec, after the kernel opened it).
+    /// A script (`#!`) is the exception: its path, checked just before.
+    /// Its interpreter opens what it is given after the exec, when a
+    /// close-on-exec fd is gone, and a script finds its siblings by `$0`.
     pub fn exec_path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+        if self.script {
+            self.path.clone()
+        } else {
+            PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+        }
     }
 }
 
@@ -368,6 +382,12 @@ mod tests {
         std::fs::write(&path, b"something else").expect("rewrite");
         let through_fd = std::fs::read(pinned.exec_path()).expect("read through /proc/self/fd");
         assert_eq!(through_fd, b"abc");
+        // A script runs by its path (its interpreter opens it after the
+        // exec, and finds its siblings by `$0`); its content was checked.
+        let script = dir.join("wrapper");
+        std::fs::write(&script, b"#!/bin/sh\nexec true\n").expect("write");
+        let pinned = PinnedBinary::open(&script).expect("open");
+        assert_eq!(pinned.exec_path(), script);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

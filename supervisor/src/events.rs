@@ -32,8 +32,8 @@ struct Started {
 /// `HASH_IDLE_BOUND` and more); only its history entry does.
 type Hashing = Option<std::thread::JoinHandle<Option<BinaryRecord>>>;
 
-fn hash_in_background(state: &Arc<AdminState>, pid: u32) -> Hashing {
-    let image = Image::of_pid(pid)?;
+fn hash_in_background(state: &Arc<AdminState>, pid: u32, program: &std::path::Path) -> Hashing {
+    let image = Image::of_generation(pid, program)?;
     let state = Arc::clone(state);
     let spawned = std::thread::Builder::new()
         .name("binary-hash".into())
@@ -112,6 +112,7 @@ impl FanOut<'_> {
                 generation,
                 successor_pid,
                 incumbent_pid,
+                program,
             } => {
                 tracing::info!(
                     handoff_id,
@@ -128,7 +129,7 @@ impl FanOut<'_> {
                     successor_pid,
                     incumbent_pid,
                     started_unix_ms: unix_ms(),
-                    binary: hash_in_background(self.state, successor_pid),
+                    binary: hash_in_background(self.state, successor_pid, &program),
                 });
             }
             SupervisorEvent::Phase { handoff_id, phase } => match &self.handoff {

@@ -15,8 +15,9 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use crate::admin::wire::{BinaryRecord, HISTORY_LEN};
@@ -51,6 +52,33 @@ impl Image {
             file: File::open(&exe).ok()?,
         })
     }
+
+    /// What generation `pid`, started from `program`, runs: its
+    /// `/proc/PID/exe`, unless `program` is a script (`#!`) that the exe is
+    /// not: then the exe is its interpreter, or what a wrapper script went
+    /// on to run, and the build is the script (what a rollback runs again,
+    /// what `--if-changed` compares). A script replaced since the spawn is
+    /// read as it is now.
+    pub fn of_generation(pid: u32, program: &Path) -> Option<Image> {
+        let exe = Image::of_pid(pid)?;
+        let Ok(mut script) = File::open(program) else {
+            return Some(exe);
+        };
+        let mut start = [0u8; 2];
+        let is_script = script.read_exact(&mut start).is_ok() && start == *b"#!";
+        let same = |a: &File, b: &File| match (a.metadata(), b.metadata()) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => false,
+        };
+        if !is_script || same(&script, &exe.file) {
+            return Some(exe);
+        }
+        let _ = script.seek(SeekFrom::Start(0));
+        Some(Image {
+            path: program.to_owned(),
+            file: script,
+        })
+    }
 }
 
 /// The sha256 cache of the binaries generations run.
@@ -75,16 +103,19 @@ impl Identities {
     /// that image (read through the link, so a file renamed over the path
     /// since does not change it). `None` once the process is gone.
     pub fn of_pid(&self, pid: u32) -> Option<BinaryRecord> {
-        self.of_pid_at(pid, Priority::Caller)
+        self.of_image(Image::of_pid(pid)?, Priority::Caller)
     }
 
-    /// [`Identities::of_pid`] from a background thread: hashed at nice 19.
-    pub fn of_pid_in_background(&self, pid: u32) -> Option<BinaryRecord> {
-        self.of_pid_at(pid, Priority::Background)
+    /// What generation `pid`, started from `program`, runs
+    /// ([`Image::of_generation`]), and its sha256.
+    pub fn of_generation(&self, pid: u32, program: &Path) -> Option<BinaryRecord> {
+        self.of_image(Image::of_generation(pid, program)?, Priority::Caller)
     }
 
-    fn of_pid_at(&self, pid: u32, priority: Priority) -> Option<BinaryRecord> {
-        self.of_image(Image::of_pid(pid)?, priority)
+    /// [`Identities::of_generation`] from a background thread: hashed at
+    /// nice 19.
+    pub fn of_generation_in_background(&self, pid: u32, program: &Path) -> Option<BinaryRecord> {
+        self.of_image(Image::of_generation(pid, program)?, Priority::Background)
     }
 
     /// [`Identities::of_pid_in_background`] of an image opened before.
@@ -181,6 +212,43 @@ mod tests {
         // Our own image, through /proc.
         let ours = identities.of_pid(std::process::id()).expect("own exe");
         assert_eq!(ours.path, std::env::current_exe().expect("exe"));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// A generation started from a wrapper script that went on to exec
+    /// another program is known by the script; one started from a binary,
+    /// by its exe.
+    #[test]
+    fn a_generation_started_from_a_script_is_known_by_the_script() {
+        let dir = std::env::temp_dir().join(format!("handoff-identity-sh-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let script = dir.join("wrapper");
+        let marker = dir.join("execed");
+        let text = format!("#!/bin/sh\n: > {}\nexec sleep 30\n", marker.display());
+        std::fs::write(&script, text).expect("write");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let mut child = std::process::Command::new(&script).spawn().expect("spawn");
+        let pid = child.id();
+        // Past the wrapper's exec: the exe is sleep's once the marker is
+        // there and the exe is no longer the shell.
+        let shell = std::fs::canonicalize("/bin/sh").expect("sh");
+        testkit::eventually("the wrapper exec'd sleep", || {
+            marker.exists()
+                && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe != shell)
+        });
+        let identities = Identities::default();
+        let record = identities.of_generation(pid, &script).expect("identity");
+        assert_eq!(record.path, script);
+        let script_sha = handoff::os::sha256_hex(&File::open(&script).expect("open"));
+        assert_eq!(record.sha256, script_sha.expect("sha"));
+        let exe = identities.of_pid(pid).expect("exe");
+        assert_ne!(exe.path, script, "the process runs sleep");
+        // A binary is known by its exe, whatever path named it.
+        let sleep = exe.path.clone();
+        assert_eq!(identities.of_generation(pid, &sleep), Some(exe));
+        child.kill().expect("kill");
+        child.wait().expect("reap");
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

@@ -66,12 +66,10 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     if orphan.is_some() {
         // No start of its own tells what an adopted generation runs: what
         // the first upgrade replaces, and a rollback goes back to.
-        history.live = supervisor
-            .handle()
-            .status()
-            .ok()
-            .and_then(|status| status.child_pid)
-            .and_then(|pid| identities.of_pid(pid));
+        history.live = supervisor.handle().status().ok().and_then(|status| {
+            let pid = status.child_pid?;
+            identities.of_generation(pid, &status.program)
+        });
     }
     let carry = Carry {
         image,

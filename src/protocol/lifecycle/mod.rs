@@ -912,6 +912,7 @@ impl LifecycleMachine {
             generation: ticket.generation,
             successor_pid: pid,
             incumbent_pid,
+            program: successor.build.program.clone(),
         });
         out.push(LifecycleAction::Entered {
             generation: ticket.generation,

@@ -264,7 +264,7 @@ fn status(state: &AdminState) -> Response {
     let binary = status.program.clone();
     let sha256 = status
         .child_pid
-        .and_then(|pid| state.identities.of_pid(pid))
+        .and_then(|pid| state.identities.of_generation(pid, &status.program))
         .map(|record| record.sha256);
     Response::Status(Box::new(StatusReport::new(status, binary, sha256)))
 }

@@ -504,6 +504,7 @@ mod tests {
             generation: handoff_id,
             successor_pid: 100 + handoff_id as u32,
             incumbent_pid: upgrade.then_some(99),
+            program: "/usr/bin/daemon".into(),
         }
     }
 

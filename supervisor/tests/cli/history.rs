@@ -232,6 +232,59 @@ fn history_survives_a_supervisor_restart_and_rollback_uses_it() {
     assert_eq!(on_disk["entries"].as_array().map(Vec::len), Some(4));
 }
 
+/// Daemons deployed as wrapper scripts (`#!/bin/sh`, `exec` the real
+/// binary): the history, `status` and `--if-changed` know each generation
+/// by the script it was started from, not by the shell or the program the
+/// script went on to run, so a rollback runs the previous script again.
+#[test]
+fn a_wrapper_script_is_what_history_records_and_rollback_runs() {
+    let dir = TempDir::new("history-wrapper");
+    let body = |build: &str| format!("exec {} --build {build} \"$@\"", testd().display());
+    let w1 = crate::common::script(dir.path(), "wrapper-1", &body("w1"));
+    let w2 = crate::common::script(dir.path(), "wrapper-2", &body("w2"));
+    let config = dir.path().join("handoff.toml");
+    let allowed = format!(
+        "allowed_binaries = [\"{}\", \"{}\"]\n",
+        w1.display(),
+        w2.display()
+    );
+    std::fs::write(&config, allowed).expect("config");
+    let socket = dir.path().join("admin.sock");
+    let supervisor = start_at(&socket, &config, &w1, &[]);
+    let sha = |path: &Path| sha256_hex(path);
+    let w1_pid = serving_pid(supervisor.addr());
+    let ran = supervisor.ctl("upgrade", &["--binary", &w2.display().to_string()]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    wait_gone(w1_pid);
+    let entries = history(&supervisor);
+    let scripts = |entry: &Value| (binary(entry, "old_binary"), binary(entry, "new_binary"));
+    let as_record = |path: &Path| (path.display().to_string(), sha(path));
+    assert_eq!(
+        scripts(&entries[1]),
+        (as_record(&w1), as_record(&w2)),
+        "{entries:?}"
+    );
+    assert_eq!(supervisor.status()["binary_sha256"], sha(&w2));
+    let unchanged = [
+        "--binary",
+        &w2.display().to_string(),
+        "--if-changed",
+        "--json",
+    ];
+    let ran = supervisor.ctl("upgrade", &unchanged);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    let plan: Value = serde_json::from_str(&ran.stdout).expect("plan");
+    assert_eq!(plan["changed"], false, "{plan}");
+    let ran = supervisor.ctl("rollback", &["--json"]);
+    assert_eq!(ran.code, Some(0), "{ran:?}; log:\n{}", supervisor.log());
+    assert_eq!(supervisor.status()["binary"], w1.display().to_string());
+    let info = crate::common::request(supervisor.addr(), "INFO").expect("INFO");
+    assert!(
+        info.contains("build=w1"),
+        "the first script's build serves: {info}"
+    );
+}
+
 /// A corrupt history file is reported, moved aside, and replaced by a
 /// fresh history; the supervisor starts and serves.
 #[test]
