@@ -4,7 +4,8 @@
 //! answers and history records ask for it.
 //!
 //! An upgrade does not wait for a hash unless its target is pinned: the
-//! event thread opens the successor's `/proc/PID/exe` once the handoff has
+//! event thread opens the file the successor was started from (its
+//! `/proc/PID/exe`, or its `#!` script) once the handoff has
 //! started and a thread of its own hashes it on idle CPU time
 //! (`sha256_hex_niced`: `SCHED_IDLE`, an ordinary nice-19 thread past
 //! `HASH_IDLE_BOUND`, or the waiter itself where the process may not leave

@@ -13,7 +13,7 @@ use handoff::Admitted;
 use std::time::{Duration, Instant};
 
 use super::upgrade::{Upgrade, upgrade};
-use super::wire::{ErrorKind, MAX_LINE, Request, Response, StatusReport};
+use super::wire::{BinaryRecord, ErrorKind, MAX_LINE, Request, Response, StatusReport};
 use super::{AdminState, Control};
 use crate::error::chain;
 use crate::reexec::Reexec;
@@ -167,6 +167,7 @@ fn answer(request: Request, state: &AdminState) -> Response {
             deadline_ms,
             force,
         } => match history(state).rollback_target().cloned() {
+            Some(target) if let Some(gone) = previous_build_gone(state, &target) => gone,
             Some(target) => {
                 tracing::info!(binary = %target.path.display(), sha256 = %target.sha256, "rollback");
                 let asked = Upgrade {
@@ -190,6 +191,28 @@ fn answer(request: Request, state: &AdminState) -> Response {
             "stop and reexec are answered by the connection's thread",
         ),
     }
+}
+
+/// A rollback's refusal when the recorded build's file is no longer at its
+/// path as it was (a deploy renamed a new build over the same path, or
+/// removed it), in words that say what to do; `None` when it is there.
+fn previous_build_gone(state: &AdminState, target: &BinaryRecord) -> Option<Response> {
+    let short = |sha: &str| sha.chars().take(12).collect::<String>();
+    let now = match state.identities.of_path(&target.path) {
+        Ok(now) if now.sha256 == target.sha256 => return None,
+        Ok(now) => format!("now has sha256 {}", short(&now.sha256)),
+        Err(error) => format!("cannot be read ({error})"),
+    };
+    Some(Response::error(
+        ErrorKind::Rejected,
+        format!(
+            "cannot roll back: the previous build, {} with sha256 {}, is gone: the file {now} \
+             (a deploy replaced it). Put that build back at its path, or keep each release at \
+             a path of its own (/opt/app/releases/VERSION/app) so that a rollback finds it",
+            target.path.display(),
+            short(&target.sha256)
+        ),
+    ))
 }
 
 /// The history, once it holds what the supervisor reports.

@@ -136,7 +136,16 @@ fn rollback_refuses_a_binary_whose_file_changed() {
     std::fs::rename(&replacement, &v1).expect("rename over v1");
     let ran = supervisor.ctl("rollback", &[]);
     assert_eq!(ran.code, Some(2), "{ran:?}");
-    assert!(ran.one_error_line().contains("sha256"), "{ran:?}");
+    let line = ran.one_error_line();
+    assert!(line.contains("the previous build"), "{line}");
+    assert!(line.contains(&v1.display().to_string()), "{line}");
+    assert!(line.contains("a path of its own"), "what to do: {line}");
+    assert_eq!(serving_pid(addr), on_v2, "nothing was started");
+    // Gone altogether: said the same way.
+    std::fs::remove_file(&v1).expect("remove v1");
+    let ran = supervisor.ctl("rollback", &[]);
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+    assert!(ran.one_error_line().contains("cannot be read"), "{ran:?}");
     assert_eq!(serving_pid(addr), on_v2, "nothing was started");
 }
 
