@@ -140,19 +140,29 @@ fn parse_args() -> Args {
     args
 }
 
+/// One line on stderr in one `write` (`eprintln!` writes each piece of its
+/// format on its own, so a line could be cut by another process's writes
+/// to the same log, and tests look for whole lines).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let line = format!("{}\n", format_args!($($arg)*));
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    }};
+}
+
 fn die(message: &str) -> ! {
-    eprintln!("testd: {message}");
+    say!("testd: {message}");
     std::process::exit(2)
 }
 
 /// Stage hooks for the fault flags.
 fn stage(args: &Args, name: &str) {
     if args.fail_at.as_deref() == Some(name) {
-        eprintln!("testd: failing at {name} as asked");
+        say!("testd: failing at {name} as asked");
         std::process::exit(3);
     }
     if args.hang_at.as_deref() == Some(name) {
-        eprintln!("testd: hanging at {name} as asked");
+        say!("testd: hanging at {name} as asked");
         loop {
             std::thread::park();
         }
@@ -288,7 +298,7 @@ impl Kept {
             Ok(Some(blob)) => String::from_utf8_lossy(&blob.bytes).into_owned(),
             Ok(None) => "-".into(),
             Err(error) => {
-                eprintln!("testd: {error}");
+                say!("testd: {error}");
                 "refused".into()
             }
         };
@@ -376,7 +386,7 @@ impl Drainable for Daemon {
         stage(&self.args, "resume");
         if let Some(ms) = self.args.resume_delay_ms {
             // A slow resumption, for the race of a resume with a commit.
-            eprintln!("testd: resuming in {ms} ms as asked");
+            say!("testd: resuming in {ms} ms as asked");
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
         let reopened = Store::open(self.data_dir.as_deref())?;
@@ -564,7 +574,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let connection = match shared.gate.accept(&listener) {
             Ok(connection) => connection,
             Err(error) => {
-                eprintln!("testd: {error}");
+                say!("testd: {error}");
                 // EMFILE and the like: back off rather than spin.
                 std::thread::sleep(handoff::timeouts::POLL_SLICE);
                 continue;
@@ -670,5 +680,5 @@ fn main() {
         std::thread::spawn(move || accept_loop(listener, acceptor));
     }
     let ending = live.wait();
-    eprintln!("testd {}: session ended: {ending:?}", std::process::id());
+    say!("testd {}: session ended: {ending:?}", std::process::id());
 }

@@ -133,6 +133,18 @@ impl Counters {
         self.0.values().sum()
     }
 
+    /// The counters that moved, `Name N`, comma-separated ("" when
+    /// none did): what a human reads to tell a full accept queue from a
+    /// reset.
+    pub fn moved(&self) -> String {
+        self.0
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// As JSON, one field per counter.
     pub fn to_json(&self) -> Value {
         json!(self.0)
@@ -256,6 +268,8 @@ IpExt: 0
         assert_eq!(delta.get("AttemptFails"), 5);
         assert_eq!(delta.get("EstabResets"), 0);
         assert_eq!(delta.get("OutRsts"), 0, "a counter that fell counts as 0");
+        assert_eq!(delta.moved(), "AttemptFails 5");
+        assert_eq!(before.since(&before).moved(), "");
     }
 
     #[test]

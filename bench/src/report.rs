@@ -677,7 +677,12 @@ impl Observed {
         rows.push((
             "kernel TCP trouble",
             match (counts.kernel_trouble, &self.kernel) {
-                (Some(n), _) => format!("{n} (a network namespace of its own)"),
+                (Some(0), _) => "0 (a network namespace of its own)".into(),
+                (Some(n), Some(witness)) => format!(
+                    "{n} ({}; a network namespace of its own)",
+                    witness.delta.moved()
+                ),
+                (Some(n), None) => format!("{n} (a network namespace of its own)"),
                 (None, Some(witness)) => format!(
                     "{} (shared namespace: other traffic counts too; not a gate)",
                     witness.delta.total()

@@ -166,6 +166,16 @@ pub fn eventually_within(bound: Duration, what: &str, mut condition: impl FnMut(
     }
 }
 
+/// A child killed and reaped on drop, whatever the test did.
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Whether our child `pid` still runs: a `waitid` that neither blocks nor
 /// reaps. Unlike [`alive`], never fooled by the zombie thread-group leader
 /// a multi-threaded process shows for a moment while it execs.

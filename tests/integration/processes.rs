@@ -2,16 +2,7 @@
 //! supervisor checks them.
 
 use crate::common::{WAIT, eventually, example};
-
-/// Kills and reaps the child on drop, whatever the test did.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use testkit::Reaped;
 
 /// A live process whose main thread has ended shows a zombie leader in
 /// `/proc/PID/stat`: it still has a start time and can be pinned, and once
