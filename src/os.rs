@@ -16,7 +16,8 @@ pub use crate::sys::{
 
 /// Opens `path` and checks that its contents hash to `expected` (lowercase
 /// hex sha256). Run the result through [`PinnedBinary::exec_path`] while it
-/// lives, so that what runs is what was checked.
+/// lives, so that what runs is what was checked (a `#!` script: by its
+/// path, checked just before).
 pub fn pin_binary(path: &Path, expected: &str) -> Result<PinnedBinary> {
     let pinned = PinnedBinary::open(path)
         .map_err(|source| Error::path("opening a binary to hash it", path, source))?;

@@ -118,8 +118,10 @@ pub const EXIT_AFTER_EOF: std::time::Duration = std::time::Duration::from_millis
 
 /// How long a stopping `handoffctl run` waits, once its generations are
 /// gone, for its event thread to record what the stop ended (a cancelled
-/// handoff in the history, the record removed) before it answers the stop
-/// and exits. The thread has only files to write by then.
+/// handoff in the history) before it answers the stop and exits. The
+/// thread has files to write by then, and may wait for the background hash
+/// of the cancelled successor's binary (at idle priority: on a saturated
+/// machine the entry may be lost past this bound, said in the log).
 pub const EVENTS_FLUSH: Duration = Duration::from_secs(5);
 
 /// How long a background hash runs only on idle CPU time (`SCHED_IDLE`)

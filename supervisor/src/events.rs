@@ -11,7 +11,6 @@ use handoff::supervisor::{
 
 use crate::admin::wire::{AutomaticRollback, BinaryRecord, HandoffReport};
 use crate::admin::{AdminState, Control};
-use crate::identity::Image;
 use crate::orphan::RecordWriter;
 use crate::reexec::state::EventsCarried;
 
@@ -33,7 +32,7 @@ struct Started {
 type Hashing = Option<std::thread::JoinHandle<Option<BinaryRecord>>>;
 
 fn hash_in_background(state: &Arc<AdminState>, pid: u32, program: &std::path::Path) -> Hashing {
-    let image = Image::of_generation(pid, program)?;
+    let image = state.identities.started(pid, program)?;
     let state = Arc::clone(state);
     let spawned = std::thread::Builder::new()
         .name("binary-hash".into())

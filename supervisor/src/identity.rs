@@ -58,12 +58,12 @@ impl Image {
     /// `/proc/PID/exe`, unless `program` is a script (`#!`) that the exe is
     /// not: then the exe is its interpreter, or what a wrapper script went
     /// on to run, and the build is the script (what a rollback runs again,
-    /// what `--if-changed` compares). A script replaced since the spawn is
-    /// read as it is now.
-    pub fn of_generation(pid: u32, program: &Path) -> Option<Image> {
+    /// what `--if-changed` compares), as the file at `program` is now.
+    /// Whether it is the script.
+    fn of_generation(pid: u32, program: &Path) -> Option<(Image, bool)> {
         let exe = Image::of_pid(pid)?;
         let Ok(mut script) = File::open(program) else {
-            return Some(exe);
+            return Some((exe, false));
         };
         let mut start = [0u8; 2];
         let is_script = script.read_exact(&mut start).is_ok() && start == *b"#!";
@@ -72,20 +72,34 @@ impl Image {
             _ => false,
         };
         if !is_script || same(&script, &exe.file) {
-            return Some(exe);
+            return Some((exe, false));
         }
         let _ = script.seek(SeekFrom::Start(0));
-        Some(Image {
+        let image = Image {
             path: program.to_owned(),
             file: script,
+        };
+        Some((image, true))
+    }
+
+    /// Another handle on the same open file.
+    fn try_clone(&self) -> Option<Image> {
+        Some(Image {
+            path: self.path.clone(),
+            file: self.file.try_clone().ok()?,
         })
     }
 }
 
-/// The sha256 cache of the binaries generations run.
+/// The sha256 cache of the binaries generations run, and the generations
+/// started from a script.
 #[derive(Debug, Default)]
 pub struct Identities {
     hashes: Mutex<HashMap<Key, String>>,
+    /// Generations started from a script (`#!`), by pid: the script as it
+    /// was at their start, held open, so that a deploy renaming a new
+    /// script over the path does not change what they are known by.
+    scripts: Mutex<HashMap<u32, Image>>,
 }
 
 impl Identities {
@@ -100,6 +114,42 @@ impl Identities {
         })
     }
 
+    /// Notes that generation `pid` was started from `program` (right after
+    /// its spawn, or when this supervisor takes it over): the image it is
+    /// known by from now on, its exe or the script ([`Image::of_generation`]).
+    pub fn started(&self, pid: u32, program: &Path) -> Option<Image> {
+        let (image, script) = Image::of_generation(pid, program)?;
+        let mut scripts = self.scripts.lock().unwrap_or_else(PoisonError::into_inner);
+        // A pid reused by a generation started from a binary, and the
+        // generations gone, are forgotten.
+        scripts.remove(&pid);
+        scripts.retain(|pid, _| Path::new(&format!("/proc/{pid}")).exists());
+        if script && let Some(kept) = image.try_clone() {
+            scripts.insert(pid, kept);
+        }
+        Some(image)
+    }
+
+    /// What generation `pid` runs and its sha256: the script it was started
+    /// from ([`Identities::started`]), else its exe.
+    pub fn of_generation(&self, pid: u32) -> Option<BinaryRecord> {
+        self.of_image(self.image_of(pid)?, Priority::Caller)
+    }
+
+    /// [`Identities::of_generation`] from a background thread: hashed at
+    /// nice 19.
+    pub fn of_generation_in_background(&self, pid: u32) -> Option<BinaryRecord> {
+        self.of_image(self.image_of(pid)?, Priority::Background)
+    }
+
+    fn image_of(&self, pid: u32) -> Option<Image> {
+        let scripts = self.scripts.lock().unwrap_or_else(PoisonError::into_inner);
+        match scripts.get(&pid) {
+            Some(script) => script.try_clone(),
+            None => Image::of_pid(pid),
+        }
+    }
+
     /// What process `pid` runs: `/proc/PID/exe` resolved, and the sha256 of
     /// that image (read through the link, so a file renamed over the path
     /// since does not change it). `None` once the process is gone.
@@ -107,19 +157,7 @@ impl Identities {
         self.of_image(Image::of_pid(pid)?, Priority::Caller)
     }
 
-    /// What generation `pid`, started from `program`, runs
-    /// ([`Image::of_generation`]), and its sha256.
-    pub fn of_generation(&self, pid: u32, program: &Path) -> Option<BinaryRecord> {
-        self.of_image(Image::of_generation(pid, program)?, Priority::Caller)
-    }
-
-    /// [`Identities::of_generation`] from a background thread: hashed at
-    /// nice 19.
-    pub fn of_generation_in_background(&self, pid: u32, program: &Path) -> Option<BinaryRecord> {
-        self.of_image(Image::of_generation(pid, program)?, Priority::Background)
-    }
-
-    /// [`Identities::of_pid_in_background`] of an image opened before.
+    /// The sha256 of an image [`Identities::started`] gave, at nice 19.
     pub fn of_image_in_background(&self, image: Image) -> Option<BinaryRecord> {
         self.of_image(image, Priority::Background)
     }
@@ -141,6 +179,7 @@ impl Identities {
     pub fn with_entries(entries: Vec<(Key, String)>) -> Identities {
         Identities {
             hashes: Mutex::new(entries.into_iter().collect()),
+            scripts: Mutex::default(),
         }
     }
 
@@ -217,8 +256,9 @@ mod tests {
     }
 
     /// A generation started from a wrapper script that went on to exec
-    /// another program is known by the script; one started from a binary,
-    /// by its exe.
+    /// another program is known by the script as it was at the start, even
+    /// once a new script is renamed over the path; one started from a
+    /// binary, by its exe.
     #[test]
     fn a_generation_started_from_a_script_is_known_by_the_script() {
         let dir = std::env::temp_dir().join(format!("handoff-identity-sh-{}", std::process::id()));
@@ -229,8 +269,8 @@ mod tests {
         std::fs::write(&script, text).expect("write");
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .expect("chmod");
-        let mut child = std::process::Command::new(&script).spawn().expect("spawn");
-        let pid = child.id();
+        let child = testkit::Reaped(std::process::Command::new(&script).spawn().expect("spawn"));
+        let pid = child.0.id();
         // Past the wrapper's exec: the exe is sleep's once the marker is
         // there and the exe is no longer the shell.
         let shell = std::fs::canonicalize("/bin/sh").expect("sh");
@@ -239,17 +279,26 @@ mod tests {
                 && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe != shell)
         });
         let identities = Identities::default();
-        let record = identities.of_generation(pid, &script).expect("identity");
-        assert_eq!(record.path, script);
-        let script_sha = handoff::os::sha256_hex(&File::open(&script).expect("open"));
-        assert_eq!(record.sha256, script_sha.expect("sha"));
+        let script_sha = handoff::os::sha256_hex(&File::open(&script).expect("open")).expect("sha");
+        identities.started(pid, &script).expect("noted");
+        let record = identities.of_generation(pid).expect("identity");
+        assert_eq!(
+            (record.path.clone(), record.sha256),
+            (script.clone(), script_sha.clone())
+        );
+        // A deploy renames a new script over the path: still the old one.
+        let next = dir.join("wrapper.new");
+        std::fs::write(&next, "#!/bin/sh\nexec true\n").expect("write");
+        std::fs::rename(&next, &script).expect("rename");
+        let record = identities.of_generation(pid).expect("identity");
+        assert_eq!(record.sha256, script_sha, "as it was at the start");
+        // A binary is known by its exe, whatever path named it.
         let exe = identities.of_pid(pid).expect("exe");
         assert_ne!(exe.path, script, "the process runs sleep");
-        // A binary is known by its exe, whatever path named it.
-        let sleep = exe.path.clone();
-        assert_eq!(identities.of_generation(pid, &sleep), Some(exe));
-        child.kill().expect("kill");
-        child.wait().expect("reap");
+        let binaries = Identities::default();
+        binaries.started(pid, &exe.path).expect("noted");
+        assert_eq!(binaries.of_generation(pid), Some(exe));
+        drop(child);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

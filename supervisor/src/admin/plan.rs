@@ -74,7 +74,7 @@ pub fn before_handoff(state: &AdminState, target: &Target<'_>, asked: Asked) -> 
     };
     let current = status
         .child_pid
-        .and_then(|pid| state.identities.of_generation(pid, &status.program));
+        .and_then(|pid| state.identities.of_generation(pid));
     let action = match (&current, status.child_pid) {
         (_, None) => PlanAction::Start,
         (Some(current), Some(_)) if asked.if_changed && current.sha256 == sha256 => {

@@ -166,31 +166,42 @@ fn answer(request: Request, state: &AdminState) -> Response {
             drain_timeout_ms,
             deadline_ms,
             force,
-        } => match history(state).rollback_target().cloned() {
-            Some(target) if let Some(gone) = previous_build_gone(state, &target) => gone,
-            Some(target) => {
-                tracing::info!(binary = %target.path.display(), sha256 = %target.sha256, "rollback");
-                let asked = Upgrade {
-                    binary: Some(target.path),
-                    sha256: Some(target.sha256),
-                    drain_grace: millis(drain_timeout_ms),
-                    deadline: millis(deadline_ms),
-                    force,
-                    ..Upgrade::default()
-                };
-                upgrade(state, asked)
-            }
-            None => Response::error(
-                ErrorKind::Rejected,
-                "no binary other than the running one was replaced by a recorded commit: \
-                 nothing to roll back to",
-            ),
-        },
+        } => rollback(state, millis(drain_timeout_ms), millis(deadline_ms), force),
         Request::Stop | Request::Reexec { .. } => Response::error(
             ErrorKind::BadRequest,
             "stop and reexec are answered by the connection's thread",
         ),
     }
+}
+
+/// An upgrade back to the build the last commit replaced, pinned by its
+/// recorded sha256.
+fn rollback(
+    state: &AdminState,
+    drain_grace: Option<Duration>,
+    deadline: Option<Duration>,
+    force: bool,
+) -> Response {
+    let Some(target) = history(state).rollback_target().cloned() else {
+        return Response::error(
+            ErrorKind::Rejected,
+            "no binary other than the running one was replaced by a recorded commit: \
+             nothing to roll back to",
+        );
+    };
+    if let Some(refusal) = previous_build_gone(state, &target) {
+        return refusal;
+    }
+    tracing::info!(binary = %target.path.display(), sha256 = %target.sha256, "rollback");
+    let asked = Upgrade {
+        binary: Some(target.path),
+        sha256: Some(target.sha256),
+        drain_grace,
+        deadline,
+        force,
+        ..Upgrade::default()
+    };
+    upgrade(state, asked)
 }
 
 /// A rollback's refusal when the recorded build's file is no longer at its
@@ -287,7 +298,7 @@ fn status(state: &AdminState) -> Response {
     let binary = status.program.clone();
     let sha256 = status
         .child_pid
-        .and_then(|pid| state.identities.of_generation(pid, &status.program))
+        .and_then(|pid| state.identities.of_generation(pid))
         .map(|record| record.sha256);
     Response::Status(Box::new(StatusReport::new(status, binary, sha256)))
 }

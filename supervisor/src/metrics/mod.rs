@@ -307,10 +307,7 @@ impl Owner {
             self.daemon_pid = status.child_pid;
             self.gauges.daemon = status
                 .child_pid
-                .and_then(|pid| {
-                    let identities = &self.state.identities;
-                    identities.of_generation_in_background(pid, &status.program)
-                })
+                .and_then(|pid| self.state.identities.of_generation_in_background(pid))
                 .map(|record| BinaryRecord {
                     path: status.program.clone(),
                     sha256: record.sha256,

@@ -382,6 +382,14 @@ impl Restored {
         let socket = AdminSocket::adopt(self.settings.socket.clone(), self.admin);
         let answer = self.caller.map(|caller| (caller, Response::Reexec(report)));
         let metrics = crate::metrics::Metrics::rebind(self.settings.metrics, carried.metrics);
+        let identities = crate::identity::Identities::with_entries(carried.identities);
+        // A generation started from a script is known by it again (as the
+        // file is now: the one held open died with the old image).
+        if let Ok(status) = supervisor.handle().status()
+            && let Some(pid) = status.child_pid
+        {
+            let _ = identities.started(pid, &status.program);
+        }
         Running {
             settings: self.settings,
             supervisor,
@@ -391,7 +399,7 @@ impl Restored {
             carry: self.carry,
             fan_out: carried.events,
             metrics,
-            identities: crate::identity::Identities::with_entries(carried.identities),
+            identities,
         }
         .serve(signals, answer)
     }

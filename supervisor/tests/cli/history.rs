@@ -284,6 +284,26 @@ fn a_wrapper_script_is_what_history_records_and_rollback_runs() {
     assert_eq!(ran.code, Some(0), "{ran:?}");
     let plan: Value = serde_json::from_str(&ran.stdout).expect("plan");
     assert_eq!(plan["changed"], false, "{plan}");
+    // A deploy renames a new script over w2: the serving generation is
+    // still known by the one it started from, so there is work to do.
+    let deployed = dir.path().join("wrapper-2.new");
+    std::fs::copy(&w2, &deployed).expect("copy");
+    let mut text = std::fs::read_to_string(&deployed).expect("read");
+    text.push_str("# a new release\n");
+    std::fs::write(&deployed, text).expect("write");
+    std::fs::rename(&deployed, &w2).expect("rename over w2");
+    assert_ne!(supervisor.status()["binary_sha256"], sha(&w2));
+    let check = [
+        "--binary",
+        &w2.display().to_string(),
+        "--if-changed",
+        "--check",
+        "--json",
+    ];
+    let ran = supervisor.ctl("upgrade", &check);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    let plan: Value = serde_json::from_str(&ran.stdout).expect("plan");
+    assert_eq!(plan["action"], "upgrade", "{plan}");
     let ran = supervisor.ctl("rollback", &["--json"]);
     assert_eq!(ran.code, Some(0), "{ran:?}; log:\n{}", supervisor.log());
     assert_eq!(supervisor.status()["binary"], w1.display().to_string());
