@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -139,8 +139,9 @@ pub struct SupervisorConfig {
     /// The sha256 (lowercase hex) that `program` must have whenever it is
     /// started as configured (generation 1, an upgrade that names no
     /// program, and their restarts): the file is opened, hashed and run
-    /// from the open file (`/proc/self/fd/N`), and other contents refuse
-    /// the start ([`Error::BinaryMismatch`]).
+    /// from the open file (`/proc/self/fd/N`; a `#!` script by its path,
+    /// checked just before), and other contents refuse the start
+    /// ([`Error::BinaryMismatch`]).
     pub program_sha256: Option<String>,
     /// Where a generation is found again when this supervisor dies while it
     /// serves: library generation N binds `{rendezvous}.gen{N}`
@@ -228,6 +229,22 @@ impl DaemonProtocol {
     }
 }
 
+/// Where foreign generations' notification sockets live for a supervisor
+/// whose rendezvous prefix is `rendezvous` (see
+/// [`SupervisorConfig::rendezvous`]): `{rendezvous}.notify`, if it is
+/// absolute (a generation's `NOTIFY_SOCKET` must be) and its longest socket
+/// path fits a socket address; else `None` (a private directory under the
+/// temporary directory is used, which an adopter does not find).
+pub fn notify_home(rendezvous: &Path) -> Option<PathBuf> {
+    if !rendezvous.is_absolute() {
+        return None;
+    }
+    let mut home = rendezvous.as_os_str().to_owned();
+    home.push(".notify");
+    let home = PathBuf::from(home);
+    crate::os::fits_unix_socket(&home.join(format!("gen{}.sock", u64::MAX))).then_some(home)
+}
+
 impl SupervisorConfig {
     /// Generation `id`'s rendezvous path, if orphans can be adopted.
     pub fn rendezvous_of(&self, id: u64) -> Option<PathBuf> {
@@ -242,11 +259,7 @@ impl SupervisorConfig {
     /// (see [`SupervisorConfig::rendezvous`]), if its longest socket path
     /// fits.
     pub(crate) fn notify_home(&self) -> Option<PathBuf> {
-        let prefix = self.rendezvous.as_ref()?;
-        let mut home = prefix.clone().into_os_string();
-        home.push(".notify");
-        let home = PathBuf::from(home);
-        crate::os::fits_unix_socket(&home.join(format!("gen{}.sock", u32::MAX))).then_some(home)
+        notify_home(self.rendezvous.as_ref()?)
     }
 
     /// What the lifecycle machine needs of this configuration.

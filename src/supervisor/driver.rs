@@ -170,19 +170,21 @@ impl Driver {
     }
 
     /// An adopted foreign generation's notification socket, bound again
-    /// where its dead supervisor bound it (the orphan's `NOTIFY_SOCKET`), so
-    /// that its notifications reach this supervisor. Without a fixed
-    /// notification directory there is nothing to bind; a failure is said
-    /// and leaves the generation without notifications, as before.
+    /// where its dead supervisor bound it (the orphan's `NOTIFY_SOCKET`, in
+    /// the fixed notification directory both compute), so that its
+    /// notifications reach this supervisor. Without that directory there
+    /// is nothing to bind; a failure is said and leaves the generation
+    /// without notifications.
     fn rebind_notify_socket(&mut self, id: GenerationId) -> Option<crate::sys::NotifySocket> {
-        self.config.notify_home()?;
-        match self.spawner.notify_socket(id) {
-            Ok(notify) => Some(notify),
-            Err(error) => {
-                tracing::warn!(generation = id, %error, "the adopted generation's notifications cannot be received");
-                None
-            }
+        if !self.spawner.has_notify_home() {
+            return None;
         }
+        self.spawner
+            .notify_socket(id)
+            .inspect_err(|error| {
+                tracing::warn!(generation = id, %error, "the adopted generation cannot notify");
+            })
+            .ok()
     }
 
     /// The generations a thawed driver holds: id and pid.

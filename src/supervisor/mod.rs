@@ -37,7 +37,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 pub use self::config::{
     DEFAULT_FD_STORE_MAX, DaemonProtocol, NamedListener, QuiesceSignals, SupervisorConfig,
-    UpgradeRequest,
+    UpgradeRequest, notify_home,
 };
 pub use self::report::{BlobReport, ItemReport, RetireeStatus, Status, SupervisorState};
 pub use crate::protocol::{

@@ -285,12 +285,29 @@ impl Spawner {
         Ok(GenerationProcess::new(id, process.id(), None, Some(notify)).holding_image())
     }
 
+    /// Whether the notification directory has a fixed place.
+    pub(crate) fn has_notify_home(&self) -> bool {
+        self.notify_home.is_some()
+    }
+
     /// Binds generation `id`'s notification socket, in the notification
-    /// directory (made first if need be).
+    /// directory (made first if need be: at its fixed place, or, if that
+    /// cannot be ours, under the temporary directory, said once).
     pub(crate) fn notify_socket(&mut self, id: GenerationId) -> Result<sys::NotifySocket> {
         if self.notify_dir.is_none() {
-            let made = match &self.notify_home {
-                Some(home) => sys::PrivateDir::take(home),
+            let taken = self.notify_home.as_deref().map(sys::PrivateDir::take);
+            let made = match taken {
+                Some(Ok(dir)) => Ok(dir),
+                Some(Err(error)) => {
+                    tracing::warn!(
+                        %error,
+                        "the notification directory beside the admin socket cannot be ours: \
+                         using one under the temporary directory (a supervisor adopting these \
+                         generations after a crash will not hear them)"
+                    );
+                    self.notify_home = None;
+                    sys::PrivateDir::create()
+                }
                 None => sys::PrivateDir::create(),
             };
             self.notify_dir = Some(

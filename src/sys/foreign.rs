@@ -310,31 +310,25 @@ impl PrivateDir {
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
             Err(error) => return Err(error),
         }
-        let dir = PrivateDir::adopt(path)?;
+        // Checked as ours before anything in it is removed, and emptied
+        // before it is owned (a failure leaves it as it was, not deleted).
+        check_private(path)?;
         for entry in std::fs::read_dir(path)? {
             let entry = entry?;
             if entry.file_type()?.is_socket() {
                 std::fs::remove_file(entry.path())?;
             }
         }
-        Ok(dir)
+        Ok(PrivateDir {
+            path: path.to_owned(),
+        })
     }
 
     /// Takes back a directory [`PrivateDir::create`] made in this process
     /// before it replaced its image: still a directory of ours that nobody
     /// else may write.
     pub(crate) fn adopt(path: &Path) -> io::Result<PrivateDir> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::symlink_metadata(path)?;
-        if !meta.is_dir()
-            || meta.uid() != nix::unistd::geteuid().as_raw()
-            || meta.mode() & 0o077 != 0
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!("{} is not a private directory of ours", path.display()),
-            ));
-        }
+        check_private(path)?;
         Ok(PrivateDir {
             path: path.to_owned(),
         })
@@ -344,6 +338,20 @@ impl PrivateDir {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// That `path` is a directory (not a link to one) of our uid that nobody
+/// else may use.
+fn check_private(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} is not a private directory of ours", path.display()),
+        ));
+    }
+    Ok(())
 }
 
 impl Drop for PrivateDir {
@@ -494,6 +502,15 @@ mod tests {
         std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).expect("chmod");
         let refused = PrivateDir::take(&home).expect_err("refused");
         assert_eq!(refused.kind(), io::ErrorKind::PermissionDenied);
+        // Nor a link to a private directory (of ours or anyone's).
+        let target = dir.path().join("elsewhere");
+        std::fs::create_dir(&target).expect("mkdir");
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let link = dir.path().join("linked");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let refused = PrivateDir::take(&link).expect_err("a link is refused");
+        assert_eq!(refused.kind(), io::ErrorKind::PermissionDenied);
+        assert!(target.exists(), "what it points to is left alone");
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub(crate) fn ask(
         )));
     }
     serde_json::from_slice(&reply)
-        .map_err(|e| Failure::usage(format!("unreadable answer from {shown}: {e}")))
+        .map_err(|e| Failure::outcome_unknown(format!("unreadable answer from {shown}: {e}")))
 }
 
 fn refused(kind: ErrorKind, message: String) -> Failure {
@@ -71,7 +71,7 @@ fn refused(kind: ErrorKind, message: String) -> Failure {
 }
 
 fn unexpected(response: &Response) -> Failure {
-    Failure::usage(format!(
+    Failure::outcome_unknown(format!(
         "unexpected answer from the supervisor: {response:?}"
     ))
 }

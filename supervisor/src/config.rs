@@ -321,7 +321,10 @@ impl Settings {
                 .map_err(|e| Failure::usage(crate::error::chain(&e)))?;
         }
         let (socket, socket_is_default) = match options.socket {
-            Some(socket) => (socket, false),
+            // Absolute: the paths beside it (the lock, the record, the
+            // rendezvous and notification sockets a generation is given)
+            // must not depend on a process's current directory.
+            Some(socket) => (absolute_socket(socket)?, false),
             None => (default_socket()?, true),
         };
         let history_file = options
@@ -461,6 +464,17 @@ fn listeners(specs: &[String]) -> Result<Vec<(String, ListenAddr)>, Failure> {
             Ok((name.to_owned(), absolute_unix(name, parsed)?))
         })
         .collect()
+}
+
+/// The admin socket's path, made absolute (relative to the current
+/// directory; a config file's was made relative to the file).
+fn absolute_socket(socket: PathBuf) -> Result<PathBuf, Failure> {
+    std::path::absolute(&socket).map_err(|e| {
+        Failure::usage(format!(
+            "--socket {}: cannot make the path absolute: {e}",
+            socket.display()
+        ))
+    })
 }
 
 /// A unix listener's relative path made absolute (relative to the
@@ -915,7 +929,7 @@ mod tests {
     }
 
     #[test]
-    fn a_relative_unix_listener_is_relative_to_its_file_or_the_current_directory() {
+    fn relative_socket_paths_are_relative_to_their_file_or_the_current_directory() {
         let dir = std::env::temp_dir().join(format!("hctl-config-unix-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let config = dir.join("handoff.toml");
@@ -934,6 +948,10 @@ mod tests {
             expected,
             "relative to the current directory"
         );
+        // The admin socket too: generations are given paths beside it.
+        let socket = ["--socket", "run/admin.sock", "--", "/bin/true"];
+        let from_flag = Settings::resolve(run_args(None, &socket)).expect("resolve");
+        assert_eq!(from_flag.socket, cwd.join("run/admin.sock"));
         // Short enough as given, too long once absolute: said with both.
         let long = format!("app=unix:{}", "s".repeat(100));
         let err = Settings::resolve(run_args(None, &["--listen", &long, "--", "/bin/true"]))

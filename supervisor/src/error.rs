@@ -22,8 +22,18 @@ pub enum Exit {
     NobodyServes = 4,
 }
 
-/// What went wrong on this side, for a `--json` caller's `kind` (a refusal
-/// carries the supervisor's kind instead).
+/// What kind of failure, for a `--json` caller's `kind`: the supervisor's
+/// refusal, or what went wrong on this side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum Kind {
+    /// The supervisor refused (its own kinds).
+    Refused(ErrorKind),
+    /// This side.
+    Local(LocalKind),
+}
+
+/// What went wrong on this side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LocalKind {
@@ -31,11 +41,11 @@ pub enum LocalKind {
     Usage,
     /// No supervisor answers at the admin socket (exit 2: nothing started).
     Unreachable,
-    /// The request was delivered and no answer came: whether it took
-    /// effect is not known (exit 1).
+    /// The request was delivered and no answer, or none this command can
+    /// read, came: whether it took effect is not known (exit 1).
     OutcomeUnknown,
-    /// Anything else that failed (exit 1, or a handoff's verdict).
-    Failed,
+    /// Anything else (exit 1, or a handoff's verdict).
+    Error,
 }
 
 /// What went wrong, said once.
@@ -45,10 +55,8 @@ pub struct Failure {
     pub exit: Exit,
     /// One line, without the program name.
     pub message: String,
-    /// The supervisor's refusal, when it refused.
-    pub kind: Option<ErrorKind>,
-    /// What failed on this side, when the supervisor did not refuse.
-    pub local: LocalKind,
+    /// Its kind.
+    pub kind: Kind,
     /// Whether the answer was printed on stdout already (a rolled-back
     /// handoff's report): `--json` then prints nothing more.
     pub printed: bool,
@@ -68,15 +76,16 @@ impl Failure {
     /// No supervisor to talk to (exit 2).
     pub fn unreachable(message: impl Into<String>) -> Failure {
         Failure {
-            local: LocalKind::Unreachable,
+            kind: Kind::Local(LocalKind::Unreachable),
             ..Failure::usage(message)
         }
     }
 
-    /// A request delivered and not answered (exit 1).
+    /// A request delivered and not answered, or answered in a way this
+    /// command cannot read (exit 1).
     pub fn outcome_unknown(message: impl Into<String>) -> Failure {
         Failure {
-            local: LocalKind::OutcomeUnknown,
+            kind: Kind::Local(LocalKind::OutcomeUnknown),
             ..Failure::failed(message)
         }
     }
@@ -84,7 +93,7 @@ impl Failure {
     /// A refusal by the supervisor; its exit code follows from its kind.
     pub fn refused(kind: ErrorKind, message: impl Into<String>) -> Failure {
         Failure {
-            kind: Some(kind),
+            kind: Kind::Refused(kind),
             ..Failure::with(Exit::from(kind), message)
         }
     }
@@ -93,11 +102,10 @@ impl Failure {
         Failure {
             exit,
             message: message.into(),
-            kind: None,
-            local: match exit {
+            kind: Kind::Local(match exit {
                 Exit::Usage => LocalKind::Usage,
-                Exit::Failed | Exit::Busy | Exit::NobodyServes => LocalKind::Failed,
-            },
+                Exit::Failed | Exit::Busy | Exit::NobodyServes => LocalKind::Error,
+            }),
             printed: false,
         }
     }
@@ -107,10 +115,7 @@ impl Failure {
     pub fn to_json(&self) -> String {
         let answer = serde_json::json!({
             "result": "error",
-            "kind": match self.kind {
-                Some(kind) => serde_json::json!(kind),
-                None => serde_json::json!(self.local),
-            },
+            "kind": self.kind,
             "message": self.message,
             "exit": self.exit as u8,
         });

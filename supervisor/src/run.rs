@@ -68,7 +68,8 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         // the first upgrade replaces, and a rollback goes back to.
         history.live = supervisor.handle().status().ok().and_then(|status| {
             let pid = status.child_pid?;
-            identities.of_generation(pid, &status.program)
+            identities.started(pid, &status.program)?;
+            identities.of_generation(pid)
         });
     }
     let carry = Carry {
@@ -177,24 +178,25 @@ fn adopt(
 /// admin socket, and a foreign one's notification socket is there too;
 /// both paths are longer: said at start, not found at the crash.
 fn warn_if_orphans_cannot_be_adopted(settings: &Settings) {
-    let library = matches!(
-        settings.protocol,
-        handoff::supervisor::DaemonProtocol::Library
-    );
-    let mut longest = crate::orphan::rendezvous_prefix(&settings.socket).into_os_string();
-    let lost = if library {
+    let prefix = crate::orphan::rendezvous_prefix(&settings.socket);
+    if let handoff::supervisor::DaemonProtocol::Library = settings.protocol {
+        let mut longest = prefix.into_os_string();
         longest.push(format!(".gen{}", u32::MAX));
-        "a generation orphaned by a crash of this supervisor could not be adopted"
-    } else {
-        longest.push(format!(".notify/gen{}.sock", u32::MAX));
-        "a generation adopted after a crash of this supervisor could not notify it"
-    };
-    if !handoff::os::fits_unix_socket(Path::new(&longest)) {
+        if !handoff::os::fits_unix_socket(Path::new(&longest)) {
+            tracing::warn!(
+                socket = %settings.socket.display(),
+                "the admin socket's path is too long for the rendezvous sockets beside it \
+                 (.adopt.genN): a generation orphaned by a crash of this supervisor could not \
+                 be adopted; choose a shorter --socket"
+            );
+        }
+    } else if handoff::supervisor::notify_home(&prefix).is_none() {
         tracing::warn!(
             socket = %settings.socket.display(),
-            "the admin socket's path is too long for the sockets beside it \
-             ({}): {lost}; choose a shorter --socket",
-            Path::new(&longest).display()
+            "the admin socket's path is too long for the notification sockets beside it \
+             (.adopt.notify/genN.sock): they go under the temporary directory, and a \
+             generation adopted after a crash of this supervisor could not notify the new \
+             one; choose a shorter --socket"
         );
     }
 }

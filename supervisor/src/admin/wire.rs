@@ -353,9 +353,9 @@ pub struct HandoffReport {
     /// it did (its drain overran the drain timeout, or `--force`).
     #[serde(default)]
     pub incumbent_stopped: Option<String>,
-    /// Rolled back because it was cancelled (by a stop of the supervisor),
-    /// not because the successor failed: the old generation was not
-    /// replaced, and the stop goes on to stop it.
+    /// Rolled back because it was cancelled (by a stop of the supervisor,
+    /// which goes on to stop the old generation), not because the successor
+    /// failed.
     #[serde(default)]
     pub cancelled: bool,
     /// Milliseconds per phase the handoff reached.
@@ -470,12 +470,16 @@ impl HandoffReport {
                 self.total_ms
             )
         } else if self.cancelled {
+            let kept = match self.old_pid {
+                Some(old) => format!(
+                    "generation {} (pid {old}) was not replaced",
+                    self.generation
+                ),
+                None => "nothing was serving".to_owned(),
+            };
             format!(
-                "cancelled: handoff {} was cancelled before its commit (the supervisor is \
-                 stopping); generation {} (pid {}) was not replaced",
-                self.handoff_id,
-                self.generation,
-                pid(self.old_pid)
+                "cancelled: handoff {} was cancelled before its commit; {kept}",
+                self.handoff_id
             )
         } else if self.serving {
             format!(

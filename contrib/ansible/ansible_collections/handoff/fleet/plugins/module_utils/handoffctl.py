@@ -78,13 +78,16 @@ def run(module, argv):
 
 def outcome(rc, answer):
     """One word for what happened: ``committed``, ``rolled_back``,
-    ``nobody_serving``, ``unchanged``, ``would_upgrade``, ``would_start``,
+    ``nobody_serving``, ``cancelled``, ``unchanged``, ``would_upgrade``,
+    ``would_start``,
     ``served``, ``not_served``, or the kind of a refusal (``rejected``,
     ``busy``, ...) or of a failure here (``unreachable``, ``usage``,
     ``outcome_unknown``); ``error`` when handoffctl gave none)."""
     if 'committed' in answer:
         if answer['committed']:
             return 'committed'
+        if answer.get('cancelled'):
+            return 'cancelled'
         if answer.get('serving', True):
             return 'rolled_back'
         return 'nobody_serving'

@@ -105,12 +105,13 @@ RETURN = r'''
 outcome:
   description:
     - What happened, in one word.
-    - V(committed), V(rolled_back), V(nobody_serving), V(unchanged),
+    - V(committed), V(rolled_back), V(nobody_serving), V(cancelled) (a stop
+      of the supervisor cancelled it), V(unchanged),
       V(would_upgrade) or V(would_start) (check mode), or the kind of a
       refusal (V(rejected), V(busy), V(bad_request), V(permission_denied),
       V(stopping), V(overloaded), V(failed)), or of a failure on the host's
-      side (V(unreachable): no supervisor at the socket; V(usage);
-      V(outcome_unknown): the request was sent and no answer came).
+      side (V(unreachable), no supervisor at the socket; V(usage);
+      V(outcome_unknown), the request was sent and no answer came; V(error)).
   returned: always
   type: str
   sample: committed
@@ -190,7 +191,7 @@ target:
   type: dict
   sample: {"path": "/opt/mydaemon/releases/1.4.2/mydaemon", "sha256": "9f2c0a3e7d41b6a5c8e0f1d2b3a4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6"}
 kind:
-  description: The kind of refusal or failure (as in O(outcome)).
+  description: The kind of refusal or failure (as in RV(outcome)).
   returned: when refused or failed
   type: str
   sample: busy
