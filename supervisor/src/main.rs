@@ -22,6 +22,7 @@ mod recorder;
 mod reexec;
 mod run;
 mod signals;
+mod socket_file;
 mod systemd;
 mod verdict;
 mod wait;

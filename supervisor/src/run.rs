@@ -55,10 +55,11 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     // start went through: a start that fails says one thing).
     let (mut history, history_warning) = crate::history::load(&settings.history_file);
     let first_handoff_id = history.next_handoff_id();
-    let (supervisor, events, listeners) = match &orphan {
+    let (supervisor, events, listeners, passed) = match &orphan {
         Some(record) => adopt(&settings, record, first_handoff_id)?,
         None => start(&settings, first_handoff_id)?,
     };
+    let socket_files = crate::socket_file::SocketFile::bound(&settings.listeners, &passed);
     // Kept by systemd across a crash of this process, if the unit allows.
     Notifier::from_env().store_listeners(&listeners);
     log_history(&settings, &history, history_warning);
@@ -81,6 +82,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         allowed: settings.allowed_supervisor_binaries.clone(),
         reexecs: 0,
         lock,
+        socket_files,
     };
     Running {
         settings,
@@ -100,13 +102,17 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
 }
 
 /// What a supervisor starts with: the library's supervisor, its events,
-/// and the listeners by name.
-type Started = (Supervisor, EventStream, Vec<(String, OwnedFd)>);
+/// the listeners by name, and the names systemd passed (socket activation
+/// or its fd store: files this supervisor does not remove).
+type Started = (Supervisor, EventStream, Listeners, Vec<String>);
+
+/// Listeners by name.
+type Listeners = Vec<(String, OwnedFd)>;
 
 /// A first start: binds (or takes from systemd) the listeners and starts
 /// generation 1, its handoff numbered `first_handoff_id`.
 fn start(settings: &Settings, first_handoff_id: u64) -> Result<Started, Failure> {
-    let listeners = listeners(settings)?;
+    let (listeners, passed) = listeners(settings)?;
     let config = SupervisorConfig {
         first_handoff_id,
         ..supervisor_config(settings, duplicates(&listeners)?)?
@@ -119,7 +125,7 @@ fn start(settings: &Settings, first_handoff_id: u64) -> Result<Started, Failure>
     // Subscribed before generation 1 spawns: every phase is seen.
     let (supervisor, events) = Supervisor::start_with_events(config)
         .map_err(|e| Failure::failed(format!("cannot start generation 1: {}", chain(&e))))?;
-    Ok((supervisor, events, listeners))
+    Ok((supervisor, events, listeners, passed))
 }
 
 /// A start after a crash: takes over the generation a previous supervisor
@@ -135,7 +141,9 @@ fn adopt(
     );
     // Socket activation passes the same sockets again: the orphan's copies
     // are the ones kept.
-    drop(handoff::os::listen_fds());
+    let passed = handoff::os::listen_fds()
+        .map(|fds| fds.into_iter().map(|(name, _)| name).collect())
+        .unwrap_or_default();
     step(SupervisorStep::AdoptBeforeListeners)?;
     let (mut adoption, orphan) = record.claim(&settings.timeouts)?;
     let listeners = adoption.orphan.take_listeners();
@@ -171,7 +179,7 @@ fn adopt(
         pid = orphan.pid,
         "adopted: the generation serves under this supervisor"
     );
-    Ok((supervisor, events, listeners))
+    Ok((supervisor, events, listeners, passed))
 }
 
 /// A library generation orphaned by a crash waits at a socket beside the
@@ -309,8 +317,12 @@ impl Running {
             crate::admin::server::respond(&caller, &response);
         }
         let code = until_the_end(&control_rx, supervisor, &notify);
-        // Everything exited: nothing is left for a next supervisor to adopt.
+        // Everything exited: nothing is left for a next supervisor to adopt,
+        // and no listener's socket file is ours to keep.
         crate::orphan::Record::remove(&settings.socket);
+        for file in &state.carry.socket_files {
+            file.remove();
+        }
         drop(socket);
         Ok(code)
     }
@@ -493,8 +505,9 @@ pub fn duplicates(listeners: &[(String, OwnedFd)]) -> Result<Vec<NamedListener>,
 }
 
 /// Adopts what systemd passed by socket activation, then binds the
-/// configured listeners it did not pass; each by name.
-fn listeners(settings: &Settings) -> Result<Vec<(String, OwnedFd)>, Failure> {
+/// configured listeners it did not pass; each by name, and the names
+/// systemd passed.
+fn listeners(settings: &Settings) -> Result<(Listeners, Vec<String>), Failure> {
     let mut listeners = Vec::new();
     for (name, fd) in handoff::os::listen_fds().map_err(|e| Failure::failed(chain(&e)))? {
         let listener = NamedListener::adopt(name.clone(), fd)
@@ -502,8 +515,9 @@ fn listeners(settings: &Settings) -> Result<Vec<(String, OwnedFd)>, Failure> {
         tracing::info!(name = %listener.name, address = %listener.address, "adopted a socket-activated listener");
         listeners.push(listener);
     }
+    let passed: Vec<String> = listeners.iter().map(|l| l.name.clone()).collect();
     for (name, addr) in &settings.listeners {
-        if listeners.iter().any(|l: &NamedListener| &l.name == name) {
+        if passed.contains(name) {
             continue;
         }
         let listener = NamedListener::bind(name.clone(), addr)
@@ -519,7 +533,10 @@ fn listeners(settings: &Settings) -> Result<Vec<(String, OwnedFd)>, Failure> {
             pair[0]
         )));
     }
-    Ok(listeners.into_iter().map(|l| (l.name, l.fd)).collect())
+    Ok((
+        listeners.into_iter().map(|l| (l.name, l.fd)).collect(),
+        passed,
+    ))
 }
 
 /// Creates the admin socket's directory (0700) if missing. A default

@@ -211,15 +211,21 @@ fn previous_build_gone(state: &AdminState, target: &BinaryRecord) -> Option<Resp
     let short = |sha: &str| sha.chars().take(12).collect::<String>();
     let now = match state.identities.of_path(&target.path) {
         Ok(now) if now.sha256 == target.sha256 => return None,
-        Ok(now) => format!("now has sha256 {}", short(&now.sha256)),
-        Err(error) => format!("cannot be read ({error})"),
+        Ok(now) => format!(
+            "is gone: the file now has sha256 {} (a deploy replaced it)",
+            short(&now.sha256)
+        ),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            "is gone: the file was removed".to_owned()
+        }
+        Err(error) => format!("cannot be read: {error}"),
     };
     Some(Response::error(
         ErrorKind::Rejected,
         format!(
-            "cannot roll back: the previous build, {} with sha256 {}, is gone: the file {now} \
-             (a deploy replaced it). Put that build back at its path, or keep each release at \
-             a path of its own (/opt/app/releases/VERSION/app) so that a rollback finds it",
+            "cannot roll back: the previous build, {} with sha256 {}, {now}. Put that build \
+             back at its path, or keep each release at a path of its own \
+             (/opt/app/releases/VERSION/app) so that a rollback finds it",
             target.path.display(),
             short(&target.sha256)
         ),

@@ -132,6 +132,8 @@ pub struct Carry {
     pub reexecs: u64,
     /// The supervisor's lock, held across re-execs.
     pub lock: crate::orphan::SupervisorLock,
+    /// The listeners' socket files to remove at a clean stop.
+    pub socket_files: Vec<crate::socket_file::SocketFile>,
 }
 
 /// `handoffctl self-check`: what this build is and can take over.
@@ -385,6 +387,7 @@ fn carried(
         phases_ms: BTreeMap::new(),
         events,
         reexecs: carry.reexecs,
+        socket_files: carry.socket_files.clone(),
         // The event thread caught up with the freeze: every event before
         // it is counted.
         metrics: state.metrics.to_state(),

@@ -290,6 +290,7 @@ fn take_back(
             Some(fd) => crate::orphan::SupervisorLock::from_fd(inherited.duplicate(fd)?),
             None => crate::orphan::SupervisorLock::take(&settings.socket).map_err(|f| f.message)?,
         },
+        socket_files: carried.socket_files.clone(),
     };
     let caller = carried
         .caller_fd

@@ -39,6 +39,7 @@ const KNOWN: &[&str] = &[
     "reexecs",
     "metrics",
     "identities",
+    "socket_files",
 ];
 
 /// The keys without which a reader would run wrong: one that does not
@@ -109,6 +110,10 @@ pub struct Carried {
     /// writer without them, which the reader then starts from zero.
     #[serde(default)]
     pub metrics: Option<crate::metrics::Counters>,
+    /// The listeners' socket files to remove at a clean stop; absent from
+    /// a writer without them (nothing is removed then).
+    #[serde(default)]
+    pub socket_files: Vec<crate::socket_file::SocketFile>,
 }
 
 /// A config file's path and text.
@@ -284,6 +289,11 @@ mod tests {
             reexecs: 0,
             metrics: None,
             identities: Vec::new(),
+            socket_files: vec![crate::socket_file::SocketFile {
+                path: "/run/app.sock".into(),
+                dev: 1,
+                ino: 2,
+            }],
         }
     }
 
@@ -293,6 +303,7 @@ mod tests {
         let back = Carried::from_bytes(&state.to_bytes().expect("write")).expect("read");
         assert_eq!(back.run_args, state.run_args);
         assert_eq!(back.library_fds, state.library_fds);
+        assert_eq!(back.socket_files, state.socket_files);
         assert_eq!(back.caller_fd, state.caller_fd);
     }
 

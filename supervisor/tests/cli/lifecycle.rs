@@ -234,6 +234,36 @@ fn a_stop_during_an_upgrade_cancels_it_and_says_so() {
     );
 }
 
+/// A unix listener's socket file, bound by the supervisor, stays across
+/// upgrades and re-execs and is removed by a clean stop.
+#[test]
+fn a_stop_removes_the_unix_socket_files_the_supervisor_bound() {
+    let dir = TempDir::new("unix-file");
+    let path = dir.path().join("side.sock");
+    let mut flags = Start::default().flags;
+    let side = format!("side=unix:{}", path.display());
+    flags.extend(["--listen".to_owned(), side]);
+    flags.extend(["--allow-supervisor-binary".to_owned()]);
+    flags.push(crate::common::handoffctl().display().to_string());
+    let mut supervisor = Supervisor::start_with(Start {
+        flags,
+        testd_args: vec!["--unix-name".into(), "side".into()],
+        ..Start::default()
+    });
+    supervisor.wait_serving();
+    let inode = || std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).expect("stat"));
+    let bound = inode();
+    let upgrade = supervisor.ctl("upgrade", &[]);
+    assert_eq!(upgrade.code, Some(0), "{upgrade:?}");
+    let reexec = supervisor.ctl("reexec", &[]);
+    assert_eq!(reexec.code, Some(0), "{reexec:?}");
+    assert_eq!(inode(), bound, "the same socket across both");
+    let stop = supervisor.ctl("stop", &[]);
+    assert_eq!(stop.code, Some(0), "{stop:?}");
+    supervisor.wait_exit();
+    assert!(!path.exists(), "the socket file is removed at the stop");
+}
+
 #[test]
 fn sighup_upgrades_and_sigterm_stops() {
     let mut supervisor = Supervisor::start();
