@@ -149,29 +149,35 @@ fn an_upgrade_to_a_binary_that_exits_rolls_back() {
     assert_eq!(supervisor.status()["last_handoff"]["committed"], false);
 }
 
+/// A supervisor upgrading, on a thread of its own, to a successor that
+/// never says hello (the handoff waits for its deadline), with `flags`;
+/// returned once the handoff is in flight.
+fn upgrading_to_a_silent_successor(
+    dir: &TempDir,
+    flags: &[&str],
+) -> (Supervisor, std::thread::JoinHandle<crate::common::Ran>) {
+    let silent = script(dir.path(), "silent", "exec sleep 60");
+    let supervisor = allowing(dir, &silent);
+    let socket = supervisor.socket.display().to_string();
+    let silent_path = silent.display().to_string();
+    let mut args: Vec<String> = ["upgrade", "--socket", &socket, "--binary", &silent_path]
+        .map(String::from)
+        .to_vec();
+    args.extend(flags.iter().map(|flag| flag.to_string()));
+    let upgrade = std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        crate::common::ctl(&args)
+    });
+    supervisor.wait_status("a handoff in flight", |s| s["state"] == "handing_off");
+    (supervisor, upgrade)
+}
+
 #[test]
 fn a_second_concurrent_upgrade_is_busy() {
     let dir = TempDir::new("busy");
-    // A successor that never says hello: the handoff waits for its deadline.
-    let silent = script(dir.path(), "silent", "exec sleep 60");
-    let supervisor = allowing(&dir, &silent);
+    let flags = ["--deadline", "3s", "--drain-timeout", "1s"];
+    let (supervisor, first) = upgrading_to_a_silent_successor(&dir, &flags);
     let before = serving_pid(supervisor.addr());
-    let socket = supervisor.socket.clone();
-    let silent_path = silent.display().to_string();
-    let first = std::thread::spawn(move || {
-        crate::common::ctl(&[
-            "upgrade",
-            "--socket",
-            socket.to_str().expect("utf-8"),
-            "--binary",
-            &silent_path,
-            "--deadline",
-            "3s",
-            "--drain-timeout",
-            "1s",
-        ])
-    });
-    supervisor.wait_status("a handoff in flight", |s| s["state"] == "handing_off");
     let second = supervisor.ctl("upgrade", &[]);
     assert_eq!(second.code, Some(3), "{second:?}");
     assert!(second.one_error_line().contains("in flight"));
@@ -191,23 +197,8 @@ fn a_second_concurrent_upgrade_is_busy() {
 #[test]
 fn a_stop_during_an_upgrade_cancels_it_and_says_so() {
     let dir = TempDir::new("cancel");
-    let silent = script(dir.path(), "silent", "exec sleep 60");
-    let mut supervisor = allowing(&dir, &silent);
-    let socket = supervisor.socket.clone();
-    let silent_path = silent.display().to_string();
-    let upgrade = std::thread::spawn(move || {
-        crate::common::ctl(&[
-            "upgrade",
-            "--socket",
-            socket.to_str().expect("utf-8"),
-            "--binary",
-            &silent_path,
-            "--deadline",
-            "30s",
-            "--json",
-        ])
-    });
-    supervisor.wait_status("a handoff in flight", |s| s["state"] == "handing_off");
+    let flags = ["--deadline", "30s", "--json"];
+    let (mut supervisor, upgrade) = upgrading_to_a_silent_successor(&dir, &flags);
     let history_file = supervisor.socket.with_extension("history.json");
     let stop = supervisor.ctl("stop", &[]);
     assert_eq!(stop.code, Some(0), "{stop:?}");
