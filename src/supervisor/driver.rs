@@ -805,6 +805,11 @@ fn log_note(note: &Note) {
             "restarting the generation"
         ),
         Note::NoRestart => tracing::info!("restart policy says no restart; stopping"),
+        Note::StopUnheard { generations } => tracing::error!(
+            ?generations,
+            "the stop ends without hearing these generations exit, a kill grace after SIGKILL \
+             (their process groups are killed as the supervisor ends)"
+        ),
         Note::LiveLost { generation } => tracing::warn!(
             generation,
             "the live generation exited during a handoff: the successor serves if it commits, \

@@ -156,9 +156,32 @@ impl Harness {
     }
 }
 
+/// How long a harness's supervisor may take to stop: its stop drain and
+/// kill grace, and slack.
+const STOP_BOUND: Duration = Duration::from_secs(45);
+
 impl Drop for Harness {
+    /// Stops the supervisor, bounded: one that does not stop fails the
+    /// test with its status, instead of holding it for ever.
     fn drop(&mut self) {
-        let _ = self.handle.stop();
+        let handle = self.handle.clone();
+        let (stopped, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = handle.stop();
+            let _ = stopped.send(());
+        });
+        if done.recv_timeout(STOP_BOUND).is_err() {
+            let message = format!(
+                "the supervisor did not stop within {STOP_BOUND:?}; its status: {:#?}",
+                self.handle.status()
+            );
+            if std::thread::panicking() {
+                eprintln!("{message}");
+            } else {
+                panic!("{message}");
+            }
+            return;
+        }
         if let Some(supervisor) = self.supervisor.take() {
             let _ = supervisor.join();
         }

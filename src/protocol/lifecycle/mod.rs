@@ -255,6 +255,12 @@ pub enum Note {
     },
     /// The restart policy says no restart: the supervisor stops.
     NoRestart,
+    /// A stop ended a kill grace after SIGKILL without hearing these
+    /// generations exit.
+    StopUnheard {
+        /// Whose exits were not heard.
+        generations: Vec<GenerationId>,
+    },
     /// The live generation died while a handoff ran: the verdict decides.
     LiveLost {
         /// Who.
@@ -566,8 +572,10 @@ enum KillTimer {
     AfterHandoff,
     /// The stop signal went out; SIGKILL at this instant.
     At(Instant),
-    /// SIGKILL went out.
-    Sent,
+    /// SIGKILL went out; the stop ends at this instant, every exit heard
+    /// or not (a generation whose exit never reaches the machine must not
+    /// hold the stop for ever).
+    Sent(Instant),
 }
 
 #[derive(Debug)]
@@ -771,7 +779,7 @@ impl LifecycleMachine {
         match &self.state {
             State::Starting { due } => consider(*due),
             State::Stopping {
-                kill: KillTimer::At(at),
+                kill: KillTimer::At(at) | KillTimer::Sent(at),
                 ..
             } => consider(Some(*at)),
             _ => {}
@@ -1122,6 +1130,21 @@ impl LifecycleMachine {
         }
     }
 
+    /// A kill grace after SIGKILL some exits were still not heard: the
+    /// stop ends anyway, naming them (the driver's handles kill their
+    /// process groups as it ends).
+    fn end_stop_unheard(&mut self, out: &mut Out) {
+        let mut unheard: Vec<GenerationId> =
+            self.retirees.drain(..).map(|r| r.generation.id).collect();
+        if let State::Stopping { live, handoff, .. } = &mut self.state {
+            unheard.extend(live.take().map(|live| live.id));
+            unheard.extend(handoff.take().map(|handoff| handoff.successor.id));
+        }
+        out.note(Note::StopUnheard {
+            generations: unheard,
+        });
+    }
+
     fn check_finished(&mut self, out: &mut Out) {
         if let State::Stopping {
             live: None,
@@ -1163,11 +1186,9 @@ impl LifecycleMachine {
                     build: self.last_committed.clone(),
                 });
             }
-            State::Stopping { live, kill, .. } => {
-                if let KillTimer::At(at) = kill
-                    && *at <= now
-                {
-                    *kill = KillTimer::Sent;
+            State::Stopping { live, kill, .. } => match kill {
+                KillTimer::At(at) if *at <= now => {
+                    *kill = KillTimer::Sent(now + self.config.timeouts.kill_grace);
                     if let Some(live) = live {
                         out.signal(live.id, GenerationSignal::Kill);
                     }
@@ -1175,7 +1196,9 @@ impl LifecycleMachine {
                         out.signal(retiree.generation.id, GenerationSignal::Kill);
                     }
                 }
-            }
+                KillTimer::Sent(at) if *at <= now => self.end_stop_unheard(out),
+                _ => {}
+            },
             _ => {}
         }
     }

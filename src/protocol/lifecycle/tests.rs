@@ -772,6 +772,40 @@ fn a_resumed_generation_that_fails_its_check_is_killed_and_restarted() {
 
 // ------------------------------------------------------------------ stop
 
+/// A generation whose exit never reaches the machine (lost on its way)
+/// cannot hold a stop for ever: a kill grace after SIGKILL the stop ends,
+/// naming it.
+#[test]
+fn a_stop_ends_a_kill_grace_after_sigkill_even_with_an_exit_unheard() {
+    let (mut sim, ticket) = in_probation();
+    let new = ticket.generation;
+    sim.step(LifecycleInput::Stop);
+    let grace = sim.machine.config().timeouts.kill_grace;
+    let actions = sim.advance(STOP_DRAIN + grace);
+    assert!(signalled(&actions, new, GenerationSignal::Kill));
+    // Only the old generation's exit is heard.
+    sim.exited(1, ExitStatus::Signal(9));
+    assert!(!sim.machine.is_finished());
+    assert!(sim.machine.next_wakeup().is_some(), "the stop's last bound");
+    let actions = sim.advance(grace - Duration::from_millis(1));
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, LifecycleAction::Stopped))
+    );
+    let actions = sim.advance(Duration::from_millis(1));
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, LifecycleAction::Stopped))
+    );
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        LifecycleAction::Note(Note::StopUnheard { generations }) if *generations == [new]
+    )));
+    assert!(sim.machine.is_finished());
+}
+
 #[test]
 fn a_stop_signals_every_generation_then_kills_after_the_stop_drain() {
     let (mut sim, ticket) = in_probation();
