@@ -557,6 +557,34 @@ fn a_successor_exit_waits_for_its_connections_eof() {
     assert!(outcome(&sim.advance(crate::timeouts::EXIT_AFTER_EOF)).is_some());
 }
 
+/// A successor that exits after its last frame but before its EOF has
+/// its exit held; a verdict that comes meanwhile does not lose it: a
+/// committed generation already dead is a loss the restart policy
+/// handles, not a dead generation serving.
+#[test]
+fn an_exit_held_for_its_eof_outlives_the_verdict() {
+    // Committed, then found dead: a restart, not a dead generation serving.
+    let mut sim = serving(Mode::Overlap);
+    let ticket = sim.machine.begin_handoff().expect("ticket");
+    sim.spawned(ticket, build("daemon-b"));
+    let (id, new) = (ticket.handoff_id, ticket.generation);
+    sim.frame(new, 0, hello());
+    sim.frame(new, id, Message::Warm);
+    sim.frame(new, id, ready());
+    sim.exited(new, ExitStatus::Code(0));
+    let actions = sim.frame(new, id, Message::CommitAck);
+    assert!(committed(&actions), "{actions:?}");
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            LifecycleAction::Announce(SupervisorEvent::GenerationExited { generation, .. })
+                if *generation == new
+        )),
+        "the held exit is heard: {actions:?}"
+    );
+    assert_ne!(sim.machine.live().map(|live| live.id), Some(new));
+}
+
 // ------------------------------------------------------------- probation
 
 fn in_probation() -> (Sim, Ticket) {

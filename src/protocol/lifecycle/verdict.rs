@@ -48,6 +48,14 @@ impl LifecycleMachine {
                 }
             };
         let held = std::mem::take(&mut handoff.held);
+        // An exit the handoff held back for the successor's EOF: the
+        // verdict came first, so it goes to the successor's new role
+        // (live, or a retiree owed its reap) once the verdict is applied,
+        // never lost with the handoff.
+        let held_exit = match handoff.exit {
+            SuccessorExit::Held { status, .. } => Some((handoff.successor.id, status)),
+            _ => None,
+        };
         let committed = matches!(verdict, Verdict::Committed { .. });
         let items = std::mem::take(&mut handoff.items);
         super::transit::settle_items(items, handoff.successor.id, committed, out);
@@ -83,6 +91,9 @@ impl LifecycleMachine {
         self.last_handoff = Some(outcome.clone());
         out.announce(SupervisorEvent::HandoffFinished(Box::new(outcome.clone())));
         out.push(LifecycleAction::Finished(Box::new(outcome)));
+        if let Some((successor, status)) = held_exit {
+            self.on_exited(successor, status, now, out);
+        }
     }
 
     /// A commit: the successor serves; every old generation still alive
