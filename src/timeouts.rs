@@ -116,6 +116,11 @@ pub const PROBE_ATTEMPT: Duration = Duration::from_secs(2);
 /// covers a socket end that some other process still holds.
 pub const EXIT_AFTER_EOF: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// How long a generation's handle, dropped before its reap, waits for the
+/// process it killed to exit (a process in uninterruptible sleep never
+/// does: the supervisor must still end).
+pub const REAP_AFTER_KILL: Duration = Duration::from_secs(1);
+
 /// How long a stopping `handoffctl run` waits, once its generations are
 /// gone, for its event thread to record what the stop ended (a cancelled
 /// handoff in the history) before it answers the stop and exits. The

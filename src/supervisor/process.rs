@@ -182,8 +182,14 @@ impl Drop for GenerationProcess {
                 "a generation's handle was dropped before its reap; killing it"
             );
             self.signal(Sig::Kill);
-            if let Watch::Child = self.watch {
-                let _ = sys::reap(self.pid);
+            if let Watch::Child = self.watch
+                && let Ok(None) = sys::reap_within(self.pid, crate::timeouts::REAP_AFTER_KILL)
+            {
+                tracing::error!(
+                    generation = self.id,
+                    pid = self.pid,
+                    "it did not exit after SIGKILL (uninterruptible sleep?): not waited for"
+                );
             }
         }
     }

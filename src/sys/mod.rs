@@ -147,7 +147,7 @@ pub(crate) use probe::{http_status, tcp_connect};
 pub use process::Sig;
 pub(crate) use process::{
     SpawnSpec, clear_die_with_parent, effective_uid, is_main_thread, is_unreaped_child, parent_pid,
-    reap, signal, signal_group, spawn, wait_exit_nowait,
+    reap, reap_within, signal, signal_group, spawn, wait_exit_nowait,
 };
 pub use signals::{BlockedAll, SignalSet};
 pub(crate) use socket::SUN_PATH_CAPACITY;

@@ -305,6 +305,20 @@ pub(crate) fn reap(pid: u32) -> io::Result<crate::protocol::ExitStatus> {
     }
 }
 
+/// Reaps child `pid` if it exits within `bound` (seen on a pidfd); `None`
+/// if it did not (a process in uninterruptible sleep: left to whoever
+/// reaps this process's children after it, never waited for unbounded).
+pub(crate) fn reap_within(
+    pid: u32,
+    bound: std::time::Duration,
+) -> io::Result<Option<crate::protocol::ExitStatus>> {
+    let pidfd = super::pidfd::open(pid)?;
+    if !super::pidfd::wait_all_exit(&[std::os::fd::AsFd::as_fd(&pidfd)], bound) {
+        return Ok(None);
+    }
+    reap(pid).map(Some)
+}
+
 /// Whether `pid` is a child of this process not yet reaped (running or
 /// exited): what a supervisor checks before it takes a generation back
 /// after replacing its own image.
@@ -422,6 +436,28 @@ mod tests {
             }
             out.extend_from_slice(&buf[..got.len]);
         }
+    }
+
+    #[test]
+    #[allow(
+        clippy::zombie_processes,
+        reason = "reaped by reap_within, the function under test"
+    )]
+    fn a_reap_after_a_kill_is_bounded() {
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn");
+        let pid = child.id();
+        let bound = std::time::Duration::from_millis(50);
+        assert_eq!(
+            reap_within(pid, bound).expect("pidfd"),
+            None,
+            "still running"
+        );
+        signal(pid, Sig::Kill).expect("kill");
+        let status = reap_within(pid, TEST_DEADLINE).expect("pidfd");
+        assert_eq!(status, Some(crate::protocol::ExitStatus::Signal(9)));
     }
 
     #[test]

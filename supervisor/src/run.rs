@@ -59,7 +59,13 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         Some(record) => adopt(&settings, record, first_handoff_id)?,
         None => start(&settings, first_handoff_id)?,
     };
-    let socket_files = crate::socket_file::SocketFile::bound(&settings.listeners, &passed);
+    // Under systemd, none: its units and its fd store own the files.
+    let socket_files = match (passed, Notifier::from_env().is_active()) {
+        (Some(passed), false) => {
+            crate::socket_file::SocketFile::held(&duplicates(&listeners)?, &passed)
+        }
+        _ => Vec::new(),
+    };
     // Kept by systemd across a crash of this process, if the unit allows.
     Notifier::from_env().store_listeners(&listeners);
     log_history(&settings, &history, history_warning);
@@ -103,8 +109,9 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
 
 /// What a supervisor starts with: the library's supervisor, its events,
 /// the listeners by name, and the names systemd passed (socket activation
-/// or its fd store: files this supervisor does not remove).
-type Started = (Supervisor, EventStream, Listeners, Vec<String>);
+/// or its fd store: files this supervisor does not remove; `None` when
+/// that cannot be told).
+type Started = (Supervisor, EventStream, Listeners, Option<Vec<String>>);
 
 /// Listeners by name.
 type Listeners = Vec<(String, OwnedFd)>;
@@ -125,7 +132,7 @@ fn start(settings: &Settings, first_handoff_id: u64) -> Result<Started, Failure>
     // Subscribed before generation 1 spawns: every phase is seen.
     let (supervisor, events) = Supervisor::start_with_events(config)
         .map_err(|e| Failure::failed(format!("cannot start generation 1: {}", chain(&e))))?;
-    Ok((supervisor, events, listeners, passed))
+    Ok((supervisor, events, listeners, Some(passed)))
 }
 
 /// A start after a crash: takes over the generation a previous supervisor
@@ -143,7 +150,7 @@ fn adopt(
     // are the ones kept.
     let passed = handoff::os::listen_fds()
         .map(|fds| fds.into_iter().map(|(name, _)| name).collect())
-        .unwrap_or_default();
+        .ok();
     step(SupervisorStep::AdoptBeforeListeners)?;
     let (mut adoption, orphan) = record.claim(&settings.timeouts)?;
     let listeners = adoption.orphan.take_listeners();

@@ -3,15 +3,17 @@
 //! as a daemon that binds its own socket removes it: the next start binds
 //! afresh either way (a stale file is replaced), but a file left behind
 //! answers every client with "connection refused" instead of "no such
-//! file". Files systemd passed (a socket unit's, or its fd store's) are
-//! systemd's. Each is removed only while the path still names the file
-//! seen when it was taken, by device and inode: a socket another process
-//! bound there since is left alone.
+//! file". Under systemd none is removed: a socket unit's files are its
+//! own, and its fd store may hand the sockets back to a later start
+//! (`FileDescriptorStorePreserve=`), which must not find them unlinked.
+//! Each is removed only while the path still names the file seen when it
+//! was taken, by device and inode: a socket another process bound there
+//! since is left alone.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use handoff::ListenAddr;
+use handoff::supervisor::NamedListener;
 
 /// One socket file: its path and its identity when it was taken.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -25,16 +27,15 @@ pub struct SocketFile {
 }
 
 impl SocketFile {
-    /// The configured unix listeners' files that systemd did not pass
+    /// The files of the unix listeners held (by the address each socket
+    /// is bound to, not the configuration's) that systemd did not pass
     /// (`passed` names), as they are now.
-    pub fn bound(listeners: &[(String, ListenAddr)], passed: &[String]) -> Vec<SocketFile> {
+    pub fn held(listeners: &[NamedListener], passed: &[String]) -> Vec<SocketFile> {
         listeners
             .iter()
-            .filter(|(name, _)| !passed.contains(name))
-            .filter_map(|(_, addr)| match addr {
-                ListenAddr::Unix(path) => SocketFile::of(path),
-                _ => None,
-            })
+            .filter(|listener| !passed.contains(&listener.name))
+            .filter_map(|listener| listener.address.strip_prefix("unix:"))
+            .filter_map(|path| SocketFile::of(Path::new(path)))
             .collect()
     }
 
@@ -74,18 +75,18 @@ mod tests {
         let replaced = dir.path().join("replaced.sock");
         let passed = dir.path().join("passed.sock");
         let bind = |path: &Path| std::os::unix::net::UnixListener::bind(path).expect("bind");
-        let _listeners = [bind(&ours), bind(&replaced), bind(&passed)];
-        let unix = |name: &str, path: &Path| (name.to_owned(), ListenAddr::Unix(path.to_owned()));
-        let configured = [
-            unix("ours", &ours),
-            unix("replaced", &replaced),
-            unix("passed", &passed),
-            (
-                "tcp".to_owned(),
-                ListenAddr::Tcp("127.0.0.1:1".parse().expect("addr")),
-            ),
+        // Held as the supervisor holds them: each address read from its
+        // socket.
+        let held =
+            |name: &str, fd: std::os::fd::OwnedFd| NamedListener::adopt(name, fd).expect("adopt");
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let listeners = [
+            held("ours", bind(&ours).into()),
+            held("replaced", bind(&replaced).into()),
+            held("passed", bind(&passed).into()),
+            held("tcp", tcp.into()),
         ];
-        let files = SocketFile::bound(&configured, &["passed".to_owned()]);
+        let files = SocketFile::held(&listeners, &["passed".to_owned()]);
         let paths: Vec<&Path> = files.iter().map(|f| f.path.as_path()).collect();
         assert_eq!(paths, [ours.as_path(), replaced.as_path()]);
         // Another process removes one and binds its own there.

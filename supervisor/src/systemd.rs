@@ -58,6 +58,11 @@ impl Notifier {
     /// supervisor by socket activation. Effective with
     /// `FileDescriptorStoreMax=` in the unit; systemd keeps one copy of a
     /// socket however often it is stored.
+    /// Whether it talks to systemd (`NOTIFY_SOCKET` was set).
+    pub fn is_active(&self) -> bool {
+        self.socket.is_some()
+    }
+
     pub fn store_listeners(&self, listeners: &[(String, std::os::fd::OwnedFd)]) {
         let Some(socket) = &self.socket else {
             return;

@@ -14,7 +14,7 @@
 //!  Serving --live exits--> (after_loss)
 //!  (after_loss) --a generation in probation--> Starting{due: None} --Resumed--> Serving{it}
 //!  (after_loss) --restart policy--> Starting{due: now + backoff} | Stopping
-//!  any --Stop--> Stopping{kill: AfterHandoff | At(t) | Sent} --all gone--> Finished
+//!  any --Stop--> Stopping{kill: AfterHandoff | At(t) | Sent(t)} --all gone, or t--> Finished
 //! ```
 //!
 //! Invariants kept here (ARCHITECTURE.md): only a reaped generation is
