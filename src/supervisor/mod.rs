@@ -178,7 +178,9 @@ impl SupervisorHandle {
 
     /// Stops gracefully: cancels a handoff in flight, sends SIGTERM to every
     /// generation and waits for them (SIGKILL after the stop drain). Returns
-    /// when everything exited.
+    /// when every exit was heard, or a kill grace after the SIGKILL without
+    /// some (I7); [`Supervisor::join`] then waits for the loop, whose
+    /// handles kill what is left.
     pub fn stop(&self) -> Result<()> {
         self.ask(Command::Stop)
     }
