@@ -274,15 +274,16 @@ fn a_wrapper_script_is_what_history_records_and_rollback_runs() {
         "{entries:?}"
     );
     assert_eq!(supervisor.status()["binary_sha256"], sha(&w2));
-    let unchanged = [
-        "--binary",
-        &w2.display().to_string(),
-        "--if-changed",
-        "--json",
-    ];
-    let ran = supervisor.ctl("upgrade", &unchanged);
-    assert_eq!(ran.code, Some(0), "{ran:?}");
-    let plan: Value = serde_json::from_str(&ran.stdout).expect("plan");
+    // `upgrade --binary w2 --if-changed --json` and `flags`: its plan.
+    let plan_for_w2 = |flags: &[&str]| {
+        let w2 = w2.display().to_string();
+        let mut args = vec!["--binary", &w2, "--if-changed", "--json"];
+        args.extend_from_slice(flags);
+        let ran = supervisor.ctl("upgrade", &args);
+        assert_eq!(ran.code, Some(0), "{ran:?}");
+        serde_json::from_str::<Value>(&ran.stdout).expect("plan")
+    };
+    let plan = plan_for_w2(&[]);
     assert_eq!(plan["changed"], false, "{plan}");
     // A deploy renames a new script over w2: the serving generation is
     // still known by the one it started from, so there is work to do.
@@ -293,16 +294,7 @@ fn a_wrapper_script_is_what_history_records_and_rollback_runs() {
     std::fs::write(&deployed, text).expect("write");
     std::fs::rename(&deployed, &w2).expect("rename over w2");
     assert_ne!(supervisor.status()["binary_sha256"], sha(&w2));
-    let check = [
-        "--binary",
-        &w2.display().to_string(),
-        "--if-changed",
-        "--check",
-        "--json",
-    ];
-    let ran = supervisor.ctl("upgrade", &check);
-    assert_eq!(ran.code, Some(0), "{ran:?}");
-    let plan: Value = serde_json::from_str(&ran.stdout).expect("plan");
+    let plan = plan_for_w2(&["--check"]);
     assert_eq!(plan["action"], "upgrade", "{plan}");
     let ran = supervisor.ctl("rollback", &["--json"]);
     assert_eq!(ran.code, Some(0), "{ran:?}; log:\n{}", supervisor.log());
