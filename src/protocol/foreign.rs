@@ -130,7 +130,6 @@ pub struct ForeignHandoffMachine {
     started: Instant,
     deadline: Instant,
     phase_started: Instant,
-    abort_started: Option<Instant>,
     phases: Phases,
 }
 
@@ -144,7 +143,6 @@ impl ForeignHandoffMachine {
             state: State::Starting,
             started: now,
             phase_started: now,
-            abort_started: None,
             phases: Phases::default(),
         };
         let mut actions = Vec::new();
@@ -193,7 +191,6 @@ impl ForeignHandoffMachine {
                     && pid == Some(self.config.successor_pid)
                     && text.lines().any(|line| line == "READY=1") =>
             {
-                self.phases.begin = Some(now.saturating_duration_since(self.phase_started));
                 if self.config.probe {
                     self.probe(now, &mut actions);
                 } else {
@@ -204,16 +201,13 @@ impl ForeignHandoffMachine {
             // decision (the driver logs foreign senders).
             (_, ForeignInput::Notified { .. }) => {}
             (State::Probing, ForeignInput::ProbePassed) => {
-                self.phases.probe = Some(now.saturating_duration_since(self.phase_started));
                 self.commit(now, &mut actions);
             }
             (State::Probing, ForeignInput::ProbeFailed { detail }) => {
-                self.phases.probe = Some(now.saturating_duration_since(self.phase_started));
                 self.stop_successor(AbortReason::ProbeFailed { detail }, now, &mut actions);
             }
             (_, ForeignInput::ProbePassed | ForeignInput::ProbeFailed { .. }) => {}
             (State::Starting | State::Probing, ForeignInput::Exited { status }) => {
-                self.abort_started = Some(now);
                 self.finish_rollback(AbortReason::SuccessorExited { status }, now, &mut actions);
             }
             (State::StoppingSuccessor { reason, .. }, ForeignInput::Exited { .. }) => {
@@ -230,15 +224,31 @@ impl ForeignHandoffMachine {
         actions
     }
 
-    fn probe(&mut self, now: Instant, actions: &mut Vec<ForeignAction>) {
-        self.state = State::Probing;
+    /// Moves to `state`, the time spent in the one it leaves counted in
+    /// that phase's slot, so that the phases add up to the total.
+    fn enter(&mut self, state: State, now: Instant) {
+        let spent = now.saturating_duration_since(self.phase_started);
+        let slot = match self.state {
+            State::Starting => Some(&mut self.phases.begin),
+            State::Probing => Some(&mut self.phases.probe),
+            State::StoppingSuccessor { .. } => Some(&mut self.phases.abort),
+            State::Done => None,
+        };
+        if let Some(slot) = slot {
+            *slot = Some(slot.unwrap_or_default() + spent);
+        }
+        self.state = state;
         self.phase_started = now;
+    }
+
+    fn probe(&mut self, now: Instant, actions: &mut Vec<ForeignAction>) {
+        self.enter(State::Probing, now);
         let until = self.deadline.min(now + self.config.timeouts.probe);
         actions.push(ForeignAction::StartProbe { until });
     }
 
     fn commit(&mut self, now: Instant, actions: &mut Vec<ForeignAction>) {
-        self.state = State::Done;
+        self.enter(State::Done, now);
         self.phases.total = now.saturating_duration_since(self.started);
         actions.push(ForeignAction::Finish(Verdict::Committed {
             phases: self.phases,
@@ -255,11 +265,13 @@ impl ForeignHandoffMachine {
         now: Instant,
         actions: &mut Vec<ForeignAction>,
     ) {
-        self.abort_started = Some(now);
-        self.state = State::StoppingSuccessor {
-            reason,
-            kill_at: Some(now + self.config.timeouts.kill_grace),
-        };
+        self.enter(
+            State::StoppingSuccessor {
+                reason,
+                kill_at: Some(now + self.config.timeouts.kill_grace),
+            },
+            now,
+        );
         actions.push(ForeignAction::Signal(Signal::Term));
     }
 
@@ -269,10 +281,7 @@ impl ForeignHandoffMachine {
         now: Instant,
         actions: &mut Vec<ForeignAction>,
     ) {
-        self.state = State::Done;
-        self.phases.abort = self
-            .abort_started
-            .map(|start| now.saturating_duration_since(start));
+        self.enter(State::Done, now);
         self.phases.total = now.saturating_duration_since(self.started);
         actions.push(ForeignAction::Finish(Verdict::RolledBack {
             reason,
@@ -329,13 +338,28 @@ mod tests {
         }
     }
 
+    /// The verdict's phases, checked to add up to its total.
+    fn phases(actions: &[ForeignAction]) -> Option<Phases> {
+        let phases = actions.iter().find_map(|a| match a {
+            ForeignAction::Finish(
+                Verdict::Committed { phases, .. } | Verdict::RolledBack { phases, .. },
+            ) => Some(*phases),
+            _ => None,
+        })?;
+        let sum: Duration = phases.named().iter().filter_map(|(_, d)| *d).sum();
+        assert_eq!(sum, phases.total, "{phases:?}");
+        Some(phases)
+    }
+
     fn committed(actions: &[ForeignAction]) -> bool {
-        actions
-            .iter()
-            .any(|a| matches!(a, ForeignAction::Finish(Verdict::Committed { .. })))
+        phases(actions).is_some()
+            && actions
+                .iter()
+                .any(|a| matches!(a, ForeignAction::Finish(Verdict::Committed { .. })))
     }
 
     fn rolled_back(actions: &[ForeignAction]) -> Option<AbortReason> {
+        phases(actions)?;
         actions.iter().find_map(|a| match a {
             ForeignAction::Finish(Verdict::RolledBack { reason, .. }) => Some(reason.clone()),
             _ => None,
@@ -372,8 +396,10 @@ mod tests {
 
     #[test]
     fn a_probe_gates_ready_and_a_failed_probe_stops_the_successor_gracefully() {
-        let (mut m, _, now) = machine(ReadySignal::Notify, true);
-        let actions = m.step(ready_from(PID), now);
+        let (mut m, _, start) = machine(ReadySignal::Notify, true);
+        let ms = Duration::from_millis;
+        let actions = m.step(ready_from(PID), start + ms(5));
+        let now = start + ms(7);
         assert!(
             matches!(actions[..], [ForeignAction::StartProbe { .. }]),
             "{actions:?}"
@@ -398,7 +424,7 @@ mod tests {
             ForeignInput::Exited {
                 status: "killed by signal 9".into(),
             },
-            now + grace,
+            now + grace + ms(1),
         );
         assert_eq!(
             rolled_back(&actions),
@@ -406,6 +432,11 @@ mod tests {
                 detail: "status 503".into()
             })
         );
+        // Spawned to READY=1, READY=1 to the probe's failure, then the stop.
+        let phases = phases(&actions).expect("a verdict");
+        assert_eq!(phases.begin, Some(ms(5)));
+        assert_eq!(phases.probe, Some(ms(2)));
+        assert_eq!(phases.abort, Some(grace + ms(1)));
     }
 
     #[test]

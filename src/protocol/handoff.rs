@@ -154,19 +154,25 @@ pub enum HandoffAction {
 }
 
 /// Time spent in each phase; `None` for phases the handoff did not reach.
+/// The phases follow each other with no gap, so they add up to `total`
+/// (a phase a failure interrupted counts up to the failure).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Phases {
-    /// Spawning the successor (filled in by the driver).
+    /// The request to the spawn: the one-handoff-at-a-time lock, the
+    /// binary's checks, a pin's hash (filled in by the driver).
+    #[serde(default)]
+    pub request: Option<Duration>,
+    /// The spawn to the handoff's first step (filled in by the driver).
     pub spawn: Option<Duration>,
-    /// Spawn to Hello.
+    /// Spawned to Hello.
     pub hello: Option<Duration>,
     /// HelloAck to Warm (the successor's warm-up, listeners included).
     pub warm_up: Option<Duration>,
-    /// Prepare to Drained.
+    /// Prepare to Drained (or, when the incumbent died, to its reap).
     pub drain: Option<Duration>,
     /// Seal to SealComplete.
     pub seal: Option<Duration>,
-    /// Begin to Ready.
+    /// Begin to Ready (a foreign successor: spawned to `READY=1`).
     pub begin: Option<Duration>,
     /// Ready to the health probe's verdict (health gate only).
     pub probe: Option<Duration>,
@@ -174,7 +180,7 @@ pub struct Phases {
     pub commit: Option<Duration>,
     /// First failure to the rollback's end.
     pub abort: Option<Duration>,
-    /// Whole handoff.
+    /// Whole handoff: the request to the verdict.
     pub total: Duration,
 }
 
@@ -182,8 +188,9 @@ impl Phases {
     /// Every phase with its name, in the order a handoff goes through them
     /// (`total` excluded): the one list that reports, logs and benchmarks
     /// use.
-    pub fn named(&self) -> [(&'static str, Option<Duration>); 9] {
+    pub fn named(&self) -> [(&'static str, Option<Duration>); 10] {
         [
+            ("request", self.request),
             ("spawn", self.spawn),
             ("hello", self.hello),
             ("warm_up", self.warm_up),
@@ -344,6 +351,22 @@ impl Phase {
     fn name(&self) -> &'static str {
         self.state().as_str()
     }
+
+    /// Where time spent in this phase is counted (none once done).
+    fn slot<'a>(&self, phases: &'a mut Phases) -> Option<&'a mut Option<Duration>> {
+        match self {
+            Phase::AwaitHello => Some(&mut phases.hello),
+            Phase::WarmingUp => Some(&mut phases.warm_up),
+            // A dead incumbent's exit is waited for where its drain was.
+            Phase::Draining { .. } | Phase::AwaitIncumbentExit { .. } => Some(&mut phases.drain),
+            Phase::Sealing => Some(&mut phases.seal),
+            Phase::Beginning { .. } => Some(&mut phases.begin),
+            Phase::Probing { .. } => Some(&mut phases.probe),
+            Phase::Committing => Some(&mut phases.commit),
+            Phase::Aborting { .. } | Phase::Resuming { .. } => Some(&mut phases.abort),
+            Phase::Done => None,
+        }
+    }
 }
 
 /// The supervisor's machine for one handoff.
@@ -354,7 +377,6 @@ pub struct HandoffMachine {
     started: Instant,
     deadline: Instant,
     phase_started: Instant,
-    abort_started: Option<Instant>,
     phases: Phases,
     successor: Track,
     incumbent: Option<Track>,
@@ -375,7 +397,6 @@ impl HandoffMachine {
             entered: Vec::new(),
             started: now,
             phase_started: now,
-            abort_started: None,
             phases: Phases::default(),
             // The successor learns the id from HelloAck: its Hello carries 0.
             successor: Track::new(now, IdRule::Exactly(0)),
@@ -462,13 +483,12 @@ impl HandoffMachine {
             HandoffInput::Cancel => self.abort(AbortReason::Cancelled, now, &mut actions),
             HandoffInput::ProbePassed => {
                 if let Phase::Probing { .. } = self.phase {
-                    self.phases.probe = Some(self.enter(Phase::Committing, now));
+                    self.enter(Phase::Committing, now);
                     actions.push(HandoffAction::Commit(ReadySeen(())));
                 }
             }
             HandoffInput::ProbeFailed { detail } => {
                 if let Phase::Probing { .. } = self.phase {
-                    self.phases.probe = Some(now.saturating_duration_since(self.phase_started));
                     self.abort(AbortReason::ProbeFailed { detail }, now, &mut actions);
                 }
             }
@@ -484,14 +504,19 @@ impl HandoffMachine {
         }
     }
 
-    fn enter(&mut self, phase: Phase, now: Instant) -> Duration {
+    /// Moves to `phase`, the time spent in the one it leaves counted in
+    /// that phase's slot: every instant from `started` is in one slot, so
+    /// the phases add up to the machine's total.
+    fn enter(&mut self, phase: Phase, now: Instant) {
         let spent = now.saturating_duration_since(self.phase_started);
+        if let Some(slot) = self.phase.slot(&mut self.phases) {
+            *slot = Some(slot.unwrap_or_default() + spent);
+        }
         if phase.state() != self.phase.state() {
             self.entered.push(phase.state());
         }
         self.phase = phase;
         self.phase_started = now;
-        spent
     }
 
     fn on_frame(
@@ -543,7 +568,7 @@ impl HandoffMachine {
             (Phase::AwaitHello, Message::Hello { versions, .. }) => {
                 match self.config.versions.negotiate(versions) {
                     Some(version) => {
-                        self.phases.hello = Some(self.enter(Phase::WarmingUp, now));
+                        self.enter(Phase::WarmingUp, now);
                         self.successor.id = IdRule::Exactly(self.config.handoff_id);
                         actions.push(HandoffAction::Send {
                             to: Side::Successor,
@@ -574,7 +599,6 @@ impl HandoffMachine {
                 }
             }
             (Phase::WarmingUp, Message::Warm) => {
-                self.phases.warm_up = Some(now.saturating_duration_since(self.phase_started));
                 match (self.config.mode, self.incumbent.map(|t| t.link)) {
                     (Mode::Exclusive, Some(Link::Open)) => {
                         let left = self.deadline.saturating_duration_since(now);
@@ -601,12 +625,12 @@ impl HandoffMachine {
             (Phase::Beginning { sealed }, Message::Ready { health, .. }) => match health {
                 Health::Healthy if self.config.probe => {
                     let sealed = *sealed;
-                    self.phases.begin = Some(self.enter(Phase::Probing { sealed }, now));
+                    self.enter(Phase::Probing { sealed }, now);
                     let until = self.deadline.min(now + self.config.timeouts.probe);
                     actions.push(HandoffAction::StartProbe { until });
                 }
                 Health::Healthy => {
-                    self.phases.begin = Some(self.enter(Phase::Committing, now));
+                    self.enter(Phase::Committing, now);
                     actions.push(HandoffAction::Commit(ReadySeen(())));
                 }
                 Health::Unhealthy { reason } => {
@@ -614,7 +638,7 @@ impl HandoffMachine {
                 }
             },
             (Phase::Committing, Message::CommitAck) => {
-                self.phases.commit = Some(self.enter(Phase::Done, now));
+                self.enter(Phase::Done, now);
                 self.phases.total = now.saturating_duration_since(self.started);
                 actions.push(HandoffAction::Finish(Verdict::Committed {
                     phases: self.phases,
@@ -651,7 +675,7 @@ impl HandoffMachine {
     fn on_incumbent(&mut self, message: Message, now: Instant, actions: &mut Vec<HandoffAction>) {
         match (&self.phase, message) {
             (Phase::Draining { .. }, Message::Drained { .. }) => {
-                self.phases.drain = Some(self.enter(Phase::Sealing, now));
+                self.enter(Phase::Sealing, now);
                 actions.push(HandoffAction::Send {
                     to: Side::Incumbent,
                     message: Message::Seal,
@@ -659,7 +683,6 @@ impl HandoffMachine {
             }
             (Phase::Sealing, Message::SealProgress { .. }) => {}
             (Phase::Sealing, Message::SealComplete(seal)) => {
-                self.phases.seal = Some(now.saturating_duration_since(self.phase_started));
                 self.begin(Some(seal), now, actions);
             }
             (Phase::Sealing, Message::SealFailed { reason }) => {
@@ -854,7 +877,6 @@ impl HandoffMachine {
                     | Phase::Committing
             )
             && self.config.mode == Mode::Exclusive;
-        self.abort_started = Some(now);
         let give_up_at = now + self.config.timeouts.kill_grace;
         if self.successor.link == Link::Open {
             actions.push(HandoffAction::Send {
@@ -973,9 +995,6 @@ impl HandoffMachine {
         actions: &mut Vec<HandoffAction>,
     ) {
         self.enter(Phase::Done, now);
-        self.phases.abort = self
-            .abort_started
-            .map(|start| now.saturating_duration_since(start));
         self.phases.total = now.saturating_duration_since(self.started);
         actions.push(HandoffAction::Finish(Verdict::RolledBack {
             reason,

@@ -400,10 +400,11 @@ impl Driver {
     fn launch(&mut self, ticket: Ticket, launch: &Launch, requested: Instant) -> Result<Spawned> {
         // What a generation gets is never an fd whose peer is gone.
         self.store.sweep();
+        let spawn_begun = Instant::now();
         let stored = self.store.handed_out();
-        let (process, spawn_time) =
-            self.spawner
-                .spawn(&self.config, ticket.generation, launch, &stored)?;
+        let process = self
+            .spawner
+            .spawn(&self.config, ticket.generation, launch, &stored)?;
         let pid = process.pid;
         self.processes.insert(ticket.generation, process);
         Ok(Spawned {
@@ -413,7 +414,7 @@ impl Driver {
             timeouts: launch.timeouts,
             force: launch.force,
             requested,
-            spawn_time,
+            spawn_begun,
         })
     }
 

@@ -12,7 +12,6 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
@@ -156,16 +155,14 @@ impl Spawner {
     }
 
     /// Spawns generation `id` running `launch`, a foreign one with
-    /// `stored` (the fd store's entries, name and fd) after its listeners;
-    /// how long the spawn took.
+    /// `stored` (the fd store's entries, name and fd) after its listeners.
     pub(crate) fn spawn(
         &mut self,
         config: &SupervisorConfig,
         id: GenerationId,
         launch: &Launch,
         stored: &[(String, BorrowedFd<'_>)],
-    ) -> Result<(GenerationProcess, Duration)> {
-        let begun = Instant::now();
+    ) -> Result<GenerationProcess> {
         let mut env = config.env.clone();
         env.extend(launch.env.iter().cloned());
         let process = match config.protocol {
@@ -192,7 +189,7 @@ impl Spawner {
             program = %launch.build.program.display(),
             "generation spawned"
         );
-        Ok((process, begun.elapsed()))
+        Ok(process)
     }
 
     fn spawn_library(

@@ -121,8 +121,8 @@ pub struct Spawned {
     pub force: bool,
     /// When the handoff was asked for: its total counts from here.
     pub requested: Instant,
-    /// How long the spawn took.
-    pub spawn_time: Duration,
+    /// When the spawn began: the request phase ends, the spawn's begins.
+    pub spawn_begun: Instant,
 }
 
 /// Why a probe ran, and so where its verdict goes.
@@ -544,11 +544,27 @@ struct Handoff {
     /// The serving generation's pid when it started (the report's old pid).
     incumbent_pid: Option<u32>,
     requested: Instant,
-    spawn_time: Duration,
+    spawn_begun: Instant,
+    /// When the handoff's machine started: the spawn phase ends.
+    machine_started: Instant,
     /// Connections the incumbent handed over, held until the verdict (I20).
     held: Vec<Parcel>,
     /// Items the successor put, kept only if it commits (I21).
     items: Vec<u64>,
+}
+
+impl Handoff {
+    /// The phases before the machine's first step, and the total from the
+    /// request: the request, the spawn and the machine's phases follow each
+    /// other with no gap, so they add up to the total.
+    fn time(&self, phases: &mut super::Phases, now: Instant) {
+        phases.request = Some(self.spawn_begun.saturating_duration_since(self.requested));
+        phases.spawn = Some(
+            self.machine_started
+                .saturating_duration_since(self.spawn_begun),
+        );
+        phases.total = now.saturating_duration_since(self.requested);
+    }
 }
 
 /// The generation a handoff replaces.
@@ -875,7 +891,7 @@ impl LifecycleMachine {
             timeouts,
             force,
             requested,
-            spawn_time,
+            spawn_begun,
         } = spawned;
         self.next_handoff_id = self.next_handoff_id.max(ticket.handoff_id + 1);
         self.next_generation = self.next_generation.max(ticket.generation + 1);
@@ -935,7 +951,8 @@ impl LifecycleMachine {
                 exit: SuccessorExit::Running,
                 incumbent_pid,
                 requested,
-                spawn_time,
+                spawn_begun,
+                machine_started: now,
                 held: Vec::new(),
                 items: Vec::new(),
             }),

@@ -113,9 +113,9 @@ impl Sim {
             build,
             timeouts: self.machine.config().timeouts,
             force: false,
-            // Asked for just before the spawn, which took a millisecond.
+            // Asked for 100 µs before the spawn, which took 900 µs.
             requested: self.now - Duration::from_millis(1),
-            spawn_time: Duration::from_millis(1),
+            spawn_begun: self.now - Duration::from_micros(900),
         })));
         (pid, actions)
     }
@@ -301,9 +301,12 @@ fn a_cold_start_is_a_handoff_without_an_incumbent_and_ends_serving() {
             ..
         }) => {
             assert_eq!(*new_pid, pid);
-            // The total covers every phase, spawn included.
+            // The phases, the request and the spawn included, add up to
+            // the total, which counts from the request.
             let sum: Duration = phases.named().iter().filter_map(|(_, d)| *d).sum();
-            assert!(phases.total >= sum, "{phases:?}");
+            assert_eq!(phases.total, sum, "{phases:?}");
+            assert_eq!(phases.request, Some(Duration::from_micros(100)));
+            assert_eq!(phases.spawn, Some(Duration::from_micros(900)));
         }
         other => panic!("{other:?}"),
     }

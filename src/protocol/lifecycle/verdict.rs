@@ -111,8 +111,7 @@ impl LifecycleMachine {
             retire_incumbent,
             incumbent_stopped,
         } = verdict;
-        phases.spawn = Some(handoff.spawn_time);
-        phases.total = now.saturating_duration_since(handoff.requested);
+        handoff.time(&mut phases, now);
         if let Some(why) = &incumbent_stopped {
             out.note(Note::IncumbentStopped { why: why.clone() });
         }
@@ -159,8 +158,7 @@ impl LifecycleMachine {
             mut phases,
             incumbent_serving,
         } = verdict;
-        phases.spawn = Some(handoff.spawn_time);
-        phases.total = now.saturating_duration_since(handoff.requested);
+        handoff.time(&mut phases, now);
         let successor = handoff.successor;
         if matches!(handoff.exit, SuccessorExit::Reaped) {
             out.push(LifecycleAction::Forget {

@@ -16,7 +16,7 @@ use super::{
 use crate::protocol::{
     GenerationAction, GenerationInput, GenerationMachine, GenerationState, HandoffAction,
     HandoffConfig, HandoffInput, HandoffMachine, HandoffState, HookCall, HookOutcome, RetireState,
-    Side, Signal, UserCall,
+    Side, Signal, UserCall, Verdict,
 };
 use crate::timeouts::Timeouts;
 use crate::wire::{Health, Message, Mode, PROTOCOL_VERSIONS, SealInfo, Snapshot, VersionRange};
@@ -367,8 +367,16 @@ impl LockModel {
                     // I6.
                     prop_assert!(self.healthy_ready, "Commit without a healthy Ready");
                 }
-                HandoffAction::Finish(_) => {
+                HandoffAction::Finish(verdict) => {
                     prop_assert!(!self.finished, "two verdicts");
+                    // The phases follow each other with no gap.
+                    let phases = match verdict {
+                        Verdict::Committed { phases, .. } | Verdict::RolledBack { phases, .. } => {
+                            phases
+                        }
+                    };
+                    let sum: Duration = phases.named().iter().filter_map(|(_, d)| *d).sum();
+                    prop_assert_eq!(sum, phases.total, "the phases do not add up to the total");
                     prop_assert_eq!(index + 1, actions.len(), "acted after Finish");
                     self.finished = true;
                 }

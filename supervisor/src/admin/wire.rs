@@ -361,7 +361,7 @@ pub struct HandoffReport {
     /// Milliseconds per phase the handoff reached.
     pub phases_ms: BTreeMap<String, f64>,
     /// Milliseconds in all, from the request to the verdict (the phases
-    /// add up to at most this).
+    /// follow each other with no gap and add up to this).
     pub total_ms: f64,
 }
 

@@ -72,7 +72,9 @@ fn run_status_upgrade_stop() {
     assert_eq!(u64_of(&report, "old_pid"), u64::from(first_pid));
     assert_eq!(report["generation"], 2);
     let new_pid = u64_of(&report, "new_pid") as u32;
-    for phase in ["spawn", "hello", "drain", "seal", "begin", "commit"] {
+    for phase in [
+        "request", "spawn", "hello", "drain", "seal", "begin", "commit",
+    ] {
         assert!(
             report["phases_ms"][phase].is_number(),
             "{phase} in {report}"

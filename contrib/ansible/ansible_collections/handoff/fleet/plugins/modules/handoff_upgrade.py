@@ -161,15 +161,15 @@ incumbent_stopped:
   type: str
   sample: null
 phases_ms:
-  description: Milliseconds per phase of the handoff.
+  description: Milliseconds per phase of the handoff, which add up to RV(total_ms).
   returned: when a handoff ran
   type: dict
-  sample: {"spawn": 0.4, "ready": 35.1, "drain": 2.0, "seal": 1.2, "commit": 0.3}
+  sample: {"request": 0.1, "spawn": 0.4, "hello": 2.3, "warm_up": 1.5, "drain": 0.6, "seal": 0.4, "begin": 1.7, "commit": 0.2}
 total_ms:
   description: Milliseconds from the request to the verdict.
   returned: when a handoff ran
   type: float
-  sample: 61.8
+  sample: 7.2
 action:
   description: What the upgrade does or would do, V(upgrade), V(start) or V(none).
   returned: in check mode, and when nothing changed
