@@ -20,7 +20,10 @@ pub struct DrainReport {
 }
 
 /// Handle given to [`Drainable::seal`] to report progress on a long seal;
-/// each report goes to the supervisor as a `SealProgress` frame.
+/// each report goes to the supervisor as a `SealProgress` frame. A seal
+/// that says nothing for half the time the handoff's deadline left it is
+/// taken for stuck (the incumbent is killed, the successor takes over from
+/// the disk): each report starts that silence again.
 pub struct SealProgress {
     pub(crate) report: Box<dyn FnMut(u64, u64) + Send>,
 }
@@ -89,7 +92,8 @@ pub trait Drainable: Send + 'static {
     /// Persist and fsync the state, then return its revision count and
     /// fingerprint. After `Ok` the daemon must not write its state again
     /// unless `resume_after_abort` is called. On `Err` the library keeps the
-    /// lock and the handoff rolls back.
+    /// lock and the handoff rolls back. A long seal reports its progress
+    /// (see [`SealProgress`]).
     fn seal(&mut self, progress: &mut SealProgress) -> Result<SealInfo, Self::Error>;
 
     /// The handoff was aborted: the lock is held again; reopen what seal

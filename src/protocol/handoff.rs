@@ -271,7 +271,15 @@ enum Phase {
     Draining {
         overrun_at: Instant,
     },
-    Sealing,
+    /// SealComplete (or a SealProgress) is due by `silent_at`: a seal may
+    /// stay silent for `silence`, half the time left to the deadline when
+    /// it began, counted again at each SealProgress; a seal silent longer
+    /// is taken for stuck, and the incumbent is killed as a drain that
+    /// overran is.
+    Sealing {
+        silent_at: Instant,
+        silence: Duration,
+    },
     /// The incumbent died (or was stopped) before it sealed and the
     /// successor is warm: Begin (without a seal) waits for the incumbent's
     /// reap, which frees the lock. A stopped incumbent is SIGKILLed at
@@ -337,7 +345,7 @@ impl Phase {
             Phase::AwaitHello => HandoffState::AwaitHello,
             Phase::WarmingUp => HandoffState::WarmingUp,
             Phase::Draining { .. } => HandoffState::Draining,
-            Phase::Sealing => HandoffState::Sealing,
+            Phase::Sealing { .. } => HandoffState::Sealing,
             Phase::AwaitIncumbentExit { .. } => HandoffState::AwaitIncumbentExit,
             Phase::Beginning { .. } => HandoffState::Beginning,
             Phase::Probing { .. } => HandoffState::Probing,
@@ -359,7 +367,7 @@ impl Phase {
             Phase::WarmingUp => Some(&mut phases.warm_up),
             // A dead incumbent's exit is waited for where its drain was.
             Phase::Draining { .. } | Phase::AwaitIncumbentExit { .. } => Some(&mut phases.drain),
-            Phase::Sealing => Some(&mut phases.seal),
+            Phase::Sealing { .. } => Some(&mut phases.seal),
             Phase::Beginning { .. } => Some(&mut phases.begin),
             Phase::Probing { .. } => Some(&mut phases.probe),
             Phase::Committing => Some(&mut phases.commit),
@@ -449,6 +457,7 @@ impl HandoffMachine {
         let mut next = Some(match &self.phase {
             Phase::Aborting { give_up_at, .. } | Phase::Resuming { give_up_at, .. } => *give_up_at,
             Phase::Draining { overrun_at } => self.deadline.min(*overrun_at),
+            Phase::Sealing { silent_at, .. } => self.deadline.min(*silent_at),
             Phase::AwaitIncumbentExit {
                 kill_at: Some(kill_at),
             } => self.deadline.min(*kill_at),
@@ -650,7 +659,7 @@ impl HandoffMachine {
                 Phase::AwaitHello
                 | Phase::WarmingUp
                 | Phase::Draining { .. }
-                | Phase::Sealing
+                | Phase::Sealing { .. }
                 | Phase::AwaitIncumbentExit { .. }
                 | Phase::Beginning { .. }
                 | Phase::Probing { .. }
@@ -675,20 +684,29 @@ impl HandoffMachine {
     fn on_incumbent(&mut self, message: Message, now: Instant, actions: &mut Vec<HandoffAction>) {
         match (&self.phase, message) {
             (Phase::Draining { .. }, Message::Drained { .. }) => {
-                self.enter(Phase::Sealing, now);
+                // The successor keeps the other half to take over as after
+                // the incumbent's death.
+                let silence = self.deadline.saturating_duration_since(now) / 2;
+                let silent_at = now + silence;
+                self.enter(Phase::Sealing { silent_at, silence }, now);
                 actions.push(HandoffAction::Send {
                     to: Side::Incumbent,
                     message: Message::Seal,
                 });
             }
-            (Phase::Sealing, Message::SealProgress { .. }) => {}
-            (Phase::Sealing, Message::SealComplete(seal)) => {
+            (Phase::Sealing { .. }, Message::SealProgress { .. }) => {
+                let deadline = self.deadline;
+                if let Phase::Sealing { silent_at, silence } = &mut self.phase {
+                    *silent_at = (now + *silence).min(deadline);
+                }
+            }
+            (Phase::Sealing { .. }, Message::SealComplete(seal)) => {
                 self.begin(Some(seal), now, actions);
             }
-            (Phase::Sealing, Message::SealFailed { reason }) => {
+            (Phase::Sealing { .. }, Message::SealFailed { reason }) => {
                 self.incumbent_failed(AbortReason::SealFailed { reason }, now, actions)
             }
-            (Phase::Draining { .. } | Phase::Sealing, Message::Failed { reason }) => self
+            (Phase::Draining { .. } | Phase::Sealing { .. }, Message::Failed { reason }) => self
                 .incumbent_failed(
                     AbortReason::IncumbentFailed {
                         detail: reason.to_string(),
@@ -784,7 +802,7 @@ impl HandoffMachine {
             Phase::AwaitHello | Phase::WarmingUp => {
                 // Wait for Warm; then begin once the incumbent is reaped.
             }
-            Phase::Draining { .. } | Phase::Sealing => {
+            Phase::Draining { .. } | Phase::Sealing { .. } => {
                 self.enter(Phase::AwaitIncumbentExit { kill_at: None }, now);
                 self.try_begin_after_incumbent(now, actions);
             }
@@ -871,7 +889,7 @@ impl HandoffMachine {
             && matches!(
                 self.phase,
                 Phase::Draining { .. }
-                    | Phase::Sealing
+                    | Phase::Sealing { .. }
                     | Phase::Beginning { sealed: true }
                     | Phase::Probing { sealed: true }
                     | Phase::Committing
@@ -1064,6 +1082,13 @@ impl HandoffMachine {
                 let why = format!(
                     "its drain overran the drain timeout by {}",
                     crate::timeouts::format_duration(DRAIN_OVERRUN)
+                );
+                self.stop_incumbent(why, Signal::Kill, None, now, actions);
+            }
+            Phase::Sealing { silent_at, silence } if now >= *silent_at => {
+                let why = format!(
+                    "its seal sent no word for {} (half the time the deadline left it)",
+                    crate::timeouts::format_duration(*silence)
                 );
                 self.stop_incumbent(why, Signal::Kill, None, now, actions);
             }

@@ -156,4 +156,5 @@ pub(crate) use socket::{
     accept_unix, bind, bind_admin_socket, connect_unix, control_pair, inspect, peer_credentials,
     set_read_timeout, set_write_timeout,
 };
+pub use wake::{Interest, poll_ready};
 pub(crate) use wake::{Waker, poll_either};

@@ -85,6 +85,46 @@ pub(crate) fn poll_either(
     }
 }
 
+/// What [`poll_ready`] waits for on one fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interest {
+    /// Readable (or an incoming connection).
+    Read,
+    /// Writable.
+    Write,
+}
+
+/// Waits until one of `fds` is ready for its interest, has hung up or
+/// failed, or `timeout` passes (`None`: no bound); whether each one is.
+/// `EINTR` returns with none ready, for the caller to look at its clock.
+pub fn poll_ready(
+    fds: &[(BorrowedFd<'_>, Interest)],
+    timeout: Option<Duration>,
+) -> io::Result<Vec<bool>> {
+    let timeout = match timeout {
+        None => PollTimeout::NONE,
+        Some(wait) => PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX),
+    };
+    let mut polled: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|(fd, interest)| {
+            let flags = match interest {
+                Interest::Read => PollFlags::POLLIN,
+                Interest::Write => PollFlags::POLLOUT,
+            };
+            PollFd::new(*fd, flags)
+        })
+        .collect();
+    match nix::poll::poll(&mut polled, timeout) {
+        Ok(_) => Ok(polled
+            .iter()
+            .map(|fd| fd.revents().is_none_or(|r| !r.is_empty()))
+            .collect()),
+        Err(nix::errno::Errno::EINTR) => Ok(vec![false; fds.len()]),
+        Err(errno) => Err(errno.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +154,26 @@ mod tests {
             poll_either(waker.as_fd(), other.as_fd(), short).expect("poll"),
             (false, false)
         );
+    }
+
+    #[test]
+    fn poll_ready_tells_each_fd_by_its_interest_and_a_hang_up_counts() {
+        use std::io::Write;
+        let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let short = Some(Duration::from_millis(10));
+        let both = |ours: &std::os::unix::net::UnixStream, theirs: BorrowedFd<'_>| {
+            let fds = [
+                (ours.as_fd(), Interest::Read),
+                (theirs, Interest::Read),
+                (ours.as_fd(), Interest::Write),
+            ];
+            poll_ready(&fds, short).expect("poll")
+        };
+        assert_eq!(both(&ours, theirs.as_fd()), [false, false, true]);
+        ours.write_all(b"x").expect("write");
+        assert_eq!(both(&ours, theirs.as_fd()), [false, true, true]);
+        drop(theirs);
+        let fds = [(ours.as_fd(), Interest::Read)];
+        assert_eq!(poll_ready(&fds, short).expect("poll"), [true], "EOF");
     }
 }

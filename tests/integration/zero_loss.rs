@@ -124,7 +124,7 @@ fn a_foreign_python_daemon_upgraded_under_load_loses_nothing() {
     assert!(observed.counts().requests > 100, "{:?}", observed.counts());
 }
 
-/// Issue "a request answered by a closed connection during handoffs": a
+/// A request answered by a closed connection during handoffs: a
 /// connection accepted just as a drain began was counted only once its
 /// task first ran, so the drain could count none, end at once, and the
 /// connection closed with no answer (or was answered 503 after the seal).

@@ -188,7 +188,11 @@ fn inflict(sup: &mut Sup, failure: Failure) -> Vec<HandoffAction> {
         Failure::Cancel => sup.feed(HandoffInput::Cancel),
         Failure::Deadline => {
             let deadline = sup.deadline();
-            sup.idle_until(deadline);
+            if sup.state() == HandoffState::Sealing {
+                sup.seal_until(deadline);
+            } else {
+                sup.idle_until(deadline);
+            }
             sup.now = deadline;
             sup.tick()
         }
@@ -638,6 +642,39 @@ fn a_drain_that_overruns_its_grace_stops_the_incumbent_and_the_successor_proceed
     assert!(has_commit(&sup.successor_says(ready(Health::Healthy))));
     let why = stopped_why(&sup.successor_says(Message::CommitAck)).expect("a reason");
     assert!(why.contains("drain overran"), "{why}");
+}
+
+#[test]
+fn a_seal_silent_for_half_the_time_left_stops_the_incumbent_and_the_successor_proceeds() {
+    let mut sup = at_stage(Mode::Exclusive, true, Stage::Sealing);
+    let deadline = sup.start + sup.timeouts.handoff_deadline;
+    // The seal may stay silent for half the time left when it began,
+    // counted again from each SealProgress.
+    let silence = (deadline - sup.now) / 2;
+    sup.advance(secs(1));
+    let progress = Message::SealProgress { done: 1, total: 2 };
+    assert!(sup.incumbent_says(progress).is_empty());
+    let silent_at = sup.now + silence;
+    sup.idle_until(silent_at);
+    assert!(sup.machine.next_wakeup() <= Some(silent_at));
+    sup.now = silent_at - Duration::from_millis(1);
+    assert!(sup.tick().is_empty(), "not before the bound");
+    sup.now = silent_at;
+    let actions = sup.tick();
+    assert!(killed(&actions, Side::Incumbent), "{actions:?}");
+    assert!(!killed(&actions, Side::Successor), "{actions:?}");
+    assert_eq!(sup.state(), HandoffState::AwaitIncumbentExit);
+    // A SealComplete that comes after is too late: the successor begins
+    // without a seal, once the incumbent is reaped (I5).
+    assert!(
+        sup.incumbent_says(Message::SealComplete(seal_info()))
+            .is_empty()
+    );
+    assert_eq!(sup.exited(Side::Incumbent), [begin(None)]);
+    assert!(has_commit(&sup.successor_says(ready(Health::Healthy))));
+    let why = stopped_why(&sup.successor_says(Message::CommitAck)).expect("a reason");
+    assert!(why.contains("seal sent no word"), "{why}");
+    assert!(sup.now < deadline, "committed before the deadline");
 }
 
 #[test]

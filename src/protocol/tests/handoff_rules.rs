@@ -188,7 +188,7 @@ fn next_wakeup_after_a_deadline_abort_is_not_in_the_past() {
     // spun on a timer that was always due.
     let mut sup = at_stage(Mode::Exclusive, true, Stage::Sealing);
     let deadline = sup.deadline();
-    sup.idle_until(deadline);
+    sup.seal_until(deadline);
     sup.now = deadline;
     assert!(killed(&sup.tick(), Side::Successor));
     let next = sup.machine.next_wakeup().expect("the incumbent is watched");

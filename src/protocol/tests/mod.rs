@@ -316,11 +316,21 @@ impl Sup {
 
     /// Both peers heartbeat every 5 s until `until`; nothing may happen.
     fn idle_until(&mut self, until: Instant) {
+        self.wait_until(until, Message::Heartbeat);
+    }
+
+    /// As `idle_until`, a sealing incumbent reporting its progress, which
+    /// keeps its seal from being taken for stuck.
+    fn seal_until(&mut self, until: Instant) {
+        self.wait_until(until, Message::SealProgress { done: 0, total: 0 });
+    }
+
+    fn wait_until(&mut self, until: Instant, incumbent_sends: Message) {
         while self.now + secs(5) < until {
             self.advance(secs(5));
             let actions = self.successor_says(Message::Heartbeat);
             assert!(actions.is_empty(), "{actions:?}");
-            let actions = self.incumbent_says(Message::Heartbeat);
+            let actions = self.incumbent_says(incumbent_sends.clone());
             assert!(actions.is_empty(), "{actions:?}");
         }
     }

@@ -33,10 +33,10 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use handoff::os::{Interest, poll_ready};
 use handoff::timeouts::{METRICS_CONNECTION, POLL_SLICE};
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use super::text::CONTENT_TYPE;
 
@@ -111,10 +111,10 @@ struct Connection {
 }
 
 impl Connection {
-    fn interest(&self) -> PollFlags {
+    fn interest(&self) -> Interest {
         match self.stage {
-            Stage::Writing { .. } => PollFlags::POLLOUT,
-            Stage::Reading(_) | Stage::Lingering => PollFlags::POLLIN,
+            Stage::Writing { .. } => Interest::Write,
+            Stage::Reading(_) | Stage::Lingering => Interest::Read,
         }
     }
 
@@ -194,14 +194,15 @@ impl Server {
             let now = Instant::now();
             // Past its bound, a connection is closed as it is.
             self.connections.retain(|c| c.deadline > now);
-            let timeout = self.connections.iter().map(|c| c.deadline).min().map_or(
-                PollTimeout::NONE,
-                |deadline| {
+            let timeout = self
+                .connections
+                .iter()
+                .map(|c| c.deadline)
+                .min()
+                .map(|deadline| {
                     // Rounded up to the next millisecond: poll's unit.
-                    let left = deadline.saturating_duration_since(now).as_micros() / 1000 + 1;
-                    PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
-                },
-            );
+                    deadline.saturating_duration_since(now) + Duration::from_millis(1)
+                });
             let Some(ready) = self.wait(timeout) else {
                 continue;
             };
@@ -209,9 +210,9 @@ impl Server {
             let mut index = 0;
             self.connections.retain_mut(|connection| {
                 index += 1;
-                ready[index].is_empty() || connection.advance(page)
+                !ready[index] || connection.advance(page)
             });
-            if !ready[0].is_empty() {
+            if ready[0] {
                 self.accept_all();
             }
         }
@@ -219,22 +220,14 @@ impl Server {
 
     /// Polls the listener and every connection; each one's readiness, the
     /// listener's first (`None` if poll failed).
-    fn wait(&self, timeout: PollTimeout) -> Option<Vec<PollFlags>> {
+    fn wait(&self, timeout: Option<Duration>) -> Option<Vec<bool>> {
         let mut fds = Vec::with_capacity(1 + self.connections.len());
-        fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+        fds.push((self.listener.as_fd(), Interest::Read));
         for connection in &self.connections {
-            fds.push(PollFd::new(
-                connection.stream.as_fd(),
-                connection.interest(),
-            ));
+            fds.push((connection.stream.as_fd(), connection.interest()));
         }
-        match nix::poll::poll(&mut fds, timeout) {
-            Ok(_) => Some(
-                fds.iter()
-                    .map(|fd| fd.revents().unwrap_or(PollFlags::POLLERR))
-                    .collect(),
-            ),
-            Err(nix::errno::Errno::EINTR) => None,
+        match poll_ready(&fds, timeout) {
+            Ok(ready) => Some(ready),
             Err(error) => {
                 tracing::warn!(%error, "metrics endpoint: poll failed");
                 std::thread::sleep(POLL_SLICE);

@@ -190,6 +190,35 @@ fn a_drain_hook_that_hangs_is_stopped_and_the_successor_takes_over() {
 }
 
 #[test]
+fn a_seal_hook_that_hangs_is_stopped_and_the_successor_takes_over_from_the_disk() {
+    let dir = TempDir::new("seal-hang");
+    let data = TempDir::new("seal-hang-data");
+    let hanging = build(dir.path(), "hangs-in-seal", "--hang-at seal");
+    let supervisor = supervise(&hanging, &data, &[]);
+    let addr = supervisor.addr();
+    let before = serving_pid(addr);
+    let writes = Writes::start(addr);
+
+    let (code, report, took) = upgrade(&supervisor, &["--binary", &testd_arg()]);
+    assert_eq!(code, Some(0), "{report}");
+    let why = report["incumbent_stopped"].as_str().expect("why");
+    assert!(why.contains("seal sent no word"), "{why}");
+    // The seal may stay silent for half the time the deadline left it;
+    // the successor commits before the deadline.
+    assert!(took < DEADLINE + SLACK, "answered after {took:?}");
+    let after = serving_pid(addr);
+    assert_ne!(after, before);
+    assert_eq!(u64_of(&report, "new_pid"), u64::from(after));
+    writes.load.wait_answered(20);
+    // Drained before its seal hung: nothing was in flight in it, and what
+    // waited in the backlog went to the successor, which read every
+    // acknowledged write back from the disk.
+    let (sent, failed) = writes.finish(addr);
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed");
+    eprintln!("seal hang: committed in {took:?}; {sent} requests, 0 failed");
+}
+
+#[test]
 fn a_resume_hook_that_hangs_is_killed_and_the_restart_policy_starts_the_build_again() {
     let dir = TempDir::new("resume-hang");
     let data = TempDir::new("resume-hang-data");
