@@ -12,7 +12,11 @@
 //! (30 s equals the shipped `drain_timeout`; only a shorter deadline
 //! checks that an unset drain timeout follows it down rather than make the
 //! upgrade invalid); its supervisor is SIGKILLed (`Restart=on-failure`
-//! brings it back, with no orphan generation); it is stopped. Then the
+//! brings it back, with no orphan generation); the shipped drop-in
+//! `examples/systemd/adopt-after-crash.conf` is installed and the
+//! supervisor SIGKILLed again (the restarted one adopts the generation,
+//! which serves throughout, then reloads it); it is stopped (through the
+//! drop-in's `ExecStop=`). Then the
 //! socket-activated pair (`examples/systemd/socket-activated/`) is started,
 //! restarted and stopped while systemd keeps the socket open. At the end
 //! every acknowledged write is read back.
@@ -73,7 +77,9 @@
 //! refused, but systemd kills the generation with the unit, so a request
 //! it was serving at that instant is cut (reset or closed). A stop closes
 //! the listener for good: connections then are refused (or reset in the
-//! backlog). Those phases are measured and printed apart: `crash` may fail
+//! backlog). With the drop-in the generation survives the crash:
+//! `crash-adopted` must fail nothing. The phases by design are measured
+//! and printed apart: `crash` may fail
 //! only by a cut request, `stop` also by a refusal, never with an error
 //! answer or a lost acknowledged write. Every other phase, the
 //! socket-activated unit's restart and stop included, must have 0 failed
@@ -164,6 +170,7 @@ fn shipped_units_under_load() {
     run.reload_with_deadline_drop_in("30s");
     run.reload_with_deadline_drop_in("20s");
     run.crash();
+    run.crash_adopted();
     run.stop();
     run.socket_activated();
     let report = run.finish_load();
@@ -1160,8 +1167,72 @@ impl Scenario {
             .unwrap_or_else(|| self.fail(format!("MainPID {main} is not in the cgroup")));
         self.load().mark("crash");
         handoff::os::signal(supervisor.host_pid, Sig::Kill).expect("SIGKILL the supervisor");
+        let new_main = self.await_restart(main, restarts);
+        self.pids.insert(new_main);
+        let after = self.serving();
+        self.load().mark("after-crash");
+        self.check_one_tree(new_main);
+        self.check(after.pid != before.pid && after.generation == 1, || {
+            format!("after the restart: {after:?} serves (before the crash: {before:?})")
+        });
+        self.check_no_notify_socket(&after, "the restart");
+        std::thread::sleep(DWELL);
+    }
+
+    /// Step 6: the shipped drop-in that keeps the generation across a
+    /// supervisor crash. SIGKILL to the supervisor; systemd restarts it, and
+    /// it adopts the generation that kept serving: no request is cut, and
+    /// the adopted generation is upgraded as usual.
+    fn crash_adopted(&mut self) {
+        let dir = self
+            .container
+            .path("/etc/systemd/system/mydaemon.service.d");
+        fs::create_dir_all(&dir).expect("drop-in directory");
+        let drop_in = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/systemd/adopt-after-crash.conf"
+        ));
+        fs::copy(drop_in, dir.join("adopt-after-crash.conf")).expect("install the drop-in");
+        self.daemon_reload();
+        let kill_mode = self.container.property(UNIT, "KillMode");
+        assert_eq!(kill_mode, "process", "drop-in not in effect");
+        let before = self.serving();
+        let unit = self.unit(&["MainPID", "NRestarts"]);
+        let main: u32 = unit["MainPID"].parse().expect("MainPID");
+        let restarts: u32 = unit["NRestarts"].parse().expect("NRestarts");
+        let supervisor = self
+            .container
+            .processes(UNIT)
+            .into_iter()
+            .find(|proc| proc.pid == main)
+            .unwrap_or_else(|| self.fail(format!("MainPID {main} is not in the cgroup")));
+        self.load().mark("crash-adopted");
+        handoff::os::signal(supervisor.host_pid, Sig::Kill).expect("SIGKILL the supervisor");
+        let new_main = self.await_restart(main, restarts);
+        self.pids.insert(new_main);
+        let after = self.serving();
+        self.check(
+            after.pid == before.pid && after.generation == before.generation,
+            || format!("after the restart: {after:?} serves, not the adopted {before:?}"),
+        );
+        let adopted = self
+            .container
+            .journal(&[&format!("_PID={new_main}")])
+            .iter()
+            .any(|line| line.contains("adopted"));
+        self.check(adopted, || {
+            format!("the restarted supervisor {new_main} logged no adoption")
+        });
+        std::thread::sleep(DWELL);
+        // Supervised again: the next reload replaces it.
+        self.reload(6);
+    }
+
+    /// Waits for systemd to restart the unit after its supervisor `main`
+    /// died; the new main pid.
+    fn await_restart(&mut self, main: u32, restarts: u32) -> u32 {
         let deadline = Instant::now() + SETTLE;
-        let new_main = loop {
+        loop {
             let unit = self.unit(&["MainPID", "ActiveState", "SubState", "NRestarts"]);
             let pid: u32 = unit["MainPID"].parse().unwrap_or(0);
             if pid != 0 && pid != main && unit["SubState"] == "running" {
@@ -1177,15 +1248,15 @@ impl Scenario {
                 ));
             }
             std::thread::sleep(handoff::timeouts::POLL_SLICE);
-        };
-        self.pids.insert(new_main);
-        let after = self.serving();
-        self.load().mark("after-crash");
-        // No orphan: every process of the unit is the new supervisor or
-        // below it.
+        }
+    }
+
+    /// No orphan: every process of the unit is the new supervisor `main` or
+    /// below it.
+    fn check_one_tree(&mut self, main: u32) {
         let procs = self.container.processes(UNIT);
         let parents: BTreeMap<u32, u32> = procs.iter().map(|p| (p.host_pid, p.host_ppid)).collect();
-        let root = procs.iter().find(|p| p.pid == new_main).map(|p| p.host_pid);
+        let root = procs.iter().find(|p| p.pid == main).map(|p| p.host_pid);
         let orphans: Vec<&Proc> = procs
             .iter()
             .filter(|proc| {
@@ -1202,14 +1273,9 @@ impl Scenario {
         self.check(root.is_some() && orphans.is_empty(), || {
             format!("after the restart, processes outside the new supervisor's tree: {orphans:?} (all: {procs:?})")
         });
-        self.check(after.pid != before.pid && after.generation == 1, || {
-            format!("after the restart: {after:?} serves (before the crash: {before:?})")
-        });
-        self.check_no_notify_socket(&after, "the restart");
-        std::thread::sleep(DWELL);
     }
 
-    /// Step 6.
+    /// Step 7.
     fn stop(&mut self) {
         self.load().mark("stop");
         let ran = self.container.systemctl(&["stop", UNIT]);
@@ -1224,7 +1290,7 @@ impl Scenario {
         });
     }
 
-    /// Step 7: the socket-activated pair replaces the plain unit.
+    /// Step 8: the socket-activated pair replaces the plain unit.
     fn socket_activated(&mut self) {
         let _ = fs::remove_dir_all(
             self.container
