@@ -212,26 +212,27 @@ impl Timeouts {
             if value.is_zero() {
                 return Err(Error::InvalidTimeout {
                     field,
-                    problem: "must be greater than zero",
+                    problem: "must be greater than zero; give a positive duration such as 5s",
                 });
             }
         }
         if self.liveness < self.heartbeat_interval * 2 {
             return Err(Error::InvalidTimeout {
                 field: "liveness",
-                problem: "must be at least two heartbeat intervals, or one late heartbeat kills a peer",
+                problem: "must be at least two heartbeat intervals (or one late heartbeat kills a \
+                          peer); raise it or shorten heartbeat_interval",
             });
         }
         if self.drain_grace > self.handoff_deadline {
             return Err(Error::InvalidTimeout {
                 field: "drain_grace",
-                problem: "must not exceed handoff_deadline",
+                problem: "must not exceed handoff_deadline; lower it or raise handoff_deadline",
             });
         }
         if self.restart_backoff_initial > self.restart_backoff_max {
             return Err(Error::InvalidTimeout {
                 field: "restart_backoff_initial",
-                problem: "must not exceed restart_backoff_max",
+                problem: "must not exceed restart_backoff_max; lower it or raise restart_backoff_max",
             });
         }
         Ok(())

@@ -2,9 +2,10 @@
 //! command line's flags and the config file's keys (a key is its flag's
 //! name with `_` for `-`), so an option is written once; a flag wins over
 //! its key. Everything is checked here, before any socket is bound, and a
-//! bad value is one line naming the flag and the key.
+//! bad value is one line naming what the user wrote ([`Origin`]: the flag,
+//! or the key and its file) and the fix.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -19,12 +20,67 @@ use crate::reexec::state::CarriedConfig;
 /// The name of the admin socket inside a runtime directory.
 const SOCKET_NAME: &str = "handoff.sock";
 
+/// Which options came from the config file, and which file: a complaint
+/// names what the user wrote, the flag or the key.
+#[derive(Debug, Default, Clone)]
+pub struct Origin {
+    file: Option<PathBuf>,
+    /// Config keys taken from the file (`listen.NAME` for a listener).
+    keys: BTreeSet<String>,
+}
+
+impl Origin {
+    fn file_of(&self, key: &str) -> Option<&Path> {
+        self.file.as_deref().filter(|_| self.keys.contains(key))
+    }
+
+    /// How option `key` (a config key's name) was written: `--drain-timeout`,
+    /// or `drain_timeout (in FILE)`.
+    pub fn name(&self, key: &str) -> String {
+        match self.file_of(key) {
+            Some(file) => format!("{key} (in {})", file.display()),
+            None => format!("--{}", key.replace('_', "-")),
+        }
+    }
+
+    /// Option `key` with its value: `--deadline "soon"`, or
+    /// `deadline = "soon" (in FILE)`.
+    pub fn value(&self, key: &str, text: &str) -> String {
+        self.written(key, &format!("{text:?}"))
+    }
+
+    /// Option `key` with a number, bare as TOML writes it.
+    pub fn number(&self, key: &str, number: impl std::fmt::Display) -> String {
+        self.written(key, &number.to_string())
+    }
+
+    fn written(&self, key: &str, value: &str) -> String {
+        match self.file_of(key) {
+            Some(file) => format!("{key} = {value} (in {})", file.display()),
+            None => format!("--{} {value}", key.replace('_', "-")),
+        }
+    }
+
+    /// A listener as written: `--listen NAME=ADDR`, or
+    /// `[listen] NAME = "ADDR" (in FILE)`.
+    pub fn listener(&self, name: &str, addr: &str) -> String {
+        match self.file_of(&format!("listen.{name}")) {
+            Some(file) => format!("[listen] {name} = {addr:?} (in {})", file.display()),
+            None => format!("--listen {name}={addr}"),
+        }
+    }
+}
+
 /// Every option of `handoffctl run`, as a flag and as a config key. Keys
 /// marked "config only" have no flag; unknown keys are an error (a typo
 /// must not be silently ignored).
 #[derive(Debug, Default, clap::Args, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunOptions {
+    /// Never read: where the options came from (see [`Origin`]).
+    #[arg(skip)]
+    #[serde(skip)]
+    pub origin: Origin,
     /// Config only: the daemon binary (on the command line: `-- BINARY`).
     #[arg(skip)]
     pub binary: Option<PathBuf>,
@@ -164,7 +220,10 @@ fn listen_table<'de, D: serde::Deserializer<'de>>(
 /// Takes `$field` from `$file` where `$flags` left it unset.
 macro_rules! unset_from {
     ($flags:ident, $file:ident; $($field:ident),* $(,)?) => {
-        $( if $flags.$field.is_none() { $flags.$field = $file.$field.take(); } )*
+        $( if $flags.$field.is_none() && $file.$field.is_some() {
+            $flags.$field = $file.$field.take();
+            $flags.origin.keys.insert(stringify!($field).to_owned());
+        } )*
     };
 }
 
@@ -192,6 +251,7 @@ impl RunOptions {
                 path.display()
             ))
         })?;
+        options.origin.file = Some(path.to_path_buf());
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let relative = |path: &mut Option<PathBuf>| {
             if let Some(path) = path {
@@ -237,13 +297,16 @@ impl RunOptions {
                 .map_or(spec.clone(), |(name, _)| name.to_owned())
         };
         let flagged: Vec<String> = self.listen.iter().map(name_of).collect();
-        let mut listen: Vec<String> = file
+        let kept: Vec<&String> = file
             .listen
             .iter()
             .filter(|spec| !flagged.contains(&name_of(spec)))
-            .chain(&self.listen)
-            .cloned()
             .collect();
+        for spec in &kept {
+            self.origin.keys.insert(format!("listen.{}", name_of(spec)));
+        }
+        self.origin.file = file.origin.file.take();
+        let mut listen: Vec<String> = kept.into_iter().chain(&self.listen).cloned().collect();
         listen.sort_by_key(name_of);
         self.listen = listen;
         file.allowed_uids.append(&mut self.allowed_uids);
@@ -285,8 +348,9 @@ pub struct Settings {
     /// The config file as read (a re-exec carries it instead of reading
     /// the file again).
     pub config: Option<CarriedConfig>,
-    /// Where the Prometheus metrics are served, if anywhere.
-    pub metrics: Option<std::net::SocketAddr>,
+    /// Where the Prometheus metrics are served, if anywhere, and the
+    /// option as the user wrote it (for a bind's failure).
+    pub metrics: Option<(std::net::SocketAddr, String)>,
 }
 
 impl Settings {
@@ -335,7 +399,7 @@ impl Settings {
             args: program_args,
             socket,
             socket_is_default,
-            listeners: listeners(&options.listen)?,
+            listeners: listeners(&options.origin, &options.listen)?,
             data_dir: options.data_dir,
             // A foreign daemon is always handed over in overlap.
             mode: match (protocol, options.mode.unwrap_or(ModeArg::Exclusive)) {
@@ -358,17 +422,24 @@ impl Settings {
             history_file,
             allowed_supervisor_binaries: options.allowed_supervisor_binaries,
             config,
-            metrics: options.metrics.as_deref().map(metrics_addr).transpose()?,
+            metrics: options
+                .metrics
+                .as_deref()
+                .map(|text| {
+                    let written = options.origin.value("metrics", text);
+                    Ok::<_, Failure>((metrics_addr(&written, text)?, written))
+                })
+                .transpose()?,
         })
     }
 }
 
-/// `--metrics HOST:PORT`, resolved to its first address.
-fn metrics_addr(text: &str) -> Result<std::net::SocketAddr, Failure> {
+/// `--metrics HOST:PORT` (as `written`), resolved to its first address.
+fn metrics_addr(written: &str, text: &str) -> Result<std::net::SocketAddr, Failure> {
     use std::net::ToSocketAddrs;
     let bad = |problem: String| {
         Failure::usage(format!(
-            "--metrics {text}: {problem}; expected HOST:PORT, for example 127.0.0.1:9464"
+            "{written}: {problem}; expected HOST:PORT, for example 127.0.0.1:9464"
         ))
     };
     text.to_socket_addrs()
@@ -431,7 +502,7 @@ fn program(
 }
 
 /// `--listen NAME=ADDR` (or `[listen]`), each parsed.
-fn listeners(specs: &[String]) -> Result<Vec<(String, ListenAddr)>, Failure> {
+fn listeners(origin: &Origin, specs: &[String]) -> Result<Vec<(String, ListenAddr)>, Failure> {
     let mut seen = std::collections::BTreeSet::new();
     specs
         .iter()
@@ -458,10 +529,11 @@ fn listeners(specs: &[String]) -> Result<Vec<(String, ListenAddr)>, Failure> {
                      a name of its own"
                 )));
             }
+            let written = origin.listener(name, addr);
             let parsed: ListenAddr = addr
                 .parse()
-                .map_err(|e| Failure::usage(format!("--listen {name}={addr}: {e}")))?;
-            Ok((name.to_owned(), absolute_unix(name, parsed)?))
+                .map_err(|e| Failure::usage(format!("{written}: {e}")))?;
+            Ok((name.to_owned(), absolute_unix(&written, parsed)?))
         })
         .collect()
 }
@@ -481,24 +553,19 @@ fn absolute_socket(socket: PathBuf) -> Result<PathBuf, Failure> {
 /// current directory; a config file's are made relative to the file when
 /// it is read): where it was bound stays what `status`, the record and
 /// every later image of the supervisor name.
-fn absolute_unix(name: &str, addr: ListenAddr) -> Result<ListenAddr, Failure> {
+fn absolute_unix(written: &str, addr: ListenAddr) -> Result<ListenAddr, Failure> {
     let ListenAddr::Unix(path) = &addr else {
         return Ok(addr);
     };
     if path.is_absolute() {
         return Ok(addr);
     }
-    let absolute = std::path::absolute(path).map_err(|e| {
-        Failure::usage(format!(
-            "--listen {name}=unix:{}: cannot make the path absolute: {e}",
-            path.display()
-        ))
-    })?;
+    let absolute = std::path::absolute(path)
+        .map_err(|e| Failure::usage(format!("{written}: cannot make the path absolute: {e}")))?;
     if !handoff::os::fits_unix_socket(&absolute) {
         return Err(Failure::usage(format!(
-            "--listen {name}=unix:{}: made absolute, the path ({}) is too long for a unix \
+            "{written}: made absolute, the path ({}) is too long for a unix \
              socket (under 108 bytes); give a shorter path",
-            path.display(),
             absolute.display()
         )));
     }
@@ -506,80 +573,84 @@ fn absolute_unix(name: &str, addr: ListenAddr) -> Result<ListenAddr, Failure> {
 }
 
 /// The durations: each flag or key, then the checks between them, in the
-/// flags' words.
+/// words the user wrote.
 fn timeouts(options: &RunOptions) -> Result<Timeouts, Failure> {
+    let origin = &options.origin;
     let mut timeouts = Timeouts::default();
     if let Some(text) = &options.deadline {
-        timeouts.handoff_deadline = duration("--deadline", text)?;
+        timeouts.handoff_deadline = duration_of(&origin.value("deadline", text), text)?;
         // An unset drain timeout follows a short deadline down.
         timeouts.drain_grace = timeouts.drain_grace.min(timeouts.handoff_deadline);
     }
     let durations = [
         (
             &options.drain_timeout,
-            "--drain-timeout",
+            "drain_timeout",
             &mut timeouts.drain_grace,
         ),
-        (
-            &options.probe_timeout,
-            "--probe-timeout",
-            &mut timeouts.probe,
-        ),
-        (&options.probation, "--probation", &mut timeouts.probation),
+        (&options.probe_timeout, "probe_timeout", &mut timeouts.probe),
+        (&options.probation, "probation", &mut timeouts.probation),
         (
             &options.resume_timeout,
-            "--resume-timeout",
+            "resume_timeout",
             &mut timeouts.resume,
         ),
     ];
-    for (text, flag, field) in durations {
+    for (text, key, field) in durations {
         if let Some(text) = text {
-            *field = duration(flag, text)?;
+            *field = duration_of(&origin.value(key, text), text)?;
         }
     }
     timeouts.validate().map_err(|error| match error {
         handoff::Error::InvalidTimeout { field, problem } => {
-            Failure::usage(in_flag_words(field, problem))
+            Failure::usage(in_user_words(origin, field, problem))
         }
         other => Failure::usage(other.to_string()),
     })?;
     Ok(timeouts)
 }
 
-/// A `Timeouts::validate` complaint about a field, said with the flags.
-fn in_flag_words(field: &str, problem: &str) -> String {
-    let flag = match field {
-        "drain_grace" => "--drain-timeout",
-        "handoff_deadline" => "--deadline",
-        "probe" => "--probe-timeout",
-        "resume" => "--resume-timeout",
-        "probation" => "--probation",
-        other => other,
+/// A `Timeouts::validate` complaint about a field, said with the options
+/// as the user wrote them.
+fn in_user_words(origin: &Origin, field: &str, problem: &str) -> String {
+    const KEYS: [(&str, &str); 5] = [
+        ("handoff_deadline", "deadline"),
+        ("drain_grace", "drain_timeout"),
+        ("probe", "probe_timeout"),
+        ("resume", "resume_timeout"),
+        ("probation", "probation"),
+    ];
+    let said = |field: &str| {
+        KEYS.iter()
+            .find(|(name, _)| *name == field)
+            .map_or(field.to_owned(), |(_, key)| origin.name(key))
     };
-    let problem = problem
-        .replace("handoff_deadline", "--deadline")
-        .replace("drain_grace", "--drain-timeout");
-    format!("{flag}: {problem}")
+    // The one other option a problem names.
+    let problem = problem.replace("handoff_deadline", &said("handoff_deadline"));
+    format!("{}: {problem}", said(field))
 }
 
 /// The health gate's probe: `--probe` with `--probe-status`.
 fn probe(options: &RunOptions) -> Result<Option<handoff::probe::Probe>, Failure> {
+    let origin = &options.origin;
     let probe = options
         .probe
         .as_deref()
         .map(|text| {
             text.parse::<handoff::probe::Probe>()
-                .map_err(|e| Failure::usage(format!("--probe {text:?}: {e}")))
+                .map_err(|e| Failure::usage(format!("{}: {e}", origin.value("probe", text))))
         })
         .transpose()?;
     match (probe, options.probe_status) {
         (Some(_), Some(status)) if !(100..=599).contains(&status) => Err(Failure::usage(format!(
-            "--probe-status {status}: not an HTTP status; give one from 100 to 599, such as 200"
+            "{}: not an HTTP status; give one from 100 to 599, such as 200",
+            origin.number("probe_status", status)
         ))),
         (Some(probe), Some(status)) => Ok(Some(probe.expecting(status))),
-        (None, Some(_)) => Err(Failure::usage(
-            "--probe-status needs --probe http://...: give the address to probe",
-        )),
+        (None, Some(_)) => Err(Failure::usage(format!(
+            "{} needs --probe http://... (probe in a config file): give the address to probe",
+            origin.name("probe_status")
+        ))),
         (probe, None) => Ok(probe),
     }
 }
@@ -591,43 +662,45 @@ fn protocol(
     timeouts: Timeouts,
     probe: bool,
 ) -> Result<DaemonProtocol, Failure> {
+    let origin = &options.origin;
     let library = options.protocol.unwrap_or(ProtocolArg::Library) == ProtocolArg::Library;
     if library {
-        if options.ready_signal.is_some() || options.stop_signal.is_some() {
-            return Err(Failure::usage(
-                "--ready-signal and --stop-signal need --protocol systemd",
-            ));
-        }
-        if options.probation_signal.is_some() || options.resume_signal.is_some() {
-            return Err(Failure::usage(
-                "--probation-signal and --resume-signal need --protocol systemd \
-                 (a library daemon is quiesced and resumed by the protocol)",
-            ));
-        }
-        if options.fd_store_max.is_some() {
-            return Err(Failure::usage(
-                "--fd-store-max (fd_store_max) needs --protocol systemd: only a foreign \
-                 daemon has an fd store; remove it or add --protocol systemd",
-            ));
+        let foreign_only = [
+            ("ready_signal", options.ready_signal.is_some()),
+            ("stop_signal", options.stop_signal.is_some()),
+            ("probation_signal", options.probation_signal.is_some()),
+            ("resume_signal", options.resume_signal.is_some()),
+            ("fd_store_max", options.fd_store_max.is_some()),
+        ];
+        if let Some((key, _)) = foreign_only.iter().find(|(_, set)| *set) {
+            return Err(Failure::usage(format!(
+                "{} applies to a daemon under --protocol systemd only (a library daemon \
+                 is signalled, quiesced and given fds by the protocol); remove it or add \
+                 --protocol systemd",
+                origin.name(key)
+            )));
         }
         let exclusive = matches!(
             options.mode.unwrap_or(ModeArg::Exclusive),
             ModeArg::Exclusive
         );
         if exclusive && !timeouts.probation.is_zero() {
-            return Err(Failure::usage(
-                "--probation (probation) needs --mode overlap for a library daemon: in \
-                 exclusive mode the old generation has sealed and released its data \
-                 directory at the commit, so there is nothing to resume; remove it or \
-                 add --mode overlap",
-            ));
+            return Err(Failure::usage(format!(
+                "{} needs --mode overlap for a library daemon: in exclusive mode the old \
+                 generation has sealed and released its data directory at the commit, so \
+                 there is nothing to resume; remove it or add --mode overlap",
+                origin.name("probation")
+            )));
         }
         return Ok(DaemonProtocol::Library);
     }
     let ready = match options.ready_signal {
         None | Some(ReadySignalArg::Notify) => handoff::protocol::ReadySignal::Notify,
         Some(ReadySignalArg::Probe) if !probe => {
-            return Err(Failure::usage("--ready-signal probe needs --probe"));
+            return Err(Failure::usage(format!(
+                "{} needs --probe: give the address to probe",
+                origin.value("ready_signal", "probe")
+            )));
         }
         Some(ReadySignalArg::Probe) => handoff::protocol::ReadySignal::Probe,
     };
@@ -636,6 +709,7 @@ fn protocol(
         Some(name) => parse_signal(name)?,
     };
     let quiesce = quiesce_signals(
+        origin,
         options.probation_signal.as_deref(),
         options.resume_signal.as_deref(),
         timeouts.probation,
@@ -657,37 +731,44 @@ fn protocol(
 /// quiesce by it would stop the old generation at the commit), and only
 /// with a probation.
 fn quiesce_signals(
+    origin: &Origin,
     quiesce: Option<&str>,
     resume: Option<&str>,
     probation: std::time::Duration,
     stop: handoff::os::Sig,
 ) -> Result<Option<handoff::supervisor::QuiesceSignals>, Failure> {
+    let (q, r) = (
+        origin.name("probation_signal"),
+        origin.name("resume_signal"),
+    );
     let (quiesce, resume) = match (quiesce, resume) {
         (None, None) => return Ok(None),
         (Some(quiesce), Some(resume)) => (parse_signal(quiesce)?, parse_signal(resume)?),
         (Some(_), None) => {
-            return Err(Failure::usage(
-                "--probation-signal needs --resume-signal: a quiesced generation must be resumable",
-            ));
+            return Err(Failure::usage(format!(
+                "{q} needs --resume-signal: a quiesced generation must be resumable; add one"
+            )));
         }
         (None, Some(_)) => {
-            return Err(Failure::usage("--resume-signal needs --probation-signal"));
+            return Err(Failure::usage(format!(
+                "{r} needs --probation-signal: add the signal that quiesces"
+            )));
         }
     };
     if probation.is_zero() {
-        return Err(Failure::usage(
-            "--probation-signal and --resume-signal need --probation DUR",
-        ));
+        return Err(Failure::usage(format!(
+            "{q} and {r} need --probation DUR: add the probation they serve"
+        )));
     }
     if quiesce == resume {
-        return Err(Failure::usage(
-            "--probation-signal and --resume-signal must be different signals",
-        ));
+        return Err(Failure::usage(format!(
+            "{q} and {r} must be different signals: change one"
+        )));
     }
     if quiesce == stop || resume == stop {
         let name = format!("{stop:?}").to_ascii_uppercase();
         return Err(Failure::usage(format!(
-            "--probation-signal and --resume-signal must differ from the stop signal (SIG{name}; --stop-signal)"
+            "{q} and {r} must differ from the stop signal (SIG{name}; --stop-signal): change one"
         )));
     }
     Ok(Some(handoff::supervisor::QuiesceSignals {
@@ -755,14 +836,17 @@ pub fn default_socket() -> Result<PathBuf, Failure> {
 
 /// A duration flag's value (`250ms`, `30s`, `5m`, `1h`).
 pub fn duration(flag: &str, text: &str) -> Result<std::time::Duration, Failure> {
+    duration_of(&format!("{flag} {text:?}"), text)
+}
+
+/// A duration's value, `written` as the user wrote it (flag or key).
+fn duration_of(written: &str, text: &str) -> Result<std::time::Duration, Failure> {
     parse_duration(text).map_err(|e| {
         let problem = match e {
             handoff::Error::InvalidTimeout { problem, .. } => problem,
             _ => "not a duration",
         };
-        Failure::usage(format!(
-            "{flag} {text:?}: {problem} (for example 250ms, 30s, 5m)"
-        ))
+        Failure::usage(format!("{written}: {problem} (for example 250ms, 30s, 5m)"))
     })
 }
 
@@ -849,6 +933,64 @@ mod tests {
     fn unknown_config_keys_are_refused() {
         let err = toml::from_str::<RunOptions>("bnary = \"/bin/true\"").expect_err("typo");
         assert!(err.to_string().contains("bnary"), "{err}");
+    }
+
+    /// The one-line error `run` gives for `config` (a file's text) and
+    /// `flags`.
+    fn refusal(config: &str, flags: &[&str]) -> String {
+        let dir = testkit::TempDir::new("config-origin");
+        let file = dir.path().join("handoff.toml");
+        std::fs::write(&file, config).expect("write");
+        let mut all = flags.to_vec();
+        all.extend(["--", "/bin/true"]);
+        let error = Settings::resolve(run_args(Some(&file), &all)).expect_err(config);
+        error
+            .to_string()
+            .replace(&file.display().to_string(), "FILE")
+    }
+
+    #[test]
+    fn a_bad_value_is_named_as_written_the_key_and_its_file_or_the_flag() {
+        let cases: [(&str, &[&str], &str); 8] = [
+            (
+                "deadline = \"soon\"",
+                &[],
+                "deadline = \"soon\" (in FILE): ",
+            ),
+            ("", &["--deadline", "soon"], "--deadline \"soon\": "),
+            (
+                "deadline = \"1m\"\ndrain_timeout = \"2m\"",
+                &[],
+                "drain_timeout (in FILE): must not exceed deadline (in FILE); lower it or \
+                 raise deadline (in FILE)",
+            ),
+            (
+                "drain_timeout = \"2m\"",
+                &["--deadline", "1m"],
+                "drain_timeout (in FILE): must not exceed --deadline; lower it or raise \
+                 --deadline",
+            ),
+            (
+                "[listen]\nhttp = \"nowhere\"",
+                &[],
+                "[listen] http = \"nowhere\" (in FILE): ",
+            ),
+            ("", &["--listen", "http=nowhere"], "--listen http=nowhere: "),
+            (
+                "fd_store_max = 4",
+                &[],
+                "fd_store_max (in FILE) applies to a daemon under --protocol systemd only",
+            ),
+            (
+                "metrics = \"nowhere\"",
+                &[],
+                "metrics = \"nowhere\" (in FILE): ",
+            ),
+        ];
+        for (config, flags, expected) in cases {
+            let said = refusal(config, flags);
+            assert!(said.starts_with(expected), "{config:?} {flags:?}: {said}");
+        }
     }
 
     fn run_args(config: Option<&Path>, flags: &[&str]) -> RunArgs {
@@ -1059,7 +1201,7 @@ mod tests {
         assert!(
             error
                 .to_string()
-                .contains("--fd-store-max (fd_store_max) needs --protocol systemd"),
+                .contains("--fd-store-max applies to a daemon under --protocol systemd only"),
             "{error}"
         );
         let dir = std::env::temp_dir().join(format!("hctl-config-fdstore-{}", std::process::id()));
@@ -1092,30 +1234,34 @@ mod tests {
             all.extend(["--", "/bin/true"]);
             Settings::resolve(run_args(None, &all))
         };
-        assert_eq!(resolve(&[]).expect("resolve").metrics, None);
+        let addr = |settings: Settings| settings.metrics.map(|(addr, _)| addr);
+        assert_eq!(addr(resolve(&[]).expect("resolve")), None);
         let set = resolve(&["--metrics", "127.0.0.1:9464"]).expect("resolve");
-        assert_eq!(set.metrics, Some(([127, 0, 0, 1], 9464).into()));
+        assert_eq!(addr(set), Some(([127, 0, 0, 1], 9464).into()));
         let local = resolve(&["--metrics", "localhost:0"]).expect("a name resolves");
-        assert!(local.metrics.is_some_and(|addr| addr.ip().is_loopback()));
+        assert!(addr(local).is_some_and(|addr| addr.ip().is_loopback()));
         // The config's key, and the flag over it.
-        let dir = std::env::temp_dir().join(format!("hctl-config-metrics-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let config = dir.join("handoff.toml");
+        let dir = testkit::TempDir::new("config-metrics");
+        let config = dir.path().join("handoff.toml");
         std::fs::write(&config, "metrics = \"127.0.0.1:9465\"\n").expect("write");
         let from_file =
             Settings::resolve(run_args(Some(&config), &["--", "/bin/true"])).expect("resolve");
-        assert_eq!(from_file.metrics, Some(([127, 0, 0, 1], 9465).into()));
+        let (at, written) = from_file.metrics.expect("metrics");
+        assert_eq!(at, ([127, 0, 0, 1], 9465).into());
+        assert!(
+            written.starts_with("metrics = \"127.0.0.1:9465\" (in "),
+            "{written}"
+        );
         let flag = Settings::resolve(run_args(
             Some(&config),
             &["--metrics", "127.0.0.1:9466", "--", "/bin/true"],
         ))
         .expect("resolve");
-        assert_eq!(flag.metrics, Some(([127, 0, 0, 1], 9466).into()));
-        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(addr(flag), Some(([127, 0, 0, 1], 9466).into()));
         for bad in ["9464", "127.0.0.1", "127.0.0.1:http", "[::1]:99999"] {
             let failure = resolve(&["--metrics", bad]).expect_err(bad);
             assert!(
-                failure.message.starts_with(&format!("--metrics {bad}: "))
+                failure.message.starts_with(&format!("--metrics {bad:?}: "))
                     && failure.message.contains("HOST:PORT"),
                 "{}",
                 failure.message

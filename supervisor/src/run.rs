@@ -48,7 +48,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     // Bound before any generation starts: a bad path fails alone.
     let socket = AdminSocket::bind(&settings.socket, settings.socket_is_default)?;
     // So is the metrics address: one that cannot be bound fails here.
-    let metrics = crate::metrics::Metrics::bind(settings.metrics)?;
+    let metrics = crate::metrics::Metrics::bind(settings.metrics.clone())?;
     warn_if_orphans_cannot_be_adopted(&settings);
     let orphan = crate::orphan::orphan_to_adopt(&settings.socket, settings.timeouts.kill_grace);
     // Read first: handoff ids go on past the ones it holds (said once the

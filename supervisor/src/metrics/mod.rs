@@ -110,13 +110,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Binds `addr`, if given; a failure is one line naming `--metrics`.
-    pub fn bind(addr: Option<SocketAddr>) -> Result<Metrics, Failure> {
-        let Some(addr) = addr else {
+    /// Binds `addr`, if given; a failure is one line naming the option as
+    /// the user `written` it.
+    pub fn bind(addr: Option<(SocketAddr, String)>) -> Result<Metrics, Failure> {
+        let Some((addr, written)) = addr else {
             return Ok(Metrics::off());
         };
         let listener = http::bind(addr)
-            .map_err(|e| Failure::failed(format!("--metrics {addr}: cannot listen: {e}")))?;
+            .map_err(|e| Failure::failed(format!("{written}: cannot listen on {addr}: {e}")))?;
         let (wake, woken) = mpsc::channel();
         let shared = Shared {
             counters: Mutex::new(Counters::default()),
@@ -141,7 +142,7 @@ impl Metrics {
     /// closed the old image's listener), going on from `restored`. A
     /// failure is a warning, never a reason to fail the re-exec: the
     /// supervisor goes on without metrics.
-    pub fn rebind(addr: Option<SocketAddr>, restored: Option<Counters>) -> Metrics {
+    pub fn rebind(addr: Option<(SocketAddr, String)>, restored: Option<Counters>) -> Metrics {
         match Metrics::bind(addr) {
             Ok(metrics) => {
                 if let (Some(shared), Some(mut restored)) = (&metrics.feed.shared, restored) {
@@ -346,7 +347,8 @@ mod tests {
         off.upgrade_not_started();
         assert_eq!(off.to_state(), None);
 
-        let metrics = Metrics::bind(Some(([127, 0, 0, 1], 0).into())).expect("bind");
+        let at = (([127, 0, 0, 1], 0).into(), "--metrics".to_owned());
+        let metrics = Metrics::bind(Some(at)).expect("bind");
         let feed = metrics.feed();
         feed.upgrade_not_started();
         feed.event(&SupervisorEvent::RestartFailed {
@@ -365,7 +367,10 @@ mod tests {
 
         // The next image goes on from them.
         drop(metrics);
-        let next = Metrics::rebind(Some(([127, 0, 0, 1], 0).into()), Some(carried));
+        let next = Metrics::rebind(
+            Some((([127, 0, 0, 1], 0).into(), "--metrics".into())),
+            Some(carried),
+        );
         next.feed().upgrade_not_started();
         let after = next.feed().to_state().expect("on");
         assert_eq!(

@@ -382,7 +382,8 @@ impl Restored {
         notify.ready(&status_line(&report, &supervisor));
         let socket = AdminSocket::adopt(self.settings.socket.clone(), self.admin);
         let answer = self.caller.map(|caller| (caller, Response::Reexec(report)));
-        let metrics = crate::metrics::Metrics::rebind(self.settings.metrics, carried.metrics);
+        let metrics =
+            crate::metrics::Metrics::rebind(self.settings.metrics.clone(), carried.metrics);
         let identities = crate::identity::Identities::with_entries(carried.identities);
         // A generation started from a script is known by it again (as the
         // file is now: the one held open died with the old image).

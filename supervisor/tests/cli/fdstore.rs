@@ -282,7 +282,7 @@ fn the_fd_store_bound_needs_the_foreign_protocol_and_a_count() {
     assert_eq!(ran.code, Some(2), "{ran:?}");
     assert!(
         ran.one_error_line()
-            .contains("--fd-store-max (fd_store_max) needs --protocol systemd"),
+            .contains("--fd-store-max applies to a daemon under --protocol systemd only"),
         "{ran:?}"
     );
     for bad in ["--fd-store-max=-1", "--fd-store-max=many"] {

@@ -99,7 +99,7 @@ fn a_metrics_address_that_cannot_be_bound_fails_run_in_one_line_naming_the_flag(
         assert_ne!(ran.code, Some(0), "{metrics}: {ran:?}");
         let line = ran.one_error_line();
         assert!(
-            line.starts_with(&format!("handoffctl: --metrics {metrics}: "))
+            line.starts_with(&format!("handoffctl: --metrics {metrics:?}: "))
                 && line.contains(wanted),
             "{line}"
         );
