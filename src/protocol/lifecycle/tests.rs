@@ -1428,3 +1428,209 @@ fn a_rolled_back_successors_items_are_dropped() {
         "{actions:?}"
     );
 }
+
+// ------------------------------------------ every input in every state
+
+/// A machine in each state: (the state, the harness, the generations it
+/// knows: the live one and, while handing off, the successor).
+fn in_every_state() -> Vec<(LifecycleState, Sim, Vec<GenerationId>)> {
+    let starting = Sim::library(Mode::Exclusive);
+    let live = serving(Mode::Exclusive);
+    let mut handing_off = serving(Mode::Exclusive);
+    let ticket = handing_off.machine.begin_handoff().expect("a ticket");
+    handing_off.spawned(ticket, build("daemon-b"));
+    let mut stopping = serving(Mode::Exclusive);
+    stopping.step(LifecycleInput::Stop);
+    let mut finished = Sim::library(Mode::Exclusive);
+    finished.step(LifecycleInput::Stop);
+    vec![
+        (LifecycleState::Starting, starting, vec![]),
+        (LifecycleState::Serving, live, vec![1]),
+        (
+            LifecycleState::HandingOff,
+            handing_off,
+            vec![1, ticket.generation],
+        ),
+        (LifecycleState::Stopping, stopping, vec![1]),
+        (LifecycleState::Finished, finished, vec![]),
+    ]
+}
+
+/// One input of every kind (and every message a generation may send),
+/// from or about generation `at`.
+fn every_input(at: GenerationId, now: Instant) -> Vec<LifecycleInput> {
+    let mut inputs = vec![
+        LifecycleInput::Spawned(Box::new(Spawned {
+            ticket: Ticket {
+                handoff_id: 50,
+                generation: at,
+                restart: false,
+            },
+            pid: 5000,
+            build: build("daemon-z"),
+            timeouts: Timeouts::default(),
+            force: false,
+            requested: now,
+            spawn_begun: now,
+        })),
+        LifecycleInput::SpawnFailed {
+            ticket: Ticket {
+                handoff_id: 50,
+                generation: at,
+                restart: true,
+            },
+            reason: "refused".into(),
+        },
+        LifecycleInput::Closed { generation: at },
+        LifecycleInput::Exited {
+            generation: at,
+            status: ExitStatus::Signal(9),
+        },
+        LifecycleInput::Notified {
+            generation: at,
+            pid: Some(5000),
+            text: "READY=1".into(),
+        },
+        LifecycleInput::FaultInjected { generation: at },
+        LifecycleInput::Connections {
+            generation: at,
+            batch: 1,
+            count: 2,
+        },
+        LifecycleInput::Items {
+            generation: at,
+            batch: 2,
+        },
+        LifecycleInput::Stop,
+        LifecycleInput::Tick,
+    ];
+    for purpose in [
+        ProbePurpose::Handoff(2),
+        ProbePurpose::ProbationSuspect(at),
+        ProbePurpose::ProbationCleared(at),
+        ProbePurpose::ProbationFailed(at),
+        ProbePurpose::Resumed(at),
+    ] {
+        for result in [Ok(()), Err("503".to_owned())] {
+            inputs.push(LifecycleInput::Probed { purpose, result });
+        }
+    }
+    for message in crate::protocol::tests::every_message() {
+        for handoff_id in [0, 1, 2] {
+            inputs.push(LifecycleInput::Frame {
+                generation: at,
+                handoff_id,
+                message: message.clone(),
+            });
+        }
+    }
+    inputs
+}
+
+/// Where the supervisor may go from `from` on one input: anywhere while
+/// it runs (a verdict, a loss, a resumption, the restart policy, a stop),
+/// never back once it stops.
+fn may_follow(from: LifecycleState, to: LifecycleState) -> bool {
+    use LifecycleState::*;
+    match from {
+        Starting | Serving | HandingOff => true,
+        Stopping => matches!(to, Stopping | Finished),
+        Finished => to == Finished,
+    }
+}
+
+/// Whether `input` is news from or about generation `at` (not one of the
+/// machine's own tickets, a stop or the time).
+fn about(input: &LifecycleInput, at: GenerationId) -> bool {
+    match input {
+        LifecycleInput::Frame { generation, .. }
+        | LifecycleInput::Closed { generation }
+        | LifecycleInput::Exited { generation, .. }
+        | LifecycleInput::Notified { generation, .. }
+        | LifecycleInput::FaultInjected { generation }
+        | LifecycleInput::Connections { generation, .. }
+        | LifecycleInput::Items { generation, .. } => *generation == at,
+        LifecycleInput::Probed { purpose, .. } => match purpose {
+            ProbePurpose::Handoff(_) => false,
+            ProbePurpose::ProbationSuspect(g)
+            | ProbePurpose::ProbationCleared(g)
+            | ProbePurpose::ProbationFailed(g)
+            | ProbePurpose::Resumed(g) => *g == at,
+        },
+        LifecycleInput::Spawned(_)
+        | LifecycleInput::SpawnFailed { .. }
+        | LifecycleInput::Stop
+        | LifecycleInput::Tick => false,
+    }
+}
+
+/// Whether `action` touches a process or the world outside the machine.
+fn acts(action: &LifecycleAction) -> bool {
+    matches!(
+        action,
+        LifecycleAction::Send { .. }
+            | LifecycleAction::SendListeners { .. }
+            | LifecycleAction::Signal { .. }
+            | LifecycleAction::StartProbe { .. }
+            | LifecycleAction::Restart { .. }
+            | LifecycleAction::SendConnections { .. }
+            | LifecycleAction::SendItems { .. }
+    )
+}
+
+#[test]
+fn every_input_in_every_state_keeps_the_lifecycle_rules() {
+    // A generation the machine never heard of.
+    const STRANGER: GenerationId = 99;
+    let mut cases = 0;
+    for (state, sim, known) in in_every_state() {
+        assert_eq!(sim.machine.state(), state);
+        for at in known.iter().copied().chain([STRANGER]) {
+            for (index, input) in every_input(at, sim.now).into_iter().enumerate() {
+                let (_, mut fresh, _) = in_every_state()
+                    .into_iter()
+                    .find(|(s, _, _)| *s == state)
+                    .expect("the state");
+                let what = format!("{state} / generation {at} / input {index}: {input:?}");
+                let stop = matches!(input, LifecycleInput::Stop);
+                let stranger = at == STRANGER && about(&input, at);
+                let actions = fresh.step(input);
+                // A Tick after every input, as the driver feeds one: no
+                // wakeup left in the past (checked by the harness).
+                let actions: Vec<_> = actions
+                    .into_iter()
+                    .chain(fresh.step(LifecycleInput::Tick))
+                    .collect();
+                let now = fresh.machine.state();
+                assert!(may_follow(state, now), "{what}: {state} -> {now}");
+                if stop {
+                    assert!(
+                        matches!(now, LifecycleState::Stopping | LifecycleState::Finished),
+                        "{what}: {now} after Stop"
+                    );
+                }
+                if matches!(state, LifecycleState::Stopping | LifecycleState::Finished) {
+                    assert!(
+                        restart_of(&actions).is_none(),
+                        "{what}: a restart while stopping"
+                    );
+                }
+                if state == LifecycleState::Finished {
+                    assert!(
+                        !actions.iter().any(acts),
+                        "{what}: acted when finished: {actions:?}"
+                    );
+                }
+                if stranger {
+                    assert_eq!(now, state, "{what}: a stranger moved the supervisor");
+                    assert!(
+                        !actions.iter().any(acts),
+                        "{what}: acted for a stranger: {actions:?}"
+                    );
+                }
+                cases += 1;
+            }
+        }
+    }
+    eprintln!("{cases} inputs stepped");
+}

@@ -98,7 +98,7 @@ fn fds(count: usize) -> Message {
 }
 
 /// One message of every variant, in declaration (wire tag) order.
-fn every_message() -> Vec<Message> {
+pub(crate) fn every_message() -> Vec<Message> {
     vec![
         hello(),
         Message::HelloAck {
