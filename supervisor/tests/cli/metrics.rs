@@ -1,7 +1,10 @@
-//! `handoffctl run --metrics`: an address that cannot be bound, and hostile
+//! `handoffctl run --metrics`: an address that cannot be bound, hostile
 //! scrapers (silent connections, a thousand at once) that must delay
-//! neither handoffs nor the admin socket. The HTTP helpers here are shared
-//! with the real-Prometheus test (`prometheus.rs`).
+//! neither handoffs nor the admin socket, counters across a re-exec, and
+//! the gauges against real generations (build info, start times, serving,
+//! draining and in probation, an automatic rollback, the process's own).
+//! The HTTP helpers here are shared with the real-Prometheus test
+//! (`prometheus.rs`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -283,4 +286,142 @@ fn the_counters_carry_across_a_reexec_and_the_endpoint_comes_back_on_its_address
         sample(&scrape(addr), "handoff_last_upgrade_success"),
         Some(1.0)
     );
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64()
+}
+
+/// The one sample of family `name` whose labels include `label`, and its
+/// value.
+fn labelled(page: &str, name: &str, label: &str) -> Option<(String, f64)> {
+    page.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .find(|line| line.contains(label))
+        .and_then(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+}
+
+fn upgrade_to_testd(supervisor: &Supervisor) {
+    let testd = testd().display().to_string();
+    let ran = supervisor.ctl("upgrade", &["--binary", &testd]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+}
+
+#[test]
+fn the_gauges_follow_the_generations_through_a_probation_and_its_rollback() {
+    let dir = crate::common::TempDir::new("metrics-gauges");
+    // The first build: testd behind a script of its own (another binary).
+    let first_build = script(
+        dir.path(),
+        "daemon-a",
+        &format!("exec {} \"$@\"", testd().display()),
+    );
+    let before_start = unix_now();
+    let testd = testd().display().to_string();
+    let mut start = with_metrics(&[
+        "--mode",
+        "overlap",
+        "--probation",
+        "30s",
+        "--allow-binary",
+        &testd,
+    ]);
+    start.program = Some(first_build);
+    let supervisor = Supervisor::start_with(start);
+    let addr = metrics_addr(&supervisor);
+    let serving = r#"handoff_generations{state="serving"}"#;
+    let probation = r#"handoff_generations{state="probation"}"#;
+    eventually("generation 1 published", || {
+        let page = scrape(addr);
+        sample(&page, "handoff_generation") == Some(1.0) && sample(&page, serving) == Some(1.0)
+    });
+    let page = scrape(addr);
+    let first = supervisor.status();
+    let first_sha = first["binary_sha256"].as_str().expect("sha256").to_owned();
+    assert!(
+        labelled(&page, "handoff_daemon_build_info", &first_sha).is_some(),
+        "{page}"
+    );
+    let own = crate::common::sha256_hex(&crate::common::handoffctl());
+    let info = labelled(&page, "handoff_build_info", &own).map(|(_, value)| value);
+    assert_eq!(info, Some(1.0), "{page}");
+    let since = sample(&page, "handoff_generation_start_time_seconds").expect("start time");
+    assert!(before_start <= since && since <= unix_now(), "{since}");
+    let started = sample(&page, "process_start_time_seconds").expect("start");
+    assert!(before_start - 1.0 <= started && started <= since, "{page}");
+    assert!(sample(&page, "process_resident_memory_bytes").is_some_and(|b| b > 1e6));
+    assert!(sample(&page, "process_open_fds").is_some_and(|n| n >= 3.0));
+    assert_eq!(sample(&page, probation), Some(0.0));
+
+    // An upgrade: the old generation is kept in probation, drained, idle.
+    upgrade_to_testd(&supervisor);
+    let second = supervisor.status();
+    let second_sha = second["binary_sha256"].as_str().expect("sha256").to_owned();
+    assert_ne!(second_sha, first_sha);
+    eventually("generation 2 serving, generation 1 in probation", || {
+        let page = scrape(addr);
+        sample(&page, "handoff_generation") == Some(2.0)
+            && sample(&page, serving) == Some(1.0)
+            && sample(&page, probation) == Some(1.0)
+            && labelled(&page, "handoff_daemon_build_info", &second_sha).is_some()
+    });
+    let page = scrape(addr);
+    assert!(
+        sample(&page, "handoff_generation_start_time_seconds") > Some(since),
+        "{page}"
+    );
+
+    // The new generation crashes in probation: the old one is resumed.
+    let new = u64_of(&second, "child_pid") as u32;
+    handoff::os::signal(new, handoff::os::Sig::Kill).expect("kill the new generation");
+    eventually("the automatic rollback counted", || {
+        let page = scrape(addr);
+        sample(&page, "handoff_probation_rollbacks_total") == Some(1.0)
+            && sample(&page, "handoff_generation") == Some(1.0)
+            && sample(&page, serving) == Some(1.0)
+            && sample(&page, probation) == Some(0.0)
+            && labelled(&page, "handoff_daemon_build_info", &first_sha).is_some()
+    });
+}
+
+#[test]
+fn the_draining_gauges_follow_an_old_generation_stuck_in_its_drain() {
+    let dir = crate::common::TempDir::new("metrics-draining");
+    let hangs = script(
+        dir.path(),
+        "hangs-in-drain",
+        &format!("exec {} --hang-at drain \"$@\"", testd().display()),
+    );
+    let testd = testd().display().to_string();
+    let mut start = with_metrics(&["--mode", "overlap", "--allow-binary", &testd]);
+    start.program = Some(hangs);
+    let supervisor = Supervisor::start_with(start);
+    let addr = metrics_addr(&supervisor);
+    let draining = r#"handoff_generations{state="draining"}"#;
+    let old = u64_of(&supervisor.status(), "child_pid") as u32;
+    upgrade_to_testd(&supervisor);
+    // Replaced, the first build hangs in its drain: draining, for longer
+    // and longer, until its bounds (the drain timeout, then the kill
+    // grace) end it.
+    eventually("the old generation draining", || {
+        let page = scrape(addr);
+        sample(&page, draining) == Some(1.0)
+            && sample(&page, "handoff_oldest_draining_seconds").is_some_and(|s| s > 0.0)
+    });
+    let first = sample(&scrape(addr), "handoff_oldest_draining_seconds").expect("drain age");
+    eventually("the drain's age grows", || {
+        sample(&scrape(addr), "handoff_oldest_draining_seconds").is_some_and(|s| s > first)
+    });
+    crate::common::wait_gone(old);
+    eventually("nothing draining once it is gone", || {
+        let page = scrape(addr);
+        sample(&page, draining) == Some(0.0)
+            && sample(&page, "handoff_oldest_draining_seconds") == Some(0.0)
+    });
 }
