@@ -1079,6 +1079,9 @@ impl LifecycleMachine {
         out.push(LifecycleAction::Forget {
             generation: live.id,
         });
+        // A generation the supervisor condemned failed, whatever its status
+        // (it may exit 0 on its own before the SIGKILL lands).
+        let clean = condemned.is_none() && status.is_clean();
         let failure = Failure {
             generation: live.id,
             pid: live.pid,
@@ -1086,7 +1089,7 @@ impl LifecycleMachine {
         };
         self.state = State::Starting { due: None };
         let uptime = now.saturating_duration_since(live.started);
-        self.after_loss(failure, status.is_clean(), Some(uptime), now, out);
+        self.after_loss(failure, clean, Some(uptime), now, out);
     }
 
     // -------------------------------------------------------- probation

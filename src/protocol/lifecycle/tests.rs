@@ -801,6 +801,38 @@ fn a_resumed_generation_that_fails_its_check_is_killed_and_restarted() {
     )));
 }
 
+#[test]
+fn an_incumbent_that_could_not_resume_is_restarted_even_if_it_exits_zero() {
+    let mut sim = serving(Mode::Exclusive);
+    let ticket = sim.machine.begin_handoff().expect("a ticket");
+    sim.spawned(ticket, build("daemon-b"));
+    let (id, successor) = (ticket.handoff_id, ticket.generation);
+    sim.frame(successor, 0, hello());
+    sim.frame(successor, id, Message::Warm);
+    sim.frame(1, id, drained());
+    let begun = sim.frame(1, id, Message::SealComplete(seal()));
+    assert!(sent_to(&begun, successor, "Begin"), "{begun:?}");
+    // The successor dies before Ready; once it is reaped the incumbent is
+    // asked to resume, and its resume hook fails (it panicked).
+    let mut actions = sim.closed(successor);
+    actions.extend(sim.exited(successor, ExitStatus::Code(3)));
+    assert!(sent_to(&actions, 1, "ResumeAfterAbort"), "{actions:?}");
+    // A failed resume shows as the incumbent's EOF (its session ended).
+    let actions = sim.closed(1);
+    assert!(
+        signalled(&actions, 1, GenerationSignal::Kill),
+        "{actions:?}"
+    );
+    // It exits on its own, status 0, before the SIGKILL lands: still a
+    // failure (it was condemned), so the restart policy restarts it.
+    let actions = sim.exited(1, ExitStatus::Code(0));
+    assert!(
+        noted(&actions, |n| matches!(n, Note::RestartScheduled { .. })),
+        "{actions:?}"
+    );
+    assert!(!noted(&actions, |n| matches!(n, Note::NoRestart)));
+}
+
 // ------------------------------------------------------------------ stop
 
 /// A generation whose exit never reaches the machine (lost on its way)
