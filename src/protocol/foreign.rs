@@ -19,7 +19,7 @@
 
 use std::time::Instant;
 
-use super::{Phases, Signal, Verdict};
+use super::{ExitStatus, Phases, Signal, Verdict};
 use crate::timeouts::Timeouts;
 use crate::wire::AbortReason;
 
@@ -69,7 +69,7 @@ pub enum ForeignInput {
     /// The successor was reaped.
     Exited {
         /// How it ended.
-        status: String,
+        status: ExitStatus,
     },
     /// Time passed.
     Tick,
@@ -208,7 +208,13 @@ impl ForeignHandoffMachine {
             }
             (_, ForeignInput::ProbePassed | ForeignInput::ProbeFailed { .. }) => {}
             (State::Starting | State::Probing, ForeignInput::Exited { status }) => {
-                self.finish_rollback(AbortReason::SuccessorExited { status }, now, &mut actions);
+                self.finish_rollback(
+                    AbortReason::SuccessorExited {
+                        status: status.to_string(),
+                    },
+                    now,
+                    &mut actions,
+                );
             }
             (State::StoppingSuccessor { reason, .. }, ForeignInput::Exited { .. }) => {
                 let reason = reason.clone();
@@ -422,7 +428,7 @@ mod tests {
         assert_eq!(m.next_wakeup(), None);
         let actions = m.step(
             ForeignInput::Exited {
-                status: "killed by signal 9".into(),
+                status: ExitStatus::Signal(9),
             },
             now + grace + ms(1),
         );
@@ -455,7 +461,7 @@ mod tests {
         let (mut m, _, now) = machine(ReadySignal::Notify, false);
         let actions = m.step(
             ForeignInput::Exited {
-                status: "exit status 1".into(),
+                status: ExitStatus::Code(1),
             },
             now,
         );
@@ -473,7 +479,7 @@ mod tests {
         );
         let actions = m.step(
             ForeignInput::Exited {
-                status: "exit status 0".into(),
+                status: ExitStatus::Code(0),
             },
             deadline,
         );
@@ -500,7 +506,7 @@ mod tests {
         assert!(m.step(ForeignInput::Cancel, now).is_empty());
         m.step(
             ForeignInput::Exited {
-                status: "exit status 0".into(),
+                status: ExitStatus::Code(0),
             },
             now,
         );

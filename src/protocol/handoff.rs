@@ -30,7 +30,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Side, Signal};
+use super::{ExitStatus, Side, Signal};
 use crate::timeouts::{DRAIN_OVERRUN, Timeouts};
 use crate::wire::{AbortReason, Health, Message, Mode, PROTOCOL_VERSIONS, SealInfo, VersionRange};
 
@@ -104,7 +104,7 @@ pub enum HandoffInput {
         /// Which side.
         side: Side,
         /// How it ended, for the record.
-        status: String,
+        status: ExitStatus,
     },
     /// Time passed; deadlines are checked on every input.
     Tick,
@@ -830,7 +830,7 @@ impl HandoffMachine {
     fn on_exited(
         &mut self,
         side: Side,
-        status: String,
+        status: ExitStatus,
         now: Instant,
         actions: &mut Vec<HandoffAction>,
     ) {
@@ -850,11 +850,19 @@ impl HandoffMachine {
                     let (mut reason, resume) = (reason.clone(), *resume_incumbent);
                     // Its EOF came first; its exit status says more.
                     if reason == AbortReason::SuccessorClosed {
-                        reason = AbortReason::SuccessorExited { status };
+                        reason = AbortReason::SuccessorExited {
+                            status: status.to_string(),
+                        };
                     }
                     self.after_successor_reaped(reason, resume, now, actions);
                 } else {
-                    self.abort(AbortReason::SuccessorExited { status }, now, actions);
+                    self.abort(
+                        AbortReason::SuccessorExited {
+                            status: status.to_string(),
+                        },
+                        now,
+                        actions,
+                    );
                 }
             }
             Side::Incumbent => {

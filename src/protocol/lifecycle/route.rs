@@ -182,16 +182,14 @@ impl LifecycleMachine {
         match (&handoff.machine, handoff.exit) {
             (HandoffKind::Foreign(_), _) => {
                 handoff.exit = SuccessorExit::Reaped;
-                let input = ForeignInput::Exited {
-                    status: status.to_string(),
-                };
+                let input = ForeignInput::Exited { status };
                 self.step_foreign(input, now, out);
             }
             (HandoffKind::Library(_), SuccessorExit::Closed) => {
                 handoff.exit = SuccessorExit::Reaped;
                 let input = HandoffInput::Exited {
                     side: Side::Successor,
-                    status: status.to_string(),
+                    status,
                 };
                 self.step_handoff(input, now, out);
             }
@@ -215,7 +213,7 @@ impl LifecycleMachine {
                 handoff.exit = SuccessorExit::Reaped;
                 let input = HandoffInput::Exited {
                     side: Side::Successor,
-                    status: status.to_string(),
+                    status,
                 };
                 self.step_handoff(input, now, out);
             }
@@ -232,7 +230,7 @@ impl LifecycleMachine {
         if part_of_it {
             let input = HandoffInput::Exited {
                 side: Side::Incumbent,
-                status: status.to_string(),
+                status,
             };
             self.step_handoff(input, now, out);
         }
@@ -450,7 +448,7 @@ impl LifecycleMachine {
             handoff.exit = SuccessorExit::Reaped;
             let input = HandoffInput::Exited {
                 side: Side::Successor,
-                status: status.to_string(),
+                status,
             };
             self.step_handoff(input, now, out);
         }
@@ -655,7 +653,7 @@ impl LifecycleMachine {
 }
 
 /// A machine's signal, as the configuration maps it.
-fn signal_of(signal: Signal) -> GenerationSignal {
+pub(super) fn signal_of(signal: Signal) -> GenerationSignal {
     match signal {
         Signal::Term => GenerationSignal::Stop,
         Signal::Kill => GenerationSignal::Kill,

@@ -10,7 +10,7 @@ use super::{
     transit::offer_connections,
 };
 use crate::protocol::outcome::{Outcome, ProbationRollback, ResumeCheck, SupervisorEvent};
-use crate::protocol::{Phases, RetireAction, RetireInput, RetireMachine, Signal, Verdict};
+use crate::protocol::{Phases, RetireAction, RetireInput, RetireMachine, Verdict};
 use crate::wire::{AbortReason, Message};
 
 /// A commit's verdict, as the handoff machine gave it.
@@ -328,8 +328,7 @@ impl LifecycleMachine {
                     handoff_id: generation.handoff_id,
                     message,
                 }),
-                RetireAction::Signal(Signal::Term) => out.signal(to, GenerationSignal::Stop),
-                RetireAction::Signal(Signal::Kill) => out.signal(to, GenerationSignal::Kill),
+                RetireAction::Signal(signal) => out.signal(to, super::route::signal_of(signal)),
                 RetireAction::SignalQuiesce => out.signal(to, GenerationSignal::Quiesce),
                 RetireAction::SignalResume => out.signal(to, GenerationSignal::Resume),
                 RetireAction::Resumed => {

@@ -306,7 +306,7 @@ impl Sup {
     fn exited(&mut self, side: Side) -> Vec<HandoffAction> {
         self.feed(HandoffInput::Exited {
             side,
-            status: "signal 9".into(),
+            status: crate::protocol::ExitStatus::Signal(9),
         })
     }
 

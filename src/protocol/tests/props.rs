@@ -188,7 +188,7 @@ impl LockModel {
         };
         let exited = |side: Side| HandoffInput::Exited {
             side,
-            status: "exit status 0".into(),
+            status: crate::protocol::ExitStatus::Code(0),
         };
         let mut options = match state {
             HandoffState::AwaitHello => vec![frame(Side::Successor, hello())],
@@ -245,7 +245,7 @@ impl LockModel {
             23 | 24 => HandoffInput::Closed { side },
             25 | 26 => HandoffInput::Exited {
                 side,
-                status: "signal 9".into(),
+                status: crate::protocol::ExitStatus::Signal(9),
             },
             27 | 28 => HandoffInput::Tick,
             _ => HandoffInput::Cancel,
