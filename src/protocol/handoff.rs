@@ -572,40 +572,45 @@ impl HandoffMachine {
         }
     }
 
+    /// The successor's Hello: a common protocol version, or a refusal.
+    fn on_hello(&mut self, versions: VersionRange, now: Instant, actions: &mut Vec<HandoffAction>) {
+        match self.config.versions.negotiate(versions) {
+            Some(version) => {
+                self.enter(Phase::WarmingUp, now);
+                self.successor.id = IdRule::Exactly(self.config.handoff_id);
+                actions.push(HandoffAction::Send {
+                    to: Side::Successor,
+                    message: Message::HelloAck {
+                        version,
+                        generation: self.config.generation,
+                        mode: self.config.mode,
+                        has_incumbent: self.incumbent_alive(),
+                        fd_count: self.config.fd_count,
+                    },
+                });
+                actions.push(HandoffAction::SendListeners);
+            }
+            None => {
+                let reason = AbortReason::VersionMismatch {
+                    ours: self.config.versions,
+                    theirs: versions,
+                };
+                actions.push(HandoffAction::Send {
+                    to: Side::Successor,
+                    message: Message::Refused {
+                        versions: self.config.versions,
+                        reason: reason.clone(),
+                    },
+                });
+                self.abort(reason, now, actions);
+            }
+        }
+    }
+
     fn on_successor(&mut self, message: Message, now: Instant, actions: &mut Vec<HandoffAction>) {
         match (&self.phase, message) {
             (Phase::AwaitHello, Message::Hello { versions, .. }) => {
-                match self.config.versions.negotiate(versions) {
-                    Some(version) => {
-                        self.enter(Phase::WarmingUp, now);
-                        self.successor.id = IdRule::Exactly(self.config.handoff_id);
-                        actions.push(HandoffAction::Send {
-                            to: Side::Successor,
-                            message: Message::HelloAck {
-                                version,
-                                generation: self.config.generation,
-                                mode: self.config.mode,
-                                has_incumbent: self.incumbent_alive(),
-                                fd_count: self.config.fd_count,
-                            },
-                        });
-                        actions.push(HandoffAction::SendListeners);
-                    }
-                    None => {
-                        let reason = AbortReason::VersionMismatch {
-                            ours: self.config.versions,
-                            theirs: versions,
-                        };
-                        actions.push(HandoffAction::Send {
-                            to: Side::Successor,
-                            message: Message::Refused {
-                                versions: self.config.versions,
-                                reason: reason.clone(),
-                            },
-                        });
-                        self.abort(reason, now, actions);
-                    }
-                }
+                self.on_hello(versions, now, actions)
             }
             (Phase::WarmingUp, Message::Warm) => {
                 match (self.config.mode, self.incumbent.map(|t| t.link)) {

@@ -369,14 +369,7 @@ impl LockModel {
                 }
                 HandoffAction::Finish(verdict) => {
                     prop_assert!(!self.finished, "two verdicts");
-                    // The phases follow each other with no gap.
-                    let phases = match verdict {
-                        Verdict::Committed { phases, .. } | Verdict::RolledBack { phases, .. } => {
-                            phases
-                        }
-                    };
-                    let sum: Duration = phases.named().iter().filter_map(|(_, d)| *d).sum();
-                    prop_assert_eq!(sum, phases.total, "the phases do not add up to the total");
+                    phases_add_up(verdict)?;
                     prop_assert_eq!(index + 1, actions.len(), "acted after Finish");
                     self.finished = true;
                 }
@@ -693,4 +686,15 @@ fn random_runs_reach_every_state() {
         .filter(|state| !generation.contains(state))
         .collect();
     assert!(missing.is_empty(), "generation never reached {missing:?}");
+}
+
+/// A verdict's phases follow each other with no gap: they add up to its
+/// total.
+fn phases_add_up(verdict: &Verdict) -> Result<(), TestCaseError> {
+    let phases = match verdict {
+        Verdict::Committed { phases, .. } | Verdict::RolledBack { phases, .. } => phases,
+    };
+    let sum: Duration = phases.named().iter().filter_map(|(_, d)| *d).sum();
+    prop_assert_eq!(sum, phases.total, "the phases do not add up to the total");
+    Ok(())
 }

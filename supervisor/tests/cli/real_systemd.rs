@@ -9,17 +9,19 @@
 //! `/usr/bin/mydaemon`, so a new inode); reloaded onto a binary that exits
 //! at once (a rollback); reloaded through a drop-in `ExecReload=` with
 //! `--deadline 30s` and no `--drain-timeout`, then with `--deadline 20s`
-//! (30 s equals the shipped `drain_timeout`; only a shorter deadline
-//! checks that an unset drain timeout follows it down rather than make the
-//! upgrade invalid); its supervisor is SIGKILLed (`Restart=on-failure`
-//! brings it back, with no orphan generation); the shipped drop-in
-//! `examples/systemd/adopt-after-crash.conf` is installed and the
-//! supervisor SIGKILLed again (the restarted one adopts the generation,
-//! which serves throughout, then reloads it); it is stopped (through the
-//! drop-in's `ExecStop=`). Then the
-//! socket-activated pair (`examples/systemd/socket-activated/`) is started,
-//! restarted and stopped while systemd keeps the socket open. At the end
-//! every acknowledged write is read back.
+//! (30 s equals the shipped `drain_timeout`; only a shorter deadline checks
+//! that an unset drain timeout follows it down rather than make the upgrade
+//! invalid); reloaded through the README's drop-in that re-execs a freshly
+//! deployed `handoffctl` (`reexec --if-changed`, then `upgrade`: MainPID
+//! kept, the new image running); its supervisor is SIGKILLed
+//! (`Restart=on-failure` brings it back, with no orphan generation); the
+//! shipped drop-in `examples/systemd/adopt-after-crash.conf` is installed
+//! and the supervisor SIGKILLed again (the restarted one adopts the
+//! generation, which serves throughout, then reloads it); it is stopped
+//! (through the drop-in's `ExecStop=`). Then the socket-activated pair
+//! (`examples/systemd/socket-activated/`) is started, restarted and stopped
+//! while systemd keeps the socket open. At the end every acknowledged write
+//! is read back.
 //!
 //! A reload must keep `MainPID`, change the serving generation, run the
 //! deployed build, and be bracketed for systemd: `RELOADING=1` then
@@ -169,6 +171,7 @@ fn shipped_units_under_load() {
     // drain timeout follows a shorter deadline down.
     run.reload_with_deadline_drop_in("30s");
     run.reload_with_deadline_drop_in("20s");
+    run.reload_with_reexec();
     run.crash();
     run.crash_adopted();
     run.stop();
@@ -1107,6 +1110,81 @@ impl Scenario {
             self.check_notification_order(&cursor, main, &what);
         }
         std::thread::sleep(DWELL);
+    }
+
+    /// A package upgrade of handoffctl itself, as the README's drop-in
+    /// does it: `reexec --if-changed`, then `upgrade`, in one reload. The
+    /// supervisor keeps its pid (MainPID) and runs the new image, the
+    /// generation is replaced once, and the re-exec's own `RELOADING=1`
+    /// and `READY=1` reach systemd before its `ExecReload` line exits.
+    fn reload_with_reexec(&mut self) {
+        let what = "the reload that re-execs handoffctl";
+        let dir = self
+            .container
+            .path("/etc/systemd/system/mydaemon.service.d");
+        fs::create_dir_all(&dir).expect("drop-in directory");
+        fs::write(
+            dir.join("reexec.conf"),
+            format!(
+                "[Service]\nExecReload=\n\
+                 ExecReload=/usr/bin/handoffctl reexec --if-changed --config {CONFIG}\n\
+                 ExecReload=/usr/bin/handoffctl upgrade --config {CONFIG}\n"
+            ),
+        )
+        .expect("drop-in");
+        self.daemon_reload();
+        let before = self.serving();
+        let main = self.main_pid();
+        let handoffctl_sha256 = self.deploy_handoffctl();
+        let sha256 = self.deploy(None);
+        self.load().mark("reload-reexec");
+        let cursor = self.container.cursor();
+        let ran = self.container.systemctl(&["reload", UNIT]);
+        self.check(ran.code == Some(0), || {
+            format!("{what}: systemctl reload failed: {ran:?}")
+        });
+        self.require_running(what);
+        let main_after = self.main_pid();
+        self.check(main_after == main, || {
+            format!("{what}: MainPID changed from {main} to {main_after}")
+        });
+        let image = self
+            .container
+            .processes(UNIT)
+            .into_iter()
+            .find(|proc| proc.pid == main)
+            .map(|proc| sha256_hex(Path::new(&format!("/proc/{}/exe", proc.host_pid))));
+        self.check(image.as_deref() == Some(handoffctl_sha256.as_str()), || {
+            format!("{what}: the supervisor runs {image:?}, not the deployed {handoffctl_sha256}")
+        });
+        let after = self.serving();
+        self.check(
+            after.generation == before.generation + 1 && after.sha256 == sha256,
+            || format!("{what}: {before:?} before, {after:?} after (deployed {sha256})"),
+        );
+        // The first ExecReload line to exit is the re-exec's.
+        self.check_notification_order(&cursor, main, what);
+        // The later reloads check their one ExecReload line again.
+        fs::remove_file(dir.join("reexec.conf")).expect("remove the drop-in");
+        self.daemon_reload();
+        std::thread::sleep(DWELL);
+    }
+
+    /// A fresh handoffctl in place (a copy with a trailer, `mv`ed over
+    /// `/usr/bin/handoffctl`), as a package upgrade leaves it; its sha256.
+    fn deploy_handoffctl(&mut self) -> String {
+        self.deploys += 1;
+        let temporary = self
+            .container
+            .path(&format!("/usr/bin/handoffctl.deploy-{}", self.deploys));
+        let mut bytes = read(&handoffctl());
+        bytes.extend(format!("\nreal-systemd handoffctl deploy {}\n", self.deploys).bytes());
+        fs::write(&temporary, &bytes).expect("write the new handoffctl");
+        fs::set_permissions(&temporary, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let sha256 = sha256_hex(&temporary);
+        fs::rename(&temporary, self.container.path("/usr/bin/handoffctl"))
+            .expect("mv over handoffctl");
+        sha256
     }
 
     /// What the `ExecReload` process started after `cursor` logged, and
