@@ -7,13 +7,12 @@
 //! still there.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{Start, Supervisor, TempDir, request, script, serving_pid, testd, u64_of};
-use crate::load::Load;
+use crate::common::{Start, Supervisor, TempDir, script, serving_pid, testd, u64_of};
+use crate::load::Writes;
 
 /// The bounds these tests run with: `--deadline`, `--drain-timeout`,
 /// `--resume-timeout`; the kill grace is the default (5 s).
@@ -59,53 +58,6 @@ fn supervise(first: &Path, data: &TempDir, others: &[&Path]) -> Supervisor {
         testd_args: vec!["--data-dir".into(), data.path().display().to_string()],
         ..Start::default()
     })
-}
-
-/// Writes under load: every acknowledged `PUT` is remembered.
-struct Writes {
-    load: Load,
-    acked: Arc<Mutex<Vec<String>>>,
-}
-
-impl Writes {
-    fn start(addr: std::net::SocketAddr) -> Writes {
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let load = Load::start(100, {
-            let acked = Arc::clone(&acked);
-            Arc::new(move || {
-                let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let key = format!("k{n}");
-                match request(addr, &format!("PUT {key} v{n}")) {
-                    Ok(reply) if reply.starts_with("OK ") => {
-                        acked.lock().expect("acked").push(key);
-                        Ok(())
-                    }
-                    Ok(reply) => Err(format!("bad reply {reply:?}")),
-                    Err(error) => Err(format!("{:?}: {error}", error.kind())),
-                }
-            })
-        });
-        load.wait_answered(20);
-        Writes { load, acked }
-    }
-
-    /// Stops the load and checks that every acknowledged write reads back;
-    /// returns (requests sent, failed).
-    fn finish(self, addr: std::net::SocketAddr) -> (u64, u64) {
-        let report = self.load.finish();
-        let acked = self.acked.lock().expect("acked").clone();
-        assert!(!acked.is_empty(), "no write was acknowledged");
-        for key in &acked {
-            let n = &key[1..];
-            assert_eq!(
-                request(addr, &format!("GET {key}")).expect("GET"),
-                format!("VALUE v{n}"),
-                "acknowledged write {key} lost"
-            );
-        }
-        (report.sent, report.failed())
-    }
 }
 
 /// `upgrade ARGS --json`, timed: (exit code, report, how long it took).

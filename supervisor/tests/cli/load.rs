@@ -176,3 +176,51 @@ impl Drop for Load {
         self.stop.store(true, Ordering::SeqCst);
     }
 }
+
+/// testd `PUT`s under load (100 per second): every acknowledged write is
+/// remembered, and read back by [`Writes::finish`].
+pub struct Writes {
+    pub load: Load,
+    acked: Arc<Mutex<Vec<String>>>,
+}
+
+impl Writes {
+    pub fn start(addr: std::net::SocketAddr) -> Writes {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let load = Load::start(100, {
+            let acked = Arc::clone(&acked);
+            Arc::new(move || {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let key = format!("k{n}");
+                match crate::common::request(addr, &format!("PUT {key} v{n}")) {
+                    Ok(reply) if reply.starts_with("OK ") => {
+                        acked.lock().expect("acked").push(key);
+                        Ok(())
+                    }
+                    Ok(reply) => Err(format!("bad reply {reply:?}")),
+                    Err(error) => Err(format!("{:?}: {error}", error.kind())),
+                }
+            })
+        });
+        load.wait_answered(20);
+        Writes { load, acked }
+    }
+
+    /// Stops the load and checks that every acknowledged write reads back;
+    /// returns (requests sent, failed).
+    pub fn finish(self, addr: std::net::SocketAddr) -> (u64, u64) {
+        let report = self.load.finish();
+        let acked = self.acked.lock().expect("acked").clone();
+        assert!(!acked.is_empty(), "no write was acknowledged");
+        for key in &acked {
+            let n = &key[1..];
+            assert_eq!(
+                crate::common::request(addr, &format!("GET {key}")).expect("GET"),
+                format!("VALUE v{n}"),
+                "acknowledged write {key} lost"
+            );
+        }
+        (report.sent, report.failed())
+    }
+}

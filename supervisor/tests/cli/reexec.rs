@@ -15,6 +15,8 @@ use crate::common::{
     testd, u64_of,
 };
 use crate::load::Load;
+#[cfg(feature = "fault-injection")]
+use crate::load::Writes;
 
 /// A second build of handoffctl, with a sha256 of its own.
 fn other_build(dir: &Path, name: &str) -> PathBuf {
@@ -25,6 +27,21 @@ fn other_build(dir: &Path, name: &str) -> PathBuf {
 
 /// A supervisor of testd allowed to re-exec into `builds`.
 fn supervise(builds: &[&Path], env: Vec<(String, String)>) -> Supervisor {
+    supervise_with(builds, env, Vec::new())
+}
+
+/// [`supervise`], testd writing its log into `data` (for [`Writes`]).
+#[cfg(feature = "fault-injection")]
+fn supervise_writing(builds: &[&Path], env: Vec<(String, String)>, data: &TempDir) -> Supervisor {
+    let testd_args = vec!["--data-dir".to_owned(), data.path().display().to_string()];
+    supervise_with(builds, env, testd_args)
+}
+
+fn supervise_with(
+    builds: &[&Path],
+    env: Vec<(String, String)>,
+    testd_args: Vec<String>,
+) -> Supervisor {
     let mut flags: Vec<String> = Start::default().flags;
     for build in builds {
         flags.extend([
@@ -35,6 +52,7 @@ fn supervise(builds: &[&Path], env: Vec<(String, String)>) -> Supervisor {
     Supervisor::start_with(Start {
         flags,
         env,
+        testd_args,
         ..Start::default()
     })
 }
@@ -202,15 +220,17 @@ fn a_target_that_cannot_take_over_is_refused_before_anything_changes() {
 #[cfg(feature = "fault-injection")]
 fn hands_back(fault: &str, reason: &str) {
     let dir = TempDir::new("reexec-back");
+    let data = TempDir::new("reexec-back-data");
     let next = other_build(dir.path(), "next");
-    let supervisor = supervise(
+    let supervisor = supervise_writing(
         &[&next],
         vec![("HANDOFF_FAULT".into(), format!("supervisor:{fault}"))],
+        &data,
     );
     let addr = supervisor.addr();
     let generation_pid = serving_pid(addr);
-    let load = Load::testd_info(addr, 200);
-    load.wait_answered(50);
+    let writes = Writes::start(addr);
+    let load = &writes.load;
     let asked = std::time::Instant::now();
     let (code, report, _) = reexec(&supervisor, &["--binary", next.to_str().expect("utf-8")]);
     let took = asked.elapsed();
@@ -231,14 +251,9 @@ fn hands_back(fault: &str, reason: &str) {
     let (code, report, _) = reexec(&supervisor, &["--binary", next.to_str().expect("utf-8")]);
     assert_eq!(code, Some(0), "{report}");
     load.wait_answered(50);
-    let loaded = load.finish();
-    assert_eq!(
-        loaded.failed(),
-        0,
-        "{}: {:?}",
-        loaded.summary(),
-        loaded.failures
-    );
+    // Every acknowledged write reads back (checked by `finish`).
+    let (sent, failed) = writes.finish(addr);
+    assert_eq!(failed, 0, "{failed} of {sent} writes failed");
     assert_eq!(serving_pid(addr), generation_pid);
 }
 
@@ -355,6 +370,7 @@ fn a_fault_just_before_the_exec_leaves_the_old_image_in_charge() {
 fn a_supervisor_that_dies_during_its_reexec_is_replaced_by_one_that_adopts() {
     for fault in ["reexec_before_exec:crash", "reexec_after_exec:exit"] {
         let dir = TempDir::new("reexec-dies");
+        let data = TempDir::new("reexec-dies-data");
         let next = other_build(dir.path(), "next");
         let socket = dir.path().join("admin.sock");
         let start = |env: Vec<(String, String)>| {
@@ -367,6 +383,7 @@ fn a_supervisor_that_dies_during_its_reexec_is_replaced_by_one_that_adopts() {
                 flags,
                 env,
                 socket: Some(socket.clone()),
+                testd_args: vec!["--data-dir".into(), data.path().display().to_string()],
                 ..Start::default()
             })
         };
@@ -377,8 +394,8 @@ fn a_supervisor_that_dies_during_its_reexec_is_replaced_by_one_that_adopts() {
         let addr = dying.addr();
         let generation_pid = serving_pid(addr);
         let _generation = crate::common::KillOnDrop(generation_pid);
-        let load = Load::testd_info(addr, 200);
-        load.wait_answered(50);
+        let writes = Writes::start(addr);
+        let load = &writes.load;
         let ran = dying.ctl("reexec", &["--binary", next.to_str().expect("utf-8")]);
         assert_eq!(
             ran.code,
@@ -396,14 +413,9 @@ fn a_supervisor_that_dies_during_its_reexec_is_replaced_by_one_that_adopts() {
             adopter.log()
         );
         load.wait_answered(50);
-        let report = load.finish();
-        assert_eq!(
-            report.failed(),
-            0,
-            "{fault}: {}: {:?}",
-            report.summary(),
-            report.failures
-        );
+        // Every acknowledged write reads back (checked by `finish`).
+        let (sent, failed) = writes.finish(addr);
+        assert_eq!(failed, 0, "{fault}: {failed} of {sent} writes failed");
     }
 }
 
