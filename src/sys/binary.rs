@@ -354,8 +354,8 @@ mod tests {
 
     #[test]
     fn the_pinned_file_is_hashed_and_executable_through_its_fd() {
-        let dir = std::env::temp_dir().join(format!("handoff-pin-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let scratch = testkit::TempDir::new("handoff-pin");
+        let dir = scratch.path().to_path_buf();
         let path = dir.join("abc");
         std::fs::write(&path, b"abc").expect("write");
         let pinned = PinnedBinary::open(&path).expect("open");
@@ -388,6 +388,5 @@ mod tests {
         std::fs::write(&script, b"#!/bin/sh\nexec true\n").expect("write");
         let pinned = PinnedBinary::open(&script).expect("open");
         assert_eq!(pinned.exec_path(), script);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

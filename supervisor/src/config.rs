@@ -1009,8 +1009,8 @@ mod tests {
 
     #[test]
     fn flags_override_the_file() {
-        let dir = std::env::temp_dir().join(format!("hctl-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let scratch = testkit::TempDir::new("hctl-config");
+        let dir = scratch.path().to_path_buf();
         let config = dir.join("handoff.toml");
         std::fs::write(
             &config,
@@ -1067,13 +1067,12 @@ mod tests {
             .expect("main");
         assert_eq!(main.1.to_string(), "127.0.0.1:2");
         assert_eq!(flags.listeners.len(), 2, "other listeners of the file stay");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn relative_socket_paths_are_relative_to_their_file_or_the_current_directory() {
-        let dir = std::env::temp_dir().join(format!("hctl-config-unix-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let scratch = testkit::TempDir::new("hctl-config-unix");
+        let dir = scratch.path().to_path_buf();
         let config = dir.join("handoff.toml");
         let text = "binary = \"/bin/true\"\n[listen]\napp = \"unix:run/app.sock\"\n";
         std::fs::write(&config, text).expect("write");
@@ -1100,13 +1099,12 @@ mod tests {
             .expect_err("too long once absolute");
         assert!(err.to_string().contains("made absolute"), "{err}");
         assert!(err.to_string().contains("--listen app=unix:"), "{err}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn the_history_file_defaults_to_the_socket_and_follows_the_config() {
-        let dir = std::env::temp_dir().join(format!("hctl-config-history-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let scratch = testkit::TempDir::new("hctl-config-history");
+        let dir = scratch.path().to_path_buf();
         let socket = |flags: &[&str]| {
             let mut all = vec!["--socket", "/run/d/handoff.sock"];
             all.extend_from_slice(flags);
@@ -1130,7 +1128,6 @@ mod tests {
             dir.join("state/h.json"),
             "relative to the file"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -1204,8 +1201,8 @@ mod tests {
                 .contains("--fd-store-max applies to a daemon under --protocol systemd only"),
             "{error}"
         );
-        let dir = std::env::temp_dir().join(format!("hctl-config-fdstore-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let scratch = testkit::TempDir::new("hctl-config-fdstore");
+        let dir = scratch.path().to_path_buf();
         let config = dir.join("handoff.toml");
         std::fs::write(&config, "protocol = \"systemd\"\nfd_store_max = 3\n").expect("write");
         let from_file =
@@ -1223,7 +1220,6 @@ mod tests {
         // toml names the line of the key and what it expected.
         assert!(error.to_string().contains("(line 1)"), "{error}");
         assert!(error.to_string().contains("expected usize"), "{error}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -227,8 +227,8 @@ mod tests {
 
     #[test]
     fn a_file_is_hashed_by_content_and_rehashed_when_replaced() {
-        let dir = std::env::temp_dir().join(format!("handoff-identity-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let scratch = testkit::TempDir::new("handoff-identity");
+        let dir = scratch.path().to_path_buf();
         let path = dir.join("binary");
         std::fs::write(&path, b"first build").expect("write");
         let identities = Identities::default();
@@ -252,7 +252,6 @@ mod tests {
         // Our own image, through /proc.
         let ours = identities.of_pid(std::process::id()).expect("own exe");
         assert_eq!(ours.path, std::env::current_exe().expect("exe"));
-        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     /// A generation started from a wrapper script that went on to exec
@@ -261,8 +260,8 @@ mod tests {
     /// binary, by its exe.
     #[test]
     fn a_generation_started_from_a_script_is_known_by_the_script() {
-        let dir = std::env::temp_dir().join(format!("handoff-identity-sh-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let scratch = testkit::TempDir::new("handoff-identity-sh");
+        let dir = scratch.path().to_path_buf();
         let script = dir.join("wrapper");
         let marker = dir.join("execed");
         let text = format!("#!/bin/sh\n: > {}\nexec sleep 30\n", marker.display());
@@ -299,6 +298,5 @@ mod tests {
         binaries.started(pid, &exe.path).expect("noted");
         assert_eq!(binaries.of_generation(pid), Some(exe));
         drop(child);
-        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

@@ -546,8 +546,8 @@ mod tests {
 
     #[test]
     fn one_supervisor_per_socket() {
-        let dir = std::env::temp_dir().join(format!("handoff-lock-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let scratch = testkit::TempDir::new("handoff-lock");
+        let dir = scratch.path().to_path_buf();
         let socket = dir.join("admin.sock");
         let first = SupervisorLock::take(&socket).expect("first");
         assert_eq!(
@@ -563,13 +563,12 @@ mod tests {
         assert!(second.message.contains(&std::process::id().to_string()));
         drop(first);
         SupervisorLock::take(&socket).expect("free again");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_lock_file_planted_as_a_link_is_refused_and_its_target_untouched() {
-        let dir = std::env::temp_dir().join(format!("handoff-lock-link-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let scratch = testkit::TempDir::new("handoff-lock-link");
+        let dir = scratch.path().to_path_buf();
         let victim = dir.join("victim");
         std::fs::write(&victim, b"precious").expect("victim");
         let socket = dir.join("admin.sock");
@@ -585,6 +584,5 @@ mod tests {
         let api = SupervisorLock::take(&dir.join("com.example.api")).expect("api");
         let web = SupervisorLock::take(&dir.join("com.example.web")).expect("web");
         drop((api, web));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
