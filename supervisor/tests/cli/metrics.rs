@@ -8,6 +8,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -307,6 +308,23 @@ fn labelled(page: &str, name: &str, label: &str) -> Option<(String, f64)> {
         })
 }
 
+/// `--mode overlap --metrics` over a first build that is testd `flags`
+/// behind a script named `name` (another binary than testd, which upgrades
+/// may run), with `extra` flags.
+fn overlap_behind_script(dir: &Path, name: &str, flags: &str, extra: &[&str]) -> Supervisor {
+    let first_build = script(
+        dir,
+        name,
+        &format!("exec {} {flags} \"$@\"", testd().display()),
+    );
+    let testd = testd().display().to_string();
+    let mut all = vec!["--mode", "overlap", "--allow-binary", &testd];
+    all.extend_from_slice(extra);
+    let mut start = with_metrics(&all);
+    start.program = Some(first_build);
+    Supervisor::start_with(start)
+}
+
 fn upgrade_to_testd(supervisor: &Supervisor) {
     let testd = testd().display().to_string();
     let ran = supervisor.ctl("upgrade", &["--binary", &testd]);
@@ -316,24 +334,8 @@ fn upgrade_to_testd(supervisor: &Supervisor) {
 #[test]
 fn the_gauges_follow_the_generations_through_a_probation_and_its_rollback() {
     let dir = crate::common::TempDir::new("metrics-gauges");
-    // The first build: testd behind a script of its own (another binary).
-    let first_build = script(
-        dir.path(),
-        "daemon-a",
-        &format!("exec {} \"$@\"", testd().display()),
-    );
     let before_start = unix_now();
-    let testd = testd().display().to_string();
-    let mut start = with_metrics(&[
-        "--mode",
-        "overlap",
-        "--probation",
-        "30s",
-        "--allow-binary",
-        &testd,
-    ]);
-    start.program = Some(first_build);
-    let supervisor = Supervisor::start_with(start);
+    let supervisor = overlap_behind_script(dir.path(), "daemon-a", "", &["--probation", "30s"]);
     let addr = metrics_addr(&supervisor);
     let serving = r#"handoff_generations{state="serving"}"#;
     let probation = r#"handoff_generations{state="probation"}"#;
@@ -393,15 +395,7 @@ fn the_gauges_follow_the_generations_through_a_probation_and_its_rollback() {
 #[test]
 fn the_draining_gauges_follow_an_old_generation_stuck_in_its_drain() {
     let dir = crate::common::TempDir::new("metrics-draining");
-    let hangs = script(
-        dir.path(),
-        "hangs-in-drain",
-        &format!("exec {} --hang-at drain \"$@\"", testd().display()),
-    );
-    let testd = testd().display().to_string();
-    let mut start = with_metrics(&["--mode", "overlap", "--allow-binary", &testd]);
-    start.program = Some(hangs);
-    let supervisor = Supervisor::start_with(start);
+    let supervisor = overlap_behind_script(dir.path(), "hangs-in-drain", "--hang-at drain", &[]);
     let addr = metrics_addr(&supervisor);
     let draining = r#"handoff_generations{state="draining"}"#;
     let old = u64_of(&supervisor.status(), "child_pid") as u32;

@@ -1234,19 +1234,7 @@ impl Scenario {
     /// Step 5: SIGKILL to the supervisor; systemd restarts the unit.
     fn crash(&mut self) {
         let before = self.serving();
-        let unit = self.unit(&["MainPID", "NRestarts"]);
-        let main: u32 = unit["MainPID"].parse().expect("MainPID");
-        let restarts: u32 = unit["NRestarts"].parse().expect("NRestarts");
-        let supervisor = self
-            .container
-            .processes(UNIT)
-            .into_iter()
-            .find(|proc| proc.pid == main)
-            .unwrap_or_else(|| self.fail(format!("MainPID {main} is not in the cgroup")));
-        self.load().mark("crash");
-        handoff::os::signal(supervisor.host_pid, Sig::Kill).expect("SIGKILL the supervisor");
-        let new_main = self.await_restart(main, restarts);
-        self.pids.insert(new_main);
+        let new_main = self.kill_supervisor("crash");
         let after = self.serving();
         self.load().mark("after-crash");
         self.check_one_tree(new_main);
@@ -1275,19 +1263,7 @@ impl Scenario {
         let kill_mode = self.container.property(UNIT, "KillMode");
         assert_eq!(kill_mode, "process", "drop-in not in effect");
         let before = self.serving();
-        let unit = self.unit(&["MainPID", "NRestarts"]);
-        let main: u32 = unit["MainPID"].parse().expect("MainPID");
-        let restarts: u32 = unit["NRestarts"].parse().expect("NRestarts");
-        let supervisor = self
-            .container
-            .processes(UNIT)
-            .into_iter()
-            .find(|proc| proc.pid == main)
-            .unwrap_or_else(|| self.fail(format!("MainPID {main} is not in the cgroup")));
-        self.load().mark("crash-adopted");
-        handoff::os::signal(supervisor.host_pid, Sig::Kill).expect("SIGKILL the supervisor");
-        let new_main = self.await_restart(main, restarts);
-        self.pids.insert(new_main);
+        let new_main = self.kill_supervisor("crash-adopted");
         let after = self.serving();
         self.check(
             after.pid == before.pid && after.generation == before.generation,
@@ -1304,6 +1280,25 @@ impl Scenario {
         std::thread::sleep(DWELL);
         // Supervised again: the next reload replaces it.
         self.reload(6);
+    }
+
+    /// SIGKILL to the supervisor (the load's phase `phase` starts), then
+    /// systemd's restart of the unit; the new main pid.
+    fn kill_supervisor(&mut self, phase: &str) -> u32 {
+        let unit = self.unit(&["MainPID", "NRestarts"]);
+        let main: u32 = unit["MainPID"].parse().expect("MainPID");
+        let restarts: u32 = unit["NRestarts"].parse().expect("NRestarts");
+        let supervisor = self
+            .container
+            .processes(UNIT)
+            .into_iter()
+            .find(|proc| proc.pid == main)
+            .unwrap_or_else(|| self.fail(format!("MainPID {main} is not in the cgroup")));
+        self.load().mark(phase);
+        handoff::os::signal(supervisor.host_pid, Sig::Kill).expect("SIGKILL the supervisor");
+        let new_main = self.await_restart(main, restarts);
+        self.pids.insert(new_main);
+        new_main
     }
 
     /// Waits for systemd to restart the unit after its supervisor `main`
