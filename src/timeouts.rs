@@ -96,6 +96,12 @@ pub const STOP_DRAIN: Duration = Duration::from_secs(30);
 /// and the successor proceeds as after its death.
 pub const DRAIN_OVERRUN: Duration = Duration::from_secs(1);
 
+/// A seal may stay silent (no `SealComplete`, no `SealProgress`) for the
+/// time left to the deadline when it began divided by this, counted again
+/// at each `SealProgress`; past it the seal hook is taken for stuck, and the
+/// successor keeps the rest to take over as after the incumbent's death.
+pub const SEAL_SILENCE_SHARE: u32 = 2;
+
 /// How long a generation must have run before a crash no longer counts as
 /// consecutive (the restart backoff resets).
 pub const RESTART_STABLE: Duration = Duration::from_secs(10);

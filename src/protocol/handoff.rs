@@ -31,7 +31,7 @@
 use std::time::{Duration, Instant};
 
 use super::{ExitStatus, Side, Signal};
-use crate::timeouts::{DRAIN_OVERRUN, Timeouts};
+use crate::timeouts::{DRAIN_OVERRUN, SEAL_SILENCE_SHARE, Timeouts};
 use crate::wire::{AbortReason, Health, Message, Mode, PROTOCOL_VERSIONS, SealInfo, VersionRange};
 
 /// Proof that a healthy Ready arrived; only this module makes one, and the
@@ -691,7 +691,7 @@ impl HandoffMachine {
             (Phase::Draining { .. }, Message::Drained { .. }) => {
                 // The successor keeps the other half to take over as after
                 // the incumbent's death.
-                let silence = self.deadline.saturating_duration_since(now) / 2;
+                let silence = self.deadline.saturating_duration_since(now) / SEAL_SILENCE_SHARE;
                 let silent_at = now + silence;
                 self.enter(Phase::Sealing { silent_at, silence }, now);
                 actions.push(HandoffAction::Send {
