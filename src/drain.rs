@@ -21,7 +21,8 @@ pub struct DrainReport {
 
 /// Handle given to [`Drainable::seal`] to report progress on a long seal;
 /// each report goes to the supervisor as a `SealProgress` frame. A seal
-/// that says nothing for half the time the handoff's deadline left it is
+/// that says nothing for half the time the handoff's deadline left it
+/// (`SEAL_SILENCE_SHARE`; at least `SEAL_SILENCE_MIN`, else the deadline) is
 /// taken for stuck (the incumbent is killed, the successor takes over from
 /// the disk): each report starts that silence again.
 pub struct SealProgress {

@@ -102,6 +102,11 @@ pub const DRAIN_OVERRUN: Duration = Duration::from_secs(1);
 /// successor keeps the rest to take over as after the incumbent's death.
 pub const SEAL_SILENCE_SHARE: u32 = 2;
 
+/// A silence allowance shorter than this leaves the successor too little
+/// time to take over: the seal is then bounded by the deadline alone (a
+/// rollback, the incumbent resumed), as a drain-long handoff left it.
+pub const SEAL_SILENCE_MIN: Duration = Duration::from_secs(1);
+
 /// How long a generation must have run before a crash no longer counts as
 /// consecutive (the restart backoff resets).
 pub const RESTART_STABLE: Duration = Duration::from_secs(10);

@@ -147,7 +147,10 @@ impl ForeignHandoffMachine {
         };
         let mut actions = Vec::new();
         if machine.config.ready == ReadySignal::Probe {
-            machine.probe(now, &mut actions);
+            // Readiness is the probe: the whole start is `probe`, and
+            // `begin` (spawned to READY=1) is never reached.
+            machine.state = State::Probing;
+            machine.start_probe(now, &mut actions);
         }
         (machine, actions)
     }
@@ -249,6 +252,10 @@ impl ForeignHandoffMachine {
 
     fn probe(&mut self, now: Instant, actions: &mut Vec<ForeignAction>) {
         self.enter(State::Probing, now);
+        self.start_probe(now, actions);
+    }
+
+    fn start_probe(&self, now: Instant, actions: &mut Vec<ForeignAction>) {
         let until = self.deadline.min(now + self.config.timeouts.probe);
         actions.push(ForeignAction::StartProbe { until });
     }
@@ -453,7 +460,13 @@ mod tests {
             m.step(ready_from(PID), now).is_empty(),
             "READY=1 is not the signal here"
         );
-        assert!(committed(&m.step(ForeignInput::ProbePassed, now)));
+        let passed = m.step(ForeignInput::ProbePassed, now + Duration::from_millis(4));
+        assert!(committed(&passed));
+        let phases = phases(&passed).expect("a verdict");
+        assert_eq!(
+            (phases.begin, phases.probe),
+            (None, Some(Duration::from_millis(4)))
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@
 use std::time::{Duration, Instant};
 
 use super::{ExitStatus, Side, Signal};
-use crate::timeouts::{DRAIN_OVERRUN, SEAL_SILENCE_SHARE, Timeouts};
+use crate::timeouts::{DRAIN_OVERRUN, SEAL_SILENCE_MIN, SEAL_SILENCE_SHARE, Timeouts};
 use crate::wire::{AbortReason, Health, Message, Mode, PROTOCOL_VERSIONS, SealInfo, VersionRange};
 
 /// Proof that a healthy Ready arrived; only this module makes one, and the
@@ -214,7 +214,8 @@ pub enum Verdict {
         /// Whether an incumbent is left to retire.
         retire_incumbent: bool,
         /// Why the supervisor stopped the incumbent before the commit, if it
-        /// did (its drain overran the grace, or `force` after it failed).
+        /// did (its drain overran the grace, its seal was silent too long, or
+        /// `force` after it failed).
         incumbent_stopped: Option<String>,
     },
     /// The incumbent kept (or got back) the work.
@@ -272,10 +273,11 @@ enum Phase {
         overrun_at: Instant,
     },
     /// SealComplete (or a SealProgress) is due by `silent_at`: a seal may
-    /// stay silent for `silence`, half the time left to the deadline when
-    /// it began, counted again at each SealProgress; a seal silent longer
-    /// is taken for stuck, and the incumbent is killed as a drain that
-    /// overran is.
+    /// stay silent for `silence`, the time left when it began divided by
+    /// `SEAL_SILENCE_SHARE`, counted again at each SealProgress; a seal
+    /// silent longer is taken for stuck, and the incumbent is killed as a
+    /// drain that overran is. A `silence` under `SEAL_SILENCE_MIN` bounds
+    /// nothing: the deadline does.
     Sealing {
         silent_at: Instant,
         silence: Duration,
@@ -689,10 +691,14 @@ impl HandoffMachine {
     fn on_incumbent(&mut self, message: Message, now: Instant, actions: &mut Vec<HandoffAction>) {
         match (&self.phase, message) {
             (Phase::Draining { .. }, Message::Drained { .. }) => {
-                // The successor keeps the other half to take over as after
-                // the incumbent's death.
+                // The successor keeps the rest to take over as after the
+                // incumbent's death; with too little left, the deadline
+                // alone bounds the seal.
                 let silence = self.deadline.saturating_duration_since(now) / SEAL_SILENCE_SHARE;
-                let silent_at = now + silence;
+                let silent_at = match silence >= SEAL_SILENCE_MIN {
+                    true => now + silence,
+                    false => self.deadline,
+                };
                 self.enter(Phase::Sealing { silent_at, silence }, now);
                 actions.push(HandoffAction::Send {
                     to: Side::Incumbent,
@@ -701,7 +707,9 @@ impl HandoffMachine {
             }
             (Phase::Sealing { .. }, Message::SealProgress { .. }) => {
                 let deadline = self.deadline;
-                if let Phase::Sealing { silent_at, silence } = &mut self.phase {
+                if let Phase::Sealing { silent_at, silence } = &mut self.phase
+                    && *silence >= SEAL_SILENCE_MIN
+                {
                     *silent_at = (now + *silence).min(deadline);
                 }
             }
@@ -1100,7 +1108,8 @@ impl HandoffMachine {
             }
             Phase::Sealing { silent_at, silence } if now >= *silent_at => {
                 let why = format!(
-                    "its seal sent no word for {} (half the time the deadline left it)",
+                    "its seal sent no word for {} (1/{SEAL_SILENCE_SHARE} of the time the \
+                     deadline left it)",
                     crate::timeouts::format_duration(*silence)
                 );
                 self.stop_incumbent(why, Signal::Kill, None, now, actions);

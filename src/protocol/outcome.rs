@@ -64,8 +64,8 @@ pub enum Outcome {
         /// Where the time went.
         phases: Phases,
         /// Why the supervisor stopped the old generation before the commit,
-        /// if it did (its drain overran the drain timeout, or `force` after
-        /// it failed to drain or seal).
+        /// if it did (its drain overran the drain timeout, its seal was
+        /// silent too long, or `force` after it failed to drain or seal).
         #[serde(default)]
         incumbent_stopped: Option<String>,
     },

@@ -1,5 +1,6 @@
-//! A level-triggered wake-up for threads blocked in `poll` on a listener:
-//! a non-blocking pipe that reads as readable while it is set.
+//! Waiting in `poll`: a level-triggered wake-up for threads blocked on a
+//! listener (a non-blocking pipe that reads as readable while it is set),
+//! and [`poll_ready`], readiness of a set of fds for a server loop.
 //!
 //! Used by the accept gate: closing the gate sets it, so every acceptor
 //! blocked in [`poll_either`] returns at once and parks; opening it again
@@ -94,16 +95,21 @@ pub enum Interest {
     Write,
 }
 
-/// Waits until one of `fds` is ready for its interest, has hung up or
-/// failed, or `timeout` passes (`None`: no bound); whether each one is.
-/// `EINTR` returns with none ready, for the caller to look at its clock.
+/// Waits until one of `fds` is ready for its interest, has hung up, failed
+/// or is not open (all "ready": the caller's next call on it says which),
+/// or `timeout` passes (`None`: no bound, else rounded up to poll's
+/// millisecond); whether each one is. `EINTR` returns with none ready, for
+/// the caller to look at its clock.
 pub fn poll_ready(
     fds: &[(BorrowedFd<'_>, Interest)],
     timeout: Option<Duration>,
 ) -> io::Result<Vec<bool>> {
     let timeout = match timeout {
         None => PollTimeout::NONE,
-        Some(wait) => PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX),
+        Some(wait) => {
+            let millis = wait.as_micros().div_ceil(1000);
+            PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)
+        }
     };
     let mut polled: Vec<PollFd<'_>> = fds
         .iter()

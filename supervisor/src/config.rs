@@ -512,15 +512,16 @@ fn listeners(origin: &Origin, specs: &[String]) -> Result<Vec<(String, ListenAdd
                     "--listen {spec:?}: expected NAME=ADDR, for example http=127.0.0.1:8080"
                 )));
             };
+            let written = origin.listener(name, addr);
             if name.is_empty() {
                 return Err(Failure::usage(format!(
-                    "--listen {spec:?}: the listener has no name (NAME=ADDR)"
+                    "{written}: the listener has no name (NAME=ADDR)"
                 )));
             }
             if name.len() > 255 || name.chars().any(|c| c == ':' || !c.is_ascii_graphic()) {
                 return Err(Failure::usage(format!(
-                    "--listen {spec:?}: a listener's name is at most 255 printable ASCII \
-                     characters without ':' (systemd's LISTEN_FDNAMES separates names by ':')"
+                    "{written}: a listener's name is at most 255 printable ASCII characters \
+                     without ':' (systemd's LISTEN_FDNAMES separates names by ':'); rename it"
                 )));
             }
             if !seen.insert(name) {
@@ -529,7 +530,6 @@ fn listeners(origin: &Origin, specs: &[String]) -> Result<Vec<(String, ListenAdd
                      a name of its own"
                 )));
             }
-            let written = origin.listener(name, addr);
             let parsed: ListenAddr = addr
                 .parse()
                 .map_err(|e| Failure::usage(format!("{written}: {e}")))?;
@@ -706,7 +706,7 @@ fn protocol(
     };
     let stop_signal = match &options.stop_signal {
         None => handoff::os::Sig::Term,
-        Some(name) => parse_signal(name)?,
+        Some(name) => parse_signal(&origin.value("stop_signal", name), name)?,
     };
     let quiesce = quiesce_signals(
         origin,
@@ -743,7 +743,10 @@ fn quiesce_signals(
     );
     let (quiesce, resume) = match (quiesce, resume) {
         (None, None) => return Ok(None),
-        (Some(quiesce), Some(resume)) => (parse_signal(quiesce)?, parse_signal(resume)?),
+        (Some(quiesce), Some(resume)) => (
+            parse_signal(&origin.value("probation_signal", quiesce), quiesce)?,
+            parse_signal(&origin.value("resume_signal", resume), resume)?,
+        ),
         (Some(_), None) => {
             return Err(Failure::usage(format!(
                 "{q} needs --resume-signal: a quiesced generation must be resumable; add one"
@@ -777,8 +780,9 @@ fn quiesce_signals(
     }))
 }
 
-/// A signal by name: `TERM`, `SIGQUIT`, `quit`, `WINCH`...
-pub fn parse_signal(name: &str) -> Result<handoff::os::Sig, Failure> {
+/// A signal by name (`TERM`, `SIGQUIT`, `quit`, `WINCH`...), `written` as
+/// the user wrote the option.
+fn parse_signal(written: &str, name: &str) -> Result<handoff::os::Sig, Failure> {
     use handoff::os::Sig;
     let upper = name.trim().to_ascii_uppercase();
     Ok(match upper.strip_prefix("SIG").unwrap_or(&upper) {
@@ -791,7 +795,7 @@ pub fn parse_signal(name: &str) -> Result<handoff::os::Sig, Failure> {
         "WINCH" => Sig::Winch,
         _ => {
             return Err(Failure::usage(format!(
-                "signal {name:?}: expected TERM, QUIT, INT, HUP, USR1, USR2 or WINCH"
+                "{written}: not a signal; give TERM, QUIT, INT, HUP, USR1, USR2 or WINCH"
             )));
         }
     })
@@ -951,7 +955,7 @@ mod tests {
 
     #[test]
     fn a_bad_value_is_named_as_written_the_key_and_its_file_or_the_flag() {
-        let cases: [(&str, &[&str], &str); 8] = [
+        let cases: [(&str, &[&str], &str); 11] = [
             (
                 "deadline = \"soon\"",
                 &[],
@@ -985,6 +989,21 @@ mod tests {
                 "metrics = \"nowhere\"",
                 &[],
                 "metrics = \"nowhere\" (in FILE): ",
+            ),
+            (
+                "[listen]\n\"a:b\" = \"127.0.0.1:0\"",
+                &[],
+                "[listen] a:b = \"127.0.0.1:0\" (in FILE): a listener's name",
+            ),
+            (
+                "protocol = \"systemd\"\nstop_signal = \"BOGUS\"",
+                &[],
+                "stop_signal = \"BOGUS\" (in FILE): not a signal",
+            ),
+            (
+                "protocol = \"systemd\"",
+                &["--stop-signal", "BOGUS"],
+                "--stop-signal \"BOGUS\": not a signal",
             ),
         ];
         for (config, flags, expected) in cases {

@@ -648,7 +648,7 @@ fn a_drain_that_overruns_its_grace_stops_the_incumbent_and_the_successor_proceed
 fn a_seal_silent_for_half_the_time_left_stops_the_incumbent_and_the_successor_proceeds() {
     let mut sup = at_stage(Mode::Exclusive, true, Stage::Sealing);
     let deadline = sup.start + sup.timeouts.handoff_deadline;
-    // The seal may stay silent for half the time left when it began,
+    // The seal may stay silent for a share of the time left when it began,
     // counted again from each SealProgress.
     let silence = (deadline - sup.now) / 2;
     sup.advance(secs(1));
@@ -675,6 +675,47 @@ fn a_seal_silent_for_half_the_time_left_stops_the_incumbent_and_the_successor_pr
     let why = stopped_why(&sup.successor_says(Message::CommitAck)).expect("a reason");
     assert!(why.contains("seal sent no word"), "{why}");
     assert!(sup.now < deadline, "committed before the deadline");
+}
+
+#[test]
+fn a_seal_with_progress_or_with_little_time_left_is_bounded_by_the_deadline_alone() {
+    // Progress keeps a seal going, but never past the deadline: there the
+    // handoff rolls back as before.
+    let mut sup = at_stage(Mode::Exclusive, true, Stage::Sealing);
+    let deadline = sup.start + sup.timeouts.handoff_deadline;
+    sup.seal_until(deadline);
+    assert_eq!(sup.machine.next_wakeup(), Some(deadline));
+    sup.now = deadline;
+    let actions = sup.tick();
+    assert!(killed(&actions, Side::Successor), "{actions:?}");
+    assert!(!killed(&actions, Side::Incumbent), "{actions:?}");
+    // A drain that used the deadline up leaves a silence allowance under
+    // SEAL_SILENCE_MIN: no silence bound, the deadline alone.
+    let timeouts = Timeouts {
+        drain_grace: Timeouts::default().handoff_deadline,
+        ..Timeouts::default()
+    };
+    let mut sup = drive(
+        Sup::with_timeouts(Mode::Exclusive, true, timeouts),
+        Stage::Draining,
+    );
+    let deadline = sup.deadline();
+    sup.idle_until(deadline - Duration::from_millis(1500));
+    sup.now = deadline - Duration::from_millis(1500);
+    assert_eq!(sup.incumbent_says(drained()), [to_incumbent(Message::Seal)]);
+    assert_eq!(
+        sup.machine.next_wakeup().map(|at| at >= deadline),
+        Some(true)
+    );
+    sup.now = deadline - Duration::from_millis(1);
+    assert!(
+        sup.tick().is_empty(),
+        "the seal runs on, silent, to the deadline"
+    );
+    sup.now = deadline;
+    let actions = sup.tick();
+    assert!(killed(&actions, Side::Successor), "{actions:?}");
+    assert!(!killed(&actions, Side::Incumbent), "{actions:?}");
 }
 
 #[test]

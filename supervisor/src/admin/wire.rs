@@ -350,7 +350,8 @@ pub struct HandoffReport {
     #[serde(default = "serving_by_default")]
     pub serving: bool,
     /// Why the supervisor stopped the old generation before the commit, if
-    /// it did (its drain overran the drain timeout, or `--force`).
+    /// it did (its drain overran the drain timeout, its seal was silent too
+    /// long, or `--force`).
     #[serde(default)]
     pub incumbent_stopped: Option<String>,
     /// Rolled back because it was cancelled (by a stop of the supervisor,

@@ -199,10 +199,7 @@ impl Server {
                 .iter()
                 .map(|c| c.deadline)
                 .min()
-                .map(|deadline| {
-                    // Rounded up to the next millisecond: poll's unit.
-                    deadline.saturating_duration_since(now) + Duration::from_millis(1)
-                });
+                .map(|deadline| deadline.saturating_duration_since(now));
             let Some(ready) = self.wait(timeout) else {
                 continue;
             };

@@ -114,8 +114,6 @@ struct Case {
     within: Duration,
 }
 
-const SEAL_SILENCE: Duration = Duration::from_millis(2500);
-
 /// Every hook that panics or hangs, in the incumbent (drain, seal,
 /// resume) and in the successor (before Ready).
 fn hook_matrix() -> Vec<Case> {
@@ -149,13 +147,13 @@ fn hook_matrix() -> Vec<Case> {
             "seal hook panicked",
             DEADLINE,
         ),
-        // Half the time the deadline left the seal when it began.
+        // A share of the time the deadline left the seal when it began.
         case(
             "--hang-at seal",
             "",
             Successor,
             "seal sent no word",
-            SEAL_SILENCE,
+            DEADLINE / handoff::timeouts::SEAL_SILENCE_SHARE,
         ),
         case(
             "--panic-at resume",
@@ -256,13 +254,20 @@ fn every_hook_that_panics_or_hangs_ends_in_bounded_time_with_someone_serving() {
         }
         writes.load.wait_answered(20);
         // Every acknowledged write reads back (checked by `finish`).
-        let (sent, failed) = writes.finish(addr);
+        let report = writes.finish(addr);
+        let (sent, failed) = (report.sent, report.failed());
         // A rollback, and a stuck seal (the incumbent had drained: nothing
         // was in flight in it), fail nothing; a stuck drain or resume
         // kills a process that held accepted connections.
         let promised = case.after == After::Incumbent || case.incumbent == "--hang-at seal";
         if promised {
-            assert_eq!(failed, 0, "{what}: {failed} of {sent} requests failed");
+            assert_eq!(
+                failed,
+                0,
+                "{what}: {}: {:?}",
+                report.summary(),
+                report.failures
+            );
         }
         measured.push(format!(
             "{what}: {:?} in {took:.1?}; {sent} requests, {failed} failed",
@@ -297,7 +302,8 @@ fn force_upgrades_away_from_a_build_whose_seal_always_fails() {
     let after = serving_pid(addr);
     assert_ne!(after, before);
     writes.load.wait_answered(20);
-    let (sent, failed) = writes.finish(addr);
+    let report = writes.finish(addr);
+    let (sent, failed) = (report.sent, report.failed());
     eprintln!("force: committed in {took:?}; {sent} requests, {failed} failed");
 
     // Overlap mode has nothing to force.

@@ -208,8 +208,8 @@ impl Writes {
     }
 
     /// Stops the load and checks that every acknowledged write reads back;
-    /// returns (requests sent, failed).
-    pub fn finish(self, addr: std::net::SocketAddr) -> (u64, u64) {
+    /// the load's report (its failures say why each failed).
+    pub fn finish(self, addr: std::net::SocketAddr) -> Report {
         let report = self.load.finish();
         let acked = self.acked.lock().expect("acked").clone();
         assert!(!acked.is_empty(), "no write was acknowledged");
@@ -221,6 +221,6 @@ impl Writes {
                 "acknowledged write {key} lost"
             );
         }
-        (report.sent, report.failed())
+        report
     }
 }

@@ -252,8 +252,14 @@ fn hands_back(fault: &str, reason: &str) {
     assert_eq!(code, Some(0), "{report}");
     load.wait_answered(50);
     // Every acknowledged write reads back (checked by `finish`).
-    let (sent, failed) = writes.finish(addr);
-    assert_eq!(failed, 0, "{failed} of {sent} writes failed");
+    let report = writes.finish(addr);
+    assert_eq!(
+        report.failed(),
+        0,
+        "{}: {:?}",
+        report.summary(),
+        report.failures
+    );
     assert_eq!(serving_pid(addr), generation_pid);
 }
 
@@ -414,8 +420,14 @@ fn a_supervisor_that_dies_during_its_reexec_is_replaced_by_one_that_adopts() {
         );
         load.wait_answered(50);
         // Every acknowledged write reads back (checked by `finish`).
-        let (sent, failed) = writes.finish(addr);
-        assert_eq!(failed, 0, "{fault}: {failed} of {sent} writes failed");
+        let report = writes.finish(addr);
+        assert_eq!(
+            report.failed(),
+            0,
+            "{fault}: {}: {:?}",
+            report.summary(),
+            report.failures
+        );
     }
 }
 
