@@ -202,7 +202,22 @@ fn main() {
     }
     runtime.spawn(Arc::clone(&server).accept_loop(listener, handler));
 
-    match serve::wait_for_stop(&runtime, live, signals) {
+    serve_until_stopped(&runtime, live, signals, &server, &store, drain_timeout);
+    // Connections still hanging are not waited for.
+    runtime.shutdown_background();
+}
+
+/// Serves until the session ends or a stop signal comes; on a signal,
+/// drains and fsyncs as a retired generation's hooks would.
+fn serve_until_stopped(
+    runtime: &tokio::runtime::Runtime,
+    live: handoff::Live,
+    signals: serve::StopSignals,
+    server: &Arc<Server>,
+    store: &Store,
+    drain_timeout: std::time::Duration,
+) {
+    match serve::wait_for_stop(runtime, live, signals) {
         // Drained and sealed by the hooks already; let stragglers finish.
         Stop::Session(handoff::Ending::Retired) => {
             runtime.block_on(server.wait_closed(Instant::now() + drain_timeout));
@@ -218,7 +233,7 @@ fn main() {
             let report = server.drain_blocking(runtime.handle(), Instant::now() + drain_timeout);
             server.set_phase(Phase::Closed);
             if let Err(error) = store.seal_blocking() {
-                fail("fsync at stop", &error);
+                serve::die(PROGRAM, &format!("fsync at stop: {error}"));
             }
             if report.open_connections > 0 {
                 eprintln!(
@@ -228,6 +243,4 @@ fn main() {
             }
         }
     }
-    // Connections still hanging are not waited for.
-    runtime.shutdown_background();
 }

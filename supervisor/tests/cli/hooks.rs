@@ -188,6 +188,51 @@ fn hook_matrix() -> Vec<Case> {
     ]
 }
 
+/// What the upgrade answered against what `case` expects, and who serves.
+fn check_who_serves(
+    case: &Case,
+    what: &str,
+    (code, report): (Option<i32>, &Value),
+    supervisor: &Supervisor,
+    before: u32,
+) {
+    let addr = supervisor.addr();
+    match case.after {
+        After::Incumbent => {
+            assert_eq!(
+                (code, &report["serving"]),
+                (Some(1), &Value::Bool(true)),
+                "{what}: {report}"
+            );
+            assert_eq!(
+                serving_pid(addr),
+                before,
+                "{what}: the incumbent serves again"
+            );
+        }
+        After::Successor => {
+            assert_eq!(code, Some(0), "{what}: {report}");
+            let after = serving_pid(addr);
+            assert_ne!(after, before, "{what}");
+            assert_eq!(u64_of(report, "new_pid"), u64::from(after), "{what}");
+        }
+        After::Restarted => {
+            // The truth about who serves: nobody, and the answer is
+            // one the fleet tools tell apart.
+            assert_eq!(code, Some(4), "{what}: {report}");
+            assert_eq!(report["serving"], false, "{what}: {report}");
+            assert_eq!(report["changed"], true, "{what}: {report}");
+            assert_eq!(report["failed"], true, "{what}: {report}");
+            assert!(report["old_pid"].is_null(), "{what}: {report}");
+            let msg = report["msg"].as_str().unwrap_or_default();
+            assert!(msg.contains("nobody serves"), "{what}: {report}");
+            supervisor.wait_status("a restarted generation", |s| {
+                s["state"] == "serving" && s["child_pid"].as_u64() != Some(u64::from(before))
+            });
+        }
+    }
+}
+
 #[test]
 fn every_hook_that_panics_or_hangs_ends_in_bounded_time_with_someone_serving() {
     let mut measured = Vec::new();
@@ -218,40 +263,7 @@ fn every_hook_that_panics_or_hangs_ends_in_bounded_time_with_someone_serving() {
             said.is_some_and(|said| said.contains(case.says)),
             "{what}: {report}"
         );
-        match case.after {
-            After::Incumbent => {
-                assert_eq!(
-                    (code, &report["serving"]),
-                    (Some(1), &Value::Bool(true)),
-                    "{what}: {report}"
-                );
-                assert_eq!(
-                    serving_pid(addr),
-                    before,
-                    "{what}: the incumbent serves again"
-                );
-            }
-            After::Successor => {
-                assert_eq!(code, Some(0), "{what}: {report}");
-                let after = serving_pid(addr);
-                assert_ne!(after, before, "{what}");
-                assert_eq!(u64_of(&report, "new_pid"), u64::from(after), "{what}");
-            }
-            After::Restarted => {
-                // The truth about who serves: nobody, and the answer is
-                // one the fleet tools tell apart.
-                assert_eq!(code, Some(4), "{what}: {report}");
-                assert_eq!(report["serving"], false, "{what}: {report}");
-                assert_eq!(report["changed"], true, "{what}: {report}");
-                assert_eq!(report["failed"], true, "{what}: {report}");
-                assert!(report["old_pid"].is_null(), "{what}: {report}");
-                let msg = report["msg"].as_str().unwrap_or_default();
-                assert!(msg.contains("nobody serves"), "{what}: {report}");
-                supervisor.wait_status("a restarted generation", |s| {
-                    s["state"] == "serving" && s["child_pid"].as_u64() != Some(u64::from(before))
-                });
-            }
-        }
+        check_who_serves(&case, &what, (code, &report), &supervisor, before);
         writes.load.wait_answered(20);
         // Every acknowledged write reads back (checked by `finish`).
         let report = writes.finish(addr);
