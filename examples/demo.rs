@@ -15,10 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use handoff::supervisor::{
-    NamedListener, Outcome, RestartPolicy, Supervisor, SupervisorConfig, UpgradeRequest,
-};
-use handoff::{Mode, Timeouts};
+use handoff::Mode;
+use handoff::supervisor::{NamedListener, Outcome, Supervisor, SupervisorConfig, UpgradeRequest};
 
 const IO: Duration = Duration::from_secs(10);
 
@@ -224,21 +222,7 @@ fn supervise(
     mode: Mode,
     args: Vec<std::ffi::OsString>,
 ) -> Supervisor {
-    Supervisor::start(SupervisorConfig {
-        program: testd,
-        args,
-        env: Vec::new(),
-        mode,
-        timeouts: Timeouts::default(),
-        restart: RestartPolicy::OnFailure,
-        listeners: vec![listener],
-        probe: None,
-        program_sha256: None,
-        rendezvous: None,
-        first_handoff_id: 1,
-        protocol: handoff::supervisor::DaemonProtocol::Library,
-    })
-    .expect("supervisor")
+    Supervisor::start(SupervisorConfig::new(testd, args, mode, vec![listener])).expect("supervisor")
 }
 
 fn main() {

@@ -13,8 +13,7 @@ use std::ffi::OsString;
 use std::io::{BufRead, Write};
 
 use handoff::supervisor::{
-    NamedListener, Outcome, RestartPolicy, Supervisor, SupervisorConfig, SupervisorEvent,
-    UpgradeRequest,
+    NamedListener, Outcome, Supervisor, SupervisorConfig, SupervisorEvent, UpgradeRequest,
 };
 use handoff::{Mode, Timeouts};
 
@@ -51,34 +50,26 @@ fn main() {
     let listener =
         NamedListener::bind("main", &"127.0.0.1:0".parse().expect("addr")).expect("bind");
     let addr = listener.address.clone();
+    let args = [
+        "--data-dir".into(),
+        data,
+        "--relock-ms".into(),
+        "2000".into(),
+    ];
     let supervisor = Supervisor::start(SupervisorConfig {
-        program: testd.into(),
-        args: vec![
-            "--data-dir".into(),
-            data,
-            "--relock-ms".into(),
-            "2000".into(),
-        ],
-        env: Vec::new(),
-        mode: Mode::Exclusive,
         timeouts: Timeouts {
             handoff_deadline: std::time::Duration::from_secs(20),
             drain_grace: std::time::Duration::from_secs(5),
             kill_grace: std::time::Duration::from_secs(2),
             ..Timeouts::default()
         },
-        restart: RestartPolicy::OnFailure,
-        listeners: vec![listener],
-        protocol: handoff::supervisor::DaemonProtocol::Library,
         // The health gate is on so that the `probing` point is reached: a
         // connect to the shared listener (it always passes; see
         // handoff::probe for why a real probe targets a private address).
         probe: Some(handoff::probe::Probe::Tcp {
             address: addr.clone(),
         }),
-        program_sha256: None,
-        rendezvous: None,
-        first_handoff_id: 1,
+        ..SupervisorConfig::new(testd, args.to_vec(), Mode::Exclusive, vec![listener])
     })
     .expect("supervisor");
     let handle = supervisor.handle();

@@ -31,8 +31,7 @@ use std::time::{Duration, Instant};
 
 use handoff::Mode;
 use handoff::supervisor::{
-    DaemonProtocol, NamedListener, Outcome, RestartPolicy, Supervisor, SupervisorConfig,
-    UpgradeRequest,
+    DaemonProtocol, NamedListener, Outcome, Supervisor, SupervisorConfig, UpgradeRequest,
 };
 
 use crate::reexec::Reexecuted;
@@ -392,18 +391,8 @@ impl InProcess {
         let bind = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
         let listener = NamedListener::bind("http", &bind).map_err(|e| e.to_string())?;
         let addr: SocketAddr = listener.address.parse().map_err(|e| format!("{e}"))?;
+        let (args, mode) = (daemon.args(None), daemon.daemon.mode());
         let supervisor = Supervisor::start(SupervisorConfig {
-            program: program.to_owned(),
-            args: daemon.args(None),
-            env: Vec::new(),
-            mode: daemon.daemon.mode(),
-            timeouts: handoff::Timeouts::default(),
-            restart: RestartPolicy::OnFailure,
-            listeners: vec![listener],
-            probe: None,
-            program_sha256: None,
-            rendezvous: None,
-            first_handoff_id: 1,
             protocol: match daemon.daemon {
                 Daemon::Kvd | Daemon::Echod => DaemonProtocol::Library,
                 Daemon::ForeignHttpd => DaemonProtocol::Systemd {
@@ -413,6 +402,7 @@ impl InProcess {
                     fd_store_max: handoff::supervisor::DEFAULT_FD_STORE_MAX,
                 },
             },
+            ..SupervisorConfig::new(program, args, mode, vec![listener])
         })
         .map_err(|e| e.to_string())?;
         Ok((

@@ -272,15 +272,14 @@ enum Phase {
     Draining {
         overrun_at: Instant,
     },
-    /// SealComplete (or a SealProgress) is due by `silent_at`: a seal may
-    /// stay silent for `silence`, the time left when it began divided by
-    /// `SEAL_SILENCE_SHARE`, counted again at each SealProgress; a seal
-    /// silent longer is taken for stuck, and the incumbent is killed as a
-    /// drain that overran is. A `silence` under `SEAL_SILENCE_MIN` bounds
-    /// nothing: the deadline does.
+    /// SealComplete (or a SealProgress) is due by the `silence` bound's
+    /// instant: a seal may stay silent for its duration, the time left when
+    /// it began divided by `SEAL_SILENCE_SHARE`, counted again at each
+    /// SealProgress; a seal silent longer is taken for stuck, and the
+    /// incumbent is killed as a drain that overran is. No bound (that share
+    /// was under `SEAL_SILENCE_MIN`): the deadline alone.
     Sealing {
-        silent_at: Instant,
-        silence: Duration,
+        silence: Option<(Instant, Duration)>,
     },
     /// The incumbent died (or was stopped) before it sealed and the
     /// successor is warm: Begin (without a seal) waits for the incumbent's
@@ -459,7 +458,9 @@ impl HandoffMachine {
         let mut next = Some(match &self.phase {
             Phase::Aborting { give_up_at, .. } | Phase::Resuming { give_up_at, .. } => *give_up_at,
             Phase::Draining { overrun_at } => self.deadline.min(*overrun_at),
-            Phase::Sealing { silent_at, .. } => self.deadline.min(*silent_at),
+            Phase::Sealing {
+                silence: Some((due, _)),
+            } => self.deadline.min(*due),
             Phase::AwaitIncumbentExit {
                 kill_at: Some(kill_at),
             } => self.deadline.min(*kill_at),
@@ -694,12 +695,9 @@ impl HandoffMachine {
                 // The successor keeps the rest to take over as after the
                 // incumbent's death; with too little left, the deadline
                 // alone bounds the seal.
-                let silence = self.deadline.saturating_duration_since(now) / SEAL_SILENCE_SHARE;
-                let silent_at = match silence >= SEAL_SILENCE_MIN {
-                    true => now + silence,
-                    false => self.deadline,
-                };
-                self.enter(Phase::Sealing { silent_at, silence }, now);
+                let allowed = self.deadline.saturating_duration_since(now) / SEAL_SILENCE_SHARE;
+                let silence = (allowed >= SEAL_SILENCE_MIN).then(|| (now + allowed, allowed));
+                self.enter(Phase::Sealing { silence }, now);
                 actions.push(HandoffAction::Send {
                     to: Side::Incumbent,
                     message: Message::Seal,
@@ -707,10 +705,11 @@ impl HandoffMachine {
             }
             (Phase::Sealing { .. }, Message::SealProgress { .. }) => {
                 let deadline = self.deadline;
-                if let Phase::Sealing { silent_at, silence } = &mut self.phase
-                    && *silence >= SEAL_SILENCE_MIN
+                if let Phase::Sealing {
+                    silence: Some((due, allowed)),
+                } = &mut self.phase
                 {
-                    *silent_at = (now + *silence).min(deadline);
+                    *due = (now + *allowed).min(deadline);
                 }
             }
             (Phase::Sealing { .. }, Message::SealComplete(seal)) => {
@@ -1106,11 +1105,13 @@ impl HandoffMachine {
                 );
                 self.stop_incumbent(why, Signal::Kill, None, now, actions);
             }
-            Phase::Sealing { silent_at, silence } if now >= *silent_at => {
+            Phase::Sealing {
+                silence: Some((due, allowed)),
+            } if now >= *due => {
                 let why = format!(
                     "its seal sent no word for {} (1/{SEAL_SILENCE_SHARE} of the time the \
                      deadline left it)",
-                    crate::timeouts::format_duration(*silence)
+                    crate::timeouts::format_duration(*allowed)
                 );
                 self.stop_incumbent(why, Signal::Kill, None, now, actions);
             }

@@ -246,6 +246,33 @@ pub fn notify_home(rendezvous: &Path) -> Option<PathBuf> {
 }
 
 impl SupervisorConfig {
+    /// A library daemon `program args` in `mode` on `listeners`, with the
+    /// defaults: no extra environment, the default timeouts, restarts on
+    /// failure, no health gate, no pin, no rendezvous (orphans are not
+    /// adopted), handoff ids from 1. Change a field with struct update
+    /// syntax: `SupervisorConfig { timeouts, ..SupervisorConfig::new(..) }`.
+    pub fn new(
+        program: impl Into<PathBuf>,
+        args: Vec<OsString>,
+        mode: Mode,
+        listeners: Vec<NamedListener>,
+    ) -> SupervisorConfig {
+        SupervisorConfig {
+            program: program.into(),
+            args,
+            env: Vec::new(),
+            mode,
+            timeouts: Timeouts::default(),
+            restart: RestartPolicy::OnFailure,
+            listeners,
+            protocol: DaemonProtocol::Library,
+            probe: None,
+            program_sha256: None,
+            rendezvous: None,
+            first_handoff_id: 1,
+        }
+    }
+
     /// Generation `id`'s rendezvous path, if orphans can be adopted.
     pub fn rendezvous_of(&self, id: u64) -> Option<PathBuf> {
         self.rendezvous.as_ref().map(|prefix| {

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use handoff::supervisor::{
-    EventStream, NamedListener, Outcome, RestartPolicy, Supervisor, SupervisorConfig,
-    SupervisorEvent, SupervisorHandle, UpgradeRequest,
+    EventStream, NamedListener, Outcome, Supervisor, SupervisorConfig, SupervisorEvent,
+    SupervisorHandle, UpgradeRequest,
 };
 use handoff::{ListenAddr, Mode, Timeouts};
 pub use testkit::{IO, TempDir, WAIT, alive, eventually, example, request};
@@ -63,19 +63,11 @@ impl Harness {
         let listen: ListenAddr = "127.0.0.1:0".parse().expect("addr");
         let listener = NamedListener::bind("main", &listen).expect("bind");
         let addr: SocketAddr = listener.address.parse().expect("bound address");
+        let args = testd_args(data.as_ref().map(TempDir::path), extra_args);
         let config = SupervisorConfig {
-            program: example("testd"),
-            args: testd_args(data.as_ref().map(TempDir::path), extra_args),
             env,
-            mode,
             timeouts,
-            restart: RestartPolicy::OnFailure,
-            listeners: vec![listener],
-            probe: None,
-            program_sha256: None,
-            rendezvous: None,
-            first_handoff_id: 1,
-            protocol: handoff::supervisor::DaemonProtocol::Library,
+            ..SupervisorConfig::new(example("testd"), args, mode, vec![listener])
         };
         let (supervisor, events) =
             Supervisor::start_with_events(config).expect("supervisor starts");

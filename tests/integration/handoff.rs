@@ -347,9 +347,7 @@ fn crashed_generation_is_restarted_and_listeners_stay_open() {
 fn every_kind_of_fd_travels_by_name() {
     use std::os::unix::fs::MetadataExt;
 
-    use handoff::supervisor::{
-        NamedListener, RestartPolicy, Supervisor, SupervisorConfig, SupervisorEvent,
-    };
+    use handoff::supervisor::{NamedListener, Supervisor, SupervisorConfig, SupervisorEvent};
 
     let data = crate::common::TempDir::new("kinds");
     let sock_dir = crate::common::TempDir::new("sock");
@@ -381,19 +379,11 @@ fn every_kind_of_fd_travels_by_name() {
     .iter()
     .map(Into::into)
     .collect();
+    let listeners = vec![main, unix, udp, state];
+    let testd = crate::common::example("testd");
     let (supervisor, events) = Supervisor::start_with_events(SupervisorConfig {
-        program: crate::common::example("testd"),
-        args: args.clone(),
-        env: Vec::new(),
-        mode: Mode::Exclusive,
         timeouts: crate::common::test_timeouts(),
-        restart: RestartPolicy::OnFailure,
-        listeners: vec![main, unix, udp, state],
-        probe: None,
-        program_sha256: None,
-        rendezvous: None,
-        first_handoff_id: 1,
-        protocol: handoff::supervisor::DaemonProtocol::Library,
+        ..SupervisorConfig::new(testd, args.clone(), Mode::Exclusive, listeners)
     })
     .expect("supervisor");
     let handle = supervisor.handle();
