@@ -314,6 +314,8 @@ struct Recap {
 struct Play {
     code: Option<i32>,
     output: String,
+    /// When it started, and how long it ran.
+    began: Instant,
     took: Duration,
     recap: BTreeMap<String, Recap>,
 }
@@ -402,6 +404,7 @@ impl Ansible {
         Play {
             code: status.code(),
             output,
+            began: started,
             took,
             recap,
         }
@@ -638,10 +641,23 @@ fn fleet(count: usize, batches: &[usize]) {
     // The load: nothing failed, and every acknowledged write is there.
     load.wait_answered(u64::try_from(count * 5).expect("count"));
     let report: Report = load.finish();
+    let plays = [
+        ("rollout", &rollout),
+        ("again", &again),
+        ("check", &check),
+        ("failing", &failing),
+        ("resume", &resume),
+    ];
+    let when: Vec<String> = report
+        .failed_at
+        .iter()
+        .take(10)
+        .map(|at| during(*at, started, &plays))
+        .collect();
     assert_eq!(
         report.failed(),
         0,
-        "failed requests: {:?}",
+        "failed requests: {:?}, sent at {when:?}",
         &report.failures[..report.failures.len().min(10)]
     );
     let acked = std::mem::take(&mut *acked.lock().expect("acked"));
@@ -701,4 +717,15 @@ fn the_recap_is_read_per_host() {
         }
     );
     assert_eq!(recap["h02"].failed, 1);
+}
+
+/// When a request due at `at` was sent: seconds after `started`, and the
+/// play then running, if any.
+fn during(at: Instant, started: Instant, plays: &[(&str, &Play)]) -> String {
+    let play = plays
+        .iter()
+        .find(|(_, play)| play.began <= at && at <= play.began + play.took)
+        .map_or("between plays", |(name, _)| name);
+    let after = at.saturating_duration_since(started).as_secs_f64();
+    format!("+{after:.2} s ({play})")
 }
