@@ -96,7 +96,10 @@ impl ConnectionPort {
     }
 
     /// Hands `connection` to whichever generation serves next. Never
-    /// blocks. `Err` gives it back at once when it cannot travel now (no
+    /// blocks. Only a connection stopped at a request boundary that leaves
+    /// it open may go: not one whose last exchange ended it (the client
+    /// asked to close, the response said so), whose client waits for the
+    /// end and would wait on the receiver for ever. `Err` gives it back at once when it cannot travel now (no
     /// drain with a budget in progress, the budget spent, more than
     /// [`MAX_UNREAD`] unread bytes): finish it here, the old way. After
     /// `Ok`, a connection that still failed to leave (the supervisor went

@@ -30,7 +30,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::{Change, Config, EndpointConfig, Route};
 use crate::http::{self, Body};
-use crate::prefixed::Prefixed;
+use crate::prefixed::{Prefixed, Reuse};
 
 /// Locks a std mutex whatever a panicking holder left (each critical section
 /// here leaves the data consistent).
@@ -588,16 +588,23 @@ impl Shared {
         let served = Arc::new(AtomicBool::new(false));
         // This connection's requests in flight, and a bell when it is idle.
         let busy = Arc::new((AtomicUsize::new(0), Notify::new()));
+        let reuse = Arc::new(Reuse::default());
         let hyper_service = {
-            let (served, busy) = (Arc::clone(&served), Arc::clone(&busy));
+            let (served, busy, reuse) =
+                (Arc::clone(&served), Arc::clone(&busy), Arc::clone(&reuse));
             service_fn(move |request| {
                 served.store(true, Ordering::SeqCst);
+                reuse.request(&request);
                 busy.0.fetch_add(1, Ordering::SeqCst);
-                let (shared, busy) = (Arc::clone(&self), Arc::clone(&busy));
+                let (shared, busy, reuse) =
+                    (Arc::clone(&self), Arc::clone(&busy), Arc::clone(&reuse));
                 // Boxed: hyper's connection must be `Unpin` to stop between
                 // requests and give the socket back.
                 let answer: Answer = Box::pin(async move {
                     let response = shared.serve(service, request).await;
+                    if let Ok(response) = &response {
+                        reuse.response(response);
+                    }
                     if busy.0.fetch_sub(1, Ordering::SeqCst) == 1 {
                         busy.1.notify_one();
                     }
@@ -637,9 +644,12 @@ impl Shared {
                 return shared.end(connection, result, counted).await;
             }
         }
+        reuse.stopping();
         Pin::new(&mut connection).graceful_shutdown();
         let result = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)).await;
-        if travels && result.is_ok() {
+        // hyper stops at a request boundary also when an exchange ended the
+        // connection: such a one is closed, never handed over.
+        if travels && result.is_ok() && reuse.reusable() {
             let parts = connection.into_parts();
             let (stream, unread) = parts.io.into_inner().leftover(&parts.read_buf);
             return shared.hand_over(stream, unread, service, counted);

@@ -1,8 +1,10 @@
 //! A socket read through the bytes a previous owner read from it and did
-//! not parse: how a connection handed over by another generation is served
+//! not parse: how a connection handed over by another generation is served;
+//! and which connections stopped between two requests may be handed over
 //! (shared by `kvd`, `echod` and the gateway).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -69,5 +71,66 @@ impl tokio::io::AsyncWrite for Prefixed {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Whether a connection hyper stopped between two requests may still be
+/// handed over: not once an exchange ended it in HTTP's terms. hyper stops
+/// at the boundary in both cases and cannot say which; a spent connection
+/// handed over would be held open by its new owner while its client waits
+/// for the end it was promised. An exchange ends the connection when the
+/// client asked to close (`Connection: close`, or HTTP/1.0 without
+/// `keep-alive`), when the response said `Connection: close`, or when a
+/// request was read after the server asked hyper to stop (a first request
+/// hyper had begun to read: it serves it, then closes).
+#[derive(Debug, Default)]
+pub struct Reuse {
+    stopping: AtomicBool,
+    ended: AtomicBool,
+}
+
+impl Reuse {
+    /// A request arrived (called before it is served).
+    pub fn request<B>(&self, request: &hyper::Request<B>) {
+        if self.stopping.load(Ordering::SeqCst) || closes(request.version(), request.headers()) {
+            self.ended.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A response leaves.
+    pub fn response<B>(&self, response: &hyper::Response<B>) {
+        if closes(response.version(), response.headers()) {
+            self.ended.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The server asks hyper to stop at the next request boundary (call
+    /// before `graceful_shutdown`).
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the connection, stopped, may go on with another owner.
+    pub fn reusable(&self) -> bool {
+        !self.ended.load(Ordering::SeqCst)
+    }
+}
+
+/// Whether an HTTP/1 message's `Connection` header and version end the
+/// connection after it (RFC 9112, 9.3).
+fn closes(version: hyper::Version, headers: &hyper::HeaderMap) -> bool {
+    let tokens = || {
+        headers
+            .get_all(hyper::header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+    };
+    let has = |token: &str| tokens().any(|t| t.eq_ignore_ascii_case(token));
+    match version {
+        hyper::Version::HTTP_11 => has("close"),
+        hyper::Version::HTTP_10 => has("close") || !has("keep-alive"),
+        _ => true,
     }
 }

@@ -64,7 +64,7 @@ use hyper::{Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
-use crate::prefixed::Prefixed;
+use crate::prefixed::{Prefixed, Reuse};
 
 /// How long a kept-alive connection may stay idle during a drain before it
 /// is closed. Longer than the request interval of any regular client, so
@@ -159,6 +159,8 @@ struct Activity {
     last: Mutex<Instant>,
     /// Woken when the last request in flight on the connection finished.
     idle: Notify,
+    /// Whether the connection, stopped, may be handed over.
+    reuse: Reuse,
 }
 
 /// Counts one request in flight, on its connection and on the server.
@@ -336,13 +338,17 @@ impl Server {
     + use<> {
         let (server, activity) = (Arc::clone(self), Arc::clone(activity));
         hyper::service::service_fn(move |request| {
+            activity.reuse.request(&request);
             let guard = RequestGuard::new(&server, &activity);
+            let activity = Arc::clone(&activity);
             let server = Arc::clone(&server);
             let handler = Arc::clone(&handler);
             let future: Answer = Box::pin(async move {
                 if server.phase() == Phase::Closed {
+                    let response = unavailable();
+                    activity.reuse.response(&response);
                     drop(guard);
-                    return Ok::<_, Infallible>(unavailable());
+                    return Ok::<_, Infallible>(response);
                 }
                 let mut response = handler(request).await;
                 let travels = may_travel && server.handing_over.load(Ordering::SeqCst);
@@ -353,6 +359,7 @@ impl Server {
                         .headers_mut()
                         .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
+                activity.reuse.response(&response);
                 drop(guard);
                 Ok(response)
             });
@@ -371,6 +378,7 @@ impl Server {
             in_flight: AtomicU32::new(0),
             last: Mutex::new(Instant::now()),
             idle: Notify::new(),
+            reuse: Reuse::default(),
         });
         let service = self.service(&activity, Arc::clone(&handler), may_travel);
         let mut connection = hyper::server::conn::http1::Builder::new()
@@ -385,12 +393,14 @@ impl Server {
                     let travels = may_travel && self.handing_over.load(Ordering::SeqCst);
                     let (next, wake) = boundary(&activity, travels);
                     if next != Ending::Open {
+                        activity.reuse.stopping();
                         Pin::new(&mut connection).graceful_shutdown();
                         ending = next;
                     }
                     wake
                 }
                 Phase::Closed => {
+                    activity.reuse.stopping();
                     Pin::new(&mut connection).graceful_shutdown();
                     ending = Ending::Close;
                     None
@@ -411,7 +421,9 @@ impl Server {
         };
         let parts = connection.into_parts();
         let io = parts.io.into_inner();
-        if result.is_err() || ending != Ending::HandOver {
+        // hyper stops at a request boundary also when an exchange ended the
+        // connection: such a one is closed, never handed over.
+        if result.is_err() || ending != Ending::HandOver || !activity.reuse.reusable() {
             let mut stream = io.stream;
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
             return;

@@ -147,3 +147,42 @@ fn handoffctl_upgrades_the_gateway_with_no_failed_request() {
         assert!(seen.served > 0, "the client was served");
     }
 }
+
+/// The gateway's connections stop between two requests as kvd's and
+/// echod's do, and a spent one (its first request begun when the drain
+/// started, answered with `Connection: close`) is closed, not handed over.
+#[test]
+fn a_connection_the_old_gateway_began_reading_is_closed_after_its_answer() {
+    let work = TempDir::new("gateway-close");
+    let config = work.path().join("gateway.toml");
+    std::fs::write(&config, "drain_timeout = \"5s\"\n").expect("config");
+    let build = work.path().join("build");
+    let supervisor = Supervisor::start_with(Start {
+        flags: [
+            "--mode",
+            "overlap",
+            "--listen",
+            "http=127.0.0.1:0",
+            "--listen",
+            "admin=127.0.0.1:0",
+        ]
+        .map(String::from)
+        .to_vec(),
+        program: Some(example("gateway")),
+        testd_args: vec![
+            "--config".into(),
+            config.display().to_string(),
+            "--build-dir".into(),
+            build.display().to_string(),
+        ],
+        ..Start::default()
+    });
+    let request = "GET /x HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n";
+    let response = crate::transit::began_reading_when_the_drain_starts(
+        &supervisor,
+        request,
+        &["--json"],
+        false,
+    );
+    assert!(response.starts_with("HTTP/1.1 404"), "{response:?}");
+}
