@@ -7,6 +7,7 @@ mod common;
 mod admin;
 mod adopt;
 mod bad_input;
+mod curl;
 mod fdstore;
 mod fleet;
 mod foreign;
