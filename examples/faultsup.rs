@@ -87,13 +87,22 @@ fn main() {
         }
     };
     writeln!(out, "SERVING {pid}").expect("stdout");
+    upgrade_on_request(&handle, &successor_args);
+    handle.stop().expect("stop");
+    supervisor.join().expect("join");
+}
+
+/// Runs one upgrade per `UPGRADE` line of stdin and prints its `OUTCOME`,
+/// until the end of input.
+fn upgrade_on_request(handle: &handoff::supervisor::SupervisorHandle, successor_args: &[OsString]) {
+    let mut out = std::io::stdout();
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         if line.trim() != "UPGRADE" {
             continue;
         }
         let outcome = handle.upgrade(UpgradeRequest {
-            args: Some(successor_args.clone()),
+            args: Some(successor_args.to_vec()),
             ..UpgradeRequest::default()
         });
         match outcome {
@@ -103,6 +112,4 @@ fn main() {
         }
         .expect("stdout");
     }
-    handle.stop().expect("stop");
-    supervisor.join().expect("join");
 }

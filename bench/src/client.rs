@@ -88,10 +88,9 @@ pub struct Connection {
 impl Connection {
     /// Connects to `addr`.
     pub async fn open(addr: std::net::SocketAddr) -> Result<Connection, Failed> {
-        let stream = TcpStream::connect(addr).await.map_err(|error| Failed {
-            failure: Failure::of(&error),
-            before_response: true,
-        })?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|error| Failed::of(&error, true))?;
         let _ = stream.set_nodelay(true);
         Ok(Connection {
             stream: BufReader::new(stream),
@@ -132,82 +131,100 @@ impl Connection {
             self.connected_at
         };
         self.used = true;
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n{}\r\n",
-            body.len(),
-            if keep_alive {
-                ""
-            } else {
-                "Connection: close\r\n"
-            }
-        );
-        let mut request = head.into_bytes();
-        request.extend_from_slice(body);
-        let before = |error: std::io::Error| Failed {
-            failure: Failure::of(&error),
-            before_response: true,
-        };
+        let request = request_bytes(method, path, body, keep_alive);
+        let before = |error: std::io::Error| Failed::of(&error, true);
         self.stream
             .get_mut()
             .write_all(&request)
             .await
             .map_err(before)?;
         let mut line = String::new();
-        let read = self.stream.read_line(&mut line).await.map_err(before)?;
-        if read == 0 {
-            return Err(Failed {
-                failure: Failure::Other,
-                before_response: true,
-            });
+        if self.stream.read_line(&mut line).await.map_err(before)? == 0 {
+            return Err(Failed::malformed(true));
         }
         let first_byte = started.elapsed();
-        let after = |error: std::io::Error| Failed {
-            failure: Failure::of(&error),
-            before_response: false,
-        };
-        let malformed = Failed {
-            failure: Failure::Other,
-            before_response: false,
-        };
         let status: u16 = match line.split(' ').nth(1).and_then(|s| s.parse().ok()) {
             Some(status) => status,
-            None => return Err(malformed),
+            None => return Err(Failed::malformed(false)),
         };
-        let mut length = 0usize;
-        let mut close = line.starts_with("HTTP/1.0 ");
-        loop {
-            line.clear();
-            if self.stream.read_line(&mut line).await.map_err(after)? == 0 {
-                return Err(malformed);
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                let value = value.trim();
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.parse().map_err(|_| Failed {
-                        failure: Failure::Other,
-                        before_response: false,
-                    })?;
-                } else if name.eq_ignore_ascii_case("connection") {
-                    if value.eq_ignore_ascii_case("close") {
-                        close = true;
-                    } else if value.eq_ignore_ascii_case("keep-alive") {
-                        close = false;
-                    }
-                }
-            }
-        }
+        let (length, close) = self.read_headers(line.starts_with("HTTP/1.0 ")).await?;
         let mut body = vec![0u8; length];
-        self.stream.read_exact(&mut body).await.map_err(after)?;
+        self.stream
+            .read_exact(&mut body)
+            .await
+            .map_err(|error| Failed::of(&error, false))?;
         Ok(Response {
             status,
             close,
             body,
             first_byte,
         })
+    }
+
+    /// Reads the headers after the status line: the body's length, and
+    /// whether the server closes the connection after it (`http_10`: the
+    /// response is HTTP/1.0, which closes unless it says `keep-alive`).
+    async fn read_headers(&mut self, http_10: bool) -> Result<(usize, bool), Failed> {
+        let (mut length, mut close) = (0usize, http_10);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let read = self.stream.read_line(&mut line).await;
+            if read.map_err(|error| Failed::of(&error, false))? == 0 {
+                return Err(Failed::malformed(false));
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                return Ok((length, close));
+            }
+            let Some((name, value)) = header.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.parse().map_err(|_| Failed::malformed(false))?;
+            } else if name.eq_ignore_ascii_case("connection") {
+                if value.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if value.eq_ignore_ascii_case("keep-alive") {
+                    close = false;
+                }
+            }
+        }
+    }
+}
+
+/// The bytes of one request.
+fn request_bytes(method: &str, path: &str, body: &[u8], keep_alive: bool) -> Vec<u8> {
+    let close = if keep_alive {
+        ""
+    } else {
+        "Connection: close\r\n"
+    };
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n{close}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+impl Failed {
+    /// An I/O failure, before or after the first byte of a response.
+    fn of(error: &std::io::Error, before_response: bool) -> Failed {
+        Failed {
+            failure: Failure::of(error),
+            before_response,
+        }
+    }
+
+    /// A connection closed before a full response, or a malformed one.
+    fn malformed(before_response: bool) -> Failed {
+        Failed {
+            failure: Failure::Other,
+            before_response,
+        }
     }
 }
 

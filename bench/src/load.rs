@@ -174,21 +174,8 @@ async fn client(
             break;
         }
         tokio::time::sleep_until(intended.into()).await;
-        let put = sequence.is_multiple_of(2) && config.target != Target::Pid;
-        let (method, key, body) = if put {
-            let key = format!("c{id}-{sequence}");
-            let value = format!("{id}:{sequence}:{}", "v".repeat(24)).into_bytes();
-            ("PUT", key, value)
-        } else {
-            let key = last_acked
-                .as_ref()
-                .map_or_else(|| format!("c{id}-none"), |(k, _)| k.clone());
-            ("GET", key, Vec::new())
-        };
-        let path = match config.target {
-            Target::Pid => "/".to_owned(),
-            Target::KeyValue | Target::Echo => format!("/kv/{key}"),
-        };
+        let (put, key, path, body) = next_request(config.target, id, sequence, &last_acked);
+        let method = if put { "PUT" } else { "GET" };
         let attempt = tokio::time::timeout(
             config.request_timeout,
             send(
@@ -240,6 +227,32 @@ async fn client(
         });
     }
     log
+}
+
+/// Client `id`'s request number `sequence`: every other one a `PUT` of a
+/// new key (none against the pid target), the others a `GET` of the last
+/// key acknowledged. Whether it puts, its key, path and body.
+fn next_request(
+    target: Target,
+    id: usize,
+    sequence: u64,
+    last_acked: &Option<(String, Vec<u8>)>,
+) -> (bool, String, String, Vec<u8>) {
+    let put = sequence.is_multiple_of(2) && target != Target::Pid;
+    let (key, body) = if put {
+        let value = format!("{id}:{sequence}:{}", "v".repeat(24)).into_bytes();
+        (format!("c{id}-{sequence}"), value)
+    } else {
+        let key = last_acked
+            .as_ref()
+            .map_or_else(|| format!("c{id}-none"), |(k, _)| k.clone());
+        (key, Vec::new())
+    };
+    let path = match target {
+        Target::Pid => "/".to_owned(),
+        Target::KeyValue | Target::Echo => format!("/kv/{key}"),
+    };
+    (put, key, path, body)
 }
 
 /// `None` if the response is the right one.

@@ -1134,6 +1134,25 @@ pub fn idle(config: Config) -> Result<Idle, String> {
     result
 }
 
+/// Who answers `/info` once the upgrades are done: the `expected`
+/// generation, if it answers within [`FIRST_START_BOUND`]. In overlap mode
+/// the old generation may accept a moment past the commit (until it reads
+/// its Drain): the new one must answer soon.
+async fn last_generation(
+    addr: SocketAddr,
+    target: Target,
+    expected: Option<u64>,
+) -> Option<Identity> {
+    let bound = Instant::now() + FIRST_START_BOUND;
+    loop {
+        let seen = info_until(addr, target, bound).await;
+        if seen.as_ref().is_none_or(|i| i.generation == expected) || Instant::now() >= bound {
+            return seen;
+        }
+        tokio::time::sleep(POLL * 10).await;
+    }
+}
+
 fn idle_in(config: Config, dir: &Path) -> Result<Idle, String> {
     if config.daemon.target() == Target::Pid {
         // The end check counts generations through `/info`.
@@ -1181,18 +1200,7 @@ fn idle_in(config: Config, dir: &Path) -> Result<Idle, String> {
     }
     let rss_after = rss_kib(host);
     let expected = first.generation.map(|g| g + config.upgrades as u64);
-    // In overlap mode the old generation may accept a moment past the
-    // commit (until it reads its Drain): the new one must answer soon.
-    let bound = Instant::now() + FIRST_START_BOUND;
-    let last = runtime.block_on(async {
-        loop {
-            let seen = info_until(addr, target, bound).await;
-            if seen.as_ref().is_none_or(|i| i.generation == expected) || Instant::now() >= bound {
-                return seen;
-            }
-            tokio::time::sleep(POLL * 10).await;
-        }
-    });
+    let last = runtime.block_on(last_generation(addr, target, expected));
     if last.as_ref().map(|i| i.generation) != Some(expected) {
         harness_errors.push(format!(
             "expected generation {expected:?} at the end, /info said {last:?}"

@@ -44,7 +44,7 @@ use clap::Parser;
 use handoff::registry::HandlerBuilder;
 use handoff::timeouts::{STOP_DRAIN, parse_duration};
 
-use crate::gateway::{Gateway, Service};
+use crate::gateway::{Gateway, Service, Shared};
 
 /// Command line.
 #[derive(Debug, Parser)]
@@ -136,14 +136,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
 
-    let mut builder = HandlerBuilder::new(&args.build_dir, &args.sdk);
-    if let Some(target_dir) = &args.build_target_dir {
-        builder = builder.with_target_dir(target_dir);
-    }
-    if let Some(lockfile) = &args.build_lockfile {
-        builder = builder.with_lockfile(lockfile);
-    }
-    let gateway = Gateway::new(runtime.handle().clone(), args.config.clone(), builder);
+    let gateway = Gateway::new(
+        runtime.handle().clone(),
+        args.config.clone(),
+        handler_builder(&args),
+    );
     let shared = Arc::clone(gateway.shared());
     match shared.reload() {
         Ok(changes) => tracing::info!(?changes, "config applied"),
@@ -181,6 +178,34 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Returns once committed (at once when running alone); from then on the
     // hooks run on the library's thread and drain this same `shared`.
     let live = begun.ready(handoff::ReadyReport::stateless(), gateway)?;
+    serve_until_stop(&runtime, shared, live, terminate, stop_drain)?;
+    // Blocking tasks still running (handler calls past their timeout) are
+    // not waited for.
+    runtime.shutdown_background();
+    Ok(())
+}
+
+/// The handler builder the flags describe.
+fn handler_builder(args: &Args) -> HandlerBuilder {
+    let mut builder = HandlerBuilder::new(&args.build_dir, &args.sdk);
+    if let Some(target_dir) = &args.build_target_dir {
+        builder = builder.with_target_dir(target_dir);
+    }
+    if let Some(lockfile) = &args.build_lockfile {
+        builder = builder.with_lockfile(lockfile);
+    }
+    builder
+}
+
+/// Serves until SIGTERM (then drains for `stop_drain`) or until the
+/// supervisor retires this generation.
+fn serve_until_stop(
+    runtime: &tokio::runtime::Runtime,
+    shared: Arc<Shared>,
+    live: handoff::Live,
+    mut terminate: tokio::signal::unix::Signal,
+    stop_drain: Duration,
+) -> std::io::Result<()> {
     let (retired_tx, retired_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("gateway-live".into())
@@ -188,7 +213,6 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let _ = retired_tx.send(live.wait());
         })?;
     runtime.block_on(async move {
-        let mut terminate = terminate;
         tokio::select! {
             _ = terminate.recv() => {
                 tracing::info!(drain = ?stop_drain, "SIGTERM: draining");
@@ -205,8 +229,5 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     });
-    // Blocking tasks still running (handler calls past their timeout) are
-    // not waited for.
-    runtime.shutdown_background();
     Ok(())
 }
