@@ -455,192 +455,17 @@ fn fleet(count: usize, batches: &[usize]) {
     let Some(venv) = ansible_venv() else {
         return;
     };
-    let dir = TempDir::new("fleet");
-    let builds = builds(dir.path());
-    let ranges = batch_ranges(count, batches);
-    assert!(ranges.len() >= 3, "a first, a second and later batches");
-    // The host whose build 3 exits at start: the first kvd host of the
-    // second batch.
-    let broken_on = ranges[1]
-        .clone()
-        .find(|index| index % 2 == 0)
-        .expect("a kvd host in the second batch");
-    // A real executable that exits at once (an ELF: a pinned upgrade runs
-    // the hashed file through /proc/self/fd, which a script cannot be).
-    let broken = dir.path().join("exits-at-start");
-    std::fs::copy("/bin/false", &broken).expect("copy /bin/false");
-    let broken_build = Build {
-        sha256: sha256_hex(&broken),
-        path: broken.clone(),
-    };
-    let fleet = start_fleet(count, &builds, &broken, broken_on);
-    let ansible = Ansible {
-        venv: venv.clone(),
-        dir: TempDir::new("fleet-ansible"),
-        batches: format!("{batches:?}"),
-        forks: count,
-    };
-    let build_of = |version: u8| {
-        let builds = &builds;
-        move |instance: &Instance| builds[&(instance.daemon, version)].clone()
-    };
+    let fleet = Fleet::start(count, batches, venv);
     let acked: Acked = Arc::new(Mutex::new(Vec::new()));
-    let load = start_load(&fleet, &acked);
+    let load = start_load(&fleet.instances, &acked);
     load.wait_answered(u64::try_from(count * 5).expect("count"));
     let started = Instant::now();
-
-    // 1. The rollout of build 2.
-    let rollout = ansible.play("rollout", &inventory(&fleet, &venv, build_of(2)), &[]);
-    assert_eq!(rollout.code, Some(0), "{}", rollout.output);
-    for instance in &fleet {
-        let recap = rollout.recap_of(&instance.host);
-        assert!(
-            recap.changed >= 1 && recap.failed == 0,
-            "{}: {recap:?}",
-            instance.host
-        );
-        assert_eq!(
-            instance.sha256(),
-            builds[&(instance.daemon, 2)].sha256,
-            "{} runs build 2",
-            instance.host
-        );
-        assert_eq!(instance.serving().0, 2, "{}", instance.host);
-    }
-    // Each batch started after the previous one passed its gate: its first
-    // handoff began no sooner than the gate after the previous batch's
-    // last one.
-    let started_ms = |index: usize| u64_of(&fleet[index].last_history(), "started_unix_ms");
-    for pair in ranges.windows(2) {
-        let previous_last = pair[0].clone().map(started_ms).max().expect("hosts");
-        let next_first = pair[1].clone().map(started_ms).min().expect("hosts");
-        assert!(
-            next_first >= previous_last + u64::try_from(GATE.as_millis()).expect("ms"),
-            "batch {:?} started {} ms after batch {:?}: the gate is {GATE:?}",
-            pair[1],
-            next_first.saturating_sub(previous_last),
-            pair[0]
-        );
-    }
-    let after_rollout: Vec<(u64, u64)> = fleet.iter().map(Instance::serving).collect();
-
-    // 2. The same play again: nothing to do anywhere.
-    let again = ansible.play("again", &inventory(&fleet, &venv, build_of(2)), &[]);
-    assert_eq!(again.code, Some(0), "{}", again.output);
-    for (instance, before) in fleet.iter().zip(&after_rollout) {
-        let recap = again.recap_of(&instance.host);
-        assert_eq!(
-            (recap.changed, recap.failed),
-            (0, 0),
-            "{}: {recap:?}",
-            instance.host
-        );
-        assert_eq!(instance.serving(), *before, "{} untouched", instance.host);
-    }
-
-    // 3. Build 3 in check mode: a dry run on every host, nothing changed.
-    let check = ansible.play(
-        "check",
-        &inventory(&fleet, &venv, build_of(3)),
-        &["--check"],
-    );
-    assert_eq!(check.code, Some(0), "{}", check.output);
-    for (instance, before) in fleet.iter().zip(&after_rollout) {
-        let recap = check.recap_of(&instance.host);
-        assert_eq!(recap.failed, 0, "{}: {recap:?}", instance.host);
-        assert_eq!(
-            recap.changed, 1,
-            "{}: the dry run says it would change: {recap:?}",
-            instance.host
-        );
-        assert_eq!(instance.serving(), *before, "{} untouched", instance.host);
-        assert_eq!(instance.sha256(), builds[&(instance.daemon, 2)].sha256);
-    }
-
-    // 4. Build 3, broken on one host of the second batch.
-    let with_broken = |instance: &Instance| {
-        if instance.host == fleet[broken_on].host {
-            broken_build.clone()
-        } else {
-            builds[&(instance.daemon, 3)].clone()
-        }
-    };
-    let failing = ansible.play("failing", &inventory(&fleet, &venv, with_broken), &[]);
-    assert_ne!(failing.code, Some(0), "{}", failing.output);
-    let failed_host = &fleet[broken_on];
-    assert_eq!(
-        failing.recap_of(&failed_host.host).failed,
-        1,
-        "the recap shows the failure:\n{}",
-        failing.output
-    );
-    let told = failing
-        .output
-        .find("fatal: [")
-        .map_or("", |at| &failing.output[at..]);
-    eprintln!("fleet: what the failing play shows:\n{told}");
-    // That host rolled back and serves build 2, the same generation.
-    assert_eq!(failed_host.serving(), after_rollout[broken_on]);
-    assert_eq!(
-        failed_host.sha256(),
-        builds[&(Daemon::Kvd, 2)].sha256,
-        "the failed host serves the old build"
-    );
-    let rolled_back = failed_host.supervisor.status()["last_handoff"].clone();
-    assert_eq!(rolled_back["committed"], false, "{rolled_back}");
-    assert_eq!(rolled_back["serving"], true, "{rolled_back}");
-    for (index, instance) in fleet.iter().enumerate() {
-        if index == broken_on {
-            continue;
-        }
-        if index < ranges[2].start {
-            // The first two batches ran the upgrade task.
-            assert_eq!(
-                instance.sha256(),
-                builds[&(instance.daemon, 3)].sha256,
-                "{} of batch 1 or 2 runs build 3",
-                instance.host
-            );
-        } else {
-            // Later batches never started: build 2, same generation.
-            assert_eq!(
-                instance.serving(),
-                after_rollout[index],
-                "{} untouched",
-                instance.host
-            );
-            assert_eq!(instance.sha256(), builds[&(instance.daemon, 2)].sha256);
-            assert!(
-                failing
-                    .recap
-                    .get(&instance.host)
-                    .is_none_or(|recap| recap.ok == 0 && recap.changed == 0),
-                "{} did not run: {:?}",
-                instance.host,
-                failing.recap.get(&instance.host)
-            );
-        }
-    }
-
-    // 5. Resumed with the host's build fixed: everyone on build 3.
-    let resume = ansible.play("resume", &inventory(&fleet, &venv, build_of(3)), &[]);
-    assert_eq!(resume.code, Some(0), "{}", resume.output);
-    for (index, instance) in fleet.iter().enumerate() {
-        let recap = resume.recap_of(&instance.host);
-        let already = index < ranges[2].start && index != broken_on;
-        assert_eq!(
-            recap.changed,
-            u32::from(!already),
-            "{}: {recap:?}",
-            instance.host
-        );
-        assert_eq!(instance.sha256(), builds[&(instance.daemon, 3)].sha256);
-    }
+    let (rollout, after_rollout) = fleet.rollout();
+    let again = fleet.again(&after_rollout);
+    let check = fleet.check(&after_rollout);
+    let failing = fleet.failing(&after_rollout);
+    let resume = fleet.resume();
     let all_plays = started.elapsed();
-
-    // The load: nothing failed, and every acknowledged write is there.
-    load.wait_answered(u64::try_from(count * 5).expect("count"));
-    let report: Report = load.finish();
     let plays = [
         ("rollout", &rollout),
         ("again", &again),
@@ -648,47 +473,284 @@ fn fleet(count: usize, batches: &[usize]) {
         ("failing", &failing),
         ("resume", &resume),
     ];
-    let when: Vec<String> = report
-        .failed_at
+    load.wait_answered(u64::try_from(count * 5).expect("count"));
+    let (report, read_back) = fleet.check_load(load, &acked, started, &plays);
+    let took: Vec<String> = plays
         .iter()
-        .take(10)
-        .map(|at| during(*at, started, &plays))
+        .map(|(name, play)| format!("{name} {:.1} s", play.took.as_secs_f64()))
         .collect();
-    assert_eq!(
-        report.failed(),
-        0,
-        "failed requests: {:?}, sent at {when:?}",
-        &report.failures[..report.failures.len().min(10)]
-    );
-    let acked = std::mem::take(&mut *acked.lock().expect("acked"));
-    let lost: Vec<String> = acked
-        .iter()
-        .filter_map(|(index, key, value)| {
-            match http(fleet[*index].addr, "GET", &format!("/kv/{key}"), "") {
-                Ok((200, body)) if body == *value => None,
-                other => Some(format!("{}: {key}: {other:?}", fleet[*index].host)),
-            }
-        })
-        .collect();
-    assert!(lost.is_empty(), "lost acknowledged writes: {lost:?}");
+    let daemons = |daemon| {
+        fleet
+            .instances
+            .iter()
+            .filter(|i| i.daemon == daemon)
+            .count()
+    };
     eprintln!(
-        "fleet: {count} instances ({} kvd, {} echod), batches {batches:?}; plays: rollout {:.1} s, \
-         again {:.1} s, check {:.1} s, failing {:.1} s, resume {:.1} s, {:.1} s in all; \
-         load {}; {} acknowledged writes read back, 0 lost; load average {}",
-        fleet.iter().filter(|i| i.daemon == Daemon::Kvd).count(),
-        fleet.iter().filter(|i| i.daemon == Daemon::Echod).count(),
-        rollout.took.as_secs_f64(),
-        again.took.as_secs_f64(),
-        check.took.as_secs_f64(),
-        failing.took.as_secs_f64(),
-        resume.took.as_secs_f64(),
+        "fleet: {count} instances ({} kvd, {} echod), batches {batches:?}; plays: {}, {:.1} s in \
+         all; load {}; {read_back} acknowledged writes read back, 0 lost; load average {}",
+        daemons(Daemon::Kvd),
+        daemons(Daemon::Echod),
+        took.join(", "),
         all_plays.as_secs_f64(),
         report.summary(),
-        acked.len(),
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .trim(),
     );
+}
+
+/// The instances, their builds and the plays run on them.
+struct Fleet {
+    instances: Vec<Instance>,
+    builds: BTreeMap<(Daemon, u8), Build>,
+    /// The batches, as host index ranges.
+    ranges: Vec<std::ops::Range<usize>>,
+    /// The host whose build 3 exits at start, and that build.
+    broken_on: usize,
+    broken_build: Build,
+    ansible: Ansible,
+    venv: PathBuf,
+    /// The builds' directory, removed last.
+    _dir: TempDir,
+}
+
+impl Fleet {
+    fn start(count: usize, batches: &[usize], venv: PathBuf) -> Fleet {
+        let dir = TempDir::new("fleet");
+        let builds = builds(dir.path());
+        let ranges = batch_ranges(count, batches);
+        assert!(ranges.len() >= 3, "a first, a second and later batches");
+        // The host whose build 3 exits at start: the first kvd host of the
+        // second batch.
+        let broken_on = ranges[1]
+            .clone()
+            .find(|index| index % 2 == 0)
+            .expect("a kvd host in the second batch");
+        // A real executable that exits at once (an ELF: a pinned upgrade
+        // runs the hashed file through /proc/self/fd, which a script cannot
+        // be).
+        let broken = dir.path().join("exits-at-start");
+        std::fs::copy("/bin/false", &broken).expect("copy /bin/false");
+        let broken_build = Build {
+            sha256: sha256_hex(&broken),
+            path: broken.clone(),
+        };
+        Fleet {
+            instances: start_fleet(count, &builds, &broken, broken_on),
+            builds,
+            ranges,
+            broken_on,
+            broken_build,
+            ansible: Ansible {
+                venv: venv.clone(),
+                dir: TempDir::new("fleet-ansible"),
+                batches: format!("{batches:?}"),
+                forks: count,
+            },
+            venv,
+            _dir: dir,
+        }
+    }
+
+    /// The inventory with every host's target `version`.
+    fn inventory_for(&self, version: u8) -> String {
+        inventory(&self.instances, &self.venv, |instance| {
+            self.builds[&(instance.daemon, version)].clone()
+        })
+    }
+
+    fn sha256_of(&self, instance: &Instance, version: u8) -> &str {
+        &self.builds[&(instance.daemon, version)].sha256
+    }
+
+    /// Play 1, the rollout of build 2: batch after batch, each one after the
+    /// previous one passed its gate; who serves on each host after it.
+    fn rollout(&self) -> (Play, Vec<(u64, u64)>) {
+        let rollout = self.ansible.play("rollout", &self.inventory_for(2), &[]);
+        assert_eq!(rollout.code, Some(0), "{}", rollout.output);
+        for instance in &self.instances {
+            let recap = rollout.recap_of(&instance.host);
+            let host = &instance.host;
+            assert!(recap.changed >= 1 && recap.failed == 0, "{host}: {recap:?}");
+            assert_eq!(
+                instance.sha256(),
+                self.sha256_of(instance, 2),
+                "{host} runs build 2"
+            );
+            assert_eq!(instance.serving().0, 2, "{host}");
+        }
+        // A batch's first handoff began no sooner than the gate after the
+        // previous batch's last one.
+        let started_ms =
+            |index: usize| u64_of(&self.instances[index].last_history(), "started_unix_ms");
+        for pair in self.ranges.windows(2) {
+            let previous_last = pair[0].clone().map(started_ms).max().expect("hosts");
+            let next_first = pair[1].clone().map(started_ms).min().expect("hosts");
+            assert!(
+                next_first >= previous_last + u64::try_from(GATE.as_millis()).expect("ms"),
+                "batch {:?} started {} ms after batch {:?}: the gate is {GATE:?}",
+                pair[1],
+                next_first.saturating_sub(previous_last),
+                pair[0]
+            );
+        }
+        let serving = self.instances.iter().map(Instance::serving).collect();
+        (rollout, serving)
+    }
+
+    /// Play 2, the same again: nothing to do anywhere.
+    fn again(&self, after_rollout: &[(u64, u64)]) -> Play {
+        let again = self.ansible.play("again", &self.inventory_for(2), &[]);
+        assert_eq!(again.code, Some(0), "{}", again.output);
+        for (instance, before) in self.instances.iter().zip(after_rollout) {
+            let recap = again.recap_of(&instance.host);
+            let host = &instance.host;
+            assert_eq!((recap.changed, recap.failed), (0, 0), "{host}: {recap:?}");
+            assert_eq!(instance.serving(), *before, "{host} untouched");
+        }
+        again
+    }
+
+    /// Play 3, build 3 in check mode: a dry run on every host, nothing changed.
+    fn check(&self, after_rollout: &[(u64, u64)]) -> Play {
+        let check = self
+            .ansible
+            .play("check", &self.inventory_for(3), &["--check"]);
+        assert_eq!(check.code, Some(0), "{}", check.output);
+        for (instance, before) in self.instances.iter().zip(after_rollout) {
+            let recap = check.recap_of(&instance.host);
+            let host = &instance.host;
+            assert_eq!(recap.failed, 0, "{host}: {recap:?}");
+            assert_eq!(
+                recap.changed, 1,
+                "{host}: the dry run says it would change: {recap:?}"
+            );
+            assert_eq!(instance.serving(), *before, "{host} untouched");
+            assert_eq!(instance.sha256(), self.sha256_of(instance, 2));
+        }
+        check
+    }
+
+    /// Play 4, build 3 broken on one host of the second batch: that host rolls
+    /// back and serves build 2, the rollout stops after its batch.
+    fn failing(&self, after_rollout: &[(u64, u64)]) -> Play {
+        let broken_host = &self.instances[self.broken_on].host;
+        let inventory = inventory(&self.instances, &self.venv, |instance| {
+            if &instance.host == broken_host {
+                self.broken_build.clone()
+            } else {
+                self.builds[&(instance.daemon, 3)].clone()
+            }
+        });
+        let failing = self.ansible.play("failing", &inventory, &[]);
+        assert_ne!(failing.code, Some(0), "{}", failing.output);
+        let failed_host = &self.instances[self.broken_on];
+        assert_eq!(
+            failing.recap_of(&failed_host.host).failed,
+            1,
+            "the recap shows the failure:\n{}",
+            failing.output
+        );
+        let told = failing
+            .output
+            .find("fatal: [")
+            .map_or("", |at| &failing.output[at..]);
+        eprintln!("fleet: what the failing play shows:\n{told}");
+        // That host rolled back and serves build 2, the same generation.
+        assert_eq!(failed_host.serving(), after_rollout[self.broken_on]);
+        assert_eq!(
+            failed_host.sha256(),
+            self.sha256_of(failed_host, 2),
+            "the failed host serves the old build"
+        );
+        let rolled_back = failed_host.supervisor.status()["last_handoff"].clone();
+        assert_eq!(rolled_back["committed"], false, "{rolled_back}");
+        assert_eq!(rolled_back["serving"], true, "{rolled_back}");
+        self.check_others_after_failure(&failing, after_rollout);
+        failing
+    }
+
+    /// After the failing play: the first two batches run build 3, later
+    /// batches never started (build 2, the same generation, not in the
+    /// recap's counts).
+    fn check_others_after_failure(&self, failing: &Play, after_rollout: &[(u64, u64)]) {
+        for (index, instance) in self.instances.iter().enumerate() {
+            let host = &instance.host;
+            if index == self.broken_on {
+                continue;
+            }
+            if index < self.ranges[2].start {
+                let build_3 = self.sha256_of(instance, 3);
+                assert_eq!(
+                    instance.sha256(),
+                    build_3,
+                    "{host} of batch 1 or 2 runs build 3"
+                );
+                continue;
+            }
+            assert_eq!(instance.serving(), after_rollout[index], "{host} untouched");
+            assert_eq!(instance.sha256(), self.sha256_of(instance, 2));
+            let recap = failing.recap.get(host);
+            assert!(
+                recap.is_none_or(|recap| recap.ok == 0 && recap.changed == 0),
+                "{host} did not run: {recap:?}"
+            );
+        }
+    }
+
+    /// Play 5, resumed with the host's build fixed: everyone on build 3, the
+    /// hosts that have it already unchanged.
+    fn resume(&self) -> Play {
+        let resume = self.ansible.play("resume", &self.inventory_for(3), &[]);
+        assert_eq!(resume.code, Some(0), "{}", resume.output);
+        for (index, instance) in self.instances.iter().enumerate() {
+            let recap = resume.recap_of(&instance.host);
+            let already = index < self.ranges[2].start && index != self.broken_on;
+            let host = &instance.host;
+            assert_eq!(recap.changed, u32::from(!already), "{host}: {recap:?}");
+            assert_eq!(instance.sha256(), self.sha256_of(instance, 3));
+        }
+        resume
+    }
+
+    /// The load: nothing failed (each failure said with its send time and
+    /// the play then running), and every acknowledged write is there; the
+    /// report and how many writes were read back.
+    fn check_load(
+        &self,
+        load: Load,
+        acked: &Acked,
+        started: Instant,
+        plays: &[(&str, &Play)],
+    ) -> (Report, usize) {
+        let report: Report = load.finish();
+        let when: Vec<String> = report
+            .failed_at
+            .iter()
+            .take(10)
+            .map(|at| during(*at, started, plays))
+            .collect();
+        assert_eq!(
+            report.failed(),
+            0,
+            "failed requests: {:?}, sent at {when:?}",
+            &report.failures[..report.failures.len().min(10)]
+        );
+        let acked = std::mem::take(&mut *acked.lock().expect("acked"));
+        let lost: Vec<String> = acked
+            .iter()
+            .filter_map(|(index, key, value)| {
+                let instance = &self.instances[*index];
+                match http(instance.addr, "GET", &format!("/kv/{key}"), "") {
+                    Ok((200, body)) if body == *value => None,
+                    other => Some(format!("{}: {key}: {other:?}", instance.host)),
+                }
+            })
+            .collect();
+        assert!(lost.is_empty(), "lost acknowledged writes: {lost:?}");
+        (report, acked.len())
+    }
 }
 
 #[test]
