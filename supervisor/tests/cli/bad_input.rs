@@ -14,129 +14,118 @@ fn run(args: &[&str]) -> String {
     ran.one_error_line().to_owned()
 }
 
+/// `handoffctl run` refuses each of these with one line holding every
+/// listed piece (the flag, key or path as written, and the fix).
 #[test]
 fn bad_run_input_is_one_line() {
     let dir = TempDir::new("bad");
     let socket = dir.path().join("admin.sock");
-    let socket = socket.to_str().expect("utf-8");
-    let testd = testd();
-    let testd = testd.to_str().expect("utf-8");
-
+    let socket = socket.to_str().expect("utf-8").to_owned();
+    let testd = testd().to_str().expect("utf-8").to_owned();
+    let file = |name: &str, contents: &str, mode: u32| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, contents).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        path.to_str().expect("utf-8").to_owned()
+    };
     let missing = dir.path().join("missing.toml");
-    let line = run(&["--config", missing.to_str().expect("utf-8"), "--", testd]);
-    assert!(line.contains("cannot read config"), "{line}");
-
-    let invalid = dir.path().join("invalid.toml");
-    std::fs::write(&invalid, "mode = \"sideways\"\n").expect("write");
-    let line = run(&["--config", invalid.to_str().expect("utf-8"), "--", testd]);
-    assert!(
-        line.contains("invalid config") && line.contains("line 1"),
-        "{line}"
-    );
-
-    let line = run(&[
-        "--socket",
-        socket,
-        "--listen",
-        "main=nowhere:80",
-        "--",
-        testd,
-    ]);
-    assert!(line.contains("nowhere:80"), "{line}");
-    let line = run(&["--socket", socket, "--listen", "main", "--", testd]);
-    assert!(line.contains("NAME=ADDR"), "{line}");
-    let twice = [
-        "--listen",
-        "main=127.0.0.1:0",
-        "--listen",
-        "main=127.0.0.1:0",
-    ];
-    let line = run(&[&["--socket", socket][..], &twice, &["--", testd]].concat());
-    assert!(line.contains("given twice"), "{line}");
-    let line = run(&[
-        "--socket",
-        socket,
-        "--listen",
-        "a:b=127.0.0.1:0",
-        "--",
-        testd,
-    ]);
-    assert!(line.contains("without ':'"), "{line}");
-    let data = ["--data-dir", "/proc/no-such-directory"];
-    let line = run(&[&["--socket", socket][..], &data, &["--", testd]].concat());
-    assert!(
-        line.contains("--data-dir /proc/no-such-directory"),
-        "{line}"
-    );
-    let probe = ["--probe", "http://127.0.0.1:9/", "--probe-status", "999"];
-    let line = run(&[&["--socket", socket][..], &probe, &["--", testd]].concat());
-    assert!(line.contains("--probe-status 999"), "{line}");
-
-    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let taken = format!("main={}", taken.local_addr().expect("addr"));
-    let line = run(&["--socket", socket, "--listen", &taken, "--", testd]);
-    assert!(line.to_lowercase().contains("in use"), "{line}");
-
-    let line = run(&["--socket", socket, "--", "/nonexistent/daemon"]);
-    assert!(line.contains("/nonexistent/daemon"), "{line}");
-    let plain = dir.path().join("not-executable");
-    std::fs::write(&plain, "data").expect("write");
-    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let line = run(&["--socket", socket, "--", plain.to_str().expect("utf-8")]);
-    assert!(line.contains("not executable"), "{line}");
-    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let line = run(&["--socket", socket, "--", plain.to_str().expect("utf-8")]);
-    assert!(
-        line.contains("neither an ELF executable nor a #! script"),
-        "{line}"
-    );
-
-    let long = format!("/tmp/{}/admin.sock", "x".repeat(120));
-    let line = run(&["--socket", &long, "--", testd]);
-    assert!(line.contains("108"), "{line}");
-
+    let invalid = file("invalid.toml", "mode = \"sideways\"\n", 0o644);
     // A config that pins the binary to other contents: generation 1 is
     // not started.
-    let pinned = dir.path().join("pinned.toml");
-    std::fs::write(&pinned, format!("sha256 = \"{}\"\n", "0".repeat(64))).expect("write");
-    let line = run(&[
-        "--socket",
-        socket,
-        "--config",
-        pinned.to_str().expect("utf-8"),
-        "--",
-        testd,
-    ]);
-    assert!(
-        line.contains("has sha256") && line.contains(&format!("expected {}", "0".repeat(64))),
-        "{line}"
-    );
-
-    let line = run(&["--socket", socket, "--deadline", "soon", "--", testd]);
-    assert!(line.contains("--deadline \"soon\""), "{line}");
-    // Errors name the flags, never the library's field names.
-    let line = run(&[
-        "--socket",
-        socket,
-        "--deadline",
-        "5s",
-        "--drain-timeout",
-        "10s",
-        "--",
-        testd,
-    ]);
-    assert!(
-        line.contains("--drain-timeout") && line.contains("--deadline"),
-        "{line}"
-    );
-    assert!(
-        !line.contains("drain_grace") && !line.contains("handoff_deadline"),
-        "{line}"
-    );
-    let line = run(&["--socket", socket]);
+    let zeros = "0".repeat(64);
+    let pinned = file("pinned.toml", &format!("sha256 = \"{zeros}\"\n"), 0o644);
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = format!("main={}", taken.local_addr().expect("addr"));
+    let long = format!("/tmp/{}/admin.sock", "x".repeat(120));
+    let plain = file("not-executable", "data", 0o644);
+    let unknown_format = file("unknown-format", "data", 0o755);
+    let expected_zeros = format!("expected {zeros}");
+    let cases: Vec<(Vec<&str>, &str, Vec<&str>)> = vec![
+        (
+            vec!["--config", missing.to_str().expect("utf-8")],
+            &testd,
+            vec!["cannot read config"],
+        ),
+        (
+            vec!["--config", &invalid],
+            &testd,
+            vec!["invalid config", "line 1"],
+        ),
+        (
+            vec!["--listen", "main=nowhere:80"],
+            &testd,
+            vec!["nowhere:80"],
+        ),
+        (vec!["--listen", "main"], &testd, vec!["NAME=ADDR"]),
+        (
+            vec![
+                "--listen",
+                "main=127.0.0.1:0",
+                "--listen",
+                "main=127.0.0.1:0",
+            ],
+            &testd,
+            vec!["given twice"],
+        ),
+        (
+            vec!["--listen", "a:b=127.0.0.1:0"],
+            &testd,
+            vec!["without ':'"],
+        ),
+        (
+            vec!["--data-dir", "/proc/no-such-directory"],
+            &testd,
+            vec!["--data-dir /proc/no-such-directory"],
+        ),
+        (
+            vec!["--probe", "http://127.0.0.1:9/", "--probe-status", "999"],
+            &testd,
+            vec!["--probe-status 999"],
+        ),
+        (vec!["--listen", &taken], &testd, vec!["in use"]),
+        (vec![], "/nonexistent/daemon", vec!["/nonexistent/daemon"]),
+        (vec![], &plain, vec!["not executable"]),
+        (
+            vec![],
+            &unknown_format,
+            vec!["neither an ELF executable nor a #! script"],
+        ),
+        (
+            vec!["--config", &pinned],
+            &testd,
+            vec!["has sha256", &expected_zeros],
+        ),
+        (
+            vec!["--deadline", "soon"],
+            &testd,
+            vec!["--deadline \"soon\""],
+        ),
+        // Errors name the flags, never the library's field names.
+        (
+            vec!["--deadline", "5s", "--drain-timeout", "10s"],
+            &testd,
+            vec!["--drain-timeout", "--deadline"],
+        ),
+    ];
+    for (flags, daemon, pieces) in cases {
+        let line = run(&[&["--socket", &socket][..], &flags, &["--", daemon]].concat());
+        for piece in pieces {
+            assert!(
+                line.contains(piece),
+                "{flags:?} {daemon}: {piece:?} not in {line}"
+            );
+        }
+        assert!(
+            !line.contains("drain_grace") && !line.contains("handoff_deadline"),
+            "{line}"
+        );
+    }
+    let line = run(&["--socket", &long, "--", &testd]);
+    assert!(line.contains("108"), "{line}");
+    let line = run(&["--socket", &socket]);
     assert!(line.contains("no daemon binary"), "{line}");
     assert!(
-        !std::path::Path::new(socket).exists(),
+        !std::path::Path::new(&socket).exists(),
         "no socket left behind"
     );
 }
