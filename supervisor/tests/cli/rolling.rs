@@ -151,19 +151,50 @@ fn an_upgrade_if_changed_does_nothing_when_the_build_already_serves() {
     assert_eq!(supervisor.status()["binary_sha256"], testd_sha.as_str());
 }
 
-#[test]
-fn a_check_changes_nothing_and_refuses_what_the_upgrade_would() {
+/// The check's setup: builds allowed beside `testd` (another build, one
+/// not executable, one that never begins), under a supervisor.
+struct CheckSetup {
+    next: PathBuf,
+    plain: PathBuf,
+    silent: PathBuf,
+    supervisor: Supervisor,
+    _dir: TempDir,
+}
+
+fn check_setup() -> CheckSetup {
     let dir = TempDir::new("check");
     let next = build(dir.path(), "testd-next");
     let plain = dir.path().join("not-executable");
     std::fs::copy(testd(), &plain).expect("copy");
     let silent = script(dir.path(), "silent", "exec sleep 60");
     let supervisor = supervise(&[&next, &plain, &silent], &[]);
-    let addr = supervisor.addr();
-    let first = serving_pid(addr);
-    let next_sha = sha256_hex(&next);
-    let next_arg = next.display().to_string();
+    CheckSetup {
+        next,
+        plain,
+        silent,
+        supervisor,
+        _dir: dir,
+    }
+}
 
+/// Nothing changed: the first generation serves, no handoff was tried.
+fn check_untouched(supervisor: &Supervisor, first: u32) {
+    assert_eq!(serving_pid(supervisor.addr()), first);
+    let status = supervisor.status();
+    assert_eq!(u64_of(&status, "generation"), 1);
+    assert_eq!(status["last_handoff"]["handoff_id"], 1, "{status}");
+    let history = supervisor.ctl("history", &["--json"]);
+    let entries: Value = serde_json::from_str(&history.stdout).expect("history");
+    assert_eq!(entries.as_array().map(Vec::len), Some(1), "{entries}");
+}
+
+#[test]
+fn a_check_says_what_the_upgrade_would_do_and_changes_nothing() {
+    let setup = check_setup();
+    let (supervisor, next) = (&setup.supervisor, &setup.next);
+    let first = serving_pid(supervisor.addr());
+    let next_sha = sha256_hex(next);
+    let next_arg = next.display().to_string();
     let check = supervisor.ctl(
         "upgrade",
         &[
@@ -200,7 +231,15 @@ fn a_check_changes_nothing_and_refuses_what_the_upgrade_would() {
     let answer = json(&same);
     assert_eq!(answer["action"], "none");
     assert!(!verdict(&answer).0);
+    check_untouched(supervisor, first);
+}
 
+#[test]
+fn a_check_refuses_what_the_upgrade_would() {
+    let setup = check_setup();
+    let (supervisor, next, plain) = (&setup.supervisor, &setup.next, &setup.plain);
+    let first = serving_pid(supervisor.addr());
+    let next_arg = next.display().to_string();
     // Refusals, as the real upgrade's: exit 2, one JSON object.
     let wrong = "0".repeat(64);
     let refusals: [(&str, Vec<&str>, &str); 4] = [
@@ -225,7 +264,7 @@ fn a_check_changes_nothing_and_refuses_what_the_upgrade_would() {
             "/nonexistent/d",
         ),
     ];
-    std::fs::set_permissions(&plain, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+    std::fs::set_permissions(plain, std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .expect("chmod");
     for (what, args, said) in &refusals {
         let mut args = args.clone();
@@ -241,16 +280,14 @@ fn a_check_changes_nothing_and_refuses_what_the_upgrade_would() {
     let malformed = supervisor.ctl("upgrade", &["--check", "--sha256", "xyz", "--json"]);
     assert_eq!(malformed.code, Some(2), "{malformed:?}");
     assert!(verdict(&json(&malformed)).2.contains("64 hexadecimal"));
-    // Nothing changed: the first generation serves, no handoff was tried.
-    assert_eq!(serving_pid(addr), first);
-    let status = supervisor.status();
-    assert_eq!(u64_of(&status, "generation"), 1);
-    assert_eq!(status["last_handoff"]["handoff_id"], 1, "{status}");
-    let history = supervisor.ctl("history", &["--json"]);
-    let entries: Value = serde_json::from_str(&history.stdout).expect("history");
-    assert_eq!(entries.as_array().map(Vec::len), Some(1), "{entries}");
+    check_untouched(supervisor, first);
+}
 
-    // Against a busy supervisor: exit 3, as the real upgrade.
+#[test]
+fn a_check_against_a_busy_supervisor_exits_3_as_the_upgrade() {
+    let setup = check_setup();
+    let (supervisor, silent) = (&setup.supervisor, &setup.silent);
+    let first = serving_pid(supervisor.addr());
     let socket = supervisor.socket.clone();
     let silent_arg = silent.display().to_string();
     let in_flight = std::thread::spawn(move || {
@@ -274,7 +311,7 @@ fn a_check_changes_nothing_and_refuses_what_the_upgrade_would() {
     let (changed, failed, msg) = verdict(&answer);
     assert!(!changed && failed && msg.contains("in flight"), "{answer}");
     assert_eq!(in_flight.join().expect("upgrade").code, Some(1));
-    assert_eq!(serving_pid(addr), first);
+    assert_eq!(serving_pid(supervisor.addr()), first);
 }
 
 #[test]
