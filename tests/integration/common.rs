@@ -106,6 +106,13 @@ impl Harness {
         }
     }
 
+    /// Waits for the handoff to enter `phase`; panics after `WAIT`.
+    pub fn wait_phase(&self, phase: &str) {
+        self.wait_event(
+            |event| matches!(event, SupervisorEvent::Phase { phase: p, .. } if *p == phase),
+        );
+    }
+
     pub fn upgrade(&self, args: Vec<String>) -> Outcome {
         let args = args.into_iter().map(Into::into).collect();
         self.handle

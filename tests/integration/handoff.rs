@@ -255,15 +255,7 @@ fn incumbent_killed_mid_drain_hands_over_to_the_successor() {
     let writes = put_many(&harness, "d", 5);
     let old = harness.info().pid;
     let upgrade = harness.upgrade_in_background(harness.args(&["--build", "v2"]));
-    harness.wait_event(|event| {
-        matches!(
-            event,
-            SupervisorEvent::Phase {
-                phase: "draining",
-                ..
-            }
-        )
-    });
+    harness.wait_phase("draining");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(old as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -403,36 +395,8 @@ fn every_kind_of_fd_travels_by_name() {
         .expect("timeout");
     let mut previous = 0;
     for round in 0..3 {
-        let info = request(tcp, "INFO").expect("INFO over TCP");
-        let pid: u32 = info
-            .split(' ')
-            .find_map(|kv| kv.strip_prefix("pid="))
-            .and_then(|p| p.parse().ok())
-            .expect("pid");
+        let pid = every_kind_answers(tcp, &unix_path, &udp_client, udp_addr);
         assert_ne!(pid, previous, "round {round}: a new generation");
-        assert!(
-            info.contains("file_fd=hello-from-the-supervisor"),
-            "the plain fd arrived: {info}"
-        );
-        let unix_reply = {
-            let stream = std::os::unix::net::UnixStream::connect(&unix_path).expect("unix");
-            stream
-                .set_read_timeout(Some(crate::common::IO))
-                .expect("timeout");
-            let mut line = String::new();
-            std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line)
-                .expect("unix reply");
-            line.trim().to_owned()
-        };
-        assert_eq!(unix_reply, format!("pid={pid}"), "the Unix listener serves");
-        udp_client.send_to(b"who", udp_addr).expect("udp send");
-        let mut buf = [0u8; 64];
-        let (n, _) = udp_client.recv_from(&mut buf).expect("udp reply");
-        assert_eq!(
-            &buf[..n],
-            format!("pid={pid}").as_bytes(),
-            "the UDP socket serves"
-        );
         assert_eq!(
             std::fs::metadata(&unix_path).expect("socket file").ino(),
             inode,
@@ -451,6 +415,48 @@ fn every_kind_of_fd_travels_by_name() {
         }
     }
     drop(guard);
+}
+
+/// One exchange over each kind of fd testd got: INFO over TCP (which
+/// shows the plain fd's contents), the Unix listener, the UDP socket; the
+/// pid that answered all three.
+fn every_kind_answers(
+    tcp: std::net::SocketAddr,
+    unix_path: &std::path::Path,
+    udp_client: &std::net::UdpSocket,
+    udp_addr: std::net::SocketAddr,
+) -> u32 {
+    let info = request(tcp, "INFO").expect("INFO over TCP");
+    let pid: u32 = info
+        .split(' ')
+        .find_map(|kv| kv.strip_prefix("pid="))
+        .and_then(|p| p.parse().ok())
+        .expect("pid");
+    assert!(
+        info.contains("file_fd=hello-from-the-supervisor"),
+        "the plain fd arrived: {info}"
+    );
+    let stream = std::os::unix::net::UnixStream::connect(unix_path).expect("unix");
+    stream
+        .set_read_timeout(Some(crate::common::IO))
+        .expect("timeout");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line)
+        .expect("unix reply");
+    assert_eq!(
+        line.trim(),
+        format!("pid={pid}"),
+        "the Unix listener serves"
+    );
+    udp_client.send_to(b"who", udp_addr).expect("udp send");
+    let mut buf = [0u8; 64];
+    let (n, _) = udp_client.recv_from(&mut buf).expect("udp reply");
+    assert_eq!(
+        &buf[..n],
+        format!("pid={pid}").as_bytes(),
+        "the UDP socket serves"
+    );
+    pid
 }
 
 /// Stops and joins a supervisor even when the test fails.

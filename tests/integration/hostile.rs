@@ -124,15 +124,7 @@ fn a_frozen_incumbent_is_declared_dead_after_the_liveness_timeout() {
     put(&harness, "frozen", "1");
     let old = harness.info().pid;
     let upgrade = harness.upgrade_in_background(harness.args(&[]));
-    harness.wait_event(|event| {
-        matches!(
-            event,
-            SupervisorEvent::Phase {
-                phase: "draining",
-                ..
-            }
-        )
-    });
+    harness.wait_phase("draining");
     // SIGSTOP: alive but silent. Its heartbeats stop; EOF never comes.
     handoff::os::signal(old, handoff::os::Sig::Stop).expect("SIGSTOP");
     let started = Instant::now();

@@ -90,15 +90,7 @@ fn a_successor_that_cannot_take_the_lock_aborts_and_the_incumbent_keeps_writing(
         unreachable!("matched above");
     };
     // Draining comes after the successor's Warm: it now waits for Begin.
-    harness.wait_event(|event| {
-        matches!(
-            event,
-            SupervisorEvent::Phase {
-                phase: "draining",
-                ..
-            }
-        )
-    });
+    harness.wait_phase("draining");
     signal(successor_pid, Sig::Stop).expect("stop the successor");
     // Let the drain finish: the seal releases the lock to the test.
     writeln!(held, "INFO").expect("finish the held request");
@@ -112,15 +104,7 @@ fn a_successor_that_cannot_take_the_lock_aborts_and_the_incumbent_keeps_writing(
     // The successor fails on the lock; the supervisor tells the incumbent to
     // resume, which waits (up to its relock timeout) for the lock the test
     // holds. Let go of it.
-    harness.wait_event(|event| {
-        matches!(
-            event,
-            SupervisorEvent::Phase {
-                phase: "resuming",
-                ..
-            }
-        )
-    });
+    harness.wait_phase("resuming");
     drop(lock);
     waiter.join().expect("waiter");
     let outcome = upgrade.join().expect("upgrade thread").expect("an outcome");
@@ -152,6 +136,7 @@ fn a_successor_that_cannot_take_the_lock_aborts_and_the_incumbent_keeps_writing(
 mod orphan {
     use std::io::{BufRead, BufReader, Write};
     use std::net::SocketAddr;
+    use std::path::Path;
     use std::process::{Command, Stdio};
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
@@ -175,61 +160,8 @@ mod orphan {
         let _reaper = Reaper(needle.clone());
         let prober = LockProber::start(data.path());
 
-        // The first supervisor crashes in the drain of its first upgrade.
-        let mut first = Command::new(example("faultsup"))
-            .arg(example("testd"))
-            .arg(data.path())
-            .env(fault::ENV_FAULT, "supervisor:draining:crash")
-            .env(fault::ENV_FAULT_GENERATION, "2")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("faultsup");
-        let mut stdin = first.stdin.take().expect("stdin");
-        let lines = spawn_line_reader(first.stdout.take().expect("stdout"));
-        let next = |prefix: &str| -> String {
-            let line = lines.recv_timeout(WAIT).expect("a line from faultsup");
-            line.strip_prefix(prefix)
-                .unwrap_or_else(|| panic!("expected {prefix}, got {line}"))
-                .to_owned()
-        };
-        let addr: SocketAddr = next("ADDR ").parse().expect("addr");
-        let orphan: u32 = next("SERVING ").parse().expect("pid");
-        put(addr, "before", "1");
-        writeln!(stdin, "UPGRADE").expect("ask for an upgrade");
-        let status = wait_child(&mut first);
-        assert!(!status.success(), "the supervisor crashed: {status:?}");
-        drop(stdin);
-        eventually("the orphan alone is left, serving", || {
-            processes_mentioning(&needle) == [orphan]
-                && request(addr, "GET before").is_ok_and(|reply| reply == "VALUE 1")
-        });
-
-        // The second supervisor, on the same data directory.
-        let mut second = Command::new(example("faultsup"))
-            .arg(example("testd"))
-            .arg(data.path())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("faultsup");
-        let second_stdin = second.stdin.take().expect("stdin");
-        let second_lines = spawn_line_reader(second.stdout.take().expect("stdout"));
-        // Its generations inherit this pipe: collect, do not wait for EOF.
-        let log = Arc::new(Mutex::new(String::new()));
-        let log_writer = log.clone();
-        let stderr = second.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = log_writer.lock().unwrap_or_else(|e| e.into_inner());
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let second_addr = second_lines.recv_timeout(WAIT).expect("ADDR");
-        assert!(second_addr.starts_with("ADDR "), "{second_addr}");
+        let (addr, orphan) = orphan_of_a_crashed_supervisor(data.path(), &needle);
+        let mut second = Second::start(data.path());
 
         // A negative cannot be awaited: this is a bounded observation window
         // (not a synchronisation) in which the second supervisor retries its
@@ -241,16 +173,16 @@ mod orphan {
         while Instant::now() < until {
             put(addr, &format!("during{writes}"), "2");
             writes += 1;
-            if let Ok(line) = second_lines.recv_timeout(Duration::from_millis(100)) {
+            if let Ok(line) = second.lines.recv_timeout(Duration::from_millis(100)) {
                 panic!("the second supervisor printed {line:?} while the orphan holds the lock");
             }
         }
         assert!(
-            second.try_wait().expect("try_wait").is_none(),
+            second.child.try_wait().expect("try_wait").is_none(),
             "the second supervisor keeps retrying"
         );
         // The supervisor logs each attempt's rollback with its reason.
-        let log = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let log = second.log.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let attempts = log
             .lines()
             .filter(|line| {
@@ -275,8 +207,91 @@ mod orphan {
         }
         assert_eq!(get(addr, "after"), "VALUE 3");
         assert!(prober.finish() <= 1, "two lock holders at once");
-        drop(second_stdin);
-        let _ = second.kill();
-        let _ = second.wait();
+    }
+
+    /// A faultsup supervisor on `data` that crashes in the drain of its
+    /// first upgrade, leaving its generation serving as an orphan alone
+    /// (`needle` names the processes on `data`): its address and pid.
+    fn orphan_of_a_crashed_supervisor(data: &Path, needle: &str) -> (SocketAddr, u32) {
+        let mut first = Command::new(example("faultsup"))
+            .arg(example("testd"))
+            .arg(data)
+            .env(fault::ENV_FAULT, "supervisor:draining:crash")
+            .env(fault::ENV_FAULT_GENERATION, "2")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("faultsup");
+        let mut stdin = first.stdin.take().expect("stdin");
+        let lines = spawn_line_reader(first.stdout.take().expect("stdout"));
+        let next = |prefix: &str| -> String {
+            let line = lines.recv_timeout(WAIT).expect("a line from faultsup");
+            line.strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("expected {prefix}, got {line}"))
+                .to_owned()
+        };
+        let addr: SocketAddr = next("ADDR ").parse().expect("addr");
+        let orphan: u32 = next("SERVING ").parse().expect("pid");
+        put(addr, "before", "1");
+        writeln!(stdin, "UPGRADE").expect("ask for an upgrade");
+        let status = wait_child(&mut first);
+        assert!(!status.success(), "the supervisor crashed: {status:?}");
+        drop(stdin);
+        eventually("the orphan alone is left, serving", || {
+            processes_mentioning(needle) == [orphan]
+                && request(addr, "GET before").is_ok_and(|reply| reply == "VALUE 1")
+        });
+        (addr, orphan)
+    }
+
+    /// The second supervisor, on the same data directory: its stdout's
+    /// lines and its log (its generations inherit the pipe: collected, EOF
+    /// not awaited); killed when dropped.
+    struct Second {
+        child: std::process::Child,
+        _stdin: std::process::ChildStdin,
+        lines: crossbeam_channel::Receiver<String>,
+        log: Arc<Mutex<String>>,
+    }
+
+    impl Second {
+        fn start(data: &Path) -> Second {
+            let mut child = Command::new(example("faultsup"))
+                .arg(example("testd"))
+                .arg(data)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("faultsup");
+            let stdin = child.stdin.take().expect("stdin");
+            let lines = spawn_line_reader(child.stdout.take().expect("stdout"));
+            let log = Arc::new(Mutex::new(String::new()));
+            let log_writer = log.clone();
+            let stderr = child.stderr.take().expect("stderr");
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut log = log_writer.lock().unwrap_or_else(|e| e.into_inner());
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+            let addr = lines.recv_timeout(WAIT).expect("ADDR");
+            assert!(addr.starts_with("ADDR "), "{addr}");
+            Second {
+                child,
+                _stdin: stdin,
+                lines,
+                log,
+            }
+        }
+    }
+
+    impl Drop for Second {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
