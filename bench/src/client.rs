@@ -18,7 +18,8 @@ pub enum Failure {
     Refused,
     /// The connection was reset (or the pipe broke).
     Reset,
-    /// No complete answer within the request timeout.
+    /// No complete answer within the request timeout (for a client that
+    /// asked to close, the connection's end is part of the answer).
     Timeout,
     /// A 5xx status.
     Http5xx,
@@ -161,6 +162,22 @@ impl Connection {
         })
     }
 
+    /// Waits for the end of a connection whose last response said it
+    /// closes: a client that reads to the end (HTTP/1.0 style) would wait
+    /// for ever on a server that answered and kept the socket open. Any
+    /// byte is unsolicited (a malformed answer); a reset is one too.
+    pub async fn wait_end(&mut self) -> Result<(), Failed> {
+        if !self.stream.buffer().is_empty() {
+            return Err(Failed::malformed(false));
+        }
+        let mut probe = [0u8; 1];
+        match self.stream.get_mut().read(&mut probe).await {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(Failed::malformed(false)),
+            Err(error) => Err(Failed::of(&error, false)),
+        }
+    }
+
     /// Reads the headers after the status line: the body's length, and
     /// whether the server closes the connection after it (`http_10`: the
     /// response is HTTP/1.0, which closes unless it says `keep-alive`).
@@ -264,6 +281,52 @@ mod tests {
         let kept =
             answered_with("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n");
         assert!(!kept.close);
+    }
+
+    /// How `wait_end` judges a server that answered `Connection: close`
+    /// and then does `after` with the connection (the server holds its
+    /// socket until the client's verdict).
+    fn end_after(after: &'static [u8], close: bool) -> Result<(), Failure> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (verdict_tx, verdict_rx) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request).expect("read");
+            let head = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+            stream.write_all(head.as_bytes()).expect("write");
+            stream.write_all(after).expect("write");
+            if close {
+                drop(stream);
+            } else {
+                let _ = verdict_rx.recv();
+            }
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let verdict = runtime.block_on(async {
+            let mut connection = Connection::open(addr).await.expect("connect");
+            let response = connection.exchange("GET", "/", &[], false).await;
+            assert!(response.expect("a response").close);
+            // The bound stands in for the load's request timeout.
+            match tokio::time::timeout(Duration::from_millis(300), connection.wait_end()).await {
+                Ok(ended) => ended.map_err(|failed| failed.failure),
+                Err(_) => Err(Failure::Timeout),
+            }
+        });
+        let _ = verdict_tx.send(());
+        server.join().expect("server");
+        verdict
+    }
+
+    #[test]
+    fn an_answer_that_closes_is_whole_only_once_the_connection_ends() {
+        assert_eq!(end_after(b"", true), Ok(()));
+        assert_eq!(end_after(b"", false), Err(Failure::Timeout));
+        assert_eq!(end_after(b"HTTP/1.1 200 OK\r\n", true), Err(Failure::Other));
     }
 
     #[test]

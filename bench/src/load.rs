@@ -4,7 +4,9 @@
 //! every request scheduled during it (no coordinated omission).
 //!
 //! By default ([`Connections::Mixed`]) half of the clients open a new
-//! connection per request and the other half keep their connection alive,
+//! connection per request (sending `Connection: close`, and taking an answer
+//! as whole only once the server ended the connection, as a client that
+//! reads to the end would) and the other half keep their connection alive,
 //! reconnecting after a `Connection: close` (or an HTTP/1.0 answer, which
 //! closes); [`Connections::PerRequest`] puts every client on a new
 //! connection per request, the load that most often has a connection
@@ -328,6 +330,10 @@ async fn send(
             Ok(response) => {
                 if keep_alive && !response.close {
                     *slot = Some(connection);
+                } else if !keep_alive && let Err(failed) = connection.wait_end().await {
+                    // It asked to close: the answer is whole once the
+                    // connection ends.
+                    return (Err(failed.failure), retried, !reused);
                 }
                 return (Ok(response), retried, !reused);
             }
