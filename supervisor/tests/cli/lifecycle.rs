@@ -23,13 +23,10 @@ fn allowing(dir: &TempDir, binary: &std::path::Path) -> Supervisor {
     })
 }
 
-#[test]
-fn run_status_upgrade_stop() {
-    let data = TempDir::new("data");
-    let mut supervisor = Supervisor::start_with(Start {
-        testd_args: vec!["--data-dir".into(), data.path().display().to_string()],
-        ..Start::default()
-    });
+/// `status --json` of a supervisor started with the defaults on testd:
+/// generation 1 serves, with no signal blocked (although the supervisor
+/// blocks SIGTERM, SIGINT and SIGHUP for sigwait); its pid.
+fn check_first_status(supervisor: &Supervisor) -> u32 {
     let status = supervisor.status();
     assert_eq!(status["state"], "serving");
     assert_eq!(status["generation"], 1);
@@ -43,9 +40,6 @@ fn run_status_upgrade_stop() {
     assert_eq!(status["listeners"][0]["name"], "main");
     assert_eq!(status["last_handoff"]["committed"], true);
     let first_pid = u64_of(&status, "child_pid") as u32;
-
-    // A generation starts with no signal blocked, although the supervisor
-    // blocks SIGTERM, SIGINT and SIGHUP for sigwait.
     let proc_status =
         std::fs::read_to_string(format!("/proc/{first_pid}/status")).expect("proc status");
     let blocked = proc_status
@@ -54,7 +48,17 @@ fn run_status_upgrade_stop() {
         .expect("SigBlk")
         .trim();
     assert!(blocked.bytes().all(|b| b == b'0'), "SigBlk {blocked}");
+    first_pid
+}
 
+#[test]
+fn run_status_upgrade_stop() {
+    let data = TempDir::new("data");
+    let mut supervisor = Supervisor::start_with(Start {
+        testd_args: vec!["--data-dir".into(), data.path().display().to_string()],
+        ..Start::default()
+    });
+    let first_pid = check_first_status(&supervisor);
     let plain = supervisor.ctl("status", &[]);
     assert_eq!(plain.code, Some(0), "{plain:?}");
     assert!(plain.stdout.contains("serving"), "{}", plain.stdout);

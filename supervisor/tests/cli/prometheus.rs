@@ -215,16 +215,13 @@ fn a_real_prometheus_reads_upgrades_rollbacks_and_restarts() {
     let started = Instant::now();
     // The rules are valid, and their own tests (synthetic series) pass.
     let rules = rules();
-    promtool(
-        &promtool_binary,
-        &["check", "rules", rules.to_str().expect("utf-8")],
-        None,
-    );
-    promtool(
-        &promtool_binary,
-        &["test", "rules", rules_tests().to_str().expect("utf-8")],
-        None,
-    );
+    for (verb, file) in [("check", &rules), ("test", &rules_tests())] {
+        promtool(
+            &promtool_binary,
+            &[verb, "rules", file.to_str().expect("utf-8")],
+            None,
+        );
+    }
 
     // Declared first, so removed last: Prometheus is stopped before.
     let dir = TempDir::new("prometheus");
@@ -269,7 +266,22 @@ fn a_real_prometheus_reads_upgrades_rollbacks_and_restarts() {
     prometheus.wait_for("sum(handoff_restarts_total)", 1.0);
     prometheus.wait_for("handoff_generation", u64_of(&status, "generation") as f64);
 
-    // The whole picture, by outcome, as Prometheus holds it.
+    check_the_whole_picture(&prometheus);
+    // promtool's own checker accepts a scrape with every family present.
+    let page = dir.path().join("scrape.txt");
+    std::fs::write(&page, scrape(target)).expect("scrape");
+    promtool(&promtool_binary, &["check", "metrics"], Some(&page));
+    drop(prometheus);
+    eprintln!(
+        "prometheus test: {:.1} s (of which about 5 s wait for Prometheus's first scrape)",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// After one commit, one rollback and one restart: the upgrades by
+/// outcome, the last upgrade failed, one committed duration observed, as
+/// Prometheus holds them.
+fn check_the_whole_picture(prometheus: &Prometheus) {
     let by_outcome = prometheus.query("sum by (outcome) (handoff_upgrades_total)");
     let count = |outcome: &str| {
         by_outcome
@@ -288,14 +300,4 @@ fn a_real_prometheus_reads_upgrades_rollbacks_and_restarts() {
     let committed =
         prometheus.query(r#"handoff_upgrade_duration_seconds_count{outcome="committed"}"#);
     assert_eq!(committed[0].1, 1.0, "{committed:?}");
-
-    // promtool's own checker accepts a scrape with every family present.
-    let page = dir.path().join("scrape.txt");
-    std::fs::write(&page, scrape(target)).expect("scrape");
-    promtool(&promtool_binary, &["check", "metrics"], Some(&page));
-    drop(prometheus);
-    eprintln!(
-        "prometheus test: {:.1} s (of which about 5 s wait for Prometheus's first scrape)",
-        started.elapsed().as_secs_f64()
-    );
 }

@@ -424,7 +424,11 @@ fn wait_passes_once_the_build_has_served_for_the_duration() {
         reason.contains(&next_sha) && reason.contains(&testd_sha),
         "{reason}"
     );
+}
 
+#[test]
+fn wait_refuses_bad_input_at_once_and_waits_out_a_missing_supervisor() {
+    let supervisor = supervise(&[], &[]);
     // Bad input: exit 2 at once.
     for args in [
         vec!["--serving-for", "1s", "--sha256", "xyz"],
