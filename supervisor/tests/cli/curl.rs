@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::common::{Start, Supervisor, TempDir, WAIT, example, http, run_bounded, u64_of};
+use crate::common::{TempDir, WAIT, example, http, run_bounded, u64_of};
 
 /// Set to 1 where a missing curl must fail the test (CI).
 const REQUIRE: &str = "HANDOFF_REQUIRE_CURL";
@@ -55,7 +55,7 @@ fn curl_keeps_its_connection_and_gets_every_answer_across_upgrades_in_both_modes
     }
     for daemon in ["kvd", "echod"] {
         let dir = TempDir::new("curl");
-        let supervisor = supervise(daemon, &dir);
+        let supervisor = crate::transit::supervise(daemon, &dir, Vec::new());
         let addr = supervisor.addr_of("http");
         let mut kept = KeptAlive::start(&format!("http://{addr}/info"));
         let first_pid = kept.wait_answer_from(None);
@@ -101,22 +101,6 @@ fn curl_keeps_its_connection_and_gets_every_answer_across_upgrades_in_both_modes
             acked.len()
         );
     }
-}
-
-/// A supervisor running kvd (exclusive) or echod (overlap) on `http`.
-fn supervise(daemon: &str, dir: &TempDir) -> Supervisor {
-    let mut flags = vec!["--listen".to_owned(), "http=127.0.0.1:0".to_owned()];
-    if daemon == "kvd" {
-        let data = dir.path().join("data");
-        flags.extend(["--data-dir".into(), data.display().to_string()]);
-    } else {
-        flags.extend(["--mode".into(), "overlap".into()]);
-    }
-    Supervisor::start_with(Start {
-        flags,
-        daemon: Some(vec![example(daemon).display().to_string()]),
-        ..Start::default()
-    })
 }
 
 /// One answer on the kept-alive connection: its status, the connections

@@ -61,20 +61,15 @@ fn hammer(
     })
 }
 
-// Both listeners are hammered: the admin API once accepted connections up
-// to the old gateway's exit (its own accept loop never paused for the
-// drain), and its clients got resets; an earlier version of this test
-// hammered the admin port by mistake (listeners are listed by name) and
-// caught exactly that.
-#[test]
-fn handoffctl_upgrades_the_gateway_with_no_failed_request() {
-    let work = TempDir::new("gateway");
+/// The gateway in overlap mode on `http` and `admin` (deadline 20 s, drain
+/// 5 s), its config and builds in `work`. No endpoints: every path answers
+/// 404 "no route", which is enough to tell a served request from a failed
+/// one.
+fn supervise_gateway(work: &TempDir) -> Supervisor {
     let config = work.path().join("gateway.toml");
-    // No endpoints: every path answers 404 "no route", which is enough to
-    // tell a served request from a failed one.
     std::fs::write(&config, "drain_timeout = \"5s\"\n").expect("config");
     let build = work.path().join("build");
-    let supervisor = Supervisor::start_with(Start {
+    Supervisor::start_with(Start {
         flags: [
             "--mode",
             "overlap",
@@ -97,7 +92,18 @@ fn handoffctl_upgrades_the_gateway_with_no_failed_request() {
             build.display().to_string(),
         ],
         ..Start::default()
-    });
+    })
+}
+
+// Both listeners are hammered: the admin API once accepted connections up
+// to the old gateway's exit (its own accept loop never paused for the
+// drain), and its clients got resets; an earlier version of this test
+// hammered the admin port by mistake (listeners are listed by name) and
+// caught exactly that.
+#[test]
+fn handoffctl_upgrades_the_gateway_with_no_failed_request() {
+    let work = TempDir::new("gateway");
+    let supervisor = supervise_gateway(&work);
     let (http, admin) = (supervisor.addr_of("http"), supervisor.addr_of("admin"));
     assert_ne!(http, admin);
     assert_eq!(get(http, "/x").expect("public API served"), 404);
@@ -154,29 +160,7 @@ fn handoffctl_upgrades_the_gateway_with_no_failed_request() {
 #[test]
 fn a_connection_the_old_gateway_began_reading_is_closed_after_its_answer() {
     let work = TempDir::new("gateway-close");
-    let config = work.path().join("gateway.toml");
-    std::fs::write(&config, "drain_timeout = \"5s\"\n").expect("config");
-    let build = work.path().join("build");
-    let supervisor = Supervisor::start_with(Start {
-        flags: [
-            "--mode",
-            "overlap",
-            "--listen",
-            "http=127.0.0.1:0",
-            "--listen",
-            "admin=127.0.0.1:0",
-        ]
-        .map(String::from)
-        .to_vec(),
-        program: Some(example("gateway")),
-        testd_args: vec![
-            "--config".into(),
-            config.display().to_string(),
-            "--build-dir".into(),
-            build.display().to_string(),
-        ],
-        ..Start::default()
-    });
+    let supervisor = supervise_gateway(&work);
     let request = "GET /x HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n";
     let response = crate::transit::began_reading_when_the_drain_starts(
         &supervisor,

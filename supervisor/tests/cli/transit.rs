@@ -108,7 +108,7 @@ impl KeepAlive {
 }
 
 /// A supervisor running kvd (exclusive) or echod (overlap) on `http`.
-fn supervise(daemon: &str, dir: &TempDir, env: Vec<(String, String)>) -> Supervisor {
+pub fn supervise(daemon: &str, dir: &TempDir, env: Vec<(String, String)>) -> Supervisor {
     let mut flags = vec!["--listen".to_owned(), "http=127.0.0.1:0".to_owned()];
     if daemon == "kvd" {
         let data = dir.path().join("data");
