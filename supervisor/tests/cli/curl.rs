@@ -1,5 +1,5 @@
 //! A real HTTP client nobody here wrote, curl, against kvd (exclusive mode)
-//! and echod (overlap) across ten upgrades under `handoffctl run`:
+//! and echod (overlap) across twenty upgrades under `handoffctl run`:
 //!
 //! - one curl process keeps one connection alive through every upgrade:
 //!   curl reuses its connection for each URL of one invocation, checks it
@@ -9,8 +9,9 @@
 //! - one-shot curl processes, one connection each, half of them sending
 //!   `Connection: close`, write (kvd) or echo (echod) all the while.
 //!
-//! Every answer is a 200 with the right body, curl exits 0 every time, no
-//! new connection is opened, and every acknowledged write reads back.
+//! Every answer is a 200 with the right body, every one-shot curl exits 0,
+//! the kept-alive one never opens a new connection, and every acknowledged
+//! write reads back.
 //! Without `curl` in `PATH` the test skips with one line, unless
 //! `HANDOFF_REQUIRE_CURL=1` (set by `.ci/run`).
 
@@ -24,11 +25,13 @@ use crate::common::{TempDir, WAIT, example, http, run_bounded, u64_of};
 /// Set to 1 where a missing curl must fail the test (CI).
 const REQUIRE: &str = "HANDOFF_REQUIRE_CURL";
 /// Upgrades per daemon.
-const UPGRADES: usize = 10;
-/// Requests of the kept-alive curl, and their rate: about 3 s, longer than
-/// the upgrades take (the test fails if curl ends first).
-const KEPT_ALIVE_REQUESTS: usize = 300;
-const KEPT_ALIVE_RATE: &str = "100/s";
+const UPGRADES: usize = 20;
+/// Requests of the kept-alive curl, and their rate: a cap of 60 s, far
+/// more than the upgrades take (the test fails if curl ends first); curl
+/// is stopped once the last generation answered `AFTER_LAST` times.
+const KEPT_ALIVE_REQUESTS: usize = 12_000;
+const KEPT_ALIVE_RATE: &str = "200/s";
+const AFTER_LAST: usize = 10;
 
 /// Whether curl is there; `false` after saying why the test skips.
 fn curl_present() -> bool {
@@ -84,7 +87,10 @@ fn curl_keeps_its_connection_and_gets_every_answer_across_upgrades_in_both_modes
             .into_iter()
             .map(|worker| worker.join().expect("one-shot curls"))
             .sum();
-        let seen = kept.finish();
+        for _ in 0..AFTER_LAST {
+            kept.wait_answer_from(Some(last_pid));
+        }
+        let seen = kept.stop();
         check_kept_alive(daemon, &seen, first_pid, last_pid);
         assert!(sent > 0, "{daemon}: no one-shot request was sent");
         let acked = acked.lock().expect("acked");
@@ -141,7 +147,7 @@ impl KeptAlive {
             .args(std::iter::repeat_n(url, KEPT_ALIVE_REQUESTS))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::inherit());
         let mut child = command.spawn().expect("spawning curl");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = std::sync::mpsc::channel();
@@ -196,18 +202,11 @@ impl KeptAlive {
         pid
     }
 
-    /// Waits for curl to finish its requests; every answer it wrote.
-    fn finish(mut self) -> Vec<Seen> {
-        let mut child = self.child.take().expect("running");
-        let status = child.wait().expect("wait for curl");
-        let mut stderr = String::new();
-        if let Some(mut pipe) = child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
-        }
-        assert!(status.success(), "curl: {status}: {stderr}");
-        // The reader ends with curl's output: the channel closes.
-        while let Ok(line) = self.lines.recv_timeout(WAIT) {
-            self.take(&line);
+    /// Stops curl (killed: it would go on to its cap); every answer read.
+    fn stop(mut self) -> Vec<Seen> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         std::mem::take(&mut self.seen)
     }
@@ -237,7 +236,6 @@ fn distinct_pids(seen: &[Seen]) -> usize {
 /// Every answer a 200 on the first connection, which every generation
 /// served in turn, the last one last.
 fn check_kept_alive(daemon: &str, seen: &[Seen], first_pid: u64, last_pid: u64) {
-    assert_eq!(seen.len(), KEPT_ALIVE_REQUESTS, "{daemon}: {seen:?}");
     assert_eq!(seen[0].connects, 1, "{daemon}: {:?}", seen[0]);
     assert_eq!(seen[0].pid, Some(first_pid));
     let bad: Vec<_> = seen
