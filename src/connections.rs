@@ -99,12 +99,13 @@ impl ConnectionPort {
     /// blocks. Only a connection stopped at a request boundary that leaves
     /// it open may go: not one whose last exchange ended it (the client
     /// asked to close, the response said so), whose client waits for the
-    /// end and would wait on the receiver for ever. `Err` gives it back at once when it cannot travel now (no
-    /// drain with a budget in progress, the budget spent, more than
-    /// [`MAX_UNREAD`] unread bytes): finish it here, the old way. After
-    /// `Ok`, a connection that still failed to leave (the supervisor went
-    /// away meanwhile) comes back through [`ConnectionPort::arrivals`] as
-    /// [`Origin::NotTaken`].
+    /// end and would wait on the receiver for ever, nor one whose request
+    /// body was not read to its end. `Err` gives it back at once when it
+    /// cannot travel now (no drain with a budget in progress, the budget
+    /// spent, more than [`MAX_UNREAD`] unread bytes): finish it here, the
+    /// old way. After `Ok`, a connection that still failed to leave (the
+    /// supervisor went away meanwhile) comes back through
+    /// [`ConnectionPort::arrivals`] as [`Origin::NotTaken`].
     pub fn hand_over(&self, connection: Connection) -> Result<(), Connection> {
         if connection.unread.len() > MAX_UNREAD {
             return Err(connection);

@@ -23,9 +23,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use handoff::{DrainReport, Drainable, Fingerprint, ReadyReport, SealInfo, SealProgress, Snapshot};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
+use prefixed::Tracked;
 use serve::{Body, Phase, Server, Stop, respond};
 
 const PROGRAM: &str = "echod";
@@ -75,7 +75,7 @@ impl Drainable for Daemon {
     }
 }
 
-async fn route(info: Arc<String>, request: Request<Incoming>) -> Response<Body> {
+async fn route(info: Arc<String>, request: Request<Tracked>) -> Response<Body> {
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "ok\n"),
         (&Method::GET, "/info") => respond(StatusCode::OK, info.as_bytes().to_vec()),

@@ -17,13 +17,13 @@ use std::time::Duration;
 
 use handoff::registry::{HandlerSource, LifecycleEvent, library_file_name};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::{Method, Request as HyperRequest, Response as HyperResponse, StatusCode};
 use serde_json::{Value, json};
 
 use crate::config::{DEFAULT_REQUEST_TIMEOUT, Route};
 use crate::gateway::{EndpointRecord, Origin, Shared, lock};
 use crate::http::{self, Body, MAX_BODY};
+use crate::prefixed::Tracked;
 
 /// Answers one admin request. Connections come from the gateway's accept
 /// loop ([`Shared::serve_listener`] with [`crate::gateway::Service::Admin`]),
@@ -31,7 +31,7 @@ use crate::http::{self, Body, MAX_BODY};
 /// public ones.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
-    request: HyperRequest<Incoming>,
+    request: HyperRequest<Tracked>,
 ) -> HyperResponse<Body> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();

@@ -30,7 +30,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::{Change, Config, EndpointConfig, Route};
 use crate::http::{self, Body};
-use crate::prefixed::{Prefixed, Reuse};
+use crate::prefixed::{Prefixed, Reuse, Tracked};
 
 /// Locks a std mutex whatever a panicking holder left (each critical section
 /// here leaves the data consistent).
@@ -454,7 +454,7 @@ impl Shared {
     async fn serve(
         self: Arc<Self>,
         service: Service,
-        request: HyperRequest<Incoming>,
+        request: HyperRequest<Tracked>,
     ) -> Result<HyperResponse<Body>, Infallible> {
         let _in_flight = Counted::new(&self.door(service).in_flight, &self.quieter);
         // While draining, a request on a connection this generation already
@@ -473,7 +473,7 @@ impl Shared {
     }
 
     /// Routes one public request to its endpoint.
-    async fn route_request(&self, request: HyperRequest<Incoming>) -> HyperResponse<Body> {
+    async fn route_request(&self, request: HyperRequest<Tracked>) -> HyperResponse<Body> {
         let host = http::host(&request);
         match self.route(host.as_deref(), request.uri().path()) {
             Some((id, timeout)) => self.call_handler(id, timeout, request).await,
@@ -489,7 +489,7 @@ impl Shared {
         &self,
         id: String,
         timeout: Duration,
-        request: HyperRequest<Incoming>,
+        request: HyperRequest<Tracked>,
     ) -> HyperResponse<Body> {
         let request = match http::read_request(request).await {
             Ok(request) => request,
@@ -594,15 +594,15 @@ impl Shared {
                 (Arc::clone(&served), Arc::clone(&busy), Arc::clone(&reuse));
             service_fn(move |request| {
                 served.store(true, Ordering::SeqCst);
-                reuse.request(&request);
+                let request = reuse.request(request);
                 busy.0.fetch_add(1, Ordering::SeqCst);
                 let (shared, busy, reuse) =
                     (Arc::clone(&self), Arc::clone(&busy), Arc::clone(&reuse));
                 // Boxed: hyper's connection must be `Unpin` to stop between
                 // requests and give the socket back.
                 let answer: Answer = Box::pin(async move {
-                    let response = shared.serve(service, request).await;
-                    if let Ok(response) = &response {
+                    let mut response = shared.serve(service, request).await;
+                    if let Ok(response) = &mut response {
                         reuse.response(response);
                     }
                     if busy.0.fetch_sub(1, Ordering::SeqCst) == 1 {

@@ -2,11 +2,13 @@
 //! response helpers shared by the gateway and its admin API.
 
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Bytes;
 use hyper::header::{CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use hyper::{Request as HyperRequest, Response as HyperResponse, StatusCode};
 
 use handoff::registry::{Request, Response};
+
+use crate::prefixed::Tracked;
 
 /// The body type of every response the gateway sends.
 pub type Body = Full<Bytes>;
@@ -32,7 +34,7 @@ pub fn close_after(response: &mut HyperResponse<Body>) {
 }
 
 /// The request's host, without port.
-pub fn host(request: &HyperRequest<Incoming>) -> Option<String> {
+pub fn host(request: &HyperRequest<Tracked>) -> Option<String> {
     let host = request
         .headers()
         .get(HOST)
@@ -46,7 +48,7 @@ pub fn host(request: &HyperRequest<Incoming>) -> Option<String> {
 }
 
 /// Reads the whole request (body up to [`MAX_BODY`]) into the SDK's type.
-pub async fn read_request(request: HyperRequest<Incoming>) -> Result<Request, HyperResponse<Body>> {
+pub async fn read_request(request: HyperRequest<Tracked>) -> Result<Request, HyperResponse<Body>> {
     let (parts, body) = request.into_parts();
     let body = Limited::new(body, MAX_BODY).collect().await.map_err(|error| {
         json(

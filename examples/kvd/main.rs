@@ -35,9 +35,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use handoff::{DrainReport, Drainable, ReadyReport, SealInfo, SealProgress, Snapshot};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
+use prefixed::Tracked;
 use serve::{Body, Phase, Server, Stop, respond};
 use store::Store;
 
@@ -100,7 +100,7 @@ impl Drainable for Daemon {
 async fn route(
     store: Arc<Store>,
     identity: Arc<Identity>,
-    request: Request<Incoming>,
+    request: Request<Tracked>,
 ) -> Response<Body> {
     let path = request.uri().path().to_owned();
     let key = path.strip_prefix("/kv/").filter(|k| !k.is_empty());

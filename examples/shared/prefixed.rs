@@ -5,9 +5,11 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use hyper::body::{Body as _, Incoming};
 use tokio::net::TcpStream;
 
 /// A socket read through `unread` first: the bytes a previous owner read
@@ -80,26 +82,62 @@ impl tokio::io::AsyncWrite for Prefixed {
 /// handed over would be held open by its new owner while its client waits
 /// for the end it was promised. An exchange ends the connection when the
 /// client asked to close (`Connection: close`, or HTTP/1.0 without
-/// `keep-alive`), when the response said `Connection: close`, or when a
-/// request was read after the server asked hyper to stop (a first request
-/// hyper had begun to read: it serves it, then closes).
+/// `keep-alive`, or a body framed twice), when the response said
+/// `Connection: close` or switched protocols, or when a request was read
+/// after the server asked hyper to stop (a first request hyper had begun
+/// to read: it serves it, then closes).
+///
+/// An answer given before its request's body was read to the end says
+/// `Connection: close` (the rest of the body would otherwise be read as
+/// the next request, here or by the connection's next owner): the request
+/// body a handler gets is a [`Tracked`] that tells.
 #[derive(Debug, Default)]
 pub struct Reuse {
     stopping: AtomicBool,
     ended: AtomicBool,
+    /// Whether the body of the request being served was read to its end.
+    body_read: Mutex<Option<Arc<AtomicBool>>>,
 }
 
 impl Reuse {
-    /// A request arrived (called before it is served).
-    pub fn request<B>(&self, request: &hyper::Request<B>) {
-        if self.stopping.load(Ordering::SeqCst) || closes(request.version(), request.headers()) {
+    /// A request arrived (called before it is served): its body, tracked.
+    pub fn request(&self, request: hyper::Request<Incoming>) -> hyper::Request<Tracked> {
+        let framed_twice = request
+            .headers()
+            .contains_key(hyper::header::TRANSFER_ENCODING)
+            && request
+                .headers()
+                .contains_key(hyper::header::CONTENT_LENGTH);
+        if self.stopping.load(Ordering::SeqCst)
+            || framed_twice
+            || closes(request.version(), request.headers())
+        {
             self.ended.store(true, Ordering::SeqCst);
         }
+        let (parts, inner) = request.into_parts();
+        let read = Arc::new(AtomicBool::new(inner.is_end_stream()));
+        *self.body_read.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&read));
+        hyper::Request::from_parts(parts, Tracked { inner, read })
     }
 
-    /// A response leaves.
-    pub fn response<B>(&self, response: &hyper::Response<B>) {
-        if closes(response.version(), response.headers()) {
+    /// A response leaves: it says `Connection: close` if its request's body
+    /// was not read to the end, and ends the connection if it closes.
+    pub fn response<B>(&self, response: &mut hyper::Response<B>) {
+        let unread = self
+            .body_read
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|read| !read.load(Ordering::SeqCst));
+        if unread {
+            response.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+        }
+        if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS
+            || closes(response.version(), response.headers())
+        {
             self.ended.store(true, Ordering::SeqCst);
         }
     }
@@ -116,8 +154,39 @@ impl Reuse {
     }
 }
 
+/// A request body (hyper's, unchanged) that records when it was read to
+/// its end, for its connection's [`Reuse`].
+pub struct Tracked {
+    inner: Incoming,
+    read: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, Ordering::SeqCst);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Whether an HTTP/1 message's `Connection` header and version end the
-/// connection after it (RFC 9112, 9.3).
+/// connection after it (RFC 9112, 9.3; as hyper decides).
 fn closes(version: hyper::Version, headers: &hyper::HeaderMap) -> bool {
     let tokens = || {
         headers
@@ -129,8 +198,10 @@ fn closes(version: hyper::Version, headers: &hyper::HeaderMap) -> bool {
     };
     let has = |token: &str| tokens().any(|t| t.eq_ignore_ascii_case(token));
     match version {
-        hyper::Version::HTTP_11 => has("close"),
         hyper::Version::HTTP_10 => has("close") || !has("keep-alive"),
-        _ => true,
+        hyper::Version::HTTP_09 => true,
+        // HTTP/1.1, and a response a handler labelled otherwise (hyper
+        // writes it as 1.1).
+        _ => has("close"),
     }
 }

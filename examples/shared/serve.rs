@@ -64,7 +64,7 @@ use hyper::{Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
-use crate::prefixed::{Prefixed, Reuse};
+use crate::prefixed::{Prefixed, Reuse, Tracked};
 
 /// How long a kept-alive connection may stay idle during a drain before it
 /// is closed. Longer than the request interval of any regular client, so
@@ -97,7 +97,7 @@ type Answer = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + 
 
 /// The daemon's request handler.
 pub type Handler = Arc<
-    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync,
+    dyn Fn(Request<Tracked>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync,
 >;
 
 /// A response with a plain-text or JSON body.
@@ -338,15 +338,15 @@ impl Server {
     + use<> {
         let (server, activity) = (Arc::clone(self), Arc::clone(activity));
         hyper::service::service_fn(move |request| {
-            activity.reuse.request(&request);
+            let request = activity.reuse.request(request);
             let guard = RequestGuard::new(&server, &activity);
             let activity = Arc::clone(&activity);
             let server = Arc::clone(&server);
             let handler = Arc::clone(&handler);
             let future: Answer = Box::pin(async move {
                 if server.phase() == Phase::Closed {
-                    let response = unavailable();
-                    activity.reuse.response(&response);
+                    let mut response = unavailable();
+                    activity.reuse.response(&mut response);
                     drop(guard);
                     return Ok::<_, Infallible>(response);
                 }
@@ -359,7 +359,7 @@ impl Server {
                         .headers_mut()
                         .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
-                activity.reuse.response(&response);
+                activity.reuse.response(&mut response);
                 drop(guard);
                 Ok(response)
             });

@@ -26,12 +26,22 @@ use crate::common::{TempDir, WAIT, example, http, run_bounded, u64_of};
 const REQUIRE: &str = "HANDOFF_REQUIRE_CURL";
 /// Upgrades per daemon.
 const UPGRADES: usize = 20;
-/// Requests of the kept-alive curl, and their rate: a cap of 60 s, far
-/// more than the upgrades take (the test fails if curl ends first); curl
-/// is stopped once the last generation answered `AFTER_LAST` times.
-const KEPT_ALIVE_REQUESTS: usize = 12_000;
+/// Requests of the kept-alive curl (a URL glob, `?n=[1-N]`), and their
+/// rate: a cap of about 8 minutes, far more than the upgrades take (the
+/// test fails if curl ends first); curl is stopped once the last
+/// generation answered `AFTER_LAST` times.
+const KEPT_ALIVE_REQUESTS: usize = 100_000;
 const KEPT_ALIVE_RATE: &str = "200/s";
 const AFTER_LAST: usize = 10;
+
+/// Sets its flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
 
 /// Whether curl is there; `false` after saying why the test skips.
 fn curl_present() -> bool {
@@ -60,10 +70,12 @@ fn curl_keeps_its_connection_and_gets_every_answer_across_upgrades_in_both_modes
         let dir = TempDir::new("curl");
         let supervisor = crate::transit::supervise(daemon, &dir, Vec::new());
         let addr = supervisor.addr_of("http");
-        let mut kept = KeptAlive::start(&format!("http://{addr}/info"));
+        let mut kept = KeptAlive::start(&format!("http://{addr}/info?n=[1-{KEPT_ALIVE_REQUESTS}]"));
         let first_pid = kept.wait_answer_from(None);
         let acked = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
+        // The one-shot curls stop with the test, a failed one included.
+        let _stop_on_drop = StopOnDrop(Arc::clone(&stop));
         let one_shots: Vec<_> = (0..2)
             .map(|worker| {
                 let (acked, stop) = (Arc::clone(&acked), Arc::clone(&stop));
@@ -144,7 +156,7 @@ impl KeptAlive {
                 "60",
             ])
             .args(["--rate", KEPT_ALIVE_RATE, "--write-out", WRITE_OUT])
-            .args(std::iter::repeat_n(url, KEPT_ALIVE_REQUESTS))
+            .arg(url)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

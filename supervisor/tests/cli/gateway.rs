@@ -162,11 +162,8 @@ fn a_connection_the_old_gateway_began_reading_is_closed_after_its_answer() {
     let work = TempDir::new("gateway-close");
     let supervisor = supervise_gateway(&work);
     let request = "GET /x HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n";
-    let response = crate::transit::began_reading_when_the_drain_starts(
-        &supervisor,
-        request,
-        &["--json"],
-        false,
-    );
+    let (first, rest) = request.as_bytes().split_at(4);
+    let response =
+        crate::transit::began_reading_when_the_drain_starts(&supervisor, first, rest, &["--json"]);
     assert!(response.starts_with("HTTP/1.1 404"), "{response:?}");
 }

@@ -6,7 +6,7 @@
 //! processes can hold a connection drains the old way; and 10,000 idle
 //! connections cross one upgrade.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -417,11 +417,9 @@ fn past_what_the_processes_can_hold_connections_drain_the_old_way_and_none_fails
 /// request it began and then closes, saying `Connection: close`): such a
 /// connection must be closed, not handed over, or a client that reads
 /// until the end (as one-shot clients with `Connection: close` do) waits
-/// for ever on a socket the successor keeps open. echod shows the race
-/// every time (its drain comes after the commit, and the transfer of an
-/// idle connection says it started); for kvd the supervisor's "draining"
-/// phase may precede the incumbent's own drain by a moment, in which case
-/// the request is served before the drain and the run checks less.
+/// for ever on a socket the successor keeps open. Without `Connection:
+/// close` from the client, the answer's own `connection: close` shows that
+/// the drain came first.
 #[test]
 fn a_connection_the_incumbent_began_reading_is_closed_after_its_answer_not_handed_over() {
     for daemon in ["kvd", "echod"] {
@@ -431,66 +429,113 @@ fn a_connection_the_incumbent_began_reading_is_closed_after_its_answer_not_hande
             "kvd" => ("PUT", "/kv/closing", "\n"),
             _ => ("POST", "/echo", "hello"),
         };
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-length: 5\r\n\r\nhello"
-        );
-        let binary = example(daemon);
-        let binary = binary.to_str().expect("utf-8");
-        let response = began_reading_when_the_drain_starts(
-            &supervisor,
-            &request,
-            &["--binary", binary, "--json"],
-            daemon == "kvd",
-        );
-        assert!(
-            response.starts_with("HTTP/1.1 200"),
-            "{daemon}: {response:?}"
-        );
-        assert!(response.ends_with(answer), "{daemon}: {response:?}");
+        for connection in ["connection: close\r\n", ""] {
+            let request = format!(
+                "{method} {path} HTTP/1.1\r\nhost: test\r\n{connection}content-length: 5\r\n\r\nhello"
+            );
+            let (first, rest) = request.as_bytes().split_at(4);
+            let binary = example(daemon);
+            let binary = binary.to_str().expect("utf-8");
+            let upgrade = ["--binary", binary, "--json"];
+            let response = began_reading_when_the_drain_starts(&supervisor, first, rest, &upgrade);
+            let (head, _) = response.split_once("\r\n\r\n").expect("a whole answer");
+            assert!(head.starts_with("HTTP/1.1 200"), "{daemon}: {response:?}");
+            assert!(head.contains("connection: close"), "{daemon}: {response:?}");
+            assert!(response.ends_with(answer), "{daemon}: {response:?}");
+        }
     }
 }
 
-/// Sends the first 4 bytes of `request` on a fresh connection to the
-/// supervisor's `http` listener, waits until the incumbent read them,
-/// upgrades with `upgrade_args`, sends the rest once the incumbent drains,
-/// and reads the answer to the end (which must come). An idle kept-alive
-/// connection crosses the upgrade beside it; in overlap mode its transfer
-/// says that the drain started; with `exclusive`, the "draining" phase.
+/// An answer given before its request's body was read to the end (the body
+/// is larger than the daemon takes) says `connection: close` and ends the
+/// connection, in a drain too: handed over, the rest of the body would be
+/// read as a request by the next generation.
+#[test]
+fn an_answer_before_the_body_was_read_closes_the_connection_even_in_a_drain() {
+    for daemon in ["kvd", "echod"] {
+        let dir = TempDir::new("transit-unread");
+        let supervisor = supervise(daemon, &dir, Vec::new());
+        let path = if daemon == "kvd" { "/kv/big" } else { "/echo" };
+        let method = if daemon == "kvd" { "PUT" } else { "POST" };
+        // Both daemons take at most 1 MiB; 3 MiB are announced, 1.5 sent.
+        let mut first = format!(
+            "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\n\r\n",
+            3 << 20
+        )
+        .into_bytes();
+        first.extend(std::iter::repeat_n(b'x', 512 << 10));
+        let rest = vec![b'x'; 1 << 20];
+        let binary = example(daemon);
+        let binary = binary.to_str().expect("utf-8");
+        let upgrade = ["--binary", binary, "--json"];
+        let response = began_reading_when_the_drain_starts(&supervisor, &first, &rest, &upgrade);
+        let (head, _) = response.split_once("\r\n\r\n").expect("a whole answer");
+        assert!(head.starts_with("HTTP/1.1 413"), "{daemon}: {head:?}");
+        assert!(head.contains("connection: close"), "{daemon}: {head:?}");
+        assert_eq!(
+            response.matches("HTTP/1.1").count(),
+            1,
+            "{daemon}: {response:?}"
+        );
+    }
+}
+
+/// Sends `first` on a fresh connection to the supervisor's `http`
+/// listener, waits until the incumbent read it, upgrades with
+/// `upgrade_args`, sends `rest` once the incumbent drains, and reads the
+/// answer to the end of the connection (which must come; a reset after
+/// the answer counts as the end: the server closed with bytes unread). The
+/// drain's start is seen on an idle kept-alive connection beside it: its
+/// socket leaves the incumbent for the supervisor (exclusive mode holds it
+/// there until the commit) or, in overlap mode, the log says it reached
+/// the new generation.
 pub fn began_reading_when_the_drain_starts(
     supervisor: &Supervisor,
-    request: &str,
+    first: &[u8],
+    rest: &[u8],
     upgrade_args: &[&str],
-    exclusive: bool,
 ) -> String {
     let addr = supervisor.addr_of("http");
     let mut idle = KeepAlive::open(addr);
     let old_pid = u64_of(&supervisor.status(), "child_pid");
+    // Served once: the incumbent holds its socket.
+    let served = idle
+        .request("GET", "/info", "")
+        .expect("the idle connection");
+    assert!(!served.closes, "the idle connection was closed");
     let mut stream = TcpStream::connect_timeout(&addr, IO).expect("connect");
     stream.set_read_timeout(Some(IO)).expect("timeout");
     let local_port = stream.local_addr().expect("local").port();
-    let (first, rest) = request.as_bytes().split_at(4);
     stream.write_all(first).expect("the first bytes");
     testkit::eventually("the incumbent read the first bytes", || {
         server_unread(addr, local_port) == Some(0)
     });
+    let exclusive = supervisor.status()["mode"] == "exclusive";
     let generation = u64_of(&supervisor.status(), "generation") + 1;
-    let drain_started = if exclusive {
-        "phase=\"draining\"".to_owned()
-    } else {
-        format!("client connections handed over generation={generation}")
-    };
+    let handed_over = format!("client connections handed over generation={generation}");
+    let idle_socket = server_socket(addr, idle.local_port).expect("the idle connection's socket");
     let from = supervisor.log().len();
     let upgrade = std::thread::scope(|scope| {
         let upgrade = scope.spawn(|| supervisor.ctl("upgrade", upgrade_args));
-        supervisor.wait_log(&drain_started, from);
+        if exclusive {
+            testkit::eventually("the incumbent handed the idle connection over", || {
+                holds_socket(supervisor.pid(), idle_socket)
+            });
+        } else {
+            supervisor.wait_log(&handed_over, from);
+        }
         stream.write_all(rest).expect("the rest of the request");
         upgrade.join().expect("upgrade")
     });
     assert_eq!(upgrade.code, Some(0), "{upgrade:?}");
-    let mut response = String::new();
-    let read = stream.read_to_string(&mut response);
+    let mut response = Vec::new();
+    let read = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
     assert!(
-        read.is_ok(),
+        read.is_ok()
+            || read
+                .as_ref()
+                .is_err_and(|e| e.kind() == ErrorKind::ConnectionReset),
         "{read:?} after {response:?}: the connection never ended; log:\n{}",
         supervisor.log()
     );
@@ -500,4 +545,26 @@ pub fn began_reading_when_the_drain_starts(
     assert!(!answer.closes, "the idle connection was closed");
     assert_ne!(u64_of(&supervisor.status(), "child_pid"), old_pid);
     response
+}
+
+/// The inode of the server's side of the loopback connection from
+/// `client` to `server` (`/proc/net/tcp`).
+fn server_socket(server: SocketAddr, client: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let ours = fields.get(1)?.ends_with(&format!(":{:04X}", server.port()))
+            && fields.get(2)?.ends_with(&format!(":{client:04X}"));
+        ours.then(|| fields.get(9)?.parse().ok()).flatten()
+    })
+}
+
+/// Whether process `pid` holds the socket with `inode`.
+fn holds_socket(pid: u32, inode: u64) -> bool {
+    let wanted = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+        fds.filter_map(Result::ok).any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|link| link.as_os_str() == wanted.as_str())
+        })
+    })
 }
