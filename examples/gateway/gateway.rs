@@ -572,7 +572,7 @@ impl Shared {
                         }
                         // Counted now; the task adopts the count.
                         door.connections.fetch_add(1, Ordering::SeqCst);
-                        let io = Prefixed { unread: Default::default(), stream };
+                        let io = Prefixed::accepted(stream);
                         tokio::spawn(Arc::clone(&self).connection(io, service, true));
                     }
                     Err(error) => tracing::warn!(%error, ?service, "accept failed"),
@@ -586,6 +586,7 @@ impl Shared {
         let shared = Arc::clone(&self);
         let counted = Counted::adopt(&shared.door(service).connections, &shared.quieter);
         let served = Arc::new(AtomicBool::new(false));
+        let read_any = Arc::clone(&io.read_any);
         // This connection's requests in flight, and a bell when it is idle.
         let busy = Arc::new((AtomicUsize::new(0), Notify::new()));
         let reuse = Arc::new(Reuse::default());
@@ -624,9 +625,12 @@ impl Shared {
         }
         // Hand it over at its next request boundary when the supervisor
         // takes it: responses keep connections open while handing over, so
-        // a request may have come in since the door's count was zero.
+        // a request may have come in since the door's count was zero. A
+        // first request begun and not dispatched yet is waited for too:
+        // stopped now, hyper would serve it and close the connection.
         let travels = may_travel && shared.handing_over.load(Ordering::SeqCst);
-        while travels && busy.0.load(Ordering::SeqCst) > 0 {
+        let first_begun = || !served.load(Ordering::SeqCst) && read_any.load(Ordering::SeqCst);
+        while travels && (busy.0.load(Ordering::SeqCst) > 0 || first_begun()) {
             tokio::select! {
                 result = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => {
                     return shared.end(connection, result, counted).await;

@@ -19,9 +19,20 @@ pub struct Prefixed {
     pub unread: Bytes,
     /// Then the socket.
     pub stream: TcpStream,
+    /// Set once any byte was read (a request has begun).
+    pub read_any: Arc<AtomicBool>,
 }
 
 impl Prefixed {
+    /// A connection accepted here.
+    pub fn accepted(stream: TcpStream) -> Prefixed {
+        Prefixed {
+            unread: Bytes::new(),
+            stream,
+            read_any: Arc::default(),
+        }
+    }
+
     /// A connection handed to this generation, its `unread` bytes first
     /// (needs the runtime's context). The socket is non-blocking already:
     /// its flags are the sender's, which set them.
@@ -31,6 +42,7 @@ impl Prefixed {
         Ok(Prefixed {
             unread: unread.into(),
             stream: TcpStream::from_std(stream)?,
+            read_any: Arc::default(),
         })
     }
 
@@ -51,11 +63,17 @@ impl tokio::io::AsyncRead for Prefixed {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         if self.unread.is_empty() {
-            return Pin::new(&mut self.stream).poll_read(cx, buf);
+            let before = buf.filled().len();
+            let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+            if buf.filled().len() > before {
+                self.read_any.store(true, Ordering::SeqCst);
+            }
+            return polled;
         }
         let n = self.unread.len().min(buf.remaining());
         let head = self.unread.split_to(n);
         buf.put_slice(&head);
+        self.read_any.store(true, Ordering::SeqCst);
         Poll::Ready(Ok(()))
     }
 }

@@ -11,11 +11,13 @@
 //!
 //! 1. [`Phase::Draining`] with a connection budget (the supervisor gave
 //!    one, I20): stop accepting; each connection is handed over at its next
-//!    request boundary (at once when it is idle): hyper stops between two
-//!    requests and gives back the socket and the bytes it read and did not
-//!    parse, and the library passes both on. The client notices nothing,
-//!    and bytes it sends meanwhile wait in the kernel. A connection the
-//!    library cannot take drains the old way (below).
+//!    request boundary (at once when it is idle; after its answer when its
+//!    first request has begun to arrive, which hyper would otherwise serve
+//!    and close): hyper stops between two requests and gives back the
+//!    socket and the bytes it read and did not parse, and the library
+//!    passes both on. The client notices nothing, and bytes it sends
+//!    meanwhile wait in the kernel. A connection the library cannot take
+//!    drains the old way (below).
 //! 2. [`Phase::Draining`] without a budget (a stop by signal, a supervisor
 //!    or successor that does not take connections): a request on an open
 //!    connection is still served (the incumbent owns the state until its
@@ -161,6 +163,19 @@ struct Activity {
     idle: Notify,
     /// Whether the connection, stopped, may be handed over.
     reuse: Reuse,
+    /// Whether any request was dispatched on the connection.
+    served_any: AtomicBool,
+    /// Whether any byte was read from it (shared with its [`Prefixed`]).
+    read_any: Arc<AtomicBool>,
+}
+
+impl Activity {
+    /// A first request begun and not dispatched yet: hyper, asked to stop
+    /// now, would serve it and close (`Connection: close`, a reconnect);
+    /// waited for, it ends at a boundary the connection can cross.
+    fn first_request_begun(&self) -> bool {
+        !self.served_any.load(Ordering::SeqCst) && self.read_any.load(Ordering::SeqCst)
+    }
 }
 
 /// Counts one request in flight, on its connection and on the server.
@@ -171,6 +186,7 @@ struct RequestGuard {
 
 impl RequestGuard {
     fn new(server: &Arc<Server>, activity: &Arc<Activity>) -> Self {
+        activity.served_any.store(true, Ordering::SeqCst);
         server.in_flight.fetch_add(1, Ordering::SeqCst);
         activity.in_flight.fetch_add(1, Ordering::SeqCst);
         RequestGuard {
@@ -269,7 +285,7 @@ impl Server {
                     Ok((stream, _)) => {
                         let counted = ConnectionGuard::new(&self);
                         let _ = stream.set_nodelay(true);
-                        let io = Prefixed { unread: Bytes::new(), stream };
+                        let io = Prefixed::accepted(stream);
                         self.spawn_connection(io, counted, &handler, true);
                     }
                     // EMFILE and the like: back off a moment rather than spin.
@@ -379,6 +395,8 @@ impl Server {
             last: Mutex::new(Instant::now()),
             idle: Notify::new(),
             reuse: Reuse::default(),
+            served_any: AtomicBool::new(false),
+            read_any: Arc::clone(&io.read_any),
         });
         let service = self.service(&activity, Arc::clone(&handler), may_travel);
         let mut connection = hyper::server::conn::http1::Builder::new()
@@ -508,8 +526,17 @@ impl Server {
 fn boundary(activity: &Activity, travels: bool) -> (Ending, Option<Instant>) {
     let idle = activity.in_flight.load(Ordering::SeqCst) == 0;
     if travels {
-        // Busy: the idle notification wakes the task.
-        return (if idle { Ending::HandOver } else { Ending::Open }, None);
+        // Busy, or a first request begun: the idle notification wakes the
+        // task once it is answered.
+        let at_boundary = idle && !activity.first_request_begun();
+        return (
+            if at_boundary {
+                Ending::HandOver
+            } else {
+                Ending::Open
+            },
+            None,
+        );
     }
     let last = *activity.last.lock().unwrap_or_else(|e| e.into_inner());
     let idle_until = last + DRAIN_IDLE_GRACE;

@@ -163,7 +163,8 @@ fn a_connection_the_old_gateway_began_reading_is_closed_after_its_answer() {
     let supervisor = supervise_gateway(&work);
     let request = "GET /x HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n";
     let (first, rest) = request.as_bytes().split_at(4);
-    let response =
+    let stream =
         crate::transit::began_reading_when_the_drain_starts(&supervisor, first, rest, &["--json"]);
+    let response = crate::transit::read_to_the_end(stream, &supervisor);
     assert!(response.starts_with("HTTP/1.1 404"), "{response:?}");
 }

@@ -31,7 +31,11 @@ pub struct Answer {
 
 impl KeepAlive {
     pub fn open(addr: SocketAddr) -> KeepAlive {
-        let stream = TcpStream::connect_timeout(&addr, IO).expect("connect");
+        KeepAlive::from_stream(TcpStream::connect_timeout(&addr, IO).expect("connect"))
+    }
+
+    /// A connection opened already.
+    pub fn from_stream(stream: TcpStream) -> KeepAlive {
         stream.set_read_timeout(Some(IO)).expect("timeout");
         stream.set_nodelay(true).expect("nodelay");
         let local_port = stream.local_addr().expect("local").port();
@@ -412,36 +416,47 @@ fn past_what_the_processes_can_hold_connections_drain_the_old_way_and_none_fails
     }
 }
 
-/// A fresh connection whose first request the incumbent has only begun to
-/// read when its drain starts is served there to the end (hyper finishes a
-/// request it began and then closes, saying `Connection: close`): such a
-/// connection must be closed, not handed over, or a client that reads
-/// until the end (as one-shot clients with `Connection: close` do) waits
-/// for ever on a socket the successor keeps open. Without `Connection:
-/// close` from the client, the answer's own `connection: close` shows that
-/// the drain came first.
+/// A fresh connection whose first request the incumbent had only begun to
+/// read when its drain started: the drain waits for that request and hands
+/// the connection over after its answer, still kept alive (stopped at
+/// once, hyper would serve it and close, and the client reconnect). One
+/// that asked to close is closed after its answer, never handed over: its
+/// client reads until the end, which the successor would never send.
 #[test]
-fn a_connection_the_incumbent_began_reading_is_closed_after_its_answer_not_handed_over() {
+fn a_first_request_begun_when_the_drain_starts_is_answered_then_its_connection_travels() {
     for daemon in ["kvd", "echod"] {
-        let dir = TempDir::new("transit-close");
+        let dir = TempDir::new("transit-first");
         let supervisor = supervise(daemon, &dir, Vec::new());
         let (method, path, answer) = match daemon {
-            "kvd" => ("PUT", "/kv/closing", "\n"),
+            "kvd" => ("PUT", "/kv/first", "\n"),
             _ => ("POST", "/echo", "hello"),
         };
-        for connection in ["connection: close\r\n", ""] {
+        let binary = example(daemon);
+        let binary = binary.to_str().expect("utf-8");
+        let upgrade = ["--binary", binary, "--json"];
+        for close in [false, true] {
+            let connection = if close { "connection: close\r\n" } else { "" };
             let request = format!(
                 "{method} {path} HTTP/1.1\r\nhost: test\r\n{connection}content-length: 5\r\n\r\nhello"
             );
             let (first, rest) = request.as_bytes().split_at(4);
-            let binary = example(daemon);
-            let binary = binary.to_str().expect("utf-8");
-            let upgrade = ["--binary", binary, "--json"];
-            let response = began_reading_when_the_drain_starts(&supervisor, first, rest, &upgrade);
-            let (head, _) = response.split_once("\r\n\r\n").expect("a whole answer");
-            assert!(head.starts_with("HTTP/1.1 200"), "{daemon}: {response:?}");
-            assert!(head.contains("connection: close"), "{daemon}: {response:?}");
-            assert!(response.ends_with(answer), "{daemon}: {response:?}");
+            let old_pid = u64_of(&supervisor.status(), "child_pid");
+            let stream = began_reading_when_the_drain_starts(&supervisor, first, rest, &upgrade);
+            if close {
+                let response = read_to_the_end(stream, &supervisor);
+                assert!(
+                    response.starts_with("HTTP/1.1 200"),
+                    "{daemon}: {response:?}"
+                );
+                assert!(response.ends_with(answer), "{daemon}: {response:?}");
+                continue;
+            }
+            let mut kept = KeepAlive::from_stream(stream);
+            let answered = kept.answer().expect("the answer");
+            assert_eq!(answered.status, 200, "{daemon}: {}", answered.body);
+            assert!(!answered.closes, "{daemon}: the connection was closed");
+            assert!(answered.body.ends_with(answer.trim_end()), "{daemon}");
+            assert_ne!(kept.pid(), old_pid, "{daemon}: the connection moved on");
         }
     }
 }
@@ -468,7 +483,8 @@ fn an_answer_before_the_body_was_read_closes_the_connection_even_in_a_drain() {
         let binary = example(daemon);
         let binary = binary.to_str().expect("utf-8");
         let upgrade = ["--binary", binary, "--json"];
-        let response = began_reading_when_the_drain_starts(&supervisor, &first, &rest, &upgrade);
+        let stream = began_reading_when_the_drain_starts(&supervisor, &first, &rest, &upgrade);
+        let response = read_to_the_end(stream, &supervisor);
         let (head, _) = response.split_once("\r\n\r\n").expect("a whole answer");
         assert!(head.starts_with("HTTP/1.1 413"), "{daemon}: {head:?}");
         assert!(head.contains("connection: close"), "{daemon}: {head:?}");
@@ -482,19 +498,17 @@ fn an_answer_before_the_body_was_read_closes_the_connection_even_in_a_drain() {
 
 /// Sends `first` on a fresh connection to the supervisor's `http`
 /// listener, waits until the incumbent read it, upgrades with
-/// `upgrade_args`, sends `rest` once the incumbent drains, and reads the
-/// answer to the end of the connection (which must come; a reset after
-/// the answer counts as the end: the server closed with bytes unread). The
-/// drain's start is seen on an idle kept-alive connection beside it: its
-/// socket leaves the incumbent for the supervisor (exclusive mode holds it
-/// there until the commit) or, in overlap mode, the log says it reached
-/// the new generation.
+/// `upgrade_args`, and sends `rest` once the incumbent drains; the
+/// connection, once the upgrade committed. The drain's start is seen on an
+/// idle kept-alive connection beside it: its socket leaves the incumbent
+/// for the supervisor (exclusive mode holds it there until the commit) or,
+/// in overlap mode, the log says it reached the new generation.
 pub fn began_reading_when_the_drain_starts(
     supervisor: &Supervisor,
     first: &[u8],
     rest: &[u8],
     upgrade_args: &[&str],
-) -> String {
+) -> TcpStream {
     let addr = supervisor.addr_of("http");
     let mut idle = KeepAlive::open(addr);
     let old_pid = u64_of(&supervisor.status(), "child_pid");
@@ -528,6 +542,18 @@ pub fn began_reading_when_the_drain_starts(
         upgrade.join().expect("upgrade")
     });
     assert_eq!(upgrade.code, Some(0), "{upgrade:?}");
+    let answer = idle
+        .request("GET", "/info", "")
+        .expect("the idle connection");
+    assert!(!answer.closes, "the idle connection was closed");
+    assert_ne!(u64_of(&supervisor.status(), "child_pid"), old_pid);
+    stream
+}
+
+/// Reads `stream` to the end of the connection, which must come (a reset
+/// after the answer counts as the end: the server closed with bytes
+/// unread); what it read.
+pub fn read_to_the_end(mut stream: TcpStream, supervisor: &Supervisor) -> String {
     let mut response = Vec::new();
     let read = stream.read_to_end(&mut response);
     let response = String::from_utf8_lossy(&response).into_owned();
@@ -539,11 +565,6 @@ pub fn began_reading_when_the_drain_starts(
         "{read:?} after {response:?}: the connection never ended; log:\n{}",
         supervisor.log()
     );
-    let answer = idle
-        .request("GET", "/info", "")
-        .expect("the idle connection");
-    assert!(!answer.closes, "the idle connection was closed");
-    assert_ne!(u64_of(&supervisor.status(), "child_pid"), old_pid);
     response
 }
 
