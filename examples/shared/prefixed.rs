@@ -100,10 +100,14 @@ impl tokio::io::AsyncWrite for Prefixed {
 /// handed over would be held open by its new owner while its client waits
 /// for the end it was promised. An exchange ends the connection when the
 /// client asked to close (`Connection: close`, or HTTP/1.0 without
-/// `keep-alive`, or a body framed twice), when the response said
-/// `Connection: close` or switched protocols, or when a request was read
-/// after the server asked hyper to stop (a first request hyper had begun
-/// to read: it serves it, then closes).
+/// `keep-alive`), when the response said `Connection: close` or switched
+/// protocols, or when a request was read after the server asked hyper to
+/// stop (hyper serves it, then closes). `Reuse` sees each message before
+/// hyper writes it, so it misses what hyper decides alone: a request
+/// framed by both `Transfer-Encoding` and `Content-Length` (hyper strips
+/// one header and closes after the answer) and a `CONNECT`; both are rare,
+/// and only an answer still being written when the drain starts is at
+/// risk.
 ///
 /// An answer given before its request's body was read to the end says
 /// `Connection: close` (the rest of the body would otherwise be read as
@@ -120,16 +124,7 @@ pub struct Reuse {
 impl Reuse {
     /// A request arrived (called before it is served): its body, tracked.
     pub fn request(&self, request: hyper::Request<Incoming>) -> hyper::Request<Tracked> {
-        let framed_twice = request
-            .headers()
-            .contains_key(hyper::header::TRANSFER_ENCODING)
-            && request
-                .headers()
-                .contains_key(hyper::header::CONTENT_LENGTH);
-        if self.stopping.load(Ordering::SeqCst)
-            || framed_twice
-            || closes(request.version(), request.headers())
-        {
+        if self.stopping.load(Ordering::SeqCst) || closes(request.version(), request.headers()) {
             self.ended.store(true, Ordering::SeqCst);
         }
         let (parts, inner) = request.into_parts();
