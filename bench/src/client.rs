@@ -250,17 +250,36 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
-    /// Answers one request with `response` and returns what `exchange`
-    /// made of it.
-    fn answered_with(response: &'static str) -> Response {
+    /// A server on a thread that reads one request, writes `answer`, and
+    /// then closes the connection (`close`) or holds it until `release`
+    /// says a word or is dropped.
+    fn serve_once(
+        answer: Vec<u8>,
+        close: bool,
+    ) -> (
+        std::net::SocketAddr,
+        std::thread::JoinHandle<()>,
+        std::sync::mpsc::Sender<()>,
+    ) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let (release, held) = std::sync::mpsc::channel::<()>();
         let server = std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().expect("accept");
             let mut request = [0u8; 1024];
             let _ = stream.read(&mut request).expect("read");
-            stream.write_all(response.as_bytes()).expect("write");
+            stream.write_all(&answer).expect("write");
+            if !close {
+                let _ = held.recv();
+            }
         });
+        (addr, server, release)
+    }
+
+    /// Answers one request with `response` and returns what `exchange`
+    /// made of it.
+    fn answered_with(response: &'static str) -> Response {
+        let (addr, server, _release) = serve_once(response.as_bytes().to_vec(), true);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -287,22 +306,10 @@ mod tests {
     /// and then does `after` with the connection (the server holds its
     /// socket until the client's verdict).
     fn end_after(after: &'static [u8], close: bool, bound: Duration) -> Result<(), Failure> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (verdict_tx, verdict_rx) = std::sync::mpsc::channel::<()>();
-        let server = std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().expect("accept");
-            let mut request = [0u8; 1024];
-            let _ = stream.read(&mut request).expect("read");
-            let head = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
-            stream.write_all(head.as_bytes()).expect("write");
-            stream.write_all(after).expect("write");
-            if close {
-                drop(stream);
-            } else {
-                let _ = verdict_rx.recv();
-            }
-        });
+        let mut answer =
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n".to_vec();
+        answer.extend_from_slice(after);
+        let (addr, server, release) = serve_once(answer, close);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -317,7 +324,7 @@ mod tests {
                 Err(_) => Err(Failure::Timeout),
             }
         });
-        let _ = verdict_tx.send(());
+        let _ = release.send(());
         server.join().expect("server");
         verdict
     }

@@ -709,11 +709,14 @@ impl Running {
                 return Instant::now() + self.config.interval;
             }
         };
-        let after = self.runtime.block_on(identity_after(
-            self.addr,
-            self.target,
-            handoff.committed.then_some(asked_of),
-        ));
+        // After a commit away from `asked_of`, ask until another process
+        // answers.
+        let replaced = handoff.committed.then_some(asked_of);
+        let after = self
+            .runtime
+            .block_on(identity_when(self.addr, self.target, |i| {
+                Some(i.pid) != replaced
+            }));
         let (identity_changed, old_gone) = match after {
             Some(new) => self.judge_new(new, &handoff, &build, asked),
             None => {
@@ -959,23 +962,22 @@ impl Running {
     }
 }
 
-/// Who serves after an upgrade: in overlap mode the old generation
-/// accepts until its drain, which follows the commit, so after a commit
-/// away from `replaced` ask until another process answers.
-async fn identity_after(
+/// Who answers `/info` once the one `wanted` answers, or at
+/// [`FIRST_START_BOUND`] whoever answers then (`None`: nobody). In overlap
+/// mode the old generation accepts until it reads its Drain, which follows
+/// the commit: right after a commit it may still answer.
+async fn identity_when(
     addr: SocketAddr,
     target: Target,
-    replaced: Option<u32>,
+    wanted: impl Fn(&Identity) -> bool,
 ) -> Option<Identity> {
     let deadline = Instant::now() + FIRST_START_BOUND;
     loop {
-        let now = info_until(addr, target, deadline).await;
-        match now {
-            Some(ref seen) if Some(seen.pid) == replaced && Instant::now() < deadline => {
-                tokio::time::sleep(POLL).await;
-            }
-            other => return other,
+        let seen = info_until(addr, target, deadline).await;
+        if seen.as_ref().is_none_or(&wanted) || Instant::now() >= deadline {
+            return seen;
         }
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -1134,25 +1136,6 @@ pub fn idle(config: Config) -> Result<Idle, String> {
     result
 }
 
-/// Who answers `/info` once the upgrades are done: the `expected`
-/// generation, if it answers within [`FIRST_START_BOUND`]. In overlap mode
-/// the old generation may accept a moment past the commit (until it reads
-/// its Drain): the new one must answer soon.
-async fn last_generation(
-    addr: SocketAddr,
-    target: Target,
-    expected: Option<u64>,
-) -> Option<Identity> {
-    let bound = Instant::now() + FIRST_START_BOUND;
-    loop {
-        let seen = info_until(addr, target, bound).await;
-        if seen.as_ref().is_none_or(|i| i.generation == expected) || Instant::now() >= bound {
-            return seen;
-        }
-        tokio::time::sleep(POLL * 10).await;
-    }
-}
-
 fn idle_in(config: Config, dir: &Path) -> Result<Idle, String> {
     if config.daemon.target() == Target::Pid {
         // The end check counts generations through `/info`.
@@ -1200,7 +1183,7 @@ fn idle_in(config: Config, dir: &Path) -> Result<Idle, String> {
     }
     let rss_after = rss_kib(host);
     let expected = first.generation.map(|g| g + config.upgrades as u64);
-    let last = runtime.block_on(last_generation(addr, target, expected));
+    let last = runtime.block_on(identity_when(addr, target, |i| i.generation == expected));
     if last.as_ref().map(|i| i.generation) != Some(expected) {
         harness_errors.push(format!(
             "expected generation {expected:?} at the end, /info said {last:?}"
