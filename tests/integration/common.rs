@@ -242,13 +242,13 @@ impl LockProber {
         );
         let (stop2, max2) = (stop.clone(), max_holders.clone());
         let thread = std::thread::spawn(move || {
-            let mut inode = None;
+            let mut file = None;
             while !stop2.load(Ordering::SeqCst) {
-                if inode.is_none() {
-                    inode = std::fs::metadata(&lock).ok().map(|m| m.ino());
+                if file.is_none() {
+                    file = std::fs::metadata(&lock).ok().map(|m| lock_id(&m));
                 }
-                if let Some(ino) = inode {
-                    max2.fetch_max(flocks(ino).holders.len(), Ordering::SeqCst);
+                if let Some(id) = &file {
+                    max2.fetch_max(flocks(id).holders.len(), Ordering::SeqCst);
                 }
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -269,39 +269,61 @@ impl LockProber {
     }
 }
 
-/// The flocks on one inode, as /proc/locks shows them.
+/// The flocks on one file, as /proc/locks shows them.
 pub struct Flocks {
     /// Pids holding it (a pid holding it through two open file
-    /// descriptions counts once).
+    /// descriptions counts once), the most seen in one consistent read.
     pub holders: BTreeSet<String>,
     /// Requests blocked waiting for it.
     pub waiters: usize,
 }
 
-/// Reads /proc/locks for the flocks on inode `ino`; never takes a lock.
-pub fn flocks(ino: u64) -> Flocks {
+/// A file as /proc/locks names it: `MAJOR:MINOR:INODE`, the device's
+/// numbers in hex.
+pub fn lock_id(meta: &std::fs::Metadata) -> String {
+    let dev = meta.dev();
+    let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0fff);
+    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0x00ff);
+    format!("{major:02x}:{minor:02x}:{}", meta.ino())
+}
+
+/// Reads /proc/locks for the flocks on the file `id` (see [`lock_id`]);
+/// never takes a lock. The kernel lists the locks under its own lock for
+/// one `read` at a time, so only the records of one read are a snapshot:
+/// across two reads a lock released and another one taken meanwhile could
+/// both appear. Holders are therefore counted within each read (whole
+/// records, at most a page), and the largest count is kept.
+pub fn flocks(id: &str) -> Flocks {
+    use std::io::Read;
     let mut found = Flocks {
         holders: BTreeSet::new(),
         waiters: 0,
     };
-    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
-    let ino = ino.to_string();
-    for line in locks.lines() {
-        // "1: FLOCK ADVISORY WRITE <pid> <maj:min:ino> 0 EOF"; a blocked
-        // request is listed under its blocker as "1: -> FLOCK ...".
-        let mut fields: Vec<&str> = line.split_whitespace().collect();
-        let waiting = fields.get(1) == Some(&"->");
-        if waiting {
-            fields.remove(1);
-        }
-        let on_inode = fields.get(1) == Some(&"FLOCK")
-            && fields.get(5).and_then(|id| id.rsplit(':').next()) == Some(ino.as_str());
-        match (on_inode, waiting) {
-            (false, _) => {}
-            (true, true) => found.waiters += 1,
-            (true, false) => {
-                found.holders.insert(fields[4].to_owned());
+    let Ok(mut locks) = std::fs::File::open("/proc/locks") else {
+        return found;
+    };
+    let mut chunk = vec![0u8; 64 << 10];
+    while let Ok(n @ 1..) = locks.read(&mut chunk) {
+        let mut holders = BTreeSet::new();
+        for line in String::from_utf8_lossy(&chunk[..n]).lines() {
+            // "1: FLOCK ADVISORY WRITE <pid> <maj:min:ino> 0 EOF"; a
+            // blocked request is listed under its blocker as "1: -> FLOCK".
+            let mut fields: Vec<&str> = line.split_whitespace().collect();
+            let waiting = fields.get(1) == Some(&"->");
+            if waiting {
+                fields.remove(1);
             }
+            if fields.get(1) != Some(&"FLOCK") || fields.get(5) != Some(&id) {
+                continue;
+            }
+            if waiting {
+                found.waiters += 1;
+            } else {
+                holders.insert(fields[4].to_owned());
+            }
+        }
+        if holders.len() > found.holders.len() {
+            found.holders = holders;
         }
     }
     found

@@ -8,14 +8,15 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use handoff::Mode;
 use handoff::os::{Sig, signal};
 use handoff::supervisor::{Outcome, SupervisorEvent, UpgradeRequest};
 
-use crate::common::{Harness, IO, LockProber, Reaper, WAIT, alive, eventually, flocks, get, put};
+use crate::common::{
+    Harness, IO, LockProber, Reaper, WAIT, alive, eventually, flocks, get, lock_id, put,
+};
 
 /// Blocks in `flock` on `DIR/.handoff.lock` on a thread of the test
 /// process, an open file description of its own: a third process as far as
@@ -34,14 +35,14 @@ fn third_party_waits_for_the_lock(
         .write(true)
         .open(&path)
         .expect("open the lock file");
-    let ino = file.metadata().expect("lock file metadata").ino();
+    let id = lock_id(&file.metadata().expect("lock file metadata"));
     let (sender, receiver) = crossbeam_channel::bounded(1);
     let waiter = std::thread::spawn(move || {
         file.lock().expect("flock");
         let _ = sender.send(file);
     });
     eventually("the test's lock request is blocked in the kernel", || {
-        flocks(ino).waiters == 1
+        flocks(&id).waiters == 1
     });
     (receiver, waiter)
 }
