@@ -66,7 +66,8 @@ The integration tests' daemon: a line-protocol key-value store (PUT, GET, INFO, 
   --unix-name NAME, --udp-name NAME, --fd-name NAME
   --items N                  keep a blob (schema testd-state version N, read only N), a memfd
                              hit counter and a blob put at begin across generations (HIT,
-                             ITEMS, BEGUN; FORGET NAME removes an item)
+                             ITEMS, BEGUN; FORGET NAME removes an item; HANDED: the blob
+                             the generation replaced put in its overlap drain)
 ";
 
 /// What `Ready` says: the state sealed, healthy unless `--unhealthy`.
@@ -262,6 +263,9 @@ struct Kept {
     blob: String,
     /// The "begun" blob inherited: who put it at its own begin.
     begun: String,
+    /// The blob the generation this one replaced put in its drain
+    /// (overlap), once it arrived while this one serves ("-" before).
+    handed: Arc<Mutex<String>>,
 }
 
 fn blob_schema(version: u32) -> handoff::wire::Schema {
@@ -277,6 +281,24 @@ fn blob_reads(version: u32) -> handoff::wire::SchemaRange {
         min: version,
         max: version,
     }
+}
+
+/// The text of each "state" blob that arrives from now on (an overlap
+/// predecessor's drain), read on a thread of its own.
+fn watch_handed(items: &handoff::ItemStore, version: u32) -> Arc<Mutex<String>> {
+    let handed = Arc::new(Mutex::new("-".to_owned()));
+    let (arrivals, items, text) = (items.arrivals(), items.clone(), Arc::clone(&handed));
+    std::thread::spawn(move || {
+        for name in arrivals.iter().filter(|name| name == "state") {
+            let read = match items.take_blob(&name, &blob_reads(version)) {
+                Ok(Some(blob)) => String::from_utf8_lossy(&blob.bytes).into_owned(),
+                Ok(None) => continue,
+                Err(error) => format!("refused: {error}"),
+            };
+            *text.lock().unwrap_or_else(|e| e.into_inner()) = read;
+        }
+    });
+    handed
 }
 
 impl Kept {
@@ -309,6 +331,7 @@ impl Kept {
             .put_blob("begun", blob_schema(version), mine.as_bytes())
             .unwrap_or_else(|e| die(&format!("keeping begun: {e}")));
         Kept {
+            handed: watch_handed(&items, version),
             items,
             version,
             cache,
@@ -456,6 +479,10 @@ fn handle(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
         },
         (Some("BEGUN"), None, None) => match &shared.kept {
             Some(kept) => kept.begun.clone(),
+            None => "ERR no --items".into(),
+        },
+        (Some("HANDED"), None, None) => match &shared.kept {
+            Some(kept) => kept.handed.lock().map(|t| t.clone()).unwrap_or_default(),
             None => "ERR no --items".into(),
         },
         (Some("FORGET"), Some(name), None) => match &shared.kept {

@@ -452,11 +452,11 @@ impl Agent {
                 GenerationAction::KeepFds => self.kept_fds.append(&mut self.pending_fds),
                 GenerationAction::KeepConnections => self.connections_arrived(),
                 GenerationAction::KeepItems => {
-                    let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
-                    for (entry, fd) in self.pending_items.drain(..) {
-                        self.store_copy.note(&entry, &fd);
-                        items.insert(entry.name.clone(), (entry, fd));
+                    let items = std::mem::take(&mut self.pending_items);
+                    for (entry, fd) in &items {
+                        self.store_copy.note(entry, fd);
                     }
+                    self.items.deliver(items);
                 }
                 GenerationAction::ConnectionBudget(connections) => {
                     if let Some(transit) = &self.transit {

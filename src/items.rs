@@ -6,10 +6,11 @@
 //! successor, and a restart after a crash too. A blob travels as a sealed
 //! memfd (never through the control socket) with its schema, length and
 //! sha256; the reader checks all of them, not the writer's word. An
-//! exclusive daemon puts its blob in `seal` (its successor reads it); an
-//! overlap successor begins before the old generation drains, so an
-//! overlap daemon puts blobs as its state changes. A cache it mutates in
-//! place it puts once, when it creates it.
+//! exclusive daemon puts its blob in `seal` (its successor reads it at
+//! its `Begin`); an overlap successor begins before the old generation
+//! drains, so what that one puts in `drain` arrives while the successor
+//! serves ([`ItemStore::arrivals`]). A cache it mutates in place it puts
+//! once, when it creates it.
 //!
 //! ```no_run
 //! use handoff::wire::{Schema, SchemaRange};
@@ -31,7 +32,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crossbeam_channel::Sender;
 use sha2::Digest;
@@ -57,8 +58,40 @@ pub struct Blob {
     pub bytes: Vec<u8>,
 }
 
-/// Items received, by name.
-pub(crate) type Received = Arc<Mutex<HashMap<String, (ItemEntry, OwnedFd)>>>;
+/// Items received, by name, and who watches them arrive.
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    items: Mutex<HashMap<String, (ItemEntry, OwnedFd)>>,
+    watchers: Mutex<Vec<Sender<String>>>,
+}
+
+/// A generation's inbox, shared by its agent and its `ItemStore`s.
+pub(crate) type Received = Arc<Inbox>;
+
+impl Inbox {
+    /// The items not yet taken, by name.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<String, (ItemEntry, OwnedFd)>> {
+        self.items.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps `items`, each replacing what was kept under its name, then
+    /// tells every watcher their names (a watcher gone is forgotten).
+    pub(crate) fn deliver(&self, items: Vec<(ItemEntry, OwnedFd)>) {
+        let names: Vec<String> = {
+            let mut kept = self.lock();
+            items
+                .into_iter()
+                .map(|(entry, fd)| {
+                    let name = entry.name.clone();
+                    kept.insert(name.clone(), (entry, fd));
+                    name
+                })
+                .collect()
+        };
+        let mut watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
+        watchers.retain(|watcher| names.iter().all(|name| watcher.send(name.clone()).is_ok()));
+    }
+}
 
 /// A generation's items: those kept for it, and those it keeps for the
 /// next generations. Cheap to clone; every clone is the same store.
@@ -76,7 +109,7 @@ impl ItemStore {
 
     /// The fd kept under `name` (not a blob), taken out of this store.
     pub fn take_fd(&self, name: &str) -> Result<Option<OwnedFd>> {
-        let mut received = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        let mut received = self.received.lock();
         match received.remove(name) {
             None => Ok(None),
             Some((entry, fd)) if entry.blob.is_none() => Ok(Some(fd)),
@@ -92,11 +125,7 @@ impl ItemStore {
     /// is none: read the state from disk. `Err` when there is one this
     /// build must not use.
     pub fn take_blob(&self, name: &str, reads: &SchemaRange) -> Result<Option<Blob>> {
-        let taken = self
-            .received
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
+        let taken = self.received.lock().remove(name);
         let Some((entry, fd)) = taken else {
             return Ok(None);
         };
@@ -118,6 +147,22 @@ impl ItemStore {
             schema: info.schema,
             bytes,
         }))
+    }
+
+    /// The name of every item kept for this generation from now on, as it
+    /// arrives; take it with [`take_blob`](Self::take_blob) or
+    /// [`take_fd`](Self::take_fd). The store comes before `Begin`, before
+    /// any of it can be taken; in overlap mode, what the generation this
+    /// one replaced puts in its `drain` comes while this one serves, each
+    /// name again as it comes. Without a supervisor nothing arrives.
+    pub fn arrivals(&self) -> crossbeam_channel::Receiver<String> {
+        let (watcher, arrivals) = crossbeam_channel::unbounded();
+        self.received
+            .watchers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(watcher);
+        arrivals
     }
 
     /// Keeps a duplicate of `fd` under `name` for the next generations,
@@ -163,10 +208,7 @@ impl ItemStore {
                 &format!("a name longer than {ITEM_NAME_MAX} bytes"),
             ));
         }
-        self.received
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
+        self.received.lock().remove(name);
         let Some(agent) = &self.to_agent else {
             return Ok(());
         };
@@ -301,11 +343,35 @@ mod tests {
             blob: Some(info),
         };
         let received: Received = Arc::default();
-        received
-            .lock()
-            .expect("lock")
-            .insert("state".into(), (entry, fd));
+        received.deliver(vec![(entry, fd)]);
         ItemStore::new(received, None)
+    }
+
+    #[test]
+    fn each_watcher_hears_the_names_that_arrive_after_it_subscribed() {
+        let received: Received = Arc::default();
+        let store = ItemStore::new(Arc::clone(&received), None);
+        let fd = |name: &str| {
+            let entry = ItemEntry {
+                name: name.into(),
+                blob: None,
+            };
+            (entry, sys::memfd::unsealed(name, b"x").expect("memfd"))
+        };
+        received.deliver(vec![fd("before")]);
+        let (first, second) = (store.arrivals(), store.clone().arrivals());
+        received.deliver(vec![fd("cache"), fd("state")]);
+        for arrivals in [&first, &second] {
+            let names: Vec<String> = arrivals.try_iter().collect();
+            assert_eq!(names, ["cache", "state"]);
+        }
+        assert!(store.take_fd("before").expect("an fd").is_some());
+        // A watcher gone is forgotten at the next arrival.
+        drop(second);
+        received.deliver(vec![fd("later")]);
+        assert_eq!(first.try_iter().collect::<Vec<_>>(), ["later"]);
+        let watchers = received.watchers.lock().expect("watchers").len();
+        assert_eq!(watchers, 1);
     }
 
     #[test]

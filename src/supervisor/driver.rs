@@ -562,6 +562,7 @@ impl Driver {
             | LifecycleAction::SendConnections { .. }
             | LifecycleAction::DropConnections { .. }
             | LifecycleAction::KeepItems { .. }
+            | LifecycleAction::KeepAndPassItems { .. }
             | LifecycleAction::DropItems { .. }
             | LifecycleAction::SendItems { .. }) => self.perform_transit(transit, queue),
         }
@@ -581,7 +582,18 @@ impl Driver {
                 handoff_id,
             } => self.send_connections(batch, to, handoff_id, queue),
             LifecycleAction::DropConnections { batch, why } => self.drop_connections(batch, why),
-            LifecycleAction::KeepItems { batch, writer } => self.items.keep(batch, writer),
+            LifecycleAction::KeepItems { batch, writer } => {
+                self.items.keep(batch, writer);
+            }
+            LifecycleAction::KeepAndPassItems {
+                batch,
+                writer,
+                to,
+                handoff_id,
+            } => {
+                let kept = self.items.keep(batch, writer);
+                self.pass_items(&kept, to, handoff_id, queue);
+            }
             LifecycleAction::DropItems { batch, why } => match self.items.close(batch) {
                 Dropped::Puts(count) => tracing::warn!(count, why, "items refused and closed"),
                 Dropped::Removals(count) => tracing::warn!(count, why, "item removals ignored"),
@@ -605,6 +617,28 @@ impl Driver {
         if let Err(error) = self.items.send_all(sender, handoff_id) {
             tracing::warn!(generation = to, %error, "sending the items failed; the generation is taken for gone");
             queue.push_back(LifecycleInput::Closed { generation: to });
+        }
+    }
+
+    /// Gives `to` the stored items named `names`; if it cannot take them,
+    /// it is taken for gone.
+    fn pass_items(
+        &mut self,
+        names: &[String],
+        to: GenerationId,
+        handoff_id: u64,
+        queue: &mut VecDeque<LifecycleInput>,
+    ) {
+        let Some(sender) = self.processes.get(&to).and_then(|p| p.sender.as_ref()) else {
+            return;
+        };
+        match self.items.send_named(names, sender, handoff_id) {
+            Ok(0) => {}
+            Ok(count) => tracing::debug!(generation = to, count, "items passed on"),
+            Err(error) => {
+                tracing::warn!(generation = to, %error, "passing items on failed; the generation is taken for gone");
+                queue.push_back(LifecycleInput::Closed { generation: to });
+            }
         }
     }
 

@@ -79,12 +79,16 @@ impl Items {
     }
 
     /// Puts batch `batch`, put by generation `writer`, in the store: each
-    /// item replaces the one of its name, unless it is refused.
-    pub(crate) fn keep(&mut self, batch: u64, writer: GenerationId) {
+    /// item replaces the one of its name, unless it is refused. The names
+    /// it put (none for a removal).
+    pub(crate) fn keep(&mut self, batch: u64, writer: GenerationId) -> Vec<String> {
         match self.batches.remove(&batch) {
             Some(Batch::Put(items)) => self.put(items, writer),
-            Some(Batch::Remove(names)) => self.remove(&names, writer),
-            None => {}
+            Some(Batch::Remove(names)) => {
+                self.remove(&names, writer);
+                Vec::new()
+            }
+            None => Vec::new(),
         }
     }
 
@@ -108,7 +112,8 @@ impl Items {
         }
     }
 
-    fn put(&mut self, items: Vec<(ItemEntry, OwnedFd)>, writer: GenerationId) {
+    fn put(&mut self, items: Vec<(ItemEntry, OwnedFd)>, writer: GenerationId) -> Vec<String> {
+        let mut kept = Vec::new();
         for (entry, fd) in items {
             let name = entry.name.clone();
             match self.refusal(&entry, &fd, writer) {
@@ -117,10 +122,13 @@ impl Items {
                 }
                 None => {
                     tracing::debug!(%name, writer, "item kept");
-                    self.store.insert(name, Stored { entry, fd, writer });
+                    self.store
+                        .insert(name.clone(), Stored { entry, fd, writer });
+                    kept.push(name);
                 }
             }
         }
+        kept
     }
 
     fn refusal(&self, entry: &ItemEntry, fd: &OwnedFd, writer: GenerationId) -> Option<String> {
@@ -154,17 +162,21 @@ impl Items {
         }
     }
 
-    /// Sends every stored item on `sender` (duplicates: the store keeps
-    /// its own), in frames of at most 253 fds and half the payload bound;
-    /// how many.
+    /// Sends every stored item on `sender`; how many.
     pub(crate) fn send_all(&self, sender: &channel::Sender, handoff_id: u64) -> Result<usize> {
         let all: Vec<&Stored> = self.store.values().collect();
-        for frame in per_frame(&all, encoded_size) {
-            let entries = frame.iter().map(|item| item.entry.clone()).collect();
-            let fds: Vec<_> = frame.iter().map(|item| item.fd.as_fd()).collect();
-            sender.send(handoff_id, Message::Items { entries }, &fds)?;
-        }
-        Ok(all.len())
+        send(&all, sender, handoff_id)
+    }
+
+    /// Sends the stored items named `names` on `sender`; how many.
+    pub(crate) fn send_named(
+        &self,
+        names: &[String],
+        sender: &channel::Sender,
+        handoff_id: u64,
+    ) -> Result<usize> {
+        let named: Vec<&Stored> = names.iter().filter_map(|n| self.store.get(n)).collect();
+        send(&named, sender, handoff_id)
     }
 
     /// The stored items, by name (a freeze).
@@ -191,6 +203,17 @@ impl Items {
             })
             .collect()
     }
+}
+
+/// Sends `items` on `sender` (duplicates: the store keeps its own), in
+/// frames of at most 253 fds and half the payload bound; how many.
+fn send(items: &[&Stored], sender: &channel::Sender, handoff_id: u64) -> Result<usize> {
+    for frame in per_frame(items, encoded_size) {
+        let entries = frame.iter().map(|item| item.entry.clone()).collect();
+        let fds: Vec<_> = frame.iter().map(|item| item.fd.as_fd()).collect();
+        sender.send(handoff_id, Message::Items { entries }, &fds)?;
+    }
+    Ok(items.len())
 }
 
 /// An item's share of a frame's payload, bounded above.
@@ -253,6 +276,24 @@ mod tests {
         let batch = items.hold(vec![entry], vec![fd]);
         items.keep(batch, 2);
         assert_eq!(items.stored().count(), 1, "the wrong length was refused");
+    }
+
+    #[test]
+    fn keeping_a_batch_names_what_it_put_for_the_live_generation() {
+        let mut items = Items::default();
+        put(&mut items, "state", b"newer", 3);
+        let mut batch = Vec::new();
+        for (name, bytes) in [("state", b"older"), ("cache", b"fresh")] {
+            let fd = crate::sys::memfd::sealed(name, bytes).expect("memfd");
+            batch.push(blob(name, bytes, fd));
+        }
+        let (entries, fds) = batch.into_iter().unzip();
+        let id = items.hold(entries, fds);
+        // Generation 3 put "state" since: only "cache" is kept and passed.
+        assert_eq!(items.keep(id, 2), ["cache"]);
+        assert_eq!(content(&items, "state"), b"newer");
+        let removal = items.hold_removal(vec!["cache".into()]);
+        assert!(items.keep(removal, 2).is_empty());
     }
 
     #[test]

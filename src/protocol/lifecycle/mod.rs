@@ -443,6 +443,18 @@ pub enum LifecycleAction {
         /// The generation that put it (a newer one's put is not undone).
         writer: GenerationId,
     },
+    /// Put a retiring generation's batch in the store, as `KeepItems`,
+    /// and give the live generation what was kept of it (I21).
+    KeepAndPassItems {
+        /// The batch.
+        batch: u64,
+        /// The generation that put it.
+        writer: GenerationId,
+        /// The live generation.
+        to: GenerationId,
+        /// The handoff id it carries now.
+        handoff_id: u64,
+    },
     /// Close a batch of items: its sender may not keep items.
     DropItems {
         /// The batch.

@@ -1220,6 +1220,35 @@ fn an_overlap_retiree_is_offered_a_budget_before_its_prepare_and_its_connections
 }
 
 #[test]
+fn what_an_overlap_retiree_puts_in_its_drain_is_kept_and_passed_to_the_live_one() {
+    const ITEMS: u64 = crate::wire::CAP_ITEMS;
+    for (capabilities, passed) in [(ITEMS, true), (CAP, false)] {
+        let mut sim = Sim::library(Mode::Overlap);
+        let (first, _) = sim.handoff_with("daemon-a", ITEMS);
+        let (second, _) = sim.handoff_with("daemon-b", capabilities);
+        let (old, new, id) = (first.generation, second.generation, second.handoff_id);
+        let put = |sim: &mut Sim, generation, batch| {
+            sim.step(LifecycleInput::Items { generation, batch })
+        };
+        let actions = put(&mut sim, old, 3);
+        let kept_and_passed = matches!(actions[..], [LifecycleAction::KeepAndPassItems {
+            batch: 3, writer, to, handoff_id
+        }] if writer == old && to == new && handoff_id == id);
+        let kept = matches!(actions[..], [LifecycleAction::KeepItems { batch: 3, writer }] if writer == old);
+        assert!(
+            if passed { kept_and_passed } else { kept },
+            "{capabilities}: {actions:?}"
+        );
+        // The live generation's own puts are only kept.
+        let actions = put(&mut sim, new, 4);
+        assert!(
+            matches!(actions[..], [LifecycleAction::KeepItems { batch: 4, writer }] if writer == new),
+            "{actions:?}"
+        );
+    }
+}
+
+#[test]
 fn no_budget_is_offered_unless_both_generations_take_connections() {
     for (first_caps, second_caps) in [(0, CAP), (CAP, 0), (0, 0)] {
         let mut sim = Sim::library(Mode::Overlap);
@@ -1607,6 +1636,7 @@ fn acts(action: &LifecycleAction) -> bool {
             | LifecycleAction::Restart { .. }
             | LifecycleAction::SendConnections { .. }
             | LifecycleAction::SendItems { .. }
+            | LifecycleAction::KeepAndPassItems { .. }
     )
 }
 

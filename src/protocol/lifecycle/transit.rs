@@ -10,7 +10,8 @@
 //! Items go to the store from the live generation (an incumbent, a
 //! retiree); a successor's are held until its verdict (kept if it
 //! commits), and the whole store goes to every generation before its
-//! `Begin`. A successor whose
+//! `Begin`. What a retiree puts (in its drain) and the store keeps also
+//! goes to the live generation at once. A successor whose
 //! `Schemas` cannot read a blob schema the incumbent writes fails before
 //! the incumbent is asked to drain.
 
@@ -72,12 +73,23 @@ impl LifecycleMachine {
 
     pub(super) fn on_items(&mut self, from: GenerationId, batch: u64, out: &mut Out) {
         match self.role(from) {
-            Role::Live | Role::Incumbent | Role::Retiree(_) => {
-                out.push(LifecycleAction::KeepItems {
+            Role::Live | Role::Incumbent => out.push(LifecycleAction::KeepItems {
+                batch,
+                writer: from,
+            }),
+            // Put in its drain: the live generation began before it.
+            Role::Retiree(_) => match self.live().filter(|l| l.takes_items && l.id > from) {
+                Some(live) => out.push(LifecycleAction::KeepAndPassItems {
                     batch,
                     writer: from,
-                })
-            }
+                    to: live.id,
+                    handoff_id: live.handoff_id,
+                }),
+                None => out.push(LifecycleAction::KeepItems {
+                    batch,
+                    writer: from,
+                }),
+            },
             Role::Successor => match self.handoff_mut() {
                 Some(handoff) => handoff.items.push(batch),
                 None => out.push(LifecycleAction::DropItems {

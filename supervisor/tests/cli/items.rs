@@ -3,12 +3,15 @@
 //! ten upgrades and a kill -9 restart; a successor that cannot read the
 //! incumbent's blob schema is refused before the incumbent drains; a
 //! removed item reaches no later generation (and stays with a peer of
-//! protocol version 2, which cannot remove).
+//! protocol version 2, which cannot remove); in overlap mode, a blob put
+//! in the drain reaches the generation already serving.
+
+use std::time::Duration;
 
 use handoff::os::Sig;
 
 use crate::common::{Start, Supervisor, TempDir, request, script, serving_pid, testd};
-use testkit::{testd_hit as hit, testd_items as items};
+use testkit::{eventually_within, testd_hit as hit, testd_items as items};
 
 fn with_items(data: &TempDir, version: &str) -> Supervisor {
     testd_with_items(data, version, &[])
@@ -200,4 +203,42 @@ fn a_generation_speaking_protocol_version_2_cannot_remove_an_item_and_keeps_it()
     assert_eq!(ran.code, Some(0), "{ran:?}");
     // Still carried: the same counter.
     assert_eq!(hit(addr), 2);
+}
+
+#[test]
+fn a_blob_an_overlap_generation_puts_in_its_drain_reaches_the_generation_serving() {
+    let mut flags = Start::default().flags;
+    flags.extend(["--mode", "overlap"].map(String::from));
+    let supervisor = Supervisor::start_with(Start {
+        flags,
+        testd_args: vec!["--items".into(), "1".into()],
+        env: vec![("RUST_LOG".into(), "handoff=warn".into())],
+        ..Start::default()
+    });
+    let addr = supervisor.addr();
+    assert_eq!(request(addr, "HANDED").expect("HANDED"), "-");
+    for upgrade in 1..=5 {
+        let draining = serving_pid(addr);
+        let ran = supervisor.ctl("upgrade", &[]);
+        assert_eq!(ran.code, Some(0), "{ran:?}");
+        // The old generation drains after the commit, while the new one
+        // serves: the blob arrives then, and only the new one can have it
+        // (without a data directory testd keeps no revisions).
+        let expected = format!("revisions=0 by={draining}");
+        let mut last = String::new();
+        eventually_within(Duration::from_secs(10), "the drained blob", || {
+            last = request(addr, "HANDED").expect("HANDED");
+            last == expected
+        });
+        assert_ne!(serving_pid(addr), draining, "upgrade {upgrade}: {last}");
+    }
+    // It is in the store too, for the generations after.
+    let status = supervisor.status();
+    let state = status["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|item| item["name"] == "state")
+        .cloned();
+    assert!(state.is_some(), "{status}");
 }
