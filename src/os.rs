@@ -10,8 +10,8 @@ use crate::error::{Error, Result};
 use crate::sys;
 
 pub use crate::sys::{
-    BlockedAll, Interest, PIN_FD_FLOOR, PeerCred, PinnedBinary, PinnedProcess, Sig, SignalSet,
-    open_file_headroom, poll_ready, raise_open_files, sha256_hex, sha256_hex_niced,
+    BlockedAll, Interest, Landings, PIN_FD_FLOOR, PeerCred, PinnedBinary, PinnedProcess, Sig,
+    SignalSet, open_file_headroom, poll_ready, raise_open_files, sha256_hex, sha256_hex_niced,
 };
 
 /// Opens `path` and checks that its contents hash to `expected` (lowercase

@@ -1,7 +1,8 @@
 //! The only code in the library that calls the OS (`nix`, std's process and
 //! Unix-only APIs): fd passing, sockets, peer credentials, the
 //! data-directory lock, spawning generations and helper programs, signals,
-//! the systemd notification and network namespaces. Other modules hold the
+//! the systemd notification, network namespaces and watching for a build
+//! landing at a path (inotify). Other modules hold the
 //! std socket types that `sys` returns (the public API hands them out), and
 //! use `std::fs`.
 //!
@@ -112,6 +113,7 @@ mod fdpass;
 mod fdstore;
 mod foreign;
 mod inherit;
+mod landing;
 mod limits;
 mod lock;
 pub(crate) mod memfd;
@@ -139,6 +141,7 @@ pub(crate) use foreign::{
     spawn_foreign,
 };
 pub(crate) use inherit::{LISTEN_FDS_START, adopt_inherited_fd, listen_fds, shutdown};
+pub use landing::Landings;
 pub use limits::{open_file_headroom, raise_open_files};
 pub(crate) use lock::{DataDirLock, LOCK_FILE_NAME, open_private_file};
 pub(crate) use netns::enter_private_network;

@@ -13,13 +13,18 @@
 //! systemd's notifications, as the metrics refresh does; only the history
 //! entry waits for it. Status answers then find it cached. A caller that waits for a
 //! hash (a status, a dry run) hashes at its own priority.
+//!
+//! A build that lands at the configured program's path (renamed over it
+//! or written in place) is hashed as it lands ([`hash_landings`]), so the
+//! upgrade that follows finds its hash known; a file being hashed is
+//! hashed once, its other askers wait for that hash.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
 
 use crate::admin::wire::{BinaryRecord, HISTORY_LEN};
 
@@ -95,14 +100,33 @@ impl Image {
 /// started from a script.
 #[derive(Debug, Default)]
 pub struct Identities {
-    hashes: Mutex<HashMap<Key, String>>,
+    hashes: Mutex<Hashes>,
+    /// A hash finished (another waiter's key may be done).
+    hashed: Condvar,
     /// Generations started from a script (`#!`), by pid: the script as it
     /// was at their start, held open, so that a deploy renaming a new
     /// script over the path does not change what they are known by.
     scripts: Mutex<HashMap<u32, Image>>,
 }
 
+/// The hashes known, and the keys a thread is hashing now (a second asker
+/// waits for that one instead of hashing the same file again).
+#[derive(Debug, Default)]
+struct Hashes {
+    known: HashMap<Key, String>,
+    hashing: HashSet<Key>,
+    /// How many askers wait now (for the tests).
+    waiting: usize,
+}
+
 impl Identities {
+    /// Hashes the file at `path` now, on idle CPU time, unless it is known
+    /// (a build that just landed at the configured program's path: its
+    /// upgrade finds the hash ready).
+    pub fn landed(&self, path: &Path) -> std::io::Result<String> {
+        self.sha256(&File::open(path)?, Priority::Background)
+    }
+
     /// The file at `path` (symlinks followed) and its sha256 (an upgrade's
     /// unpinned target, when `--check` or `--if-changed` needs it).
     pub fn of_path(&self, path: &std::path::Path) -> std::io::Result<BinaryRecord> {
@@ -170,6 +194,7 @@ impl Identities {
     /// Every identity hashed so far, for a re-exec to carry.
     pub fn entries(&self) -> Vec<(Key, String)> {
         self.lock()
+            .known
             .iter()
             .map(|(key, hash)| (*key, hash.clone()))
             .collect()
@@ -177,9 +202,13 @@ impl Identities {
 
     /// A cache that knows `entries` already (a re-exec's).
     pub fn with_entries(entries: Vec<(Key, String)>) -> Identities {
+        let hashes = Hashes {
+            known: entries.into_iter().collect(),
+            ..Hashes::default()
+        };
         Identities {
-            hashes: Mutex::new(entries.into_iter().collect()),
-            scripts: Mutex::default(),
+            hashes: Mutex::new(hashes),
+            ..Identities::default()
         }
     }
 
@@ -190,33 +219,87 @@ impl Identities {
     }
 
     fn sha256(&self, file: &File, priority: Priority) -> std::io::Result<String> {
-        let meta = file.metadata()?;
-        let key = (
-            meta.dev(),
-            meta.ino(),
-            meta.size(),
-            meta.mtime(),
-            meta.mtime_nsec(),
-        );
-        if let Some(hash) = self.lock().get(&key) {
+        let key = key_of(file)?;
+        let mut hashes = self.lock();
+        // One thread hashes a file; the others wait for its answer.
+        while hashes.hashing.contains(&key) {
+            hashes.waiting += 1;
+            hashes = self
+                .hashed
+                .wait(hashes)
+                .unwrap_or_else(PoisonError::into_inner);
+            hashes.waiting -= 1;
+        }
+        if let Some(hash) = hashes.known.get(&key) {
             return Ok(hash.clone());
         }
+        hashes.hashing.insert(key);
+        drop(hashes);
         // Hashed without the lock: a status request does not wait for it.
-        let hash = match priority {
-            Priority::Caller => handoff::os::sha256_hex(file)?,
+        let hashed = match priority {
+            Priority::Caller => handoff::os::sha256_hex(file),
             // A deploy's hash yields the CPU to the daemons.
-            Priority::Background => handoff::os::sha256_hex_niced(file)?,
+            Priority::Background => handoff::os::sha256_hex_niced(file),
         };
         let mut hashes = self.lock();
-        if hashes.len() >= 2 * HISTORY_LEN {
-            hashes.clear();
+        hashes.hashing.remove(&key);
+        if let Ok(hash) = &hashed {
+            if hashes.known.len() >= 2 * HISTORY_LEN {
+                hashes.known.clear();
+            }
+            hashes.known.insert(key, hash.clone());
         }
-        hashes.insert(key, hash.clone());
-        Ok(hash)
+        drop(hashes);
+        self.hashed.notify_all();
+        hashed
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, String>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Hashes> {
         self.hashes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// `file`'s identity.
+fn key_of(file: &File) -> std::io::Result<Key> {
+    let meta = file.metadata()?;
+    Ok((
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+    ))
+}
+
+/// Hashes each build that lands at `program` (renamed over it, or written
+/// in place), on idle CPU time, as it lands: the upgrade that runs it finds
+/// its hash known instead of hashing it while the daemons hand over. Runs
+/// for the life of the process; without a watch (inotify refused), an
+/// upgrade hashes its build as before.
+pub fn hash_landings(program: &Path, identities: &Identities) {
+    let landings = match handoff::os::Landings::watch(program) {
+        Ok(landings) => landings,
+        Err(error) => {
+            tracing::info!(program = %program.display(), %error, "not watching for new builds: each is hashed at its upgrade");
+            return;
+        }
+    };
+    loop {
+        match landings.next(None) {
+            Ok(true) => match identities.landed(program) {
+                Ok(sha256) => {
+                    tracing::info!(program = %program.display(), %sha256, "a new build landed; hashed ahead of its upgrade")
+                }
+                Err(error) => {
+                    tracing::debug!(program = %program.display(), %error, "a build landed and went")
+                }
+            },
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(program = %program.display(), %error, "no longer watching for new builds");
+                return;
+            }
+        }
     }
 }
 
@@ -224,6 +307,30 @@ impl Identities {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn a_file_being_hashed_is_not_hashed_again_its_other_asker_waits() {
+        let scratch = testkit::TempDir::new("handoff-identity-once");
+        let path = scratch.path().join("binary");
+        std::fs::write(&path, b"a build").expect("write");
+        let key = key_of(&File::open(&path).expect("open")).expect("key");
+        let identities = std::sync::Arc::new(Identities::default());
+        // Another thread is hashing it.
+        identities.lock().hashing.insert(key);
+        let asker = std::thread::spawn({
+            let (identities, path) = (std::sync::Arc::clone(&identities), path.clone());
+            move || identities.landed(&path).expect("hash")
+        });
+        // The asker waits for it, then takes that thread's answer (not
+        // what the bytes hash to).
+        testkit::eventually("the asker waits", || identities.lock().waiting == 1);
+        let mut hashes = identities.lock();
+        hashes.hashing.remove(&key);
+        hashes.known.insert(key, "the other thread's".into());
+        drop(hashes);
+        identities.hashed.notify_all();
+        assert_eq!(asker.join().expect("asker"), "the other thread's");
+    }
 
     #[test]
     fn a_file_is_hashed_by_content_and_rehashed_when_replaced() {

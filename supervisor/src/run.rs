@@ -303,6 +303,10 @@ impl Running {
             metrics: metrics.feed(),
         });
         metrics.start(Arc::clone(&state))?;
+        spawn("landings", {
+            let state = Arc::clone(&state);
+            move || crate::identity::hash_landings(&state.program, &state.identities)
+        })?;
         spawn("signals", {
             let state = Arc::clone(&state);
             move || crate::signals::signal_loop(signals, &state)

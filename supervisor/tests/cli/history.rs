@@ -1,5 +1,6 @@
 //! `handoffctl history` and `handoffctl rollback`: the binaries each
-//! handoff ran, recorded by path and sha256, and an upgrade back to the one
+//! handoff ran, recorded by path and sha256 (a build that lands at the
+//! program's path hashed as it lands), and an upgrade back to the one
 //! before the last commit.
 
 use std::path::{Path, PathBuf};
@@ -7,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::common::{
-    Start, Supervisor, TempDir, serving_pid, sha256_hex, testd, u64_of, wait_gone,
+    Start, Supervisor, TempDir, another_build, serving_pid, sha256_hex, testd, u64_of, wait_gone,
 };
 
 /// Two copies of testd (distinct paths, same bytes) and a config that
@@ -364,4 +365,31 @@ fn an_unusable_history_file_is_reported_and_the_history_kept_in_memory() {
         supervisor.log()
     );
     assert!(file.is_dir(), "left alone");
+}
+
+#[test]
+fn a_build_renamed_over_the_program_is_hashed_as_it_lands_and_its_upgrade_records_it() {
+    let dir = TempDir::new("landing");
+    let program = dir.path().join("daemon");
+    another_build(&testd(), &program, "1");
+    let supervisor = Supervisor::start_with(Start {
+        daemon: Some(vec![program.display().to_string()]),
+        ..Start::default()
+    });
+    supervisor.wait_serving();
+    let from = supervisor.log().len();
+    // A deploy: the next build written beside it, then renamed over it.
+    let staged = dir.path().join(".daemon.new");
+    let sha = another_build(&testd(), &staged, "2");
+    std::fs::rename(&staged, &program).expect("deploy");
+    let landed = format!(
+        "hashed ahead of its upgrade program={} sha256={sha}",
+        program.display()
+    );
+    supervisor.wait_log(&landed, from);
+    assert_eq!(history(&supervisor).len(), 1, "before any upgrade");
+    let ran = supervisor.ctl("upgrade", &[]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    let entries = history(&supervisor);
+    assert_eq!(binary(&entries[1], "new_binary").1, sha, "{entries:?}");
 }
