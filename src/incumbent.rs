@@ -453,10 +453,7 @@ impl Agent {
                 GenerationAction::KeepConnections => self.connections_arrived(),
                 GenerationAction::KeepItems => {
                     let items = std::mem::take(&mut self.pending_items);
-                    for (entry, fd) in &items {
-                        self.store_copy.note(entry, fd);
-                    }
-                    self.items.deliver(items);
+                    self.items.deliver(self.store_copy.receive(items));
                 }
                 GenerationAction::ConnectionBudget(connections) => {
                     if let Some(transit) = &self.transit {
@@ -584,7 +581,7 @@ impl Agent {
             entries: vec![entry.clone()],
         };
         match self.sender.send(id, items, &[fd.as_fd()]) {
-            Ok(()) => self.store_copy.note(&entry, &fd),
+            Ok(()) => self.store_copy.put(&entry, &fd),
             Err(error) => tracing::warn!(name, error = %error, "keeping an item failed"),
         }
     }

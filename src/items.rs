@@ -154,7 +154,10 @@ impl ItemStore {
     /// [`take_fd`](Self::take_fd). The store comes before `Begin`, before
     /// any of it can be taken; in overlap mode, what the generation this
     /// one replaced puts in its `drain` comes while this one serves, each
-    /// name again as it comes. Without a supervisor nothing arrives.
+    /// name again as it comes; not an item under a name this generation
+    /// put or removed itself. Without a supervisor nothing arrives. The
+    /// channel does not end while the store lives: read it, or drop it
+    /// (a receiver dropped is forgotten at the next arrival).
     pub fn arrivals(&self) -> crossbeam_channel::Receiver<String> {
         let (watcher, arrivals) = crossbeam_channel::unbounded();
         self.received
@@ -240,12 +243,42 @@ impl ItemStore {
 #[derive(Debug, Default)]
 pub(crate) struct StoreCopy {
     items: HashMap<String, (ItemEntry, OwnedFd)>,
+    /// The names this generation put or removed itself.
+    own: std::collections::HashSet<String>,
 }
 
 impl StoreCopy {
+    /// Notes `entry`, put by this generation: its name is its own now.
+    pub(crate) fn put(&mut self, entry: &ItemEntry, fd: impl AsFd) {
+        self.own.insert(entry.name.clone());
+        self.note(entry, fd);
+    }
+
+    /// Of `items` received, those this generation takes (noted as
+    /// stored): not one under a name it put or removed itself, which an
+    /// older generation's late put cannot replace (I21); those are closed.
+    pub(crate) fn receive(
+        &mut self,
+        items: Vec<(ItemEntry, OwnedFd)>,
+    ) -> Vec<(ItemEntry, OwnedFd)> {
+        let (stale, taken): (Vec<_>, Vec<_>) = items
+            .into_iter()
+            .partition(|(entry, _)| self.own.contains(&entry.name));
+        for (entry, _) in &stale {
+            tracing::debug!(
+                name = entry.name,
+                "an older generation's item under a name this one wrote: dropped"
+            );
+        }
+        for (entry, fd) in &taken {
+            self.note(entry, fd);
+        }
+        taken
+    }
+
     /// Notes `entry` as stored, with a duplicate of `fd` (at most
     /// [`ITEMS_MAX`] names, as the store).
-    pub(crate) fn note(&mut self, entry: &ItemEntry, fd: impl AsFd) {
+    fn note(&mut self, entry: &ItemEntry, fd: impl AsFd) {
         if !self.items.contains_key(&entry.name) && self.items.len() >= ITEMS_MAX {
             return;
         }
@@ -259,8 +292,9 @@ impl StoreCopy {
         }
     }
 
-    /// Forgets `name`: it was removed from the store.
+    /// Forgets `name`: this generation removed it from the store.
     pub(crate) fn forget(&mut self, name: &str) {
+        self.own.insert(name.to_owned());
         self.items.remove(name);
     }
 
@@ -372,6 +406,40 @@ mod tests {
         assert_eq!(first.try_iter().collect::<Vec<_>>(), ["later"]);
         let watchers = received.watchers.lock().expect("watchers").len();
         assert_eq!(watchers, 1);
+    }
+
+    #[test]
+    fn an_older_generations_item_under_a_name_this_one_wrote_is_not_taken() {
+        let mut copy = StoreCopy::default();
+        let item = |name: &str, bytes: &[u8]| {
+            let entry = ItemEntry {
+                name: name.into(),
+                blob: None,
+            };
+            (entry, sys::memfd::sealed("item", bytes).expect("memfd"))
+        };
+        let (mine, fd) = item("state", b"mine");
+        copy.put(&mine, &fd);
+        copy.forget("gone");
+        let arrived = vec![
+            item("state", b"older"),
+            item("gone", b"older"),
+            item("cache", b"c"),
+        ];
+        let taken = copy.receive(arrived);
+        let names: Vec<_> = taken.iter().map(|(e, _)| e.name.as_str()).collect();
+        assert_eq!(names, ["cache"]);
+        // The copy keeps this generation's own "state".
+        let (message, fds) = copy.messages().pop().expect("one frame");
+        let Message::Items { entries } = message else {
+            panic!("{message:?}")
+        };
+        assert_eq!(entries.len(), 2, "{entries:?}");
+        let state = entries
+            .iter()
+            .position(|e| e.name == "state")
+            .expect("state");
+        assert_eq!(sys::memfd::read_sealed(fds[state]).expect("read"), b"mine");
     }
 
     #[test]

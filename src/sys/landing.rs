@@ -1,7 +1,8 @@
 //! Watching one path for a new file landing there (inotify): a build
 //! renamed over it (`IN_MOVED_TO`) or written in place and closed
 //! (`IN_CLOSE_WRITE`). The directory is watched, not the file, so a rename
-//! over the path is seen however often it happens.
+//! over the path is seen however often it happens; the directory is the
+//! one the path named when the watch began (a symlink to it resolved then).
 
 use std::ffi::OsString;
 use std::io;
@@ -9,7 +10,7 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::Duration;
 
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent};
 
 use super::wake::{Interest, poll_ready};
 
@@ -42,9 +43,11 @@ impl Landings {
         Ok(Landings { inotify, name })
     }
 
-    /// Waits until a file lands at the path: `true`, or `false` once
+    /// Waits until a file lands at the path (or the kernel's queue
+    /// overflowed, which may have hidden one): `true`, or `false` once
     /// `timeout` passed without one (`None`: waits for ever). Files that
-    /// land at other names in the directory are passed over.
+    /// land at other names in the directory are passed over; a directory
+    /// gone is an error.
     pub fn next(&self, timeout: Option<Duration>) -> io::Result<bool> {
         let deadline = timeout.map(|timeout| std::time::Instant::now() + timeout);
         loop {
@@ -63,7 +66,17 @@ impl Landings {
             };
             if events
                 .iter()
-                .any(|event| event.name.as_ref() == Some(&self.name))
+                .any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED))
+            {
+                return Err(io::Error::other(
+                    "the watched directory is gone (removed, renamed or unmounted)",
+                ));
+            }
+            // Events lost to a full queue may have been a landing.
+            let overflowed = |e: &InotifyEvent| e.mask.contains(AddWatchFlags::IN_Q_OVERFLOW);
+            if events
+                .iter()
+                .any(|e| overflowed(e) || e.name.as_ref() == Some(&self.name))
             {
                 return Ok(true);
             }
@@ -93,5 +106,9 @@ mod tests {
         std::fs::write(&path, b"build 3").expect("write");
         assert!(landings.next(short).expect("next"));
         assert!(!landings.next(short).expect("next"));
+        assert!(crate::sys::is_cloexec(landings.inotify.as_fd()).expect("flags"));
+        // The directory gone: the watch ends with an error.
+        drop(scratch);
+        assert!(landings.next(short).is_err());
     }
 }

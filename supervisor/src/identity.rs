@@ -12,12 +12,14 @@
 //! `SCHED_IDLE`), off the upgrade's path, the generation record and
 //! systemd's notifications, as the metrics refresh does; only the history
 //! entry waits for it. Status answers then find it cached. A caller that waits for a
-//! hash (a status, a dry run) hashes at its own priority.
+//! hash (a status, a dry run) hashes at its own priority, unless another
+//! thread is hashing that file already: a file is hashed once, and its
+//! other askers wait for that hash (a background one is promoted past
+//! `HASH_IDLE_BOUND`).
 //!
 //! A build that lands at the configured program's path (renamed over it
 //! or written in place) is hashed as it lands ([`hash_landings`]), so the
-//! upgrade that follows finds its hash known; a file being hashed is
-//! hashed once, its other askers wait for that hash.
+//! upgrade that follows finds its hash known.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -235,27 +237,46 @@ impl Identities {
         }
         hashes.hashing.insert(key);
         drop(hashes);
-        // Hashed without the lock: a status request does not wait for it.
-        let hashed = match priority {
-            Priority::Caller => handoff::os::sha256_hex(file),
-            // A deploy's hash yields the CPU to the daemons.
-            Priority::Background => handoff::os::sha256_hex_niced(file),
+        // Whatever happens to this hash (an error, a panic), the askers
+        // waiting for it wake up.
+        let _done = Hashing {
+            identities: self,
+            key,
         };
-        let mut hashes = self.lock();
-        hashes.hashing.remove(&key);
-        if let Ok(hash) = &hashed {
+        // Hashed without the lock: a status request does not wait for it.
+        let hash = match priority {
+            Priority::Caller => handoff::os::sha256_hex(file)?,
+            // A deploy's hash yields the CPU to the daemons.
+            Priority::Background => handoff::os::sha256_hex_niced(file)?,
+        };
+        // Kept only if the file did not change under the hash (a build
+        // written in place while it was read).
+        if key_of(file)? == key {
+            let mut hashes = self.lock();
             if hashes.known.len() >= 2 * HISTORY_LEN {
                 hashes.known.clear();
             }
             hashes.known.insert(key, hash.clone());
         }
-        drop(hashes);
-        self.hashed.notify_all();
-        hashed
+        Ok(hash)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Hashes> {
         self.hashes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A hash under way: when it ends, however it ends, its key is no longer
+/// being hashed and every asker waiting for it wakes up.
+struct Hashing<'a> {
+    identities: &'a Identities,
+    key: Key,
+}
+
+impl Drop for Hashing<'_> {
+    fn drop(&mut self) {
+        self.identities.lock().hashing.remove(&self.key);
+        self.identities.hashed.notify_all();
     }
 }
 
@@ -271,19 +292,12 @@ fn key_of(file: &File) -> std::io::Result<Key> {
     ))
 }
 
-/// Hashes each build that lands at `program` (renamed over it, or written
-/// in place), on idle CPU time, as it lands: the upgrade that runs it finds
-/// its hash known instead of hashing it while the daemons hand over. Runs
-/// for the life of the process; without a watch (inotify refused), an
-/// upgrade hashes its build as before.
-pub fn hash_landings(program: &Path, identities: &Identities) {
-    let landings = match handoff::os::Landings::watch(program) {
-        Ok(landings) => landings,
-        Err(error) => {
-            tracing::info!(program = %program.display(), %error, "not watching for new builds: each is hashed at its upgrade");
-            return;
-        }
-    };
+/// Hashes each build that `landings` sees land at `program` (renamed over
+/// it, or written in place), on idle CPU time, as it lands: the upgrade
+/// that runs it finds its hash known instead of hashing it while the
+/// daemons hand over. Runs until the watch fails (logged); without one, an
+/// upgrade hashes its build itself.
+pub fn hash_landings(landings: &handoff::os::Landings, program: &Path, identities: &Identities) {
     loop {
         match landings.next(None) {
             Ok(true) => match identities.landed(program) {

@@ -303,10 +303,9 @@ impl Running {
             metrics: metrics.feed(),
         });
         metrics.start(Arc::clone(&state))?;
-        spawn("landings", {
-            let state = Arc::clone(&state);
-            move || crate::identity::hash_landings(&state.program, &state.identities)
-        })?;
+        // Watching before the admin socket answers: a deploy after any
+        // answer is seen.
+        watch_landings(&state)?;
         spawn("signals", {
             let state = Arc::clone(&state);
             move || crate::signals::signal_loop(signals, &state)
@@ -336,6 +335,26 @@ impl Running {
         }
         drop(socket);
         Ok(code)
+    }
+}
+
+/// Hashes each build that lands at the configured program's path, on a
+/// thread of its own, from now on; without a watch, each build is hashed
+/// at its upgrade.
+fn watch_landings(state: &Arc<AdminState>) -> Result<(), Failure> {
+    match handoff::os::Landings::watch(&state.program) {
+        Ok(landings) => spawn("landings", {
+            let state = Arc::clone(state);
+            move || crate::identity::hash_landings(&landings, &state.program, &state.identities)
+        }),
+        Err(error) => {
+            tracing::info!(
+                program = %state.program.display(),
+                %error,
+                "not watching for new builds: each is hashed at its upgrade"
+            );
+            Ok(())
+        }
     }
 }
 

@@ -6,8 +6,6 @@
 //! protocol version 2, which cannot remove); in overlap mode, a blob put
 //! in the drain reaches the generation already serving.
 
-use std::time::Duration;
-
 use handoff::os::Sig;
 
 use crate::common::{Start, Supervisor, TempDir, request, script, serving_pid, testd};
@@ -226,7 +224,7 @@ fn a_blob_an_overlap_generation_puts_in_its_drain_reaches_the_generation_serving
         // (without a data directory testd keeps no revisions).
         let expected = format!("revisions=0 by={draining}");
         let mut last = String::new();
-        eventually_within(Duration::from_secs(10), "the drained blob", || {
+        eventually_within(testkit::WAIT, "the drained blob", || {
             last = request(addr, "HANDED").expect("HANDED");
             last == expected
         });
