@@ -585,14 +585,11 @@ impl Driver {
             LifecycleAction::KeepItems { batch, writer } => {
                 self.items.keep(batch, writer);
             }
-            LifecycleAction::KeepAndPassItems {
-                batch,
-                writer,
-                to,
-                handoff_id,
-            } => {
+            LifecycleAction::KeepAndPassItems { batch, writer, to } => {
                 let kept = self.items.keep(batch, writer);
-                self.pass_items(&kept, to, handoff_id, queue);
+                for (to, handoff_id) in to {
+                    self.pass_items(&kept, to, handoff_id, queue);
+                }
             }
             LifecycleAction::DropItems { batch, why } => match self.items.close(batch) {
                 Dropped::Puts(count) => tracing::warn!(count, why, "items refused and closed"),

@@ -444,16 +444,16 @@ pub enum LifecycleAction {
         writer: GenerationId,
     },
     /// Put a retiring generation's batch in the store, as `KeepItems`,
-    /// and give the live generation what was kept of it (I21).
+    /// and give what was kept of it to the newer generations already
+    /// begun: the live one, a successor (I21).
     KeepAndPassItems {
         /// The batch.
         batch: u64,
         /// The generation that put it.
         writer: GenerationId,
-        /// The live generation.
-        to: GenerationId,
-        /// The handoff id it carries now.
-        handoff_id: u64,
+        /// Each generation to give it to, with the handoff id it carries
+        /// now.
+        to: Vec<(GenerationId, u64)>,
     },
     /// Close a batch of items: its sender may not keep items.
     DropItems {
@@ -516,6 +516,15 @@ pub struct Generation {
     /// The blob schemas it writes (its `Schemas`, I21).
     #[serde(default)]
     produces: Vec<crate::wire::Schema>,
+    /// It was sent `Begin` (and the item store before it). A generation
+    /// carried across a re-exec from an image without this field was (a
+    /// freeze waits for a handoff's end).
+    #[serde(default = "carried_begun")]
+    begun: bool,
+}
+
+fn carried_begun() -> bool {
+    true
 }
 
 /// A generation that failed: who, and how.
@@ -917,6 +926,7 @@ impl LifecycleMachine {
             takes_connections: false,
             takes_items: false,
             produces: Vec::new(),
+            begun: false,
         };
         let incumbent = match std::mem::replace(&mut self.state, State::Finished) {
             State::Serving { live, .. } => Incumbent::Serving(live),

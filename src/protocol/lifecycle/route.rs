@@ -570,12 +570,15 @@ impl LifecycleMachine {
             ) => live,
             _ => return,
         };
-        if matches!(message, Message::Begin { .. }) && generation.takes_items {
-            // The store first: the successor reads it once begun (I21).
-            out.push(LifecycleAction::SendItems {
-                to: generation.id,
-                handoff_id: generation.handoff_id,
-            });
+        if matches!(message, Message::Begin { .. }) {
+            generation.begun = true;
+            if generation.takes_items {
+                // The store first: the successor reads it once begun (I21).
+                out.push(LifecycleAction::SendItems {
+                    to: generation.id,
+                    handoff_id: generation.handoff_id,
+                });
+            }
         }
         if adopts {
             if let Some(receiver) = &receiver {

@@ -181,6 +181,7 @@ impl LifecycleMachine {
                 takes_connections: false,
                 takes_items: false,
                 produces: Vec::new(),
+                begun: true,
             },
             condemned: None,
         };

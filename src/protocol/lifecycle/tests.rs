@@ -1227,24 +1227,65 @@ fn what_an_overlap_retiree_puts_in_its_drain_is_kept_and_passed_to_the_live_one(
         let (first, _) = sim.handoff_with("daemon-a", ITEMS);
         let (second, _) = sim.handoff_with("daemon-b", capabilities);
         let (old, new, id) = (first.generation, second.generation, second.handoff_id);
-        let put = |sim: &mut Sim, generation, batch| {
-            sim.step(LifecycleInput::Items { generation, batch })
-        };
-        let actions = put(&mut sim, old, 3);
-        let kept_and_passed = matches!(actions[..], [LifecycleAction::KeepAndPassItems {
-            batch: 3, writer, to, handoff_id
-        }] if writer == old && to == new && handoff_id == id);
-        let kept = matches!(actions[..], [LifecycleAction::KeepItems { batch: 3, writer }] if writer == old);
-        assert!(
-            if passed { kept_and_passed } else { kept },
-            "{capabilities}: {actions:?}"
-        );
+        let actions = put_items(&mut sim, old, 3);
+        let expected = if passed { vec![(new, id)] } else { vec![] };
+        assert_eq!(kept_and_passed(&actions, old, 3), expected, "{actions:?}");
         // The live generation's own puts are only kept.
-        let actions = put(&mut sim, new, 4);
+        let actions = put_items(&mut sim, new, 4);
         assert!(
             matches!(actions[..], [LifecycleAction::KeepItems { batch: 4, writer }] if writer == new),
             "{actions:?}"
         );
+    }
+}
+
+#[test]
+fn a_retirees_put_also_reaches_a_successor_begun_in_the_next_handoff() {
+    const ITEMS: u64 = crate::wire::CAP_ITEMS;
+    let mut sim = Sim::library(Mode::Overlap);
+    let (first, _) = sim.handoff_with("daemon-a", ITEMS);
+    let (second, _) = sim.handoff_with("daemon-b", ITEMS);
+    // The next handoff, its successor warmed but not yet sent Begin.
+    let third = sim.machine.begin_handoff().expect("a ticket");
+    sim.spawned(third, build("daemon-c"));
+    let (id, successor) = (third.handoff_id, third.generation);
+    sim.frame(successor, 0, hello_with(ITEMS));
+    let old = first.generation;
+    let live = (second.generation, second.handoff_id);
+    let actions = put_items(&mut sim, old, 5);
+    assert_eq!(kept_and_passed(&actions, old, 5), [live], "{actions:?}");
+    let actions = sim.frame(successor, id, Message::Warm);
+    assert!(sent_to(&actions, successor, "Begin"), "{actions:?}");
+    let actions = put_items(&mut sim, old, 6);
+    let expected = [live, (successor, id)];
+    assert_eq!(kept_and_passed(&actions, old, 6), expected, "{actions:?}");
+}
+
+fn put_items(sim: &mut Sim, generation: GenerationId, batch: u64) -> Vec<LifecycleAction> {
+    sim.step(LifecycleInput::Items { generation, batch })
+}
+
+/// To whom `actions` pass batch `batch` of `writer` (empty: only kept).
+fn kept_and_passed(
+    actions: &[LifecycleAction],
+    writer: GenerationId,
+    batch: u64,
+) -> Vec<(GenerationId, u64)> {
+    match actions {
+        [
+            LifecycleAction::KeepAndPassItems {
+                batch: b,
+                writer: w,
+                to,
+            },
+        ] if *b == batch && *w == writer => to.clone(),
+        [
+            LifecycleAction::KeepItems {
+                batch: b,
+                writer: w,
+            },
+        ] if *b == batch && *w == writer => Vec::new(),
+        other => panic!("neither kept nor passed: {other:?}"),
     }
 }
 

@@ -11,7 +11,7 @@
 //! retiree); a successor's are held until its verdict (kept if it
 //! commits), and the whole store goes to every generation before its
 //! `Begin`. What a retiree puts (in its drain) and the store keeps also
-//! goes to the live generation at once. A successor whose
+//! goes at once to the newer generations already begun. A successor whose
 //! `Schemas` cannot read a blob schema the incumbent writes fails before
 //! the incumbent is asked to drain.
 
@@ -77,19 +77,22 @@ impl LifecycleMachine {
                 batch,
                 writer: from,
             }),
-            // Put in its drain: the live generation began before it.
-            Role::Retiree(_) => match self.live().filter(|l| l.takes_items && l.id > from) {
-                Some(live) => out.push(LifecycleAction::KeepAndPassItems {
-                    batch,
-                    writer: from,
-                    to: live.id,
-                    handoff_id: live.handoff_id,
-                }),
-                None => out.push(LifecycleAction::KeepItems {
-                    batch,
-                    writer: from,
-                }),
-            },
+            // Put in its drain: newer generations began before it.
+            Role::Retiree(_) => {
+                let to = self.begun_after(from);
+                out.push(if to.is_empty() {
+                    LifecycleAction::KeepItems {
+                        batch,
+                        writer: from,
+                    }
+                } else {
+                    LifecycleAction::KeepAndPassItems {
+                        batch,
+                        writer: from,
+                        to,
+                    }
+                });
+            }
             Role::Successor => match self.handoff_mut() {
                 Some(handoff) => handoff.items.push(batch),
                 None => out.push(LifecycleAction::DropItems {
@@ -139,6 +142,18 @@ impl LifecycleMachine {
             message,
         };
         self.step_handoff(input, now, out);
+    }
+
+    /// The generations newer than `from` that take items and were sent
+    /// their `Begin` (the store) already: the live one, a successor.
+    fn begun_after(&self, from: GenerationId) -> Vec<(GenerationId, u64)> {
+        let successor = self.handoff().map(|handoff| &handoff.successor);
+        self.live()
+            .into_iter()
+            .chain(successor)
+            .filter(|g| g.takes_items && g.begun && g.id > from)
+            .map(|g| (g.id, g.handoff_id))
+            .collect()
     }
 
     /// A generation alive in any role, by id.
