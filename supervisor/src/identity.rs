@@ -347,6 +347,16 @@ mod tests {
     }
 
     #[test]
+    fn a_hash_that_fails_leaves_nothing_being_hashed() {
+        let scratch = testkit::TempDir::new("handoff-identity-fails");
+        let identities = Identities::default();
+        // A directory opens, and its read fails.
+        assert!(identities.landed(scratch.path()).is_err());
+        let hashes = identities.lock();
+        assert!(hashes.hashing.is_empty() && hashes.known.is_empty());
+    }
+
+    #[test]
     fn a_file_is_hashed_by_content_and_rehashed_when_replaced() {
         let scratch = testkit::TempDir::new("handoff-identity");
         let dir = scratch.path().to_path_buf();
