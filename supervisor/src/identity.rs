@@ -12,10 +12,9 @@
 //! `SCHED_IDLE`), off the upgrade's path, the generation record and
 //! systemd's notifications, as the metrics refresh does; only the history
 //! entry waits for it. Status answers then find it cached. A caller that waits for a
-//! hash (a status, a dry run) hashes at its own priority, unless another
-//! thread is hashing that file already: a file is hashed once, and its
-//! other askers wait for that hash (a background one is promoted past
-//! `HASH_IDLE_BOUND`).
+//! hash (a status, a dry run) hashes at its own priority. A file is
+//! hashed in the background once: a second background asker waits for
+//! that hash.
 //!
 //! A build that lands at the configured program's path (renamed over it
 //! or written in place) is hashed as it lands ([`hash_landings`]), so the
@@ -111,8 +110,9 @@ pub struct Identities {
     scripts: Mutex<HashMap<u32, Image>>,
 }
 
-/// The hashes known, and the keys a thread is hashing now (a second asker
-/// waits for that one instead of hashing the same file again).
+/// The hashes known, and the keys a background thread is hashing now (a
+/// second background asker waits for it instead of hashing the same file
+/// again).
 #[derive(Debug, Default)]
 struct Hashes {
     known: HashMap<Key, String>,
@@ -223,8 +223,11 @@ impl Identities {
     fn sha256(&self, file: &File, priority: Priority) -> std::io::Result<String> {
         let key = key_of(file)?;
         let mut hashes = self.lock();
-        // One thread hashes a file; the others wait for its answer.
-        while hashes.hashing.contains(&key) {
+        // One background thread hashes a file; the others wait for its
+        // answer. A caller never waits for a hash on idle CPU time: it
+        // hashes at its own priority.
+        let background = matches!(priority, Priority::Background);
+        while background && hashes.hashing.contains(&key) {
             hashes.waiting += 1;
             hashes = self
                 .hashed
@@ -235,14 +238,16 @@ impl Identities {
         if let Some(hash) = hashes.known.get(&key) {
             return Ok(hash.clone());
         }
-        hashes.hashing.insert(key);
+        if background {
+            hashes.hashing.insert(key);
+        }
         drop(hashes);
         // Whatever happens to this hash (an error, a panic), the askers
         // waiting for it wake up.
-        let _done = Hashing {
+        let _done = background.then(|| Hashing {
             identities: self,
             key,
-        };
+        });
         // Hashed without the lock: a status request does not wait for it.
         let hash = match priority {
             Priority::Caller => handoff::os::sha256_hex(file)?,
@@ -323,7 +328,7 @@ mod tests {
     use std::io::Write;
 
     #[test]
-    fn a_file_being_hashed_is_not_hashed_again_its_other_asker_waits() {
+    fn a_background_asker_waits_for_the_hash_under_way_and_a_caller_does_not() {
         let scratch = testkit::TempDir::new("handoff-identity-once");
         let path = scratch.path().join("binary");
         std::fs::write(&path, b"a build").expect("write");
@@ -335,8 +340,14 @@ mod tests {
             let (identities, path) = (std::sync::Arc::clone(&identities), path.clone());
             move || identities.landed(&path).expect("hash")
         });
-        // The asker waits for it, then takes that thread's answer (not
-        // what the bytes hash to).
+        // A caller does not wait for it: it hashes the bytes itself.
+        let caller = identities.of_path(&path).expect("hash").sha256;
+        assert_eq!(
+            caller,
+            handoff::os::sha256_hex(&File::open(&path).expect("open")).expect("sha")
+        );
+        // A background asker waits for it, then takes that thread's answer
+        // (not what the bytes hash to).
         testkit::eventually("the asker waits", || identities.lock().waiting == 1);
         let mut hashes = identities.lock();
         hashes.hashing.remove(&key);
