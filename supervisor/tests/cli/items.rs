@@ -231,12 +231,6 @@ fn a_blob_an_overlap_generation_puts_in_its_drain_reaches_the_generation_serving
         assert_ne!(serving_pid(addr), draining, "upgrade {upgrade}: {last}");
     }
     // It is in the store too, for the generations after.
-    let status = supervisor.status();
-    let state = status["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .find(|item| item["name"] == "state")
-        .cloned();
-    assert!(state.is_some(), "{status}");
+    let names = stored(&supervisor);
+    assert!(names.iter().any(|name| name == "state"), "{names:?}");
 }
